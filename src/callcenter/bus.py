@@ -1,0 +1,205 @@
+"""Redis streams: the producer and the consumer contract shared by every service.
+
+Consumer contract (dispatcher, cdr-writer, any analytics consumer built on it):
+- the consumer group is created idempotently (MKSTREAM; BUSYGROUP is fine), from the start of
+  the stream so nothing written before the first start is missed;
+- reads are bounded (COUNT) and blocking for at most `block_ms`, so a stop request is seen fast;
+- an entry is acknowledged only after the handler says its effect is durable;
+- entries left pending by a dead consumer are reclaimed with XAUTOCLAIM (following its cursor)
+  once idle for `claim_idle_ms`;
+- an entry that cannot be decoded, that the handler rejects, or that was delivered
+  `max_deliveries` times goes to the dead-letter stream with the reason, then is acknowledged:
+  never silently dropped, never retried forever;
+- `request_stop()` (called by a signal handler) only flips a flag: the loop finishes the batch
+  in hand, acknowledges it, and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from callcenter.events import DecodeError, Entry, decode, encode
+
+log = structlog.get_logger(__name__)
+
+DEAD_MAXLEN = 100_000
+
+
+class Outcome(enum.Enum):
+    ACK = "ack"      # done and durable
+    RETRY = "retry"  # leave pending: redelivered after claim_idle_ms (counts as a delivery)
+    DEAD = "dead"    # cannot ever succeed: dead-letter it
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    outcome: Outcome
+    reason: str = ""
+
+
+ACK = Verdict(Outcome.ACK)
+RETRY = Verdict(Outcome.RETRY)
+
+Handler = Callable[[Sequence[Entry]], Awaitable[Mapping[str, Verdict]]]
+
+
+class Producer:
+    """Appends contract-checked entries to streams."""
+
+    def __init__(self, redis: Redis, maxlen: int | None = None) -> None:
+        self.redis = redis
+        self.maxlen = maxlen
+
+    async def publish(self, stream: str, type_name: str, data: Mapping[str, Any]) -> str:
+        entry_id = await self.redis.xadd(stream, encode(type_name, data),  # type: ignore[arg-type]
+                                         maxlen=self.maxlen, approximate=True)
+        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class StreamConsumer:
+    """One consumer of a consumer group; `run()` loops until `request_stop()`."""
+
+    def __init__(self, redis: Redis, *, stream: str, group: str, consumer: str, handler: Handler,
+                 dead_stream: str, batch: int = 64, block_ms: int = 1000, claim_idle_ms: int = 10_000,
+                 max_deliveries: int = 5) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self.handler = handler
+        self.dead_stream = dead_stream
+        self.batch = batch
+        self.block_ms = block_ms
+        self.claim_idle_ms = claim_idle_ms
+        self.max_deliveries = max_deliveries
+        self._stop = asyncio.Event()
+        self._claim_cursor = "0-0"
+        self.handled = 0
+        self.dead_lettered = 0
+        self.last_loop_ms = 0.0
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stop.is_set()
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+        except ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    async def run(self) -> None:
+        await self.ensure_group()
+        # entries this consumer name read before a restart and never acknowledged come first
+        while not self.stopping:
+            if not await self._read("0"):
+                break
+        claim_every = max(self.claim_idle_ms / 2000, 0.05)
+        loop = asyncio.get_running_loop()
+        next_claim = loop.time()
+        while not self.stopping:
+            self.last_loop_ms = loop.time() * 1000
+            if loop.time() >= next_claim:
+                await self._reclaim()
+                next_claim = loop.time() + claim_every
+            try:
+                await self._read(">")
+            except (ConnectionError, OSError) as exc:
+                log.warning("consumer.redis_error", stream=self.stream, error=repr(exc))
+                await asyncio.sleep(0.5)
+        log.info("consumer.stopped", stream=self.stream, group=self.group, handled=self.handled)
+
+    async def _read(self, start: str) -> int:
+        block = None if start == "0" else self.block_ms
+        resp = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: start},
+                                           count=self.batch, block=block)
+        if not resp:
+            return 0
+        entries = resp[0][1]
+        if not entries:
+            return 0
+        await self._process(entries)
+        return len(entries)
+
+    async def _reclaim(self) -> None:
+        """Take over entries idle in other (dead) consumers, following XAUTOCLAIM's cursor."""
+        while not self.stopping:
+            resp = await self.redis.xautoclaim(self.stream, self.group, self.consumer,
+                                               min_idle_time=self.claim_idle_ms,
+                                               start_id=self._claim_cursor, count=self.batch)
+            cursor, claimed = _text(resp[0]), resp[1]
+            deleted = resp[2] if len(resp) > 2 else []
+            if deleted:
+                # trimmed from the stream while pending: nothing left to handle, clear the PEL
+                await self.redis.xack(self.stream, self.group, *deleted)
+            claimed = [c for c in claimed if c and c[1] is not None]
+            if claimed:
+                log.info("consumer.reclaimed", stream=self.stream, count=len(claimed))
+                await self._process(claimed, reclaimed=True)
+            self._claim_cursor = cursor
+            if cursor == "0-0":
+                return
+
+    async def _deliveries(self, entry_id: str) -> int:
+        info = await self.redis.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
+        return int(info[0]["times_delivered"]) if info else 0
+
+    async def _process(self, raw_entries: Sequence[Any], reclaimed: bool = False) -> None:
+        good: list[Entry] = []
+        raw_by_id: dict[str, Mapping[Any, Any]] = {}
+        for raw_id, fields in raw_entries:
+            entry_id = _text(raw_id)
+            raw_by_id[entry_id] = fields
+            if reclaimed and await self._deliveries(entry_id) > self.max_deliveries:
+                await self._dead_letter(entry_id, fields, f"delivered more than {self.max_deliveries} times")
+                continue
+            try:
+                good.append(decode(fields, entry_id))
+            except DecodeError as exc:
+                await self._dead_letter(entry_id, fields, f"undecodable: {exc}")
+        if not good:
+            return
+        try:
+            verdicts = await self.handler(good)
+        except Exception as exc:  # the handler's failure must not kill the loop: leave them pending
+            log.exception("consumer.handler_failed", stream=self.stream, count=len(good), error=repr(exc))
+            await asyncio.sleep(0.1)
+            return
+        to_ack: list[str] = []
+        for entry in good:
+            verdict = verdicts.get(entry.id, RETRY)
+            if verdict.outcome is Outcome.ACK:
+                to_ack.append(entry.id)
+            elif verdict.outcome is Outcome.DEAD:
+                await self._dead_letter(entry.id, raw_by_id[entry.id], verdict.reason)
+        if to_ack:
+            await self.redis.xack(self.stream, self.group, *to_ack)
+            self.handled += len(to_ack)
+
+    async def _dead_letter(self, entry_id: str, fields: Mapping[Any, Any], reason: str) -> None:
+        record: dict[Any, Any] = {"stream": self.stream, "group": self.group, "entry_id": entry_id,
+                                  "error": reason}
+        for k, v in fields.items():
+            record[f"orig_{_text(k)}"] = v
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(self.dead_stream, record, maxlen=DEAD_MAXLEN, approximate=True)
+            pipe.xack(self.stream, self.group, entry_id)
+            await pipe.execute()
+        self.dead_lettered += 1
+        log.warning("consumer.dead_letter", stream=self.stream, entry_id=entry_id, error=reason)

@@ -1,0 +1,178 @@
+"""The event contract: every entry type of every stream, defined once, versioned, msgpack-encoded.
+
+A stream entry has three fields: `type` (e.g. `call.queued`), `v` (the schema version of that
+type) and `data` (a msgpack map). Changes within a version are additive only: a consumer ignores
+fields it does not know, and a producer never removes or retypes a field without a new version.
+
+Three families share the codec:
+
+- reports  (`report.*`)  sip-edge -> dispatcher, stream `cc:{t}:reports`. Facts about one call's
+  SIP dialogs; each carries the owning edge and a per-call sequence number `seq` (1 = arrival) so
+  the dispatcher applies them in order and exactly once.
+- commands (`command.*`) dispatcher/api -> one sip-edge, stream `cc:{t}:commands:<edge>`.
+- events   (`call.*`, `agent.*`) stream `cc:{t}:events`: every state change, for the cdr-writer
+  and for analytics consumers (docs/events.md). Most are written by the Lua scripts, which get
+  the version table from `lua_version_table()`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+
+
+class DecodeError(ValueError):
+    """A stream entry that does not follow the contract (goes to the dead-letter stream)."""
+
+
+@dataclass(frozen=True, slots=True)
+class EntryType:
+    name: str
+    version: int
+    required: Mapping[str, type | tuple[type, ...]]
+    optional: Mapping[str, type | tuple[type, ...]] = field(default_factory=dict)
+    doc: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A decoded stream entry. `id` is the stream entry id (empty before it is written)."""
+
+    type: str
+    v: int
+    data: dict[str, Any]
+    id: str = ""
+
+
+Int = int
+Num = (int, float)
+Str = str
+OptStr = (str, type(None))
+OptInt = (int, type(None))
+
+_CALL = {"call_id": Str}
+_REPORT = {"call_id": Str, "edge": Str, "seq": Int, "ts": Int}
+_EVENT = {"ts": Int}
+
+_TYPES: list[EntryType] = [
+    # -- reports: sip-edge -> dispatcher -------------------------------------------------------
+    EntryType("report.call_arrived", 1,
+              {**_REPORT, "flow": Str, "caller": Str, "caller_uri": Str, "sip_call_id": Str, "source": Str},
+              {"caller_display": OptStr, "priority": OptInt},
+              "An INVITE arrived for a flow; the caller is not answered yet."),
+    EntryType("report.media_answered", 1, {**_REPORT, "purpose": Str, "uri": Str}, {},
+              "The caller is bridged to a media server (welcome, queue or dissuading)."),
+    EntryType("report.media_ended", 1, {**_REPORT, "purpose": Str}, {},
+              "The media server hung up its leg (e.g. the welcome message finished); the caller stays."),
+    EntryType("report.media_failed", 1, {**_REPORT, "purpose": Str, "reason": Str}, {"code": OptInt},
+              "The media leg could not be set up."),
+    EntryType("report.agent_answered", 1, {**_REPORT, "offer_id": Str, "agent_id": Str}, {},
+              "The agent answered and the caller is connected to it."),
+    EntryType("report.agent_failed", 1, {**_REPORT, "offer_id": Str, "agent_id": Str, "reason": Str},
+              {"code": OptInt},
+              "The agent leg failed: rejected, busy, no_answer, unreachable, no_sdp or cancelled."),
+    EntryType("report.call_ended", 1, {**_REPORT, "by": Str, "reason": Str}, {"code": OptInt},
+              "Every leg of the call is down; by = caller, agent, media or edge."),
+    # -- commands: -> one sip-edge ---------------------------------------------------------------
+    EntryType("command.media", 1, {**_CALL, "uri": Str, "purpose": Str}, {},
+              "Bridge the caller to a media URI (the queue URI carries the position parameter)."),
+    EntryType("command.ring", 1,
+              {**_CALL, "offer_id": Str, "agent_id": Str, "uri": Str, "timeout_s": Num},
+              {"caller_display": OptStr},
+              "Ring an agent; connect caller and agent when it answers."),
+    EntryType("command.cancel_ring", 1, {**_CALL, "offer_id": Str}, {}, "Stop ringing an agent."),
+    EntryType("command.reject", 1, {**_CALL, "code": Int, "reason": Str}, {},
+              "Reject the call with a SIP final response (or BYE if already answered)."),
+    EntryType("command.hangup", 1, {**_CALL, "reason": Str}, {}, "Tear the call down."),
+    # -- events: the product stream ------------------------------------------------------------
+    EntryType("call.arrived", 1, {**_EVENT, **_CALL, "flow": Str, "caller": Str, "edge": Str}),
+    EntryType("call.rejected", 1, {**_EVENT, **_CALL, "flow": Str, "code": Int, "reason": Str}, {},
+              "Refused at arrival (unknown flow, no agent logged in)."),
+    EntryType("call.welcome_ended", 1, {**_EVENT, **_CALL, "flow": Str}),
+    EntryType("call.queued", 1, {**_EVENT, **_CALL, "flow": Str, "position": Int}, {},
+              "position = number of calls ahead in the flow's queue (0 = next)."),
+    EntryType("call.offered", 1, {**_EVENT, **_CALL, "flow": Str, "agent_id": Str, "offer_id": Str}),
+    EntryType("call.agent_failed", 1,
+              {**_EVENT, **_CALL, "flow": Str, "agent_id": Str, "offer_id": Str, "reason": Str}),
+    EntryType("call.connected", 1, {**_EVENT, **_CALL, "flow": Str, "agent_id": Str, "wait_ms": Int}),
+    EntryType("call.abandoned", 1, {**_EVENT, **_CALL, "flow": Str, "wait_ms": Int, "stage": Str}),
+    EntryType("call.ended", 1,
+              {**_EVENT, **_CALL, "flow": Str, "caller": Str, "outcome": Str, "ended_by": Str,
+               "reason": Str, "received_ms": Int, "wait_ms": Int, "pickup_ms": Int, "talk_ms": Int,
+               "rejections": Int},
+              {"agent_id": OptStr},
+              "The call's summary (one CDR). outcome = answered, abandoned, rejected or failed."),
+    EntryType("agent.logged_in", 1, {**_EVENT, "agent_id": Str}),
+    EntryType("agent.logged_out", 1, {**_EVENT, "agent_id": Str}),
+    EntryType("agent.state_changed", 1, {**_EVENT, "agent_id": Str, "from": Str, "to": Str},
+              {"call_id": OptStr},
+              "state: logged_out, free, ringing, in_call, wrap_up."),
+]
+
+TYPES: dict[str, EntryType] = {t.name: t for t in _TYPES}
+
+
+def _check(value: Any, expected: type | tuple[type, ...]) -> bool:
+    if isinstance(value, bool) and expected in (int, Num, OptInt):
+        return False  # bool is an int subclass; a flag is never a count
+    return isinstance(value, expected)
+
+
+def validate(type_name: str, data: Mapping[str, Any]) -> EntryType:
+    """Check `data` against the contract of `type_name`; raise DecodeError if it does not hold."""
+    et = TYPES.get(type_name)
+    if et is None:
+        raise DecodeError(f"unknown entry type {type_name!r}")
+    for name, expected in et.required.items():
+        if name not in data:
+            raise DecodeError(f"{type_name}: missing field {name!r}")
+        if not _check(data[name], expected):
+            raise DecodeError(f"{type_name}: field {name!r} has type {type(data[name]).__name__}")
+    for name, expected in et.optional.items():
+        if name in data and not _check(data[name], expected):
+            raise DecodeError(f"{type_name}: field {name!r} has type {type(data[name]).__name__}")
+    return et
+
+
+def encode(type_name: str, data: Mapping[str, Any]) -> dict[str, bytes | str | int]:
+    """Stream fields for one entry; validates first so a bad producer fails loudly at the source."""
+    et = validate(type_name, data)
+    return {"type": type_name, "v": et.version, "data": msgpack.packb(dict(data), use_bin_type=True)}
+
+
+def _text(raw: Any) -> str:
+    return raw.decode() if isinstance(raw, bytes) else str(raw)
+
+
+def decode(fields: Mapping[Any, Any], entry_id: str | bytes = "") -> Entry:
+    """Decode stream fields (bytes or str keys) into an Entry; raise DecodeError on any defect."""
+    norm = {_text(k): v for k, v in fields.items()}
+    try:
+        type_name = _text(norm["type"])
+        version = int(_text(norm["v"]))
+        raw = norm["data"]
+    except (KeyError, ValueError, UnicodeDecodeError) as exc:
+        raise DecodeError(f"entry lacks type/v/data: {exc!r}") from exc
+    if isinstance(raw, str):
+        raw = raw.encode("latin-1")
+    try:
+        data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated exception types
+        raise DecodeError(f"{type_name}: data is not msgpack: {exc!r}") from exc
+    if not isinstance(data, dict):
+        raise DecodeError(f"{type_name}: data is not a map")
+    et = validate(type_name, data)
+    if version < 1:
+        raise DecodeError(f"{type_name}: bad version {version}")
+    # a newer producer may add fields (additive changes only); known ones were validated above
+    del et
+    return Entry(type=type_name, v=version, data=data, id=_text(entry_id))
+
+
+def lua_version_table() -> str:
+    """Lua source of the `EVENT_V` table: the Lua scripts stamp `v` from the same registry."""
+    rows = ", ".join(f'["{t.name}"]={t.version}' for t in _TYPES)
+    return f"local EVENT_V = {{{rows}}}\n"

@@ -1,0 +1,23 @@
+-- agent_login.lua: log an agent in; it may get a waiting call in the same step.
+-- KEYS[1] any tenant key. ARGV: now_ms, agent_id.
+-- Returns {RC.OK, state} | {RC.ALREADY, state} | {RC.NOT_FOUND}.
+--!include common.lua
+
+local agent_id = ARGV[2]
+local agent = hgetall(k_agent(agent_id))
+if agent == nil then return { RC.NOT_FOUND } end
+local state = agent.state or 'logged_out'
+if state ~= 'logged_out' then
+  if agent.logout_pending == '1' then
+    redis.call('HSET', k_agent(agent_id), 'logout_pending', '0')
+    set_logged(agent_id, agent, true)
+    return { RC.OK, state }
+  end
+  return { RC.ALREADY, state }
+end
+set_logged(agent_id, agent, true)
+redis.call('HSET', k_agent(agent_id), 'logged_in_ms', NOW, 'logout_pending', '0')
+emit('agent.logged_in', { agent_id = agent_id })
+set_agent_state(agent_id, agent, 'free', nil)
+dispatch_to_agent(agent_id, agent)
+return { RC.OK, agent.state }

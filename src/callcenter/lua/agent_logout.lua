@@ -1,0 +1,18 @@
+-- agent_logout.lua: log an agent out. Free or in wrap-up: at once. Ringing or in a call: when
+-- that call ends (the agent stops counting as logged in for new calls right away).
+-- KEYS[1] any tenant key. ARGV: now_ms, agent_id.
+-- Returns {RC.OK, 'logged_out' | 'pending'} | {RC.ALREADY, 'logged_out'} | {RC.NOT_FOUND}.
+--!include common.lua
+
+local agent_id = ARGV[2]
+local agent = hgetall(k_agent(agent_id))
+if agent == nil then return { RC.NOT_FOUND } end
+local state = agent.state or 'logged_out'
+if state == 'logged_out' then return { RC.ALREADY, 'logged_out' } end
+if state == 'free' or state == 'wrap_up' then
+  log_out(agent_id, agent)
+  return { RC.OK, 'logged_out' }
+end
+set_logged(agent_id, agent, false)
+redis.call('HSET', k_agent(agent_id), 'logout_pending', '1')
+return { RC.OK, 'pending' }

@@ -1,0 +1,22 @@
+-- flow_upsert.lua: create or update a flow in the Redis cache (SQL is its durable home).
+-- KEYS[1] any tenant key. ARGV: now_ms, flow_id, then field/value pairs (skill, priority,
+-- welcome_uri, queue_uri, dissuading_uri, prepend_cid, max_wrapup_s, ...). Returns {RC.OK}.
+--!include common.lua
+
+local flow_id = ARGV[2]
+local fkey = k_flow(flow_id)
+local old_skill = redis.call('HGET', fkey, 'skill')
+local args = {}
+local new_skill = nil
+for i = 3, #ARGV, 2 do
+  args[#args + 1] = ARGV[i]
+  args[#args + 1] = ARGV[i + 1]
+  if ARGV[i] == 'skill' then new_skill = ARGV[i + 1] end
+end
+if new_skill == nil or new_skill == '' then return { RC.INVALID, 'skill is required' } end
+if old_skill and old_skill ~= new_skill then redis.call('SREM', k_skill_flows(old_skill), flow_id) end
+redis.call('DEL', fkey)
+redis.call('HSET', fkey, 'id', flow_id, 'updated_ms', NOW, unpack(args))
+redis.call('SADD', k_skill_flows(new_skill), flow_id)
+redis.call('SADD', K.flows, flow_id)
+return { RC.OK }

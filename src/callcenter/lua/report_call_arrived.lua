@@ -1,0 +1,47 @@
+-- report_call_arrived.lua: a caller's INVITE reached a sip-edge.
+-- KEYS[1] any tenant key. ARGV: now_ms, entry id, msgpack report.call_arrived.
+-- Creates the call and decides its first step: reject (unknown flow, no agent logged in),
+-- welcome media, an agent at once, or the queue. Returns {RC, decision}.
+--!include common.lua
+--!include _report.lua
+
+if R.seq ~= 1 then return { RC.INVALID, 'arrival must have seq 1' } end
+local call_id = R.call_id
+local ckey = k_call(call_id)
+if redis.call('EXISTS', ckey) == 1 then return { RC.DUPLICATE, 'exists' } end
+
+local call = { flow = R.flow, caller = R.caller, caller_uri = R.caller_uri,
+  caller_display = R.caller_display or '', edge = R.edge, seq = 1, received_ms = NOW, state = 'arrived',
+  media = '', rejections = 0, offers = 0, agent = '', offer = '', sip_call_id = R.sip_call_id }
+local args = {}
+for name, value in pairs(call) do
+  args[#args + 1] = name
+  args[#args + 1] = value
+  call[name] = tostring(value)
+end
+redis.call('HSET', ckey, unpack(args))
+redis.call('SADD', K.calls, call_id)
+emit('call.arrived', { call_id = call_id, flow = R.flow, caller = R.caller, edge = R.edge })
+
+local function reject(code, phrase, reason)
+  command(R.edge, 'command.reject', { call_id = call_id, code = code, reason = phrase })
+  emit('call.rejected', { call_id = call_id, flow = R.flow, code = code, reason = reason })
+  finish_call(call_id, call, 'rejected', 'system', reason)
+end
+
+local flow = hgetall(k_flow(R.flow))
+if flow == nil then
+  reject(404, 'Not Found', 'unknown_flow')
+  return { RC.OK, 'rejected' }
+end
+if cfg('reject_on_no_agents') == 1 and redis.call('SCARD', k_skill_logged(flow.skill)) == 0 then
+  reject(cfg('no_agents_code'), 'No Agents Available', 'no_agents')
+  return { RC.OK, 'rejected' }
+end
+if (flow.welcome_uri or '') ~= '' then
+  call_field_updates(call_id, call, { state = 'welcome', media = 'welcome' })
+  command(R.edge, 'command.media', { call_id = call_id, uri = flow.welcome_uri, purpose = 'welcome' })
+  return { RC.OK, 'welcome' }
+end
+route_call(call_id, call, flow, false)
+return { RC.OK, call.state }

@@ -1,0 +1,29 @@
+-- report_media_ended.lua: a media server hung up its leg; the caller is still there.
+-- KEYS[1] any tenant key. ARGV: now_ms, entry id, msgpack report.media_ended. Returns {RC, what}.
+-- The welcome message ended: route the call (agent or queue). The queue media hung up (it should
+-- loop forever): bridge the caller to the queue media again.
+--!include common.lua
+--!include _report.lua
+
+local call, rc = load_call_for_report()
+if call == nil then return { rc } end
+if call.media ~= R.purpose then return { RC.STALE, 'not playing ' .. R.purpose } end
+call_field_updates(R.call_id, call, { media = '' })
+local flow = hgetall(k_flow(call.flow))
+if flow == nil then
+  command(call.edge, 'command.hangup', { call_id = R.call_id, reason = 'flow_removed' })
+  finish_call(R.call_id, call, 'failed', 'system', 'flow_removed')
+  return { RC.OK, 'hangup' }
+end
+if R.purpose == 'welcome' and call.state == 'welcome' then
+  emit('call.welcome_ended', { call_id = R.call_id, flow = call.flow })
+  route_call(R.call_id, call, flow, false)
+  return { RC.OK, call.state }
+end
+if R.purpose == 'queue' and (call.state == 'queued' or call.state == 'offered') then
+  local position = redis.call('ZRANK', k_queue(call.flow), R.call_id)
+  command(call.edge, 'command.media', { call_id = R.call_id, uri = queue_uri(flow, position), purpose = 'queue' })
+  call_field_updates(R.call_id, call, { media = 'queue' })
+  return { RC.OK, 'requeued_media' }
+end
+return { RC.OK, 'ignored' }

@@ -1,0 +1,71 @@
+"""Settings of every service, read from `CC_`-prefixed environment variables.
+
+Each service builds its own settings object in `main()` and passes it down; nothing reads the
+environment at import time. Every default works on loopback, so a service starts with no
+environment at all.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class CommonSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CC_", extra="ignore")
+
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
+    log_level: str = "info"
+    # health endpoint (GET /healthz, /readyz) of non-HTTP services; 0 disables it
+    health_port: int = 0
+
+
+class DispatchSettings(CommonSettings):
+    """Call-handling parameters. They are written into Redis (`cc:{tenant}:config`) by the
+    dispatcher at start-up, so the api's Lua steps use the same values."""
+
+    wrapup_s: int = Field(default=30, ge=0)
+    ring_timeout_s: int = Field(default=20, ge=1)
+    reject_on_no_agents: bool = True
+    no_agents_code: int = Field(default=480, ge=400, le=699)
+    queue_pos_param: str = Field(default="cc_pos", pattern=r"^[A-Za-z0-9_.-]{0,32}$")
+    # extra seconds the dispatcher waits beyond the ring timeout before it treats an offer as lost
+    offer_lease_grace_s: int = Field(default=5, ge=1)
+
+
+class DispatcherSettings(DispatchSettings):
+    consumer: str = Field(default_factory=lambda: f"dispatcher-{socket.gethostname()}")
+    batch: int = Field(default=64, ge=1, le=1000)
+    block_ms: int = Field(default=1000, ge=10)
+    claim_idle_ms: int = Field(default=10_000, ge=100)
+    max_deliveries: int = Field(default=5, ge=1)
+    timer_interval_ms: int = Field(default=100, ge=5)
+
+
+class EdgeSettings(CommonSettings):
+    edge_id: str = Field(default_factory=lambda: f"edge-{socket.gethostname()}", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    sip_host: str = "127.0.0.1"
+    sip_port: int = 5060
+    sip_advertised_host: str | None = None
+    sip_max_message_bytes: int = 8192
+    heartbeat_interval_ms: int = Field(default=1000, ge=100)
+    drain_timeout_s: float = 30.0
+
+
+class CdrWriterSettings(CommonSettings):
+    database_url: str = "sqlite:///callcenter.sqlite3"
+    consumer: str = Field(default_factory=lambda: f"cdr-writer-{socket.gethostname()}")
+    batch: int = Field(default=100, ge=1, le=1000)
+    block_ms: int = Field(default=1000, ge=10)
+    claim_idle_ms: int = Field(default=30_000, ge=100)
+    max_deliveries: int = Field(default=5, ge=1)
+
+
+class ApiSettings(CommonSettings):
+    database_url: str = "sqlite:///callcenter.sqlite3"
+    api_host: str = "127.0.0.1"
+    api_port: int = 8080

@@ -1,0 +1,162 @@
+"""The atomic Lua scripts on Redis state, with typed wrappers.
+
+Every state change of the call center is one script in `callcenter/lua/` (one file per command,
+with a header naming KEYS, ARGV and return codes). A script checks the state before it writes,
+changes it, and appends the resulting commands and events in the same atomic step. Scripts are
+registered with redis-py's `register_script` (EVALSHA with a NOSCRIPT fallback).
+
+Two lines are expanded when a script is loaded: `--!include <file>` inserts a shared file, and
+`--!versions` inserts the event version table generated from `callcenter.events`.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from callcenter.events import lua_version_table
+from callcenter.keys import Keys
+
+
+class RC(enum.IntEnum):
+    """Return codes of the Lua scripts (the `RC` table of lua/common.lua)."""
+
+    OK = 0
+    DUPLICATE = 1
+    OUT_OF_ORDER = 2
+    NOT_FOUND = 3
+    INVALID = 4
+    ALREADY = 5
+    STALE = 6
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    rc: RC
+    detail: str = ""
+
+
+REPORT_SCRIPTS = {
+    "report.call_arrived": "report_call_arrived",
+    "report.media_answered": "report_media_answered",
+    "report.media_ended": "report_media_ended",
+    "report.media_failed": "report_media_failed",
+    "report.agent_answered": "report_agent_answered",
+    "report.agent_failed": "report_agent_failed",
+    "report.call_ended": "report_call_ended",
+}
+OTHER_SCRIPTS = (
+    "agent_login", "agent_logout", "agent_upsert", "agent_delete",
+    "flow_upsert", "flow_delete", "fire_timers",
+)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def load_source(name: str) -> str:
+    """The full source of one script, with its includes and the version table expanded."""
+    lua = resources.files("callcenter.lua")
+    out: list[str] = []
+
+    def expand(file_name: str, seen: tuple[str, ...]) -> None:
+        if file_name in seen:
+            raise ValueError(f"include cycle: {' -> '.join((*seen, file_name))}")
+        for line in lua.joinpath(file_name).read_text().splitlines():
+            stripped = line.strip()
+            if stripped.startswith("--!include "):
+                expand(stripped.split(maxsplit=1)[1], (*seen, file_name))
+            elif stripped == "--!versions":
+                out.append(lua_version_table())
+            else:
+                out.append(line)
+
+    expand(f"{name}.lua", ())
+    return "\n".join(out) + "\n"
+
+
+def _text(value: Any) -> str:
+    if isinstance(value, bytes):
+        return value.decode()
+    return "" if value is None else str(value)
+
+
+def _result(raw: Any) -> Result:
+    rc = RC(int(raw[0]))
+    return Result(rc, _text(raw[1]) if len(raw) > 1 else "")
+
+
+class Store:
+    """Typed access to the scripts of one tenant. `clock` returns now in ms (tests pass their own)."""
+
+    def __init__(self, redis: Redis, tenant: str, clock: Any = now_ms) -> None:
+        self.redis = redis
+        self.keys = Keys(tenant)
+        self.clock = clock
+        self._scripts: dict[str, AsyncScript] = {
+            name: redis.register_script(load_source(name))
+            for name in (*REPORT_SCRIPTS.values(), *OTHER_SCRIPTS)
+        }
+
+    async def _run(self, name: str, *args: Any, now: int | None = None) -> Result:
+        ts = self.clock() if now is None else now
+        raw = await self._scripts[name](keys=[self.keys.events], args=[ts, *args])
+        return _result(raw)
+
+    # -- reports from sip-edges (the dispatcher) ---------------------------------------------------
+    async def apply_report(self, report_type: str, entry_id: str, data: bytes, now: int | None = None) -> Result:
+        """Apply one report; `data` is the entry's msgpack payload, passed to Lua untouched."""
+        return await self._run(REPORT_SCRIPTS[report_type], entry_id, data, now=now)
+
+    async def fire_timers(self, limit: int = 100, now: int | None = None) -> int:
+        res = await self._run("fire_timers", limit, now=now)
+        return int(res.detail or 0)
+
+    # -- agents -------------------------------------------------------------------------------------
+    async def agent_login(self, agent_id: str, now: int | None = None) -> Result:
+        return await self._run("agent_login", agent_id, now=now)
+
+    async def agent_logout(self, agent_id: str, now: int | None = None) -> Result:
+        return await self._run("agent_logout", agent_id, now=now)
+
+    # -- provisioning cache ------------------------------------------------------------------------
+    async def flow_upsert(self, flow_id: str, fields: dict[str, Any], now: int | None = None) -> Result:
+        args: list[Any] = [flow_id]
+        for name, value in fields.items():
+            args += [name, "" if value is None else value]
+        return await self._run("flow_upsert", *args, now=now)
+
+    async def flow_delete(self, flow_id: str, now: int | None = None) -> Result:
+        return await self._run("flow_delete", flow_id, now=now)
+
+    async def agent_upsert(self, agent_id: str, uri: str, skills: list[str], wrapup_s: int | None,
+                           now: int | None = None) -> Result:
+        wrapup = "" if wrapup_s is None else wrapup_s
+        return await self._run("agent_upsert", agent_id, uri, ",".join(skills), wrapup, now=now)
+
+    async def agent_delete(self, agent_id: str, now: int | None = None) -> Result:
+        return await self._run("agent_delete", agent_id, now=now)
+
+    # -- reads ------------------------------------------------------------------------------------
+    async def agent(self, agent_id: str) -> dict[str, str] | None:
+        raw = await self.redis.hgetall(self.keys.agent(agent_id))
+        return {_text(k): _text(v) for k, v in raw.items()} or None
+
+    async def call(self, call_id: str) -> dict[str, str] | None:
+        raw = await self.redis.hgetall(self.keys.call(call_id))
+        return {_text(k): _text(v) for k, v in raw.items()} or None
+
+    async def flow(self, flow_id: str) -> dict[str, str] | None:
+        raw = await self.redis.hgetall(self.keys.flow(flow_id))
+        return {_text(k): _text(v) for k, v in raw.items()} or None
+
+    async def write_config(self, values: dict[str, Any]) -> None:
+        mapping = {k: (int(v) if isinstance(v, bool) else v) for k, v in values.items()}
+        await self.redis.hset(self.keys.config, mapping=mapping)

@@ -1,0 +1,1 @@
+"""Real parts for tests, benchmarks and the demo: a private redis-server, free loopback ports."""
