@@ -1,0 +1,60 @@
+"""The event contract: golden examples decode, bad entries are refused with a clear error."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import msgpack
+import pytest
+
+from callcenter.events import TYPES, DecodeError, decode, encode, lua_version_table
+
+GOLDEN = Path(__file__).resolve().parents[2] / "docs" / "events" / "golden"
+
+
+@pytest.mark.parametrize("type_name", sorted(TYPES))
+def test_golden_example_decodes(type_name: str) -> None:
+    expected = json.loads((GOLDEN / f"{type_name}.json").read_text())
+    raw = (GOLDEN / f"{type_name}.msgpack").read_bytes()
+    entry = decode({b"type": type_name.encode(), b"v": str(expected["v"]).encode(), b"data": raw}, "1-0")
+    assert entry.type == type_name and entry.v == TYPES[type_name].version
+    assert entry.data == expected["data"]
+
+
+def test_every_golden_file_names_a_known_type() -> None:
+    names = {p.name.rsplit(".", 1)[0] for p in GOLDEN.iterdir() if p.suffix in (".json", ".msgpack")}
+    assert names == set(TYPES)
+
+
+def test_encode_decode_round_trip_and_additive_fields() -> None:
+    data = {"ts": 1, "agent_id": "7", "from": "free", "to": "ringing", "future_field": [1, 2]}
+    entry = decode(encode("agent.state_changed", data))
+    assert entry.data == data  # unknown fields from a newer producer pass through
+
+
+@pytest.mark.parametrize(("fields", "message"), [
+    ({b"v": b"1", b"data": msgpack.packb({})}, "lacks type"),
+    ({b"type": b"call.nope", b"v": b"1", b"data": msgpack.packb({})}, "unknown entry type"),
+    ({b"type": b"call.queued", b"v": b"1", b"data": b"\xc1\xc1"}, "not msgpack"),
+    ({b"type": b"call.queued", b"v": b"1", b"data": msgpack.packb([1, 2])}, "not a map"),
+    ({b"type": b"call.queued", b"v": b"1", b"data": msgpack.packb({"ts": 1, "call_id": "c", "flow": "f"})},
+     "missing field 'position'"),
+    ({b"type": b"call.queued", b"v": b"1",
+      b"data": msgpack.packb({"ts": 1, "call_id": "c", "flow": "f", "position": "3"})}, "field 'position'"),
+    ({b"type": b"call.queued", b"v": b"x", b"data": msgpack.packb({})}, "lacks type"),
+])
+def test_bad_entries_are_refused(fields: dict[bytes, bytes], message: str) -> None:
+    with pytest.raises(DecodeError, match=message):
+        decode(fields)
+
+
+def test_encode_refuses_a_bad_producer() -> None:
+    with pytest.raises(DecodeError):
+        encode("command.reject", {"call_id": "c", "code": "480", "reason": "x"})
+
+
+def test_lua_version_table_lists_every_type() -> None:
+    table = lua_version_table()
+    for name, et in TYPES.items():
+        assert f'["{name}"]={et.version}' in table
