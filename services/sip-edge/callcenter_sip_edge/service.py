@@ -1,0 +1,166 @@
+"""The sip-edge service: the SIP stack's facts become reports on Redis, commands become SIP.
+
+Reads: `cc:{t}:commands:<edge_id>` (consumer group `edge`, this edge the only consumer).
+Writes: `cc:{t}:reports` (one report per fact, numbered per call with `seq`, in order) and the
+heartbeat `cc:{t}:edges` (score = now ms). The SIP stack runs on its own thread (sip_stack.py);
+this module is the asyncio side and never touches sippy objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+
+from callcenter.bus import ACK, StreamConsumer, Verdict
+from callcenter.events import Entry, encode
+from callcenter.keys import Keys
+from callcenter.settings import EdgeSettings
+from callcenter_sip_edge.sip_stack import Fact, SipStack
+
+log = structlog.get_logger(__name__)
+
+REPORT_OF_FACT = {
+    "arrived": "report.call_arrived",
+    "media_answered": "report.media_answered",
+    "media_ended": "report.media_ended",
+    "media_failed": "report.media_failed",
+    "agent_answered": "report.agent_answered",
+    "agent_failed": "report.agent_failed",
+    "ended": "report.call_ended",
+}
+COMMAND_GROUP = "edge"
+
+
+class EdgeService:
+    def __init__(self, settings: EdgeSettings, redis: aioredis.Redis) -> None:
+        self.settings = settings
+        self.redis = redis
+        self.keys = Keys(settings.tenant)
+        self.edge_id = settings.edge_id
+        self._seq: dict[str, int] = {}
+        self._outbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._stop = asyncio.Event()
+        self.stack: SipStack | None = None
+        self.commands = StreamConsumer(
+            redis, stream=self.keys.commands(self.edge_id), group=COMMAND_GROUP, consumer=self.edge_id,
+            handler=self._execute, dead_stream=self.keys.dead, batch=100, block_ms=500, claim_idle_ms=5_000)
+
+    # -- facts -> reports ----------------------------------------------------------------------
+    def on_fact(self, fact: Fact) -> None:
+        """Runs on the asyncio thread, in the order the SIP thread produced the facts."""
+        report_type = REPORT_OF_FACT.get(fact.kind)
+        if report_type is None:
+            log.warning("edge.unknown_fact", kind=fact.kind, call_id=fact.call_id)
+            return
+        seq = self._seq.get(fact.call_id, 0) + 1
+        if fact.kind == "ended":
+            self._seq.pop(fact.call_id, None)
+        else:
+            self._seq[fact.call_id] = seq
+        data = {k: v for k, v in fact.data.items() if v is not None}
+        if fact.kind == "arrived":
+            data["caller"] = data.pop("caller_user", "")
+        data.update(call_id=fact.call_id, edge=self.edge_id, seq=seq, ts=fact.ts_ms)
+        self._outbox.put_nowait((report_type, data))
+
+    async def _publish_reports(self) -> None:
+        """Append reports in order; on a Redis error keep them and retry (never drop, never reorder)."""
+        while True:
+            first = await self._outbox.get()
+            batch = [first]
+            while not self._outbox.empty() and len(batch) < 500:
+                batch.append(self._outbox.get_nowait())
+            delay = 0.05
+            while True:
+                try:
+                    async with self.redis.pipeline(transaction=False) as pipe:
+                        for report_type, data in batch:
+                            pipe.xadd(self.keys.reports, encode(report_type, data))  # type: ignore[arg-type]
+                        await pipe.execute()
+                    break
+                except (ConnectionError, OSError, aioredis.RedisError) as exc:
+                    log.warning("edge.publish_failed", error=repr(exc), pending=len(batch))
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+
+    # -- commands -> SIP -----------------------------------------------------------------------
+    async def _execute(self, entries: Sequence[Entry]) -> Mapping[str, Verdict]:
+        stack = self.stack
+        assert stack is not None
+        for e in entries:
+            d = e.data
+            if e.type == "command.media":
+                stack.media(d["call_id"], d["uri"], d["purpose"])
+            elif e.type == "command.ring":
+                stack.ring(d["call_id"], d["offer_id"], d["agent_id"], d["uri"], float(d["timeout_s"]),
+                           d.get("caller_display"))
+            elif e.type == "command.cancel_ring":
+                stack.cancel_ring(d["call_id"], d["offer_id"])
+            elif e.type == "command.reject":
+                stack.reject(d["call_id"], d["code"], d["reason"])
+            elif e.type == "command.hangup":
+                stack.hangup(d["call_id"], d["reason"])
+            else:
+                log.warning("edge.unknown_command", type=e.type, entry_id=e.id)
+        return {e.id: ACK for e in entries}
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    async def _heartbeat(self) -> None:
+        while not self._stop.is_set():
+            try:
+                await self.redis.zadd(self.keys.edges, {self.edge_id: int(time.time() * 1000)})
+            except (ConnectionError, OSError, aioredis.RedisError) as exc:
+                log.warning("edge.heartbeat_failed", error=repr(exc))
+            try:
+                await asyncio.wait_for(self._stop.wait(), self.settings.heartbeat_interval_ms / 1000)
+            except TimeoutError:
+                pass
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        s = self.settings
+        self.stack = SipStack(host=s.sip_host, port=s.sip_port, on_fact=self.on_fact, loop=loop,
+                              advertised_host=s.sip_advertised_host, max_message_bytes=s.sip_max_message_bytes)
+        await asyncio.to_thread(self.stack.start)
+        log.info("edge.started", edge_id=self.edge_id, sip=f"{s.sip_host}:{s.sip_port}")
+        tasks = [asyncio.create_task(self._publish_reports()), asyncio.create_task(self._heartbeat()),
+                 asyncio.create_task(self.commands.run())]
+        await self._stop.wait()
+        await self._drain()
+        self.commands.request_stop()
+        await asyncio.wait_for(tasks[2], timeout=5)
+        # let the last facts (ended of hung-up calls) reach Redis
+        for _ in range(50):
+            if self._outbox.empty():
+                break
+            await asyncio.sleep(0.05)
+        for task in tasks[:2]:
+            task.cancel()
+        await asyncio.to_thread(self.stack.stop)
+        await self.redis.zrem(self.keys.edges, self.edge_id)
+        log.info("edge.stopped", edge_id=self.edge_id)
+
+    async def _drain(self) -> None:
+        """New INVITEs get 503 + Retry-After; calls in progress may finish until the deadline."""
+        stack = self.stack
+        assert stack is not None
+        stack.set_accepting(False)
+        deadline = time.monotonic() + self.settings.drain_timeout_s
+        log.info("edge.draining", active_calls=stack.active_calls(), timeout_s=self.settings.drain_timeout_s)
+        while stack.active_calls() and time.monotonic() < deadline:  # noqa: ASYNC110 - a count owned by the SIP thread
+            await asyncio.sleep(0.2)
+        if stack.active_calls():
+            log.warning("edge.drain_deadline", active_calls=stack.active_calls())
+            stack.hangup_all("edge_shutdown")
+            for _ in range(50):
+                if not stack.active_calls():
+                    break
+                await asyncio.sleep(0.1)

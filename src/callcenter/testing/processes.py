@@ -1,0 +1,69 @@
+"""Start the callcenter services as real processes (e2e tests, the demo, benchmarks)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SERVICES = ("sip-edge", "dispatcher", "cdr-writer", "api")
+
+
+def console_script(name: str) -> str:
+    """Path of a console script installed next to the running interpreter."""
+    candidate = Path(sys.executable).parent / f"callcenter-{name}"
+    return str(candidate) if candidate.exists() else f"callcenter-{name}"
+
+
+@dataclass
+class ServiceProcess:
+    name: str                      # one of SERVICES
+    env: dict[str, str]
+    health_url: str | None = None  # polled until 200 by start()
+    logfile: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="cc-svc-", suffix=".log")[1]))
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 20.0) -> ServiceProcess:
+        env = {**os.environ, "CC_LOG_FORMAT": "json", **self.env}
+        out = open(self.logfile, "ab")  # owned by the child for its lifetime
+        self.proc = subprocess.Popen([console_script(self.name)], env=env, stdout=out, stderr=subprocess.STDOUT)
+        if self.health_url:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.proc.poll() is not None:
+                    raise RuntimeError(f"{self.name} exited with {self.proc.returncode}:\n{self.log()}")
+                try:
+                    with urllib.request.urlopen(self.health_url, timeout=1) as resp:
+                        if resp.status == 200:
+                            return self
+                except OSError:
+                    time.sleep(0.1)
+            self.stop()
+            raise RuntimeError(f"{self.name} not ready at {self.health_url}:\n{self.log()}")
+        return self
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace")[-5000:]
+
+    def stop(self, timeout: float = 15.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)

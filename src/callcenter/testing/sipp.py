@@ -1,0 +1,96 @@
+"""Run SIPp processes as real SIP peers (callers, agents, media servers) on loopback.
+
+Every run is bounded: `-m` calls, `-timeout` for the whole run, and `wait()` kills a process that
+outlives its own limit. SIPp's exit code: 0 = every call succeeded, 1 = at least one failed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from callcenter.testing.servers import free_port
+
+
+@dataclass
+class Sipp:
+    scenario: Path
+    port: int = 0
+    remote: str | None = None          # host:port for a UAC
+    service: str | None = None         # Request-URI user part for a UAC (-s)
+    calls: int = 1                     # -m
+    timeout_s: float = 30.0            # -timeout (whole run)
+    rate: float | None = None          # -r calls per second (UAC)
+    extra: list[str] = field(default_factory=list)
+    proc: subprocess.Popen[bytes] | None = None
+    logdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cc-sipp-")))
+
+    @property
+    def uri_host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> Sipp:
+        exe = shutil.which("sipp")
+        if exe is None:
+            raise RuntimeError("sipp is not installed (apt-get install sip-tester)")
+        if not self.port:
+            self.port = free_port(kind=2)  # SOCK_DGRAM
+        args = [exe, "-sf", str(self.scenario), "-i", "127.0.0.1", "-p", str(self.port), "-m", str(self.calls),
+                "-timeout", f"{int(self.timeout_s)}s", "-nostdin", "-buff_size", "4194304",
+                "-trace_err", "-error_file", str(self.logdir / "errors.log"),
+                "-trace_screen", "-screen_file", str(self.logdir / "screen.log"),
+                "-timeout_error", "-max_recv_loops", "1000"]
+        if self.rate is not None:
+            args += ["-r", str(self.rate)]
+        if self.service:
+            args += ["-s", self.service]
+        args += self.extra
+        if self.remote:
+            args.append(self.remote)
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.logdir)
+        return self
+
+    def wait(self, timeout: float | None = None) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout if timeout is not None else self.timeout_s + 10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            return -9
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def errors(self) -> str:
+        """SIPp's own account of what went wrong (error file and final screen), for assertion messages."""
+        out = []
+        for name in ("errors.log", "screen.log"):
+            p = self.logdir / name
+            if p.exists():
+                out.append(p.read_text(errors="replace")[-3000:])
+        if self.proc and self.proc.stderr and self.proc.poll() is not None:
+            out.append(self.proc.stderr.read().decode(errors="replace")[-2000:])
+        return "\n".join(out)
+
+
+def wait_until(predicate, timeout: float, interval: float = 0.05) -> bool:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
