@@ -58,3 +58,10 @@ def test_lua_version_table_lists_every_type() -> None:
     table = lua_version_table()
     for name, et in TYPES.items():
         assert f'["{name}"]={et.version}' in table
+
+
+def test_every_public_event_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text()
+    for name in TYPES:
+        if name.startswith(("call.", "agent.")):
+            assert f"| `{name}` | {TYPES[name].version} |" in doc, f"{name} is missing from docs/events.md"

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Installs what callcenter needs on Debian 12 (apt packages when missing, a virtualenv in .venv
+# with the project and its extras). Safe to run again: it only does what is missing.
+# Usage: scripts/bootstrap.sh [--with-postgres]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+with_postgres=0
+[ "${1:-}" = "--with-postgres" ] && with_postgres=1
+
+sudo_cmd=()
+if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
+
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
+if [ "$with_postgres" = 1 ] && ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  missing+=(postgresql)
+fi
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "bootstrap: installing ${missing[*]} with apt-get" >&2
+  "${sudo_cmd[@]}" apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
+  # the Debian package starts a system redis-server on 6379; callcenter starts its own
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.callcenter-installed
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  .venv/bin/python -m pip install -q --upgrade pip >/dev/null
+  .venv/bin/python -m pip install -q -e '.[dev]'
+  touch "$stamp"
+fi
