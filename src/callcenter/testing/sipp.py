@@ -43,6 +43,7 @@ class Sipp:
                 "-timeout", f"{int(self.timeout_s)}s", "-nostdin", "-buff_size", "4194304",
                 "-trace_err", "-error_file", str(self.logdir / "errors.log"),
                 "-trace_screen", "-screen_file", str(self.logdir / "screen.log"),
+                "-trace_logs", "-log_file", str(self.logdir / "scenario.log"),
                 "-timeout_error", "-max_recv_loops", "1000"]
         if self.rate is not None:
             args += ["-r", str(self.rate)]
@@ -74,6 +75,11 @@ class Sipp:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
+
+    def scenario_log(self) -> str:
+        """What the scenario's <log> actions wrote (e.g. the Request-URI of each INVITE received)."""
+        p = self.logdir / "scenario.log"
+        return p.read_text(errors="replace") if p.exists() else ""
 
     def errors(self) -> str:
         """SIPp's own account of what went wrong (error file and final screen), for assertion messages."""
