@@ -1,0 +1,238 @@
+"""Thread bridge between the asyncio service and sippy's SIP reactor.
+
+Reads: commands from any thread (media, ring, cancel_ring, reject, hangup, set_accepting).
+Writes: `Fact`s to the `on_fact` callback, always on the asyncio loop's thread
+(`loop.call_soon_threadsafe`).
+
+sippy runs its own reactor (ED2) on a dedicated "sip" thread, which is also the thread that
+imports sippy (ED2 records the importing thread and warns about timers started elsewhere).
+Only that thread touches sippy objects: commands are queued to it with ED2.callFromThread,
+and facts carry plain data only. sippy has one reactor per process, so one SipStack runs at a
+time; the SIP thread is process-wide and parks between stacks (see `_SipThread`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from callcenter_sip_edge import sippy_fixes
+
+log = structlog.get_logger(__name__)
+
+START_TIMEOUT_S = 10.0
+STOP_TIMEOUT_S = 5.0
+MEDIA_PURPOSES = frozenset({"welcome", "queue", "dissuading"})
+
+
+@dataclass(frozen=True)
+class Fact:
+    """Something that happened to a call, reported to the dispatcher."""
+
+    kind: str              # arrived, media_answered, media_ended, media_failed, agent_answered,
+                           # agent_failed, ended
+    call_id: str           # edge-generated id (uuid4 hex), not the SIP Call-ID
+    data: dict[str, Any]   # plain data only (str/int/float/bool/None)
+    ts_ms: int             # wall clock ms when it happened
+
+
+class _SipThread:
+    """The one thread per process that imports sippy and runs its reactor, one stack at a time.
+
+    Why one thread for the whole process: sippy's reactor (ED2) is a process-wide singleton
+    bound to the thread that imported sippy, and its ElPeriodic ticker wakes that very thread
+    for call-from-thread; running the reactor on a second thread segfaults in procrastinate().
+    So the thread parks between stacks instead of exiting.
+    """
+
+    _lock = threading.Lock()
+    _instance: _SipThread | None = None
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self.thread = threading.Thread(target=self._serve, name="sip", daemon=True)
+        self.thread.start()
+
+    @classmethod
+    def shared(cls) -> _SipThread:
+        with cls._lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    def run(self, job: Callable[[], None]) -> None:
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            except BaseException:
+                log.exception("sip.thread_job_failed")
+
+
+class SipStack:
+    """The SIP side of sip-edge: a sippy B2BUA on the SIP thread, driven by commands."""
+
+    _active: SipStack | None = None    # sippy allows one running stack per process
+
+    def __init__(self, *, host: str, port: int, on_fact: Callable[[Fact], None],
+                 loop: asyncio.AbstractEventLoop, advertised_host: str | None = None,
+                 max_message_bytes: int = 8192, user_agent: str = "callcenter") -> None:
+        self._host = host
+        self._port = port
+        self._on_fact = on_fact
+        self._loop = loop
+        self._advertised_host = advertised_host
+        self._max_message_bytes = max_message_bytes
+        self._user_agent = user_agent
+        self._started = threading.Event()
+        self._finished = threading.Event()
+        self._start_error: BaseException | None = None
+        self._reactor: Any = None      # sippy's ED2, set on the SIP thread
+        self._router: Any = None       # controller.CallRouter, lives on the SIP thread
+        self._state = "new"            # new -> running -> stopping -> stopped
+        self.bound_address: tuple[str, int] | None = None
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> None:
+        """Start serving on the SIP thread; return once the UDP socket is bound, raise if it cannot be."""
+        if self._state != "new":
+            raise RuntimeError(f"SipStack cannot start: it is {self._state}")
+        with _SipThread._lock:
+            if SipStack._active is not None:
+                raise RuntimeError("another SipStack is running in this process (sippy has one reactor)")
+            SipStack._active = self
+        self._state = "running"
+        _SipThread.shared().run(self._serve)
+        if not self._started.wait(START_TIMEOUT_S):
+            raise RuntimeError("SIP thread did not start in time")
+        if self._start_error is not None:
+            self._state = "stopped"
+            raise self._start_error
+        sippy_fixes.tune_gc()
+        log.info("sip.started", host=self._host, port=self.bound_address[1] if self.bound_address else None)
+
+    def stop(self) -> None:
+        """Hang up the remaining calls, close the socket, stop the reactor; wait at most a few seconds."""
+        if self._state != "running":
+            return
+        self._state = "stopping"
+        if self._reactor is not None and self._router is not None:
+            self._reactor.callFromThread(self._router.shutdown, self._reactor.breakLoop)
+        if self._finished.wait(STOP_TIMEOUT_S):
+            log.info("sip.stopped")
+        else:
+            log.error("sip.stop_timeout", timeout_s=STOP_TIMEOUT_S)
+        self._state = "stopped"
+
+    def _serve(self) -> None:
+        """SIP thread: build the stack, run the reactor until stop()."""
+        # sippy logs every SIP message at its default level (INFO); keep errors only unless
+        # the operator asked for more.
+        os.environ.setdefault("SIPLOG_LVL", "ERR")
+        try:
+            try:
+                sippy_fixes.apply_sippy_fixes()
+                from sippy.Core.EventDispatcher import ED2
+
+                ED2.my_ident = threading.get_ident()
+                from callcenter_sip_edge.controller import CallRouter
+
+                router = CallRouter(host=self._host, port=self._port, emit=self._emit_fact,
+                                    advertised_host=self._advertised_host,
+                                    max_message_bytes=self._max_message_bytes, user_agent=self._user_agent)
+                self.bound_address = router.bound_address
+            except BaseException as exc:  # reported to start()'s caller
+                self._start_error = exc
+                self._started.set()
+                return
+            self._reactor, self._router = ED2, router
+            self._started.set()
+            try:
+                ED2.loop()
+            except BaseException:
+                log.exception("sip.reactor_failed")
+        finally:
+            with _SipThread._lock:
+                if SipStack._active is self:
+                    SipStack._active = None
+            self._finished.set()
+
+    # ------------------------------------------------------------------ facts
+    def _emit_fact(self, fact: Fact) -> None:
+        """SIP thread: hand a fact to the asyncio loop."""
+        try:
+            self._loop.call_soon_threadsafe(self._deliver_fact, fact)
+        except RuntimeError:
+            log.warning("sip.fact_lost", kind=fact.kind, call_id=fact.call_id, reason="loop_closed")
+
+    def _deliver_fact(self, fact: Fact) -> None:
+        try:
+            self._on_fact(fact)
+        except Exception:
+            log.exception("sip.on_fact_failed", kind=fact.kind, call_id=fact.call_id)
+
+    # ------------------------------------------------------------------ commands
+    def media(self, call_id: str, uri: str, purpose: str) -> None:
+        if purpose not in MEDIA_PURPOSES:
+            log.warning("call.command_ignored", call_id=call_id, command="media", reason="bad_purpose",
+                        purpose=purpose)
+            return
+        self._submit("media", call_id, uri, purpose)
+
+    def ring(self, call_id: str, offer_id: str, agent_id: str, uri: str, timeout_s: float,
+             caller_display: str | None = None) -> None:
+        self._submit("ring", call_id, offer_id, agent_id, uri, timeout_s, caller_display)
+
+    def cancel_ring(self, call_id: str, offer_id: str) -> None:
+        self._submit("cancel_ring", call_id, offer_id)
+
+    def reject(self, call_id: str, code: int, reason: str) -> None:
+        self._submit("reject", call_id, code, reason)
+
+    def hangup(self, call_id: str, reason: str) -> None:
+        self._submit("hangup", call_id, reason)
+
+    def hangup_all(self, reason: str) -> None:
+        """Hang up every active call (end of a drain); each one reports `ended(by=edge)`."""
+        reactor, router = self._reactor, self._router
+        if reactor is None or router is None or self._state != "running":
+            log.warning("call.command_ignored", command="hangup_all", reason="not_running")
+            return
+        reactor.callFromThread(self._run_command, router, "hangup_all", "*", (reason,))
+
+    def active_calls(self) -> int:
+        router = self._router
+        # len() of a dict owned by the SIP thread is an atomic read in CPython
+        return len(router.calls) if router is not None else 0
+
+    def set_accepting(self, accepting: bool) -> None:
+        router = self._router
+        if router is not None:
+            # a plain attribute read by the SIP thread for each new INVITE
+            router.accepting = bool(accepting)
+        log.info("sip.accepting", accepting=bool(accepting))
+
+    def _submit(self, command: str, call_id: str, *args: Any) -> None:
+        reactor, router = self._reactor, self._router
+        if reactor is None or router is None or self._state != "running":
+            log.warning("call.command_ignored", call_id=call_id, command=command, reason="not_running")
+            return
+        reactor.callFromThread(self._run_command, router, command, call_id, args)
+
+    @staticmethod
+    def _run_command(router: Any, command: str, call_id: str, args: tuple[Any, ...]) -> None:
+        """SIP thread: execute one command; never let an exception reach the reactor."""
+        try:
+            router.command(command, call_id, *args)
+        except Exception:
+            log.exception("call.command_failed", call_id=call_id, command=command)

@@ -1,0 +1,325 @@
+"""Start-up workarounds for the sippy 2.5.0 defects found in the SIP stack evaluation.
+
+Reads: the sippy package (imported lazily, on the SIP thread, so that sippy's reactor binds to it).
+Writes: patches a few sippy classes in place, once per process (monkeypatches that wrap or extend
+sippy's own methods; no sippy code is copied here), tunes the garbage collector, and provides
+the UDP server and transaction manager subclasses the edge uses (large receive buffer,
+advertised address, screening of malformed datagrams).
+
+Every patch says which defect it works around. `apply_sippy_fixes()` is idempotent.
+"""
+
+from __future__ import annotations
+
+import gc
+import re
+import socket
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+log = structlog.get_logger(__name__)
+
+# sippy's receiver thread reads with recvfrom(8192): anything this long was truncated by the kernel.
+SIPPY_RECV_BYTES = 8192
+UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+
+_applied = False
+
+
+def apply_sippy_fixes() -> None:
+    """Patch sippy 2.5.0 in place. Call on the SIP thread before any sippy object is created."""
+    global _applied
+    if _applied:
+        return
+    _use_one_udp_worker()
+    _answer_in_dialog_update()
+    _answer_unknown_in_dialog_methods()
+    _keep_update_transaction_open_while_relayed()
+    _case_insensitive_transport_param()
+    _keep_session_sdp_after_failed_reinvite()
+    _applied = True
+    log.debug("sippy_fixes.applied")
+
+
+def tune_gc() -> None:
+    """Move everything built at start-up out of the collector's reach and collect less often.
+
+    Why: with the default thresholds (700, 10, 10), gen-2 collections over sippy's many small
+    objects caused the latency spikes and retransmissions seen above ~250 calls/s. Freezing the
+    start-up heap (imports, sippy singletons) makes each full collection cheaper, and a larger
+    gen-0 threshold makes collections rarer; reference cycles (sippy UAs) are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
+def _use_one_udp_worker() -> None:
+    # Why: with sippy's default of 3 receiver threads per socket, two datagrams of the same
+    # dialog can be handed to the reactor out of order (a 180 reached the caller after the 200).
+    # One receiver keeps the arrival order; the reactor is single-threaded anyway.
+    from sippy.Udp_server import Udp_server_opts
+
+    Udp_server_opts.nworkers = 1
+
+
+def _answer_in_dialog_update() -> None:
+    # Why: UaStateConnected has no UPDATE handler (RFC 3311), so an in-dialog UPDATE got no
+    # answer at all and its retransmission a 500. An UPDATE with an offer is handled like a
+    # re-INVITE (the B2BUA relays the offer to the peer as a re-INVITE and answers the UPDATE
+    # with the peer's answer); an UPDATE without a body (session refresh) gets 200 at once.
+    from sippy.CCEvents import CCEventUpdate
+    from sippy.UaStateConnected import UaStateConnected
+
+    def recv_update(state: Any, req: Any) -> Any:
+        ua = state.ua
+        body = req.getBody()
+        if body is None:
+            req.sendResponse(200, "OK")
+            return None
+        # sendUasResponse() answers whatever transaction uasResp was generated from.
+        ua.uasResp = req.genResponse(100, "Trying", server=ua.local_ua)
+        if ua.rSDP is not None and str(ua.rSDP) == str(body):
+            ua.sendUasResponse(200, "OK", ua.lSDP, (ua.lContact,))
+            return None
+        event = CCEventUpdate(body, rtime=req.rtime, origin=ua.origin)
+        ua.rSDP = body.getCopy()
+        ua.equeue.append(event)
+        return (ua.UasStateUpdating,)
+
+    UaStateConnected.recv_request_handlers["UPDATE"] = recv_update
+
+
+def _answer_unknown_in_dialog_methods() -> None:
+    # Why: a request that the dialog state has no handler for (PRACK, MESSAGE, NOTIFY, UPDATE
+    # during a pending offer, ...) was silently dropped, so the peer retransmitted it for 32 s
+    # and then its retransmissions got a 500. Answer it: 491 for UPDATE while an offer is
+    # pending (RFC 3311 5.2), 481 for a BYE outside a confirmed dialog, 501 otherwise.
+    from sippy.UacStateUpdating import UacStateUpdating
+    from sippy.UasStateUpdating import UasStateUpdating
+    from sippy.UaStateGeneric import UaStateGeneric
+
+    original_recv_request = UaStateGeneric.recvRequest
+    silent_methods = frozenset({"ACK", "CANCEL"})
+
+    def recv_request_or_answer(state: Any, req: Any) -> Any:
+        method = req.getMethod()
+        if method in state.recv_request_handlers or method in silent_methods:
+            return original_recv_request(state, req)
+        if not hasattr(req, "sendResponse"):
+            # not reached through UA.recvRequest: keep sippy's behaviour
+            return original_recv_request(state, req)
+        if method == "UPDATE" and isinstance(state, UacStateUpdating | UasStateUpdating):
+            req.sendResponse(491, "Request Pending")
+        elif method == "BYE":
+            req.sendResponse(481, "Call Leg/Transaction Does Not Exist")
+        else:
+            req.sendResponse(501, "Not Implemented")
+        return None
+
+    UaStateGeneric.recvRequest = recv_request_or_answer
+
+
+def _keep_update_transaction_open_while_relayed() -> None:
+    # Why: sippy deletes a non-INVITE server transaction as soon as the UA returns without a
+    # response, so the 200 for a relayed UPDATE (sent when the peer answers the re-INVITE) would
+    # find no transaction. Returning an empty result keeps the transaction until it is answered.
+    from sippy.UA import UA
+    from sippy.UasStateUpdating import UasStateUpdating
+
+    original_recv_request = UA.recvRequest
+
+    def recv_request(ua: Any, req: Any, sip_t: Any) -> Any:
+        result = original_recv_request(ua, req, sip_t)
+        if result is None and req.getMethod() == "UPDATE" and isinstance(ua.state, UasStateUpdating):
+            return (None, None, None)
+        return result
+
+    UA.recvRequest = recv_request
+
+
+def _case_insensitive_transport_param() -> None:
+    # Why: URI parameters are case-insensitive (RFC 3261 19.1.4), but sippy compares the
+    # transport with 'udp' literally: a Contact with ;transport=UDP made newTransaction() raise
+    # "unsupported transport: UDP", and the BYE to that party was never sent.
+    from sippy.SipURL import SipURL
+
+    original_get_taddr = SipURL.getTAddr
+
+    def get_taddr(url: Any) -> Any:
+        address, transport = original_get_taddr(url)
+        if isinstance(transport, str):
+            transport = transport.lower()
+        return (address, transport)
+
+    SipURL.getTAddr = get_taddr
+
+
+def _keep_session_sdp_after_failed_reinvite() -> None:
+    # Why: when a re-INVITE we send gets a non-2xx answer (491 glare, 488), UacStateUpdating
+    # sets ua.lSDP = None although the session keeps its previous SDP (RFC 3261 14.1); the next
+    # re-INVITE on that leg then crashes in UaStateConnected._recvEventUpdate (None.localStr).
+    # Remember the SDP in force when a re-INVITE starts and put it back if it fails.
+    from sippy.CCEvents import CCEventUpdate
+    from sippy.UacStateUpdating import UacStateUpdating
+    from sippy.UaStateConnected import UaStateConnected
+
+    original_send_update = UaStateConnected.recv_event_handlers[CCEventUpdate]
+    original_recv_response = UacStateUpdating.recvResponse
+
+    def send_update(state: Any, event: Any, extra_headers: Any) -> Any:
+        state.ua.session_sdp_before_update = state.ua.lSDP
+        return original_send_update(state, event, extra_headers)
+
+    def recv_response(state: Any, resp: Any, tr: Any) -> Any:
+        ua = state.ua
+        result = original_recv_response(state, resp, tr)
+        if ua.lSDP is None and resp.getSCode()[0] >= 300:
+            ua.lSDP = getattr(ua, "session_sdp_before_update", None)
+        return result
+
+    UaStateConnected.recv_event_handlers[CCEventUpdate] = send_update
+    UacStateUpdating.recvResponse = recv_response
+
+
+def make_udp_server_class(advertised_host: str | None) -> type:
+    """sippy's Udp_server with a 4 MiB receive buffer and, optionally, an advertised address.
+
+    The advertised host replaces the bound address wherever sippy renders its own address
+    (Via, Contact, From of new legs), for an edge behind NAT or bound to 0.0.0.0.
+    """
+    from sippy.Udp_server import Udp_server
+
+    class EdgeUdpServer(Udp_server):  # type: ignore[misc]
+        def __init__(self, global_config: Any, uopts: Any) -> None:
+            super().__init__(global_config, uopts)
+            _enlarge_receive_buffer(self.skt)
+
+        def getSIPaddr(self) -> Any:
+            (host, port), transport = super().getSIPaddr()
+            if advertised_host:
+                host = advertised_host
+            return ((host, port), transport)
+
+    return EdgeUdpServer
+
+
+def _enlarge_receive_buffer(sock: socket.socket) -> None:
+    # Why: bursts of INVITEs overflow the default ~200 KiB buffer while the reactor is busy.
+    # SO_RCVBUFFORCE ignores net.core.rmem_max but needs CAP_NET_ADMIN; fall back to SO_RCVBUF,
+    # which the kernel silently caps at rmem_max.
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    try:
+        if force is not None:
+            sock.setsockopt(socket.SOL_SOCKET, force, UDP_RECEIVE_BUFFER_BYTES)
+        else:
+            raise PermissionError
+    except OSError:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER_BYTES)
+        except OSError as exc:
+            log.warning("sip.rcvbuf_failed", error=str(exc))
+            return
+    log.debug("sip.rcvbuf", bytes=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+
+# ---------------------------------------------------------------- malformed datagram screening
+
+_COMPACT_HEADER_NAMES = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact",
+                         "l": "content-length", "c": "content-type"}
+_MANDATORY_HEADERS = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq"}
+_REQUEST_LINE = re.compile(r"^([A-Za-z]+) (\S+) SIP/2\.0$")
+_CSEQ_VALUE = re.compile(r"^\d{1,10}\s+[A-Za-z]+$")
+
+
+class Screening:
+    """What to do with one datagram before sippy parses it: pass it on, drop it, or answer it."""
+
+    __slots__ = ("drop_reason", "reply")
+
+    def __init__(self, drop_reason: str | None = None, reply: bytes | None = None) -> None:
+        self.drop_reason = drop_reason   # None: hand to sippy; "": drop silently; else: why
+        self.reply = reply               # a 400 to send back instead of handing it to sippy
+
+
+PASS = Screening()
+
+
+def screen_datagram(data: bytes, max_message_bytes: int) -> Screening:
+    """Check what sippy does not: size, encoding, start line and mandatory headers.
+
+    Why: sippy raises (and prints a traceback) on non-UTF-8 input, never answers a request that
+    lacks Call-ID, and gets datagrams over 8 KiB truncated. A request we can still answer gets
+    a 400 built from its own headers; anything else is dropped with a log line.
+    """
+    if len(data) > max_message_bytes or len(data) >= SIPPY_RECV_BYTES:
+        return Screening(drop_reason="oversized")
+    if len(data) < 32:
+        # keep-alives (CRLF) and fragments: sippy ignores them too
+        return Screening(drop_reason="" if not data.strip() else "too_short")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return Screening(drop_reason="not_utf8")
+    head = re.split(r"\r\n\r\n|\n\n", text, maxsplit=1)[0]
+    lines = head.splitlines()
+    start_line = lines[0].strip() if lines else ""
+    headers: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        if not line or line[0] in " \t":
+            continue  # folded continuation, irrelevant for presence checks
+        name, sep, _value = line.partition(":")
+        if not sep:
+            continue
+        key = name.strip().lower()
+        key = _COMPACT_HEADER_NAMES.get(key, key)
+        headers.setdefault(key, []).append(line)
+    is_response = start_line.startswith("SIP/2.0 ")
+    request_line = None if is_response else _REQUEST_LINE.match(start_line)
+    if not is_response and request_line is None:
+        return Screening(drop_reason="bad_start_line")
+    missing = [name for name in _MANDATORY_HEADERS if name not in headers]
+    cseq_ok = "cseq" in headers and _CSEQ_VALUE.match(headers["cseq"][0].partition(":")[2].strip())
+    if not missing and cseq_ok:
+        return PASS
+    if is_response or request_line is None or request_line.group(1).upper() == "ACK":
+        return Screening(drop_reason="missing_headers")
+    if "via" not in headers:
+        return Screening(drop_reason="missing_via")
+    problem = f"Missing {', '.join(_MANDATORY_HEADERS[name] for name in missing)}" if missing else "Bad CSeq"
+    reply_lines = [f"SIP/2.0 400 Bad Request - {problem}", *headers["via"]]
+    for name in ("from", "to", "call-id", "cseq"):
+        reply_lines.extend(headers.get(name, ()))
+    reply_lines += ["Content-Length: 0", "", ""]
+    return Screening(drop_reason=problem, reply="\r\n".join(reply_lines).encode())
+
+
+def make_transaction_manager_class(
+    *, max_message_bytes: int, advertised_host: str | None,
+    on_screened: Callable[[str, str, bool], None],
+) -> type:
+    """sippy's SipTransactionManager that screens every datagram before parsing it."""
+    from sippy.SipTransactionManager import SipTransactionManager
+    from sippy.Udp_server import Udp_server_opts
+
+    udp_server_class = make_udp_server_class(advertised_host)
+
+    class ScreenedTransactionManager(SipTransactionManager):  # type: ignore[misc]
+        model_udp_server = (udp_server_class, Udp_server_opts)
+
+        def handleIncoming(self, data_in: Any, ra: Any, server: Any, rtime: Any) -> None:
+            if isinstance(data_in, str):
+                data_in = data_in.encode("utf-8", errors="replace")
+            verdict = screen_datagram(data_in, max_message_bytes)
+            if verdict.drop_reason is None:
+                super().handleIncoming(data_in, ra, server, rtime)
+                return
+            source = f"{ra.address[0]}:{ra.address[1]}"
+            if verdict.drop_reason:
+                on_screened(verdict.drop_reason, source, verdict.reply is not None)
+            if verdict.reply is not None:
+                server.send_to(verdict.reply, ra.address)
+
+    return ScreenedTransactionManager

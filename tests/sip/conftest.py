@@ -1,0 +1,56 @@
+"""Fixtures for the SIP edge tests: free UDP ports, SIPp launcher, a running edge + scripted dispatcher.
+
+Reads/writes nothing itself; the helpers live in sip_harness.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from sip_harness import (
+    LOOPBACK,
+    SIPP_INSTALLED,
+    EdgeUnderTest,
+    ScriptedDispatcher,
+    SippLauncher,
+    free_udp_port,
+)
+
+from callcenter_sip_edge.sip_stack import SipStack
+
+if not SIPP_INSTALLED:  # pragma: no cover - environment guard
+    pytest.skip("sipp is not installed (apt-get install sip-tester)", allow_module_level=True)
+
+
+@pytest.fixture
+def udp_port() -> Callable[[], int]:
+    """Factory of free UDP ports on 127.0.0.1 (never 5060)."""
+    return free_udp_port
+
+
+@pytest.fixture
+def sipp(tmp_path: Path) -> Iterator[SippLauncher]:
+    """Starts bounded SIPp processes; any still running at the end of the test is terminated."""
+    launcher = SippLauncher(tmp_path)
+    yield launcher
+    launcher.stop_all()
+
+
+@pytest_asyncio.fixture
+async def edge() -> AsyncIterator[EdgeUnderTest]:
+    """A SipStack on a free loopback port whose facts go to a ScriptedDispatcher."""
+    dispatcher = ScriptedDispatcher()
+    port = free_udp_port()
+    stack = SipStack(host=LOOPBACK, port=port, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop())
+    stack.start()
+    try:
+        yield EdgeUnderTest(stack=stack, dispatcher=dispatcher, port=port)
+    finally:
+        started = time.monotonic()
+        stack.stop()
+        assert time.monotonic() - started < 5, "SipStack.stop() took too long"

@@ -1,0 +1,208 @@
+"""Test harness for the SIP edge: free loopback ports, bounded SIPp processes, a scripted dispatcher.
+
+Reads: the SIPp scenarios in tests/sipp/. Writes: SIPp traces under the directory it is given.
+Every SIPp process runs with -m 1, -timeout and an outer `timeout`, on 127.0.0.1 only.
+(A module with its own name, not conftest, so test modules can import it unambiguously.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = REPO / "tests" / "sipp"
+sys.path.insert(0, str(REPO / "services" / "sip-edge"))
+
+from callcenter_sip_edge.sip_stack import Fact, SipStack  # noqa: E402
+
+LOOPBACK = "127.0.0.1"
+SIPP_TIMEOUT_S = 20
+SIPP_HARD_LIMIT_S = SIPP_TIMEOUT_S + 10
+
+SIPP_INSTALLED = shutil.which("sipp") is not None
+
+
+# ---------------------------------------------------------------------------- ports
+_handed_out: set[int] = set()
+
+
+def free_udp_port() -> int:
+    """A UDP port on 127.0.0.1 that nothing is bound to now (never 5060, never handed out twice)."""
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.bind((LOOPBACK, 0))
+            port = probe.getsockname()[1]
+        if port != 5060 and port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free UDP port")
+
+
+def _udp_port_bound(port: int) -> bool:
+    """Whether some socket is bound to this local UDP port (read from /proc: no probing bind)."""
+    needle = f":{port:04X}"
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 1 and fields[1].endswith(needle):
+                return True
+    return False
+
+
+# ---------------------------------------------------------------------------- SIPp
+@dataclass
+class SippProcess:
+    """One bounded SIPp process (one call) and its trace files."""
+
+    name: str
+    port: int
+    workdir: Path
+    proc: subprocess.Popen[bytes]
+    returncode: int | None = None
+
+    def uri(self, user: str, params: str = "") -> str:
+        return f"sip:{user}@{LOOPBACK}:{self.port}{params}"
+
+    def running(self) -> bool:
+        return self.proc.poll() is None
+
+    async def finish(self, timeout_s: float = SIPP_HARD_LIMIT_S) -> int:
+        """Wait for SIPp to exit; its exit code (0 = every call succeeded)."""
+        try:
+            self.returncode = await asyncio.to_thread(self.proc.wait, timeout_s)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            self.returncode = -9
+        return self.returncode
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def traces(self, kind: str = "messages") -> str:
+        return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob(f"*_{kind}.log")))
+
+    def diagnostics(self) -> str:
+        out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
+        return (f"--- sipp {self.name} rc={self.returncode}\n{out[-2000:]}\n--- errors\n"
+                f"{self.traces('errors')[-3000:]}\n--- messages\n{self.traces('messages')[-6000:]}")
+
+
+@dataclass
+class SippLauncher:
+    tmp_path: Path
+    started: list[SippProcess] = field(default_factory=list)
+
+    def start(self, scenario: str, *, name: str | None = None, remote_port: int | None = None,
+              service: str | None = None, pause_ms: int | None = None, wait_bound: bool = True) -> SippProcess:
+        """Start SIPp with scenario tests/sipp/<scenario>.xml for exactly one call."""
+        name = name or scenario
+        port = free_udp_port()
+        workdir = self.tmp_path / f"sipp-{name}"
+        workdir.mkdir(parents=True, exist_ok=True)
+        cmd = ["timeout", "-k", "5", str(SIPP_HARD_LIMIT_S), "sipp", "-sf", str(SCENARIOS / f"{scenario}.xml"),
+               "-i", LOOPBACK, "-p", str(port), "-m", "1", "-timeout", f"{SIPP_TIMEOUT_S}s", "-timeout_error",
+               "-buff_size", "4194304", "-nostdin", "-trace_err", "-trace_msg", "-recv_timeout", "15000"]
+        if service is not None:
+            cmd += ["-s", service]
+        if pause_ms is not None:
+            cmd += ["-d", str(pause_ms)]
+        if remote_port is not None:
+            cmd.append(f"{LOOPBACK}:{remote_port}")
+        proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        sipp = SippProcess(name=name, port=port, workdir=workdir, proc=proc)
+        self.started.append(sipp)
+        if wait_bound and remote_port is None:
+            deadline = time.monotonic() + 5
+            while not _udp_port_bound(port) and time.monotonic() < deadline and proc.poll() is None:
+                time.sleep(0.02)
+        return sipp
+
+    def stop_all(self) -> None:
+        for sipp in self.started:
+            sipp.stop()
+
+
+async def expect_success(*processes: SippProcess) -> None:
+    """Wait for every SIPp and assert it exited with 0 (all calls successful)."""
+    codes = await asyncio.gather(*(p.finish() for p in processes))
+    failed = [p for p, code in zip(processes, codes, strict=True) if code != 0]
+    assert not failed, "\n".join(p.diagnostics() for p in failed)
+
+
+# ---------------------------------------------------------------------------- scripted dispatcher
+@dataclass
+class _Reaction:
+    kind: str
+    match: dict[str, Any]
+    action: Callable[[Fact], None]
+    once: bool
+
+
+class ScriptedDispatcher:
+    """Plays the dispatcher's role: records facts, reacts to them with SipStack commands."""
+
+    def __init__(self) -> None:
+        self.facts: list[Fact] = []
+        self._reactions: list[_Reaction] = []
+        self._changed = asyncio.Event()
+
+    def on(self, kind: str, action: Callable[[Fact], None], *, once: bool = True, **match: Any) -> None:
+        """React to the next fact of `kind` whose data contains `match` (every one if once=False)."""
+        self._reactions.append(_Reaction(kind, match, action, once))
+
+    def on_fact(self, fact: Fact) -> None:
+        self.facts.append(fact)
+        for reaction in list(self._reactions):
+            if reaction.kind == fact.kind and all(fact.data.get(k) == v for k, v in reaction.match.items()):
+                if reaction.once:
+                    self._reactions.remove(reaction)
+                reaction.action(fact)
+                break
+        self._changed.set()
+
+    async def wait_for(self, kind: str, timeout_s: float = 20.0, **match: Any) -> Fact:
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            for fact in self.facts:
+                if fact.kind == kind and all(fact.data.get(k) == v for k, v in match.items()):
+                    return fact
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                raise AssertionError(f"no {kind} {match} within {timeout_s}s; facts: {self.summary()}")
+            self._changed.clear()
+            try:
+                await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                pass
+
+    def kinds(self) -> list[str]:
+        return [f.kind for f in self.facts]
+
+    def summary(self) -> list[tuple[str, dict[str, Any]]]:
+        return [(f.kind, f.data) for f in self.facts]
+
+
+@dataclass
+class EdgeUnderTest:
+    stack: SipStack
+    dispatcher: ScriptedDispatcher
+    port: int
