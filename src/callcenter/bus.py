@@ -10,6 +10,12 @@ Consumer contract (dispatcher, cdr-writer, any analytics consumer built on it):
 - an entry that cannot be decoded, that the handler rejects, or that was delivered
   `max_deliveries` times goes to the dead-letter stream with the reason, then is acknowledged:
   never silently dropped, never retried forever;
+- a handler that cannot make an effect durable for a reason outside the entries (its database is
+  down) answers BACKOFF: the consumer keeps those entries, stops reading new ones (backpressure),
+  and offers the same entries again with exponential back-off, without counting deliveries; it
+  keeps them claimed (XCLAIM JUSTID) so no other consumer takes them meanwhile;
+- a Redis outage (connection refused, a restart) is waited out with back-off; a consumer group
+  lost with a Redis that restarted empty is created again;
 - `request_stop()` (called by a signal handler) only flips a flag: the loop finishes the batch
   in hand, acknowledges it, and returns.
 """
@@ -24,7 +30,9 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from callcenter.events import DecodeError, Entry, decode, encode
 
@@ -34,9 +42,10 @@ DEAD_MAXLEN = 100_000
 
 
 class Outcome(enum.Enum):
-    ACK = "ack"      # done and durable
-    RETRY = "retry"  # leave pending: redelivered after claim_idle_ms (counts as a delivery)
-    DEAD = "dead"    # cannot ever succeed: dead-letter it
+    ACK = "ack"          # done and durable
+    RETRY = "retry"      # leave pending: redelivered after claim_idle_ms (counts as a delivery)
+    BACKOFF = "backoff"  # a dependency is down: offer the same entry again later (not a delivery)
+    DEAD = "dead"        # cannot ever succeed: dead-letter it
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +56,10 @@ class Verdict:
 
 ACK = Verdict(Outcome.ACK)
 RETRY = Verdict(Outcome.RETRY)
+BACKOFF = Verdict(Outcome.BACKOFF)
+
+# what a lost or restarting Redis raises through redis-py's asyncio client
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 Handler = Callable[[Sequence[Entry]], Awaitable[Mapping[str, Verdict]]]
 
@@ -73,7 +86,7 @@ class StreamConsumer:
 
     def __init__(self, redis: Redis, *, stream: str, group: str, consumer: str, handler: Handler,
                  dead_stream: str, batch: int = 64, block_ms: int = 1000, claim_idle_ms: int = 10_000,
-                 max_deliveries: int = 5) -> None:
+                 max_deliveries: int = 5, backoff_max_s: float = 5.0) -> None:
         self.redis = redis
         self.stream = stream
         self.group = group
@@ -84,8 +97,11 @@ class StreamConsumer:
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
+        self.backoff_max_s = min(backoff_max_s, claim_idle_ms / 2000)  # held entries stay claimed
         self._stop = asyncio.Event()
         self._claim_cursor = "0-0"
+        self._held: dict[str, tuple[Entry, Mapping[Any, Any]]] = {}
+        self._backoff_s = 0.0
         self.handled = 0
         self.dead_lettered = 0
         self.last_loop_ms = 0.0
@@ -105,25 +121,71 @@ class StreamConsumer:
                 raise
 
     async def run(self) -> None:
-        await self.ensure_group()
+        await self._until_redis(self.ensure_group)
         # entries this consumer name read before a restart and never acknowledged come first
         while not self.stopping:
-            if not await self._read("0"):
+            if not await self._until_redis(lambda: self._read("0")):
                 break
         claim_every = max(self.claim_idle_ms / 2000, 0.05)
         loop = asyncio.get_running_loop()
         next_claim = loop.time()
         while not self.stopping:
             self.last_loop_ms = loop.time() * 1000
-            if loop.time() >= next_claim:
-                await self._reclaim()
-                next_claim = loop.time() + claim_every
             try:
+                if self._held:
+                    await self._retry_held()
+                    continue
+                if loop.time() >= next_claim:
+                    await self._reclaim()
+                    next_claim = loop.time() + claim_every
                 await self._read(">")
-            except (ConnectionError, OSError) as exc:
-                log.warning("consumer.redis_error", stream=self.stream, error=repr(exc))
-                await asyncio.sleep(0.5)
+            except REDIS_DOWN as exc:
+                log.warning("consumer.redis_unavailable", stream=self.stream, error=repr(exc))
+                await self._pause()
+            except ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis came back without our group (restarted empty): start again from its start
+                log.warning("consumer.group_lost", stream=self.stream, group=self.group)
+                await self._until_redis(self.ensure_group)
         log.info("consumer.stopped", stream=self.stream, group=self.group, handled=self.handled)
+
+    async def _until_redis(self, op: Callable[[], Awaitable[Any]]) -> Any:
+        """Run `op`, waiting out a Redis outage with back-off (None if asked to stop meanwhile)."""
+        while not self.stopping:
+            try:
+                result = await op()
+            except REDIS_DOWN as exc:
+                log.warning("consumer.redis_unavailable", stream=self.stream, error=repr(exc))
+                await self._pause()
+            else:
+                self._backoff_s = 0.0
+                return result
+        return None
+
+    async def _pause(self) -> None:
+        """Sleep with exponential back-off; a stop request cuts it short."""
+        self._backoff_s = min(max(self._backoff_s * 2, 0.05), self.backoff_max_s)
+        try:
+            await asyncio.wait_for(self._stop.wait(), timeout=self._backoff_s)
+        except TimeoutError:
+            pass
+
+    async def _retry_held(self) -> None:
+        """Offer the held (BACKOFF) entries again, after a pause, keeping them claimed meanwhile."""
+        await self._pause()
+        if self.stopping:
+            return  # they stay pending under this consumer: reclaimed, or read again at restart
+        ids = list(self._held)
+        still = await self.redis.xclaim(self.stream, self.group, self.consumer, min_idle_time=0,
+                                        message_ids=ids, justid=True)
+        still_ids = {_text(i) for i in still}
+        held = [(entry, raw) for entry_id, (entry, raw) in self._held.items() if entry_id in still_ids]
+        self._held.clear()
+        if held:
+            await self._handle([e for e, _ in held], {e.id: raw for e, raw in held})
+        if not self._held:
+            self._backoff_s = 0.0
 
     async def _read(self, start: str) -> int:
         block = None if start == "0" else self.block_ms
@@ -173,8 +235,10 @@ class StreamConsumer:
                 good.append(decode(fields, entry_id))
             except DecodeError as exc:
                 await self._dead_letter(entry_id, fields, f"undecodable: {exc}")
-        if not good:
-            return
+        if good:
+            await self._handle(good, raw_by_id)
+
+    async def _handle(self, good: list[Entry], raw_by_id: Mapping[str, Mapping[Any, Any]]) -> None:
         try:
             verdicts = await self.handler(good)
         except Exception as exc:  # the handler's failure must not kill the loop: leave them pending
@@ -188,6 +252,8 @@ class StreamConsumer:
                 to_ack.append(entry.id)
             elif verdict.outcome is Outcome.DEAD:
                 await self._dead_letter(entry.id, raw_by_id[entry.id], verdict.reason)
+            elif verdict.outcome is Outcome.BACKOFF:
+                self._held[entry.id] = (entry, raw_by_id[entry.id])
         if to_ack:
             await self.redis.xack(self.stream, self.group, *to_ack)
             self.handled += len(to_ack)

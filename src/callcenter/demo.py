@@ -134,7 +134,7 @@ def call(args: argparse.Namespace) -> int:
     cdrs: list[Any] = []
     for _ in range(50):  # the cdr-writer commits in batches: give it a moment
         try:
-            cdrs = api_call(state["api"], "GET", "/v1/cdrs?limit=1")
+            cdrs = api_call(state["api"], "GET", "/v1/cdrs?limit=1")["items"]
         except urllib.error.URLError:
             cdrs = []
         if cdrs:

@@ -41,10 +41,11 @@ class System:
         return Keys(TENANT)
 
     def events(self, call_id: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """Every event, or the call.* events of one call."""
         out = []
         for eid, fields in self.redis.xrange(self.keys.events):
             e = decode(fields, eid)
-            if call_id is None or e.data.get("call_id") == call_id:
+            if call_id is None or (e.type.startswith("call.") and e.data.get("call_id") == call_id):
                 out.append((e.type, e.data))
         return out
 
@@ -105,7 +106,7 @@ def wait_for_cdr(system: System, call_id: str, timeout: float = 10) -> dict[str,
     found: dict[str, Any] = {}
 
     def has_cdr() -> bool:
-        rows = system.api.get("/v1/cdrs", params={"limit": 50}).json()
+        rows = system.api.get("/v1/cdrs", params={"limit": 50}).json()["items"]
         for row in rows:
             if row["call_id"] == call_id:
                 found.update(row)

@@ -117,11 +117,13 @@ class PostgresServer:
 
     def create_database(self, name: str) -> str:
         """Create an empty database and return its SQLAlchemy URL."""
-        import psycopg  # the `postgres` extra; only needed when a PostgreSQL server is used
+        # the `postgres` extra; only needed when a PostgreSQL server is used
+        import psycopg
+        from psycopg import sql
 
         with psycopg.connect(f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname=postgres",
                              autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')  # type: ignore[arg-type]
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.url(name)
 
     def stop(self) -> None:

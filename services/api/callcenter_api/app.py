@@ -1,0 +1,74 @@
+"""The api's app factory: `create_app(settings)`.
+
+The lifespan migrates the SQL schema (`callcenter.db.engine.upgrade`), opens the Redis client and
+the Store, and re-seeds the Redis cache of flows and agents from SQL, so the api works against an
+empty Redis. Nothing is opened at import time and no settings are read from a module global.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import redis.asyncio as aioredis
+import structlog
+from fastapi import Depends, FastAPI, Request, status
+from fastapi.responses import JSONResponse
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import sessionmaker
+
+from callcenter.db.engine import make_engine, upgrade
+from callcenter.settings import ApiSettings
+from callcenter.store import Store
+from callcenter_api import provisioning
+from callcenter_api.deps import Services, require_principal
+from callcenter_api.routes import agents, cdrs, flows, live, ops
+
+log = structlog.get_logger(__name__)
+
+
+def create_app(settings: ApiSettings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = make_engine(settings.database_url)
+        redis = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            await asyncio.to_thread(upgrade, engine)
+            services = Services(settings=settings, redis=redis, store=Store(redis, settings.tenant),
+                                engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
+            # an empty Redis (first start, restart without persistence) gets flows and agents back
+            await provisioning.reseed(services)
+            app.state.services = services
+            log.info("api.started", tenant=settings.tenant, host=settings.api_host, port=settings.api_port)
+            yield
+        finally:
+            await redis.aclose()
+            engine.dispose()
+            log.info("api.stopped")
+
+    app = FastAPI(title="callcenter api", version="1", lifespan=lifespan,
+                  description="Provisioning, agent login/logout, live calls and queues, CDRs.")
+    app.include_router(ops.probes)
+    app.include_router(ops.management)
+    # every /v1 resource goes through the authentication hook (a no-op until API keys exist)
+    auth = [Depends(require_principal)]
+    for router in (flows.router, agents.router, live.router, cdrs.router):
+        app.include_router(router, dependencies=auth)
+
+    @app.exception_handler(RedisConnectionError)
+    @app.exception_handler(RedisTimeoutError)
+    async def redis_down(_request: Request, exc: Exception) -> JSONResponse:
+        log.warning("api.redis_unavailable", error=repr(exc))
+        return JSONResponse({"detail": "redis is unavailable, retry later"},
+                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+    @app.exception_handler(OperationalError)
+    async def sql_down(_request: Request, exc: Exception) -> JSONResponse:
+        log.warning("api.sql_unavailable", error=repr(exc))
+        return JSONResponse({"detail": "the SQL database is unavailable, retry later"},
+                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+
+    return app

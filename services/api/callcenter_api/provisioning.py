@@ -1,0 +1,181 @@
+"""Flows and agents: SQL (their durable home) and the Redis cache the Lua scripts read.
+
+Reads and writes the `flows` and `agents` tables and, through `callcenter.store.Store`, the flow
+and agent hashes in Redis. Writes go to SQL first (committed), then to the cache, so a cache
+update that fails is repaired by the next re-seed. Deletes go the other way: the Lua script is
+the guard (it refuses while calls wait or the agent is logged in), and only then is the SQL row
+removed, so a refused delete never leaves a live flow or agent without its SQL row.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import structlog
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from callcenter.db.models import Agent, Flow
+from callcenter.store import RC, Store
+from callcenter_api.deps import Services
+
+log = structlog.get_logger(__name__)
+
+T = TypeVar("T")
+
+FLOW_FIELDS = ("skill", "priority", "welcome_uri", "queue_uri", "dissuading_uri", "prepend_cid", "max_wrapup_s")
+
+
+class Refused(Exception):
+    """The Lua guard refused the change (maps to 409)."""
+
+
+def flow_cache_fields(flow: Flow) -> dict[str, Any]:
+    return {name: getattr(flow, name) for name in FLOW_FIELDS}
+
+
+async def cache_flow(store: Store, flow: Flow) -> None:
+    res = await store.flow_upsert(flow.id, flow_cache_fields(flow))
+    if res.rc is not RC.OK:
+        raise RuntimeError(f"flow_upsert {flow.id!r}: {res.rc.name} {res.detail}")
+
+
+async def cache_agent(store: Store, agent: Agent) -> str:
+    res = await store.agent_upsert(agent.id, agent.uri, agent.skill_list, agent.wrapup_s)
+    if res.rc is not RC.OK:
+        raise RuntimeError(f"agent_upsert {agent.id!r}: {res.rc.name} {res.detail}")
+    return res.detail
+
+
+# -- flows ---------------------------------------------------------------------------------------
+
+async def put_flow(services: Services, flow_id: str, values: dict[str, Any]) -> tuple[Flow, bool]:
+    """Create or replace a flow; returns it and whether it was created."""
+
+    def write(session: Session) -> tuple[Flow, bool]:
+        flow = session.get(Flow, flow_id)
+        created = flow is None
+        if flow is None:
+            flow = Flow(id=flow_id)
+            session.add(flow)
+        for name, value in values.items():
+            setattr(flow, name, value)
+        session.flush()
+        return flow, created
+
+    flow, created = await _retry_on_race(services, write)
+    await cache_flow(services.store, flow)
+    log.info("flow.saved", flow_id=flow_id, created=created)
+    return flow, created
+
+
+async def delete_flow(services: Services, flow_id: str) -> bool:
+    """Delete a flow; False if it exists nowhere; Refused while calls wait in it."""
+    res = await services.store.flow_delete(flow_id)
+    if res.rc is RC.INVALID:
+        raise Refused(res.detail)
+
+    def remove(session: Session) -> bool:
+        flow = session.get(Flow, flow_id)
+        if flow is not None:
+            session.delete(flow)
+        return flow is not None
+
+    in_sql = await services.sql(remove)
+    log.info("flow.deleted", flow_id=flow_id, in_sql=in_sql, in_cache=res.rc is RC.OK)
+    return in_sql or res.rc is RC.OK
+
+
+# -- agents --------------------------------------------------------------------------------------
+
+async def put_agent(services: Services, agent_id: str, uri: str, skills: list[str],
+                    wrapup_s: int | None) -> tuple[Agent, bool]:
+    def write(session: Session) -> tuple[Agent, bool]:
+        agent = session.get(Agent, agent_id)
+        created = agent is None
+        if agent is None:
+            agent = Agent(id=agent_id)
+            session.add(agent)
+        agent.uri, agent.skills, agent.wrapup_s = uri, ",".join(skills), wrapup_s
+        session.flush()
+        return agent, created
+
+    agent, created = await _retry_on_race(services, write)
+    await cache_agent(services.store, agent)
+    log.info("agent.saved", agent_id=agent_id, created=created)
+    return agent, created
+
+
+async def delete_agent(services: Services, agent_id: str) -> bool:
+    res = await services.store.agent_delete(agent_id)
+    if res.rc is RC.INVALID:
+        raise Refused(res.detail)
+
+    def remove(session: Session) -> bool:
+        agent = session.get(Agent, agent_id)
+        if agent is not None:
+            session.delete(agent)
+        return agent is not None
+
+    in_sql = await services.sql(remove)
+    log.info("agent.deleted", agent_id=agent_id, in_sql=in_sql, in_cache=res.rc is RC.OK)
+    return in_sql or res.rc is RC.OK
+
+
+async def recache_agent(services: Services, agent_id: str) -> bool:
+    """Put one agent back in the cache from SQL (Redis lost it); False if SQL has no such agent."""
+    agent = await services.sql(lambda s: s.get(Agent, agent_id))
+    if agent is None:
+        return False
+    await cache_agent(services.store, agent)
+    log.info("agent.recached", agent_id=agent_id)
+    return True
+
+
+# -- re-seed -------------------------------------------------------------------------------------
+
+async def reseed(services: Services, prune: bool = False) -> dict[str, Any]:
+    """Write every flow and agent of SQL into the Redis cache (runtime state is kept).
+
+    With `prune`, cache entries that SQL does not know are removed too, except those the Lua
+    guards protect (calls waiting, agent logged in). Start-up never prunes: a cache entry
+    provisioned by other means (tests, a migration in progress) must not vanish on a restart.
+    """
+
+    def load(session: Session) -> tuple[list[Flow], list[Agent]]:
+        return list(session.scalars(select(Flow))), list(session.scalars(select(Agent)))
+
+    flows, agents = await services.sql(load)
+    for flow in flows:
+        await cache_flow(services.store, flow)
+    for agent in agents:
+        await cache_agent(services.store, agent)
+    report: dict[str, Any] = {"flows": len(flows), "agents": len(agents), "removed_flows": [],
+                              "removed_agents": [], "kept": []}
+    if prune:
+        keys = services.store.keys
+        sql_flows = {f.id for f in flows}
+        sql_agents = {a.id for a in agents}
+        for raw in sorted(await services.redis.smembers(keys.flows)):
+            flow_id = raw.decode() if isinstance(raw, bytes) else raw
+            if flow_id not in sql_flows:
+                res = await services.store.flow_delete(flow_id)
+                report["removed_flows" if res.rc is not RC.INVALID else "kept"].append(flow_id)
+        for raw in sorted(await services.redis.smembers(keys.agents)):
+            agent_id = raw.decode() if isinstance(raw, bytes) else raw
+            if agent_id not in sql_agents:
+                res = await services.store.agent_delete(agent_id)
+                report["removed_agents" if res.rc is not RC.INVALID else "kept"].append(agent_id)
+    log.info("cache.reseeded", **report)
+    return report
+
+
+async def _retry_on_race(services: Services, write: Callable[[Session], T]) -> T:
+    # two concurrent PUTs creating the same id: the loser's INSERT hits the primary key; on the
+    # second attempt the row exists and is updated
+    try:
+        return await services.sql(write)
+    except IntegrityError:
+        return await services.sql(write)

@@ -1,0 +1,78 @@
+"""/v1/calls and /v1/queues: live views read straight from Redis (no SQL).
+
+Reads `cc:{t}:calls` and the call hashes, `cc:{t}:flows`, the flow hashes and the per-flow
+queues `cc:{t}:queue:<flow>` (sorted sets, lowest score served first).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Path, Query, status
+
+from callcenter_api.deps import ServicesDep
+from callcenter_api.schemas import CallOut, QueueOut
+
+router = APIRouter(prefix="/v1", tags=["live"])
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _int(value: str | None, default: int | None = None) -> int | None:
+    try:
+        return int(value) if value else default
+    except ValueError:
+        return default
+
+
+def call_view(call_id: str, fields: dict[str, str]) -> CallOut:
+    return CallOut(call_id=call_id, state=fields.get("state", ""), flow=fields.get("flow", ""),
+                   caller=fields.get("caller", ""), agent_id=fields.get("agent") or None,
+                   edge=fields.get("edge") or None, received_ms=_int(fields.get("received_ms")), fields=fields)
+
+
+@router.get("/calls")
+async def list_calls(services: ServicesDep) -> list[CallOut]:
+    """Calls not yet ended, oldest first."""
+    keys = services.store.keys
+    ids = sorted(_text(m) for m in await services.redis.smembers(keys.calls))
+    async with services.redis.pipeline(transaction=False) as pipe:
+        for call_id in ids:
+            pipe.hgetall(keys.call(call_id))
+        hashes = await pipe.execute()
+    calls = [call_view(call_id, {_text(k): _text(v) for k, v in h.items()})
+             for call_id, h in zip(ids, hashes, strict=True) if h]  # a call may end between the two reads
+    return sorted(calls, key=lambda c: (c.received_ms or 0, c.call_id))
+
+
+@router.get("/calls/{call_id}")
+async def get_call(call_id: Annotated[str, Path(max_length=256)], services: ServicesDep) -> CallOut:
+    """A live call, or an ended one while its hash is kept (ended_call_ttl_s, one hour by default)."""
+    fields = await services.store.call(call_id)
+    if fields is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id!r} does not exist (or ended long ago)")
+    return call_view(call_id, fields)
+
+
+@router.get("/queues")
+async def list_queues(services: ServicesDep,
+                      limit: Annotated[int, Query(ge=0, le=10_000, description="call ids per queue")] = 100,
+                      ) -> list[QueueOut]:
+    """Every flow of the cache with its waiting calls, next served first."""
+    keys = services.store.keys
+    flow_ids = sorted(_text(m) for m in await services.redis.smembers(keys.flows))
+    async with services.redis.pipeline(transaction=False) as pipe:
+        for flow_id in flow_ids:
+            pipe.hmget(keys.flow(flow_id), ["skill", "priority"])
+            pipe.zcard(keys.queue(flow_id))
+            pipe.zrange(keys.queue(flow_id), 0, limit - 1)
+        raw = await pipe.execute()
+    out = []
+    for i, flow_id in enumerate(flow_ids):
+        (skill, priority), waiting, calls = raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]
+        out.append(QueueOut(flow_id=flow_id, skill=_text(skill) if skill else "",
+                            priority=_int(_text(priority) if priority else None, 256) or 0,
+                            waiting=int(waiting), calls=[_text(c) for c in calls] if limit else []))
+    return out

@@ -1,0 +1,55 @@
+"""Probes (/healthz, /readyz) and management (/v1/reload: re-seed the Redis cache from SQL)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, status
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from callcenter_api import provisioning
+from callcenter_api.deps import ServicesDep, require_principal
+from callcenter_api.schemas import ReloadOut
+
+probes = APIRouter(tags=["probes"])
+management = APIRouter(prefix="/v1", tags=["management"], dependencies=[Depends(require_principal)])
+
+
+@probes.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """The process is up (liveness): no dependency is checked."""
+    return {"status": "ok"}
+
+
+@probes.get("/readyz", responses={503: {"description": "Redis or SQL unreachable"}})
+async def readyz(services: ServicesDep) -> JSONResponse:
+    """Redis answers PING and SQL answers SELECT 1 (readiness)."""
+    checks: dict[str, str] = {}
+    try:
+        await asyncio.wait_for(services.redis.ping(), timeout=2)
+        checks["redis"] = "ok"
+    except Exception as exc:  # any failure means not ready; the reason is reported
+        checks["redis"] = f"error: {exc!r}"
+
+    def select_one() -> None:
+        with services.engine.connect() as conn:
+            conn.execute(text("SELECT 1"))
+
+    try:
+        await asyncio.wait_for(asyncio.to_thread(select_one), timeout=5)
+        checks["sql"] = "ok"
+    except Exception as exc:
+        checks["sql"] = f"error: {exc!r}"
+    ok = all(v == "ok" for v in checks.values())
+    return JSONResponse({"status": "ok" if ok else "unavailable", **checks},
+                        status_code=status.HTTP_200_OK if ok else status.HTTP_503_SERVICE_UNAVAILABLE)
+
+
+@management.post("/reload")
+async def reload(services: ServicesDep,
+                 prune: Annotated[bool, Query(description="also drop cache entries unknown to SQL")] = False,
+                 ) -> ReloadOut:
+    """Re-seed the Redis cache of flows and agents from SQL (the reference module's `cc_reload`)."""
+    return ReloadOut(**await provisioning.reseed(services, prune=prune))

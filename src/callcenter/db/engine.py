@@ -1,0 +1,79 @@
+"""Engines and schema migrations for the SQL database (SQLite by default, PostgreSQL in production).
+
+`make_engine(url)` builds a SQLAlchemy engine (SQLite: WAL journal and a busy timeout, so the
+api and the cdr-writer can share one file). `upgrade(url)` runs the Alembic migrations in
+`callcenter.db.migrations` up to head, configured in code (no alembic.ini). It is safe to call at
+every service start, from several processes at once: the migration runs under a database-wide
+lock (a PostgreSQL advisory lock; SQLite's write lock via BEGIN IMMEDIATE), so the first process
+migrates and the others find the schema at head.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import make_url
+
+DEFAULT_URL = "sqlite:///callcenter.sqlite3"
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+# any constant shared by every callcenter process: the key of the migration advisory lock
+PG_MIGRATION_LOCK = 0x63616C6C  # "call"
+
+
+def make_engine(url: str = DEFAULT_URL, **kwargs: Any) -> Engine:
+    """An engine for `url`; `postgresql://` means psycopg 3 (`postgresql+psycopg://`)."""
+    parsed = make_url(url)
+    if parsed.drivername == "postgresql":
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    if parsed.get_backend_name() == "sqlite":
+        connect_args = kwargs.pop("connect_args", {})
+        # the driver's own wait for a locked database, in seconds
+        connect_args.setdefault("timeout", SQLITE_BUSY_TIMEOUT_MS / 1000)
+        # the writer works in a thread (asyncio.to_thread); connections are pooled, not shared
+        connect_args.setdefault("check_same_thread", False)
+        engine = create_engine(parsed, connect_args=connect_args, **kwargs)
+        event.listen(engine, "connect", _sqlite_on_connect)
+        return engine
+    kwargs.setdefault("pool_pre_ping", True)
+    return create_engine(parsed, **kwargs)
+
+
+def _sqlite_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    try:
+        # WAL: readers (api) never block the writer (cdr-writer) and vice versa
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cur.execute("PRAGMA synchronous=NORMAL")  # durable at checkpoints; the safe WAL setting
+    finally:
+        cur.close()
+
+
+def alembic_config() -> Config:
+    """Alembic configuration built in code: the scripts are package data of callcenter.db."""
+    cfg = Config()
+    cfg.set_main_option("script_location", str(resources.files("callcenter.db") / "migrations"))
+    return cfg
+
+
+def upgrade(url: str | Engine = DEFAULT_URL, revision: str = "head") -> None:
+    """Migrate the database at `url` to `revision` (idempotent; serialised across processes)."""
+    engine = make_engine(url) if isinstance(url, str) else url
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                # take SQLite's write lock before reading alembic_version (busy_timeout waits)
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            elif conn.dialect.name == "postgresql":
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": PG_MIGRATION_LOCK})
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, revision)
+            conn.commit()
+    finally:
+        if isinstance(url, str):
+            engine.dispose()

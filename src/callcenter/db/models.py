@@ -1,0 +1,142 @@
+"""SQL models: the durable home of provisioning (flows, agents) and of call detail records.
+
+Read and written by the api (flows, agents; CDR queries) and written by the cdr-writer (CDRs).
+Redis holds a cache of flows and agents plus all runtime state; the api re-seeds that cache from
+these tables at start-up. The schema itself is created by the Alembic migrations in
+`callcenter.db.migrations` (`callcenter.db.engine.upgrade`), never by `create_all`.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import BigInteger, CheckConstraint, DateTime, Index, Integer, MetaData, String, func
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+# stable constraint names, so that later migrations can refer to them on every dialect
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+OUTCOMES = ("answered", "abandoned", "rejected", "failed")
+
+
+class UtcDateTime(TypeDecorator[datetime]):
+    """A timestamp that is always timezone-aware UTC in Python.
+
+    PostgreSQL stores `timestamptz`; SQLite has no timezone type, so the value is stored as naive
+    UTC and the tzinfo is put back on read. Naive datetimes are refused: they are always a bug.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: pass a timezone-aware value")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+# BIGINT on PostgreSQL (many CDRs); SQLite only auto-increments an "INTEGER PRIMARY KEY"
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Flow(Base):
+    """A flow (queue): what a caller dials. Mirrors the reference's `cc_flows`."""
+
+    __tablename__ = "flows"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    skill: Mapped[str] = mapped_column(String(64))
+    # 0 is the highest priority: a lower number is served first
+    priority: Mapped[int] = mapped_column(Integer, default=256, server_default="256")
+    welcome_uri: Mapped[str | None] = mapped_column(String(255))
+    queue_uri: Mapped[str] = mapped_column(String(255))
+    dissuading_uri: Mapped[str | None] = mapped_column(String(255))
+    prepend_cid: Mapped[str | None] = mapped_column(String(32))
+    # cap on the wrap-up after calls of this flow; 0 = no cap
+    max_wrapup_s: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow,
+                                                 server_default=func.now())
+
+
+class Agent(Base):
+    """An agent's definition (runtime state lives in Redis only). Mirrors `cc_agents`.
+
+    `skills` is a comma-separated string, as in the reference table and in the Redis agent hash
+    that the Lua scripts split: one format everywhere, portable to every SQL dialect, and skill
+    names are validated by the api to never contain a comma. Use `skill_list` in Python.
+    """
+
+    __tablename__ = "agents"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    uri: Mapped[str] = mapped_column(String(255))
+    skills: Mapped[str] = mapped_column(String(1024))
+    # None = the global wrap-up time (CC_WRAPUP_S)
+    wrapup_s: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, server_default=func.now())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow,
+                                                 server_default=func.now())
+
+    @property
+    def skill_list(self) -> list[str]:
+        return [s.strip() for s in self.skills.split(",") if s.strip()]
+
+
+class Cdr(Base):
+    """One call detail record per call, from the `call.ended` event (the call's summary).
+
+    `call_id` is the idempotency key: a redelivered event never writes a second row.
+    """
+
+    __tablename__ = "cdrs"
+    __table_args__ = (
+        CheckConstraint("outcome IN ('answered', 'abandoned', 'rejected', 'failed')", name="outcome"),
+        CheckConstraint("wait_ms >= 0 AND pickup_ms >= 0 AND talk_ms >= 0 AND rejections >= 0",
+                        name="non_negative"),
+        Index("ix_cdrs_received_at", "received_at"),
+        Index("ix_cdrs_flow_id_received_at", "flow_id", "received_at"),
+        Index("ix_cdrs_agent_id_received_at", "agent_id", "received_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    call_id: Mapped[str] = mapped_column(String(128), unique=True)
+    flow_id: Mapped[str] = mapped_column(String(64))
+    caller: Mapped[str] = mapped_column(String(255))
+    agent_id: Mapped[str | None] = mapped_column(String(128))
+    received_at: Mapped[datetime] = mapped_column(UtcDateTime)
+    wait_ms: Mapped[int] = mapped_column(BigInteger)
+    pickup_ms: Mapped[int] = mapped_column(BigInteger)
+    talk_ms: Mapped[int] = mapped_column(BigInteger)
+    outcome: Mapped[str] = mapped_column(String(16))
+    ended_by: Mapped[str] = mapped_column(String(32))
+    reason: Mapped[str] = mapped_column(String(128))
+    rejections: Mapped[int] = mapped_column(Integer)
+    # the events stream entry the row came from (traceability, replays)
+    event_id: Mapped[str] = mapped_column(String(64))

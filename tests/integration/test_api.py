@@ -1,0 +1,279 @@
+"""The api against a real redis-server and a temporary SQLite file, through its ASGI app (lifespan run)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from fastapi import FastAPI
+
+from callcenter.db.models import Agent, Cdr, Flow
+from callcenter.events import encode
+from callcenter.settings import ApiSettings
+from callcenter.store import Store
+from callcenter.testing.servers import RedisServer
+from callcenter_api.app import create_app
+from callcenter_api.deps import Services
+
+TENANT = "api"
+FLOW = {"skill": "sales", "priority": 3, "queue_uri": "sip:queue@127.0.0.1:5090", "welcome_uri": None}
+AGENT = {"uri": "sip:alice@127.0.0.1:5070", "skills": ["sales", "support"]}
+
+
+@asynccontextmanager
+async def running(settings: ApiSettings) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client, app
+
+
+@pytest.fixture
+def settings(redis_server: RedisServer, tmp_path: Path) -> ApiSettings:
+    return ApiSettings(redis_url=redis_server.url, tenant=TENANT, database_url=f"sqlite:///{tmp_path / 'cc.sqlite3'}")
+
+
+@pytest.fixture
+async def api(redis: aioredis.Redis, settings: ApiSettings) -> AsyncIterator[httpx.AsyncClient]:
+    async with running(settings) as (client, _app):
+        yield client
+
+
+@pytest.fixture
+async def app_services(redis: aioredis.Redis, settings: ApiSettings) -> AsyncIterator[tuple[httpx.AsyncClient,
+                                                                                              Services]]:
+    async with running(settings) as (client, app):
+        yield client, app.state.services
+
+
+async def queue_a_call(redis: aioredis.Redis, call_id: str, flow: str = "sales-line") -> None:
+    """A caller arrives on `flow` with nobody logged in and waits (the dispatcher's Lua step)."""
+    store = Store(redis, TENANT)
+    await store.write_config({"reject_on_no_agents": 0})
+    data = {"call_id": call_id, "edge": "edge-1", "seq": 1, "ts": 1, "flow": flow, "caller": "bob",
+            "caller_uri": "sip:bob@127.0.0.1", "sip_call_id": call_id, "source": "127.0.0.1:5060"}
+    payload = encode("report.call_arrived", data)["data"]
+    assert isinstance(payload, bytes)
+    res = await store.apply_report("report.call_arrived", f"1-{call_id}", payload)
+    assert res.detail == "queued", res
+
+
+def hash_of(raw: dict[Any, Any]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+async def test_provisioning_round_trip(app_services: tuple[httpx.AsyncClient, Services],
+                                       redis: aioredis.Redis) -> None:
+    api, services = app_services
+    r = await api.put("/v1/flows/sales-line", json=FLOW)
+    assert r.status_code == 201, r.text
+    assert r.json()["priority"] == 3 and r.json()["max_wrapup_s"] == 0
+    r = await api.put("/v1/flows/sales-line", json={**FLOW, "prepend_cid": "S:", "max_wrapup_s": 10})
+    assert r.status_code == 200
+    assert (await api.get("/v1/flows/sales-line")).json()["prepend_cid"] == "S:"
+    assert [f["id"] for f in (await api.get("/v1/flows")).json()] == ["sales-line"]
+
+    r = await api.put("/v1/agents/alice", json={**AGENT, "skills": ["sales", "support", "sales"]})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["skills"] == ["sales", "support"] and body["wrapup_s"] is None
+    assert body["state"] == body["live"]["state"] == "logged_out"
+
+    flow_row, agent_row = await services.sql(lambda s: (s.get(Flow, "sales-line"), s.get(Agent, "alice")))
+    assert flow_row is not None and flow_row.max_wrapup_s == 10 and flow_row.created_at.tzinfo is not None
+    assert agent_row is not None and agent_row.skills == "sales,support"
+
+    flow_hash = hash_of(await redis.hgetall(f"cc:{{{TENANT}}}:flow:sales-line"))
+    assert flow_hash["skill"] == "sales" and flow_hash["queue_uri"] == FLOW["queue_uri"]
+    assert flow_hash["max_wrapup_s"] == "10" and flow_hash["welcome_uri"] == ""
+    agent_hash = hash_of(await redis.hgetall(f"cc:{{{TENANT}}}:agent:alice"))
+    assert agent_hash["skills"] == "sales,support" and agent_hash["uri"] == AGENT["uri"]
+    assert await redis.sismember(f"cc:{{{TENANT}}}:skill:sales:flows", "sales-line")
+
+    listed = (await api.get("/v1/agents")).json()
+    assert [(a["id"], a["live"]["state"]) for a in listed] == [("alice", "logged_out")]
+
+
+async def test_unknown_things_are_404_with_a_clear_message(api: httpx.AsyncClient) -> None:
+    r = await api.post("/v1/agents/ghost/login")
+    assert r.status_code == 404
+    assert r.json() == {"detail": "agent 'ghost' does not exist"}
+    assert (await api.post("/v1/agents/ghost/logout")).status_code == 404
+    assert (await api.get("/v1/agents/ghost")).json() == {"detail": "agent 'ghost' does not exist"}
+    assert (await api.get("/v1/flows/nope")).json() == {"detail": "flow 'nope' does not exist"}
+    assert (await api.delete("/v1/flows/nope")).status_code == 404
+    assert (await api.delete("/v1/agents/ghost")).status_code == 404
+    assert (await api.get("/v1/calls/c-none")).status_code == 404
+
+
+async def test_login_logout_states(api: httpx.AsyncClient, redis: aioredis.Redis) -> None:
+    await api.put("/v1/flows/sales-line", json=FLOW)
+    await api.put("/v1/agents/alice", json=AGENT)
+    r = await api.post("/v1/agents/alice/login")
+    assert r.status_code == 200
+    assert r.json() == {"agent_id": "alice", "state": "free", "already": False}
+    assert (await api.post("/v1/agents/alice/login")).json() == {"agent_id": "alice", "state": "free",
+                                                                 "already": True}
+    assert (await api.post("/v1/agents/alice/logout")).json() == {"agent_id": "alice", "state": "logged_out",
+                                                                  "already": False}
+    assert (await api.post("/v1/agents/alice/logout")).json()["already"] is True
+
+    # a caller waits; the login hands it to the agent in the same atomic step
+    await queue_a_call(redis, "c1")
+    queues = (await api.get("/v1/queues")).json()
+    assert queues == [{"flow_id": "sales-line", "skill": "sales", "priority": 3, "waiting": 1, "calls": ["c1"]}]
+    calls = (await api.get("/v1/calls")).json()
+    assert [(c["call_id"], c["state"], c["flow"]) for c in calls] == [("c1", "queued", "sales-line")]
+
+    assert (await api.post("/v1/agents/alice/login")).json()["state"] == "ringing"
+    call = (await api.get("/v1/calls/c1")).json()
+    assert call["state"] == "offered" and call["agent_id"] == "alice"
+    assert (await api.get("/v1/queues")).json()[0]["waiting"] == 0
+
+    # logging out while ringing takes effect when that call is over
+    assert (await api.post("/v1/agents/alice/logout")).json() == {"agent_id": "alice", "state": "pending",
+                                                                  "already": False}
+    agent = (await api.get("/v1/agents/alice")).json()
+    live = agent["live"]
+    assert agent["state"] == live["state"] == "ringing" and live["call"] == "c1" and live["logout_pending"] is True
+
+
+@pytest.mark.parametrize("uri", ["http://example.com", "sip:", "sip:@", "sip:alice@", "sip:a b@host",
+                                 "sip:alice@host:99999", "alice@host", "sip:alice@-host"])
+async def test_bad_sip_uri_is_422(api: httpx.AsyncClient, uri: str) -> None:
+    r = await api.put("/v1/agents/alice", json={**AGENT, "uri": uri})
+    assert r.status_code == 422, uri
+    assert r.json()["detail"][0]["loc"] == ["body", "uri"]
+    r = await api.put("/v1/flows/f1", json={**FLOW, "queue_uri": uri})
+    assert r.status_code == 422, uri
+
+
+@pytest.mark.parametrize("uri", ["sip:alice@127.0.0.1", "sips:alice@example.com:5061;transport=tls",
+                                 "sip:[::1]:5070", "SIP:queue@media.example.com?subject=x", "sip:media"])
+async def test_good_sip_uris_are_accepted(api: httpx.AsyncClient, uri: str) -> None:
+    assert (await api.put("/v1/agents/alice", json={**AGENT, "uri": uri})).status_code in (200, 201)
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/v1/agents/alice", {**AGENT, "skills": []}),
+    ("/v1/agents/alice", {**AGENT, "skills": ["a,b"]}),
+    ("/v1/agents/alice", {**AGENT, "wrapup_s": -1}),
+    ("/v1/agents/alice", {**AGENT, "colour": "blue"}),
+    ("/v1/agents/bad:id", AGENT),
+    ("/v1/flows/f1", {k: v for k, v in FLOW.items() if k != "queue_uri"}),
+    ("/v1/flows/f1", {**FLOW, "priority": -1}),
+    ("/v1/flows/f1", {**FLOW, "skill": ""}),
+    ("/v1/flows/" + "x" * 65, FLOW),
+])
+async def test_validation_errors_are_422(api: httpx.AsyncClient, path: str, body: dict[str, Any]) -> None:
+    assert (await api.put(path, json=body)).status_code == 422
+
+
+async def test_restart_reseeds_an_empty_redis_from_sql(settings: ApiSettings, redis: aioredis.Redis) -> None:
+    async with running(settings) as (api, _):
+        await api.put("/v1/flows/sales-line", json=FLOW)
+        await api.put("/v1/agents/alice", json=AGENT)
+        await api.post("/v1/agents/alice/login")
+    await redis.flushall()
+    async with running(settings) as (api, _):
+        assert hash_of(await redis.hgetall(f"cc:{{{TENANT}}}:flow:sales-line"))["skill"] == "sales"
+        assert hash_of(await redis.hgetall(f"cc:{{{TENANT}}}:agent:alice"))["state"] == "logged_out"
+        assert (await api.post("/v1/agents/alice/login")).json()["state"] == "free"
+        # Redis emptied while the api runs: a login puts the agent back from SQL instead of a 404
+        await redis.flushall()
+        assert (await api.post("/v1/agents/alice/login")).json() == {"agent_id": "alice", "state": "free",
+                                                                     "already": False}
+        assert (await api.post("/v1/reload")).json()["flows"] == 1
+        assert await redis.exists(f"cc:{{{TENANT}}}:flow:sales-line")
+
+
+async def test_reload_prune_drops_what_sql_does_not_know(api: httpx.AsyncClient, redis: aioredis.Redis) -> None:
+    store = Store(redis, TENANT)
+    await store.flow_upsert("stray", {"skill": "x", "queue_uri": "sip:q@127.0.0.1"})
+    await store.agent_upsert("stray-agent", "sip:s@127.0.0.1", ["x"], None)
+    assert (await api.post("/v1/reload")).json()["removed_flows"] == []
+    assert (await api.post("/v1/reload?prune=true")).json() == {
+        "flows": 0, "agents": 0, "removed_flows": ["stray"], "removed_agents": ["stray-agent"], "kept": []}
+    assert not await redis.exists(f"cc:{{{TENANT}}}:flow:stray")
+
+
+async def test_delete_rules(app_services: tuple[httpx.AsyncClient, Services], redis: aioredis.Redis) -> None:
+    api, services = app_services
+    await api.put("/v1/flows/sales-line", json=FLOW)
+    await api.put("/v1/agents/alice", json=AGENT)
+    await api.post("/v1/agents/alice/login")
+    r = await api.delete("/v1/agents/alice")
+    assert r.status_code == 409
+    assert "logged in" in r.json()["detail"]
+    await api.post("/v1/agents/alice/logout")
+    assert (await api.delete("/v1/agents/alice")).status_code == 204
+    assert (await api.get("/v1/agents/alice")).status_code == 404
+    assert not await redis.exists(f"cc:{{{TENANT}}}:agent:alice")
+    assert await services.sql(lambda s: s.get(Agent, "alice")) is None
+
+    await queue_a_call(redis, "c9")
+    r = await api.delete("/v1/flows/sales-line")
+    assert r.status_code == 409
+    assert r.json() == {"detail": "flow 'sales-line' cannot be deleted: calls are waiting in this flow"}
+    assert await services.sql(lambda s: s.get(Flow, "sales-line")) is not None
+    await redis.delete(f"cc:{{{TENANT}}}:queue:sales-line")
+    assert (await api.delete("/v1/flows/sales-line")).status_code == 204
+    assert (await api.get("/v1/flows")).json() == []
+    assert not await redis.exists(f"cc:{{{TENANT}}}:flow:sales-line")
+
+
+async def test_cdr_queries(app_services: tuple[httpx.AsyncClient, Services]) -> None:
+    api, services = app_services
+    t0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
+
+    def add(session: Any) -> None:
+        for i in range(5):
+            session.add(Cdr(call_id=f"c{i}", flow_id="sales-line" if i % 2 == 0 else "support", caller="bob",
+                            agent_id="alice" if i < 3 else None, received_at=t0 + timedelta(minutes=i),
+                            wait_ms=1000 * i, pickup_ms=0, talk_ms=0, outcome="answered" if i < 3 else "abandoned",
+                            ended_by="caller", reason="bye", rejections=0, event_id=f"{i}-0"))
+
+    await services.sql(add)
+
+    async def ids(**params: Any) -> list[str]:
+        r = await api.get("/v1/cdrs", params=params)
+        assert r.status_code == 200, r.text
+        return [c["call_id"] for c in r.json()["items"]]
+
+    page = (await api.get("/v1/cdrs")).json()
+    assert [c["call_id"] for c in page["items"]] == ["c4", "c3", "c2", "c1", "c0"]
+    assert page["next_offset"] is None and page["limit"] == 100 and page["offset"] == 0
+    assert page["items"][0]["received_at"].startswith("2025-03-01T12:04:00")
+    assert await ids(flow_id="sales-line", order="asc") == ["c0", "c2", "c4"]
+    page = (await api.get("/v1/cdrs", params={"agent_id": "alice", "limit": 2})).json()
+    assert [c["call_id"] for c in page["items"]] == ["c2", "c1"] and page["next_offset"] == 2
+    assert await ids(agent_id="alice", limit=2, offset=2) == ["c0"]
+    assert await ids(since="2025-03-01T12:01:00Z", until="2025-03-01T13:03:00+01:00") == ["c2", "c1"]
+    assert await ids(since="2025-03-01T12:04:00") == ["c4"]  # no zone: UTC
+    assert await ids(outcome="abandoned") == ["c4", "c3"]
+    assert (await api.get("/v1/cdrs", params={"limit": 0})).status_code == 422
+    assert (await api.get("/v1/cdrs", params={"since": "yesterday"})).status_code == 422
+
+
+async def test_probes_and_docs(api: httpx.AsyncClient) -> None:
+    assert (await api.get("/healthz")).json() == {"status": "ok"}
+    assert (await api.get("/readyz")).json() == {"status": "ok", "redis": "ok", "sql": "ok"}
+    assert (await api.get("/docs")).status_code == 200
+    assert "/v1/agents/{agent_id}/login" in (await api.get("/openapi.json")).json()["paths"]
+
+
+async def test_readyz_is_503_when_redis_is_gone(settings: ApiSettings, redis: aioredis.Redis) -> None:
+    async with running(settings) as (api, app):
+        services: Services = app.state.services
+        await services.redis.aclose()
+        services.redis = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
+        r = await api.get("/readyz")
+        assert r.status_code == 503 and r.json()["sql"] == "ok" and r.json()["redis"].startswith("error")
+        assert (await api.get("/v1/queues")).status_code == 503

@@ -1,0 +1,333 @@
+"""The cdr-writer against a real redis-server, a temporary SQLite file and a temporary PostgreSQL:
+`call.ended` events in, exactly one CDR row per call out, poison entries dead-lettered."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy import Engine, func, select
+from sqlalchemy.orm import Session
+
+from callcenter.bus import Outcome, Producer, StreamConsumer
+from callcenter.db.engine import make_engine, upgrade
+from callcenter.db.models import Cdr
+from callcenter.events import Entry, decode, encode
+from callcenter.keys import Keys
+from callcenter.settings import CdrWriterSettings
+from callcenter.store import Store
+from callcenter.testing.processes import console_script
+from callcenter.testing.servers import RedisServer
+from callcenter_cdr_writer.main import GROUP, run
+from callcenter_cdr_writer.writer import CdrWriter
+
+TENANT = "cdr"
+KEYS = Keys(TENANT)
+T0 = 1_740_830_400_000  # 2025-03-01T12:00:00Z in ms
+
+
+def ended(call_id: str, **over: Any) -> dict[str, Any]:
+    data = {"ts": T0 + 60_000, "call_id": call_id, "flow": "sales", "caller": "bob", "outcome": "answered",
+            "ended_by": "caller", "reason": "bye", "received_ms": T0, "wait_ms": 4000, "pickup_ms": 1500,
+            "talk_ms": 55_000, "rejections": 1, "agent_id": "alice"}
+    data.update(over)
+    return data
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], within_s: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+def rows(engine: Engine, call_id: str | None = None) -> list[Cdr]:
+    with Session(engine) as session:
+        query = select(Cdr).order_by(Cdr.id)
+        if call_id is not None:
+            query = query.where(Cdr.call_id == call_id)
+        return list(session.scalars(query))
+
+
+async def pending(redis: aioredis.Redis) -> int:
+    """Entries read by the group and not yet acknowledged; -1 before the group exists."""
+    try:
+        return int((await redis.xpending(KEYS.events, GROUP))["pending"])
+    except aioredis.ResponseError:
+        return -1
+
+
+async def drained(redis: aioredis.Redis) -> bool:
+    """The group has read every entry of the stream and acknowledged (or dead-lettered) them all."""
+    try:
+        groups = await redis.xinfo_groups(KEYS.events)
+    except aioredis.ResponseError:
+        return False
+    group = next((g for g in groups if g["name"] == GROUP.encode()), None)
+    if group is None or group["pending"]:
+        return False
+    return int(group["entries-read"] or 0) == int(await redis.xlen(KEYS.events))
+
+
+async def dead_entries(redis: aioredis.Redis) -> list[dict[str, Any]]:
+    raw: Any = await redis.xrange(KEYS.dead)
+    return [{k.decode(): v for k, v in f.items()} for _, f in raw]
+
+
+async def read_as(redis: aioredis.Redis, name: str) -> list[Entry]:
+    """Read new entries as consumer `name` without acknowledging them (a consumer about to die)."""
+    resp: Any = await redis.xreadgroup(GROUP, name, {KEYS.events: ">"}, count=10)
+    return [decode(fields, entry_id) for entry_id, fields in resp[0][1]]
+
+
+def packed(type_name: str, data: dict[str, Any]) -> bytes:
+    raw = encode(type_name, data)["data"]
+    assert isinstance(raw, bytes)
+    return raw
+
+
+@pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'cdr.sqlite3'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def engine(sqlite_url: str) -> Any:
+    eng = make_engine(sqlite_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+async def service(redis: aioredis.Redis, redis_server: RedisServer, sqlite_url: str) -> AsyncIterator[None]:
+    """The cdr-writer service, in-process, with fast timings."""
+    settings = CdrWriterSettings(redis_url=redis_server.url, tenant=TENANT, database_url=sqlite_url,
+                                 consumer="w1", block_ms=50, claim_idle_ms=100)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop))
+    yield
+    stop.set()
+    await asyncio.wait_for(task, 10)
+
+
+def consumer(redis: aioredis.Redis, name: str, writer: CdrWriter, **kw: Any) -> StreamConsumer:
+    return StreamConsumer(redis, stream=KEYS.events, group=GROUP, consumer=name, handler=writer,
+                          dead_stream=KEYS.dead, block_ms=50, **kw)
+
+
+async def test_call_ended_events_become_rows(redis: aioredis.Redis, service: None, engine: Engine) -> None:
+    producer = Producer(redis)
+    await producer.publish(KEYS.events, "agent.logged_in", {"ts": T0, "agent_id": "alice"})
+    await producer.publish(KEYS.events, "call.ended", ended("c1"))
+    await producer.publish(KEYS.events, "call.connected",
+                           {"ts": T0, "call_id": "c2", "flow": "sales", "agent_id": "alice", "wait_ms": 1})
+    # a real summary, emitted by the Lua step: a caller who hangs up while queued
+    store = Store(redis, TENANT)
+    await store.flow_upsert("sales", {"skill": "s", "queue_uri": "sip:q@127.0.0.1"})
+    await store.write_config({"reject_on_no_agents": 0})
+    arrival = {"call_id": "c2", "edge": "e1", "seq": 1, "ts": 1, "flow": "sales", "caller": "carol",
+               "caller_uri": "sip:carol@127.0.0.1", "sip_call_id": "x", "source": "127.0.0.1:5"}
+    await store.apply_report("report.call_arrived", "1-1", packed("report.call_arrived", arrival),
+                             now=T0)
+    bye = {"call_id": "c2", "edge": "e1", "seq": 2, "ts": 2, "by": "caller", "reason": "bye"}
+    await store.apply_report("report.call_ended", "1-2", packed("report.call_ended", bye), now=T0 + 7000)
+
+    async def written() -> bool:
+        return len(rows(engine)) == 2 and await drained(redis)
+
+    await wait_for(written)
+    c1, c2 = rows(engine)
+    assert (c1.call_id, c1.flow_id, c1.caller, c1.agent_id, c1.outcome, c1.ended_by, c1.reason) == (
+        "c1", "sales", "bob", "alice", "answered", "caller", "bye")
+    assert (c1.wait_ms, c1.pickup_ms, c1.talk_ms, c1.rejections) == (4000, 1500, 55_000, 1)
+    assert c1.received_at.isoformat() == "2025-03-01T12:00:00+00:00"
+    assert c1.event_id and c1.event_id != c2.event_id
+    assert (c2.call_id, c2.caller, c2.agent_id, c2.outcome, c2.wait_ms, c2.talk_ms) == (
+        "c2", "carol", None, "abandoned", 7000, 0)
+    assert await dead_entries(redis) == []
+
+
+async def test_redelivered_call_ended_writes_no_second_row(redis: aioredis.Redis, service: None,
+                                                           engine: Engine) -> None:
+    producer = Producer(redis)
+    for _ in range(3):  # the same summary three times (e.g. re-emitted by a retried step)
+        await producer.publish(KEYS.events, "call.ended", ended("c1"))
+    await producer.publish(KEYS.events, "call.ended", ended("c2"))
+
+    async def done() -> bool:
+        return await drained(redis) and len(rows(engine)) == 2
+
+    await wait_for(done)
+    assert [r.call_id for r in rows(engine)] == ["c1", "c2"]
+
+
+async def test_crash_between_commit_and_ack_is_harmless(redis: aioredis.Redis, engine: Engine) -> None:
+    producer = Producer(redis)
+    await producer.publish(KEYS.events, "call.ended", ended("c1"))
+    await producer.publish(KEYS.events, "agent.logged_in", {"ts": T0, "agent_id": "alice"})
+    victim = consumer(redis, "victim", CdrWriter(engine))
+    await victim.ensure_group()
+    # the victim reads and commits, then dies before its XACK
+    entries = await read_as(redis, "victim")
+    verdicts = await CdrWriter(engine)(entries)
+    assert {v.outcome for v in verdicts.values()} == {Outcome.ACK}
+    assert len(rows(engine)) == 1 and await pending(redis) == 2
+
+    rescuer_writer = CdrWriter(engine)
+    rescuer = consumer(redis, "rescuer", rescuer_writer, claim_idle_ms=100)
+    task = asyncio.create_task(rescuer.run())
+    try:
+        async def rescued() -> bool:
+            return await pending(redis) == 0
+
+        await wait_for(rescued)
+    finally:
+        rescuer.request_stop()
+        await asyncio.wait_for(task, 5)
+    assert [r.call_id for r in rows(engine)] == ["c1"]
+    assert rescuer_writer.duplicates == 1 and rescuer_writer.written == 0
+
+
+async def test_poison_entries_are_dead_lettered_and_the_rest_written(redis: aioredis.Redis, service: None,
+                                                                     engine: Engine) -> None:
+    producer = Producer(redis)
+    await redis.xadd(KEYS.events, {"type": "call.ended", "v": 1, "data": b"\xc1garbage"})
+    await producer.publish(KEYS.events, "call.ended", ended("c1"))
+    # decodable, but the database refuses it (CHECK constraint): only this row is dead
+    await producer.publish(KEYS.events, "call.ended", ended("c-bad", outcome="teleported"))
+    await producer.publish(KEYS.events, "call.ended", ended("c-neg", wait_ms=-5))
+    await producer.publish(KEYS.events, "call.ended", ended("c2"))
+
+    async def settled() -> bool:
+        return await drained(redis) and len(rows(engine)) == 2 and await redis.xlen(KEYS.dead) == 3
+
+    await wait_for(settled)
+    assert [r.call_id for r in rows(engine)] == ["c1", "c2"]
+    dead = await dead_entries(redis)
+    assert dead[0]["error"].startswith(b"undecodable")
+    errors = {decode({k.removeprefix("orig_"): v for k, v in d.items() if k.startswith("orig_")}).data["call_id"]:
+              d["error"].decode() for d in dead[1:]}
+    assert errors["c-neg"] == "bad cdr: wait_ms=-5 is out of range"
+    assert errors["c-bad"].startswith("cdr refused by the database: IntegrityError") and "CHECK" in errors["c-bad"]
+
+
+async def test_database_unavailable_leaves_cdrs_pending(redis: aioredis.Redis, tmp_path: Path) -> None:
+    broken = make_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'cdr.sqlite3'}")
+    writer = CdrWriter(broken)
+    producer = Producer(redis)
+    await producer.publish(KEYS.events, "call.ended", ended("c1"))
+    await producer.publish(KEYS.events, "agent.logged_in", {"ts": T0, "agent_id": "alice"})
+    raw: Any = await redis.xrange(KEYS.events)
+    entries = [decode(f, i) for i, f in raw]
+    verdicts = await writer(entries)
+    assert [verdicts[e.id].outcome for e in entries] == [Outcome.BACKOFF, Outcome.ACK]
+    broken.dispose()
+
+
+async def test_service_survives_a_redis_restart(tmp_path: Path, sqlite_url: str, engine: Engine) -> None:
+    server = RedisServer().start()
+    client = aioredis.Redis.from_url(server.url)
+    settings = CdrWriterSettings(redis_url=server.url, tenant=TENANT, database_url=sqlite_url, consumer="w1",
+                                 block_ms=50, claim_idle_ms=100)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop))
+    try:
+        await Producer(client).publish(KEYS.events, "call.ended", ended("before"))
+
+        async def written(n: int) -> bool:
+            return len(rows(engine)) == n
+
+        await wait_for(lambda: written(1))
+        server.stop()  # no persistence: it comes back empty, without the consumer group
+        await asyncio.sleep(0.3)
+        server = RedisServer(port=server.port).start()
+        await client.aclose()
+        client = aioredis.Redis.from_url(server.url)
+        await Producer(client).publish(KEYS.events, "call.ended", ended("after"))
+        await wait_for(lambda: written(2))
+        assert not task.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await client.aclose()
+        server.stop()
+    assert [r.call_id for r in rows(engine)] == ["before", "after"]
+
+
+async def test_service_process_stops_on_sigterm(redis: aioredis.Redis, redis_server: RedisServer,
+                                                sqlite_url: str, engine: Engine) -> None:
+    await Producer(redis).publish(KEYS.events, "call.ended", ended("c1"))
+    env = {**os.environ, "CC_REDIS_URL": redis_server.url, "CC_TENANT": TENANT, "CC_DATABASE_URL": sqlite_url,
+           "CC_LOG_FORMAT": "json", "CC_BLOCK_MS": "50"}
+    proc = await asyncio.create_subprocess_exec(console_script("cdr-writer"), env=env, stdout=subprocess.PIPE,
+                                                stderr=subprocess.STDOUT)
+    try:
+        async def written() -> bool:
+            return len(rows(engine)) == 1 and await drained(redis)
+
+        await wait_for(written)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = await asyncio.wait_for(proc.communicate(), 10)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    assert proc.returncode == 0, out.decode()
+    assert b"cdr_writer.stopped" in out
+
+
+# -- PostgreSQL: the same idempotency, and the type errors only a strict database raises -----------
+
+@pytest.fixture(scope="module")
+def pg_engine(pg_url: str) -> Any:
+    upgrade(pg_url)
+    upgrade(pg_url)  # every start migrates: the second run is a no-op
+    eng = make_engine(pg_url)
+    yield eng
+    eng.dispose()
+
+
+async def test_postgres_idempotent_and_row_errors(redis: aioredis.Redis, pg_engine: Engine) -> None:
+    producer = Producer(redis)
+    await producer.publish(KEYS.events, "call.ended", ended("pg-1"))
+    await producer.publish(KEYS.events, "call.ended", ended("pg-1"))  # same batch, same call
+    await producer.publish(KEYS.events, "call.ended", ended("pg-long", caller="x" * 300))  # varchar(255)
+    await producer.publish(KEYS.events, "call.ended", ended("pg-2", agent_id=None))
+    # the first writer commits and dies before the ack
+    victim = consumer(redis, "victim", CdrWriter(pg_engine))
+    await victim.ensure_group()
+    entries = await read_as(redis, "victim")
+    verdicts = await CdrWriter(pg_engine)(entries)
+    assert [verdicts[e.id].outcome for e in entries] == [Outcome.ACK, Outcome.ACK, Outcome.DEAD, Outcome.ACK]
+    assert "StringDataRightTruncation" in verdicts[entries[2].id].reason
+
+    rescuer_writer = CdrWriter(pg_engine)
+    rescuer = consumer(redis, "rescuer", rescuer_writer, claim_idle_ms=100)
+    task = asyncio.create_task(rescuer.run())
+    try:
+        async def settled() -> bool:
+            return await pending(redis) == 0
+
+        await wait_for(settled)
+    finally:
+        rescuer.request_stop()
+        await asyncio.wait_for(task, 5)
+    with Session(pg_engine) as session:
+        counts = dict(session.execute(select(Cdr.call_id, func.count()).where(Cdr.call_id.like("pg-%"))
+                                      .group_by(Cdr.call_id)).all())
+    assert counts == {"pg-1": 1, "pg-2": 1}
+    row = rows(pg_engine, "pg-2")[0]
+    assert row.agent_id is None and row.received_at.isoformat() == "2025-03-01T12:00:00+00:00"
+    # the long caller was dead-lettered again on redelivery by the rescuer (the DEAD verdict of the
+    # victim was never applied: it died before acting on its verdicts)
+    assert await redis.xlen(KEYS.dead) == 1

@@ -1,0 +1,170 @@
+"""The stream consumer contract of callcenter.bus against a real redis-server: idempotent group
+creation, dead-lettering after max deliveries, a failing handler, and a graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from callcenter.bus import ACK, RETRY, Producer, StreamConsumer, Verdict
+from callcenter.events import Entry
+from callcenter.testing.servers import RedisServer
+
+STREAM = "cc:{bus}:events"
+DEAD = "cc:{bus}:dead"
+GROUP = "g"
+
+
+async def wait_for(predicate: Callable[[], Awaitable[bool]], within_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within_s
+    while not await predicate():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
+
+
+async def publish(redis: aioredis.Redis, agent_id: str) -> str:
+    return await Producer(redis).publish(STREAM, "agent.logged_in", {"ts": 1, "agent_id": agent_id})
+
+
+async def pending(redis: aioredis.Redis) -> int:
+    return int((await redis.xpending(STREAM, GROUP))["pending"])
+
+
+def make(redis: aioredis.Redis, handler: Any, **kw: Any) -> StreamConsumer:
+    return StreamConsumer(redis, stream=STREAM, group=GROUP, consumer=kw.pop("consumer", "c1"), handler=handler,
+                          dead_stream=DEAD, block_ms=kw.pop("block_ms", 30), **kw)
+
+
+async def test_group_creation_is_idempotent_and_reads_from_the_start(redis: aioredis.Redis) -> None:
+    await publish(redis, "early")  # written before any consumer existed
+    seen: list[str] = []
+
+    async def handler(entries: Sequence[Entry]) -> Mapping[str, Verdict]:
+        seen.extend(e.data["agent_id"] for e in entries)
+        return {e.id: ACK for e in entries}
+
+    consumer = make(redis, handler)
+    await consumer.ensure_group()
+    await consumer.ensure_group()
+    task = asyncio.create_task(consumer.run())
+
+    async def got_it() -> bool:
+        return seen == ["early"]
+
+    await wait_for(got_it)
+    consumer.request_stop()
+    await asyncio.wait_for(task, 2)
+    assert await pending(redis) == 0 and consumer.handled == 1
+
+
+async def test_retried_entry_is_dead_lettered_after_max_deliveries(redis: aioredis.Redis) -> None:
+    calls = 0
+
+    async def always_retry(entries: Sequence[Entry]) -> Mapping[str, Verdict]:
+        nonlocal calls
+        calls += 1
+        return {e.id: RETRY for e in entries}
+
+    entry_id = await publish(redis, "a1")
+    consumer = make(redis, always_retry, claim_idle_ms=50, max_deliveries=2)
+    task = asyncio.create_task(consumer.run())
+
+    async def dead() -> bool:
+        return await redis.xlen(DEAD) == 1
+
+    await wait_for(dead)
+    consumer.request_stop()
+    await asyncio.wait_for(task, 2)
+    (_, record), = await redis.xrange(DEAD)
+    assert record[b"entry_id"].decode() == entry_id
+    assert record[b"error"] == b"delivered more than 2 times"
+    assert record[b"orig_type"] == b"agent.logged_in"
+    assert calls == 2 and await pending(redis) == 0
+
+
+async def test_failing_handler_leaves_entries_pending_and_the_loop_goes_on(redis: aioredis.Redis) -> None:
+    first = True
+
+    async def flaky(entries: Sequence[Entry]) -> Mapping[str, Verdict]:
+        nonlocal first
+        if first:
+            first = False
+            raise RuntimeError("boom")
+        return {e.id: ACK for e in entries}
+
+    await publish(redis, "a1")
+    consumer = make(redis, flaky, claim_idle_ms=50)
+    task = asyncio.create_task(consumer.run())
+
+    async def recovered() -> bool:
+        return consumer.handled == 1 and await pending(redis) == 0
+
+    await wait_for(recovered)
+    consumer.request_stop()
+    await asyncio.wait_for(task, 2)
+    assert await redis.xlen(DEAD) == 0
+
+
+async def test_stop_finishes_and_acks_the_batch_in_hand(redis: aioredis.Redis) -> None:
+    started, release = asyncio.Event(), asyncio.Event()
+
+    async def slow(entries: Sequence[Entry]) -> Mapping[str, Verdict]:
+        started.set()
+        await release.wait()
+        return {e.id: ACK for e in entries}
+
+    consumer = make(redis, slow, block_ms=1000)
+    task = asyncio.create_task(consumer.run())
+    await publish(redis, "a1")
+    await asyncio.wait_for(started.wait(), 3)
+    consumer.request_stop()  # what the SIGTERM handler does
+    release.set()
+    await asyncio.wait_for(task, 3)
+    assert consumer.handled == 1 and await pending(redis) == 0
+
+
+async def test_stop_while_idle_returns_within_one_block(redis: aioredis.Redis) -> None:
+    async def never(entries: Sequence[Entry]) -> Mapping[str, Verdict]:
+        raise AssertionError("no entries expected")
+
+    consumer = make(redis, never, block_ms=100)
+    task = asyncio.create_task(consumer.run())
+    await asyncio.sleep(0.05)
+    consumer.request_stop()
+    await asyncio.wait_for(task, 1)
+
+
+async def test_consumer_loop_survives_a_redis_restart_with_persistence() -> None:
+    server = RedisServer(appendonly=True).start()
+    client = aioredis.Redis.from_url(server.url)
+
+    async def handler(entries: Sequence[Entry]) -> Mapping[str, Verdict]:
+        return {e.id: ACK for e in entries}
+
+    consumer = make(client, handler)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await asyncio.sleep(0.1)
+        assert server.proc is not None
+        server.proc.terminate()  # a restart that keeps the data (the workdir holds the AOF)
+        server.proc.wait(5)
+        server = RedisServer(port=server.port, appendonly=True, workdir=server.workdir).start()
+        other = aioredis.Redis.from_url(server.url)
+        await publish(other, "a1")
+        await other.aclose()
+
+        async def handled() -> bool:
+            return consumer.handled == 1
+
+        await wait_for(handled, within_s=3)
+    finally:
+        consumer.request_stop()
+        await asyncio.wait([task], timeout=2)
+        if task.done() and not task.cancelled():
+            task.exception()  # retrieved: the failure is the assertion above, not an asyncio warning
+        await client.aclose()
+        server.stop()
