@@ -63,7 +63,7 @@ def up(args: argparse.Namespace) -> int:
                    extra=["-d", str(args.welcome_ms)]).start()
     queue = Sipp(scenario("media_queue.xml"), calls=1_000_000, timeout_s=86_400).start()
     phones = [Sipp(scenario("agent.xml"), calls=1_000_000, timeout_s=86_400).start() for _ in AGENTS]
-    health = {name: port_or_free(0) for name in ("dispatcher", "cdr-writer", "sip-edge")}
+    health = {name: free_port() for name in ("dispatcher", "cdr-writer", "sip-edge")}
     services = [
         ServiceProcess("api", {**common, "CC_DATABASE_URL": db, "CC_API_PORT": str(api_port)},
                        health_url=f"{api}/healthz"),
