@@ -11,7 +11,6 @@ import asyncio
 import shutil
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,8 +19,8 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "tests" / "sipp"
-sys.path.insert(0, str(REPO / "services" / "sip-edge"))
 
+from callcenter.testing.servers import stop_process, udp_port_bound  # noqa: E402
 from callcenter_sip_edge.sip_stack import Fact, SipStack  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
@@ -45,21 +44,6 @@ def free_udp_port() -> int:
             _handed_out.add(port)
             return port
     raise RuntimeError("no free UDP port")
-
-
-def _udp_port_bound(port: int) -> bool:
-    """Whether some socket is bound to this local UDP port (read from /proc: no probing bind)."""
-    needle = f":{port:04X}"
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 1 and fields[1].endswith(needle):
-                return True
-    return False
 
 
 # ---------------------------------------------------------------------------- SIPp
@@ -89,13 +73,7 @@ class SippProcess:
         return self.returncode
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
     def traces(self, kind: str = "messages") -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob(f"*_{kind}.log")))
@@ -132,7 +110,7 @@ class SippLauncher:
         self.started.append(sipp)
         if wait_bound and remote_port is None:
             deadline = time.monotonic() + 5
-            while not _udp_port_bound(port) and time.monotonic() < deadline and proc.poll() is None:
+            while not udp_port_bound(port) and time.monotonic() < deadline and proc.poll() is None:
                 time.sleep(0.02)
         return sipp
 

@@ -11,6 +11,33 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL if it has not exited within `timeout`."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def udp_port_bound(port: int) -> bool:
+    """Whether some socket is bound to this local UDP port (read from /proc: no probing bind)."""
+    needle = f":{port:04X}"
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 1 and fields[1].endswith(needle):
+                return True
+    return False
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
     """A port that is free on 127.0.0.1 right now (TCP by default, SOCK_DGRAM for UDP)."""
     with socket.socket(socket.AF_INET, kind) as s:
@@ -57,11 +84,5 @@ class RedisServer:
         raise RuntimeError(f"redis-server did not start on port {self.port}")
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
         shutil.rmtree(self.workdir, ignore_errors=True)

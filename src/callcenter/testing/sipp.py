@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from callcenter.testing.servers import free_port
+from callcenter.testing.servers import free_port, stop_process, udp_port_bound
 
 
 @dataclass
@@ -53,6 +53,10 @@ class Sipp:
         if self.remote:
             args.append(self.remote)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.logdir)
+        if not self.remote:  # a UAS: return once it listens, so nothing is sent to it too early
+            deadline = time.monotonic() + 5
+            while not udp_port_bound(self.port) and time.monotonic() < deadline and self.proc.poll() is None:
+                time.sleep(0.02)
         return self
 
     def wait(self, timeout: float | None = None) -> int:
@@ -68,13 +72,7 @@ class Sipp:
         return self.proc is not None and self.proc.poll() is None
 
     def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        stop_process(self.proc)
 
     def scenario_log(self) -> str:
         """What the scenario's <log> actions wrote (e.g. the Request-URI of each INVITE received)."""
