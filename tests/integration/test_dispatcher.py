@@ -204,3 +204,38 @@ async def test_sigterm_drains_and_exits_zero(redis_server: RedisServer) -> None:
         if proc.poll() is None:
             proc.kill()
         await client.aclose()
+
+
+async def test_dispatcher_waits_for_redis_to_come_up(tmp_path: object) -> None:
+    """Started before its Redis (a pod scheduled first), it waits, then works."""
+    server = RedisServer()
+    from callcenter.testing.servers import free_port
+    server.port = free_port()
+    settings = DispatcherSettings(redis_url=server.url, tenant=TENANT, consumer="early", block_ms=50)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop))
+    await asyncio.sleep(0.5)
+    assert not task.done()
+    server.start()
+    client = aioredis.Redis.from_url(server.url)
+    try:
+        async def configured() -> bool:
+            return bool(await client.hget(Keys(TENANT).config, "wrapup_s"))
+        await wait_for(configured)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+        await client.aclose()
+        server.stop()
+
+
+def test_every_service_defaults_to_loopback_with_no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from callcenter.settings import ApiSettings, CdrWriterSettings, EdgeSettings
+    for name in list(os.environ):
+        if name.startswith("CC_"):
+            monkeypatch.delenv(name)
+    for cls in (DispatcherSettings, EdgeSettings, CdrWriterSettings, ApiSettings):
+        s = cls()
+        assert s.redis_url == "redis://127.0.0.1:6379/0" and s.tenant == "default"
+    assert EdgeSettings().sip_host == "127.0.0.1" and ApiSettings().api_host == "127.0.0.1"
+    assert CdrWriterSettings().database_url.startswith("sqlite:///")

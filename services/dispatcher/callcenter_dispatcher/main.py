@@ -7,7 +7,7 @@ import asyncio
 import redis.asyncio as aioredis
 import structlog
 
-from callcenter.bus import StreamConsumer
+from callcenter.bus import REDIS_DOWN, StreamConsumer
 from callcenter.health import serve_health
 from callcenter.lifecycle import on_stop_signals
 from callcenter.logs import configure_logging
@@ -28,7 +28,16 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
     stop = stop or asyncio.Event()
     redis = aioredis.Redis.from_url(settings.redis_url)
     store = Store(redis, settings.tenant)
-    await store.write_config({name: getattr(settings, name) for name in CONFIG_FIELDS})
+    config = {name: getattr(settings, name) for name in CONFIG_FIELDS}
+    delay = 0.1
+    while not stop.is_set():  # Redis may not be up yet (a pod starting before it): wait for it
+        try:
+            await store.write_config(config)
+            break
+        except REDIS_DOWN as exc:
+            log.warning("dispatcher.redis_unavailable", error=repr(exc), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
     consumer = StreamConsumer(
         redis, stream=store.keys.reports, group=GROUP, consumer=settings.consumer,
         handler=ReportHandler(store), dead_stream=store.keys.dead, batch=settings.batch,
