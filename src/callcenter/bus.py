@@ -176,7 +176,7 @@ class StreamConsumer:
         await self._pause()
         if self.stopping:
             return  # they stay pending under this consumer: reclaimed, or read again at restart
-        ids = list(self._held)
+        ids: list[Any] = list(self._held)
         still = await self.redis.xclaim(self.stream, self.group, self.consumer, min_idle_time=0,
                                         message_ids=ids, justid=True)
         still_ids = {_text(i) for i in still}
@@ -189,8 +189,9 @@ class StreamConsumer:
 
     async def _read(self, start: str) -> int:
         block = None if start == "0" else self.block_ms
-        resp = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: start},
-                                           count=self.batch, block=block)
+        # RESP2 reply: [[stream, [(id, fields), ...]]] (the stubs describe RESP3's map)
+        resp: Any = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: start},
+                                                count=self.batch, block=block)
         if not resp:
             return 0
         entries = resp[0][1]

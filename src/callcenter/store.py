@@ -158,5 +158,5 @@ class Store:
         return {_text(k): _text(v) for k, v in raw.items()} or None
 
     async def write_config(self, values: dict[str, Any]) -> None:
-        mapping = {k: (int(v) if isinstance(v, bool) else v) for k, v in values.items()}
+        mapping: dict[Any, Any] = {k: (int(v) if isinstance(v, bool) else v) for k, v in values.items()}
         await self.redis.hset(self.keys.config, mapping=mapping)
