@@ -14,6 +14,7 @@ build the same names from that prefix (see `lua/common.lua`); this module is the
     cc:{t}:agent:<id>             hash   agent definition and runtime state
     cc:{t}:call:<id>              hash   one call's state
     cc:{t}:calls                  set    ids of calls not yet ended
+    cc:{t}:edge:<edge>:calls      set    ids of calls not yet ended that this sip-edge owns
     cc:{t}:queue:<flow>           zset   waiting calls of a flow, lowest score served first
     cc:{t}:timers                 zset   due timers, member "<kind>|<id>[|<token>]", score = due (ms)
     cc:{t}:edges                  zset   sip-edge heartbeats, score = last beat (ms)
@@ -62,6 +63,9 @@ class Keys:
 
     def skill_free(self, skill: str) -> str:
         return f"{self.prefix}skill:{skill}:free"
+
+    def edge_calls(self, edge_id: str) -> str:
+        return f"{self.prefix}edge:{edge_id}:calls"
 
     def commands(self, edge_id: str) -> str:
         return f"{self.prefix}commands:{edge_id}"

@@ -265,3 +265,12 @@ async def test_wrapup_is_capped_by_flow_and_per_agent_value_wins(h: Harness) -> 
 async def test_login_unknown_agent_is_not_found(h: Harness) -> None:
     res = await h.store.agent_login("ghost", now=h.now)
     assert res.rc is RC.NOT_FOUND
+
+
+async def test_edge_call_index_follows_the_calls(h: Harness) -> None:
+    await h.flow()
+    await h.agent("a1", ["sales"])
+    await h.arrive("c1")
+    assert await h.redis.smembers(h.store.keys.edge_calls(EDGE)) == {b"c1"}
+    await h.report("report.call_ended", "c1", by="caller", reason="cancel")
+    assert await h.redis.scard(h.store.keys.edge_calls(EDGE)) == 0

@@ -25,6 +25,7 @@ local function k_skill_flows(skill) return P .. 'skill:' .. skill .. ':flows' en
 local function k_skill_logged(skill) return P .. 'skill:' .. skill .. ':logged' end
 local function k_skill_free(skill) return P .. 'skill:' .. skill .. ':free' end
 local function k_commands(edge) return P .. 'commands:' .. edge end
+local function k_edge_calls(edge) return P .. 'edge:' .. edge .. ':calls' end
 
 --!versions
 
@@ -272,6 +273,7 @@ local function finish_call(call_id, call, outcome, ended_by, reason)
   local flow = hgetall(k_flow(call.flow)) or {}
   redis.call('ZREM', k_queue(call.flow), call_id)
   redis.call('SREM', K.calls, call_id)
+  if call.edge then redis.call('SREM', k_edge_calls(call.edge), call_id) end
   local received = num(call.received_ms, NOW)
   local connected = tonumber(call.connected_ms)
   local wait, pickup, talk = NOW - received, 0, 0

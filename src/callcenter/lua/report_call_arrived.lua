@@ -21,6 +21,7 @@ for name, value in pairs(call) do
 end
 redis.call('HSET', ckey, unpack(args))
 redis.call('SADD', K.calls, call_id)
+redis.call('SADD', k_edge_calls(R.edge), call_id)
 emit('call.arrived', { call_id = call_id, flow = R.flow, caller = R.caller, edge = R.edge })
 
 local function reject(code, phrase, reason)
