@@ -43,11 +43,17 @@ EXAMPLES: dict[str, dict[str, object]] = {
     "call.agent_failed": {**C, "ts": TS, "flow": "support", "agent_id": "1001", "offer_id": "1", "reason": "no_answer"},
     "call.connected": {**C, "ts": TS, "flow": "support", "agent_id": "1001", "wait_ms": 42000},
     "call.abandoned": {**C, "ts": TS, "flow": "support", "wait_ms": 61000, "stage": "queued"},
+    "call.dissuaded": {**C, "ts": TS, "flow": "support", "rule": "queue_size"},
+    "call.overflowed": {**C, "ts": TS, "flow": "support", "to_flow": "support-overflow"},
     "call.ended": {**C, "ts": TS, "flow": "support", "caller": "alice", "outcome": "answered", "ended_by": "caller",
                    "reason": "bye", "received_ms": TS - 300000, "wait_ms": 42000, "pickup_ms": 4000,
                    "talk_ms": 254000, "rejections": 0, "agent_id": "1001"},
     "agent.logged_in": {"ts": TS, "agent_id": "1001"},
     "agent.logged_out": {"ts": TS, "agent_id": "1001"},
+    "agent.paused": {"ts": TS, "agent_id": "1001", "reason": "lunch"},
+    "agent.unpaused": {"ts": TS, "agent_id": "1001"},
+    "agent.released": {"ts": TS, "agent_id": "1001", "reason": "no_live_call", "from": "in_call",
+                       "call_id": R["call_id"]},
     "agent.state_changed": {"ts": TS, "agent_id": "1001", "from": "free", "to": "ringing", "call_id": R["call_id"]},
 }
 

@@ -52,8 +52,8 @@ REPORT_SCRIPTS = {
     "report.call_ended": "report_call_ended",
 }
 OTHER_SCRIPTS = (
-    "agent_login", "agent_logout", "agent_upsert", "agent_delete",
-    "flow_upsert", "flow_delete", "fire_timers",
+    "agent_login", "agent_logout", "agent_upsert", "agent_delete", "agent_pause", "agent_unpause",
+    "agent_release", "dispatch_call", "flow_upsert", "flow_delete", "fire_timers", "reconcile", "stats_reset",
 )
 
 
@@ -126,6 +126,28 @@ class Store:
     async def agent_logout(self, agent_id: str, now: int | None = None) -> Result:
         return await self._run("agent_logout", agent_id, now=now)
 
+    async def agent_pause(self, agent_id: str, reason: str, now: int | None = None) -> Result:
+        return await self._run("agent_pause", agent_id, reason, now=now)
+
+    async def agent_unpause(self, agent_id: str, now: int | None = None) -> Result:
+        return await self._run("agent_unpause", agent_id, now=now)
+
+    async def agent_release(self, agent_id: str, now: int | None = None) -> Result:
+        """Free an agent by force (its live call, if any, is hung up)."""
+        return await self._run("agent_release", agent_id, now=now)
+
+    async def dispatch_call(self, call_id: str, agent_id: str, now: int | None = None) -> Result:
+        """Hand a queued call to a free agent (external dispatching)."""
+        return await self._run("dispatch_call", call_id, agent_id, now=now)
+
+    async def reconcile(self, now: int | None = None) -> int:
+        """Free agents that no live call holds; the number freed."""
+        res = await self._run("reconcile", now=now)
+        return int(res.detail or 0)
+
+    async def stats_reset(self, now: int | None = None) -> Result:
+        return await self._run("stats_reset", now=now)
+
     # -- provisioning cache ------------------------------------------------------------------------
     async def flow_upsert(self, flow_id: str, fields: dict[str, Any], now: int | None = None) -> Result:
         args: list[Any] = [flow_id]
@@ -137,9 +159,11 @@ class Store:
         return await self._run("flow_delete", flow_id, now=now)
 
     async def agent_upsert(self, agent_id: str, uri: str, skills: list[str], wrapup_s: int | None,
-                           now: int | None = None) -> Result:
+                           now: int | None = None, max_no_answer: int | None = None) -> Result:
+        """Create or update an agent; None for wrapup_s / max_no_answer = the global value."""
         wrapup = "" if wrapup_s is None else wrapup_s
-        return await self._run("agent_upsert", agent_id, uri, ",".join(skills), wrapup, now=now)
+        misses = "" if max_no_answer is None else max_no_answer
+        return await self._run("agent_upsert", agent_id, uri, ",".join(skills), wrapup, misses, now=now)
 
     async def agent_delete(self, agent_id: str, now: int | None = None) -> Result:
         return await self._run("agent_delete", agent_id, now=now)

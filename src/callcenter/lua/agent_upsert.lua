@@ -1,17 +1,17 @@
 -- agent_upsert.lua: create or update an agent in the Redis cache, keeping its runtime state.
 -- KEYS[1] any tenant key. ARGV: now_ms, agent_id, uri, skills (comma separated), wrapup_s
--- ('' = the global value). A logged-in agent whose skills change moves between skill indexes
+-- ('' = the global value), max_no_answer ('' = the global value; 0 = never pause). A logged-in agent whose skills change moves between skill indexes
 -- and, if free, may get a waiting call of a new skill. Returns {RC.OK, state}.
 --!include common.lua
 
-local agent_id, uri, skills, wrapup = ARGV[2], ARGV[3], ARGV[4], ARGV[5]
+local agent_id, uri, skills, wrapup, max_no_answer = ARGV[2], ARGV[3], ARGV[4], ARGV[5], ARGV[6] or ''
 if uri == nil or uri == '' then return { RC.INVALID, 'uri is required' } end
 if #split_csv(skills) == 0 then return { RC.INVALID, 'at least one skill is required' } end
 local akey = k_agent(agent_id)
 local agent = hgetall(akey)
 if agent == nil then
   redis.call('HSET', akey, 'id', agent_id, 'uri', uri, 'skills', skills, 'wrapup_s', wrapup or '',
-    'state', 'logged_out', 'call', '', 'idle_since', NOW, 'state_since', NOW, 'logout_pending', '0')
+    'max_no_answer', max_no_answer, 'state', 'logged_out', 'call', '', 'idle_since', NOW, 'state_since', NOW, 'logout_pending', '0')
   redis.call('SADD', K.agents, agent_id)
   return { RC.OK, 'logged_out' }
 end
@@ -29,7 +29,7 @@ if agent.skills ~= skills and agent.state ~= 'logged_out' then
     end
   end
 end
-redis.call('HSET', akey, 'uri', uri, 'skills', skills, 'wrapup_s', wrapup or '')
+redis.call('HSET', akey, 'uri', uri, 'skills', skills, 'wrapup_s', wrapup or '', 'max_no_answer', max_no_answer)
 agent.skills, agent.uri = skills, uri
 if agent.state == 'free' then dispatch_to_agent(agent_id, agent) end
 return { RC.OK, agent.state }

@@ -26,6 +26,8 @@ local function k_skill_logged(skill) return P .. 'skill:' .. skill .. ':logged' 
 local function k_skill_free(skill) return P .. 'skill:' .. skill .. ':free' end
 local function k_commands(edge) return P .. 'commands:' .. edge end
 local function k_edge_calls(edge) return P .. 'edge:' .. edge .. ':calls' end
+local function k_stats(flow) if flow then return P .. 'stats:flow:' .. flow end return P .. 'stats' end
+local function k_sl(flow, minute) return P .. 'sl:' .. flow .. ':' .. minute end
 
 --!versions
 
@@ -33,7 +35,8 @@ local function k_edge_calls(edge) return P .. 'edge:' .. edge .. ':calls' end
 local CONFIG_DEFAULTS = {
   wrapup_s = 30, ring_timeout_s = 20, reject_on_no_agents = 1, no_agents_code = 480,
   queue_pos_param = 'cc_pos', offer_lease_grace_s = 5, events_maxlen = 1000000,
-  commands_maxlen = 100000, ended_call_ttl_s = 3600,
+  commands_maxlen = 100000, ended_call_ttl_s = 3600, internal_dispatching = 1, max_no_answer = 0,
+  sl_threshold_s = 20, queue_ewt_param = 'cc_ewt', default_aht_s = 180,
 }
 local _cfg = nil
 local function cfg(name)
@@ -85,6 +88,42 @@ local function command(edge, ctype, data)
     'type', ctype, 'v', EVENT_V[ctype], 'data', cmsgpack.pack(data))
 end
 
+-- ---------------------------------------------------------------------------------- statistics
+-- Counters (reset by stats_reset.lua) and the on-hold gauge live in cc:{t}:stats and
+-- cc:{t}:stats:flow:<flow>; service level is counted in one-minute buckets cc:{t}:sl:<flow>:<minute>.
+
+local function stat(flow_id, field, by)
+  redis.call('HINCRBY', k_stats(nil), field, by or 1)
+  redis.call('HINCRBY', k_stats(flow_id), field, by or 1)
+end
+
+local function sl(flow_id, field)
+  local key = k_sl(flow_id, math.floor(NOW / 60000))
+  redis.call('HINCRBY', key, field, 1)
+  redis.call('EXPIRE', key, 3720)
+end
+
+local function sl_threshold_ms(flow)
+  local t = tonumber(flow and flow.sl_threshold_s)
+  if t == nil or t <= 0 then t = cfg('sl_threshold_s') end
+  return t * 1000
+end
+
+-- average handle time of a flow (ms): a moving average of its recent talk times
+local function aht_ms(flow_id)
+  local v = tonumber(redis.call('HGET', k_stats(flow_id), 'aht_ema_ms'))
+  if v == nil or v <= 0 then return cfg('default_aht_s') * 1000 end
+  return v
+end
+
+-- estimated wait (s) of the call at `position` (0 = next): the flow's recent handle time divided
+-- among the logged-in agents with its skill; -1 when nobody can serve it
+local function estimated_wait_s(flow_id, flow, position)
+  local logged = redis.call('SCARD', k_skill_logged(flow.skill))
+  if logged == 0 then return -1 end
+  return math.floor(aht_ms(flow_id) * (position + 1) / logged / 1000)
+end
+
 -- ---------------------------------------------------------------------------------- agents
 
 local function agent_skills(agent) return split_csv(agent.skills) end
@@ -121,10 +160,18 @@ end
 
 local function log_out(agent_id, agent)
   set_logged(agent_id, agent, false)
-  redis.call('HSET', k_agent(agent_id), 'logout_pending', '0')
+  redis.call('HSET', k_agent(agent_id), 'logout_pending', '0', 'pause_pending', '', 'pause_reason', '')
   redis.call('ZREM', K.timers, 'wrapup|' .. agent_id)
   set_agent_state(agent_id, agent, 'logged_out', nil)
   emit('agent.logged_out', { agent_id = agent_id })
+end
+
+local function pause(agent_id, agent, reason)
+  redis.call('HSET', k_agent(agent_id), 'pause_reason', reason, 'pause_pending', '')
+  redis.call('ZREM', K.timers, 'wrapup|' .. agent_id)
+  agent.pause_reason, agent.pause_pending = reason, ''
+  set_agent_state(agent_id, agent, 'paused', nil)
+  emit('agent.paused', { agent_id = agent_id, reason = reason })
 end
 
 -- wrap-up length: the agent's own value, else the global one, capped by the flow's maximum
@@ -138,13 +185,20 @@ end
 
 -- ---------------------------------------------------------------------------------- calls
 
-local function queue_uri(flow, position)
-  local uri = flow.queue_uri or ''
-  local param = cfg('queue_pos_param')
-  if param == '' or position == nil then return uri end
+local function uri_with_param(uri, name, value)
+  if name == '' or value == nil then return uri end
   local q = string.find(uri, '?', 1, true)
-  if q then return string.sub(uri, 1, q - 1) .. ';' .. param .. '=' .. position .. string.sub(uri, q) end
-  return uri .. ';' .. param .. '=' .. position
+  if q then return string.sub(uri, 1, q - 1) .. ';' .. name .. '=' .. value .. string.sub(uri, q) end
+  return uri .. ';' .. name .. '=' .. value
+end
+
+local function queue_uri(flow_id, flow, position)
+  local uri = uri_with_param(flow.queue_uri or '', cfg('queue_pos_param'), position)
+  if position ~= nil then
+    local ewt = estimated_wait_s(flow_id, flow, position)
+    if ewt >= 0 then uri = uri_with_param(uri, cfg('queue_ewt_param'), ewt) end
+  end
+  return uri
 end
 
 local function call_field_updates(call_id, call, fields)
@@ -157,18 +211,29 @@ local function call_field_updates(call_id, call, fields)
   redis.call('HSET', k_call(call_id), unpack(args))
 end
 
+-- the on-hold gauge counts calls that wait for an agent (arrived, welcome, queued, ringing)
+local function hold_off(call_id, call)
+  if call.onhold == '1' then
+    stat(call.flow, 'onhold', -1)
+    call_field_updates(call_id, call, { onhold = '0' })
+  end
+end
+
 -- Offer a call to a free agent: the agent rings, the edge is told, a lease guards the offer.
 local function offer(call_id, call, flow, agent_id, agent)
   local offer_id = tostring(redis.call('HINCRBY', k_call(call_id), 'offers', 1))
   redis.call('ZREM', k_queue(call.flow), call_id)
   call_field_updates(call_id, call, { state = 'offered', agent = agent_id, offer = offer_id, offered_ms = NOW })
   set_agent_state(agent_id, agent, 'ringing', call_id)
+  redis.call('HINCRBY', k_agent(agent_id), 'distributed', 1)
+  stat(call.flow, 'distributed')
   local ring_s = cfg('ring_timeout_s')
   redis.call('ZADD', K.timers, NOW + (ring_s + cfg('offer_lease_grace_s')) * 1000,
     'offer|' .. call_id .. '|' .. offer_id)
   local display = call.caller_display
+  if display == nil or display == '' then display = call.caller end
   if flow.prepend_cid and flow.prepend_cid ~= '' then
-    display = flow.prepend_cid .. (display ~= nil and display ~= '' and display or call.caller)
+    display = string.sub(flow.prepend_cid .. ' ' .. (display or ''), 1, 64)
   end
   local ring = { call_id = call_id, offer_id = offer_id, agent_id = agent_id, uri = agent.uri,
     timeout_s = ring_s }
@@ -177,54 +242,151 @@ local function offer(call_id, call, flow, agent_id, agent)
   emit('call.offered', { call_id = call_id, flow = call.flow, agent_id = agent_id, offer_id = offer_id })
 end
 
--- Put a call in its flow's queue (at the head when it comes back from a failed offer) and play
--- the queue media with the position parameter.
+-- queue score: arrival time, moved ahead by the caller's priority (higher = sooner)
+local PRIORITY_STEP_MS = 1e13
+
+local function queue_score(call)
+  return num(call.received_ms, NOW) - num(call.priority, 0) * PRIORITY_STEP_MS
+end
+
+-- Put a call in its flow's queue (at the head when it comes back from a failed offer), play the
+-- queue media with the position (and estimated wait) parameters, and arm its waiting timers.
 local function enqueue(call_id, call, flow, at_head)
   local qkey = k_queue(call.flow)
-  local score = num(call.received_ms, NOW)
+  local score = queue_score(call)
   if at_head then
     local first = redis.call('ZRANGE', qkey, 0, 0, 'WITHSCORES')
     if #first > 0 and tonumber(first[2]) <= score then score = tonumber(first[2]) - 1 end
   end
   redis.call('ZADD', qkey, score, call_id)
   local position = redis.call('ZRANK', qkey, call_id)
-  local updates = { state = 'queued', agent = '', offer = '' }
+  local updates = { state = 'queued', agent = '', offer = '', hold_since_ms = NOW }
   if (call.queued_ms or '') == '' then updates.queued_ms = NOW end
   if call.media ~= 'queue' then
-    command(call.edge, 'command.media', { call_id = call_id, uri = queue_uri(flow, position), purpose = 'queue' })
+    command(call.edge, 'command.media', { call_id = call_id, uri = queue_uri(call.flow, flow, position),
+      purpose = 'queue' })
     updates.media = 'queue'
   end
   call_field_updates(call_id, call, updates)
+  local max_wait = tonumber(flow.max_wait_s) or 0
+  if max_wait > 0 then
+    redis.call('ZADD', K.timers, math.max(NOW, num(call.received_ms, NOW) + max_wait * 1000), 'maxwait|' .. call_id)
+  end
+  local onhold_th = tonumber(flow.dissuading_onhold_th) or 0
+  if onhold_th > 0 and (flow.dissuading_uri or '') ~= '' then
+    redis.call('ZADD', K.timers, NOW + onhold_th * 1000, 'onhold|' .. call_id)
+  end
   emit('call.queued', { call_id = call_id, flow = call.flow, position = position })
 end
 
--- The longest-idle free agent holding the skill, or nil.
-local function longest_idle_agent(skill)
-  local ids = redis.call('ZRANGE', k_skill_free(skill), 0, 0)
-  if #ids == 0 then return nil, nil end
-  local agent = hgetall(k_agent(ids[1]))
+local function agent_if_free(agent_id, skill)
+  local agent = hgetall(k_agent(agent_id))
   if agent == nil or agent.state ~= 'free' then
-    -- index out of step with the agent (deleted agent): repair it and give up for this step
-    redis.call('ZREM', k_skill_free(skill), ids[1])
+    -- index out of step with the agent (deleted agent): repair it
+    redis.call('ZREM', k_skill_free(skill), agent_id)
+    return nil
+  end
+  return agent
+end
+
+-- Choose a free agent for a flow by the flow's strategy; nil when none is free.
+--   longest-idle (default), random, top-down (agent id order), round-robin (id order, after
+--   the flow's last choice), fewest-calls (answered), least-talk-time (talk_ms)
+local function pick_agent(flow_id, flow)
+  local fkey = k_skill_free(flow.skill)
+  local strategy = flow.strategy or ''
+  if strategy == '' or strategy == 'longest-idle' then
+    for _ = 1, 3 do
+      local ids = redis.call('ZRANGE', fkey, 0, 0)
+      if #ids == 0 then return nil, nil end
+      local agent = agent_if_free(ids[1], flow.skill)
+      if agent then return ids[1], agent end
+    end
     return nil, nil
   end
-  return ids[1], agent
-end
-
--- Send a call to a free agent if there is one, else queue it.
-local function route_call(call_id, call, flow, at_head)
-  local agent_id, agent = longest_idle_agent(flow.skill)
-  if agent_id then
-    offer(call_id, call, flow, agent_id, agent)
-  else
-    enqueue(call_id, call, flow, at_head)
+  if strategy == 'random' then
+    local id = redis.call('ZRANDMEMBER', fkey)
+    if not id then return nil, nil end
+    local agent = agent_if_free(id, flow.skill)
+    if agent then return id, agent end
+    return nil, nil
   end
+  local ids = redis.call('ZRANGE', fkey, 0, -1)  -- longest idle first: the tie-breaker below
+  local best_id, best_agent, best_metric = nil, nil, nil
+  if strategy == 'top-down' or strategy == 'round-robin' then
+    table.sort(ids)
+    local last = strategy == 'round-robin' and (flow.rr_last or '') or ''
+    local ordered = {}
+    for _, id in ipairs(ids) do if id > last then ordered[#ordered + 1] = id end end
+    for _, id in ipairs(ids) do if id <= last then ordered[#ordered + 1] = id end end
+    for _, id in ipairs(ordered) do
+      local agent = agent_if_free(id, flow.skill)
+      if agent then best_id, best_agent = id, agent break end
+    end
+    if best_id and strategy == 'round-robin' then redis.call('HSET', k_flow(flow_id), 'rr_last', best_id) end
+    return best_id, best_agent
+  end
+  local field = strategy == 'least-talk-time' and 'talk_ms' or 'answered'
+  for _, id in ipairs(ids) do
+    local agent = agent_if_free(id, flow.skill)
+    if agent then
+      local metric = num(agent[field], 0)
+      if best_metric == nil or metric < best_metric then best_id, best_agent, best_metric = id, agent, metric end
+    end
+  end
+  return best_id, best_agent
 end
 
--- An agent became free: give it the best waiting call among the flows of its skills
--- (flow priority first, 0 = highest, then queue order).
+-- Bridge the caller to the flow's dissuading media (hang up or return to the queue after it).
+local function dissuade(call_id, call, flow, rule)
+  redis.call('ZREM', k_queue(call.flow), call_id)
+  redis.call('ZREM', K.timers, 'onhold|' .. call_id, 'maxwait|' .. call_id)
+  call_field_updates(call_id, call, { state = 'dissuading', media = 'dissuading', agent = '', offer = '' })
+  command(call.edge, 'command.media', { call_id = call_id, uri = flow.dissuading_uri, purpose = 'dissuading' })
+  emit('call.dissuaded', { call_id = call_id, flow = call.flow, rule = rule })
+end
+
+-- The dissuading rule a new call meets (queue size, estimated wait), or nil.
+local function dissuading_rule(flow_id, flow)
+  if (flow.dissuading_uri or '') == '' then return nil end
+  local waiting = redis.call('ZCARD', k_queue(flow_id))
+  local ewt_th = tonumber(flow.dissuading_ewt_th) or 0
+  if ewt_th > 0 then
+    local ewt = estimated_wait_s(flow_id, flow, waiting)
+    if ewt < 0 or ewt > ewt_th then return 'ewt' end
+  end
+  local qsize_th = tonumber(flow.dissuading_qsize_th) or 0
+  if qsize_th > 0 and qsize_th <= waiting then return 'queue_size' end
+  return nil
+end
+
+-- Send a call to a free agent if there is one, else (a new call) dissuade it if a rule says so,
+-- else queue it. With internal dispatching off, calls only queue: an external dispatcher
+-- assigns them (dispatch_call.lua).
+local function route_call(call_id, call, flow, at_head)
+  local internal = cfg('internal_dispatching') == 1
+  if internal then
+    local agent_id, agent = pick_agent(call.flow, flow)
+    if agent_id then
+      offer(call_id, call, flow, agent_id, agent)
+      return
+    end
+  end
+  if not at_head and call.dissuaded ~= '1' then
+    local rule = dissuading_rule(call.flow, flow)
+    if rule then
+      call_field_updates(call_id, call, { dissuaded = '1' })
+      dissuade(call_id, call, flow, rule)
+      return
+    end
+  end
+  enqueue(call_id, call, flow, at_head)
+end
+
+-- An agent became free: give it the best waiting call among the flows of its skills: flow
+-- priority first (0 = highest), then the call's priority and arrival (the queue score).
 local function dispatch_to_agent(agent_id, agent)
-  if agent.state ~= 'free' then return false end
+  if agent.state ~= 'free' or cfg('internal_dispatching') ~= 1 then return false end
   local best_call, best_flow, best_prio, best_score = nil, nil, nil, nil
   for _, skill in ipairs(agent_skills(agent)) do
     for _, flow_id in ipairs(redis.call('SMEMBERS', k_skill_flows(skill))) do
@@ -249,12 +411,16 @@ local function dispatch_to_agent(agent_id, agent)
   return true
 end
 
--- An agent's call or offer is over: wrap-up, log out, or free (and then take the next call).
+-- An agent's call or offer is over: log out, pause, wrap-up or free (then take the next call).
 local function release_agent(agent_id, flow, with_wrapup)
   local agent = hgetall(k_agent(agent_id))
   if agent == nil then return end
   if agent.logout_pending == '1' then
     log_out(agent_id, agent)
+    return
+  end
+  if (agent.pause_pending or '') ~= '' then
+    pause(agent_id, agent, agent.pause_pending)
     return
   end
   local w = with_wrapup and wrapup_ms(agent, flow) or 0
@@ -268,12 +434,14 @@ local function release_agent(agent_id, flow, with_wrapup)
   end
 end
 
--- Close a call: leave the queue, release the agent, and emit the call's summary (its CDR).
+-- Close a call: leave the queue, release the agent, count it, and emit its summary (its CDR).
 local function finish_call(call_id, call, outcome, ended_by, reason)
   local flow = hgetall(k_flow(call.flow)) or {}
   redis.call('ZREM', k_queue(call.flow), call_id)
   redis.call('SREM', K.calls, call_id)
   if call.edge then redis.call('SREM', k_edge_calls(call.edge), call_id) end
+  redis.call('ZREM', K.timers, 'maxwait|' .. call_id, 'onhold|' .. call_id)
+  hold_off(call_id, call)
   local received = num(call.received_ms, NOW)
   local connected = tonumber(call.connected_ms)
   local wait, pickup, talk = NOW - received, 0, 0
@@ -289,7 +457,21 @@ local function finish_call(call_id, call, outcome, ended_by, reason)
   local prev_state = call.state
   call_field_updates(call_id, call, { state = 'ended', ended_ms = NOW, outcome = outcome })
   redis.call('EXPIRE', k_call(call_id), cfg('ended_call_ttl_s'))
-  if outcome == 'abandoned' then
+  if outcome ~= 'rejected' then
+    stat(call.flow, 'awt_sum_ms', wait)
+    stat(call.flow, 'awt_n')
+  end
+  if outcome == 'answered' then
+    stat(call.flow, 'talk_sum_ms', talk)
+    stat(call.flow, 'talk_n')
+    local ema = tonumber(redis.call('HGET', k_stats(call.flow), 'aht_ema_ms'))
+    ema = ema and (ema * 0.8 + talk * 0.2) or talk
+    redis.call('HSET', k_stats(call.flow), 'aht_ema_ms', math.floor(ema))
+    if agent_id then redis.call('HINCRBY', k_agent(agent_id), 'talk_ms', talk) end
+  elseif outcome == 'abandoned' then
+    stat(call.flow, 'abandoned')
+    sl(call.flow, 'abandoned')
+    if wait <= sl_threshold_ms(flow) then sl(call.flow, 'abandoned_in_t') end
     emit('call.abandoned', { call_id = call_id, flow = call.flow, wait_ms = wait, stage = prev_state })
   end
   local ended = { call_id = call_id, flow = call.flow, caller = call.caller or '', outcome = outcome,
@@ -303,7 +485,8 @@ local function finish_call(call_id, call, outcome, ended_by, reason)
 end
 
 -- The offer of a call failed (agent rejected, did not answer, lease expired): the agent gets
--- the reference's wrap-up penalty, the call goes back to the head of its queue.
+-- the reference's wrap-up penalty (or a pause after too many misses in a row), the call goes
+-- back to the head of its queue.
 local function offer_failed(call_id, call, reason)
   local flow = hgetall(k_flow(call.flow))
   local agent_id = call.agent
@@ -312,6 +495,16 @@ local function offer_failed(call_id, call, reason)
     offer_id = call.offer, reason = reason })
   redis.call('HINCRBY', k_call(call_id), 'rejections', 1)
   call.rejections = tostring(num(call.rejections, 0) + 1)
+  if reason ~= 'cancelled' then
+    local akey = k_agent(agent_id)
+    redis.call('HINCRBY', akey, 'missed', 1)
+    local in_row = redis.call('HINCRBY', akey, 'missed_in_row', 1)
+    local limit = tonumber(redis.call('HGET', akey, 'max_no_answer'))
+    if limit == nil or limit < 0 then limit = cfg('max_no_answer') end
+    if limit > 0 and in_row >= limit then
+      redis.call('HSET', akey, 'pause_pending', 'no-answer', 'missed_in_row', 0)
+    end
+  end
   if flow == nil then
     command(call.edge, 'command.hangup', { call_id = call_id, reason = 'flow_removed' })
     finish_call(call_id, call, 'failed', 'system', 'flow_removed')
@@ -322,4 +515,23 @@ local function offer_failed(call_id, call, reason)
   -- release_agent may already have handed this agent another call; this one goes to the head
   call = hgetall(k_call(call_id))
   route_call(call_id, call, flow, true)
+end
+
+-- The caller is now talking to the agent it was offered to.
+local function connect(call_id, call)
+  redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. call.offer, 'maxwait|' .. call_id, 'onhold|' .. call_id)
+  hold_off(call_id, call)
+  call_field_updates(call_id, call, { state = 'connected', connected_ms = NOW, media = '' })
+  local wait = NOW - num(call.received_ms, NOW)
+  local agent = hgetall(k_agent(call.agent))
+  if agent then
+    set_agent_state(call.agent, agent, 'in_call', call_id)
+    redis.call('HINCRBY', k_agent(call.agent), 'answered', 1)
+    redis.call('HSET', k_agent(call.agent), 'missed_in_row', 0)
+  end
+  stat(call.flow, 'answered')
+  sl(call.flow, 'answered')
+  local flow = hgetall(k_flow(call.flow))
+  if wait <= sl_threshold_ms(flow) then sl(call.flow, 'answered_in_t') end
+  emit('call.connected', { call_id = call_id, flow = call.flow, agent_id = call.agent, wait_ms = wait })
 end

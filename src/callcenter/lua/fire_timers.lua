@@ -1,4 +1,5 @@
--- fire_timers.lua: run the timers that are due (wrap-up ends, expired offer leases).
+-- fire_timers.lua: run the timers that are due: wrap-up ends, expired offer leases, maximum wait
+-- (overflow to another flow or a SIP URI), time on hold (dissuading).
 -- KEYS[1] any tenant key. ARGV: now_ms, limit. Any dispatcher may call it at any time: each timer
 -- is removed and handled in the same atomic step, so it fires exactly once.
 -- Returns {RC.OK, number fired}.
@@ -14,6 +15,8 @@ for _, member in ipairs(due) do
     if agent and agent.state == 'wrap_up' then
       if agent.logout_pending == '1' then
         log_out(id, agent)
+      elseif (agent.pause_pending or '') ~= '' then
+        pause(id, agent, agent.pause_pending)
       else
         set_agent_state(id, agent, 'free', nil)
         dispatch_to_agent(id, agent)
@@ -24,6 +27,36 @@ for _, member in ipairs(due) do
     if call and call.state == 'offered' and call.offer == token then
       command(call.edge, 'command.cancel_ring', { call_id = id, offer_id = token })
       offer_failed(id, call, 'lease_expired')
+    end
+  elseif kind == 'maxwait' then
+    local call = hgetall(k_call(id))
+    local flow = call and hgetall(k_flow(call.flow))
+    if call and flow and call.state == 'queued' then
+      local target = flow.overflow_flow or ''
+      local target_flow = target ~= '' and target ~= call.flow and hgetall(k_flow(target)) or nil
+      if target_flow then
+        redis.call('ZREM', k_queue(call.flow), id)
+        hold_off(id, call)
+        emit('call.overflowed', { call_id = id, flow = call.flow, to_flow = target })
+        stat(call.flow, 'overflowed')
+        redis.call('HINCRBY', k_stats(target), 'incalls', 1)  -- the global count has it already
+        stat(target, 'onhold')
+        call_field_updates(id, call, { flow = target, media = '', onhold = '1', queued_ms = '' })
+        route_call(id, call, target_flow, false)
+      elseif (flow.overflow_uri or '') ~= '' then
+        redis.call('ZREM', k_queue(call.flow), id)
+        redis.call('ZREM', K.timers, 'onhold|' .. id)
+        emit('call.overflowed', { call_id = id, flow = call.flow, to_uri = flow.overflow_uri })
+        stat(call.flow, 'overflowed')
+        call_field_updates(id, call, { state = 'overflow', media = 'overflow' })
+        command(call.edge, 'command.media', { call_id = id, uri = flow.overflow_uri, purpose = 'overflow' })
+      end
+    end
+  elseif kind == 'onhold' then
+    local call = hgetall(k_call(id))
+    local flow = call and hgetall(k_flow(call.flow))
+    if call and flow and call.state == 'queued' and (flow.dissuading_uri or '') ~= '' then
+      dissuade(id, call, flow, 'on_hold')
     end
   end
 end

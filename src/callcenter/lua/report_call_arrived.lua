@@ -10,7 +10,9 @@ local call_id = R.call_id
 local ckey = k_call(call_id)
 if redis.call('EXISTS', ckey) == 1 then return { RC.DUPLICATE, 'exists' } end
 
-local call = { flow = R.flow, caller = R.caller, caller_uri = R.caller_uri,
+local priority = tonumber(R.priority) or 0
+if priority > 100 then priority = 100 elseif priority < -100 then priority = -100 end
+local call = { flow = R.flow, caller = R.caller, caller_uri = R.caller_uri, priority = math.floor(priority),
   caller_display = R.caller_display or '', edge = R.edge, seq = 1, received_ms = NOW, state = 'arrived',
   media = '', rejections = 0, offers = 0, agent = '', offer = '', sip_call_id = R.sip_call_id }
 local args = {}
@@ -39,6 +41,10 @@ if cfg('reject_on_no_agents') == 1 and redis.call('SCARD', k_skill_logged(flow.s
   reject(cfg('no_agents_code'), 'No Agents Available', 'no_agents')
   return { RC.OK, 'rejected' }
 end
+stat(R.flow, 'incalls')
+stat(R.flow, 'onhold')
+sl(R.flow, 'offered')
+call_field_updates(call_id, call, { onhold = '1' })
 if (flow.welcome_uri or '') ~= '' then
   call_field_updates(call_id, call, { state = 'welcome', media = 'welcome' })
   command(R.edge, 'command.media', { call_id = call_id, uri = flow.welcome_uri, purpose = 'welcome' })

@@ -9,6 +9,7 @@ if call == nil then return { rc } end
 if call.state == 'ended' then return { RC.OK, call.outcome or '' } end
 local outcome
 if call.state == 'connected' then outcome = 'answered'
+elseif call.state == 'overflow' then outcome = 'overflowed'
 elseif R.by == 'caller' then outcome = 'abandoned'
 else outcome = 'failed' end
 finish_call(R.call_id, call, outcome, R.by, R.reason)

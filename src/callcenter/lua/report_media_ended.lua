@@ -1,7 +1,8 @@
 -- report_media_ended.lua: a media server hung up its leg; the caller is still there.
 -- KEYS[1] any tenant key. ARGV: now_ms, entry id, msgpack report.media_ended. Returns {RC, what}.
 -- The welcome message ended: route the call (agent or queue). The queue media hung up (it should
--- loop forever): bridge the caller to the queue media again.
+-- loop forever): bridge the caller to the queue media again. The dissuading message ended: hang
+-- up (flow.dissuading_hangup) or back to the queue. The overflow destination hung up: hang up.
 --!include common.lua
 --!include _report.lua
 
@@ -22,8 +23,23 @@ if R.purpose == 'welcome' and call.state == 'welcome' then
 end
 if R.purpose == 'queue' and (call.state == 'queued' or call.state == 'offered') then
   local position = redis.call('ZRANK', k_queue(call.flow), R.call_id)
-  command(call.edge, 'command.media', { call_id = R.call_id, uri = queue_uri(flow, position), purpose = 'queue' })
+  command(call.edge, 'command.media', { call_id = R.call_id, uri = queue_uri(call.flow, flow, position),
+    purpose = 'queue' })
   call_field_updates(R.call_id, call, { media = 'queue' })
   return { RC.OK, 'requeued_media' }
+end
+if R.purpose == 'dissuading' and call.state == 'dissuading' then
+  if flow.dissuading_hangup == '1' then
+    command(call.edge, 'command.hangup', { call_id = R.call_id, reason = 'dissuaded' })
+    finish_call(R.call_id, call, 'dissuaded', 'system', 'dissuaded')
+    return { RC.OK, 'hangup' }
+  end
+  route_call(R.call_id, call, flow, false)
+  return { RC.OK, call.state }
+end
+if R.purpose == 'overflow' and call.state == 'overflow' then
+  command(call.edge, 'command.hangup', { call_id = R.call_id, reason = 'overflow_ended' })
+  finish_call(R.call_id, call, 'overflowed', 'system', 'overflow_ended')
+  return { RC.OK, 'hangup' }
 end
 return { RC.OK, 'ignored' }

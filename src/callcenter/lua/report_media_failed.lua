@@ -16,6 +16,10 @@ if flow and R.purpose == 'welcome' and call.state == 'welcome' then
   return { RC.OK, call.state }
 end
 if call.state == 'offered' then return { RC.OK, 'agent_ringing' } end
+if flow and R.purpose == 'dissuading' and call.state == 'dissuading' and flow.dissuading_hangup ~= '1' then
+  route_call(R.call_id, call, flow, false)  -- no dissuading message to play: back to the queue
+  return { RC.OK, call.state }
+end
 command(call.edge, 'command.reject', { call_id = R.call_id, code = 503, reason = 'Media Unavailable' })
 finish_call(R.call_id, call, 'failed', 'system', 'media_failed')
 return { RC.OK, 'ended' }

@@ -1,0 +1,18 @@
+-- agent_unpause.lua: end an agent's pause (or cancel a pending one); a free agent may get a
+-- waiting call in the same step. KEYS[1] any tenant key. ARGV: now_ms, agent_id.
+-- Returns {RC.OK, state} | {RC.ALREADY, state} | {RC.NOT_FOUND}.
+--!include common.lua
+
+local agent_id = ARGV[2]
+local agent = hgetall(k_agent(agent_id))
+if agent == nil then return { RC.NOT_FOUND } end
+if (agent.pause_pending or '') ~= '' then
+  redis.call('HSET', k_agent(agent_id), 'pause_pending', '')
+  return { RC.OK, agent.state }
+end
+if agent.state ~= 'paused' then return { RC.ALREADY, agent.state or 'logged_out' } end
+redis.call('HSET', k_agent(agent_id), 'pause_reason', '', 'missed_in_row', 0)
+emit('agent.unpaused', { agent_id = agent_id })
+set_agent_state(agent_id, agent, 'free', nil)
+dispatch_to_agent(agent_id, agent)
+return { RC.OK, agent.state }

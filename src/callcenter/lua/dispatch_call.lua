@@ -1,0 +1,20 @@
+-- dispatch_call.lua: an external dispatcher hands a waiting call to a free agent (the reference's
+-- dispatch_call_to_agent; meant for internal dispatching off, works either way).
+-- KEYS[1] any tenant key. ARGV: now_ms, call_id, agent_id.
+-- Returns {RC.OK} | {RC.NOT_FOUND, 'call'|'agent'} | {RC.INVALID, why}.
+--!include common.lua
+
+local call_id, agent_id = ARGV[2], ARGV[3]
+local call = hgetall(k_call(call_id))
+if call == nil or call.state == 'ended' then return { RC.NOT_FOUND, 'call' } end
+local agent = hgetall(k_agent(agent_id))
+if agent == nil then return { RC.NOT_FOUND, 'agent' } end
+if call.state ~= 'queued' then return { RC.INVALID, 'the call is ' .. call.state .. ', not queued' } end
+if agent.state ~= 'free' then return { RC.INVALID, 'the agent is ' .. (agent.state or 'logged_out') .. ', not free' } end
+local flow = hgetall(k_flow(call.flow))
+if flow == nil then return { RC.INVALID, 'the flow of the call no longer exists' } end
+local has_skill = false
+for _, skill in ipairs(agent_skills(agent)) do if skill == flow.skill then has_skill = true end end
+if not has_skill then return { RC.INVALID, 'the agent lacks skill ' .. flow.skill } end
+offer(call_id, call, flow, agent_id, agent)
+return { RC.OK }
