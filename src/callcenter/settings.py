@@ -44,6 +44,8 @@ class DispatcherSettings(DispatchSettings):
     claim_idle_ms: int = Field(default=10_000, ge=100)
     max_deliveries: int = Field(default=5, ge=1)
     timer_interval_ms: int = Field(default=100, ge=5)
+    # how often the reconciler looks for agents that no live call holds
+    reconcile_interval_ms: int = Field(default=5000, ge=100)
 
 
 class EdgeSettings(CommonSettings):

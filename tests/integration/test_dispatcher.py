@@ -239,3 +239,23 @@ def test_every_service_defaults_to_loopback_with_no_environment(monkeypatch: pyt
         assert s.redis_url == "redis://127.0.0.1:6379/0" and s.tenant == "default"
     assert EdgeSettings().sip_host == "127.0.0.1" and ApiSettings().api_host == "127.0.0.1"
     assert CdrWriterSettings().database_url.startswith("sqlite:///")
+
+
+async def test_reconciler_runs_in_the_service(redis_server: RedisServer, redis: aioredis.Redis,
+                                              provisioned: Store) -> None:
+    await provisioned.agent_login("a1")
+    await redis.hset(provisioned.keys.agent("a1"), mapping={"state": "ringing", "call": "vanished"})
+    settings = DispatcherSettings(redis_url=redis_server.url, tenant=TENANT, consumer="rec", block_ms=50,
+                                  reconcile_interval_ms=100)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop))
+    try:
+        async def freed() -> bool:
+            agent = await provisioned.agent("a1")
+            return agent is not None and agent["state"] == "free"
+        await wait_for(freed)
+        types = [decode(f, i).type for i, f in await redis.xrange(provisioned.keys.events)]
+        assert "agent.released" in types
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)

@@ -14,14 +14,14 @@ from callcenter.logs import configure_logging
 from callcenter.settings import DispatcherSettings
 from callcenter.store import Store
 from callcenter_dispatcher.handler import ReportHandler
-from callcenter_dispatcher.timers import run_timers
+from callcenter_dispatcher.timers import run_reconciler, run_timers
 
 log = structlog.get_logger(__name__)
 
 GROUP = "dispatcher"
 
 CONFIG_FIELDS = ("wrapup_s", "ring_timeout_s", "reject_on_no_agents", "no_agents_code", "queue_pos_param",
-                 "offer_lease_grace_s")
+                 "offer_lease_grace_s")  # the others in cc:{t}:config are set through the api
 
 
 async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -> None:
@@ -59,12 +59,14 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
         health = await serve_health("0.0.0.0", settings.health_port, ready)
     log.info("dispatcher.started", consumer=settings.consumer, tenant=settings.tenant)
     timers = asyncio.create_task(run_timers(store, stop, settings.timer_interval_ms))
+    reconciler = asyncio.create_task(run_reconciler(store, stop, settings.reconcile_interval_ms))
     watcher = asyncio.create_task(stop.wait())
     consume = asyncio.create_task(consumer.run())
     await asyncio.wait({consume, watcher}, return_when=asyncio.FIRST_COMPLETED)
     consumer.request_stop()
     await consume
     await timers
+    await reconciler
     watcher.cancel()
     if health:
         health.close()

@@ -1,4 +1,5 @@
-"""The timer loop: fires due timers (wrap-up ends, offer leases) with the atomic fire_timers step.
+"""The timer loop: fires due timers (wrap-up ends, offer leases, maximum wait, time on hold) with
+the atomic fire_timers step; and the reconciler loop, which frees agents no live call holds.
 
 Any number of dispatcher replicas run it; each due timer is removed and handled inside one Lua
 step, so it fires exactly once whichever replica gets there first.
@@ -10,6 +11,7 @@ import asyncio
 
 import structlog
 
+from callcenter.bus import REDIS_DOWN
 from callcenter.store import Store
 
 log = structlog.get_logger(__name__)
@@ -21,9 +23,25 @@ async def run_timers(store: Store, stop: asyncio.Event, interval_ms: int, limit:
             fired = await store.fire_timers(limit=limit)
             if fired >= limit:
                 continue  # a backlog: keep going without sleeping
-        except (ConnectionError, OSError) as exc:
+        except REDIS_DOWN as exc:
             log.warning("timers.redis_error", error=repr(exc))
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval_ms / 1000)
         except TimeoutError:
             pass
+
+
+async def run_reconciler(store: Store, stop: asyncio.Event, interval_ms: int) -> None:
+    while not stop.is_set():
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=interval_ms / 1000)
+        except TimeoutError:
+            pass
+        if stop.is_set():
+            return
+        try:
+            released = await store.reconcile()
+            if released:
+                log.warning("reconciler.released_agents", count=released)
+        except REDIS_DOWN as exc:
+            log.warning("reconciler.redis_error", error=repr(exc))
