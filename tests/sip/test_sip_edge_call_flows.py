@@ -216,3 +216,12 @@ async def test_media_failure_is_reported_and_caller_rejected(edge: EdgeUnderTest
     assert dispatcher.kinds() == ["arrived", "media_failed", "ended"]
     assert dispatcher.facts[1].data == {"purpose": "welcome", "code": 486, "reason": "Busy Here"}
 
+
+
+async def test_caller_priority_header_is_reported(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
+    stack, dispatcher = edge.stack, edge.dispatcher
+    dispatcher.on("arrived", lambda f: stack.reject(f.call_id, 404, "unknown_flow"))
+    caller = sipp.start("caller_priority_rejected_404", name="caller", remote_port=edge.port, service="vip")
+    await expect_success(caller)
+    await dispatcher.wait_for("ended")
+    assert dispatcher.facts[0].data["priority"] == 7

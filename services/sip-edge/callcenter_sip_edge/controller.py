@@ -151,6 +151,31 @@ class CallerInfo:
     caller_display: str | None
     sip_call_id: str
     source: str
+    priority: int | None = None
+
+
+PRIORITY_HEADER = "x-cc-priority"
+PRIORITY_URI_PARAM = "cc_priority"
+
+
+def call_priority(req: Any) -> int | None:
+    """The caller's priority (-100..100, higher is served sooner) from an `X-CC-Priority` header
+    or a `;cc_priority=` Request-URI parameter, as set by the carrier or an upstream proxy."""
+    raw: str | None = None
+    if req.countHFs(PRIORITY_HEADER) > 0:
+        raw = str(req.getHFBody(PRIORITY_HEADER)).strip()
+    else:
+        for param in getattr(req.getRURI(), "other", []):
+            name, _, value = str(param).partition("=")
+            if name.lower() == PRIORITY_URI_PARAM:
+                raw = value
+    if raw is None:
+        return None
+    try:
+        return max(-100, min(100, int(raw)))
+    except ValueError:
+        log.info("call.bad_priority", value=raw[:32])
+        return None
 
 
 @dataclass
@@ -711,6 +736,7 @@ class CallRouter:
             caller_display=from_hf.getUri().name or None,
             sip_call_id=str(req.getHFBody("call-id")),
             source=f"{source_host}:{source_port}",
+            priority=call_priority(req),
         )
         call = CallController(router=self, call_id=uuid4().hex, info=info)
         call.caller = UA(self.sip_config, call._guarded(call._on_caller_event))
@@ -723,6 +749,7 @@ class CallRouter:
         self.emit("arrived", call.call_id, {
             "flow": info.flow, "caller_user": info.caller_user, "caller_uri": info.caller_uri,
             "caller_display": info.caller_display, "sip_call_id": info.sip_call_id, "source": info.source,
+            "priority": info.priority,
         })
         return result
 
