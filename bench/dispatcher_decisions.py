@@ -145,41 +145,55 @@ async def fresh_world(server: RedisServer) -> tuple[aioredis.Redis, Store, World
     return r, store, world
 
 
-async def lua_rates(server: RedisServer, n: int) -> tuple[float, float]:
+async def lua_rates(server: RedisServer, n: int) -> tuple[float, float, float]:
+    """Decisions per second in-process (sequential, 50 in flight), and the mean time one decision
+    spends inside Redis (INFO commandstats, µs), to tell Lua time from client time."""
     results = []
+    usec = 0.0
     for in_flight in (1, 50):
         r, store, world = await fresh_world(server)
         items = world.workload(n)
+        await r.config_resetstat()
         # with 50 in flight, two reports of one call never race: each call appears once in a workload
         results.append(await rate(lambda it, st=store: st.apply_report(it[0], "0-0", it[1]), items, in_flight))
+        stats = await r.info("commandstats")
+        usec = float(stats.get("cmdstat_evalsha", {}).get("usec_per_call", 0.0))
         await r.aclose()
-    return results[0], results[1]
+    return results[0], results[1], usec
 
 
 async def process_rate(server: RedisServer, n: int, processes: int) -> float:
+    """Reports per second drained by `processes` dispatcher processes, timed from the moment the
+    reports are appended (the processes are started and reading before that)."""
     r, store, world = await fresh_world(server)
     items = world.workload(n)
-    async with r.pipeline(transaction=False) as pipe:
-        for rtype, data in items:
-            pipe.xadd(store.keys.reports, {"type": rtype, "v": 1, "data": data})
-        await pipe.execute()
     env = {**os.environ, "CC_REDIS_URL": server.url, "CC_TENANT": TENANT, "CC_LOG_LEVEL": "warning",
            "CC_LOG_FORMAT": "json", "CC_WRAPUP_S": "0", "CC_REJECT_ON_NO_AGENTS": "false",
-           "CC_RING_TIMEOUT_S": "600", "CC_BATCH": "200"}
-    t0 = time.perf_counter()
+           "CC_RING_TIMEOUT_S": "600", "CC_BATCH": "200", "CC_BLOCK_MS": "100"}
     procs = [subprocess.Popen([console_script("dispatcher")], env={**env, "CC_CONSUMER": f"b{i}"},
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(processes)]
     try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:  # every process has read once: it is up and waiting
+            try:
+                consumers = await r.xinfo_consumers(store.keys.reports, "dispatcher")
+            except aioredis.ResponseError:
+                consumers = []
+            if len(consumers) == processes:
+                break
+            await asyncio.sleep(0.05)
+        t0 = time.perf_counter()
+        async with r.pipeline(transaction=False) as pipe:
+            for rtype, data in items:
+                pipe.xadd(store.keys.reports, {"type": rtype, "v": 1, "data": data})
+            await pipe.execute()
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            try:
-                groups = await r.xinfo_groups(store.keys.reports)
-            except aioredis.ResponseError:
-                groups = []
-            if groups and int(groups[0].get("lag") or 0) == 0 and int(groups[0]["pending"]) == 0 \
+            groups = await r.xinfo_groups(store.keys.reports)
+            if int(groups[0].get("lag") or 0) == 0 and int(groups[0]["pending"]) == 0 \
                     and int(groups[0].get("entries-read") or 0) >= len(items):
                 break
-            await asyncio.sleep(0.01)
+            await asyncio.sleep(0.005)
         elapsed = time.perf_counter() - t0
     finally:
         for p in procs:
@@ -262,9 +276,11 @@ async def main() -> None:
         print(f"state: {FLOWS} flows, {AGENTS} agents (all busy), {WAITING} waiting calls; redis-server "
               f"{server.port}; python {sys.version.split()[0]}")
         print(f"raw EVALSHA 'return 1'        sequential {raw_seq:8.0f}/s   50 in flight {raw_par:8.0f}/s")
-        lua_seq, lua_par = await lua_rates(server, n)
+        lua_seq, lua_par, usec = await lua_rates(server, n)
         print(f"Lua decisions, in-process     sequential {lua_seq:8.0f}/s   50 in flight {lua_par:8.0f}/s   "
               f"ratio to raw: {lua_seq / raw_seq:.0%} / {lua_par / raw_par:.0%}")
+        print(f"time inside Redis per decision (EVALSHA, commandstats): {usec:.0f} µs "
+              f"= {usec * lua_seq / 1e6:.0%} of a sequential decision; the rest is the client round trip")
         for procs in (1, 2):
             rps = await process_rate(server, n, procs)
             print(f"dispatcher processes: {procs}      {rps:8.0f} reports/s drained   ratio to raw (50 in flight): "
