@@ -259,3 +259,50 @@ async def test_reconciler_runs_in_the_service(redis_server: RedisServer, redis: 
     finally:
         stop.set()
         await asyncio.wait_for(task, 10)
+
+
+async def test_wrapup_end_survives_a_redis_and_dispatcher_restart() -> None:
+    """The wrap-up end is a timer in Redis (AOF): after both restart, it still frees the agent."""
+    server = RedisServer(appendonly=True).start()
+    client = aioredis.Redis.from_url(server.url)
+    store = Store(client, TENANT)
+    await store.flow_upsert("support", {"skill": "s", "priority": 1, "queue_uri": "sip:q@127.0.0.1:9"})
+    await store.agent_upsert("a1", "sip:a1@127.0.0.1:9", ["s"], 2)
+    await store.agent_login("a1")
+    producer = Producer(client)
+    for rtype, data in (arrival("w1"), report("report.agent_answered", "w1", 2, offer_id="1", agent_id="a1"),
+                        report("report.call_ended", "w1", 3, by="caller", reason="bye")):
+        await producer.publish(store.keys.reports, rtype, data)
+    settings = DispatcherSettings(redis_url=server.url, tenant=TENANT, consumer="d", block_ms=50,
+                                  timer_interval_ms=20)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run(settings, stop))
+
+    async def in_wrapup() -> bool:
+        agent = await store.agent("a1")
+        return agent is not None and agent["state"] == "wrap_up"
+    await wait_for(in_wrapup)
+    stop.set()
+    await asyncio.wait_for(task, 10)
+    await client.aclose()
+    assert server.proc is not None
+    server.proc.terminate()  # Redis restarts from its append-only file
+    server.proc.wait(5)
+    server = RedisServer(port=server.port, appendonly=True, workdir=server.workdir).start()
+    client = aioredis.Redis.from_url(server.url)
+    store = Store(client, TENANT)
+    try:
+        agent = await store.agent("a1")
+        assert agent is not None and agent["state"] == "wrap_up"
+        stop = asyncio.Event()
+        task = asyncio.create_task(run(settings, stop))
+
+        async def free() -> bool:
+            agent = await store.agent("a1")
+            return agent is not None and agent["state"] == "free"
+        await wait_for(free)
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    finally:
+        await client.aclose()
+        server.stop()
