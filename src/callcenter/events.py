@@ -83,6 +83,10 @@ _TYPES: list[EntryType] = [
               {**_CALL, "offer_id": Str, "agent_id": Str, "uri": Str, "timeout_s": Num},
               {"caller_display": OptStr},
               "Ring an agent; connect caller and agent when it answers."),
+    EntryType("command.ring_all", 1,
+              {**_CALL, "offer_id": Str, "targets": list, "timeout_s": Num}, {"caller_display": OptStr},
+              "Ring several agents at once (targets: [{agent_id, uri}]); the first to answer is connected, "
+              "the others get CANCEL."),
     EntryType("command.cancel_ring", 1, {**_CALL, "offer_id": Str}, {}, "Stop ringing an agent."),
     EntryType("command.reject", 1, {**_CALL, "code": Int, "reason": Str}, {},
               "Reject the call with a SIP final response (or BYE if already answered)."),

@@ -261,3 +261,57 @@ async def test_queue_media_gets_position_and_estimated_wait(h: Harness) -> None:
     # estimated wait: (position + 1) x 120 s / 2 logged agents = 60 s
     assert media[0]["uri"] == "sip:queue@127.0.0.1:7000;cc_pos=0;cc_ewt=60"
 
+
+
+async def test_missed_offers_are_counted_once(h: Harness) -> None:
+    await h.flow()
+    await h.agent("a1", ["sales"], wrapup_s=5)
+    await h.arrive("c1")
+    await h.report("report.agent_failed", "c1", offer_id="1", agent_id="a1", reason="busy", code=486)
+    agent = await h.store.agent("a1")
+    assert agent is not None and agent["missed"] == "1" and agent["missed_in_row"] == "1"
+
+
+async def test_ring_all_rings_every_free_agent_and_the_first_answer_wins(h: Harness) -> None:
+    await h.flow(strategy="ring-all")
+    for agent_id in ("a1", "a2", "a3"):
+        await h.agent(agent_id, ["sales"])
+    await h.agent("x1", ["other"])
+    assert (await h.arrive("c1")).detail == "offered"
+    [cmd] = [d for t, d in await h.commands() if t == "command.ring_all"]
+    assert sorted(t["agent_id"] for t in cmd["targets"]) == ["a1", "a2", "a3"]
+    assert [await h.state(a) for a in ("a1", "a2", "a3", "x1")] == ["ringing", "ringing", "ringing", "free"]
+    # one phone rejects: the others keep ringing
+    await h.report("report.agent_failed", "c1", offer_id="1", agent_id="a3", reason="busy", code=486)
+    assert await h.state("a3") == "free"
+    await h.report("report.agent_answered", "c1", offer_id="1", agent_id="a2")
+    assert [await h.state(a) for a in ("a1", "a2")] == ["free", "in_call"]
+    reasons = {d["agent_id"]: d["reason"] for _, d in await h.events("call.agent_failed")}
+    assert reasons == {"a3": "busy", "a1": "answered_elsewhere"}
+    await h.report("report.call_ended", "c1", by="caller", reason="bye")
+    ended = [d for _, d in await h.events("call.ended")]
+    assert ended[0]["agent_id"] == "a2" and ended[0]["outcome"] == "answered"
+    assert await h.store.reconcile(now=h.now) == 0
+
+
+async def test_ring_all_nobody_answers_requeues_without_penalty(h: Harness) -> None:
+    await h.flow(strategy="ring-all")
+    await h.agent("a1", ["sales"], wrapup_s=30)
+    await h.agent("a2", ["sales"], wrapup_s=30)
+    await h.arrive("c1")
+    assert await h.store.reconcile(now=h.now) == 0  # both ringing agents are held by the call
+    await h.report("report.agent_failed", "c1", offer_id="1", agent_id="a1", reason="no_answer")
+    await h.report("report.agent_failed", "c1", offer_id="1", agent_id="a2", reason="no_answer")
+    # no wrap-up penalty for a ring-all miss: both free again, and the call is offered to both again
+    cmds = [d for t, d in await h.commands() if t == "command.ring_all"]
+    assert len(cmds) == 2 and cmds[1]["offer_id"] == "2"
+    assert len([1 for _, d in await h.events("call.agent_failed")]) == 2
+
+
+async def test_ring_all_caller_hangs_up_frees_all_ringing_agents(h: Harness) -> None:
+    await h.flow(strategy="ring-all")
+    await h.agent("a1", ["sales"])
+    await h.agent("a2", ["sales"])
+    await h.arrive("c1")
+    await h.report("report.call_ended", "c1", by="caller", reason="cancel")
+    assert [await h.state(a) for a in ("a1", "a2")] == ["free", "free"]

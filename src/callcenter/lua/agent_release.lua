@@ -10,6 +10,7 @@ local agent = hgetall(k_agent(agent_id))
 if agent == nil then return { RC.NOT_FOUND } end
 local state = agent.state or 'logged_out'
 if state ~= 'ringing' and state ~= 'in_call' and state ~= 'wrap_up' then return { RC.ALREADY, state } end
+local held = agent.call or ''
 local ev = { agent_id = agent_id, reason = 'forced', from = state }
 local call = (agent.call or '') ~= '' and hgetall(k_call(agent.call)) or nil
 if (agent.call or '') ~= '' then ev.call_id = agent.call end
@@ -19,7 +20,8 @@ if call and call.state ~= 'ended' and call.agent == agent_id then
   finish_call(agent.call, call, 'failed', 'system', 'force_release')
 end
 agent = hgetall(k_agent(agent_id))
-if agent.state == 'ringing' or agent.state == 'in_call' or agent.state == 'wrap_up' then
+-- finish_call may have freed the agent and handed it the next waiting call: that offer stays
+if agent.state == 'wrap_up' or ((agent.state == 'ringing' or agent.state == 'in_call') and (agent.call or '') == held) then
   redis.call('ZREM', K.timers, 'wrapup|' .. agent_id)
   release_agent(agent_id, nil, false)
 end

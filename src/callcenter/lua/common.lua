@@ -219,6 +219,18 @@ local function hold_off(call_id, call)
   end
 end
 
+-- the caller's name as the agent sees it: the flow's prefix, then the display name (or user)
+local function display_towards_agent(call, flow)
+  local display = call.caller_display
+  if display == nil or display == '' then display = call.caller end
+  if flow.prepend_cid and flow.prepend_cid ~= '' then
+    display = string.sub(flow.prepend_cid .. ' ' .. (display or ''), 1, 64)
+  end
+  return display
+end
+
+local function ring_all_members(call) return split_csv(call.ring_all) end
+
 -- Offer a call to a free agent: the agent rings, the edge is told, a lease guards the offer.
 local function offer(call_id, call, flow, agent_id, agent)
   local offer_id = tostring(redis.call('HINCRBY', k_call(call_id), 'offers', 1))
@@ -230,16 +242,57 @@ local function offer(call_id, call, flow, agent_id, agent)
   local ring_s = cfg('ring_timeout_s')
   redis.call('ZADD', K.timers, NOW + (ring_s + cfg('offer_lease_grace_s')) * 1000,
     'offer|' .. call_id .. '|' .. offer_id)
-  local display = call.caller_display
-  if display == nil or display == '' then display = call.caller end
-  if flow.prepend_cid and flow.prepend_cid ~= '' then
-    display = string.sub(flow.prepend_cid .. ' ' .. (display or ''), 1, 64)
-  end
+  local display = display_towards_agent(call, flow)
   local ring = { call_id = call_id, offer_id = offer_id, agent_id = agent_id, uri = agent.uri,
     timeout_s = ring_s }
   if display and display ~= '' then ring.caller_display = display end
   command(call.edge, 'command.ring', ring)
   emit('call.offered', { call_id = call_id, flow = call.flow, agent_id = agent_id, offer_id = offer_id })
+end
+
+local function agent_if_free(agent_id, skill)
+  local agent = hgetall(k_agent(agent_id))
+  if agent == nil or agent.state ~= 'free' then
+    -- index out of step with the agent (deleted agent): repair it
+    redis.call('ZREM', k_skill_free(skill), agent_id)
+    return nil
+  end
+  return agent
+end
+
+-- Ring-all: offer a call to every free agent of the flow at once; the edge forks, the first to
+-- answer wins and the others get CANCEL. The call holds the ringing agents in `ring_all`.
+local function offer_all(call_id, call, flow, agents)
+  local offer_id = tostring(redis.call('HINCRBY', k_call(call_id), 'offers', 1))
+  redis.call('ZREM', k_queue(call.flow), call_id)
+  local ids, targets = {}, {}
+  for _, pair in ipairs(agents) do
+    local agent_id, agent = pair[1], pair[2]
+    ids[#ids + 1] = agent_id
+    targets[#targets + 1] = { agent_id = agent_id, uri = agent.uri }
+    set_agent_state(agent_id, agent, 'ringing', call_id)
+    redis.call('HINCRBY', k_agent(agent_id), 'distributed', 1)
+    emit('call.offered', { call_id = call_id, flow = call.flow, agent_id = agent_id, offer_id = offer_id })
+  end
+  call_field_updates(call_id, call, { state = 'offered', agent = '', offer = offer_id, offered_ms = NOW,
+    ring_all = table.concat(ids, ',') })
+  stat(call.flow, 'distributed')
+  local ring_s = cfg('ring_timeout_s')
+  redis.call('ZADD', K.timers, NOW + (ring_s + cfg('offer_lease_grace_s')) * 1000,
+    'offer|' .. call_id .. '|' .. offer_id)
+  local cmd = { call_id = call_id, offer_id = offer_id, targets = targets, timeout_s = ring_s }
+  local display = display_towards_agent(call, flow)
+  if display and display ~= '' then cmd.caller_display = display end
+  command(call.edge, 'command.ring_all', cmd)
+end
+
+local function free_agents_of(flow)
+  local out = {}
+  for _, id in ipairs(redis.call('ZRANGE', k_skill_free(flow.skill), 0, -1)) do
+    local agent = agent_if_free(id, flow.skill)
+    if agent then out[#out + 1] = { id, agent } end
+  end
+  return out
 end
 
 -- queue score: arrival time, moved ahead by the caller's priority (higher = sooner)
@@ -277,16 +330,6 @@ local function enqueue(call_id, call, flow, at_head)
     redis.call('ZADD', K.timers, NOW + onhold_th * 1000, 'onhold|' .. call_id)
   end
   emit('call.queued', { call_id = call_id, flow = call.flow, position = position })
-end
-
-local function agent_if_free(agent_id, skill)
-  local agent = hgetall(k_agent(agent_id))
-  if agent == nil or agent.state ~= 'free' then
-    -- index out of step with the agent (deleted agent): repair it
-    redis.call('ZREM', k_skill_free(skill), agent_id)
-    return nil
-  end
-  return agent
 end
 
 -- Choose a free agent for a flow by the flow's strategy; nil when none is free.
@@ -365,7 +408,13 @@ end
 -- assigns them (dispatch_call.lua).
 local function route_call(call_id, call, flow, at_head)
   local internal = cfg('internal_dispatching') == 1
-  if internal then
+  if internal and flow.strategy == 'ring-all' then
+    local agents = free_agents_of(flow)
+    if #agents > 0 then
+      offer_all(call_id, call, flow, agents)
+      return
+    end
+  elseif internal then
     local agent_id, agent = pick_agent(call.flow, flow)
     if agent_id then
       offer(call_id, call, flow, agent_id, agent)
@@ -407,7 +456,11 @@ local function dispatch_to_agent(agent_id, agent)
     redis.call('ZREM', k_queue(best_flow), best_call)  -- a stale queue entry: drop it
     return false
   end
-  offer(best_call, call, flow, agent_id, agent)
+  if flow.strategy == 'ring-all' then
+    offer_all(best_call, call, flow, free_agents_of(flow))
+  else
+    offer(best_call, call, flow, agent_id, agent)
+  end
   return true
 end
 
@@ -481,6 +534,8 @@ local function finish_call(call_id, call, outcome, ended_by, reason)
   emit('call.ended', ended)
   if agent_id and (prev_state == 'offered' or prev_state == 'connected') then
     release_agent(agent_id, flow, prev_state == 'connected')
+  elseif prev_state == 'offered' then
+    for _, ringing in ipairs(ring_all_members(call)) do release_agent(ringing, flow, false) end
   end
 end
 
@@ -489,6 +544,25 @@ end
 -- back to the head of its queue.
 local function offer_failed(call_id, call, reason)
   local flow = hgetall(k_flow(call.flow))
+  if (call.ring_all or '') ~= '' and call.agent == '' then
+    -- nobody of a ring-all answered: no penalty for anyone, the call goes back to the head
+    redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. call.offer)
+    local members, offer_id = ring_all_members(call), call.offer
+    call_field_updates(call_id, call, { offer = '', state = 'queued', ring_all = '' })
+    for _, ringing in ipairs(members) do
+      emit('call.agent_failed', { call_id = call_id, flow = call.flow, agent_id = ringing,
+        offer_id = offer_id, reason = reason })
+      release_agent(ringing, flow, false)
+    end
+    if flow == nil then
+      command(call.edge, 'command.hangup', { call_id = call_id, reason = 'flow_removed' })
+      finish_call(call_id, call, 'failed', 'system', 'flow_removed')
+      return
+    end
+    call = hgetall(k_call(call_id))
+    route_call(call_id, call, flow, true)
+    return
+  end
   local agent_id = call.agent
   redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. call.offer)
   emit('call.agent_failed', { call_id = call_id, flow = call.flow, agent_id = agent_id,
@@ -521,6 +595,17 @@ end
 local function connect(call_id, call)
   redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. call.offer, 'maxwait|' .. call_id, 'onhold|' .. call_id)
   hold_off(call_id, call)
+  if (call.ring_all or '') ~= '' then
+    local flow = hgetall(k_flow(call.flow))
+    for _, other in ipairs(ring_all_members(call)) do
+      if other ~= call.agent then
+        emit('call.agent_failed', { call_id = call_id, flow = call.flow, agent_id = other, offer_id = call.offer,
+          reason = 'answered_elsewhere' })
+        release_agent(other, flow, false)
+      end
+    end
+    call_field_updates(call_id, call, { ring_all = '' })
+  end
   call_field_updates(call_id, call, { state = 'connected', connected_ms = NOW, media = '' })
   local wait = NOW - num(call.received_ms, NOW)
   local agent = hgetall(k_agent(call.agent))

@@ -12,7 +12,11 @@ for _, agent_id in ipairs(redis.call('SMEMBERS', K.agents)) do
     if agent.state == 'ringing' or agent.state == 'in_call' then
       local call = (agent.call or '') ~= '' and hgetall(k_call(agent.call)) or nil
       local want = agent.state == 'ringing' and 'offered' or 'connected'
-      stuck = call == nil or call.agent ~= agent_id or call.state ~= want
+      local holds = call ~= nil and call.agent == agent_id
+      if call ~= nil and not holds and agent.state == 'ringing' then
+        for _, id in ipairs(ring_all_members(call)) do if id == agent_id then holds = true end end
+      end
+      stuck = not holds or call.state ~= want
     elseif agent.state == 'wrap_up' then
       stuck = redis.call('ZSCORE', K.timers, 'wrapup|' .. agent_id) == false
     end

@@ -22,7 +22,8 @@ if R.purpose == 'welcome' and call.state == 'welcome' then
   return { RC.OK, call.state }
 end
 if R.purpose == 'queue' and (call.state == 'queued' or call.state == 'offered') then
-  local position = redis.call('ZRANK', k_queue(call.flow), R.call_id)
+  -- an offered call is out of the queue: ZRANK gives false, the URI then carries no position
+  local position = redis.call('ZRANK', k_queue(call.flow), R.call_id) or nil
   command(call.edge, 'command.media', { call_id = R.call_id, uri = queue_uri(call.flow, flow, position),
     purpose = 'queue' })
   call_field_updates(R.call_id, call, { media = 'queue' })
