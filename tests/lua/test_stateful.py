@@ -1,0 +1,505 @@
+"""A hypothesis state machine that plays sip-edge, callers, agents, operators and the clock against
+the atomic Lua steps on a real redis-server, and checks the structural invariants after every step.
+
+The machine is the edge: it reads the commands the Lua steps emitted after each step and keeps, per
+call, what the real edge would know (media pending or playing, the agent leg ringing or connected,
+ended). What the world does next (media answers or ends, an agent answers or fails, a caller or an
+agent hangs up, the clock moves) is chosen by hypothesis among what the edge could report then.
+Reports go through a per-call outbox, so they may be delivered late (crossing a timer or an api
+step), twice (a redelivery: must be a DUPLICATE no-op) or ahead of their predecessor (must be
+OUT_OF_ORDER with no effect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import redis
+import redis.asyncio as aioredis
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from callcenter.events import Entry, decode
+from callcenter.store import RC, Store
+from callcenter.testing.servers import RedisServer
+
+T0 = 1_700_000_000_000
+TENANT = "sm"
+EDGE = "edge-sm"
+AGENTS = ("a1", "a2", "a3", "a4")
+SKILL_SETS = (("s1",), ("s2",), ("s1", "s2"))
+FLOWS: dict[str, dict[str, Any]] = {
+    "f1": {"skill": "s1", "priority": 1, "welcome_uri": "sip:welcome@127.0.0.1:1"},
+    "f2": {"skill": "s2", "priority": 1, "welcome_uri": ""},
+    "f3": {"skill": "s1", "priority": 0, "welcome_uri": "", "strategy": "round-robin"},
+}
+RING_TIMEOUT_S, LEASE_GRACE_S = 2, 1
+NOW = st.sampled_from([True, True, False])       # a report is mostly delivered at once, sometimes late
+RARELY = st.sampled_from([False, False, False, True])
+
+
+class _Runtime:
+    """One event loop and two clients for the whole test (hypothesis' machines are synchronous)."""
+
+    def __init__(self, url: str) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.aredis = aioredis.Redis.from_url(url)
+        self.redis = redis.Redis.from_url(url)
+
+    def run(self, coro: Any) -> Any:
+        return self.loop.run_until_complete(coro)
+
+    def close(self) -> None:
+        self.run(self.aredis.aclose())
+        self.redis.close()
+        self.loop.close()
+
+
+RT: _Runtime | None = None
+SEEN: Counter[str] = Counter()  # event types seen over all examples (printed with -s)
+
+
+@dataclass
+class Leg:
+    offer_id: str
+    agent_id: str
+    phase: str  # ringing | connected
+
+
+@dataclass
+class EdgeCall:
+    """What the edge knows about one call, and the reports it numbered."""
+
+    call_id: str
+    seq: int = 0
+    outbox: list[tuple[str, dict[str, Any]]] = field(default_factory=list)    # numbered, not delivered
+    delivered: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    media_pending: str | None = None
+    media: str | None = None
+    answered: bool = False
+    leg: Leg | None = None
+    ended: bool = False
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _h(raw: dict[Any, Any]) -> dict[str, str]:
+    return {_s(k): _s(v) for k, v in raw.items()}
+
+
+class DispatchMachine(RuleBasedStateMachine):
+    def __init__(self) -> None:
+        super().__init__()
+        assert RT is not None
+        self.rt = RT
+        self.r = RT.redis
+        self.r.flushall()
+        self.now = T0
+        self.store = Store(RT.aredis, TENANT, clock=lambda: self.now)
+        self.keys = self.store.keys
+        self.calls: dict[str, EdgeCall] = {}
+        self.n = 0
+        self.cmd_last = "0-0"
+        self.ev_last = "0-0"
+        # the event timeline, replayed in stream order
+        self.agent_state: dict[str, str] = {}
+        self.agent_call: dict[str, str | None] = {}
+        self.just_rang: dict[str, str] = {}
+        self.offer_of: dict[str, tuple[str, str]] = {}
+        self.arrived: set[str] = set()
+        self.ended: Counter[str] = Counter()
+
+    def run(self, coro: Any) -> Any:
+        return self.rt.run(coro)
+
+    @initialize(reject=RARELY, skills=st.lists(st.sampled_from(SKILL_SETS), min_size=len(AGENTS),
+                                                      max_size=len(AGENTS)),
+                wrapups=st.lists(st.sampled_from([None, 0, 1, 3]), min_size=len(AGENTS), max_size=len(AGENTS)),
+                max_no_answer=st.sampled_from([0, 2]), stay_out=st.sets(st.sampled_from(AGENTS), max_size=2))
+    def provision(self, reject: bool, skills: list[tuple[str, ...]], wrapups: list[int | None],
+                  max_no_answer: int, stay_out: set[str]) -> None:
+        self.run(self.store.write_config({"reject_on_no_agents": reject, "ring_timeout_s": RING_TIMEOUT_S,
+                                          "offer_lease_grace_s": LEASE_GRACE_S, "wrapup_s": 1,
+                                          "max_no_answer": max_no_answer}))
+        for flow_id, fields in FLOWS.items():
+            self.run(self.store.flow_upsert(flow_id, {"queue_uri": "sip:queue@127.0.0.1:2", **fields}))
+        for agent_id, agent_skills, wrapup in zip(AGENTS, skills, wrapups, strict=True):
+            self.run(self.store.agent_upsert(agent_id, f"sip:{agent_id}@127.0.0.1:3", list(agent_skills), wrapup))
+            if agent_id not in stay_out:
+                self.run(self.store.agent_login(agent_id))
+        self.sync()
+
+    # -- plumbing: reports out, commands and events in ------------------------------------------
+    def emit(self, call: EdgeCall, rtype: str, now: bool, **data: Any) -> None:
+        call.seq += 1
+        call.outbox.append((rtype, {**data, "call_id": call.call_id, "edge": EDGE, "seq": call.seq, "ts": self.now}))
+        if now:
+            self.flush(call)
+
+    def flush(self, call: EdgeCall) -> None:
+        while call.outbox:
+            self.deliver_one(call)
+
+    def deliver_one(self, call: EdgeCall) -> None:
+        rtype, data = call.outbox.pop(0)
+        res = self.apply(rtype, data)
+        # delivered in order: applied, or a stale answer to an offer already taken back
+        assert res.rc in (RC.OK, RC.STALE), (rtype, data, res)
+        call.delivered.append((rtype, data))
+
+    def apply(self, rtype: str, data: dict[str, Any]) -> Any:
+        res = self.run(self.store.apply_report(rtype, "0-1", msgpack.packb(data)))
+        SEEN[f"{rtype}:{res.rc.name}"] += 1
+        self.sync()
+        return res
+
+    def sync(self) -> None:
+        """Let the edge execute the new commands, and replay the new events."""
+        for eid, fields in self.r.xrange(self.keys.commands(EDGE), min=f"({self.cmd_last}"):
+            self.cmd_last = _s(eid)
+            self.execute(decode(fields, eid))
+        for eid, fields in self.r.xrange(self.keys.events, min=f"({self.ev_last}"):
+            self.ev_last = _s(eid)
+            self.replay(decode(fields, eid))  # every event must follow the contract
+
+    def execute(self, c: Entry) -> None:
+        """The real edge's reaction to a command (callcenter_sip_edge.controller)."""
+        call = self.calls[c.data["call_id"]]
+        if call.ended:
+            return
+        if c.type == "command.media":
+            call.media_pending = c.data["purpose"]
+        elif c.type == "command.ring":
+            if call.leg is not None or (not call.answered and call.media_pending is not None):
+                return  # the edge ignores it; the offer's lease takes it back
+            call.leg = Leg(c.data["offer_id"], c.data["agent_id"], "ringing")
+        elif c.type == "command.cancel_ring":
+            leg = call.leg
+            if leg is not None and leg.offer_id == c.data["offer_id"] and leg.phase == "ringing":
+                call.leg = None
+                self.emit(call, "report.agent_failed", False, offer_id=leg.offer_id, agent_id=leg.agent_id,
+                          reason="cancelled")
+        elif c.type in ("command.reject", "command.hangup"):
+            self.end(call, "edge", c.data["reason"], False)
+        else:
+            raise AssertionError(f"unknown command {c}")
+
+    def end(self, call: EdgeCall, by: str, reason: str, now: bool) -> None:
+        call.ended, call.leg, call.media, call.media_pending = True, None, None, None
+        self.emit(call, "report.call_ended", now, by=by, reason=reason)
+
+    def replay(self, e: Entry) -> None:
+        SEEN[e.type] += 1
+        d = e.data
+        where = f"{e.type} {d}"
+        if e.type == "agent.state_changed":
+            a = d["agent_id"]
+            assert d["from"] == self.agent_state.get(a, "logged_out"), where
+            if d["to"] == "ringing":
+                assert d["from"] == "free" and self.agent_call.get(a) is None, f"offered while busy: {where}"
+                self.just_rang[a] = d["call_id"]
+            elif d["to"] == "in_call":
+                assert d["from"] == "ringing" and d["call_id"] == self.agent_call.get(a), where
+            self.agent_state[a] = d["to"]
+            self.agent_call[a] = d.get("call_id") if d["to"] in ("ringing", "in_call") else None
+        elif e.type == "call.arrived":
+            assert d["call_id"] not in self.arrived, where
+            self.arrived.add(d["call_id"])
+        elif e.type == "call.offered":
+            c, a = d["call_id"], d["agent_id"]
+            assert self.ended[c] == 0 and c not in self.offer_of, f"offered twice at once: {where}"
+            assert self.just_rang.pop(a, None) == c, where
+            self.offer_of[c] = (a, d["offer_id"])
+        elif e.type == "call.agent_failed":
+            assert self.offer_of.pop(d["call_id"], None) == (d["agent_id"], d["offer_id"]), where
+        elif e.type == "call.connected":
+            assert self.offer_of.pop(d["call_id"], ("", ""))[0] == d["agent_id"], where
+        elif e.type == "call.ended":
+            c = d["call_id"]
+            assert c in self.arrived and self.ended[c] == 0, f"ended twice: {where}"
+            self.ended[c] += 1
+            self.offer_of.pop(c, None)
+
+    def pick(self, data: st.DataObject, pred: Any) -> EdgeCall:
+        return self.calls[data.draw(st.sampled_from(sorted(c.call_id for c in self.calls.values() if pred(c))))]
+
+    def some(self, pred: Any) -> bool:
+        return any(pred(c) for c in self.calls.values())
+
+    # -- callers and the edge -------------------------------------------------------------------
+    @rule(flow=st.sampled_from([*FLOWS, "nope"]), now=NOW)
+    def arrive(self, flow: str, now: bool) -> None:
+        self.n += 1
+        call = EdgeCall(f"c{self.n}")
+        self.calls[call.call_id] = call
+        self.emit(call, "report.call_arrived", now, flow=flow, caller=f"u{self.n}", caller_uri="sip:u@127.0.0.1",
+                  sip_call_id=f"{call.call_id}@x", source="127.0.0.1:9")
+
+    @precondition(lambda self: self.some(lambda c: c.outbox))
+    @rule(data=st.data(), all_of_it=st.booleans())
+    def deliver(self, data: st.DataObject, all_of_it: bool) -> None:
+        call = self.pick(data, lambda c: c.outbox)
+        if all_of_it:
+            self.flush(call)
+        else:
+            self.deliver_one(call)
+
+    @precondition(lambda self: self.some(lambda c: not c.ended and c.media_pending))
+    @rule(data=st.data(), fails=st.booleans(), now=NOW)
+    def media_setup(self, data: st.DataObject, fails: bool, now: bool) -> None:
+        call = self.pick(data, lambda c: not c.ended and c.media_pending)
+        purpose, call.media_pending = call.media_pending, None
+        if fails:
+            self.emit(call, "report.media_failed", now, purpose=purpose, reason="unreachable")
+        else:
+            call.media, call.answered = purpose, True
+            self.emit(call, "report.media_answered", now, purpose=purpose, uri=f"sip:{purpose}@127.0.0.1:1")
+
+    @precondition(lambda self: self.some(lambda c: not c.ended and c.media))
+    @rule(data=st.data(), now=NOW)
+    def media_ends(self, data: st.DataObject, now: bool) -> None:
+        call = self.pick(data, lambda c: not c.ended and c.media)
+        purpose, call.media = call.media, None
+        self.emit(call, "report.media_ended", now, purpose=purpose)
+
+    @precondition(lambda self: self.some(lambda c: c.leg and c.leg.phase == "ringing"))
+    @rule(data=st.data(), now=NOW)
+    def agent_answers(self, data: st.DataObject, now: bool) -> None:
+        call = self.pick(data, lambda c: c.leg and c.leg.phase == "ringing")
+        assert call.leg is not None
+        call.leg.phase, call.media, call.media_pending, call.answered = "connected", None, None, True
+        self.emit(call, "report.agent_answered", now, offer_id=call.leg.offer_id, agent_id=call.leg.agent_id)
+
+    @precondition(lambda self: self.some(lambda c: c.leg and c.leg.phase == "ringing"))
+    @rule(data=st.data(), now=NOW)
+    def agent_answers_too(self, data: st.DataObject, now: bool) -> None:
+        """The same as agent_answers: a second rule makes answers as likely as all failures."""
+        self.agent_answers(data, now)
+
+    @precondition(lambda self: self.some(lambda c: c.leg and c.leg.phase == "ringing"))
+    @rule(data=st.data(), why=st.sampled_from([("busy", 486), ("rejected", 603), ("no_answer", None),
+                                               ("unreachable", None)]), now=NOW)
+    def agent_fails(self, data: st.DataObject, why: tuple[str, int | None], now: bool) -> None:
+        call = self.pick(data, lambda c: c.leg and c.leg.phase == "ringing")
+        leg, call.leg = call.leg, None
+        assert leg is not None
+        extra = {"code": why[1]} if why[1] is not None else {}
+        self.emit(call, "report.agent_failed", now, offer_id=leg.offer_id, agent_id=leg.agent_id, reason=why[0],
+                  **extra)
+
+    @precondition(lambda self: self.some(lambda c: not c.ended))
+    @rule(data=st.data(), now=NOW)
+    def caller_hangs_up(self, data: st.DataObject, now: bool) -> None:
+        self.end(self.pick(data, lambda c: not c.ended), "caller", "bye", now)
+
+    @precondition(lambda self: self.some(lambda c: c.leg and c.leg.phase == "connected"))
+    @rule(data=st.data(), now=NOW)
+    def agent_hangs_up(self, data: st.DataObject, now: bool) -> None:
+        self.end(self.pick(data, lambda c: c.leg and c.leg.phase == "connected"), "agent", "bye", now)
+
+    # -- redelivery and reordering --------------------------------------------------------------
+    def snapshot(self, call_id: str) -> tuple[Any, ...]:
+        return (self.r.xlen(self.keys.events), self.r.xlen(self.keys.commands(EDGE)),
+                self.r.hgetall(self.keys.call(call_id)), self.r.zrange(self.keys.timers, 0, -1, withscores=True))
+
+    @precondition(lambda self: self.some(lambda c: c.delivered))
+    @rule(data=st.data())
+    def redelivered(self, data: st.DataObject) -> None:
+        call = self.pick(data, lambda c: c.delivered)
+        rtype, report = data.draw(st.sampled_from(call.delivered))
+        before = self.snapshot(call.call_id)
+        res = self.apply(rtype, report)
+        assert res.rc is RC.DUPLICATE, (rtype, report, res)
+        assert self.snapshot(call.call_id) == before
+
+    @rule(data=st.data())
+    def ahead_of_its_predecessor(self, data: st.DataObject) -> None:
+        if self.calls and data.draw(st.booleans()):
+            call = self.pick(data, lambda c: True)
+            call_id, seq = call.call_id, len(call.delivered) + 2
+        else:
+            call_id, seq = "never-arrived", 2
+        report = {"call_id": call_id, "edge": EDGE, "seq": seq, "ts": self.now, "by": "caller", "reason": "bye"}
+        before = self.snapshot(call_id)
+        res = self.apply("report.call_ended", report)
+        assert res.rc is RC.OUT_OF_ORDER, (report, res)
+        assert self.snapshot(call_id) == before
+
+    # -- agents, operators, provisioning, the clock ---------------------------------------------
+    @rule(agent=st.sampled_from(AGENTS), action=st.sampled_from(["login", "logout", "pause", "unpause",
+                                                                 "release"]))
+    def agent_action(self, agent: str, action: str) -> None:
+        if action == "login":
+            self.run(self.store.agent_login(agent))
+        elif action == "logout":
+            self.run(self.store.agent_logout(agent))
+        elif action == "pause":
+            self.run(self.store.agent_pause(agent, "break"))
+        elif action == "unpause":
+            self.run(self.store.agent_unpause(agent))
+        else:
+            self.run(self.store.agent_release(agent))
+        self.sync()
+
+    @rule(agent=st.sampled_from(AGENTS), skills=st.sampled_from(SKILL_SETS), wrapup=st.sampled_from([None, 0, 2]),
+          delete=RARELY)
+    def provision_agent(self, agent: str, skills: tuple[str, ...], wrapup: int | None, delete: bool) -> None:
+        if delete:
+            self.run(self.store.agent_delete(agent))  # refused unless logged out
+        else:
+            self.run(self.store.agent_upsert(agent, f"sip:{agent}@127.0.0.1:4", list(skills), wrapup))
+        self.sync()
+
+    @rule(flow=st.sampled_from(sorted(FLOWS)), skill=st.sampled_from(["s1", "s2"]), priority=st.sampled_from([0, 5]),
+          delete=RARELY)
+    def provision_flow(self, flow: str, skill: str, priority: int, delete: bool) -> None:
+        if delete:
+            self.run(self.store.flow_delete(flow))  # refused while calls wait in it
+        else:
+            fields = {**FLOWS[flow], "skill": skill, "priority": priority, "queue_uri": "sip:queue@127.0.0.1:2"}
+            self.run(self.store.flow_upsert(flow, fields))
+        self.sync()
+
+    @rule(ms=st.sampled_from([1, 500, 1000, RING_TIMEOUT_S * 1000, (RING_TIMEOUT_S + LEASE_GRACE_S) * 1000, 60_000]))
+    def clock_moves(self, ms: int) -> None:
+        self.now += ms
+        self.run(self.store.fire_timers())
+        self.sync()
+
+    @rule()
+    def reconciler_finds_nothing_stuck(self) -> None:
+        assert self.run(self.store.reconcile()) == 0
+        self.sync()
+
+    # -- invariants -----------------------------------------------------------------------------
+    @invariant()
+    def state_is_consistent(self) -> None:
+        r, k = self.r, self.keys
+        agents = {_s(a): _h(r.hgetall(k.agent(_s(a)))) for a in r.smembers(k.agents)}
+        live = {_s(c) for c in r.smembers(k.calls)}
+        calls = {c: _h(r.hgetall(k.call(c))) for c in live}
+        timers = {_s(t) for t in r.zrange(k.timers, 0, -1)}
+        for a, agent in agents.items():
+            state = agent.get("state", "logged_out")
+            assert state == self.agent_state.get(a, "logged_out"), (a, agent, "the events say otherwise")
+            if state in ("ringing", "in_call"):
+                c = agent.get("call", "")
+                assert c in live, (a, agent, "holds a call that is not live")
+                want = "offered" if state == "ringing" else "connected"
+                assert calls[c]["state"] == want and calls[c]["agent"] == a, (a, agent, calls[c])
+            else:
+                assert agent.get("call", "") == "", (a, agent)
+            if state == "wrap_up":
+                assert f"wrapup|{a}" in timers, (a, agent, "wrap-up without its timer")
+        for c, call in calls.items():
+            assert call.get("state") not in (None, "ended"), (c, call)
+            if call["state"] in ("offered", "connected"):
+                agent = agents.get(call["agent"], {})
+                want = "ringing" if call["state"] == "offered" else "in_call"
+                assert agent.get("state") == want and agent.get("call") == c, (c, call, agent)
+            if call["state"] == "offered":
+                assert f"offer|{c}|{call['offer']}" in timers, (c, call, "an offer without its lease")
+        # queues hold exactly the queued calls, each in its own flow's queue
+        queued: dict[str, str] = {}
+        for qkey in r.scan_iter(match=f"{k.prefix}queue:*"):
+            flow = _s(qkey).rsplit(":", 1)[1]
+            for member in r.zrange(qkey, 0, -1):
+                c = _s(member)
+                assert c not in queued, (c, "in two queues")
+                queued[c] = flow
+        want_queued = {c: call["flow"] for c, call in calls.items() if call["state"] == "queued"}
+        assert queued == want_queued, (queued, want_queued)
+        # the skill indexes follow the agents
+        skills = {s for agent in agents.values() for s in agent["skills"].split(",")}
+        for key in r.scan_iter(match=f"{k.prefix}skill:*"):
+            skills.add(_s(key).split(":")[-2])
+        for skill in skills:
+            free = {_s(m) for m in r.zrange(k.skill_free(skill), 0, -1)}
+            logged = {_s(m) for m in r.smembers(k.skill_logged(skill))}
+            has = {a for a, agent in agents.items() if skill in agent["skills"].split(",")}
+            assert free == {a for a in has if agents[a]["state"] == "free"}, (skill, free)
+            assert logged == {a for a in has if agents[a]["state"] != "logged_out"
+                              and agents[a].get("logout_pending") != "1"}, (skill, logged)
+        # the edge index holds the live calls; the edge's view of ended calls agrees
+        assert {_s(c) for c in r.smembers(k.edge_calls(EDGE))} == live
+        for c in self.ended:
+            assert c not in live
+        for call in self.calls.values():
+            if call.ended and not call.outbox:
+                assert call.call_id not in live, (call, "the edge reported its end")
+
+
+def test_dispatch_state_machine(redis_server: RedisServer) -> None:
+    global RT
+    RT = _Runtime(redis_server.url)
+    try:
+        run_state_machine_as_test(DispatchMachine, settings=settings(
+            max_examples=int(os.environ.get("CC_STATEFUL_EXAMPLES", "150")), stateful_step_count=50, deadline=None,
+            suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much]))
+    finally:
+        RT.close()
+        RT = None
+    print(f"\nstate machine saw: {dict(sorted(SEEN.items()))}")
+
+
+# -- what the machine found, pinned as plain examples -----------------------------------------------
+
+async def _setup_one_agent_one_call(redis_client: aioredis.Redis, queued_first: bool) -> tuple[Store, Any]:
+    store = Store(redis_client, TENANT, clock=lambda: T0)
+    await store.write_config({"reject_on_no_agents": 0})
+    await store.flow_upsert("f2", {**FLOWS["f2"], "queue_uri": "sip:queue@127.0.0.1:2"})
+    await store.agent_upsert("a1", "sip:a1@127.0.0.1:3", ["s2"], None)
+    if not queued_first:
+        await store.agent_login("a1")
+    seqs: Counter[str] = Counter()
+
+    async def report(rtype: str, call_id: str, **data: Any) -> Any:
+        seqs[call_id] += 1
+        payload = {"call_id": call_id, "edge": EDGE, "seq": seqs[call_id], "ts": T0, **data}
+        return await store.apply_report(rtype, "0-1", msgpack.packb(payload))
+    return store, report
+
+
+async def test_queue_media_ending_while_the_agent_rings_replays_the_queue_media(redis: aioredis.Redis) -> None:
+    """Found by the machine: ZRANK of an offered call is false, and the queue URI builder
+    concatenated it (a Lua error: the report could never be applied, the call's later reports
+    waited behind it forever)."""
+    store, report = await _setup_one_agent_one_call(redis, queued_first=True)
+    await report("report.call_arrived", "c1", flow="f2", caller="u", caller_uri="sip:u@h", sip_call_id="x",
+                 source="h")
+    await report("report.media_answered", "c1", purpose="queue", uri="sip:queue@127.0.0.1:2")
+    await store.agent_login("a1")  # a1 rings; the caller still hears the queue
+    res = await report("report.media_ended", "c1", purpose="queue")
+    assert (res.rc, res.detail) == (RC.OK, "requeued_media")
+    media = [decode(f, i).data for i, f in await redis.xrange(store.keys.commands(EDGE))
+             if decode(f, i).type == "command.media"]
+    assert media[-1]["uri"].startswith("sip:queue@127.0.0.1:2") and "cc_pos" not in media[-1]["uri"]
+
+
+async def test_force_release_of_a_ringing_agent_keeps_the_next_offer_it_got(redis: aioredis.Redis) -> None:
+    """Found by the machine: releasing a ringing agent ended its call, which freed the agent and
+    handed it the next waiting call; the release then freed it again, leaving that call offered
+    (and rung) to a free agent."""
+    store, report = await _setup_one_agent_one_call(redis, queued_first=False)
+    for c in ("c1", "c2"):  # c1 rings a1, c2 waits
+        await report("report.call_arrived", c, flow="f2", caller="u", caller_uri="sip:u@h", sip_call_id=c, source="h")
+    res = await store.agent_release("a1")
+    assert (res.rc, res.detail) == (RC.OK, "ringing")
+    agent, c2 = await store.agent("a1"), await store.call("c2")
+    assert agent is not None and c2 is not None
+    assert (agent["state"], agent["call"]) == ("ringing", "c2") and (c2["state"], c2["agent"]) == ("offered", "a1")
