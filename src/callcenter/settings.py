@@ -46,6 +46,8 @@ class DispatcherSettings(DispatchSettings):
     timer_interval_ms: int = Field(default=100, ge=5)
     # how often the reconciler looks for agents that no live call holds
     reconcile_interval_ms: int = Field(default=5000, ge=100)
+    # a sip-edge whose heartbeat is older than this is lost: its calls end (reason edge_lost)
+    edge_lapse_ms: int = Field(default=5000, ge=500)
 
 
 class EdgeSettings(CommonSettings):

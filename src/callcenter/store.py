@@ -54,6 +54,7 @@ REPORT_SCRIPTS = {
 OTHER_SCRIPTS = (
     "agent_login", "agent_logout", "agent_upsert", "agent_delete", "agent_pause", "agent_unpause",
     "agent_release", "dispatch_call", "flow_upsert", "flow_delete", "fire_timers", "reconcile", "stats_reset",
+    "edge_lost",
 )
 
 
@@ -147,6 +148,11 @@ class Store:
 
     async def stats_reset(self, now: int | None = None) -> Result:
         return await self._run("stats_reset", now=now)
+
+    async def edge_lost(self, edge_id: str, lapse_ms: int, limit: int = 500, now: int | None = None) -> Result:
+        """End the calls of an edge whose heartbeat is older than `lapse_ms` (detail: calls ended;
+        NOT_FOUND: no heartbeat entry; STALE: the heartbeat is recent)."""
+        return await self._run("edge_lost", edge_id, lapse_ms, limit, now=now)
 
     # -- provisioning cache ------------------------------------------------------------------------
     async def flow_upsert(self, flow_id: str, fields: dict[str, Any], now: int | None = None) -> Result:

@@ -13,6 +13,7 @@ from callcenter.lifecycle import on_stop_signals
 from callcenter.logs import configure_logging
 from callcenter.settings import DispatcherSettings
 from callcenter.store import Store
+from callcenter_dispatcher.edges import run_edge_watch
 from callcenter_dispatcher.handler import ReportHandler
 from callcenter_dispatcher.timers import run_reconciler, run_timers
 
@@ -60,6 +61,7 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
     log.info("dispatcher.started", consumer=settings.consumer, tenant=settings.tenant)
     timers = asyncio.create_task(run_timers(store, stop, settings.timer_interval_ms))
     reconciler = asyncio.create_task(run_reconciler(store, stop, settings.reconcile_interval_ms))
+    edges = asyncio.create_task(run_edge_watch(store, stop, settings.edge_lapse_ms))
     watcher = asyncio.create_task(stop.wait())
     consume = asyncio.create_task(consumer.run())
     await asyncio.wait({consume, watcher}, return_when=asyncio.FIRST_COMPLETED)
@@ -67,6 +69,7 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
     await consume
     await timers
     await reconciler
+    await edges
     watcher.cancel()
     if health:
         health.close()

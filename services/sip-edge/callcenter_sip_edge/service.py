@@ -111,15 +111,14 @@ class EdgeService:
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
-        while not self._stop.is_set():
+        """Beat until cancelled: also while draining, or the dispatchers would take this edge for
+        lost and end the calls it is still carrying (edge_lost)."""
+        while True:
             try:
                 await self.redis.zadd(self.keys.edges, {self.edge_id: int(time.time() * 1000)})
             except (ConnectionError, OSError, aioredis.RedisError) as exc:
                 log.warning("edge.heartbeat_failed", error=repr(exc))
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.settings.heartbeat_interval_ms / 1000)
-            except TimeoutError:
-                pass
+            await asyncio.sleep(self.settings.heartbeat_interval_ms / 1000)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -144,6 +143,7 @@ class EdgeService:
             await asyncio.sleep(0.05)
         for task in tasks[:2]:
             task.cancel()
+        await asyncio.gather(*tasks[:2], return_exceptions=True)  # no heartbeat after the ZREM below
         await asyncio.to_thread(self.stack.stop)
         await self.redis.zrem(self.keys.edges, self.edge_id)
         log.info("edge.stopped", edge_id=self.edge_id)

@@ -1,0 +1,165 @@
+"""The whole system as real processes on loopback: a private redis-server, the api, dispatcher,
+cdr-writer (SQLite) and sip-edge on free ports. Used by the whole-system tests (tests/e2e) and the
+end-to-end benchmark (bench/edge_calls.py); SIPp plays the callers, media servers and phones.
+
+    system = WholeSystem.start(workdir, tenant="e2e", common_env={"CC_WRAPUP_S": "0"})
+    system.provision("support", welcome, queue, {"1001": phone})
+    ...
+    system.stop()
+
+The sip-edge can be killed (`kill_edge`), stopped with SIGTERM (`stop_edge`) and started again
+(`restart_edge`) on the same UDP port and edge id.
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+
+from callcenter.events import decode
+from callcenter.keys import Keys
+from callcenter.testing.processes import ServiceProcess
+from callcenter.testing.servers import RedisServer, free_port
+from callcenter.testing.sipp import Sipp, wait_until
+
+
+@dataclass
+class WholeSystem:
+    tenant: str
+    server: RedisServer
+    redis: redis.Redis
+    api: httpx.Client
+    sip_port: int
+    edge_id: str
+    services: dict[str, ServiceProcess]
+    edge_env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def start(cls, workdir: Path, *, tenant: str = "e2e", edge_id: str = "edge-e2e",
+              common_env: dict[str, str] | None = None, edge_env: dict[str, str] | None = None,
+              dispatcher_env: dict[str, str] | None = None) -> WholeSystem:
+        server = RedisServer().start()
+        db = f"sqlite:///{workdir / 'cc.sqlite3'}"
+        api_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
+        health = [free_port() for _ in range(3)]
+        common = {"CC_REDIS_URL": server.url, "CC_TENANT": tenant, "CC_WRAPUP_S": "1", "CC_RING_TIMEOUT_S": "5",
+                  "CC_REJECT_ON_NO_AGENTS": "false", **(common_env or {})}
+        edge = {**common, "CC_SIP_PORT": str(sip_port), "CC_EDGE_ID": edge_id, "CC_HEALTH_PORT": str(health[2]),
+                "CC_DRAIN_TIMEOUT_S": "2", **(edge_env or {})}
+        services = {
+            "api": ServiceProcess("api", {**common, "CC_DATABASE_URL": db, "CC_API_PORT": str(api_port)},
+                                  health_url=f"http://127.0.0.1:{api_port}/healthz"),
+            "dispatcher": ServiceProcess("dispatcher", {**common, "CC_HEALTH_PORT": str(health[0]),
+                                                        "CC_CLAIM_IDLE_MS": "2000", **(dispatcher_env or {})},
+                                         health_url=f"http://127.0.0.1:{health[0]}/healthz"),
+            "cdr-writer": ServiceProcess("cdr-writer", {**common, "CC_DATABASE_URL": db,
+                                                        "CC_HEALTH_PORT": str(health[1]), "CC_BLOCK_MS": "100"},
+                                         health_url=f"http://127.0.0.1:{health[1]}/healthz"),
+            "sip-edge": ServiceProcess("sip-edge", edge, health_url=f"http://127.0.0.1:{health[2]}/healthz"),
+        }
+        system = cls(tenant=tenant, server=server, redis=redis.Redis.from_url(server.url),
+                     api=httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10), sip_port=sip_port,
+                     edge_id=edge_id, services={}, edge_env=edge)
+        try:
+            for name, svc in services.items():
+                system.services[name] = svc.start()
+        except BaseException:
+            system.stop()
+            raise
+        return system
+
+    def stop(self) -> None:
+        self.api.close()
+        for svc in reversed(list(self.services.values())):
+            svc.stop()
+        self.redis.close()
+        self.server.stop()
+
+    # -- the sip-edge process ----------------------------------------------------------------
+    @property
+    def edge(self) -> ServiceProcess:
+        return self.services["sip-edge"]
+
+    def kill_edge(self) -> None:
+        """SIGKILL: no drain, no BYE, no last report, the heartbeat simply stops."""
+        self.edge.kill()
+
+    def restart_edge(self) -> ServiceProcess:
+        old = self.edge
+        old.stop()
+        self.services["sip-edge"] = ServiceProcess("sip-edge", self.edge_env, health_url=old.health_url,
+                                                   logfile=old.logfile).start()
+        return self.edge
+
+    # -- reading state -----------------------------------------------------------------------
+    @property
+    def keys(self) -> Keys:
+        return Keys(self.tenant)
+
+    @property
+    def caller_target(self) -> str:
+        return f"127.0.0.1:{self.sip_port}"
+
+    def events(self, call_id: str | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """Every event, or the call.* events of one call."""
+        out = []
+        entries: Any = self.redis.xrange(self.keys.events)
+        for eid, fields in entries:
+            e = decode(fields, eid)
+            if call_id is None or (e.type.startswith("call.") and e.data.get("call_id") == call_id):
+                out.append((e.type, e.data))
+        return out
+
+    def call_ids_of_flow(self, flow: str) -> list[str]:
+        return [d["call_id"] for t, d in self.events() if t == "call.arrived" and d["flow"] == flow]
+
+    def agent_state(self, agent_id: str) -> str:
+        return str(self.api.get(f"/v1/agents/{agent_id}").json()["state"])
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {s.name}\n{s.log()}" for s in self.services.values())
+
+    def wait_for_cdr(self, call_id: str, timeout: float = 10) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+
+        def has_cdr() -> bool:
+            rows = self.api.get("/v1/cdrs", params={"limit": 100}).json()["items"]
+            for row in rows:
+                if row["call_id"] == call_id:
+                    found.update(row)
+                    return True
+            return False
+        assert wait_until(has_cdr, timeout), f"no CDR for {call_id}\n{self.logs()}"
+        return found
+
+    # -- provisioning ------------------------------------------------------------------------
+    def provision(self, flow: str, welcome: Sipp | str | None, queue: Sipp | str,
+                  agents: dict[str, Sipp | str]) -> None:
+        """A flow (welcome and queue media: a SIPp UAS or a URI) and agents (a SIPp phone or a URI)."""
+        def uri(peer: Sipp | str, user: str) -> str:
+            return peer if isinstance(peer, str) else f"sip:{user}@{peer.uri_host}"
+
+        body: dict[str, Any] = {"skill": flow, "priority": 0, "queue_uri": uri(queue, "queue")}
+        if welcome is not None:
+            body["welcome_uri"] = uri(welcome, "welcome")
+        r = self.api.put(f"/v1/flows/{flow}", json=body)
+        assert r.status_code in (200, 201), r.text
+        for agent_id, phone in agents.items():
+            r = self.api.put(f"/v1/agents/{agent_id}", json={"uri": uri(phone, agent_id), "skills": [flow]})
+            assert r.status_code in (200, 201), r.text
+
+    def login(self, *agent_ids: str) -> None:
+        for agent_id in agent_ids:
+            r = self.api.post(f"/v1/agents/{agent_id}/login")
+            assert r.status_code == 200, r.text
+
+
+def wait_for(predicate: Any, timeout: float, what: str, system: WholeSystem | None = None) -> None:
+    """wait_until that fails with the services' logs."""
+    if not wait_until(predicate, timeout):
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}\n{system.logs() if system else ''}")
