@@ -4,11 +4,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from sqlalchemy import text
+from sqlalchemy.exc import IntegrityError
 
-from callcenter.db.engine import make_engine, upgrade
+from callcenter.db.engine import alembic_config, make_engine, upgrade
 from callcenter.db.models import Base
+from callcenter.testing.postgres import PostgresServer
 
 
 def differences(url: str) -> list[object]:
@@ -36,3 +41,48 @@ def test_sqlite_schema_matches_models_and_uses_wal(tmp_path: Path) -> None:
 def test_postgres_schema_matches_models(pg_url: str) -> None:
     upgrade(pg_url)
     assert differences(pg_url) == []
+
+
+CDR_INSERT = ("INSERT INTO cdrs (call_id, flow_id, caller, received_at, wait_ms, pickup_ms, talk_ms, outcome, "
+              "ended_by, reason, rejections, event_id) VALUES (:call_id, 'f', 'x', '2024-01-01 00:00:00', :wait, "
+              "0, 0, :outcome, 'caller', '', 0, '1-0')")
+
+
+def check_routing_migration(url: str) -> None:
+    """0001 with data, then 0002: the flows get the routing defaults, CDRs accept the new outcomes and
+    still refuse unknown ones and negative times; down to 0001 and up again works."""
+    upgrade(url, "0001")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO flows (id, skill, queue_uri) VALUES ('f', 's', 'sip:q@h')"))
+            conn.execute(text(CDR_INSERT), {"call_id": "c1", "wait": 0, "outcome": "answered"})
+        upgrade(url)
+        with engine.begin() as conn:
+            row = conn.execute(text("SELECT strategy, max_wait_s, overflow_flow, dissuading_hangup, "
+                                    "sl_threshold_s FROM flows")).one()
+            assert tuple(row) == ("longest-idle", 0, None, False, 0)
+            for outcome in ("dissuaded", "overflowed"):
+                conn.execute(text(CDR_INSERT), {"call_id": outcome, "wait": 0, "outcome": outcome})
+        for call_id, wait, outcome in (("bad1", 0, "bogus"), ("bad2", -1, "failed")):
+            with pytest.raises(IntegrityError), engine.begin() as conn:
+                conn.execute(text(CDR_INSERT), {"call_id": call_id, "wait": wait, "outcome": outcome})
+        with engine.connect() as conn:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0001")
+            conn.commit()
+        with engine.begin() as conn:  # the new outcomes became 'failed' to fit the old constraint
+            assert sorted(conn.execute(text("SELECT outcome FROM cdrs")).scalars()) == ["answered", "failed", "failed"]
+        upgrade(url)
+        assert differences(url) == []
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_routing_migration(tmp_path: Path) -> None:
+    check_routing_migration(f"sqlite:///{tmp_path / 'routing.sqlite3'}")
+
+
+def test_postgres_routing_migration(pg_server: PostgresServer) -> None:
+    check_routing_migration(pg_server.create_database("routing_migration"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, CheckConstraint, DateTime, Index, Integer, MetaData, String, func
+from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Index, Integer, MetaData, String, false, func
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -24,7 +24,9 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-OUTCOMES = ("answered", "abandoned", "rejected", "failed")
+OUTCOMES = ("answered", "abandoned", "rejected", "failed", "dissuaded", "overflowed")
+# how a free agent is chosen for a flow (see docs/routing.md); the api validates against this list
+STRATEGIES = ("longest-idle", "round-robin", "fewest-calls", "least-talk-time", "random", "top-down")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -80,6 +82,20 @@ class Flow(Base):
     prepend_cid: Mapped[str | None] = mapped_column(String(32))
     # cap on the wrap-up after calls of this flow; 0 = no cap
     max_wrapup_s: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # routing (migration 0002): strategy, maximum wait and overflow, dissuading, service level
+    strategy: Mapped[str] = mapped_column(String(32), default="longest-idle", server_default="longest-idle")
+    # 0 = no maximum wait; then the call overflows to overflow_flow, else to overflow_uri
+    max_wait_s: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    overflow_flow: Mapped[str | None] = mapped_column(String(64))
+    overflow_uri: Mapped[str | None] = mapped_column(String(255))
+    # after the dissuading media: hang up (true) or go back to the queue (false)
+    dissuading_hangup: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # dissuading thresholds: queue size (calls), estimated wait (s), time on hold (s); 0 = off
+    dissuading_qsize_th: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    dissuading_ewt_th: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    dissuading_onhold_th: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # service-level threshold T (s); 0 = the global sl_threshold_s (20)
+    sl_threshold_s: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow,
                                                  server_default=func.now())
@@ -100,6 +116,8 @@ class Agent(Base):
     skills: Mapped[str] = mapped_column(String(1024))
     # None = the global wrap-up time (CC_WRAPUP_S)
     wrapup_s: Mapped[int | None] = mapped_column(Integer)
+    # missed offers in a row before a pause with reason no-answer; None = the global value, 0 = never
+    max_no_answer: Mapped[int | None] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow,
                                                  server_default=func.now())
@@ -117,7 +135,7 @@ class Cdr(Base):
 
     __tablename__ = "cdrs"
     __table_args__ = (
-        CheckConstraint("outcome IN ('answered', 'abandoned', 'rejected', 'failed')", name="outcome"),
+        CheckConstraint("outcome IN (" + ", ".join(f"'{o}'" for o in OUTCOMES) + ")", name="outcome"),
         CheckConstraint("wait_ms >= 0 AND pickup_ms >= 0 AND talk_ms >= 0 AND rejections >= 0",
                         name="non_negative"),
         Index("ix_cdrs_received_at", "received_at"),
