@@ -56,6 +56,11 @@ class EdgeSettings(CommonSettings):
     sip_port: int = 5060
     sip_advertised_host: str | None = None
     sip_max_message_bytes: int = 8192
+    # INVITEs from sources outside these networks (comma-separated CIDRs) get 403
+    sip_trusted_networks: str = "0.0.0.0/0,::/0"
+    # per-source-IP token bucket for new INVITEs (0 = no limit); over it: 503 + Retry-After
+    sip_invite_rate: float = Field(default=50.0, ge=0)
+    sip_invite_burst: int = Field(default=100, ge=1)
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
     drain_timeout_s: float = 30.0
 

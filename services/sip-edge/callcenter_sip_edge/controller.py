@@ -48,6 +48,7 @@ from sippy.Time.Timeout import Timeout
 from sippy.UA import UA
 from sippy.UaStateConnected import UaStateConnected
 
+from callcenter_sip_edge.guard import SourceGuard
 from callcenter_sip_edge.sip_stack import Fact
 from callcenter_sip_edge.sippy_fixes import make_transaction_manager_class
 
@@ -657,8 +658,10 @@ class CallRouter:
     """All calls of the edge: out-of-dialog requests, commands by edge call id, shutdown."""
 
     def __init__(self, *, host: str, port: int, emit: Callable[[Fact], None],
-                 advertised_host: str | None, max_message_bytes: int, user_agent: str) -> None:
+                 advertised_host: str | None, max_message_bytes: int, user_agent: str,
+                 guard: SourceGuard | None = None) -> None:
         SipConf.my_uaname = user_agent
+        self.guard = guard or SourceGuard()
         self._emit_fact = emit
         self.calls: dict[str, CallController] = {}
         self.accepting = True
@@ -714,16 +717,31 @@ class CallRouter:
             return (req.genResponse(501, "Not Implemented"), None, None)
         if req.countHFs("max-forwards") > 0 and req.getHFBody("max-forwards").getNum() <= 0:
             return (req.genResponse(483, "Too Many Hops"), None, None)
+        source_ip = str(req.getSource()[0])
+        if not self.guard.trusted(source_ip):
+            self.guard.refused["untrusted_source"] += 1
+            log.debug("sip.invite_refused", reason="untrusted_source", source=source_ip)
+            return (req.genResponse(403, "Forbidden"), None, None)
         if not self.accepting:
-            resp = req.genResponse(503, "Service Unavailable")
-            resp.appendHeader(SipHeader(name="retry-after",
-                                        body=SipGenericHF(str(DRAIN_RETRY_AFTER_S), "retry-after")))
-            return (resp, None, None)
+            return (_retry_later(req, DRAIN_RETRY_AFTER_S), None, None)
+        refusal = self.guard.take_token(source_ip)
+        if refusal is not None:
+            log.debug("sip.invite_refused", reason=refusal.reason, source=source_ip)
+            return (_retry_later(req, refusal.retry_after_s or 1), None, None)
         if req.getBody() is None:
             # INVITE without an offer is not supported (the first leg would have to offer)
             return (req.genResponse(488, "Not Acceptable Here"), None, None)
         if req.countHFs("contact") == 0:
             return (req.genResponse(400, "Bad Request - Missing Contact"), None, None)
+        try:
+            # sippy parses headers lazily: parse the ones a call needs before it exists
+            req.getHFBody("contact").getUrl()
+            req.getHFBody("from").getUrl()
+            req.getHFBody("to").getUrl()
+            req.getRURI()
+            req.getBody().parse()
+        except Exception:
+            return (req.genResponse(400, "Bad Request"), None, None)
         return self._new_call(req, sip_t)
 
     def _new_call(self, req: Any, sip_t: Any) -> Any:
@@ -741,7 +759,15 @@ class CallRouter:
         call = CallController(router=self, call_id=uuid4().hex, info=info)
         call.caller = UA(self.sip_config, call._guarded(call._on_caller_event))
         self.calls[call.call_id] = call
-        result = call.caller.recvRequest(req, sip_t)
+        try:
+            result = call.caller.recvRequest(req, sip_t)
+        except Exception:
+            # sippy gave up on this INVITE half-way (a header it parses lazily is malformed): the
+            # call was never reported, so forget it (the caller gets a 400 from our caller)
+            self.forget(call.call_id)
+            call.ended = True
+            call.caller.event_cb = None
+            raise
         if call.ended:
             return result
         log.info("call.arrived", call_id=call.call_id, flow=info.flow, caller=info.caller_user,
@@ -792,6 +818,12 @@ class CallRouter:
             ED2.tlisteners = []
             ED2.twasted = 0
             then()
+
+
+def _retry_later(req: Any, retry_after_s: int) -> Any:
+    resp = req.genResponse(503, "Service Unavailable")
+    resp.appendHeader(SipHeader(name="retry-after", body=SipGenericHF(str(retry_after_s), "retry-after")))
+    return resp
 
 
 def _log_screened(reason: str, source: str, answered: bool) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 import structlog
 
 from callcenter_sip_edge import sippy_fixes
+from callcenter_sip_edge.guard import SourceGuard
 
 log = structlog.get_logger(__name__)
 
@@ -86,7 +87,11 @@ class SipStack:
 
     def __init__(self, *, host: str, port: int, on_fact: Callable[[Fact], None],
                  loop: asyncio.AbstractEventLoop, advertised_host: str | None = None,
-                 max_message_bytes: int = 8192, user_agent: str = "callcenter") -> None:
+                 max_message_bytes: int = 8192, user_agent: str = "callcenter",
+                 trusted_networks: str = "0.0.0.0/0,::/0", invite_rate: float = 0.0,
+                 invite_burst: int = 100) -> None:
+        """`trusted_networks`: INVITEs from other sources get 403. `invite_rate` (per second, 0 = no
+        limit) and `invite_burst`: a per-source-IP token bucket; INVITEs over it get 503 + Retry-After."""
         self._host = host
         self._port = port
         self._on_fact = on_fact
@@ -94,6 +99,8 @@ class SipStack:
         self._advertised_host = advertised_host
         self._max_message_bytes = max_message_bytes
         self._user_agent = user_agent
+        # built here so that a bad network list fails on the caller's thread; used on the SIP thread
+        self.guard = SourceGuard(trusted_networks, rate=invite_rate, burst=invite_burst)
         self._started = threading.Event()
         self._finished = threading.Event()
         self._start_error: BaseException | None = None
@@ -149,7 +156,8 @@ class SipStack:
 
                 router = CallRouter(host=self._host, port=self._port, emit=self._emit_fact,
                                     advertised_host=self._advertised_host,
-                                    max_message_bytes=self._max_message_bytes, user_agent=self._user_agent)
+                                    max_message_bytes=self._max_message_bytes, user_agent=self._user_agent,
+                                    guard=self.guard)
                 self.bound_address = router.bound_address
             except BaseException as exc:  # reported to start()'s caller
                 self._start_error = exc

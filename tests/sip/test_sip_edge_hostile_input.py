@@ -1,0 +1,232 @@
+"""The SIP edge under hostile input: untrusted sources, INVITE floods from one source, and a fuzzer.
+
+The fuzzer mutates valid SIP messages (byte flips, truncation, duplicated and removed header lines,
+huge headers, bad Content-Length, non-UTF-8 bytes, swapped start lines) with a fixed seed and sends a
+bounded number of datagrams to a running stack whose scripted dispatcher rejects every call that
+arrives. Afterwards no call is left (`active_calls() == 0`) and a real SIPp call still succeeds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, expect_success, free_udp_port
+
+from callcenter_sip_edge.sip_stack import SipStack
+
+FUZZ_SEED = 20240611
+FUZZ_DATAGRAMS = 2000
+
+SDP = "v=0\r\no=t 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
+
+
+@pytest.fixture
+def client() -> Iterator[socket.socket]:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((LOOPBACK, 0))
+    sock.settimeout(2.0)
+    yield sock
+    sock.close()
+
+
+def invite(edge_port: int, client_port: int, call_id: str, method: str = "INVITE", body: str = SDP) -> bytes:
+    lines = [
+        f"{method} sip:support@{LOOPBACK}:{edge_port} SIP/2.0",
+        f"Via: SIP/2.0/UDP {LOOPBACK}:{client_port};branch=z9hG4bK-{os.urandom(4).hex()};rport",
+        f"From: \"Fuzz\" <sip:fuzz@{LOOPBACK}:{client_port}>;tag=f{call_id}",
+        f"To: <sip:support@{LOOPBACK}:{edge_port}>",
+        f"Call-ID: {call_id}",
+        f"CSeq: 1 {method}",
+        f"Contact: <sip:fuzz@{LOOPBACK}:{client_port}>",
+        "Max-Forwards: 70",
+        "User-Agent: fuzzer",
+    ]
+    if body:
+        lines += ["Content-Type: application/sdp", f"Content-Length: {len(body)}", "", body]
+    else:
+        lines += ["Content-Length: 0", "", ""]
+    return "\r\n".join(lines).encode()
+
+
+async def final_response(client: socket.socket) -> str:
+    while True:
+        reply = (await asyncio.to_thread(client.recv, 65535)).decode()
+        if not reply.startswith("SIP/2.0 1"):
+            return reply
+
+
+@pytest_asyncio.fixture
+async def make_edge() -> AsyncIterator[Callable[..., EdgeUnderTest]]:
+    """Starts a SipStack with the given guard settings (trusted_networks, invite_rate, invite_burst)."""
+    stacks: list[SipStack] = []
+
+    def start(**guard: Any) -> EdgeUnderTest:
+        dispatcher = ScriptedDispatcher()
+        port = free_udp_port()
+        stack = SipStack(host=LOOPBACK, port=port, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop(),
+                         **guard)
+        stack.start()
+        stacks.append(stack)
+        return EdgeUnderTest(stack=stack, dispatcher=dispatcher, port=port)
+
+    yield start
+    for stack in stacks:
+        stack.stop()
+
+
+async def test_invite_from_an_untrusted_network_gets_403(make_edge: Callable[..., EdgeUnderTest],
+                                                        client: socket.socket) -> None:
+    guarded_edge = make_edge(trusted_networks="10.0.0.0/8,192.0.2.0/24")
+    port = client.getsockname()[1]
+    client.sendto(invite(guarded_edge.port, port, "untrusted-1"), (LOOPBACK, guarded_edge.port))
+    assert (await final_response(client)).startswith("SIP/2.0 403")
+    # other requests are still answered (OPTIONS keep-alives from anywhere)
+    client.sendto(invite(guarded_edge.port, port, "opt-1", method="OPTIONS", body=""), (LOOPBACK, guarded_edge.port))
+    assert (await final_response(client)).startswith("SIP/2.0 200")
+    assert guarded_edge.dispatcher.facts == [] and guarded_edge.stack.active_calls() == 0
+
+
+async def test_invite_flood_from_one_source_gets_503_with_retry_after(make_edge: Callable[..., EdgeUnderTest],
+                                                                      client: socket.socket) -> None:
+    edge, port = make_edge(trusted_networks="127.0.0.0/8", invite_rate=1.0, invite_burst=3), client.getsockname()[1]
+    edge.dispatcher.on("arrived", lambda f: edge.stack.reject(f.call_id, 486, "busy"), once=False)
+    codes = []
+    for n in range(5):
+        client.sendto(invite(edge.port, port, f"flood-{n}"), (LOOPBACK, edge.port))
+        reply = await final_response(client)
+        codes.append(int(reply.split()[1]))
+        if codes[-1] == 503:
+            assert "retry-after: 1" in reply.lower(), reply
+    assert codes == [486, 486, 486, 503, 503]
+    assert edge.dispatcher.kinds().count("arrived") == 3
+    assert edge.stack.guard.refused["rate_limited"] == 2
+    await asyncio.sleep(1.1)  # a token is back
+    client.sendto(invite(edge.port, port, "flood-late"), (LOOPBACK, edge.port))
+    assert (await final_response(client)).startswith("SIP/2.0 486")
+    assert edge.stack.active_calls() == 0
+
+
+# ------------------------------------------------------------------------------------- fuzzer
+def _mutate(rng: random.Random, msg: bytes) -> bytes:
+    kind = rng.randrange(9)
+    if kind == 0:  # random byte flips
+        data = bytearray(msg)
+        for _ in range(rng.randint(1, 12)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        return bytes(data)
+    if kind == 1:  # truncation
+        return msg[: rng.randrange(1, len(msg))]
+    head, _, body = msg.partition(b"\r\n\r\n")
+    lines = head.split(b"\r\n")
+    if len(lines) < 2:  # an earlier mutation left no header lines
+        return msg + b"\r\nX: y"
+    if kind == 2:  # a header line duplicated (Via, To, CSeq, Call-ID, Content-Length ...)
+        i = rng.randrange(1, len(lines))
+        lines.insert(rng.randrange(1, len(lines) + 1), lines[i])
+    elif kind == 3:  # a header line removed
+        del lines[rng.randrange(1, len(lines))]
+    elif kind == 4:  # a huge header (sometimes over the size limit, sometimes just under)
+        lines.append(b"X-Huge: " + b"h" * rng.choice((500, 4000, 7600, 9000, 60000)))
+    elif kind == 5:  # a lying Content-Length
+        lines = [ln for ln in lines if not ln.lower().startswith(b"content-length")]
+        lines.append(b"Content-Length: " + str(rng.choice((-1, 0, 5, 99999, 2**40))).encode())
+    elif kind == 6:  # non-UTF-8 or control bytes inside a header value
+        i = rng.randrange(1, len(lines))
+        lines[i] = lines[i] + bytes(rng.randrange(256) for _ in range(rng.randint(1, 8)))
+    elif kind == 7:  # a garbled start line
+        lines[0] = rng.choice((b"INVITE", b"INVITE sip: SIP/2.0", b"SIP/2.0 200", b"INVITE sip:a@b SIP/3.0",
+                               b"SIP/2.0 999999 Weird", b"invite sip:support@127.0.0.1 SIP/2.0",
+                               b" INVITE  sip:x@127.0.0.1  SIP/2.0", b"\x00\x01\x02"))
+    else:  # header values replaced by junk
+        i = rng.randrange(1, len(lines))
+        name = lines[i].split(b":", 1)[0]
+        lines[i] = name + b": " + rng.choice((b"", b"<", b">;;;", b"sip:", b"%%%", b"1 2 3", b"\t \t",
+                                              b"<sip:x@[::1>", b"SIP/2.0/UDP", b";branch"))
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+def _response_for_unknown_transaction(edge_port: int, client_port: int, n: int) -> bytes:
+    return (f"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP {LOOPBACK}:{edge_port};branch=z9hG4bK-nope{n}\r\n"
+            f"From: <sip:a@{LOOPBACK}>;tag=1\r\nTo: <sip:b@{LOOPBACK}>;tag=2\r\nCall-ID: resp-{n}\r\n"
+            f"CSeq: 1 INVITE\r\nContact: <sip:b@{LOOPBACK}:{client_port}>\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def fuzz_datagrams(edge_port: int, client_port: int, count: int, seed: int) -> Iterator[bytes]:
+    rng = random.Random(seed)
+    for n in range(count):
+        base_kind = rng.randrange(6)
+        if base_kind <= 2:
+            base = invite(edge_port, client_port, f"fz-{n}")
+        elif base_kind == 3:
+            base = invite(edge_port, client_port, f"fz-{n}", method=rng.choice(("BYE", "CANCEL", "ACK", "OPTIONS",
+                                                                              "UPDATE", "REGISTER")), body="")
+        elif base_kind == 4:
+            base = invite(edge_port, client_port, f"fz-{n}").replace(b"To: <sip:support@", b"To: <sip:x@", 1) \
+                .replace(b">\r\nCall-ID", b">;tag=zz\r\nCall-ID", 1)  # in-dialog for no dialog
+        else:
+            base = _response_for_unknown_transaction(edge_port, client_port, n)
+        mutations = rng.choice((0, 1, 1, 1, 2, 3))
+        for _ in range(mutations):
+            base = _mutate(rng, base)
+        yield base
+
+
+async def test_fuzzed_datagrams_never_crash_the_edge_or_leak_calls(edge: EdgeUnderTest, client: socket.socket,
+                                                                   sipp: SippLauncher) -> None:
+    stack, dispatcher = edge.stack, edge.dispatcher
+    # every call the fuzz lets through is rejected, as a dispatcher would for an unknown flow
+    dispatcher.on("arrived", lambda f: stack.reject(f.call_id, 404, "Not Found"), once=False)
+    client.setblocking(False)
+    port = client.getsockname()[1]
+    target = (LOOPBACK, edge.port)
+    sent = 0
+    started = time.monotonic()
+    for datagram in fuzz_datagrams(edge.port, port, FUZZ_DATAGRAMS, FUZZ_SEED):
+        try:
+            client.sendto(datagram[:65000], target)
+        except OSError:
+            pass  # EMSGSIZE and friends: the mutation made it unsendable
+        sent += 1
+        if sent % 50 == 0:
+            await asyncio.sleep(0.01)  # bounded pace; also drain our socket so replies never pile up
+            try:
+                while client.recv(65535):
+                    pass
+            except (BlockingIOError, OSError):
+                pass
+    assert time.monotonic() - started < 60
+
+    # the stack still answers, and every call the fuzz created has ended
+    deadline = time.monotonic() + 10
+    while stack.active_calls() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(0.2)  # the last facts cross from the SIP thread
+    arrived = {f.call_id for f in dispatcher.facts if f.kind == "arrived"}
+    ended = [f.call_id for f in dispatcher.facts if f.kind == "ended"]
+    assert stack.active_calls() == 0, f"{stack.active_calls()} calls leaked of {len(arrived)} that arrived"
+    # each call that arrived ended once; no call ends that was never reported (the dispatcher
+    # could not place its report)
+    assert sorted(ended) == sorted(arrived), [f for f in dispatcher.facts if f.call_id not in arrived]
+    assert len(arrived) > 50  # the fuzz did let calls through
+
+    agent = sipp.start("agent_early_uas", name="agent")
+    dispatcher.on("arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0),
+                  flow="support", caller_user="caller1")
+    # the handler above is matched first only for SIPp's caller; keep rejecting the rest
+    dispatcher._reactions.insert(0, dispatcher._reactions.pop())
+    caller = sipp.start("caller_answered_bye", name="caller", remote_port=edge.port, service="support",
+                        pause_ms=300)
+    await expect_success(caller, agent)
+    await dispatcher.wait_for("agent_answered", timeout_s=10)
+    deadline = time.monotonic() + 5
+    while stack.active_calls() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert stack.active_calls() == 0
