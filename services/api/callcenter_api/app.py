@@ -25,7 +25,7 @@ from callcenter.settings import ApiSettings
 from callcenter.store import Store
 from callcenter_api import provisioning
 from callcenter_api.deps import Services, require_principal
-from callcenter_api.routes import agents, cdrs, flows, live, ops
+from callcenter_api.routes import agents, cdrs, config, flows, live, ops, stats
 
 log = structlog.get_logger(__name__)
 
@@ -50,12 +50,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
             log.info("api.stopped")
 
     app = FastAPI(title="callcenter api", version="1", lifespan=lifespan,
-                  description="Provisioning, agent login/logout, live calls and queues, CDRs.")
+                  description="Provisioning, agents (login, pause, release), live calls and queues, "
+                              "external dispatching, call-handling parameters, statistics, service level, CDRs.")
     app.include_router(ops.probes)
     app.include_router(ops.management)
     # every /v1 resource goes through the authentication hook (a no-op until API keys exist)
     auth = [Depends(require_principal)]
-    for router in (flows.router, agents.router, live.router, cdrs.router):
+    for router in (flows.router, agents.router, live.router, cdrs.router, config.router, stats.router):
         app.include_router(router, dependencies=auth)
 
     @app.exception_handler(RedisConnectionError)

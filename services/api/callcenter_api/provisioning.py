@@ -25,7 +25,10 @@ log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 
-FLOW_FIELDS = ("skill", "priority", "welcome_uri", "queue_uri", "dissuading_uri", "prepend_cid", "max_wrapup_s")
+# the flow hash the Lua steps read: these names exactly (booleans as 1/0, None as '')
+FLOW_FIELDS = ("skill", "priority", "welcome_uri", "queue_uri", "dissuading_uri", "prepend_cid", "max_wrapup_s",
+               "strategy", "max_wait_s", "overflow_flow", "overflow_uri", "dissuading_hangup",
+               "dissuading_qsize_th", "dissuading_ewt_th", "dissuading_onhold_th", "sl_threshold_s")
 
 
 class Refused(Exception):
@@ -33,7 +36,8 @@ class Refused(Exception):
 
 
 def flow_cache_fields(flow: Flow) -> dict[str, Any]:
-    return {name: getattr(flow, name) for name in FLOW_FIELDS}
+    fields = {name: getattr(flow, name) for name in FLOW_FIELDS}
+    return {name: int(value) if isinstance(value, bool) else value for name, value in fields.items()}
 
 
 async def cache_flow(store: Store, flow: Flow) -> None:
@@ -43,7 +47,8 @@ async def cache_flow(store: Store, flow: Flow) -> None:
 
 
 async def cache_agent(store: Store, agent: Agent) -> str:
-    res = await store.agent_upsert(agent.id, agent.uri, agent.skill_list, agent.wrapup_s)
+    res = await store.agent_upsert(agent.id, agent.uri, agent.skill_list, agent.wrapup_s,
+                                   max_no_answer=agent.max_no_answer)
     if res.rc is not RC.OK:
         raise RuntimeError(f"agent_upsert {agent.id!r}: {res.rc.name} {res.detail}")
     return res.detail
@@ -91,7 +96,7 @@ async def delete_flow(services: Services, flow_id: str) -> bool:
 # -- agents --------------------------------------------------------------------------------------
 
 async def put_agent(services: Services, agent_id: str, uri: str, skills: list[str],
-                    wrapup_s: int | None) -> tuple[Agent, bool]:
+                    wrapup_s: int | None, max_no_answer: int | None = None) -> tuple[Agent, bool]:
     def write(session: Session) -> tuple[Agent, bool]:
         agent = session.get(Agent, agent_id)
         created = agent is None
@@ -99,6 +104,7 @@ async def put_agent(services: Services, agent_id: str, uri: str, skills: list[st
             agent = Agent(id=agent_id)
             session.add(agent)
         agent.uri, agent.skills, agent.wrapup_s = uri, ",".join(skills), wrapup_s
+        agent.max_no_answer = max_no_answer
         session.flush()
         return agent, created
 

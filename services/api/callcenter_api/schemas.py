@@ -10,7 +10,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 FLOW_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
@@ -49,6 +49,13 @@ class _Body(BaseModel):
 
 # -- flows -----------------------------------------------------------------------------------------
 
+# how a free agent is chosen (callcenter.db.models.STRATEGIES; docs/routing.md)
+Strategy = Literal["longest-idle", "round-robin", "fewest-calls", "least-talk-time", "random", "top-down"]
+FlowId = Annotated[str, StringConstraints(pattern=FLOW_ID_PATTERN)]
+Seconds = Annotated[int, Field(ge=0, le=86_400)]
+DISSUADING_THRESHOLDS = ("dissuading_qsize_th", "dissuading_ewt_th", "dissuading_onhold_th")
+
+
 class FlowIn(_Body):
     skill: Skill
     priority: int = Field(default=256, ge=0, le=1_000_000, description="0 is the highest priority")
@@ -56,7 +63,38 @@ class FlowIn(_Body):
     queue_uri: SipUri
     dissuading_uri: SipUri | None = None
     prepend_cid: str | None = Field(default=None, max_length=32)
-    max_wrapup_s: int = Field(default=0, ge=0, le=86_400, description="cap on the agents' wrap-up; 0 = none")
+    max_wrapup_s: Seconds = Field(default=0, description="cap on the agents' wrap-up; 0 = none")
+    strategy: Strategy = Field(
+        default="longest-idle",
+        description="how a free agent is chosen: longest-idle; round-robin (agent id order, after the last one "
+                    "chosen for this flow); top-down (agent id order from the first); fewest-calls (answered); "
+                    "least-talk-time; random")
+    max_wait_s: Seconds = Field(default=0, description="after this long waiting, the call overflows to "
+                                                       "overflow_flow, else to overflow_uri; 0 = no maximum")
+    overflow_flow: FlowId | None = Field(default=None, description="flow id the call moves to after max_wait_s "
+                                                                   "(keeping its arrival time); not this flow")
+    overflow_uri: SipUri | None = Field(default=None, description="SIP URI the call is bridged to after "
+                                                                  "max_wait_s when there is no overflow_flow "
+                                                                  "(outcome overflowed)")
+    dissuading_hangup: bool = Field(default=False, description="after the dissuading media: hang up (true, "
+                                                               "outcome dissuaded) or go back to the queue")
+    dissuading_qsize_th: int = Field(default=0, ge=0, le=1_000_000,
+                                     description="dissuade a new call when this many calls wait; 0 = off")
+    dissuading_ewt_th: Seconds = Field(default=0, description="dissuade a new call whose estimated wait exceeds "
+                                                              "this (s), or when nobody is logged in; 0 = off")
+    dissuading_onhold_th: Seconds = Field(default=0, description="dissuade a call that has waited this long (s) "
+                                                                 "since it was queued; 0 = off")
+    sl_threshold_s: Seconds = Field(default=0, description="service-level threshold T (s); 0 = the global "
+                                                           "sl_threshold_s (GET /v1/config)")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> FlowIn:
+        on = [name for name in DISSUADING_THRESHOLDS if getattr(self, name) > 0]
+        if on and self.dissuading_uri is None:
+            raise ValueError(f"{', '.join(on)} need dissuading_uri (the media dissuaded callers hear)")
+        if self.max_wait_s > 0 and self.overflow_flow is None and self.overflow_uri is None:
+            raise ValueError("max_wait_s needs overflow_flow or overflow_uri (where the call goes after it)")
+        return self
 
 
 class FlowOut(BaseModel):
@@ -71,6 +109,15 @@ class FlowOut(BaseModel):
     dissuading_uri: str | None
     prepend_cid: str | None
     max_wrapup_s: int
+    strategy: str
+    max_wait_s: int
+    overflow_flow: str | None
+    overflow_uri: str | None
+    dissuading_hangup: bool
+    dissuading_qsize_th: int
+    dissuading_ewt_th: int
+    dissuading_onhold_th: int
+    sl_threshold_s: int
     created_at: datetime
     updated_at: datetime
 
@@ -85,6 +132,9 @@ class AgentIn(_Body):
     uri: SipUri
     skills: Annotated[list[Skill], Field(min_length=1, max_length=64), AfterValidator(_dedupe)]
     wrapup_s: int | None = Field(default=None, ge=0, le=86_400, description="null = the global wrap-up time")
+    max_no_answer: int | None = Field(default=None, ge=0, le=1000,
+                                      description="missed offers in a row before the agent is paused with reason "
+                                                  "no-answer; null = the global max_no_answer, 0 = never")
 
 
 class AgentLive(BaseModel):
@@ -93,6 +143,9 @@ class AgentLive(BaseModel):
     state: str
     call: str | None = None
     logout_pending: bool = False
+    pause_reason: str | None = Field(default=None, description="reason code of the current pause")
+    pause_pending: str | None = Field(default=None, description="reason of a pause asked for during a call: it "
+                                                                "starts when the call ends")
     state_since_ms: int | None = None
     idle_since_ms: int | None = None
     logged_in_ms: int | None = None
@@ -105,7 +158,9 @@ class AgentOut(BaseModel):
     uri: str
     skills: list[str]
     wrapup_s: int | None
-    state: str = Field(description="live state (logged_out, free, ringing, in_call, wrap_up); same as live.state")
+    max_no_answer: int | None
+    state: str = Field(description="live state (logged_out, free, ringing, in_call, wrap_up, paused); same as "
+                                   "live.state")
     created_at: datetime
     updated_at: datetime
     live: AgentLive | None = Field(default=None, description="null when the agent is not in the Redis cache")
@@ -122,6 +177,27 @@ class LogoutOut(BaseModel):
     state: Literal["logged_out", "pending"] = Field(
         description="pending: the agent is ringing or in a call; it is logged out when that call ends")
     already: bool = False
+
+
+class PauseIn(_Body):
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = Field(
+        description="reason code, e.g. lunch, break, training ([A-Za-z0-9_.:-], up to 64); shown in "
+                    "agent.paused and in the agent's pause_reason")
+
+
+class PauseOut(BaseModel):
+    agent_id: str
+    state: Literal["paused", "pending"] = Field(
+        description="pending: the agent is ringing or in a call; the pause starts when that call ends")
+    reason: str
+    already: bool = Field(default=False, description="the agent was already paused with this reason")
+
+
+class AgentStateOut(BaseModel):
+    agent_id: str
+    state: str = Field(description="the agent's state after the step (free, ringing when a waiting call was "
+                                   "handed over at once, ...)")
+    already: bool = Field(default=False, description="nothing to do: the agent was not paused / not busy")
 
 
 # -- live views ------------------------------------------------------------------------------------
@@ -143,6 +219,17 @@ class QueueOut(BaseModel):
     priority: int
     waiting: int
     calls: list[str] = Field(description="waiting call ids, next served first (at most `limit`)")
+
+
+class DispatchIn(_Body):
+    agent_id: Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
+
+
+class DispatchOut(BaseModel):
+    call_id: str
+    agent_id: str
+    state: str = Field(description="the call's state: offered (the agent is ringing)")
+    offer_id: str | None = None
 
 
 # -- CDRs ------------------------------------------------------------------------------------------
@@ -180,3 +267,145 @@ class ReloadOut(BaseModel):
     removed_agents: list[str] = Field(default_factory=list)
     kept: list[str] = Field(default_factory=list, description="cache entries not in SQL that could not be "
                                                           "removed (calls waiting, agent logged in)")
+
+
+# -- call-handling parameters (cc:{t}:config) --------------------------------------------------------
+
+_BY_DISPATCHER = " Also written from the dispatcher's CC_* setting of the same name each time a dispatcher starts."
+ParamName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
+
+
+class ConfigOut(BaseModel):
+    """The effective call-handling parameters: the values in `cc:{t}:config`, defaults filled in."""
+
+    wrapup_s: int = Field(description="wrap-up after each call, unless the agent has its own (reference: "
+                                      "wrapup_time, 30)." + _BY_DISPATCHER)
+    ring_timeout_s: int = Field(description="how long an agent rings before the offer fails." + _BY_DISPATCHER)
+    reject_on_no_agents: bool = Field(description="reject a call when nobody with the flow's skill is logged in "
+                                                  "(reference: reject_on_no_agents)." + _BY_DISPATCHER)
+    no_agents_code: int = Field(description="SIP code of that rejection." + _BY_DISPATCHER)
+    queue_pos_param: str = Field(description="URI parameter with the position sent to the queue media "
+                                             "(reference: queue_pos_param)." + _BY_DISPATCHER)
+    offer_lease_grace_s: int = Field(description="an offer is taken back when the edge reports nothing within "
+                                                 "ring_timeout_s + this." + _BY_DISPATCHER)
+    internal_dispatching: bool = Field(description="the built-in dispatcher gives calls to agents; off: calls "
+                                                   "only queue and POST /v1/calls/{id}/dispatch assigns them "
+                                                   "(reference: internal_call_dispatching)")
+    max_no_answer: int = Field(description="missed offers in a row before an agent is paused (reason no-answer), "
+                                           "unless the agent has its own; 0 = never")
+    sl_threshold_s: int = Field(description="service-level threshold T (s) of flows without their own")
+    queue_ewt_param: str = Field(description="URI parameter with the estimated wait (s) sent to the queue media")
+    default_aht_s: int = Field(description="handle time assumed for estimated waits until a flow has answered "
+                                           "calls")
+    events_maxlen: int = Field(description="cc:{t}:events is trimmed to about this many entries")
+    commands_maxlen: int = Field(description="each edge's command stream is trimmed to about this many entries")
+    ended_call_ttl_s: int = Field(description="how long an ended call stays readable (GET /v1/calls/{id})")
+
+
+class ConfigPatch(_Body):
+    """Parameters to change; the others are kept. `null` removes a value (back to the default)."""
+
+    wrapup_s: int | None = Field(default=None, ge=0, le=86_400)
+    ring_timeout_s: int | None = Field(default=None, ge=1, le=600)
+    reject_on_no_agents: bool | None = None
+    no_agents_code: int | None = Field(default=None, ge=400, le=699)
+    queue_pos_param: ParamName | None = None
+    offer_lease_grace_s: int | None = Field(default=None, ge=1, le=600)
+    internal_dispatching: bool | None = None
+    max_no_answer: int | None = Field(default=None, ge=0, le=1000)
+    sl_threshold_s: int | None = Field(default=None, ge=1, le=86_400)
+    queue_ewt_param: ParamName | None = None
+    default_aht_s: int | None = Field(default=None, ge=1, le=86_400)
+    events_maxlen: int | None = Field(default=None, ge=1000)
+    commands_maxlen: int | None = Field(default=None, ge=1000)
+    ended_call_ttl_s: int | None = Field(default=None, ge=1, le=30 * 86_400)
+
+
+# -- statistics (GET /v1/stats) ------------------------------------------------------------------------
+# Names in brackets are the OpenSIPS call_center module's statistics, for users migrating from it.
+# Times are milliseconds (the reference gives seconds).
+
+class _Counters(BaseModel):
+    incalls: int = Field(description="calls accepted (not rejected at arrival) [ccg_incalls / ccf_incalls-<flow>]")
+    distributed: int = Field(description="offers made to agents; a call offered again after a failed offer counts "
+                                         "again [ccg_distributed_incalls / ccf_dist_incalls-<flow>]")
+    answered: int = Field(description="calls answered by an agent, counted when the agent answers "
+                                      "[ccg_answered_incalls / ccf_answ_incalls-<flow>; counted at call end "
+                                      "there]")
+    abandoned: int = Field(description="calls the caller hung up before an agent answered "
+                                       "[ccg_abandonned_incalls / ccf_aban_incalls-<flow>]")
+    overflowed: int = Field(description="calls moved away after max_wait_s (no reference counterpart)")
+    onhold: int = Field(description="gauge, not reset: calls waiting for an agent now (welcome, queued, ringing, "
+                                    "dissuading) [ccg_onhold_calls / ccf_onhold_calls-<flow>]")
+    queued: int = Field(description="calls in the queue now (ZCARD of the flow queues) [ccf_queued_calls-<flow>]")
+    free_agents: int = Field(description="agents free now (per flow: with the flow's skill) "
+                                         "[ccg_free_agents / ccf_free_agents-<flow>]")
+    logged_agents: int = Field(description="agents logged in now, paused and busy ones included (per flow: with "
+                                           "the flow's skill) [list_flows 'Logged Agents']")
+    awt_ms: int = Field(description="average wait: awt_sum_ms / awt_n over ended calls (answered: arrival to "
+                                    "answer; others: arrival to end; rejected calls excluded); 0 with no sample "
+                                    "[ccg_awt / ccf_awt-<flow>]")
+    att_ms: int = Field(description="average talk time: talk_sum_ms / talk_n over ended answered calls; 0 with "
+                                    "no sample [list_flows 'Avg Call Duration']")
+    talk_n: int = Field(description="ended answered calls, the samples of att_ms [list_flows 'Processed Calls']")
+    load: int = Field(description="100 * (onhold + logged_agents - free_agents) / logged_agents, in %: busy "
+                                  "agents plus waiting calls per logged-in agent; 0 when nobody is logged in "
+                                  "[ccg_load / ccf_load-<flow>]")
+
+
+class GlobalStats(_Counters):
+    reset_ms: int | None = Field(description="when the counters were last reset (POST /v1/stats/reset); null if "
+                                             "never")
+
+
+class FlowStats(_Counters):
+    flow_id: str
+    skill: str
+    etw_ms: int = Field(description="estimated time to wait: att_ms * queued / logged_agents; 0 when nobody is "
+                                    "logged in [ccf_etw-<flow>]")
+    aht_ema_ms: int | None = Field(description="recent handle time (moving average of talk times) used for the "
+                                               "estimated wait sent to the queue media; not reset; null until an "
+                                               "answered call ended")
+
+
+class AgentStats(BaseModel):
+    agent_id: str
+    state: str
+    distributed: int = Field(description="offers made to the agent [cca_dist_incalls-<agent>]")
+    answered: int = Field(description="offers the agent answered [cca_answ_incalls-<agent>]")
+    missed: int = Field(description="offers the agent rejected or did not answer "
+                                    "[cca_aban_incalls-<agent>, which counts the same]")
+    talk_ms: int = Field(description="total talk time of the agent's ended calls")
+    att_ms: int = Field(description="average talk time: talk_ms / answered (a call in progress counts in "
+                                    "answered, not yet in talk_ms); 0 with no answered call [cca_att-<agent>]")
+
+
+class StatsOut(BaseModel):
+    global_: GlobalStats = Field(serialization_alias="global", description="every flow together")
+    flows: list[FlowStats]
+    agents: list[AgentStats]
+
+
+class StatsResetOut(BaseModel):
+    reset_ms: int
+
+
+# -- service level (GET /v1/service-level) ----------------------------------------------------------------
+
+class SlWindow(BaseModel):
+    minutes: int = Field(description="the window: the current (partial) minute and the minutes-1 before it")
+    offered: int = Field(description="calls accepted (counted in the minute they arrived)")
+    answered: int = Field(description="calls answered (in the minute of the answer)")
+    answered_in_t: int = Field(description="calls answered within T of their arrival")
+    abandoned: int = Field(description="calls abandoned before an agent answered")
+    abandoned_in_t: int = Field(description="calls abandoned within T of their arrival")
+    service_level_pct: float | None = Field(
+        description="100 * answered_in_t / (offered - abandoned_in_t), at most 100 (facts are counted in the "
+                    "minute they happen, so a call may arrive in one window and be answered in the next); null "
+                    "when offered - abandoned_in_t is 0 (no call to measure)")
+
+
+class ServiceLevelOut(BaseModel):
+    flow_id: str
+    threshold_s: int = Field(description="T: the flow's sl_threshold_s, else the global one")
+    windows: list[SlWindow] = Field(description="1, 15 and 60 minutes")

@@ -3,10 +3,14 @@
 Login and logout run `agent_login.lua` / `agent_logout.lua`, which emit `agent.logged_in`,
 `agent.logged_out` and `agent.state_changed` on the events stream; a login may hand the agent a
 waiting call in the same step (then `call.offered` and a `command.ring` to the call's sip-edge).
+Pause, unpause and force release run `agent_pause.lua`, `agent_unpause.lua` and
+`agent_release.lua` (events `agent.paused`, `agent.unpaused`, `agent.released`; a release of an
+agent in a call sends `command.hangup` to the call's sip-edge).
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Response, status
@@ -16,7 +20,17 @@ from callcenter.db.models import Agent
 from callcenter.store import RC, Result
 from callcenter_api import provisioning
 from callcenter_api.deps import Services, ServicesDep
-from callcenter_api.schemas import AGENT_ID_PATTERN, AgentIn, AgentLive, AgentOut, LoginOut, LogoutOut
+from callcenter_api.schemas import (
+    AGENT_ID_PATTERN,
+    AgentIn,
+    AgentLive,
+    AgentOut,
+    AgentStateOut,
+    LoginOut,
+    LogoutOut,
+    PauseIn,
+    PauseOut,
+)
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
 
@@ -36,6 +50,8 @@ def live_view(fields: dict[str, str] | None) -> AgentLive | None:
         state=fields.get("state") or "logged_out",
         call=fields.get("call") or None,
         logout_pending=fields.get("logout_pending") == "1",
+        pause_reason=fields.get("pause_reason") or None,
+        pause_pending=fields.get("pause_pending") or None,
         state_since_ms=_int(fields.get("state_since")),
         idle_since_ms=_int(fields.get("idle_since")),
         logged_in_ms=_int(fields.get("logged_in_ms")),
@@ -47,6 +63,7 @@ def live_view(fields: dict[str, str] | None) -> AgentLive | None:
 def agent_view(agent: Agent, fields: dict[str, str] | None) -> AgentOut:
     live = live_view(fields)
     return AgentOut(id=agent.id, uri=agent.uri, skills=agent.skill_list, wrapup_s=agent.wrapup_s,
+                    max_no_answer=agent.max_no_answer,
                     state=live.state if live else "logged_out", created_at=agent.created_at,
                     updated_at=agent.updated_at, live=live)
 
@@ -75,7 +92,8 @@ async def get_agent(agent_id: AgentId, services: ServicesDep) -> AgentOut:
 
 @router.put("/{agent_id}", responses={201: {"description": "created"}, 200: {"description": "replaced"}})
 async def put_agent(agent_id: AgentId, body: AgentIn, services: ServicesDep, response: Response) -> AgentOut:
-    agent, created = await provisioning.put_agent(services, agent_id, body.uri, body.skills, body.wrapup_s)
+    agent, created = await provisioning.put_agent(services, agent_id, body.uri, body.skills, body.wrapup_s,
+                                                  body.max_no_answer)
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return agent_view(agent, await services.store.agent(agent_id))
 
@@ -92,13 +110,15 @@ async def delete_agent(agent_id: AgentId, services: ServicesDep) -> None:
         raise _not_found(agent_id)
 
 
-async def _run_on_agent(services: Services, agent_id: str, step: str) -> Result:
-    """Run a login/logout step; if the cache lost the agent (Redis restarted empty), put it back
+Step = Callable[[str], Awaitable[Result]]
+
+
+async def _run_on_agent(services: Services, agent_id: str, step: Step) -> Result:
+    """Run a Lua step on an agent; if the cache lost the agent (Redis restarted empty), put it back
     from SQL and try once more, so an agent known to SQL never gets a 404."""
-    run = services.store.agent_login if step == "login" else services.store.agent_logout
-    res = await run(agent_id)
+    res = await step(agent_id)
     if res.rc is RC.NOT_FOUND and await provisioning.recache_agent(services, agent_id):
-        res = await run(agent_id)
+        res = await step(agent_id)
     if res.rc is RC.NOT_FOUND:
         raise _not_found(agent_id)
     return res
@@ -106,14 +126,46 @@ async def _run_on_agent(services: Services, agent_id: str, step: str) -> Result:
 
 @router.post("/{agent_id}/login", responses={404: {"description": "unknown agent"}})
 async def login(agent_id: AgentId, services: ServicesDep) -> LoginOut:
-    res = await _run_on_agent(services, agent_id, "login")
+    res = await _run_on_agent(services, agent_id, services.store.agent_login)
     return LoginOut(agent_id=agent_id, state=res.detail, already=res.rc is RC.ALREADY)
 
 
 @router.post("/{agent_id}/logout", responses={404: {"description": "unknown agent"}})
 async def logout(agent_id: AgentId, services: ServicesDep) -> LogoutOut:
-    res = await _run_on_agent(services, agent_id, "logout")
+    res = await _run_on_agent(services, agent_id, services.store.agent_logout)
     return LogoutOut(agent_id=agent_id, state=res.detail, already=res.rc is RC.ALREADY)  # type: ignore[arg-type]
+
+
+@router.post("/{agent_id}/pause", responses={404: {"description": "unknown agent"},
+                                             409: {"description": "the agent is not logged in"}})
+async def pause(agent_id: AgentId, body: PauseIn, services: ServicesDep) -> PauseOut:
+    """Pause a logged-in agent with a reason code: at once when free or in wrap-up; when ringing or in
+    a call, `pending` until that call ends (then without wrap-up). A paused agent stays logged in and
+    gets no calls. Pausing a paused agent with another reason changes the reason."""
+    res = await _run_on_agent(services, agent_id, lambda a: services.store.agent_pause(a, body.reason))
+    if res.rc is RC.INVALID:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"agent {agent_id!r} cannot be paused: {res.detail}")
+    already = res.rc is RC.ALREADY
+    return PauseOut(agent_id=agent_id, state="paused" if already else res.detail,  # type: ignore[arg-type]
+                    reason=body.reason, already=already)
+
+
+@router.post("/{agent_id}/unpause", responses={404: {"description": "unknown agent"}})
+async def unpause(agent_id: AgentId, services: ServicesDep) -> AgentStateOut:
+    """End the agent's pause, or cancel a pending one. A free agent takes a waiting call in the same
+    step (state `ringing`). `already: true` when the agent was not paused."""
+    res = await _run_on_agent(services, agent_id, services.store.agent_unpause)
+    return AgentStateOut(agent_id=agent_id, state=res.detail or "logged_out", already=res.rc is RC.ALREADY)
+
+
+@router.post("/{agent_id}/release", responses={404: {"description": "unknown agent"}})
+async def release(agent_id: AgentId, services: ServicesDep) -> AgentStateOut:
+    """Free an agent by force (administrator): a live call it holds is hung up (`command.hangup` to the
+    call's sip-edge; CDR outcome failed, reason force_release); a ringing offer is withdrawn; wrap-up
+    ends. The agent is then free (it may take a waiting call at once), or logged out / paused if that
+    was pending. `already: true` when the agent was not ringing, in a call or in wrap-up."""
+    res = await _run_on_agent(services, agent_id, services.store.agent_release)
+    return AgentStateOut(agent_id=agent_id, state=res.detail or "logged_out", already=res.rc is RC.ALREADY)
 
 
 def _text(value: bytes | str) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Response, status
+from fastapi.exceptions import RequestValidationError
 from sqlalchemy import select
 
 from callcenter.db.models import Flow
@@ -33,6 +34,10 @@ async def get_flow(flow_id: FlowId, services: ServicesDep) -> FlowOut:
 
 @router.put("/{flow_id}", responses={201: {"description": "created"}, 200: {"description": "replaced"}})
 async def put_flow(flow_id: FlowId, body: FlowIn, services: ServicesDep, response: Response) -> FlowOut:
+    """Create or replace a flow; every field not given gets its default (see the schema)."""
+    if body.overflow_flow == flow_id:
+        raise RequestValidationError([{"type": "value_error", "loc": ("body", "overflow_flow"),
+                                       "msg": "overflow_flow cannot be the flow itself", "input": flow_id}])
     flow, created = await provisioning.put_flow(services, flow_id, body.model_dump())
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return FlowOut.model_validate(flow)

@@ -1,7 +1,8 @@
 """/v1/calls and /v1/queues: live views read straight from Redis (no SQL).
 
 Reads `cc:{t}:calls` and the call hashes, `cc:{t}:flows`, the flow hashes and the per-flow
-queues `cc:{t}:queue:<flow>` (sorted sets, lowest score served first).
+queues `cc:{t}:queue:<flow>` (sorted sets, lowest score served first). One write: the external
+dispatch of a waiting call to an agent (`dispatch_call.lua`).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, status
 
+from callcenter.store import RC
+from callcenter_api import provisioning
 from callcenter_api.deps import ServicesDep
-from callcenter_api.schemas import CallOut, QueueOut
+from callcenter_api.schemas import CallOut, DispatchIn, DispatchOut, QueueOut
 
 router = APIRouter(prefix="/v1", tags=["live"])
 
@@ -54,6 +57,29 @@ async def get_call(call_id: Annotated[str, Path(max_length=256)], services: Serv
     if fields is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id!r} does not exist (or ended long ago)")
     return call_view(call_id, fields)
+
+
+@router.post("/calls/{call_id}/dispatch",
+             responses={404: {"description": "unknown (or ended) call, unknown agent"},
+                        409: {"description": "the call is not queued, the agent is not free or lacks the skill"}})
+async def dispatch_call(call_id: Annotated[str, Path(max_length=256)], body: DispatchIn,
+                        services: ServicesDep) -> DispatchOut:
+    """Offer a waiting call to a free agent holding the flow's skill (the reference's
+    `dispatch_call_to_agent`): meant for external dispatching (`internal_dispatching` off in
+    `PATCH /v1/config`), allowed either way. The agent rings as with an internal offer."""
+    res = await services.store.dispatch_call(call_id, body.agent_id)
+    if res.rc is RC.NOT_FOUND and res.detail == "agent" and await provisioning.recache_agent(services, body.agent_id):
+        res = await services.store.dispatch_call(call_id, body.agent_id)  # the cache had lost the agent
+    if res.rc is RC.NOT_FOUND:
+        if res.detail == "agent":
+            raise HTTPException(status.HTTP_404_NOT_FOUND, f"agent {body.agent_id!r} does not exist")
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id!r} does not exist (or has ended)")
+    if res.rc is not RC.OK:
+        raise HTTPException(status.HTTP_409_CONFLICT, f"call {call_id!r} cannot be dispatched to agent "
+                                                      f"{body.agent_id!r}: {res.detail}")
+    fields = await services.store.call(call_id) or {}
+    return DispatchOut(call_id=call_id, agent_id=body.agent_id, state=fields.get("state", "offered"),
+                       offer_id=fields.get("offer") or None)
 
 
 @router.get("/queues")
