@@ -315,3 +315,33 @@ async def test_ring_all_caller_hangs_up_frees_all_ringing_agents(h: Harness) -> 
     await h.arrive("c1")
     await h.report("report.call_ended", "c1", by="caller", reason="cancel")
     assert [await h.state(a) for a in ("a1", "a2")] == ["free", "free"]
+
+
+async def test_a_late_answer_after_the_lease_expired_is_adopted(h: Harness) -> None:
+    """The answer sat with a dead dispatcher past the offer lease: the edge connected the caller to
+    a1, so Redis follows (a newer offer to a2 is cancelled)."""
+    await h.flow()
+    await h.agent("a1", ["sales"], wrapup_s=30)
+    await h.arrive("c1")
+    h.now += 25_000
+    await h.store.fire_timers(now=h.now)          # lease expired: a1 penalised, c1 requeued
+    await h.agent("a2", ["sales"])               # ... and offered to a2 (offer 2)
+    assert await h.state("a2") == "ringing"
+    res = await h.report("report.agent_answered", "c1", offer_id="1", agent_id="a1")
+    assert (res.rc, res.detail) == (RC.OK, "adopted")
+    assert [await h.state(a) for a in ("a1", "a2")] == ["in_call", "free"]
+    assert ("command.cancel_ring", {"call_id": "c1", "offer_id": "2"}) in await h.commands()
+    assert await h.store.reconcile(now=h.now) == 0
+
+
+async def test_a_late_answer_from_a_busy_agent_hangs_the_call_up(h: Harness) -> None:
+    await h.flow()
+    await h.agent("a1", ["sales"], wrapup_s=0)
+    await h.arrive("c1")
+    h.now += 25_000
+    await h.store.fire_timers(now=h.now)  # lease expired, wrap-up 0: a1 free and takes c1 again...
+    await h.arrive("c2")
+    await h.report("report.agent_answered", "c1", offer_id="2", agent_id="a1")  # a1 talks on c1 (offer 2)
+    res = await h.report("report.agent_answered", "c1", offer_id="1", agent_id="a1")
+    assert res.rc is RC.STALE  # same call, already connected: a duplicate answer, nothing to do
+    assert await h.state("a1") == "in_call"

@@ -1,10 +1,52 @@
 -- report_agent_answered.lua: the agent answered and the caller is connected to it.
 -- KEYS[1] any tenant key. ARGV: now_ms, entry id, msgpack report.agent_answered. Returns {RC}.
+-- An answer for an offer already taken back (its lease expired while the report sat with a dead
+-- dispatcher) describes what the edge really did: the caller talks to that agent. It is adopted
+-- when the agent is not busy with another call (a newer offer of the call is cancelled); otherwise
+-- the call is hung up, so Redis and the edge never disagree.
 --!include common.lua
 --!include _report.lua
 
 local call, rc = load_call_for_report()
 if call == nil then return { rc } end
+local function adopt_late_answer()
+  local agent = hgetall(k_agent(R.agent_id))
+  local idle = agent ~= nil and (agent.state == 'free' or agent.state == 'wrap_up' or agent.state == 'paused')
+  if not idle then
+    command(call.edge, 'command.hangup', { call_id = R.call_id, reason = 'late_answer' })
+    finish_call(R.call_id, call, 'failed', 'system', 'late_answer')
+    return { RC.STALE, 'hung_up' }
+  end
+  local flow = hgetall(k_flow(call.flow))
+  if call.state == 'offered' then
+    command(call.edge, 'command.cancel_ring', { call_id = R.call_id, offer_id = call.offer })
+    redis.call('ZREM', K.timers, 'offer|' .. R.call_id .. '|' .. call.offer)
+    local ringing = ring_all_members(call)
+    if call.agent ~= '' then ringing = { call.agent } end
+    for _, other in ipairs(ringing) do
+      emit('call.agent_failed', { call_id = R.call_id, flow = call.flow, agent_id = other, offer_id = call.offer,
+        reason = 'answered_elsewhere' })
+      release_agent(other, flow, false)
+    end
+  end
+  redis.call('ZREM', k_queue(call.flow), R.call_id)
+  redis.call('ZREM', K.timers, 'wrapup|' .. R.agent_id)
+  call_field_updates(R.call_id, call, { state = 'offered', agent = R.agent_id, offer = R.offer_id, ring_all = '' })
+  -- replay the offer on the stream (free -> ringing -> in call) so consumers see a coherent story
+  if agent.state == 'paused' then  -- the pause resumes when this call ends
+    redis.call('HSET', k_agent(R.agent_id), 'pause_pending', agent.pause_reason or 'paused')
+  end
+  if agent.state ~= 'free' then set_agent_state(R.agent_id, agent, 'free', nil) end
+  redis.call('ZREM', K.timers, 'wrapup|' .. R.agent_id)
+  set_agent_state(R.agent_id, agent, 'ringing', R.call_id)
+  emit('call.offered', { call_id = R.call_id, flow = call.flow, agent_id = R.agent_id, offer_id = R.offer_id })
+  connect(R.call_id, call)
+  return { RC.OK, 'adopted' }
+end
+
+if call.offer ~= R.offer_id and (call.state == 'queued' or call.state == 'offered') then
+  return adopt_late_answer()
+end
 if call.state ~= 'offered' or call.offer ~= R.offer_id then return { RC.STALE } end
 if (call.ring_all or '') ~= '' then
   -- ring-all: the first agent to answer wins (the edge has cancelled the others)
