@@ -34,7 +34,8 @@ class DispatchSettings(CommonSettings):
     no_agents_code: int = Field(default=480, ge=400, le=699)
     queue_pos_param: str = Field(default="cc_pos", pattern=r"^[A-Za-z0-9_.-]{0,32}$")
     # extra seconds the dispatcher waits beyond the ring timeout before it treats an offer as lost
-    offer_lease_grace_s: int = Field(default=5, ge=1)
+    # above the consumers' claim time (10 s), so a report held by a dead dispatcher comes in time
+    offer_lease_grace_s: int = Field(default=15, ge=1)
 
 
 class DispatcherSettings(DispatchSettings):

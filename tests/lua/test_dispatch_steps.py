@@ -131,7 +131,7 @@ async def test_offer_lease_expiry_cancels_ring_and_requeues(h: Harness) -> None:
     await h.flow()
     await h.agent("a1", ["sales"])
     await h.arrive("c1")
-    h.now += (20 + 5) * 1000
+    h.now += (20 + 15) * 1000
     assert await h.store.fire_timers(now=h.now) == 1
     cmds = await h.commands()
     assert cmds[-1][0] == "command.media" and cmds[-1][1]["purpose"] == "queue"

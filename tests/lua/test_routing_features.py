@@ -323,7 +323,7 @@ async def test_a_late_answer_after_the_lease_expired_is_adopted(h: Harness) -> N
     await h.flow()
     await h.agent("a1", ["sales"], wrapup_s=30)
     await h.arrive("c1")
-    h.now += 25_000
+    h.now += 35_000
     await h.store.fire_timers(now=h.now)          # lease expired: a1 penalised, c1 requeued
     await h.agent("a2", ["sales"])               # ... and offered to a2 (offer 2)
     assert await h.state("a2") == "ringing"
@@ -338,7 +338,7 @@ async def test_a_late_answer_from_a_busy_agent_hangs_the_call_up(h: Harness) -> 
     await h.flow()
     await h.agent("a1", ["sales"], wrapup_s=0)
     await h.arrive("c1")
-    h.now += 25_000
+    h.now += 35_000
     await h.store.fire_timers(now=h.now)  # lease expired, wrap-up 0: a1 free and takes c1 again...
     await h.arrive("c2")
     await h.report("report.agent_answered", "c1", offer_id="2", agent_id="a1")  # a1 talks on c1 (offer 2)

@@ -34,7 +34,7 @@ local function k_sl(flow, minute) return P .. 'sl:' .. flow .. ':' .. minute end
 -- configuration with the reference module's defaults, overridden by cc:{t}:config
 local CONFIG_DEFAULTS = {
   wrapup_s = 30, ring_timeout_s = 20, reject_on_no_agents = 1, no_agents_code = 480,
-  queue_pos_param = 'cc_pos', offer_lease_grace_s = 5, events_maxlen = 1000000,
+  queue_pos_param = 'cc_pos', offer_lease_grace_s = 15, events_maxlen = 1000000,
   commands_maxlen = 100000, ended_call_ttl_s = 3600, internal_dispatching = 1, max_no_answer = 0,
   sl_threshold_s = 20, queue_ewt_param = 'cc_ewt', default_aht_s = 180,
 }
