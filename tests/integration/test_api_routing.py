@@ -8,10 +8,8 @@ Calls are driven through the Lua steps the way the dispatcher applies a sip-edge
 
 from __future__ import annotations
 
-import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +25,8 @@ from callcenter.store import RC, Result, now_ms
 from callcenter.testing.servers import RedisServer
 from callcenter_api.app import create_app
 from callcenter_api.deps import Services
-from callcenter_api.readings import CONFIG_DEFAULTS, service_level_pct
+from callcenter_api.readings import CONFIG_DEFAULTS, lua_config_defaults, service_level_pct
+from callcenter_api.schemas import ConfigOut, ConfigPatch
 
 TENANT = "routing"
 EDGE = "edge-1"
@@ -377,14 +376,14 @@ async def test_config_get_and_patch(d: Driver) -> None:
         assert r.status_code == 422, body
 
 
-def test_config_defaults_mirror_the_lua() -> None:
-    """readings.CONFIG_DEFAULTS is the api's copy of CONFIG_DEFAULTS in lua/common.lua."""
-    source = resources.files("callcenter.lua").joinpath("common.lua").read_text()
-    block = re.search(r"local CONFIG_DEFAULTS = \{(.*?)\n\}", source, re.S)
-    assert block is not None
-    lua = {name: int(num) if num else text for name, num, text in
-           re.findall(r"(\w+) = (?:(\d+)|'([^']*)')", block.group(1))}
-    assert lua == CONFIG_DEFAULTS
+def test_config_defaults_are_the_luas() -> None:
+    """The api reads CONFIG_DEFAULTS from lua/common.lua: every parameter /v1/config shows, typed."""
+    assert set(CONFIG_DEFAULTS) == set(ConfigOut.model_fields) == set(ConfigPatch.model_fields)
+    assert CONFIG_DEFAULTS["internal_dispatching"] == 1 and CONFIG_DEFAULTS["queue_pos_param"] == "cc_pos"
+    assert lua_config_defaults("x\nlocal CONFIG_DEFAULTS = {\n  a = 1, b = 'x', -- note\n  c = -2,\n}\n") == \
+        {"a": 1, "b": "x", "c": -2}
+    with pytest.raises(RuntimeError, match="cannot read"):
+        lua_config_defaults("local CONFIG_DEFAULTS = {\n  a = 1.5,\n}\n")
 
 
 # -- statistics -----------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Reads behind /v1/config, /v1/stats and /v1/service-level: Redis hashes and indexes, no SQL.
 
 - `cc:{t}:config`: call-handling parameters read by the Lua steps; a missing or empty value means
-  the default of `CONFIG_DEFAULTS` in `lua/common.lua` (mirrored by `CONFIG_DEFAULTS` below; a unit
-  test keeps the two equal).
+  the default of `CONFIG_DEFAULTS` in `lua/common.lua`, which `CONFIG_DEFAULTS` below is read from
+  (one source: the Lua's table).
 - `cc:{t}:stats` and `cc:{t}:stats:flow:<flow>`: counters written by the Lua steps; the agent hashes
   carry the per-agent counters.
 - `cc:{t}:sl:<flow>:<minute>`: one-minute service-level buckets (minute = floor(ms / 60000), kept 62
@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import re
+from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
@@ -26,13 +28,26 @@ from callcenter_api.schemas import (
     StatsOut,
 )
 
-# lua/common.lua CONFIG_DEFAULTS (the reference module's defaults)
-CONFIG_DEFAULTS: dict[str, int | str] = {
-    "wrapup_s": 30, "ring_timeout_s": 20, "reject_on_no_agents": 1, "no_agents_code": 480,
-    "queue_pos_param": "cc_pos", "offer_lease_grace_s": 5, "events_maxlen": 1_000_000,
-    "commands_maxlen": 100_000, "ended_call_ttl_s": 3600, "internal_dispatching": 1, "max_no_answer": 0,
-    "sl_threshold_s": 20, "queue_ewt_param": "cc_ewt", "default_aht_s": 180,
-}
+
+def lua_config_defaults(source: str) -> dict[str, int | str]:
+    """The `local CONFIG_DEFAULTS = { name = 30, name = 'text', ... }` table of common.lua."""
+    block = re.search(r"^local CONFIG_DEFAULTS = \{(.*?)^\}", source, re.S | re.M)
+    if block is None:
+        raise RuntimeError("lua/common.lua has no CONFIG_DEFAULTS table")
+    body = re.sub(r"--[^\n]*", "", block.group(1))
+    items = [item.strip() for item in body.split(",") if item.strip()]
+    out: dict[str, int | str] = {}
+    for item in items:
+        match = re.fullmatch(r"(\w+)\s*=\s*(?:(-?\d+)|'([^']*)')", item)
+        if match is None:
+            raise RuntimeError(f"lua/common.lua CONFIG_DEFAULTS: cannot read {item!r}")
+        name, number, text = match.groups()
+        out[name] = int(number) if number is not None else text
+    return out
+
+
+# the defaults the Lua steps use (the reference module's defaults)
+CONFIG_DEFAULTS = lua_config_defaults(resources.files("callcenter.lua").joinpath("common.lua").read_text())
 BOOLEAN_PARAMS = ("reject_on_no_agents", "internal_dispatching")
 SL_WINDOWS_MIN = (1, 15, 60)
 SL_FIELDS = ("offered", "answered", "answered_in_t", "abandoned", "abandoned_in_t")
