@@ -345,3 +345,14 @@ async def test_a_late_answer_from_a_busy_agent_hangs_the_call_up(h: Harness) -> 
     res = await h.report("report.agent_answered", "c1", offer_id="1", agent_id="a1")
     assert res.rc is RC.STALE  # same call, already connected: a duplicate answer, nothing to do
     assert await h.state("a1") == "in_call"
+
+
+async def test_round_robin_position_survives_a_flow_update(h: Harness) -> None:
+    await h.flow(strategy="round-robin")
+    for agent_id in ("a1", "a2"):
+        await h.agent(agent_id, ["sales"], wrapup_s=0)
+    await h.arrive("c1")
+    await h.report("report.call_ended", "c1", by="caller", reason="cancel")
+    await h.flow(strategy="round-robin", priority=3)  # re-provisioned
+    await h.arrive("c2")
+    assert [d["agent_id"] for t, d in await h.commands() if t == "command.ring"] == ["a1", "a2"]

@@ -15,8 +15,11 @@ for i = 3, #ARGV, 2 do
 end
 if new_skill == nil or new_skill == '' then return { RC.INVALID, 'skill is required' } end
 if old_skill and old_skill ~= new_skill then redis.call('SREM', k_skill_flows(old_skill), flow_id) end
+-- replace the definition, keeping runtime fields (the round-robin position)
+local rr_last = redis.call('HGET', fkey, 'rr_last')
 redis.call('DEL', fkey)
 redis.call('HSET', fkey, 'id', flow_id, 'updated_ms', NOW, unpack(args))
+if rr_last then redis.call('HSET', fkey, 'rr_last', rr_last) end
 redis.call('SADD', k_skill_flows(new_skill), flow_id)
 redis.call('SADD', K.flows, flow_id)
 return { RC.OK }
