@@ -211,7 +211,7 @@ async def test_dispatcher_waits_for_redis_to_come_up(tmp_path: object) -> None:
     server = RedisServer()
     from callcenter.testing.servers import free_port
     server.port = free_port()
-    settings = DispatcherSettings(redis_url=server.url, tenant=TENANT, consumer="early", block_ms=50)
+    settings = DispatcherSettings(redis_url=server.url, tenant=TENANT, consumer="early", block_ms=50, wrapup_s=7)
     stop = asyncio.Event()
     task = asyncio.create_task(run(settings, stop))
     await asyncio.sleep(0.5)

@@ -271,7 +271,8 @@ class ReloadOut(BaseModel):
 
 # -- call-handling parameters (cc:{t}:config) --------------------------------------------------------
 
-_BY_DISPATCHER = " Also written from the dispatcher's CC_* setting of the same name each time a dispatcher starts."
+_BY_DISPATCHER = (" Also written by a dispatcher at start-up when its environment sets the CC_* variable of the"
+                  " same name explicitly.")
 ParamName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
 
 

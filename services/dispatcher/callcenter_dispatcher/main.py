@@ -29,9 +29,11 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
     stop = stop or asyncio.Event()
     redis = aioredis.Redis.from_url(settings.redis_url)
     store = Store(redis, settings.tenant)
-    config = {name: getattr(settings, name) for name in CONFIG_FIELDS}
+    # only what the operator set explicitly (CC_* variables): the rest keeps the values in Redis,
+    # changed at run time through the api (PATCH /v1/config), or the defaults of lua/common.lua
+    config = {name: getattr(settings, name) for name in CONFIG_FIELDS if name in settings.model_fields_set}
     delay = 0.1
-    while not stop.is_set():  # Redis may not be up yet (a pod starting before it): wait for it
+    while config and not stop.is_set():  # Redis may not be up yet (a pod starting before it): wait for it
         try:
             await store.write_config(config)
             break

@@ -25,6 +25,6 @@ async def get_config(services: ServicesDep) -> ConfigOut:
 @router.patch("")
 async def patch_config(body: ConfigPatch, services: ServicesDep) -> ConfigOut:
     """Change the given parameters; the others are kept; `null` puts one back to its default.
-    The parameters marked so are written again from the dispatcher's CC_* settings each time a
-    dispatcher starts: set those in the dispatcher's environment to make them last."""
+    The parameters marked so are also written by a dispatcher at start-up when its environment sets
+    them explicitly (CC_WRAPUP_S, ...): leave those unset there to manage them here."""
     return await readings.patch_config(services.store, body.model_dump(exclude_unset=True))
