@@ -225,3 +225,45 @@ async def test_caller_priority_header_is_reported(edge: EdgeUnderTest, sipp: Sip
     await expect_success(caller)
     await dispatcher.wait_for("ended")
     assert dispatcher.facts[0].data["priority"] == 7
+
+
+async def test_ring_all_first_answer_wins_the_other_phone_gets_cancel(edge: EdgeUnderTest,
+                                                                      sipp: SippLauncher) -> None:
+    stack, dispatcher = edge.stack, edge.dispatcher
+    music = sipp.start("media_hold_uas", name="queue-music")
+    quick = sipp.start("agent_late_uas", name="quick-agent")
+    slow = sipp.start("agent_noanswer_uas", name="slow-agent")
+    targets = [{"agent_id": "a-slow", "uri": slow.uri("agent")}, {"agent_id": "a-quick", "uri": quick.uri("agent")}]
+    dispatcher.on("arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
+    dispatcher.on("media_answered", lambda f: stack.ring_all(f.call_id, "o1", targets, 10.0))
+    caller = _caller(sipp, edge, "caller_reinvited_1_bye")
+
+    await expect_success(caller, music, quick, slow)  # the slow phone saw CANCEL, 487, ACK
+    await dispatcher.wait_for("ended")
+    assert dispatcher.kinds() == ["arrived", "media_answered", "agent_failed", "agent_answered", "ended"]
+    assert dispatcher.facts[2].data == {"offer_id": "o1", "agent_id": "a-slow", "reason": "answered_elsewhere",
+                                        "code": None}
+    assert dispatcher.facts[3].data == {"offer_id": "o1", "agent_id": "a-quick"}
+    assert stack.active_calls() == 0
+
+
+async def test_ring_all_nobody_answers(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
+    stack, dispatcher = edge.stack, edge.dispatcher
+    music = sipp.start("media_hold_uas", name="queue-music")
+    phones = [sipp.start("agent_noanswer_uas", name=f"agent-{i}") for i in range(2)]
+    targets = [{"agent_id": f"a{i}", "uri": p.uri("agent")} for i, p in enumerate(phones)]
+    dispatcher.on("arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
+    dispatcher.on("media_answered", lambda f: stack.ring_all(f.call_id, "o1", targets, 1.0))
+    failures: list[str] = []
+
+    def failed(fact) -> None:  # type: ignore[no-untyped-def]
+        failures.append(fact.data["agent_id"])
+        if len(failures) == 2:
+            stack.hangup(fact.call_id, "no_agent")
+
+    dispatcher.on("agent_failed", failed, once=False)
+    caller = _caller(sipp, edge, "caller_answered_wait_bye")
+    await expect_success(caller, music, *phones)
+    await dispatcher.wait_for("ended")
+    assert sorted(failures) == ["a0", "a1"]
+    assert all(f.data["reason"] == "no_answer" for f in dispatcher.facts if f.kind == "agent_failed")

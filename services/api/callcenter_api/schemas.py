@@ -50,7 +50,8 @@ class _Body(BaseModel):
 # -- flows -----------------------------------------------------------------------------------------
 
 # how a free agent is chosen (callcenter.db.models.STRATEGIES; docs/routing.md)
-Strategy = Literal["longest-idle", "round-robin", "fewest-calls", "least-talk-time", "random", "top-down"]
+Strategy = Literal["longest-idle", "round-robin", "fewest-calls", "least-talk-time", "random", "top-down",
+                   "ring-all"]
 FlowId = Annotated[str, StringConstraints(pattern=FLOW_ID_PATTERN)]
 Seconds = Annotated[int, Field(ge=0, le=86_400)]
 DISSUADING_THRESHOLDS = ("dissuading_qsize_th", "dissuading_ewt_th", "dissuading_onhold_th")
@@ -68,7 +69,7 @@ class FlowIn(_Body):
         default="longest-idle",
         description="how a free agent is chosen: longest-idle; round-robin (agent id order, after the last one "
                     "chosen for this flow); top-down (agent id order from the first); fewest-calls (answered); "
-                    "least-talk-time; random")
+                    "least-talk-time; random; ring-all (every free agent rings, the first to answer wins)")
     max_wait_s: Seconds = Field(default=0, description="after this long waiting, the call overflows to "
                                                        "overflow_flow, else to overflow_uri; 0 = no maximum")
     overflow_flow: FlowId | None = Field(default=None, description="flow id the call moves to after max_wait_s "

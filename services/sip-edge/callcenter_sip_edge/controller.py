@@ -192,6 +192,8 @@ class CallController:
     media: _MediaLeg | None = None            # the leg the caller hears now
     media_pending: _MediaLeg | None = None    # a media leg being set up
     agent: _AgentLeg | None = None
+    forks: list[_AgentLeg] = field(default_factory=list)  # ring-all legs still ringing, no winner yet
+    _fork_timer: Any = None
     ended: bool = False
     _reinvites: deque[_CallerReinvite] = field(default_factory=deque)
     _reinvite_in_flight: _CallerReinvite | None = None
@@ -202,7 +204,7 @@ class CallController:
     def media_command(self, uri: str, purpose: str) -> None:
         agent_phase = self.agent.phase if self.agent else None
         if self.media_pending is not None or agent_phase in ("bridging", "talking") or (
-            not self.caller_answered and self.agent is not None
+            not self.caller_answered and (self.agent is not None or bool(self.forks))
         ):
             self._ignored("media", media_pending=self.media_pending is not None, agent_phase=agent_phase)
             return
@@ -245,7 +247,76 @@ class CallController:
         log.info("call.agent_ringing", call_id=self.call_id, offer_id=offer_id, agent_id=agent_id,
                  uri=uri, early_offer=early)
 
+    def ring_all_command(self, offer_id: str, targets: list[dict[str, str]], timeout_s: float,
+                         caller_display: str | None) -> None:
+        """Fork: INVITE every target at once; the first 200 wins (it becomes `self.agent` and goes
+        the single-agent way), the others get CANCEL (a 200 racing the CANCEL gets ACK + BYE)."""
+        if self.agent is not None or self.forks or (not self.caller_answered and self.media_pending is not None):
+            self._ignored("ring_all", offer_id=offer_id, agent_busy=self.agent is not None or bool(self.forks))
+            return
+        early = not self.caller_answered
+        display = caller_display if caller_display is not None else self.info.caller_display
+        for target_spec in targets:
+            agent_id, uri = str(target_spec.get("agent_id", "")), str(target_spec.get("uri", ""))
+            target = _parse_target_uri(uri)
+            leg = _AgentLeg(ua=None, uri=uri, offer_id=offer_id, agent_id=agent_id, early_offer=early)
+            if target is not None:
+                leg.ua = self._invite(target, self._guarded(self._on_fork_event, leg),
+                                      offer=self.caller_offer if early else None, calling_name=display)
+            if leg.ua is None:
+                self._emit("agent_failed", offer_id=offer_id, agent_id=agent_id, reason="unreachable", code=None)
+                continue
+            self.forks.append(leg)
+        if self.forks:
+            self._fork_timer = Timeout(self._guarded(self._forks_timed_out), max(0.1, float(timeout_s)))
+            log.info("call.agents_ringing", call_id=self.call_id, offer_id=offer_id,
+                     agents=[leg.agent_id for leg in self.forks], early_offer=early)
+
+    def _on_fork_event(self, leg: _AgentLeg, event: Any, ua: Any) -> None:
+        if self.ended or leg not in self.forks or leg.ua is not ua:
+            return
+        if isinstance(event, CCEventRing):
+            leg.got_provisional = True
+        elif isinstance(event, CCEventConnect | CCEventPreConnect):
+            # the first answer wins: the others are cancelled, the winner goes the one-agent way
+            self.forks.remove(leg)
+            self._cancel_forks(emit_reason="answered_elsewhere")
+            self.agent = leg
+            leg.ua.event_cb = self._guarded(self._on_agent_event)
+            self._on_agent_ringing_event(leg, event)
+        elif isinstance(event, CCEventFail | CCEventRedirect | CCEventDisconnect):
+            self.forks.remove(leg)
+            code = event.getData()[0] if isinstance(event, CCEventFail | CCEventRedirect) else None
+            code = code if isinstance(code, int) else None
+            reason = agent_failure_reason(code) if code is not None else (
+                "no_answer" if leg.got_provisional else "unreachable")
+            log.info("call.agent_failed", call_id=self.call_id, offer_id=leg.offer_id, reason=reason, code=code)
+            self._emit("agent_failed", offer_id=leg.offer_id, agent_id=leg.agent_id, reason=reason, code=code)
+            if not self.forks:
+                self._cancel_forks()
+        self._run_next_caller_reinvite()
+
+    def _forks_timed_out(self) -> None:
+        self._fork_timer = None
+        for leg in list(self.forks):
+            self._emit("agent_failed", offer_id=leg.offer_id, agent_id=leg.agent_id, reason="no_answer", code=None)
+        self._cancel_forks()
+
+    def _cancel_forks(self, emit_reason: str | None = None) -> None:
+        if self._fork_timer is not None:
+            self._fork_timer.cancel()
+            self._fork_timer = None
+        forks, self.forks = self.forks, []
+        for leg in forks:
+            if emit_reason is not None:
+                self._emit("agent_failed", offer_id=leg.offer_id, agent_id=leg.agent_id, reason=emit_reason,
+                           code=None)
+            self._disconnect(leg.ua)
+
     def cancel_ring_command(self, offer_id: str) -> None:
+        if self.forks and all(leg.offer_id == offer_id for leg in self.forks):
+            self._cancel_forks(emit_reason="cancelled")
+            return
         leg = self.agent
         if leg is None or leg.offer_id != offer_id or leg.phase != "ringing":
             self._ignored("cancel_ring", offer_id=offer_id, agent_phase=leg.phase if leg else None)
@@ -577,6 +648,7 @@ class CallController:
         for leg in (self.media_pending, self.media):
             if leg is not None:
                 self._disconnect(leg.ua)
+        self._cancel_forks()
         if self.agent is not None:
             self._cancel_ring_timer(self.agent)
             if not agent_gone:

@@ -99,6 +99,9 @@ class EdgeService:
             elif e.type == "command.ring":
                 stack.ring(d["call_id"], d["offer_id"], d["agent_id"], d["uri"], float(d["timeout_s"]),
                            d.get("caller_display"))
+            elif e.type == "command.ring_all":
+                stack.ring_all(d["call_id"], d["offer_id"], d["targets"], float(d["timeout_s"]),
+                               d.get("caller_display"))
             elif e.type == "command.cancel_ring":
                 stack.cancel_ring(d["call_id"], d["offer_id"])
             elif e.type == "command.reject":

@@ -201,6 +201,11 @@ class SipStack:
              caller_display: str | None = None) -> None:
         self._submit("ring", call_id, offer_id, agent_id, uri, timeout_s, caller_display)
 
+    def ring_all(self, call_id: str, offer_id: str, targets: list[dict[str, str]], timeout_s: float,
+                 caller_display: str | None = None) -> None:
+        """Ring several agents at once (targets: [{agent_id, uri}]); the first to answer is connected."""
+        self._submit("ring_all", call_id, offer_id, [dict(t) for t in targets], timeout_s, caller_display)
+
     def cancel_ring(self, call_id: str, offer_id: str) -> None:
         self._submit("cancel_ring", call_id, offer_id)
 

@@ -26,7 +26,7 @@ NAMING = {
 
 OUTCOMES = ("answered", "abandoned", "rejected", "failed", "dissuaded", "overflowed")
 # how a free agent is chosen for a flow (see docs/routing.md); the api validates against this list
-STRATEGIES = ("longest-idle", "round-robin", "fewest-calls", "least-talk-time", "random", "top-down")
+STRATEGIES = ("longest-idle", "round-robin", "fewest-calls", "least-talk-time", "random", "top-down", "ring-all")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
