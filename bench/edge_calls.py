@@ -18,8 +18,9 @@ Phases, each bounded in calls and time:
    completed / failed, retransmissions; the kernel's UDP RcvbufErrors delta; CPU seconds per call
    of sip-edge and of all services (sip-edge, dispatcher, cdr-writer, api, redis-server) from
    /proc/<pid>/stat; the maximum rate with zero failed calls. Stops after the first failing step.
-3. memory: --mem-calls calls with a long talk, ramped at 100/s; the sip-edge's RSS (VmRSS) with
-   them all up minus its RSS before, per call.
+3. memory (run before the rates, on an edge warmed by the latency phase, which is then restarted):
+   --mem-calls calls with a long talk, ramped at 100/s; the sip-edge's RSS (VmRSS) with them all
+   up minus its RSS before, per call.
 
     .venv/bin/python bench/edge_calls.py                 # ~6 minutes
     .venv/bin/python bench/edge_calls.py --quick         # ~1.5 minutes, small numbers
@@ -80,6 +81,18 @@ def rcvbuf_errors() -> int:
     lines = [ln.split() for ln in Path("/proc/net/snmp").read_text().splitlines() if ln.startswith("Udp:")]
     header, values = lines[0], lines[1]
     return int(values[header.index("RcvbufErrors")])
+
+
+def socket_drops(ports: dict[str, int]) -> dict[str, int]:
+    """Datagrams dropped by each named local UDP port's socket (the `drops` column of /proc/net/udp)."""
+    out = {name: 0 for name in ports}
+    by_port = {f":{port:04X}": name for name, port in ports.items()}
+    for line in Path("/proc/net/udp").read_text().splitlines()[1:]:
+        fields = line.split()
+        name = by_port.get(fields[1][fields[1].index(":"):])
+        if name is not None:
+            out[name] += int(fields[-1])
+    return out
 
 
 @dataclass
@@ -219,12 +232,15 @@ def throughput_phase(system: WholeSystem, peers: Peers, workdir: Path, args: arg
             f"{'queue ok/fail':>13} {'agents ok/fail/retr':>19} | {'rcvbuf':>6} | {'edge ms/call':>12} "
             f"{'all ms/call':>11} {'edge cpu%':>9} {'all cpu%':>8}")
     print(head)
-    best = 0
+    best = clean = 0
     for rate in args.rates:
         calls = int(rate * args.step_s)
         before_peers = peers.stats()
         before_cpu = {name: cpu_seconds(pid) for name, pid in pids.items()}
         before_rcv = rcvbuf_errors()
+        ports = {"edge": system.sip_port, "welcome": peers.welcome.port, "queue": peers.queue.port,
+                 "agents": peers.phones.port}
+        before_drops = socket_drops(ports)
         started = time.monotonic()
         name = f"caller-{rate}"
         caller = Sipp(scenario("caller.xml"), remote=system.caller_target, service="bench", calls=calls, rate=rate,
@@ -239,6 +255,7 @@ def throughput_phase(system: WholeSystem, peers: Peers, workdir: Path, args: arg
         d = {k: after_peers[k].minus(before_peers[k]) for k in after_peers}
         cpu = {name: cpu_seconds(pid) - before_cpu[name] for name, pid in pids.items()}
         rcv = rcvbuf_errors() - before_rcv
+        drops = {k: v - before_drops[k] for k, v in socket_drops(ports).items()}
         done = max(cs.success, 1)
         edge_ms = cpu["sip-edge"] * 1000 / done
         all_ms = sum(cpu.values()) * 1000 / done
@@ -249,16 +266,22 @@ def throughput_phase(system: WholeSystem, peers: Peers, workdir: Path, args: arg
               f"{f'{a.success}/{a.failed}/{a.retrans}':>19} | {rcv:>6} | {edge_ms:>12.2f} {all_ms:>11.2f} "
               f"{cpu['sip-edge'] * 100 / elapsed:>9.0f} {sum(cpu.values()) * 100 / elapsed:>8.0f}"
               + ("" if idle else "  (calls left in Redis)") + (f"  sipp rc {rc}" if rc else ""))
+        if rcv:
+            print(f"{'':>6} socket drops: " + ", ".join(f"{k} {v}" for k, v in drops.items()) + ", caller's not known")
         sys.stdout.flush()
+        retrans = cs.retrans + w.retrans + a.retrans
         if failures == 0 and idle:
             best = rate
+            if retrans <= calls * 0.01:
+                clean = rate
         elif not args.keep_going:
             print(f"   stopping: {failures} failed or missing calls at {rate}/s; SIPp errors:\n"
                   f"{caller.errors()[-1500:]}")
             break
     cpu_parts = ", ".join(pids)
-    print(f"   max rate with zero failed calls: {best} calls/s   (CPU of: {cpu_parts}; % of one core over the "
-          "step incl. its drain)")
+    print(f"   max rate with zero failed calls: {best} calls/s; with zero failed calls and retransmissions under "
+          f"1% of calls: {clean} calls/s")
+    print(f"   (CPU of: {cpu_parts}; % of one core over the step including its drain; retr = SIPp retransmissions)")
 
 
 def memory_phase(system: WholeSystem, peers: Peers, workdir: Path, args: argparse.Namespace) -> None:
@@ -332,10 +355,12 @@ def main() -> None:
         asyncio.run(provision(str(system.api.base_url), "bench", peers.welcome, peers.queue, peers.phones,
                               [f"b{n:05d}" for n in range(args.agents)]))
         print(f"\nprovisioned {args.agents} agents through the api in {time.monotonic() - t0:.1f} s")
-        if not args.skip_throughput:
-            throughput_phase(system, peers, workdir, args)
         if not args.skip_memory:
             memory_phase(system, peers, workdir, args)
+            system.restart_edge()  # drains 1 s, hangs the calls up; a fresh edge for the rates
+            wait_idle(system, 60)
+        if not args.skip_throughput:
+            throughput_phase(system, peers, workdir, args)
     finally:
         if peers:
             for p in (peers.welcome, peers.queue, peers.phones):
