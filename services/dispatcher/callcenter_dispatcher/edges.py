@@ -10,11 +10,8 @@ edge that came back in the meantime is left alone and a second replica finds not
 
 from __future__ import annotations
 
-import asyncio
-
 import structlog
 
-from callcenter.bus import REDIS_DOWN
 from callcenter.store import RC, Store, now_ms
 
 log = structlog.get_logger(__name__)
@@ -42,18 +39,3 @@ async def check_edges(store: Store, lapse_ms: int, now: int | None = None) -> di
             ended[edge] = total
             log.warning("edge.lost", edge_id=edge, calls_ended=total, lapse_ms=lapse_ms)
     return ended
-
-
-async def run_edge_watch(store: Store, stop: asyncio.Event, lapse_ms: int,
-                         interval_ms: int = CHECK_INTERVAL_MS) -> None:
-    while not stop.is_set():
-        try:
-            await asyncio.wait_for(stop.wait(), timeout=interval_ms / 1000)
-        except TimeoutError:
-            pass
-        if stop.is_set():
-            return
-        try:
-            await check_edges(store, lapse_ms)
-        except REDIS_DOWN as exc:
-            log.warning("edges.redis_error", error=repr(exc))

@@ -13,9 +13,9 @@ from callcenter.lifecycle import on_stop_signals
 from callcenter.logs import configure_logging
 from callcenter.settings import DispatcherSettings
 from callcenter.store import Store
-from callcenter_dispatcher.edges import run_edge_watch
+from callcenter_dispatcher.edges import CHECK_INTERVAL_MS, check_edges
 from callcenter_dispatcher.handler import ReportHandler
-from callcenter_dispatcher.timers import run_reconciler, run_timers
+from callcenter_dispatcher.timers import reconcile_once, run_every, run_timers
 
 log = structlog.get_logger(__name__)
 
@@ -62,8 +62,10 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
         health = await serve_health("0.0.0.0", settings.health_port, ready)
     log.info("dispatcher.started", consumer=settings.consumer, tenant=settings.tenant)
     timers = asyncio.create_task(run_timers(store, stop, settings.timer_interval_ms))
-    reconciler = asyncio.create_task(run_reconciler(store, stop, settings.reconcile_interval_ms))
-    edges = asyncio.create_task(run_edge_watch(store, stop, settings.edge_lapse_ms))
+    reconciler = asyncio.create_task(run_every("reconciler", settings.reconcile_interval_ms, stop,
+                                               lambda: reconcile_once(store)))
+    edges = asyncio.create_task(run_every("edges", CHECK_INTERVAL_MS, stop,
+                                          lambda: check_edges(store, settings.edge_lapse_ms)))
     watcher = asyncio.create_task(stop.wait())
     consume = asyncio.create_task(consumer.run())
     await asyncio.wait({consume, watcher}, return_when=asyncio.FIRST_COMPLETED)

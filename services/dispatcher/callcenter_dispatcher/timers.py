@@ -8,6 +8,7 @@ step, so it fires exactly once whichever replica gets there first.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 
 import structlog
 
@@ -31,7 +32,9 @@ async def run_timers(store: Store, stop: asyncio.Event, interval_ms: int, limit:
             pass
 
 
-async def run_reconciler(store: Store, stop: asyncio.Event, interval_ms: int) -> None:
+async def run_every(name: str, interval_ms: int, stop: asyncio.Event,
+                    step: Callable[[], Awaitable[object]]) -> None:
+    """Run `step` every `interval_ms` until `stop`; a Redis outage is logged and waited out."""
     while not stop.is_set():
         try:
             await asyncio.wait_for(stop.wait(), timeout=interval_ms / 1000)
@@ -40,8 +43,12 @@ async def run_reconciler(store: Store, stop: asyncio.Event, interval_ms: int) ->
         if stop.is_set():
             return
         try:
-            released = await store.reconcile()
-            if released:
-                log.warning("reconciler.released_agents", count=released)
+            await step()
         except REDIS_DOWN as exc:
-            log.warning("reconciler.redis_error", error=repr(exc))
+            log.warning(f"{name}.redis_error", error=repr(exc))
+
+
+async def reconcile_once(store: Store) -> None:
+    released = await store.reconcile()
+    if released:
+        log.warning("reconciler.released_agents", count=released)

@@ -541,42 +541,29 @@ end
 
 -- The offer of a call failed (agent rejected, did not answer, lease expired): the agent gets
 -- the reference's wrap-up penalty (or a pause after too many misses in a row), the call goes
--- back to the head of its queue.
+-- back to the head of its queue. When nobody of a ring-all answered, nobody is penalised.
 local function offer_failed(call_id, call, reason)
   local flow = hgetall(k_flow(call.flow))
-  if (call.ring_all or '') ~= '' and call.agent == '' then
-    -- nobody of a ring-all answered: no penalty for anyone, the call goes back to the head
-    redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. call.offer)
-    local members, offer_id = ring_all_members(call), call.offer
-    call_field_updates(call_id, call, { offer = '', state = 'queued', ring_all = '' })
-    for _, ringing in ipairs(members) do
-      emit('call.agent_failed', { call_id = call_id, flow = call.flow, agent_id = ringing,
-        offer_id = offer_id, reason = reason })
-      release_agent(ringing, flow, false)
-    end
-    if flow == nil then
-      command(call.edge, 'command.hangup', { call_id = call_id, reason = 'flow_removed' })
-      finish_call(call_id, call, 'failed', 'system', 'flow_removed')
-      return
-    end
-    call = hgetall(k_call(call_id))
-    route_call(call_id, call, flow, true)
-    return
+  local offer_id = call.offer
+  redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. offer_id)
+  local ring_all = (call.ring_all or '') ~= '' and call.agent == ''
+  local failed_agents = ring_all and ring_all_members(call) or { call.agent }
+  for _, agent_id in ipairs(failed_agents) do
+    emit('call.agent_failed', { call_id = call_id, flow = call.flow, agent_id = agent_id, offer_id = offer_id,
+      reason = reason })
   end
-  local agent_id = call.agent
-  redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. call.offer)
-  emit('call.agent_failed', { call_id = call_id, flow = call.flow, agent_id = agent_id,
-    offer_id = call.offer, reason = reason })
-  redis.call('HINCRBY', k_call(call_id), 'rejections', 1)
-  call.rejections = tostring(num(call.rejections, 0) + 1)
-  if reason ~= 'cancelled' then
-    local akey = k_agent(agent_id)
-    redis.call('HINCRBY', akey, 'missed', 1)
-    local in_row = redis.call('HINCRBY', akey, 'missed_in_row', 1)
-    local limit = tonumber(redis.call('HGET', akey, 'max_no_answer'))
-    if limit == nil or limit < 0 then limit = cfg('max_no_answer') end
-    if limit > 0 and in_row >= limit then
-      redis.call('HSET', akey, 'pause_pending', 'no-answer', 'missed_in_row', 0)
+  if not ring_all then
+    redis.call('HINCRBY', k_call(call_id), 'rejections', 1)
+    call.rejections = tostring(num(call.rejections, 0) + 1)
+    if reason ~= 'cancelled' then
+      local akey = k_agent(call.agent)
+      redis.call('HINCRBY', akey, 'missed', 1)
+      local in_row = redis.call('HINCRBY', akey, 'missed_in_row', 1)
+      local limit = tonumber(redis.call('HGET', akey, 'max_no_answer'))
+      if limit == nil or limit < 0 then limit = cfg('max_no_answer') end
+      if limit > 0 and in_row >= limit then
+        redis.call('HSET', akey, 'pause_pending', 'no-answer', 'missed_in_row', 0)
+      end
     end
   end
   if flow == nil then
@@ -584,9 +571,9 @@ local function offer_failed(call_id, call, reason)
     finish_call(call_id, call, 'failed', 'system', 'flow_removed')
     return
   end
-  call_field_updates(call_id, call, { agent = '', offer = '', state = 'queued' })
-  release_agent(agent_id, flow, true)
-  -- release_agent may already have handed this agent another call; this one goes to the head
+  call_field_updates(call_id, call, { agent = '', offer = '', state = 'queued', ring_all = '' })
+  for _, agent_id in ipairs(failed_agents) do release_agent(agent_id, flow, not ring_all) end
+  -- release_agent may already have handed an agent another call; this one goes to the head
   call = hgetall(k_call(call_id))
   route_call(call_id, call, flow, true)
 end
