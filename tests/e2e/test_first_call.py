@@ -11,117 +11,30 @@ from __future__ import annotations
 import socket
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
-import httpx
 import pytest
-import redis
 
-from callcenter.events import decode
-from callcenter.keys import Keys
-from callcenter.testing.processes import ServiceProcess
 from callcenter.testing.scenarios import scenario
-from callcenter.testing.servers import RedisServer, free_port
 from callcenter.testing.sipp import Sipp, wait_until
+from callcenter.testing.system import WholeSystem
 
 TENANT = "e2e"
 pytestmark = pytest.mark.slow
 
 
-@dataclass
-class System:
-    redis: redis.Redis
-    api: httpx.Client
-    sip_port: int
-    services: list[ServiceProcess]
-
-    @property
-    def keys(self) -> Keys:
-        return Keys(TENANT)
-
-    def events(self, call_id: str | None = None) -> list[tuple[str, dict[str, Any]]]:
-        """Every event, or the call.* events of one call."""
-        out = []
-        for eid, fields in self.redis.xrange(self.keys.events):
-            e = decode(fields, eid)
-            if call_id is None or (e.type.startswith("call.") and e.data.get("call_id") == call_id):
-                out.append((e.type, e.data))
-        return out
-
-    def logs(self) -> str:
-        return "\n".join(f"--- {s.name}\n{s.log()}" for s in self.services)
-
-
 @pytest.fixture(scope="module")
-def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[System]:
-    server = RedisServer().start()
-    db = f"sqlite:///{tmp_path_factory.mktemp('e2e') / 'cc.sqlite3'}"
-    api_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
-    health = [free_port() for _ in range(3)]
-    common = {"CC_REDIS_URL": server.url, "CC_TENANT": TENANT, "CC_WRAPUP_S": "1", "CC_RING_TIMEOUT_S": "5",
-              "CC_REJECT_ON_NO_AGENTS": "false"}
-    services = [
-        ServiceProcess("api", {**common, "CC_DATABASE_URL": db, "CC_API_PORT": str(api_port)},
-                       health_url=f"http://127.0.0.1:{api_port}/healthz"),
-        ServiceProcess("dispatcher", {**common, "CC_HEALTH_PORT": str(health[0]), "CC_CLAIM_IDLE_MS": "2000"},
-                       health_url=f"http://127.0.0.1:{health[0]}/healthz"),
-        ServiceProcess("cdr-writer", {**common, "CC_DATABASE_URL": db, "CC_HEALTH_PORT": str(health[1]),
-                                      "CC_BLOCK_MS": "100"},
-                       health_url=f"http://127.0.0.1:{health[1]}/healthz"),
-        ServiceProcess("sip-edge", {**common, "CC_SIP_PORT": str(sip_port), "CC_EDGE_ID": "edge-e2e",
-                                    "CC_HEALTH_PORT": str(health[2]), "CC_DRAIN_TIMEOUT_S": "2"},
-                       health_url=f"http://127.0.0.1:{health[2]}/healthz"),
-    ]
-    started: list[ServiceProcess] = []
-    client = redis.Redis.from_url(server.url)
-    api = httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10)
-    try:
-        for svc in services:
-            started.append(svc.start())
-        yield System(client, api, sip_port, services)
-    finally:
-        api.close()
-        for svc in reversed(started):
-            svc.stop()
-        client.close()
-        server.stop()
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
+    whole = WholeSystem.start(tmp_path_factory.mktemp("e2e"), tenant=TENANT)
+    yield whole
+    whole.stop()
 
 
-def provision(system: System, flow: str, welcome: Sipp | None, queue: Sipp, agents: dict[str, Sipp]) -> None:
-    body = {"skill": flow, "priority": 0, "queue_uri": f"sip:queue@{queue.uri_host}"}
-    if welcome is not None:
-        body["welcome_uri"] = f"sip:welcome@{welcome.uri_host}"
-    assert system.api.put(f"/v1/flows/{flow}", json=body).status_code in (200, 201)
-    for agent_id, phone in agents.items():
-        r = system.api.put(f"/v1/agents/{agent_id}", json={"uri": f"sip:{agent_id}@{phone.uri_host}", "skills": [flow]})
-        assert r.status_code in (200, 201), r.text
-
-
-def call_ids_of_flow(system: System, flow: str) -> list[str]:
-    return [d["call_id"] for t, d in system.events() if t == "call.arrived" and d["flow"] == flow]
-
-
-def wait_for_cdr(system: System, call_id: str, timeout: float = 10) -> dict[str, Any]:
-    found: dict[str, Any] = {}
-
-    def has_cdr() -> bool:
-        rows = system.api.get("/v1/cdrs", params={"limit": 50}).json()["items"]
-        for row in rows:
-            if row["call_id"] == call_id:
-                found.update(row)
-                return True
-        return False
-    assert wait_until(has_cdr, timeout), f"no CDR for {call_id}\n{system.logs()}"
-    return found
-
-
-def test_call_waits_in_queue_then_reaches_the_agent_logged_in_through_the_api(system: System) -> None:
+def test_call_waits_in_queue_then_reaches_the_agent_logged_in_through_the_api(system: WholeSystem) -> None:
     flow = "support"
     welcome = Sipp(scenario("media_welcome.xml"), extra=["-d", "300"]).start()
     queue = Sipp(scenario("media_queue.xml")).start()
     phone = Sipp(scenario("agent.xml")).start()
-    provision(system, flow, welcome, queue, {"1001": phone})
+    system.provision(flow, welcome, queue, {"1001": phone})
 
     # bad input first: garbage datagrams must not hurt the edge
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
@@ -132,7 +45,7 @@ def test_call_waits_in_queue_then_reaches_the_agent_logged_in_through_the_api(sy
                   extra=["-d", "1500"]).start()
     # no agent logged in: the call plays the welcome, then waits in the queue with its position
     assert wait_until(lambda: any(t == "call.queued" for t, _ in system.events()), 10), system.logs()
-    [call_id] = call_ids_of_flow(system, flow)
+    [call_id] = system.call_ids_of_flow(flow)
     assert wait_until(lambda: "cc_pos=0" in queue.scenario_log(), 5), queue.scenario_log()
     assert "sdp=" in welcome.scenario_log() and "m=audio" not in queue.scenario_log()  # queue leg: late offer
 
@@ -145,7 +58,7 @@ def test_call_waits_in_queue_then_reaches_the_agent_logged_in_through_the_api(sy
     assert queue.wait() == 0, queue.errors()      # the queue leg was released with BYE
     assert welcome.wait() == 0, welcome.errors()  # the welcome leg ended normally
 
-    cdr = wait_for_cdr(system, call_id)
+    cdr = system.wait_for_cdr(call_id)
     assert cdr["flow_id"] == flow and cdr["agent_id"] == "1001" and cdr["caller"] == "caller1"
     assert cdr["outcome"] == "answered" and cdr["ended_by"] == "caller"
     assert cdr["wait_ms"] > 0 and cdr["pickup_ms"] >= 900  # the phone rings 1 s before answering
@@ -167,19 +80,19 @@ def test_call_waits_in_queue_then_reaches_the_agent_logged_in_through_the_api(sy
                             ("in_call", "wrap_up"), ("wrap_up", "free")]
 
 
-def test_free_agent_takes_the_call_after_the_welcome_and_hangs_up_first(system: System) -> None:
+def test_free_agent_takes_the_call_after_the_welcome_and_hangs_up_first(system: WholeSystem) -> None:
     flow = "sales"
     welcome = Sipp(scenario("media_welcome.xml"), extra=["-d", "200"]).start()
     queue = Sipp(scenario("media_queue.xml")).start()
     phone = Sipp(scenario("agent_hangs_up.xml"), extra=["-d", "1000"]).start()
-    provision(system, flow, welcome, queue, {"2001": phone})
+    system.provision(flow, welcome, queue, {"2001": phone})
     assert system.api.post("/v1/agents/2001/login").json()["state"] == "free"
 
     caller = Sipp(scenario("caller_waits_for_bye.xml"), remote=f"127.0.0.1:{system.sip_port}", service=flow).start()
     assert caller.wait() == 0, caller.errors() + system.logs()
     assert phone.wait() == 0, phone.errors()
-    [call_id] = call_ids_of_flow(system, flow)
-    cdr = wait_for_cdr(system, call_id)
+    [call_id] = system.call_ids_of_flow(flow)
+    cdr = system.wait_for_cdr(call_id)
     assert cdr["outcome"] == "answered" and cdr["ended_by"] == "agent" and cdr["agent_id"] == "2001"
     assert "INVITE" not in queue.scenario_log()  # never queued: an agent was free
     queue.stop()
@@ -187,20 +100,20 @@ def test_free_agent_takes_the_call_after_the_welcome_and_hangs_up_first(system: 
     assert "call.queued" not in types and types[-1] == "call.ended"
 
 
-def test_unknown_flow_is_rejected_with_404(system: System) -> None:
+def test_unknown_flow_is_rejected_with_404(system: WholeSystem) -> None:
     caller = Sipp(scenario("caller_expect_404.xml"), remote=f"127.0.0.1:{system.sip_port}", service="nosuchflow")
     assert caller.start().wait() == 0, caller.errors() + system.logs()
     rejected = [d for t, d in system.events() if t == "call.rejected" and d["flow"] == "nosuchflow"]
     assert rejected and rejected[0]["code"] == 404 and rejected[0]["reason"] == "unknown_flow"
 
 
-def test_unknown_agent_login_is_a_clear_404(system: System) -> None:
+def test_unknown_agent_login_is_a_clear_404(system: WholeSystem) -> None:
     r = system.api.post("/v1/agents/nobody/login")
     assert r.status_code == 404
     assert "nobody" in r.json()["detail"]
 
 
-def test_services_leave_nothing_pending(system: System) -> None:
+def test_services_leave_nothing_pending(system: WholeSystem) -> None:
     """After the calls, every report and event was handled and acknowledged; nothing is dead."""
     time.sleep(0.5)
     for stream, group in ((system.keys.reports, "dispatcher"), (system.keys.events, "cdr-writer")):
