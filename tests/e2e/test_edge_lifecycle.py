@@ -34,14 +34,6 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
         system.stop()
 
 
-@pytest.fixture
-def peers() -> Iterator[list[Sipp]]:
-    started: list[Sipp] = []
-    yield started
-    for p in started:
-        p.stop()
-
-
 def connect_one_call(system: WholeSystem, peers: list[Sipp], flow: str, agent_id: str,
                      caller_scenario: str = "caller_waits_for_bye.xml") -> tuple[str, Sipp, Sipp]:
     """A caller connected to a logged-in agent (no welcome: the free agent gets the call at once)."""

@@ -30,14 +30,6 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
         system.stop()
 
 
-@pytest.fixture
-def peers() -> Iterator[list[Sipp]]:
-    started: list[Sipp] = []
-    yield started
-    for p in started:
-        p.stop()
-
-
 def test_queue_media_hangs_up_the_caller_is_bridged_to_it_again_then_reaches_an_agent(
         system: WholeSystem, peers: list[Sipp]) -> None:
     flow = "requeue"
