@@ -299,7 +299,8 @@ class CallController:
     def _forks_timed_out(self) -> None:
         self._fork_timer = None
         for leg in list(self.forks):
-            self._emit("agent_failed", offer_id=leg.offer_id, agent_id=leg.agent_id, reason="no_answer", code=None)
+            self._emit("agent_failed", offer_id=leg.offer_id, agent_id=leg.agent_id,
+                       reason="no_answer" if leg.got_provisional else "unreachable", code=None)
         self._cancel_forks()
 
     def _cancel_forks(self, emit_reason: str | None = None) -> None:
@@ -608,7 +609,9 @@ class CallController:
     def _ring_timed_out(self, leg: _AgentLeg) -> None:
         leg.ring_timer = None
         if self.agent is leg and leg.phase == "ringing" and not self.ended:
-            self._fail_agent(leg, "no_answer", None)
+            # a phone that never sent any response is unreachable, not unanswered (a ring timeout
+            # shorter than NO_REPLY_TIMEOUT_S fires first)
+            self._fail_agent(leg, "no_answer" if leg.got_provisional else "unreachable", None)
 
     def _fail_agent(self, leg: _AgentLeg, reason: str, code: int | None, leg_gone: bool = False) -> None:
         if self.agent is not leg:
