@@ -51,14 +51,6 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
         system.stop()
 
 
-@pytest.fixture
-def peers() -> Iterator[list[Sipp]]:
-    started: list[Sipp] = []
-    yield started
-    for p in started:
-        p.stop()
-
-
 def start(peers: list[Sipp], sipp: Sipp, trace_msg: bool = False) -> Sipp:
     if trace_msg:
         sipp.extra += ["-trace_msg", "-message_file", str(sipp.logdir / "messages.log")]
