@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -12,12 +13,14 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from sqlalchemy.orm import Session
 
+from callcenter.db.engine import make_engine, upgrade
 from callcenter.db.models import Agent, Cdr, Flow
 from callcenter.events import encode
 from callcenter.settings import ApiSettings
 from callcenter.store import Store
-from callcenter.testing.servers import RedisServer
+from callcenter.testing.servers import RedisServer, free_port
 from callcenter_api.app import create_app
 from callcenter_api.deps import Services
 
@@ -277,3 +280,30 @@ async def test_readyz_is_503_when_redis_is_gone(settings: ApiSettings, redis: ai
         r = await api.get("/readyz")
         assert r.status_code == 503 and r.json()["sql"] == "ok" and r.json()["redis"].startswith("error")
         assert (await api.get("/v1/queues")).status_code == 503
+
+
+async def test_api_starts_before_its_redis_and_seeds_it_when_it_comes_up(tmp_path: Path) -> None:
+    server = RedisServer()
+    server.port = free_port()
+    db = f"sqlite:///{tmp_path / 'early.sqlite3'}"
+    settings = ApiSettings(redis_url=server.url, tenant=TENANT, database_url=db)
+    # a flow already in SQL from an earlier run
+    engine = make_engine(db)
+    upgrade(engine)
+    with Session(engine) as session, session.begin():
+        session.add(Flow(id="early", skill="s", priority=1, queue_uri="sip:q@127.0.0.1"))
+    engine.dispose()
+    async with running(settings) as (api, _):
+        assert (await api.get("/readyz")).status_code == 503  # no Redis yet, but the api serves
+        server.start()
+        client = aioredis.Redis.from_url(server.url)
+        try:
+            for _ in range(100):
+                if await client.exists(f"cc:{{{TENANT}}}:flow:early"):
+                    break
+                await asyncio.sleep(0.05)
+            assert await client.exists(f"cc:{{{TENANT}}}:flow:early")
+            assert (await api.get("/readyz")).status_code == 200
+        finally:
+            await client.aclose()
+            server.stop()

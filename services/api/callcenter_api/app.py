@@ -20,6 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
+from callcenter.bus import REDIS_DOWN
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.settings import ApiSettings
 from callcenter.store import Store
@@ -28,6 +29,18 @@ from callcenter_api.deps import Services, require_principal
 from callcenter_api.routes import agents, cdrs, config, flows, live, ops, stats
 
 log = structlog.get_logger(__name__)
+
+
+async def _reseed_when_redis_is_up(services: Services) -> None:
+    delay = 0.1
+    while True:
+        await asyncio.sleep(delay)
+        try:
+            await provisioning.reseed(services)
+            return
+        except REDIS_DOWN as exc:
+            log.warning("api.redis_unavailable", error=repr(exc), retry_in_s=delay)
+            delay = min(delay * 2, 5.0)
 
 
 def create_app(settings: ApiSettings) -> FastAPI:
@@ -39,11 +52,19 @@ def create_app(settings: ApiSettings) -> FastAPI:
             await asyncio.to_thread(upgrade, engine)
             services = Services(settings=settings, redis=redis, store=Store(redis, settings.tenant),
                                 engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
-            # an empty Redis (first start, restart without persistence) gets flows and agents back
-            await provisioning.reseed(services)
             app.state.services = services
+            # an empty Redis (first start, restart without persistence) gets flows and agents back;
+            # a Redis not up yet is waited for in the background (/readyz says 503 meanwhile)
+            seeding: asyncio.Task[None] | None = None
+            try:
+                await provisioning.reseed(services)
+            except REDIS_DOWN as exc:
+                log.warning("api.redis_unavailable", error=repr(exc))
+                seeding = asyncio.create_task(_reseed_when_redis_is_up(services))
             log.info("api.started", tenant=settings.tenant, host=settings.api_host, port=settings.api_port)
             yield
+            if seeding is not None:
+                seeding.cancel()
         finally:
             await redis.aclose()
             engine.dispose()
