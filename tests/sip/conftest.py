@@ -6,6 +6,7 @@ Reads/writes nothing itself; the helpers live in sip_harness.py.
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -54,3 +55,13 @@ async def edge() -> AsyncIterator[EdgeUnderTest]:
         started = time.monotonic()
         stack.stop()
         assert time.monotonic() - started < 5, "SipStack.stop() took too long"
+
+
+@pytest.fixture
+def client() -> Iterator[socket.socket]:
+    """A raw UDP socket on loopback, for hand-made (and malformed) SIP datagrams."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((LOOPBACK, 0))
+    sock.settimeout(2.0)
+    yield sock
+    sock.close()

@@ -16,7 +16,6 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import pytest
 import pytest_asyncio
 from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, expect_success, free_udp_port
 
@@ -26,15 +25,6 @@ FUZZ_SEED = 20240611
 FUZZ_DATAGRAMS = 2000
 
 SDP = "v=0\r\no=t 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
-
-
-@pytest.fixture
-def client() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((LOOPBACK, 0))
-    sock.settimeout(2.0)
-    yield sock
-    sock.close()
 
 
 def invite(edge_port: int, client_port: int, call_id: str, method: str = "INVITE", body: str = SDP) -> bytes:

@@ -10,21 +10,11 @@ import asyncio
 import os
 import socket
 import time
-from collections.abc import Iterator
 
 import pytest
 from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, expect_success, free_udp_port
 
 from callcenter_sip_edge.sip_stack import SipStack
-
-
-@pytest.fixture
-def client() -> Iterator[socket.socket]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((LOOPBACK, 0))
-    sock.settimeout(2.0)
-    yield sock
-    sock.close()
 
 
 def _request(method: str, edge_port: int, client: socket.socket, *, call_id: str | None = "raw-1",

@@ -9,7 +9,7 @@ removed, so a refused delete never leaves a live flow or agent without its SQL r
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import structlog
@@ -18,12 +18,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from callcenter.db.models import Agent, Flow
-from callcenter.store import RC, Store
+from callcenter.store import RC, Result, Store
 from callcenter_api.deps import Services
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
+M = TypeVar("M", Flow, Agent)
 
 # the flow hash the Lua steps read: these names exactly (booleans as 1/0, None as '')
 FLOW_FIELDS = ("skill", "priority", "welcome_uri", "queue_uri", "dissuading_uri", "prepend_cid", "max_wrapup_s",
@@ -54,21 +55,44 @@ async def cache_agent(store: Store, agent: Agent) -> str:
     return res.detail
 
 
+def _save(session: Session, model: type[M], key: str, values: dict[str, Any]) -> tuple[M, bool]:
+    """Get-or-create the row `key` of `model` and set `values`; the row and whether it is new."""
+    row = session.get(model, key)
+    created = row is None
+    if row is None:
+        row = model(id=key)
+        session.add(row)
+    for name, value in values.items():
+        setattr(row, name, value)
+    session.flush()
+    return row, created
+
+
+async def _delete(services: Services, model: type[Flow] | type[Agent], key: str,
+                  guard: Callable[[str], Awaitable[Result]]) -> bool:
+    """The Lua guard first (it refuses a flow with waiting calls, a logged-in agent), then SQL."""
+    res = await guard(key)
+    if res.rc is RC.INVALID:
+        raise Refused(res.detail)
+
+    def remove(session: Session) -> bool:
+        row = session.get(model, key)
+        if row is not None:
+            session.delete(row)
+        return row is not None
+
+    in_sql = await services.sql(remove)
+    log.info(f"{model.__tablename__[:-1]}.deleted", id=key, in_sql=in_sql, in_cache=res.rc is RC.OK)
+    return in_sql or res.rc is RC.OK
+
+
 # -- flows ---------------------------------------------------------------------------------------
 
 async def put_flow(services: Services, flow_id: str, values: dict[str, Any]) -> tuple[Flow, bool]:
     """Create or replace a flow; returns it and whether it was created."""
 
     def write(session: Session) -> tuple[Flow, bool]:
-        flow = session.get(Flow, flow_id)
-        created = flow is None
-        if flow is None:
-            flow = Flow(id=flow_id)
-            session.add(flow)
-        for name, value in values.items():
-            setattr(flow, name, value)
-        session.flush()
-        return flow, created
+        return _save(session, Flow, flow_id, values)
 
     flow, created = await _retry_on_race(services, write)
     await cache_flow(services.store, flow)
@@ -78,35 +102,17 @@ async def put_flow(services: Services, flow_id: str, values: dict[str, Any]) -> 
 
 async def delete_flow(services: Services, flow_id: str) -> bool:
     """Delete a flow; False if it exists nowhere; Refused while calls wait in it."""
-    res = await services.store.flow_delete(flow_id)
-    if res.rc is RC.INVALID:
-        raise Refused(res.detail)
-
-    def remove(session: Session) -> bool:
-        flow = session.get(Flow, flow_id)
-        if flow is not None:
-            session.delete(flow)
-        return flow is not None
-
-    in_sql = await services.sql(remove)
-    log.info("flow.deleted", flow_id=flow_id, in_sql=in_sql, in_cache=res.rc is RC.OK)
-    return in_sql or res.rc is RC.OK
+    return await _delete(services, Flow, flow_id, services.store.flow_delete)
 
 
 # -- agents --------------------------------------------------------------------------------------
 
 async def put_agent(services: Services, agent_id: str, uri: str, skills: list[str],
                     wrapup_s: int | None, max_no_answer: int | None = None) -> tuple[Agent, bool]:
+    values = {"uri": uri, "skills": ",".join(skills), "wrapup_s": wrapup_s, "max_no_answer": max_no_answer}
+
     def write(session: Session) -> tuple[Agent, bool]:
-        agent = session.get(Agent, agent_id)
-        created = agent is None
-        if agent is None:
-            agent = Agent(id=agent_id)
-            session.add(agent)
-        agent.uri, agent.skills, agent.wrapup_s = uri, ",".join(skills), wrapup_s
-        agent.max_no_answer = max_no_answer
-        session.flush()
-        return agent, created
+        return _save(session, Agent, agent_id, values)
 
     agent, created = await _retry_on_race(services, write)
     await cache_agent(services.store, agent)
@@ -115,19 +121,8 @@ async def put_agent(services: Services, agent_id: str, uri: str, skills: list[st
 
 
 async def delete_agent(services: Services, agent_id: str) -> bool:
-    res = await services.store.agent_delete(agent_id)
-    if res.rc is RC.INVALID:
-        raise Refused(res.detail)
-
-    def remove(session: Session) -> bool:
-        agent = session.get(Agent, agent_id)
-        if agent is not None:
-            session.delete(agent)
-        return agent is not None
-
-    in_sql = await services.sql(remove)
-    log.info("agent.deleted", agent_id=agent_id, in_sql=in_sql, in_cache=res.rc is RC.OK)
-    return in_sql or res.rc is RC.OK
+    """Delete an agent; False if it exists nowhere; Refused while it is logged in."""
+    return await _delete(services, Agent, agent_id, services.store.agent_delete)
 
 
 async def recache_agent(services: Services, agent_id: str) -> bool:
