@@ -61,8 +61,9 @@ _TYPES: list[EntryType] = [
     # -- reports: sip-edge -> dispatcher -------------------------------------------------------
     EntryType("report.call_arrived", 1,
               {**_REPORT, "flow": Str, "caller": Str, "caller_uri": Str, "sip_call_id": Str, "source": Str},
-              {"caller_display": OptStr, "priority": OptInt},
-              "An INVITE arrived for a flow; the caller is not answered yet."),
+              {"caller_display": OptStr, "priority": OptInt, "media_type": OptStr},
+              "An INVITE arrived for a flow; the caller is not answered yet. media_type = audio (the "
+              "default, also for an INVITE without SDP) or chat (the first media stream is MSRP)."),
     EntryType("report.media_answered", 1, {**_REPORT, "purpose": Str, "uri": Str}, {},
               "The caller is bridged to a media server (welcome, queue or dissuading)."),
     EntryType("report.media_ended", 1, {**_REPORT, "purpose": Str}, {},
@@ -73,7 +74,8 @@ _TYPES: list[EntryType] = [
               "The agent answered and the caller is connected to it."),
     EntryType("report.agent_failed", 1, {**_REPORT, "offer_id": Str, "agent_id": Str, "reason": Str},
               {"code": OptInt},
-              "The agent leg failed: rejected, busy, no_answer, unreachable, no_sdp or cancelled."),
+              "The agent leg failed: rejected, busy, no_answer, unreachable, no_sdp, cancelled, or hung_up "
+              "(the agent answered and hung up before being connected, e.g. during the flow-id message)."),
     EntryType("report.call_ended", 1, {**_REPORT, "by": Str, "reason": Str}, {"code": OptInt},
               "Every leg of the call is down; by = caller, agent, media or edge."),
     # -- commands: -> one sip-edge ---------------------------------------------------------------
@@ -81,8 +83,10 @@ _TYPES: list[EntryType] = [
               "Bridge the caller to a media URI (the queue URI carries the position parameter)."),
     EntryType("command.ring", 1,
               {**_CALL, "offer_id": Str, "agent_id": Str, "uri": Str, "timeout_s": Num},
-              {"caller_display": OptStr},
-              "Ring an agent; connect caller and agent when it answers."),
+              {"caller_display": OptStr, "whisper_uri": OptStr},
+              "Ring an agent; connect caller and agent when it answers. With whisper_uri (the flow-id "
+              "message) the answered agent first hears that media while the caller stays on the queue "
+              "media; the caller is connected when the message ends."),
     EntryType("command.ring_all", 1,
               {**_CALL, "offer_id": Str, "targets": list, "timeout_s": Num}, {"caller_display": OptStr},
               "Ring several agents at once (targets: [{agent_id, uri}]); the first to answer is connected, "
@@ -92,7 +96,8 @@ _TYPES: list[EntryType] = [
               "Reject the call with a SIP final response (or BYE if already answered)."),
     EntryType("command.hangup", 1, {**_CALL, "reason": Str}, {}, "Tear the call down."),
     # -- events: the product stream ------------------------------------------------------------
-    EntryType("call.arrived", 1, {**_EVENT, **_CALL, "flow": Str, "caller": Str, "edge": Str}),
+    EntryType("call.arrived", 1, {**_EVENT, **_CALL, "flow": Str, "caller": Str, "edge": Str},
+              {"media_type": OptStr}, "media_type = audio or chat."),
     EntryType("call.rejected", 1, {**_EVENT, **_CALL, "flow": Str, "code": Int, "reason": Str}, {},
               "Refused at arrival (unknown flow, no agent logged in)."),
     EntryType("call.welcome_ended", 1, {**_EVENT, **_CALL, "flow": Str}),
@@ -111,7 +116,7 @@ _TYPES: list[EntryType] = [
               {**_EVENT, **_CALL, "flow": Str, "caller": Str, "outcome": Str, "ended_by": Str,
                "reason": Str, "received_ms": Int, "wait_ms": Int, "pickup_ms": Int, "talk_ms": Int,
                "rejections": Int},
-              {"agent_id": OptStr},
+              {"agent_id": OptStr, "media_type": OptStr},
               "The call's summary (one CDR). outcome = answered, abandoned, rejected, failed, dissuaded "
               "or overflowed."),
     EntryType("agent.logged_in", 1, {**_EVENT, "agent_id": Str}),
@@ -122,8 +127,9 @@ _TYPES: list[EntryType] = [
     EntryType("agent.released", 1, {**_EVENT, "agent_id": Str, "reason": Str, "from": Str}, {"call_id": OptStr},
               "Freed by the reconciler (no_live_call) or by an administrator (forced)."),
     EntryType("agent.state_changed", 1, {**_EVENT, "agent_id": Str, "from": Str, "to": Str},
-              {"call_id": OptStr},
-              "state: logged_out, free, ringing, in_call, wrap_up, paused."),
+              {"call_id": OptStr, "chats": OptInt},
+              "state: logged_out, free, ringing, in_call, in_chat, wrap_up, paused. chats = the agent's "
+              "chat sessions (offered or connected) after the change, for in_chat."),
 ]
 
 TYPES: dict[str, EntryType] = {t.name: t for t in _TYPES}
