@@ -9,13 +9,17 @@ build the same names from that prefix (see `lua/common.lua`); this module is the
     cc:{t}:flow:<id>              hash   flow definition (skill, priority, media URIs)
     cc:{t}:skill:<skill>:flows    set    flows that need this skill
     cc:{t}:skill:<skill>:logged   set    logged-in agents with this skill
-    cc:{t}:skill:<skill>:free     zset   free agents with this skill, score = idle since (ms)
+    cc:{t}:skill:<skill>:free     zset   free agents with this skill and an audio URI, score = idle since (ms)
+    cc:{t}:skill:<skill>:chat     zset   agents with this skill and a free chat slot,
+                                         score = ongoing chats * 1e13 + last change (ms)
     cc:{t}:agents                 set    agent ids
     cc:{t}:agent:<id>             hash   agent definition and runtime state
+    cc:{t}:agentchats:<id>        set    ids of the chats an agent holds (offered or connected)
     cc:{t}:call:<id>              hash   one call's state
     cc:{t}:calls                  set    ids of calls not yet ended
     cc:{t}:edge:<edge>:calls      set    ids of calls not yet ended that this sip-edge owns
-    cc:{t}:queue:<flow>           zset   waiting calls of a flow, lowest score served first
+    cc:{t}:queue:<flow>           zset   waiting audio calls of a flow, lowest score served first
+    cc:{t}:chatq:<flow>           zset   waiting chats of a flow, same order
     cc:{t}:timers                 zset   due timers, member "<kind>|<id>[|<token>]", score = due (ms)
     cc:{t}:edges                  zset   sip-edge heartbeats, score = last beat (ms)
     cc:{t}:reports                stream facts reported by sip-edges, read by the dispatchers
@@ -54,6 +58,15 @@ class Keys:
 
     def queue(self, flow_id: str) -> str:
         return f"{self.prefix}queue:{flow_id}"
+
+    def chat_queue(self, flow_id: str) -> str:
+        return f"{self.prefix}chatq:{flow_id}"
+
+    def skill_chat(self, skill: str) -> str:
+        return f"{self.prefix}skill:{skill}:chat"
+
+    def agent_chats(self, agent_id: str) -> str:
+        return f"{self.prefix}agentchats:{agent_id}"
 
     def skill_flows(self, skill: str) -> str:
         return f"{self.prefix}skill:{skill}:flows"

@@ -83,6 +83,11 @@ def load_source(name: str) -> str:
     return "\n".join(out) + "\n"
 
 
+def _blank(value: int | None) -> int | str:
+    """A script argument for an optional number: "" means 'the global value'."""
+    return "" if value is None else value
+
+
 def _text(value: Any) -> str:
     if isinstance(value, bytes):
         return value.decode()
@@ -164,12 +169,13 @@ class Store:
     async def flow_delete(self, flow_id: str, now: int | None = None) -> Result:
         return await self._run("flow_delete", flow_id, now=now)
 
-    async def agent_upsert(self, agent_id: str, uri: str, skills: list[str], wrapup_s: int | None,
-                           now: int | None = None, max_no_answer: int | None = None) -> Result:
-        """Create or update an agent; None for wrapup_s / max_no_answer = the global value."""
-        wrapup = "" if wrapup_s is None else wrapup_s
-        misses = "" if max_no_answer is None else max_no_answer
-        return await self._run("agent_upsert", agent_id, uri, ",".join(skills), wrapup, misses, now=now)
+    async def agent_upsert(self, agent_id: str, uri: str | None, skills: list[str], wrapup_s: int | None,
+                           now: int | None = None, max_no_answer: int | None = None, chat_uri: str | None = None,
+                           chat_capacity: int | None = None) -> Result:
+        """Create or update an agent; None for wrapup_s / max_no_answer / chat_capacity = the global
+        value; None (or "") for uri = no audio calls, for chat_uri = no chats (one of them is needed)."""
+        return await self._run("agent_upsert", agent_id, uri or "", ",".join(skills), _blank(wrapup_s),
+                               _blank(max_no_answer), chat_uri or "", _blank(chat_capacity), now=now)
 
     async def agent_delete(self, agent_id: str, now: int | None = None) -> Result:
         return await self._run("agent_delete", agent_id, now=now)

@@ -408,18 +408,18 @@ async def test_stats_after_a_few_calls(d: Driver) -> None:
     r = await d.api.get("/v1/stats")
     assert r.status_code == 200, r.text
     body = r.json()
-    counters = {"incalls": 3, "distributed": 2, "answered": 1, "abandoned": 1, "overflowed": 0, "onhold": 1,
-                "queued": 1, "free_agents": 0, "logged_agents": 2,
+    counters = {"incalls": 3, "distributed": 2, "answered": 1, "answered_chats": 0, "abandoned": 1,
+                "overflowed": 0, "onhold": 1, "onhold_chats": 0, "queued": 1, "free_agents": 0, "logged_agents": 2,
                 "awt_ms": (2_000 + 4_000) // 2, "att_ms": 10_000, "talk_n": 1,
                 "load": 100 * (1 + 2 - 0) // 2}
     assert body["global"] == {**counters, "reset_ms": None}
     assert body["flows"] == [{**counters, "flow_id": "sales-line", "skill": "sales",
                               "etw_ms": 10_000 * 1 // 2, "aht_ema_ms": 10_000}]
     assert body["agents"] == [
-        {"agent_id": "alice", "state": "wrap_up", "distributed": 1, "answered": 1, "missed": 0, "talk_ms": 10_000,
-         "att_ms": 10_000},
-        {"agent_id": "bob", "state": "wrap_up", "distributed": 1, "answered": 0, "missed": 1, "talk_ms": 0,
-         "att_ms": 0},
+        {"agent_id": "alice", "state": "wrap_up", "distributed": 1, "answered": 1, "answered_chats": 0, "missed": 0,
+         "talk_ms": 10_000, "att_ms": 10_000},
+        {"agent_id": "bob", "state": "wrap_up", "distributed": 1, "answered": 0, "answered_chats": 0, "missed": 1,
+         "talk_ms": 0, "att_ms": 0},
     ]
 
     # a free agent lowers the load; an agent without the flow's skill counts only in the total

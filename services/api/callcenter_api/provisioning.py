@@ -29,7 +29,8 @@ M = TypeVar("M", Flow, Agent)
 # the flow hash the Lua steps read: these names exactly (booleans as 1/0, None as '')
 FLOW_FIELDS = ("skill", "priority", "welcome_uri", "queue_uri", "dissuading_uri", "prepend_cid", "max_wrapup_s",
                "strategy", "max_wait_s", "overflow_flow", "overflow_uri", "dissuading_hangup",
-               "dissuading_qsize_th", "dissuading_ewt_th", "dissuading_onhold_th", "sl_threshold_s")
+               "dissuading_qsize_th", "dissuading_ewt_th", "dissuading_onhold_th", "sl_threshold_s", "flow_id_uri",
+               "chat_policy")
 
 
 class Refused(Exception):
@@ -49,7 +50,8 @@ async def cache_flow(store: Store, flow: Flow) -> None:
 
 async def cache_agent(store: Store, agent: Agent) -> str:
     res = await store.agent_upsert(agent.id, agent.uri, agent.skill_list, agent.wrapup_s,
-                                   max_no_answer=agent.max_no_answer)
+                                   max_no_answer=agent.max_no_answer, chat_uri=agent.chat_uri,
+                                   chat_capacity=agent.chat_capacity)
     if res.rc is not RC.OK:
         raise RuntimeError(f"agent_upsert {agent.id!r}: {res.rc.name} {res.detail}")
     return res.detail
@@ -107,9 +109,9 @@ async def delete_flow(services: Services, flow_id: str) -> bool:
 
 # -- agents --------------------------------------------------------------------------------------
 
-async def put_agent(services: Services, agent_id: str, uri: str, skills: list[str],
-                    wrapup_s: int | None, max_no_answer: int | None = None) -> tuple[Agent, bool]:
-    values = {"uri": uri, "skills": ",".join(skills), "wrapup_s": wrapup_s, "max_no_answer": max_no_answer}
+async def put_agent(services: Services, agent_id: str, values: dict[str, Any]) -> tuple[Agent, bool]:
+    """Create or replace an agent (values: the AgentIn fields); returns it and whether it was created."""
+    values = {**values, "skills": ",".join(values["skills"])}
 
     def write(session: Session) -> tuple[Agent, bool]:
         return _save(session, Agent, agent_id, values)

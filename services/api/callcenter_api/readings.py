@@ -128,8 +128,9 @@ def _counters(stats: dict[str, str], queued: int, free: int, logged: int) -> dic
     onhold = _int(stats.get("onhold"))
     return {
         "incalls": _int(stats.get("incalls")), "distributed": _int(stats.get("distributed")),
-        "answered": _int(stats.get("answered")), "abandoned": _int(stats.get("abandoned")),
-        "overflowed": _int(stats.get("overflowed")), "onhold": onhold, "queued": queued,
+        "answered": _int(stats.get("answered")), "answered_chats": _int(stats.get("answered_chats")),
+        "abandoned": _int(stats.get("abandoned")), "overflowed": _int(stats.get("overflowed")),
+        "onhold": onhold, "onhold_chats": _int(stats.get("onhold_chats")), "queued": queued,
         "free_agents": free, "logged_agents": logged,
         "awt_ms": _ratio(_int(stats.get("awt_sum_ms")), _int(stats.get("awt_n"))),
         "att_ms": _ratio(_int(stats.get("talk_sum_ms")), _int(stats.get("talk_n"))),
@@ -152,13 +153,15 @@ async def read_stats(store: Store) -> StatsOut:
             pipe.hget(keys.flow(flow_id), "skill")
             pipe.hgetall(keys.prefix + f"stats:flow:{flow_id}")
             pipe.zcard(keys.queue(flow_id))
+            pipe.zcard(keys.chat_queue(flow_id))
         for agent_id in agent_ids:
-            pipe.hmget(keys.agent(agent_id), ["state", "distributed", "answered", "missed", "talk_ms"])
+            pipe.hmget(keys.agent(agent_id), ["state", "distributed", "answered", "answered_chats", "missed",
+                                              "talk_ms"])
         raw = await pipe.execute()
     global_raw, raw = _decode(raw[0]), raw[1:]
-    flow_rows = [(flow_id, _text(raw[3 * i] or b""), _decode(raw[3 * i + 1]), int(raw[3 * i + 2]))
+    flow_rows = [(flow_id, _text(raw[4 * i] or b""), _decode(raw[4 * i + 1]), int(raw[4 * i + 2]) + int(raw[4 * i + 3]))
                  for i, flow_id in enumerate(flow_ids)]
-    agent_rows = raw[3 * len(flow_ids):]
+    agent_rows = raw[4 * len(flow_ids):]
 
     skills = sorted({skill for _, skill, _, _ in flow_rows if skill})
     async with redis.pipeline(transaction=False) as pipe:
@@ -179,14 +182,15 @@ async def read_stats(store: Store) -> StatsOut:
                                aht_ema_ms=aht if aht >= 0 else None))
 
     agents, free_total, logged_total = [], 0, 0
-    for agent_id, (state, distributed, answered, missed, talk_ms) in zip(agent_ids, agent_rows, strict=True):
+    for agent_id, row in zip(agent_ids, agent_rows, strict=True):
+        state, distributed, answered, answered_chats, missed, talk_ms = row
         state_text = _text(state) if state else "logged_out"
         free_total += state_text == "free"
         logged_total += state_text != "logged_out"
-        answered_n, talk = _int(answered), _int(talk_ms)
+        answered_n, chats_n, talk = _int(answered), _int(answered_chats), _int(talk_ms)
         agents.append(AgentStats(agent_id=agent_id, state=state_text, distributed=_int(distributed),
-                                 answered=answered_n, missed=_int(missed), talk_ms=talk,
-                                 att_ms=_ratio(talk, answered_n)))
+                                 answered=answered_n, answered_chats=chats_n, missed=_int(missed), talk_ms=talk,
+                                 att_ms=_ratio(talk, answered_n + chats_n)))
 
     reset_ms = _int(global_raw.get("reset_ms"), -1)
     totals = GlobalStats(**_counters(global_raw, sum(f.queued for f in flows), free_total, logged_total),

@@ -54,6 +54,7 @@ Strategy = Literal["longest-idle", "round-robin", "fewest-calls", "least-talk-ti
                    "ring-all"]
 FlowId = Annotated[str, StringConstraints(pattern=FLOW_ID_PATTERN)]
 Seconds = Annotated[int, Field(ge=0, le=86_400)]
+ChatPolicy = Literal["balancing", "full-load"]
 DISSUADING_THRESHOLDS = ("dissuading_qsize_th", "dissuading_ewt_th", "dissuading_onhold_th")
 
 
@@ -87,6 +88,13 @@ class FlowIn(_Body):
                                                                  "since it was queued; 0 = off")
     sl_threshold_s: Seconds = Field(default=0, description="service-level threshold T (s); 0 = the global "
                                                            "sl_threshold_s (GET /v1/config)")
+    flow_id_uri: SipUri | None = Field(default=None, description="the flow-id message: media played to the "
+                                                                 "agent who answered, before the caller is "
+                                                                 "connected (reference: message_flow_id)")
+    chat_policy: ChatPolicy | None = Field(default=None, description="how chats of this flow are spread: "
+                                                                     "balancing (fewest ongoing chats first) or "
+                                                                     "full-load (fill one agent up first); null "
+                                                                     "= the global chat_dispatch_policy")
 
     @model_validator(mode="after")
     def _coherent(self) -> FlowIn:
@@ -119,6 +127,8 @@ class FlowOut(BaseModel):
     dissuading_ewt_th: int
     dissuading_onhold_th: int
     sl_threshold_s: int
+    flow_id_uri: str | None
+    chat_policy: str | None
     created_at: datetime
     updated_at: datetime
 
@@ -130,12 +140,24 @@ def _dedupe(skills: list[str]) -> list[str]:
 
 
 class AgentIn(_Body):
-    uri: SipUri
+    uri: SipUri | None = Field(default=None, description="audio SIP URI (reference: location); null = the "
+                                                         "agent takes no audio calls")
+    chat_uri: SipUri | None = Field(default=None, description="SIP URI for chats (MSRP; reference: "
+                                                              "msrp_location); null = the agent takes no chats")
+    chat_capacity: int | None = Field(default=None, ge=1, le=100,
+                                      description="chats at once (reference: msrp_max_sessions); null = the "
+                                                  "global chat_capacity")
     skills: Annotated[list[Skill], Field(min_length=1, max_length=64), AfterValidator(_dedupe)]
     wrapup_s: int | None = Field(default=None, ge=0, le=86_400, description="null = the global wrap-up time")
     max_no_answer: int | None = Field(default=None, ge=0, le=1000,
                                       description="missed offers in a row before the agent is paused with reason "
                                                   "no-answer; null = the global max_no_answer, 0 = never")
+
+    @model_validator(mode="after")
+    def _reachable(self) -> AgentIn:
+        if self.uri is None and self.chat_uri is None:
+            raise ValueError("an agent needs uri (audio calls), chat_uri (chats) or both")
+        return self
 
 
 class AgentLive(BaseModel):
@@ -151,17 +173,20 @@ class AgentLive(BaseModel):
     idle_since_ms: int | None = None
     logged_in_ms: int | None = None
     wrapup_end_ms: int | None = None
+    chats: int = Field(default=0, description="chats the agent holds now (offered or connected)")
     fields: dict[str, str] = Field(default_factory=dict)
 
 
 class AgentOut(BaseModel):
     id: str
-    uri: str
+    uri: str | None
+    chat_uri: str | None
+    chat_capacity: int | None
     skills: list[str]
     wrapup_s: int | None
     max_no_answer: int | None
-    state: str = Field(description="live state (logged_out, free, ringing, in_call, wrap_up, paused); same as "
-                                   "live.state")
+    state: str = Field(description="live state (logged_out, free, ringing, in_call, in_chat, wrap_up, paused); "
+                                   "same as live.state")
     created_at: datetime
     updated_at: datetime
     live: AgentLive | None = Field(default=None, description="null when the agent is not in the Redis cache")
@@ -251,6 +276,7 @@ class CdrOut(BaseModel):
     ended_by: str
     reason: str
     rejections: int
+    media_type: str = Field(description="audio or chat")
     event_id: str
 
 
@@ -302,6 +328,14 @@ class ConfigOut(BaseModel):
     events_maxlen: int = Field(description="cc:{t}:events is trimmed to about this many entries")
     commands_maxlen: int = Field(description="each edge's command stream is trimmed to about this many entries")
     ended_call_ttl_s: int = Field(description="how long an ended call stays readable (GET /v1/calls/{id})")
+    chat_dispatch_policy: ChatPolicy = Field(description="how chats are spread over agents, unless the flow "
+                                                         "says: balancing (fewest ongoing chats first) or "
+                                                         "full-load (fill one agent up, leaving the others free "
+                                                         "for audio calls) (reference: chat_dispatch_policy)")
+    chat_capacity: int = Field(description="chats an agent takes at once unless it has its own (reference: "
+                                           "msrp_max_sessions, 4)")
+    whisper_max_s: int = Field(description="an offer of a flow with a flow-id message is taken back after "
+                                           "ring_timeout_s + offer_lease_grace_s + this")
 
 
 class ConfigPatch(_Body):
@@ -321,6 +355,9 @@ class ConfigPatch(_Body):
     events_maxlen: int | None = Field(default=None, ge=1000)
     commands_maxlen: int | None = Field(default=None, ge=1000)
     ended_call_ttl_s: int | None = Field(default=None, ge=1, le=30 * 86_400)
+    chat_dispatch_policy: ChatPolicy | None = None
+    chat_capacity: int | None = Field(default=None, ge=1, le=100)
+    whisper_max_s: int | None = Field(default=None, ge=1, le=600)
 
 
 # -- statistics (GET /v1/stats) ------------------------------------------------------------------------
@@ -331,15 +368,20 @@ class _Counters(BaseModel):
     incalls: int = Field(description="calls accepted (not rejected at arrival) [ccg_incalls / ccf_incalls-<flow>]")
     distributed: int = Field(description="offers made to agents; a call offered again after a failed offer counts "
                                          "again [ccg_distributed_incalls / ccf_dist_incalls-<flow>]")
-    answered: int = Field(description="calls answered by an agent, counted when the agent answers "
-                                      "[ccg_answered_incalls / ccf_answ_incalls-<flow>; counted at call end "
-                                      "there]")
+    answered: int = Field(description="calls answered by an agent (chats included), counted when the agent "
+                                      "answers [ccg_answered_incalls / ccf_answ_incalls-<flow>; counted at call "
+                                      "end there]")
+    answered_chats: int = Field(description="the chats among them [ccg_answered_inchats / "
+                                            "ccf_answ_inchats-<flow>]")
     abandoned: int = Field(description="calls the caller hung up before an agent answered "
                                        "[ccg_abandonned_incalls / ccf_aban_incalls-<flow>]")
     overflowed: int = Field(description="calls moved away after max_wait_s (no reference counterpart)")
     onhold: int = Field(description="gauge, not reset: calls waiting for an agent now (welcome, queued, ringing, "
                                     "dissuading) [ccg_onhold_calls / ccf_onhold_calls-<flow>]")
-    queued: int = Field(description="calls in the queue now (ZCARD of the flow queues) [ccf_queued_calls-<flow>]")
+    onhold_chats: int = Field(description="gauge: the chats among them [ccg_onhold_chats / "
+                                          "ccf_onhold_chats-<flow>]")
+    queued: int = Field(description="calls and chats in the queue now (ZCARD of the flow queues) "
+                                    "[ccf_queued_calls-<flow>]")
     free_agents: int = Field(description="agents free now (per flow: with the flow's skill) "
                                          "[ccg_free_agents / ccf_free_agents-<flow>]")
     logged_agents: int = Field(description="agents logged in now, paused and busy ones included (per flow: with "
@@ -374,7 +416,8 @@ class AgentStats(BaseModel):
     agent_id: str
     state: str
     distributed: int = Field(description="offers made to the agent [cca_dist_incalls-<agent>]")
-    answered: int = Field(description="offers the agent answered [cca_answ_incalls-<agent>]")
+    answered: int = Field(description="audio offers the agent answered [cca_answ_incalls-<agent>]")
+    answered_chats: int = Field(description="chat offers the agent answered [cca_answ_inchats-<agent>]")
     missed: int = Field(description="offers the agent rejected or did not answer "
                                     "[cca_aban_incalls-<agent>, which counts the same]")
     talk_ms: int = Field(description="total talk time of the agent's ended calls")

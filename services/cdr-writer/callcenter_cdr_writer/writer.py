@@ -51,6 +51,13 @@ def _count(data: Mapping[str, Any], name: str, limit: int = INT64_MAX) -> int:
     return int(value)
 
 
+def _media_type(data: Mapping[str, Any]) -> str:
+    media_type = data.get("media_type") or "audio"  # events before chat support carry none
+    if media_type not in ("audio", "chat"):
+        raise BadCdr(f"media_type={media_type!r} is neither audio nor chat")
+    return str(media_type)
+
+
 def cdr_row(entry: Entry) -> dict[str, Any]:
     """The `cdrs` row of one `call.ended` entry (types were checked by `callcenter.events`)."""
     data = entry.data
@@ -71,6 +78,7 @@ def cdr_row(entry: Entry) -> dict[str, Any]:
         "ended_by": data["ended_by"],
         "reason": data["reason"],
         "rejections": _count(data, "rejections", INT32_MAX),
+        "media_type": _media_type(data),
         "event_id": entry.id,
     }
 

@@ -96,6 +96,10 @@ class Flow(Base):
     dissuading_onhold_th: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     # service-level threshold T (s); 0 = the global sl_threshold_s (20)
     sl_threshold_s: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # the flow-id message played to the agent before the caller is connected (message_flow_id)
+    flow_id_uri: Mapped[str | None] = mapped_column(String(255))
+    # balancing | full-load; None = the global chat_dispatch_policy
+    chat_policy: Mapped[str | None] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow,
                                                  server_default=func.now())
@@ -112,7 +116,12 @@ class Agent(Base):
     __tablename__ = "agents"
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
-    uri: Mapped[str] = mapped_column(String(255))
+    # audio SIP URI (location); None = a chat-only agent. An agent has uri, chat_uri or both.
+    uri: Mapped[str | None] = mapped_column(String(255))
+    # MSRP-capable SIP URI (msrp_location); None = takes no chats
+    chat_uri: Mapped[str | None] = mapped_column(String(255))
+    # chats at once (msrp_max_sessions); None = the global chat_capacity
+    chat_capacity: Mapped[int | None] = mapped_column(Integer)
     skills: Mapped[str] = mapped_column(String(1024))
     # None = the global wrap-up time (CC_WRAPUP_S)
     wrapup_s: Mapped[int | None] = mapped_column(Integer)
@@ -156,5 +165,6 @@ class Cdr(Base):
     ended_by: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(String(128))
     rejections: Mapped[int] = mapped_column(Integer)
+    media_type: Mapped[str] = mapped_column(String(8), default="audio", server_default="audio")
     # the events stream entry the row came from (traceability, replays)
     event_id: Mapped[str] = mapped_column(String(64))

@@ -7,5 +7,5 @@ local agent = hgetall(k_agent(agent_id))
 if agent == nil then return { RC.NOT_FOUND } end
 if (agent.state or 'logged_out') ~= 'logged_out' then return { RC.INVALID, 'agent is logged in' } end
 redis.call('SREM', K.agents, agent_id)
-redis.call('DEL', k_agent(agent_id))
+redis.call('DEL', k_agent(agent_id), k_agent_chats(agent_id))
 return { RC.OK }

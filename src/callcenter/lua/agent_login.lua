@@ -10,7 +10,12 @@ local state = agent.state or 'logged_out'
 if state ~= 'logged_out' then
   if agent.logout_pending == '1' then
     redis.call('HSET', k_agent(agent_id), 'logout_pending', '0')
+    agent.logout_pending = '0'
     set_logged(agent_id, agent, true)
+    if state == 'in_chat' then
+      chat_index(agent_id, agent)
+      dispatch_chats(agent_id, agent)
+    end
     return { RC.OK, state }
   end
   return { RC.ALREADY, state }

@@ -1,5 +1,6 @@
--- agent_logout.lua: log an agent out. Free or in wrap-up: at once. Ringing or in a call: when
--- that call ends (the agent stops counting as logged in for new calls right away).
+-- agent_logout.lua: log an agent out. Free or in wrap-up: at once. Ringing, in a call or in
+-- chats: when that call (the last chat) ends; the agent stops counting as logged in for new calls
+-- and chats right away.
 -- KEYS[1] any tenant key. ARGV: now_ms, agent_id.
 -- Returns {RC.OK, 'logged_out' | 'pending'} | {RC.ALREADY, 'logged_out'} | {RC.NOT_FOUND}.
 --!include common.lua
@@ -15,4 +16,6 @@ if state == 'free' or state == 'wrap_up' then
 end
 set_logged(agent_id, agent, false)
 redis.call('HSET', k_agent(agent_id), 'logout_pending', '1')
+agent.logout_pending = '1'
+chat_index(agent_id, agent)
 return { RC.OK, 'pending' }

@@ -1,5 +1,5 @@
--- agent_pause.lua: pause an agent with a reason code. Free or in wrap-up: at once. Ringing or in a
--- call: when that call ends (it then skips its wrap-up). A paused agent stays logged in and gets
+-- agent_pause.lua: pause an agent with a reason code. Free or in wrap-up: at once. Ringing, in a
+-- call or in chats: when that call (the last chat) ends (it then skips its wrap-up). A paused agent stays logged in and gets
 -- no calls. KEYS[1] any tenant key. ARGV: now_ms, agent_id, reason.
 -- Returns {RC.OK, 'paused' | 'pending'} | {RC.ALREADY, reason} | {RC.NOT_FOUND} | {RC.INVALID, why}.
 --!include common.lua
@@ -20,4 +20,6 @@ if state == 'free' or state == 'wrap_up' then
   return { RC.OK, 'paused' }
 end
 redis.call('HSET', k_agent(agent_id), 'pause_pending', reason)
+agent.pause_pending = reason
+chat_index(agent_id, agent)  -- an agent in chats takes no new one
 return { RC.OK, 'pending' }

@@ -8,6 +8,11 @@ local agent = hgetall(k_agent(agent_id))
 if agent == nil then return { RC.NOT_FOUND } end
 if (agent.pause_pending or '') ~= '' then
   redis.call('HSET', k_agent(agent_id), 'pause_pending', '')
+  agent.pause_pending = ''
+  if agent.state == 'in_chat' then
+    chat_index(agent_id, agent)
+    dispatch_chats(agent_id, agent)
+  end
   return { RC.OK, agent.state }
 end
 if agent.state ~= 'paused' then return { RC.ALREADY, agent.state or 'logged_out' } end

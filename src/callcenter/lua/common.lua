@@ -21,9 +21,17 @@ local function k_flow(id) return P .. 'flow:' .. id end
 local function k_agent(id) return P .. 'agent:' .. id end
 local function k_call(id) return P .. 'call:' .. id end
 local function k_queue(flow) return P .. 'queue:' .. flow end
+local function k_chat_queue(flow) return P .. 'chatq:' .. flow end
+-- the queue a call waits in: its flow's audio queue or chat queue
+local function k_queue_of(call)
+  if call.media_type == 'chat' then return k_chat_queue(call.flow) end
+  return k_queue(call.flow)
+end
 local function k_skill_flows(skill) return P .. 'skill:' .. skill .. ':flows' end
 local function k_skill_logged(skill) return P .. 'skill:' .. skill .. ':logged' end
 local function k_skill_free(skill) return P .. 'skill:' .. skill .. ':free' end
+local function k_skill_chat(skill) return P .. 'skill:' .. skill .. ':chat' end
+local function k_agent_chats(id) return P .. 'agentchats:' .. id end
 local function k_commands(edge) return P .. 'commands:' .. edge end
 local function k_edge_calls(edge) return P .. 'edge:' .. edge .. ':calls' end
 local function k_stats(flow) if flow then return P .. 'stats:flow:' .. flow end return P .. 'stats' end
@@ -37,6 +45,7 @@ local CONFIG_DEFAULTS = {
   queue_pos_param = 'cc_pos', offer_lease_grace_s = 15, events_maxlen = 1000000,
   commands_maxlen = 100000, ended_call_ttl_s = 3600, internal_dispatching = 1, max_no_answer = 0,
   sl_threshold_s = 20, queue_ewt_param = 'cc_ewt', default_aht_s = 180,
+  chat_dispatch_policy = 'balancing', chat_capacity = 4, whisper_max_s = 30,
 }
 local _cfg = nil
 local function cfg(name)
@@ -97,6 +106,12 @@ local function stat(flow_id, field, by)
   redis.call('HINCRBY', k_stats(flow_id), field, by or 1)
 end
 
+-- the on-hold gauge, with its chat subset
+local function onhold_stat(flow_id, call, by)
+  stat(flow_id, 'onhold', by)
+  if call.media_type == 'chat' then stat(flow_id, 'onhold_chats', by) end
+end
+
 local function sl(flow_id, field)
   local key = k_sl(flow_id, math.floor(NOW / 60000))
   redis.call('HINCRBY', key, field, 1)
@@ -128,25 +143,55 @@ end
 
 local function agent_skills(agent) return split_csv(agent.skills) end
 
--- Move an agent to a new state, keeping the per-skill free index in step, and say so.
+-- ---- chat (MSRP) capacity
+-- An agent with a chat URI takes chats while free or in_chat: up to its chat capacity, minus one
+-- slot held back while its chat wrap-up runs (the reference's rule). Such agents are indexed in
+-- cc:{t}:skill:<skill>:chat, scored by (ongoing chats, time of the last change): the balancing
+-- policy takes the lowest score (fewest chats), full-load the highest (fill one agent up first).
+local CHAT_SCORE_STEP = 1e13
+
+local function chat_slots_free(agent)
+  if (agent.chat_uri or '') == '' then return 0 end
+  if agent.state ~= 'free' and agent.state ~= 'in_chat' then return 0 end
+  if agent.logout_pending == '1' or (agent.pause_pending or '') ~= '' then return 0 end
+  local held = num(agent.wrapup_end_ms, 0) > NOW and 1 or 0
+  return num(agent.chat_capacity, cfg('chat_capacity')) - num(agent.chats, 0) - held
+end
+
+local function chat_index(agent_id, agent)
+  local open = chat_slots_free(agent) > 0
+  local score = num(agent.chats, 0) * CHAT_SCORE_STEP + NOW
+  for _, skill in ipairs(agent_skills(agent)) do
+    if open then redis.call('ZADD', k_skill_chat(skill), score, agent_id)
+    else redis.call('ZREM', k_skill_chat(skill), agent_id) end
+  end
+end
+
+-- Move an agent to a new state, keeping the per-skill free (audio) and chat indexes in step, and
+-- say so. Only an agent with an audio URI is ever indexed as free for audio calls.
 local function set_agent_state(agent_id, agent, new_state, call_id)
   local old = agent.state or 'logged_out'
   local akey = k_agent(agent_id)
   if new_state == 'free' then
     local idle = num(agent.idle_since, NOW)
     if old ~= 'free' then idle = NOW end
-    redis.call('HSET', akey, 'state', 'free', 'call', '', 'idle_since', idle, 'state_since', NOW)
-    for _, skill in ipairs(agent_skills(agent)) do redis.call('ZADD', k_skill_free(skill), idle, agent_id) end
+    redis.call('HSET', akey, 'state', 'free', 'call', '', 'idle_since', idle, 'state_since', NOW, 'wrapup_end_ms', 0)
+    if (agent.uri or '') ~= '' then
+      for _, skill in ipairs(agent_skills(agent)) do redis.call('ZADD', k_skill_free(skill), idle, agent_id) end
+    end
     agent.idle_since = tostring(idle)
+    agent.wrapup_end_ms = '0'
   else
     redis.call('HSET', akey, 'state', new_state, 'call', call_id or '', 'state_since', NOW)
     for _, skill in ipairs(agent_skills(agent)) do redis.call('ZREM', k_skill_free(skill), agent_id) end
   end
   agent.state = new_state
   agent.call = call_id or ''
+  if (agent.chat_uri or '') ~= '' then chat_index(agent_id, agent) end
   if old ~= new_state then
     local ev = { agent_id = agent_id, from = old, to = new_state }
     if call_id and call_id ~= '' then ev.call_id = call_id end
+    if new_state == 'in_chat' then ev.chats = num(agent.chats, 0) end
     emit('agent.state_changed', ev)
   end
 end
@@ -214,7 +259,7 @@ end
 -- the on-hold gauge counts calls that wait for an agent (arrived, welcome, queued, ringing)
 local function hold_off(call_id, call)
   if call.onhold == '1' then
-    stat(call.flow, 'onhold', -1)
+    onhold_stat(call.flow, call, -1)
     call_field_updates(call_id, call, { onhold = '0' })
   end
 end
@@ -231,28 +276,46 @@ end
 
 local function ring_all_members(call) return split_csv(call.ring_all) end
 
--- Offer a call to a free agent: the agent rings, the edge is told, a lease guards the offer.
+-- A chat takes one of the agent's chat slots: the agent is in_chat while it holds any.
+local function take_chat_slot(agent_id, agent, call_id)
+  redis.call('SADD', k_agent_chats(agent_id), call_id)
+  agent.chats = tostring(redis.call('SCARD', k_agent_chats(agent_id)))
+  redis.call('HSET', k_agent(agent_id), 'chats', agent.chats)
+  if agent.state == 'in_chat' then chat_index(agent_id, agent)
+  else set_agent_state(agent_id, agent, 'in_chat', nil) end
+end
+
+-- Offer a call to an agent: the agent rings, the edge is told, a lease guards the offer. An audio
+-- call makes a free agent ringing; a chat takes one of the agent's chat slots (state in_chat).
 local function offer(call_id, call, flow, agent_id, agent)
   local offer_id = tostring(redis.call('HINCRBY', k_call(call_id), 'offers', 1))
-  redis.call('ZREM', k_queue(call.flow), call_id)
+  redis.call('ZREM', k_queue_of(call), call_id)
   call_field_updates(call_id, call, { state = 'offered', agent = agent_id, offer = offer_id, offered_ms = NOW })
-  set_agent_state(agent_id, agent, 'ringing', call_id)
+  local uri = agent.uri
+  if call.media_type == 'chat' then
+    uri = agent.chat_uri
+    take_chat_slot(agent_id, agent, call_id)
+  else
+    set_agent_state(agent_id, agent, 'ringing', call_id)
+  end
   redis.call('HINCRBY', k_agent(agent_id), 'distributed', 1)
   stat(call.flow, 'distributed')
   local ring_s = cfg('ring_timeout_s')
-  redis.call('ZADD', K.timers, NOW + (ring_s + cfg('offer_lease_grace_s')) * 1000,
-    'offer|' .. call_id .. '|' .. offer_id)
+  local whisper = flow.flow_id_uri or ''
+  local lease_s = ring_s + cfg('offer_lease_grace_s')
+  if whisper ~= '' then lease_s = lease_s + cfg('whisper_max_s') end
+  redis.call('ZADD', K.timers, NOW + lease_s * 1000, 'offer|' .. call_id .. '|' .. offer_id)
   local display = display_towards_agent(call, flow)
-  local ring = { call_id = call_id, offer_id = offer_id, agent_id = agent_id, uri = agent.uri,
-    timeout_s = ring_s }
+  local ring = { call_id = call_id, offer_id = offer_id, agent_id = agent_id, uri = uri, timeout_s = ring_s }
   if display and display ~= '' then ring.caller_display = display end
+  if whisper ~= '' then ring.whisper_uri = whisper end
   command(call.edge, 'command.ring', ring)
   emit('call.offered', { call_id = call_id, flow = call.flow, agent_id = agent_id, offer_id = offer_id })
 end
 
 local function agent_if_free(agent_id, skill)
   local agent = hgetall(k_agent(agent_id))
-  if agent == nil or agent.state ~= 'free' then
+  if agent == nil or agent.state ~= 'free' or (agent.uri or '') == '' then
     -- index out of step with the agent (deleted agent): repair it
     redis.call('ZREM', k_skill_free(skill), agent_id)
     return nil
@@ -264,7 +327,7 @@ end
 -- answer wins and the others get CANCEL. The call holds the ringing agents in `ring_all`.
 local function offer_all(call_id, call, flow, agents)
   local offer_id = tostring(redis.call('HINCRBY', k_call(call_id), 'offers', 1))
-  redis.call('ZREM', k_queue(call.flow), call_id)
+  redis.call('ZREM', k_queue_of(call), call_id)
   local ids, targets = {}, {}
   for _, pair in ipairs(agents) do
     local agent_id, agent = pair[1], pair[2]
@@ -305,7 +368,7 @@ end
 -- Put a call in its flow's queue (at the head when it comes back from a failed offer), play the
 -- queue media with the position (and estimated wait) parameters, and arm its waiting timers.
 local function enqueue(call_id, call, flow, at_head)
-  local qkey = k_queue(call.flow)
+  local qkey = k_queue_of(call)
   local score = queue_score(call)
   if at_head then
     local first = redis.call('ZRANGE', qkey, 0, 0, 'WITHSCORES')
@@ -382,17 +445,18 @@ end
 
 -- Bridge the caller to the flow's dissuading media (hang up or return to the queue after it).
 local function dissuade(call_id, call, flow, rule)
-  redis.call('ZREM', k_queue(call.flow), call_id)
+  redis.call('ZREM', k_queue_of(call), call_id)
   redis.call('ZREM', K.timers, 'onhold|' .. call_id, 'maxwait|' .. call_id)
   call_field_updates(call_id, call, { state = 'dissuading', media = 'dissuading', agent = '', offer = '' })
   command(call.edge, 'command.media', { call_id = call_id, uri = flow.dissuading_uri, purpose = 'dissuading' })
   emit('call.dissuaded', { call_id = call_id, flow = call.flow, rule = rule })
 end
 
--- The dissuading rule a new call meets (queue size, estimated wait), or nil.
-local function dissuading_rule(flow_id, flow)
+-- The dissuading rule a new call meets (queue size, estimated wait), or nil. The queue is the
+-- call's own: its flow's audio or chat queue.
+local function dissuading_rule(flow_id, flow, call)
   if (flow.dissuading_uri or '') == '' then return nil end
-  local waiting = redis.call('ZCARD', k_queue(flow_id))
+  local waiting = redis.call('ZCARD', k_queue_of(call))
   local ewt_th = tonumber(flow.dissuading_ewt_th) or 0
   if ewt_th > 0 then
     local ewt = estimated_wait_s(flow_id, flow, waiting)
@@ -406,9 +470,34 @@ end
 -- Send a call to a free agent if there is one, else (a new call) dissuade it if a rule says so,
 -- else queue it. With internal dispatching off, calls only queue: an external dispatcher
 -- assigns them (dispatch_call.lua).
+-- A chat goes to an agent with a free chat slot chosen by the chat policy (the flow's, else the
+-- global chat_dispatch_policy): balancing (fewest ongoing chats first) or full-load (the agent
+-- with the most ongoing chats that still has room, so the others stay free for audio calls).
+local function pick_chat_agent(flow)
+  local key = k_skill_chat(flow.skill)
+  local policy = flow.chat_policy or ''
+  if policy == '' then policy = cfg('chat_dispatch_policy') end
+  for _ = 1, 3 do
+    local ids
+    if policy == 'full-load' then ids = redis.call('ZREVRANGE', key, 0, 0)
+    else ids = redis.call('ZRANGE', key, 0, 0) end
+    if #ids == 0 then return nil, nil end
+    local agent = hgetall(k_agent(ids[1]))
+    if agent and chat_slots_free(agent) > 0 then return ids[1], agent end
+    redis.call('ZREM', key, ids[1])  -- index out of step with the agent: repair it
+  end
+  return nil, nil
+end
+
 local function route_call(call_id, call, flow, at_head)
   local internal = cfg('internal_dispatching') == 1
-  if internal and flow.strategy == 'ring-all' then
+  if internal and call.media_type == 'chat' then
+    local agent_id, agent = pick_chat_agent(flow)
+    if agent_id then
+      offer(call_id, call, flow, agent_id, agent)
+      return
+    end
+  elseif internal and flow.strategy == 'ring-all' then
     local agents = free_agents_of(flow)
     if #agents > 0 then
       offer_all(call_id, call, flow, agents)
@@ -422,7 +511,7 @@ local function route_call(call_id, call, flow, at_head)
     end
   end
   if not at_head and call.dissuaded ~= '1' then
-    local rule = dissuading_rule(call.flow, flow)
+    local rule = dissuading_rule(call.flow, flow, call)
     if rule then
       call_field_updates(call_id, call, { dissuaded = '1' })
       dissuade(call_id, call, flow, rule)
@@ -432,36 +521,56 @@ local function route_call(call_id, call, flow, at_head)
   enqueue(call_id, call, flow, at_head)
 end
 
--- An agent became free: give it the best waiting call among the flows of its skills: flow
+-- Give an agent the best waiting call (audio, or chat) among the flows of its skills: flow
 -- priority first (0 = highest), then the call's priority and arrival (the queue score).
-local function dispatch_to_agent(agent_id, agent)
-  if agent.state ~= 'free' or cfg('internal_dispatching') ~= 1 then return false end
-  local best_call, best_flow, best_prio, best_score = nil, nil, nil, nil
-  for _, skill in ipairs(agent_skills(agent)) do
-    for _, flow_id in ipairs(redis.call('SMEMBERS', k_skill_flows(skill))) do
-      local head = redis.call('ZRANGE', k_queue(flow_id), 0, 0, 'WITHSCORES')
-      if #head > 0 then
-        local prio = num(redis.call('HGET', k_flow(flow_id), 'priority'), 256)
-        local score = tonumber(head[2])
-        if best_call == nil or prio < best_prio or (prio == best_prio and score < best_score) then
-          best_call, best_flow, best_prio, best_score = head[1], flow_id, prio, score
+-- Returns true when it offered one.
+local function take_waiting_call(agent_id, agent, chat)
+  local queue_key = chat and k_chat_queue or k_queue
+  for _ = 1, 3 do
+    local best_call, best_flow, best_prio, best_score = nil, nil, nil, nil
+    for _, skill in ipairs(agent_skills(agent)) do
+      for _, flow_id in ipairs(redis.call('SMEMBERS', k_skill_flows(skill))) do
+        local head = redis.call('ZRANGE', queue_key(flow_id), 0, 0, 'WITHSCORES')
+        if #head > 0 then
+          local prio = num(redis.call('HGET', k_flow(flow_id), 'priority'), 256)
+          local score = tonumber(head[2])
+          if best_call == nil or prio < best_prio or (prio == best_prio and score < best_score) then
+            best_call, best_flow, best_prio, best_score = head[1], flow_id, prio, score
+          end
         end
       end
     end
+    if best_call == nil then return false end
+    local call = hgetall(k_call(best_call))
+    local flow = hgetall(k_flow(best_flow))
+    if call == nil or flow == nil or call.state ~= 'queued' then
+      redis.call('ZREM', queue_key(best_flow), best_call)  -- a stale queue entry: drop it, look again
+    else
+      if not chat and flow.strategy == 'ring-all' then
+        offer_all(best_call, call, flow, free_agents_of(flow))
+      else
+        offer(best_call, call, flow, agent_id, agent)
+      end
+      return true
+    end
   end
-  if best_call == nil then return false end
-  local call = hgetall(k_call(best_call))
-  local flow = hgetall(k_flow(best_flow))
-  if call == nil or flow == nil or call.state ~= 'queued' then
-    redis.call('ZREM', k_queue(best_flow), best_call)  -- a stale queue entry: drop it
-    return false
+  return false
+end
+
+-- An agent with free chat slots takes waiting chats until its slots or the chat queues run out.
+local function dispatch_chats(agent_id, agent)
+  if cfg('internal_dispatching') ~= 1 then return end
+  for _ = 1, num(agent.chat_capacity, cfg('chat_capacity')) do
+    if chat_slots_free(agent) <= 0 or not take_waiting_call(agent_id, agent, true) then return end
   end
-  if flow.strategy == 'ring-all' then
-    offer_all(best_call, call, flow, free_agents_of(flow))
-  else
-    offer(best_call, call, flow, agent_id, agent)
-  end
-  return true
+end
+
+-- An agent became free: an audio call first (the reference's preference), else chats.
+local function dispatch_to_agent(agent_id, agent)
+  if agent.state ~= 'free' or cfg('internal_dispatching') ~= 1 then return false end
+  if (agent.uri or '') ~= '' and take_waiting_call(agent_id, agent, false) then return true end
+  if (agent.chat_uri or '') ~= '' then dispatch_chats(agent_id, agent) end
+  return agent.state ~= 'free'
 end
 
 -- An agent's call or offer is over: log out, pause, wrap-up or free (then take the next call).
@@ -487,10 +596,50 @@ local function release_agent(agent_id, flow, with_wrapup)
   end
 end
 
+-- A chat of an agent is over (ended, or its offer failed): the slot is given back; a wrap-up
+-- (after a talk, or the penalty of a failed offer) is added to the agent's running chat wrap-up,
+-- which holds one slot back. With no chat left the agent logs out, pauses, wraps up or is free.
+local function release_chat(agent_id, call_id, flow, with_wrapup)
+  local akey = k_agent(agent_id)
+  local agent = hgetall(akey)
+  if agent == nil then return end
+  redis.call('SREM', k_agent_chats(agent_id), call_id)
+  local chats = redis.call('SCARD', k_agent_chats(agent_id))
+  agent.chats = tostring(chats)
+  redis.call('HSET', akey, 'chats', chats)
+  local w = with_wrapup and wrapup_ms(agent, flow) or 0
+  if w > 0 then
+    local ends = math.max(NOW, num(agent.wrapup_end_ms, 0)) + w
+    agent.wrapup_end_ms = tostring(ends)
+    redis.call('HSET', akey, 'wrapup_end_ms', ends)
+    redis.call('ZADD', K.timers, ends, 'wrapup|' .. agent_id)
+  end
+  if agent.state ~= 'in_chat' then return end
+  if chats > 0 then
+    chat_index(agent_id, agent)
+    dispatch_chats(agent_id, agent)
+  elseif agent.logout_pending == '1' then
+    log_out(agent_id, agent)
+  elseif (agent.pause_pending or '') ~= '' then
+    pause(agent_id, agent, agent.pause_pending)
+  elseif num(agent.wrapup_end_ms, 0) > NOW then
+    set_agent_state(agent_id, agent, 'wrap_up', nil)  -- its timer is armed
+  else
+    set_agent_state(agent_id, agent, 'free', nil)
+    dispatch_to_agent(agent_id, agent)
+  end
+end
+
+-- Release whatever an ended or failed offer held: the agent of an audio call, or a chat slot.
+local function release_for_call(agent_id, call_id, call, flow, with_wrapup)
+  if call.media_type == 'chat' then release_chat(agent_id, call_id, flow, with_wrapup)
+  else release_agent(agent_id, flow, with_wrapup) end
+end
+
 -- Close a call: leave the queue, release the agent, count it, and emit its summary (its CDR).
 local function finish_call(call_id, call, outcome, ended_by, reason)
   local flow = hgetall(k_flow(call.flow)) or {}
-  redis.call('ZREM', k_queue(call.flow), call_id)
+  redis.call('ZREM', k_queue_of(call), call_id)
   redis.call('SREM', K.calls, call_id)
   if call.edge then redis.call('SREM', k_edge_calls(call.edge), call_id) end
   redis.call('ZREM', K.timers, 'maxwait|' .. call_id, 'onhold|' .. call_id)
@@ -531,9 +680,10 @@ local function finish_call(call_id, call, outcome, ended_by, reason)
     ended_by = ended_by, reason = reason, received_ms = received, wait_ms = wait, pickup_ms = pickup,
     talk_ms = talk, rejections = num(call.rejections, 0) }
   if agent_id then ended.agent_id = agent_id end
+  if (call.media_type or '') ~= '' then ended.media_type = call.media_type end
   emit('call.ended', ended)
   if agent_id and (prev_state == 'offered' or prev_state == 'connected') then
-    release_agent(agent_id, flow, prev_state == 'connected')
+    release_for_call(agent_id, call_id, call, flow, prev_state == 'connected')
   elseif prev_state == 'offered' then
     for _, ringing in ipairs(ring_all_members(call)) do release_agent(ringing, flow, false) end
   end
@@ -572,7 +722,7 @@ local function offer_failed(call_id, call, reason)
     return
   end
   call_field_updates(call_id, call, { agent = '', offer = '', state = 'queued', ring_all = '' })
-  for _, agent_id in ipairs(failed_agents) do release_agent(agent_id, flow, not ring_all) end
+  for _, agent_id in ipairs(failed_agents) do release_for_call(agent_id, call_id, call, flow, not ring_all) end
   -- release_agent may already have handed an agent another call; this one goes to the head
   call = hgetall(k_call(call_id))
   route_call(call_id, call, flow, true)
@@ -596,12 +746,14 @@ local function connect(call_id, call)
   call_field_updates(call_id, call, { state = 'connected', connected_ms = NOW, media = '' })
   local wait = NOW - num(call.received_ms, NOW)
   local agent = hgetall(k_agent(call.agent))
+  local chat = call.media_type == 'chat'
   if agent then
-    set_agent_state(call.agent, agent, 'in_call', call_id)
-    redis.call('HINCRBY', k_agent(call.agent), 'answered', 1)
+    if not chat then set_agent_state(call.agent, agent, 'in_call', call_id) end
+    redis.call('HINCRBY', k_agent(call.agent), chat and 'answered_chats' or 'answered', 1)
     redis.call('HSET', k_agent(call.agent), 'missed_in_row', 0)
   end
   stat(call.flow, 'answered')
+  if chat then stat(call.flow, 'answered_chats') end
   sl(call.flow, 'answered')
   local flow = hgetall(k_flow(call.flow))
   if wait <= sl_threshold_ms(flow) then sl(call.flow, 'answered_in_t') end

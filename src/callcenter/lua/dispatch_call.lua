@@ -1,5 +1,6 @@
--- dispatch_call.lua: an external dispatcher hands a waiting call to a free agent (the reference's
--- dispatch_call_to_agent; meant for internal dispatching off, works either way).
+-- dispatch_call.lua: an external dispatcher hands a waiting call to a free agent, or a chat to an
+-- agent with a free chat slot (the reference's dispatch_call_to_agent; meant for internal
+-- dispatching off, works either way).
 -- KEYS[1] any tenant key. ARGV: now_ms, call_id, agent_id.
 -- Returns {RC.OK} | {RC.NOT_FOUND, 'call'|'agent'} | {RC.INVALID, why}.
 --!include common.lua
@@ -10,7 +11,15 @@ if call == nil or call.state == 'ended' then return { RC.NOT_FOUND, 'call' } end
 local agent = hgetall(k_agent(agent_id))
 if agent == nil then return { RC.NOT_FOUND, 'agent' } end
 if call.state ~= 'queued' then return { RC.INVALID, 'the call is ' .. call.state .. ', not queued' } end
-if agent.state ~= 'free' then return { RC.INVALID, 'the agent is ' .. (agent.state or 'logged_out') .. ', not free' } end
+if call.media_type == 'chat' then
+  if (agent.chat_uri or '') == '' then return { RC.INVALID, 'the agent takes no chats' } end
+  if chat_slots_free(agent) <= 0 then
+    return { RC.INVALID, 'the agent has no free chat slot (' .. (agent.state or 'logged_out') .. ')' }
+  end
+else
+  if (agent.uri or '') == '' then return { RC.INVALID, 'the agent takes no audio calls' } end
+  if agent.state ~= 'free' then return { RC.INVALID, 'the agent is ' .. (agent.state or 'logged_out') .. ', not free' } end
+end
 local flow = hgetall(k_flow(call.flow))
 if flow == nil then return { RC.INVALID, 'the flow of the call no longer exists' } end
 local has_skill = false

@@ -26,7 +26,7 @@ local calls = {}
 for _, call_id in ipairs(ids) do
   local call = hgetall(k_call(call_id))
   if call and call.state ~= 'ended' then
-    if call.flow then redis.call('ZREM', k_queue(call.flow), call_id) end
+    if call.flow then redis.call('ZREM', k_queue_of(call), call_id) end
     calls[#calls + 1] = call_id
   else
     redis.call('SREM', ekey, call_id)  -- an index entry without a live call: drop it

@@ -21,6 +21,10 @@ for _, member in ipairs(due) do
         set_agent_state(id, agent, 'free', nil)
         dispatch_to_agent(id, agent)
       end
+    elseif agent and agent.state == 'in_chat' then
+      -- the chat wrap-up is over: the slot it held back is open again
+      chat_index(id, agent)
+      dispatch_chats(id, agent)
     end
   elseif kind == 'offer' then
     local call = hgetall(k_call(id))
@@ -35,16 +39,16 @@ for _, member in ipairs(due) do
       local target = flow.overflow_flow or ''
       local target_flow = target ~= '' and target ~= call.flow and hgetall(k_flow(target)) or nil
       if target_flow then
-        redis.call('ZREM', k_queue(call.flow), id)
+        redis.call('ZREM', k_queue_of(call), id)
         hold_off(id, call)
         emit('call.overflowed', { call_id = id, flow = call.flow, to_flow = target })
         stat(call.flow, 'overflowed')
         redis.call('HINCRBY', k_stats(target), 'incalls', 1)  -- the global count has it already
-        stat(target, 'onhold')
+        onhold_stat(target, call, 1)
         call_field_updates(id, call, { flow = target, media = '', onhold = '1', queued_ms = '' })
         route_call(id, call, target_flow, false)
       elseif (flow.overflow_uri or '') ~= '' then
-        redis.call('ZREM', k_queue(call.flow), id)
+        redis.call('ZREM', k_queue_of(call), id)
         redis.call('ZREM', K.timers, 'onhold|' .. id)
         emit('call.overflowed', { call_id = id, flow = call.flow, to_uri = flow.overflow_uri })
         stat(call.flow, 'overflowed')

@@ -19,6 +19,21 @@ for _, agent_id in ipairs(redis.call('SMEMBERS', K.agents)) do
       stuck = not holds or call.state ~= want
     elseif agent.state == 'wrap_up' then
       stuck = redis.call('ZSCORE', K.timers, 'wrapup|' .. agent_id) == false
+    elseif agent.state == 'in_chat' then
+      -- every chat slot must be held by a live chat of this agent; drop the others
+      for _, chat_id in ipairs(redis.call('SMEMBERS', k_agent_chats(agent_id))) do
+        local chat = hgetall(k_call(chat_id))
+        if chat == nil or chat.agent ~= agent_id or (chat.state ~= 'offered' and chat.state ~= 'connected') then
+          redis.call('SREM', k_agent_chats(agent_id), chat_id)
+        end
+      end
+      local chats = redis.call('SCARD', k_agent_chats(agent_id))
+      if tostring(chats) ~= (agent.chats or '0') then
+        redis.call('HSET', k_agent(agent_id), 'chats', chats)
+        agent.chats = tostring(chats)
+        chat_index(agent_id, agent)
+      end
+      stuck = chats == 0
     end
     if stuck then
       released = released + 1

@@ -11,7 +11,10 @@ local call, rc = load_call_for_report()
 if call == nil then return { rc } end
 local function adopt_late_answer()
   local agent = hgetall(k_agent(R.agent_id))
-  local idle = agent ~= nil and (agent.state == 'free' or agent.state == 'wrap_up' or agent.state == 'paused')
+  local chat = call.media_type == 'chat'
+  local idle = agent ~= nil and (agent.state == 'free' or agent.state == 'wrap_up' or agent.state == 'paused'
+    or (chat and agent.state == 'in_chat'))
+  if chat and agent ~= nil and (agent.chat_uri or '') == '' then idle = false end
   if not idle then
     command(call.edge, 'command.hangup', { call_id = R.call_id, reason = 'late_answer' })
     finish_call(R.call_id, call, 'failed', 'system', 'late_answer')
@@ -26,19 +29,23 @@ local function adopt_late_answer()
     for _, other in ipairs(ringing) do
       emit('call.agent_failed', { call_id = R.call_id, flow = call.flow, agent_id = other, offer_id = call.offer,
         reason = 'answered_elsewhere' })
-      release_agent(other, flow, false)
+      release_for_call(other, R.call_id, call, flow, false)
     end
   end
-  redis.call('ZREM', k_queue(call.flow), R.call_id)
+  redis.call('ZREM', k_queue_of(call), R.call_id)
   redis.call('ZREM', K.timers, 'wrapup|' .. R.agent_id)
   call_field_updates(R.call_id, call, { state = 'offered', agent = R.agent_id, offer = R.offer_id, ring_all = '' })
   -- replay the offer on the stream (free -> ringing -> in call) so consumers see a coherent story
   if agent.state == 'paused' then  -- the pause resumes when this call ends
     redis.call('HSET', k_agent(R.agent_id), 'pause_pending', agent.pause_reason or 'paused')
   end
-  if agent.state ~= 'free' then set_agent_state(R.agent_id, agent, 'free', nil) end
-  redis.call('ZREM', K.timers, 'wrapup|' .. R.agent_id)
-  set_agent_state(R.agent_id, agent, 'ringing', R.call_id)
+  if agent.state ~= 'free' and agent.state ~= 'in_chat' then set_agent_state(R.agent_id, agent, 'free', nil) end
+  if chat then
+    take_chat_slot(R.agent_id, agent, R.call_id)
+  else
+    redis.call('ZREM', K.timers, 'wrapup|' .. R.agent_id)
+    set_agent_state(R.agent_id, agent, 'ringing', R.call_id)
+  end
   emit('call.offered', { call_id = R.call_id, flow = call.flow, agent_id = R.agent_id, offer_id = R.offer_id })
   connect(R.call_id, call)
   return { RC.OK, 'adopted' }

@@ -12,7 +12,10 @@ if redis.call('EXISTS', ckey) == 1 then return { RC.DUPLICATE, 'exists' } end
 
 local priority = tonumber(R.priority) or 0
 if priority > 100 then priority = 100 elseif priority < -100 then priority = -100 end
+local media_type = R.media_type or 'audio'
+if media_type ~= 'audio' and media_type ~= 'chat' then return { RC.INVALID, 'media_type must be audio or chat' } end
 local call = { flow = R.flow, caller = R.caller, caller_uri = R.caller_uri, priority = math.floor(priority),
+  media_type = media_type,
   caller_display = R.caller_display or '', edge = R.edge, seq = 1, received_ms = NOW, state = 'arrived',
   media = '', rejections = 0, offers = 0, agent = '', offer = '', sip_call_id = R.sip_call_id }
 local args = {}
@@ -24,7 +27,7 @@ end
 redis.call('HSET', ckey, unpack(args))
 redis.call('SADD', K.calls, call_id)
 redis.call('SADD', k_edge_calls(R.edge), call_id)
-emit('call.arrived', { call_id = call_id, flow = R.flow, caller = R.caller, edge = R.edge })
+emit('call.arrived', { call_id = call_id, flow = R.flow, caller = R.caller, edge = R.edge, media_type = media_type })
 
 local function reject(code, phrase, reason)
   command(R.edge, 'command.reject', { call_id = call_id, code = code, reason = phrase })
@@ -42,7 +45,7 @@ if cfg('reject_on_no_agents') == 1 and redis.call('SCARD', k_skill_logged(flow.s
   return { RC.OK, 'rejected' }
 end
 stat(R.flow, 'incalls')
-stat(R.flow, 'onhold')
+onhold_stat(R.flow, call, 1)
 sl(R.flow, 'offered')
 call_field_updates(call_id, call, { onhold = '1' })
 if (flow.welcome_uri or '') ~= '' then

@@ -23,7 +23,7 @@ if R.purpose == 'welcome' and call.state == 'welcome' then
 end
 if R.purpose == 'queue' and (call.state == 'queued' or call.state == 'offered') then
   -- an offered call is out of the queue: ZRANK gives false, the URI then carries no position
-  local position = redis.call('ZRANK', k_queue(call.flow), R.call_id) or nil
+  local position = redis.call('ZRANK', k_queue_of(call), R.call_id) or nil
   command(call.edge, 'command.media', { call_id = R.call_id, uri = queue_uri(call.flow, flow, position),
     purpose = 'queue' })
   call_field_updates(R.call_id, call, { media = 'queue' })

@@ -56,14 +56,15 @@ def live_view(fields: dict[str, str] | None) -> AgentLive | None:
         idle_since_ms=_int(fields.get("idle_since")),
         logged_in_ms=_int(fields.get("logged_in_ms")),
         wrapup_end_ms=_int(fields.get("wrapup_end_ms")),
+        chats=_int(fields.get("chats")) or 0,
         fields=fields,
     )
 
 
 def agent_view(agent: Agent, fields: dict[str, str] | None) -> AgentOut:
     live = live_view(fields)
-    return AgentOut(id=agent.id, uri=agent.uri, skills=agent.skill_list, wrapup_s=agent.wrapup_s,
-                    max_no_answer=agent.max_no_answer,
+    return AgentOut(id=agent.id, uri=agent.uri, chat_uri=agent.chat_uri, chat_capacity=agent.chat_capacity,
+                    skills=agent.skill_list, wrapup_s=agent.wrapup_s, max_no_answer=agent.max_no_answer,
                     state=live.state if live else "logged_out", created_at=agent.created_at,
                     updated_at=agent.updated_at, live=live)
 
@@ -92,8 +93,7 @@ async def get_agent(agent_id: AgentId, services: ServicesDep) -> AgentOut:
 
 @router.put("/{agent_id}", responses={201: {"description": "created"}, 200: {"description": "replaced"}})
 async def put_agent(agent_id: AgentId, body: AgentIn, services: ServicesDep, response: Response) -> AgentOut:
-    agent, created = await provisioning.put_agent(services, agent_id, body.uri, body.skills, body.wrapup_s,
-                                                  body.max_no_answer)
+    agent, created = await provisioning.put_agent(services, agent_id, body.model_dump())
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
     return agent_view(agent, await services.store.agent(agent_id))
 
