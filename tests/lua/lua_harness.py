@@ -28,8 +28,14 @@ class Harness:
         res = await self.store.flow_upsert(flow_id, {**base, **fields}, now=self.now)
         assert res.rc is RC.OK
 
-    async def agent(self, agent_id: str, skills: list[str], login: bool = True, wrapup_s: int | None = None) -> None:
-        await self.store.agent_upsert(agent_id, f"sip:{agent_id}@127.0.0.1:7100", skills, wrapup_s, now=self.now)
+    async def agent(self, agent_id: str, skills: list[str], login: bool = True, wrapup_s: int | None = None,
+                    audio: bool = True, chat_capacity: int | None = None, chat: bool = False) -> None:
+        """An agent with an audio URI (audio=True) and/or a chat URI (chat=True or a chat_capacity)."""
+        chat_uri = f"sip:{agent_id}@127.0.0.1:7200" if chat or chat_capacity is not None else None
+        uri = f"sip:{agent_id}@127.0.0.1:7100" if audio else None
+        res = await self.store.agent_upsert(agent_id, uri, skills, wrapup_s, now=self.now, chat_uri=chat_uri,
+                                            chat_capacity=chat_capacity)
+        assert res.rc is RC.OK, res
         if login:
             res = await self.store.agent_login(agent_id, now=self.now)
             assert res.rc is RC.OK
@@ -41,9 +47,11 @@ class Harness:
         payload = {"call_id": call_id, "edge": EDGE, "seq": seq, "ts": self.now, **data}
         return await self.store.apply_report(rtype, "0-1", msgpack.packb(payload), now=self.now)
 
-    async def arrive(self, call_id: str, flow: str = "support") -> Any:
+    async def arrive(self, call_id: str, flow: str = "support", media_type: str | None = None) -> Any:
+        extra = {"media_type": media_type} if media_type else {}
         return await self.report("report.call_arrived", call_id, flow=flow, caller="alice",
-                                 caller_uri="sip:alice@127.0.0.1", sip_call_id=call_id + "@x", source="127.0.0.1:1")
+                                 caller_uri="sip:alice@127.0.0.1", sip_call_id=call_id + "@x", source="127.0.0.1:1",
+                                 **extra)
 
     async def commands(self) -> list[tuple[str, dict[str, Any]]]:
         out = []
