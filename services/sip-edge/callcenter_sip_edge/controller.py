@@ -49,6 +49,7 @@ from sippy.UA import UA
 from sippy.UaStateConnected import UaStateConnected
 
 from callcenter_sip_edge.guard import SourceGuard
+from callcenter_sip_edge.sdp import media_type_of
 from callcenter_sip_edge.sip_stack import Fact
 from callcenter_sip_edge.sippy_fixes import make_transaction_manager_class
 
@@ -68,6 +69,8 @@ HANGUP_UNANSWERED = (480, "Temporarily Unavailable")
 SHUTDOWN_FLUSH_S = 0.3
 
 SIP_METHODS_ALLOWED = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
+# RFC 3261 20.43: warn-code 304 with a pseudonym as warn-agent
+MEDIA_NOT_AVAILABLE_WARNING = '304 callcenter "Media type not available (neither RTP nor MSRP)"'
 _KNOWN_SIP_METHODS = frozenset({"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO", "PRACK",
                                 "REFER", "NOTIFY", "SUBSCRIBE", "REGISTER", "MESSAGE", "PUBLISH"})
 _REASON_PHRASE = re.compile(r"[\x00-\x1f\x7f]")
@@ -153,6 +156,7 @@ class CallerInfo:
     sip_call_id: str
     source: str
     priority: int | None = None
+    media_type: str = "audio"
 
 
 PRIORITY_HEADER = "x-cc-priority"
@@ -817,9 +821,17 @@ class CallRouter:
             req.getBody().parse()
         except Exception:
             return (req.genResponse(400, "Bad Request"), None, None)
-        return self._new_call(req, sip_t)
+        media_type = media_type_of(str(req.getBody()))
+        if media_type is None:
+            # neither RTP (audio) nor MSRP (chat), e.g. T.38 fax: no call is created
+            log.info("sip.invite_refused", reason="media_not_acceptable", source=source_ip,
+                     media=_first_media_line(str(req.getBody())))
+            resp = req.genResponse(488, "Not Acceptable Here")
+            resp.appendHeader(SipHeader(name="warning", body=SipGenericHF(MEDIA_NOT_AVAILABLE_WARNING, "warning")))
+            return (resp, None, None)
+        return self._new_call(req, sip_t, media_type)
 
-    def _new_call(self, req: Any, sip_t: Any) -> Any:
+    def _new_call(self, req: Any, sip_t: Any, media_type: str) -> Any:
         from_hf = req.getHFBody("from")
         source_host, source_port = req.getSource()
         info = CallerInfo(
@@ -830,6 +842,7 @@ class CallRouter:
             sip_call_id=str(req.getHFBody("call-id")),
             source=f"{source_host}:{source_port}",
             priority=call_priority(req),
+            media_type=media_type,
         )
         call = CallController(router=self, call_id=uuid4().hex, info=info)
         call.caller = UA(self.sip_config, call._guarded(call._on_caller_event))
@@ -846,11 +859,11 @@ class CallRouter:
         if call.ended:
             return result
         log.info("call.arrived", call_id=call.call_id, flow=info.flow, caller=info.caller_user,
-                 sip_call_id=info.sip_call_id)
+                 sip_call_id=info.sip_call_id, media_type=info.media_type)
         self.emit("arrived", call.call_id, {
             "flow": info.flow, "caller_user": info.caller_user, "caller_uri": info.caller_uri,
             "caller_display": info.caller_display, "sip_call_id": info.sip_call_id, "source": info.source,
-            "priority": info.priority,
+            "priority": info.priority, "media_type": info.media_type,
         })
         return result
 
@@ -921,6 +934,13 @@ def _parse_target_uri(uri: str) -> Any:
     if not target.host:
         return None
     return target
+
+
+def _first_media_line(sdp: str) -> str:
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            return line[:80]
+    return ""
 
 
 def _reason_phrase(reason: str) -> str:
