@@ -8,12 +8,14 @@ Every SIPp process runs with -m 1, -timeout and an outer `timeout`, on 127.0.0.1
 from __future__ import annotations
 
 import asyncio
+import re
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +80,51 @@ class SippProcess:
     def traces(self, kind: str = "messages") -> str:
         return "\n".join(p.read_text(errors="replace") for p in sorted(self.workdir.glob(f"*_{kind}.log")))
 
+    def messages(self) -> list[SipMessage]:
+        """Every SIP message this SIPp sent or received, in order, with SIPp's timestamps (from
+        -trace_msg), so that tests can order what several peers saw."""
+        return parse_message_trace(self.traces("messages"))
+
     def diagnostics(self) -> str:
         out = self.proc.stdout.read().decode(errors="replace") if self.proc.stdout else ""
         return (f"--- sipp {self.name} rc={self.returncode}\n{out[-2000:]}\n--- errors\n"
                 f"{self.traces('errors')[-3000:]}\n--- messages\n{self.traces('messages')[-6000:]}")
+
+
+@dataclass(frozen=True)
+class SipMessage:
+    at: datetime
+    sent: bool
+    text: str
+
+    @property
+    def start_line(self) -> str:
+        return self.text.strip().splitlines()[0] if self.text.strip() else ""
+
+    @property
+    def body(self) -> str:
+        return self.text.replace("\r\n", "\n").partition("\n\n")[2]
+
+    def is_request(self, method: str) -> bool:
+        return self.start_line.startswith(f"{method} ")
+
+    def is_response(self, code: int, method: str) -> bool:
+        return self.start_line.startswith(f"SIP/2.0 {code} ") and re.search(
+            rf"^CSeq:\s*\d+\s+{method}\s*$", self.text, re.MULTILINE | re.IGNORECASE) is not None
+
+
+_TRACE_SEPARATOR = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\s*$", re.MULTILINE)
+
+
+def parse_message_trace(trace: str) -> list[SipMessage]:
+    """Split SIPp's -trace_msg log into messages: '---- <timestamp>', 'UDP message sent|received ...', message."""
+    parts = _TRACE_SEPARATOR.split(trace)
+    messages = []
+    for stamp, chunk in zip(parts[1::2], parts[2::2], strict=True):
+        header, _, text = chunk.strip("\n").partition("\n")
+        messages.append(SipMessage(at=datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f"),
+                                   sent=" sent " in header, text=text.strip("\n")))
+    return messages
 
 
 @dataclass

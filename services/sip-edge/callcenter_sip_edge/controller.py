@@ -1,7 +1,8 @@
 """Third-party call control (RFC 3725) for one call, and the router that owns all calls.
 
-Reads: sippy UA events (CCEvent*) of the three kinds of legs of a call — the caller (UAS), the
-media server legs and the agent leg (UACs) — and the commands `SipStack` forwards.
+Reads: sippy UA events (CCEvent*) of the four kinds of legs of a call — the caller (UAS), the
+media server legs, the agent leg and the agent's flow-id message leg (UACs) — and the commands
+`SipStack` forwards.
 Writes: facts through the `emit` callback given to `CallRouter`, and SIP through sippy UAs.
 
 Runs on the SIP thread only. This module imports sippy at import time, so `SipStack` imports it
@@ -9,11 +10,16 @@ from that thread (sippy's reactor binds to the importing thread).
 
 Shape of a call:
     caller ──(UAS leg)── edge ──(UAC leg)── media server (welcome, queue, dissuading)
-                              └─(UAC leg)── agent
+                              └─(UAC leg)── agent ──(UAC leg)── flow-id message ("whisper")
 The caller's offer goes to the first leg that answers it (early offer). Once the caller is
 answered, a new leg is invited without SDP (late offer, RFC 3725 flow I); its 200 carries an
 offer that goes to the caller in a re-INVITE, and the caller's answer goes in the ACK. Only one
 re-INVITE towards the caller runs at a time (`_CallerReinvite` queue, 491 back-off).
+
+With a flow-id message, the answered agent's offer goes to the message's media server instead
+(whose answer is in the agent's ACK) while the caller stays on its media. When that server hangs
+up, the agent is re-INVITEd without SDP and its new offer goes the usual way to the caller.
+Agent phases: ringing -> [whisper_setup -> whisper -> rebridging ->] bridging -> talking.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ from sippy.UaStateConnected import UaStateConnected
 from callcenter_sip_edge.guard import SourceGuard
 from callcenter_sip_edge.sdp import media_type_of
 from callcenter_sip_edge.sip_stack import Fact
-from callcenter_sip_edge.sippy_fixes import make_transaction_manager_class
+from callcenter_sip_edge.sippy_fixes import make_transaction_manager_class, reinvite_without_offer
 
 log = structlog.get_logger(__name__)
 
@@ -63,7 +69,13 @@ MEDIA_SETUP_TIMEOUT_S = 15.0
 # RFC 3261 14.1: after a 491, retry after 2.1-4 s if we own the Call-ID, 0-2 s otherwise.
 # The caller owns the caller leg's Call-ID.
 GLARE_RETRY_S = (0.0, 2.0)
+# ... and the edge owns the agent leg's Call-ID (the re-INVITE after the flow-id message)
+GLARE_RETRY_OWN_S = (2.1, 4.0)
 GLARE_MAX_ATTEMPTS = 5
+# after the flow-id message, how often and how long to wait for the agent's dialog to be idle
+# (e.g. a relayed re-INVITE still open) before it is re-INVITEd
+AGENT_IDLE_RETRY_S = 0.2
+AGENT_IDLE_MAX_ATTEMPTS = 50
 DRAIN_RETRY_AFTER_S = 30
 HANGUP_UNANSWERED = (480, "Temporarily Unavailable")
 SHUTDOWN_FLUSH_S = 0.3
@@ -82,6 +94,8 @@ _STANDARD_REASON_PHRASES = {
 }
 
 SdpBody = Any  # sippy.MsgBody.MsgBody
+# an agent leg the dispatcher may still take back: the caller has not been moved to it
+_CANCELLABLE_AGENT_PHASES = frozenset({"ringing", "whisper_setup", "whisper", "rebridging"})
 FactEmitter = Callable[[str, str, dict[str, Any]], None]
 
 
@@ -123,9 +137,19 @@ class _AgentLeg:
     offer_id: str
     agent_id: str
     early_offer: bool
-    phase: str = "ringing"     # ringing -> bridging (200 received, caller re-INVITE) -> talking
+    # ringing -> bridging (200 received, caller re-INVITE) -> talking; with a flow-id message
+    # ringing -> whisper_setup (message INVITEd with the agent's offer) -> whisper (agent hears it)
+    # -> rebridging (agent re-INVITEd without SDP) -> bridging -> talking
+    phase: str = "ringing"
     got_provisional: bool = False
     ring_timer: Any = None
+    whisper_uri: str | None = None     # the flow-id message to play once the agent answers
+    whisper: _MediaLeg | None = None   # its leg (the agent is its only peer)
+    whispered: bool = False            # the agent answered and a message was tried
+    agent_offer: SdpBody = None        # the agent's answer-time offer, while the message is set up
+    offer_requested: bool = False      # a re-INVITE without SDP to the agent is outstanding
+    retry_timer: Any = None
+    retries: int = 0
 
 
 @dataclass
@@ -229,7 +253,7 @@ class CallController:
         log.info("call.media_inviting", call_id=self.call_id, purpose=purpose, uri=uri, early_offer=early)
 
     def ring_command(self, offer_id: str, agent_id: str, uri: str, timeout_s: float,
-                     caller_display: str | None) -> None:
+                     caller_display: str | None, whisper_uri: str | None = None) -> None:
         if self.agent is not None or (not self.caller_answered and self.media_pending is not None):
             self._ignored("ring", offer_id=offer_id, agent_busy=self.agent is not None)
             return
@@ -238,7 +262,13 @@ class CallController:
             self._emit("agent_failed", offer_id=offer_id, agent_id=agent_id, reason="unreachable", code=None)
             return
         early = not self.caller_answered
-        leg = _AgentLeg(ua=None, uri=uri, offer_id=offer_id, agent_id=agent_id, early_offer=early)
+        if whisper_uri and early:
+            # the agent would get the caller's offer and its answer would answer the caller: there is
+            # no media to hold the caller on, nor an answer for the agent if the message failed
+            log.info("call.whisper_skipped", call_id=self.call_id, offer_id=offer_id, reason="caller_not_answered")
+            whisper_uri = None
+        leg = _AgentLeg(ua=None, uri=uri, offer_id=offer_id, agent_id=agent_id, early_offer=early,
+                        whisper_uri=whisper_uri or None)
         self.agent = leg
         display = caller_display if caller_display is not None else self.info.caller_display
         leg.ua = self._invite(target, self._guarded(self._on_agent_event),
@@ -249,7 +279,7 @@ class CallController:
             return
         leg.ring_timer = Timeout(self._guarded(self._ring_timed_out, leg), max(0.1, float(timeout_s)))
         log.info("call.agent_ringing", call_id=self.call_id, offer_id=offer_id, agent_id=agent_id,
-                 uri=uri, early_offer=early)
+                 uri=uri, early_offer=early, whisper_uri=leg.whisper_uri)
 
     def ring_all_command(self, offer_id: str, targets: list[dict[str, str]], timeout_s: float,
                          caller_display: str | None) -> None:
@@ -323,7 +353,7 @@ class CallController:
             self._cancel_forks(emit_reason="cancelled")
             return
         leg = self.agent
-        if leg is None or leg.offer_id != offer_id or leg.phase != "ringing":
+        if leg is None or leg.offer_id != offer_id or leg.phase not in _CANCELLABLE_AGENT_PHASES:
             self._ignored("cancel_ring", offer_id=offer_id, agent_phase=leg.phase if leg else None)
             return
         self._drop_agent(leg)
@@ -413,11 +443,20 @@ class CallController:
 
     # ------------------------------------------------------------------ in-dialog offers
     def _peer_of(self, ua: Any) -> Any:
+        agent = self.agent
         if ua is self.caller:
-            if self.agent is not None and self.agent.phase == "talking":
-                return self.agent.ua
+            if agent is not None and agent.phase == "talking":
+                return agent.ua
             if self.media is not None:
                 return self.media.ua
+            return None
+        if agent is not None and agent.whisper is not None and agent.phase == "whisper":
+            # the agent and its flow-id message are a session of their own
+            if ua is agent.ua:
+                return agent.whisper.ua
+            if ua is agent.whisper.ua:
+                return agent.ua
+        if agent is not None and ua is agent.ua and agent.phase != "talking":
             return None
         return self.caller if self.caller_answered else None
 
@@ -536,6 +575,10 @@ class CallController:
             return
         if leg.phase == "ringing":
             self._on_agent_ringing_event(leg, event)
+        elif leg.phase in ("whisper_setup", "whisper"):
+            self._on_agent_whisper_event(leg, event, ua)
+        elif leg.phase == "rebridging":
+            self._on_agent_rebridging_event(leg, event)
         elif leg.phase == "bridging":
             if isinstance(event, CCEventDisconnect | CCEventFail | CCEventRedirect):
                 self._agent_lost_while_bridging(leg)
@@ -570,6 +613,9 @@ class CallController:
             if offer is None:
                 self._fail_agent(leg, "no_sdp", 200)
                 return
+            if leg.whisper_uri is not None:
+                self._start_whisper(leg, offer)
+                return
             leg.phase = "bridging"
             self._reinvite_caller(offer, leg, lambda answer: self._agent_bridged(leg, answer),
                                   lambda code, reason: self._agent_bridge_failed(leg, code, reason))
@@ -582,6 +628,138 @@ class CallController:
             reason = "no_answer" if leg.got_provisional else "unreachable"
             self._fail_agent(leg, reason, None, leg_gone=True)
 
+    # ------------------------------------------------------------------ flow-id message
+    def _start_whisper(self, leg: _AgentLeg, offer: SdpBody) -> None:
+        """The agent answered with `offer` (its 200's ACK is held): INVITE the message with it."""
+        leg.phase = "whisper_setup"
+        leg.whispered = True
+        leg.agent_offer = offer
+        uri = leg.whisper_uri or ""
+        target = _parse_target_uri(uri)
+        if target is None:
+            self._whisper_failed(leg, None, "bad_uri")
+            return
+        wleg = _MediaLeg(ua=None, uri=uri, purpose="whisper", early_offer=True)
+        leg.whisper = wleg
+        wleg.ua = self._invite(target, self._guarded(self._on_whisper_event, leg), offer=offer,
+                               calling_name=self.info.caller_display, expire_time=MEDIA_SETUP_TIMEOUT_S)
+        if wleg.ua is None:
+            leg.whisper = None
+            self._whisper_failed(leg, None, "unreachable")
+            return
+        log.info("call.whisper_inviting", call_id=self.call_id, offer_id=leg.offer_id, uri=uri)
+
+    def _on_whisper_event(self, leg: _AgentLeg, event: Any, ua: Any) -> None:
+        wleg = leg.whisper
+        if self.ended or self.agent is not leg or wleg is None or wleg.ua is not ua:
+            return
+        if leg.phase == "whisper_setup":
+            if isinstance(event, CCEventConnect):
+                code, _reason, answer = event.getData()[:3]
+                if answer is None:
+                    self._whisper_failed(leg, code if isinstance(code, int) else None, "no_sdp")
+                    return
+                leg.phase = "whisper"
+                leg.agent_offer = None
+                # the agent's ACK carries the message's answer: the agent hears the message
+                leg.ua.recvEvent(CCEventConnect((200, "OK", answer.getCopy())))
+                log.info("call.whisper_playing", call_id=self.call_id, offer_id=leg.offer_id)
+            elif isinstance(event, CCEventPreConnect):
+                self._whisper_failed(leg, None, "no_sdp")
+            elif isinstance(event, CCEventFail | CCEventRedirect):
+                code, reason = event.getData()[:2]
+                self._whisper_failed(leg, code if isinstance(code, int) else None, str(reason), leg_gone=True)
+            elif isinstance(event, CCEventDisconnect):
+                self._whisper_failed(leg, None, "timeout", leg_gone=True)
+        elif leg.phase == "whisper":
+            if self._is_relay_answer(ua, event):
+                self._finish_relay(event)
+            elif isinstance(event, CCEventUpdate):
+                self._relay_offer(ua, event)
+            elif isinstance(event, CCEventDisconnect | CCEventFail | CCEventRedirect):
+                # the message ended: connect the caller
+                self._abort_relay_involving(ua)
+                leg.whisper = None
+                ua.event_cb = None
+                log.info("call.whisper_ended", call_id=self.call_id, offer_id=leg.offer_id)
+                leg.phase = "rebridging"
+                self._request_agent_offer(leg)
+        self._run_next_caller_reinvite()
+
+    def _whisper_failed(self, leg: _AgentLeg, code: int | None, reason: str, leg_gone: bool = False) -> None:
+        """The message could not be played: connect caller and agent without it."""
+        wleg, leg.whisper = leg.whisper, None
+        if wleg is not None and not leg_gone:
+            self._disconnect(wleg.ua)
+        elif wleg is not None:
+            wleg.ua.event_cb = None
+        log.warning("call.whisper_failed", call_id=self.call_id, offer_id=leg.offer_id, uri=leg.whisper_uri,
+                    code=code, reason=reason)
+        offer, leg.agent_offer = leg.agent_offer, None
+        leg.phase = "bridging"
+        self._reinvite_caller(offer, leg, lambda answer: self._agent_bridged(leg, answer),
+                              lambda code, reason: self._agent_bridge_failed(leg, code, reason))
+
+    def _on_agent_whisper_event(self, leg: _AgentLeg, event: Any, ua: Any) -> None:
+        if leg.phase == "whisper" and self._is_relay_answer(ua, event):
+            self._finish_relay(event)
+        elif isinstance(event, CCEventUpdate):
+            if leg.phase == "whisper":
+                self._relay_offer(ua, event)
+            else:
+                ua.recvEvent(CCEventFail((491, "Request Pending")))
+        elif isinstance(event, CCEventDisconnect | CCEventFail | CCEventRedirect) and not _dialog_up(ua):
+            # (a failure that leaves the dialog up answers an offer relayed before: not a hang-up)
+            self._abort_relay_involving(ua)
+            self._fail_agent(leg, "hung_up", None, leg_gone=True)
+
+    def _request_agent_offer(self, leg: _AgentLeg) -> None:
+        """After the message: re-INVITE the agent without SDP; its offer goes to the caller."""
+        leg.retry_timer = None
+        if self.ended or self.agent is not leg or leg.phase != "rebridging":
+            return
+        if not reinvite_without_offer(leg.ua):
+            # an offer/answer exchange on the agent's dialog is still open (e.g. a relayed re-INVITE)
+            leg.retries += 1
+            if leg.retries > AGENT_IDLE_MAX_ATTEMPTS:
+                self._fail_agent(leg, "rejected", None)
+                return
+            leg.retry_timer = Timeout(self._guarded(self._request_agent_offer, leg), AGENT_IDLE_RETRY_S)
+            return
+        leg.offer_requested = True
+        log.info("call.agent_offer_requested", call_id=self.call_id, offer_id=leg.offer_id)
+
+    def _on_agent_rebridging_event(self, leg: _AgentLeg, event: Any) -> None:
+        if isinstance(event, CCEventConnect) and leg.offer_requested:
+            leg.offer_requested = False
+            code, _reason, offer = event.getData()[:3]
+            if offer is None:
+                self._fail_agent(leg, "no_sdp", code if isinstance(code, int) else None)
+                return
+            leg.phase = "bridging"
+            self._reinvite_caller(offer, leg, lambda answer: self._agent_bridged(leg, answer),
+                                  lambda code, reason: self._agent_bridge_failed(leg, code, reason))
+        elif isinstance(event, CCEventFail) and leg.offer_requested:
+            leg.offer_requested = False
+            code = event.getData()[0]
+            code = code if isinstance(code, int) else None
+            if code == 491 and leg.retries < GLARE_MAX_ATTEMPTS:
+                leg.retries += 1
+                delay = random.uniform(*GLARE_RETRY_OWN_S)
+                log.info("call.agent_reinvite_glare", call_id=self.call_id, retry_in_s=round(delay, 2))
+                leg.retry_timer = Timeout(self._guarded(self._request_agent_offer, leg), delay)
+                return
+            if code in (408, 481):
+                # sippy ended the dialog (BYE sent)
+                self._fail_agent(leg, "hung_up", code, leg_gone=True)
+            else:
+                self._fail_agent(leg, "rejected", code)
+        elif isinstance(event, CCEventUpdate):
+            leg.ua.recvEvent(CCEventFail((491, "Request Pending")))
+        elif isinstance(event, CCEventDisconnect | CCEventFail | CCEventRedirect) and not _dialog_up(leg.ua):
+            self._abort_relay_involving(leg.ua)
+            self._fail_agent(leg, "hung_up", None, leg_gone=True)
+
     def _agent_bridged(self, leg: _AgentLeg, answer: SdpBody) -> None:
         if self.agent is not leg:
             return
@@ -592,7 +770,8 @@ class CallController:
                 self._forget_reinvites_of(media_leg)
                 self._disconnect(media_leg.ua)
         self.media = self.media_pending = None
-        log.info("call.agent_connected", call_id=self.call_id, offer_id=leg.offer_id, early_offer=False)
+        log.info("call.agent_connected", call_id=self.call_id, offer_id=leg.offer_id, early_offer=False,
+                 whispered=leg.whispered)
         self._emit("agent_answered", offer_id=leg.offer_id, agent_id=leg.agent_id)
 
     def _agent_bridge_failed(self, leg: _AgentLeg, code: int | None, reason: str) -> None:
@@ -604,8 +783,9 @@ class CallController:
     def _agent_lost_while_bridging(self, leg: _AgentLeg) -> None:
         queued = any(op.owner is leg for op in self._reinvites)
         if queued or (self._reinvite_in_flight is None or self._reinvite_in_flight.owner is not leg):
-            # the caller was not moved yet: it stays on its media leg
-            self._fail_agent(leg, "rejected", None, leg_gone=True)
+            # the caller was not moved yet: it stays on its media leg (an agent that answered and
+            # heard its flow-id message hung up; one without has never been reported otherwise)
+            self._fail_agent(leg, "hung_up" if leg.whispered else "rejected", None, leg_gone=True)
             return
         # the caller is being re-INVITEd to the agent's SDP right now; no way back to the media
         self.end(by="agent", reason="bye", agent_gone=True)
@@ -623,6 +803,7 @@ class CallController:
         if leg_gone:
             self._cancel_ring_timer(leg)
             self._forget_reinvites_of(leg)
+            self._drop_whisper(leg)
             self.agent = None
         else:
             self._drop_agent(leg)
@@ -632,14 +813,24 @@ class CallController:
     def _drop_agent(self, leg: _AgentLeg) -> None:
         self._cancel_ring_timer(leg)
         self._forget_reinvites_of(leg)
+        self._drop_whisper(leg)
         self.agent = None
         self._disconnect(leg.ua)
 
+    def _drop_whisper(self, leg: _AgentLeg) -> None:
+        wleg, leg.whisper = leg.whisper, None
+        if wleg is not None:
+            self._abort_relay_involving(wleg.ua)
+            self._disconnect(wleg.ua)
+
     @staticmethod
     def _cancel_ring_timer(leg: _AgentLeg) -> None:
-        if leg.ring_timer is not None:
-            leg.ring_timer.cancel()
-            leg.ring_timer = None
+        """Stop the agent leg's timers: the ring timeout and a pending re-INVITE retry."""
+        for name in ("ring_timer", "retry_timer"):
+            timer = getattr(leg, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(leg, name, None)
 
     # ------------------------------------------------------------------ teardown
     def end(self, *, by: str, reason: str, caller_code: tuple[int, str] | None = None,
@@ -658,6 +849,7 @@ class CallController:
         self._cancel_forks()
         if self.agent is not None:
             self._cancel_ring_timer(self.agent)
+            self._drop_whisper(self.agent)
             if not agent_gone:
                 self._disconnect(self.agent.ua)
             else:
@@ -919,6 +1111,12 @@ def _log_screened(reason: str, source: str, answered: bool) -> None:
         log.warning("sip.bad_request_answered", code=400, problem=reason, source=source)
     else:
         log.warning("sip.datagram_dropped", reason=reason, source=source)
+
+
+def _dialog_up(ua: Any) -> bool:
+    """The UA's dialog is confirmed and idle or in an offer/answer exchange (not ended)."""
+    state = getattr(ua, "state", None)
+    return state is not None and bool(getattr(state, "connected", False)) and not getattr(state, "dead", False)
 
 
 def _parse_target_uri(uri: str) -> Any:

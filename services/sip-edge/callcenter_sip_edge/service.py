@@ -98,7 +98,7 @@ class EdgeService:
                 stack.media(d["call_id"], d["uri"], d["purpose"])
             elif e.type == "command.ring":
                 stack.ring(d["call_id"], d["offer_id"], d["agent_id"], d["uri"], float(d["timeout_s"]),
-                           d.get("caller_display"))
+                           d.get("caller_display"), d.get("whisper_uri"))
             elif e.type == "command.ring_all":
                 stack.ring_all(d["call_id"], d["offer_id"], d["targets"], float(d["timeout_s"]),
                                d.get("caller_display"))

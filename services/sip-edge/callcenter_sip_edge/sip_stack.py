@@ -198,8 +198,10 @@ class SipStack:
         self._submit("media", call_id, uri, purpose)
 
     def ring(self, call_id: str, offer_id: str, agent_id: str, uri: str, timeout_s: float,
-             caller_display: str | None = None) -> None:
-        self._submit("ring", call_id, offer_id, agent_id, uri, timeout_s, caller_display)
+             caller_display: str | None = None, whisper_uri: str | None = None) -> None:
+        """Ring an agent; with `whisper_uri` (the flow-id message) the agent hears that media once it
+        answers, and is connected to the caller when the media server hangs up."""
+        self._submit("ring", call_id, offer_id, agent_id, uri, timeout_s, caller_display, whisper_uri)
 
     def ring_all(self, call_id: str, offer_id: str, targets: list[dict[str, str]], timeout_s: float,
                  caller_display: str | None = None) -> None:

@@ -4,7 +4,8 @@ Reads: the sippy package (imported lazily, on the SIP thread, so that sippy's re
 Writes: patches a few sippy classes in place, once per process (monkeypatches that wrap or extend
 sippy's own methods; no sippy code is copied here), tunes the garbage collector, and provides
 the UDP server and transaction manager subclasses the edge uses (large receive buffer,
-advertised address, screening of malformed datagrams).
+advertised address, screening of malformed datagrams) and the one dialog operation sippy lacks
+(`reinvite_without_offer`).
 
 Every patch says which defect it works around. `apply_sippy_fixes()` is idempotent.
 """
@@ -283,6 +284,41 @@ def _enlarge_receive_buffer(sock: socket.socket) -> None:
             log.warning("sip.rcvbuf_failed", error=str(exc))
             return
     log.debug("sip.rcvbuf", bytes=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+
+def reinvite_without_offer(ua: Any) -> bool:
+    """Send a re-INVITE without SDP on a confirmed dialog (RFC 3725 flow I).
+
+    The peer's 2xx then carries an offer, which the UA's event callback gets as
+    CCEventConnect((code, reason, offer)); the ACK is held until the edge has the answer and
+    passes it with `ua.recvEvent(CCEventConnect((200, "OK", answer)))`, the same way as for an
+    initial INVITE without SDP (`ua.pending_tr`). A non-2xx answer (491, 488, ...) comes as
+    CCEventFail and the dialog keeps its session. Returns False, sending nothing, if the dialog
+    is not idle (an offer/answer exchange or an ACK is outstanding).
+
+    Why: sippy sends a re-INVITE only with an offer (UaStateConnected._recvEventUpdate reads
+    the body) and ACKs every 2xx to a re-INVITE at once, without a body.
+    """
+    from sippy.UacStateUpdating import UacStateUpdating
+    from sippy.UaStateConnected import UaStateConnected
+
+    if not isinstance(ua.state, UaStateConnected) or ua.pending_tr is not None:
+        return False
+    req = ua.genRequest("INVITE")
+    # what _keep_session_sdp_after_failed_reinvite restores when the re-INVITE fails
+    ua.session_sdp_before_update = ua.lSDP
+
+    def on_response(resp: Any, tr: Any) -> None:
+        code = resp.getSCode()[0]
+        if 200 <= code < 300 and resp.getBody() is not None and ua.pending_tr is None:
+            # set before the transaction manager builds the ACK: it holds it (state UACK)
+            tr.uack = True
+            ua.pending_tr = tr
+        ua.recvResponse(resp, tr)
+
+    ua.tr = ua.newTransaction(req, resp_cb=on_response, cb_ifver=2)
+    ua.changeState((UacStateUpdating,))
+    return True
 
 
 # ---------------------------------------------------------------- malformed datagram screening
