@@ -198,3 +198,23 @@ async def test_whisper_skipped_when_caller_not_answered(edge: EdgeUnderTest, sip
     assert dispatcher.kinds() == ["arrived", "agent_answered", "ended"]
     assert whisper.messages() == []
     whisper.stop()
+
+
+async def test_agent_reinvite_glare_after_whisper_is_retried(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
+    """The re-INVITE without SDP after the message gets 491: it is ACKed and sent again (2.1-4 s later)."""
+    stack, dispatcher = edge.stack, edge.dispatcher
+    music = sipp.start("media_hold_uas", name="queue-music")
+    agent = sipp.start("agent_whisper_glare_uas", name="agent")
+    whisper = sipp.start("whisper_media_uas", name="whisper")
+    dispatcher.on("arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
+    dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
+                                                         whisper_uri=whisper.uri("flowid")))
+    caller = _caller(sipp, edge, "caller_whisper_reinvited_bye")
+
+    await expect_success(caller, music, agent, whisper)
+    await dispatcher.wait_for("ended")
+    assert dispatcher.kinds() == ["arrived", "media_answered", "agent_answered", "ended"]
+    reinvites = [m for m in agent.messages() if not m.sent and m.is_request("INVITE")][1:]
+    assert len(reinvites) == 2
+    assert 2.0 <= (reinvites[1].at - reinvites[0].at).total_seconds() <= 4.5
+    assert stack.active_calls() == 0
