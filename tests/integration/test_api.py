@@ -164,6 +164,36 @@ async def test_good_sip_uris_are_accepted(api: httpx.AsyncClient, uri: str) -> N
     assert (await api.put("/v1/agents/alice", json={**AGENT, "uri": uri})).status_code in (200, 201)
 
 
+async def test_chat_agents_and_flow_options_round_trip(app_services: tuple[httpx.AsyncClient, Services],
+                                                       redis: aioredis.Redis) -> None:
+    api, services = app_services
+    r = await api.put("/v1/flows/chat-line", json={**FLOW, "chat_policy": "full-load",
+                                                   "flow_id_uri": "sip:flowid@127.0.0.1:7000"})
+    assert r.status_code == 201, r.text
+    assert (r.json()["chat_policy"], r.json()["flow_id_uri"]) == ("full-load", "sip:flowid@127.0.0.1:7000")
+    flow_hash = hash_of(await redis.hgetall(f"cc:{{{TENANT}}}:flow:chat-line"))
+    assert (flow_hash["chat_policy"], flow_hash["flow_id_uri"]) == ("full-load", "sip:flowid@127.0.0.1:7000")
+
+    # a chat-only agent: no audio uri
+    r = await api.put("/v1/agents/chatter", json={"chat_uri": "sip:chatter@127.0.0.1:7200", "chat_capacity": 6,
+                                                  "skills": ["sales"]})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert (body["uri"], body["chat_uri"], body["chat_capacity"]) == (None, "sip:chatter@127.0.0.1:7200", 6)
+    row = await services.sql(lambda s: s.get(Agent, "chatter"))
+    assert row is not None and row.uri is None and row.chat_capacity == 6
+    agent_hash = hash_of(await redis.hgetall(f"cc:{{{TENANT}}}:agent:chatter"))
+    assert (agent_hash["uri"], agent_hash["chat_uri"], agent_hash["chat_capacity"]) == \
+        ("", "sip:chatter@127.0.0.1:7200", "6")
+    r = await api.post("/v1/agents/chatter/login")
+    assert r.json()["state"] == "free"
+    # free for chats, not for audio calls
+    assert await redis.zscore(f"cc:{{{TENANT}}}:skill:sales:chat", "chatter") is not None
+    assert await redis.zscore(f"cc:{{{TENANT}}}:skill:sales:free", "chatter") is None
+    live = (await api.get("/v1/agents/chatter")).json()["live"]
+    assert live["chats"] == 0 and live["state"] == "free"
+
+
 @pytest.mark.parametrize("path, body", [
     ("/v1/agents/alice", {**AGENT, "skills": []}),
     ("/v1/agents/alice", {**AGENT, "skills": ["a,b"]}),
@@ -174,6 +204,11 @@ async def test_good_sip_uris_are_accepted(api: httpx.AsyncClient, uri: str) -> N
     ("/v1/flows/f1", {**FLOW, "priority": -1}),
     ("/v1/flows/f1", {**FLOW, "skill": ""}),
     ("/v1/flows/" + "x" * 65, FLOW),
+    ("/v1/agents/alice", {"skills": ["sales"]}),  # neither an audio nor a chat uri
+    ("/v1/agents/alice", {**AGENT, "chat_capacity": 0}),
+    ("/v1/agents/alice", {**AGENT, "chat_uri": "msrp://h:1/x;tcp"}),
+    ("/v1/flows/f1", {**FLOW, "chat_policy": "round-robin"}),
+    ("/v1/flows/f1", {**FLOW, "flow_id_uri": "not-a-uri"}),
 ])
 async def test_validation_errors_are_422(api: httpx.AsyncClient, path: str, body: dict[str, Any]) -> None:
     assert (await api.put(path, json=body)).status_code == 422

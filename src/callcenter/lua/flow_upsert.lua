@@ -1,6 +1,7 @@
 -- flow_upsert.lua: create or update a flow in the Redis cache (SQL is its durable home).
 -- KEYS[1] any tenant key. ARGV: now_ms, flow_id, then field/value pairs (skill, priority,
 -- welcome_uri, queue_uri, dissuading_uri, prepend_cid, max_wrapup_s, ...). Returns {RC.OK}.
+-- When the skill changes, free agents of the new skill take the flow's waiting calls at once.
 --!include common.lua
 
 local flow_id = ARGV[2]
@@ -22,4 +23,17 @@ redis.call('HSET', fkey, 'id', flow_id, 'updated_ms', NOW, unpack(args))
 if rr_last then redis.call('HSET', fkey, 'rr_last', rr_last) end
 redis.call('SADD', k_skill_flows(new_skill), flow_id)
 redis.call('SADD', K.flows, flow_id)
+if old_skill and old_skill ~= new_skill then
+  -- calls already waiting may be served at once by free agents of the new skill
+  for _, id in ipairs(redis.call('ZRANGE', k_skill_free(new_skill), 0, -1)) do
+    if redis.call('ZCARD', k_queue(flow_id)) == 0 then break end
+    local agent = agent_if_free(id, new_skill)
+    if agent then dispatch_to_agent(id, agent) end
+  end
+  for _, id in ipairs(redis.call('ZRANGE', k_skill_chat(new_skill), 0, -1)) do
+    if redis.call('ZCARD', k_chat_queue(flow_id)) == 0 then break end
+    local agent = hgetall(k_agent(id))
+    if agent then dispatch_chats(id, agent) end
+  end
+end
 return { RC.OK }
