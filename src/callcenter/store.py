@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import enum
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
 from callcenter.events import lua_version_table
 from callcenter.keys import Keys
@@ -120,6 +122,34 @@ class Store:
     async def apply_report(self, report_type: str, entry_id: str, data: bytes, now: int | None = None) -> Result:
         """Apply one report; `data` is the entry's msgpack payload, passed to Lua untouched."""
         return await self._run(REPORT_SCRIPTS[report_type], entry_id, data, now=now)
+
+    async def apply_reports(self, reports: Sequence[tuple[str, str, bytes]], now: int | None = None) -> list[Result]:
+        """Apply several reports (type, entry id, msgpack payload) in one round trip, in this order.
+
+        Each is still its own atomic script; Redis runs them one after another in the order given,
+        so the reports of one call keep their order (a report after one that came back
+        OUT_OF_ORDER is OUT_OF_ORDER too, and changes nothing). A script error is raised.
+
+        Scripts go by their SHA without a SCRIPT EXISTS round trip first; when Redis lost them (a
+        restart), they are loaded and the whole batch runs again: a report already applied comes
+        back DUPLICATE, so running it twice changes nothing."""
+        ts = self.clock() if now is None else now
+        for attempt in (1, 2):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for report_type, entry_id, data in reports:
+                    pipe.evalsha(self._scripts[REPORT_SCRIPTS[report_type]].sha, 1, self.keys.events, ts, entry_id,
+                                 data)
+                raw = await pipe.execute(raise_on_error=False)
+            if attempt == 1 and any(isinstance(r, NoScriptError) for r in raw):
+                for report_type in {t for t, _, _ in reports}:
+                    script = self._scripts[REPORT_SCRIPTS[report_type]]
+                    script.sha = await self.redis.script_load(script.script)
+                continue
+            for r in raw:
+                if isinstance(r, Exception):
+                    raise r
+            break
+        return [_result(r) for r in raw]
 
     async def fire_timers(self, limit: int = 100, now: int | None = None) -> int:
         res = await self._run("fire_timers", limit, now=now)

@@ -3,10 +3,12 @@
 Reads: entries of `cc:{t}:reports` (through bus.StreamConsumer). Writes: nothing itself; the Lua
 steps change Redis state and append commands (`cc:{t}:commands:<edge>`) and events (`cc:{t}:events`).
 
-Reports of one call must be applied in order (each carries `seq`). Within a batch, the reports of
-one call run one after another, different calls run concurrently. A report whose predecessor is
-being applied by another dispatcher replica right now comes back OUT_OF_ORDER: it is retried here
-for a short while, then left pending, to be reclaimed and retried later.
+Reports of one call must be applied in order (each carries `seq`). A batch goes to Redis in one
+pipeline, in stream order: each report is still its own atomic step, and Redis runs them in the
+order sent, so the reports of one call keep their order. A report whose predecessor is being
+applied by another dispatcher replica right now comes back OUT_OF_ORDER (and so do the later
+reports of its call in the batch, with no effect): those are retried here, in order, for a short
+while, then left pending, to be reclaimed and retried later.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import structlog
 
 from callcenter.bus import ACK, RETRY, Outcome, Verdict
 from callcenter.events import Entry
-from callcenter.store import RC, REPORT_SCRIPTS, Store
+from callcenter.store import RC, REPORT_SCRIPTS, Result, Store
 
 log = structlog.get_logger(__name__)
 
@@ -33,23 +35,45 @@ class ReportHandler:
         self.applied: dict[str, int] = {rc.name: 0 for rc in RC}
 
     async def __call__(self, entries: Sequence[Entry]) -> Mapping[str, Verdict]:
-        by_call: dict[str, list[Entry]] = {}
         verdicts: dict[str, Verdict] = {}
+        reports: list[Entry] = []
         for entry in entries:
             if entry.type not in REPORT_SCRIPTS:
                 verdicts[entry.id] = Verdict(Outcome.DEAD, f"not a report: {entry.type}")
-                continue
-            by_call.setdefault(entry.data["call_id"], []).append(entry)
-        results = await asyncio.gather(*(self._apply_in_order(group) for group in by_call.values()))
-        for group_verdicts in results:
-            verdicts.update(group_verdicts)
+            else:
+                reports.append(entry)
+        if not reports:
+            return verdicts
+        results = await self.store.apply_reports(
+            [(e.type, e.id, msgpack.packb(e.data, use_bin_type=True)) for e in reports])
+        again: dict[str, list[Entry]] = {}  # per call: from its first report that came back OUT_OF_ORDER
+        stopped: set[str] = set()  # calls with a report that will not be acked now
+        for entry, res in zip(reports, results, strict=True):
+            call_id = entry.data["call_id"]
+            self.applied[res.rc.name] += 1
+            if call_id in again:
+                again[call_id].append(entry)
+            elif call_id in stopped:
+                verdicts[entry.id] = RETRY  # cannot be applied before its predecessor
+            elif res.rc is RC.OUT_OF_ORDER:
+                again[call_id] = [entry]
+            else:
+                verdicts[entry.id] = self._verdict(entry, res)
+                if verdicts[entry.id].outcome is not Outcome.ACK:
+                    stopped.add(call_id)
+        if again:
+            for group_verdicts in await asyncio.gather(*(self._apply_in_order(g, waited=True)
+                                                         for g in again.values())):
+                verdicts.update(group_verdicts)
         return verdicts
 
-    async def _apply_in_order(self, group: list[Entry]) -> dict[str, Verdict]:
+    async def _apply_in_order(self, group: list[Entry], waited: bool = False) -> dict[str, Verdict]:
+        """Apply the reports of one call one by one; `waited`: the first one came back OUT_OF_ORDER
+        already, so its retries start with a pause."""
         verdicts: dict[str, Verdict] = {}
         async with self._slots:
             for i, entry in enumerate(group):
-                verdict = await self._apply(entry)
+                verdict = await self._apply(entry, waited=waited and i == 0)
                 verdicts[entry.id] = verdict
                 if verdict.outcome is not Outcome.ACK:
                     # later reports of this call cannot be applied before this one
@@ -58,8 +82,10 @@ class ReportHandler:
                     break
         return verdicts
 
-    async def _apply(self, entry: Entry) -> Verdict:
+    async def _apply(self, entry: Entry, waited: bool = False) -> Verdict:
         payload = msgpack.packb(entry.data, use_bin_type=True)
+        if waited:
+            await asyncio.sleep(OUT_OF_ORDER_BACKOFF_S[0])
         for delay in (*OUT_OF_ORDER_BACKOFF_S, None):
             res = await self.store.apply_report(entry.type, entry.id, payload)
             self.applied[res.rc.name] += 1
@@ -70,6 +96,10 @@ class ReportHandler:
                             call_id=entry.data.get("call_id"), seq=entry.data.get("seq"))
                 return RETRY
             await asyncio.sleep(delay)
+        return self._verdict(entry, res)
+
+    @staticmethod
+    def _verdict(entry: Entry, res: Result) -> Verdict:
         if res.rc is RC.INVALID:
             return Verdict(Outcome.DEAD, f"invalid report: {res.detail}")
         if res.rc is RC.STALE:

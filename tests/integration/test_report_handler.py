@@ -1,0 +1,71 @@
+"""The dispatcher's report handler: one pipeline per batch, in stream order, on a real redis-server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from callcenter.bus import Outcome
+from callcenter.events import Entry
+from callcenter.store import Store
+from callcenter_dispatcher.handler import ReportHandler
+
+TENANT = "handler"
+EDGE = "edge-h"
+
+
+def entry(n: int, rtype: str, call_id: str, seq: int, **data: Any) -> Entry:
+    return Entry(type=rtype, v=1, data={"call_id": call_id, "edge": EDGE, "seq": seq, "ts": 1, **data}, id=f"1-{n}")
+
+
+def arrival(n: int, call_id: str) -> Entry:
+    return entry(n, "report.call_arrived", call_id, 1, flow="support", caller="bob", caller_uri="sip:bob@127.0.0.1",
+                 sip_call_id=call_id, source="127.0.0.1:5")
+
+
+async def provision(redis: aioredis.Redis) -> Store:
+    store = Store(redis, TENANT)
+    await store.flow_upsert("support", {"skill": "s", "priority": 1, "queue_uri": "sip:q@127.0.0.1:9"})
+    for agent_id in ("a1", "a2"):
+        await store.agent_upsert(agent_id, f"sip:{agent_id}@127.0.0.1:9", ["s"], 0)
+        await store.agent_login(agent_id)
+    return store
+
+
+async def test_a_batch_keeps_each_calls_order_and_survives_lost_scripts(redis: aioredis.Redis) -> None:
+    store = await provision(redis)
+    handler = ReportHandler(store)
+    batch = [arrival(1, "c1"), arrival(2, "c2"),
+             entry(3, "report.agent_answered", "c1", 2, offer_id="1", agent_id="a1"),
+             entry(4, "report.call_ended", "c1", 3, by="caller", reason="bye"),
+             entry(5, "report.call_ended", "c2", 2, by="caller", reason="cancel"),
+             Entry(type="call.queued", v=1, data={}, id="1-6")]
+    await redis.script_flush()  # Redis lost the scripts (a restart): the batch loads them and runs
+    verdicts = await handler(batch)
+    assert [verdicts[e.id].outcome for e in batch] == [Outcome.ACK] * 5 + [Outcome.DEAD]
+    c1, c2 = await store.call("c1"), await store.call("c2")
+    assert c1 is not None and (c1["state"], c1["outcome"], c1["agent"]) == ("ended", "answered", "a1")
+    assert c2 is not None and (c2["state"], c2["outcome"]) == ("ended", "abandoned")
+    assert handler.applied["OK"] == 5
+
+    # the same batch again (a redelivery): every report is a duplicate, nothing changes
+    events = await redis.xlen(store.keys.events)
+    verdicts = await handler(batch[:5])
+    assert all(v.outcome is Outcome.ACK for v in verdicts.values())
+    assert await redis.xlen(store.keys.events) == events
+    assert handler.applied["DUPLICATE"] == 5
+
+
+async def test_a_report_ahead_of_its_predecessor_is_retried_then_left_pending(redis: aioredis.Redis) -> None:
+    store = await provision(redis)
+    handler = ReportHandler(store)
+    # c3's arrival is not here (held by another replica): its next two reports wait; c4 goes on
+    batch = [entry(1, "report.agent_answered", "c3", 2, offer_id="1", agent_id="a1"), arrival(2, "c4"),
+             entry(3, "report.call_ended", "c3", 3, by="caller", reason="bye")]
+    verdicts = await handler(batch)
+    assert (verdicts["1-1"].outcome, verdicts["1-2"].outcome, verdicts["1-3"].outcome) == \
+        (Outcome.RETRY, Outcome.ACK, Outcome.RETRY)
+    assert await store.call("c3") is None
+    c4 = await store.call("c4")
+    assert c4 is not None and c4["state"] == "offered"
