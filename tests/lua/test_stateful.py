@@ -46,6 +46,9 @@ FLOWS: dict[str, dict[str, Any]] = {
     "f2": {"skill": "s2", "priority": 1, "welcome_uri": ""},
     "f3": {"skill": "s1", "priority": 0, "welcome_uri": "", "strategy": "round-robin"},
 }
+# what an agent can take: audio calls, chats (capacity CHAT_CAPACITY), or both
+CAPS = ("audio", "audio", "chat", "both")
+CHAT_CAPACITY = 2
 RING_TIMEOUT_S, LEASE_GRACE_S = 2, 1
 NOW = st.sampled_from([True, True, False])       # a report is mostly delivered at once, sometimes late
 RARELY = st.sampled_from([False, False, False, True])
@@ -84,6 +87,7 @@ class EdgeCall:
     """What the edge knows about one call, and the reports it numbered."""
 
     call_id: str
+    chat: bool = False
     seq: int = 0
     outbox: list[tuple[str, dict[str, Any]]] = field(default_factory=list)    # numbered, not delivered
     delivered: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
@@ -118,6 +122,7 @@ class DispatchMachine(RuleBasedStateMachine):
         self.ev_last = "0-0"
         # the event timeline, replayed in stream order
         self.agent_state: dict[str, str] = {}
+        self.caps: dict[str, str] = {}
         self.agent_call: dict[str, str | None] = {}
         self.just_rang: dict[str, str] = {}
         self.offer_of: dict[str, tuple[str, str]] = {}
@@ -130,19 +135,29 @@ class DispatchMachine(RuleBasedStateMachine):
     @initialize(reject=RARELY, skills=st.lists(st.sampled_from(SKILL_SETS), min_size=len(AGENTS),
                                                       max_size=len(AGENTS)),
                 wrapups=st.lists(st.sampled_from([None, 0, 1, 3]), min_size=len(AGENTS), max_size=len(AGENTS)),
-                max_no_answer=st.sampled_from([0, 2]), stay_out=st.sets(st.sampled_from(AGENTS), max_size=2))
-    def provision(self, reject: bool, skills: list[tuple[str, ...]], wrapups: list[int | None],
-                  max_no_answer: int, stay_out: set[str]) -> None:
+                caps=st.lists(st.sampled_from(CAPS), min_size=len(AGENTS), max_size=len(AGENTS)),
+                max_no_answer=st.sampled_from([0, 2]), stay_out=st.sets(st.sampled_from(AGENTS), max_size=2),
+                chat_policy=st.sampled_from(["balancing", "full-load"]))
+    def provision(self, reject: bool, skills: list[tuple[str, ...]], wrapups: list[int | None], caps: list[str],
+                  max_no_answer: int, stay_out: set[str], chat_policy: str) -> None:
         self.run(self.store.write_config({"reject_on_no_agents": reject, "ring_timeout_s": RING_TIMEOUT_S,
                                           "offer_lease_grace_s": LEASE_GRACE_S, "wrapup_s": 1,
-                                          "max_no_answer": max_no_answer}))
+                                          "max_no_answer": max_no_answer, "chat_dispatch_policy": chat_policy,
+                                          "chat_capacity": CHAT_CAPACITY}))
         for flow_id, fields in FLOWS.items():
             self.run(self.store.flow_upsert(flow_id, {"queue_uri": "sip:queue@127.0.0.1:2", **fields}))
-        for agent_id, agent_skills, wrapup in zip(AGENTS, skills, wrapups, strict=True):
-            self.run(self.store.agent_upsert(agent_id, f"sip:{agent_id}@127.0.0.1:3", list(agent_skills), wrapup))
+        for agent_id, agent_skills, wrapup, cap in zip(AGENTS, skills, wrapups, caps, strict=True):
+            self.upsert_agent(agent_id, agent_skills, wrapup, cap)
             if agent_id not in stay_out:
                 self.run(self.store.agent_login(agent_id))
         self.sync()
+
+    def upsert_agent(self, agent_id: str, skills: tuple[str, ...], wrapup: int | None, cap: str) -> None:
+        uri = f"sip:{agent_id}@127.0.0.1:3" if cap in ("audio", "both") else None
+        chat_uri = f"sip:{agent_id}@127.0.0.1:5" if cap in ("chat", "both") else None
+        res = self.run(self.store.agent_upsert(agent_id, uri, list(skills), wrapup, chat_uri=chat_uri))
+        assert res.rc is RC.OK, res
+        self.caps[agent_id] = cap
 
     # -- plumbing: reports out, commands and events in ------------------------------------------
     def emit(self, call: EdgeCall, rtype: str, now: bool, **data: Any) -> None:
@@ -213,6 +228,8 @@ class DispatchMachine(RuleBasedStateMachine):
             if d["to"] == "ringing":
                 assert d["from"] == "free" and self.agent_call.get(a) is None, f"offered while busy: {where}"
                 self.just_rang[a] = d["call_id"]
+            elif d["to"] == "in_chat":
+                assert d["from"] == "free" and d["chats"] >= 1, f"a chat for a busy agent: {where}"
             elif d["to"] == "in_call":
                 assert d["from"] == "ringing" and d["call_id"] == self.agent_call.get(a), where
             self.agent_state[a] = d["to"]
@@ -223,7 +240,11 @@ class DispatchMachine(RuleBasedStateMachine):
         elif e.type == "call.offered":
             c, a = d["call_id"], d["agent_id"]
             assert self.ended[c] == 0 and c not in self.offer_of, f"offered twice at once: {where}"
-            assert self.just_rang.pop(a, None) == c, where
+            if self.calls[c].chat:
+                assert self.caps[a] in ("chat", "both"), f"a chat for an agent without a chat uri: {where}"
+            else:
+                assert self.caps[a] in ("audio", "both"), f"audio for a chat-only agent: {where}"
+                assert self.just_rang.pop(a, None) == c, where
             self.offer_of[c] = (a, d["offer_id"])
         elif e.type == "call.agent_failed":
             assert self.offer_of.pop(d["call_id"], None) == (d["agent_id"], d["offer_id"]), where
@@ -242,13 +263,13 @@ class DispatchMachine(RuleBasedStateMachine):
         return any(pred(c) for c in self.calls.values())
 
     # -- callers and the edge -------------------------------------------------------------------
-    @rule(flow=st.sampled_from([*FLOWS, "nope"]), now=NOW)
-    def arrive(self, flow: str, now: bool) -> None:
+    @rule(flow=st.sampled_from([*FLOWS, "nope"]), now=NOW, media_type=st.sampled_from(["audio", "audio", "chat"]))
+    def arrive(self, flow: str, now: bool, media_type: str) -> None:
         self.n += 1
-        call = EdgeCall(f"c{self.n}")
+        call = EdgeCall(f"c{self.n}", chat=media_type == "chat")
         self.calls[call.call_id] = call
         self.emit(call, "report.call_arrived", now, flow=flow, caller=f"u{self.n}", caller_uri="sip:u@127.0.0.1",
-                  sip_call_id=f"{call.call_id}@x", source="127.0.0.1:9")
+                  sip_call_id=f"{call.call_id}@x", source="127.0.0.1:9", media_type=media_type)
 
     @precondition(lambda self: self.some(lambda c: c.outbox))
     @rule(data=st.data(), all_of_it=st.booleans())
@@ -357,12 +378,12 @@ class DispatchMachine(RuleBasedStateMachine):
         self.sync()
 
     @rule(agent=st.sampled_from(AGENTS), skills=st.sampled_from(SKILL_SETS), wrapup=st.sampled_from([None, 0, 2]),
-          delete=RARELY)
-    def provision_agent(self, agent: str, skills: tuple[str, ...], wrapup: int | None, delete: bool) -> None:
+          cap=st.sampled_from(CAPS), delete=RARELY)
+    def provision_agent(self, agent: str, skills: tuple[str, ...], wrapup: int | None, cap: str, delete: bool) -> None:
         if delete:
             self.run(self.store.agent_delete(agent))  # refused unless logged out
         else:
-            self.run(self.store.agent_upsert(agent, f"sip:{agent}@127.0.0.1:4", list(skills), wrapup))
+            self.upsert_agent(agent, skills, wrapup, cap)
         self.sync()
 
     @rule(flow=st.sampled_from(sorted(FLOWS)), skill=st.sampled_from(["s1", "s2"]), priority=st.sampled_from([0, 5]),
@@ -397,18 +418,33 @@ class DispatchMachine(RuleBasedStateMachine):
         for a, agent in agents.items():
             state = agent.get("state", "logged_out")
             assert state == self.agent_state.get(a, "logged_out"), (a, agent, "the events say otherwise")
+            chats = {_s(c) for c in r.smembers(k.agent_chats(a))}
+            assert int(agent.get("chats") or 0) == len(chats), (a, agent, chats)
             if state in ("ringing", "in_call"):
                 c = agent.get("call", "")
                 assert c in live, (a, agent, "holds a call that is not live")
                 want = "offered" if state == "ringing" else "connected"
                 assert calls[c]["state"] == want and calls[c]["agent"] == a, (a, agent, calls[c])
+                assert calls[c]["media_type"] == "audio", (a, agent, calls[c])
             else:
                 assert agent.get("call", "") == "", (a, agent)
+            if state == "in_chat":
+                # (a re-provisioned agent keeps the chats it has, even without a chat uri now)
+                assert 1 <= len(chats) <= CHAT_CAPACITY, (a, agent, chats)
+                for c in chats:
+                    assert c in live and calls[c]["agent"] == a and calls[c]["media_type"] == "chat", (a, c)
+                    assert calls[c]["state"] in ("offered", "connected"), (a, c, calls[c])
+            else:
+                assert not chats, (a, agent, chats, "chats held outside in_chat")
             if state == "wrap_up":
                 assert f"wrapup|{a}" in timers, (a, agent, "wrap-up without its timer")
         for c, call in calls.items():
             assert call.get("state") not in (None, "ended"), (c, call)
-            if call["state"] in ("offered", "connected"):
+            if call["state"] in ("offered", "connected") and call["media_type"] == "chat":
+                agent = agents.get(call["agent"], {})
+                assert agent.get("state") == "in_chat", (c, call, agent)
+                assert r.sismember(k.agent_chats(call["agent"]), c), (c, call, "not in the agent's chats")
+            elif call["state"] in ("offered", "connected"):
                 agent = agents.get(call["agent"], {})
                 want = "ringing" if call["state"] == "offered" else "in_call"
                 assert agent.get("state") == want and agent.get("call") == c, (c, call, agent)
@@ -416,13 +452,15 @@ class DispatchMachine(RuleBasedStateMachine):
                 assert f"offer|{c}|{call['offer']}" in timers, (c, call, "an offer without its lease")
         # queues hold exactly the queued calls, each in its own flow's queue
         queued: dict[str, str] = {}
-        for qkey in r.scan_iter(match=f"{k.prefix}queue:*"):
-            flow = _s(qkey).rsplit(":", 1)[1]
-            for member in r.zrange(qkey, 0, -1):
-                c = _s(member)
-                assert c not in queued, (c, "in two queues")
-                queued[c] = flow
-        want_queued = {c: call["flow"] for c, call in calls.items() if call["state"] == "queued"}
+        for pattern, kind in (("queue:*", "audio"), ("chatq:*", "chat")):
+            for qkey in r.scan_iter(match=k.prefix + pattern):
+                flow = _s(qkey).rsplit(":", 1)[1]
+                for member in r.zrange(qkey, 0, -1):
+                    c = _s(member)
+                    assert c not in queued, (c, "in two queues")
+                    queued[c] = f"{flow}/{kind}"
+        want_queued = {c: f"{call['flow']}/{call['media_type']}" for c, call in calls.items()
+                       if call["state"] == "queued"}
         assert queued == want_queued, (queued, want_queued)
         # the skill indexes follow the agents
         skills = {s for agent in agents.values() for s in agent["skills"].split(",")}
@@ -432,9 +470,17 @@ class DispatchMachine(RuleBasedStateMachine):
             free = {_s(m) for m in r.zrange(k.skill_free(skill), 0, -1)}
             logged = {_s(m) for m in r.smembers(k.skill_logged(skill))}
             has = {a for a, agent in agents.items() if skill in agent["skills"].split(",")}
-            assert free == {a for a in has if agents[a]["state"] == "free"}, (skill, free)
+            assert free == {a for a in has if agents[a]["state"] == "free" and agents[a].get("uri")}, (skill, free)
+            open_for_chats = {a for a in has if self.chat_slots(agents[a]) > 0}
+            assert {_s(m) for m in r.zrange(k.skill_chat(skill), 0, -1)} == open_for_chats, (skill, open_for_chats)
             assert logged == {a for a in has if agents[a]["state"] != "logged_out"
                               and agents[a].get("logout_pending") != "1"}, (skill, logged)
+        # nobody waits while someone could take the call at once (internal dispatching is on)
+        for c, call in calls.items():
+            if call["state"] == "queued":
+                skill = _s(r.hget(k.flow(call["flow"]), "skill") or b"")
+                index = k.skill_chat(skill) if call["media_type"] == "chat" else k.skill_free(skill)
+                assert r.zcard(index) == 0, (c, call, "waits while an agent could take it")
         # the edge index holds the live calls; the edge's view of ended calls agrees
         assert {_s(c) for c in r.smembers(k.edge_calls(EDGE))} == live
         for c in self.ended:
@@ -442,6 +488,16 @@ class DispatchMachine(RuleBasedStateMachine):
         for call in self.calls.values():
             if call.ended and not call.outbox:
                 assert call.call_id not in live, (call, "the edge reported its end")
+
+
+    def chat_slots(self, agent: dict[str, str]) -> int:
+        """Free chat slots of an agent, by the documented rule (docs/routing.md)."""
+        if not agent.get("chat_uri") or agent.get("state") not in ("free", "in_chat"):
+            return 0
+        if agent.get("logout_pending") == "1" or agent.get("pause_pending"):
+            return 0
+        held = 1 if int(agent.get("wrapup_end_ms") or 0) > self.now else 0
+        return CHAT_CAPACITY - int(agent.get("chats") or 0) - held
 
 
 def test_dispatch_state_machine(redis_server: RedisServer) -> None:
