@@ -2,9 +2,11 @@
 hundreds of calls, tens of agents logging in and out, one dispatcher SIGKILLed mid-run.
 
 The events stream is the serialization order of the Lua steps, so each agent's and each call's
-timeline is rebuilt from it in stream order and checked: an agent is never offered a call while it
-rings or talks, a call is never offered to two agents at once, every call ends exactly once, the
-counters agree with the events, and nothing is left behind (agents, queues, pending entries).
+timeline is rebuilt from it in stream order and checked: an agent is never offered an audio call
+while it rings, talks or holds chats, never holds more chats than its capacity, a chat-only agent
+never gets audio and an audio-only one never a chat, a call is never offered to two agents at
+once, every call ends exactly once, the counters agree with the events, and nothing is left behind
+(agents, queues, pending entries).
 """
 
 from __future__ import annotations
@@ -43,6 +45,10 @@ FLOWS: dict[str, dict[str, Any]] = {
 SKILL_SETS = (["s1"], ["s2"], ["s3"], ["s1", "s2"], ["s2", "s3"], ["s1", "s3"])
 AGENTS = [f"ag{i:02d}" for i in range(30)]
 CHURNING = AGENTS[:6]  # these log out and in again during the run, through the api's Lua steps
+# what each agent takes: audio calls, chats (CHAT_CAPACITY at once) or both
+CAPS = {a: ("chat" if i % 5 == 4 else "both" if i % 3 == 1 else "audio") for i, a in enumerate(AGENTS)}
+CHAT_CAPACITY = 3
+P_CHAT = 0.3
 
 
 async def until(predicate: Any, timeout: float, what: str) -> None:
@@ -91,7 +97,10 @@ async def provision(store: Store) -> None:
     rng = random.Random(SEED)
     for i, agent_id in enumerate(AGENTS):
         wrapup = 1 if i % 3 == 0 else None  # a third wrap up for 1 s, the rest use CC_WRAPUP_S=0
-        res = await store.agent_upsert(agent_id, f"sip:{agent_id}@127.0.0.1:7100", rng.choice(SKILL_SETS), wrapup)
+        uri = f"sip:{agent_id}@127.0.0.1:7100" if CAPS[agent_id] != "chat" else None
+        chat_uri = f"sip:{agent_id}@127.0.0.1:7200" if CAPS[agent_id] != "audio" else None
+        res = await store.agent_upsert(agent_id, uri, rng.choice(SKILL_SETS), wrapup, chat_uri=chat_uri,
+                                       chat_capacity=CHAT_CAPACITY)
         assert res.rc is RC.OK
         assert (await store.agent_login(agent_id)).rc is RC.OK
 
@@ -130,9 +139,11 @@ def check_timelines(events: list[Entry]) -> dict[str, Any]:
     offer_of: dict[str, tuple[str, str] | None] = {}  # call -> (agent, offer id) of its live offer
     talking_to: dict[str, str] = {}
     arrived: set[str] = set()
+    chats: set[str] = set()                       # calls that are chats
+    chats_of: dict[str, set[str]] = defaultdict(set)  # agent -> chats it holds (offered or connected)
     ended: Counter[str] = Counter()
     seen: dict[str, Any] = {"outcomes": Counter(), "connected_by_agent": Counter(),
-                            "offered_by_agent": Counter(), "types": Counter()}
+                            "offered_by_agent": Counter(), "types": Counter(), "chat_offers": 0, "max_chats": 0}
 
     def where(e: Entry) -> str:
         return f"event {e.id} {e.type} {e.data}"
@@ -145,7 +156,12 @@ def check_timelines(events: list[Entry]) -> dict[str, Any]:
             assert d["from"] == agent_state[a], f"{where(e)}: agent was {agent_state[a]}"
             if d["to"] == "ringing":
                 assert d["from"] == "free" and agent_call[a] is None, f"{where(e)}: offered while busy"
+                assert not chats_of[a], f"{where(e)}: an audio call for an agent in chats"
                 just_rang[a] = d["call_id"]
+            elif d["to"] == "in_chat":
+                assert d["from"] == "free" and agent_call[a] is None, f"{where(e)}: a chat for a busy agent"
+            elif agent_state[a] == "in_chat":
+                assert not chats_of[a], f"{where(e)}: left in_chat holding {chats_of[a]}"
             elif d["to"] == "in_call":
                 assert d["from"] == "ringing" and d["call_id"] == agent_call[a], f"{where(e)}: not its ring"
             agent_state[a] = d["to"]
@@ -153,23 +169,38 @@ def check_timelines(events: list[Entry]) -> dict[str, Any]:
         elif e.type == "call.arrived":
             assert d["call_id"] not in arrived, where(e)
             arrived.add(d["call_id"])
+            if d.get("media_type") == "chat":
+                chats.add(d["call_id"])
         elif e.type == "call.offered":
             c, a = d["call_id"], d["agent_id"]
             assert c in arrived and ended[c] == 0, f"{where(e)}: offered a call that is not live"
             assert offer_of.get(c) is None, f"{where(e)}: already offered to {offer_of[c]}"
             assert talking_to.get(c) is None, f"{where(e)}: already talking"
-            assert just_rang.pop(a, None) == c, f"{where(e)}: the agent did not go free -> ringing for it"
-            assert agent_state[a] == "ringing" and agent_call[a] == c, where(e)
+            if c in chats:
+                assert CAPS[a] != "audio", f"{where(e)}: a chat for an audio-only agent"
+                assert agent_state[a] == "in_chat", f"{where(e)}: a chat for an agent in {agent_state[a]}"
+                chats_of[a].add(c)
+                assert len(chats_of[a]) <= CHAT_CAPACITY, f"{where(e)}: over capacity {chats_of[a]}"
+                seen["chat_offers"] += 1
+                seen["max_chats"] = max(seen["max_chats"], len(chats_of[a]))
+            else:
+                assert CAPS[a] != "chat", f"{where(e)}: audio for a chat-only agent"
+                assert just_rang.pop(a, None) == c, f"{where(e)}: the agent did not go free -> ringing for it"
+                assert agent_state[a] == "ringing" and agent_call[a] == c, where(e)
             offer_of[c] = (a, d["offer_id"])
             seen["offered_by_agent"][a] += 1
         elif e.type == "call.agent_failed":
             c = d["call_id"]
             assert offer_of.get(c) == (d["agent_id"], d["offer_id"]), f"{where(e)}: not the live offer"
             offer_of[c] = None
+            chats_of[d["agent_id"]].discard(c)
         elif e.type == "call.connected":
             c, a = d["call_id"], d["agent_id"]
             assert offer_of.get(c) is not None and offer_of[c][0] == a, f"{where(e)}: not offered to it"  # type: ignore[index]
-            assert agent_state[a] == "in_call" and agent_call[a] == c, where(e)
+            if c in chats:
+                assert agent_state[a] == "in_chat" and c in chats_of[a], where(e)
+            else:
+                assert agent_state[a] == "in_call" and agent_call[a] == c, where(e)
             offer_of[c] = None
             talking_to[c] = a
             seen["connected_by_agent"][a] += 1
@@ -184,6 +215,9 @@ def check_timelines(events: list[Entry]) -> dict[str, Any]:
                 assert c not in talking_to, f"{where(e)}: a connected call must end answered"
             offer_of[c] = None
             talking_to.pop(c, None)
+            if d.get("agent_id"):
+                chats_of[d["agent_id"]].discard(c)
+            assert d.get("media_type", "audio") == ("chat" if c in chats else "audio"), where(e)
         elif e.type == "agent.logged_out":
             assert agent_state[d["agent_id"]] == "logged_out", where(e)
     # an agent that rang for a call always saw call.offered for it in the same step
@@ -226,7 +260,7 @@ async def test_many_dispatchers_two_edges_sigkill(redis_server: RedisServer, red
            "CC_OFFER_LEASE_GRACE_S": "5", "CC_CLAIM_IDLE_MS": "1000", "CC_BLOCK_MS": "100", "CC_BATCH": "32",
            "CC_TIMER_INTERVAL_MS": "20", "CC_LOG_LEVEL": "warning"}
     dispatchers = [ServiceProcess("dispatcher", {**env, "CC_CONSUMER": f"d{i}"}).start() for i in range(DISPATCHERS)]
-    sims = [EdgeSim(redis, TENANT, edge, seed=SEED + i, profile=SimProfile(p_unknown_flow=0.01)).start()
+    sims = [EdgeSim(redis, TENANT, edge, seed=SEED + i, profile=SimProfile(p_unknown_flow=0.01, p_chat=P_CHAT)).start()
             for i, edge in enumerate(EDGES)]
     stop_churn = asyncio.Event()
     try:
@@ -286,6 +320,7 @@ async def test_many_dispatchers_two_edges_sigkill(redis_server: RedisServer, red
         # the calls must really have exercised the paths
         assert seen["outcomes"]["answered"] > 50 and seen["outcomes"]["abandoned"] > 10, seen["outcomes"]
         assert seen["types"]["call.agent_failed"] > 10 and seen["types"]["call.queued"] > 10, seen["types"]
+        assert seen["chat_offers"] > 30 and seen["max_chats"] >= 2, seen
 
         # -- the commands each edge received agree with the events ------------------------------
         commands = {edge: await read_stream(redis, keys.commands(edge)) for edge in EDGES}
@@ -299,11 +334,14 @@ async def test_many_dispatchers_two_edges_sigkill(redis_server: RedisServer, red
         assert stats.get("distributed", 0) == seen["types"]["call.offered"]
         assert stats.get("abandoned", 0) == seen["outcomes"]["abandoned"]
         assert stats.get("incalls", 0) == arrivals - seen["outcomes"]["rejected"]
-        assert stats.get("onhold", 0) == 0
+        assert stats.get("onhold", 0) == 0 and stats.get("onhold_chats", 0) == 0
+        assert 0 < stats.get("answered_chats", 0) < stats.get("answered", 0)
         for agent_id in AGENTS:
             agent = await store.agent(agent_id)
             assert agent is not None
-            assert int(agent.get("answered", 0)) == seen["connected_by_agent"][agent_id], agent_id
+            answered = int(agent.get("answered", 0)) + int(agent.get("answered_chats", 0))
+            assert answered == seen["connected_by_agent"][agent_id], agent_id
+            assert int(agent.get("chats") or 0) == 0 and await redis.scard(keys.agent_chats(agent_id)) == 0
             assert int(agent.get("distributed", 0)) == seen["offered_by_agent"][agent_id], agent_id
             assert agent["state"] == seen["agent_state"][agent_id], agent_id
             assert agent["state"] in ("free", "logged_out") and agent.get("call", "") == ""
@@ -317,13 +355,16 @@ async def test_many_dispatchers_two_edges_sigkill(redis_server: RedisServer, red
             for agent_id in AGENTS:
                 agent = await store.agent(agent_id) or {}
                 if skill in agent["skills"].split(","):
-                    if agent["state"] == "free":
+                    if agent["state"] == "free" and agent["uri"]:
                         want_free.add(agent_id)
                     if agent["state"] != "logged_out":
                         want_logged.add(agent_id)
             assert free == want_free and logged == want_logged, skill
+            open_for_chats = {m.decode() for m in await redis.zrange(keys.skill_chat(skill), 0, -1)}
+            assert open_for_chats <= want_logged and not {a for a in open_for_chats if CAPS[a] == "audio"}, skill
         for flow_id in FLOWS:
             assert await redis.zcard(keys.queue(flow_id)) == 0, flow_id
+            assert await redis.zcard(keys.chat_queue(flow_id)) == 0, flow_id
         for edge in EDGES:
             assert await redis.scard(keys.edge_calls(edge)) == 0, edge
         timers = [t.decode() for t in await redis.zrange(keys.timers, 0, -1)]

@@ -47,6 +47,7 @@ class SimProfile:
     patience_s: tuple[float, float] = (0.3, 8.0)
     p_caller_ends_talk: float = 0.5
     p_unknown_flow: float = 0.0    # arrivals for a flow nobody provisioned (404)
+    p_chat: float = 0.0            # arrivals that are chats (an MSRP offer) rather than audio calls
 
 
 @dataclass
@@ -109,17 +110,17 @@ class EdgeSim:
             flow = self.rng.choice(list(flows))
             if self.rng.random() < self.profile.p_unknown_flow:
                 flow = "no-such-flow"
-            self.arrive(flow)
+            self.arrive(flow, "chat" if self.rng.random() < self.profile.p_chat else "audio")
             await asyncio.sleep(1.0 / rate_per_s)
 
     # -- callers -----------------------------------------------------------------------------------
-    def arrive(self, flow: str) -> str:
+    def arrive(self, flow: str, media_type: str = "audio") -> str:
         self._next += 1
         call = _Call(call_id=f"{self.edge_id}-c{self._next}")
         self.calls[call.call_id] = call
         self._report(call, "report.call_arrived", flow=flow, caller=f"caller{self._next}",
                      caller_uri=f"sip:caller{self._next}@127.0.0.1", sip_call_id=f"{call.call_id}@sim",
-                     source="127.0.0.1:5060")
+                     source="127.0.0.1:5060", media_type=media_type)
         self._later(call, self._span(self.profile.patience_s), self._caller_gives_up, call)
         return call.call_id
 
