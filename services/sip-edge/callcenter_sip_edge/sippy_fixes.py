@@ -11,6 +11,7 @@ Every patch says which defect it works around. `apply_sippy_fixes()` is idempote
 
 from __future__ import annotations
 
+import functools
 import gc
 import re
 import socket
@@ -37,6 +38,7 @@ def apply_sippy_fixes() -> None:
     _answer_in_dialog_update()
     _answer_unknown_in_dialog_methods()
     _keep_update_transaction_open_while_relayed()
+    _ack_before_bye_when_a_200_crosses_the_cancel()
     _case_insensitive_transport_param()
     _keep_session_sdp_after_failed_reinvite()
     _fast_clocks()
@@ -140,6 +142,35 @@ def _keep_update_transaction_open_while_relayed() -> None:
         return result
 
     UA.recvRequest = recv_request
+
+
+def _ack_before_bye_when_a_200_crosses_the_cancel() -> None:
+    # Why: a phone may answer an INVITE we have just CANCELled (a ring-all leg that lost, a ring
+    # cancelled at the ring timeout): its 200 crosses our CANCEL. UacStateCancelling sends the BYE
+    # from inside the response callback, and the transaction manager sends the ACK for that 200
+    # only after the callback returns, so the phone got BYE before ACK, a BYE for a session whose
+    # 200 it still retransmits (SIPp aborts the call: "unexpected BYE"). Hold the BYE back until
+    # the reactor's next turn, after the ACK has been handed to the sender.
+    from sippy.Time.Timeout import Timeout
+    from sippy.UacStateCancelling import UacStateCancelling
+
+    original_recv_response = UacStateCancelling.recvResponse
+
+    def recv_response(state: Any, resp: Any, tr: Any) -> Any:
+        if not 200 <= resp.getSCode()[0] < 300:
+            return original_recv_response(state, resp, tr)
+        ua = state.ua
+        held: list[tuple[Any, dict[str, Any]]] = []
+        # shadow the method on this one UA for this one call: the BYE is built but not sent yet
+        ua.newTransaction = lambda req, **kwargs: held.append((req, kwargs))
+        try:
+            return original_recv_response(state, resp, tr)
+        finally:
+            del ua.newTransaction
+            for req, kwargs in held:
+                Timeout(functools.partial(ua.newTransaction, req, **kwargs), 0)
+
+    UacStateCancelling.recvResponse = recv_response
 
 
 def _case_insensitive_transport_param() -> None:
