@@ -391,7 +391,9 @@ def make_transaction_manager_class(
     *, max_message_bytes: int, advertised_host: str | None,
     on_screened: Callable[[str, str, bool], None],
 ) -> type:
-    """sippy's SipTransactionManager that screens every datagram before parsing it."""
+    """sippy's SipTransactionManager that screens every datagram before parsing it, and sends the
+    ACK of an in-dialog INVITE along the dialog's route set."""
+    from sippy.SipHeader import SipHeader
     from sippy.SipTransactionManager import SipTransactionManager
     from sippy.Udp_server import Udp_server_opts
 
@@ -412,5 +414,28 @@ def make_transaction_manager_class(
                 on_screened(verdict.drop_reason, source, verdict.reply is not None)
             if verdict.reply is not None:
                 server.send_to(verdict.reply, ra.address)
+
+        # Why: sippy builds the ACK of a 2xx from the response's Contact and Record-Route, which is
+        # right for a dialog-creating INVITE only. The 200 to a re-INVITE normally has no
+        # Record-Route (the route set is fixed when the dialog is created, RFC 3261 12.2), so the
+        # ACK of every re-INVITE the edge sent behind a record-routing proxy went straight to the
+        # peer's Contact, without Route: past the proxy (or nowhere, behind NAT), and the peer,
+        # never ACKed, hung up after 32 s. Keep the re-INVITE's own Route headers and next hop for
+        # its ACK (loose routing; strict routing is left as sippy does it).
+        def newTransaction(self, msg: Any, *args: Any, **kwargs: Any) -> Any:
+            t = super().newTransaction(msg, *args, **kwargs)
+            if t.method == "INVITE" and msg.getHFBody("to").getTag() is not None:
+                routes = msg.getHFBCopys("route")
+                if routes and routes[0].getUrl().lr:
+                    t.dialog_route_set = (routes, t.address)
+            return t
+
+        def transmitReq(self, t: Any, msg: Any, address: Any, *args: Any, **kwargs: Any) -> None:
+            route_set = getattr(t, "dialog_route_set", None)
+            if route_set is not None and msg is t.ack:
+                routes, address = route_set
+                msg.delHFs("route")
+                msg.appendHeaders([SipHeader(name="route", body=route.getCopy()) for route in routes])
+            super().transmitReq(t, msg, address, *args, **kwargs)
 
     return ScreenedTransactionManager
