@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import socket
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
 import pytest
+from e2e_harness import agent, agent_failures, caller, flow, has_event, messages, ok, only_call, sip, start, types
 
 from callcenter.testing.scenarios import scenario
 from callcenter.testing.servers import free_port
@@ -30,15 +29,6 @@ from callcenter.testing.system import WholeSystem, wait_for
 pytestmark = pytest.mark.slow
 
 RING_TIMEOUT_S = 2
-SIPP_DIR = Path(__file__).resolve().parents[1] / "sipp"   # SIP-level scenarios shared with tests/sip
-E2E_SIPP_DIR = Path(__file__).resolve().parent / "sipp"   # the few this module adds
-
-
-def sip(name: str) -> Path:
-    for d in (E2E_SIPP_DIR, SIPP_DIR):
-        if (d / name).exists():
-            return d / name
-    return scenario(name)
 
 
 @pytest.fixture(scope="module")
@@ -49,59 +39,6 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
         yield system
     finally:
         system.stop()
-
-
-def start(peers: list[Sipp], sipp: Sipp, trace_msg: bool = False) -> Sipp:
-    if trace_msg:
-        sipp.extra += ["-trace_msg", "-message_file", str(sipp.logdir / "messages.log")]
-    peers.append(sipp.start())
-    return sipp
-
-
-def messages(sipp: Sipp) -> str:
-    p = sipp.logdir / "messages.log"
-    return p.read_text(errors="replace") if p.exists() else ""
-
-
-def caller(system: WholeSystem, name: str, flow: str, pause_ms: int | None = None, **kw: Any) -> Sipp:
-    extra = ["-d", str(pause_ms)] if pause_ms is not None else []
-    return Sipp(sip(name), remote=system.caller_target, service=flow, extra=extra, **kw)
-
-
-def flow(system: WholeSystem, flow_id: str, queue: Sipp | str, **fields: Any) -> None:
-    body = {"skill": flow_id, "priority": 0,
-            "queue_uri": queue if isinstance(queue, str) else f"sip:queue@{queue.uri_host}", **fields}
-    r = system.api.put(f"/v1/flows/{flow_id}", json=body)
-    assert r.status_code in (200, 201), r.text
-
-
-def agent(system: WholeSystem, agent_id: str, skill: str, phone: Sipp | str, **fields: Any) -> None:
-    uri = phone if isinstance(phone, str) else f"sip:{agent_id}@{phone.uri_host}"
-    r = system.api.put(f"/v1/agents/{agent_id}", json={"uri": uri, "skills": [skill], **fields})
-    assert r.status_code in (200, 201), r.text
-
-
-def only_call(system: WholeSystem, flow_id: str) -> str:
-    wait_for(lambda: len(system.call_ids_of_flow(flow_id)) == 1, 10, f"the call of {flow_id}", system)
-    [call_id] = system.call_ids_of_flow(flow_id)
-    return call_id
-
-
-def types(system: WholeSystem, call_id: str) -> list[str]:
-    return [t for t, _ in system.events(call_id)]
-
-
-def has_event(system: WholeSystem, call_id: str, kind: str, **match: Any) -> bool:
-    return any(t == kind and all(d.get(k) == v for k, v in match.items()) for t, d in system.events(call_id))
-
-
-def agent_failures(system: WholeSystem, call_id: str) -> list[tuple[str, str]]:
-    return [(d["agent_id"], d["reason"]) for t, d in system.events(call_id) if t == "call.agent_failed"]
-
-
-def ok(sipp: Sipp, system: WholeSystem, timeout: float | None = None) -> None:
-    rc = sipp.wait(timeout)
-    assert rc == 0, f"{sipp.scenario.name} exited {rc}\n{sipp.errors()}\n{system.logs()}"
 
 
 # ---------------------------------------------------------------------------- 1. the caller leaves

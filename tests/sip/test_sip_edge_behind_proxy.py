@@ -3,7 +3,8 @@
 The test plays the proxy with a raw UDP socket (the caller's own socket must never be contacted
 directly): responses must carry both Vias in order and the Record-Route; in-dialog requests from
 the edge to the caller (here the BYE of a hang-up) must go to the proxy, with a Route header, and
-the caller's Contact as Request-URI (loose routing, RFC 3261 12.2.1.1).
+the caller's Contact as Request-URI (loose routing, RFC 3261 12.2.1.1). So must the re-INVITE of the
+caller to another media leg, and the ACK of its 200 (which, like most, has no Record-Route).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from sip_harness import LOOPBACK, EdgeUnderTest, SippLauncher, expect_success
+from sip_harness import LOOPBACK, EdgeUnderTest, SippLauncher, SippProcess, expect_success
 
 SDP = "v=0\r\no=t 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 
@@ -52,8 +53,10 @@ async def recv_until(sock: socket.socket, predicate: str) -> str:
             return msg
 
 
+@pytest.mark.parametrize("reinvite", [False, True], ids=["bye", "reinvite_then_bye"])
 async def test_responses_keep_both_vias_and_the_record_route_in_dialog_requests_follow_the_route_set(
-        edge: EdgeUnderTest, sipp: SippLauncher, sockets: tuple[socket.socket, socket.socket]) -> None:
+        edge: EdgeUnderTest, sipp: SippLauncher, sockets: tuple[socket.socket, socket.socket],
+        reinvite: bool) -> None:
     proxy, ua = sockets
     pport, uport = proxy.getsockname()[1], ua.getsockname()[1]
     stack, dispatcher = edge.stack, edge.dispatcher
@@ -102,6 +105,9 @@ async def test_responses_keep_both_vias_and_the_record_route_in_dialog_requests_
     ]).encode()
     proxy.sendto(ack, (LOOPBACK, edge.port))
     arrived = await dispatcher.wait_for("media_answered", timeout_s=5)
+    media = [music]
+    if reinvite:
+        media.append(await reinvite_through_the_proxy(edge, sipp, proxy, arrived.call_id, uport, record_route))
 
     stack.hangup(arrived.call_id, "test_done")
     bye = await recv_until(proxy, r"BYE ")
@@ -116,9 +122,33 @@ async def test_responses_keep_both_vias_and_the_record_route_in_dialog_requests_
     proxy.sendto(bye_reply, (LOOPBACK, edge.port))
     ended = await dispatcher.wait_for("ended", timeout_s=5)
     assert ended.data["reason"] == "test_done"
-    await expect_success(music)
+    await expect_success(*media)
     # nothing ever went to the caller's own socket: everything went through the proxy
     ua.settimeout(0.2)
     with pytest.raises(TimeoutError):
         ua.recv(65535)
     assert stack.active_calls() == 0
+
+
+async def reinvite_through_the_proxy(edge: EdgeUnderTest, sipp: SippLauncher, proxy: socket.socket, call_id: str,
+                                     uport: int, record_route: str) -> SippProcess:
+    """Move the caller to a late-offer media leg: the edge re-INVITEs the caller through the proxy;
+    the 200 (no Record-Route) must be ACKed through the proxy too."""
+    music2 = sipp.start("media_queue_late_uas", name="queue-music-2")
+    edge.stack.media(call_id, music2.uri("queue", ";cc_pos=0"), "queue")
+    reinv = await recv_until(proxy, r"INVITE ")
+    assert reinv.startswith(f"INVITE sip:alice@{LOOPBACK}:{uport} SIP/2.0"), reinv
+    assert [same_uri(r, record_route) for r in headers(reinv, "route")] == [True], reinv
+    answer = SDP.replace("o=t 1 1", "o=t 1 2")
+    reinv_ok = "\r\n".join([
+        "SIP/2.0 200 OK", *(f"Via: {v}" for v in headers(reinv, "via")), f"From: {headers(reinv, 'from')[0]}",
+        f"To: {headers(reinv, 'to')[0]}", "Call-ID: behind-proxy-1", f"CSeq: {headers(reinv, 'cseq')[0]}",
+        f"Contact: <sip:alice@{LOOPBACK}:{uport}>", "Content-Type: application/sdp",
+        f"Content-Length: {len(answer)}", "", answer]).encode()
+    proxy.sendto(reinv_ok, (LOOPBACK, edge.port))
+    ack = await recv_until(proxy, r"ACK ")
+    assert ack.startswith(f"ACK sip:alice@{LOOPBACK}:{uport} SIP/2.0"), ack
+    assert [same_uri(r, record_route) for r in headers(ack, "route")] == [True], ack
+    assert headers(ack, "cseq")[0].split()[0] == headers(reinv, "cseq")[0].split()[0]
+    await edge.dispatcher.wait_for("media_answered", timeout_s=5, uri=music2.uri("queue", ";cc_pos=0"))
+    return music2

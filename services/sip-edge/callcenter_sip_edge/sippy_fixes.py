@@ -12,6 +12,7 @@ Every patch says which defect it works around. `apply_sippy_fixes()` is idempote
 
 from __future__ import annotations
 
+import functools
 import gc
 import re
 import socket
@@ -38,6 +39,7 @@ def apply_sippy_fixes() -> None:
     _answer_in_dialog_update()
     _answer_unknown_in_dialog_methods()
     _keep_update_transaction_open_while_relayed()
+    _ack_before_bye_when_a_200_crosses_the_cancel()
     _case_insensitive_transport_param()
     _keep_session_sdp_after_failed_reinvite()
     _fast_clocks()
@@ -141,6 +143,35 @@ def _keep_update_transaction_open_while_relayed() -> None:
         return result
 
     UA.recvRequest = recv_request
+
+
+def _ack_before_bye_when_a_200_crosses_the_cancel() -> None:
+    # Why: a phone may answer an INVITE we have just CANCELled (a ring-all leg that lost, a ring
+    # cancelled at the ring timeout): its 200 crosses our CANCEL. UacStateCancelling sends the BYE
+    # from inside the response callback, and the transaction manager sends the ACK for that 200
+    # only after the callback returns, so the phone got BYE before ACK, a BYE for a session whose
+    # 200 it still retransmits (SIPp aborts the call: "unexpected BYE"). Hold the BYE back until
+    # the reactor's next turn, after the ACK has been handed to the sender.
+    from sippy.Time.Timeout import Timeout
+    from sippy.UacStateCancelling import UacStateCancelling
+
+    original_recv_response = UacStateCancelling.recvResponse
+
+    def recv_response(state: Any, resp: Any, tr: Any) -> Any:
+        if not 200 <= resp.getSCode()[0] < 300:
+            return original_recv_response(state, resp, tr)
+        ua = state.ua
+        held: list[tuple[Any, dict[str, Any]]] = []
+        # shadow the method on this one UA for this one call: the BYE is built but not sent yet
+        ua.newTransaction = lambda req, **kwargs: held.append((req, kwargs))
+        try:
+            return original_recv_response(state, resp, tr)
+        finally:
+            del ua.newTransaction
+            for req, kwargs in held:
+                Timeout(functools.partial(ua.newTransaction, req, **kwargs), 0)
+
+    UacStateCancelling.recvResponse = recv_response
 
 
 def _case_insensitive_transport_param() -> None:
@@ -396,7 +427,9 @@ def make_transaction_manager_class(
     *, max_message_bytes: int, advertised_host: str | None,
     on_screened: Callable[[str, str, bool], None],
 ) -> type:
-    """sippy's SipTransactionManager that screens every datagram before parsing it."""
+    """sippy's SipTransactionManager that screens every datagram before parsing it, and sends the
+    ACK of an in-dialog INVITE along the dialog's route set."""
+    from sippy.SipHeader import SipHeader
     from sippy.SipTransactionManager import SipTransactionManager
     from sippy.Udp_server import Udp_server_opts
 
@@ -417,5 +450,28 @@ def make_transaction_manager_class(
                 on_screened(verdict.drop_reason, source, verdict.reply is not None)
             if verdict.reply is not None:
                 server.send_to(verdict.reply, ra.address)
+
+        # Why: sippy builds the ACK of a 2xx from the response's Contact and Record-Route, which is
+        # right for a dialog-creating INVITE only. The 200 to a re-INVITE normally has no
+        # Record-Route (the route set is fixed when the dialog is created, RFC 3261 12.2), so the
+        # ACK of every re-INVITE the edge sent behind a record-routing proxy went straight to the
+        # peer's Contact, without Route: past the proxy (or nowhere, behind NAT), and the peer,
+        # never ACKed, hung up after 32 s. Keep the re-INVITE's own Route headers and next hop for
+        # its ACK (loose routing; strict routing is left as sippy does it).
+        def newTransaction(self, msg: Any, *args: Any, **kwargs: Any) -> Any:
+            t = super().newTransaction(msg, *args, **kwargs)
+            if t.method == "INVITE" and msg.getHFBody("to").getTag() is not None:
+                routes = msg.getHFBCopys("route")
+                if routes and routes[0].getUrl().lr:
+                    t.dialog_route_set = (routes, t.address)
+            return t
+
+        def transmitReq(self, t: Any, msg: Any, address: Any, *args: Any, **kwargs: Any) -> None:
+            route_set = getattr(t, "dialog_route_set", None)
+            if route_set is not None and msg is t.ack:
+                routes, address = route_set
+                msg.delHFs("route")
+                msg.appendHeaders([SipHeader(name="route", body=route.getCopy()) for route in routes])
+            super().transmitReq(t, msg, address, *args, **kwargs)
 
     return ScreenedTransactionManager

@@ -1,0 +1,80 @@
+"""What the call-path tests share: finding a SIPp scenario, starting SIPp peers, provisioning a
+flow and its agents through the api, and reading a call's events off the stream.
+
+Scenarios are looked up in tests/e2e/sipp (whole-system only), then tests/sipp (shared with the
+SIP-level tests in tests/sip), then the ones shipped with callcenter (callcenter.testing).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from callcenter.testing.scenarios import scenario
+from callcenter.testing.sipp import Sipp
+from callcenter.testing.system import WholeSystem, wait_for
+
+SIPP_DIR = Path(__file__).resolve().parents[1] / "sipp"   # SIP-level scenarios shared with tests/sip
+E2E_SIPP_DIR = Path(__file__).resolve().parent / "sipp"   # the ones only the whole-system tests use
+
+
+def sip(name: str) -> Path:
+    for d in (E2E_SIPP_DIR, SIPP_DIR):
+        if (d / name).exists():
+            return d / name
+    return scenario(name)
+
+
+def start(peers: list[Sipp], sipp: Sipp, trace_msg: bool = False) -> Sipp:
+    """Start a SIPp peer that the `peers` fixture stops at the end of the test; `trace_msg` keeps every
+    message it sent and received (read with `messages()`)."""
+    if trace_msg:
+        sipp.extra += ["-trace_msg", "-message_file", str(sipp.logdir / "messages.log")]
+    peers.append(sipp.start())
+    return sipp
+
+
+def messages(sipp: Sipp) -> str:
+    p = sipp.logdir / "messages.log"
+    return p.read_text(errors="replace") if p.exists() else ""
+
+
+def caller(system: WholeSystem, name: str, flow: str, pause_ms: int | None = None, **kw: Any) -> Sipp:
+    extra = ["-d", str(pause_ms)] if pause_ms is not None else []
+    return Sipp(sip(name), remote=system.caller_target, service=flow, extra=extra, **kw)
+
+
+def flow(system: WholeSystem, flow_id: str, queue: Sipp | str, **fields: Any) -> None:
+    body = {"skill": flow_id, "priority": 0,
+            "queue_uri": queue if isinstance(queue, str) else f"sip:queue@{queue.uri_host}", **fields}
+    r = system.api.put(f"/v1/flows/{flow_id}", json=body)
+    assert r.status_code in (200, 201), r.text
+
+
+def agent(system: WholeSystem, agent_id: str, skill: str, phone: Sipp | str, **fields: Any) -> None:
+    uri = phone if isinstance(phone, str) else f"sip:{agent_id}@{phone.uri_host}"
+    r = system.api.put(f"/v1/agents/{agent_id}", json={"uri": uri, "skills": [skill], **fields})
+    assert r.status_code in (200, 201), r.text
+
+
+def only_call(system: WholeSystem, flow_id: str) -> str:
+    wait_for(lambda: len(system.call_ids_of_flow(flow_id)) == 1, 10, f"the call of {flow_id}", system)
+    [call_id] = system.call_ids_of_flow(flow_id)
+    return call_id
+
+
+def types(system: WholeSystem, call_id: str) -> list[str]:
+    return [t for t, _ in system.events(call_id)]
+
+
+def has_event(system: WholeSystem, call_id: str, kind: str, **match: Any) -> bool:
+    return any(t == kind and all(d.get(k) == v for k, v in match.items()) for t, d in system.events(call_id))
+
+
+def agent_failures(system: WholeSystem, call_id: str) -> list[tuple[str, str]]:
+    return [(d["agent_id"], d["reason"]) for t, d in system.events(call_id) if t == "call.agent_failed"]
+
+
+def ok(sipp: Sipp, system: WholeSystem, timeout: float | None = None) -> None:
+    rc = sipp.wait(timeout)
+    assert rc == 0, f"{sipp.scenario.name} exited {rc}\n{sipp.errors()}\n{system.logs()}"
