@@ -438,6 +438,8 @@ class DispatchMachine(RuleBasedStateMachine):
                 assert not chats, (a, agent, chats, "chats held outside in_chat")
             if state == "wrap_up":
                 assert f"wrapup|{a}" in timers, (a, agent, "wrap-up without its timer")
+            if state in ("free", "paused"):
+                assert agent.get("logout_pending") != "1", (a, agent, "a logout left pending with no call")
         for c, call in calls.items():
             assert call.get("state") not in (None, "ended"), (c, call)
             if call["state"] in ("offered", "connected") and call["media_type"] == "chat":
@@ -559,3 +561,22 @@ async def test_force_release_of_a_ringing_agent_keeps_the_next_offer_it_got(redi
     agent, c2 = await store.agent("a1"), await store.call("c2")
     assert agent is not None and c2 is not None
     assert (agent["state"], agent["call"]) == ("ringing", "c2") and (c2["state"], c2["agent"]) == ("offered", "a1")
+
+
+async def test_logout_of_a_paused_agent_is_at_once_and_a_chat_agent_logging_back_in_takes_chats(
+        redis: aioredis.Redis) -> None:
+    """Found by the machine: a paused agent's logout was left pending; unpausing it then made it
+    free with the logout still pending (no chats for it), and logging in again cancelled the
+    logout without putting the agent back in the chat index."""
+    store = Store(redis, TENANT)
+    await store.flow_upsert("f1", {"skill": "s1", "queue_uri": "sip:queue@127.0.0.1:2"})
+    await store.agent_upsert("a2", None, ["s1"], None, chat_uri="sip:a2@127.0.0.1:5")
+    await store.agent_login("a2")
+    await store.agent_pause("a2", "break")
+    res = await store.agent_logout("a2")
+    assert (res.rc, res.detail) == (RC.OK, "logged_out")
+    agent = await store.agent("a2")
+    assert agent is not None and agent["state"] == "logged_out" and agent["logout_pending"] == "0"
+    assert (await store.agent_unpause("a2")).rc is RC.ALREADY
+    assert (await store.agent_login("a2")).detail == "free"
+    assert await redis.zscore(store.keys.skill_chat("s1"), "a2") is not None

@@ -15,6 +15,9 @@ if state ~= 'logged_out' then
     if state == 'in_chat' then
       chat_index(agent_id, agent)
       dispatch_chats(agent_id, agent)
+    elseif state == 'free' then
+      if (agent.chat_uri or '') ~= '' then chat_index(agent_id, agent) end
+      dispatch_to_agent(agent_id, agent)
     end
     return { RC.OK, state }
   end

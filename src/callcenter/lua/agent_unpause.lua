@@ -18,6 +18,10 @@ end
 if agent.state ~= 'paused' then return { RC.ALREADY, agent.state or 'logged_out' } end
 redis.call('HSET', k_agent(agent_id), 'pause_reason', '', 'missed_in_row', 0)
 emit('agent.unpaused', { agent_id = agent_id })
+if agent.logout_pending == '1' then  -- asked for during the call that preceded the pause
+  log_out(agent_id, agent)
+  return { RC.OK, 'logged_out' }
+end
 set_agent_state(agent_id, agent, 'free', nil)
 dispatch_to_agent(agent_id, agent)
 return { RC.OK, agent.state }
