@@ -166,6 +166,11 @@ async def test_hangup_all_ends_every_call(edge: EdgeUnderTest, client: socket.so
     for _ in range(3):
         assert (await _final_response(client)).startswith("SIP/2.0 480")
     assert edge.stack.active_calls() == 0
+    # the facts reach the asyncio loop after the 480s have left (and the blocking reads above held
+    # the loop): let them arrive
+    deadline = asyncio.get_running_loop().time() + 5
+    while edge.dispatcher.kinds().count("ended") < 3 and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
     assert [f.data["reason"] for f in edge.dispatcher.facts if f.kind == "ended"] == ["edge_shutdown"] * 3
 
 
