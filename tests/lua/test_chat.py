@@ -285,6 +285,7 @@ async def test_the_flow_id_message_rides_on_the_ring_command_with_a_longer_lease
     await h.flow("whispered", skill="sales", flow_id_uri="sip:flowid@127.0.0.1:7000")
     await h.agent("a1", ["sales"])
     await h.arrive("c1", "whispered")
+    await h.report("report.media_answered", "c1", purpose="queue", uri="sip:queue@127.0.0.1:7000")
     ring = rings(await h.commands())[-1]
     assert ring["whisper_uri"] == "sip:flowid@127.0.0.1:7000"
     lease = await h.redis.zscore(h.store.keys.timers, "offer|c1|1")
@@ -292,3 +293,19 @@ async def test_the_flow_id_message_rides_on_the_ring_command_with_a_longer_lease
     await h.arrive("c2")  # a flow without the message: no whisper_uri
     await h.report("report.call_ended", "c1", by="caller", reason="cancel")
     assert "whisper_uri" not in rings(await h.commands())[-1]
+
+
+async def test_a_flow_id_message_flow_queues_an_unanswered_caller_first(h: Harness) -> None:
+    """The message needs the caller on media: with no welcome, the call goes to the queue media first
+    and is offered when that media answers, even though an agent is free at arrival."""
+    await h.flow("whispered", skill="sales", flow_id_uri="sip:flowid@127.0.0.1:7000")
+    await h.agent("a1", ["sales"])
+    assert (await h.arrive("c1", "whispered")).detail == "queued"
+    assert [t for t, _ in await h.commands()] == ["command.media"]
+    res = await h.report("report.media_answered", "c1", purpose="queue", uri="sip:queue@127.0.0.1:7000")
+    assert (res.rc, res.detail) == (RC.OK, "offered")
+    assert rings(await h.commands())[-1]["whisper_uri"] == "sip:flowid@127.0.0.1:7000"
+    # a second answer (the queue media bridged again) offers nothing more
+    await h.report("report.agent_failed", "c1", offer_id="1", agent_id="a1", reason="rejected")
+    res = await h.report("report.media_answered", "c1", purpose="queue", uri="sip:queue@127.0.0.1:7000")
+    assert (res.rc, res.detail) == (RC.OK, "")

@@ -45,6 +45,8 @@ FLOWS: dict[str, dict[str, Any]] = {
     "f1": {"skill": "s1", "priority": 1, "welcome_uri": "sip:welcome@127.0.0.1:1"},
     "f2": {"skill": "s2", "priority": 1, "welcome_uri": ""},
     "f3": {"skill": "s1", "priority": 0, "welcome_uri": "", "strategy": "round-robin"},
+    # a flow-id message: an unanswered caller is queued first, offered when the queue media answers
+    "f4": {"skill": "s2", "priority": 2, "welcome_uri": "", "flow_id_uri": "sip:flowid@127.0.0.1:6"},
 }
 # what an agent can take: audio calls, chats (capacity CHAT_CAPACITY), or both
 CAPS = ("audio", "audio", "chat", "both")
@@ -479,8 +481,9 @@ class DispatchMachine(RuleBasedStateMachine):
                               and agents[a].get("logout_pending") != "1"}, (skill, logged)
         # nobody waits while someone could take the call at once (internal dispatching is on)
         for c, call in calls.items():
-            if call["state"] == "queued":
-                skill = _s(r.hget(k.flow(call["flow"]), "skill") or b"")
+            flow = _h(r.hgetall(k.flow(call["flow"])))
+            if call["state"] == "queued" and not (flow.get("flow_id_uri") and not call.get("answered_ms")):
+                skill = flow.get("skill", "")
                 index = k.skill_chat(skill) if call["media_type"] == "chat" else k.skill_free(skill)
                 assert r.zcard(index) == 0, (c, call, "waits while an agent could take it")
         # the edge index holds the live calls; the edge's view of ended calls agrees

@@ -489,8 +489,15 @@ local function pick_chat_agent(flow)
   return nil, nil
 end
 
+-- A flow with a flow-id message queues a caller nobody has answered yet (no welcome) first: the
+-- message needs the caller on media while the agent hears it. The queue media's answer
+-- (report_media_answered.lua) then offers the call.
+local function waits_for_media(call, flow)
+  return (flow.flow_id_uri or '') ~= '' and (call.answered_ms or '') == ''
+end
+
 local function route_call(call_id, call, flow, at_head)
-  local internal = cfg('internal_dispatching') == 1
+  local internal = cfg('internal_dispatching') == 1 and not waits_for_media(call, flow)
   if internal and call.media_type == 'chat' then
     local agent_id, agent = pick_chat_agent(flow)
     if agent_id then

@@ -1,9 +1,30 @@
 -- report_media_answered.lua: the caller is bridged to a media server.
 -- KEYS[1] any tenant key. ARGV: now_ms, entry id, msgpack report.media_answered. Returns {RC}.
+-- The first answer marks the caller answered; a call of a flow with a flow-id message that was
+-- queued for it is offered now if an agent is free.
 --!include common.lua
 --!include _report.lua
 
 local call, rc = load_call_for_report()
 if call == nil then return { rc } end
-if (call.answered_ms or '') == '' then redis.call('HSET', k_call(R.call_id), 'answered_ms', NOW) end
+if (call.answered_ms or '') ~= '' then return { RC.OK } end
+call_field_updates(R.call_id, call, { answered_ms = NOW })
+-- a call of a flow with a flow-id message waited for this answer (common.lua waits_for_media)
+local flow = hgetall(k_flow(call.flow))
+if flow and (flow.flow_id_uri or '') ~= '' and call.state == 'queued' and R.purpose == 'queue'
+    and cfg('internal_dispatching') == 1 then
+  local agent_id, agent
+  if call.media_type == 'chat' then agent_id, agent = pick_chat_agent(flow)
+  elseif flow.strategy ~= 'ring-all' then agent_id, agent = pick_agent(call.flow, flow) end
+  if agent_id then
+    offer(R.call_id, call, flow, agent_id, agent)
+    return { RC.OK, 'offered' }
+  elseif flow.strategy == 'ring-all' then
+    local agents = free_agents_of(flow)
+    if #agents > 0 then
+      offer_all(R.call_id, call, flow, agents)
+      return { RC.OK, 'offered' }
+    end
+  end
+end
 return { RC.OK }
