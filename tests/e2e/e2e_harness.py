@@ -7,8 +7,11 @@ SIP-level tests in tests/sip), then the ones shipped with callcenter (callcenter
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from callcenter.testing.scenarios import scenario
 from callcenter.testing.sipp import Sipp
@@ -23,6 +26,16 @@ def sip(name: str) -> Path:
         if (d / name).exists():
             return d / name
     return scenario(name)
+
+
+def whole_system(tmp_path_factory: pytest.TempPathFactory, tenant: str, ring_timeout_s: int) -> Iterator[WholeSystem]:
+    """The body of a module's `system` fixture: every service up, wrap-up 1 s; stopped at the end."""
+    system = WholeSystem.start(tmp_path_factory.mktemp(tenant), tenant=tenant,
+                               common_env={"CC_RING_TIMEOUT_S": str(ring_timeout_s), "CC_WRAPUP_S": "1"})
+    try:
+        yield system
+    finally:
+        system.stop()
 
 
 def start(peers: list[Sipp], sipp: Sipp, trace_msg: bool = False) -> Sipp:

@@ -19,7 +19,20 @@ import socket
 from collections.abc import Iterator
 
 import pytest
-from e2e_harness import agent, agent_failures, caller, flow, has_event, messages, ok, only_call, sip, start, types
+from e2e_harness import (
+    agent,
+    agent_failures,
+    caller,
+    flow,
+    has_event,
+    messages,
+    ok,
+    only_call,
+    sip,
+    start,
+    types,
+    whole_system,
+)
 
 from callcenter.testing.scenarios import scenario
 from callcenter.testing.servers import free_port
@@ -33,12 +46,7 @@ RING_TIMEOUT_S = 2
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    system = WholeSystem.start(tmp_path_factory.mktemp("paths"), tenant="paths",
-                               common_env={"CC_RING_TIMEOUT_S": str(RING_TIMEOUT_S), "CC_WRAPUP_S": "1"})
-    try:
-        yield system
-    finally:
-        system.stop()
+    yield from whole_system(tmp_path_factory, "paths", RING_TIMEOUT_S)
 
 
 # ---------------------------------------------------------------------------- 1. the caller leaves

@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from e2e_harness import agent, agent_failures, caller, flow, messages, ok, only_call, sip, start, types
+from e2e_harness import agent, agent_failures, caller, flow, messages, ok, only_call, sip, start, types, whole_system
 
 from callcenter.events import decode
 from callcenter.testing.scenarios import scenario
@@ -37,12 +37,7 @@ RING_TIMEOUT_S = 5
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    system = WholeSystem.start(tmp_path_factory.mktemp("paths-more"), tenant="more",
-                               common_env={"CC_RING_TIMEOUT_S": str(RING_TIMEOUT_S), "CC_WRAPUP_S": "1"})
-    try:
-        yield system
-    finally:
-        system.stop()
+    yield from whole_system(tmp_path_factory, "more", RING_TIMEOUT_S)
 
 
 def received(sipp: Sipp) -> list[str]:

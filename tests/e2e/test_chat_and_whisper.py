@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from e2e_harness import caller, flow, has_event, messages, ok, only_call, sip, start, types
+from e2e_harness import caller, flow, has_event, messages, ok, only_call, sip, start, types, whole_system
 
 from callcenter.testing.sipp import Sipp
 from callcenter.testing.system import WholeSystem, wait_for
@@ -24,12 +24,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    system = WholeSystem.start(tmp_path_factory.mktemp("chat"), tenant="chat",
-                               common_env={"CC_RING_TIMEOUT_S": "5", "CC_WRAPUP_S": "1"})
-    try:
-        yield system
-    finally:
-        system.stop()
+    yield from whole_system(tmp_path_factory, "chat", 5)
 
 
 def put_agent(system: WholeSystem, agent_id: str, skill: str, **fields: str | int) -> None:

@@ -27,6 +27,20 @@ def _first(messages: list[SipMessage], predicate, what: str) -> SipMessage:  # t
     raise AssertionError(f"no {what} in trace: {[m.start_line for m in messages]}")
 
 
+def _queue_then_ring(edge: EdgeUnderTest, sipp: SippLauncher, agent_scenario: str,
+                     whisper: SippProcess | str | None) -> tuple[SippProcess, SippProcess]:
+    """Queue music, then (once it answers) ring the agent with the flow-id message `whisper` (a
+    SIPp media server, or a URI as is); returns the music and agent SIPp processes."""
+    stack, dispatcher = edge.stack, edge.dispatcher
+    music = sipp.start("media_hold_uas", name="queue-music")
+    agent = sipp.start(agent_scenario, name="agent")
+    whisper_uri = whisper.uri("flowid") if isinstance(whisper, SippProcess) else whisper
+    dispatcher.on("arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
+    dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
+                                                         whisper_uri=whisper_uri))
+    return music, agent
+
+
 async def _wait_until(condition, timeout_s: float = 10.0) -> None:  # type: ignore[no-untyped-def]
     deadline = asyncio.get_running_loop().time() + timeout_s
     while not condition():
@@ -83,9 +97,8 @@ async def test_whisper_then_caller_connected(edge: EdgeUnderTest, sipp: SippLaun
 
 async def test_agent_hangs_up_during_whisper(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
     stack, dispatcher = edge.stack, edge.dispatcher
-    music = sipp.start("media_hold_uas", name="queue-music")
-    agent = sipp.start("agent_whisper_hangup_uas", name="agent")
     whisper = sipp.start("whisper_media_wait_bye_uas", name="whisper")
+    music, agent = _queue_then_ring(edge, sipp, "agent_whisper_hangup_uas", whisper)
     second = sipp.start("agent_late_uas", name="second-agent")
     queue_up_when_failed: list[bool] = []
 
@@ -93,9 +106,6 @@ async def test_agent_hangs_up_during_whisper(edge: EdgeUnderTest, sipp: SippLaun
         queue_up_when_failed.append(music.running())
         stack.ring(fact.call_id, "o2", "a2", second.uri("agent"), 10.0)
 
-    dispatcher.on("arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
-    dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
-                                                         whisper_uri=whisper.uri("flowid")))
     dispatcher.on("agent_failed", requeue_at_head)
     caller = _caller(sipp, edge, "caller_reinvited_1_bye")
 
@@ -112,12 +122,8 @@ async def test_agent_hangs_up_during_whisper(edge: EdgeUnderTest, sipp: SippLaun
 
 async def test_whisper_media_rejects_agent_connected_directly(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
     stack, dispatcher = edge.stack, edge.dispatcher
-    music = sipp.start("media_hold_uas", name="queue-music")
-    agent = sipp.start("agent_late_uas", name="agent")
     whisper = sipp.start("agent_busy_uas", name="whisper-busy")
-    dispatcher.on("arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
-    dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
-                                                         whisper_uri=whisper.uri("flowid")))
+    music, agent = _queue_then_ring(edge, sipp, "agent_late_uas", whisper)
     caller = _caller(sipp, edge, "caller_reinvited_1_bye")
 
     # agent_late_uas checks that its ACK carries the caller's answer (to its first offer)
@@ -130,12 +136,8 @@ async def test_whisper_media_rejects_agent_connected_directly(edge: EdgeUnderTes
 
 
 async def test_bad_whisper_uri_agent_connected_directly(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
-    stack, dispatcher = edge.stack, edge.dispatcher
-    music = sipp.start("media_hold_uas", name="queue-music")
-    agent = sipp.start("agent_late_uas", name="agent")
-    dispatcher.on("arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
-    dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
-                                                         whisper_uri="not a sip uri"))
+    dispatcher = edge.dispatcher
+    music, agent = _queue_then_ring(edge, sipp, "agent_late_uas", "not a sip uri")
     caller = _caller(sipp, edge, "caller_reinvited_1_bye")
 
     await expect_success(caller, music, agent)
@@ -145,12 +147,8 @@ async def test_bad_whisper_uri_agent_connected_directly(edge: EdgeUnderTest, sip
 
 async def test_caller_hangs_up_during_whisper(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
     stack, dispatcher = edge.stack, edge.dispatcher
-    music = sipp.start("media_hold_uas", name="queue-music")
-    agent = sipp.start("agent_whisper_wait_bye_uas", name="agent")
     whisper = sipp.start("whisper_media_wait_bye_uas", name="whisper")
-    dispatcher.on("arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
-    dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
-                                                         whisper_uri=whisper.uri("flowid")))
+    music, agent = _queue_then_ring(edge, sipp, "agent_whisper_wait_bye_uas", whisper)
     # the agent answers 200 ms after its INVITE; the caller hangs up 1.5 s after being answered
     caller = _caller(sipp, edge, "caller_answered_bye", pause_ms=1500)
 
@@ -166,12 +164,8 @@ async def test_caller_hangs_up_during_whisper(edge: EdgeUnderTest, sipp: SippLau
 
 async def test_cancel_ring_during_whisper(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
     stack, dispatcher = edge.stack, edge.dispatcher
-    music = sipp.start("media_hold_uas", name="queue-music")
-    agent = sipp.start("agent_whisper_wait_bye_uas", name="agent")
     whisper = sipp.start("whisper_media_wait_bye_uas", name="whisper")
-    dispatcher.on("arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
-    dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
-                                                         whisper_uri=whisper.uri("flowid")))
+    music, agent = _queue_then_ring(edge, sipp, "agent_whisper_wait_bye_uas", whisper)
     dispatcher.on("agent_failed", lambda f: stack.hangup(f.call_id, "no_agent"))
     caller = _caller(sipp, edge, "caller_answered_wait_bye")
     call = await dispatcher.wait_for("media_answered")
@@ -205,12 +199,8 @@ async def test_whisper_skipped_when_caller_not_answered(edge: EdgeUnderTest, sip
 async def test_agent_reinvite_glare_after_whisper_is_retried(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
     """The re-INVITE without SDP after the message gets 491: it is ACKed and sent again (2.1-4 s later)."""
     stack, dispatcher = edge.stack, edge.dispatcher
-    music = sipp.start("media_hold_uas", name="queue-music")
-    agent = sipp.start("agent_whisper_glare_uas", name="agent")
     whisper = sipp.start("whisper_media_uas", name="whisper")
-    dispatcher.on("arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
-    dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
-                                                         whisper_uri=whisper.uri("flowid")))
+    music, agent = _queue_then_ring(edge, sipp, "agent_whisper_glare_uas", whisper)
     caller = _caller(sipp, edge, "caller_whisper_reinvited_bye")
 
     await expect_success(caller, music, agent, whisper)
