@@ -48,6 +48,9 @@ def test_a_chat_waits_in_the_queue_and_reaches_the_chat_agent_never_the_audio_on
     call_id = only_call(system, f)
     wait_for(lambda: has_event(system, call_id, "call.queued"), 10, "the chat queued", system)
     assert system.agent_state("talker") == "free"
+    queue_view = next(q for q in system.api.get("/v1/queues").json() if q["flow_id"] == f)
+    assert (queue_view["waiting"], queue_view["chats_waiting"], queue_view["chats"]) == (0, 1, [call_id])
+    assert system.api.get(f"/v1/calls/{call_id}").json()["media_type"] == "chat"
     r = system.api.post("/v1/agents/chatter/login")
     assert r.status_code == 200 and r.json()["state"] == "in_chat", r.text  # the chat at once, in one step
 

@@ -131,7 +131,8 @@ async def test_login_logout_states(api: httpx.AsyncClient, redis: aioredis.Redis
     # a caller waits; the login hands it to the agent in the same atomic step
     await queue_a_call(redis, "c1")
     queues = (await api.get("/v1/queues")).json()
-    assert queues == [{"flow_id": "sales-line", "skill": "sales", "priority": 3, "waiting": 1, "calls": ["c1"]}]
+    assert queues == [{"flow_id": "sales-line", "skill": "sales", "priority": 3, "waiting": 1, "calls": ["c1"],
+                       "chats_waiting": 0, "chats": []}]
     calls = (await api.get("/v1/calls")).json()
     assert [(c["call_id"], c["state"], c["flow"]) for c in calls] == [("c1", "queued", "sales-line")]
 

@@ -236,6 +236,7 @@ class CallOut(BaseModel):
     agent_id: str | None = None
     edge: str | None = None
     received_ms: int | None = None
+    media_type: str = Field(default="audio", description="audio or chat")
     fields: dict[str, str] = Field(default_factory=dict, description="the raw call hash")
 
 
@@ -243,8 +244,10 @@ class QueueOut(BaseModel):
     flow_id: str
     skill: str
     priority: int
-    waiting: int
+    waiting: int = Field(description="audio calls waiting")
     calls: list[str] = Field(description="waiting call ids, next served first (at most `limit`)")
+    chats_waiting: int = Field(description="chats waiting (a queue of their own)")
+    chats: list[str] = Field(description="waiting chat ids, next served first (at most `limit`)")
 
 
 class DispatchIn(_Body):

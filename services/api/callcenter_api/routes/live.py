@@ -1,7 +1,7 @@
 """/v1/calls and /v1/queues: live views read straight from Redis (no SQL).
 
 Reads `cc:{t}:calls` and the call hashes, `cc:{t}:flows`, the flow hashes and the per-flow
-queues `cc:{t}:queue:<flow>` (sorted sets, lowest score served first). One write: the external
+queues `cc:{t}:queue:<flow>` and `cc:{t}:chatq:<flow>` (sorted sets, lowest score served first). One write: the external
 dispatch of a waiting call to an agent (`dispatch_call.lua`).
 """
 
@@ -33,7 +33,8 @@ def _int(value: str | None, default: int | None = None) -> int | None:
 def call_view(call_id: str, fields: dict[str, str]) -> CallOut:
     return CallOut(call_id=call_id, state=fields.get("state", ""), flow=fields.get("flow", ""),
                    caller=fields.get("caller", ""), agent_id=fields.get("agent") or None,
-                   edge=fields.get("edge") or None, received_ms=_int(fields.get("received_ms")), fields=fields)
+                   edge=fields.get("edge") or None, received_ms=_int(fields.get("received_ms")),
+                   media_type=fields.get("media_type") or "audio", fields=fields)
 
 
 @router.get("/calls")
@@ -92,13 +93,15 @@ async def list_queues(services: ServicesDep,
     async with services.redis.pipeline(transaction=False) as pipe:
         for flow_id in flow_ids:
             pipe.hmget(keys.flow(flow_id), ["skill", "priority"])
-            pipe.zcard(keys.queue(flow_id))
-            pipe.zrange(keys.queue(flow_id), 0, limit - 1)
+            for queue in (keys.queue(flow_id), keys.chat_queue(flow_id)):
+                pipe.zcard(queue)
+                pipe.zrange(queue, 0, limit - 1)
         raw = await pipe.execute()
     out = []
     for i, flow_id in enumerate(flow_ids):
-        (skill, priority), waiting, calls = raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]
+        (skill, priority), waiting, calls, chats_waiting, chats = raw[5 * i:5 * i + 5]
         out.append(QueueOut(flow_id=flow_id, skill=_text(skill) if skill else "",
                             priority=_int(_text(priority) if priority else None, 256) or 0,
-                            waiting=int(waiting), calls=[_text(c) for c in calls] if limit else []))
+                            waiting=int(waiting), calls=[_text(c) for c in calls] if limit else [],
+                            chats_waiting=int(chats_waiting), chats=[_text(c) for c in chats] if limit else []))
     return out
