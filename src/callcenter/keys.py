@@ -9,6 +9,7 @@ build the same names from that prefix (see `lua/common.lua`); this module is the
     cc:{t}:flow:<id>              hash   flow definition (skill, priority, media URIs)
     cc:{t}:skill:<skill>:flows    set    flows that need this skill
     cc:{t}:skill:<skill>:logged   set    logged-in agents with this skill
+    cc:{t}:skill:<skill>:logged:<media>  set  those of them that take audio calls / chats
     cc:{t}:skill:<skill>:free     zset   free agents with this skill and an audio URI, score = idle since (ms)
     cc:{t}:skill:<skill>:chat     zset   agents with this skill and a free chat slot,
                                          score = ongoing chats * 1e13 + last change (ms)
@@ -73,6 +74,10 @@ class Keys:
 
     def skill_logged(self, skill: str) -> str:
         return f"{self.prefix}skill:{skill}:logged"
+
+    def skill_serving(self, skill: str, media: str) -> str:
+        """Logged-in agents of a skill that take `media` (audio or chat)."""
+        return f"{self.prefix}skill:{skill}:logged:{media}"
 
     def skill_free(self, skill: str) -> str:
         return f"{self.prefix}skill:{skill}:free"

@@ -276,6 +276,19 @@ async def test_the_reconciler_frees_an_agent_whose_every_chat_is_gone(h: Harness
     assert await h.state("a1") == "free" and await chats_of(h, "a1") == 0
 
 
+async def test_reject_on_no_agents_counts_the_agents_that_take_the_calls_media(h: Harness) -> None:
+    await h.redis.hset(h.store.keys.config, "reject_on_no_agents", 1)
+    await h.agent("chatter", ["sales"], audio=False, chat=True)
+    assert (await h.arrive("call")).detail == "rejected"  # nobody logged in takes audio calls
+    assert (await h.arrive("chat", media_type="chat")).detail == "offered"
+    await h.agent("talker", ["sales"], chat=False)
+    assert (await h.arrive("call-2")).detail == "offered"
+    await h.store.agent_logout("chatter", now=h.now)  # pending: it holds a chat; it counts no more
+    assert (await h.arrive("chat-2", media_type="chat")).detail == "rejected"
+    rejected = [(d["call_id"], d["code"]) for _, d in await h.events("call.rejected")]
+    assert rejected == [("call", 480), ("chat-2", 480)]
+
+
 async def test_an_unknown_media_type_is_refused(h: Harness) -> None:
     res = await h.arrive("c1", media_type="fax")
     assert (res.rc, res.detail) == (RC.INVALID, "media_type must be audio or chat")

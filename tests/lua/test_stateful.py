@@ -479,6 +479,9 @@ class DispatchMachine(RuleBasedStateMachine):
             assert {_s(m) for m in r.zrange(k.skill_chat(skill), 0, -1)} == open_for_chats, (skill, open_for_chats)
             assert logged == {a for a in has if agents[a]["state"] != "logged_out"
                               and agents[a].get("logout_pending") != "1"}, (skill, logged)
+            for media, uri_field in (("audio", "uri"), ("chat", "chat_uri")):
+                serving = {_s(m) for m in r.smembers(k.skill_serving(skill, media))}
+                assert serving == {a for a in logged if agents[a].get(uri_field)}, (skill, media, serving)
         # nobody waits while someone could take the call at once (internal dispatching is on)
         for c, call in calls.items():
             flow = _h(r.hgetall(k.flow(call["flow"])))

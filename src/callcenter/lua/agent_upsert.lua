@@ -28,6 +28,8 @@ if agent.state ~= 'logged_out' then
   -- leave every index of the old definition, then enter those of the new one
   for _, skill in ipairs(agent_skills(agent)) do
     redis.call('SREM', k_skill_logged(skill), agent_id)
+    redis.call('SREM', k_skill_serving(skill, 'audio'), agent_id)
+    redis.call('SREM', k_skill_serving(skill, 'chat'), agent_id)
     redis.call('ZREM', k_skill_free(skill), agent_id)
     redis.call('ZREM', k_skill_chat(skill), agent_id)
   end

@@ -29,6 +29,8 @@ local function k_queue_of(call)
 end
 local function k_skill_flows(skill) return P .. 'skill:' .. skill .. ':flows' end
 local function k_skill_logged(skill) return P .. 'skill:' .. skill .. ':logged' end
+-- the logged-in agents of a skill that take a media type ('audio': with a uri, 'chat': a chat_uri)
+local function k_skill_serving(skill, media) return P .. 'skill:' .. skill .. ':logged:' .. media end
 local function k_skill_free(skill) return P .. 'skill:' .. skill .. ':free' end
 local function k_skill_chat(skill) return P .. 'skill:' .. skill .. ':chat' end
 local function k_agent_chats(id) return P .. 'agentchats:' .. id end
@@ -132,9 +134,9 @@ local function aht_ms(flow_id)
 end
 
 -- estimated wait (s) of the call at `position` (0 = next): the flow's recent handle time divided
--- among the logged-in agents with its skill; -1 when nobody can serve it
-local function estimated_wait_s(flow_id, flow, position)
-  local logged = redis.call('SCARD', k_skill_logged(flow.skill))
+-- among the logged-in agents with its skill that take the call's media; -1 when nobody can serve it
+local function estimated_wait_s(flow_id, flow, position, media)
+  local logged = redis.call('SCARD', k_skill_serving(flow.skill, media or 'audio'))
   if logged == 0 then return -1 end
   return math.floor(aht_ms(flow_id) * (position + 1) / logged / 1000)
 end
@@ -198,8 +200,15 @@ end
 
 local function set_logged(agent_id, agent, logged_in)
   for _, skill in ipairs(agent_skills(agent)) do
-    if logged_in then redis.call('SADD', k_skill_logged(skill), agent_id)
-    else redis.call('SREM', k_skill_logged(skill), agent_id) end
+    if logged_in then
+      redis.call('SADD', k_skill_logged(skill), agent_id)
+      if (agent.uri or '') ~= '' then redis.call('SADD', k_skill_serving(skill, 'audio'), agent_id) end
+      if (agent.chat_uri or '') ~= '' then redis.call('SADD', k_skill_serving(skill, 'chat'), agent_id) end
+    else
+      redis.call('SREM', k_skill_logged(skill), agent_id)
+      redis.call('SREM', k_skill_serving(skill, 'audio'), agent_id)
+      redis.call('SREM', k_skill_serving(skill, 'chat'), agent_id)
+    end
   end
 end
 
@@ -237,10 +246,10 @@ local function uri_with_param(uri, name, value)
   return uri .. ';' .. name .. '=' .. value
 end
 
-local function queue_uri(flow_id, flow, position)
+local function queue_uri(flow_id, flow, position, media)
   local uri = uri_with_param(flow.queue_uri or '', cfg('queue_pos_param'), position)
   if position ~= nil then
-    local ewt = estimated_wait_s(flow_id, flow, position)
+    local ewt = estimated_wait_s(flow_id, flow, position, media)
     if ewt >= 0 then uri = uri_with_param(uri, cfg('queue_ewt_param'), ewt) end
   end
   return uri
@@ -379,7 +388,7 @@ local function enqueue(call_id, call, flow, at_head)
   local updates = { state = 'queued', agent = '', offer = '', hold_since_ms = NOW }
   if (call.queued_ms or '') == '' then updates.queued_ms = NOW end
   if call.media ~= 'queue' then
-    command(call.edge, 'command.media', { call_id = call_id, uri = queue_uri(call.flow, flow, position),
+    command(call.edge, 'command.media', { call_id = call_id, uri = queue_uri(call.flow, flow, position, call.media_type),
       purpose = 'queue' })
     updates.media = 'queue'
   end
@@ -459,7 +468,7 @@ local function dissuading_rule(flow_id, flow, call)
   local waiting = redis.call('ZCARD', k_queue_of(call))
   local ewt_th = tonumber(flow.dissuading_ewt_th) or 0
   if ewt_th > 0 then
-    local ewt = estimated_wait_s(flow_id, flow, waiting)
+    local ewt = estimated_wait_s(flow_id, flow, waiting, call.media_type)
     if ewt < 0 or ewt > ewt_th then return 'ewt' end
   end
   local qsize_th = tonumber(flow.dissuading_qsize_th) or 0

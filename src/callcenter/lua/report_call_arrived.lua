@@ -40,7 +40,7 @@ if flow == nil then
   reject(404, 'Not Found', 'unknown_flow')
   return { RC.OK, 'rejected' }
 end
-if cfg('reject_on_no_agents') == 1 and redis.call('SCARD', k_skill_logged(flow.skill)) == 0 then
+if cfg('reject_on_no_agents') == 1 and redis.call('SCARD', k_skill_serving(flow.skill, media_type)) == 0 then
   reject(cfg('no_agents_code'), 'No Agents Available', 'no_agents')
   return { RC.OK, 'rejected' }
 end

@@ -24,7 +24,7 @@ end
 if R.purpose == 'queue' and (call.state == 'queued' or call.state == 'offered') then
   -- an offered call is out of the queue: ZRANK gives false, the URI then carries no position
   local position = redis.call('ZRANK', k_queue_of(call), R.call_id) or nil
-  command(call.edge, 'command.media', { call_id = R.call_id, uri = queue_uri(call.flow, flow, position),
+  command(call.edge, 'command.media', { call_id = R.call_id, uri = queue_uri(call.flow, flow, position, call.media_type),
     purpose = 'queue' })
   call_field_updates(R.call_id, call, { media = 'queue' })
   return { RC.OK, 'requeued_media' }
