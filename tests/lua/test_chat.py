@@ -322,3 +322,20 @@ async def test_a_flow_id_message_flow_queues_an_unanswered_caller_first(h: Harne
     await h.report("report.agent_failed", "c1", offer_id="1", agent_id="a1", reason="rejected")
     res = await h.report("report.media_answered", "c1", purpose="queue", uri="sip:queue@127.0.0.1:7000")
     assert (res.rc, res.detail) == (RC.OK, "")
+
+
+async def test_an_agent_freed_before_the_queue_media_answers_does_not_take_the_waiting_caller(h: Harness) -> None:
+    await h.flow("whispered", skill="sales", flow_id_uri="sip:flowid@127.0.0.1:7000")
+    await h.agent("a1", ["sales"])
+    await h.arrive("busy-maker")  # a1 rings for a call of the other flow
+    assert await h.state("a1") == "ringing"
+    assert (await h.arrive("c1", "whispered")).detail == "queued"
+    await h.report("report.agent_failed", "busy-maker", offer_id="1", agent_id="a1", reason="cancelled")
+    # a1 is free again (wrap-up 0), but c1's caller is not on media yet: nobody takes it
+    assert (await h.store.call("c1") or {})["state"] == "queued"
+    assert (await h.store.call("busy-maker") or {})["state"] == "offered"  # a1 took the other call back
+    await h.report("report.agent_failed", "busy-maker", offer_id="2", agent_id="a1", reason="cancelled")
+    await h.report("report.call_ended", "busy-maker", by="caller", reason="cancel")
+    assert await h.state("a1") == "free" and (await h.store.call("c1") or {})["state"] == "queued"
+    res = await h.report("report.media_answered", "c1", purpose="queue", uri="sip:queue@127.0.0.1:7000")
+    assert (res.rc, res.detail) == (RC.OK, "offered")

@@ -488,7 +488,8 @@ class DispatchMachine(RuleBasedStateMachine):
             if call["state"] == "queued" and not (flow.get("flow_id_uri") and not call.get("answered_ms")):
                 skill = flow.get("skill", "")
                 index = k.skill_chat(skill) if call["media_type"] == "chat" else k.skill_free(skill)
-                assert r.zcard(index) == 0, (c, call, "waits while an agent could take it")
+                takers = {_s(m): agents.get(_s(m)) for m in r.zrange(index, 0, -1)}
+                assert not takers, (c, call, "waits while an agent could take it", takers)
         # the edge index holds the live calls; the edge's view of ended calls agrees
         assert {_s(c) for c in r.smembers(k.edge_calls(EDGE))} == live
         for c in self.ended:

@@ -547,8 +547,14 @@ local function take_waiting_call(agent_id, agent, chat)
     for _, skill in ipairs(agent_skills(agent)) do
       for _, flow_id in ipairs(redis.call('SMEMBERS', k_skill_flows(skill))) do
         local head = redis.call('ZRANGE', queue_key(flow_id), 0, 0, 'WITHSCORES')
-        if #head > 0 then
-          local prio = num(redis.call('HGET', k_flow(flow_id), 'priority'), 256)
+        local flow_fields = #head > 0 and redis.call('HMGET', k_flow(flow_id), 'priority', 'flow_id_uri') or nil
+        -- a flow-id message flow's head that waits for its queue media is offered when it answers
+        if flow_fields and (flow_fields[2] or '') ~= ''
+            and (redis.call('HGET', k_call(head[1]), 'answered_ms') or '') == '' then
+          flow_fields = nil
+        end
+        if flow_fields then
+          local prio = num(flow_fields[1], 256)
           local score = tonumber(head[2])
           if best_call == nil or prio < best_prio or (prio == best_prio and score < best_score) then
             best_call, best_flow, best_prio, best_score = head[1], flow_id, prio, score
