@@ -114,6 +114,30 @@ async def test_caller_glare_491_is_retried(edge: EdgeUnderTest, sipp: SippLaunch
     assert dispatcher.kinds() == ["arrived", "media_answered", "agent_answered", "ended"]
 
 
+async def test_queued_reinvite_waits_for_the_ack_of_the_previous_one(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
+    """The agent answers while the caller's re-INVITE to the queue media is still unanswered: the
+    agent's re-INVITE waits, and goes out only after the ACK of the queue's (seen at 150 calls/s:
+    the caller got the new INVITE first and aborted the call)."""
+    stack, dispatcher = edge.stack, edge.dispatcher
+    welcome = sipp.start("media_welcome_uas", name="welcome")
+    queue = sipp.start("media_queue_late_uas", name="queue")
+    agent = sipp.start("agent_late_uas", name="agent")
+
+    def queue_and_ring(fact) -> None:  # type: ignore[no-untyped-def]
+        stack.media(fact.call_id, queue.uri("queue", ";cc_pos=0"), "queue")
+        stack.ring(fact.call_id, "o1", "a1", agent.uri("agent"), 10.0)
+
+    dispatcher.on("arrived", lambda f: stack.media(f.call_id, welcome.uri("welcome"), "welcome"))
+    dispatcher.on("media_ended", queue_and_ring, purpose="welcome")
+    caller = _caller(sipp, edge, "caller_slow_reinvite_answer_2_bye")
+
+    await expect_success(caller, welcome, queue, agent)
+    await dispatcher.wait_for("ended")
+    assert dispatcher.kinds() == ["arrived", "media_answered", "media_ended", "media_answered",
+                                  "agent_answered", "ended"]
+    assert stack.active_calls() == 0
+
+
 async def test_cancel_ring_on_dispatcher_request(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
     stack, dispatcher = edge.stack, edge.dispatcher
     agent = sipp.start("agent_noanswer_uas", name="agent")

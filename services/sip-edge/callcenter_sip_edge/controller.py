@@ -227,6 +227,7 @@ class CallController:
     _reinvite_in_flight: _CallerReinvite | None = None
     _glare_timer: Any = None
     _relay: _RelayedOffer | None = None
+    _ack_pending_timer: Any = None   # the caller's ACK of a re-INVITE answer is not sent yet
 
     # ------------------------------------------------------------------ commands
     def media_command(self, uri: str, purpose: str) -> None:
@@ -373,6 +374,13 @@ class CallController:
     def _on_caller_event(self, event: Any, ua: Any) -> None:
         if self.ended:
             return
+        if (isinstance(event, CCEventConnect | CCEventFail) and self.caller_answered
+                and event.getData()[0] != "ACK" and self._ack_pending_timer is None):
+            # A final response to a re-INVITE we sent: sippy's transaction manager sends its ACK
+            # only after this callback returns, so a queued re-INVITE sent from here would reach the
+            # caller before that ACK (a UA may take it for a new transaction inside the old one;
+            # SIPp aborts the call). The queue moves on at the reactor's next turn.
+            self._ack_pending_timer = Timeout(self._guarded(self._after_caller_ack), 0)
         if isinstance(event, CCEventTry):
             self.caller_offer = event.getData()[3]
             # the caller hears local ringback until a leg answers it
@@ -410,9 +418,14 @@ class CallController:
                                                on_failure=on_failure))
         self._run_next_caller_reinvite()
 
+    def _after_caller_ack(self) -> None:
+        self._ack_pending_timer = None
+        self._run_next_caller_reinvite()
+
     def _run_next_caller_reinvite(self) -> None:
         if (self.ended or not self._reinvites or self._reinvite_in_flight is not None
-                or self._glare_timer is not None or self._relay is not None or not self.caller_answered
+                or self._glare_timer is not None or self._ack_pending_timer is not None
+                or self._relay is not None or not self.caller_answered
                 or not isinstance(self.caller.state, UaStateConnected)):
             return
         op = self._reinvites.popleft()
@@ -839,9 +852,11 @@ class CallController:
         if self.ended:
             return
         self.ended = True
-        if self._glare_timer is not None:
-            self._glare_timer.cancel()
-            self._glare_timer = None
+        for name in ("_glare_timer", "_ack_pending_timer"):
+            timer = getattr(self, name)
+            if timer is not None:
+                timer.cancel()
+                setattr(self, name, None)
         self._reinvites.clear()
         for leg in (self.media_pending, self.media):
             if leg is not None:
