@@ -86,3 +86,40 @@ def test_sqlite_routing_migration(tmp_path: Path) -> None:
 
 def test_postgres_routing_migration(pg_server: PostgresServer) -> None:
     check_routing_migration(pg_server.create_database("routing_migration"))
+
+
+def check_chat_migration(url: str) -> None:
+    """0002 with an agent and a CDR, then 0003: the agent keeps its uri with no chat uri, the CDR is
+    audio; a chat-only agent (no uri) fits; down to 0002 drops that agent, and up again works."""
+    upgrade(url, "0002")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO agents (id, uri, skills) VALUES ('talker', 'sip:t@h', 's')"))
+            conn.execute(text(CDR_INSERT), {"call_id": "c1", "wait": 0, "outcome": "answered"})
+        upgrade(url)
+        with engine.begin() as conn:
+            row = conn.execute(text("SELECT uri, chat_uri, chat_capacity FROM agents")).one()
+            assert tuple(row) == ("sip:t@h", None, None)
+            assert conn.execute(text("SELECT media_type FROM cdrs")).scalar_one() == "audio"
+            conn.execute(text("INSERT INTO agents (id, chat_uri, chat_capacity, skills) "
+                              "VALUES ('chatter', 'sip:c@h', 6, 's')"))
+        with engine.connect() as conn:
+            cfg = alembic_config()
+            cfg.attributes["connection"] = conn
+            command.downgrade(cfg, "0002")
+            conn.commit()
+        with engine.begin() as conn:
+            assert list(conn.execute(text("SELECT id FROM agents")).scalars()) == ["talker"]
+        upgrade(url)
+        assert differences(url) == []
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_chat_migration(tmp_path: Path) -> None:
+    check_chat_migration(f"sqlite:///{tmp_path / 'chat.sqlite3'}")
+
+
+def test_postgres_chat_migration(pg_server: PostgresServer) -> None:
+    check_chat_migration(pg_server.create_database("chat_migration"))
