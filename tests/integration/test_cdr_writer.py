@@ -206,18 +206,20 @@ async def test_poison_entries_are_dead_lettered_and_the_rest_written(redis: aior
     # decodable, but the database refuses it (CHECK constraint): only this row is dead
     await producer.publish(KEYS.events, "call.ended", ended("c-bad", outcome="teleported"))
     await producer.publish(KEYS.events, "call.ended", ended("c-neg", wait_ms=-5))
-    await producer.publish(KEYS.events, "call.ended", ended("c2"))
+    await producer.publish(KEYS.events, "call.ended", ended("c-fax", media_type="fax"))
+    await producer.publish(KEYS.events, "call.ended", ended("c2", media_type="chat"))
 
     async def settled() -> bool:
-        return await drained(redis) and len(rows(engine)) == 2 and await redis.xlen(KEYS.dead) == 3
+        return await drained(redis) and len(rows(engine)) == 2 and await redis.xlen(KEYS.dead) == 4
 
     await wait_for(settled)
-    assert [r.call_id for r in rows(engine)] == ["c1", "c2"]
+    assert [(r.call_id, r.media_type) for r in rows(engine)] == [("c1", "audio"), ("c2", "chat")]
     dead = await dead_entries(redis)
     assert dead[0]["error"].startswith(b"undecodable")
     errors = {decode({k.removeprefix("orig_"): v for k, v in d.items() if k.startswith("orig_")}).data["call_id"]:
               d["error"].decode() for d in dead[1:]}
     assert errors["c-neg"] == "bad cdr: wait_ms=-5 is out of range"
+    assert errors["c-fax"] == "bad cdr: media_type='fax' is neither audio nor chat"
     assert errors["c-bad"].startswith("cdr refused by the database: IntegrityError") and "CHECK" in errors["c-bad"]
 
 
