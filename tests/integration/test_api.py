@@ -277,7 +277,8 @@ async def test_cdr_queries(app_services: tuple[httpx.AsyncClient, Services]) -> 
             session.add(Cdr(call_id=f"c{i}", flow_id="sales-line" if i % 2 == 0 else "support", caller="bob",
                             agent_id="alice" if i < 3 else None, received_at=t0 + timedelta(minutes=i),
                             wait_ms=1000 * i, pickup_ms=0, talk_ms=0, outcome="answered" if i < 3 else "abandoned",
-                            ended_by="caller", reason="bye", rejections=0, event_id=f"{i}-0"))
+                            ended_by="caller", reason="bye", rejections=0, event_id=f"{i}-0",
+                            media_type="chat" if i == 1 else "audio"))
 
     await services.sql(add)
 
@@ -297,6 +298,8 @@ async def test_cdr_queries(app_services: tuple[httpx.AsyncClient, Services]) -> 
     assert await ids(since="2025-03-01T12:01:00Z", until="2025-03-01T13:03:00+01:00") == ["c2", "c1"]
     assert await ids(since="2025-03-01T12:04:00") == ["c4"]  # no zone: UTC
     assert await ids(outcome="abandoned") == ["c4", "c3"]
+    assert await ids(media_type="chat") == ["c1"]
+    assert (await api.get("/v1/cdrs", params={"media_type": "fax"})).status_code == 422
     assert (await api.get("/v1/cdrs", params={"limit": 0})).status_code == 422
     assert (await api.get("/v1/cdrs", params={"since": "yesterday"})).status_code == 422
 

@@ -32,6 +32,7 @@ async def list_cdrs(
     until: Annotated[datetime | None, Query(description="received before (ISO 8601; no zone = UTC)")] = None,
     outcome: Annotated[Literal["answered", "abandoned", "rejected", "failed", "dissuaded", "overflowed"] | None,
                        Query()] = None,
+    media_type: Annotated[Literal["audio", "chat"] | None, Query()] = None,
     order: Annotated[Literal["asc", "desc"], Query(description="by arrival time")] = "desc",
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     offset: Annotated[int, Query(ge=0)] = 0,
@@ -48,6 +49,8 @@ async def list_cdrs(
         query = query.where(Cdr.received_at < end)
     if outcome is not None:
         query = query.where(Cdr.outcome == outcome)
+    if media_type is not None:
+        query = query.where(Cdr.media_type == media_type)
     # id breaks ties, so that paging never skips or repeats a row
     if order == "desc":
         query = query.order_by(Cdr.received_at.desc(), Cdr.id.desc())
