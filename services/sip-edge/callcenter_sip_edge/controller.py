@@ -57,7 +57,7 @@ from sippy.UaStateConnected import UaStateConnected
 from callcenter_sip_edge.guard import SourceGuard
 from callcenter_sip_edge.sdp import media_type_of
 from callcenter_sip_edge.sip_stack import Fact
-from callcenter_sip_edge.sippy_fixes import make_transaction_manager_class, reinvite_without_offer
+from callcenter_sip_edge.sippy_fixes import CycleCollector, make_transaction_manager_class, reinvite_without_offer
 
 log = structlog.get_logger(__name__)
 
@@ -79,6 +79,7 @@ AGENT_IDLE_MAX_ATTEMPTS = 50
 DRAIN_RETRY_AFTER_S = 30
 HANGUP_UNANSWERED = (480, "Temporarily Unavailable")
 SHUTDOWN_FLUSH_S = 0.3
+GC_TICK_S = 5.0
 
 SIP_METHODS_ALLOWED = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
 # RFC 3261 20.43: warn-code 304 with a pseudonym as warn-agent
@@ -959,6 +960,8 @@ class CallRouter:
             "_sip_address": host, "_sip_port": port, "_sip_logger": SipLogger("sip-edge"),
         }
         self.sip_config["_sip_tm"] = tm_class(self.sip_config, self._recv_out_of_dialog)
+        self._cycles = CycleCollector()
+        Timeout(self._collect_cycles, GC_TICK_S, -1)
 
     @property
     def bound_address(self) -> tuple[str, int]:
@@ -971,6 +974,12 @@ class CallRouter:
 
     def forget(self, call_id: str) -> None:
         self.calls.pop(call_id, None)
+
+    def _collect_cycles(self) -> None:
+        try:
+            self._cycles.tick(len(self.calls))
+        except Exception:
+            log.exception("sip.gc_failed")
 
     # ------------------------------------------------------------------ SIP in
     def _recv_out_of_dialog(self, req: Any, sip_t: Any) -> Any:
