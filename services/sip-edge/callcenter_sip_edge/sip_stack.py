@@ -9,6 +9,10 @@ imports sippy (ED2 records the importing thread and warns about timers started e
 Only that thread touches sippy objects: commands are queued to it with ED2.callFromThread,
 and facts carry plain data only. sippy has one reactor per process, so one SipStack runs at a
 time; the SIP thread is process-wide and parks between stacks (see `_SipThread`).
+
+Both directions are batched (`_Handoff`): each side wakes the other once for whatever has piled
+up, not once per fact or command. Every wake-up is a system call and a fight for the GIL between
+the two threads; one per fact was 13 % of the SIP thread's samples at 150 calls/s.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import asyncio
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +47,40 @@ class Fact:
     call_id: str           # edge-generated id (uuid4 hex), not the SIP Call-ID
     data: dict[str, Any]   # plain data only (str/int/float/bool/None)
     ts_ms: int             # wall clock ms when it happened
+
+
+class _Handoff:
+    """Items passed from producer threads to one consumer thread in order, with at most one
+    wake-up of the consumer outstanding: `put` schedules `wake(drain)` only when no drain is
+    pending; the drain clears the flag before it empties the queue, so an item put meanwhile is
+    either taken by this drain or schedules the next one."""
+
+    __slots__ = ("_consume", "_items", "_pending", "_wake")
+
+    def __init__(self, consume: Callable[[Any], None], wake: Callable[[Callable[[], None]], None]) -> None:
+        self._items: deque[Any] = deque()
+        self._pending = False
+        self._consume = consume
+        self._wake = wake
+
+    def put(self, item: Any) -> None:
+        self._items.append(item)
+        if not self._pending:
+            self._pending = True
+            try:
+                self._wake(self.drain)
+            except BaseException:
+                self._pending = False
+                raise
+
+    def drain(self) -> None:
+        self._pending = False
+        items, consume = self._items, self._consume
+        while items:
+            consume(items.popleft())
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class _SipThread:
@@ -108,6 +147,8 @@ class SipStack:
         self._router: Any = None       # controller.CallRouter, lives on the SIP thread
         self._state = "new"            # new -> running -> stopping -> stopped
         self.bound_address: tuple[str, int] | None = None
+        self._facts = _Handoff(self._deliver_fact, self._wake_loop)
+        self._commands = _Handoff(self._run_command, self._wake_reactor)
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -179,11 +220,17 @@ class SipStack:
     def _emit_fact(self, fact: Fact) -> None:
         """SIP thread: hand a fact to the asyncio loop."""
         try:
-            self._loop.call_soon_threadsafe(self._deliver_fact, fact)
+            self._facts.put(fact)
         except RuntimeError:
-            log.warning("sip.fact_lost", kind=fact.kind, call_id=fact.call_id, reason="loop_closed")
+            # the loop is closed: this fact (and any still queued) will never be delivered
+            log.warning("sip.fact_lost", kind=fact.kind, call_id=fact.call_id, reason="loop_closed",
+                        queued=len(self._facts))
+
+    def _wake_loop(self, drain: Callable[[], None]) -> None:
+        self._loop.call_soon_threadsafe(drain)
 
     def _deliver_fact(self, fact: Fact) -> None:
+        """asyncio thread, in the order the SIP thread produced the facts."""
         try:
             self._on_fact(fact)
         except Exception:
@@ -223,7 +270,7 @@ class SipStack:
         if reactor is None or router is None or self._state != "running":
             log.warning("call.command_ignored", command="hangup_all", reason="not_running")
             return
-        reactor.callFromThread(self._run_command, router, "hangup_all", "*", (reason,))
+        self._commands.put((router, "hangup_all", "*", (reason,)))
 
     def active_calls(self) -> int:
         router = self._router
@@ -242,11 +289,15 @@ class SipStack:
         if reactor is None or router is None or self._state != "running":
             log.warning("call.command_ignored", call_id=call_id, command=command, reason="not_running")
             return
-        reactor.callFromThread(self._run_command, router, command, call_id, args)
+        self._commands.put((router, command, call_id, args))
+
+    def _wake_reactor(self, drain: Callable[[], None]) -> None:
+        self._reactor.callFromThread(drain)
 
     @staticmethod
-    def _run_command(router: Any, command: str, call_id: str, args: tuple[Any, ...]) -> None:
+    def _run_command(item: tuple[Any, str, str, tuple[Any, ...]]) -> None:
         """SIP thread: execute one command; never let an exception reach the reactor."""
+        router, command, call_id, args = item
         try:
             router.command(command, call_id, *args)
         except Exception:

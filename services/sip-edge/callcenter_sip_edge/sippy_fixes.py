@@ -3,20 +3,24 @@
 Reads: the sippy package (imported lazily, on the SIP thread, so that sippy's reactor binds to it).
 Writes: patches a few sippy classes in place, once per process (monkeypatches that wrap or extend
 sippy's own methods; no sippy code is copied here), tunes the garbage collector, and provides
-the UDP server and transaction manager subclasses the edge uses (large receive buffer,
-advertised address, screening of malformed datagrams) and the one dialog operation sippy lacks
-(`reinvite_without_offer`).
+the UDP server and transaction manager subclasses the edge uses (socket read and written by the
+reactor thread, large receive buffer, advertised address, screening of malformed datagrams) and
+the one dialog operation sippy lacks (`reinvite_without_offer`).
 
 Every patch says which defect it works around. `apply_sippy_fixes()` is idempotent.
 """
 
 from __future__ import annotations
 
+import errno
 import functools
 import gc
 import re
+import select
 import socket
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -27,6 +31,10 @@ log = structlog.get_logger(__name__)
 # sippy's receiver thread reads with recvfrom(8192): anything this long was truncated by the kernel.
 SIPPY_RECV_BYTES = 8192
 UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+# datagrams the reactor reads per wake-up before it lets its timers run
+UDP_DRAIN_BATCH = 64
+# a datagram the kernel refused (send buffer full) is tried again after this long
+SEND_RETRY_S = 0.01
 
 _applied = False
 
@@ -346,18 +354,45 @@ def _no_resolver_for_numeric_addresses() -> None:
     Udp_server.socket = _NumericResolverSocketModule()
 
 
-def make_udp_server_class(advertised_host: str | None) -> type:
-    """sippy's Udp_server with a 4 MiB receive buffer and, optionally, an advertised address.
+def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
+    """sippy's Udp_server, driven from the reactor thread, with a 4 MiB receive buffer and,
+    optionally, an advertised address. Returns (server class, its options class), the pair
+    `SipTransactionManager.model_udp_server` takes.
+
+    Why not sippy's own threads: its Udp_server hands every datagram received to the reactor with
+    ED2.callFromThread (a receiver thread) and every datagram sent to a sender thread through a
+    Queue. At 150 calls/s (~3,000 datagrams/s) those two hand-offs per datagram, and the fight for
+    the GIL they start each time, were about a fifth of the edge's samples. Here no sippy worker
+    thread reads the socket: a watcher thread only waits (GIL released) until it is readable and
+    asks the reactor once to drain it; the reactor reads every queued datagram itself
+    (non-blocking) and sends directly. A datagram to a host name still goes through sippy's sender
+    thread, which resolves it off the reactor.
 
     The advertised host replaces the bound address wherever sippy renders its own address
     (Via, Contact, From of new legs), for an edge behind NAT or bound to 0.0.0.0.
     """
-    from sippy.Udp_server import Udp_server
+    from sippy.Core.EventDispatcher import ED2
+    from sippy.Network_server import Remote_address
+    from sippy.Time.MonoTime import MonoTime
+    from sippy.Time.Timeout import Timeout
+    from sippy.Udp_server import AsyncSender, Udp_server, Udp_server_opts
+
+    class EdgeUdpServerOpts(Udp_server_opts):  # type: ignore[misc]
+        nworkers = 0   # sippy starts no receiver and no sender thread of its own
 
     class EdgeUdpServer(Udp_server):  # type: ignore[misc]
         def __init__(self, global_config: Any, uopts: Any) -> None:
             super().__init__(global_config, uopts)
             _enlarge_receive_buffer(self.skt)
+            self.skt.setblocking(False)
+            self._closing = False
+            self._drained = threading.Event()
+            self._backlog: deque[tuple[bytes, Any]] = deque()   # sends the kernel refused (EAGAIN)
+            self._backlog_timer: Any = None
+            # for host names only (see send_to); sippy's class, started the way sippy does
+            self.asenders.append(AsyncSender(self))
+            self._watcher = threading.Thread(target=self._watch, name="sip-udp-watch", daemon=True)
+            self._watcher.start()
 
         def getSIPaddr(self) -> Any:
             (host, port), transport = super().getSIPaddr()
@@ -365,7 +400,121 @@ def make_udp_server_class(advertised_host: str | None) -> type:
                 host = advertised_host
             return ((host, port), transport)
 
-    return EdgeUdpServer
+        # -- receiving ---------------------------------------------------------------------
+        def _watch(self) -> None:
+            """Watcher thread: wake the reactor once per batch of datagrams, never touch them."""
+            poller = select.poll()
+            poller.register(self.skt.fileno(), select.POLLIN)
+            while not self._closing:
+                if not poller.poll(1000) or self._closing:
+                    continue
+                self._drained.clear()
+                try:
+                    ED2.callFromThread(self._drain)
+                except RuntimeError:  # the reactor is gone (interpreter shutdown)
+                    return
+                while not self._drained.wait(1.0):
+                    if self._closing:
+                        return
+
+        def _drain(self) -> None:
+            """Reactor thread: handle the datagrams waiting in the socket, a bounded batch per turn
+            (the watcher asks again at once if more are left), then the timers that are due."""
+            try:
+                self._read_batch()
+            finally:
+                run_due_timers()
+                self._drained.set()
+
+        def _read_batch(self) -> None:
+            for _ in range(UDP_DRAIN_BATCH):
+                if self._closing:
+                    return
+                try:
+                    data, address = self.skt.recvfrom(SIPPY_RECV_BYTES)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+                        return
+                    continue  # e.g. an ICMP error reported on the socket: read on
+                if not data:
+                    continue
+                if self.uopts.family == socket.AF_INET6:
+                    address = (f"[{address[0]}]", address[1])
+                self.handle_read(data, Remote_address(address, self.transport), MonoTime())
+
+        # -- sending -----------------------------------------------------------------------
+        def send_to(self, data: Any, address: Any, delayed: bool = False) -> None:
+            host, port = address
+            if not _is_ip_literal(host) or self.uopts.ploss_out_rate > 0.0 or self.uopts.pdelay_out_max > 0.0:
+                super().send_to(data, address, delayed)   # sippy's way: its sender thread resolves
+                return
+            if not isinstance(data, bytes):
+                data = data.encode("utf-8")
+            if self.uopts.family == socket.AF_INET6:
+                host = host[1:-1] if host.startswith("[") else host
+            if self._backlog:
+                self._backlog.append((data, (host, port)))   # keep the order behind the refused ones
+                return
+            self._send_now(data, (host, port))
+
+        def _send_now(self, data: bytes, destination: Any) -> bool:
+            try:
+                self.skt.sendto(data, destination)
+            except (BlockingIOError, InterruptedError):
+                self._backlog.appendleft((data, destination))   # first in line (the backlog was empty
+                # or this one was just taken from its head)
+                if self._backlog_timer is None:
+                    self._backlog_timer = Timeout(self._flush_backlog, SEND_RETRY_S)
+                return False
+            except OSError as exc:
+                log.debug("sip.send_failed", error=str(exc), destination=str(destination))
+            return True
+
+        def _flush_backlog(self) -> None:
+            self._backlog_timer = None
+            while self._backlog and not self._closing:
+                data, destination = self._backlog.popleft()
+                if not self._send_now(data, destination):
+                    return
+
+        def shutdown(self) -> None:
+            self._closing = True
+            if self._backlog_timer is not None:
+                self._backlog_timer.cancel()
+                self._backlog_timer = None
+            super().shutdown()
+
+    return EdgeUdpServer, EdgeUdpServerOpts
+
+
+def run_due_timers() -> None:
+    """Reactor thread, inside a call-from-thread callback: run the sippy timers that are due.
+
+    Why: ED2.loop() runs its timers only when ElPeriodic's procrastinate() returns, and that does
+    not return while call-from-thread callbacks keep arriving: with 5 ms callbacks back to back a
+    10 ms timer went up to 1 s without firing, then fired in a burst. Under load the socket's
+    drain callbacks arrive back to back, so retransmission timers, ring timeouts and the
+    controller's deferred steps would wait for a lull. Running the due timers after each batch
+    (as loop() itself does between two waits) keeps them on time.
+    """
+    from sippy.Core.EventDispatcher import ED2
+    from sippy.Time.MonoTime import MonoTime
+
+    ED2.last_ts = MonoTime()
+    ED2.dispatchTimers()
+
+
+def _is_ip_literal(host: Any) -> bool:
+    if not isinstance(host, str):
+        return False
+    try:
+        socket.inet_pton(socket.AF_INET6, host[1:-1]) if host.startswith("[") else socket.inet_pton(
+            socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
 
 
 def _enlarge_receive_buffer(sock: socket.socket) -> None:
@@ -501,12 +650,9 @@ def make_transaction_manager_class(
     ACK of an in-dialog INVITE along the dialog's route set."""
     from sippy.SipHeader import SipHeader
     from sippy.SipTransactionManager import SipTransactionManager
-    from sippy.Udp_server import Udp_server_opts
-
-    udp_server_class = make_udp_server_class(advertised_host)
 
     class ScreenedTransactionManager(SipTransactionManager):  # type: ignore[misc]
-        model_udp_server = (udp_server_class, Udp_server_opts)
+        model_udp_server = make_udp_server_class(advertised_host)
 
         def handleIncoming(self, data_in: Any, ra: Any, server: Any, rtime: Any) -> None:
             if isinstance(data_in, str):
