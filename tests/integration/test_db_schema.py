@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import text
+from sqlalchemy import Engine, text
 from sqlalchemy.exc import IntegrityError
 
 from callcenter.db.engine import alembic_config, make_engine, upgrade
@@ -48,6 +49,14 @@ CDR_INSERT = ("INSERT INTO cdrs (call_id, flow_id, caller, received_at, wait_ms,
               "0, 0, :outcome, 'caller', '', 0, '1-0')")
 
 
+def downgrade(engine: Engine, revision: str) -> None:
+    with engine.connect() as conn:
+        cfg = alembic_config()
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, revision)
+        conn.commit()
+
+
 def check_routing_migration(url: str) -> None:
     """0001 with data, then 0002: the flows get the routing defaults, CDRs accept the new outcomes and
     still refuse unknown ones and negative times; down to 0001 and up again works."""
@@ -67,25 +76,13 @@ def check_routing_migration(url: str) -> None:
         for call_id, wait, outcome in (("bad1", 0, "bogus"), ("bad2", -1, "failed")):
             with pytest.raises(IntegrityError), engine.begin() as conn:
                 conn.execute(text(CDR_INSERT), {"call_id": call_id, "wait": wait, "outcome": outcome})
-        with engine.connect() as conn:
-            cfg = alembic_config()
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0001")
-            conn.commit()
+        downgrade(engine, "0001")
         with engine.begin() as conn:  # the new outcomes became 'failed' to fit the old constraint
             assert sorted(conn.execute(text("SELECT outcome FROM cdrs")).scalars()) == ["answered", "failed", "failed"]
         upgrade(url)
         assert differences(url) == []
     finally:
         engine.dispose()
-
-
-def test_sqlite_routing_migration(tmp_path: Path) -> None:
-    check_routing_migration(f"sqlite:///{tmp_path / 'routing.sqlite3'}")
-
-
-def test_postgres_routing_migration(pg_server: PostgresServer) -> None:
-    check_routing_migration(pg_server.create_database("routing_migration"))
 
 
 def check_chat_migration(url: str) -> None:
@@ -104,11 +101,7 @@ def check_chat_migration(url: str) -> None:
             assert conn.execute(text("SELECT media_type FROM cdrs")).scalar_one() == "audio"
             conn.execute(text("INSERT INTO agents (id, chat_uri, chat_capacity, skills) "
                               "VALUES ('chatter', 'sip:c@h', 6, 's')"))
-        with engine.connect() as conn:
-            cfg = alembic_config()
-            cfg.attributes["connection"] = conn
-            command.downgrade(cfg, "0002")
-            conn.commit()
+        downgrade(engine, "0002")
         with engine.begin() as conn:
             assert list(conn.execute(text("SELECT id FROM agents")).scalars()) == ["talker"]
         upgrade(url)
@@ -117,9 +110,14 @@ def check_chat_migration(url: str) -> None:
         engine.dispose()
 
 
-def test_sqlite_chat_migration(tmp_path: Path) -> None:
-    check_chat_migration(f"sqlite:///{tmp_path / 'chat.sqlite3'}")
+MIGRATION_CHECKS = [check_routing_migration, check_chat_migration]
 
 
-def test_postgres_chat_migration(pg_server: PostgresServer) -> None:
-    check_chat_migration(pg_server.create_database("chat_migration"))
+@pytest.mark.parametrize("check", MIGRATION_CHECKS)
+def test_sqlite_migrations(tmp_path: Path, check: Callable[[str], None]) -> None:
+    check(f"sqlite:///{tmp_path / 'migration.sqlite3'}")
+
+
+@pytest.mark.parametrize("check", MIGRATION_CHECKS)
+def test_postgres_migrations(pg_server: PostgresServer, check: Callable[[str], None]) -> None:
+    check(pg_server.create_database(check.__name__))
