@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from callcenter.testing.scenarios import scenario
-from callcenter.testing.sipp import Sipp
+from callcenter.testing.sipp import Sipp, wait_until
 from callcenter.testing.system import WholeSystem, wait_for
 
 SIPP_DIR = Path(__file__).resolve().parents[1] / "sipp"   # SIP-level scenarios shared with tests/sip
@@ -74,6 +74,24 @@ def only_call(system: WholeSystem, flow_id: str) -> str:
     wait_for(lambda: len(system.call_ids_of_flow(flow_id)) == 1, 10, f"the call of {flow_id}", system)
     [call_id] = system.call_ids_of_flow(flow_id)
     return call_id
+
+
+def queued_call(system: WholeSystem, peers: list[Sipp], name: str, flow_id: str, pause_ms: int,
+                trace_msg: bool = False) -> tuple[Sipp, str]:
+    """Start a SIPp caller of `flow_id` and wait for its call to be queued; the caller and the call id."""
+    c = start(peers, caller(system, name, flow_id, pause_ms=pause_ms), trace_msg=trace_msg)
+    call_id = only_call(system, flow_id)
+    wait_for(lambda: has_event(system, call_id, "call.queued"), 10, "the call queued", system)
+    return c, call_id
+
+
+def nothing_pending_or_dead(system: WholeSystem) -> None:
+    """Each report and event handled and acknowledged, nothing dead, no live call."""
+    wait_until(lambda: system.redis.scard(system.keys.calls) == 0, 5)
+    for stream, group in ((system.keys.reports, "dispatcher"), (system.keys.events, "cdr-writer")):
+        assert system.redis.xpending(stream, group)["pending"] == 0
+    assert system.redis.xlen(system.keys.dead) == 0
+    assert system.redis.scard(system.keys.calls) == 0
 
 
 def types(system: WholeSystem, call_id: str) -> list[str]:

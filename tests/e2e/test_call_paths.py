@@ -26,8 +26,10 @@ from e2e_harness import (
     flow,
     has_event,
     messages,
+    nothing_pending_or_dead,
     ok,
     only_call,
+    queued_call,
     sip,
     start,
     types,
@@ -36,7 +38,7 @@ from e2e_harness import (
 
 from callcenter.testing.scenarios import scenario
 from callcenter.testing.servers import free_port
-from callcenter.testing.sipp import Sipp, wait_until
+from callcenter.testing.sipp import Sipp
 from callcenter.testing.system import WholeSystem, wait_for
 
 pytestmark = pytest.mark.slow
@@ -141,9 +143,7 @@ def test_agents_reject_with_486_and_603_the_call_stays_on_queue_media_and_a_thir
     agent(system, "pr-1", f, busy, wrapup_s=60)
     agent(system, "pr-2", f, declines, wrapup_s=60)
     agent(system, "pr-3", f, phone)
-    c = start(peers, caller(system, "caller.xml", f, pause_ms=500))
-    call_id = only_call(system, f)
-    wait_for(lambda: has_event(system, call_id, "call.queued"), 10, "the call queued", system)
+    c, call_id = queued_call(system, peers, "caller.xml", f, 500)
 
     system.login("pr-1")
     wait_for(lambda: has_event(system, call_id, "call.agent_failed", agent_id="pr-1"), 10, "486 from pr-1", system)
@@ -180,9 +180,7 @@ def test_agent_not_answering_within_the_ring_timeout_is_cancelled_and_the_next_a
     flow(system, f, queue)
     agent(system, "pn-1", f, slow, wrapup_s=60)
     agent(system, "pn-2", f, phone)
-    c = start(peers, caller(system, "caller.xml", f, pause_ms=500))
-    call_id = only_call(system, f)
-    wait_for(lambda: has_event(system, call_id, "call.queued"), 10, "the call queued", system)
+    c, call_id = queued_call(system, peers, "caller.xml", f, 500)
     system.login("pn-1")
     wait_for(lambda: has_event(system, call_id, "call.offered", agent_id="pn-1"), 5, "pn-1 rung", system)
     system.login("pn-2")  # free while pn-1 rings: it gets the call when pn-1's offer fails
@@ -207,9 +205,7 @@ def test_unreachable_agent_fails_and_the_next_agent_answers(system: WholeSystem,
     flow(system, f, queue)
     agent(system, "pu-1", f, f"sip:pu-1@127.0.0.1:{free_port(socket.SOCK_DGRAM)}", wrapup_s=60)  # nothing there
     agent(system, "pu-2", f, phone)
-    c = start(peers, caller(system, "caller.xml", f, pause_ms=500))
-    call_id = only_call(system, f)
-    wait_for(lambda: has_event(system, call_id, "call.queued"), 10, "the call queued", system)
+    c, call_id = queued_call(system, peers, "caller.xml", f, 500)
     system.login("pu-1")
     wait_for(lambda: has_event(system, call_id, "call.offered", agent_id="pu-1"), 5, "pu-1 offered", system)
     system.login("pu-2")
@@ -323,8 +319,4 @@ def test_ring_all_the_quick_agent_answers_the_slow_one_gets_cancel(system: Whole
 
 def test_nothing_pending_or_dead(system: WholeSystem) -> None:
     """After every path: each report and event handled and acknowledged, nothing dead, no live call."""
-    wait_until(lambda: system.redis.scard(system.keys.calls) == 0, 5)
-    for stream, group in ((system.keys.reports, "dispatcher"), (system.keys.events, "cdr-writer")):
-        assert system.redis.xpending(stream, group)["pending"] == 0
-    assert system.redis.xlen(system.keys.dead) == 0
-    assert system.redis.scard(system.keys.calls) == 0
+    nothing_pending_or_dead(system)

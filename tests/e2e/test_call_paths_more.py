@@ -23,11 +23,24 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from e2e_harness import agent, agent_failures, caller, flow, messages, ok, only_call, sip, start, types, whole_system
+from e2e_harness import (
+    agent,
+    agent_failures,
+    caller,
+    flow,
+    messages,
+    nothing_pending_or_dead,
+    ok,
+    only_call,
+    sip,
+    start,
+    types,
+    whole_system,
+)
 
 from callcenter.events import decode
 from callcenter.testing.scenarios import scenario
-from callcenter.testing.sipp import Sipp, wait_until
+from callcenter.testing.sipp import Sipp
 from callcenter.testing.system import WholeSystem, wait_for
 
 pytestmark = pytest.mark.slow
@@ -276,8 +289,4 @@ def test_caller_behind_a_proxy_every_request_of_the_edge_follows_the_record_rout
 
 def test_nothing_pending_or_dead(system: WholeSystem) -> None:
     """After every path: each report and event handled and acknowledged, nothing dead, no live call."""
-    wait_until(lambda: system.redis.scard(system.keys.calls) == 0, 5)
-    for stream, group in ((system.keys.reports, "dispatcher"), (system.keys.events, "cdr-writer")):
-        assert system.redis.xpending(stream, group)["pending"] == 0
-    assert system.redis.xlen(system.keys.dead) == 0
-    assert system.redis.scard(system.keys.calls) == 0
+    nothing_pending_or_dead(system)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from e2e_harness import caller, flow, has_event, messages, ok, only_call, sip, start, types, whole_system
+from e2e_harness import flow, messages, ok, queued_call, sip, start, types, whole_system
 
 from callcenter.testing.sipp import Sipp
 from callcenter.testing.system import WholeSystem, wait_for
@@ -44,9 +44,7 @@ def test_a_chat_waits_in_the_queue_and_reaches_the_chat_agent_never_the_audio_on
     put_agent(system, "chatter", f, chat_uri=f"sip:chatter@{chat_phone.uri_host}", chat_capacity=2)
     system.login("talker")  # logged in and free: the call is not rejected, but a chat is not for it
 
-    c = start(peers, caller(system, "caller_chat_reinvited_2_bye.xml", f, pause_ms=1000))
-    call_id = only_call(system, f)
-    wait_for(lambda: has_event(system, call_id, "call.queued"), 10, "the chat queued", system)
+    c, call_id = queued_call(system, peers, "caller_chat_reinvited_2_bye.xml", f, 1000)
     assert system.agent_state("talker") == "free"
     queue_view = next(q for q in system.api.get("/v1/queues").json() if q["flow_id"] == f)
     assert (queue_view["waiting"], queue_view["chats_waiting"], queue_view["chats"]) == (0, 1, [call_id])
@@ -89,9 +87,7 @@ def test_the_agent_hears_the_flow_id_message_before_the_caller_is_connected(
     system.login("w-paused")  # logged in (the call is not rejected) but paused: it gets no call
     assert system.api.post("/v1/agents/w-paused/pause", json={"reason": "training"}).status_code == 200
 
-    c = start(peers, caller(system, "caller_whisper_reinvited_bye.xml", f, pause_ms=800), trace_msg=True)
-    call_id = only_call(system, f)
-    wait_for(lambda: has_event(system, call_id, "call.queued"), 10, "the call queued", system)
+    c, call_id = queued_call(system, peers, "caller_whisper_reinvited_bye.xml", f, 800, trace_msg=True)
     system.login("w-agent")
 
     ok(c, system)
