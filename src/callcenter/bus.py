@@ -30,11 +30,10 @@ from typing import Any
 
 import structlog
 from redis.asyncio import Redis
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from callcenter.events import DecodeError, Entry, decode, encode
+from callcenter.redis import REDIS_DOWN, text
 
 log = structlog.get_logger(__name__)
 
@@ -58,8 +57,6 @@ ACK = Verdict(Outcome.ACK)
 RETRY = Verdict(Outcome.RETRY)
 BACKOFF = Verdict(Outcome.BACKOFF)
 
-# what a lost or restarting Redis raises through redis-py's asyncio client
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 Handler = Callable[[Sequence[Entry]], Awaitable[Mapping[str, Verdict]]]
 
@@ -75,10 +72,6 @@ class Producer:
         entry_id = await self.redis.xadd(stream, encode(type_name, data),  # type: ignore[arg-type]
                                          maxlen=self.maxlen, approximate=True)
         return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
-
-
-def _text(value: Any) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 class StreamConsumer:
@@ -179,7 +172,7 @@ class StreamConsumer:
         ids: list[Any] = list(self._held)
         still = await self.redis.xclaim(self.stream, self.group, self.consumer, min_idle_time=0,
                                         message_ids=ids, justid=True)
-        still_ids = {_text(i) for i in still}
+        still_ids = {text(i) for i in still}
         held = [(entry, raw) for entry_id, (entry, raw) in self._held.items() if entry_id in still_ids]
         self._held.clear()
         if held:
@@ -206,7 +199,7 @@ class StreamConsumer:
             resp = await self.redis.xautoclaim(self.stream, self.group, self.consumer,
                                                min_idle_time=self.claim_idle_ms,
                                                start_id=self._claim_cursor, count=self.batch)
-            cursor, claimed = _text(resp[0]), resp[1]
+            cursor, claimed = text(resp[0]), resp[1]
             deleted = resp[2] if len(resp) > 2 else []
             if deleted:
                 # trimmed from the stream while pending: nothing left to handle, clear the PEL
@@ -227,7 +220,7 @@ class StreamConsumer:
         good: list[Entry] = []
         raw_by_id: dict[str, Mapping[Any, Any]] = {}
         for raw_id, fields in raw_entries:
-            entry_id = _text(raw_id)
+            entry_id = text(raw_id)
             raw_by_id[entry_id] = fields
             if reclaimed and await self._deliveries(entry_id) > self.max_deliveries:
                 await self._dead_letter(entry_id, fields, f"delivered more than {self.max_deliveries} times")
@@ -263,7 +256,7 @@ class StreamConsumer:
         record: dict[Any, Any] = {"stream": self.stream, "group": self.group, "entry_id": entry_id,
                                   "error": reason}
         for k, v in fields.items():
-            record[f"orig_{_text(k)}"] = v
+            record[f"orig_{text(k)}"] = v
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self.dead_stream, record, maxlen=DEAD_MAXLEN, approximate=True)
             pipe.xack(self.stream, self.group, entry_id)

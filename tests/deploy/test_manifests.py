@@ -23,7 +23,7 @@ import pytest
 from pydantic_settings import BaseSettings
 
 from callcenter import settings as settings_module
-from callcenter.keys import Keys
+from callcenter.store.keys import Keys
 
 yaml = pytest.importorskip("yaml")
 

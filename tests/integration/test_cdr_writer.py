@@ -20,7 +20,7 @@ from callcenter.bus import Outcome, Producer, StreamConsumer
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.db.models import Cdr
 from callcenter.events import Entry, decode, encode
-from callcenter.keys import Keys
+from callcenter.store.keys import Keys
 from callcenter.settings import CdrWriterSettings
 from callcenter.store import Store
 from callcenter.testing.processes import console_script

@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 
 from callcenter.bus import Producer
 from callcenter.events import decode
-from callcenter.keys import Keys
+from callcenter.store.keys import Keys
 from callcenter.settings import DispatcherSettings
 from callcenter.store import Store
 from callcenter.testing.processes import console_script

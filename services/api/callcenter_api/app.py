@@ -20,7 +20,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
-from callcenter.bus import REDIS_DOWN
+from callcenter.redis import REDIS_DOWN
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.settings import ApiSettings
 from callcenter.store import Store

@@ -18,7 +18,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from callcenter.bus import StreamConsumer
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.health import serve_health
-from callcenter.keys import Keys
+from callcenter.store.keys import Keys
 from callcenter.lifecycle import on_stop_signals
 from callcenter.logs import configure_logging
 from callcenter.settings import CdrWriterSettings

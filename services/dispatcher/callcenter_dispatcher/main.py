@@ -7,7 +7,8 @@ import asyncio
 import redis.asyncio as aioredis
 import structlog
 
-from callcenter.bus import REDIS_DOWN, StreamConsumer
+from callcenter.bus import StreamConsumer
+from callcenter.redis import REDIS_DOWN
 from callcenter.health import serve_health
 from callcenter.lifecycle import on_stop_signals
 from callcenter.logs import configure_logging

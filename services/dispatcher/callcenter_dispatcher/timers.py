@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
-from callcenter.bus import REDIS_DOWN
+from callcenter.redis import REDIS_DOWN
 from callcenter.store import Store
 
 log = structlog.get_logger(__name__)

@@ -18,7 +18,7 @@ import structlog
 
 from callcenter.bus import ACK, StreamConsumer, Verdict
 from callcenter.events import Entry, encode
-from callcenter.keys import Keys
+from callcenter.store.keys import Keys
 from callcenter.settings import EdgeSettings
 from callcenter_sip_edge.sip_stack import Fact, SipStack
 

@@ -30,7 +30,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from callcenter.events import decode, encode
-from callcenter.keys import Keys
+from callcenter.store.keys import Keys
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import httpx
 import redis
 
 from callcenter.events import decode
-from callcenter.keys import Keys
+from callcenter.store.keys import Keys
 from callcenter.testing.processes import ServiceProcess
 from callcenter.testing.servers import RedisServer, free_port
 from callcenter.testing.sipp import Sipp, wait_until

@@ -1,6 +1,6 @@
 """The atomic Lua scripts on Redis state, with typed wrappers.
 
-Every state change of the call center is one script in `callcenter/lua/` (one file per command,
+Every state change of the call center is one script in `callcenter/store/lua/` (one file per command,
 with a header naming KEYS, ARGV and return codes). A script checks the state before it writes,
 changes it, and appends the resulting commands and events in the same atomic step. Scripts are
 registered with redis-py's `register_script` (EVALSHA with a NOSCRIPT fallback).
@@ -11,10 +11,8 @@ Two lines are expanded when a script is loaded: `--!include <file>` inserts a sh
 
 from __future__ import annotations
 
-import enum
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
@@ -23,25 +21,9 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 from callcenter.events import lua_version_table
-from callcenter.keys import Keys
-
-
-class RC(enum.IntEnum):
-    """Return codes of the Lua scripts (the `RC` table of lua/common.lua)."""
-
-    OK = 0
-    DUPLICATE = 1
-    OUT_OF_ORDER = 2
-    NOT_FOUND = 3
-    INVALID = 4
-    ALREADY = 5
-    STALE = 6
-
-
-@dataclass(frozen=True, slots=True)
-class Result:
-    rc: RC
-    detail: str = ""
+from callcenter.redis import text as _text
+from callcenter.store.codes import RC, Result
+from callcenter.store.keys import Keys
 
 
 REPORT_SCRIPTS = {
@@ -66,7 +48,7 @@ def now_ms() -> int:
 
 def load_source(name: str) -> str:
     """The full source of one script, with its includes and the version table expanded."""
-    lua = resources.files("callcenter.lua")
+    lua = resources.files("callcenter.store.lua")
     out: list[str] = []
 
     def expand(file_name: str, seen: tuple[str, ...]) -> None:
@@ -88,12 +70,6 @@ def load_source(name: str) -> str:
 def _blank(value: int | None) -> int | str:
     """A script argument for an optional number: "" means 'the global value'."""
     return "" if value is None else value
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, bytes):
-        return value.decode()
-    return "" if value is None else str(value)
 
 
 def _result(raw: Any) -> Result:
