@@ -20,9 +20,9 @@ from callcenter.bus import Outcome, Producer, StreamConsumer
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.db.models import Cdr
 from callcenter.events import Entry, decode, encode
-from callcenter.store.keys import Keys
 from callcenter.settings import CdrWriterSettings
 from callcenter.store import Store
+from callcenter.store.keys import Keys
 from callcenter.testing.processes import console_script
 from callcenter.testing.servers import RedisServer
 from callcenter_cdr_writer.main import GROUP, run

@@ -14,9 +14,9 @@ import redis.asyncio as aioredis
 
 from callcenter.bus import Producer
 from callcenter.events import decode
-from callcenter.store.keys import Keys
 from callcenter.settings import DispatcherSettings
 from callcenter.store import Store
+from callcenter.store.keys import Keys
 from callcenter.testing.processes import console_script
 from callcenter.testing.servers import RedisServer
 from callcenter_dispatcher.main import run

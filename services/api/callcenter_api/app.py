@@ -20,8 +20,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import sessionmaker
 
-from callcenter.redis import REDIS_DOWN
 from callcenter.db.engine import make_engine, upgrade
+from callcenter.redis import REDIS_DOWN
 from callcenter.settings import ApiSettings
 from callcenter.store import Store
 from callcenter_api import provisioning

@@ -18,10 +18,10 @@ from sqlalchemy.exc import SQLAlchemyError
 from callcenter.bus import StreamConsumer
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.health import serve_health
-from callcenter.store.keys import Keys
 from callcenter.lifecycle import on_stop_signals
 from callcenter.logs import configure_logging
 from callcenter.settings import CdrWriterSettings
+from callcenter.store.keys import Keys
 from callcenter_cdr_writer.writer import CdrWriter
 
 log = structlog.get_logger(__name__)

@@ -8,10 +8,10 @@ import redis.asyncio as aioredis
 import structlog
 
 from callcenter.bus import StreamConsumer
-from callcenter.redis import REDIS_DOWN
 from callcenter.health import serve_health
 from callcenter.lifecycle import on_stop_signals
 from callcenter.logs import configure_logging
+from callcenter.redis import REDIS_DOWN
 from callcenter.settings import DispatcherSettings
 from callcenter.store import Store
 from callcenter_dispatcher.edges import CHECK_INTERVAL_MS, check_edges

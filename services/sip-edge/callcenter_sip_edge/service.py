@@ -18,8 +18,8 @@ import structlog
 
 from callcenter.bus import ACK, StreamConsumer, Verdict
 from callcenter.events import Entry, encode
-from callcenter.store.keys import Keys
 from callcenter.settings import EdgeSettings
+from callcenter.store.keys import Keys
 from callcenter_sip_edge.sip_stack import Fact, SipStack
 
 log = structlog.get_logger(__name__)

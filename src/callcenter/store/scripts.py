@@ -25,7 +25,6 @@ from callcenter.redis import text as _text
 from callcenter.store.codes import RC, Result
 from callcenter.store.keys import Keys
 
-
 REPORT_SCRIPTS = {
     "report.call_arrived": "report_call_arrived",
     "report.media_answered": "report_media_answered",
