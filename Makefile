@@ -14,8 +14,7 @@ demo-call:
 	scripts/demo-call
 
 lint:
-	.venv/bin/ruff check src services tests bench
-	.venv/bin/mypy src services
+	scripts/lint
 
 bench:
 	.venv/bin/python bench/dispatcher_decisions.py
