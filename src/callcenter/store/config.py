@@ -111,5 +111,5 @@ def lua_value(value: ConfigValue) -> str:
 def lua_defaults_table() -> str:
     """`local CONFIG_DEFAULTS = {...}`: the defaults the Lua `cfg()` falls back to. A number default
     tells `cfg()` to read the stored value as a number."""
-    body = ", ".join(f"{p.name} = {lua_value(p.default)}" for p in CALL_HANDLING)
-    return f"local CONFIG_DEFAULTS = {{ {body} }}"
+    rows = "".join(f"  {p.name} = {lua_value(p.default)},\n" for p in CALL_HANDLING)
+    return f"local CONFIG_DEFAULTS = {{\n{rows}}}"

@@ -1,9 +1,15 @@
--- report_call_arrived.lua: a caller's INVITE reached a sip-edge.
--- KEYS[1] any tenant key. ARGV: now_ms, entry id, msgpack report.call_arrived.
+-- report_call_arrived: a caller's INVITE reached a sip-edge.
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 entry_id (stream entry id), 3 data (the report's msgpack payload)
+-- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
+-- RETURNS: OK decision | DUPLICATE 'exists' | INVALID why
+-- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.arrived, call.dissuaded, call.ended, call.offered, call.queued, call.rejected
+-- COMMANDS: command.media, command.reject, command.ring, command.ring_all
+-- LIB: config, core, stats, offer, calls, report
+--
 -- Creates the call and decides its first step: reject (unknown flow, no agent logged in),
--- welcome media, an agent at once, or the queue. Returns {RC, decision}.
---!include common.lua
---!include _report.lua
+-- welcome media, an agent at once, or the queue.
 
 if R.seq ~= 1 then return { RC.INVALID, 'arrival must have seq 1' } end
 local call_id = R.call_id
