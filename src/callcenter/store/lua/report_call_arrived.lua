@@ -20,17 +20,11 @@ local priority = tonumber(R.priority) or 0
 if priority > 100 then priority = 100 elseif priority < -100 then priority = -100 end
 local media_type = R.media_type or 'audio'
 if media_type ~= 'audio' and media_type ~= 'chat' then return { RC.INVALID, 'media_type must be audio or chat' } end
-local call = { flow = R.flow, caller = R.caller, caller_uri = R.caller_uri, priority = math.floor(priority),
-  media_type = media_type,
-  caller_display = R.caller_display or '', edge = R.edge, seq = 1, received_ms = NOW, state = 'arrived',
-  media = '', rejections = 0, offers = 0, agent = '', offer = '', sip_call_id = R.sip_call_id }
-local args = {}
-for name, value in pairs(call) do
-  args[#args + 1] = name
-  args[#args + 1] = value
-  call[name] = tostring(value)
-end
-redis.call('HSET', ckey, unpack(args))
+local call = {}
+call_field_updates(call_id, call, { flow = R.flow, caller = R.caller, caller_uri = R.caller_uri,
+  priority = math.floor(priority), media_type = media_type, caller_display = R.caller_display or '',
+  edge = R.edge, seq = 1, received_ms = NOW, state = 'arrived', media = '', rejections = 0, offers = 0,
+  agent = '', offer = '', sip_call_id = R.sip_call_id })
 redis.call('SADD', K.calls, call_id)
 redis.call('SADD', k_edge_calls(R.edge), call_id)
 emit('call.arrived', { call_id = call_id, flow = R.flow, caller = R.caller, edge = R.edge, media_type = media_type })
