@@ -12,12 +12,12 @@
 from __future__ import annotations
 
 import re
-from importlib import resources
 from typing import Any
 
 from redis.asyncio import Redis
 
 from callcenter.store import Store
+from callcenter.store.config import lua_defaults_table
 from callcenter_api.schemas import (
     AgentStats,
     ConfigOut,
@@ -47,7 +47,7 @@ def lua_config_defaults(source: str) -> dict[str, int | str]:
 
 
 # the defaults the Lua steps use (the reference module's defaults)
-CONFIG_DEFAULTS = lua_config_defaults(resources.files("callcenter.store.lua").joinpath("common.lua").read_text())
+CONFIG_DEFAULTS = lua_config_defaults(lua_defaults_table())
 BOOLEAN_PARAMS = ("reject_on_no_agents", "internal_dispatching")
 SL_WINDOWS_MIN = (1, 15, 60)
 SL_FIELDS = ("offered", "answered", "answered_in_t", "abandoned", "abandoned_in_t")

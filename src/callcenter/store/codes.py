@@ -1,7 +1,7 @@
 """Return codes of the Lua steps and the typed result of one step.
 
-The Lua scripts return `{rc, detail}`; `RC` names the codes (the `RC` table of the Lua library uses
-the same numbers).
+The Lua scripts return `{rc, detail}`; `RC` names the codes, and the `RC` table of the Lua prelude
+is generated from it (`store.prelude`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 
 class RC(enum.IntEnum):
-    """Return codes of the Lua scripts (the `RC` table of lua/common.lua)."""
+    """Return codes of the Lua scripts (rendered into the Lua prelude as `RC`)."""
 
     OK = 0
     DUPLICATE = 1

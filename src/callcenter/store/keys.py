@@ -1,8 +1,9 @@
 """Redis key and stream names of one tenant.
 
 Every key of a tenant starts with `cc:{<tenant>}:`: the braces are a Redis Cluster hash tag, so
-all keys of one tenant live in one slot and every Lua script touches a single slot. The Lua scripts
-build the same names from that prefix (see `lua/common.lua`); this module is the reference list.
+all keys of one tenant live in one slot and every Lua script touches a single slot. This module is
+the one list: `NAMES` and `FAMILIES` below are rendered into the Lua prelude (`K.<name>` and
+`k_<family>(...)`, see `callcenter.store.prelude`), so the Lua never spells a key itself.
 
     cc:{t}:config                 hash   call-handling parameters (wrap-up, ring timeout, ...)
     cc:{t}:flows                  set    flow ids
@@ -13,6 +14,9 @@ build the same names from that prefix (see `lua/common.lua`); this module is the
     cc:{t}:skill:<skill>:free     zset   free agents with this skill and an audio URI, score = idle since (ms)
     cc:{t}:skill:<skill>:chat     zset   agents with this skill and a free chat slot,
                                          score = ongoing chats * 1e13 + last change (ms)
+    cc:{t}:stats                  hash   global counters and the on-hold gauge
+    cc:{t}:stats:flow:<flow>      hash   the same per flow, and its handle-time average
+    cc:{t}:sl:<flow>:<minute>     hash   service-level counts of one minute (ms // 60000), kept 62 min
     cc:{t}:agents                 set    agent ids
     cc:{t}:agent:<id>             hash   agent definition and runtime state
     cc:{t}:agentchats:<id>        set    ids of the chats an agent holds (offered or connected)
@@ -31,6 +35,30 @@ build the same names from that prefix (see `lua/common.lua`); this module is the
 
 from __future__ import annotations
 
+# single keys of a tenant: attribute `Keys.<name>`, `K.<name>` in Lua
+NAMES: tuple[str, ...] = ("config", "flows", "agents", "calls", "timers", "edges", "reports", "events", "dead",
+                          "stats")
+
+# key families, name -> template after the prefix ({0}, {1}: the arguments in order);
+# method `Keys.<name>(...)`, function `k_<name>(...)` in Lua
+FAMILIES: dict[str, str] = {
+    "flow": "flow:{0}",
+    "agent": "agent:{0}",
+    "call": "call:{0}",
+    "queue": "queue:{0}",
+    "chat_queue": "chatq:{0}",
+    "skill_chat": "skill:{0}:chat",
+    "agent_chats": "agentchats:{0}",
+    "skill_flows": "skill:{0}:flows",
+    "skill_logged": "skill:{0}:logged",
+    "skill_serving": "skill:{0}:logged:{1}",
+    "skill_free": "skill:{0}:free",
+    "edge_calls": "edge:{0}:calls",
+    "commands": "commands:{0}",
+    "flow_stats": "stats:flow:{0}",
+    "sl": "sl:{0}:{1}",
+}
+
 
 class Keys:
     """Key names for one tenant."""
@@ -47,43 +75,54 @@ class Keys:
         self.reports = self.prefix + "reports"
         self.events = self.prefix + "events"
         self.dead = self.prefix + "dead"
+        self.stats = self.prefix + "stats"
+
+    def _family(self, name: str, *parts: str | int) -> str:
+        return self.prefix + FAMILIES[name].format(*parts)
 
     def flow(self, flow_id: str) -> str:
-        return f"{self.prefix}flow:{flow_id}"
+        return self._family("flow", flow_id)
 
     def agent(self, agent_id: str) -> str:
-        return f"{self.prefix}agent:{agent_id}"
+        return self._family("agent", agent_id)
 
     def call(self, call_id: str) -> str:
-        return f"{self.prefix}call:{call_id}"
+        return self._family("call", call_id)
 
     def queue(self, flow_id: str) -> str:
-        return f"{self.prefix}queue:{flow_id}"
+        return self._family("queue", flow_id)
 
     def chat_queue(self, flow_id: str) -> str:
-        return f"{self.prefix}chatq:{flow_id}"
+        return self._family("chat_queue", flow_id)
 
     def skill_chat(self, skill: str) -> str:
-        return f"{self.prefix}skill:{skill}:chat"
+        return self._family("skill_chat", skill)
 
     def agent_chats(self, agent_id: str) -> str:
-        return f"{self.prefix}agentchats:{agent_id}"
+        return self._family("agent_chats", agent_id)
 
     def skill_flows(self, skill: str) -> str:
-        return f"{self.prefix}skill:{skill}:flows"
+        return self._family("skill_flows", skill)
 
     def skill_logged(self, skill: str) -> str:
-        return f"{self.prefix}skill:{skill}:logged"
+        return self._family("skill_logged", skill)
 
     def skill_serving(self, skill: str, media: str) -> str:
         """Logged-in agents of a skill that take `media` (audio or chat)."""
-        return f"{self.prefix}skill:{skill}:logged:{media}"
+        return self._family("skill_serving", skill, media)
 
     def skill_free(self, skill: str) -> str:
-        return f"{self.prefix}skill:{skill}:free"
+        return self._family("skill_free", skill)
 
     def edge_calls(self, edge_id: str) -> str:
-        return f"{self.prefix}edge:{edge_id}:calls"
+        return self._family("edge_calls", edge_id)
 
     def commands(self, edge_id: str) -> str:
-        return f"{self.prefix}commands:{edge_id}"
+        return self._family("commands", edge_id)
+
+    def flow_stats(self, flow_id: str) -> str:
+        return self._family("flow_stats", flow_id)
+
+    def sl(self, flow_id: str, minute: int) -> str:
+        """Service-level bucket of one minute (`minute` = ms // 60000)."""
+        return self._family("sl", flow_id, minute)

@@ -1,12 +1,15 @@
 """The atomic Lua scripts on Redis state, with typed wrappers.
 
 Every state change of the call center is one script in `callcenter/store/lua/` (one file per command,
-with a header naming KEYS, ARGV and return codes). A script checks the state before it writes,
-changes it, and appends the resulting commands and events in the same atomic step. Scripts are
-registered with redis-py's `register_script` (EVALSHA with a NOSCRIPT fallback).
+with a fixed header: key families read and written, ARGV, return codes, events, commands, and the
+library modules it uses). A script checks the state before it writes, changes it, and appends the
+resulting commands and events in the same atomic step. Scripts are registered with redis-py's
+`register_script` (EVALSHA with a NOSCRIPT fallback).
 
-Two lines are expanded when a script is loaded: `--!include <file>` inserts a shared file, and
-`--!versions` inserts the event version table generated from `callcenter.events`.
+A script's source (`load_source`) is one concatenation, by rule: the generated prelude
+(`store.prelude`: keys, RC, EVENT_V, config defaults), then the modules of `lua/lib/` that its
+`-- LIB:` header line names, with the modules they name in their `-- NEEDS:` lines, in `LIB_ORDER`,
+then the script. Nothing else is expanded.
 """
 
 from __future__ import annotations
@@ -20,10 +23,10 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from callcenter.events import lua_version_table
 from callcenter.redis import text as _text
 from callcenter.store.codes import RC, Result
 from callcenter.store.keys import Keys
+from callcenter.store.prelude import prelude
 
 REPORT_SCRIPTS = {
     "report.call_arrived": "report_call_arrived",
@@ -45,25 +48,42 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# the modules of lua/lib/ in the order they are concatenated: each uses only functions of the
+# modules before it (Lua locals must be defined before they are referenced)
+LIB_ORDER = ("config", "core", "stats", "chat", "agents", "queue", "offer", "calls", "report")
+
+
+def header_field(source: str, field: str) -> list[str]:
+    """The comma-separated names of a `-- FIELD: a, b` header line (empty when absent or `-`)."""
+    for line in source.splitlines():
+        if line.startswith(f"-- {field}:"):
+            value = line.split(":", 1)[1].strip()
+            return [] if value in ("", "-") else [name.strip() for name in value.split(",")]
+    return []
+
+
+def _lua_file(path: str) -> str:
+    return resources.files("callcenter.store.lua").joinpath(path).read_text()
+
+
+def script_libs(name: str) -> list[str]:
+    """The library modules a script loads: those its LIB line names and what they need, in LIB_ORDER."""
+    wanted: set[str] = set()
+    todo = header_field(_lua_file(f"{name}.lua"), "LIB")
+    while todo:
+        module = todo.pop()
+        if module not in LIB_ORDER:
+            raise ValueError(f"{name}.lua: unknown library module {module!r}")
+        if module not in wanted:
+            wanted.add(module)
+            todo += header_field(_lua_file(f"lib/{module}.lua"), "NEEDS")
+    return [module for module in LIB_ORDER if module in wanted]
+
+
 def load_source(name: str) -> str:
-    """The full source of one script, with its includes and the version table expanded."""
-    lua = resources.files("callcenter.store.lua")
-    out: list[str] = []
-
-    def expand(file_name: str, seen: tuple[str, ...]) -> None:
-        if file_name in seen:
-            raise ValueError(f"include cycle: {' -> '.join((*seen, file_name))}")
-        for line in lua.joinpath(file_name).read_text().splitlines():
-            stripped = line.strip()
-            if stripped.startswith("--!include "):
-                expand(stripped.split(maxsplit=1)[1], (*seen, file_name))
-            elif stripped == "--!versions":
-                out.append(lua_version_table())
-            else:
-                out.append(line)
-
-    expand(f"{name}.lua", ())
-    return "\n".join(out) + "\n"
+    """The full source of one script: prelude, the library modules it needs, the script."""
+    parts = [prelude(), *(_lua_file(f"lib/{module}.lua") for module in script_libs(name)), _lua_file(f"{name}.lua")]
+    return "\n".join(parts)
 
 
 def _blank(value: int | None) -> int | str:

@@ -1,6 +1,12 @@
--- agent_delete.lua: remove an agent from the Redis cache. Refused unless it is logged out.
--- KEYS[1] any tenant key. ARGV: now_ms, agent_id. Returns {RC.OK} | {RC.NOT_FOUND} | {RC.INVALID, why}.
---!include common.lua
+-- agent_delete: remove an agent from the Redis cache. Refused unless it is logged out.
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 agent_id
+-- READS: agent
+-- WRITES: agent, agent_chats, agents
+-- RETURNS: OK | NOT_FOUND | INVALID why
+-- EVENTS: -
+-- COMMANDS: -
+-- LIB: core
 
 local agent_id = ARGV[2]
 local agent = hgetall(k_agent(agent_id))

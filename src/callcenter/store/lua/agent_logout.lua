@@ -1,9 +1,15 @@
--- agent_logout.lua: log an agent out. Free, paused or in wrap-up: at once. Ringing, in a call or in
--- chats: when that call (the last chat) ends; the agent stops counting as logged in for new calls
--- and chats right away.
--- KEYS[1] any tenant key. ARGV: now_ms, agent_id.
--- Returns {RC.OK, 'logged_out' | 'pending'} | {RC.ALREADY, 'logged_out'} | {RC.NOT_FOUND}.
---!include common.lua
+-- agent_logout: log an agent out.
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 agent_id
+-- READS: agent, config
+-- WRITES: agent, events, skill_chat, skill_free, skill_logged, skill_serving, timers
+-- RETURNS: OK 'logged_out' | OK 'pending' | ALREADY 'logged_out' | NOT_FOUND
+-- EVENTS: agent.logged_out, agent.state_changed
+-- COMMANDS: -
+-- LIB: core, chat, agents
+--
+-- Free, paused or in wrap-up: at once. Ringing, in a call or in chats: when that call (the last
+-- chat) ends; the agent stops counting as logged in for new calls and chats right away.
 
 local agent_id = ARGV[2]
 local agent = hgetall(k_agent(agent_id))

@@ -1,8 +1,15 @@
--- agent_pause.lua: pause an agent with a reason code. Free or in wrap-up: at once. Ringing, in a
--- call or in chats: when that call (the last chat) ends (it then skips its wrap-up). A paused agent stays logged in and gets
--- no calls. KEYS[1] any tenant key. ARGV: now_ms, agent_id, reason.
--- Returns {RC.OK, 'paused' | 'pending'} | {RC.ALREADY, reason} | {RC.NOT_FOUND} | {RC.INVALID, why}.
---!include common.lua
+-- agent_pause: pause an agent with a reason code.
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 agent_id, 3 reason
+-- READS: agent, config
+-- WRITES: agent, events, skill_chat, skill_free, timers
+-- RETURNS: OK 'paused' | OK 'pending' | ALREADY reason | NOT_FOUND | INVALID why
+-- EVENTS: agent.paused, agent.state_changed
+-- COMMANDS: -
+-- LIB: core, chat, agents
+--
+-- Free or in wrap-up: at once. Ringing, in a call or in chats: when that call (the last chat) ends
+-- (it then skips its wrap-up). A paused agent stays logged in and gets no calls.
 
 local agent_id, reason = ARGV[2], ARGV[3]
 if reason == nil or reason == '' then return { RC.INVALID, 'a reason is required' } end

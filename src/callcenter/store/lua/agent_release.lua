@@ -1,9 +1,16 @@
--- agent_release.lua: an administrator frees an agent by force. Its live call, if any, is hung up
--- and ended (outcome failed, reason force_release), and so is every chat it holds; the agent is
--- free (or logged out / paused if that was pending) at once, without wrap-up.
--- KEYS[1] any tenant key. ARGV: now_ms, agent_id.
--- Returns {RC.OK, state} | {RC.ALREADY, state} | {RC.NOT_FOUND}.
---!include common.lua
+-- agent_release: an administrator frees an agent by force.
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 agent_id
+-- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_flows, skill_free
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
+-- RETURNS: OK state | ALREADY state | NOT_FOUND
+-- EVENTS: agent.logged_out, agent.paused, agent.released, agent.state_changed, call.abandoned, call.ended, call.offered
+-- COMMANDS: command.hangup, command.ring, command.ring_all
+-- LIB: core, chat, calls
+--
+-- Its live call, if any, is hung up and ended (outcome failed, reason force_release), and so is
+-- every chat it holds; the agent is free (or logged out / paused if that was pending) at once,
+-- without wrap-up.
 
 local agent_id = ARGV[2]
 local agent = hgetall(k_agent(agent_id))

@@ -1,11 +1,18 @@
--- agent_upsert.lua: create or update an agent in the Redis cache, keeping its runtime state.
--- KEYS[1] any tenant key. ARGV: now_ms, agent_id, uri (audio SIP URI, '' = takes no audio calls),
--- skills (comma separated), wrapup_s ('' = the global value), max_no_answer ('' = the global
--- value; 0 = never pause), chat_uri (MSRP-capable SIP URI, '' = takes no chats), chat_capacity
--- ('' = the global value). An agent needs an audio URI, a chat URI or both. A logged-in agent
--- whose skills or URIs change moves between the indexes and, if free, may get a waiting call.
--- Returns {RC.OK, state}.
---!include common.lua
+-- agent_upsert: create or update an agent in the Redis cache, keeping its runtime state.
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 agent_id, 3 uri, 4 skills, 5 wrapup_s, 6 max_no_answer, 7 chat_uri, 8 chat_capacity
+-- READS: agent, agent_chats, call, chat_queue, config, flow, queue, skill_flows, skill_free
+-- WRITES: agent, agent_chats, agents, call, chat_queue, commands, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, stats, timers
+-- RETURNS: OK state | INVALID why
+-- EVENTS: agent.state_changed, call.offered
+-- COMMANDS: command.ring, command.ring_all
+-- LIB: core, chat, agents, offer
+--
+-- uri: audio SIP URI ('' = takes no audio calls); skills: comma separated; wrapup_s: '' = the
+-- global value; max_no_answer: '' = the global value, 0 = never pause; chat_uri: MSRP-capable SIP
+-- URI ('' = takes no chats); chat_capacity: '' = the global value. An agent needs an audio URI, a
+-- chat URI or both. A logged-in agent whose skills or URIs change moves between the indexes and,
+-- if free, may get a waiting call.
 
 local agent_id, uri, skills, wrapup = ARGV[2], ARGV[3] or '', ARGV[4], ARGV[5]
 local max_no_answer, chat_uri, chat_capacity = ARGV[6] or '', ARGV[7] or '', ARGV[8] or ''

@@ -1,9 +1,14 @@
--- dispatch_call.lua: an external dispatcher hands a waiting call to a free agent, or a chat to an
--- agent with a free chat slot (the reference's dispatch_call_to_agent; meant for internal
--- dispatching off, works either way).
--- KEYS[1] any tenant key. ARGV: now_ms, call_id, agent_id.
--- Returns {RC.OK} | {RC.NOT_FOUND, 'call'|'agent'} | {RC.INVALID, why}.
---!include common.lua
+-- dispatch_call: an external dispatcher hands a waiting call to a free agent, or a chat to an agent with a free chat slot.
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 call_id, 3 agent_id
+-- READS: agent, agent_chats, call, config, flow
+-- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow_stats, queue, skill_chat, skill_free, stats, timers
+-- RETURNS: OK | NOT_FOUND 'call' | NOT_FOUND 'agent' | INVALID why
+-- EVENTS: agent.state_changed, call.offered
+-- COMMANDS: command.ring
+-- LIB: core, chat, offer
+--
+-- The reference's dispatch_call_to_agent; meant for internal dispatching off, works either way.
 
 local call_id, agent_id = ARGV[2], ARGV[3]
 local call = hgetall(k_call(call_id))

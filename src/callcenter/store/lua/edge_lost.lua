@@ -1,16 +1,22 @@
--- edge_lost.lua: a sip-edge whose heartbeat lapsed is gone (crashed, SIGKILLed, cut off): end
--- the calls it owned. Any dispatcher replica may run it at any time; the heartbeat check inside
--- the step makes a second run, or a run racing the edge's comeback, harmless.
--- KEYS[1] any tenant key. ARGV: now_ms, edge_id, lapse_ms, limit (calls per step, default 500).
+-- edge_lost: a sip-edge whose heartbeat lapsed is gone (crashed, SIGKILLed, cut off): end the calls it owned.
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 edge_id, 3 lapse_ms, 4 limit (calls per step, default 500)
+-- READS: agent, agent_chats, call, chat_queue, config, edge_calls, edges, flow, flow_stats, queue, skill_flows, skill_free
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, edges, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
+-- RETURNS: OK calls_ended | NOT_FOUND (no heartbeat entry) | STALE last_beat (the edge is alive) | INVALID why
+-- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.ended, call.offered
+-- COMMANDS: command.ring, command.ring_all
+-- LIB: core, calls
+--
+-- Any dispatcher replica may run it at any time; the heartbeat check inside the step makes a
+-- second run, or a run racing the edge's comeback, harmless.
 -- If the edge's heartbeat score in cc:{t}:edges is still older than now - lapse_ms: its live calls
 -- (cc:{t}:edge:<edge>:calls) first leave their queues (so a freed agent is not handed a call of the
 -- same dead edge), then each ends with finish_call(outcome failed, ended_by system, reason
 -- edge_lost): its agent is released (wrap-up after a talk, free after a ring) and call.ended (its
--- CDR) is emitted. No command is sent: nobody would read it. At most `limit` calls end per step;
--- the edge leaves cc:{t}:edges once it has no call left, so the next run finishes the rest.
--- Returns {RC.OK, number of calls ended}; {RC.NOT_FOUND} when the edge has no heartbeat entry;
--- {RC.STALE, last beat} when its heartbeat is recent (it is alive, or came back).
---!include common.lua
+-- CDR) is emitted. No command is sent to the lost edge: nobody would read it (a freed agent may
+-- be offered a call of another edge). At most `limit` calls end per step; the edge leaves
+-- cc:{t}:edges once it has no call left, so the next run finishes the rest.
 
 local edge = ARGV[2]
 local lapse = tonumber(ARGV[3])

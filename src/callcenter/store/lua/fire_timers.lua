@@ -1,9 +1,15 @@
--- fire_timers.lua: run the timers that are due: wrap-up ends, expired offer leases, maximum wait
--- (overflow to another flow or a SIP URI), time on hold (dissuading).
--- KEYS[1] any tenant key. ARGV: now_ms, limit. Any dispatcher may call it at any time: each timer
--- is removed and handled in the same atomic step, so it fires exactly once.
--- Returns {RC.OK, number fired}.
---!include common.lua
+-- fire_timers: run the timers that are due: wrap-up ends, expired offer leases, maximum wait (overflow to another flow or a SIP URI), time on hold (dissuading).
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 limit
+-- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving, timers
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
+-- RETURNS: OK number_fired
+-- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.agent_failed, call.dissuaded, call.ended, call.offered, call.overflowed, call.queued
+-- COMMANDS: command.cancel_ring, command.hangup, command.media, command.ring, command.ring_all
+-- LIB: core, stats, chat, agents, queue, offer, calls
+--
+-- Any dispatcher may call it at any time: each timer is removed and handled in the same atomic
+-- step, so it fires exactly once.
 
 local limit = tonumber(ARGV[2]) or 100
 local due = redis.call('ZRANGEBYSCORE', K.timers, '-inf', NOW, 'LIMIT', 0, limit)
@@ -43,7 +49,7 @@ for _, member in ipairs(due) do
         hold_off(id, call)
         emit('call.overflowed', { call_id = id, flow = call.flow, to_flow = target })
         stat(call.flow, 'overflowed')
-        redis.call('HINCRBY', k_stats(target), 'incalls', 1)  -- the global count has it already
+        redis.call('HINCRBY', k_flow_stats(target), 'incalls', 1)  -- the global count has it already
         onhold_stat(target, call, 1)
         call_field_updates(id, call, { flow = target, media = '', onhold = '1', queued_ms = '' })
         route_call(id, call, target_flow, false)

@@ -1,6 +1,12 @@
--- flow_delete.lua: remove a flow from the Redis cache. Refused while calls wait in its queue.
--- KEYS[1] any tenant key. ARGV: now_ms, flow_id. Returns {RC.OK} | {RC.NOT_FOUND} | {RC.INVALID, why}.
---!include common.lua
+-- flow_delete: remove a flow from the Redis cache. Refused while calls wait in its queue.
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 flow_id
+-- READS: chat_queue, flow, queue
+-- WRITES: flow, flows, skill_flows
+-- RETURNS: OK | NOT_FOUND | INVALID why
+-- EVENTS: -
+-- COMMANDS: -
+-- LIB: -
 
 local flow_id = ARGV[2]
 local skill = redis.call('HGET', k_flow(flow_id), 'skill')

@@ -1,8 +1,14 @@
--- flow_upsert.lua: create or update a flow in the Redis cache (SQL is its durable home).
--- KEYS[1] any tenant key. ARGV: now_ms, flow_id, then field/value pairs (skill, priority,
--- welcome_uri, queue_uri, dissuading_uri, prepend_cid, max_wrapup_s, ...). Returns {RC.OK}.
+-- flow_upsert: create or update a flow in the Redis cache (SQL is its durable home).
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 flow_id, 3... field/value pairs (skill, priority, welcome_uri, queue_uri, ...)
+-- READS: agent, agent_chats, call, chat_queue, config, flow, queue, skill_chat, skill_flows, skill_free
+-- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow, flow_stats, flows, queue, skill_chat, skill_flows, skill_free, stats, timers
+-- RETURNS: OK | INVALID why
+-- EVENTS: agent.state_changed, call.offered
+-- COMMANDS: command.ring, command.ring_all
+-- LIB: core, offer
+--
 -- When the skill changes, free agents of the new skill take the flow's waiting calls at once.
---!include common.lua
 
 local flow_id = ARGV[2]
 local fkey = k_flow(flow_id)

@@ -1,8 +1,15 @@
--- reconcile.lua: free agents that no live call holds (the peers' most common bug: an agent stuck
--- busy). An agent ringing or in a call must be the agent of a live call in the matching state; an
--- agent in wrap-up must have its wrap-up timer. Any replica may run it at any time.
--- KEYS[1] any tenant key. ARGV: now_ms. Returns {RC.OK, number released}.
---!include common.lua
+-- reconcile: free agents that no live call holds (the peers' most common bug: an agent stuck busy).
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms
+-- READS: agent, agent_chats, agents, call, chat_queue, config, flow, queue, skill_flows, skill_free, timers
+-- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, stats, timers
+-- RETURNS: OK number_released
+-- EVENTS: agent.logged_out, agent.paused, agent.released, agent.state_changed, call.offered
+-- COMMANDS: command.ring, command.ring_all
+-- LIB: core, chat, calls
+--
+-- An agent ringing or in a call must be the agent of a live call in the matching state; an agent
+-- in wrap-up must have its wrap-up timer. Any replica may run it at any time.
 
 local released = 0
 for _, agent_id in ipairs(redis.call('SMEMBERS', K.agents)) do

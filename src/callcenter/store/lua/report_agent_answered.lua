@@ -1,11 +1,17 @@
--- report_agent_answered.lua: the agent answered and the caller is connected to it.
--- KEYS[1] any tenant key. ARGV: now_ms, entry id, msgpack report.agent_answered. Returns {RC}.
+-- report_agent_answered: the agent answered and the caller is connected to it.
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 entry_id (stream entry id), 3 data (the report's msgpack payload)
+-- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_flows, skill_free
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
+-- RETURNS: OK | OK 'adopted' | STALE | STALE 'hung_up' | DUPLICATE | OUT_OF_ORDER | INVALID why
+-- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.agent_failed, call.connected, call.ended, call.offered
+-- COMMANDS: command.cancel_ring, command.hangup, command.ring, command.ring_all
+-- LIB: core, agents, offer, calls, report
+--
 -- An answer for an offer already taken back (its lease expired while the report sat with a dead
 -- dispatcher) describes what the edge really did: the caller talks to that agent. It is adopted
 -- when the agent is not busy with another call (a newer offer of the call is cancelled); otherwise
 -- the call is hung up, so Redis and the edge never disagree.
---!include common.lua
---!include _report.lua
 
 local call, rc = load_call_for_report()
 if call == nil then return { rc } end

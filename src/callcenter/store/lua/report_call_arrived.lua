@@ -1,9 +1,15 @@
--- report_call_arrived.lua: a caller's INVITE reached a sip-edge.
--- KEYS[1] any tenant key. ARGV: now_ms, entry id, msgpack report.call_arrived.
+-- report_call_arrived: a caller's INVITE reached a sip-edge.
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 entry_id (stream entry id), 3 data (the report's msgpack payload)
+-- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
+-- RETURNS: OK decision | DUPLICATE 'exists' | INVALID why
+-- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.arrived, call.dissuaded, call.ended, call.offered, call.queued, call.rejected
+-- COMMANDS: command.media, command.reject, command.ring, command.ring_all
+-- LIB: config, core, stats, offer, calls, report
+--
 -- Creates the call and decides its first step: reject (unknown flow, no agent logged in),
--- welcome media, an agent at once, or the queue. Returns {RC, decision}.
---!include common.lua
---!include _report.lua
+-- welcome media, an agent at once, or the queue.
 
 if R.seq ~= 1 then return { RC.INVALID, 'arrival must have seq 1' } end
 local call_id = R.call_id
@@ -14,17 +20,11 @@ local priority = tonumber(R.priority) or 0
 if priority > 100 then priority = 100 elseif priority < -100 then priority = -100 end
 local media_type = R.media_type or 'audio'
 if media_type ~= 'audio' and media_type ~= 'chat' then return { RC.INVALID, 'media_type must be audio or chat' } end
-local call = { flow = R.flow, caller = R.caller, caller_uri = R.caller_uri, priority = math.floor(priority),
-  media_type = media_type,
-  caller_display = R.caller_display or '', edge = R.edge, seq = 1, received_ms = NOW, state = 'arrived',
-  media = '', rejections = 0, offers = 0, agent = '', offer = '', sip_call_id = R.sip_call_id }
-local args = {}
-for name, value in pairs(call) do
-  args[#args + 1] = name
-  args[#args + 1] = value
-  call[name] = tostring(value)
-end
-redis.call('HSET', ckey, unpack(args))
+local call = {}
+call_field_updates(call_id, call, { flow = R.flow, caller = R.caller, caller_uri = R.caller_uri,
+  priority = math.floor(priority), media_type = media_type, caller_display = R.caller_display or '',
+  edge = R.edge, seq = 1, received_ms = NOW, state = 'arrived', media = '', rejections = 0, offers = 0,
+  agent = '', offer = '', sip_call_id = R.sip_call_id })
 redis.call('SADD', K.calls, call_id)
 redis.call('SADD', k_edge_calls(R.edge), call_id)
 emit('call.arrived', { call_id = call_id, flow = R.flow, caller = R.caller, edge = R.edge, media_type = media_type })

@@ -1,8 +1,14 @@
--- report_call_ended.lua: every leg of a call is down.
--- KEYS[1] any tenant key. ARGV: now_ms, entry id, msgpack report.call_ended. Returns {RC, outcome}.
+-- report_call_ended: every leg of a call is down.
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 entry_id (stream entry id), 3 data (the report's msgpack payload)
+-- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_flows, skill_free
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
+-- RETURNS: OK outcome | DUPLICATE | OUT_OF_ORDER | INVALID why
+-- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.ended, call.offered
+-- COMMANDS: command.ring, command.ring_all
+-- LIB: calls, report
+--
 -- Releases the agent (wrap-up after a talk, free after an unanswered offer) and emits call.ended.
---!include common.lua
---!include _report.lua
 
 local call, rc = load_call_for_report()
 if call == nil then return { rc } end

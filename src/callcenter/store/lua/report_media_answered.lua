@@ -1,9 +1,15 @@
--- report_media_answered.lua: the caller is bridged to a media server.
--- KEYS[1] any tenant key. ARGV: now_ms, entry id, msgpack report.media_answered. Returns {RC}.
+-- report_media_answered: the caller is bridged to a media server.
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 entry_id (stream entry id), 3 data (the report's msgpack payload)
+-- READS: agent, agent_chats, call, config, flow, skill_chat, skill_free
+-- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow, flow_stats, queue, skill_chat, skill_free, stats, timers
+-- RETURNS: OK | OK 'offered' | DUPLICATE | OUT_OF_ORDER | INVALID why
+-- EVENTS: agent.state_changed, call.offered
+-- COMMANDS: command.ring, command.ring_all
+-- LIB: config, core, chat, offer, report
+--
 -- The first answer marks the caller answered; a call of a flow with a flow-id message that was
 -- queued for it is offered now if an agent is free.
---!include common.lua
---!include _report.lua
 
 local call, rc = load_call_for_report()
 if call == nil then return { rc } end

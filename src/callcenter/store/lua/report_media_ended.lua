@@ -1,10 +1,16 @@
--- report_media_ended.lua: a media server hung up its leg; the caller is still there.
--- KEYS[1] any tenant key. ARGV: now_ms, entry id, msgpack report.media_ended. Returns {RC, what}.
+-- report_media_ended: a media server hung up its leg; the caller is still there.
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 entry_id (stream entry id), 3 data (the report's msgpack payload)
+-- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
+-- RETURNS: OK what | STALE why | DUPLICATE | OUT_OF_ORDER | INVALID why
+-- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.dissuaded, call.ended, call.offered, call.queued, call.welcome_ended
+-- COMMANDS: command.hangup, command.media, command.ring, command.ring_all
+-- LIB: core, queue, offer, calls, report
+--
 -- The welcome message ended: route the call (agent or queue). The queue media hung up (it should
 -- loop forever): bridge the caller to the queue media again. The dissuading message ended: hang
 -- up (flow.dissuading_hangup) or back to the queue. The overflow destination hung up: hang up.
---!include common.lua
---!include _report.lua
 
 local call, rc = load_call_for_report()
 if call == nil then return { rc } end

@@ -1,10 +1,16 @@
--- report_media_failed.lua: a media leg could not be set up.
--- KEYS[1] any tenant key. ARGV: now_ms, entry id, msgpack report.media_failed. Returns {RC, what}.
+-- report_media_failed: a media leg could not be set up.
+-- KEYS: events (the tenant's events stream; every key is built from its prefix)
+-- ARGV: 1 now_ms, 2 entry_id (stream entry id), 3 data (the report's msgpack payload)
+-- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
+-- RETURNS: OK what | STALE why | DUPLICATE | OUT_OF_ORDER | INVALID why
+-- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.dissuaded, call.ended, call.offered, call.queued
+-- COMMANDS: command.media, command.reject, command.ring, command.ring_all
+-- LIB: core, offer, calls, report
+--
 -- A failed welcome is skipped (the call is routed as if it had ended); a failed queue media
 -- leaves a waiting caller with nothing to hear, so the call is ended (503) unless an agent is
 -- already ringing.
---!include common.lua
---!include _report.lua
 
 local call, rc = load_call_for_report()
 if call == nil then return { rc } end

@@ -1,5 +1,6 @@
--- _report.lua: helpers of the report_* scripts (included after common.lua).
+-- report.lua: the report R of a report_* script, and the per-call sequence check.
 -- ARGV of every report script: [1] now_ms, [2] stream entry id, [3] the report's msgpack data.
+-- NEEDS: core
 
 local R = cmsgpack.unpack(ARGV[3])
 if type(R) ~= 'table' or type(R.call_id) ~= 'string' or type(R.seq) ~= 'number' then

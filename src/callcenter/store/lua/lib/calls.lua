@@ -1,0 +1,190 @@
+-- calls.lua: the end of an offer or a call: the agent (or chat slot) is released, a failed offer
+-- goes back to the queue, an answered one connects, an ended call is counted and summarised.
+-- NEEDS: config, core, stats, chat, agents, offer
+
+-- An agent's call or offer is over: log out, pause, wrap-up or free (then take the next call).
+local function release_agent(agent_id, flow, with_wrapup)
+  local agent = hgetall(k_agent(agent_id))
+  if agent == nil then return end
+  if agent.logout_pending == '1' then
+    log_out(agent_id, agent)
+    return
+  end
+  if (agent.pause_pending or '') ~= '' then
+    pause(agent_id, agent, agent.pause_pending)
+    return
+  end
+  local w = with_wrapup and wrapup_ms(agent, flow) or 0
+  if w > 0 then
+    set_agent_state(agent_id, agent, 'wrap_up', nil)
+    redis.call('HSET', k_agent(agent_id), 'wrapup_end_ms', NOW + w)
+    redis.call('ZADD', K.timers, NOW + w, 'wrapup|' .. agent_id)
+  else
+    set_agent_state(agent_id, agent, 'free', nil)
+    dispatch_to_agent(agent_id, agent)
+  end
+end
+
+-- A chat of an agent is over (ended, or its offer failed): the slot is given back; a wrap-up
+-- (after a talk, or the penalty of a failed offer) is added to the agent's running chat wrap-up,
+-- which holds one slot back. With no chat left the agent logs out, pauses, wraps up or is free.
+local function release_chat(agent_id, call_id, flow, with_wrapup)
+  local akey = k_agent(agent_id)
+  local agent = hgetall(akey)
+  if agent == nil then return end
+  redis.call('SREM', k_agent_chats(agent_id), call_id)
+  local chats = redis.call('SCARD', k_agent_chats(agent_id))
+  agent.chats = tostring(chats)
+  redis.call('HSET', akey, 'chats', chats)
+  local w = with_wrapup and wrapup_ms(agent, flow) or 0
+  if w > 0 then
+    local ends = math.max(NOW, num(agent.wrapup_end_ms, 0)) + w
+    agent.wrapup_end_ms = tostring(ends)
+    redis.call('HSET', akey, 'wrapup_end_ms', ends)
+    redis.call('ZADD', K.timers, ends, 'wrapup|' .. agent_id)
+  end
+  if agent.state ~= 'in_chat' then return end
+  if chats > 0 then
+    chat_index(agent_id, agent)
+    dispatch_chats(agent_id, agent)
+  elseif agent.logout_pending == '1' then
+    log_out(agent_id, agent)
+  elseif (agent.pause_pending or '') ~= '' then
+    pause(agent_id, agent, agent.pause_pending)
+  elseif num(agent.wrapup_end_ms, 0) > NOW then
+    set_agent_state(agent_id, agent, 'wrap_up', nil)  -- its timer is armed
+  else
+    set_agent_state(agent_id, agent, 'free', nil)
+    dispatch_to_agent(agent_id, agent)
+  end
+end
+
+-- Release whatever an ended or failed offer held: the agent of an audio call, or a chat slot.
+local function release_for_call(agent_id, call_id, call, flow, with_wrapup)
+  if call.media_type == 'chat' then release_chat(agent_id, call_id, flow, with_wrapup)
+  else release_agent(agent_id, flow, with_wrapup) end
+end
+
+-- Close a call: leave the queue, release the agent, count it, and emit its summary (its CDR).
+local function finish_call(call_id, call, outcome, ended_by, reason)
+  local flow = hgetall(k_flow(call.flow)) or {}
+  redis.call('ZREM', k_queue_of(call), call_id)
+  redis.call('SREM', K.calls, call_id)
+  if call.edge then redis.call('SREM', k_edge_calls(call.edge), call_id) end
+  redis.call('ZREM', K.timers, 'maxwait|' .. call_id, 'onhold|' .. call_id)
+  hold_off(call_id, call)
+  local received = num(call.received_ms, NOW)
+  local connected = tonumber(call.connected_ms)
+  local wait, pickup, talk = NOW - received, 0, 0
+  if connected then
+    wait = connected - received
+    pickup = connected - num(call.offered_ms, connected)
+    talk = NOW - connected
+  end
+  local agent_id = call.agent ~= '' and call.agent or nil
+  if call.offer and call.offer ~= '' then
+    redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. call.offer)
+  end
+  local prev_state = call.state
+  call_field_updates(call_id, call, { state = 'ended', ended_ms = NOW, outcome = outcome })
+  redis.call('EXPIRE', k_call(call_id), cfg('ended_call_ttl_s'))
+  if outcome ~= 'rejected' then
+    stat(call.flow, 'awt_sum_ms', wait)
+    stat(call.flow, 'awt_n')
+  end
+  if outcome == 'answered' then
+    stat(call.flow, 'talk_sum_ms', talk)
+    stat(call.flow, 'talk_n')
+    local ema = tonumber(redis.call('HGET', k_flow_stats(call.flow), 'aht_ema_ms'))
+    ema = ema and (ema * 0.8 + talk * 0.2) or talk
+    redis.call('HSET', k_flow_stats(call.flow), 'aht_ema_ms', math.floor(ema))
+    if agent_id then redis.call('HINCRBY', k_agent(agent_id), 'talk_ms', talk) end
+  elseif outcome == 'abandoned' then
+    stat(call.flow, 'abandoned')
+    sl(call.flow, 'abandoned')
+    if wait <= sl_threshold_ms(flow) then sl(call.flow, 'abandoned_in_t') end
+    emit('call.abandoned', { call_id = call_id, flow = call.flow, wait_ms = wait, stage = prev_state })
+  end
+  local ended = { call_id = call_id, flow = call.flow, caller = call.caller or '', outcome = outcome,
+    ended_by = ended_by, reason = reason, received_ms = received, wait_ms = wait, pickup_ms = pickup,
+    talk_ms = talk, rejections = num(call.rejections, 0) }
+  if agent_id then ended.agent_id = agent_id end
+  if (call.media_type or '') ~= '' then ended.media_type = call.media_type end
+  emit('call.ended', ended)
+  if agent_id and (prev_state == 'offered' or prev_state == 'connected') then
+    release_for_call(agent_id, call_id, call, flow, prev_state == 'connected')
+  elseif prev_state == 'offered' then
+    for _, ringing in ipairs(ring_all_members(call)) do release_agent(ringing, flow, false) end
+  end
+end
+
+-- The offer of a call failed (agent rejected, did not answer, lease expired): the agent gets
+-- the reference's wrap-up penalty (or a pause after too many misses in a row), the call goes
+-- back to the head of its queue. When nobody of a ring-all answered, nobody is penalised.
+local function offer_failed(call_id, call, reason)
+  local flow = hgetall(k_flow(call.flow))
+  local offer_id = call.offer
+  redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. offer_id)
+  local ring_all = (call.ring_all or '') ~= '' and call.agent == ''
+  local failed_agents = ring_all and ring_all_members(call) or { call.agent }
+  for _, agent_id in ipairs(failed_agents) do
+    emit('call.agent_failed', { call_id = call_id, flow = call.flow, agent_id = agent_id, offer_id = offer_id,
+      reason = reason })
+  end
+  if not ring_all then
+    redis.call('HINCRBY', k_call(call_id), 'rejections', 1)
+    call.rejections = tostring(num(call.rejections, 0) + 1)
+    if reason ~= 'cancelled' then
+      local akey = k_agent(call.agent)
+      redis.call('HINCRBY', akey, 'missed', 1)
+      local in_row = redis.call('HINCRBY', akey, 'missed_in_row', 1)
+      local limit = tonumber(redis.call('HGET', akey, 'max_no_answer'))
+      if limit == nil or limit < 0 then limit = cfg('max_no_answer') end
+      if limit > 0 and in_row >= limit then
+        redis.call('HSET', akey, 'pause_pending', 'no-answer', 'missed_in_row', 0)
+      end
+    end
+  end
+  if flow == nil then
+    command(call.edge, 'command.hangup', { call_id = call_id, reason = 'flow_removed' })
+    finish_call(call_id, call, 'failed', 'system', 'flow_removed')
+    return
+  end
+  call_field_updates(call_id, call, { agent = '', offer = '', state = 'queued', ring_all = '' })
+  for _, agent_id in ipairs(failed_agents) do release_for_call(agent_id, call_id, call, flow, not ring_all) end
+  -- release_agent may already have handed an agent another call; this one goes to the head
+  call = hgetall(k_call(call_id))
+  route_call(call_id, call, flow, true)
+end
+
+-- The caller is now talking to the agent it was offered to.
+local function connect(call_id, call)
+  redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. call.offer, 'maxwait|' .. call_id, 'onhold|' .. call_id)
+  hold_off(call_id, call)
+  if (call.ring_all or '') ~= '' then
+    local flow = hgetall(k_flow(call.flow))
+    for _, other in ipairs(ring_all_members(call)) do
+      if other ~= call.agent then
+        emit('call.agent_failed', { call_id = call_id, flow = call.flow, agent_id = other, offer_id = call.offer,
+          reason = 'answered_elsewhere' })
+        release_agent(other, flow, false)
+      end
+    end
+    call_field_updates(call_id, call, { ring_all = '' })
+  end
+  call_field_updates(call_id, call, { state = 'connected', connected_ms = NOW, media = '' })
+  local wait = NOW - num(call.received_ms, NOW)
+  local agent = hgetall(k_agent(call.agent))
+  local chat = call.media_type == 'chat'
+  if agent then
+    if not chat then set_agent_state(call.agent, agent, 'in_call', call_id) end
+    redis.call('HINCRBY', k_agent(call.agent), chat and 'answered_chats' or 'answered', 1)
+    redis.call('HSET', k_agent(call.agent), 'missed_in_row', 0)
+  end
+  stat(call.flow, 'answered')
+  if chat then stat(call.flow, 'answered_chats') end
+  sl(call.flow, 'answered')
+  local flow = hgetall(k_flow(call.flow))
+  if wait <= sl_threshold_ms(flow) then sl(call.flow, 'answered_in_t') end
+  emit('call.connected', { call_id = call_id, flow = call.flow, agent_id = call.agent, wait_ms = wait })
+end

@@ -1,0 +1,60 @@
+-- core.lua: what most steps use: hashes, CSV lists, numbers, the event and command streams,
+-- and the fields of a call's hash.
+-- NEEDS: config
+
+local function hgetall(key)
+  local raw = redis.call('HGETALL', key)
+  if #raw == 0 then return nil end
+  local t = {}
+  for i = 1, #raw, 2 do t[raw[i]] = raw[i + 1] end
+  return t
+end
+
+local function split_csv(s)
+  local out = {}
+  if s then
+    for item in string.gmatch(s, '([^,]+)') do
+      item = string.match(item, '^%s*(.-)%s*$')
+      if item ~= '' then out[#out + 1] = item end
+    end
+  end
+  return out
+end
+
+local function num(v, default)
+  local n = tonumber(v)
+  if n == nil then return default end
+  return n
+end
+
+-- product events: XADD cc:{t}:events type <t> v <v> data <msgpack>
+local function emit(etype, data)
+  data.ts = NOW
+  redis.call('XADD', K.events, 'MAXLEN', '~', cfg('events_maxlen'), '*',
+    'type', etype, 'v', EVENT_V[etype], 'data', cmsgpack.pack(data))
+end
+
+local function command(edge, ctype, data)
+  redis.call('XADD', k_commands(edge), 'MAXLEN', '~', cfg('commands_maxlen'), '*',
+    'type', ctype, 'v', EVENT_V[ctype], 'data', cmsgpack.pack(data))
+end
+
+local function agent_skills(agent) return split_csv(agent.skills) end
+
+-- the queue a call waits in: its flow's audio queue or chat queue
+local function k_queue_of(call)
+  if call.media_type == 'chat' then return k_chat_queue(call.flow) end
+  return k_queue(call.flow)
+end
+
+local function call_field_updates(call_id, call, fields)
+  local args = {}
+  for name, value in pairs(fields) do
+    args[#args + 1] = name
+    args[#args + 1] = value
+    call[name] = tostring(value)
+  end
+  redis.call('HSET', k_call(call_id), unpack(args))
+end
+
+local function ring_all_members(call) return split_csv(call.ring_all) end

@@ -1,0 +1,234 @@
+-- offer.lua: who gets what. A call is offered to an agent (or to all, ring-all), dissuaded or
+-- queued (route_call); an agent that becomes free takes the best waiting call (dispatch_to_agent).
+-- NEEDS: config, core, stats, chat, agents, queue
+
+-- the caller's name as the agent sees it: the flow's prefix, then the display name (or user)
+local function display_towards_agent(call, flow)
+  local display = call.caller_display
+  if display == nil or display == '' then display = call.caller end
+  if flow.prepend_cid and flow.prepend_cid ~= '' then
+    display = string.sub(flow.prepend_cid .. ' ' .. (display or ''), 1, 64)
+  end
+  return display
+end
+
+-- Offer a call to an agent: the agent rings, the edge is told, a lease guards the offer. An audio
+-- call makes a free agent ringing; a chat takes one of the agent's chat slots (state in_chat).
+local function offer(call_id, call, flow, agent_id, agent)
+  local offer_id = tostring(redis.call('HINCRBY', k_call(call_id), 'offers', 1))
+  redis.call('ZREM', k_queue_of(call), call_id)
+  call_field_updates(call_id, call, { state = 'offered', agent = agent_id, offer = offer_id, offered_ms = NOW })
+  local uri = agent.uri
+  if call.media_type == 'chat' then
+    uri = agent.chat_uri
+    take_chat_slot(agent_id, agent, call_id)
+  else
+    set_agent_state(agent_id, agent, 'ringing', call_id)
+  end
+  redis.call('HINCRBY', k_agent(agent_id), 'distributed', 1)
+  stat(call.flow, 'distributed')
+  local ring_s = cfg('ring_timeout_s')
+  local whisper = flow.flow_id_uri or ''
+  local lease_s = ring_s + cfg('offer_lease_grace_s')
+  if whisper ~= '' then lease_s = lease_s + cfg('whisper_max_s') end
+  redis.call('ZADD', K.timers, NOW + lease_s * 1000, 'offer|' .. call_id .. '|' .. offer_id)
+  local display = display_towards_agent(call, flow)
+  local ring = { call_id = call_id, offer_id = offer_id, agent_id = agent_id, uri = uri, timeout_s = ring_s }
+  if display and display ~= '' then ring.caller_display = display end
+  if whisper ~= '' then ring.whisper_uri = whisper end
+  command(call.edge, 'command.ring', ring)
+  emit('call.offered', { call_id = call_id, flow = call.flow, agent_id = agent_id, offer_id = offer_id })
+end
+
+local function agent_if_free(agent_id, skill)
+  local agent = hgetall(k_agent(agent_id))
+  if agent == nil or agent.state ~= 'free' or (agent.uri or '') == '' then
+    -- index out of step with the agent (deleted agent): repair it
+    redis.call('ZREM', k_skill_free(skill), agent_id)
+    return nil
+  end
+  return agent
+end
+
+-- Ring-all: offer a call to every free agent of the flow at once; the edge forks, the first to
+-- answer wins and the others get CANCEL. The call holds the ringing agents in `ring_all`.
+local function offer_all(call_id, call, flow, agents)
+  local offer_id = tostring(redis.call('HINCRBY', k_call(call_id), 'offers', 1))
+  redis.call('ZREM', k_queue_of(call), call_id)
+  local ids, targets = {}, {}
+  for _, pair in ipairs(agents) do
+    local agent_id, agent = pair[1], pair[2]
+    ids[#ids + 1] = agent_id
+    targets[#targets + 1] = { agent_id = agent_id, uri = agent.uri }
+    set_agent_state(agent_id, agent, 'ringing', call_id)
+    redis.call('HINCRBY', k_agent(agent_id), 'distributed', 1)
+    emit('call.offered', { call_id = call_id, flow = call.flow, agent_id = agent_id, offer_id = offer_id })
+  end
+  call_field_updates(call_id, call, { state = 'offered', agent = '', offer = offer_id, offered_ms = NOW,
+    ring_all = table.concat(ids, ',') })
+  stat(call.flow, 'distributed')
+  local ring_s = cfg('ring_timeout_s')
+  redis.call('ZADD', K.timers, NOW + (ring_s + cfg('offer_lease_grace_s')) * 1000,
+    'offer|' .. call_id .. '|' .. offer_id)
+  local cmd = { call_id = call_id, offer_id = offer_id, targets = targets, timeout_s = ring_s }
+  local display = display_towards_agent(call, flow)
+  if display and display ~= '' then cmd.caller_display = display end
+  command(call.edge, 'command.ring_all', cmd)
+end
+
+local function free_agents_of(flow)
+  local out = {}
+  for _, id in ipairs(redis.call('ZRANGE', k_skill_free(flow.skill), 0, -1)) do
+    local agent = agent_if_free(id, flow.skill)
+    if agent then out[#out + 1] = { id, agent } end
+  end
+  return out
+end
+
+-- Choose a free agent for a flow by the flow's strategy; nil when none is free.
+--   longest-idle (default), random, top-down (agent id order), round-robin (id order, after
+--   the flow's last choice), fewest-calls (answered), least-talk-time (talk_ms)
+local function pick_agent(flow_id, flow)
+  local fkey = k_skill_free(flow.skill)
+  local strategy = flow.strategy or ''
+  if strategy == '' or strategy == 'longest-idle' then
+    for _ = 1, 3 do
+      local ids = redis.call('ZRANGE', fkey, 0, 0)
+      if #ids == 0 then return nil, nil end
+      local agent = agent_if_free(ids[1], flow.skill)
+      if agent then return ids[1], agent end
+    end
+    return nil, nil
+  end
+  if strategy == 'random' then
+    local id = redis.call('ZRANDMEMBER', fkey)
+    if not id then return nil, nil end
+    local agent = agent_if_free(id, flow.skill)
+    if agent then return id, agent end
+    return nil, nil
+  end
+  local ids = redis.call('ZRANGE', fkey, 0, -1)  -- longest idle first: the tie-breaker below
+  local best_id, best_agent, best_metric = nil, nil, nil
+  if strategy == 'top-down' or strategy == 'round-robin' then
+    table.sort(ids)
+    local last = strategy == 'round-robin' and (flow.rr_last or '') or ''
+    local ordered = {}
+    for _, id in ipairs(ids) do if id > last then ordered[#ordered + 1] = id end end
+    for _, id in ipairs(ids) do if id <= last then ordered[#ordered + 1] = id end end
+    for _, id in ipairs(ordered) do
+      local agent = agent_if_free(id, flow.skill)
+      if agent then best_id, best_agent = id, agent break end
+    end
+    if best_id and strategy == 'round-robin' then redis.call('HSET', k_flow(flow_id), 'rr_last', best_id) end
+    return best_id, best_agent
+  end
+  local field = strategy == 'least-talk-time' and 'talk_ms' or 'answered'
+  for _, id in ipairs(ids) do
+    local agent = agent_if_free(id, flow.skill)
+    if agent then
+      local metric = num(agent[field], 0)
+      if best_metric == nil or metric < best_metric then best_id, best_agent, best_metric = id, agent, metric end
+    end
+  end
+  return best_id, best_agent
+end
+
+-- A flow with a flow-id message queues a caller nobody has answered yet (no welcome) first: the
+-- message needs the caller on media while the agent hears it. The queue media's answer
+-- (report_media_answered.lua) then offers the call.
+local function waits_for_media(call, flow)
+  return (flow.flow_id_uri or '') ~= '' and (call.answered_ms or '') == ''
+end
+
+-- Send a call to a free agent if there is one, else (a new call) dissuade it if a rule says so,
+-- else queue it. With internal dispatching off, calls only queue: an external dispatcher
+-- assigns them (dispatch_call.lua).
+local function route_call(call_id, call, flow, at_head)
+  local internal = cfg('internal_dispatching') == 1 and not waits_for_media(call, flow)
+  if internal and call.media_type == 'chat' then
+    local agent_id, agent = pick_chat_agent(flow)
+    if agent_id then
+      offer(call_id, call, flow, agent_id, agent)
+      return
+    end
+  elseif internal and flow.strategy == 'ring-all' then
+    local agents = free_agents_of(flow)
+    if #agents > 0 then
+      offer_all(call_id, call, flow, agents)
+      return
+    end
+  elseif internal then
+    local agent_id, agent = pick_agent(call.flow, flow)
+    if agent_id then
+      offer(call_id, call, flow, agent_id, agent)
+      return
+    end
+  end
+  if not at_head and call.dissuaded ~= '1' then
+    local rule = dissuading_rule(call.flow, flow, call)
+    if rule then
+      call_field_updates(call_id, call, { dissuaded = '1' })
+      dissuade(call_id, call, flow, rule)
+      return
+    end
+  end
+  enqueue(call_id, call, flow, at_head)
+end
+
+-- Give an agent the best waiting call (audio, or chat) among the flows of its skills: flow
+-- priority first (0 = highest), then the call's priority and arrival (the queue score).
+-- Returns true when it offered one.
+local function take_waiting_call(agent_id, agent, chat)
+  local queue_key = chat and k_chat_queue or k_queue
+  for _ = 1, 3 do
+    local best_call, best_flow, best_prio, best_score = nil, nil, nil, nil
+    for _, skill in ipairs(agent_skills(agent)) do
+      for _, flow_id in ipairs(redis.call('SMEMBERS', k_skill_flows(skill))) do
+        local head = redis.call('ZRANGE', queue_key(flow_id), 0, 0, 'WITHSCORES')
+        local flow_fields = #head > 0 and redis.call('HMGET', k_flow(flow_id), 'priority', 'flow_id_uri') or nil
+        -- a flow-id message flow's head that waits for its queue media is offered when it answers
+        if flow_fields and (flow_fields[2] or '') ~= ''
+            and (redis.call('HGET', k_call(head[1]), 'answered_ms') or '') == '' then
+          flow_fields = nil
+        end
+        if flow_fields then
+          local prio = num(flow_fields[1], 256)
+          local score = tonumber(head[2])
+          if best_call == nil or prio < best_prio or (prio == best_prio and score < best_score) then
+            best_call, best_flow, best_prio, best_score = head[1], flow_id, prio, score
+          end
+        end
+      end
+    end
+    if best_call == nil then return false end
+    local call = hgetall(k_call(best_call))
+    local flow = hgetall(k_flow(best_flow))
+    if call == nil or flow == nil or call.state ~= 'queued' then
+      redis.call('ZREM', queue_key(best_flow), best_call)  -- a stale queue entry: drop it, look again
+    else
+      if not chat and flow.strategy == 'ring-all' then
+        offer_all(best_call, call, flow, free_agents_of(flow))
+      else
+        offer(best_call, call, flow, agent_id, agent)
+      end
+      return true
+    end
+  end
+  return false
+end
+
+-- An agent with free chat slots takes waiting chats until its slots or the chat queues run out.
+local function dispatch_chats(agent_id, agent)
+  if cfg('internal_dispatching') ~= 1 then return end
+  for _ = 1, num(agent.chat_capacity, cfg('chat_capacity')) do
+    if chat_slots_free(agent) <= 0 or not take_waiting_call(agent_id, agent, true) then return end
+  end
+end
+
+-- An agent became free: an audio call first (the reference's preference), else chats.
+local function dispatch_to_agent(agent_id, agent)
+  if agent.state ~= 'free' or cfg('internal_dispatching') ~= 1 then return false end
+  if (agent.uri or '') ~= '' and take_waiting_call(agent_id, agent, false) then return true end
+  if (agent.chat_uri or '') ~= '' then dispatch_chats(agent_id, agent) end
+  return agent.state ~= 'free'
+end

@@ -1,0 +1,50 @@
+-- stats.lua: counters (reset by stats_reset.lua) and the on-hold gauge in cc:{t}:stats and
+-- cc:{t}:stats:flow:<flow>; service level in one-minute buckets cc:{t}:sl:<flow>:<minute>; the
+-- handle-time average behind estimated waits.
+-- NEEDS: config, core
+
+local function stat(flow_id, field, by)
+  redis.call('HINCRBY', K.stats, field, by or 1)
+  redis.call('HINCRBY', k_flow_stats(flow_id), field, by or 1)
+end
+
+-- the on-hold gauge, with its chat subset
+local function onhold_stat(flow_id, call, by)
+  stat(flow_id, 'onhold', by)
+  if call.media_type == 'chat' then stat(flow_id, 'onhold_chats', by) end
+end
+
+-- the on-hold gauge counts calls that wait for an agent (arrived, welcome, queued, ringing)
+local function hold_off(call_id, call)
+  if call.onhold == '1' then
+    onhold_stat(call.flow, call, -1)
+    call_field_updates(call_id, call, { onhold = '0' })
+  end
+end
+
+local function sl(flow_id, field)
+  local key = k_sl(flow_id, math.floor(NOW / 60000))
+  redis.call('HINCRBY', key, field, 1)
+  redis.call('EXPIRE', key, 3720)
+end
+
+local function sl_threshold_ms(flow)
+  local t = tonumber(flow and flow.sl_threshold_s)
+  if t == nil or t <= 0 then t = cfg('sl_threshold_s') end
+  return t * 1000
+end
+
+-- average handle time of a flow (ms): a moving average of its recent talk times
+local function aht_ms(flow_id)
+  local v = tonumber(redis.call('HGET', k_flow_stats(flow_id), 'aht_ema_ms'))
+  if v == nil or v <= 0 then return cfg('default_aht_s') * 1000 end
+  return v
+end
+
+-- estimated wait (s) of the call at `position` (0 = next): the flow's recent handle time divided
+-- among the logged-in agents with its skill that take the call's media; -1 when nobody can serve it
+local function estimated_wait_s(flow_id, flow, position, media)
+  local logged = redis.call('SCARD', k_skill_serving(flow.skill, media or 'audio'))
+  if logged == 0 then return -1 end
+  return math.floor(aht_ms(flow_id) * (position + 1) / logged / 1000)
+end
