@@ -14,8 +14,8 @@ demo-call:
 	scripts/demo-call
 
 lint:
-	.venv/bin/ruff check src services tests bench
-	.venv/bin/mypy src services
+	.venv/bin/ruff check src services devtools tests bench
+	.venv/bin/mypy src services devtools
 
 bench:
 	.venv/bin/python bench/dispatcher_decisions.py

@@ -1,4 +1,4 @@
-"""Redis streams: the producer and the consumer contract shared by every service.
+"""Redis streams: the consumer contract shared by every service.
 
 Consumer contract (dispatcher, cdr-writer, any analytics consumer built on it):
 - the consumer group is created idempotently (MKSTREAM; BUSYGROUP is fine), from the start of
@@ -32,7 +32,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from callcenter.events import DecodeError, Entry, decode, encode
+from callcenter.events import DecodeError, Entry, decode
 from callcenter.redis import REDIS_DOWN, text
 
 log = structlog.get_logger(__name__)
@@ -59,19 +59,6 @@ BACKOFF = Verdict(Outcome.BACKOFF)
 
 
 Handler = Callable[[Sequence[Entry]], Awaitable[Mapping[str, Verdict]]]
-
-
-class Producer:
-    """Appends contract-checked entries to streams."""
-
-    def __init__(self, redis: Redis, maxlen: int | None = None) -> None:
-        self.redis = redis
-        self.maxlen = maxlen
-
-    async def publish(self, stream: str, type_name: str, data: Mapping[str, Any]) -> str:
-        entry_id = await self.redis.xadd(stream, encode(type_name, data),  # type: ignore[arg-type]
-                                         maxlen=self.maxlen, approximate=True)
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
 
 
 class StreamConsumer:

@@ -9,9 +9,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from callcenter.bus import ACK, RETRY, Producer, StreamConsumer, Verdict
+from callcenter.bus import ACK, RETRY, StreamConsumer, Verdict
 from callcenter.events import Entry
-from callcenter.testing.servers import RedisServer
+from callcenter_dev.producer import Producer
+from callcenter_dev.servers import RedisServer
 
 STREAM = "cc:{bus}:events"
 DEAD = "cc:{bus}:dead"
