@@ -16,8 +16,9 @@ COPY pyproject.toml README.md ./
 COPY src ./src
 COPY services ./services
 # Every dependency of these extras ships wheels for amd64 and arm64 (sippy is pure Python), so the
-# slim image needs no compiler. Installing the built wheel (not the source tree) proves that the
-# package data (Lua scripts, golden files, alembic.ini) made it into the wheel.
+# slim image needs no compiler. Only the service extras: no `test`/`dev` extra, and devtools/ (the
+# dev-only callcenter-dev distribution) is not in the build context. tests/deploy/test_wheel.py
+# builds the same wheel, installs it the same way and imports every module.
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
  && /opt/venv/bin/pip install "$(ls /wheels/callcenter-*.whl)[sip-edge,api,postgres]" \
  && /opt/venv/bin/pip check

@@ -32,11 +32,11 @@ from typing import Any
 import msgpack
 import redis.asyncio as aioredis
 
-from callcenter.bus import Producer
 from callcenter.events import decode
 from callcenter.store import Store
-from callcenter.testing.processes import console_script
-from callcenter.testing.servers import RedisServer
+from callcenter_dev.processes import console_script
+from callcenter_dev.producer import Producer
+from callcenter_dev.servers import RedisServer
 
 TENANT = "bench"
 EDGE = "edge-bench"

@@ -47,9 +47,9 @@ from pathlib import Path
 
 import httpx
 
-from callcenter.testing.scenarios import scenario
-from callcenter.testing.sipp import Sipp
-from callcenter.testing.system import WholeSystem
+from callcenter_dev.scenarios import scenario
+from callcenter_dev.sipp import Sipp
+from callcenter_dev.system import WholeSystem
 
 HERE = Path(__file__).resolve().parent
 TICKS = os.sysconf("SC_CLK_TCK")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what callcenter needs on Debian 12 (apt packages when missing, a virtualenv in .venv
-# with the project and its extras). Safe to run again: it only does what is missing.
+# with the project, its extras and the dev-only package callcenter-dev from devtools/). Safe to
+# run again: it only does what is missing.
 # Usage: scripts/bootstrap.sh [--with-postgres]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,8 +31,9 @@ if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 stamp=.venv/.callcenter-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ devtools/pyproject.toml -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q -e '.[dev]'
+  # the project and, next to it, the dev-only package (devtools/: test harness, callcenter-demo)
+  .venv/bin/python -m pip install -q -e '.[dev]' -e devtools
   touch "$stamp"
 fi

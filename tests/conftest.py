@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 import redis.asyncio as aioredis
 
-from callcenter.testing.postgres import PostgresServer, find_bindir
-from callcenter.testing.servers import RedisServer
+from callcenter_dev.postgres import PostgresServer, find_bindir
+from callcenter_dev.servers import RedisServer
 
 
 @pytest.fixture(scope="session")

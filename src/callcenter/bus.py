@@ -1,4 +1,4 @@
-"""Redis streams: the producer and the consumer contract shared by every service.
+"""Redis streams: the consumer contract shared by every service.
 
 Consumer contract (dispatcher, cdr-writer, any analytics consumer built on it):
 - the consumer group is created idempotently (MKSTREAM; BUSYGROUP is fine), from the start of
@@ -14,15 +14,22 @@ Consumer contract (dispatcher, cdr-writer, any analytics consumer built on it):
   down) answers BACKOFF: the consumer keeps those entries, stops reading new ones (backpressure),
   and offers the same entries again with exponential back-off, without counting deliveries; it
   keeps them claimed (XCLAIM JUSTID) so no other consumer takes them meanwhile;
+- an entry found deleted while pending (trimmed away) is logged (`consumer.entry_lost`) and
+  acknowledged: nothing is left to handle;
 - a Redis outage (connection refused, a restart) is waited out with back-off; a consumer group
   lost with a Redis that restarted empty is created again;
 - `request_stop()` (called by a signal handler) only flips a flag: the loop finishes the batch
   in hand, acknowledges it, and returns.
+
+Log context: around the handling of a batch, `stream` is bound with `structlog.contextvars`, and
+`entry_id` and `call_id` (when its data has one) when the batch is one entry; a handler binds
+them per entry of a larger batch with `entry_context(entry)`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +39,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from callcenter.events import DecodeError, Entry, decode, encode
+from callcenter.events import DecodeError, Entry, decode
 from callcenter.redis import REDIS_DOWN, text
 
 log = structlog.get_logger(__name__)
@@ -61,17 +68,12 @@ BACKOFF = Verdict(Outcome.BACKOFF)
 Handler = Callable[[Sequence[Entry]], Awaitable[Mapping[str, Verdict]]]
 
 
-class Producer:
-    """Appends contract-checked entries to streams."""
-
-    def __init__(self, redis: Redis, maxlen: int | None = None) -> None:
-        self.redis = redis
-        self.maxlen = maxlen
-
-    async def publish(self, stream: str, type_name: str, data: Mapping[str, Any]) -> str:
-        entry_id = await self.redis.xadd(stream, encode(type_name, data),  # type: ignore[arg-type]
-                                         maxlen=self.maxlen, approximate=True)
-        return entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+def entry_context(entry: Entry) -> contextlib.AbstractContextManager[None]:
+    """Bind the entry's id and, when its data has one, its call's id to the log context."""
+    call_id = entry.data.get("call_id")
+    if call_id is None:
+        return structlog.contextvars.bound_contextvars(entry_id=entry.id)
+    return structlog.contextvars.bound_contextvars(entry_id=entry.id, call_id=call_id)
 
 
 class StreamConsumer:
@@ -97,7 +99,7 @@ class StreamConsumer:
         self._backoff_s = 0.0
         self.handled = 0
         self.dead_lettered = 0
-        self.last_loop_ms = 0.0
+        self.lost = 0
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -123,7 +125,6 @@ class StreamConsumer:
         loop = asyncio.get_running_loop()
         next_claim = loop.time()
         while not self.stopping:
-            self.last_loop_ms = loop.time() * 1000
             try:
                 if self._held:
                     await self._retry_held()
@@ -203,7 +204,10 @@ class StreamConsumer:
             deleted = resp[2] if len(resp) > 2 else []
             if deleted:
                 # trimmed from the stream while pending: nothing left to handle, clear the PEL
+                lost = [text(i) for i in deleted]
+                log.warning("consumer.entry_lost", stream=self.stream, group=self.group, entry_ids=lost)
                 await self.redis.xack(self.stream, self.group, *deleted)
+                self.lost += len(lost)
             claimed = [c for c in claimed if c and c[1] is not None]
             if claimed:
                 log.info("consumer.reclaimed", stream=self.stream, count=len(claimed))
@@ -234,7 +238,9 @@ class StreamConsumer:
 
     async def _handle(self, good: list[Entry], raw_by_id: Mapping[str, Mapping[Any, Any]]) -> None:
         try:
-            verdicts = await self.handler(good)
+            with structlog.contextvars.bound_contextvars(stream=self.stream), \
+                 entry_context(good[0]) if len(good) == 1 else contextlib.nullcontext():
+                verdicts = await self.handler(good)
         except Exception as exc:  # the handler's failure must not kill the loop: leave them pending
             log.exception("consumer.handler_failed", stream=self.stream, count=len(good), error=repr(exc))
             await asyncio.sleep(0.1)

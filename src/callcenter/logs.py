@@ -1,6 +1,10 @@
 """structlog set-up: JSON lines in containers, a console renderer on a TTY.
 
-Messages are event names with bound context: `log.info("call.assigned", call_id=..., agent_id=...)`.
+Writes: log lines to stderr. Messages are event names with bound context:
+`log.info("call.assigned", agent_id=...)`; `call_id`, `stream` and `entry_id` of the unit of work
+in hand are bound with `structlog.contextvars` (see `callcenter.bus`) and merged into every line.
+The standard library's records (uvicorn, SQLAlchemy, Alembic) go through structlog's
+`ProcessorFormatter`, so they come out in the same format, with the same bound context.
 """
 
 from __future__ import annotations
@@ -17,12 +21,26 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=False)
     )
     lvl = logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
-    logging.basicConfig(level=lvl, format="%(message)s", stream=sys.stderr)
+    shared: list[structlog.typing.Processor] = [
+        structlog.contextvars.merge_contextvars,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    # standard-library records: the logger's name says where a line comes from (uvicorn.error, alembic...)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(structlog.stdlib.ProcessorFormatter(
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+        processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                    structlog.processors.StackInfoRenderer(),
+                    structlog.processors.format_exc_info,
+                    renderer]))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(lvl)
+    # structlog's own lines skip the logging module (cheaper on the dispatcher's hot path)
     structlog.configure(
         processors=[
-            structlog.contextvars.merge_contextvars,
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            *shared,
             structlog.processors.StackInfoRenderer(),
             structlog.processors.format_exc_info,
             renderer,

@@ -23,9 +23,9 @@ import redis.asyncio as aioredis
 
 from callcenter.events import Entry, decode
 from callcenter.store import RC, Store
-from callcenter.testing.edge_sim import EdgeSim, SimProfile
-from callcenter.testing.processes import ServiceProcess
-from callcenter.testing.servers import RedisServer
+from callcenter_dev.edge_sim import EdgeSim, SimProfile
+from callcenter_dev.processes import ServiceProcess
+from callcenter_dev.servers import RedisServer
 
 TENANT = "conc"
 EDGES = ("edge-sim-a", "edge-sim-b")

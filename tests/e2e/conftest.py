@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from callcenter.testing.sipp import Sipp
+from callcenter_dev.sipp import Sipp
 
 
 @pytest.fixture

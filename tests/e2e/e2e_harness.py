@@ -2,7 +2,7 @@
 flow and its agents through the api, and reading a call's events off the stream.
 
 Scenarios are looked up in tests/e2e/sipp (whole-system only), then tests/sipp (shared with the
-SIP-level tests in tests/sip), then the ones shipped with callcenter (callcenter.testing).
+SIP-level tests in tests/sip), then the dev package's (callcenter_dev).
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from callcenter.testing.scenarios import scenario
-from callcenter.testing.sipp import Sipp, wait_until
-from callcenter.testing.system import WholeSystem, wait_for
+from callcenter_dev.scenarios import scenario
+from callcenter_dev.sipp import Sipp, wait_until
+from callcenter_dev.system import WholeSystem, wait_for
 
 SIPP_DIR = Path(__file__).resolve().parents[1] / "sipp"   # SIP-level scenarios shared with tests/sip
 E2E_SIPP_DIR = Path(__file__).resolve().parent / "sipp"   # the ones only the whole-system tests use

@@ -36,10 +36,10 @@ from e2e_harness import (
     whole_system,
 )
 
-from callcenter.testing.scenarios import scenario
-from callcenter.testing.servers import free_port
-from callcenter.testing.sipp import Sipp
-from callcenter.testing.system import WholeSystem, wait_for
+from callcenter_dev.scenarios import scenario
+from callcenter_dev.servers import free_port
+from callcenter_dev.sipp import Sipp
+from callcenter_dev.system import WholeSystem, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -39,9 +39,9 @@ from e2e_harness import (
 )
 
 from callcenter.events import decode
-from callcenter.testing.scenarios import scenario
-from callcenter.testing.sipp import Sipp
-from callcenter.testing.system import WholeSystem, wait_for
+from callcenter_dev.scenarios import scenario
+from callcenter_dev.sipp import Sipp
+from callcenter_dev.system import WholeSystem, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -16,8 +16,8 @@ from collections.abc import Iterator
 import pytest
 from e2e_harness import flow, messages, ok, queued_call, sip, start, types, whole_system
 
-from callcenter.testing.sipp import Sipp
-from callcenter.testing.system import WholeSystem, wait_for
+from callcenter_dev.sipp import Sipp
+from callcenter_dev.system import WholeSystem, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from callcenter.testing.scenarios import scenario
-from callcenter.testing.sipp import Sipp, wait_until
-from callcenter.testing.system import WholeSystem, wait_for
+from callcenter_dev.scenarios import scenario
+from callcenter_dev.sipp import Sipp, wait_until
+from callcenter_dev.system import WholeSystem, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -14,9 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from callcenter.testing.scenarios import scenario
-from callcenter.testing.sipp import Sipp, wait_until
-from callcenter.testing.system import WholeSystem
+from callcenter_dev.scenarios import scenario
+from callcenter_dev.sipp import Sipp, wait_until
+from callcenter_dev.system import WholeSystem
 
 TENANT = "e2e"
 pytestmark = pytest.mark.slow

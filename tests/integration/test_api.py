@@ -20,9 +20,9 @@ from callcenter.db.models import Agent, Cdr, Flow
 from callcenter.events import encode
 from callcenter.settings import ApiSettings
 from callcenter.store import Store
-from callcenter.testing.servers import RedisServer, free_port
 from callcenter_api.app import create_app
 from callcenter_api.deps import Services
+from callcenter_dev.servers import RedisServer, free_port
 
 TENANT = "api"
 FLOW = {"skill": "sales", "priority": 3, "queue_uri": "sip:queue@127.0.0.1:5090", "welcome_uri": None}

@@ -16,17 +16,18 @@ import redis.asyncio as aioredis
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from callcenter.bus import Outcome, Producer, StreamConsumer
+from callcenter.bus import Outcome, StreamConsumer
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.db.models import Cdr
 from callcenter.events import Entry, decode, encode
 from callcenter.settings import CdrWriterSettings
 from callcenter.store import Store
 from callcenter.store.keys import Keys
-from callcenter.testing.processes import console_script
-from callcenter.testing.servers import RedisServer
 from callcenter_cdr_writer.main import GROUP, run
 from callcenter_cdr_writer.writer import CdrWriter
+from callcenter_dev.processes import console_script
+from callcenter_dev.producer import Producer
+from callcenter_dev.servers import RedisServer
 
 TENANT = "cdr"
 KEYS = Keys(TENANT)

@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 
 from callcenter.db.engine import alembic_config, make_engine, upgrade
 from callcenter.db.models import Base
-from callcenter.testing.postgres import PostgresServer
+from callcenter_dev.postgres import PostgresServer
 
 
 def differences(url: str) -> list[object]:

@@ -12,13 +12,13 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from callcenter.bus import Producer
 from callcenter.events import decode
 from callcenter.settings import DispatcherSettings
 from callcenter.store import Store
 from callcenter.store.keys import Keys
-from callcenter.testing.processes import console_script
-from callcenter.testing.servers import RedisServer
+from callcenter_dev.processes import console_script
+from callcenter_dev.producer import Producer
+from callcenter_dev.servers import RedisServer
 from callcenter_dispatcher.main import run
 
 TENANT = "disp"
@@ -209,7 +209,7 @@ async def test_sigterm_drains_and_exits_zero(redis_server: RedisServer) -> None:
 async def test_dispatcher_waits_for_redis_to_come_up(tmp_path: object) -> None:
     """Started before its Redis (a pod scheduled first), it waits, then works."""
     server = RedisServer()
-    from callcenter.testing.servers import free_port
+    from callcenter_dev.servers import free_port
     server.port = free_port()
     settings = DispatcherSettings(redis_url=server.url, tenant=TENANT, consumer="early", block_ms=50, wrapup_s=7)
     stop = asyncio.Event()

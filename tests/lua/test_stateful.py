@@ -34,7 +34,7 @@ from hypothesis.stateful import (
 
 from callcenter.events import Entry, decode
 from callcenter.store import RC, Store
-from callcenter.testing.servers import RedisServer
+from callcenter_dev.servers import RedisServer
 
 T0 = 1_700_000_000_000
 TENANT = "sm"

@@ -22,7 +22,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "tests" / "sipp"
 
-from callcenter.testing.servers import stop_process, udp_port_bound  # noqa: E402
+from callcenter_dev.servers import stop_process, udp_port_bound  # noqa: E402
 from callcenter_sip_edge.sip_stack import Fact, SipStack  # noqa: E402
 
 LOOPBACK = "127.0.0.1"

@@ -8,10 +8,12 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from structlog.testing import capture_logs
 
-from callcenter.bus import ACK, RETRY, Producer, StreamConsumer, Verdict
+from callcenter.bus import ACK, RETRY, StreamConsumer, Verdict
 from callcenter.events import Entry
-from callcenter.testing.servers import RedisServer
+from callcenter_dev.producer import Producer
+from callcenter_dev.servers import RedisServer
 
 STREAM = "cc:{bus}:events"
 DEAD = "cc:{bus}:dead"
@@ -84,6 +86,32 @@ async def test_retried_entry_is_dead_lettered_after_max_deliveries(redis: aiored
     assert record[b"error"] == b"delivered more than 2 times"
     assert record[b"orig_type"] == b"agent.logged_in"
     assert calls == 2 and await pending(redis) == 0
+
+
+async def test_an_entry_deleted_while_pending_is_logged_as_lost_and_cleared(redis: aioredis.Redis) -> None:
+    kept, gone = await publish(redis, "kept"), await publish(redis, "gone")
+    await redis.xgroup_create(STREAM, GROUP, id="0")
+    await redis.xreadgroup(GROUP, "dead-consumer", {STREAM: ">"})  # both pending, never acked
+    await redis.xdel(STREAM, gone)  # trimmed away while pending
+    seen: list[str] = []
+
+    async def handler(entries: Sequence[Entry]) -> Mapping[str, Verdict]:
+        seen.extend(e.id for e in entries)
+        return {e.id: ACK for e in entries}
+
+    consumer = make(redis, handler, claim_idle_ms=50)
+    with capture_logs() as logs:
+        task = asyncio.create_task(consumer.run())
+
+        async def cleared() -> bool:
+            return await pending(redis) == 0
+
+        await wait_for(cleared)
+        consumer.request_stop()
+        await asyncio.wait_for(task, 2)
+    assert seen == [kept] and consumer.lost == 1
+    [lost] = [line for line in logs if line["event"] == "consumer.entry_lost"]
+    assert lost["entry_ids"] == [gone] and lost["log_level"] == "warning"
 
 
 async def test_failing_handler_leaves_entries_pending_and_the_loop_goes_on(redis: aioredis.Redis) -> None:

@@ -84,7 +84,7 @@ async def _delete(services: Services, model: type[Flow] | type[Agent], key: str,
         return row is not None
 
     in_sql = await services.sql(remove)
-    log.info(f"{model.__tablename__[:-1]}.deleted", id=key, in_sql=in_sql, in_cache=res.rc is RC.OK)
+    log.info("flow.deleted" if model is Flow else "agent.deleted", id=key, in_sql=in_sql, in_cache=res.rc is RC.OK)
     return in_sql or res.rc is RC.OK
 
 

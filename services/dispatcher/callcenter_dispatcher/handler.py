@@ -9,6 +9,9 @@ order sent, so the reports of one call keep their order. A report whose predeces
 applied by another dispatcher replica right now comes back OUT_OF_ORDER (and so do the later
 reports of its call in the batch, with no effect): those are retried here, in order, for a short
 while, then left pending, to be reclaimed and retried later.
+
+Log lines about one report carry its `entry_id` and `call_id` through the log context
+(`callcenter.bus.entry_context`), not as arguments.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Mapping, Sequence
 import msgpack
 import structlog
 
-from callcenter.bus import ACK, RETRY, Outcome, Verdict
+from callcenter.bus import ACK, RETRY, Outcome, Verdict, entry_context
 from callcenter.events import Entry
 from callcenter.store import RC, REPORT_SCRIPTS, Result, Store
 
@@ -58,7 +61,8 @@ class ReportHandler:
             elif res.rc is RC.OUT_OF_ORDER:
                 again[call_id] = [entry]
             else:
-                verdicts[entry.id] = self._verdict(entry, res)
+                with entry_context(entry):
+                    verdicts[entry.id] = self._verdict(entry, res)
                 if verdicts[entry.id].outcome is not Outcome.ACK:
                     stopped.add(call_id)
         if again:
@@ -73,7 +77,8 @@ class ReportHandler:
         verdicts: dict[str, Verdict] = {}
         async with self._slots:
             for i, entry in enumerate(group):
-                verdict = await self._apply(entry, waited=waited and i == 0)
+                with entry_context(entry):
+                    verdict = await self._apply(entry, waited=waited and i == 0)
                 verdicts[entry.id] = verdict
                 if verdict.outcome is not Outcome.ACK:
                     # later reports of this call cannot be applied before this one
@@ -92,8 +97,7 @@ class ReportHandler:
             if res.rc is not RC.OUT_OF_ORDER:
                 break
             if delay is None:
-                log.warning("report.out_of_order", entry_id=entry.id, type=entry.type,
-                            call_id=entry.data.get("call_id"), seq=entry.data.get("seq"))
+                log.warning("report.out_of_order", type=entry.type, seq=entry.data.get("seq"))
                 return RETRY
             await asyncio.sleep(delay)
         return self._verdict(entry, res)
@@ -103,5 +107,5 @@ class ReportHandler:
         if res.rc is RC.INVALID:
             return Verdict(Outcome.DEAD, f"invalid report: {res.detail}")
         if res.rc is RC.STALE:
-            log.info("report.stale", entry_id=entry.id, type=entry.type, call_id=entry.data.get("call_id"))
+            log.info("report.stale", type=entry.type)
         return ACK

@@ -45,7 +45,7 @@ async def run_every(name: str, interval_ms: int, stop: asyncio.Event,
         try:
             await step()
         except REDIS_DOWN as exc:
-            log.warning(f"{name}.redis_error", error=repr(exc))
+            log.warning("loop.redis_error", loop=name, error=repr(exc))
 
 
 async def reconcile_once(store: Store) -> None:

@@ -1,39 +1,40 @@
-"""`callcenter-sip-edge`: the SIP B2BUA of callcenter. Drains on SIGTERM."""
+"""`callcenter-sip-edge`: the SIP B2BUA of callcenter. Drains on SIGTERM.
+
+Takes INVITEs on `CC_SIP_HOST:CC_SIP_PORT`, reports each call's facts to `cc:{t}:reports` and
+carries out the commands of `cc:{t}:commands:<edge_id>`. On SIGTERM new INVITEs get 503 and the
+calls in progress may finish until `CC_DRAIN_TIMEOUT_S`. Settings: `CC_*` environment variables.
+Optional health endpoint on `CC_HEALTH_PORT`.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
-import redis.asyncio as aioredis
-
-from callcenter.health import serve_health
-from callcenter.lifecycle import on_stop_signals
-from callcenter.logs import configure_logging
+from callcenter.lifecycle import run_service, start_from_command_line
+from callcenter.redis import connect
 from callcenter.settings import EdgeSettings
 from callcenter_sip_edge.service import EdgeService
 
+# beyond the calls' drain: waiting for the last commands (5 s), the last reports, the SIP stack's stop
+DRAIN_MARGIN_S = 10.0
 
-async def run(settings: EdgeSettings) -> None:
-    redis = aioredis.Redis.from_url(settings.redis_url)
+
+async def run(settings: EdgeSettings, stop: asyncio.Event | None = None) -> None:
+    redis = connect(settings.redis_url)
     service = EdgeService(settings, redis)
-    on_stop_signals(service.request_stop)
-    health = None
-    if settings.health_port:
-        async def ready() -> bool:
-            return bool(await redis.ping()) and not service._stop.is_set()
-        health = await serve_health("0.0.0.0", settings.health_port, ready)
-    try:
-        await service.run()
-    finally:
-        if health:
-            health.close()
-        await redis.aclose()
+
+    async def ready() -> bool:
+        return bool(await redis.ping())
+
+    # the service drains its calls itself (503 to new INVITEs, hang-up at CC_DRAIN_TIMEOUT_S)
+    await run_service("sip-edge", redis=redis, health_port=settings.health_port, ready=ready, stop=stop,
+                      work=service.run, on_stop=service.request_stop,
+                      drain_s=settings.drain_timeout_s + DRAIN_MARGIN_S)
 
 
-def main() -> None:
-    settings = EdgeSettings()
-    configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(run(settings))
+def main(argv: Sequence[str] | None = None) -> None:
+    start_from_command_line("callcenter-sip-edge", __doc__ or "", EdgeSettings, run, argv)
 
 
 if __name__ == "__main__":

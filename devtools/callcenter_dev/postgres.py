@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from callcenter.testing.servers import free_port
+from callcenter_dev.servers import free_port
 
 SUPERUSER = "cc"
 

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from callcenter.testing.servers import free_port, stop_process, udp_port_bound
+from callcenter_dev.servers import free_port, stop_process, udp_port_bound
 
 
 @dataclass

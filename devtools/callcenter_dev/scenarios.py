@@ -17,7 +17,7 @@ from pathlib import Path
 
 
 def scenario(name: str) -> Path:
-    path = Path(str(resources.files("callcenter.testing").joinpath("sipp_scenarios", name)))
+    path = Path(str(resources.files("callcenter_dev").joinpath("sipp_scenarios", name)))
     if not path.exists():
         raise FileNotFoundError(f"no SIPp scenario {name!r} in {path.parent}")
     return path

@@ -23,9 +23,9 @@ import redis
 
 from callcenter.events import decode
 from callcenter.store.keys import Keys
-from callcenter.testing.processes import ServiceProcess
-from callcenter.testing.servers import RedisServer, free_port
-from callcenter.testing.sipp import Sipp, wait_until
+from callcenter_dev.processes import ServiceProcess
+from callcenter_dev.servers import RedisServer, free_port
+from callcenter_dev.sipp import Sipp, wait_until
 
 
 @dataclass

@@ -21,10 +21,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from callcenter.testing.processes import ServiceProcess
-from callcenter.testing.scenarios import scenario
-from callcenter.testing.servers import RedisServer, free_port
-from callcenter.testing.sipp import Sipp
+from callcenter_dev.processes import ServiceProcess
+from callcenter_dev.scenarios import scenario
+from callcenter_dev.servers import RedisServer, free_port
+from callcenter_dev.sipp import Sipp
 
 STATE_DIR = Path("var/demo")
 STATE_FILE = STATE_DIR / "state.json"
