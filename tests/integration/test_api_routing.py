@@ -22,10 +22,11 @@ from callcenter.db.models import Flow
 from callcenter.events import decode, encode
 from callcenter.settings import ApiSettings
 from callcenter.store import RC, Result, now_ms
+from callcenter.store.reads import service_level_pct
 from callcenter.testing.servers import RedisServer
 from callcenter_api.app import create_app
 from callcenter_api.deps import Services
-from callcenter_api.readings import CONFIG_DEFAULTS, lua_config_defaults, service_level_pct
+from callcenter_api.readings import CONFIG_DEFAULTS, lua_config_defaults
 from callcenter_api.schemas import ConfigOut, ConfigPatch
 
 TENANT = "routing"

@@ -47,6 +47,11 @@ class _Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class _View(BaseModel):
+    # built from the read views of callcenter.store.reads (frozen dataclasses of the same field names)
+    model_config = ConfigDict(from_attributes=True)
+
+
 # -- flows -----------------------------------------------------------------------------------------
 
 # how a free agent is chosen (callcenter.db.models.STRATEGIES; docs/routing.md)
@@ -160,7 +165,7 @@ class AgentIn(_Body):
         return self
 
 
-class AgentLive(BaseModel):
+class AgentLive(_View):
     """The agent's runtime state in Redis (the agent hash); `fields` holds every raw field."""
 
     state: str
@@ -228,7 +233,7 @@ class AgentStateOut(BaseModel):
 
 # -- live views ------------------------------------------------------------------------------------
 
-class CallOut(BaseModel):
+class CallOut(_View):
     call_id: str
     state: str
     flow: str
@@ -240,7 +245,7 @@ class CallOut(BaseModel):
     fields: dict[str, str] = Field(default_factory=dict, description="the raw call hash")
 
 
-class QueueOut(BaseModel):
+class QueueOut(_View):
     flow_id: str
     skill: str
     priority: int
@@ -367,7 +372,7 @@ class ConfigPatch(_Body):
 # Names in brackets are the OpenSIPS call_center module's statistics, for users migrating from it.
 # Times are milliseconds (the reference gives seconds).
 
-class _Counters(BaseModel):
+class _Counters(_View):
     incalls: int = Field(description="calls accepted (not rejected at arrival) [ccg_incalls / ccf_incalls-<flow>]")
     distributed: int = Field(description="offers made to agents; a call offered again after a failed offer counts "
                                          "again [ccg_distributed_incalls / ccf_dist_incalls-<flow>]")
@@ -415,7 +420,7 @@ class FlowStats(_Counters):
                                                "answered call ended")
 
 
-class AgentStats(BaseModel):
+class AgentStats(_View):
     agent_id: str
     state: str
     distributed: int = Field(description="offers made to the agent [cca_dist_incalls-<agent>]")
@@ -428,7 +433,7 @@ class AgentStats(BaseModel):
                                     "answered, not yet in talk_ms); 0 with no answered call [cca_att-<agent>]")
 
 
-class StatsOut(BaseModel):
+class StatsOut(_View):
     global_: GlobalStats = Field(serialization_alias="global", description="every flow together")
     flows: list[FlowStats]
     agents: list[AgentStats]
@@ -440,7 +445,7 @@ class StatsResetOut(BaseModel):
 
 # -- service level (GET /v1/service-level) ----------------------------------------------------------------
 
-class SlWindow(BaseModel):
+class SlWindow(_View):
     minutes: int = Field(description="the window: the current (partial) minute and the minutes-1 before it")
     offered: int = Field(description="calls accepted (counted in the minute they arrived)")
     answered: int = Field(description="calls answered (in the minute of the answer)")
@@ -453,7 +458,7 @@ class SlWindow(BaseModel):
                     "when offered - abandoned_in_t is 0 (no call to measure)")
 
 
-class ServiceLevelOut(BaseModel):
+class ServiceLevelOut(_View):
     flow_id: str
     threshold_s: int = Field(description="T: the flow's sl_threshold_s, else the global one")
     windows: list[SlWindow] = Field(description="1, 15 and 60 minutes")

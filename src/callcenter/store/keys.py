@@ -27,6 +27,9 @@ build the same names from that prefix (see `lua/common.lua`); this module is the
     cc:{t}:commands:<edge>        stream commands for one sip-edge
     cc:{t}:events                 stream every state change: the product event stream
     cc:{t}:dead                   stream entries that could not be handled (dead letters)
+    cc:{t}:stats                  hash   counters of every flow together, and the on-hold gauge
+    cc:{t}:stats:flow:<flow>      hash   the same counters for one flow, and its recent handle time
+    cc:{t}:sl:<flow>:<minute>     hash   one-minute service-level bucket (minute = floor(ms / 60000))
 """
 
 from __future__ import annotations
@@ -87,3 +90,13 @@ class Keys:
 
     def commands(self, edge_id: str) -> str:
         return f"{self.prefix}commands:{edge_id}"
+
+    def stats(self) -> str:
+        return f"{self.prefix}stats"
+
+    def flow_stats(self, flow_id: str) -> str:
+        return f"{self.prefix}stats:flow:{flow_id}"
+
+    def sl(self, flow_id: str, minute: int) -> str:
+        """The service-level bucket of one flow for one minute (floor(ms / 60000))."""
+        return f"{self.prefix}sl:{flow_id}:{minute}"
