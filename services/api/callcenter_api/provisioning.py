@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from callcenter.db.models import Agent, Flow
 from callcenter.store import RC, Result, Store
 from callcenter.store.codes import refuse_on
+from callcenter.store.config_writes import explicit_config, seed_config
 from callcenter_api.deps import Services
 
 log = structlog.get_logger(__name__)
@@ -139,7 +140,8 @@ async def recache_agent(services: Services, agent_id: str) -> bool:
 # -- re-seed -------------------------------------------------------------------------------------
 
 async def reseed(services: Services, prune: bool = False) -> dict[str, Any]:
-    """Write every flow and agent of SQL into the Redis cache (runtime state is kept).
+    """Write every flow and agent of SQL into the Redis cache (runtime state is kept), and seed
+    `cc:{t}:config` from the environment (`CC_WRAPUP_S`, ...) when it does not exist yet.
 
     With `prune`, cache entries that SQL does not know are removed too, except those the Lua
     guards protect (calls waiting, agent logged in). Start-up never prunes: a cache entry
@@ -149,6 +151,10 @@ async def reseed(services: Services, prune: bool = False) -> dict[str, Any]:
     def load(session: Session) -> tuple[list[Flow], list[Agent]]:
         return list(session.scalars(select(Flow))), list(session.scalars(select(Agent)))
 
+    # an empty Redis gets its call-handling parameters too; an existing config is left alone (it is
+    # PATCH /v1/config's), so a restart never undoes a change made through the api
+    if await seed_config(services.redis, services.store.keys, explicit_config(services.settings)):
+        log.info("config.seeded")
     flows, agents = await services.sql(load)
     for flow in flows:
         await cache_flow(services.store, flow)

@@ -14,6 +14,7 @@ from callcenter.logs import configure_logging
 from callcenter.redis import REDIS_DOWN
 from callcenter.settings import DispatcherSettings
 from callcenter.store import Store
+from callcenter.store.config_writes import explicit_config, seed_config
 from callcenter_dispatcher.edges import CHECK_INTERVAL_MS, check_edges
 from callcenter_dispatcher.handler import ReportHandler
 from callcenter_dispatcher.timers import reconcile_once, run_every, run_timers
@@ -22,21 +23,19 @@ log = structlog.get_logger(__name__)
 
 GROUP = "dispatcher"
 
-CONFIG_FIELDS = ("wrapup_s", "ring_timeout_s", "reject_on_no_agents", "no_agents_code", "queue_pos_param",
-                 "offer_lease_grace_s")  # the others in cc:{t}:config are set through the api
-
 
 async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -> None:
     stop = stop or asyncio.Event()
     redis = aioredis.Redis.from_url(settings.redis_url)
     store = Store(redis, settings.tenant)
-    # only what the operator set explicitly (CC_* variables): the rest keeps the values in Redis,
-    # changed at run time through the api (PATCH /v1/config), or the defaults of lua/common.lua
-    config = {name: getattr(settings, name) for name in CONFIG_FIELDS if name in settings.model_fields_set}
+    # what the operator set explicitly (CC_* variables) seeds cc:{t}:config when it does not exist
+    # yet; after that the api's PATCH /v1/config is its only writer. The api seeds the same way at
+    # its start: a dispatcher may come up first, and must not run on defaults its environment overrides
+    config = explicit_config(settings)
     delay = 0.1
     while config and not stop.is_set():  # Redis may not be up yet (a pod starting before it): wait for it
         try:
-            await store.write_config(config)
+            await seed_config(redis, store.keys, config)
             break
         except REDIS_DOWN as exc:
             log.warning("dispatcher.redis_unavailable", error=repr(exc), retry_in_s=delay)

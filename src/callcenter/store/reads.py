@@ -1,6 +1,8 @@
 """Typed read views of one tenant's Redis state, for the api (and anyone else who only reads).
 
 Reads, never writes:
+- the call-handling parameters `cc:{t}:config`, overlaid on the registry's defaults
+  (`callcenter.store.config`);
 - the agent hashes `cc:{t}:agent:<id>` and the call hashes `cc:{t}:call:<id>` (with `cc:{t}:calls`);
 - `cc:{t}:flows`, the flow hashes and the queues `cc:{t}:queue:<flow>` / `cc:{t}:chatq:<flow>`;
 - the counters `cc:{t}:stats` and `cc:{t}:stats:flow:<flow>` written by the Lua steps, the per-agent
@@ -20,6 +22,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from callcenter.redis import text
+from callcenter.store.config import CALL_HANDLING, ConfigValue, Param
 from callcenter.store.keys import Keys
 
 SL_WINDOWS_MIN = (1, 15, 60)
@@ -52,6 +55,20 @@ def _count(value: Any, default: int = 0) -> int:
             return int(float(raw))
         except ValueError:
             return default
+
+
+def config_value(param: Param, stored: str) -> ConfigValue:
+    """What the Lua's cfg() sees: the stored value, or the default when it is missing, empty or (for a
+    number) not an integer; a boolean is stored as 1/0."""
+    if stored == "":
+        return param.default
+    if param.type is str:
+        return stored
+    try:
+        number = int(stored)
+    except ValueError:
+        return param.default
+    return number == 1 if param.type is bool else number
 
 
 # -- live views --------------------------------------------------------------------------------------
@@ -241,6 +258,11 @@ class Reads:
     async def _members(self, key: str) -> list[str]:
         return sorted(text(m) for m in await self.redis.smembers(key))  # type: ignore[misc]
 
+    async def config(self) -> dict[str, ConfigValue]:
+        """The effective call-handling parameters (a parameter never set has its default)."""
+        stored = _fields(await self.redis.hgetall(self.keys.config))
+        return {p.name: config_value(p, stored.get(p.name, "")) for p in CALL_HANDLING}
+
     async def flow_ids(self) -> list[str]:
         """Every flow of the cache, sorted."""
         return await self._members(self.keys.flows)
@@ -353,9 +375,10 @@ class Reads:
                              reset_ms=reset_ms if reset_ms >= 0 else None)
         return Stats(global_=totals, flows=flows, agents=agents)
 
-    async def service_level(self, flow_ids: list[str], now_ms: int, default_threshold_s: int) -> list[ServiceLevel]:
+    async def service_level(self, flow_ids: list[str], now_ms: int) -> list[ServiceLevel]:
         """Per flow, the 1, 15 and 60 minute windows up to `now_ms`; T is the flow's sl_threshold_s,
-        else `default_threshold_s` (the global parameter)."""
+        else the global one (cc:{t}:config)."""
+        default_threshold_s = int((await self.config())["sl_threshold_s"])
         minute = now_ms // 60_000
         span = max(SL_WINDOWS_MIN)
         async with self.redis.pipeline(transaction=True) as pipe:

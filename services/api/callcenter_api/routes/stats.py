@@ -10,7 +10,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from callcenter_api import readings
 from callcenter_api.deps import ServicesDep
 from callcenter_api.schemas import FLOW_ID_PATTERN, ServiceLevelOut, StatsOut, StatsResetOut
 
@@ -48,6 +47,5 @@ async def get_service_level(
         flow_ids = [flow_id]
     else:
         flow_ids = await reads.flow_ids()
-    threshold_s = int((await readings.read_config(services.store)).sl_threshold_s)
-    levels = await reads.service_level(flow_ids, services.store.clock(), threshold_s)
+    levels = await reads.service_level(flow_ids, services.store.clock())
     return [ServiceLevelOut.model_validate(level) for level in levels]
