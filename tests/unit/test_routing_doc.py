@@ -21,7 +21,7 @@ def _range(p: Param) -> str:
     if p.pattern is not None:
         return f"`{p.pattern}`"
     if p.ge is not None and p.le is not None:
-        return f"{p.ge}–{p.le}"
+        return f"{p.ge}-{p.le}"
     if p.ge is not None:
         return f"≥ {p.ge}"
     return "true, false" if p.type is bool else "any"
