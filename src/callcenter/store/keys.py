@@ -13,6 +13,9 @@ build the same names from that prefix (see `lua/common.lua`); this module is the
     cc:{t}:skill:<skill>:free     zset   free agents with this skill and an audio URI, score = idle since (ms)
     cc:{t}:skill:<skill>:chat     zset   agents with this skill and a free chat slot,
                                          score = ongoing chats * 1e13 + last change (ms)
+    cc:{t}:stats                  hash   global counters and the on-hold gauge
+    cc:{t}:stats:flow:<flow>      hash   the same per flow, and its handle-time average
+    cc:{t}:sl:<flow>:<minute>     hash   service-level counts of one minute (ms // 60000), kept 62 min
     cc:{t}:agents                 set    agent ids
     cc:{t}:agent:<id>             hash   agent definition and runtime state
     cc:{t}:agentchats:<id>        set    ids of the chats an agent holds (offered or connected)
@@ -27,9 +30,6 @@ build the same names from that prefix (see `lua/common.lua`); this module is the
     cc:{t}:commands:<edge>        stream commands for one sip-edge
     cc:{t}:events                 stream every state change: the product event stream
     cc:{t}:dead                   stream entries that could not be handled (dead letters)
-    cc:{t}:stats                  hash   counters of every flow together, and the on-hold gauge
-    cc:{t}:stats:flow:<flow>      hash   the same counters for one flow, and its recent handle time
-    cc:{t}:sl:<flow>:<minute>     hash   one-minute service-level bucket (minute = floor(ms / 60000))
 """
 
 from __future__ import annotations
@@ -50,6 +50,7 @@ class Keys:
         self.reports = self.prefix + "reports"
         self.events = self.prefix + "events"
         self.dead = self.prefix + "dead"
+        self.stats = self.prefix + "stats"
 
     def flow(self, flow_id: str) -> str:
         return f"{self.prefix}flow:{flow_id}"
@@ -91,12 +92,9 @@ class Keys:
     def commands(self, edge_id: str) -> str:
         return f"{self.prefix}commands:{edge_id}"
 
-    def stats(self) -> str:
-        return f"{self.prefix}stats"
-
     def flow_stats(self, flow_id: str) -> str:
         return f"{self.prefix}stats:flow:{flow_id}"
 
     def sl(self, flow_id: str, minute: int) -> str:
-        """The service-level bucket of one flow for one minute (floor(ms / 60000))."""
+        """Service-level bucket of one minute (`minute` = ms // 60000)."""
         return f"{self.prefix}sl:{flow_id}:{minute}"

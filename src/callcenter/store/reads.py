@@ -327,7 +327,7 @@ class Reads:
         flow_ids = await self.flow_ids()
         agent_ids = await self.agent_ids()
         async with self.redis.pipeline(transaction=True) as pipe:  # one consistent snapshot
-            pipe.hgetall(keys.stats())
+            pipe.hgetall(keys.stats)
             for flow_id in flow_ids:
                 pipe.hget(keys.flow(flow_id), "skill")
                 pipe.hgetall(keys.flow_stats(flow_id))
