@@ -25,8 +25,11 @@ class CommonSettings(BaseSettings):
 
 
 class DispatchSettings(CommonSettings):
-    """Call-handling parameters. They are written into Redis (`cc:{tenant}:config`) by the
-    dispatcher at start-up, so the api's Lua steps use the same values."""
+    """Call-handling parameters from the environment (`CC_WRAPUP_S`, ...): the ones set explicitly
+    seed `cc:{tenant}:config` when it does not exist yet, at the start of the api or of a dispatcher
+    (`callcenter.store.config_writes.seed_config`). After that PATCH /v1/config is the only writer,
+    and a changed variable takes effect only on an empty config. Defaults and ranges are the
+    registry's (`callcenter.store.config`)."""
 
     wrapup_s: int = Field(default=30, ge=0)
     ring_timeout_s: int = Field(default=20, ge=1)
@@ -75,7 +78,7 @@ class CdrWriterSettings(CommonSettings):
     max_deliveries: int = Field(default=5, ge=1)
 
 
-class ApiSettings(CommonSettings):
+class ApiSettings(DispatchSettings):  # the call-handling variables seed the config (see above)
     database_url: str = "sqlite:///callcenter.sqlite3"
     api_host: str = "127.0.0.1"
     api_port: int = 8080

@@ -19,7 +19,8 @@ from callcenter.db.engine import make_engine, upgrade
 from callcenter.db.models import Agent, Cdr, Flow
 from callcenter.events import encode
 from callcenter.settings import ApiSettings
-from callcenter.store import Store
+from callcenter.store import Keys, Store
+from callcenter.store.config_writes import seed_config
 from callcenter_api.app import create_app
 from callcenter_api.deps import Services
 from callcenter_dev.servers import RedisServer, free_port
@@ -346,3 +347,30 @@ async def test_api_starts_before_its_redis_and_seeds_it_when_it_comes_up(tmp_pat
         finally:
             await client.aclose()
             server.stop()
+
+
+async def test_the_environment_seeds_only_a_config_that_does_not_exist(redis: aioredis.Redis,
+                                                                      settings: ApiSettings) -> None:
+    """CC_* call-handling variables seed cc:{t}:config at start-up; PATCH /v1/config owns it after that."""
+    keys = Keys(TENANT)
+    env = settings.model_dump(include={"redis_url", "tenant", "database_url"})
+    async with running(ApiSettings(**env, wrapup_s=5, reject_on_no_agents=False)) as (api, _):
+        # only what the environment sets explicitly is written; the rest stays the registry's default
+        assert hash_of(await redis.hgetall(keys.config)) == {"wrapup_s": "5", "reject_on_no_agents": "0"}
+        got = (await api.get("/v1/config")).json()
+        assert (got["wrapup_s"], got["reject_on_no_agents"], got["ring_timeout_s"]) == (5, False, 20)
+        assert (await api.patch("/v1/config", json={"wrapup_s": 7})).status_code == 200
+    # a restart with other values leaves the existing config alone
+    async with running(ApiSettings(**env, wrapup_s=9, ring_timeout_s=11)) as (api, _):
+        got = (await api.get("/v1/config")).json()
+        assert (got["wrapup_s"], got["ring_timeout_s"]) == (7, 20)
+
+
+async def test_two_seeds_at_once_write_one_whole_config(redis: aioredis.Redis) -> None:
+    keys = Keys(TENANT)
+    first, second = {"wrapup_s": 1, "ring_timeout_s": 2}, {"wrapup_s": 3, "no_agents_code": 486}
+    done = await asyncio.gather(seed_config(redis, keys, first), seed_config(redis, keys, second))
+    assert sorted(done) == [False, True]
+    winner = first if done[0] else second
+    assert hash_of(await redis.hgetall(keys.config)) == {k: str(v) for k, v in winner.items()}
+    assert await seed_config(redis, keys, first) is False

@@ -17,14 +17,16 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from pydantic import ValidationError
 
 from callcenter.db.models import Flow
 from callcenter.events import decode, encode
 from callcenter.settings import ApiSettings
 from callcenter.store import RC, Result, now_ms
+from callcenter.store.config import CALL_HANDLING, PARAMS
+from callcenter.store.reads import service_level_pct
 from callcenter_api.app import create_app
 from callcenter_api.deps import Services
-from callcenter_api.readings import CONFIG_DEFAULTS, lua_config_defaults, service_level_pct
 from callcenter_api.schemas import ConfigOut, ConfigPatch
 from callcenter_dev.servers import RedisServer
 
@@ -345,8 +347,7 @@ async def test_internal_dispatching_off_then_dispatch_by_api(d: Driver) -> None:
 async def test_config_get_and_patch(d: Driver) -> None:
     r = await d.api.get("/v1/config")
     assert r.status_code == 200
-    expected = {k: bool(v) if k in ("reject_on_no_agents", "internal_dispatching") else v
-                for k, v in CONFIG_DEFAULTS.items()}
+    expected = {p.name: p.default for p in CALL_HANDLING}
     assert r.json() == expected
 
     r = await d.api.patch("/v1/config", json={"ring_timeout_s": 30, "reject_on_no_agents": False,
@@ -376,14 +377,17 @@ async def test_config_get_and_patch(d: Driver) -> None:
         assert r.status_code == 422, body
 
 
-def test_config_defaults_are_the_luas() -> None:
-    """The api reads CONFIG_DEFAULTS from lua/common.lua: every parameter /v1/config shows, typed."""
-    assert set(CONFIG_DEFAULTS) == set(ConfigOut.model_fields) == set(ConfigPatch.model_fields)
-    assert CONFIG_DEFAULTS["internal_dispatching"] == 1 and CONFIG_DEFAULTS["queue_pos_param"] == "cc_pos"
-    assert lua_config_defaults("x\nlocal CONFIG_DEFAULTS = {\n  a = 1, b = 'x', -- note\n  c = -2,\n}\n") == \
-        {"a": 1, "b": "x", "c": -2}
-    with pytest.raises(RuntimeError, match="cannot read"):
-        lua_config_defaults("local CONFIG_DEFAULTS = {\n  a = 1.5,\n}\n")
+def test_config_schemas_are_the_registrys() -> None:
+    """ConfigOut and ConfigPatch are built from the registry: every parameter, typed, with its doc and range."""
+    assert set(PARAMS) == set(ConfigOut.model_fields) == set(ConfigPatch.model_fields)
+    assert PARAMS["internal_dispatching"].default is True and PARAMS["queue_pos_param"].default == "cc_pos"
+    for p in CALL_HANDLING:
+        assert ConfigOut.model_fields[p.name].description == p.doc
+        assert ConfigPatch.model_fields[p.name].default is None
+    with pytest.raises(ValidationError):
+        ConfigPatch(ring_timeout_s=PARAMS["ring_timeout_s"].le + 1)
+    with pytest.raises(ValidationError):
+        ConfigPatch(chat_dispatch_policy="nope")
 
 
 # -- statistics -----------------------------------------------------------------------------------------

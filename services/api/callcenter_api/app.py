@@ -24,7 +24,8 @@ from callcenter.db.engine import make_engine, upgrade
 from callcenter.redis import REDIS_DOWN
 from callcenter.settings import ApiSettings
 from callcenter.store import Store
-from callcenter_api import provisioning
+from callcenter.store.codes import StepRefused
+from callcenter_api import errors, provisioning
 from callcenter_api.deps import Services, require_principal
 from callcenter_api.routes import agents, cdrs, config, flows, live, ops, stats
 
@@ -79,6 +80,8 @@ def create_app(settings: ApiSettings) -> FastAPI:
     auth = [Depends(require_principal)]
     for router in (flows.router, agents.router, live.router, cdrs.router, config.router, stats.router):
         app.include_router(router, dependencies=auth)
+
+    app.add_exception_handler(StepRefused, errors.step_refused)
 
     @app.exception_handler(RedisConnectionError)
     @app.exception_handler(RedisTimeoutError)

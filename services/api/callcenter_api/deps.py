@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from callcenter.settings import ApiSettings
 from callcenter.store import Store
+from callcenter.store.reads import Reads
 
 T = TypeVar("T")
 
@@ -30,6 +31,11 @@ class Services:
     store: Store
     engine: Engine
     sessions: sessionmaker[Session]
+
+    @property
+    def reads(self) -> Reads:
+        """The typed read views of this tenant's Redis state."""
+        return Reads(self.redis, self.store.keys)
 
     async def sql(self, work: Callable[[Session], T]) -> T:
         """Run `work(session)` in a thread inside one transaction, committed when it returns."""

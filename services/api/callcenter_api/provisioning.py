@@ -3,8 +3,8 @@
 Reads and writes the `flows` and `agents` tables and, through `callcenter.store.Store`, the flow
 and agent hashes in Redis. Writes go to SQL first (committed), then to the cache, so a cache
 update that fails is repaired by the next re-seed. Deletes go the other way: the Lua script is
-the guard (it refuses while calls wait or the agent is logged in), and only then is the SQL row
-removed, so a refused delete never leaves a live flow or agent without its SQL row.
+the guard (it refuses while calls wait or the agent is logged in: `StepRefused`, a 409), and only
+then is the SQL row removed, so a refused delete never leaves a live flow or agent without its SQL row.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ from sqlalchemy.orm import Session
 
 from callcenter.db.models import Agent, Flow
 from callcenter.store import RC, Result, Store
+from callcenter.store.codes import refuse_on
+from callcenter.store.config_writes import explicit_config, seed_config
 from callcenter_api.deps import Services
 
 log = structlog.get_logger(__name__)
@@ -31,10 +33,6 @@ FLOW_FIELDS = ("skill", "priority", "welcome_uri", "queue_uri", "dissuading_uri"
                "strategy", "max_wait_s", "overflow_flow", "overflow_uri", "dissuading_hangup",
                "dissuading_qsize_th", "dissuading_ewt_th", "dissuading_onhold_th", "sl_threshold_s", "flow_id_uri",
                "chat_policy")
-
-
-class Refused(Exception):
-    """The Lua guard refused the change (maps to 409)."""
 
 
 def flow_cache_fields(flow: Flow) -> dict[str, Any]:
@@ -71,11 +69,11 @@ def _save(session: Session, model: type[M], key: str, values: dict[str, Any]) ->
 
 
 async def _delete(services: Services, model: type[Flow] | type[Agent], key: str,
-                  guard: Callable[[str], Awaitable[Result]]) -> bool:
-    """The Lua guard first (it refuses a flow with waiting calls, a logged-in agent), then SQL."""
+                  guard: Callable[[str], Awaitable[Result]], refusal: str) -> bool:
+    """The Lua guard first (it refuses a flow with waiting calls, a logged-in agent: StepRefused
+    with `refusal`, formatted with the key and the guard's reason), then SQL."""
     res = await guard(key)
-    if res.rc is RC.INVALID:
-        raise Refused(res.detail)
+    refuse_on(res, RC.INVALID, message=refusal.format(key=key, reason=res.detail))
 
     def remove(session: Session) -> bool:
         row = session.get(model, key)
@@ -103,8 +101,9 @@ async def put_flow(services: Services, flow_id: str, values: dict[str, Any]) -> 
 
 
 async def delete_flow(services: Services, flow_id: str) -> bool:
-    """Delete a flow; False if it exists nowhere; Refused while calls wait in it."""
-    return await _delete(services, Flow, flow_id, services.store.flow_delete)
+    """Delete a flow; False if it exists nowhere; StepRefused while calls wait in it."""
+    return await _delete(services, Flow, flow_id, services.store.flow_delete,
+                         "flow {key!r} cannot be deleted: {reason}")
 
 
 # -- agents --------------------------------------------------------------------------------------
@@ -123,8 +122,9 @@ async def put_agent(services: Services, agent_id: str, values: dict[str, Any]) -
 
 
 async def delete_agent(services: Services, agent_id: str) -> bool:
-    """Delete an agent; False if it exists nowhere; Refused while it is logged in."""
-    return await _delete(services, Agent, agent_id, services.store.agent_delete)
+    """Delete an agent; False if it exists nowhere; StepRefused while it is logged in."""
+    return await _delete(services, Agent, agent_id, services.store.agent_delete,
+                         "agent {key!r} cannot be deleted: {reason}; log it out first")
 
 
 async def recache_agent(services: Services, agent_id: str) -> bool:
@@ -140,7 +140,8 @@ async def recache_agent(services: Services, agent_id: str) -> bool:
 # -- re-seed -------------------------------------------------------------------------------------
 
 async def reseed(services: Services, prune: bool = False) -> dict[str, Any]:
-    """Write every flow and agent of SQL into the Redis cache (runtime state is kept).
+    """Write every flow and agent of SQL into the Redis cache (runtime state is kept), and seed
+    `cc:{t}:config` from the environment (`CC_WRAPUP_S`, ...) when it does not exist yet.
 
     With `prune`, cache entries that SQL does not know are removed too, except those the Lua
     guards protect (calls waiting, agent logged in). Start-up never prunes: a cache entry
@@ -150,6 +151,10 @@ async def reseed(services: Services, prune: bool = False) -> dict[str, Any]:
     def load(session: Session) -> tuple[list[Flow], list[Agent]]:
         return list(session.scalars(select(Flow))), list(session.scalars(select(Agent)))
 
+    # an empty Redis gets its call-handling parameters too; an existing config is left alone (it is
+    # PATCH /v1/config's), so a restart never undoes a change made through the api
+    if await seed_config(services.redis, services.store.keys, explicit_config(services.settings)):
+        log.info("config.seeded")
     flows, agents = await services.sql(load)
     for flow in flows:
         await cache_flow(services.store, flow)
@@ -158,16 +163,13 @@ async def reseed(services: Services, prune: bool = False) -> dict[str, Any]:
     report: dict[str, Any] = {"flows": len(flows), "agents": len(agents), "removed_flows": [],
                               "removed_agents": [], "kept": []}
     if prune:
-        keys = services.store.keys
         sql_flows = {f.id for f in flows}
         sql_agents = {a.id for a in agents}
-        for raw in sorted(await services.redis.smembers(keys.flows)):
-            flow_id = raw.decode() if isinstance(raw, bytes) else raw
+        for flow_id in await services.reads.flow_ids():
             if flow_id not in sql_flows:
                 res = await services.store.flow_delete(flow_id)
                 report["removed_flows" if res.rc is not RC.INVALID else "kept"].append(flow_id)
-        for raw in sorted(await services.redis.smembers(keys.agents)):
-            agent_id = raw.decode() if isinstance(raw, bytes) else raw
+        for agent_id in await services.reads.agent_ids():
             if agent_id not in sql_agents:
                 res = await services.store.agent_delete(agent_id)
                 report["removed_agents" if res.rc is not RC.INVALID else "kept"].append(agent_id)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
+
+from callcenter.store.config import CALL_HANDLING, Param
 
 FLOW_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
@@ -45,6 +47,11 @@ Skill = Annotated[str, StringConstraints(pattern=SKILL_PATTERN)]
 class _Body(BaseModel):
     # a misspelt field is an error, not a silently ignored value
     model_config = ConfigDict(extra="forbid")
+
+
+class _View(BaseModel):
+    # built from the read views of callcenter.store.reads (frozen dataclasses of the same field names)
+    model_config = ConfigDict(from_attributes=True)
 
 
 # -- flows -----------------------------------------------------------------------------------------
@@ -160,7 +167,7 @@ class AgentIn(_Body):
         return self
 
 
-class AgentLive(BaseModel):
+class AgentLive(_View):
     """The agent's runtime state in Redis (the agent hash); `fields` holds every raw field."""
 
     state: str
@@ -228,7 +235,7 @@ class AgentStateOut(BaseModel):
 
 # -- live views ------------------------------------------------------------------------------------
 
-class CallOut(BaseModel):
+class CallOut(_View):
     call_id: str
     state: str
     flow: str
@@ -240,7 +247,7 @@ class CallOut(BaseModel):
     fields: dict[str, str] = Field(default_factory=dict, description="the raw call hash")
 
 
-class QueueOut(BaseModel):
+class QueueOut(_View):
     flow_id: str
     skill: str
     priority: int
@@ -300,74 +307,44 @@ class ReloadOut(BaseModel):
 
 
 # -- call-handling parameters (cc:{t}:config) --------------------------------------------------------
+# Both models are built from the registry `callcenter.store.config.CALL_HANDLING` (name, type,
+# default, range, doc), so a parameter is declared once; mypy sees the plain classes below.
 
-_BY_DISPATCHER = (" Also written by a dispatcher at start-up when its environment sets the CC_* variable of the"
-                  " same name explicitly.")
-ParamName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,32}$")]
-
-
-class ConfigOut(BaseModel):
-    """The effective call-handling parameters: the values in `cc:{t}:config`, defaults filled in."""
-
-    wrapup_s: int = Field(description="wrap-up after each call, unless the agent has its own (reference: "
-                                      "wrapup_time, 30)." + _BY_DISPATCHER)
-    ring_timeout_s: int = Field(description="how long an agent rings before the offer fails." + _BY_DISPATCHER)
-    reject_on_no_agents: bool = Field(description="reject a call when nobody with the flow's skill is logged in "
-                                                  "(reference: reject_on_no_agents)." + _BY_DISPATCHER)
-    no_agents_code: int = Field(description="SIP code of that rejection." + _BY_DISPATCHER)
-    queue_pos_param: str = Field(description="URI parameter with the position sent to the queue media "
-                                             "(reference: queue_pos_param)." + _BY_DISPATCHER)
-    offer_lease_grace_s: int = Field(description="an offer is taken back when the edge reports nothing within "
-                                                 "ring_timeout_s + this." + _BY_DISPATCHER)
-    internal_dispatching: bool = Field(description="the built-in dispatcher gives calls to agents; off: calls "
-                                                   "only queue and POST /v1/calls/{id}/dispatch assigns them "
-                                                   "(reference: internal_call_dispatching)")
-    max_no_answer: int = Field(description="missed offers in a row before an agent is paused (reason no-answer), "
-                                           "unless the agent has its own; 0 = never")
-    sl_threshold_s: int = Field(description="service-level threshold T (s) of flows without their own")
-    queue_ewt_param: str = Field(description="URI parameter with the estimated wait (s) sent to the queue media")
-    default_aht_s: int = Field(description="handle time assumed for estimated waits until a flow has answered "
-                                           "calls")
-    events_maxlen: int = Field(description="cc:{t}:events is trimmed to about this many entries")
-    commands_maxlen: int = Field(description="each edge's command stream is trimmed to about this many entries")
-    ended_call_ttl_s: int = Field(description="how long an ended call stays readable (GET /v1/calls/{id})")
-    chat_dispatch_policy: ChatPolicy = Field(description="how chats are spread over agents, unless the flow "
-                                                         "says: balancing (fewest ongoing chats first) or "
-                                                         "full-load (fill one agent up, leaving the others free "
-                                                         "for audio calls) (reference: chat_dispatch_policy)")
-    chat_capacity: int = Field(description="chats an agent takes at once unless it has its own (reference: "
-                                           "msrp_max_sessions, 4)")
-    whisper_max_s: int = Field(description="an offer of a flow with a flow-id message is taken back after "
-                                           "ring_timeout_s + offer_lease_grace_s + this")
+def _config_type(param: Param) -> Any:
+    """The parameter's type with its range: Literal for choices, a pattern for a str, ge/le for an int."""
+    if param.choices is not None:
+        return Literal[param.choices]
+    if param.pattern is not None:
+        return Annotated[str, StringConstraints(pattern=param.pattern)]
+    if param.ge is not None or param.le is not None:
+        return Annotated[int, Field(ge=param.ge, le=param.le)]
+    return param.type
 
 
-class ConfigPatch(_Body):
-    """Parameters to change; the others are kept. `null` removes a value (back to the default)."""
+if TYPE_CHECKING:
+    class ConfigOut(BaseModel):
+        pass
 
-    wrapup_s: int | None = Field(default=None, ge=0, le=86_400)
-    ring_timeout_s: int | None = Field(default=None, ge=1, le=600)
-    reject_on_no_agents: bool | None = None
-    no_agents_code: int | None = Field(default=None, ge=400, le=699)
-    queue_pos_param: ParamName | None = None
-    offer_lease_grace_s: int | None = Field(default=None, ge=1, le=600)
-    internal_dispatching: bool | None = None
-    max_no_answer: int | None = Field(default=None, ge=0, le=1000)
-    sl_threshold_s: int | None = Field(default=None, ge=1, le=86_400)
-    queue_ewt_param: ParamName | None = None
-    default_aht_s: int | None = Field(default=None, ge=1, le=86_400)
-    events_maxlen: int | None = Field(default=None, ge=1000)
-    commands_maxlen: int | None = Field(default=None, ge=1000)
-    ended_call_ttl_s: int | None = Field(default=None, ge=1, le=30 * 86_400)
-    chat_dispatch_policy: ChatPolicy | None = None
-    chat_capacity: int | None = Field(default=None, ge=1, le=100)
-    whisper_max_s: int | None = Field(default=None, ge=1, le=600)
+    class ConfigPatch(_Body):
+        pass
+else:
+    ConfigOut = create_model(
+        "ConfigOut",
+        __doc__="The effective call-handling parameters: the values in `cc:{t}:config`, defaults filled in.",
+        # a response shows what is stored: the range is checked on the way in (ConfigPatch)
+        **{p.name: (Literal[p.choices] if p.choices else p.type, Field(description=p.doc))
+           for p in CALL_HANDLING})
+    ConfigPatch = create_model(
+        "ConfigPatch", __base__=_Body,
+        __doc__="Parameters to change; the others are kept. `null` removes a value (back to the default).",
+        **{p.name: (_config_type(p) | None, Field(default=None, description=p.doc)) for p in CALL_HANDLING})
 
 
 # -- statistics (GET /v1/stats) ------------------------------------------------------------------------
 # Names in brackets are the OpenSIPS call_center module's statistics, for users migrating from it.
 # Times are milliseconds (the reference gives seconds).
 
-class _Counters(BaseModel):
+class _Counters(_View):
     incalls: int = Field(description="calls accepted (not rejected at arrival) [ccg_incalls / ccf_incalls-<flow>]")
     distributed: int = Field(description="offers made to agents; a call offered again after a failed offer counts "
                                          "again [ccg_distributed_incalls / ccf_dist_incalls-<flow>]")
@@ -415,7 +392,7 @@ class FlowStats(_Counters):
                                                "answered call ended")
 
 
-class AgentStats(BaseModel):
+class AgentStats(_View):
     agent_id: str
     state: str
     distributed: int = Field(description="offers made to the agent [cca_dist_incalls-<agent>]")
@@ -428,7 +405,7 @@ class AgentStats(BaseModel):
                                     "answered, not yet in talk_ms); 0 with no answered call [cca_att-<agent>]")
 
 
-class StatsOut(BaseModel):
+class StatsOut(_View):
     global_: GlobalStats = Field(serialization_alias="global", description="every flow together")
     flows: list[FlowStats]
     agents: list[AgentStats]
@@ -440,7 +417,7 @@ class StatsResetOut(BaseModel):
 
 # -- service level (GET /v1/service-level) ----------------------------------------------------------------
 
-class SlWindow(BaseModel):
+class SlWindow(_View):
     minutes: int = Field(description="the window: the current (partial) minute and the minutes-1 before it")
     offered: int = Field(description="calls accepted (counted in the minute they arrived)")
     answered: int = Field(description="calls answered (in the minute of the answer)")
@@ -453,7 +430,7 @@ class SlWindow(BaseModel):
                     "when offered - abandoned_in_t is 0 (no call to measure)")
 
 
-class ServiceLevelOut(BaseModel):
+class ServiceLevelOut(_View):
     flow_id: str
     threshold_s: int = Field(description="T: the flow's sl_threshold_s, else the global one")
     windows: list[SlWindow] = Field(description="1, 15 and 60 minutes")

@@ -19,6 +19,7 @@ from callcenter.lifecycle import run_service, start_from_command_line
 from callcenter.redis import REDIS_DOWN, connect
 from callcenter.settings import DispatcherSettings
 from callcenter.store import Store
+from callcenter.store.config_writes import explicit_config, seed_config
 from callcenter_dispatcher.edges import CHECK_INTERVAL_MS, check_edges
 from callcenter_dispatcher.handler import ReportHandler
 from callcenter_dispatcher.timers import reconcile_once, run_every, run_timers
@@ -27,19 +28,18 @@ log = structlog.get_logger(__name__)
 
 GROUP = "dispatcher"
 
-CONFIG_FIELDS = ("wrapup_s", "ring_timeout_s", "reject_on_no_agents", "no_agents_code", "queue_pos_param",
-                 "offer_lease_grace_s")  # the others in cc:{t}:config are set through the api
 
-
-async def write_config(settings: DispatcherSettings, store: Store, stop: asyncio.Event) -> bool:
-    """Write the call-handling parameters the operator set explicitly (CC_* variables); the rest
-    keeps the values in Redis, changed at run time through the api (PATCH /v1/config), or the
-    defaults of the Lua steps. Redis may not be up yet (a pod starting before it): wait for it."""
-    config = {name: getattr(settings, name) for name in CONFIG_FIELDS if name in settings.model_fields_set}
+async def seed_config_from_env(settings: DispatcherSettings, store: Store, stop: asyncio.Event) -> bool:
+    """Seed `cc:{t}:config` with the call-handling parameters the operator set explicitly (CC_*
+    variables) when it does not exist yet; after that the api's PATCH /v1/config is its only
+    writer. The api seeds the same way at its start: a dispatcher may come up first, and must not
+    run on defaults its environment overrides. Redis may not be up yet (a pod starting before it):
+    wait for it."""
+    config = explicit_config(settings)
     delay = 0.1
     while config and not stop.is_set():
         try:
-            await store.write_config(config)
+            await seed_config(store.redis, store.keys, config)
             break
         except REDIS_DOWN as exc:
             log.warning("dispatcher.redis_unavailable", error=repr(exc), retry_in_s=delay)
@@ -63,7 +63,7 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
 
     await run_service(
         "dispatcher", redis=redis, health_port=settings.health_port, ready=ready, stop=stop,
-        prepare=lambda stop: write_config(settings, store, stop),
+        prepare=lambda stop: seed_config_from_env(settings, store, stop),
         work=consumer.run, on_stop=consumer.request_stop,
         loops=[lambda stop: run_timers(store, stop, settings.timer_interval_ms),
                lambda stop: run_every("reconciler", settings.reconcile_interval_ms, stop,

@@ -18,6 +18,8 @@ from sqlalchemy import select
 
 from callcenter.db.models import Agent
 from callcenter.store import RC, Result
+from callcenter.store.codes import refuse_on
+from callcenter.store.reads import AgentView
 from callcenter_api import provisioning
 from callcenter_api.deps import Services, ServicesDep
 from callcenter_api.schemas import (
@@ -36,78 +38,46 @@ router = APIRouter(prefix="/v1/agents", tags=["agents"])
 
 AgentId = Annotated[str, Path(pattern=AGENT_ID_PATTERN, description="agent id: [A-Za-z0-9_.-]{1,128}")]
 
-def _int(value: str | None) -> int | None:
-    try:
-        return int(value) if value else None
-    except ValueError:
-        return None
 
-
-def live_view(fields: dict[str, str] | None) -> AgentLive | None:
-    if not fields:
-        return None
-    return AgentLive(
-        state=fields.get("state") or "logged_out",
-        call=fields.get("call") or None,
-        logout_pending=fields.get("logout_pending") == "1",
-        pause_reason=fields.get("pause_reason") or None,
-        pause_pending=fields.get("pause_pending") or None,
-        state_since_ms=_int(fields.get("state_since")),
-        idle_since_ms=_int(fields.get("idle_since")),
-        logged_in_ms=_int(fields.get("logged_in_ms")),
-        wrapup_end_ms=_int(fields.get("wrapup_end_ms")),
-        chats=_int(fields.get("chats")) or 0,
-        fields=fields,
-    )
-
-
-def agent_view(agent: Agent, fields: dict[str, str] | None) -> AgentOut:
-    live = live_view(fields)
+def agent_out(agent: Agent, live: AgentView | None) -> AgentOut:
+    """The SQL row with the live state of the Redis cache (None: the cache does not hold the agent)."""
     return AgentOut(id=agent.id, uri=agent.uri, chat_uri=agent.chat_uri, chat_capacity=agent.chat_capacity,
                     skills=agent.skill_list, wrapup_s=agent.wrapup_s, max_no_answer=agent.max_no_answer,
                     state=live.state if live else "logged_out", created_at=agent.created_at,
-                    updated_at=agent.updated_at, live=live)
+                    updated_at=agent.updated_at, live=AgentLive.model_validate(live) if live else None)
 
 
-def _not_found(agent_id: str) -> HTTPException:
-    return HTTPException(status.HTTP_404_NOT_FOUND, f"agent {agent_id!r} does not exist")
+def _no_such_agent(agent_id: str) -> str:
+    return f"agent {agent_id!r} does not exist"
 
 
 @router.get("")
 async def list_agents(services: ServicesDep) -> list[AgentOut]:
     agents = await services.sql(lambda s: list(s.scalars(select(Agent).order_by(Agent.id))))
-    async with services.redis.pipeline(transaction=False) as pipe:
-        for agent in agents:
-            pipe.hgetall(services.store.keys.agent(agent.id))
-        hashes = await pipe.execute()
-    return [agent_view(a, {_text(k): _text(v) for k, v in h.items()}) for a, h in zip(agents, hashes, strict=True)]
+    views = await services.reads.agents([agent.id for agent in agents])
+    return [agent_out(agent, view) for agent, view in zip(agents, views, strict=True)]
 
 
 @router.get("/{agent_id}")
 async def get_agent(agent_id: AgentId, services: ServicesDep) -> AgentOut:
     agent = await services.sql(lambda s: s.get(Agent, agent_id))
     if agent is None:
-        raise _not_found(agent_id)
-    return agent_view(agent, await services.store.agent(agent_id))
+        raise HTTPException(status.HTTP_404_NOT_FOUND, _no_such_agent(agent_id))
+    return agent_out(agent, await services.reads.agent(agent_id))
 
 
 @router.put("/{agent_id}", responses={201: {"description": "created"}, 200: {"description": "replaced"}})
 async def put_agent(agent_id: AgentId, body: AgentIn, services: ServicesDep, response: Response) -> AgentOut:
     agent, created = await provisioning.put_agent(services, agent_id, body.model_dump())
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
-    return agent_view(agent, await services.store.agent(agent_id))
+    return agent_out(agent, await services.reads.agent(agent_id))
 
 
 @router.delete("/{agent_id}", status_code=status.HTTP_204_NO_CONTENT,
                responses={409: {"description": "the agent is logged in"}})
 async def delete_agent(agent_id: AgentId, services: ServicesDep) -> None:
-    try:
-        found = await provisioning.delete_agent(services, agent_id)
-    except provisioning.Refused as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT,
-                            f"agent {agent_id!r} cannot be deleted: {exc}; log it out first") from exc
-    if not found:
-        raise _not_found(agent_id)
+    if not await provisioning.delete_agent(services, agent_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, _no_such_agent(agent_id))
 
 
 Step = Callable[[str], Awaitable[Result]]
@@ -119,9 +89,7 @@ async def _run_on_agent(services: Services, agent_id: str, step: Step) -> Result
     res = await step(agent_id)
     if res.rc is RC.NOT_FOUND and await provisioning.recache_agent(services, agent_id):
         res = await step(agent_id)
-    if res.rc is RC.NOT_FOUND:
-        raise _not_found(agent_id)
-    return res
+    return refuse_on(res, RC.NOT_FOUND, message=_no_such_agent(agent_id))
 
 
 @router.post("/{agent_id}/login", responses={404: {"description": "unknown agent"}})
@@ -143,8 +111,7 @@ async def pause(agent_id: AgentId, body: PauseIn, services: ServicesDep) -> Paus
     a call, `pending` until that call ends (then without wrap-up). A paused agent stays logged in and
     gets no calls. Pausing a paused agent with another reason changes the reason."""
     res = await _run_on_agent(services, agent_id, lambda a: services.store.agent_pause(a, body.reason))
-    if res.rc is RC.INVALID:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"agent {agent_id!r} cannot be paused: {res.detail}")
+    refuse_on(res, RC.INVALID, message=f"agent {agent_id!r} cannot be paused: {res.detail}")
     already = res.rc is RC.ALREADY
     return PauseOut(agent_id=agent_id, state="paused" if already else res.detail,  # type: ignore[arg-type]
                     reason=body.reason, already=already)
@@ -166,7 +133,3 @@ async def release(agent_id: AgentId, services: ServicesDep) -> AgentStateOut:
     was pending. `already: true` when the agent was not ringing, in a call or in wrap-up."""
     res = await _run_on_agent(services, agent_id, services.store.agent_release)
     return AgentStateOut(agent_id=agent_id, state=res.detail or "logged_out", already=res.rc is RC.ALREADY)
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value

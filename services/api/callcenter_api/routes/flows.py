@@ -46,9 +46,5 @@ async def put_flow(flow_id: FlowId, body: FlowIn, services: ServicesDep, respons
 @router.delete("/{flow_id}", status_code=status.HTTP_204_NO_CONTENT,
                responses={409: {"description": "calls are waiting in the flow"}})
 async def delete_flow(flow_id: FlowId, services: ServicesDep) -> None:
-    try:
-        found = await provisioning.delete_flow(services, flow_id)
-    except provisioning.Refused as exc:
-        raise HTTPException(status.HTTP_409_CONFLICT, f"flow {flow_id!r} cannot be deleted: {exc}") from exc
-    if not found:
+    if not await provisioning.delete_flow(services, flow_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"flow {flow_id!r} does not exist")

@@ -1,6 +1,6 @@
 """/v1/stats and /v1/service-level: statistics kept by the Lua steps, read from Redis (no SQL).
 
-The reads and the arithmetic are in `callcenter_api.readings`; every field is described in the
+The reads and the arithmetic are in `callcenter.store.reads`; every field is described in the
 response models (`callcenter_api.schemas`), with the reference module's statistic names.
 """
 
@@ -10,7 +10,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, status
 
-from callcenter_api import readings
 from callcenter_api.deps import ServicesDep
 from callcenter_api.schemas import FLOW_ID_PATTERN, ServiceLevelOut, StatsOut, StatsResetOut
 
@@ -20,7 +19,7 @@ router = APIRouter(prefix="/v1", tags=["statistics"])
 @router.get("/stats")
 async def get_stats(services: ServicesDep) -> StatsOut:
     """Counters since the last reset and live figures: in total, per flow and per agent."""
-    return await readings.read_stats(services.store)
+    return StatsOut.model_validate(await services.reads.stats())
 
 
 @router.post("/stats/reset")
@@ -41,11 +40,12 @@ async def get_service_level(
     """Per flow, over the last 1, 15 and 60 minutes: calls offered, answered, answered within T,
     abandoned, abandoned within T, and the service level 100 * answered_in_t / (offered -
     abandoned_in_t) (null when that denominator is 0)."""
-    keys = services.store.keys
+    reads = services.reads
     if flow_id is not None:
-        if not await services.redis.sismember(keys.flows, flow_id):  # type: ignore[misc]
+        if not await reads.has_flow(flow_id):
             raise HTTPException(status.HTTP_404_NOT_FOUND, f"flow {flow_id!r} does not exist")
         flow_ids = [flow_id]
     else:
-        flow_ids = sorted(m.decode() if isinstance(m, bytes) else m for m in await services.redis.smembers(keys.flows))
-    return await readings.read_service_level(services.store, flow_ids, services.store.clock())
+        flow_ids = await reads.flow_ids()
+    levels = await reads.service_level(flow_ids, services.store.clock())
+    return [ServiceLevelOut.model_validate(level) for level in levels]
