@@ -1,0 +1,128 @@
+"""What the edge writes in its headers, seen by SIP peers written the way SIPp users write them.
+
+The peers' in-dialog requests go to the edge's Contact as it stands (SIPp's [next_url]): a
+display name in that Contact (sippy's default `Anonymous <sip:...>`) made them send
+`ACK Anonymous <sip:...> SIP/2.0`, which the edge drops, and no call completed (issues 8, 14).
+Every message the edge sends during whole calls is checked against RFC 3261's grammar
+(sip_grammar.py), from SIPp's -trace_msg of each peer.
+
+Reads: SIPp traces. Writes: nothing outside the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import pytest
+from sip_grammar import header_problems
+from sip_harness import EdgeUnderTest, SippLauncher, SippProcess, expect_success
+
+
+def _edge_sent(*peers: SippProcess) -> list[str]:
+    """Problems in every message the peers received (all of them sent by the edge), each named by
+    peer and start line; asserts that there were messages to check."""
+    problems = []
+    received = [(peer.name, m) for peer in peers for m in peer.messages() if not m.sent]
+    assert received, "the peers received nothing"
+    for name, message in received:
+        problems += [f"{name} got {message.start_line!r}: {p}" for p in header_problems(message.text, message.size)]
+    return problems
+
+
+async def test_whole_call_with_peers_that_take_the_contact_as_is(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
+    # welcome (it hangs up: BYE to the edge's Contact), queue, agent (late offer), then the caller
+    # (ACK and BYE to the edge's Contact) hangs up
+    stack, dispatcher = edge.stack, edge.dispatcher
+    welcome = sipp.start("media_welcome_uas", name="welcome")
+    queue = sipp.start("media_queue_late_uas", name="queue")
+    agent = sipp.start("agent_late_uas", name="agent")
+    dispatcher.on("arrived", lambda f: stack.media(f.call_id, welcome.uri("welcome"), "welcome"))
+    dispatcher.on("media_ended", lambda f: stack.media(f.call_id, queue.uri("queue", ";cc_pos=0"), "queue"),
+                  purpose="welcome")
+    # a name the dispatcher made from a flow's prefix: it needs quoting and escaping
+    dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
+                                                         caller_display='Sales "VIP" Ann'), purpose="queue")
+    caller = sipp.start("caller_reinvited_2_bye", name="caller", remote_port=edge.port, service="support",
+                        pause_ms=300)
+
+    await expect_success(caller, welcome, queue, agent)
+    await dispatcher.wait_for("ended")
+    assert dispatcher.facts[-1].data == {"by": "caller", "reason": "bye", "code": None}
+    assert _edge_sent(caller, welcome, queue, agent) == []
+    assert 'From: "Sales \\"VIP\\" Ann" <sip:caller1@' in agent.traces()
+
+
+async def test_agent_hangs_up_to_a_peer_that_takes_the_contact_as_is(edge: EdgeUnderTest,
+                                                                     sipp: SippLauncher) -> None:
+    # the agent's BYE goes to the edge's Contact; the edge's BYE to the caller is checked too
+    stack, dispatcher = edge.stack, edge.dispatcher
+    agent = sipp.start("agent_early_hangup_uas", name="agent")
+    dispatcher.on("arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
+    caller = sipp.start("caller_answered_wait_bye", name="caller", remote_port=edge.port, service="support")
+
+    await expect_success(caller, agent)
+    await dispatcher.wait_for("ended")
+    assert dispatcher.facts[-1].data == {"by": "agent", "reason": "bye", "code": None}
+    assert _edge_sent(caller, agent) == []
+
+
+async def test_sipp_stock_uac_scenario(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
+    # `sipp -sn uac` calls sip:service@edge and sends its ACK and BYE to that fixed Request-URI
+    # (not to the Contact), with an addr-spec Contact; the edge matches them by dialog
+    stack, dispatcher = edge.stack, edge.dispatcher
+    agent = sipp.start("agent_early_uas", name="agent")
+    dispatcher.on("arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0),
+                  flow="service", caller_user="sipp")
+    caller = sipp.start("uac", name="stock-uac", remote_port=edge.port, pause_ms=300, stock=True)
+
+    await expect_success(caller, agent)
+    await dispatcher.wait_for("ended")
+    assert dispatcher.kinds() == ["arrived", "agent_answered", "ended"]
+    assert dispatcher.facts[-1].data == {"by": "caller", "reason": "bye", "code": None}
+    assert _edge_sent(caller, agent) == []
+
+
+_GOOD_200 = (
+    "SIP/2.0 200 OK\r\n"
+    "Via: SIP/2.0/UDP 127.0.0.1:5070;branch=z9hG4bK-1-0;rport\r\n"
+    'From: "Ann Caller" <sip:caller1@127.0.0.1:5070>;tag=1\r\n'
+    "To: <sip:support@127.0.0.1:5060>;tag=abc\r\n"
+    "Call-ID: 1-2@127.0.0.1\r\n"
+    "CSeq: 1 INVITE\r\n"
+    "Contact: <sip:127.0.0.1:5060>\r\n"
+    "Content-Type: application/sdp\r\n"
+    "Content-Length: 5\r\n"
+    "\r\n"
+    "v=0\r\n"
+)
+
+
+def test_grammar_check_accepts_a_good_message() -> None:
+    assert header_problems(_GOOD_200, len(_GOOD_200.encode())) == []
+
+
+@pytest.mark.parametrize(("broken", "problem"), [
+    (("Contact: <sip:127.0.0.1:5060>", "Contact: Anonymous <sip:127.0.0.1:5060>"), "display name"),
+    (("Contact: <sip:127.0.0.1:5060>", "Contact: sip:127.0.0.1:5060"), "display name"),
+    (("From: \"Ann Caller\" <", "From: Ann, Caller <"), "from:"),
+    (("To: <sip:support@127.0.0.1:5060>;tag=abc", "To: <sip:support@127.0.0.1:5060;tag=abc"), "to:"),
+    (("To: <sip:support@127.0.0.1:5060>;tag=abc", "To: <sip:support@127.0.0.1:5060>"), "to without a tag"),
+    (("branch=z9hG4bK-1-0", "branch=1-0"), "z9hG4bK"),
+    (("CSeq: 1 INVITE\r\n", "CSeq: 1 INVITE\r\nCSeq: 2 INVITE\r\n"), "cseq appears 2 times"),
+    (("Content-Length: 5", "Content-Length: 7"), "content-length 7 for a body of 5 bytes"),
+    (("Call-ID: 1-2@127.0.0.1", "Call-ID: 1 2"), "call-id"),
+])
+def test_grammar_check_finds_what_breaks_rfc3261(broken: tuple[str, str], problem: str) -> None:
+    text = _GOOD_200.replace(*broken)
+    assert any(problem in p for p in header_problems(text, len(text.encode()))), header_problems(
+        text, len(text.encode()))
+
+
+def test_grammar_check_of_requests() -> None:
+    bye = ("BYE Anonymous <sip:127.0.0.1:5060> SIP/2.0\r\n" + _GOOD_200.split("\r\n", 1)[1]
+           .replace("CSeq: 1 INVITE", "CSeq: 2 INVITE").replace("Content-Length: 5", "Content-Length: 0")
+           .replace("v=0\r\n", ""))
+    problems = header_problems(bye, len(bye.encode()))
+    assert "start line: 'BYE Anonymous <sip:127.0.0.1:5060> SIP/2.0'" in problems
+    assert "max-forwards missing in a request" in problems
+    good_bye = bye.replace("BYE Anonymous <sip:127.0.0.1:5060>", "BYE sip:127.0.0.1:5060").replace(
+        "2 INVITE", "2 BYE").replace("Content-Type: application/sdp\r\n", "Max-Forwards: 70\r\n")
+    assert header_problems(good_bye, len(good_bye.encode())) == []
