@@ -5,7 +5,8 @@ Writes: patches a few sippy classes in place, once per process (monkeypatches th
 sippy's own methods; no sippy code is copied here), tunes the garbage collector, and provides
 the UDP server and transaction manager subclasses the edge uses (socket read and written by the
 reactor thread, large receive buffer, advertised address, screening of malformed datagrams) and
-the one dialog operation sippy lacks (`reinvite_without_offer`).
+the one dialog operation sippy lacks (`reinvite_without_offer`) and the Contact every UA of the
+edge sends (`contact_without_display_name`).
 
 Every patch says which defect it works around. `apply_sippy_fixes()` is idempotent.
 """
@@ -593,6 +594,26 @@ def reinvite_without_offer(ua: Any) -> bool:
     ua.tr = ua.newTransaction(req, resp_cb=on_response, cb_ifver=2)
     ua.changeState((UacStateUpdating,))
     return True
+
+
+def contact_without_display_name() -> Any:
+    """The Contact a new UA sends (set it as `ua.lContact` right after `UA(...)`): the edge's own
+    address in angle brackets, with no display name. The address stays sippy's placeholders, so
+    it is rendered as today when a message is sent (the advertised host, see
+    `make_udp_server_class`); a UAC's INVITE still puts the calling user in front of it.
+
+    Why: sippy's default Contact is `Anonymous <sip:host:port>` (SipContact()). That is valid
+    RFC 3261, but peers that take the Contact as it stands as the target of their next request
+    (SIPp's `[next_url]`, some phones) sent `ACK Anonymous <sip:...> SIP/2.0`, a start line the
+    edge drops as malformed: with such a peer no call completed.
+    """
+    from sippy.SipAddress import SipAddress
+    from sippy.SipConf import SipConf
+    from sippy.SipContact import SipContact
+    from sippy.SipURL import SipURL
+
+    url = SipURL(host=SipConf.my_address, port=SipConf.my_port, transport=SipConf.my_transport)
+    return SipContact(address=SipAddress(url=url, hadbrace=True))
 
 
 # ---------------------------------------------------------------- malformed datagram screening
