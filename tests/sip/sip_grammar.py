@@ -90,7 +90,7 @@ def header_problems(text: str, size: int) -> list[str]:
             address = _ADDRESS.match(value)
             if address is None:
                 problems.append(f"{name}: {value!r}")
-            elif (name == "from" or status is not None and status.group("code") != "100") and not _TAG.search(
+            elif (name == "from" or (status is not None and status.group("code") != "100")) and not _TAG.search(
                     address.group("params")):
                 problems.append(f"{name} without a tag: {value!r}")
     for value in headers.get("contact", ()):

@@ -15,6 +15,8 @@ import pytest
 from sip_grammar import header_problems
 from sip_harness import EdgeUnderTest, SippLauncher, SippProcess, expect_success
 
+from callcenter_sip_edge.sippy_fixes import quotable_display_name
+
 
 def _edge_sent(*peers: SippProcess) -> list[str]:
     """Problems in every message the peers received (all of them sent by the edge), each named by
@@ -126,3 +128,15 @@ def test_grammar_check_of_requests() -> None:
     good_bye = bye.replace("BYE Anonymous <sip:127.0.0.1:5060>", "BYE sip:127.0.0.1:5060").replace(
         "2 INVITE", "2 BYE").replace("Content-Type: application/sdp\r\n", "Max-Forwards: 70\r\n")
     assert header_problems(good_bye, len(good_bye.encode())) == []
+
+
+@pytest.mark.parametrize(("name", "quotable"), [
+    ('Sales "VIP" Ann', 'Sales \\"VIP\\" Ann'),
+    ('Ann \\"the boss\\"', 'Ann \\"the boss\\"'),   # from a caller's From: already escaped
+    ("C:\\", "C:\\\\"),                             # a trailing backslash would escape the quote
+    ("two\r\nlines", "twolines"),
+    ("Ann", "Ann"),
+    (None, None),
+])
+def test_display_names_are_given_to_sippy_quotable(name: str | None, quotable: str | None) -> None:
+    assert quotable_display_name(name) == quotable

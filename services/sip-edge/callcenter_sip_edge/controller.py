@@ -61,6 +61,7 @@ from callcenter_sip_edge.sippy_fixes import (
     CycleCollector,
     contact_without_display_name,
     make_transaction_manager_class,
+    quotable_display_name,
     reinvite_without_offer,
 )
 
@@ -916,7 +917,8 @@ class CallController:
         ua.lContact = contact_without_display_name()
         ua.no_reply_time = NO_REPLY_TIMEOUT_S
         event = _TryWithRequestUri((None, self.info.caller_user, target.username,
-                                    offer.getCopy() if offer is not None else None, None, calling_name))
+                                    offer.getCopy() if offer is not None else None, None,
+                                    quotable_display_name(calling_name)))
         event.request_uri = target
         try:
             ua.recvEvent(event)
