@@ -11,10 +11,22 @@ Reads: SIPp traces. Writes: nothing outside the test's temporary directory.
 
 from __future__ import annotations
 
+import asyncio
+import socket
+
 import pytest
 from sip_grammar import header_problems
-from sip_harness import EdgeUnderTest, SippLauncher, SippProcess, expect_success
+from sip_harness import (
+    LOOPBACK,
+    EdgeUnderTest,
+    ScriptedDispatcher,
+    SippLauncher,
+    SippProcess,
+    expect_success,
+    free_udp_port,
+)
 
+from callcenter_sip_edge.sip_stack import SipStack
 from callcenter_sip_edge.sippy_fixes import quotable_display_name
 
 
@@ -80,6 +92,27 @@ async def test_sipp_stock_uac_scenario(edge: EdgeUnderTest, sipp: SippLauncher) 
     assert dispatcher.kinds() == ["arrived", "agent_answered", "ended"]
     assert dispatcher.facts[-1].data == {"by": "caller", "reason": "bye", "code": None}
     assert _edge_sent(caller, agent) == []
+
+
+async def test_the_contact_carries_the_advertised_host(sipp: SippLauncher, client: socket.socket) -> None:
+    # an edge behind NAT: its Contact names the advertised address (the INVITE to the agent, here a
+    # raw socket, is enough to see it; nothing answers, the call is dropped with the stack)
+    dispatcher = ScriptedDispatcher()
+    port = free_udp_port()
+    stack = SipStack(host=LOOPBACK, port=port, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop(),
+                     advertised_host="192.0.2.10")
+    stack.start()
+    try:
+        agent_port = client.getsockname()[1]
+        dispatcher.on("arrived", lambda f: stack.ring(f.call_id, "o1", "a1", f"sip:agent@{LOOPBACK}:{agent_port}",
+                                                      10.0))
+        sipp.start("caller_answered_bye", name="caller", remote_port=port, service="support")
+        invite = (await asyncio.to_thread(client.recv, 65535)).decode()
+    finally:
+        stack.stop()
+    assert invite.startswith(f"INVITE sip:agent@{LOOPBACK}:{agent_port} SIP/2.0\r\n")
+    assert f"\r\nContact: <sip:caller1@192.0.2.10:{port}>\r\n" in invite
+    assert header_problems(invite, len(invite.encode())) == []
 
 
 _GOOD_200 = (
