@@ -22,6 +22,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "tests" / "sipp"
 
+from sip_grammar import header_problems  # noqa: E402
+
 from callcenter.testing.servers import stop_process, udp_port_bound  # noqa: E402
 from callcenter_sip_edge.sip_stack import Fact, SipStack  # noqa: E402
 
@@ -168,6 +170,16 @@ class SippLauncher:
     def stop_all(self) -> None:
         for sipp in self.started:
             sipp.stop()
+
+
+def edge_sent_problems(*peers: SippProcess) -> list[str]:
+    """RFC 3261 grammar problems (sip_grammar.header_problems) in every message the peers received,
+    all of them sent by the edge, each named by peer and start line; asserts that there were
+    messages to check."""
+    received = [(peer.name, m) for peer in peers for m in peer.messages() if not m.sent]
+    assert received, "the peers received nothing"
+    return [f"{name} got {message.start_line!r}: {problem}"
+            for name, message in received for problem in header_problems(message.text, message.size)]
 
 
 async def expect_success(*processes: SippProcess) -> None:

@@ -4,7 +4,8 @@ The peers' in-dialog requests go to the edge's Contact as it stands (SIPp's [nex
 display name in that Contact (sippy's default `Anonymous <sip:...>`) made them send
 `ACK Anonymous <sip:...> SIP/2.0`, which the edge drops, and no call completed (issues 8, 14).
 Every message the edge sends during whole calls is checked against RFC 3261's grammar
-(sip_grammar.py), from SIPp's -trace_msg of each peer.
+(sip_grammar.py), from SIPp's -trace_msg of each peer (here, and in the welcome-queue-agent call
+of test_sip_edge_call_flows.py).
 
 Reads: SIPp traces. Writes: nothing outside the test's temporary directory.
 """
@@ -21,7 +22,7 @@ from sip_harness import (
     EdgeUnderTest,
     ScriptedDispatcher,
     SippLauncher,
-    SippProcess,
+    edge_sent_problems,
     expect_success,
     free_udp_port,
 )
@@ -30,52 +31,21 @@ from callcenter_sip_edge.sip_stack import SipStack
 from callcenter_sip_edge.sippy_fixes import quotable_display_name
 
 
-def _edge_sent(*peers: SippProcess) -> list[str]:
-    """Problems in every message the peers received (all of them sent by the edge), each named by
-    peer and start line; asserts that there were messages to check."""
-    problems = []
-    received = [(peer.name, m) for peer in peers for m in peer.messages() if not m.sent]
-    assert received, "the peers received nothing"
-    for name, message in received:
-        problems += [f"{name} got {message.start_line!r}: {p}" for p in header_problems(message.text, message.size)]
-    return problems
-
-
-async def test_whole_call_with_peers_that_take_the_contact_as_is(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
-    # welcome (it hangs up: BYE to the edge's Contact), queue, agent (late offer), then the caller
-    # (ACK and BYE to the edge's Contact) hangs up
-    stack, dispatcher = edge.stack, edge.dispatcher
-    welcome = sipp.start("media_welcome_uas", name="welcome")
-    queue = sipp.start("media_queue_late_uas", name="queue")
-    agent = sipp.start("agent_late_uas", name="agent")
-    dispatcher.on("arrived", lambda f: stack.media(f.call_id, welcome.uri("welcome"), "welcome"))
-    dispatcher.on("media_ended", lambda f: stack.media(f.call_id, queue.uri("queue", ";cc_pos=0"), "queue"),
-                  purpose="welcome")
-    # a name the dispatcher made from a flow's prefix: it needs quoting and escaping
-    dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
-                                                         caller_display='Sales "VIP" Ann'), purpose="queue")
-    caller = sipp.start("caller_reinvited_2_bye", name="caller", remote_port=edge.port, service="support",
-                        pause_ms=300)
-
-    await expect_success(caller, welcome, queue, agent)
-    await dispatcher.wait_for("ended")
-    assert dispatcher.facts[-1].data == {"by": "caller", "reason": "bye", "code": None}
-    assert _edge_sent(caller, welcome, queue, agent) == []
-    assert 'From: "Sales \\"VIP\\" Ann" <sip:caller1@' in agent.traces()
-
-
 async def test_agent_hangs_up_to_a_peer_that_takes_the_contact_as_is(edge: EdgeUnderTest,
                                                                      sipp: SippLauncher) -> None:
-    # the agent's BYE goes to the edge's Contact; the edge's BYE to the caller is checked too
+    # the agent's BYE goes to the edge's Contact; the edge's BYE to the caller is checked too, and
+    # the From of the agent's INVITE, with a name the dispatcher made from a flow's prefix
     stack, dispatcher = edge.stack, edge.dispatcher
     agent = sipp.start("agent_early_hangup_uas", name="agent")
-    dispatcher.on("arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
+    dispatcher.on("arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
+                                                  caller_display='Sales "VIP" Ann'))
     caller = sipp.start("caller_answered_wait_bye", name="caller", remote_port=edge.port, service="support")
 
     await expect_success(caller, agent)
     await dispatcher.wait_for("ended")
     assert dispatcher.facts[-1].data == {"by": "agent", "reason": "bye", "code": None}
-    assert _edge_sent(caller, agent) == []
+    assert edge_sent_problems(caller, agent) == []
+    assert 'From: "Sales \\"VIP\\" Ann" <sip:caller1@' in agent.traces()
 
 
 async def test_sipp_stock_uac_scenario(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
@@ -91,7 +61,7 @@ async def test_sipp_stock_uac_scenario(edge: EdgeUnderTest, sipp: SippLauncher) 
     await dispatcher.wait_for("ended")
     assert dispatcher.kinds() == ["arrived", "agent_answered", "ended"]
     assert dispatcher.facts[-1].data == {"by": "caller", "reason": "bye", "code": None}
-    assert _edge_sent(caller, agent) == []
+    assert edge_sent_problems(caller, agent) == []
 
 
 async def test_the_contact_carries_the_advertised_host(sipp: SippLauncher, client: socket.socket) -> None:
