@@ -22,6 +22,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "tests" / "sipp"
 
+from sip_grammar import header_problems  # noqa: E402
+
 from callcenter_dev.servers import stop_process, udp_port_bound  # noqa: E402
 from callcenter_sip_edge.sip_stack import Fact, SipStack  # noqa: E402
 
@@ -96,6 +98,7 @@ class SipMessage:
     at: datetime
     sent: bool
     text: str
+    size: int   # the datagram's length in bytes, as SIPp counted it
 
     @property
     def start_line(self) -> str:
@@ -114,6 +117,8 @@ class SipMessage:
 
 
 _TRACE_SEPARATOR = re.compile(r"^-{20,} (\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+)\s*$", re.MULTILINE)
+# 'UDP message sent (531 bytes):' or 'UDP message received [249] bytes :'
+_TRACE_SIZE = re.compile(r"[(\[](\d+)[\])]? bytes")
 
 
 def parse_message_trace(trace: str) -> list[SipMessage]:
@@ -122,8 +127,10 @@ def parse_message_trace(trace: str) -> list[SipMessage]:
     messages = []
     for stamp, chunk in zip(parts[1::2], parts[2::2], strict=True):
         header, _, text = chunk.strip("\n").partition("\n")
+        size = _TRACE_SIZE.search(header)
         messages.append(SipMessage(at=datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S.%f"),
-                                   sent=" sent " in header, text=text.strip("\n")))
+                                   sent=" sent " in header, text=text.strip("\n"),
+                                   size=int(size.group(1)) if size else -1))
     return messages
 
 
@@ -133,13 +140,16 @@ class SippLauncher:
     started: list[SippProcess] = field(default_factory=list)
 
     def start(self, scenario: str, *, name: str | None = None, remote_port: int | None = None,
-              service: str | None = None, pause_ms: int | None = None, wait_bound: bool = True) -> SippProcess:
-        """Start SIPp with scenario tests/sipp/<scenario>.xml for exactly one call."""
+              service: str | None = None, pause_ms: int | None = None, wait_bound: bool = True,
+              stock: bool = False) -> SippProcess:
+        """Start SIPp with scenario tests/sipp/<scenario>.xml (with stock=True: SIPp's built-in
+        scenario of that name, `-sn`) for exactly one call."""
         name = name or scenario
         port = free_udp_port()
         workdir = self.tmp_path / f"sipp-{name}"
         workdir.mkdir(parents=True, exist_ok=True)
-        cmd = ["timeout", "-k", "5", str(SIPP_HARD_LIMIT_S), "sipp", "-sf", str(SCENARIOS / f"{scenario}.xml"),
+        chosen = ["-sn", scenario] if stock else ["-sf", str(SCENARIOS / f"{scenario}.xml")]
+        cmd = ["timeout", "-k", "5", str(SIPP_HARD_LIMIT_S), "sipp", *chosen,
                "-i", LOOPBACK, "-p", str(port), "-m", "1", "-timeout", f"{SIPP_TIMEOUT_S}s", "-timeout_error",
                "-buff_size", "4194304", "-nostdin", "-trace_err", "-trace_msg", "-recv_timeout", "15000"]
         if service is not None:
@@ -160,6 +170,16 @@ class SippLauncher:
     def stop_all(self) -> None:
         for sipp in self.started:
             sipp.stop()
+
+
+def edge_sent_problems(*peers: SippProcess) -> list[str]:
+    """RFC 3261 grammar problems (sip_grammar.header_problems) in every message the peers received,
+    all of them sent by the edge, each named by peer and start line; asserts that there were
+    messages to check."""
+    received = [(peer.name, m) for peer in peers for m in peer.messages() if not m.sent]
+    assert received, "the peers received nothing"
+    return [f"{name} got {message.start_line!r}: {problem}"
+            for name, message in received for problem in header_problems(message.text, message.size)]
 
 
 async def expect_success(*processes: SippProcess) -> None:

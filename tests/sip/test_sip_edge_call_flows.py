@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 
-from sip_harness import EdgeUnderTest, SippLauncher, expect_success
+from sip_harness import EdgeUnderTest, SippLauncher, edge_sent_problems, expect_success
 
 
 def _caller(sipp: SippLauncher, edge: EdgeUnderTest, scenario: str, pause_ms: int = 500):
@@ -25,7 +25,7 @@ async def test_welcome_then_queue_then_agent_caller_hangs_up(edge: EdgeUnderTest
     dispatcher.on("media_ended", lambda f: stack.media(f.call_id, queue.uri("queue", ";cc_pos=0"), "queue"),
                   purpose="welcome")
     dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "offer-1", "agent-7", agent.uri("agent"), 10.0,
-                                                         caller_display="Support Ann"), purpose="queue")
+                                                         caller_display='Support "VIP" Ann'), purpose="queue")
     caller = _caller(sipp, edge, "caller_reinvited_2_bye")
 
     await expect_success(caller, welcome, queue, agent)
@@ -43,10 +43,12 @@ async def test_welcome_then_queue_then_agent_caller_hangs_up(edge: EdgeUnderTest
     assert ended.data == {"by": "caller", "reason": "bye", "code": None}
     assert len({f.call_id for f in dispatcher.facts}) == 1
     assert all(isinstance(f.ts_ms, int) for f in dispatcher.facts)
-    # the agent saw the display name the dispatcher chose, the queue its position parameter
-    assert '"Support Ann" <sip:caller1@' in agent.traces()
+    # the agent saw the display name the dispatcher chose (escaped), the queue its position parameter
+    assert 'From: "Support \\"VIP\\" Ann" <sip:caller1@' in agent.traces()
     assert ";cc_pos=0 SIP/2.0" in queue.traces()
     assert stack.active_calls() == 0
+    # every peer took the edge's Contact as it stands ([next_url]); all the edge sent is RFC 3261
+    assert edge_sent_problems(caller, welcome, queue, agent) == []
 
 
 async def test_unanswered_caller_rung_to_agent_with_early_offer(edge: EdgeUnderTest, sipp: SippLauncher) -> None:

@@ -57,7 +57,13 @@ from sippy.UaStateConnected import UaStateConnected
 from callcenter_sip_edge.guard import SourceGuard
 from callcenter_sip_edge.sdp import media_type_of
 from callcenter_sip_edge.sip_stack import Fact
-from callcenter_sip_edge.sippy_fixes import CycleCollector, make_transaction_manager_class, reinvite_without_offer
+from callcenter_sip_edge.sippy_fixes import (
+    CycleCollector,
+    contact_without_display_name,
+    make_transaction_manager_class,
+    quotable_display_name,
+    reinvite_without_offer,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -908,9 +914,11 @@ class CallController:
         """Create a UAC leg and send its INVITE (with `offer`, or without SDP for a late offer)."""
         host, port = target.getAddr()
         ua = UA(self.router.sip_config, event_cb, nh_address=(host, port), expire_time=expire_time)
+        ua.lContact = contact_without_display_name()
         ua.no_reply_time = NO_REPLY_TIMEOUT_S
         event = _TryWithRequestUri((None, self.info.caller_user, target.username,
-                                    offer.getCopy() if offer is not None else None, None, calling_name))
+                                    offer.getCopy() if offer is not None else None, None,
+                                    quotable_display_name(calling_name)))
         event.request_uri = target
         try:
             ua.recvEvent(event)
@@ -1062,6 +1070,7 @@ class CallRouter:
         )
         call = CallController(router=self, call_id=uuid4().hex, info=info)
         call.caller = UA(self.sip_config, call._guarded(call._on_caller_event))
+        call.caller.lContact = contact_without_display_name()
         self.calls[call.call_id] = call
         try:
             result = call.caller.recvRequest(req, sip_t)

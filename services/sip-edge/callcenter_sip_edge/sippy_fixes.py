@@ -4,8 +4,10 @@ Reads: the sippy package (imported lazily, on the SIP thread, so that sippy's re
 Writes: patches a few sippy classes in place, once per process (monkeypatches that wrap or extend
 sippy's own methods; no sippy code is copied here), tunes the garbage collector, and provides
 the UDP server and transaction manager subclasses the edge uses (socket read and written by the
-reactor thread, large receive buffer, advertised address, screening of malformed datagrams) and
-the one dialog operation sippy lacks (`reinvite_without_offer`).
+reactor thread, large receive buffer, advertised address, screening of malformed datagrams),
+the one dialog operation sippy lacks (`reinvite_without_offer`), and the two header values the
+edge sets on its UAs: the Contact (`contact_without_display_name`) and the calling display name
+(`quotable_display_name`).
 
 Every patch says which defect it works around. `apply_sippy_fixes()` is idempotent.
 """
@@ -593,6 +595,51 @@ def reinvite_without_offer(ua: Any) -> bool:
     ua.tr = ua.newTransaction(req, resp_cb=on_response, cb_ifver=2)
     ua.changeState((UacStateUpdating,))
     return True
+
+
+def contact_without_display_name() -> Any:
+    """The Contact a new UA sends (set it as `ua.lContact` right after `UA(...)`): the edge's own
+    address in angle brackets, with no display name. The address stays sippy's placeholders, so
+    it is rendered as today when a message is sent (the advertised host, see
+    `make_udp_server_class`); a UAC's INVITE still puts the calling user in front of it.
+
+    Why: sippy's default Contact is `Anonymous <sip:host:port>` (SipContact()). That is valid
+    RFC 3261, but peers that take the Contact as it stands as the target of their next request
+    (SIPp's `[next_url]`, some phones) sent `ACK Anonymous <sip:...> SIP/2.0`, a start line the
+    edge drops as malformed: with such a peer no call completed.
+    """
+    from sippy.SipAddress import SipAddress
+    from sippy.SipConf import SipConf
+    from sippy.SipContact import SipContact
+    from sippy.SipURL import SipURL
+
+    url = SipURL(host=SipConf.my_address, port=SipConf.my_port, transport=SipConf.my_transport)
+    return SipContact(address=SipAddress(url=url, hadbrace=True))
+
+
+def quotable_display_name(name: str | None) -> str | None:
+    """`name` in the form sippy needs for a display name: the text between the quotes of an RFC 3261
+    quoted-string. A `"` or `\\` that does not already start a quoted-pair gets a backslash, CR and
+    LF are dropped. A name taken from a caller's From is already in that form (sippy keeps it as
+    it was on the wire) and comes back unchanged. Apply to the calling name of a new UAC leg.
+
+    Why: sippy writes a display name as `"%s"` without escaping it, so a name with a quote in it
+    (a flow's caller-id prefix such as `Sales "VIP"`) reached the agent as
+    `From: "Sales "VIP" Ann" <sip:...>`, which a parser cannot read as one name.
+    """
+    if name is None:
+        return None
+    out: list[str] = []
+    chars = iter(name.replace("\r", "").replace("\n", ""))
+    for char in chars:
+        if char == "\\":
+            escaped = next(chars, "\\")   # a quoted-pair stays as it is; a trailing one is doubled
+            out.append("\\" + escaped)
+        elif char == '"':
+            out.append('\\"')
+        else:
+            out.append(char)
+    return "".join(out)
 
 
 # ---------------------------------------------------------------- malformed datagram screening
