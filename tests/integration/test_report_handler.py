@@ -7,7 +7,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from callcenter.bus import Outcome
-from callcenter.events import Entry
+from callcenter.contract.codec import Entry
 from callcenter.store import Store
 from callcenter_dispatcher.handler import ReportHandler
 

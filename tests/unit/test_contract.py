@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from callcenter.contract.codec import Message
+from callcenter.contract.codec import DecodeError, Entry, Message, decode
 from callcenter.contract.commands import COMMANDS, Hangup, Ring, RingAll, command_of
 from callcenter.contract.reports import REPORTS, CallArrived, report_of
-from callcenter.events import TYPES, DecodeError, Entry, decode
+from callcenter.contract.types import TYPES
 
 GOLDEN = Path(__file__).resolve().parents[2] / "docs" / "events" / "golden"
 TYPED: dict[str, type[Message]] = {**COMMANDS, **REPORTS}

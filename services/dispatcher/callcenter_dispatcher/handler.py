@@ -20,7 +20,7 @@ import msgpack
 import structlog
 
 from callcenter.bus import ACK, RETRY, Outcome, Verdict
-from callcenter.events import Entry
+from callcenter.contract.codec import Entry
 from callcenter.store import RC, REPORT_SCRIPTS, Result, Store
 
 log = structlog.get_logger(__name__)

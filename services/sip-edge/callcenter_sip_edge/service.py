@@ -17,7 +17,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from callcenter.bus import ACK, StreamConsumer, Verdict
-from callcenter.events import Entry, encode
+from callcenter.contract.codec import Entry, encode
 from callcenter.settings import EdgeSettings
 from callcenter.store.keys import Keys
 from callcenter_sip_edge.sip_stack import Fact, SipStack

@@ -10,8 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from callcenter.contract.codec import Message, by_type, typed
-from callcenter.events import Entry
+from callcenter.contract.codec import Entry, Message, by_type, typed
 
 
 class Command(Message):

@@ -11,8 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import ClassVar
 
-from callcenter.contract.codec import Message, by_type, typed
-from callcenter.events import Entry
+from callcenter.contract.codec import Entry, Message, by_type, typed
 
 
 class Report(Message):

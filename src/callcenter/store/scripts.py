@@ -6,7 +6,7 @@ changes it, and appends the resulting commands and events in the same atomic ste
 registered with redis-py's `register_script` (EVALSHA with a NOSCRIPT fallback).
 
 Two lines are expanded when a script is loaded: `--!include <file>` inserts a shared file, and
-`--!versions` inserts the event version table generated from `callcenter.events`.
+`--!versions` inserts the event version table generated from `callcenter.contract.types`.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from callcenter.events import lua_version_table
+from callcenter.contract.types import lua_version_table
 from callcenter.redis import text as _text
 from callcenter.store.codes import RC, Result
 from callcenter.store.keys import Keys
