@@ -127,7 +127,12 @@ class Message:
         """The typed form of a decoded entry of this type; fields a newer producer added are ignored."""
         if entry.type != cls.TYPE:
             raise DecodeError(f"{entry.type} is not {cls.TYPE}")
-        data = entry.data
+        return cls.from_data(entry.data)
+
+    @classmethod
+    def from_data(cls, data: Mapping[str, Any]) -> Self:
+        """An instance from a `data` map: keys that are not fields are ignored, absent ones are None
+        (`to_fields()` refuses a missing required field, so a bad producer still fails at the source)."""
         return cls(**{f.name: data.get(f.name) for f in fields(cls)})  # type: ignore[arg-type]
 
 

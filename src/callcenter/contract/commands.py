@@ -13,10 +13,10 @@ from typing import Any, ClassVar
 from callcenter.contract.codec import Entry, Message, by_type, typed
 
 
+@dataclass(frozen=True, slots=True)
 class Command(Message):
     """Base of every command; `call_id` is the edge's call the command is for."""
 
-    __slots__ = ()
     call_id: str
 
 
@@ -25,7 +25,6 @@ class Media(Command):
     """Bridge the caller to a media URI (welcome, queue or dissuading)."""
 
     TYPE: ClassVar[str] = "command.media"
-    call_id: str
     uri: str
     purpose: str
 
@@ -35,7 +34,6 @@ class Ring(Command):
     """Ring one agent; with `whisper_uri` the agent hears the flow-id message before the caller."""
 
     TYPE: ClassVar[str] = "command.ring"
-    call_id: str
     offer_id: str
     agent_id: str
     uri: str
@@ -49,7 +47,6 @@ class RingAll(Command):
     """Ring several agents at once (targets: [{agent_id, uri}]); the first to answer is connected."""
 
     TYPE: ClassVar[str] = "command.ring_all"
-    call_id: str
     offer_id: str
     targets: list[dict[str, Any]]
     timeout_s: float
@@ -61,7 +58,6 @@ class CancelRing(Command):
     """Stop ringing an agent."""
 
     TYPE: ClassVar[str] = "command.cancel_ring"
-    call_id: str
     offer_id: str
 
 
@@ -70,7 +66,6 @@ class Reject(Command):
     """Reject the call with a SIP final response (or BYE if already answered)."""
 
     TYPE: ClassVar[str] = "command.reject"
-    call_id: str
     code: int
     reason: str
 
@@ -80,7 +75,6 @@ class Hangup(Command):
     """Tear the call down."""
 
     TYPE: ClassVar[str] = "command.hangup"
-    call_id: str
     reason: str
 
 

@@ -14,10 +14,10 @@ from typing import ClassVar
 from callcenter.contract.codec import Entry, Message, by_type, typed
 
 
+@dataclass(frozen=True, slots=True)
 class Report(Message):
-    """Base of every report: the fields all of them carry."""
+    """Base of every report: the fields all of them carry (first, in this order)."""
 
-    __slots__ = ()
     call_id: str
     edge: str
     seq: int
@@ -29,10 +29,6 @@ class CallArrived(Report):
     """An INVITE arrived for a flow; media_type = audio (default) or chat."""
 
     TYPE: ClassVar[str] = "report.call_arrived"
-    call_id: str
-    edge: str
-    seq: int
-    ts: int
     flow: str
     caller: str
     caller_uri: str
@@ -48,10 +44,6 @@ class MediaAnswered(Report):
     """The caller is bridged to a media server."""
 
     TYPE: ClassVar[str] = "report.media_answered"
-    call_id: str
-    edge: str
-    seq: int
-    ts: int
     purpose: str
     uri: str
 
@@ -61,10 +53,6 @@ class MediaEnded(Report):
     """The media server hung up its leg; the caller stays."""
 
     TYPE: ClassVar[str] = "report.media_ended"
-    call_id: str
-    edge: str
-    seq: int
-    ts: int
     purpose: str
 
 
@@ -73,10 +61,6 @@ class MediaFailed(Report):
     """The media leg could not be set up."""
 
     TYPE: ClassVar[str] = "report.media_failed"
-    call_id: str
-    edge: str
-    seq: int
-    ts: int
     purpose: str
     reason: str
     code: int | None = None
@@ -87,10 +71,6 @@ class AgentAnswered(Report):
     """The agent answered and the caller is connected to it."""
 
     TYPE: ClassVar[str] = "report.agent_answered"
-    call_id: str
-    edge: str
-    seq: int
-    ts: int
     offer_id: str
     agent_id: str
 
@@ -100,10 +80,6 @@ class AgentFailed(Report):
     """The agent leg failed (rejected, busy, no_answer, unreachable, no_sdp, cancelled, hung_up)."""
 
     TYPE: ClassVar[str] = "report.agent_failed"
-    call_id: str
-    edge: str
-    seq: int
-    ts: int
     offer_id: str
     agent_id: str
     reason: str
@@ -115,10 +91,6 @@ class CallEnded(Report):
     """Every leg of the call is down; by = caller, agent, media or edge."""
 
     TYPE: ClassVar[str] = "report.call_ended"
-    call_id: str
-    edge: str
-    seq: int
-    ts: int
     by: str
     reason: str
     code: int | None = None
