@@ -11,6 +11,9 @@ import pytest
 from callcenter.contract.codec import DecodeError, Entry, Message, decode
 from callcenter.contract.commands import COMMANDS, Hangup, Ring, RingAll, command_of
 from callcenter.contract.reports import REPORTS, CallArrived, report_of
+from callcenter.contract.streams import COMMANDS as COMMANDS_STREAM
+from callcenter.contract.streams import REPORTS as REPORTS_STREAM
+from callcenter.contract.streams import STREAMS
 from callcenter.contract.types import TYPES
 
 GOLDEN = Path(__file__).resolve().parents[2] / "docs" / "events" / "golden"
@@ -70,3 +73,9 @@ def test_a_report_is_not_a_command_and_a_class_takes_only_its_type() -> None:
 def test_a_bad_typed_producer_fails_at_encode() -> None:
     with pytest.raises(DecodeError, match="field 'code'"):
         COMMANDS["command.reject"](call_id="c", code="480", reason="x").to_fields()  # type: ignore[call-arg]
+
+
+def test_each_stream_consumer_group_is_named_once() -> None:
+    groups = [s.group for s in STREAMS if s.group]
+    assert sorted(groups) == ["cdr-writer", "dispatcher", "edge"]
+    assert (REPORTS_STREAM.families, COMMANDS_STREAM.families) == (("report",), ("command",))

@@ -14,14 +14,14 @@ from dataclasses import dataclass
 class Stream:
     """One stream: its key under the tenant prefix, the group that consumes it, the type families."""
 
-    key: str          # after `cc:{t}:`; `<edge>` stands for the sip-edge id
-    group: str | None  # the consumer group of the service that reads it (None: no group of ours)
-    families: tuple[str, ...]
+    key: str                  # after `cc:{t}:`; `<edge>` stands for the sip-edge id
+    families: tuple[str, ...]  # type families (`report` = `report.*`); empty: any type
+    group: str = ""           # the consumer group of the service that reads it; "": none of ours
 
 
-REPORTS = Stream("reports", "dispatcher", ("report",))      # sip-edges -> dispatchers
-COMMANDS = Stream("commands:<edge>", "edge", ("command",))  # dispatcher/api -> one sip-edge
-EVENTS = Stream("events", "cdr-writer", ("call", "agent"))  # Lua steps -> cdr-writer, analytics
-DEAD = Stream("dead", None, ())                             # dead letters of every consumer (any type)
+REPORTS = Stream("reports", ("report",), "dispatcher")      # sip-edges -> dispatchers
+COMMANDS = Stream("commands:<edge>", ("command",), "edge")  # dispatcher/api -> one sip-edge
+EVENTS = Stream("events", ("call", "agent"), "cdr-writer")  # Lua steps -> cdr-writer, analytics
+DEAD = Stream("dead", ())                                   # dead letters of every consumer, for operators
 
 STREAMS: tuple[Stream, ...] = (REPORTS, COMMANDS, EVENTS, DEAD)
