@@ -32,7 +32,7 @@ from typing import Any
 import msgpack
 import redis.asyncio as aioredis
 
-from callcenter.events import decode
+from callcenter.contract.codec import decode
 from callcenter.store import Store
 from callcenter_dev.processes import console_script
 from callcenter_dev.producer import Producer

@@ -1,6 +1,6 @@
 """Appends contract-checked entries to a stream, for tests and benchmarks.
 
-Writes: any stream it is given (XADD of `callcenter.events.encode`). No service uses it: the
+Writes: any stream it is given (XADD of `callcenter.contract.codec.encode`). No service uses it: the
 sip-edge publishes its reports with its own pipelined XADD, and the Lua steps append events and
 commands themselves.
 """
@@ -12,7 +12,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from callcenter.events import encode
+from callcenter.contract.codec import encode
 from callcenter.redis import text
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import redis
 
-from callcenter.events import decode
+from callcenter.contract.codec import decode
 from callcenter.store.keys import Keys
 from callcenter_dev.processes import ServiceProcess
 from callcenter_dev.servers import RedisServer, free_port

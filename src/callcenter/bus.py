@@ -39,7 +39,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from callcenter.events import DecodeError, Entry, decode
+from callcenter.contract.codec import DecodeError, Entry, decode
 from callcenter.redis import REDIS_DOWN, text
 
 log = structlog.get_logger(__name__)

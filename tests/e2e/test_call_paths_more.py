@@ -38,7 +38,7 @@ from e2e_harness import (
     whole_system,
 )
 
-from callcenter.events import decode
+from callcenter.contract.codec import decode
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp
 from callcenter_dev.system import WholeSystem, wait_for

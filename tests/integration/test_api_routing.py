@@ -19,8 +19,8 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 from pydantic import ValidationError
 
+from callcenter.contract.codec import decode, encode
 from callcenter.db.models import Flow
-from callcenter.events import decode, encode
 from callcenter.settings import ApiSettings
 from callcenter.store import RC, Result, now_ms
 from callcenter.store.config import CALL_HANDLING, PARAMS

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from callcenter.events import decode
+from callcenter.contract.codec import decode
 from callcenter.settings import DispatcherSettings
 from callcenter.store import Store
 from callcenter.store.keys import Keys

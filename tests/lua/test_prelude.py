@@ -11,7 +11,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from callcenter.events import TYPES
+from callcenter.contract.types import TYPES
 from callcenter.store.codes import RC
 from callcenter.store.config import CALL_HANDLING
 from callcenter.store.keys import FAMILIES, NAMES, Keys

@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from callcenter.bus import ACK, StreamConsumer, Verdict
-from callcenter.events import Entry, encode
+from callcenter.contract.codec import Entry, encode
 from callcenter.logs import configure_logging
 
 STREAM = "cc:{logs}:commands"

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from callcenter.bus import ACK, RETRY, StreamConsumer, Verdict
-from callcenter.events import Entry
+from callcenter.contract.codec import Entry
 from callcenter_dev.producer import Producer
 from callcenter_dev.servers import RedisServer
 

@@ -21,12 +21,13 @@ from importlib import resources
 
 import pytest
 
+from callcenter.contract.reports import REPORTS
 from callcenter.store.codes import RC
 from callcenter.store.keys import FAMILIES, NAMES
 from callcenter.store.prelude import prelude
-from callcenter.store.scripts import LIB_ORDER, OTHER_SCRIPTS, REPORT_SCRIPTS, header_field, script_libs
+from callcenter.store.scripts import LIB_ORDER, OTHER_SCRIPTS, header_field, report_script, script_libs
 
-SCRIPTS = sorted((*REPORT_SCRIPTS.values(), *OTHER_SCRIPTS))
+SCRIPTS = sorted((*map(report_script, REPORTS), *OTHER_SCRIPTS))
 HEADER = ("KEYS", "ARGV", "READS", "WRITES", "RETURNS", "EVENTS", "COMMANDS", "LIB")
 WRITE_COMMANDS = {"HSET", "HDEL", "HINCRBY", "SADD", "SREM", "ZADD", "ZREM", "DEL", "EXPIRE", "XADD"}
 # a key function that is no family of its own: the queue a call waits in

@@ -15,6 +15,7 @@ from collections.abc import Sequence
 import structlog
 
 from callcenter.bus import StreamConsumer
+from callcenter.contract import streams
 from callcenter.lifecycle import run_service, start_from_command_line
 from callcenter.redis import REDIS_DOWN, connect
 from callcenter.settings import DispatcherSettings
@@ -26,7 +27,7 @@ from callcenter_dispatcher.timers import reconcile_once, run_every, run_timers
 
 log = structlog.get_logger(__name__)
 
-GROUP = "dispatcher"
+GROUP = streams.REPORTS.group
 
 
 async def seed_config_from_env(settings: DispatcherSettings, store: Store, stop: asyncio.Event) -> bool:

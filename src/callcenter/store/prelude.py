@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from functools import cache
 
-# the one place the store imports the event registry (it moves to callcenter.contract)
-from callcenter.events import lua_version_table
+# the one place the store imports the event registry
+from callcenter.contract.types import lua_version_table
 from callcenter.store.codes import RC
 from callcenter.store.config import lua_defaults_table
 from callcenter.store.keys import FAMILIES, NAMES
