@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = REPO / "tests" / "sipp"
 
 from callcenter.testing.servers import stop_process, udp_port_bound  # noqa: E402
-from callcenter_sip_edge.sip_stack import Fact, SipStack  # noqa: E402
+from callcenter_sip_edge.facts import Fact  # noqa: E402
+from callcenter_sip_edge.sip_stack import SipStack  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 SIPP_TIMEOUT_S = 20

@@ -3,7 +3,7 @@ order, and report nothing more than the failed offer it had already reported.
 
 The phone (tests/sipp/agent_answers_across_cancel_uas.xml) rings, and answers the INVITE with 200
 once the CANCEL has come; it fails unless it then gets ACK before BYE. sippy sent the BYE first
-(sippy_fixes._ack_before_bye_when_a_200_crosses_the_cancel). The scripted dispatcher plays the
+(sippy/patches.py, _ack_before_bye_when_a_200_crosses_the_cancel). The scripted dispatcher plays the
 dispatcher; tests/e2e/test_call_paths_more.py runs the ring-all case with the real one.
 """
 

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from sip_harness import EdgeUnderTest, SipMessage, SippLauncher, SippProcess, expect_success
 
-from callcenter_sip_edge.sip_stack import Fact
+from callcenter_sip_edge.facts import Fact
 
 
 def _caller(sipp: SippLauncher, edge: EdgeUnderTest, scenario: str, pause_ms: int = 500) -> SippProcess:

@@ -20,7 +20,8 @@ from callcenter.bus import ACK, StreamConsumer, Verdict
 from callcenter.events import Entry, encode
 from callcenter.settings import EdgeSettings
 from callcenter.store.keys import Keys
-from callcenter_sip_edge.sip_stack import Fact, SipStack
+from callcenter_sip_edge.facts import Fact
+from callcenter_sip_edge.sip_stack import SipStack
 
 log = structlog.get_logger(__name__)
 

@@ -23,30 +23,20 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
-from callcenter_sip_edge import sippy_fixes
+from callcenter_sip_edge.facts import Fact
+from callcenter_sip_edge.gc_policy import tune_gc
 from callcenter_sip_edge.guard import SourceGuard
+from callcenter_sip_edge.sippy import patches, transport
 
 log = structlog.get_logger(__name__)
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
 MEDIA_PURPOSES = frozenset({"welcome", "queue", "dissuading"})
-
-
-@dataclass(frozen=True)
-class Fact:
-    """Something that happened to a call, reported to the dispatcher."""
-
-    kind: str              # arrived, media_answered, media_ended, media_failed, agent_answered,
-                           # agent_failed, ended
-    call_id: str           # edge-generated id (uuid4 hex), not the SIP Call-ID
-    data: dict[str, Any]   # plain data only (str/int/float/bool/None)
-    ts_ms: int             # wall clock ms when it happened
 
 
 class _Handoff:
@@ -144,7 +134,7 @@ class SipStack:
         self._finished = threading.Event()
         self._start_error: BaseException | None = None
         self._reactor: Any = None      # sippy's ED2, set on the SIP thread
-        self._router: Any = None       # controller.CallRouter, lives on the SIP thread
+        self._router: Any = None       # router.CallRouter, lives on the SIP thread
         self._state = "new"            # new -> running -> stopping -> stopped
         self.bound_address: tuple[str, int] | None = None
         self._facts = _Handoff(self._deliver_fact, self._wake_loop)
@@ -166,7 +156,7 @@ class SipStack:
         if self._start_error is not None:
             self._state = "stopped"
             raise self._start_error
-        sippy_fixes.tune_gc()
+        tune_gc()
         log.info("sip.started", host=self._host, port=self.bound_address[1] if self.bound_address else None)
 
     def stop(self) -> None:
@@ -189,11 +179,10 @@ class SipStack:
         os.environ.setdefault("SIPLOG_LVL", "ERR")
         try:
             try:
-                sippy_fixes.apply_sippy_fixes()
-                from sippy.Core.EventDispatcher import ED2
-
-                ED2.my_ident = threading.get_ident()
-                from callcenter_sip_edge.controller import CallRouter
+                patches.apply_patches()
+                reactor = transport.bind_reactor_to_this_thread()
+                # imports sippy: on this thread, after the patches
+                from callcenter_sip_edge.router import CallRouter
 
                 router = CallRouter(host=self._host, port=self._port, emit=self._emit_fact,
                                     advertised_host=self._advertised_host,
@@ -204,10 +193,10 @@ class SipStack:
                 self._start_error = exc
                 self._started.set()
                 return
-            self._reactor, self._router = ED2, router
+            self._reactor, self._router = reactor, router
             self._started.set()
             try:
-                ED2.loop()
+                reactor.loop()
             except BaseException:
                 log.exception("sip.reactor_failed")
         finally:

@@ -1,0 +1,284 @@
+"""The flow-id message ("whisper"): what an agent hears once it answers, before it meets the caller.
+
+Reads: the events of the message's leg and of the agent leg while it hears the message or is
+re-INVITEd after it (phases WHISPER_SETUP, WHISPER, REBRIDGING). Writes: the INVITE to the message's
+media server with the agent's offer, the agent's ACK with that server's answer, the agent's
+re-INVITE without SDP once the message has ended (`dialog.reinvite_without_offer`), and hands the
+agent's new offer to `AgentLegs.bridge`.
+
+A message that cannot be played is skipped (the agent is connected with its first offer); an
+agent that hangs up meanwhile is reported `hung_up`.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from sippy.Time.Timeout import Timeout
+
+from callcenter_sip_edge import sip_events
+from callcenter_sip_edge.legs import MEDIA_SETUP_TIMEOUT_S, AgentLeg, MediaLeg, Phase, SdpBody, parse_target_uri
+from callcenter_sip_edge.offers import GLARE_MAX_ATTEMPTS, GLARE_RETRY_OWN_S
+from callcenter_sip_edge.sip_events import LegEvents
+from callcenter_sip_edge.sippy import dialog
+
+if TYPE_CHECKING:
+    from callcenter_sip_edge.call import Call
+
+log = structlog.get_logger(__name__)
+
+# after the flow-id message, how often and how long to wait for the agent's dialog to be idle
+# (e.g. a relayed re-INVITE still open) before it is re-INVITEd
+AGENT_IDLE_RETRY_S = 0.2
+AGENT_IDLE_MAX_ATTEMPTS = 50
+
+
+def _int_or_none(code: Any) -> int | None:
+    return code if isinstance(code, int) else None
+
+
+class FlowIdMessage:
+    """The message leg of the call's agent (`call.agent.whisper`) and the agent around it."""
+
+    __slots__ = ("agent_events", "call", "message_events", "rebridging_events")
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+        self.message_events = _MessageLeg(self)
+        self.agent_events = _AgentHearing(self)
+        self.rebridging_events = _AgentRebridging(self)
+
+    def start(self, leg: AgentLeg, offer: SdpBody) -> None:
+        """The agent answered with `offer` (its 200's ACK is held): INVITE the message with it."""
+        call = self.call
+        leg.phase = Phase.WHISPER_SETUP
+        leg.whispered = True
+        leg.agent_offer = offer
+        uri = leg.whisper_uri or ""
+        target = parse_target_uri(uri)
+        if target is None:
+            self.failed(leg, None, "bad_uri")
+            return
+        wleg = MediaLeg(ua=None, uri=uri, purpose="whisper", early_offer=True)
+        leg.whisper = wleg
+        wleg.ua = call.invite(target, self.message_events, offer=offer, calling_name=call.info.caller_display,
+                              expire_time=MEDIA_SETUP_TIMEOUT_S)
+        if wleg.ua is None:
+            leg.whisper = None
+            self.failed(leg, None, "unreachable")
+            return
+        log.info("call.whisper_inviting", offer_id=leg.offer_id, uri=uri)
+
+    def failed(self, leg: AgentLeg, code: int | None, reason: str, leg_gone: bool = False) -> None:
+        """The message could not be played: connect caller and agent without it."""
+        wleg, leg.whisper = leg.whisper, None
+        if wleg is not None and not leg_gone:
+            dialog.hang_up(wleg.ua)
+        elif wleg is not None:
+            wleg.ua.event_cb = None
+        log.warning("call.whisper_failed", offer_id=leg.offer_id, uri=leg.whisper_uri, code=code, reason=reason)
+        offer, leg.agent_offer = leg.agent_offer, None
+        self.call.agent_legs.bridge(leg, offer)
+
+    def ended(self, leg: AgentLeg, ua: Any) -> None:
+        """The message's server hung up: the message is over, ask the agent for a new offer."""
+        self.call.offers.abort_relay_involving(ua)
+        leg.whisper = None
+        ua.event_cb = None
+        log.info("call.whisper_ended", offer_id=leg.offer_id)
+        leg.phase = Phase.REBRIDGING
+        self.request_agent_offer(leg)
+
+    def request_agent_offer(self, leg: AgentLeg) -> None:
+        """After the message: re-INVITE the agent without SDP; its offer goes to the caller."""
+        call = self.call
+        leg.retry_timer = None
+        if call.ended or call.agent is not leg or leg.phase is not Phase.REBRIDGING:
+            return
+        if not dialog.reinvite_without_offer(leg.ua):
+            # an offer/answer exchange on the agent's dialog is still open (e.g. a relayed re-INVITE)
+            leg.retries += 1
+            if leg.retries > AGENT_IDLE_MAX_ATTEMPTS:
+                call.agent_legs.fail(leg, "rejected", None)
+                return
+            leg.retry_timer = Timeout(call.guarded(self.request_agent_offer, leg), AGENT_IDLE_RETRY_S)
+            return
+        leg.offer_requested = True
+        log.info("call.agent_offer_requested", offer_id=leg.offer_id)
+
+    def agent_gone(self, ua: Any) -> None:
+        """The agent hung up before it met the caller (the caller stays on its media)."""
+        call = self.call
+        leg = call.agent
+        assert leg is not None
+        call.offers.abort_relay_involving(ua)
+        call.agent_legs.fail(leg, "hung_up", None, leg_gone=True)
+
+    def drop(self, leg: AgentLeg) -> None:
+        """Hang up the agent's message leg, if any."""
+        wleg, leg.whisper = leg.whisper, None
+        if wleg is not None:
+            self.call.offers.abort_relay_involving(wleg.ua)
+            dialog.hang_up(wleg.ua)
+
+
+class _MessageLeg(LegEvents):
+    """The message's leg: set up (WHISPER_SETUP), then playing (WHISPER) until its server hangs up."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: FlowIdMessage) -> None:
+        self.message = message
+
+    def current(self, ua: Any) -> LegEvents | None:
+        leg = self.message.call.agent
+        if leg is None or leg.whisper is None or leg.whisper.ua is not ua:
+            return None
+        return self
+
+    def _leg(self) -> AgentLeg:
+        leg = self.message.call.agent
+        assert leg is not None
+        return leg
+
+    def on_answer(self, ua: Any, code: Any, reason: str, body: SdpBody) -> None:
+        leg = self._leg()
+        if leg.phase is Phase.WHISPER_SETUP:
+            if body is None:
+                self.message.failed(leg, _int_or_none(code), "no_sdp")
+                return
+            leg.phase = Phase.WHISPER
+            leg.agent_offer = None
+            # the agent's ACK carries the message's answer: the agent hears the message
+            sip_events.answer(leg.ua, body)
+            log.info("call.whisper_playing", offer_id=leg.offer_id)
+        elif leg.phase is Phase.WHISPER and self.message.call.offers.is_relay_answer(ua):
+            self.message.call.offers.relay_answered(code, reason, body)
+
+    def on_offer(self, ua: Any, offer: SdpBody) -> None:
+        leg = self._leg()
+        if leg.phase is Phase.WHISPER_SETUP:
+            self.message.failed(leg, None, "no_sdp")
+
+    def on_failed(self, ua: Any, code: Any, reason: str) -> None:
+        leg = self._leg()
+        if leg.phase is Phase.WHISPER_SETUP:
+            self.message.failed(leg, _int_or_none(code), str(reason), leg_gone=True)
+        elif leg.phase is Phase.WHISPER:
+            if self.message.call.offers.is_relay_answer(ua):
+                self.message.call.offers.relay_failed(code, reason)
+            else:
+                self.message.ended(leg, ua)
+
+    def on_redirect(self, ua: Any, code: Any, reason: str) -> None:
+        leg = self._leg()
+        if leg.phase is Phase.WHISPER_SETUP:
+            self.message.failed(leg, _int_or_none(code), str(reason), leg_gone=True)
+        elif leg.phase is Phase.WHISPER:
+            self.message.ended(leg, ua)
+
+    def on_hangup(self, ua: Any) -> None:
+        leg = self._leg()
+        if leg.phase is Phase.WHISPER_SETUP:
+            self.message.failed(leg, None, "timeout", leg_gone=True)
+        elif leg.phase is Phase.WHISPER:
+            self.message.ended(leg, ua)
+
+    def on_reoffer(self, ua: Any, offer: SdpBody) -> None:
+        if self._leg().phase is Phase.WHISPER:
+            self.message.call.offers.relay_offer(ua, offer)
+
+
+class _AgentHearing(LegEvents):
+    """The agent leg in WHISPER_SETUP and WHISPER: it answered and hears (or is about to hear) the message."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: FlowIdMessage) -> None:
+        self.message = message
+
+    def on_answer(self, ua: Any, code: Any, reason: str, body: SdpBody) -> None:
+        offers = self.message.call.offers
+        if self._playing() and offers.is_relay_answer(ua):
+            offers.relay_answered(code, reason, body)
+
+    def on_failed(self, ua: Any, code: Any, reason: str) -> None:
+        offers = self.message.call.offers
+        if self._playing() and offers.is_relay_answer(ua):
+            offers.relay_failed(code, reason)
+        else:
+            self.on_hangup(ua)
+
+    def on_redirect(self, ua: Any, code: Any, reason: str) -> None:
+        self.on_hangup(ua)
+
+    def on_hangup(self, ua: Any) -> None:
+        if not dialog.dialog_up(ua):
+            # (a failure that leaves the dialog up answers an offer relayed before: not a hang-up)
+            self.message.agent_gone(ua)
+
+    def on_reoffer(self, ua: Any, offer: SdpBody) -> None:
+        if self._playing():
+            self.message.call.offers.relay_offer(ua, offer)
+        else:
+            sip_events.refuse(ua, 491, "Request Pending")
+
+    def _playing(self) -> bool:
+        leg = self.message.call.agent
+        return leg is not None and leg.phase is Phase.WHISPER
+
+
+class _AgentRebridging(LegEvents):
+    """The agent leg in REBRIDGING: re-INVITEd without SDP after the message, its offer awaited."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: FlowIdMessage) -> None:
+        self.message = message
+
+    def _leg(self) -> AgentLeg:
+        leg = self.message.call.agent
+        assert leg is not None
+        return leg
+
+    def on_answer(self, ua: Any, code: Any, reason: str, body: SdpBody) -> None:
+        leg = self._leg()
+        if not leg.offer_requested:
+            return
+        leg.offer_requested = False
+        if body is None:
+            self.message.call.agent_legs.fail(leg, "no_sdp", _int_or_none(code))
+            return
+        self.message.call.agent_legs.bridge(leg, body)
+
+    def on_failed(self, ua: Any, code: Any, reason: str) -> None:
+        leg = self._leg()
+        if not leg.offer_requested:
+            self.on_hangup(ua)
+            return
+        leg.offer_requested = False
+        code = _int_or_none(code)
+        call = self.message.call
+        if code == 491 and leg.retries < GLARE_MAX_ATTEMPTS:
+            leg.retries += 1
+            delay = random.uniform(*GLARE_RETRY_OWN_S)
+            log.info("call.agent_reinvite_glare", retry_in_s=round(delay, 2))
+            leg.retry_timer = Timeout(call.guarded(self.message.request_agent_offer, leg), delay)
+            return
+        if code in (408, 481):
+            # sippy ended the dialog (BYE sent)
+            call.agent_legs.fail(leg, "hung_up", code, leg_gone=True)
+        else:
+            call.agent_legs.fail(leg, "rejected", code)
+
+    def on_redirect(self, ua: Any, code: Any, reason: str) -> None:
+        self.on_hangup(ua)
+
+    def on_hangup(self, ua: Any) -> None:
+        if not dialog.dialog_up(ua):
+            self.message.agent_gone(ua)
+
+    def on_reoffer(self, ua: Any, offer: SdpBody) -> None:
+        sip_events.refuse(ua, 491, "Request Pending")
