@@ -11,13 +11,13 @@ The agent leg's events go to the handler of its `Phase`; the flow-id message pha
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 from sippy.Time.Timeout import Timeout
 
 from callcenter_sip_edge import sip_events
-from callcenter_sip_edge.legs import CANCELLABLE_PHASES, AgentLeg, Phase, SdpBody, parse_target_uri
+from callcenter_sip_edge.legs import CANCELLABLE_PHASES, AgentLeg, Phase, SdpBody, SipUA, parse_target_uri
 from callcenter_sip_edge.sip_events import LegEvents
 from callcenter_sip_edge.sippy import dialog
 
@@ -36,10 +36,6 @@ def agent_failure_reason(code: int | None) -> str:
     return "rejected"
 
 
-def _int_or_none(code: Any) -> int | None:
-    return code if isinstance(code, int) else None
-
-
 class AgentLegs(LegEvents):
     """`call.agent`: the one agent leg of the call, from the INVITE to the end of the call."""
 
@@ -55,7 +51,7 @@ class AgentLegs(LegEvents):
             Phase.BRIDGING: _Bridging(self), Phase.TALKING: _Talking(self),
         }
 
-    def current(self, ua: Any) -> LegEvents | None:
+    def current(self, ua: SipUA) -> LegEvents | None:
         leg = self.call.agent
         if leg is None or leg.ua is not ua:
             return None
@@ -108,10 +104,11 @@ class AgentLegs(LegEvents):
         self.call.offers.reinvite_caller(offer, leg, lambda answer: self._bridged(leg, answer),
                                          lambda code, reason: self._bridge_failed(leg, code, reason))
 
-    def _bridged(self, leg: AgentLeg, answer: SdpBody) -> None:
+    def _bridged(self, leg: AgentLeg, answer: SdpBody | None) -> None:
         call = self.call
         if call.agent is not leg:
             return
+        assert leg.ua is not None
         sip_events.answer(leg.ua, answer)
         leg.phase = Phase.TALKING
         call.media_legs.drop_all()
@@ -176,25 +173,25 @@ class _Ringing(LegEvents):
     def __init__(self, agents: AgentLegs) -> None:
         self.agents = agents
 
-    def on_ringing(self, ua: Any) -> None:
+    def on_ringing(self, ua: SipUA) -> None:
         leg = self.agents.call.agent
         assert leg is not None
         leg.got_provisional = True
 
-    def on_answer(self, ua: Any, code: Any, reason: str, body: SdpBody) -> None:
+    def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
         call = self.agents.call
         leg = call.agent
         assert leg is not None
         leg.stop_timers()
         if not leg.early_offer or body is None:
-            self.agents.fail(leg, "no_sdp", _int_or_none(code))
+            self.agents.fail(leg, "no_sdp", sip_events.int_code(code))
             return
         leg.phase = Phase.TALKING
         call.answer_caller(body)
         log.info("call.agent_connected", offer_id=leg.offer_id, early_offer=True)
         call.emit("agent_answered", offer_id=leg.offer_id, agent_id=leg.agent_id)
 
-    def on_offer(self, ua: Any, offer: SdpBody) -> None:
+    def on_offer(self, ua: SipUA, offer: SdpBody | None) -> None:
         call = self.agents.call
         leg = call.agent
         assert leg is not None
@@ -207,15 +204,15 @@ class _Ringing(LegEvents):
             return
         self.agents.bridge(leg, offer)
 
-    def on_failed(self, ua: Any, code: Any, reason: str) -> None:
+    def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
         leg = self.agents.call.agent
         assert leg is not None
-        code = _int_or_none(code)
-        self.agents.fail(leg, agent_failure_reason(code), code, leg_gone=True)
+        status = sip_events.int_code(code)
+        self.agents.fail(leg, agent_failure_reason(status), status, leg_gone=True)
 
     on_redirect = on_failed
 
-    def on_hangup(self, ua: Any) -> None:
+    def on_hangup(self, ua: SipUA) -> None:
         # sippy's no-reply timer fired (CANCEL already sent)
         leg = self.agents.call.agent
         assert leg is not None
@@ -230,15 +227,15 @@ class _Bridging(LegEvents):
     def __init__(self, agents: AgentLegs) -> None:
         self.agents = agents
 
-    def on_hangup(self, ua: Any) -> None:
+    def on_hangup(self, ua: SipUA) -> None:
         leg = self.agents.call.agent
         assert leg is not None
         self.agents.lost_while_bridging(leg)
 
-    def on_failed(self, ua: Any, code: Any, reason: str) -> None:
+    def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
         self.on_hangup(ua)
 
-    def on_redirect(self, ua: Any, code: Any, reason: str) -> None:
+    def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
         self.on_hangup(ua)
 
 
@@ -250,28 +247,28 @@ class _Talking(LegEvents):
     def __init__(self, agents: AgentLegs) -> None:
         self.agents = agents
 
-    def on_answer(self, ua: Any, code: Any, reason: str, body: SdpBody) -> None:
+    def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
         offers = self.agents.call.offers
         if offers.is_relay_answer(ua):
             offers.relay_answered(code, reason, body)
 
-    def on_failed(self, ua: Any, code: Any, reason: str) -> None:
+    def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
         offers = self.agents.call.offers
         if offers.is_relay_answer(ua):
             offers.relay_failed(code, reason)
         else:
             self.on_hangup(ua)
 
-    def on_redirect(self, ua: Any, code: Any, reason: str) -> None:
+    def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
         self.on_hangup(ua)
 
-    def on_hangup(self, ua: Any) -> None:
+    def on_hangup(self, ua: SipUA) -> None:
         call = self.agents.call
         call.offers.abort_relay_involving(ua)
         call.end(by="agent", reason="bye", agent_gone=True)
 
-    def on_reoffer(self, ua: Any, offer: SdpBody) -> None:
+    def on_reoffer(self, ua: SipUA, offer: SdpBody | None) -> None:
         self.agents.call.offers.relay_offer(ua, offer)
 
-    def on_info(self, ua: Any, info: Any) -> None:
+    def on_info(self, ua: SipUA, info: object) -> None:
         sip_events.pass_info(self.agents.call.caller, info)

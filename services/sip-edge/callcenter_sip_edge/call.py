@@ -29,7 +29,7 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 from callcenter_sip_edge import sip_events
 from callcenter_sip_edge.agent import AgentLegs
 from callcenter_sip_edge.forks import Forks
-from callcenter_sip_edge.legs import NO_REPLY_TIMEOUT_S, AgentLeg, CallerInfo, MediaLeg, SdpBody
+from callcenter_sip_edge.legs import NO_REPLY_TIMEOUT_S, AgentLeg, CallerInfo, MediaLeg, SdpBody, SipUA
 from callcenter_sip_edge.media import MediaLegs
 from callcenter_sip_edge.offers import CallerOffers
 from callcenter_sip_edge.sip_events import LegEvents, deliver
@@ -58,8 +58,8 @@ class Call:
         self.router = router
         self.call_id = call_id
         self.info = info
-        self.caller: Any = None
-        self.caller_offer: SdpBody = None
+        self.caller: Any = None                        # the UAS leg; the router sets it (its callback needs the call)
+        self.caller_offer: SdpBody | None = None
         self.caller_answered = False
         self.media: MediaLeg | None = None            # the leg the caller hears now
         self.media_pending: MediaLeg | None = None    # a media leg being set up
@@ -100,7 +100,7 @@ class Call:
         self.end(by="edge", reason=reason, caller_code=HANGUP_UNANSWERED)
 
     # ------------------------------------------------------------------ caller leg
-    def answer_caller(self, body: SdpBody) -> None:
+    def answer_caller(self, body: SdpBody | None) -> None:
         sip_events.answer(self.caller, body)
         self.caller_answered = True
 
@@ -122,7 +122,7 @@ class Call:
             self.flow_message.drop(agent)
             if not agent_gone:
                 dialog.hang_up(agent.ua)
-            else:
+            elif agent.ua is not None:
                 agent.ua.event_cb = None
         code: int | None = None
         if by != "caller":
@@ -143,8 +143,8 @@ class Call:
         self.caller.event_cb = None
 
     # ------------------------------------------------------------------ plumbing for the rooms
-    def invite(self, target: Any, events: LegEvents, *, offer: SdpBody, calling_name: str | None,
-               expire_time: float | None = None) -> Any:
+    def invite(self, target: Any, events: LegEvents, *, offer: SdpBody | None, calling_name: str | None,
+               expire_time: float | None = None) -> SipUA | None:
         """Create a UAC leg whose events go to `events` and send its INVITE (with `offer`, or
         without SDP for a late offer); None if it could not be sent."""
         return dialog.invite(self.router.sip_config, target, self.event_cb(events),
@@ -153,7 +153,7 @@ class Call:
 
     def event_cb(self, events: LegEvents) -> Callable[[Any, Any], None]:
         """The sippy event callback of a leg: `events.current(ua)` gets the event by name."""
-        def on_event(event: Any, ua: Any) -> None:
+        def on_event(event: Any, ua: SipUA) -> None:
             if self.ended:
                 return
             tokens = bind_contextvars(call_id=self.call_id)
@@ -202,29 +202,29 @@ class _CallerLeg(LegEvents):
     def __init__(self, call: Call) -> None:
         self.call = call
 
-    def on_invite(self, ua: Any, offer: SdpBody) -> None:
+    def on_invite(self, ua: SipUA, offer: SdpBody | None) -> None:
         self.call.caller_offer = offer
         # the caller hears local ringback until a leg answers it
         sip_events.ring(self.call.caller)
 
-    def on_answer(self, ua: Any, code: Any, reason: str, body: SdpBody) -> None:
+    def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
         self.call.offers.caller_answered(ua, code, reason, body)
 
-    def on_failed(self, ua: Any, code: Any, reason: str) -> None:
+    def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
         if not self.call.offers.caller_refused(ua, code, reason):
             self.on_hangup(ua)
 
-    def on_redirect(self, ua: Any, code: Any, reason: str) -> None:
+    def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
         self.on_hangup(ua)
 
-    def on_hangup(self, ua: Any) -> None:
+    def on_hangup(self, ua: SipUA) -> None:
         call = self.call
         call.end(by="caller", reason="bye" if call.caller_answered else "cancel")
 
-    def on_reoffer(self, ua: Any, offer: SdpBody) -> None:
+    def on_reoffer(self, ua: SipUA, offer: SdpBody | None) -> None:
         self.call.offers.relay_offer(ua, offer)
 
-    def on_info(self, ua: Any, info: Any) -> None:
+    def on_info(self, ua: SipUA, info: object) -> None:
         peer = self.call.offers.peer_of(ua)
         if peer is not None:
             sip_events.pass_info(peer, info)

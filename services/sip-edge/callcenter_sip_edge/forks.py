@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from sippy.Time.Timeout import Timeout
 
+from callcenter_sip_edge import sip_events
 from callcenter_sip_edge.agent import agent_failure_reason
-from callcenter_sip_edge.legs import AgentLeg, SdpBody, parse_target_uri
+from callcenter_sip_edge.legs import AgentLeg, SdpBody, SipUA, parse_target_uri
 from callcenter_sip_edge.sip_events import LegEvents
 from callcenter_sip_edge.sippy import dialog
 
@@ -96,6 +97,7 @@ class Forks:
         self.legs.remove(leg)
         self.cancel_all(emit_reason="answered_elsewhere")
         call.agent = leg
+        assert leg.ua is not None   # it has just answered
         leg.ua.event_cb = call.event_cb(call.agent_legs)
 
     def lost(self, leg: AgentLeg, code: int | None) -> None:
@@ -118,26 +120,26 @@ class _ForkLeg(LegEvents):
         self.forks = forks
         self.leg = leg
 
-    def current(self, ua: Any) -> LegEvents | None:
+    def current(self, ua: SipUA) -> LegEvents | None:
         leg = self.leg
         return self if leg in self.forks.legs and leg.ua is ua else None
 
-    def on_ringing(self, ua: Any) -> None:
+    def on_ringing(self, ua: SipUA) -> None:
         self.leg.got_provisional = True
 
-    def on_answer(self, ua: Any, code: Any, reason: str, body: SdpBody) -> None:
+    def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
         self.forks.won(self.leg)
         self.forks.call.agent_legs.ringing.on_answer(ua, code, reason, body)
 
-    def on_offer(self, ua: Any, offer: SdpBody) -> None:
+    def on_offer(self, ua: SipUA, offer: SdpBody | None) -> None:
         self.forks.won(self.leg)
         self.forks.call.agent_legs.ringing.on_offer(ua, offer)
 
-    def on_failed(self, ua: Any, code: Any, reason: str) -> None:
-        self.forks.lost(self.leg, code if isinstance(code, int) else None)
+    def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
+        self.forks.lost(self.leg, sip_events.int_code(code))
 
-    def on_redirect(self, ua: Any, code: Any, reason: str) -> None:
-        self.forks.lost(self.leg, code if isinstance(code, int) else None)
+    def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
+        self.forks.lost(self.leg, sip_events.int_code(code))
 
-    def on_hangup(self, ua: Any) -> None:
+    def on_hangup(self, ua: SipUA) -> None:
         self.forks.lost(self.leg, None)

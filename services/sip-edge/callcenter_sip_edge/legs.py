@@ -7,15 +7,36 @@ Reads: nothing. Writes: nothing. Also the URI helper every leg that sends an INV
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from sippy.SipURL import SipURL
 
 log = structlog.get_logger(__name__)
 
-SdpBody = Any  # sippy.MsgBody.MsgBody
+
+
+class SdpBody(Protocol):
+    """sippy's MsgBody as the call logic holds it: passed on and copied, never read."""
+
+    def getCopy(self) -> SdpBody: ...
+
+
+class SipUA(Protocol):
+    """A sippy UA as the call logic holds it: compared by identity, given events through
+    `sip_events`, detached by dropping its event callback."""
+
+    event_cb: Callable[[Any, Any], None] | None
+
+    def recvEvent(self, event: object) -> None: ...
+
+
+class Timer(Protocol):
+    """sippy's Timeout, as far as a leg keeps one."""
+
+    def cancel(self) -> None: ...
 
 # A leg that has not sent any response within this time is unreachable (sippy's own 408 comes
 # only after 32 s of retransmissions).
@@ -56,7 +77,7 @@ class CallerInfo:
 
 @dataclass
 class MediaLeg:
-    ua: Any
+    ua: SipUA | None           # None until its INVITE is sent
     uri: str
     purpose: str
     early_offer: bool          # carries the caller's offer (caller not answered yet)
@@ -64,20 +85,20 @@ class MediaLeg:
 
 @dataclass
 class AgentLeg:
-    ua: Any
+    ua: SipUA | None           # None until its INVITE is sent
     uri: str
     offer_id: str
     agent_id: str
     early_offer: bool
     phase: Phase = Phase.RINGING
     got_provisional: bool = False
-    ring_timer: Any = None
+    ring_timer: Timer | None = None
     whisper_uri: str | None = None     # the flow-id message to play once the agent answers
     whisper: MediaLeg | None = None    # its leg (the agent is its only peer)
     whispered: bool = False            # the agent answered and a message was tried
-    agent_offer: SdpBody = None        # the agent's answer-time offer, while the message is set up
+    agent_offer: SdpBody | None = None  # the agent's answer-time offer, while the message is set up
     offer_requested: bool = False      # a re-INVITE without SDP to the agent is outstanding
-    retry_timer: Any = None
+    retry_timer: Timer | None = None
     retries: int = 0
 
     def stop_timers(self) -> None:

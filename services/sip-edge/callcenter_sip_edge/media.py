@@ -10,12 +10,12 @@ without SDP and its offer goes to the caller in a re-INVITE (RFC 3725 flow I).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 
 from callcenter_sip_edge import sip_events
-from callcenter_sip_edge.legs import MEDIA_SETUP_TIMEOUT_S, MediaLeg, Phase, SdpBody, parse_target_uri
+from callcenter_sip_edge.legs import MEDIA_SETUP_TIMEOUT_S, MediaLeg, Phase, SdpBody, SipUA, parse_target_uri
 from callcenter_sip_edge.sip_events import LegEvents
 from callcenter_sip_edge.sippy import dialog
 
@@ -57,22 +57,22 @@ class MediaLegs(LegEvents):
             return
         log.info("call.media_inviting", purpose=purpose, uri=uri, early_offer=early)
 
-    def _setup_leg(self, ua: Any) -> MediaLeg | None:
+    def _setup_leg(self, ua: SipUA) -> MediaLeg | None:
         leg = self.call.media_pending
         return leg if leg is not None and leg.ua is ua else None
 
-    def _current_leg(self, ua: Any) -> MediaLeg | None:
+    def _current_leg(self, ua: SipUA) -> MediaLeg | None:
         leg = self.call.media
         return leg if leg is not None and leg.ua is ua else None
 
     # ------------------------------------------------------------------ events
-    def on_answer(self, ua: Any, code: Any, reason: str, body: SdpBody) -> None:
+    def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
         call = self.call
         leg = self._setup_leg(ua)
         if leg is not None:
             if not leg.early_offer or body is None:
                 # late offer answered without an offer: nothing to give the caller
-                self._setup_failed(leg, code if isinstance(code, int) else None, "no_sdp")
+                self._setup_failed(leg, sip_events.int_code(code), "no_sdp")
                 return
             call.media_pending = None
             call.media = leg
@@ -81,7 +81,7 @@ class MediaLegs(LegEvents):
         elif self._current_leg(ua) is not None and call.offers.is_relay_answer(ua):
             call.offers.relay_answered(code, reason, body)
 
-    def on_offer(self, ua: Any, offer: SdpBody) -> None:
+    def on_offer(self, ua: SipUA, offer: SdpBody | None) -> None:
         leg = self._setup_leg(ua)
         if leg is None:
             return
@@ -91,7 +91,7 @@ class MediaLegs(LegEvents):
         self.call.offers.reinvite_caller(offer, leg, lambda answer: self._switched(leg, answer),
                                          lambda code, reason: self._setup_failed(leg, code, reason))
 
-    def on_failed(self, ua: Any, code: Any, reason: str) -> None:
+    def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
         leg = self._setup_leg(ua)
         if leg is not None:
             self._setup_failed(leg, code, str(reason), leg_gone=True)
@@ -101,29 +101,30 @@ class MediaLegs(LegEvents):
             else:
                 self._ended(ua)
 
-    def on_redirect(self, ua: Any, code: Any, reason: str) -> None:
+    def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
         leg = self._setup_leg(ua)
         if leg is not None:
             self._setup_failed(leg, code, str(reason), leg_gone=True)
         elif self._current_leg(ua) is not None:
             self._ended(ua)
 
-    def on_hangup(self, ua: Any) -> None:
+    def on_hangup(self, ua: SipUA) -> None:
         leg = self._setup_leg(ua)
         if leg is not None:
             self._setup_failed(leg, None, "timeout", leg_gone=True)
         elif self._current_leg(ua) is not None:
             self._ended(ua)
 
-    def on_reoffer(self, ua: Any, offer: SdpBody) -> None:
+    def on_reoffer(self, ua: SipUA, offer: SdpBody | None) -> None:
         if self._current_leg(ua) is not None:
             self.call.offers.relay_offer(ua, offer)
 
     # ------------------------------------------------------------------ outcomes
-    def _switched(self, leg: MediaLeg, answer: SdpBody) -> None:
+    def _switched(self, leg: MediaLeg, answer: SdpBody | None) -> None:
         call = self.call
         if call.media_pending is not leg:
             return
+        assert leg.ua is not None
         sip_events.answer(leg.ua, answer)
         previous, call.media, call.media_pending = call.media, leg, None
         if previous is not None:
@@ -141,7 +142,7 @@ class MediaLegs(LegEvents):
         log.info("call.media_failed", purpose=leg.purpose, code=code, reason=reason)
         call.emit("media_failed", purpose=leg.purpose, code=code, reason=reason)
 
-    def _ended(self, ua: Any) -> None:
+    def _ended(self, ua: SipUA) -> None:
         call = self.call
         leg = call.media
         assert leg is not None

@@ -15,13 +15,13 @@ import random
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 from sippy.Time.Timeout import Timeout
 
 from callcenter_sip_edge import sip_events
-from callcenter_sip_edge.legs import Phase, SdpBody
+from callcenter_sip_edge.legs import Phase, SdpBody, SipUA, Timer
 from callcenter_sip_edge.sippy import dialog
 
 if TYPE_CHECKING:
@@ -42,8 +42,8 @@ class CallerReinvite:
     """A re-INVITE of the caller that the edge itself originates (moving the caller to a leg)."""
 
     offer: SdpBody
-    owner: Any                 # the leg whose offer this is; dropped if that leg goes away
-    on_answer: Callable[[SdpBody], None]
+    owner: object              # the leg whose offer this is; dropped if that leg goes away
+    on_answer: Callable[[SdpBody | None], None]
     on_failure: Callable[[int | None, str], None]
     attempts: int = 0
 
@@ -52,8 +52,8 @@ class CallerReinvite:
 class RelayedOffer:
     """A re-INVITE/UPDATE from one side of a bridged call, waiting for the other side's answer."""
 
-    source: Any
-    target: Any
+    source: SipUA
+    target: SipUA
 
 
 class CallerOffers:
@@ -66,11 +66,11 @@ class CallerOffers:
         self.queue: deque[CallerReinvite] = deque()
         self.in_flight: CallerReinvite | None = None
         self.relay: RelayedOffer | None = None
-        self._glare_timer: Any = None
-        self._ack_pending_timer: Any = None   # the caller's ACK of a re-INVITE answer is not sent yet
+        self._glare_timer: Timer | None = None
+        self._ack_pending_timer: Timer | None = None   # the caller's ACK of a re-INVITE answer is not sent yet
 
     # ------------------------------------------------------------------ re-INVITEs of the caller
-    def reinvite_caller(self, offer: SdpBody, owner: Any, on_answer: Callable[[SdpBody], None],
+    def reinvite_caller(self, offer: SdpBody, owner: object, on_answer: Callable[[SdpBody | None], None],
                         on_failure: Callable[[int | None, str], None]) -> None:
         self.queue.append(CallerReinvite(offer=offer, owner=owner, on_answer=on_answer, on_failure=on_failure))
         self.run_next()
@@ -90,7 +90,7 @@ class CallerOffers:
         # may answer synchronously (same SDP as before): in_flight is set first
         sip_events.offer(call.caller, op.offer)
 
-    def caller_answered(self, ua: Any, code: Any, reason: str, body: SdpBody) -> None:
+    def caller_answered(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
         """The caller's 2xx to a re-INVITE: ours, or the one of a relayed offer."""
         self._hold_until_acked()
         if self.in_flight is not None:
@@ -99,7 +99,7 @@ class CallerOffers:
         elif self.relay is not None and self.relay.target is ua:
             self.relay_answered(code, reason, body)
 
-    def caller_refused(self, ua: Any, code: Any, reason: str) -> bool:
+    def caller_refused(self, ua: SipUA, code: int, reason: str) -> bool:
         """The caller's error response to a re-INVITE; False if there was none outstanding (then
         the failure is the caller's leg's own)."""
         self._hold_until_acked()
@@ -124,7 +124,7 @@ class CallerOffers:
         self._ack_pending_timer = None
         self.run_next()
 
-    def _reinvite_failed(self, code: Any, reason: str) -> None:
+    def _reinvite_failed(self, code: int, reason: str) -> None:
         op, self.in_flight = self.in_flight, None
         assert op is not None
         if code == 491 and op.attempts < GLARE_MAX_ATTEMPTS:
@@ -132,7 +132,7 @@ class CallerOffers:
             log.info("call.reinvite_glare", retry_in_s=round(delay, 2))
             self._glare_timer = Timeout(self.call.guarded(self._retry_after_glare, op), delay)
             return
-        op.on_failure(code if isinstance(code, int) else None, str(reason))
+        op.on_failure(sip_events.int_code(code), str(reason))
 
     def _retry_after_glare(self, op: CallerReinvite) -> None:
         self._glare_timer = None
@@ -141,11 +141,11 @@ class CallerOffers:
             self.queue.appendleft(op)
         self.run_next()
 
-    def forget(self, owner: Any) -> None:
+    def forget(self, owner: object) -> None:
         """Drop the queued re-INVITEs of a leg that went away."""
         self.queue = deque(op for op in self.queue if op.owner is not owner)
 
-    def queued_for(self, owner: Any) -> bool:
+    def queued_for(self, owner: object) -> bool:
         return any(op.owner is owner for op in self.queue)
 
     def stop(self) -> None:
@@ -158,7 +158,7 @@ class CallerOffers:
         self.queue.clear()
 
     # ------------------------------------------------------------------ in-dialog offers
-    def peer_of(self, ua: Any) -> Any:
+    def peer_of(self, ua: SipUA) -> SipUA | None:
         """The UA an offer or INFO from `ua` goes to, or None."""
         call = self.call
         agent = call.agent
@@ -178,7 +178,7 @@ class CallerOffers:
             return None
         return call.caller if call.caller_answered else None
 
-    def relay_offer(self, source: Any, body: SdpBody) -> None:
+    def relay_offer(self, source: SipUA, body: SdpBody | None) -> None:
         """Pass a re-INVITE/UPDATE offer to the other side (hold/resume); its answer comes back."""
         target = self.peer_of(source)
         if target is None:
@@ -194,21 +194,21 @@ class CallerOffers:
         log.info("call.offer_relayed", direction="from_caller" if source is self.call.caller else "to_caller")
         sip_events.offer(target, body)
 
-    def is_relay_answer(self, ua: Any) -> bool:
+    def is_relay_answer(self, ua: SipUA) -> bool:
         """A final response from `ua` answers the offer relayed to it (not a hang-up)."""
         return self.relay is not None and self.relay.target is ua and dialog.is_connected(ua)
 
-    def relay_answered(self, code: Any, reason: str, body: SdpBody) -> None:
+    def relay_answered(self, code: int, reason: str, body: SdpBody | None) -> None:
         relay, self.relay = self.relay, None
         assert relay is not None
         sip_events.answer(relay.source, body, code, reason)
 
-    def relay_failed(self, code: Any, reason: str) -> None:
+    def relay_failed(self, code: int, reason: str) -> None:
         relay, self.relay = self.relay, None
         assert relay is not None
         sip_events.refuse(relay.source, code, reason)
 
-    def abort_relay_involving(self, ua: Any) -> None:
+    def abort_relay_involving(self, ua: SipUA | None) -> None:
         relay = self.relay
         if relay is None or (relay.source is not ua and relay.target is not ua):
             return

@@ -26,8 +26,7 @@ from sippy.CCEvents import (
     CCEventUpdate,
 )
 
-SdpBody = Any  # sippy.MsgBody.MsgBody
-Code = Any     # an int status code as sippy passes it (not checked here)
+from callcenter_sip_edge.legs import SdpBody, SipUA
 
 
 class LegEvents:
@@ -36,44 +35,44 @@ class LegEvents:
 
     __slots__ = ()
 
-    def current(self, ua: Any) -> LegEvents | None:
+    def current(self, ua: SipUA) -> LegEvents | None:
         """The handler for an event of `ua` now (e.g. the one of the leg's phase); None: ignore it."""
         return self
 
-    def on_invite(self, ua: Any, offer: SdpBody) -> None:
+    def on_invite(self, ua: SipUA, offer: SdpBody | None) -> None:
         """A new INVITE with the caller's offer (CCEventTry; the caller's leg only)."""
 
-    def on_ringing(self, ua: Any) -> None:
+    def on_ringing(self, ua: SipUA) -> None:
         """A provisional response (CCEventRing)."""
 
-    def on_answer(self, ua: Any, code: Code, reason: str, body: SdpBody) -> None:
+    def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
         """A 2xx (CCEventConnect): the answer to our offer, or the offer in the 2xx to a re-INVITE
         without SDP, or the answer to an offer relayed to this leg."""
 
-    def on_ack(self, ua: Any) -> None:
+    def on_ack(self, ua: SipUA) -> None:
         """The ACK of our 2xx (CCEventConnect with code 'ACK'; the caller's leg only)."""
 
-    def on_offer(self, ua: Any, offer: SdpBody) -> None:
+    def on_offer(self, ua: SipUA, offer: SdpBody | None) -> None:
         """A 2xx to our INVITE without SDP (CCEventPreConnect): the peer's offer; sippy holds the
         ACK until `answer()` gives it the answer."""
 
-    def on_failed(self, ua: Any, code: Code, reason: str) -> None:
+    def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
         """A final error response (CCEventFail), to an INVITE or to a re-INVITE."""
 
-    def on_redirect(self, ua: Any, code: Code, reason: str) -> None:
+    def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
         """A 3xx with a Contact (CCEventRedirect), to an INVITE or to a re-INVITE."""
 
-    def on_hangup(self, ua: Any) -> None:
+    def on_hangup(self, ua: SipUA) -> None:
         """BYE or CANCEL from the peer, or sippy gave up on the leg (CCEventDisconnect)."""
 
-    def on_reoffer(self, ua: Any, offer: SdpBody) -> None:
+    def on_reoffer(self, ua: SipUA, offer: SdpBody | None) -> None:
         """An in-dialog re-INVITE or UPDATE with an offer (CCEventUpdate); answer or refuse it."""
 
-    def on_info(self, ua: Any, info: Any) -> None:
+    def on_info(self, ua: SipUA, info: object) -> None:
         """An in-dialog INFO (CCEventInfo); `info` is passed on as it is."""
 
 
-def _connect(sink: LegEvents, event: Any, ua: Any) -> None:
+def _connect(sink: LegEvents, event: Any, ua: SipUA) -> None:
     data = event.getData()
     if data[0] == "ACK":
         sink.on_ack(ua)
@@ -81,12 +80,12 @@ def _connect(sink: LegEvents, event: Any, ua: Any) -> None:
         sink.on_answer(ua, data[0], data[1], data[2])
 
 
-def _fail(sink: LegEvents, event: Any, ua: Any) -> None:
+def _fail(sink: LegEvents, event: Any, ua: SipUA) -> None:
     data = event.getData()
     sink.on_failed(ua, data[0], data[1])
 
 
-def _redirect(sink: LegEvents, event: Any, ua: Any) -> None:
+def _redirect(sink: LegEvents, event: Any, ua: SipUA) -> None:
     data = event.getData()
     sink.on_redirect(ua, data[0], data[1])
 
@@ -104,34 +103,39 @@ _DELIVERY: dict[type, Callable[[LegEvents, Any, Any], None]] = {
 }
 
 
-def deliver(sink: LegEvents, event: Any, ua: Any) -> None:
+def deliver(sink: LegEvents, event: Any, ua: SipUA) -> None:
     """Call the method of `sink` that names `event` (events of other kinds are ignored)."""
     handler = _DELIVERY.get(event.__class__)
     if handler is not None:
         handler(sink, event, ua)
 
 
+def int_code(code: object) -> int | None:
+    """A status code as the facts carry it: an int, or None if sippy gave something else."""
+    return code if isinstance(code, int) else None
+
+
 # ---------------------------------------------------------------------------------- to sippy
-def answer(ua: Any, body: SdpBody, code: int = 200, reason: str = "OK") -> None:
+def answer(ua: SipUA, body: SdpBody | None, code: int = 200, reason: str = "OK") -> None:
     """Answer the INVITE/re-INVITE/UPDATE pending on `ua` (or ACK a held 2xx) with `body`."""
     ua.recvEvent(CCEventConnect((code, reason, body.getCopy() if body is not None else None)))
 
 
-def refuse(ua: Any, code: int, reason: str) -> None:
+def refuse(ua: SipUA, code: int, reason: str) -> None:
     """Answer the request pending on `ua` with an error response."""
     ua.recvEvent(CCEventFail((code, reason)))
 
 
-def ring(ua: Any) -> None:
+def ring(ua: SipUA) -> None:
     """Send 180 Ringing on the caller's leg (local ringback until a leg answers)."""
     ua.recvEvent(CCEventRing((180, "Ringing", None)))
 
 
-def offer(ua: Any, body: SdpBody) -> None:
+def offer(ua: SipUA, body: SdpBody) -> None:
     """Send `body` as an offer in a re-INVITE on `ua`'s confirmed dialog."""
     ua.recvEvent(CCEventUpdate(body.getCopy()))
 
 
-def pass_info(ua: Any, info: Any) -> None:
+def pass_info(ua: SipUA, info: object) -> None:
     """Send an INFO with what another leg's INFO carried."""
     ua.recvEvent(CCEventInfo(info))

@@ -13,13 +13,13 @@ agent that hangs up meanwhile is reported `hung_up`.
 from __future__ import annotations
 
 import random
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import structlog
 from sippy.Time.Timeout import Timeout
 
 from callcenter_sip_edge import sip_events
-from callcenter_sip_edge.legs import MEDIA_SETUP_TIMEOUT_S, AgentLeg, MediaLeg, Phase, SdpBody, parse_target_uri
+from callcenter_sip_edge.legs import MEDIA_SETUP_TIMEOUT_S, AgentLeg, MediaLeg, Phase, SdpBody, SipUA, parse_target_uri
 from callcenter_sip_edge.offers import GLARE_MAX_ATTEMPTS, GLARE_RETRY_OWN_S
 from callcenter_sip_edge.sip_events import LegEvents
 from callcenter_sip_edge.sippy import dialog
@@ -35,10 +35,6 @@ AGENT_IDLE_RETRY_S = 0.2
 AGENT_IDLE_MAX_ATTEMPTS = 50
 
 
-def _int_or_none(code: Any) -> int | None:
-    return code if isinstance(code, int) else None
-
-
 class FlowIdMessage:
     """The message leg of the call's agent (`call.agent.whisper`) and the agent around it."""
 
@@ -50,7 +46,7 @@ class FlowIdMessage:
         self.agent_events = _AgentHearing(self)
         self.rebridging_events = _AgentRebridging(self)
 
-    def start(self, leg: AgentLeg, offer: SdpBody) -> None:
+    def start(self, leg: AgentLeg, offer: SdpBody | None) -> None:
         """The agent answered with `offer` (its 200's ACK is held): INVITE the message with it."""
         call = self.call
         leg.phase = Phase.WHISPER_SETUP
@@ -76,13 +72,14 @@ class FlowIdMessage:
         wleg, leg.whisper = leg.whisper, None
         if wleg is not None and not leg_gone:
             dialog.hang_up(wleg.ua)
-        elif wleg is not None:
+        elif wleg is not None and wleg.ua is not None:
             wleg.ua.event_cb = None
         log.warning("call.whisper_failed", offer_id=leg.offer_id, uri=leg.whisper_uri, code=code, reason=reason)
         offer, leg.agent_offer = leg.agent_offer, None
+        assert offer is not None   # kept by start() for as long as the message is set up
         self.call.agent_legs.bridge(leg, offer)
 
-    def ended(self, leg: AgentLeg, ua: Any) -> None:
+    def ended(self, leg: AgentLeg, ua: SipUA) -> None:
         """The message's server hung up: the message is over, ask the agent for a new offer."""
         self.call.offers.abort_relay_involving(ua)
         leg.whisper = None
@@ -108,7 +105,7 @@ class FlowIdMessage:
         leg.offer_requested = True
         log.info("call.agent_offer_requested", offer_id=leg.offer_id)
 
-    def agent_gone(self, ua: Any) -> None:
+    def agent_gone(self, ua: SipUA) -> None:
         """The agent hung up before it met the caller (the caller stays on its media)."""
         call = self.call
         leg = call.agent
@@ -132,7 +129,7 @@ class _MessageLeg(LegEvents):
     def __init__(self, message: FlowIdMessage) -> None:
         self.message = message
 
-    def current(self, ua: Any) -> LegEvents | None:
+    def current(self, ua: SipUA) -> LegEvents | None:
         leg = self.message.call.agent
         if leg is None or leg.whisper is None or leg.whisper.ua is not ua:
             return None
@@ -143,50 +140,51 @@ class _MessageLeg(LegEvents):
         assert leg is not None
         return leg
 
-    def on_answer(self, ua: Any, code: Any, reason: str, body: SdpBody) -> None:
+    def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
         leg = self._leg()
         if leg.phase is Phase.WHISPER_SETUP:
             if body is None:
-                self.message.failed(leg, _int_or_none(code), "no_sdp")
+                self.message.failed(leg, sip_events.int_code(code), "no_sdp")
                 return
             leg.phase = Phase.WHISPER
             leg.agent_offer = None
             # the agent's ACK carries the message's answer: the agent hears the message
+            assert leg.ua is not None
             sip_events.answer(leg.ua, body)
             log.info("call.whisper_playing", offer_id=leg.offer_id)
         elif leg.phase is Phase.WHISPER and self.message.call.offers.is_relay_answer(ua):
             self.message.call.offers.relay_answered(code, reason, body)
 
-    def on_offer(self, ua: Any, offer: SdpBody) -> None:
+    def on_offer(self, ua: SipUA, offer: SdpBody | None) -> None:
         leg = self._leg()
         if leg.phase is Phase.WHISPER_SETUP:
             self.message.failed(leg, None, "no_sdp")
 
-    def on_failed(self, ua: Any, code: Any, reason: str) -> None:
+    def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
         leg = self._leg()
         if leg.phase is Phase.WHISPER_SETUP:
-            self.message.failed(leg, _int_or_none(code), str(reason), leg_gone=True)
+            self.message.failed(leg, sip_events.int_code(code), str(reason), leg_gone=True)
         elif leg.phase is Phase.WHISPER:
             if self.message.call.offers.is_relay_answer(ua):
                 self.message.call.offers.relay_failed(code, reason)
             else:
                 self.message.ended(leg, ua)
 
-    def on_redirect(self, ua: Any, code: Any, reason: str) -> None:
+    def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
         leg = self._leg()
         if leg.phase is Phase.WHISPER_SETUP:
-            self.message.failed(leg, _int_or_none(code), str(reason), leg_gone=True)
+            self.message.failed(leg, sip_events.int_code(code), str(reason), leg_gone=True)
         elif leg.phase is Phase.WHISPER:
             self.message.ended(leg, ua)
 
-    def on_hangup(self, ua: Any) -> None:
+    def on_hangup(self, ua: SipUA) -> None:
         leg = self._leg()
         if leg.phase is Phase.WHISPER_SETUP:
             self.message.failed(leg, None, "timeout", leg_gone=True)
         elif leg.phase is Phase.WHISPER:
             self.message.ended(leg, ua)
 
-    def on_reoffer(self, ua: Any, offer: SdpBody) -> None:
+    def on_reoffer(self, ua: SipUA, offer: SdpBody | None) -> None:
         if self._leg().phase is Phase.WHISPER:
             self.message.call.offers.relay_offer(ua, offer)
 
@@ -199,27 +197,27 @@ class _AgentHearing(LegEvents):
     def __init__(self, message: FlowIdMessage) -> None:
         self.message = message
 
-    def on_answer(self, ua: Any, code: Any, reason: str, body: SdpBody) -> None:
+    def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
         offers = self.message.call.offers
         if self._playing() and offers.is_relay_answer(ua):
             offers.relay_answered(code, reason, body)
 
-    def on_failed(self, ua: Any, code: Any, reason: str) -> None:
+    def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
         offers = self.message.call.offers
         if self._playing() and offers.is_relay_answer(ua):
             offers.relay_failed(code, reason)
         else:
             self.on_hangup(ua)
 
-    def on_redirect(self, ua: Any, code: Any, reason: str) -> None:
+    def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
         self.on_hangup(ua)
 
-    def on_hangup(self, ua: Any) -> None:
+    def on_hangup(self, ua: SipUA) -> None:
         if not dialog.dialog_up(ua):
             # (a failure that leaves the dialog up answers an offer relayed before: not a hang-up)
             self.message.agent_gone(ua)
 
-    def on_reoffer(self, ua: Any, offer: SdpBody) -> None:
+    def on_reoffer(self, ua: SipUA, offer: SdpBody | None) -> None:
         if self._playing():
             self.message.call.offers.relay_offer(ua, offer)
         else:
@@ -243,42 +241,42 @@ class _AgentRebridging(LegEvents):
         assert leg is not None
         return leg
 
-    def on_answer(self, ua: Any, code: Any, reason: str, body: SdpBody) -> None:
+    def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
         leg = self._leg()
         if not leg.offer_requested:
             return
         leg.offer_requested = False
         if body is None:
-            self.message.call.agent_legs.fail(leg, "no_sdp", _int_or_none(code))
+            self.message.call.agent_legs.fail(leg, "no_sdp", sip_events.int_code(code))
             return
         self.message.call.agent_legs.bridge(leg, body)
 
-    def on_failed(self, ua: Any, code: Any, reason: str) -> None:
+    def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
         leg = self._leg()
         if not leg.offer_requested:
             self.on_hangup(ua)
             return
         leg.offer_requested = False
-        code = _int_or_none(code)
+        status = sip_events.int_code(code)
         call = self.message.call
-        if code == 491 and leg.retries < GLARE_MAX_ATTEMPTS:
+        if status == 491 and leg.retries < GLARE_MAX_ATTEMPTS:
             leg.retries += 1
             delay = random.uniform(*GLARE_RETRY_OWN_S)
             log.info("call.agent_reinvite_glare", retry_in_s=round(delay, 2))
             leg.retry_timer = Timeout(call.guarded(self.message.request_agent_offer, leg), delay)
             return
-        if code in (408, 481):
+        if status in (408, 481):
             # sippy ended the dialog (BYE sent)
-            call.agent_legs.fail(leg, "hung_up", code, leg_gone=True)
+            call.agent_legs.fail(leg, "hung_up", status, leg_gone=True)
         else:
-            call.agent_legs.fail(leg, "rejected", code)
+            call.agent_legs.fail(leg, "rejected", status)
 
-    def on_redirect(self, ua: Any, code: Any, reason: str) -> None:
+    def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
         self.on_hangup(ua)
 
-    def on_hangup(self, ua: Any) -> None:
+    def on_hangup(self, ua: SipUA) -> None:
         if not dialog.dialog_up(ua):
             self.message.agent_gone(ua)
 
-    def on_reoffer(self, ua: Any, offer: SdpBody) -> None:
+    def on_reoffer(self, ua: SipUA, offer: SdpBody | None) -> None:
         sip_events.refuse(ua, 491, "Request Pending")
