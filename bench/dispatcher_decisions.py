@@ -33,7 +33,7 @@ import msgpack
 import redis.asyncio as aioredis
 
 from callcenter.bus import Producer
-from callcenter.events import decode
+from callcenter.contract.codec import decode
 from callcenter.store import Store
 from callcenter.testing.processes import console_script
 from callcenter.testing.servers import RedisServer

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import msgpack
 
-from callcenter.events import TYPES, validate
+from callcenter.contract.codec import validate
+from callcenter.contract.types import TYPES
 
 HERE = Path(__file__).parent / "golden"
 TS = 1_764_000_000_000

@@ -32,7 +32,7 @@ import structlog
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from callcenter.events import DecodeError, Entry, decode, encode
+from callcenter.contract.codec import DecodeError, Entry, decode, encode
 from callcenter.redis import REDIS_DOWN, text
 
 log = structlog.get_logger(__name__)

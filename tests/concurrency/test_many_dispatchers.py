@@ -21,7 +21,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from callcenter.events import Entry, decode
+from callcenter.contract.codec import Entry, decode
 from callcenter.store import RC, Store
 from callcenter.testing.edge_sim import EdgeSim, SimProfile
 from callcenter.testing.processes import ServiceProcess

@@ -38,7 +38,7 @@ from e2e_harness import (
     whole_system,
 )
 
-from callcenter.events import decode
+from callcenter.contract.codec import decode
 from callcenter.testing.scenarios import scenario
 from callcenter.testing.sipp import Sipp
 from callcenter.testing.system import WholeSystem, wait_for

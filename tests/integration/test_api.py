@@ -15,9 +15,9 @@ import redis.asyncio as aioredis
 from fastapi import FastAPI
 from sqlalchemy.orm import Session
 
+from callcenter.contract.codec import encode
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.db.models import Agent, Cdr, Flow
-from callcenter.events import encode
 from callcenter.settings import ApiSettings
 from callcenter.store import Store
 from callcenter.testing.servers import RedisServer, free_port

@@ -18,8 +18,8 @@ import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
 
+from callcenter.contract.codec import decode, encode
 from callcenter.db.models import Flow
-from callcenter.events import decode, encode
 from callcenter.settings import ApiSettings
 from callcenter.store import RC, Result, now_ms
 from callcenter.testing.servers import RedisServer

@@ -17,9 +17,9 @@ from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
 from callcenter.bus import Outcome, Producer, StreamConsumer
+from callcenter.contract.codec import Entry, decode, encode
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.db.models import Cdr
-from callcenter.events import Entry, decode, encode
 from callcenter.settings import CdrWriterSettings
 from callcenter.store import Store
 from callcenter.store.keys import Keys

@@ -13,7 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from callcenter.bus import Producer
-from callcenter.events import decode
+from callcenter.contract.codec import decode
 from callcenter.settings import DispatcherSettings
 from callcenter.store import Store
 from callcenter.store.keys import Keys

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import redis.asyncio as aioredis
 
 from callcenter.bus import Outcome
-from callcenter.events import Entry
+from callcenter.contract.codec import Entry
 from callcenter.store import Store
 from callcenter_dispatcher.handler import ReportHandler
 
@@ -55,6 +56,17 @@ async def test_a_batch_keeps_each_calls_order_and_survives_lost_scripts(redis: a
     assert all(v.outcome is Outcome.ACK for v in verdicts.values())
     assert await redis.xlen(store.keys.events) == events
     assert handler.applied["DUPLICATE"] == 5
+
+
+async def test_lua_gets_the_data_bytes_as_read_from_the_stream(redis: aioredis.Redis) -> None:
+    store = await provision(redis)
+    read = arrival(1, "c9")
+    # `data` cut down to what the handler itself reads: were it packed again, Lua would refuse it
+    forwarded = Entry(type=read.type, v=1, data={"call_id": "c9"}, id=read.id, raw=msgpack.packb(read.data))
+    verdicts = await ReportHandler(store)([forwarded])
+    assert verdicts[read.id].outcome is Outcome.ACK
+    call = await store.call("c9")
+    assert call is not None and call["flow"] == "support"
 
 
 async def test_a_report_ahead_of_its_predecessor_is_retried_then_left_pending(redis: aioredis.Redis) -> None:

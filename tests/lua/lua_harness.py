@@ -7,7 +7,7 @@ from typing import Any
 import msgpack
 import redis.asyncio as aioredis
 
-from callcenter.events import decode
+from callcenter.contract.codec import decode
 from callcenter.store import RC, Store
 
 T0 = 1_700_000_000_000

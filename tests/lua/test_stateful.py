@@ -32,7 +32,7 @@ from hypothesis.stateful import (
     run_state_machine_as_test,
 )
 
-from callcenter.events import Entry, decode
+from callcenter.contract.codec import Entry, decode
 from callcenter.store import RC, Store
 from callcenter.testing.servers import RedisServer
 

@@ -10,7 +10,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from callcenter.bus import ACK, RETRY, Producer, StreamConsumer, Verdict
-from callcenter.events import Entry
+from callcenter.contract.codec import Entry
 from callcenter.testing.servers import RedisServer
 
 STREAM = "cc:{bus}:events"

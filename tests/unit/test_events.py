@@ -8,7 +8,8 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from callcenter.events import TYPES, DecodeError, decode, encode, lua_version_table
+from callcenter.contract.codec import DecodeError, Entry, decode, encode
+from callcenter.contract.types import TYPES, lua_version_table
 
 GOLDEN = Path(__file__).resolve().parents[2] / "docs" / "events" / "golden"
 
@@ -65,3 +66,14 @@ def test_every_public_event_is_documented() -> None:
     for name in TYPES:
         if name.startswith(("call.", "agent.")):
             assert f"| `{name}` | {TYPES[name].version} |" in doc, f"{name} is missing from docs/events.md"
+
+
+def test_decode_keeps_the_raw_data_bytes() -> None:
+    fields = encode("command.hangup", {"call_id": "c", "reason": "x"})
+    entry = decode({k.encode(): v for k, v in fields.items()}, b"1-0")
+    assert entry.raw == fields["data"] and entry.id == "1-0"  # forwarded as read, never packed again
+
+
+def test_an_entry_built_by_hand_gets_its_raw_bytes_from_its_data() -> None:
+    entry = Entry(type="command.hangup", v=1, data={"call_id": "c", "reason": "x"})
+    assert msgpack.unpackb(entry.raw) == entry.data

@@ -16,6 +16,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from callcenter.bus import StreamConsumer
+from callcenter.contract import streams
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.health import serve_health
 from callcenter.lifecycle import on_stop_signals
@@ -26,7 +27,7 @@ from callcenter_cdr_writer.writer import CdrWriter
 
 log = structlog.get_logger(__name__)
 
-GROUP = "cdr-writer"
+GROUP = streams.EVENTS.group
 
 
 async def migrate(engine: Engine, stop: asyncio.Event) -> bool:

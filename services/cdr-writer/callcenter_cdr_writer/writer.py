@@ -29,8 +29,8 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from callcenter.bus import ACK, BACKOFF, Outcome, Verdict
+from callcenter.contract.codec import Entry
 from callcenter.db.models import Cdr
-from callcenter.events import Entry
 
 log = structlog.get_logger(__name__)
 
@@ -59,7 +59,7 @@ def _media_type(data: Mapping[str, Any]) -> str:
 
 
 def cdr_row(entry: Entry) -> dict[str, Any]:
-    """The `cdrs` row of one `call.ended` entry (types were checked by `callcenter.events`)."""
+    """The `cdrs` row of one `call.ended` entry (types were checked by `callcenter.contract.codec`)."""
     data = entry.data
     try:
         received_at = EPOCH + timedelta(milliseconds=_count(data, "received_ms"))

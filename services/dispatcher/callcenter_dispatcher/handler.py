@@ -3,6 +3,9 @@
 Reads: entries of `cc:{t}:reports` (through bus.StreamConsumer). Writes: nothing itself; the Lua
 steps change Redis state and append commands (`cc:{t}:commands:<edge>`) and events (`cc:{t}:events`).
 
+Each report's `data` goes to its Lua step as the bytes read from the stream (`Entry.raw`): the
+step unpacks it itself, so nothing here packs it again, whatever the retries.
+
 Reports of one call must be applied in order (each carries `seq`). A batch goes to Redis in one
 pipeline, in stream order: each report is still its own atomic step, and Redis runs them in the
 order sent, so the reports of one call keep their order. A report whose predecessor is being
@@ -16,12 +19,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Mapping, Sequence
 
-import msgpack
 import structlog
 
 from callcenter.bus import ACK, RETRY, Outcome, Verdict
-from callcenter.events import Entry
-from callcenter.store import RC, REPORT_SCRIPTS, Result, Store
+from callcenter.contract.codec import Entry
+from callcenter.contract.reports import REPORTS
+from callcenter.store import RC, Result, Store
 
 log = structlog.get_logger(__name__)
 
@@ -38,14 +41,13 @@ class ReportHandler:
         verdicts: dict[str, Verdict] = {}
         reports: list[Entry] = []
         for entry in entries:
-            if entry.type not in REPORT_SCRIPTS:
+            if entry.type not in REPORTS:
                 verdicts[entry.id] = Verdict(Outcome.DEAD, f"not a report: {entry.type}")
             else:
                 reports.append(entry)
         if not reports:
             return verdicts
-        results = await self.store.apply_reports(
-            [(e.type, e.id, msgpack.packb(e.data, use_bin_type=True)) for e in reports])
+        results = await self.store.apply_reports([(e.type, e.id, e.raw) for e in reports])
         again: dict[str, list[Entry]] = {}  # per call: from its first report that came back OUT_OF_ORDER
         stopped: set[str] = set()  # calls with a report that will not be acked now
         for entry, res in zip(reports, results, strict=True):
@@ -83,11 +85,10 @@ class ReportHandler:
         return verdicts
 
     async def _apply(self, entry: Entry, waited: bool = False) -> Verdict:
-        payload = msgpack.packb(entry.data, use_bin_type=True)
         if waited:
             await asyncio.sleep(OUT_OF_ORDER_BACKOFF_S[0])
         for delay in (*OUT_OF_ORDER_BACKOFF_S, None):
-            res = await self.store.apply_report(entry.type, entry.id, payload)
+            res = await self.store.apply_report(entry.type, entry.id, entry.raw)
             self.applied[res.rc.name] += 1
             if res.rc is not RC.OUT_OF_ORDER:
                 break

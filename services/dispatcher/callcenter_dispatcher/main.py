@@ -8,6 +8,7 @@ import redis.asyncio as aioredis
 import structlog
 
 from callcenter.bus import StreamConsumer
+from callcenter.contract import streams
 from callcenter.health import serve_health
 from callcenter.lifecycle import on_stop_signals
 from callcenter.logs import configure_logging
@@ -20,7 +21,7 @@ from callcenter_dispatcher.timers import reconcile_once, run_every, run_timers
 
 log = structlog.get_logger(__name__)
 
-GROUP = "dispatcher"
+GROUP = streams.REPORTS.group
 
 CONFIG_FIELDS = ("wrapup_s", "ring_timeout_s", "reject_on_no_agents", "no_agents_code", "queue_pos_param",
                  "offer_lease_grace_s")  # the others in cc:{t}:config are set through the api

@@ -11,13 +11,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
 
 from callcenter.bus import ACK, StreamConsumer, Verdict
-from callcenter.events import Entry, encode
+from callcenter.contract import streams
+from callcenter.contract.codec import DecodeError, Entry
+from callcenter.contract.commands import command_of
+from callcenter.contract.reports import REPORTS, CallEnded, Report
 from callcenter.settings import EdgeSettings
 from callcenter.store.keys import Keys
 from callcenter_sip_edge.facts import Fact
@@ -25,16 +27,15 @@ from callcenter_sip_edge.sip_stack import SipStack
 
 log = structlog.get_logger(__name__)
 
-REPORT_OF_FACT = {
-    "arrived": "report.call_arrived",
-    "media_answered": "report.media_answered",
-    "media_ended": "report.media_ended",
-    "media_failed": "report.media_failed",
-    "agent_answered": "report.agent_answered",
-    "agent_failed": "report.agent_failed",
-    "ended": "report.call_ended",
-}
-COMMAND_GROUP = "edge"
+# A fact's kind is its report type without `report.`. Until the SIP side emits those names, the
+# two kinds and the one field it still spells differently are renamed here.
+_KIND_RENAMES = {"arrived": "call_arrived", "ended": "call_ended"}
+_FIELD_RENAMES = {"caller_user": "caller"}
+
+
+def report_class(kind: str) -> type[Report] | None:
+    """The report class of a fact kind (`media_failed` -> MediaFailed); None for an unknown kind."""
+    return REPORTS.get(f"report.{_KIND_RENAMES.get(kind, kind)}")
 
 
 class EdgeService:
@@ -44,30 +45,28 @@ class EdgeService:
         self.keys = Keys(settings.tenant)
         self.edge_id = settings.edge_id
         self._seq: dict[str, int] = {}
-        self._outbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Report] = asyncio.Queue()
         self._stop = asyncio.Event()
         self.stack: SipStack | None = None
         self.commands = StreamConsumer(
-            redis, stream=self.keys.commands(self.edge_id), group=COMMAND_GROUP, consumer=self.edge_id,
+            redis, stream=self.keys.commands(self.edge_id), group=streams.COMMANDS.group, consumer=self.edge_id,
             handler=self._execute, dead_stream=self.keys.dead, batch=100, block_ms=500, claim_idle_ms=5_000)
 
     # -- facts -> reports ----------------------------------------------------------------------
     def on_fact(self, fact: Fact) -> None:
         """Runs on the asyncio thread, in the order the SIP thread produced the facts."""
-        report_type = REPORT_OF_FACT.get(fact.kind)
-        if report_type is None:
+        cls = report_class(fact.kind)
+        if cls is None:
             log.warning("edge.unknown_fact", kind=fact.kind, call_id=fact.call_id)
             return
         seq = self._seq.get(fact.call_id, 0) + 1
-        if fact.kind == "ended":
+        if cls is CallEnded:
             self._seq.pop(fact.call_id, None)
         else:
             self._seq[fact.call_id] = seq
-        data = {k: v for k, v in fact.data.items() if v is not None}
-        if fact.kind == "arrived":
-            data["caller"] = data.pop("caller_user", "")
+        data = {_FIELD_RENAMES.get(k, k): v for k, v in fact.data.items()}
         data.update(call_id=fact.call_id, edge=self.edge_id, seq=seq, ts=fact.ts_ms)
-        self._outbox.put_nowait((report_type, data))
+        self._outbox.put_nowait(cls.from_data(data))
 
     async def _publish_reports(self) -> None:
         """Append reports in order; on a Redis error keep them and retry (never drop, never reorder)."""
@@ -80,8 +79,8 @@ class EdgeService:
             while True:
                 try:
                     async with self.redis.pipeline(transaction=False) as pipe:
-                        for report_type, data in batch:
-                            pipe.xadd(self.keys.reports, encode(report_type, data))  # type: ignore[arg-type]
+                        for report in batch:
+                            pipe.xadd(self.keys.reports, report.to_fields())  # type: ignore[arg-type]
                         await pipe.execute()
                     break
                 except (ConnectionError, OSError, aioredis.RedisError) as exc:
@@ -94,23 +93,12 @@ class EdgeService:
         stack = self.stack
         assert stack is not None
         for e in entries:
-            d = e.data
-            if e.type == "command.media":
-                stack.media(d["call_id"], d["uri"], d["purpose"])
-            elif e.type == "command.ring":
-                stack.ring(d["call_id"], d["offer_id"], d["agent_id"], d["uri"], float(d["timeout_s"]),
-                           d.get("caller_display"), d.get("whisper_uri"))
-            elif e.type == "command.ring_all":
-                stack.ring_all(d["call_id"], d["offer_id"], d["targets"], float(d["timeout_s"]),
-                               d.get("caller_display"))
-            elif e.type == "command.cancel_ring":
-                stack.cancel_ring(d["call_id"], d["offer_id"])
-            elif e.type == "command.reject":
-                stack.reject(d["call_id"], d["code"], d["reason"])
-            elif e.type == "command.hangup":
-                stack.hangup(d["call_id"], d["reason"])
-            else:
+            try:
+                command = command_of(e)
+            except DecodeError:
                 log.warning("edge.unknown_command", type=e.type, entry_id=e.id)
+                continue
+            stack.execute(command)
         return {e.id: ACK for e in entries}
 
     # -- lifecycle -----------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 """Thread bridge between the asyncio service and sippy's SIP reactor.
 
-Reads: commands from any thread (media, ring, cancel_ring, reject, hangup, set_accepting).
+Reads: commands from any thread (`execute(command)` with a typed command of
+`callcenter.contract.commands`, or media, ring, ring_all, cancel_ring, reject, hangup, set_accepting).
 Writes: `Fact`s to the `on_fact` callback, always on the asyncio loop's thread
 (`loop.call_soon_threadsafe`).
 
@@ -27,6 +28,7 @@ from typing import Any
 
 import structlog
 
+from callcenter.contract.commands import CancelRing, Command, Hangup, Media, Reject, Ring, RingAll
 from callcenter_sip_edge.facts import Fact
 from callcenter_sip_edge.gc_policy import tune_gc
 from callcenter_sip_edge.guard import SourceGuard
@@ -226,6 +228,14 @@ class SipStack:
             log.exception("sip.on_fact_failed", kind=fact.kind, call_id=fact.call_id)
 
     # ------------------------------------------------------------------ commands
+    def execute(self, command: Command) -> None:
+        """Carry out one typed command from the dispatcher (any thread; runs on the SIP thread)."""
+        run = _EXECUTE.get(type(command))
+        if run is None:
+            log.warning("call.command_ignored", call_id=command.call_id, command=command.TYPE, reason="unknown")
+            return
+        run(self, command)
+
     def media(self, call_id: str, uri: str, purpose: str) -> None:
         if purpose not in MEDIA_PURPOSES:
             log.warning("call.command_ignored", call_id=call_id, command="media", reason="bad_purpose",
@@ -291,3 +301,17 @@ class SipStack:
             router.command(command, call_id, *args)
         except Exception:
             log.exception("call.command_failed", call_id=call_id, command=command)
+
+
+# The per-command methods above, by command class. `Any`: each entry takes its own class, which a
+# dict keyed by class cannot say to mypy.
+_EXECUTE: dict[type[Command], Callable[[SipStack, Any], None]] = {
+    Media: lambda stack, c: stack.media(c.call_id, c.uri, c.purpose),
+    Ring: lambda stack, c: stack.ring(c.call_id, c.offer_id, c.agent_id, c.uri, float(c.timeout_s),
+                                      c.caller_display, c.whisper_uri),
+    RingAll: lambda stack, c: stack.ring_all(c.call_id, c.offer_id, c.targets, float(c.timeout_s),
+                                             c.caller_display),
+    CancelRing: lambda stack, c: stack.cancel_ring(c.call_id, c.offer_id),
+    Reject: lambda stack, c: stack.reject(c.call_id, c.code, c.reason),
+    Hangup: lambda stack, c: stack.hangup(c.call_id, c.reason),
+}

@@ -3,6 +3,6 @@ steps with their typed wrappers (`scripts`, Lua sources in `lua/`)."""
 
 from callcenter.store.codes import RC, Result
 from callcenter.store.keys import Keys
-from callcenter.store.scripts import OTHER_SCRIPTS, REPORT_SCRIPTS, Store, load_source, now_ms
+from callcenter.store.scripts import OTHER_SCRIPTS, Store, load_source, now_ms, report_script
 
-__all__ = ["OTHER_SCRIPTS", "RC", "REPORT_SCRIPTS", "Keys", "Result", "Store", "load_source", "now_ms"]
+__all__ = ["OTHER_SCRIPTS", "RC", "Keys", "Result", "Store", "load_source", "now_ms", "report_script"]

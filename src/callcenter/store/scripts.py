@@ -6,7 +6,7 @@ changes it, and appends the resulting commands and events in the same atomic ste
 registered with redis-py's `register_script` (EVALSHA with a NOSCRIPT fallback).
 
 Two lines are expanded when a script is loaded: `--!include <file>` inserts a shared file, and
-`--!versions` inserts the event version table generated from `callcenter.events`.
+`--!versions` inserts the event version table generated from `callcenter.contract.types`.
 """
 
 from __future__ import annotations
@@ -20,20 +20,18 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
-from callcenter.events import lua_version_table
+from callcenter.contract.reports import REPORTS
+from callcenter.contract.types import lua_version_table
 from callcenter.redis import text as _text
 from callcenter.store.codes import RC, Result
 from callcenter.store.keys import Keys
 
-REPORT_SCRIPTS = {
-    "report.call_arrived": "report_call_arrived",
-    "report.media_answered": "report_media_answered",
-    "report.media_ended": "report_media_ended",
-    "report.media_failed": "report_media_failed",
-    "report.agent_answered": "report_agent_answered",
-    "report.agent_failed": "report_agent_failed",
-    "report.call_ended": "report_call_ended",
-}
+
+def report_script(report_type: str) -> str:
+    """The script that applies a report type, by rule: `report.call_arrived` -> `report_call_arrived`."""
+    return report_type.replace(".", "_")
+
+
 OTHER_SCRIPTS = (
     "agent_login", "agent_logout", "agent_upsert", "agent_delete", "agent_pause", "agent_unpause",
     "agent_release", "dispatch_call", "flow_upsert", "flow_delete", "fire_timers", "reconcile", "stats_reset",
@@ -85,7 +83,7 @@ class Store:
         self.clock = clock
         self._scripts: dict[str, AsyncScript] = {
             name: redis.register_script(load_source(name))
-            for name in (*REPORT_SCRIPTS.values(), *OTHER_SCRIPTS)
+            for name in (*map(report_script, REPORTS), *OTHER_SCRIPTS)
         }
 
     async def _run(self, name: str, *args: Any, now: int | None = None) -> Result:
@@ -96,7 +94,7 @@ class Store:
     # -- reports from sip-edges (the dispatcher) ---------------------------------------------------
     async def apply_report(self, report_type: str, entry_id: str, data: bytes, now: int | None = None) -> Result:
         """Apply one report; `data` is the entry's msgpack payload, passed to Lua untouched."""
-        return await self._run(REPORT_SCRIPTS[report_type], entry_id, data, now=now)
+        return await self._run(report_script(report_type), entry_id, data, now=now)
 
     async def apply_reports(self, reports: Sequence[tuple[str, str, bytes]], now: int | None = None) -> list[Result]:
         """Apply several reports (type, entry id, msgpack payload) in one round trip, in this order.
@@ -112,12 +110,12 @@ class Store:
         for attempt in (1, 2):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for report_type, entry_id, data in reports:
-                    pipe.evalsha(self._scripts[REPORT_SCRIPTS[report_type]].sha, 1, self.keys.events, ts, entry_id,
+                    pipe.evalsha(self._scripts[report_script(report_type)].sha, 1, self.keys.events, ts, entry_id,
                                  data)
                 raw = await pipe.execute(raise_on_error=False)
             if attempt == 1 and any(isinstance(r, NoScriptError) for r in raw):
                 for report_type in {t for t, _, _ in reports}:
-                    script = self._scripts[REPORT_SCRIPTS[report_type]]
+                    script = self._scripts[report_script(report_type)]
                     script.sha = await self.redis.script_load(script.script)
                 continue
             for r in raw:

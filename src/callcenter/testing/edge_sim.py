@@ -29,7 +29,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from callcenter.events import decode, encode
+from callcenter.contract.codec import decode, encode
 from callcenter.store.keys import Keys
 
 

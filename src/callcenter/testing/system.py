@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import redis
 
-from callcenter.events import decode
+from callcenter.contract.codec import decode
 from callcenter.store.keys import Keys
 from callcenter.testing.processes import ServiceProcess
 from callcenter.testing.servers import RedisServer, free_port

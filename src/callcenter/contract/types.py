@@ -1,50 +1,39 @@
-"""The event contract: every entry type of every stream, defined once, versioned, msgpack-encoded.
+"""The entry-type registry: every entry type of every stream, defined once, versioned.
 
 A stream entry has three fields: `type` (e.g. `call.queued`), `v` (the schema version of that
-type) and `data` (a msgpack map). Changes within a version are additive only: a consumer ignores
-fields it does not know, and a producer never removes or retypes a field without a new version.
+type) and `data` (a msgpack map, see `codec`). Changes within a version are additive only: a
+consumer ignores fields it does not know, and a producer never removes or retypes a field without
+a new version.
 
 Three families share the codec:
 
 - reports  (`report.*`)  sip-edge -> dispatcher, stream `cc:{t}:reports`. Facts about one call's
   SIP dialogs; each carries the owning edge and a per-call sequence number `seq` (1 = arrival) so
-  the dispatcher applies them in order and exactly once.
-- commands (`command.*`) dispatcher/api -> one sip-edge, stream `cc:{t}:commands:<edge>`.
+  the dispatcher applies them in order and exactly once. Typed in `reports`.
+- commands (`command.*`) dispatcher/api -> one sip-edge, stream `cc:{t}:commands:<edge>`. Typed
+  in `commands`.
 - events   (`call.*`, `agent.*`) stream `cc:{t}:events`: every state change, for the cdr-writer
   and for analytics consumers (docs/events.md). Most are written by the Lua scripts, which get
   the version table from `lua_version_table()`.
+
+Reads and writes nothing.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
-
-import msgpack
-
-
-class DecodeError(ValueError):
-    """A stream entry that does not follow the contract (goes to the dead-letter stream)."""
 
 
 @dataclass(frozen=True, slots=True)
 class EntryType:
+    """One entry type: its name, schema version, required and optional fields (name -> Python type)."""
+
     name: str
     version: int
     required: Mapping[str, type | tuple[type, ...]]
     optional: Mapping[str, type | tuple[type, ...]] = field(default_factory=dict)
     doc: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A decoded stream entry. `id` is the stream entry id (empty before it is written)."""
-
-    type: str
-    v: int
-    data: dict[str, Any]
-    id: str = ""
 
 
 Int = int
@@ -133,63 +122,6 @@ _TYPES: list[EntryType] = [
 ]
 
 TYPES: dict[str, EntryType] = {t.name: t for t in _TYPES}
-
-
-def _check(value: Any, expected: type | tuple[type, ...]) -> bool:
-    if isinstance(value, bool) and expected in (int, Num, OptInt):
-        return False  # bool is an int subclass; a flag is never a count
-    return isinstance(value, expected)
-
-
-def validate(type_name: str, data: Mapping[str, Any]) -> EntryType:
-    """Check `data` against the contract of `type_name`; raise DecodeError if it does not hold."""
-    et = TYPES.get(type_name)
-    if et is None:
-        raise DecodeError(f"unknown entry type {type_name!r}")
-    for name, expected in et.required.items():
-        if name not in data:
-            raise DecodeError(f"{type_name}: missing field {name!r}")
-        if not _check(data[name], expected):
-            raise DecodeError(f"{type_name}: field {name!r} has type {type(data[name]).__name__}")
-    for name, expected in et.optional.items():
-        if name in data and not _check(data[name], expected):
-            raise DecodeError(f"{type_name}: field {name!r} has type {type(data[name]).__name__}")
-    return et
-
-
-def encode(type_name: str, data: Mapping[str, Any]) -> dict[str, bytes | str | int]:
-    """Stream fields for one entry; validates first so a bad producer fails loudly at the source."""
-    et = validate(type_name, data)
-    return {"type": type_name, "v": et.version, "data": msgpack.packb(dict(data), use_bin_type=True)}
-
-
-def _text(raw: Any) -> str:
-    return raw.decode() if isinstance(raw, bytes) else str(raw)
-
-
-def decode(fields: Mapping[Any, Any], entry_id: str | bytes = "") -> Entry:
-    """Decode stream fields (bytes or str keys) into an Entry; raise DecodeError on any defect."""
-    norm = {_text(k): v for k, v in fields.items()}
-    try:
-        type_name = _text(norm["type"])
-        version = int(_text(norm["v"]))
-        raw = norm["data"]
-    except (KeyError, ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"entry lacks type/v/data: {exc!r}") from exc
-    if isinstance(raw, str):
-        raw = raw.encode("latin-1")
-    try:
-        data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated exception types
-        raise DecodeError(f"{type_name}: data is not msgpack: {exc!r}") from exc
-    if not isinstance(data, dict):
-        raise DecodeError(f"{type_name}: data is not a map")
-    et = validate(type_name, data)
-    if version < 1:
-        raise DecodeError(f"{type_name}: bad version {version}")
-    # a newer producer may add fields (additive changes only); known ones were validated above
-    del et
-    return Entry(type=type_name, v=version, data=data, id=_text(entry_id))
 
 
 def lua_version_table() -> str:
