@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
+from callcenter.contract.commands import CancelRing, Command, Hangup, Media, Reject, Ring, RingAll
 from callcenter_sip_edge import sip_events
 from callcenter_sip_edge.agent import AgentLegs
 from callcenter_sip_edge.forks import Forks
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 HANGUP_UNANSWERED = (480, "Temporarily Unavailable")
+MEDIA_PURPOSES = frozenset({"welcome", "queue", "dissuading"})
 _REASON_PHRASE = re.compile(r"[\x00-\x1f\x7f]")
 _STANDARD_REASON_PHRASES = {
     400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
@@ -73,30 +75,36 @@ class Call:
         self.forks = Forks(self)
         self.caller_events = _CallerLeg(self)
 
-    # ------------------------------------------------------------------ commands
-    def media_command(self, uri: str, purpose: str) -> None:
-        self.media_legs.start(uri, purpose)
+    # ------------------------------------------------------------------ commands (COMMAND_HANDLERS)
+    def media_command(self, command: Media) -> None:
+        if command.purpose not in MEDIA_PURPOSES:
+            log.warning("call.command_ignored", command="media", reason="bad_purpose", purpose=command.purpose)
+            return
+        self.media_legs.start(command.uri, command.purpose)
 
-    def ring_command(self, offer_id: str, agent_id: str, uri: str, timeout_s: float,
-                     caller_display: str | None, whisper_uri: str | None = None) -> None:
-        self.agent_legs.ring(offer_id, agent_id, uri, timeout_s, caller_display, whisper_uri)
+    def ring_command(self, command: Ring) -> None:
+        self.agent_legs.ring(command.offer_id, command.agent_id, command.uri, command.timeout_s,
+                             command.caller_display, command.whisper_uri)
 
-    def ring_all_command(self, offer_id: str, targets: list[dict[str, str]], timeout_s: float,
-                         caller_display: str | None) -> None:
-        self.forks.start(offer_id, targets, timeout_s, caller_display)
+    def ring_all_command(self, command: RingAll) -> None:
+        self.forks.start(command.offer_id, command.targets, command.timeout_s, command.caller_display)
 
-    def cancel_ring_command(self, offer_id: str) -> None:
-        if not self.forks.cancel(offer_id):
-            self.agent_legs.cancel(offer_id)
+    def cancel_ring_command(self, command: CancelRing) -> None:
+        if not self.forks.cancel(command.offer_id):
+            self.agent_legs.cancel(command.offer_id)
 
-    def reject_command(self, code: int, reason: str) -> None:
+    def reject_command(self, command: Reject) -> None:
+        code, reason = command.code, command.reason
         if not 400 <= int(code) <= 699:
             log.warning("call.reject_code_invalid", code=code)
             code = 500
         phrase = _STANDARD_REASON_PHRASES.get(int(code)) or _reason_phrase(reason)
         self.end(by="edge", reason=reason, caller_code=(int(code), phrase))
 
-    def hangup_command(self, reason: str) -> None:
+    def hangup_command(self, command: Hangup) -> None:
+        self.hang_up(command.reason)
+
+    def hang_up(self, reason: str) -> None:
         self.end(by="edge", reason=reason, caller_code=HANGUP_UNANSWERED)
 
     # ------------------------------------------------------------------ caller leg
@@ -133,7 +141,7 @@ class Call:
                 self._fail_caller(code, phrase)
         self.router.forget(self.call_id)
         log.info("call.ended", by=by, reason=reason, code=code)
-        self.emit("ended", by=by, reason=reason, code=code)
+        self.emit("call_ended", by=by, reason=reason, code=code)
 
     def _fail_caller(self, code: int, phrase: str) -> None:
         try:
@@ -228,6 +236,18 @@ class _CallerLeg(LegEvents):
         peer = self.call.offers.peer_of(ua)
         if peer is not None:
             sip_events.pass_info(peer, info)
+
+
+# The handler of each command class: `CallRouter.execute` finds the call and calls it from here.
+# `Any`: each handler takes its own class, which a dict keyed by class cannot say to mypy.
+COMMAND_HANDLERS: dict[type[Command], Callable[[Call, Any], None]] = {
+    Media: Call.media_command,
+    Ring: Call.ring_command,
+    RingAll: Call.ring_all_command,
+    CancelRing: Call.cancel_ring_command,
+    Reject: Call.reject_command,
+    Hangup: Call.hangup_command,
+}
 
 
 def _reason_phrase(reason: str) -> str:

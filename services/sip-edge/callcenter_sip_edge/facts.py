@@ -16,8 +16,8 @@ from typing import Any
 class Fact:
     """Something that happened to a call, reported to the dispatcher."""
 
-    kind: str              # arrived, media_answered, media_ended, media_failed, agent_answered,
-                           # agent_failed, ended
+    kind: str              # its report type without `report.`: call_arrived, media_answered,
+                           # media_ended, media_failed, agent_answered, agent_failed, call_ended
     call_id: str           # edge-generated id (uuid4 hex), not the SIP Call-ID
     data: dict[str, Any]   # plain data only (str/int/float/bool/None)
     ts_ms: int             # wall clock ms when it happened

@@ -1,7 +1,7 @@
 """All calls of the edge: admission of new INVITEs, out-of-dialog requests, commands, shutdown.
 
-Reads: requests that match no dialog (from sippy's transaction manager) and the commands
-`SipStack` forwards. Writes: SIP responses to out-of-dialog requests, new `Call`s, facts through
+Reads: requests that match no dialog (from sippy's transaction manager) and the typed commands
+`SipStack` forwards (`execute`: the call's handler from `call.COMMAND_HANDLERS`). Writes: SIP responses to out-of-dialog requests, new `Call`s, facts through
 the `emit` callback, and the stack's close.
 
 Runs on the SIP thread only. This module imports sippy at import time, so `SipStack` imports it
@@ -21,7 +21,8 @@ from sippy.SipHeader import SipHeader
 from sippy.Time.Timeout import Timeout
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
-from callcenter_sip_edge.call import Call
+from callcenter.contract.commands import Command
+from callcenter_sip_edge.call import COMMAND_HANDLERS, Call
 from callcenter_sip_edge.facts import Fact, FactSink
 from callcenter_sip_edge.gc_policy import CycleCollector
 from callcenter_sip_edge.guard import Refusal, SourceGuard
@@ -187,33 +188,36 @@ class CallRouter:
             return result
         log.info("call.arrived", call_id=call.call_id, flow=info.flow, caller=info.caller_user,
                  sip_call_id=info.sip_call_id, media_type=info.media_type)
-        self.emit("arrived", call.call_id, {
-            "flow": info.flow, "caller_user": info.caller_user, "caller_uri": info.caller_uri,
+        self.emit("call_arrived", call.call_id, {
+            "flow": info.flow, "caller": info.caller_user, "caller_uri": info.caller_uri,
             "caller_display": info.caller_display, "sip_call_id": info.sip_call_id, "source": info.source,
             "priority": info.priority, "media_type": info.media_type,
         })
         return result
 
     # ------------------------------------------------------------------ commands
-    def command(self, name: str, call_id: str, *args: Any) -> None:
-        if name == "hangup_all":
-            self.hangup_all(*args)
+    def execute(self, command: Command) -> None:
+        """Give a typed command to its call's handler (`COMMAND_HANDLERS`, one per command class)."""
+        handler = COMMAND_HANDLERS.get(type(command))
+        if handler is None:
+            log.warning("call.command_ignored", call_id=command.call_id, command=command.TYPE, reason="unknown")
             return
-        call = self.calls.get(call_id)
+        call = self.calls.get(command.call_id)
         if call is None or call.ended:
-            log.warning("call.command_ignored", call_id=call_id, command=name, reason="unknown_call")
+            log.warning("call.command_ignored", call_id=command.call_id, command=command.TYPE, reason="unknown_call")
             return
-        tokens = bind_contextvars(call_id=call_id)
+        tokens = bind_contextvars(call_id=command.call_id)
         try:
-            getattr(call, f"{name}_command")(*args)
+            handler(call, command)
         finally:
             reset_contextvars(**tokens)
 
     def hangup_all(self, reason: str) -> None:
+        """Hang up every call (end of a drain, shutdown); each reports `call_ended(by=edge)`."""
         for call in list(self.calls.values()):
             tokens = bind_contextvars(call_id=call.call_id)
             try:
-                call.hangup_command(reason)
+                call.hang_up(reason)
             except Exception:
                 log.exception("call.hangup_failed")
             finally:
