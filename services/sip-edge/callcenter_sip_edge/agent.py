@@ -18,6 +18,7 @@ from sippy.Time.Timeout import Timeout
 
 from callcenter_sip_edge import sip_events
 from callcenter_sip_edge.legs import CANCELLABLE_PHASES, AgentLeg, Phase, SdpBody, SipUA, parse_target_uri
+from callcenter_sip_edge.offers import RelayingLeg
 from callcenter_sip_edge.sip_events import LegEvents
 from callcenter_sip_edge.sippy import dialog
 
@@ -46,8 +47,8 @@ class AgentLegs(LegEvents):
         self.ringing = _Ringing(self)
         message = call.flow_message
         self._by_phase: dict[Phase, LegEvents] = {
-            Phase.RINGING: self.ringing, Phase.WHISPER_SETUP: message.agent_events,
-            Phase.WHISPER: message.agent_events, Phase.REBRIDGING: message.rebridging_events,
+            Phase.RINGING: self.ringing, Phase.WHISPER_SETUP: message.agent_answered,
+            Phase.WHISPER: message.agent_hearing, Phase.REBRIDGING: message.agent_rebridging,
             Phase.BRIDGING: _Bridging(self), Phase.TALKING: _Talking(self),
         }
 
@@ -56,6 +57,12 @@ class AgentLegs(LegEvents):
         if leg is None or leg.ua is not ua:
             return None
         return self._by_phase[leg.phase]
+
+    def leg(self) -> AgentLeg:
+        """`call.agent`, which exists whenever a handler of one of its phases gets an event."""
+        leg = self.call.agent
+        assert leg is not None
+        return leg
 
     # ------------------------------------------------------------------ commands
     def ring(self, offer_id: str, agent_id: str, uri: str, timeout_s: float,
@@ -165,23 +172,25 @@ class AgentLegs(LegEvents):
         dialog.hang_up(leg.ua)
 
 
-class _Ringing(LegEvents):
-    """RINGING: the agent's phone rings (or the ring-all leg that won has just answered)."""
-
+class _AgentPhase(LegEvents):
     __slots__ = ("agents",)
 
     def __init__(self, agents: AgentLegs) -> None:
         self.agents = agents
 
+
+class _Ringing(_AgentPhase):
+    """RINGING: the agent's phone rings (or the ring-all leg that won has just answered)."""
+
+    __slots__ = ()
+
     def on_ringing(self, ua: SipUA) -> None:
-        leg = self.agents.call.agent
-        assert leg is not None
+        leg = self.agents.leg()
         leg.got_provisional = True
 
     def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
         call = self.agents.call
-        leg = call.agent
-        assert leg is not None
+        leg = self.agents.leg()
         leg.stop_timers()
         if not leg.early_offer or body is None:
             self.agents.fail(leg, "no_sdp", sip_events.int_code(code))
@@ -193,8 +202,7 @@ class _Ringing(LegEvents):
 
     def on_offer(self, ua: SipUA, offer: SdpBody | None) -> None:
         call = self.agents.call
-        leg = call.agent
-        assert leg is not None
+        leg = self.agents.leg()
         leg.stop_timers()
         if offer is None:
             self.agents.fail(leg, "no_sdp", 200)
@@ -205,8 +213,7 @@ class _Ringing(LegEvents):
         self.agents.bridge(leg, offer)
 
     def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
-        leg = self.agents.call.agent
-        assert leg is not None
+        leg = self.agents.leg()
         status = sip_events.int_code(code)
         self.agents.fail(leg, agent_failure_reason(status), status, leg_gone=True)
 
@@ -214,22 +221,17 @@ class _Ringing(LegEvents):
 
     def on_hangup(self, ua: SipUA) -> None:
         # sippy's no-reply timer fired (CANCEL already sent)
-        leg = self.agents.call.agent
-        assert leg is not None
+        leg = self.agents.leg()
         self.agents.fail(leg, "no_answer" if leg.got_provisional else "unreachable", None, leg_gone=True)
 
 
-class _Bridging(LegEvents):
+class _Bridging(_AgentPhase):
     """BRIDGING: the agent answered, the caller is being re-INVITEd to its offer."""
 
-    __slots__ = ("agents",)
-
-    def __init__(self, agents: AgentLegs) -> None:
-        self.agents = agents
+    __slots__ = ()
 
     def on_hangup(self, ua: SipUA) -> None:
-        leg = self.agents.call.agent
-        assert leg is not None
+        leg = self.agents.leg()
         self.agents.lost_while_bridging(leg)
 
     def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
@@ -239,36 +241,19 @@ class _Bridging(LegEvents):
         self.on_hangup(ua)
 
 
-class _Talking(LegEvents):
+class _Talking(RelayingLeg):
     """TALKING: caller and agent are connected; offers and INFO pass between them."""
 
     __slots__ = ("agents",)
 
     def __init__(self, agents: AgentLegs) -> None:
+        super().__init__(agents.call.offers)
         self.agents = agents
-
-    def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
-        offers = self.agents.call.offers
-        if offers.is_relay_answer(ua):
-            offers.relay_answered(code, reason, body)
-
-    def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
-        offers = self.agents.call.offers
-        if offers.is_relay_answer(ua):
-            offers.relay_failed(code, reason)
-        else:
-            self.on_hangup(ua)
-
-    def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
-        self.on_hangup(ua)
 
     def on_hangup(self, ua: SipUA) -> None:
         call = self.agents.call
         call.offers.abort_relay_involving(ua)
         call.end(by="agent", reason="bye", agent_gone=True)
-
-    def on_reoffer(self, ua: SipUA, offer: SdpBody | None) -> None:
-        self.agents.call.offers.relay_offer(ua, offer)
 
     def on_info(self, ua: SipUA, info: object) -> None:
         sip_events.pass_info(self.agents.call.caller, info)

@@ -103,11 +103,16 @@ class AgentLeg:
 
     def stop_timers(self) -> None:
         """Stop the ring timeout and a pending re-INVITE retry."""
-        for name in ("ring_timer", "retry_timer"):
-            timer = getattr(self, name)
-            if timer is not None:
-                timer.cancel()
-                setattr(self, name, None)
+        cancel_timers(self, "ring_timer", "retry_timer")
+
+
+def cancel_timers(owner: object, *names: str) -> None:
+    """Cancel the timers `owner` holds in the attributes `names`, and forget them."""
+    for name in names:
+        timer = getattr(owner, name)
+        if timer is not None:
+            timer.cancel()
+            setattr(owner, name, None)
 
 
 def parse_target_uri(uri: str) -> Any:

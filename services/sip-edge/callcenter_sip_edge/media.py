@@ -16,6 +16,7 @@ import structlog
 
 from callcenter_sip_edge import sip_events
 from callcenter_sip_edge.legs import MEDIA_SETUP_TIMEOUT_S, MediaLeg, Phase, SdpBody, SipUA, parse_target_uri
+from callcenter_sip_edge.offers import RelayingLeg
 from callcenter_sip_edge.sip_events import LegEvents
 from callcenter_sip_edge.sippy import dialog
 
@@ -26,12 +27,15 @@ log = structlog.get_logger(__name__)
 
 
 class MediaLegs(LegEvents):
-    """The media leg the caller hears (`call.media`) and the one being set up (`call.media_pending`)."""
+    """The media leg the caller hears (`call.media`) and the one being set up (`call.media_pending`);
+    their events go to `_MediaSetup` and `_MediaPlaying`."""
 
-    __slots__ = ("call",)
+    __slots__ = ("_playing", "_setup", "call")
 
     def __init__(self, call: Call) -> None:
         self.call = call
+        self._setup = _MediaSetup(self)
+        self._playing = _MediaPlaying(self)
 
     def start(self, uri: str, purpose: str) -> None:
         call = self.call
@@ -57,70 +61,16 @@ class MediaLegs(LegEvents):
             return
         log.info("call.media_inviting", purpose=purpose, uri=uri, early_offer=early)
 
-    def _setup_leg(self, ua: SipUA) -> MediaLeg | None:
-        leg = self.call.media_pending
-        return leg if leg is not None and leg.ua is ua else None
-
-    def _current_leg(self, ua: SipUA) -> MediaLeg | None:
-        leg = self.call.media
-        return leg if leg is not None and leg.ua is ua else None
-
-    # ------------------------------------------------------------------ events
-    def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
+    def current(self, ua: SipUA) -> LegEvents | None:
         call = self.call
-        leg = self._setup_leg(ua)
-        if leg is not None:
-            if not leg.early_offer or body is None:
-                # late offer answered without an offer: nothing to give the caller
-                self._setup_failed(leg, sip_events.int_code(code), "no_sdp")
-                return
-            call.media_pending = None
-            call.media = leg
-            call.answer_caller(body)
-            call.emit("media_answered", purpose=leg.purpose, uri=leg.uri)
-        elif self._current_leg(ua) is not None and call.offers.is_relay_answer(ua):
-            call.offers.relay_answered(code, reason, body)
-
-    def on_offer(self, ua: SipUA, offer: SdpBody | None) -> None:
-        leg = self._setup_leg(ua)
-        if leg is None:
-            return
-        if offer is None:
-            self._setup_failed(leg, None, "no_sdp")
-            return
-        self.call.offers.reinvite_caller(offer, leg, lambda answer: self._switched(leg, answer),
-                                         lambda code, reason: self._setup_failed(leg, code, reason))
-
-    def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
-        leg = self._setup_leg(ua)
-        if leg is not None:
-            self._setup_failed(leg, code, str(reason), leg_gone=True)
-        elif self._current_leg(ua) is not None:
-            if self.call.offers.is_relay_answer(ua):
-                self.call.offers.relay_failed(code, reason)
-            else:
-                self._ended(ua)
-
-    def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
-        leg = self._setup_leg(ua)
-        if leg is not None:
-            self._setup_failed(leg, code, str(reason), leg_gone=True)
-        elif self._current_leg(ua) is not None:
-            self._ended(ua)
-
-    def on_hangup(self, ua: SipUA) -> None:
-        leg = self._setup_leg(ua)
-        if leg is not None:
-            self._setup_failed(leg, None, "timeout", leg_gone=True)
-        elif self._current_leg(ua) is not None:
-            self._ended(ua)
-
-    def on_reoffer(self, ua: SipUA, offer: SdpBody | None) -> None:
-        if self._current_leg(ua) is not None:
-            self.call.offers.relay_offer(ua, offer)
+        if call.media_pending is not None and call.media_pending.ua is ua:
+            return self._setup
+        if call.media is not None and call.media.ua is ua:
+            return self._playing
+        return None
 
     # ------------------------------------------------------------------ outcomes
-    def _switched(self, leg: MediaLeg, answer: SdpBody | None) -> None:
+    def switched(self, leg: MediaLeg, answer: SdpBody | None) -> None:
         call = self.call
         if call.media_pending is not leg:
             return
@@ -131,7 +81,7 @@ class MediaLegs(LegEvents):
             dialog.hang_up(previous.ua)
         call.emit("media_answered", purpose=leg.purpose, uri=leg.uri)
 
-    def _setup_failed(self, leg: MediaLeg, code: int | None, reason: str, leg_gone: bool = False) -> None:
+    def setup_failed(self, leg: MediaLeg, code: int | None, reason: str, leg_gone: bool = False) -> None:
         call = self.call
         if call.media_pending is not leg:
             return
@@ -142,7 +92,8 @@ class MediaLegs(LegEvents):
         log.info("call.media_failed", purpose=leg.purpose, code=code, reason=reason)
         call.emit("media_failed", purpose=leg.purpose, code=code, reason=reason)
 
-    def _ended(self, ua: SipUA) -> None:
+    def ended(self, ua: SipUA) -> None:
+        """The media server hung up on the caller."""
         call = self.call
         leg = call.media
         assert leg is not None
@@ -158,3 +109,58 @@ class MediaLegs(LegEvents):
                 call.offers.forget(leg)
                 dialog.hang_up(leg.ua)
         call.media = call.media_pending = None
+
+
+class _MediaSetup(LegEvents):
+    """`call.media_pending`: INVITEd, not answered yet (or its offer is on its way to the caller)."""
+
+    __slots__ = ("media",)
+
+    def __init__(self, media: MediaLegs) -> None:
+        self.media = media
+
+    def _leg(self) -> MediaLeg:
+        leg = self.media.call.media_pending
+        assert leg is not None
+        return leg
+
+    def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
+        leg, call = self._leg(), self.media.call
+        if not leg.early_offer or body is None:
+            # late offer answered without an offer: nothing to give the caller
+            self.media.setup_failed(leg, sip_events.int_code(code), "no_sdp")
+            return
+        call.media_pending = None
+        call.media = leg
+        call.answer_caller(body)
+        call.emit("media_answered", purpose=leg.purpose, uri=leg.uri)
+
+    def on_offer(self, ua: SipUA, offer: SdpBody | None) -> None:
+        leg, media = self._leg(), self.media
+        if offer is None:
+            media.setup_failed(leg, None, "no_sdp")
+            return
+        media.call.offers.reinvite_caller(offer, leg, lambda answer: media.switched(leg, answer),
+                                          lambda code, reason: media.setup_failed(leg, code, reason))
+
+    def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
+        self.media.setup_failed(self._leg(), code, str(reason), leg_gone=True)
+
+    def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
+        self.media.setup_failed(self._leg(), code, str(reason), leg_gone=True)
+
+    def on_hangup(self, ua: SipUA) -> None:
+        self.media.setup_failed(self._leg(), None, "timeout", leg_gone=True)
+
+
+class _MediaPlaying(RelayingLeg):
+    """`call.media`: the caller hears it; offers pass between the two."""
+
+    __slots__ = ("media",)
+
+    def __init__(self, media: MediaLegs) -> None:
+        super().__init__(media.call.offers)
+        self.media = media
+
+    def on_hangup(self, ua: SipUA) -> None:
+        self.media.ended(ua)

@@ -21,7 +21,8 @@ import structlog
 from sippy.Time.Timeout import Timeout
 
 from callcenter_sip_edge import sip_events
-from callcenter_sip_edge.legs import Phase, SdpBody, SipUA, Timer
+from callcenter_sip_edge.legs import Phase, SdpBody, SipUA, Timer, cancel_timers
+from callcenter_sip_edge.sip_events import LegEvents
 from callcenter_sip_edge.sippy import dialog
 
 if TYPE_CHECKING:
@@ -150,11 +151,7 @@ class CallerOffers:
 
     def stop(self) -> None:
         """The call ends: no more re-INVITEs."""
-        for name in ("_glare_timer", "_ack_pending_timer"):
-            timer = getattr(self, name)
-            if timer is not None:
-                timer.cancel()
-                setattr(self, name, None)
+        cancel_timers(self, "_glare_timer", "_ack_pending_timer")
         self.queue.clear()
 
     # ------------------------------------------------------------------ in-dialog offers
@@ -215,3 +212,31 @@ class CallerOffers:
         self.relay = None
         if relay.target is ua and relay.source is not None:
             sip_events.refuse(relay.source, 487, "Request Terminated")
+
+
+class RelayingLeg(LegEvents):
+    """The events of a leg in a session with a peer (caller and agent, agent and its message,
+    caller and media): its answer to an offer relayed to it goes back to the offer's source, its
+    own offers are relayed, and a failure that is no such answer, a 3xx or a BYE end it
+    (`on_hangup`, which each such leg says)."""
+
+    __slots__ = ("offers",)
+
+    def __init__(self, offers: CallerOffers) -> None:
+        self.offers = offers
+
+    def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
+        if self.offers.is_relay_answer(ua):
+            self.offers.relay_answered(code, reason, body)
+
+    def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
+        if self.offers.is_relay_answer(ua):
+            self.offers.relay_failed(code, reason)
+        else:
+            self.on_hangup(ua)
+
+    def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
+        self.on_hangup(ua)
+
+    def on_reoffer(self, ua: SipUA, offer: SdpBody | None) -> None:
+        self.offers.relay_offer(ua, offer)

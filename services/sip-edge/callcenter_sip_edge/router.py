@@ -1,8 +1,9 @@
 """All calls of the edge: admission of new INVITEs, out-of-dialog requests, commands, shutdown.
 
 Reads: requests that match no dialog (from sippy's transaction manager) and the typed commands
-`SipStack` forwards (`execute`: the call's handler from `call.COMMAND_HANDLERS`). Writes: SIP responses to out-of-dialog requests, new `Call`s, facts through
-the `emit` callback, and the stack's close.
+`SipStack` forwards (`execute`: the call's handler from `call.COMMAND_HANDLERS`).
+Writes: SIP responses to out-of-dialog requests, new `Call`s, facts through the `emit` callback,
+and the stack's close.
 
 Runs on the SIP thread only. This module imports sippy at import time, so `SipStack` imports it
 from that thread (sippy's reactor binds to the importing thread).

@@ -20,7 +20,7 @@ from sippy.Time.Timeout import Timeout
 
 from callcenter_sip_edge import sip_events
 from callcenter_sip_edge.legs import MEDIA_SETUP_TIMEOUT_S, AgentLeg, MediaLeg, Phase, SdpBody, SipUA, parse_target_uri
-from callcenter_sip_edge.offers import GLARE_MAX_ATTEMPTS, GLARE_RETRY_OWN_S
+from callcenter_sip_edge.offers import GLARE_MAX_ATTEMPTS, GLARE_RETRY_OWN_S, RelayingLeg
 from callcenter_sip_edge.sip_events import LegEvents
 from callcenter_sip_edge.sippy import dialog
 
@@ -35,18 +35,43 @@ AGENT_IDLE_RETRY_S = 0.2
 AGENT_IDLE_MAX_ATTEMPTS = 50
 
 
-class FlowIdMessage:
+class FlowIdMessage(LegEvents):
     """The message leg of the call's agent (`call.agent.whisper`) and the agent around it."""
 
-    __slots__ = ("agent_events", "call", "message_events", "rebridging_events")
+    __slots__ = (
+        "_message_playing",
+        "_message_setup",
+        "agent_answered",
+        "agent_hearing",
+        "agent_rebridging",
+        "call",
+    )
 
     def __init__(self, call: Call) -> None:
         self.call = call
-        self.message_events = _MessageLeg(self)
-        self.agent_events = _AgentHearing(self)
-        self.rebridging_events = _AgentRebridging(self)
+        self._message_setup = _MessageSetup(self)
+        self._message_playing = _MessagePlaying(self)
+        # the agent leg's handlers in the phases of the message (see AgentLegs)
+        self.agent_answered = _AgentAnswered(self)
+        self.agent_hearing = _AgentHearing(self)
+        self.agent_rebridging = _AgentRebridging(self)
 
-    def start(self, leg: AgentLeg, offer: SdpBody | None) -> None:
+    def current(self, ua: SipUA) -> LegEvents | None:
+        """The handler of an event of the message's leg (`FlowIdMessage` is that leg's events)."""
+        leg = self.call.agent
+        if leg is None or leg.whisper is None or leg.whisper.ua is not ua:
+            return None
+        if leg.phase is Phase.WHISPER_SETUP:
+            return self._message_setup
+        return self._message_playing if leg.phase is Phase.WHISPER else None
+
+    def agent_leg(self) -> AgentLeg:
+        """`call.agent`, which exists whenever a handler of this room gets an event."""
+        leg = self.call.agent
+        assert leg is not None
+        return leg
+
+    def start(self, leg: AgentLeg, offer: SdpBody) -> None:
         """The agent answered with `offer` (its 200's ACK is held): INVITE the message with it."""
         call = self.call
         leg.phase = Phase.WHISPER_SETUP
@@ -59,7 +84,7 @@ class FlowIdMessage:
             return
         wleg = MediaLeg(ua=None, uri=uri, purpose="whisper", early_offer=True)
         leg.whisper = wleg
-        wleg.ua = call.invite(target, self.message_events, offer=offer, calling_name=call.info.caller_display,
+        wleg.ua = call.invite(target, self, offer=offer, calling_name=call.info.caller_display,
                               expire_time=MEDIA_SETUP_TIMEOUT_S)
         if wleg.ua is None:
             leg.whisper = None
@@ -105,13 +130,13 @@ class FlowIdMessage:
         leg.offer_requested = True
         log.info("call.agent_offer_requested", offer_id=leg.offer_id)
 
-    def agent_gone(self, ua: SipUA) -> None:
-        """The agent hung up before it met the caller (the caller stays on its media)."""
-        call = self.call
-        leg = call.agent
-        assert leg is not None
-        call.offers.abort_relay_involving(ua)
-        call.agent_legs.fail(leg, "hung_up", None, leg_gone=True)
+    def agent_hung_up(self, ua: SipUA) -> None:
+        """A failure, 3xx or BYE on the agent's leg before it met the caller: `hung_up` (the caller
+        stays on its media), unless the dialog is still up (it answered an offer relayed before)."""
+        if dialog.dialog_up(ua):
+            return
+        self.call.offers.abort_relay_involving(ua)
+        self.call.agent_legs.fail(self.agent_leg(), "hung_up", None, leg_gone=True)
 
     def drop(self, leg: AgentLeg) -> None:
         """Hang up the agent's message leg, if any."""
@@ -121,128 +146,96 @@ class FlowIdMessage:
             dialog.hang_up(wleg.ua)
 
 
-class _MessageLeg(LegEvents):
-    """The message's leg: set up (WHISPER_SETUP), then playing (WHISPER) until its server hangs up."""
+class _MessageSetup(LegEvents):
+    """The message's leg in WHISPER_SETUP: INVITEd with the agent's offer, not answered yet."""
 
     __slots__ = ("message",)
 
     def __init__(self, message: FlowIdMessage) -> None:
         self.message = message
 
-    def current(self, ua: SipUA) -> LegEvents | None:
-        leg = self.message.call.agent
-        if leg is None or leg.whisper is None or leg.whisper.ua is not ua:
-            return None
-        return self
-
-    def _leg(self) -> AgentLeg:
-        leg = self.message.call.agent
-        assert leg is not None
-        return leg
-
     def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
-        leg = self._leg()
-        if leg.phase is Phase.WHISPER_SETUP:
-            if body is None:
-                self.message.failed(leg, sip_events.int_code(code), "no_sdp")
-                return
-            leg.phase = Phase.WHISPER
-            leg.agent_offer = None
-            # the agent's ACK carries the message's answer: the agent hears the message
-            assert leg.ua is not None
-            sip_events.answer(leg.ua, body)
-            log.info("call.whisper_playing", offer_id=leg.offer_id)
-        elif leg.phase is Phase.WHISPER and self.message.call.offers.is_relay_answer(ua):
-            self.message.call.offers.relay_answered(code, reason, body)
+        leg = self.message.agent_leg()
+        if body is None:
+            self.message.failed(leg, sip_events.int_code(code), "no_sdp")
+            return
+        leg.phase = Phase.WHISPER
+        leg.agent_offer = None
+        # the agent's ACK carries the message's answer: the agent hears the message
+        assert leg.ua is not None
+        sip_events.answer(leg.ua, body)
+        log.info("call.whisper_playing", offer_id=leg.offer_id)
 
     def on_offer(self, ua: SipUA, offer: SdpBody | None) -> None:
-        leg = self._leg()
-        if leg.phase is Phase.WHISPER_SETUP:
-            self.message.failed(leg, None, "no_sdp")
+        self.message.failed(self.message.agent_leg(), None, "no_sdp")
 
     def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
-        leg = self._leg()
-        if leg.phase is Phase.WHISPER_SETUP:
-            self.message.failed(leg, sip_events.int_code(code), str(reason), leg_gone=True)
-        elif leg.phase is Phase.WHISPER:
-            if self.message.call.offers.is_relay_answer(ua):
-                self.message.call.offers.relay_failed(code, reason)
-            else:
-                self.message.ended(leg, ua)
+        self.message.failed(self.message.agent_leg(), sip_events.int_code(code), str(reason), leg_gone=True)
 
     def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
-        leg = self._leg()
-        if leg.phase is Phase.WHISPER_SETUP:
-            self.message.failed(leg, sip_events.int_code(code), str(reason), leg_gone=True)
-        elif leg.phase is Phase.WHISPER:
-            self.message.ended(leg, ua)
+        self.message.failed(self.message.agent_leg(), sip_events.int_code(code), str(reason), leg_gone=True)
 
     def on_hangup(self, ua: SipUA) -> None:
-        leg = self._leg()
-        if leg.phase is Phase.WHISPER_SETUP:
-            self.message.failed(leg, None, "timeout", leg_gone=True)
-        elif leg.phase is Phase.WHISPER:
-            self.message.ended(leg, ua)
-
-    def on_reoffer(self, ua: SipUA, offer: SdpBody | None) -> None:
-        if self._leg().phase is Phase.WHISPER:
-            self.message.call.offers.relay_offer(ua, offer)
+        self.message.failed(self.message.agent_leg(), None, "timeout", leg_gone=True)
 
 
-class _AgentHearing(LegEvents):
-    """The agent leg in WHISPER_SETUP and WHISPER: it answered and hears (or is about to hear) the message."""
+class _InWhisper(RelayingLeg):
+    """A leg of the session of the agent and its message (phase WHISPER)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, message: FlowIdMessage) -> None:
+        super().__init__(message.call.offers)
+        self.message = message
+
+
+class _MessagePlaying(_InWhisper):
+    """The message's leg in WHISPER: the agent hears it; offers pass between the two."""
+
+    __slots__ = ()
+
+    def on_hangup(self, ua: SipUA) -> None:
+        self.message.ended(self.message.agent_leg(), ua)
+
+
+class _AgentAnswered(LegEvents):
+    """The agent leg in WHISPER_SETUP (it answered, its message is being set up) and, through
+    `_AgentRebridging`, in REBRIDGING: offers wait (491), a hang-up is `hung_up`."""
 
     __slots__ = ("message",)
 
     def __init__(self, message: FlowIdMessage) -> None:
         self.message = message
 
-    def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
-        offers = self.message.call.offers
-        if self._playing() and offers.is_relay_answer(ua):
-            offers.relay_answered(code, reason, body)
-
     def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
-        offers = self.message.call.offers
-        if self._playing() and offers.is_relay_answer(ua):
-            offers.relay_failed(code, reason)
-        else:
-            self.on_hangup(ua)
+        self.message.agent_hung_up(ua)
 
     def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
-        self.on_hangup(ua)
+        self.message.agent_hung_up(ua)
 
     def on_hangup(self, ua: SipUA) -> None:
-        if not dialog.dialog_up(ua):
-            # (a failure that leaves the dialog up answers an offer relayed before: not a hang-up)
-            self.message.agent_gone(ua)
+        self.message.agent_hung_up(ua)
 
     def on_reoffer(self, ua: SipUA, offer: SdpBody | None) -> None:
-        if self._playing():
-            self.message.call.offers.relay_offer(ua, offer)
-        else:
-            sip_events.refuse(ua, 491, "Request Pending")
-
-    def _playing(self) -> bool:
-        leg = self.message.call.agent
-        return leg is not None and leg.phase is Phase.WHISPER
+        sip_events.refuse(ua, 491, "Request Pending")
 
 
-class _AgentRebridging(LegEvents):
+class _AgentHearing(_InWhisper):
+    """The agent leg in WHISPER: it hears the message; offers pass between the two."""
+
+    __slots__ = ()
+
+    def on_hangup(self, ua: SipUA) -> None:
+        self.message.agent_hung_up(ua)
+
+
+class _AgentRebridging(_AgentAnswered):
     """The agent leg in REBRIDGING: re-INVITEd without SDP after the message, its offer awaited."""
 
-    __slots__ = ("message",)
-
-    def __init__(self, message: FlowIdMessage) -> None:
-        self.message = message
-
-    def _leg(self) -> AgentLeg:
-        leg = self.message.call.agent
-        assert leg is not None
-        return leg
+    __slots__ = ()
 
     def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
-        leg = self._leg()
+        leg = self.message.agent_leg()
         if not leg.offer_requested:
             return
         leg.offer_requested = False
@@ -252,9 +245,9 @@ class _AgentRebridging(LegEvents):
         self.message.call.agent_legs.bridge(leg, body)
 
     def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
-        leg = self._leg()
+        leg = self.message.agent_leg()
         if not leg.offer_requested:
-            self.on_hangup(ua)
+            self.message.agent_hung_up(ua)
             return
         leg.offer_requested = False
         status = sip_events.int_code(code)
@@ -270,13 +263,3 @@ class _AgentRebridging(LegEvents):
             call.agent_legs.fail(leg, "hung_up", status, leg_gone=True)
         else:
             call.agent_legs.fail(leg, "rejected", status)
-
-    def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
-        self.on_hangup(ua)
-
-    def on_hangup(self, ua: SipUA) -> None:
-        if not dialog.dialog_up(ua):
-            self.message.agent_gone(ua)
-
-    def on_reoffer(self, ua: SipUA, offer: SdpBody | None) -> None:
-        sip_events.refuse(ua, 491, "Request Pending")
