@@ -195,7 +195,7 @@ class DispatchMachine(RuleBasedStateMachine):
             self.replay(decode(fields, eid))  # every event must follow the contract
 
     def execute(self, c: Entry) -> None:
-        """The real edge's reaction to a command (callcenter_sip_edge.controller)."""
+        """The real edge's reaction to a command (callcenter_sip_edge.call and its rooms)."""
         call = self.calls[c.data["call_id"]]
         if call.ended:
             return

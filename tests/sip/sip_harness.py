@@ -25,7 +25,8 @@ SCENARIOS = REPO / "tests" / "sipp"
 from sip_grammar import header_problems  # noqa: E402
 
 from callcenter_dev.servers import stop_process, udp_port_bound  # noqa: E402
-from callcenter_sip_edge.sip_stack import Fact, SipStack  # noqa: E402
+from callcenter_sip_edge.facts import Fact  # noqa: E402
+from callcenter_sip_edge.sip_stack import SipStack  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
 SIPP_TIMEOUT_S = 20

@@ -61,7 +61,7 @@ async def test_responses_keep_both_vias_and_the_record_route_in_dialog_requests_
     pport, uport = proxy.getsockname()[1], ua.getsockname()[1]
     stack, dispatcher = edge.stack, edge.dispatcher
     music = sipp.start("media_hold_uas", name="queue-music")
-    dispatcher.on("arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
+    dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
 
     ua_via = f"SIP/2.0/UDP {LOOPBACK}:{uport};branch=z9hG4bK-ua{os.urandom(3).hex()}"
     proxy_via = f"SIP/2.0/UDP {LOOPBACK}:{pport};branch=z9hG4bK-px{os.urandom(3).hex()}"
@@ -120,7 +120,7 @@ async def test_responses_keep_both_vias_and_the_record_route_in_dialog_requests_
         f"To: {headers(bye, 'to')[0]}", "Call-ID: behind-proxy-1", f"CSeq: {headers(bye, 'cseq')[0]}",
         "Content-Length: 0", "", ""]).encode()
     proxy.sendto(bye_reply, (LOOPBACK, edge.port))
-    ended = await dispatcher.wait_for("ended", timeout_s=5)
+    ended = await dispatcher.wait_for("call_ended", timeout_s=5)
     assert ended.data["reason"] == "test_done"
     await expect_success(*media)
     # nothing ever went to the caller's own socket: everything went through the proxy

@@ -28,7 +28,7 @@ from sip_harness import (
 )
 
 from callcenter_sip_edge.sip_stack import SipStack
-from callcenter_sip_edge.sippy_fixes import quotable_display_name
+from callcenter_sip_edge.sippy.dialog import quotable_display_name
 
 
 async def test_agent_hangs_up_to_a_peer_that_takes_the_contact_as_is(edge: EdgeUnderTest,
@@ -37,12 +37,12 @@ async def test_agent_hangs_up_to_a_peer_that_takes_the_contact_as_is(edge: EdgeU
     # the From of the agent's INVITE, with a name the dispatcher made from a flow's prefix
     stack, dispatcher = edge.stack, edge.dispatcher
     agent = sipp.start("agent_early_hangup_uas", name="agent")
-    dispatcher.on("arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
+    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
                                                   caller_display='Sales "VIP" Ann'))
     caller = sipp.start("caller_answered_wait_bye", name="caller", remote_port=edge.port, service="support")
 
     await expect_success(caller, agent)
-    await dispatcher.wait_for("ended")
+    await dispatcher.wait_for("call_ended")
     assert dispatcher.facts[-1].data == {"by": "agent", "reason": "bye", "code": None}
     assert edge_sent_problems(caller, agent) == []
     assert 'From: "Sales \\"VIP\\" Ann" <sip:caller1@' in agent.traces()
@@ -53,13 +53,13 @@ async def test_sipp_stock_uac_scenario(edge: EdgeUnderTest, sipp: SippLauncher) 
     # (not to the Contact), with an addr-spec Contact; the edge matches them by dialog
     stack, dispatcher = edge.stack, edge.dispatcher
     agent = sipp.start("agent_early_uas", name="agent")
-    dispatcher.on("arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0),
-                  flow="service", caller_user="sipp")
+    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0),
+                  flow="service", caller="sipp")
     caller = sipp.start("uac", name="stock-uac", remote_port=edge.port, pause_ms=300, stock=True)
 
     await expect_success(caller, agent)
-    await dispatcher.wait_for("ended")
-    assert dispatcher.kinds() == ["arrived", "agent_answered", "ended"]
+    await dispatcher.wait_for("call_ended")
+    assert dispatcher.kinds() == ["call_arrived", "agent_answered", "call_ended"]
     assert dispatcher.facts[-1].data == {"by": "caller", "reason": "bye", "code": None}
     assert edge_sent_problems(caller, agent) == []
 
@@ -74,7 +74,7 @@ async def test_the_contact_carries_the_advertised_host(sipp: SippLauncher, clien
     stack.start()
     try:
         agent_port = client.getsockname()[1]
-        dispatcher.on("arrived", lambda f: stack.ring(f.call_id, "o1", "a1", f"sip:agent@{LOOPBACK}:{agent_port}",
+        dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", f"sip:agent@{LOOPBACK}:{agent_port}",
                                                       10.0))
         sipp.start("caller_answered_bye", name="caller", remote_port=port, service="support")
         invite = (await asyncio.to_thread(client.recv, 65535)).decode()

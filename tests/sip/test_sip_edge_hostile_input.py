@@ -87,7 +87,7 @@ async def test_invite_from_an_untrusted_network_gets_403(make_edge: Callable[...
 async def test_invite_flood_from_one_source_gets_503_with_retry_after(make_edge: Callable[..., EdgeUnderTest],
                                                                       client: socket.socket) -> None:
     edge, port = make_edge(trusted_networks="127.0.0.0/8", invite_rate=1.0, invite_burst=3), client.getsockname()[1]
-    edge.dispatcher.on("arrived", lambda f: edge.stack.reject(f.call_id, 486, "busy"), once=False)
+    edge.dispatcher.on("call_arrived", lambda f: edge.stack.reject(f.call_id, 486, "busy"), once=False)
     codes = []
     for n in range(5):
         client.sendto(invite(edge.port, port, f"flood-{n}"), (LOOPBACK, edge.port))
@@ -96,7 +96,7 @@ async def test_invite_flood_from_one_source_gets_503_with_retry_after(make_edge:
         if codes[-1] == 503:
             assert "retry-after: 1" in reply.lower(), reply
     assert codes == [486, 486, 486, 503, 503]
-    assert edge.dispatcher.kinds().count("arrived") == 3
+    assert edge.dispatcher.kinds().count("call_arrived") == 3
     assert edge.stack.guard.refused["rate_limited"] == 2
     await asyncio.sleep(1.1)  # a token is back
     client.sendto(invite(edge.port, port, "flood-late"), (LOOPBACK, edge.port))
@@ -177,7 +177,7 @@ async def test_fuzzed_datagrams_never_crash_the_edge_or_leak_calls(edge: EdgeUnd
                                                                    sipp: SippLauncher) -> None:
     stack, dispatcher = edge.stack, edge.dispatcher
     # every call the fuzz lets through is rejected, as a dispatcher would for an unknown flow
-    dispatcher.on("arrived", lambda f: stack.reject(f.call_id, 404, "Not Found"), once=False)
+    dispatcher.on("call_arrived", lambda f: stack.reject(f.call_id, 404, "Not Found"), once=False)
     client.setblocking(False)
     port = client.getsockname()[1]
     target = (LOOPBACK, edge.port)
@@ -203,8 +203,8 @@ async def test_fuzzed_datagrams_never_crash_the_edge_or_leak_calls(edge: EdgeUnd
     while stack.active_calls() and time.monotonic() < deadline:
         await asyncio.sleep(0.1)
     await asyncio.sleep(0.2)  # the last facts cross from the SIP thread
-    arrived = {f.call_id for f in dispatcher.facts if f.kind == "arrived"}
-    ended = [f.call_id for f in dispatcher.facts if f.kind == "ended"]
+    arrived = {f.call_id for f in dispatcher.facts if f.kind == "call_arrived"}
+    ended = [f.call_id for f in dispatcher.facts if f.kind == "call_ended"]
     assert stack.active_calls() == 0, f"{stack.active_calls()} calls leaked of {len(arrived)} that arrived"
     # each call that arrived ended once; no call ends that was never reported (the dispatcher
     # could not place its report)
@@ -212,8 +212,8 @@ async def test_fuzzed_datagrams_never_crash_the_edge_or_leak_calls(edge: EdgeUnd
     assert len(arrived) > 50  # the fuzz did let calls through
 
     agent = sipp.start("agent_early_uas", name="agent")
-    dispatcher.on("arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0),
-                  flow="support", caller_user="caller1")
+    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0),
+                  flow="support", caller="caller1")
     # the handler above is matched first only for SIPp's caller; keep rejecting the rest
     dispatcher._reactions.insert(0, dispatcher._reactions.pop())
     caller = sipp.start("caller_answered_bye", name="caller", remote_port=edge.port, service="support",

@@ -43,7 +43,7 @@ async def test_chat_call_welcome_queue_agent(edge: EdgeUnderTest, sipp: SippLaun
     welcome = sipp.start("media_welcome_chat_uas", name="welcome")
     queue = sipp.start("media_queue_chat_late_uas", name="queue")
     agent = sipp.start("agent_chat_late_uas", name="agent")
-    dispatcher.on("arrived", lambda f: stack.media(f.call_id, welcome.uri("welcome"), "welcome"))
+    dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, welcome.uri("welcome"), "welcome"))
     dispatcher.on("media_ended", lambda f: stack.media(f.call_id, queue.uri("queue", ";cc_pos=0"), "queue"),
                   purpose="welcome")
     dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0),
@@ -54,9 +54,9 @@ async def test_chat_call_welcome_queue_agent(edge: EdgeUnderTest, sipp: SippLaun
     # the scenarios check each MSRP path: welcome got the caller's offer, the caller got the queue's
     # and then the agent's offer in re-INVITEs, queue and agent got the caller's answers in their ACKs
     await expect_success(caller, welcome, queue, agent)
-    await dispatcher.wait_for("ended")
-    assert dispatcher.kinds() == ["arrived", "media_answered", "media_ended", "media_answered",
-                                  "agent_answered", "ended"]
+    await dispatcher.wait_for("call_ended")
+    assert dispatcher.kinds() == ["call_arrived", "media_answered", "media_ended", "media_answered",
+                                  "agent_answered", "call_ended"]
     assert dispatcher.facts[0].data["media_type"] == "chat"
     assert "a=accept-types:text/plain" in agent.traces()
     assert stack.active_calls() == 0
@@ -64,11 +64,11 @@ async def test_chat_call_welcome_queue_agent(edge: EdgeUnderTest, sipp: SippLaun
 
 async def test_audio_call_is_reported_as_audio(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
     stack, dispatcher = edge.stack, edge.dispatcher
-    dispatcher.on("arrived", lambda f: stack.reject(f.call_id, 404, "unknown_flow"))
+    dispatcher.on("call_arrived", lambda f: stack.reject(f.call_id, 404, "unknown_flow"))
     caller = sipp.start("caller_rejected_404", name="caller", remote_port=edge.port, service="support")
 
     await expect_success(caller)
-    await dispatcher.wait_for("ended")
+    await dispatcher.wait_for("call_ended")
     assert dispatcher.facts[0].data["media_type"] == "audio"
 
 

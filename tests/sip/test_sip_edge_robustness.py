@@ -92,12 +92,12 @@ async def test_garbage_never_stops_the_edge(edge: EdgeUnderTest, client: socket.
     assert dispatcher.facts == []
 
     agent = sipp.start("agent_early_uas", name="agent")
-    dispatcher.on("arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
+    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
     caller = sipp.start("caller_answered_bye", name="caller", remote_port=edge.port, service="support",
                         pause_ms=300)
     await expect_success(caller, agent)
-    await dispatcher.wait_for("ended")
-    assert dispatcher.kinds() == ["arrived", "agent_answered", "ended"]
+    await dispatcher.wait_for("call_ended")
+    assert dispatcher.kinds() == ["call_arrived", "agent_answered", "call_ended"]
 
 
 async def test_drain_answers_503_with_retry_after(edge: EdgeUnderTest, client: socket.socket) -> None:
@@ -108,7 +108,7 @@ async def test_drain_answers_503_with_retry_after(edge: EdgeUnderTest, client: s
     assert "retry-after:" in reply.lower()
     edge.stack.set_accepting(True)
     client.sendto(_request("INVITE", edge.port, client, call_id="drain2", body=SDP), (LOOPBACK, edge.port))
-    arrived = await edge.dispatcher.wait_for("arrived", timeout_s=5)
+    arrived = await edge.dispatcher.wait_for("call_arrived", timeout_s=5)
     edge.stack.reject(arrived.call_id, 486, "busy")
     assert (await _final_response(client)).startswith("SIP/2.0 486")
 
@@ -120,14 +120,14 @@ async def test_commands_for_unknown_calls_or_wrong_state_are_ignored(edge: EdgeU
     stack.hangup("no-such-call", "x")
     stack.media("no-such-call", "sip:x@127.0.0.1:9", "not-a-purpose")
     client.sendto(_request("INVITE", edge.port, client, call_id="wrong-state", body=SDP), (LOOPBACK, edge.port))
-    arrived = await edge.dispatcher.wait_for("arrived", timeout_s=5)
+    arrived = await edge.dispatcher.wait_for("call_arrived", timeout_s=5)
     stack.cancel_ring(arrived.call_id, "never-rung")
     stack.ring(arrived.call_id, "o1", "a1", "sip:agent@127.0.0.1:9;transport=tcp", 5.0)
     failed = await edge.dispatcher.wait_for("agent_failed", timeout_s=5)
     assert failed.data["reason"] == "unreachable"
     assert stack.active_calls() == 1
     stack.hangup(arrived.call_id, "test_done")
-    ended = await edge.dispatcher.wait_for("ended", timeout_s=5)
+    ended = await edge.dispatcher.wait_for("call_ended", timeout_s=5)
     assert ended.data == {"by": "edge", "reason": "test_done", "code": 480}
     assert (await _final_response(client)).startswith("SIP/2.0 480")
     assert stack.active_calls() == 0
@@ -139,7 +139,7 @@ async def test_stop_hangs_up_active_calls_quickly(sipp: SippLauncher) -> None:
     stack = SipStack(host=LOOPBACK, port=port, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop())
     stack.start()
     music = sipp.start("media_hold_uas", name="queue-music")
-    dispatcher.on("arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
+    dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
     caller = sipp.start("caller_answered_wait_bye", name="caller", remote_port=port, service="support")
     try:
         await dispatcher.wait_for("media_answered", timeout_s=10)
@@ -149,7 +149,7 @@ async def test_stop_hangs_up_active_calls_quickly(sipp: SippLauncher) -> None:
         stack.stop()
         assert time.monotonic() - started < 3
     await expect_success(caller, music)
-    ended = await dispatcher.wait_for("ended", timeout_s=2)
+    ended = await dispatcher.wait_for("call_ended", timeout_s=2)
     assert ended.data["reason"] == "shutdown"
 
 
@@ -157,9 +157,9 @@ async def test_hangup_all_ends_every_call(edge: EdgeUnderTest, client: socket.so
     for n in range(3):
         client.sendto(_request("INVITE", edge.port, client, call_id=f"all-{n}", body=SDP), (LOOPBACK, edge.port))
     deadline = asyncio.get_running_loop().time() + 5
-    while edge.dispatcher.kinds().count("arrived") < 3:
+    while edge.dispatcher.kinds().count("call_arrived") < 3:
         assert asyncio.get_running_loop().time() < deadline, edge.dispatcher.summary()
-        await edge.dispatcher.wait_for("arrived", timeout_s=1)
+        await edge.dispatcher.wait_for("call_arrived", timeout_s=1)
         await asyncio.sleep(0.05)
     assert edge.stack.active_calls() == 3
     edge.stack.hangup_all("edge_shutdown")
@@ -169,9 +169,9 @@ async def test_hangup_all_ends_every_call(edge: EdgeUnderTest, client: socket.so
     # the facts reach the asyncio loop after the 480s have left (and the blocking reads above held
     # the loop): let them arrive
     deadline = asyncio.get_running_loop().time() + 5
-    while edge.dispatcher.kinds().count("ended") < 3 and asyncio.get_running_loop().time() < deadline:
+    while edge.dispatcher.kinds().count("call_ended") < 3 and asyncio.get_running_loop().time() < deadline:
         await asyncio.sleep(0.02)
-    assert [f.data["reason"] for f in edge.dispatcher.facts if f.kind == "ended"] == ["edge_shutdown"] * 3
+    assert [f.data["reason"] for f in edge.dispatcher.facts if f.kind == "call_ended"] == ["edge_shutdown"] * 3
 
 
 async def test_start_fails_when_port_is_taken() -> None:

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from sip_harness import EdgeUnderTest, SipMessage, SippLauncher, SippProcess, expect_success
 
-from callcenter_sip_edge.sip_stack import Fact
+from callcenter_sip_edge.facts import Fact
 
 
 def _caller(sipp: SippLauncher, edge: EdgeUnderTest, scenario: str, pause_ms: int = 500) -> SippProcess:
@@ -35,7 +35,7 @@ def _queue_then_ring(edge: EdgeUnderTest, sipp: SippLauncher, agent_scenario: st
     music = sipp.start("media_hold_uas", name="queue-music")
     agent = sipp.start(agent_scenario, name="agent")
     whisper_uri = whisper.uri("flowid") if isinstance(whisper, SippProcess) else whisper
-    dispatcher.on("arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
+    dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
     dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
                                                          whisper_uri=whisper_uri))
     return music, agent
@@ -53,14 +53,14 @@ async def test_whisper_then_caller_connected(edge: EdgeUnderTest, sipp: SippLaun
     music = sipp.start("media_hold_uas", name="queue-music")
     agent = sipp.start("agent_whisper_uas", name="agent")
     whisper = sipp.start("whisper_media_uas", name="whisper")
-    dispatcher.on("arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
+    dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
     dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
                                                          whisper_uri=whisper.uri("flowid", ";flow=support")))
     caller = _caller(sipp, edge, "caller_whisper_reinvited_bye")
 
     await expect_success(caller, music, agent, whisper)
-    await dispatcher.wait_for("ended")
-    assert dispatcher.kinds() == ["arrived", "media_answered", "agent_answered", "ended"]
+    await dispatcher.wait_for("call_ended")
+    assert dispatcher.kinds() == ["call_arrived", "media_answered", "agent_answered", "call_ended"]
     assert dispatcher.facts[2].data == {"offer_id": "o1", "agent_id": "a1"}
     assert dispatcher.facts[3].data == {"by": "caller", "reason": "bye", "code": None}
 
@@ -110,8 +110,8 @@ async def test_agent_hangs_up_during_whisper(edge: EdgeUnderTest, sipp: SippLaun
     caller = _caller(sipp, edge, "caller_reinvited_1_bye")
 
     await expect_success(caller, music, agent, whisper, second)
-    await dispatcher.wait_for("ended")
-    assert dispatcher.kinds() == ["arrived", "media_answered", "agent_failed", "agent_answered", "ended"]
+    await dispatcher.wait_for("call_ended")
+    assert dispatcher.kinds() == ["call_arrived", "media_answered", "agent_failed", "agent_answered", "call_ended"]
     assert dispatcher.facts[2].data == {"offer_id": "o1", "agent_id": "a1", "reason": "hung_up", "code": None}
     assert dispatcher.facts[3].data == {"offer_id": "o2", "agent_id": "a2"}
     assert queue_up_when_failed == [True], "the caller stays on the queue media"
@@ -128,8 +128,8 @@ async def test_whisper_media_rejects_agent_connected_directly(edge: EdgeUnderTes
 
     # agent_late_uas checks that its ACK carries the caller's answer (to its first offer)
     await expect_success(caller, music, agent, whisper)
-    await dispatcher.wait_for("ended")
-    assert dispatcher.kinds() == ["arrived", "media_answered", "agent_answered", "ended"]
+    await dispatcher.wait_for("call_ended")
+    assert dispatcher.kinds() == ["call_arrived", "media_answered", "agent_answered", "call_ended"]
     invite = _first(whisper.messages(), lambda m: not m.sent and m.is_request("INVITE"), "whisper INVITE")
     assert "o=agent 7 7" in invite.body
     assert stack.active_calls() == 0
@@ -141,8 +141,8 @@ async def test_bad_whisper_uri_agent_connected_directly(edge: EdgeUnderTest, sip
     caller = _caller(sipp, edge, "caller_reinvited_1_bye")
 
     await expect_success(caller, music, agent)
-    await dispatcher.wait_for("ended")
-    assert dispatcher.kinds() == ["arrived", "media_answered", "agent_answered", "ended"]
+    await dispatcher.wait_for("call_ended")
+    assert dispatcher.kinds() == ["call_arrived", "media_answered", "agent_answered", "call_ended"]
 
 
 async def test_caller_hangs_up_during_whisper(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
@@ -153,8 +153,8 @@ async def test_caller_hangs_up_during_whisper(edge: EdgeUnderTest, sipp: SippLau
     caller = _caller(sipp, edge, "caller_answered_bye", pause_ms=1500)
 
     await expect_success(caller, music, agent, whisper)  # agent, message and queue media got BYE
-    ended = await dispatcher.wait_for("ended")
-    assert dispatcher.kinds() == ["arrived", "media_answered", "ended"]
+    ended = await dispatcher.wait_for("call_ended")
+    assert dispatcher.kinds() == ["call_arrived", "media_answered", "call_ended"]
     assert ended.data == {"by": "caller", "reason": "bye", "code": None}
     ack = _first(agent.messages(), lambda m: not m.sent and m.is_request("ACK"), "agent ACK")
     caller_bye = _first(caller.messages(), lambda m: m.sent and m.is_request("BYE"), "caller BYE")
@@ -174,8 +174,8 @@ async def test_cancel_ring_during_whisper(edge: EdgeUnderTest, sipp: SippLaunche
     stack.cancel_ring(call.call_id, "o1")
 
     await expect_success(caller, music, agent, whisper)
-    await dispatcher.wait_for("ended")
-    assert dispatcher.kinds() == ["arrived", "media_answered", "agent_failed", "ended"]
+    await dispatcher.wait_for("call_ended")
+    assert dispatcher.kinds() == ["call_arrived", "media_answered", "agent_failed", "call_ended"]
     assert dispatcher.facts[2].data == {"offer_id": "o1", "agent_id": "a1", "reason": "cancelled", "code": None}
     assert stack.active_calls() == 0
 
@@ -185,13 +185,13 @@ async def test_whisper_skipped_when_caller_not_answered(edge: EdgeUnderTest, sip
     stack, dispatcher = edge.stack, edge.dispatcher
     agent = sipp.start("agent_early_uas", name="agent")
     whisper = sipp.start("whisper_media_wait_bye_uas", name="whisper")
-    dispatcher.on("arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
+    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
                                                   whisper_uri=whisper.uri("flowid")))
     caller = _caller(sipp, edge, "caller_answered_bye")
 
     await expect_success(caller, agent)
-    await dispatcher.wait_for("ended")
-    assert dispatcher.kinds() == ["arrived", "agent_answered", "ended"]
+    await dispatcher.wait_for("call_ended")
+    assert dispatcher.kinds() == ["call_arrived", "agent_answered", "call_ended"]
     assert whisper.messages() == []
     whisper.stop()
 
@@ -204,8 +204,8 @@ async def test_agent_reinvite_glare_after_whisper_is_retried(edge: EdgeUnderTest
     caller = _caller(sipp, edge, "caller_whisper_reinvited_bye")
 
     await expect_success(caller, music, agent, whisper)
-    await dispatcher.wait_for("ended")
-    assert dispatcher.kinds() == ["arrived", "media_answered", "agent_answered", "ended"]
+    await dispatcher.wait_for("call_ended")
+    assert dispatcher.kinds() == ["call_arrived", "media_answered", "agent_answered", "call_ended"]
     reinvites = [m for m in agent.messages() if not m.sent and m.is_request("INVITE")][1:]
     assert len(reinvites) == 2
     assert 2.0 <= (reinvites[1].at - reinvites[0].at).total_seconds() <= 4.5

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from itertools import pairwise
 
-from callcenter_sip_edge.sippy_fixes import CycleCollector
+from callcenter_sip_edge.gc_policy import CycleCollector
 
 
 class Clock:

@@ -1,19 +1,24 @@
 """The sip-edge's side of the contract: every fact kind has its report class, every command class
-its SIP action."""
+its call handler, and the stack hands typed commands to the router as they are."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
+import sys
 from typing import Any
 
 from callcenter.contract.codec import decode
-from callcenter.contract.commands import COMMANDS, Hangup, Ring, RingAll
+from callcenter.contract.commands import COMMANDS, Command, Hangup, Ring, RingAll
 from callcenter.contract.reports import REPORTS, CallArrived, CallEnded
 from callcenter.settings import EdgeSettings
+from callcenter_sip_edge.facts import Fact
 from callcenter_sip_edge.service import EdgeService, report_class
-from callcenter_sip_edge.sip_stack import _EXECUTE, Fact, SipStack
+from callcenter_sip_edge.sip_stack import SipStack, _Handoff
 
-FACT_KINDS = ("arrived", "media_answered", "media_ended", "media_failed", "agent_answered", "agent_failed",
-              "ended")  # the kinds the SIP side emits today (sip_stack.Fact)
+FACT_KINDS = ("call_arrived", "media_answered", "media_ended", "media_failed", "agent_answered", "agent_failed",
+              "call_ended")  # the kinds the SIP side emits (facts.Fact): report types without `report.`
 
 
 def test_every_fact_kind_has_its_own_report_class() -> None:
@@ -22,45 +27,69 @@ def test_every_fact_kind_has_its_own_report_class() -> None:
     assert report_class("nope") is None
 
 
-def test_every_command_class_has_one_sip_action() -> None:
-    assert set(_EXECUTE) == set(COMMANDS.values())
+def test_every_command_class_has_one_call_handler() -> None:
+    # in a child process: importing the call logic imports sippy, whose reactor binds to the
+    # importing thread (the SIP tests run it on their own thread in this process)
+    probe = ("import json; from callcenter_sip_edge.call import COMMAND_HANDLERS as H; "
+             "print(json.dumps({c.TYPE: f.__qualname__ for c, f in H.items()}))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    handlers = json.loads(out)
+    assert set(handlers) == set(COMMANDS)
+    assert handlers["command.ring"] == "Call.ring_command" and handlers["command.hangup"] == "Call.hangup_command"
 
 
-class _Recorder(SipStack):
-    """A stack that records what the per-command methods are called with instead of queuing it."""
+class _Router:
+    """What the SIP thread's router gets from the stack, recorded."""
 
     def __init__(self) -> None:
-        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.got: list[Any] = []
 
-    def _submit(self, command: str, call_id: str, *args: Any) -> None:
-        self.calls.append((command, (call_id, *args)))
+    def execute(self, command: Command) -> None:
+        self.got.append(command)
+
+    def hangup_all(self, reason: str) -> None:
+        self.got.append(("hangup_all", reason))
 
 
-def test_execute_forwards_a_typed_command_to_its_method() -> None:
-    stack = _Recorder()
-    stack.execute(Ring(call_id="c", offer_id="o", agent_id="7", uri="sip:7@h", timeout_s=15))
-    stack.execute(RingAll(call_id="c", offer_id="p", targets=[{"agent_id": "8", "uri": "sip:8@h"}], timeout_s=9,
-                          caller_display="Bob"))
-    stack.execute(Hangup(call_id="c", reason="bye"))
-    assert stack.calls == [
-        ("ring", ("c", "o", "7", "sip:7@h", 15.0, None, None)),
-        ("ring_all", ("c", "p", [{"agent_id": "8", "uri": "sip:8@h"}], 9.0, "Bob")),
-        ("hangup", ("c", "bye")),
+def _running_stack(router: _Router) -> SipStack:
+    """A stack whose SIP thread is this one: the command queue drains at once into `router`."""
+    loop = asyncio.new_event_loop()
+    loop.close()  # never used: no fact is emitted here
+    stack = SipStack(host="127.0.0.1", port=0, on_fact=lambda fact: None, loop=loop)
+    stack._router, stack._reactor, stack._state = router, object(), "running"
+    stack._commands = _Handoff(SipStack._run_command, lambda drain: drain())
+    return stack
+
+
+def test_execute_hands_the_typed_command_to_the_router() -> None:
+    router = _Router()
+    stack = _running_stack(router)
+    ring = Ring(call_id="c", offer_id="o", agent_id="7", uri="sip:7@h", timeout_s=15)
+    stack.execute(ring)
+    stack.ring_all("c", "p", [{"agent_id": "8", "uri": "sip:8@h"}], 9, caller_display="Bob")
+    stack.hangup("c", "bye")
+    stack.hangup_all("edge_shutdown")
+    assert router.got == [
+        ring,
+        RingAll(call_id="c", offer_id="p", targets=[{"agent_id": "8", "uri": "sip:8@h"}], timeout_s=9,
+                caller_display="Bob"),
+        Hangup(call_id="c", reason="bye"),
+        ("hangup_all", "edge_shutdown"),   # no pseudo call id: the router's own entry point
     ]
-    assert isinstance(stack.calls[0][1][4], float)  # timeout_s may come from Lua as an integer
+    assert router.got[0] is ring  # handed on as it is, not unpacked and rebuilt
 
 
 def test_the_facts_of_a_call_become_its_typed_reports_numbered_in_order() -> None:
     service = EdgeService(EdgeSettings(edge_id="e1"), redis=None)  # type: ignore[arg-type]  # no I/O here
     facts: list[tuple[str, dict[str, Any]]] = [
-        ("arrived", {"flow": "f", "caller_user": "100", "caller_uri": "sip:100@h", "caller_display": None,
+        ("call_arrived", {"flow": "f", "caller": "100", "caller_uri": "sip:100@h", "caller_display": None,
                      "sip_call_id": "s", "source": "127.0.0.1:5", "priority": None, "media_type": "audio"}),
         ("media_answered", {"purpose": "welcome", "uri": "sip:w@h"}),
         ("media_ended", {"purpose": "welcome"}),
         ("media_failed", {"purpose": "queue", "code": None, "reason": "unreachable"}),
         ("agent_failed", {"offer_id": "1", "agent_id": "7", "reason": "busy", "code": 486}),
         ("agent_answered", {"offer_id": "2", "agent_id": "8"}),
-        ("ended", {"by": "caller", "reason": "bye", "code": None}),
+        ("call_ended", {"by": "caller", "reason": "bye", "code": None}),
     ]
     for ts, (kind, data) in enumerate(facts, start=10):
         service.on_fact(Fact(kind=kind, call_id="c0", data=data, ts_ms=ts))

@@ -76,11 +76,14 @@ class SourceGuard:
         mapped = getattr(addr, "ipv4_mapped", None)
         return any(addr in net or (mapped is not None and mapped in net) for net in self.networks)
 
-    def check(self, source_ip: str) -> Refusal | None:
-        """None: admit the INVITE (and take a token); else why not."""
+    def check(self, source_ip: str, closed: Refusal | None = None) -> Refusal | None:
+        """None: admit the INVITE (and take a token); else why not. `closed`: the edge takes no
+        new call now (it drains), so a trusted source gets that refusal and keeps its tokens."""
         if not self.trusted(source_ip):
             self.refused["untrusted_source"] += 1
             return FORBIDDEN
+        if closed is not None:
+            return closed
         return self.take_token(source_ip)
 
     def take_token(self, source_ip: str) -> Refusal | None:

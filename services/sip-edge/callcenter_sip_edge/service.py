@@ -22,19 +22,18 @@ from callcenter.contract.commands import command_of
 from callcenter.contract.reports import REPORTS, CallEnded, Report
 from callcenter.settings import EdgeSettings
 from callcenter.store.keys import Keys
-from callcenter_sip_edge.sip_stack import Fact, SipStack
+from callcenter_sip_edge.facts import Fact
+from callcenter_sip_edge.sip_stack import SipStack
 
 log = structlog.get_logger(__name__)
 
-# A fact's kind is its report type without `report.`. Until the SIP side emits those names, the
-# two kinds and the one field it still spells differently are renamed here.
-_KIND_RENAMES = {"arrived": "call_arrived", "ended": "call_ended"}
-_FIELD_RENAMES = {"caller_user": "caller"}
+# A fact's kind is its report type without `report.`, and its data are the report's fields.
+_REPORT_OF_KIND = {cls.TYPE.removeprefix("report."): cls for cls in REPORTS.values()}
 
 
 def report_class(kind: str) -> type[Report] | None:
     """The report class of a fact kind (`media_failed` -> MediaFailed); None for an unknown kind."""
-    return REPORTS.get(f"report.{_KIND_RENAMES.get(kind, kind)}")
+    return _REPORT_OF_KIND.get(kind)
 
 
 class EdgeService:
@@ -63,7 +62,7 @@ class EdgeService:
             self._seq.pop(fact.call_id, None)
         else:
             self._seq[fact.call_id] = seq
-        data = {_FIELD_RENAMES.get(k, k): v for k, v in fact.data.items()}
+        data = dict(fact.data)
         data.update(call_id=fact.call_id, edge=self.edge_id, seq=seq, ts=fact.ts_ms)
         self._outbox.put_nowait(cls.from_data(data))
 

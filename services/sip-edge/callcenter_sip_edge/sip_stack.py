@@ -1,7 +1,7 @@
 """Thread bridge between the asyncio service and sippy's SIP reactor.
 
 Reads: commands from any thread (`execute(command)` with a typed command of
-`callcenter.contract.commands`, or media, ring, ring_all, cancel_ring, reject, hangup, set_accepting).
+`callcenter.contract.commands`, or its per-command shorthands; hangup_all, set_accepting).
 Writes: `Fact`s to the `on_fact` callback, always on the asyncio loop's thread
 (`loop.call_soon_threadsafe`).
 
@@ -24,31 +24,20 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from callcenter.contract.commands import CancelRing, Command, Hangup, Media, Reject, Ring, RingAll
-from callcenter_sip_edge import sippy_fixes
+from callcenter_sip_edge.facts import Fact
+from callcenter_sip_edge.gc_policy import tune_gc
 from callcenter_sip_edge.guard import SourceGuard
+from callcenter_sip_edge.sippy import patches, transport
 
 log = structlog.get_logger(__name__)
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
-MEDIA_PURPOSES = frozenset({"welcome", "queue", "dissuading"})
-
-
-@dataclass(frozen=True)
-class Fact:
-    """Something that happened to a call, reported to the dispatcher."""
-
-    kind: str              # arrived, media_answered, media_ended, media_failed, agent_answered,
-                           # agent_failed, ended
-    call_id: str           # edge-generated id (uuid4 hex), not the SIP Call-ID
-    data: dict[str, Any]   # plain data only (str/int/float/bool/None)
-    ts_ms: int             # wall clock ms when it happened
 
 
 class _Handoff:
@@ -146,7 +135,7 @@ class SipStack:
         self._finished = threading.Event()
         self._start_error: BaseException | None = None
         self._reactor: Any = None      # sippy's ED2, set on the SIP thread
-        self._router: Any = None       # controller.CallRouter, lives on the SIP thread
+        self._router: Any = None       # router.CallRouter, lives on the SIP thread
         self._state = "new"            # new -> running -> stopping -> stopped
         self.bound_address: tuple[str, int] | None = None
         self._facts = _Handoff(self._deliver_fact, self._wake_loop)
@@ -168,7 +157,7 @@ class SipStack:
         if self._start_error is not None:
             self._state = "stopped"
             raise self._start_error
-        sippy_fixes.tune_gc()
+        tune_gc()
         log.info("sip.started", host=self._host, port=self.bound_address[1] if self.bound_address else None)
 
     def stop(self) -> None:
@@ -191,11 +180,10 @@ class SipStack:
         os.environ.setdefault("SIPLOG_LVL", "ERR")
         try:
             try:
-                sippy_fixes.apply_sippy_fixes()
-                from sippy.Core.EventDispatcher import ED2
-
-                ED2.my_ident = threading.get_ident()
-                from callcenter_sip_edge.controller import CallRouter
+                patches.apply_patches()
+                reactor = transport.bind_reactor_to_this_thread()
+                # imports sippy: on this thread, after the patches
+                from callcenter_sip_edge.router import CallRouter
 
                 router = CallRouter(host=self._host, port=self._port, emit=self._emit_fact,
                                     advertised_host=self._advertised_host,
@@ -206,10 +194,10 @@ class SipStack:
                 self._start_error = exc
                 self._started.set()
                 return
-            self._reactor, self._router = ED2, router
+            self._reactor, self._router = reactor, router
             self._started.set()
             try:
-                ED2.loop()
+                reactor.loop()
             except BaseException:
                 log.exception("sip.reactor_failed")
         finally:
@@ -240,47 +228,47 @@ class SipStack:
 
     # ------------------------------------------------------------------ commands
     def execute(self, command: Command) -> None:
-        """Carry out one typed command from the dispatcher (any thread; runs on the SIP thread)."""
-        run = _EXECUTE.get(type(command))
-        if run is None:
-            log.warning("call.command_ignored", call_id=command.call_id, command=command.TYPE, reason="unknown")
+        """Carry out one typed command from the dispatcher (any thread): queued to the SIP thread,
+        where the router gives it to its call (`call.COMMAND_HANDLERS`)."""
+        router = self._router
+        if self._reactor is None or router is None or self._state != "running":
+            log.warning("call.command_ignored", call_id=command.call_id, command=command.TYPE, reason="not_running")
             return
-        run(self, command)
+        self._commands.put((router.execute, command))
 
+    # The same, one method per command (for tests and tools that drive a stack by hand).
     def media(self, call_id: str, uri: str, purpose: str) -> None:
-        if purpose not in MEDIA_PURPOSES:
-            log.warning("call.command_ignored", call_id=call_id, command="media", reason="bad_purpose",
-                        purpose=purpose)
-            return
-        self._submit("media", call_id, uri, purpose)
+        self.execute(Media(call_id=call_id, uri=uri, purpose=purpose))
 
     def ring(self, call_id: str, offer_id: str, agent_id: str, uri: str, timeout_s: float,
              caller_display: str | None = None, whisper_uri: str | None = None) -> None:
         """Ring an agent; with `whisper_uri` (the flow-id message) the agent hears that media once it
         answers, and is connected to the caller when the media server hangs up."""
-        self._submit("ring", call_id, offer_id, agent_id, uri, timeout_s, caller_display, whisper_uri)
+        self.execute(Ring(call_id=call_id, offer_id=offer_id, agent_id=agent_id, uri=uri, timeout_s=timeout_s,
+                          caller_display=caller_display, whisper_uri=whisper_uri))
 
     def ring_all(self, call_id: str, offer_id: str, targets: list[dict[str, str]], timeout_s: float,
                  caller_display: str | None = None) -> None:
         """Ring several agents at once (targets: [{agent_id, uri}]); the first to answer is connected."""
-        self._submit("ring_all", call_id, offer_id, [dict(t) for t in targets], timeout_s, caller_display)
+        self.execute(RingAll(call_id=call_id, offer_id=offer_id, targets=[dict(t) for t in targets],
+                             timeout_s=timeout_s, caller_display=caller_display))
 
     def cancel_ring(self, call_id: str, offer_id: str) -> None:
-        self._submit("cancel_ring", call_id, offer_id)
+        self.execute(CancelRing(call_id=call_id, offer_id=offer_id))
 
     def reject(self, call_id: str, code: int, reason: str) -> None:
-        self._submit("reject", call_id, code, reason)
+        self.execute(Reject(call_id=call_id, code=code, reason=reason))
 
     def hangup(self, call_id: str, reason: str) -> None:
-        self._submit("hangup", call_id, reason)
+        self.execute(Hangup(call_id=call_id, reason=reason))
 
     def hangup_all(self, reason: str) -> None:
-        """Hang up every active call (end of a drain); each one reports `ended(by=edge)`."""
+        """Hang up every active call (end of a drain); each one reports `call_ended(by=edge)`."""
         reactor, router = self._reactor, self._router
         if reactor is None or router is None or self._state != "running":
             log.warning("call.command_ignored", command="hangup_all", reason="not_running")
             return
-        self._commands.put((router, "hangup_all", "*", (reason,)))
+        self._commands.put((router.hangup_all, reason))
 
     def active_calls(self) -> int:
         router = self._router
@@ -294,35 +282,14 @@ class SipStack:
             router.accepting = bool(accepting)
         log.info("sip.accepting", accepting=bool(accepting))
 
-    def _submit(self, command: str, call_id: str, *args: Any) -> None:
-        reactor, router = self._reactor, self._router
-        if reactor is None or router is None or self._state != "running":
-            log.warning("call.command_ignored", call_id=call_id, command=command, reason="not_running")
-            return
-        self._commands.put((router, command, call_id, args))
-
     def _wake_reactor(self, drain: Callable[[], None]) -> None:
         self._reactor.callFromThread(drain)
 
     @staticmethod
-    def _run_command(item: tuple[Any, str, str, tuple[Any, ...]]) -> None:
-        """SIP thread: execute one command; never let an exception reach the reactor."""
-        router, command, call_id, args = item
+    def _run_command(item: tuple[Callable[[Any], None], object]) -> None:
+        """SIP thread: run one queued command; never let an exception reach the reactor."""
+        run, argument = item
         try:
-            router.command(command, call_id, *args)
+            run(argument)
         except Exception:
-            log.exception("call.command_failed", call_id=call_id, command=command)
-
-
-# The per-command methods above, by command class. `Any`: each entry takes its own class, which a
-# dict keyed by class cannot say to mypy.
-_EXECUTE: dict[type[Command], Callable[[SipStack, Any], None]] = {
-    Media: lambda stack, c: stack.media(c.call_id, c.uri, c.purpose),
-    Ring: lambda stack, c: stack.ring(c.call_id, c.offer_id, c.agent_id, c.uri, float(c.timeout_s),
-                                      c.caller_display, c.whisper_uri),
-    RingAll: lambda stack, c: stack.ring_all(c.call_id, c.offer_id, c.targets, float(c.timeout_s),
-                                             c.caller_display),
-    CancelRing: lambda stack, c: stack.cancel_ring(c.call_id, c.offer_id),
-    Reject: lambda stack, c: stack.reject(c.call_id, c.code, c.reason),
-    Hangup: lambda stack, c: stack.hangup(c.call_id, c.reason),
-}
+            log.exception("call.command_failed", command=argument)

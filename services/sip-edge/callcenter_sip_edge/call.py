@@ -1,0 +1,255 @@
+"""One call: its state, the commands the dispatcher sends it, the caller's leg, and its end.
+
+Reads: the commands `CallRouter` hands it, the events of the caller's UA (through `sip_events`),
+and the outcomes its rooms report back. Writes: facts through the router's `emit`, and SIP through
+its rooms: `media` (media legs), `agent` (the agent leg), `forks` (ring-all), `whisper` (the
+flow-id message), `offers` (the caller's re-INVITE queue and relayed offers).
+
+Runs on the SIP thread only (third-party call control, RFC 3725). Shape of a call:
+    caller ──(UAS leg)── edge ──(UAC leg)── media server (welcome, queue, dissuading)
+                              └─(UAC leg)── agent ──(UAC leg)── flow-id message ("whisper")
+The caller's offer goes to the first leg that answers it (early offer). Once the caller is
+answered, a new leg is invited without SDP (late offer, RFC 3725 flow I); its 200 carries an
+offer that goes to the caller in a re-INVITE, and the caller's answer goes in the ACK.
+
+Every event of a leg and every timer of the call runs inside `event_cb`/`guarded`: `call_id` is
+bound to the log context there, the next queued re-INVITE of the caller is tried after each event,
+and an exception ends the call (500) instead of unwinding into sippy's state machine.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import structlog
+from structlog.contextvars import bind_contextvars, reset_contextvars
+
+from callcenter.contract.commands import CancelRing, Command, Hangup, Media, Reject, Ring, RingAll
+from callcenter_sip_edge import sip_events
+from callcenter_sip_edge.agent import AgentLegs
+from callcenter_sip_edge.forks import Forks
+from callcenter_sip_edge.legs import NO_REPLY_TIMEOUT_S, AgentLeg, CallerInfo, MediaLeg, SdpBody, SipUA
+from callcenter_sip_edge.media import MediaLegs
+from callcenter_sip_edge.offers import CallerOffers
+from callcenter_sip_edge.sip_events import LegEvents, deliver
+from callcenter_sip_edge.sippy import dialog
+from callcenter_sip_edge.whisper import FlowIdMessage
+
+if TYPE_CHECKING:
+    from callcenter_sip_edge.router import CallRouter
+
+log = structlog.get_logger(__name__)
+
+HANGUP_UNANSWERED = (480, "Temporarily Unavailable")
+MEDIA_PURPOSES = frozenset({"welcome", "queue", "dissuading"})
+_REASON_PHRASE = re.compile(r"[\x00-\x1f\x7f]")
+_STANDARD_REASON_PHRASES = {
+    400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
+    410: "Gone", 480: "Temporarily Unavailable", 486: "Busy Here", 487: "Request Terminated",
+    488: "Not Acceptable Here", 500: "Server Internal Error", 503: "Service Unavailable",
+    600: "Busy Everywhere", 603: "Decline", 604: "Does Not Exist Anywhere",
+}
+
+
+class Call:
+    """One call: the caller leg, the current/pending media legs, the agent leg, ring-all forks."""
+
+    def __init__(self, router: CallRouter, call_id: str, info: CallerInfo) -> None:
+        self.router = router
+        self.call_id = call_id
+        self.info = info
+        self.caller: Any = None                        # the UAS leg; the router sets it (its callback needs the call)
+        self.caller_offer: SdpBody | None = None
+        self.caller_answered = False
+        self.media: MediaLeg | None = None            # the leg the caller hears now
+        self.media_pending: MediaLeg | None = None    # a media leg being set up
+        self.agent: AgentLeg | None = None
+        self.ended = False
+        # the rooms, each with its share of the call's legs and timers
+        self.offers = CallerOffers(self)
+        self.flow_message = FlowIdMessage(self)
+        self.agent_legs = AgentLegs(self)
+        self.media_legs = MediaLegs(self)
+        self.forks = Forks(self)
+        self.caller_events = _CallerLeg(self)
+
+    # ------------------------------------------------------------------ commands (COMMAND_HANDLERS)
+    def media_command(self, command: Media) -> None:
+        if command.purpose not in MEDIA_PURPOSES:
+            log.warning("call.command_ignored", command="media", reason="bad_purpose", purpose=command.purpose)
+            return
+        self.media_legs.start(command.uri, command.purpose)
+
+    def ring_command(self, command: Ring) -> None:
+        self.agent_legs.ring(command.offer_id, command.agent_id, command.uri, command.timeout_s,
+                             command.caller_display, command.whisper_uri)
+
+    def ring_all_command(self, command: RingAll) -> None:
+        self.forks.start(command.offer_id, command.targets, command.timeout_s, command.caller_display)
+
+    def cancel_ring_command(self, command: CancelRing) -> None:
+        if not self.forks.cancel(command.offer_id):
+            self.agent_legs.cancel(command.offer_id)
+
+    def reject_command(self, command: Reject) -> None:
+        code, reason = command.code, command.reason
+        if not 400 <= int(code) <= 699:
+            log.warning("call.reject_code_invalid", code=code)
+            code = 500
+        phrase = _STANDARD_REASON_PHRASES.get(int(code)) or _reason_phrase(reason)
+        self.end(by="edge", reason=reason, caller_code=(int(code), phrase))
+
+    def hangup_command(self, command: Hangup) -> None:
+        self.hang_up(command.reason)
+
+    def hang_up(self, reason: str) -> None:
+        self.end(by="edge", reason=reason, caller_code=HANGUP_UNANSWERED)
+
+    # ------------------------------------------------------------------ caller leg
+    def answer_caller(self, body: SdpBody | None) -> None:
+        sip_events.answer(self.caller, body)
+        self.caller_answered = True
+
+    # ------------------------------------------------------------------ teardown
+    def end(self, *, by: str, reason: str, caller_code: tuple[int, str] | None = None,
+            agent_gone: bool = False) -> None:
+        """Tear every leg down and report `ended` once; the call is forgotten afterwards."""
+        if self.ended:
+            return
+        self.ended = True
+        self.offers.stop()
+        for leg in (self.media_pending, self.media):
+            if leg is not None:
+                dialog.hang_up(leg.ua)
+        self.forks.cancel_all()
+        agent = self.agent
+        if agent is not None:
+            agent.stop_timers()
+            self.flow_message.drop(agent)
+            if not agent_gone:
+                dialog.hang_up(agent.ua)
+            elif agent.ua is not None:
+                agent.ua.event_cb = None
+        code: int | None = None
+        if by != "caller":
+            if self.caller_answered:
+                dialog.hang_up(self.caller)
+            else:
+                code, phrase = caller_code or HANGUP_UNANSWERED
+                self._fail_caller(code, phrase)
+        self.router.forget(self.call_id)
+        log.info("call.ended", by=by, reason=reason, code=code)
+        self.emit("call_ended", by=by, reason=reason, code=code)
+
+    def _fail_caller(self, code: int, phrase: str) -> None:
+        try:
+            sip_events.refuse(self.caller, code, phrase)
+        except Exception:
+            log.exception("call.caller_reject_failed", code=code)
+        self.caller.event_cb = None
+
+    # ------------------------------------------------------------------ plumbing for the rooms
+    def invite(self, target: Any, events: LegEvents, *, offer: SdpBody | None, calling_name: str | None,
+               expire_time: float | None = None) -> SipUA | None:
+        """Create a UAC leg whose events go to `events` and send its INVITE (with `offer`, or
+        without SDP for a late offer); None if it could not be sent."""
+        return dialog.invite(self.router.sip_config, target, self.event_cb(events),
+                             caller_user=self.info.caller_user, offer=offer, calling_name=calling_name,
+                             no_reply_time=NO_REPLY_TIMEOUT_S, expire_time=expire_time)
+
+    def event_cb(self, events: LegEvents) -> Callable[[Any, Any], None]:
+        """The sippy event callback of a leg: `events.current(ua)` gets the event by name."""
+        def on_event(event: Any, ua: SipUA) -> None:
+            if self.ended:
+                return
+            tokens = bind_contextvars(call_id=self.call_id)
+            try:
+                handler = events.current(ua)
+                if handler is not None:
+                    deliver(handler, event, ua)
+                    self.offers.run_next()
+            except Exception:
+                self._handler_failed(type(events).__name__)
+            finally:
+                reset_contextvars(**tokens)
+        return on_event
+
+    def guarded(self, handler: Callable[..., None], *bound: Any) -> Callable[..., None]:
+        """Wrap a timer callback: an exception in our logic must not unwind into sippy's reactor."""
+        def guarded_call(*args: Any) -> None:
+            tokens = bind_contextvars(call_id=self.call_id)
+            try:
+                handler(*bound, *args)
+            except Exception:
+                self._handler_failed(handler.__name__)
+            finally:
+                reset_contextvars(**tokens)
+        return guarded_call
+
+    def _handler_failed(self, handler: str) -> None:
+        log.exception("call.handler_failed", handler=handler)
+        try:
+            self.end(by="edge", reason="internal_error", caller_code=(500, "Server Internal Error"))
+        except Exception:
+            log.exception("call.teardown_failed")
+
+    def ignored(self, command: str, **details: Any) -> None:
+        log.warning("call.command_ignored", command=command, reason="wrong_state", **details)
+
+    def emit(self, kind: str, **data: Any) -> None:
+        self.router.emit(kind, self.call_id, data)
+
+
+class _CallerLeg(LegEvents):
+    """The caller's leg (the UAS): its INVITE, its answers to our re-INVITEs, its offers, its end."""
+
+    __slots__ = ("call",)
+
+    def __init__(self, call: Call) -> None:
+        self.call = call
+
+    def on_invite(self, ua: SipUA, offer: SdpBody | None) -> None:
+        self.call.caller_offer = offer
+        # the caller hears local ringback until a leg answers it
+        sip_events.ring(self.call.caller)
+
+    def on_answer(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
+        self.call.offers.caller_answered(ua, code, reason, body)
+
+    def on_failed(self, ua: SipUA, code: int, reason: str) -> None:
+        if not self.call.offers.caller_refused(ua, code, reason):
+            self.on_hangup(ua)
+
+    def on_redirect(self, ua: SipUA, code: int, reason: str) -> None:
+        self.on_hangup(ua)
+
+    def on_hangup(self, ua: SipUA) -> None:
+        call = self.call
+        call.end(by="caller", reason="bye" if call.caller_answered else "cancel")
+
+    def on_reoffer(self, ua: SipUA, offer: SdpBody | None) -> None:
+        self.call.offers.relay_offer(ua, offer)
+
+    def on_info(self, ua: SipUA, info: object) -> None:
+        peer = self.call.offers.peer_of(ua)
+        if peer is not None:
+            sip_events.pass_info(peer, info)
+
+
+# The handler of each command class: `CallRouter.execute` finds the call and calls it from here.
+# `Any`: each handler takes its own class, which a dict keyed by class cannot say to mypy.
+COMMAND_HANDLERS: dict[type[Command], Callable[[Call, Any], None]] = {
+    Media: Call.media_command,
+    Ring: Call.ring_command,
+    RingAll: Call.ring_all_command,
+    CancelRing: Call.cancel_ring_command,
+    Reject: Call.reject_command,
+    Hangup: Call.hangup_command,
+}
+
+
+def _reason_phrase(reason: str) -> str:
+    phrase = _REASON_PHRASE.sub(" ", reason).strip()
+    return phrase or "Rejected"

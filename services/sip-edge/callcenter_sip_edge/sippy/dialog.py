@@ -1,0 +1,176 @@
+"""Dialog operations on sippy UAs that the call logic needs and sippy does not offer as such.
+
+Reads: sippy UA state (`state`, `pending_tr`, `lSDP`). Writes: SIP through sippy UAs (INVITE,
+re-INVITE without SDP, the ACK sippy holds, BYE/CANCEL) and `global_config["_sip_tm"]`. Every UA
+made here sends a Contact without display name, and a calling display name escaped for a
+quoted-string.
+
+Runs on the SIP thread only; imports sippy at import time (so `router`, which imports the call
+logic that imports this, is imported on that thread).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+from sippy.CCEvents import CCEventDisconnect, CCEventTry
+from sippy.SipAddress import SipAddress
+from sippy.SipConf import SipConf
+from sippy.SipContact import SipContact
+from sippy.SipURL import SipURL
+from sippy.UA import UA
+from sippy.UacStateUpdating import UacStateUpdating
+from sippy.UaStateConnected import UaStateConnected
+
+log = structlog.get_logger(__name__)
+
+SdpBody = Any  # sippy.MsgBody.MsgBody
+EventCallback = Callable[[Any, Any], None]
+
+
+class _TryWithRequestUri(CCEventTry):  # type: ignore[misc]
+    """CCEventTry that sends the INVITE to the full target URI, URI parameters included.
+
+    sippy builds the Request-URI as sip:<user>@<next hop> and drops URI parameters (e.g. the
+    queue position `;cc_pos=3`); its onUacSetupComplete() hook runs before the INVITE is built.
+    """
+
+    request_uri: Any = None
+
+    def onUacSetupComplete(self, uac: Any) -> None:
+        if self.request_uri is not None:
+            uac.rTarget = self.request_uri.getCopy()
+
+
+def contact_without_display_name() -> Any:
+    """The Contact a new UA sends: the edge's own address in angle brackets, with no display name.
+    The address stays sippy's placeholders, so it is rendered as before when a message is sent (the
+    advertised host, see `sippy.transport`); a UAC's INVITE still puts the calling user in front.
+
+    Why: sippy's default Contact is `Anonymous <sip:host:port>` (SipContact()). That is valid
+    RFC 3261, but peers that take the Contact as it stands as the target of their next request
+    (SIPp's `[next_url]`, some phones) sent `ACK Anonymous <sip:...> SIP/2.0`, a start line the
+    edge drops as malformed: with such a peer no call completed.
+    """
+    url = SipURL(host=SipConf.my_address, port=SipConf.my_port, transport=SipConf.my_transport)
+    return SipContact(address=SipAddress(url=url, hadbrace=True))
+
+
+def quotable_display_name(name: str | None) -> str | None:
+    """`name` in the form sippy needs for a display name: the text between the quotes of an RFC 3261
+    quoted-string. A `"` or `\\` that does not already start a quoted-pair gets a backslash, CR and
+    LF are dropped. A name taken from a caller's From is already in that form (sippy keeps it as
+    it was on the wire) and comes back unchanged.
+
+    Why: sippy writes a display name as `"%s"` without escaping it, so a name with a quote in it
+    (a flow's caller-id prefix such as `Sales "VIP"`) reached the agent as
+    `From: "Sales "VIP" Ann" <sip:...>`, which a parser cannot read as one name.
+    """
+    if name is None:
+        return None
+    out: list[str] = []
+    chars = iter(name.replace("\r", "").replace("\n", ""))
+    for char in chars:
+        if char == "\\":
+            escaped = next(chars, "\\")   # a quoted-pair stays as it is; a trailing one is doubled
+            out.append("\\" + escaped)
+        elif char == '"':
+            out.append('\\"')
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def answering_ua(sip_config: dict[str, Any], event_cb: EventCallback) -> Any:
+    """A UA for a new incoming INVITE (the caller's leg); feed it the request with `recvRequest`."""
+    ua = UA(sip_config, event_cb)
+    ua.lContact = contact_without_display_name()
+    return ua
+
+
+def invite(sip_config: dict[str, Any], target: Any, event_cb: EventCallback, *, caller_user: str,
+           offer: SdpBody, calling_name: str | None, no_reply_time: float,
+           expire_time: float | None = None) -> Any:
+    """Create a UAC leg and send its INVITE (with `offer`, or without SDP for a late offer); None if
+    sippy refused to send it."""
+    host, port = target.getAddr()
+    ua = UA(sip_config, event_cb, nh_address=(host, port), expire_time=expire_time)
+    ua.lContact = contact_without_display_name()
+    ua.no_reply_time = no_reply_time
+    event = _TryWithRequestUri((None, caller_user, target.username,
+                                offer.getCopy() if offer is not None else None, None,
+                                quotable_display_name(calling_name)))
+    event.request_uri = target
+    try:
+        ua.recvEvent(event)
+    except Exception:
+        log.exception("call.invite_failed", uri=str(target))
+        ua.event_cb = None
+        return None
+    return ua
+
+
+def hang_up(ua: Any) -> None:
+    """End a leg whatever its state (CANCEL before an answer, BYE after), and stop hearing from it."""
+    if ua is None:
+        return
+    ua.event_cb = None
+    try:
+        if getattr(ua, "pending_tr", None) is not None:
+            # a late-offer 200 whose ACK sippy still holds: ACK it before the BYE goes out
+            # (sippy would send the BYE first and the ACK only on the state change)
+            pending, ua.pending_tr = ua.pending_tr, None
+            ua.global_config["_sip_tm"].sendACK(pending)
+        ua.recvEvent(CCEventDisconnect())
+    except Exception:
+        log.exception("call.leg_disconnect_failed")
+
+
+def is_connected(ua: Any) -> bool:
+    """The dialog is confirmed and idle: a re-INVITE may be sent on it."""
+    return isinstance(ua.state, UaStateConnected)
+
+
+def dialog_up(ua: Any) -> bool:
+    """The UA's dialog is confirmed and idle or in an offer/answer exchange (not ended)."""
+    state = getattr(ua, "state", None)
+    return state is not None and bool(getattr(state, "connected", False)) and not getattr(state, "dead", False)
+
+
+def local_sdp(ua: Any) -> SdpBody:
+    """The SDP this side last gave in the dialog (None before any)."""
+    return ua.lSDP
+
+
+def reinvite_without_offer(ua: Any) -> bool:
+    """Send a re-INVITE without SDP on a confirmed dialog (RFC 3725 flow I).
+
+    The peer's 2xx then carries an offer, which the UA's event callback gets as
+    CCEventConnect((code, reason, offer)) (`on_answer` in `sip_events`); the ACK is held until
+    the edge has the answer and passes it with `ua.recvEvent(CCEventConnect((200, "OK", answer)))`,
+    the same way as for an initial INVITE without SDP (`ua.pending_tr`). A non-2xx answer (491, 488, ...) comes as
+    CCEventFail and the dialog keeps its session. Returns False, sending nothing, if the dialog
+    is not idle (an offer/answer exchange or an ACK is outstanding).
+
+    Why: sippy sends a re-INVITE only with an offer (UaStateConnected._recvEventUpdate reads
+    the body) and ACKs every 2xx to a re-INVITE at once, without a body.
+    """
+    if not isinstance(ua.state, UaStateConnected) or ua.pending_tr is not None:
+        return False
+    req = ua.genRequest("INVITE")
+    # what _keep_session_sdp_after_failed_reinvite restores when the re-INVITE fails
+    ua.session_sdp_before_update = ua.lSDP
+
+    def on_response(resp: Any, tr: Any) -> None:
+        code = resp.getSCode()[0]
+        if 200 <= code < 300 and resp.getBody() is not None and ua.pending_tr is None:
+            # set before the transaction manager builds the ACK: it holds it (state UACK)
+            tr.uack = True
+            ua.pending_tr = tr
+        ua.recvResponse(resp, tr)
+
+    ua.tr = ua.newTransaction(req, resp_cb=on_response, cb_ifver=2)
+    ua.changeState((UacStateUpdating,))
+    return True

@@ -1,0 +1,316 @@
+"""The edge's transport on sippy: its UDP server, its transaction manager, and the stack's set-up
+and close.
+
+Reads: datagrams from the UDP socket (on the reactor thread), sippy's reactor (ED2) and its
+configuration dict. Writes: datagrams to the socket, the configuration dict sippy's UAs are built
+from (`make_sip_config`), and, on close, the reactor's timer list.
+
+Knows sippy's private names (`global_config` keys such as `_sip_tm`, `l4r`, `uopts`, ED2's
+`tlisteners` and `my_ident`); nothing outside `callcenter_sip_edge.sippy` does.
+"""
+
+from __future__ import annotations
+
+import errno
+import select
+import socket
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from callcenter_sip_edge.screening import SIPPY_RECV_BYTES, screen_datagram
+
+log = structlog.get_logger(__name__)
+
+UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
+# datagrams the reactor reads per wake-up before it lets its timers run
+UDP_DRAIN_BATCH = 64
+# a datagram the kernel refused (send buffer full) is tried again after this long
+SEND_RETRY_S = 0.01
+
+SipConfig = dict[str, Any]   # sippy's global_config
+
+
+def bind_reactor_to_this_thread() -> Any:
+    """sippy's reactor (ED2), told that the calling thread runs it (it warns about timers started
+    on another thread). Call on the SIP thread after `apply_patches()`."""
+    from sippy.Core.EventDispatcher import ED2
+
+    ED2.my_ident = threading.get_ident()
+    return ED2
+
+
+def make_sip_config(*, host: str, port: int, user_agent: str, advertised_host: str | None,
+                    max_message_bytes: int, on_screened: Callable[[str, str, bool], None],
+                    on_request: Callable[[Any, Any], Any]) -> SipConfig:
+    """The configuration every UA of this stack is built from, with its transaction manager (which
+    binds the UDP socket) already in it. `on_request` gets the requests that match no dialog."""
+    from sippy.SipConf import SipConf
+    from sippy.SipLogger import SipLogger
+
+    SipConf.my_uaname = user_agent
+    tm_class = make_transaction_manager_class(
+        max_message_bytes=max_message_bytes, advertised_host=advertised_host, on_screened=on_screened,
+    )
+    sip_config: SipConfig = {
+        "_sip_address": host, "_sip_port": port, "_sip_logger": SipLogger("sip-edge"),
+    }
+    sip_config["_sip_tm"] = tm_class(sip_config, on_request)
+    return sip_config
+
+
+def bound_address(sip_config: SipConfig) -> tuple[str, int]:
+    """The (host, port) the stack's UDP socket is bound to (port 0 asks the kernel for one)."""
+    servers = sip_config["_sip_tm"].l4r.cache_l2s.values()
+    host, port = next(iter(servers)).uopts.laddress
+    return str(host), int(port)
+
+
+def close_stack(sip_config: SipConfig) -> None:
+    """Close the transaction manager (and its sockets), then drop the reactor's timers."""
+    from sippy.Core.EventDispatcher import ED2
+
+    try:
+        sip_config["_sip_tm"].shutdown()
+    finally:
+        # sippy's reactor is a process-wide singleton: drop this stack's timers so that a
+        # later SipStack in the same process does not run them.
+        ED2.tlisteners = []
+        ED2.twasted = 0
+
+
+def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
+    """sippy's Udp_server, driven from the reactor thread, with a 4 MiB receive buffer and,
+    optionally, an advertised address. Returns (server class, its options class), the pair
+    `SipTransactionManager.model_udp_server` takes.
+
+    Why not sippy's own threads: its Udp_server hands every datagram received to the reactor with
+    ED2.callFromThread (a receiver thread) and every datagram sent to a sender thread through a
+    Queue. At 150 calls/s (~3,000 datagrams/s) those two hand-offs per datagram, and the fight for
+    the GIL they start each time, were about a fifth of the edge's samples. Here no sippy worker
+    thread reads the socket: a watcher thread only waits (GIL released) until it is readable and
+    asks the reactor once to drain it; the reactor reads every queued datagram itself
+    (non-blocking) and sends directly. A datagram to a host name still goes through sippy's sender
+    thread, which resolves it off the reactor.
+
+    The advertised host replaces the bound address wherever sippy renders its own address
+    (Via, Contact, From of new legs), for an edge behind NAT or bound to 0.0.0.0.
+    """
+    from sippy.Core.EventDispatcher import ED2
+    from sippy.Network_server import Remote_address
+    from sippy.Time.MonoTime import MonoTime
+    from sippy.Time.Timeout import Timeout
+    from sippy.Udp_server import AsyncSender, Udp_server, Udp_server_opts
+
+    class EdgeUdpServerOpts(Udp_server_opts):  # type: ignore[misc]
+        nworkers = 0   # sippy starts no receiver and no sender thread of its own
+
+    class EdgeUdpServer(Udp_server):  # type: ignore[misc]
+        def __init__(self, global_config: Any, uopts: Any) -> None:
+            super().__init__(global_config, uopts)
+            _enlarge_receive_buffer(self.skt)
+            self.skt.setblocking(False)
+            self._closing = False
+            self._drained = threading.Event()
+            self._backlog: deque[tuple[bytes, Any]] = deque()   # sends the kernel refused (EAGAIN)
+            self._backlog_timer: Any = None
+            # for host names only (see send_to); sippy's class, started the way sippy does
+            self.asenders.append(AsyncSender(self))
+            self._watcher = threading.Thread(target=self._watch, name="sip-udp-watch", daemon=True)
+            self._watcher.start()
+
+        def getSIPaddr(self) -> Any:
+            (host, port), transport = super().getSIPaddr()
+            if advertised_host:
+                host = advertised_host
+            return ((host, port), transport)
+
+        # -- receiving ---------------------------------------------------------------------
+        def _watch(self) -> None:
+            """Watcher thread: wake the reactor once per batch of datagrams, never touch them."""
+            poller = select.poll()
+            poller.register(self.skt.fileno(), select.POLLIN)
+            while not self._closing:
+                if not poller.poll(1000) or self._closing:
+                    continue
+                self._drained.clear()
+                try:
+                    ED2.callFromThread(self._drain)
+                except RuntimeError:  # the reactor is gone (interpreter shutdown)
+                    return
+                while not self._drained.wait(1.0):
+                    if self._closing:
+                        return
+
+        def _drain(self) -> None:
+            """Reactor thread: handle the datagrams waiting in the socket, a bounded batch per turn
+            (the watcher asks again at once if more are left), then the timers that are due."""
+            try:
+                self._read_batch()
+            finally:
+                run_due_timers()
+                self._drained.set()
+
+        def _read_batch(self) -> None:
+            for _ in range(UDP_DRAIN_BATCH):
+                if self._closing:
+                    return
+                try:
+                    data, address = self.skt.recvfrom(SIPPY_RECV_BYTES)
+                except (BlockingIOError, InterruptedError):
+                    return
+                except OSError as exc:
+                    if exc.errno in (errno.EBADF, errno.ENOTSOCK):
+                        return
+                    continue  # e.g. an ICMP error reported on the socket: read on
+                if not data:
+                    continue
+                if self.uopts.family == socket.AF_INET6:
+                    address = (f"[{address[0]}]", address[1])
+                self.handle_read(data, Remote_address(address, self.transport), MonoTime())
+
+        # -- sending -----------------------------------------------------------------------
+        def send_to(self, data: Any, address: Any, delayed: bool = False) -> None:
+            host, port = address
+            if not _is_ip_literal(host) or self.uopts.ploss_out_rate > 0.0 or self.uopts.pdelay_out_max > 0.0:
+                super().send_to(data, address, delayed)   # sippy's way: its sender thread resolves
+                return
+            if not isinstance(data, bytes):
+                data = data.encode("utf-8")
+            if self.uopts.family == socket.AF_INET6:
+                host = host[1:-1] if host.startswith("[") else host
+            if self._backlog:
+                self._backlog.append((data, (host, port)))   # keep the order behind the refused ones
+                return
+            self._send_now(data, (host, port))
+
+        def _send_now(self, data: bytes, destination: Any) -> bool:
+            try:
+                self.skt.sendto(data, destination)
+            except (BlockingIOError, InterruptedError):
+                self._backlog.appendleft((data, destination))   # first in line (the backlog was empty
+                # or this one was just taken from its head)
+                if self._backlog_timer is None:
+                    self._backlog_timer = Timeout(self._flush_backlog, SEND_RETRY_S)
+                return False
+            except OSError as exc:
+                log.debug("sip.send_failed", error=str(exc), destination=str(destination))
+            return True
+
+        def _flush_backlog(self) -> None:
+            self._backlog_timer = None
+            while self._backlog and not self._closing:
+                data, destination = self._backlog.popleft()
+                if not self._send_now(data, destination):
+                    return
+
+        def shutdown(self) -> None:
+            self._closing = True
+            if self._backlog_timer is not None:
+                self._backlog_timer.cancel()
+                self._backlog_timer = None
+            super().shutdown()
+
+    return EdgeUdpServer, EdgeUdpServerOpts
+
+
+def run_due_timers() -> None:
+    """Reactor thread, inside a call-from-thread callback: run the sippy timers that are due.
+
+    Why: ED2.loop() runs its timers only when ElPeriodic's procrastinate() returns, and that does
+    not return while call-from-thread callbacks keep arriving: with 5 ms callbacks back to back a
+    10 ms timer went up to 1 s without firing, then fired in a burst. Under load the socket's
+    drain callbacks arrive back to back, so retransmission timers, ring timeouts and the
+    controller's deferred steps would wait for a lull. Running the due timers after each batch
+    (as loop() itself does between two waits) keeps them on time.
+    """
+    from sippy.Core.EventDispatcher import ED2
+    from sippy.Time.MonoTime import MonoTime
+
+    ED2.last_ts = MonoTime()
+    ED2.dispatchTimers()
+
+
+def _is_ip_literal(host: Any) -> bool:
+    if not isinstance(host, str):
+        return False
+    try:
+        socket.inet_pton(socket.AF_INET6, host[1:-1]) if host.startswith("[") else socket.inet_pton(
+            socket.AF_INET, host)
+    except OSError:
+        return False
+    return True
+
+
+def _enlarge_receive_buffer(sock: socket.socket) -> None:
+    # Why: bursts of INVITEs overflow the default ~200 KiB buffer while the reactor is busy.
+    # SO_RCVBUFFORCE ignores net.core.rmem_max but needs CAP_NET_ADMIN; fall back to SO_RCVBUF,
+    # which the kernel silently caps at rmem_max.
+    force = getattr(socket, "SO_RCVBUFFORCE", None)
+    try:
+        if force is not None:
+            sock.setsockopt(socket.SOL_SOCKET, force, UDP_RECEIVE_BUFFER_BYTES)
+        else:
+            raise PermissionError
+    except OSError:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, UDP_RECEIVE_BUFFER_BYTES)
+        except OSError as exc:
+            log.warning("sip.rcvbuf_failed", error=str(exc))
+            return
+    log.debug("sip.rcvbuf", bytes=sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+
+
+
+def make_transaction_manager_class(
+    *, max_message_bytes: int, advertised_host: str | None,
+    on_screened: Callable[[str, str, bool], None],
+) -> type:
+    """sippy's SipTransactionManager that screens every datagram before parsing it, and sends the
+    ACK of an in-dialog INVITE along the dialog's route set."""
+    from sippy.SipHeader import SipHeader
+    from sippy.SipTransactionManager import SipTransactionManager
+
+    class ScreenedTransactionManager(SipTransactionManager):  # type: ignore[misc]
+        model_udp_server = make_udp_server_class(advertised_host)
+
+        def handleIncoming(self, data_in: Any, ra: Any, server: Any, rtime: Any) -> None:
+            if isinstance(data_in, str):
+                data_in = data_in.encode("utf-8", errors="replace")
+            verdict = screen_datagram(data_in, max_message_bytes)
+            if verdict.drop_reason is None:
+                super().handleIncoming(data_in, ra, server, rtime)
+                return
+            source = f"{ra.address[0]}:{ra.address[1]}"
+            if verdict.drop_reason:
+                on_screened(verdict.drop_reason, source, verdict.reply is not None)
+            if verdict.reply is not None:
+                server.send_to(verdict.reply, ra.address)
+
+        # Why: sippy builds the ACK of a 2xx from the response's Contact and Record-Route, which is
+        # right for a dialog-creating INVITE only. The 200 to a re-INVITE normally has no
+        # Record-Route (the route set is fixed when the dialog is created, RFC 3261 12.2), so the
+        # ACK of every re-INVITE the edge sent behind a record-routing proxy went straight to the
+        # peer's Contact, without Route: past the proxy (or nowhere, behind NAT), and the peer,
+        # never ACKed, hung up after 32 s. Keep the re-INVITE's own Route headers and next hop for
+        # its ACK (loose routing; strict routing is left as sippy does it).
+        def newTransaction(self, msg: Any, *args: Any, **kwargs: Any) -> Any:
+            t = super().newTransaction(msg, *args, **kwargs)
+            if t.method == "INVITE" and msg.getHFBody("to").getTag() is not None:
+                routes = msg.getHFBCopys("route")
+                if routes and routes[0].getUrl().lr:
+                    t.dialog_route_set = (routes, t.address)
+            return t
+
+        def transmitReq(self, t: Any, msg: Any, address: Any, *args: Any, **kwargs: Any) -> None:
+            route_set = getattr(t, "dialog_route_set", None)
+            if route_set is not None and msg is t.ack:
+                routes, address = route_set
+                msg.delHFs("route")
+                msg.appendHeaders([SipHeader(name="route", body=route.getCopy()) for route in routes])
+            super().transmitReq(t, msg, address, *args, **kwargs)
+
+    return ScreenedTransactionManager
