@@ -101,7 +101,7 @@ class World:
         await r.delete(self.store.keys.commands(EDGE))
 
     def workload(self, n: int) -> list[tuple[str, bytes]]:
-        """n reports: end a talking call, answer the offer it causes (guessed: the freed agent takes
+        """N reports: end a talking call, answer the offer it causes (guessed: the freed agent takes
         a call; we answer offers lazily below), and a new arrival, in rotation."""
         out: list[tuple[str, bytes]] = []
         talking = list(self.talking.items())

@@ -132,6 +132,8 @@ def stat_args(sipp_dir: Path, name: str) -> list[str]:
 
 @dataclass
 class Peers:
+    """The SIPp processes that play the callers' peers: welcome and queue media, and every agent's phone."""
+
     workdir: Path
     welcome: Sipp
     queue: Sipp

@@ -68,6 +68,8 @@ class _Call:
 
 
 class EdgeSim:
+    """A simulated sip-edge: publishes reports and answers its commands the way a real edge would, without SIP."""
+
     def __init__(self, redis: aioredis.Redis, tenant: str, edge_id: str, seed: int,
                  profile: SimProfile | None = None) -> None:
         self.redis = redis

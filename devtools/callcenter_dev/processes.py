@@ -23,6 +23,8 @@ def console_script(name: str) -> str:
 
 @dataclass
 class ServiceProcess:
+    """One callcenter service run as a child process, with its environment and log file."""
+
     name: str                      # one of SERVICES
     env: dict[str, str]
     health_url: str | None = None  # polled until 200 by start()

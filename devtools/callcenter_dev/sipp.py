@@ -18,6 +18,8 @@ from callcenter_dev.servers import free_port, stop_process, udp_port_bound
 
 @dataclass
 class Sipp:
+    """One SIPp process playing a scenario on a loopback port."""
+
     scenario: Path
     port: int = 0
     remote: str | None = None          # host:port for a UAC

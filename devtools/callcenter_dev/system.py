@@ -30,6 +30,8 @@ from callcenter_dev.sipp import Sipp, wait_until
 
 @dataclass
 class WholeSystem:
+    """Every service as a process against one private redis-server, with helpers to provision and read."""
+
     tenant: str
     server: RedisServer
     redis: redis.Redis

@@ -48,6 +48,8 @@ DEAD_MAXLEN = 100_000
 
 
 class Outcome(enum.Enum):
+    """What the consumer does with an entry after its handler ran."""
+
     ACK = "ack"          # done and durable
     RETRY = "retry"      # leave pending: redelivered after claim_idle_ms (counts as a delivery)
     BACKOFF = "backoff"  # a dependency is down: offer the same entry again later (not a delivery)
@@ -56,6 +58,8 @@ class Outcome(enum.Enum):
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
+    """A handler's outcome for one entry, with the reason for a dead letter."""
+
     outcome: Outcome
     reason: str = ""
 

@@ -14,6 +14,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class CommonSettings(BaseSettings):
+    """Settings every service reads (`CC_*`): Redis, tenant, logging, health port."""
+
     model_config = SettingsConfigDict(env_prefix="CC_", extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
@@ -42,6 +44,8 @@ class DispatchSettings(CommonSettings):
 
 
 class DispatcherSettings(DispatchSettings):
+    """The dispatcher's settings: its consumer name, batching, timers and the edge lapse."""
+
     consumer: str = Field(default_factory=lambda: f"dispatcher-{socket.gethostname()}")
     batch: int = Field(default=64, ge=1, le=1000)
     block_ms: int = Field(default=1000, ge=10)
@@ -55,6 +59,8 @@ class DispatcherSettings(DispatchSettings):
 
 
 class EdgeSettings(CommonSettings):
+    """The sip-edge's settings: its id, SIP address, limits, heartbeat and drain."""
+
     edge_id: str = Field(default_factory=lambda: f"edge-{socket.gethostname()}", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     sip_host: str = "127.0.0.1"
     sip_port: int = 5060
@@ -70,6 +76,8 @@ class EdgeSettings(CommonSettings):
 
 
 class CdrWriterSettings(CommonSettings):
+    """The cdr-writer's settings: the SQL database and its batching."""
+
     database_url: str = "sqlite:///callcenter.sqlite3"
     consumer: str = Field(default_factory=lambda: f"cdr-writer-{socket.gethostname()}")
     batch: int = Field(default=100, ge=1, le=1000)
@@ -79,6 +87,8 @@ class CdrWriterSettings(CommonSettings):
 
 
 class ApiSettings(DispatchSettings):  # the call-handling variables seed the config (see above)
+    """The api's settings: the SQL database and where it listens."""
+
     database_url: str = "sqlite:///callcenter.sqlite3"
     api_host: str = "127.0.0.1"
     api_port: int = 8080

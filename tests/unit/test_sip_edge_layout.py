@@ -116,7 +116,7 @@ def _lines_of_code(text: str) -> int:
 
 
 def _sippy_private_uses(text: str) -> set[str]:
-    """sippy private names used as attributes, names, strings or keywords; private sippy imports."""
+    """Sippy private names used as attributes, names, strings or keywords; private sippy imports."""
     found: set[str] = set()
     tree = ast.parse(text)
     for node in ast.walk(tree):

@@ -26,6 +26,9 @@ T = TypeVar("T")
 
 @dataclass
 class Services:
+    """The clients a request may use (settings, Redis, SQL sessions, the Lua steps, the typed reads),
+    made once in the lifespan."""
+
     settings: ApiSettings
     redis: Redis
     store: Store

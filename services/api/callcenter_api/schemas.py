@@ -56,7 +56,7 @@ class _View(BaseModel):
 
 # -- flows -----------------------------------------------------------------------------------------
 
-# how a free agent is chosen (callcenter.db.models.STRATEGIES; docs/routing.md)
+# how a free agent is chosen (docs/routing.md; the Lua's pick_agent knows each)
 Strategy = Literal["longest-idle", "round-robin", "fewest-calls", "least-talk-time", "random", "top-down",
                    "ring-all"]
 FlowId = Annotated[str, StringConstraints(pattern=FLOW_ID_PATTERN)]
@@ -66,6 +66,8 @@ DISSUADING_THRESHOLDS = ("dissuading_qsize_th", "dissuading_ewt_th", "dissuading
 
 
 class FlowIn(_Body):
+    """A flow (a queue) as provisioned: its skill, priority and media URIs, and its routing options."""
+
     skill: Skill
     priority: int = Field(default=256, ge=0, le=1_000_000, description="0 is the highest priority")
     welcome_uri: SipUri | None = None
@@ -114,6 +116,8 @@ class FlowIn(_Body):
 
 
 class FlowOut(BaseModel):
+    """A provisioned flow."""
+
     # plain types: a response never re-validates what SQL holds
     model_config = ConfigDict(from_attributes=True)
 
@@ -147,6 +151,8 @@ def _dedupe(skills: list[str]) -> list[str]:
 
 
 class AgentIn(_Body):
+    """An agent as provisioned: its SIP URIs, skills, wrap-up and chat capacity."""
+
     uri: SipUri | None = Field(default=None, description="audio SIP URI (reference: location); null = the "
                                                          "agent takes no audio calls")
     chat_uri: SipUri | None = Field(default=None, description="SIP URI for chats (MSRP; reference: "
@@ -185,6 +191,8 @@ class AgentLive(_View):
 
 
 class AgentOut(BaseModel):
+    """A provisioned agent with its live state."""
+
     id: str
     uri: str | None
     chat_uri: str | None
@@ -200,12 +208,16 @@ class AgentOut(BaseModel):
 
 
 class LoginOut(BaseModel):
+    """The agent's state after a login."""
+
     agent_id: str
     state: str = Field(description="free, ringing (a waiting call was handed over at once), in_call, wrap_up")
     already: bool = False
 
 
 class LogoutOut(BaseModel):
+    """The agent's state after a logout request (pending while it is in a call)."""
+
     agent_id: str
     state: Literal["logged_out", "pending"] = Field(
         description="pending: the agent is ringing or in a call; it is logged out when that call ends")
@@ -213,12 +225,16 @@ class LogoutOut(BaseModel):
 
 
 class PauseIn(_Body):
+    """Why the agent pauses."""
+
     reason: Annotated[str, StringConstraints(strip_whitespace=True, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = Field(
         description="reason code, e.g. lunch, break, training ([A-Za-z0-9_.:-], up to 64); shown in "
                     "agent.paused and in the agent's pause_reason")
 
 
 class PauseOut(BaseModel):
+    """The agent's state after a pause request (pending while it is in a call)."""
+
     agent_id: str
     state: Literal["paused", "pending"] = Field(
         description="pending: the agent is ringing or in a call; the pause starts when that call ends")
@@ -227,6 +243,8 @@ class PauseOut(BaseModel):
 
 
 class AgentStateOut(BaseModel):
+    """The agent's state after an unpause or a forced release."""
+
     agent_id: str
     state: str = Field(description="the agent's state after the step (free, ringing when a waiting call was "
                                    "handed over at once, ...)")
@@ -236,6 +254,8 @@ class AgentStateOut(BaseModel):
 # -- live views ------------------------------------------------------------------------------------
 
 class CallOut(_View):
+    """A live call as the dispatcher sees it."""
+
     call_id: str
     state: str
     flow: str
@@ -248,6 +268,8 @@ class CallOut(_View):
 
 
 class QueueOut(_View):
+    """One flow's queue: its waiting calls and chats and the agents that can take them."""
+
     flow_id: str
     skill: str
     priority: int
@@ -258,10 +280,14 @@ class QueueOut(_View):
 
 
 class DispatchIn(_Body):
+    """The agent to hand a queued call to (external dispatching)."""
+
     agent_id: Annotated[str, StringConstraints(pattern=AGENT_ID_PATTERN)]
 
 
 class DispatchOut(BaseModel):
+    """The call and the agent it was handed to."""
+
     call_id: str
     agent_id: str
     state: str = Field(description="the call's state: offered (the agent is ringing)")
@@ -271,6 +297,8 @@ class DispatchOut(BaseModel):
 # -- CDRs ------------------------------------------------------------------------------------------
 
 class CdrOut(BaseModel):
+    """One call detail record."""
+
     model_config = ConfigDict(from_attributes=True)
 
     id: int
@@ -291,6 +319,8 @@ class CdrOut(BaseModel):
 
 
 class CdrPage(BaseModel):
+    """A page of CDRs, newest first."""
+
     items: list[CdrOut]
     limit: int
     offset: int
@@ -298,6 +328,8 @@ class CdrPage(BaseModel):
 
 
 class ReloadOut(BaseModel):
+    """How many flows and agents were re-seeded into Redis from SQL."""
+
     flows: int
     agents: int
     removed_flows: list[str] = Field(default_factory=list)
@@ -323,9 +355,13 @@ def _config_type(param: Param) -> Any:
 
 if TYPE_CHECKING:
     class ConfigOut(BaseModel):
+        """The effective call-handling parameters (built from the registry at run time)."""
+
         pass
 
     class ConfigPatch(_Body):
+        """Call-handling parameters to change (built from the registry at run time)."""
+
         pass
 else:
     ConfigOut = create_model(
@@ -378,11 +414,15 @@ class _Counters(_View):
 
 
 class GlobalStats(_Counters):
+    """The counters of every flow together."""
+
     reset_ms: int | None = Field(description="when the counters were last reset (POST /v1/stats/reset); null if "
                                              "never")
 
 
 class FlowStats(_Counters):
+    """The counters of one flow."""
+
     flow_id: str
     skill: str
     etw_ms: int = Field(description="estimated time to wait: att_ms * queued / logged_agents; 0 when nobody is "
@@ -393,6 +433,8 @@ class FlowStats(_Counters):
 
 
 class AgentStats(_View):
+    """One agent's counters and state."""
+
     agent_id: str
     state: str
     distributed: int = Field(description="offers made to the agent [cca_dist_incalls-<agent>]")
@@ -406,18 +448,24 @@ class AgentStats(_View):
 
 
 class StatsOut(_View):
+    """Statistics with the reference module's meanings, globally and per flow and agent."""
+
     global_: GlobalStats = Field(serialization_alias="global", description="every flow together")
     flows: list[FlowStats]
     agents: list[AgentStats]
 
 
 class StatsResetOut(BaseModel):
+    """When the counters were reset."""
+
     reset_ms: int
 
 
 # -- service level (GET /v1/service-level) ----------------------------------------------------------------
 
 class SlWindow(_View):
+    """Service level over one window of whole minutes."""
+
     minutes: int = Field(description="the window: the current (partial) minute and the minutes-1 before it")
     offered: int = Field(description="calls accepted (counted in the minute they arrived)")
     answered: int = Field(description="calls answered (in the minute of the answer)")
@@ -431,6 +479,8 @@ class SlWindow(_View):
 
 
 class ServiceLevelOut(_View):
+    """One flow's service level over the last 1, 15 and 60 minutes."""
+
     flow_id: str
     threshold_s: int = Field(description="T: the flow's sl_threshold_s, else the global one")
     windows: list[SlWindow] = Field(description="1, 15 and 60 minutes")

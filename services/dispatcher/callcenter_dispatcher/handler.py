@@ -35,6 +35,9 @@ OUT_OF_ORDER_BACKOFF_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 
 
 class ReportHandler:
+    """Applies a batch of reports, one atomic Lua step each, and says per entry whether to ack,
+    retry or dead-letter it."""
+
     def __init__(self, store: Store, concurrency: int = 50) -> None:
         self.store = store
         self._slots = asyncio.Semaphore(concurrency)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import structlog
 from structlog.contextvars import bind_contextvars, reset_contextvars
@@ -155,9 +155,10 @@ class Call:
                expire_time: float | None = None) -> SipUA | None:
         """Create a UAC leg whose events go to `events` and send its INVITE (with `offer`, or
         without SDP for a late offer); None if it could not be sent."""
-        return dialog.invite(self.router.sip_config, target, self.event_cb(events),
-                             caller_user=self.info.caller_user, offer=offer, calling_name=calling_name,
-                             no_reply_time=NO_REPLY_TIMEOUT_S, expire_time=expire_time)
+        ua = dialog.invite(self.router.sip_config, target, self.event_cb(events),
+                           caller_user=self.info.caller_user, offer=offer, calling_name=calling_name,
+                           no_reply_time=NO_REPLY_TIMEOUT_S, expire_time=expire_time)
+        return cast("SipUA | None", ua)
 
     def event_cb(self, events: LegEvents) -> Callable[[Any, Any], None]:
         """The sippy event callback of a leg: `events.current(ua)` gets the event by name."""

@@ -30,6 +30,8 @@ def parse_networks(spec: str | Iterable[str]) -> tuple[Network, ...]:
 
 @dataclass(frozen=True, slots=True)
 class Refusal:
+    """A SIP answer to a refused INVITE: status code, reason phrase, optional Retry-After."""
+
     code: int
     phrase: str
     retry_after_s: int | None = None

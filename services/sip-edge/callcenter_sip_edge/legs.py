@@ -65,6 +65,8 @@ CANCELLABLE_PHASES = frozenset({Phase.RINGING, Phase.WHISPER_SETUP, Phase.WHISPE
 
 @dataclass
 class CallerInfo:
+    """Who called which flow: what the edge read from the caller's INVITE."""
+
     flow: str
     caller_user: str
     caller_uri: str
@@ -77,6 +79,8 @@ class CallerInfo:
 
 @dataclass
 class MediaLeg:
+    """A leg to a media server (welcome, queue or dissuading) and the purpose it serves."""
+
     ua: SipUA | None           # None until its INVITE is sent
     uri: str
     purpose: str
@@ -85,6 +89,8 @@ class MediaLeg:
 
 @dataclass
 class AgentLeg:
+    """A leg to one agent's phone for one offer, with its phase and ring timer."""
+
     ua: SipUA | None           # None until its INVITE is sent
     uri: str
     offer_id: str

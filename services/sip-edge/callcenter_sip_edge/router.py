@@ -102,7 +102,7 @@ class CallRouter:
 
     # ------------------------------------------------------------------ SIP in
     def _recv_out_of_dialog(self, req: Any, sip_t: Any) -> Any:
-        """sippy's callback for requests that match no dialog."""
+        """Sippy's callback for requests that match no dialog."""
         try:
             return self._route(req, sip_t)
         except Exception:

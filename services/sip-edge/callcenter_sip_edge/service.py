@@ -37,6 +37,9 @@ def report_class(kind: str) -> type[Report] | None:
 
 
 class EdgeService:
+    """The asyncio side of the edge: publishes the SIP stack's facts as reports, executes its
+    commands, beats its heartbeat, drains."""
+
     def __init__(self, settings: EdgeSettings, redis: aioredis.Redis) -> None:
         self.settings = settings
         self.redis = redis

@@ -220,7 +220,7 @@ class SipStack:
         self._loop.call_soon_threadsafe(drain)
 
     def _deliver_fact(self, fact: Fact) -> None:
-        """asyncio thread, in the order the SIP thread produced the facts."""
+        """Asyncio thread, in the order the SIP thread produced the facts."""
         try:
             self._on_fact(fact)
         except Exception:

@@ -25,8 +25,6 @@ NAMING = {
 }
 
 OUTCOMES = ("answered", "abandoned", "rejected", "failed", "dissuaded", "overflowed")
-# how a free agent is chosen for a flow (see docs/routing.md); the api validates against this list
-STRATEGIES = ("longest-idle", "round-robin", "fewest-calls", "least-talk-time", "random", "top-down", "ring-all")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -50,9 +48,10 @@ class UtcDateTime(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
             return None
-        if value.tzinfo is None:
-            return value.replace(tzinfo=UTC)
-        return value.astimezone(UTC)
+        stamp: datetime = value
+        if stamp.tzinfo is None:
+            return stamp.replace(tzinfo=UTC)
+        return stamp.astimezone(UTC)
 
 
 def utcnow() -> datetime:
@@ -64,6 +63,8 @@ BigId = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
+    """The declarative base of every table, with the constraint naming convention Alembic relies on."""
+
     metadata = MetaData(naming_convention=NAMING)
 
 

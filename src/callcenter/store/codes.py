@@ -28,6 +28,8 @@ NOT_OK = tuple(rc for rc in RC if rc is not RC.OK)  # for a caller that goes on 
 
 @dataclass(frozen=True, slots=True)
 class Result:
+    """The return code of one Lua step and its detail (a state, a count or a reason)."""
+
     rc: RC
     detail: str = ""
 

@@ -44,7 +44,7 @@ async def seed_config(redis: Redis, keys: Keys, values: Mapping[str, ConfigValue
                 await pipe.watch(keys.config)
                 if await pipe.exists(keys.config):
                     return False
-                pipe.multi()
+                pipe.multi()  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
                 pipe.hset(keys.config, mapping=mapping)  # type: ignore[arg-type]
                 await pipe.execute()
                 return True

@@ -184,11 +184,15 @@ class Counters:
 
 @dataclass(frozen=True, slots=True)
 class GlobalStats(Counters):
+    """The counters of every flow together, and when they were last reset."""
+
     reset_ms: int | None
 
 
 @dataclass(frozen=True, slots=True)
 class FlowStats(Counters):
+    """The counters of one flow."""
+
     flow_id: str
     skill: str
     etw_ms: int
@@ -197,6 +201,8 @@ class FlowStats(Counters):
 
 @dataclass(frozen=True, slots=True)
 class AgentStats:
+    """One agent's counters and state."""
+
     agent_id: str
     state: str
     distributed: int
@@ -209,6 +215,8 @@ class AgentStats:
 
 @dataclass(frozen=True, slots=True)
 class Stats:
+    """Statistics globally, per flow and per agent."""
+
     global_: GlobalStats
     flows: list[FlowStats]
     agents: list[AgentStats]
@@ -222,6 +230,8 @@ def _ratio(total: int, n: int) -> int:
 
 @dataclass(frozen=True, slots=True)
 class SlWindow:
+    """Service level over one window of whole minutes."""
+
     minutes: int
     offered: int
     answered: int
@@ -233,6 +243,8 @@ class SlWindow:
 
 @dataclass(frozen=True, slots=True)
 class ServiceLevel:
+    """One flow's service level over the last 1, 15 and 60 minutes."""
+
     flow_id: str
     threshold_s: int
     windows: list[SlWindow]
@@ -256,7 +268,7 @@ class Reads:
         self.keys = keys
 
     async def _members(self, key: str) -> list[str]:
-        return sorted(text(m) for m in await self.redis.smembers(key))  # type: ignore[misc]
+        return sorted(text(m) for m in await self.redis.smembers(key))
 
     async def config(self) -> dict[str, ConfigValue]:
         """The effective call-handling parameters (a parameter never set has its default)."""
@@ -272,7 +284,7 @@ class Reads:
         return await self._members(self.keys.agents)
 
     async def has_flow(self, flow_id: str) -> bool:
-        return bool(await self.redis.sismember(self.keys.flows, flow_id))  # type: ignore[misc]
+        return bool(await self.redis.sismember(self.keys.flows, flow_id))
 
     async def agent(self, agent_id: str) -> AgentView | None:
         return AgentView.of(agent_id, _fields(await self.redis.hgetall(self.keys.agent(agent_id))))

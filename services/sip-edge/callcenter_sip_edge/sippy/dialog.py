@@ -59,7 +59,7 @@ def contact_without_display_name() -> Any:
 
 
 def quotable_display_name(name: str | None) -> str | None:
-    """`name` in the form sippy needs for a display name: the text between the quotes of an RFC 3261
+    r"""`name` in the form sippy needs for a display name: the text between the quotes of an RFC 3261
     quoted-string. A `"` or `\\` that does not already start a quoted-pair gets a backslash, CR and
     LF are dropped. A name taken from a caller's From is already in that form (sippy keeps it as
     it was on the wire) and comes back unchanged.

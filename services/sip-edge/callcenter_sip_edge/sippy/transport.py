@@ -35,7 +35,7 @@ SipConfig = dict[str, Any]   # sippy's global_config
 
 
 def bind_reactor_to_this_thread() -> Any:
-    """sippy's reactor (ED2), told that the calling thread runs it (it warns about timers started
+    """Sippy's reactor (ED2), told that the calling thread runs it (it warns about timers started
     on another thread). Call on the SIP thread after `apply_patches()`."""
     from sippy.Core.EventDispatcher import ED2
 
@@ -83,7 +83,7 @@ def close_stack(sip_config: SipConfig) -> None:
 
 
 def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
-    """sippy's Udp_server, driven from the reactor thread, with a 4 MiB receive buffer and,
+    """Sippy's Udp_server, driven from the reactor thread, with a 4 MiB receive buffer and,
     optionally, an advertised address. Returns (server class, its options class), the pair
     `SipTransactionManager.model_udp_server` takes.
 
@@ -269,7 +269,7 @@ def make_transaction_manager_class(
     *, max_message_bytes: int, advertised_host: str | None,
     on_screened: Callable[[str, str, bool], None],
 ) -> type:
-    """sippy's SipTransactionManager that screens every datagram before parsing it, and sends the
+    """Sippy's SipTransactionManager that screens every datagram before parsing it, and sends the
     ACK of an in-dialog INVITE along the dialog's route set."""
     from sippy.SipHeader import SipHeader
     from sippy.SipTransactionManager import SipTransactionManager

@@ -1,0 +1,1 @@
+"""Lua sources of the atomic steps (package data read with importlib.resources)."""
