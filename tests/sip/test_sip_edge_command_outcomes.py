@@ -23,8 +23,9 @@ def _refusals(edge: EdgeUnderTest) -> list[dict[str, Any]]:
     return [f.data for f in edge.dispatcher.facts if f.kind == "command_refused"]
 
 
-def _refused(command: str, reason: str, offer_id: str | None = None) -> dict[str, Any]:
-    return {"command": command, "offer_id": offer_id, "reason": reason}
+def _refused(command: str, reason: str, offer_id: str | None = None, purpose: str | None = None) -> dict[str, Any]:
+    refused = {"command": command, "offer_id": offer_id, "reason": reason}
+    return refused if purpose is None else {**refused, "purpose": purpose}
 
 
 def _every_other_command(stack: SipStack, call_id: str, tag: str) -> list[dict[str, Any]]:
@@ -36,7 +37,7 @@ def _every_other_command(stack: SipStack, call_id: str, tag: str) -> list[dict[s
     stack.cancel_ring(call_id, f"{tag}-other")
     return [_refused("command.ring", "wrong_state", f"{tag}-ring"),
             _refused("command.ring_all", "wrong_state", f"{tag}-all"),
-            _refused("command.media", "wrong_state"),
+            _refused("command.media", "wrong_state", purpose="queue"),
             _refused("command.cancel_ring", "wrong_state", f"{tag}-other")]
 
 
@@ -59,7 +60,7 @@ async def test_ring_while_the_queue_leg_is_set_up_is_refused(edge: EdgeUnderTest
     stack.media(call_id, queue.uri("queue"), "queue")
     expected = _every_other_command(stack, call_id, "p")
     stack.media(call_id, NOWHERE, "not-a-purpose")
-    expected.append(_refused("command.media", "bad_purpose"))
+    expected.append(_refused("command.media", "bad_purpose", purpose="not-a-purpose"))
     assert await _wait_refusals(edge, len(expected)) == expected
     stack.reject(call_id, 404, "done")
 
@@ -149,7 +150,7 @@ async def test_every_command_for_a_call_the_edge_does_not_know_is_refused(edge: 
         stack.cancel_ring(target, "o2")
         stack.reject(target, 404, "again")
         stack.hangup(target, "again")
-        expected += [_refused("command.media", "unknown_call"), _refused("command.ring", "unknown_call", "o2"),
+        expected += [_refused("command.media", "unknown_call", purpose="queue"), _refused("command.ring", "unknown_call", "o2"),
                      _refused("command.ring_all", "unknown_call", "o3"),
                      _refused("command.cancel_ring", "unknown_call", "o2"),
                      _refused("command.reject", "unknown_call"), _refused("command.hangup", "unknown_call")]

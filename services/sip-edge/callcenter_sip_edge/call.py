@@ -198,10 +198,10 @@ class Call:
             log.exception("call.teardown_failed")
 
     def refuse(self, command: str, reason: str = "wrong_state", *, offer_id: str | None = None,
-               **details: Any) -> None:
+               purpose: str | None = None, **details: Any) -> None:
         """A command of this call is not carried out: say so (`command_refused`), so the dispatcher
         acts at once instead of waiting for a lease; `details` only go to the log."""
-        refuse_command(self.router.emit, self.call_id, command, reason, offer_id, **details)
+        refuse_command(self.router.emit, self.call_id, command, reason, offer_id, purpose, **details)
 
     def emit(self, kind: str, **data: Any) -> None:
         self.router.emit(kind, self.call_id, data)
@@ -256,11 +256,15 @@ COMMAND_HANDLERS: dict[type[Command], Callable[[Call, Any], None]] = {
 
 
 def refuse_command(emit: Callable[[str, str, dict[str, Any]], None], call_id: str, command: str, reason: str,
-                   offer_id: str | None, **details: Any) -> None:
-    """Log and report (`command_refused`) a command not carried out; `command` without `command.`."""
+                   offer_id: str | None, purpose: str | None = None, **details: Any) -> None:
+    """Log and report (`command_refused`) a command not carried out; `command` without `command.`,
+    `purpose` the media purpose of a refused `command.media`."""
     log.warning("call.command_refused", call_id=call_id, command=command, reason=reason, offer_id=offer_id,
-                **details)
-    emit("command_refused", call_id, {"command": f"command.{command}", "offer_id": offer_id, "reason": reason})
+                purpose=purpose, **details)
+    data: dict[str, Any] = {"command": f"command.{command}", "offer_id": offer_id, "reason": reason}
+    if purpose is not None:
+        data["purpose"] = purpose
+    emit("command_refused", call_id, data)
 
 
 def _reason_phrase(reason: str) -> str:

@@ -205,7 +205,8 @@ class CallRouter:
             # the edge has no such call (ended and forgotten, or never known); every command still
             # ends in a report, so the dispatcher frees what the command would have held
             refuse_command(self.emit, command.call_id, command.TYPE.removeprefix("command."),
-                           "unknown_call" if handler is not None else "invalid", getattr(command, "offer_id", None))
+                           "unknown_call" if handler is not None else "invalid", getattr(command, "offer_id", None),
+                           getattr(command, "purpose", None))
             return
         tokens = bind_contextvars(call_id=command.call_id)
         try:
@@ -213,7 +214,7 @@ class CallRouter:
         except Exception:
             # half carried out: refuse it, and end the call rather than leave it inconsistent
             call.refuse(command.TYPE.removeprefix("command."), "internal_error",
-                        offer_id=getattr(command, "offer_id", None))
+                        offer_id=getattr(command, "offer_id", None), purpose=getattr(command, "purpose", None))
             call.fail_internally(command.TYPE)
         finally:
             reset_contextvars(**tokens)

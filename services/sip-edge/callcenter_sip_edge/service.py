@@ -124,7 +124,8 @@ class EdgeService:
         call_id, offer_id = e.data.get("call_id"), e.data.get("offer_id")
         if isinstance(call_id, str) and call_id:
             self.on_fact(Fact(kind="command_refused", call_id=call_id, ts_ms=int(time.time() * 1000), data={
-                "command": e.type, "offer_id": offer_id if isinstance(offer_id, str) else None, "reason": "invalid"}))
+                "command": e.type, "offer_id": offer_id if isinstance(offer_id, str) else None, "reason": "invalid",
+                "purpose": e.data.get("purpose") if isinstance(e.data.get("purpose"), str) else None}))
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def _heartbeat(self) -> None:

@@ -104,6 +104,7 @@ class CommandRefused(Report):
     command: str
     reason: str
     offer_id: str | None = None
+    purpose: str | None = None
 
 
 REPORTS: dict[str, type[Report]] = by_type(CallArrived, MediaAnswered, MediaEnded, MediaFailed,
