@@ -150,7 +150,8 @@ async def test_every_command_for_a_call_the_edge_does_not_know_is_refused(edge: 
         stack.cancel_ring(target, "o2")
         stack.reject(target, 404, "again")
         stack.hangup(target, "again")
-        expected += [_refused("command.media", "unknown_call", purpose="queue"), _refused("command.ring", "unknown_call", "o2"),
+        expected += [_refused("command.media", "unknown_call", purpose="queue"),
+                     _refused("command.ring", "unknown_call", "o2"),
                      _refused("command.ring_all", "unknown_call", "o3"),
                      _refused("command.cancel_ring", "unknown_call", "o2"),
                      _refused("command.reject", "unknown_call"), _refused("command.hangup", "unknown_call")]

@@ -17,8 +17,9 @@ from callcenter_sip_edge.facts import Fact
 from callcenter_sip_edge.service import EdgeService, report_class
 from callcenter_sip_edge.sip_stack import SipStack, _Handoff
 
+# the kinds the SIP side emits (facts.Fact): report types without `report.`
 FACT_KINDS = ("call_arrived", "media_answered", "media_ended", "media_failed", "agent_answered", "agent_failed",
-              "call_ended", "command_refused")  # the kinds the SIP side emits (facts.Fact): report types without `report.`
+              "call_ended", "command_refused")
 
 
 def test_every_fact_kind_has_its_own_report_class() -> None:
