@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import msgpack
 import pytest
 import redis.asyncio as aioredis
 from lua_harness import EDGE, Harness
@@ -156,10 +157,13 @@ async def test_a_live_call_its_edge_does_not_know_ends_with_a_true_record(h: Har
     # applied outside the call's stream: a report the edge numbered before it is still in order
     assert (await h.report("report.call_ended", "c1", seq=2, by="caller", reason="bye")).rc is RC.OK
     assert len(await h.events("call.ended")) == 1
-    # another edge's call is not ended by this one's refusal
+    # another edge's refusal does not end this edge's call
     await h.arrive("c2")
-    payload_edge = (await h.store.call("c2") or {})["edge"]
-    assert payload_edge == EDGE
+    other = {"call_id": "c2", "edge": "edge-other", "seq": 0, "ts": h.now, "command": "command.hangup",
+             "reason": "unknown_call"}
+    res = await h.store.apply_report("report.command_refused", "0-1", msgpack.packb(other), now=h.now)
+    assert res.rc is RC.STALE
+    assert (await h.store.call("c2") or {})["edge"] == EDGE and len(await h.events("call.ended")) == 1
 
 
 async def test_a_refused_media_that_can_never_play_is_handled_as_a_failed_one(h: Harness) -> None:

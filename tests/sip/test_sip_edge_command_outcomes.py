@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
 from sip_harness import EdgeUnderTest, SippLauncher, expect_success
 
 from callcenter_sip_edge.sip_stack import SipStack
@@ -69,33 +70,20 @@ async def test_ring_while_the_queue_leg_is_set_up_is_refused(edge: EdgeUnderTest
     assert dispatcher.kinds() == ["call_arrived", *["command_refused"] * len(expected), "call_ended"]
 
 
-async def test_commands_while_an_agent_rings_are_refused(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
+@pytest.mark.parametrize("ring_all", [False, True], ids=["one_agent", "ring_all"])
+async def test_commands_while_agents_ring_are_refused(edge: EdgeUnderTest, sipp: SippLauncher,
+                                                      ring_all: bool) -> None:
     stack, dispatcher = edge.stack, edge.dispatcher
     agent = sipp.start("agent_noanswer_uas", name="agent")
     caller = sipp.start("caller_rejected_404", name="caller", remote_port=edge.port, service="support")
     call_id = (await dispatcher.wait_for("call_arrived")).call_id
-    stack.ring(call_id, "o1", "a1", agent.uri("agent"), 10.0)
+    if ring_all:
+        stack.ring_all(call_id, "o1", [{"agent_id": "a1", "uri": agent.uri("agent")}], 10.0)
+    else:
+        stack.ring(call_id, "o1", "a1", agent.uri("agent"), 10.0)
     expected = _every_other_command(stack, call_id, "r")
     assert await _wait_refusals(edge, len(expected)) == expected
     stack.cancel_ring(call_id, "o1")   # the ringing offer itself is cancelled: done, as agent_failed
-    failed = await dispatcher.wait_for("agent_failed")
-    assert failed.data["reason"] == "cancelled"
-    stack.reject(call_id, 404, "done")
-
-    await expect_success(caller, agent)
-    await dispatcher.wait_for("call_ended")
-    assert len(_refusals(edge)) == len(expected)
-
-
-async def test_commands_while_ring_all_forks_ring_are_refused(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
-    stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_noanswer_uas", name="agent")
-    caller = sipp.start("caller_rejected_404", name="caller", remote_port=edge.port, service="support")
-    call_id = (await dispatcher.wait_for("call_arrived")).call_id
-    stack.ring_all(call_id, "o1", [{"agent_id": "a1", "uri": agent.uri("agent")}], 10.0)
-    expected = _every_other_command(stack, call_id, "f")
-    assert await _wait_refusals(edge, len(expected)) == expected
-    stack.cancel_ring(call_id, "o1")
     failed = await dispatcher.wait_for("agent_failed")
     assert failed.data["reason"] == "cancelled"
     stack.reject(call_id, 404, "done")
