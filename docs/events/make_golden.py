@@ -30,6 +30,7 @@ EXAMPLES: dict[str, dict[str, object]] = {
     "report.agent_answered": {**R, "seq": 5, "offer_id": "1", "agent_id": "1001"},
     "report.agent_failed": {**R, "seq": 5, "offer_id": "1", "agent_id": "1001", "reason": "busy", "code": 486},
     "report.call_ended": {**R, "seq": 6, "by": "caller", "reason": "bye", "code": None},
+    "report.command_refused": {**R, "seq": 4, "command": "command.ring", "offer_id": "2", "reason": "wrong_state"},
     "command.media": {**C, "uri": "sip:queue@media.example.net;cc_pos=2", "purpose": "queue"},
     "command.ring": {**C, "offer_id": "1", "agent_id": "1001", "uri": "sip:1001@192.0.2.40", "timeout_s": 20,
                      "caller_display": "Alice"},

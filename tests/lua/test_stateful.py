@@ -7,7 +7,9 @@ ended). What the world does next (media answers or ends, an agent answers or fai
 agent hangs up, the clock moves) is chosen by hypothesis among what the edge could report then.
 Reports go through a per-call outbox, so they may be delivered late (crossing a timer or an api
 step), twice (a redelivery: must be a DUPLICATE no-op) or ahead of their predecessor (must be
-OUT_OF_ORDER with no effect).
+OUT_OF_ORDER with no effect). Like the real edge, the machine refuses (`report.command_refused`) every
+command it cannot carry out, and sometimes one it could (`edge_refuses_next`); it may also forget a
+call (`edge_forgets_a_call`: a seq-0 refusal, as from an edge that never had the call).
 """
 
 from __future__ import annotations
@@ -130,6 +132,7 @@ class DispatchMachine(RuleBasedStateMachine):
         self.offer_of: dict[str, tuple[str, str]] = {}
         self.arrived: set[str] = set()
         self.ended: Counter[str] = Counter()
+        self.refuse_next: str | None = None   # the reason the edge refuses its next ring or media with
 
     def run(self, coro: Any) -> Any:
         return self.rt.run(coro)
@@ -195,15 +198,26 @@ class DispatchMachine(RuleBasedStateMachine):
             self.replay(decode(fields, eid))  # every event must follow the contract
 
     def execute(self, c: Entry) -> None:
-        """The real edge's reaction to a command (callcenter_sip_edge.call and its rooms)."""
+        """The real edge's reaction to a command (callcenter_sip_edge.call and its rooms): carried
+        out, or refused (`report.command_refused`)."""
         call = self.calls[c.data["call_id"]]
+        offer_id, purpose = c.data.get("offer_id"), c.data.get("purpose")
         if call.ended:
+            # the edge remembers the call's last seq: the refusal follows its call_ended
+            self.refuse(call, c.type, "unknown_call", offer_id, purpose)
             return
+        forced, self.refuse_next = self.refuse_next, None
         if c.type == "command.media":
-            call.media_pending = c.data["purpose"]
+            busy = call.media_pending is not None or (call.leg is not None and
+                                                       (call.leg.phase == "connected" or not call.answered))
+            if busy or forced:
+                self.refuse(call, c.type, forced or "wrong_state", None, purpose)
+                return
+            call.media_pending = purpose
         elif c.type == "command.ring":
-            if call.leg is not None or (not call.answered and call.media_pending is not None):
-                return  # the edge ignores it; the offer's lease takes it back
+            if call.leg is not None or (not call.answered and call.media_pending is not None) or forced:
+                self.refuse(call, c.type, forced or "wrong_state", offer_id, None)
+                return
             call.leg = Leg(c.data["offer_id"], c.data["agent_id"], "ringing")
         elif c.type == "command.cancel_ring":
             leg = call.leg
@@ -211,10 +225,16 @@ class DispatchMachine(RuleBasedStateMachine):
                 call.leg = None
                 self.emit(call, "report.agent_failed", False, offer_id=leg.offer_id, agent_id=leg.agent_id,
                           reason="cancelled")
+            else:
+                self.refuse(call, c.type, "wrong_state", offer_id, None)
         elif c.type in ("command.reject", "command.hangup"):
             self.end(call, "edge", c.data["reason"], False)
         else:
             raise AssertionError(f"unknown command {c}")
+
+    def refuse(self, call: EdgeCall, command: str, reason: str, offer_id: str | None, purpose: str | None) -> None:
+        extra = {k: v for k, v in (("offer_id", offer_id), ("purpose", purpose)) if v is not None}
+        self.emit(call, "report.command_refused", False, command=command, reason=reason, **extra)
 
     def end(self, call: EdgeCall, by: str, reason: str, now: bool) -> None:
         call.ended, call.leg, call.media, call.media_pending = True, None, None, None
@@ -334,6 +354,24 @@ class DispatchMachine(RuleBasedStateMachine):
     @rule(data=st.data(), now=NOW)
     def agent_hangs_up(self, data: st.DataObject, now: bool) -> None:
         self.end(self.pick(data, lambda c: c.leg and c.leg.phase == "connected"), "agent", "bye", now)
+
+    @rule(reason=st.sampled_from(["wrong_state", "bad_purpose", "invalid"]))
+    def edge_refuses_next(self, reason: str) -> None:
+        """The edge refuses the next ring or media it gets, whatever the call's state."""
+        self.refuse_next = reason
+
+    @precondition(lambda self: self.some(lambda c: not c.ended and not c.outbox))
+    @rule(data=st.data())
+    def edge_forgets_a_call(self, data: st.DataObject) -> None:
+        """A command reaches an edge that has no such call (e.g. restarted): a refusal with seq 0, out
+        of the call's stream. The call is over at the edge: it must end in Redis, its agent freed."""
+        call = self.pick(data, lambda c: not c.ended and not c.outbox)
+        call.ended, call.leg, call.media, call.media_pending = True, None, None, None
+        report = {"call_id": call.call_id, "edge": EDGE, "seq": 0, "ts": self.now, "command": "command.hangup",
+                  "reason": "unknown_call"}
+        res = self.apply("report.command_refused", report)
+        assert res.rc is RC.OK and res.detail in ("ended", "gone"), res
+        assert not self.r.sismember(self.keys.calls, call.call_id)
 
     # -- redelivery and reordering --------------------------------------------------------------
     def snapshot(self, call_id: str) -> tuple[Any, ...]:
@@ -482,9 +520,16 @@ class DispatchMachine(RuleBasedStateMachine):
             for media, uri_field in (("audio", "uri"), ("chat", "chat_uri")):
                 serving = {_s(m) for m in r.smembers(k.skill_serving(skill, media))}
                 assert serving == {a for a in logged if agents[a].get(uri_field)}, (skill, media, serving)
-        # nobody waits while someone could take the call at once (internal dispatching is on)
+        # nobody waits while someone could take the call at once (internal dispatching is on), but
+        # behind a call held since the edge refused its ring (until its media answers or the hold ends)
+        held = {call["flow"] for call in calls.values() if int(call.get("held_until_ms") or 0) > self.now}
         for c, call in calls.items():
+            if call.get("held_until_ms"):
+                assert int(call["held_until_ms"]) > self.now and call["state"] == "queued", (c, call)
+                assert f"held|{c}" in timers, (c, call, "a hold without its timer")
             flow = _h(r.hgetall(k.flow(call["flow"])))
+            if call["flow"] in held:
+                continue
             if call["state"] == "queued" and not (flow.get("flow_id_uri") and not call.get("answered_ms")):
                 skill = flow.get("skill", "")
                 index = k.skill_chat(skill) if call["media_type"] == "chat" else k.skill_free(skill)

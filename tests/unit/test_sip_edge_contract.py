@@ -11,14 +11,15 @@ from typing import Any
 
 from callcenter.contract.codec import decode
 from callcenter.contract.commands import COMMANDS, Command, Hangup, Ring, RingAll
-from callcenter.contract.reports import REPORTS, CallArrived, CallEnded
+from callcenter.contract.reports import REPORTS, CallArrived, CallEnded, CommandRefused
 from callcenter.settings import EdgeSettings
 from callcenter_sip_edge.facts import Fact
 from callcenter_sip_edge.service import EdgeService, report_class
 from callcenter_sip_edge.sip_stack import SipStack, _Handoff
 
+# the kinds the SIP side emits (facts.Fact): report types without `report.`
 FACT_KINDS = ("call_arrived", "media_answered", "media_ended", "media_failed", "agent_answered", "agent_failed",
-              "call_ended")  # the kinds the SIP side emits (facts.Fact): report types without `report.`
+              "call_ended", "command_refused")
 
 
 def test_every_fact_kind_has_its_own_report_class() -> None:
@@ -101,3 +102,23 @@ def test_the_facts_of_a_call_become_its_typed_reports_numbered_in_order() -> Non
     assert isinstance(ended, CallEnded) and "c0" not in service._seq  # a reused call id starts at 1 again
     assert [decode(r.to_fields()).type for r in reports] == [r.TYPE for r in reports]  # valid entries
     assert "code" not in decode(ended.to_fields()).data  # None is left out, as before
+
+
+def test_a_refusal_is_numbered_in_its_calls_stream_or_zero_outside_any() -> None:
+    """A refusal of a live call takes the call's next seq; one of a call that has ended here takes the
+    next seq after its call_ended (so it is applied after it, as a no-op); one of a call this edge
+    never reported (or has forgotten) gets seq 0: the dispatcher applies it without the check."""
+    service = EdgeService(EdgeSettings(edge_id="e1"), redis=None)  # type: ignore[arg-type]  # no I/O here
+    arrived = {"flow": "f", "caller": "100", "caller_uri": "sip:100@h", "sip_call_id": "s", "source": "h:5"}
+    refused = {"command": "command.ring", "offer_id": "1", "reason": "wrong_state"}
+    unknown = {"command": "command.hangup", "offer_id": None, "reason": "unknown_call"}
+    for kind, call_id, data in [("call_arrived", "c1", arrived), ("command_refused", "c1", refused),
+                                ("call_ended", "c1", {"by": "caller", "reason": "bye", "code": None}),
+                                ("command_refused", "c1", unknown), ("command_refused", "c1", unknown),
+                                ("command_refused", "c9", unknown)]:
+        service.on_fact(Fact(kind=kind, call_id=call_id, data=data, ts_ms=1))
+    reports = [service._outbox.get_nowait() for _ in range(6)]
+    assert [(r.call_id, r.seq) for r in reports] == [("c1", 1), ("c1", 2), ("c1", 3), ("c1", 4), ("c1", 5),
+                                                      ("c9", 0)]
+    assert isinstance(reports[1], CommandRefused) and reports[1].offer_id == "1"
+    assert "c1" not in service._seq and "c9" not in service._seq

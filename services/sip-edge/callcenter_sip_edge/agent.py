@@ -68,8 +68,10 @@ class AgentLegs(LegEvents):
     def ring(self, offer_id: str, agent_id: str, uri: str, timeout_s: float,
              caller_display: str | None, whisper_uri: str | None) -> None:
         call = self.call
-        if call.agent is not None or (not call.caller_answered and call.media_pending is not None):
-            call.ignored("ring", offer_id=offer_id, agent_busy=call.agent is not None)
+        if call.agent is not None or bool(call.forks.legs) or (
+            not call.caller_answered and call.media_pending is not None
+        ):
+            call.refuse("ring", offer_id=offer_id, agent_busy=call.agent is not None, forks=len(call.forks.legs))
             return
         target = parse_target_uri(uri)
         if target is None:
@@ -99,7 +101,7 @@ class AgentLegs(LegEvents):
         call = self.call
         leg = call.agent
         if leg is None or leg.offer_id != offer_id or leg.phase not in CANCELLABLE_PHASES:
-            call.ignored("cancel_ring", offer_id=offer_id, agent_phase=leg.phase.value if leg else None)
+            call.refuse("cancel_ring", offer_id=offer_id, agent_phase=leg.phase.value if leg else None)
             return
         self.drop(leg)
         call.emit("agent_failed", offer_id=leg.offer_id, agent_id=leg.agent_id, reason="cancelled", code=None)

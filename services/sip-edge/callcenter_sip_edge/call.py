@@ -43,7 +43,8 @@ if TYPE_CHECKING:
 log = structlog.get_logger(__name__)
 
 HANGUP_UNANSWERED = (480, "Temporarily Unavailable")
-MEDIA_PURPOSES = frozenset({"welcome", "queue", "dissuading"})
+# overflow: the SIP URI a call is bridged to after its flow's max_wait_s (fire_timers.lua)
+MEDIA_PURPOSES = frozenset({"welcome", "queue", "dissuading", "overflow"})
 _REASON_PHRASE = re.compile(r"[\x00-\x1f\x7f]")
 _STANDARD_REASON_PHRASES = {
     400: "Bad Request", 403: "Forbidden", 404: "Not Found", 408: "Request Timeout",
@@ -78,7 +79,7 @@ class Call:
     # ------------------------------------------------------------------ commands (COMMAND_HANDLERS)
     def media_command(self, command: Media) -> None:
         if command.purpose not in MEDIA_PURPOSES:
-            log.warning("call.command_ignored", command="media", reason="bad_purpose", purpose=command.purpose)
+            self.refuse("media", "bad_purpose", purpose=command.purpose)
             return
         self.media_legs.start(command.uri, command.purpose)
 
@@ -172,7 +173,7 @@ class Call:
                     deliver(handler, event, ua)
                     self.offers.run_next()
             except Exception:
-                self._handler_failed(type(events).__name__)
+                self.fail_internally(type(events).__name__)
             finally:
                 reset_contextvars(**tokens)
         return on_event
@@ -184,20 +185,24 @@ class Call:
             try:
                 handler(*bound, *args)
             except Exception:
-                self._handler_failed(handler.__name__)
+                self.fail_internally(handler.__name__)
             finally:
                 reset_contextvars(**tokens)
         return guarded_call
 
-    def _handler_failed(self, handler: str) -> None:
+    def fail_internally(self, handler: str) -> None:
+        """Our own logic raised in `handler` (inside its `except`): end the call with a 500."""
         log.exception("call.handler_failed", handler=handler)
         try:
             self.end(by="edge", reason="internal_error", caller_code=(500, "Server Internal Error"))
         except Exception:
             log.exception("call.teardown_failed")
 
-    def ignored(self, command: str, **details: Any) -> None:
-        log.warning("call.command_ignored", command=command, reason="wrong_state", **details)
+    def refuse(self, command: str, reason: str = "wrong_state", *, offer_id: str | None = None,
+               purpose: str | None = None, **details: Any) -> None:
+        """A command of this call is not carried out: say so (`command_refused`), so the dispatcher
+        acts at once instead of waiting for a lease; `details` only go to the log."""
+        refuse_command(self.router.emit, self.call_id, command, reason, offer_id, purpose, **details)
 
     def emit(self, kind: str, **data: Any) -> None:
         self.router.emit(kind, self.call_id, data)
@@ -249,6 +254,18 @@ COMMAND_HANDLERS: dict[type[Command], Callable[[Call, Any], None]] = {
     Reject: Call.reject_command,
     Hangup: Call.hangup_command,
 }
+
+
+def refuse_command(emit: Callable[[str, str, dict[str, Any]], None], call_id: str, command: str, reason: str,
+                   offer_id: str | None, purpose: str | None = None, **details: Any) -> None:
+    """Log and report (`command_refused`) a command not carried out; `command` without `command.`,
+    `purpose` the media purpose of a refused `command.media`."""
+    log.warning("call.command_refused", call_id=call_id, command=command, reason=reason, offer_id=offer_id,
+                purpose=purpose, **details)
+    data: dict[str, Any] = {"command": f"command.{command}", "offer_id": offer_id, "reason": reason}
+    if purpose is not None:
+        data["purpose"] = purpose
+    emit("command_refused", call_id, data)
 
 
 def _reason_phrase(reason: str) -> str:

@@ -43,7 +43,7 @@ class MediaLegs(LegEvents):
         if call.media_pending is not None or agent_phase in (Phase.BRIDGING, Phase.TALKING) or (
             not call.caller_answered and (call.agent is not None or bool(call.forks.legs))
         ):
-            call.ignored("media", media_pending=call.media_pending is not None,
+            call.refuse("media", purpose=purpose, media_pending=call.media_pending is not None,
                          agent_phase=agent_phase.value if agent_phase else None)
             return
         target = parse_target_uri(uri)

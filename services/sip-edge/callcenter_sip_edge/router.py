@@ -23,7 +23,7 @@ from sippy.Time.Timeout import Timeout
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from callcenter.contract.commands import Command
-from callcenter_sip_edge.call import COMMAND_HANDLERS, Call
+from callcenter_sip_edge.call import COMMAND_HANDLERS, Call, refuse_command
 from callcenter_sip_edge.facts import Fact, FactSink
 from callcenter_sip_edge.gc_policy import CycleCollector
 from callcenter_sip_edge.guard import Refusal, SourceGuard
@@ -200,16 +200,22 @@ class CallRouter:
     def execute(self, command: Command) -> None:
         """Give a typed command to its call's handler (`COMMAND_HANDLERS`, one per command class)."""
         handler = COMMAND_HANDLERS.get(type(command))
-        if handler is None:
-            log.warning("call.command_ignored", call_id=command.call_id, command=command.TYPE, reason="unknown")
-            return
         call = self.calls.get(command.call_id)
-        if call is None or call.ended:
-            log.warning("call.command_ignored", call_id=command.call_id, command=command.TYPE, reason="unknown_call")
+        if handler is None or call is None or call.ended:
+            # the edge has no such call (ended and forgotten, or never known); every command still
+            # ends in a report, so the dispatcher frees what the command would have held
+            refuse_command(self.emit, command.call_id, command.TYPE.removeprefix("command."),
+                           "unknown_call" if handler is not None else "invalid", getattr(command, "offer_id", None),
+                           getattr(command, "purpose", None))
             return
         tokens = bind_contextvars(call_id=command.call_id)
         try:
             handler(call, command)
+        except Exception:
+            # half carried out: refuse it, and end the call rather than leave it inconsistent
+            call.refuse(command.TYPE.removeprefix("command."), "internal_error",
+                        offer_id=getattr(command, "offer_id", None), purpose=getattr(command, "purpose", None))
+            call.fail_internally(command.TYPE)
         finally:
             reset_contextvars(**tokens)
 

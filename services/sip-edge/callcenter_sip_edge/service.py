@@ -19,7 +19,7 @@ from callcenter.bus import ACK, StreamConsumer, Verdict
 from callcenter.contract import streams
 from callcenter.contract.codec import DecodeError, Entry
 from callcenter.contract.commands import command_of
-from callcenter.contract.reports import REPORTS, CallEnded, Report
+from callcenter.contract.reports import REPORTS, CallEnded, CommandRefused, Report
 from callcenter.settings import EdgeSettings
 from callcenter.store.keys import Keys
 from callcenter_sip_edge.facts import Fact
@@ -29,6 +29,9 @@ log = structlog.get_logger(__name__)
 
 # A fact's kind is its report type without `report.`, and its data are the report's fields.
 _REPORT_OF_KIND = {cls.TYPE.removeprefix("report."): cls for cls in REPORTS.values()}
+# How many ended calls keep their last seq, for refusals of commands that arrive after the end
+# (a few seconds' worth at full load; an older one gets seq 0, which the dispatcher also handles).
+ENDED_SEQ_KEPT = 16_384
 
 
 def report_class(kind: str) -> type[Report] | None:
@@ -46,6 +49,7 @@ class EdgeService:
         self.keys = Keys(settings.tenant)
         self.edge_id = settings.edge_id
         self._seq: dict[str, int] = {}
+        self._ended_seq: dict[str, int] = {}   # insertion-ordered: the oldest is evicted first
         self._outbox: asyncio.Queue[Report] = asyncio.Queue()
         self._stop = asyncio.Event()
         self.stack: SipStack | None = None
@@ -60,14 +64,29 @@ class EdgeService:
         if cls is None:
             log.warning("edge.unknown_fact", kind=fact.kind, call_id=fact.call_id)
             return
-        seq = self._seq.get(fact.call_id, 0) + 1
-        if cls is CallEnded:
-            self._seq.pop(fact.call_id, None)
+        if cls is CommandRefused and fact.call_id not in self._seq:
+            seq = self._refusal_seq(fact.call_id)
         else:
-            self._seq[fact.call_id] = seq
+            seq = self._seq.get(fact.call_id, 0) + 1
+            if cls is CallEnded:
+                self._seq.pop(fact.call_id, None)
+                self._ended_seq[fact.call_id] = seq
+                if len(self._ended_seq) > ENDED_SEQ_KEPT:
+                    del self._ended_seq[next(iter(self._ended_seq))]
+            else:
+                self._seq[fact.call_id] = seq
         data = dict(fact.data)
         data.update(call_id=fact.call_id, edge=self.edge_id, seq=seq, ts=fact.ts_ms)
         self._outbox.put_nowait(cls.from_data(data))
+
+    def _refusal_seq(self, call_id: str) -> int:
+        """The seq of a refusal for a call with no open report stream here: the next one after the
+        call's `call_ended` if it ended recently (applied after it), else 0 (outside any stream)."""
+        last = self._ended_seq.get(call_id)
+        if last is None:
+            return 0
+        self._ended_seq[call_id] = last + 1
+        return last + 1
 
     async def _publish_reports(self) -> None:
         """Append reports in order; on a Redis error keep them and retry (never drop, never reorder)."""
@@ -98,9 +117,18 @@ class EdgeService:
                 command = command_of(e)
             except DecodeError:
                 log.warning("edge.unknown_command", type=e.type, entry_id=e.id)
+                self._refuse_undecodable(e)
                 continue
             stack.execute(command)
         return {e.id: ACK for e in entries}
+
+    def _refuse_undecodable(self, e: Entry) -> None:
+        """A command that does not decode still ends in a report when it names a call."""
+        call_id, offer_id = e.data.get("call_id"), e.data.get("offer_id")
+        if isinstance(call_id, str) and call_id:
+            self.on_fact(Fact(kind="command_refused", call_id=call_id, ts_ms=int(time.time() * 1000), data={
+                "command": e.type, "offer_id": offer_id if isinstance(offer_id, str) else None, "reason": "invalid",
+                "purpose": e.data.get("purpose") if isinstance(e.data.get("purpose"), str) else None}))
 
     # -- lifecycle -----------------------------------------------------------------------------
     async def _heartbeat(self) -> None:

@@ -96,8 +96,19 @@ class CallEnded(Report):
     code: int | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class CommandRefused(Report):
+    """A command the edge did not carry out, and why; seq 0 = outside the call's report stream."""
+
+    TYPE: ClassVar[str] = "report.command_refused"
+    command: str
+    reason: str
+    offer_id: str | None = None
+    purpose: str | None = None
+
+
 REPORTS: dict[str, type[Report]] = by_type(CallArrived, MediaAnswered, MediaEnded, MediaFailed,
-                                           AgentAnswered, AgentFailed, CallEnded)
+                                           AgentAnswered, AgentFailed, CallEnded, CommandRefused)
 
 
 def report_of(entry: Entry) -> Report:

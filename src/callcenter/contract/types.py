@@ -67,6 +67,14 @@ _TYPES: list[EntryType] = [
               "(the agent answered and hung up before being connected, e.g. during the flow-id message)."),
     EntryType("report.call_ended", 1, {**_REPORT, "by": Str, "reason": Str}, {"code": OptInt},
               "Every leg of the call is down; by = caller, agent, media or edge."),
+    EntryType("report.command_refused", 1, {**_REPORT, "command": Str, "reason": Str},
+              {"offer_id": OptStr, "purpose": OptStr},
+              "A command the edge did not carry out (every other command's outcome is one of the reports "
+              "above): command = its type (command.ring, ...), offer_id = its offer (ring, ring_all, "
+              "cancel_ring), purpose = its purpose (media), reason = wrong_state (the call is busy with "
+              "another leg), unknown_call (the edge has no such call: ended, or never known), bad_purpose, "
+              "no_targets, invalid (undecodable) or internal_error. seq = 0 when the edge has no report "
+              "stream for the call (unknown_call): the dispatcher applies it without the sequence check."),
     # -- commands: -> one sip-edge ---------------------------------------------------------------
     EntryType("command.media", 1, {**_CALL, "uri": Str, "purpose": Str}, {},
               "Bridge the caller to a media URI (the queue URI carries the position parameter)."),

@@ -62,6 +62,10 @@ CALL_HANDLING: tuple[Param, ...] = (
     Param("offer_lease_grace_s", int, 15,
           "an offer is taken back when the edge reports nothing within ring_timeout_s + this.",
           ge=1, le=600, dispatcher_env=True),
+    Param("refused_offer_hold_ms", int, 1000,
+          "a call whose ring the edge refused (busy with another leg of the call, e.g. its queue media still "
+          "being set up) waits at the head of its queue until its media answers or this long, then is offered "
+          "again; its agents are freed at once, with no penalty", ge=0, le=60_000),
     Param("events_maxlen", int, 1_000_000, "cc:{t}:events is trimmed to about this many entries", ge=1000),
     Param("commands_maxlen", int, 100_000, "each edge's command stream is trimmed to about this many entries",
           ge=1000),

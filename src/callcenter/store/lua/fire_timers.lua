@@ -1,4 +1,4 @@
--- fire_timers: run the timers that are due: wrap-up ends, expired offer leases, maximum wait (overflow to another flow or a SIP URI), time on hold (dissuading).
+-- fire_timers: run the timers that are due: wrap-up ends, expired offer leases, holds of refused offers, maximum wait (overflow to another flow or a SIP URI), time on hold (dissuading).
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 limit
 -- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving, timers
@@ -62,6 +62,9 @@ for _, member in ipairs(due) do
         command(call.edge, 'command.media', { call_id = id, uri = flow.overflow_uri, purpose = 'overflow' })
       end
     end
+  elseif kind == 'held' then
+    local call = hgetall(k_call(id))
+    if call and call.state ~= 'ended' then release_hold(id, call, hgetall(k_flow(call.flow))) end
   elseif kind == 'onhold' then
     local call = hgetall(k_call(id))
     local flow = call and hgetall(k_flow(call.flow))

@@ -6,31 +6,21 @@
 -- RETURNS: OK | OK 'offered' | DUPLICATE | OUT_OF_ORDER | INVALID why
 -- EVENTS: agent.state_changed, call.offered
 -- COMMANDS: command.ring, command.ring_all
--- LIB: config, core, chat, offer, report
+-- LIB: config, core, offer, report
 --
 -- The first answer marks the caller answered; a call of a flow with a flow-id message that was
--- queued for it is offered now if an agent is free.
+-- queued for it is offered now if an agent is free, and so is a call held since the edge refused
+-- its ring (it was busy with this leg: offer.lua release_hold).
 
 local call, rc = load_call_for_report()
 if call == nil then return { rc } end
-if (call.answered_ms or '') ~= '' then return { RC.OK } end
-call_field_updates(R.call_id, call, { answered_ms = NOW })
--- a call of a flow with a flow-id message waited for this answer (common.lua waits_for_media)
 local flow = hgetall(k_flow(call.flow))
-if flow and (flow.flow_id_uri or '') ~= '' and call.state == 'queued' and R.purpose == 'queue'
-    and cfg('internal_dispatching') == 1 then
-  local agent_id, agent
-  if call.media_type == 'chat' then agent_id, agent = pick_chat_agent(flow)
-  elseif flow.strategy ~= 'ring-all' then agent_id, agent = pick_agent(call.flow, flow) end
-  if agent_id then
-    offer(R.call_id, call, flow, agent_id, agent)
-    return { RC.OK, 'offered' }
-  elseif flow.strategy == 'ring-all' then
-    local agents = free_agents_of(flow)
-    if #agents > 0 then
-      offer_all(R.call_id, call, flow, agents)
-      return { RC.OK, 'offered' }
-    end
-  end
+local first = (call.answered_ms or '') == ''
+if first then call_field_updates(R.call_id, call, { answered_ms = NOW }) end
+if release_hold(R.call_id, call, flow) then return { RC.OK, 'offered' } end
+-- a call of a flow with a flow-id message waited for this answer (offer.lua waits_for_media)
+if first and flow and (flow.flow_id_uri or '') ~= '' and call.state == 'queued' and R.purpose == 'queue'
+    and cfg('internal_dispatching') == 1 and offer_now(R.call_id, call, flow) then
+  return { RC.OK, 'offered' }
 end
 return { RC.OK }

@@ -6,26 +6,13 @@
 -- RETURNS: OK what | STALE why | DUPLICATE | OUT_OF_ORDER | INVALID why
 -- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.dissuaded, call.ended, call.offered, call.queued
 -- COMMANDS: command.media, command.reject, command.ring, command.ring_all
--- LIB: core, offer, calls, report
+-- LIB: calls, report
 --
 -- A failed welcome is skipped (the call is routed as if it had ended); a failed queue media
 -- leaves a waiting caller with nothing to hear, so the call is ended (503) unless an agent is
--- already ringing.
+-- already ringing (calls.lua media_not_played).
 
 local call, rc = load_call_for_report()
 if call == nil then return { rc } end
 if call.media ~= R.purpose then return { RC.STALE, 'not playing ' .. R.purpose } end
-call_field_updates(R.call_id, call, { media = '' })
-local flow = hgetall(k_flow(call.flow))
-if flow and R.purpose == 'welcome' and call.state == 'welcome' then
-  route_call(R.call_id, call, flow, false)
-  return { RC.OK, call.state }
-end
-if call.state == 'offered' then return { RC.OK, 'agent_ringing' } end
-if flow and R.purpose == 'dissuading' and call.state == 'dissuading' and flow.dissuading_hangup ~= '1' then
-  route_call(R.call_id, call, flow, false)  -- no dissuading message to play: back to the queue
-  return { RC.OK, call.state }
-end
-command(call.edge, 'command.reject', { call_id = R.call_id, code = 503, reason = 'Media Unavailable' })
-finish_call(R.call_id, call, 'failed', 'system', 'media_failed')
-return { RC.OK, 'ended' }
+return { RC.OK, media_not_played(R.call_id, call, R.purpose) }

@@ -1,6 +1,6 @@
 -- calls.lua: the end of an offer or a call: the agent (or chat slot) is released, a failed offer
 -- goes back to the queue, an answered one connects, an ended call is counted and summarised.
--- NEEDS: config, core, stats, chat, agents, offer
+-- NEEDS: config, core, stats, chat, agents, queue, offer
 
 -- An agent's call or offer is over: log out, pause, wrap-up or free (then take the next call).
 local function release_agent(agent_id, flow, with_wrapup)
@@ -71,7 +71,7 @@ local function finish_call(call_id, call, outcome, ended_by, reason)
   redis.call('ZREM', k_queue_of(call), call_id)
   redis.call('SREM', K.calls, call_id)
   if call.edge then redis.call('SREM', k_edge_calls(call.edge), call_id) end
-  redis.call('ZREM', K.timers, 'maxwait|' .. call_id, 'onhold|' .. call_id)
+  redis.call('ZREM', K.timers, 'maxwait|' .. call_id, 'onhold|' .. call_id, 'held|' .. call_id)
   hold_off(call_id, call)
   local received = num(call.received_ms, NOW)
   local connected = tonumber(call.connected_ms)
@@ -155,6 +155,53 @@ local function offer_failed(call_id, call, reason)
   -- release_agent may already have handed an agent another call; this one goes to the head
   call = hgetall(k_call(call_id))
   route_call(call_id, call, flow, true)
+end
+
+-- The edge did not ring the offer's agent(s) (report.command_refused): each is freed at once with no
+-- penalty (no wrap-up, no missed offer), and the call goes back to the head of its queue, held until
+-- its media answers or refused_offer_hold_ms pass (the edge is busy with another leg of the call:
+-- offering it again at once would only be refused again).
+local function offer_refused(call_id, call, reason)
+  local flow = hgetall(k_flow(call.flow))
+  redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. call.offer)
+  if flow == nil then
+    command(call.edge, 'command.hangup', { call_id = call_id, reason = 'flow_removed' })
+    finish_call(call_id, call, 'failed', 'system', 'flow_removed')
+    return 'ended'
+  end
+  local agents = call.agent ~= '' and { call.agent } or ring_all_members(call)
+  for _, agent_id in ipairs(agents) do
+    emit('call.agent_failed', { call_id = call_id, flow = call.flow, agent_id = agent_id, offer_id = call.offer,
+      reason = reason })
+  end
+  local hold = cfg('refused_offer_hold_ms')
+  call_field_updates(call_id, call, { ring_all = '', held_until_ms = NOW + hold })
+  redis.call('ZADD', K.timers, NOW + hold, 'held|' .. call_id)
+  enqueue(call_id, call, flow, true)
+  for _, agent_id in ipairs(agents) do release_for_call(agent_id, call_id, call, flow, false) end
+  return 'held'
+end
+
+-- A media leg will not play (report.media_failed, or a refused command.media that can never
+-- succeed): a welcome is skipped (the call is routed as if it had ended); with an agent ringing the
+-- caller stays where it is; a dissuading message is skipped (back to the queue) unless the flow
+-- hangs up after it; otherwise the caller has nothing to hear: the call is ended (503).
+-- Returns what became of the call.
+local function media_not_played(call_id, call, purpose)
+  call_field_updates(call_id, call, { media = '' })
+  local flow = hgetall(k_flow(call.flow))
+  if flow and purpose == 'welcome' and call.state == 'welcome' then
+    route_call(call_id, call, flow, false)
+    return call.state
+  end
+  if call.state == 'offered' then return 'agent_ringing' end
+  if flow and purpose == 'dissuading' and call.state == 'dissuading' and flow.dissuading_hangup ~= '1' then
+    route_call(call_id, call, flow, false)  -- no dissuading message to play: back to the queue
+    return call.state
+  end
+  command(call.edge, 'command.reject', { call_id = call_id, code = 503, reason = 'Media Unavailable' })
+  finish_call(call_id, call, 'failed', 'system', 'media_failed')
+  return 'ended'
 end
 
 -- The caller is now talking to the agent it was offered to.

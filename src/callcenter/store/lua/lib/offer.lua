@@ -140,30 +140,28 @@ local function waits_for_media(call, flow)
   return (flow.flow_id_uri or '') ~= '' and (call.answered_ms or '') == ''
 end
 
+-- Offer a call to a free agent of its flow (by the flow's strategy, or all of them for ring-all);
+-- false when nobody is free.
+local function offer_now(call_id, call, flow)
+  if call.media_type == 'chat' then
+    local agent_id, agent = pick_chat_agent(flow)
+    if agent_id then offer(call_id, call, flow, agent_id, agent) return true end
+  elseif flow.strategy == 'ring-all' then
+    local agents = free_agents_of(flow)
+    if #agents > 0 then offer_all(call_id, call, flow, agents) return true end
+  else
+    local agent_id, agent = pick_agent(call.flow, flow)
+    if agent_id then offer(call_id, call, flow, agent_id, agent) return true end
+  end
+  return false
+end
+
 -- Send a call to a free agent if there is one, else (a new call) dissuade it if a rule says so,
 -- else queue it. With internal dispatching off, calls only queue: an external dispatcher
 -- assigns them (dispatch_call.lua).
 local function route_call(call_id, call, flow, at_head)
   local internal = cfg('internal_dispatching') == 1 and not waits_for_media(call, flow)
-  if internal and call.media_type == 'chat' then
-    local agent_id, agent = pick_chat_agent(flow)
-    if agent_id then
-      offer(call_id, call, flow, agent_id, agent)
-      return
-    end
-  elseif internal and flow.strategy == 'ring-all' then
-    local agents = free_agents_of(flow)
-    if #agents > 0 then
-      offer_all(call_id, call, flow, agents)
-      return
-    end
-  elseif internal then
-    local agent_id, agent = pick_agent(call.flow, flow)
-    if agent_id then
-      offer(call_id, call, flow, agent_id, agent)
-      return
-    end
-  end
+  if internal and offer_now(call_id, call, flow) then return end
   if not at_head and call.dissuaded ~= '1' then
     local rule = dissuading_rule(call.flow, flow, call)
     if rule then
@@ -187,10 +185,12 @@ local function take_waiting_call(agent_id, agent, chat)
         local head = redis.call('ZRANGE', queue_key(flow_id), 0, 0, 'WITHSCORES')
         local flow_fields = #head > 0 and redis.call('HMGET', k_flow(flow_id), 'priority', 'flow_id_uri') or nil
         -- a flow-id message flow's head that waits for its queue media is offered when it answers
-        if flow_fields and (flow_fields[2] or '') ~= ''
-            and (redis.call('HGET', k_call(head[1]), 'answered_ms') or '') == '' then
+        local head_call = flow_fields and redis.call('HMGET', k_call(head[1]), 'answered_ms', 'held_until_ms')
+        if flow_fields and (flow_fields[2] or '') ~= '' and (head_call[1] or '') == '' then
           flow_fields = nil
         end
+        -- a head whose ring the edge refused waits for its media (release_hold) or its hold's end
+        if flow_fields and num(head_call[2], 0) > NOW then flow_fields = nil end
         if flow_fields then
           local prio = num(flow_fields[1], 256)
           local score = tonumber(head[2])
@@ -231,4 +231,15 @@ local function dispatch_to_agent(agent_id, agent)
   if (agent.uri or '') ~= '' and take_waiting_call(agent_id, agent, false) then return true end
   if (agent.chat_uri or '') ~= '' then dispatch_chats(agent_id, agent) end
   return agent.state ~= 'free'
+end
+
+-- The hold of a call whose ring the edge refused is over (its media answered, or the hold timer
+-- fired): it is offered at once if an agent is free, else it waits at the head of its queue.
+-- Returns true when it offered it.
+local function release_hold(call_id, call, flow)
+  if (call.held_until_ms or '') == '' then return false end
+  redis.call('ZREM', K.timers, 'held|' .. call_id)
+  call_field_updates(call_id, call, { held_until_ms = '' })
+  if call.state ~= 'queued' or flow == nil or cfg('internal_dispatching') ~= 1 then return false end
+  return offer_now(call_id, call, flow)
 end
