@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import pytest
 import pytest_asyncio
 from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, expect_success, free_udp_port
 
@@ -153,6 +155,64 @@ async def test_a_second_branch_of_the_same_invite_is_a_merged_request(edge: Edge
     edge.dispatcher.on("call_arrived", lambda f: edge.stack.reject(f.call_id, 486, "busy"))
     client.sendto(first.replace(b";branch=z9hG4bK-", b";branch=z9hG4bK-3rd", 1), (LOOPBACK, edge.port))
     assert (await final_response(client)).startswith("SIP/2.0 486")
+
+
+def _loopback_socket(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, 0))
+    except OSError:
+        sock.close()
+        pytest.skip(f"cannot bind {host} (only Linux routes all of 127.0.0.0/8 to loopback)")
+    sock.settimeout(2.0)
+    return sock
+
+
+def _in_dialog(method: str, edge_port: int, from_host: str, from_port: int, call_id: str, to_tag: str) -> bytes:
+    return "\r\n".join([
+        f"{method} sip:support@{LOOPBACK}:{edge_port} SIP/2.0",
+        f"Via: SIP/2.0/UDP {from_host}:{from_port};branch=z9hG4bK-{os.urandom(4).hex()};rport",
+        f"From: \"Fuzz\" <sip:fuzz@{from_host}:{from_port}>;tag=f{call_id}",
+        f"To: <sip:support@{LOOPBACK}:{edge_port}>;tag={to_tag}",
+        f"Call-ID: {call_id}", f"CSeq: 2 {method}", "Max-Forwards: 70", "Content-Length: 0", "", ""]).encode()
+
+
+async def test_in_dialog_requests_from_outside_the_dialog_and_the_trusted_networks_get_403(
+        make_edge: Callable[..., EdgeUnderTest], sipp: SippLauncher) -> None:
+    """Trusted: 127.0.0.2 only (the caller). The welcome media server on 127.0.0.1 is not trusted but
+    is a peer of its dialog: its BYE is taken. A BYE with the caller's tags from 127.0.0.3 (neither
+    trusted nor a peer) gets 403 and the call goes on; the caller's own BYE ends it."""
+    caller, attacker = _loopback_socket("127.0.0.2"), _loopback_socket("127.0.0.3")
+    try:
+        edge = make_edge(trusted_networks="127.0.0.2/32")
+        welcome = sipp.start("media_welcome_uas", name="welcome")
+        edge.dispatcher.on("call_arrived", lambda f: edge.stack.media(f.call_id, welcome.uri("welcome"), "welcome"))
+        caller_port = caller.getsockname()[1]
+        datagram = invite(edge.port, caller_port, "dlg-1").replace(
+            f"{LOOPBACK}:{caller_port}".encode(), f"127.0.0.2:{caller_port}".encode())
+        caller.sendto(datagram, (LOOPBACK, edge.port))
+        answer = await final_response(caller)
+        assert answer.startswith("SIP/2.0 200"), answer
+        to_tag = re.search(r"^To:.*;tag=([^;\r\n]+)", answer, re.MULTILINE | re.IGNORECASE).group(1)  # type: ignore[union-attr]
+        caller.sendto(_in_dialog("ACK", edge.port, "127.0.0.2", caller_port, "dlg-1", to_tag).replace(
+            b"CSeq: 2 ACK", b"CSeq: 1 ACK"), (LOOPBACK, edge.port))
+        await expect_success(welcome)   # its BYE from an untrusted peer of its dialog was answered 200
+        await edge.dispatcher.wait_for("media_ended", timeout_s=5)
+
+        attacker_port = attacker.getsockname()[1]
+        attacker.sendto(_in_dialog("BYE", edge.port, "127.0.0.3", attacker_port, "dlg-1", to_tag),
+                        (LOOPBACK, edge.port))
+        assert (await final_response(attacker)).startswith("SIP/2.0 403")
+        await asyncio.sleep(0.2)
+        assert "call_ended" not in edge.dispatcher.kinds() and edge.stack.active_calls() == 1
+
+        caller.sendto(_in_dialog("BYE", edge.port, "127.0.0.2", caller_port, "dlg-1", to_tag), (LOOPBACK, edge.port))
+        assert (await final_response(caller)).startswith("SIP/2.0 200")
+        ended = await edge.dispatcher.wait_for("call_ended", timeout_s=5)
+        assert ended.data["by"] == "caller"
+    finally:
+        caller.close()
+        attacker.close()
 
 
 # ------------------------------------------------------------------------------------- fuzzer
