@@ -8,35 +8,13 @@ source is shown with a real SIPp caller.
 
 from __future__ import annotations
 
-import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Callable
 
-import pytest_asyncio
-from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, expect_success, free_udp_port
+from sip_harness import LOOPBACK, EdgeUnderTest, SippLauncher, expect_success
 from test_sip_edge_hostile_input import final_response, invite
 
 from callcenter.contract import limits
-from callcenter_sip_edge.sip_stack import SipStack
-
-
-@pytest_asyncio.fixture
-async def make_edge() -> AsyncIterator[Callable[..., EdgeUnderTest]]:
-    stacks: list[SipStack] = []
-
-    def start(**options: Any) -> EdgeUnderTest:
-        dispatcher = ScriptedDispatcher()
-        port = free_udp_port()
-        stack = SipStack(host=LOOPBACK, port=port, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop(),
-                         **options)
-        stack.start()
-        stacks.append(stack)
-        return EdgeUnderTest(stack=stack, dispatcher=dispatcher, port=port)
-
-    yield start
-    for stack in stacks:
-        stack.stop()
 
 
 def _replace(datagram: bytes, old: str, new: str) -> bytes:

@@ -14,12 +14,10 @@ import random
 import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
 import pytest
-import pytest_asyncio
-from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, expect_success, free_udp_port
+from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, expect_success
 
 from callcenter.contract import limits
 from callcenter_sip_edge.sip_stack import SipStack
@@ -55,25 +53,6 @@ async def final_response(client: socket.socket) -> str:
         reply = (await asyncio.to_thread(client.recv, 65535)).decode()
         if not reply.startswith("SIP/2.0 1"):
             return reply
-
-
-@pytest_asyncio.fixture
-async def make_edge() -> AsyncIterator[Callable[..., EdgeUnderTest]]:
-    """Starts a SipStack with the given guard settings (trusted_networks, invite_rate, invite_burst)."""
-    stacks: list[SipStack] = []
-
-    def start(**guard: Any) -> EdgeUnderTest:
-        dispatcher = ScriptedDispatcher()
-        port = free_udp_port()
-        stack = SipStack(host=LOOPBACK, port=port, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop(),
-                         **guard)
-        stack.start()
-        stacks.append(stack)
-        return EdgeUnderTest(stack=stack, dispatcher=dispatcher, port=port)
-
-    yield start
-    for stack in stacks:
-        stack.stop()
 
 
 async def test_invite_from_an_untrusted_network_gets_403(make_edge: Callable[..., EdgeUnderTest],
