@@ -340,7 +340,8 @@ def main() -> None:
            "CC_REJECT_ON_NO_AGENTS": "false"}
     print(f"whole system on loopback, {os.cpu_count()} cores; work dir {workdir}")
     system = WholeSystem.start(workdir, tenant="bench", edge_id="edge-bench", common_env=env,
-                               edge_env={"CC_SIP_INVITE_RATE": "0", "CC_DRAIN_TIMEOUT_S": "1"})
+                               edge_env={"CC_SIP_INVITE_RATE": "0", "CC_SIP_INVITE_RATE_TOTAL": "0",
+                                         "CC_DRAIN_TIMEOUT_S": "1"})
     peers: Peers | None = None
     try:
         if not args.skip_latency:

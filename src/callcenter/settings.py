@@ -71,6 +71,12 @@ class EdgeSettings(CommonSettings):
     # per-source-IP token bucket for new INVITEs (0 = no limit); over it: 503 + Retry-After
     sip_invite_rate: float = Field(default=50.0, ge=0)
     sip_invite_burst: int = Field(default=100, ge=1)
+    # one token bucket for the INVITEs of all sources together (0 = no limit); over it: 503 + Retry-After
+    sip_invite_rate_total: float = Field(default=200.0, ge=0)
+    sip_invite_burst_total: int = Field(default=400, ge=1)
+    # sources whose caller priority (X-CC-Priority header, ;cc_priority= URI parameter) is taken
+    # (comma-separated CIDRs; "" = none). Loopback by default: a local proxy may set it, no caller can
+    sip_priority_networks: str = "127.0.0.0/8,::1"
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
     drain_timeout_s: float = 30.0
 

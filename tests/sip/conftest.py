@@ -10,6 +10,7 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -55,6 +56,26 @@ async def edge() -> AsyncIterator[EdgeUnderTest]:
         started = time.monotonic()
         stack.stop()
         assert time.monotonic() - started < 5, "SipStack.stop() took too long"
+
+
+@pytest_asyncio.fixture
+async def make_edge() -> AsyncIterator[Callable[..., EdgeUnderTest]]:
+    """Starts SipStacks with the given options (trusted_networks, invite_rate, priority_networks, ...),
+    each with its own ScriptedDispatcher; all are stopped at the end of the test."""
+    stacks: list[SipStack] = []
+
+    def start(**options: Any) -> EdgeUnderTest:
+        dispatcher = ScriptedDispatcher()
+        port = free_udp_port()
+        stack = SipStack(host=LOOPBACK, port=port, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop(),
+                         **options)
+        stack.start()
+        stacks.append(stack)
+        return EdgeUnderTest(stack=stack, dispatcher=dispatcher, port=port)
+
+    yield start
+    for stack in stacks:
+        stack.stop()
 
 
 @pytest.fixture

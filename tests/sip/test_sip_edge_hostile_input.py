@@ -11,18 +11,20 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
 
-import pytest_asyncio
-from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, expect_success, free_udp_port
+import pytest
+from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, expect_success
 
+from callcenter.contract import limits
 from callcenter_sip_edge.sip_stack import SipStack
 
 FUZZ_SEED = 20240611
 FUZZ_DATAGRAMS = 2000
+REAL_CALLS = 3
 
 SDP = "v=0\r\no=t 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 
@@ -51,25 +53,6 @@ async def final_response(client: socket.socket) -> str:
         reply = (await asyncio.to_thread(client.recv, 65535)).decode()
         if not reply.startswith("SIP/2.0 1"):
             return reply
-
-
-@pytest_asyncio.fixture
-async def make_edge() -> AsyncIterator[Callable[..., EdgeUnderTest]]:
-    """Starts a SipStack with the given guard settings (trusted_networks, invite_rate, invite_burst)."""
-    stacks: list[SipStack] = []
-
-    def start(**guard: Any) -> EdgeUnderTest:
-        dispatcher = ScriptedDispatcher()
-        port = free_udp_port()
-        stack = SipStack(host=LOOPBACK, port=port, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop(),
-                         **guard)
-        stack.start()
-        stacks.append(stack)
-        return EdgeUnderTest(stack=stack, dispatcher=dispatcher, port=port)
-
-    yield start
-    for stack in stacks:
-        stack.stop()
 
 
 async def test_invite_from_an_untrusted_network_gets_403(make_edge: Callable[..., EdgeUnderTest],
@@ -106,6 +89,109 @@ async def test_invite_flood_from_one_source_gets_503_with_retry_after(make_edge:
             break
         await asyncio.sleep(0.02)
     assert edge.stack.active_calls() == 0
+
+
+async def test_repeated_single_headers_and_bare_cr_get_400_before_sippy(edge: EdgeUnderTest,
+                                                                        client: socket.socket) -> None:
+    port = client.getsockname()[1]
+    base = invite(edge.port, port, "dup-1")
+    cases = {
+        "Repeated Call-ID": base.replace(b"Call-ID: dup-1\r\n", b"Call-ID: dup-1\r\nCall-ID: other\r\n"),
+        "Repeated CSeq": base.replace(b"CSeq: 1 INVITE\r\n", b"CSeq: 1 INVITE\r\nCSeq: 2 INVITE\r\n"),
+        "Repeated From": base.replace(b"Call-ID:", b"f: <sip:x@127.0.0.1>;tag=2\r\nCall-ID:"),
+        "Repeated To": base.replace(b"Call-ID:", b"To: <sip:y@127.0.0.1>\r\nCall-ID:"),
+        "Bare CR": base.replace(b'"Fuzz"', b'"Fu\rX-Injected: 1\rzz"'),
+    }
+    for problem, datagram in cases.items():
+        client.sendto(datagram, (LOOPBACK, edge.port))
+        reply = await final_response(client)
+        assert reply.startswith(f"SIP/2.0 400 Bad Request - {problem}\r\n"), (problem, reply)
+        assert reply.count("\nCall-ID:") == 1
+    # a repeated header in a response or an ACK is dropped without a word
+    client.sendto(base.replace(b"INVITE sip", b"ACK sip").replace(b"Call-ID:", b"Call-ID: a\r\nCall-ID:"),
+                  (LOOPBACK, edge.port))
+    assert edge.dispatcher.facts == [] and edge.stack.active_calls() == 0
+
+
+async def test_a_second_branch_of_the_same_invite_is_a_merged_request(edge: EdgeUnderTest,
+                                                                      client: socket.socket) -> None:
+    """RFC 3261 8.2.2.2: same From tag, Call-ID and CSeq, another branch (it forked upstream and
+    both forks reached us): 482 Loop Detected, one call only."""
+    port = client.getsockname()[1]
+    first = invite(edge.port, port, "merged-1")
+    second = first.replace(b";branch=z9hG4bK-", b";branch=z9hG4bK-2nd", 1)
+    client.sendto(first, (LOOPBACK, edge.port))
+    arrived = await edge.dispatcher.wait_for("call_arrived", timeout_s=5)
+    client.sendto(second, (LOOPBACK, edge.port))
+    reply = await final_response(client)
+    assert reply.startswith("SIP/2.0 482 Loop Detected"), reply
+    assert "z9hG4bK-2nd" in reply
+    assert edge.dispatcher.kinds() == ["call_arrived"] and edge.stack.active_calls() == 1
+    edge.stack.reject(arrived.call_id, 486, "busy")
+    assert (await final_response(client)).startswith("SIP/2.0 486")
+    await edge.dispatcher.wait_for("call_ended", timeout_s=5)
+    # the call is over: the same INVITE again is a new call, not a merged request
+    edge.dispatcher.on("call_arrived", lambda f: edge.stack.reject(f.call_id, 486, "busy"))
+    client.sendto(first.replace(b";branch=z9hG4bK-", b";branch=z9hG4bK-3rd", 1), (LOOPBACK, edge.port))
+    assert (await final_response(client)).startswith("SIP/2.0 486")
+
+
+def _loopback_socket(host: str) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((host, 0))
+    except OSError:
+        sock.close()
+        pytest.skip(f"cannot bind {host} (only Linux routes all of 127.0.0.0/8 to loopback)")
+    sock.settimeout(2.0)
+    return sock
+
+
+def _in_dialog(method: str, edge_port: int, from_host: str, from_port: int, call_id: str, to_tag: str) -> bytes:
+    return "\r\n".join([
+        f"{method} sip:support@{LOOPBACK}:{edge_port} SIP/2.0",
+        f"Via: SIP/2.0/UDP {from_host}:{from_port};branch=z9hG4bK-{os.urandom(4).hex()};rport",
+        f"From: \"Fuzz\" <sip:fuzz@{from_host}:{from_port}>;tag=f{call_id}",
+        f"To: <sip:support@{LOOPBACK}:{edge_port}>;tag={to_tag}",
+        f"Call-ID: {call_id}", f"CSeq: 2 {method}", "Max-Forwards: 70", "Content-Length: 0", "", ""]).encode()
+
+
+async def test_in_dialog_requests_from_outside_the_dialog_and_the_trusted_networks_get_403(
+        make_edge: Callable[..., EdgeUnderTest], sipp: SippLauncher) -> None:
+    """Trusted: 127.0.0.2 only (the caller). The welcome media server on 127.0.0.1 is not trusted but
+    is a peer of its dialog: its BYE is taken. A BYE with the caller's tags from 127.0.0.3 (neither
+    trusted nor a peer) gets 403 and the call goes on; the caller's own BYE ends it."""
+    caller, attacker = _loopback_socket("127.0.0.2"), _loopback_socket("127.0.0.3")
+    try:
+        edge = make_edge(trusted_networks="127.0.0.2/32")
+        welcome = sipp.start("media_welcome_uas", name="welcome")
+        edge.dispatcher.on("call_arrived", lambda f: edge.stack.media(f.call_id, welcome.uri("welcome"), "welcome"))
+        caller_port = caller.getsockname()[1]
+        datagram = invite(edge.port, caller_port, "dlg-1").replace(
+            f"{LOOPBACK}:{caller_port}".encode(), f"127.0.0.2:{caller_port}".encode())
+        caller.sendto(datagram, (LOOPBACK, edge.port))
+        answer = await final_response(caller)
+        assert answer.startswith("SIP/2.0 200"), answer
+        to_tag = re.search(r"^To:.*;tag=([^;\r\n]+)", answer, re.MULTILINE | re.IGNORECASE).group(1)  # type: ignore[union-attr]
+        caller.sendto(_in_dialog("ACK", edge.port, "127.0.0.2", caller_port, "dlg-1", to_tag).replace(
+            b"CSeq: 2 ACK", b"CSeq: 1 ACK"), (LOOPBACK, edge.port))
+        await expect_success(welcome)   # its BYE from an untrusted peer of its dialog was answered 200
+        await edge.dispatcher.wait_for("media_ended", timeout_s=5)
+
+        attacker_port = attacker.getsockname()[1]
+        attacker.sendto(_in_dialog("BYE", edge.port, "127.0.0.3", attacker_port, "dlg-1", to_tag),
+                        (LOOPBACK, edge.port))
+        assert (await final_response(attacker)).startswith("SIP/2.0 403")
+        await asyncio.sleep(0.2)
+        assert "call_ended" not in edge.dispatcher.kinds() and edge.stack.active_calls() == 1
+
+        caller.sendto(_in_dialog("BYE", edge.port, "127.0.0.2", caller_port, "dlg-1", to_tag), (LOOPBACK, edge.port))
+        assert (await final_response(caller)).startswith("SIP/2.0 200")
+        ended = await edge.dispatcher.wait_for("call_ended", timeout_s=5)
+        assert ended.data["by"] == "caller"
+    finally:
+        caller.close()
+        attacker.close()
 
 
 # ------------------------------------------------------------------------------------- fuzzer
@@ -153,24 +239,87 @@ def _response_for_unknown_transaction(edge_port: int, client_port: int, n: int) 
             f"CSeq: 1 INVITE\r\nContact: <sip:b@{LOOPBACK}:{client_port}>\r\nContent-Length: 0\r\n\r\n").encode()
 
 
+def _hostile(rng: random.Random, edge_port: int, client_port: int, n: int, earlier: list[bytes]) -> bytes:
+    """One of the hostile but well-formed cases: a merged request (an earlier INVITE on another
+    branch), repeated single headers, header injection (bare CR, JSON in a header), over-long
+    Request-URIs and fields, a priority smuggled into the flow name."""
+    base = invite(edge_port, client_port, f"fh-{n}")
+    kind = rng.randrange(7)
+    if kind == 0 and earlier:
+        return rng.choice(earlier).replace(b";branch=z9hG4bK-", f";branch=z9hG4bK-m{n}-".encode(), 1)
+    if kind <= 1:
+        name = rng.choice((b"Call-ID: x", b"CSeq: 9 INVITE", b"From: <sip:a@b>;tag=9", b"To: <sip:b@c>"))
+        return base.replace(b"Max-Forwards:", name + b"\r\nMax-Forwards:", 1)
+    if kind == 2:
+        injected = rng.choice((b'X-Note: {"event": "agent.paused", "level": "critical", "agent_id": "a1"}',
+                               b'X-Note: a\rX-Injected: 1', 'X-Note: \u2028{"event": "forged"}'.encode()))
+        return base.replace(b"Max-Forwards:", injected + b"\r\nMax-Forwards:", 1)
+    if kind == 3:
+        return base.replace(b"INVITE sip:support@", b"INVITE sip:" + b"s" * rng.choice((65, 700, 3600)) + b"@", 1)
+    if kind == 4:
+        return base.replace(b"<sip:fuzz@", b"<sip:" + b"c" * rng.choice((129, 300, 4000)) + b"@", 1)
+    if kind == 5:
+        return base.replace(b'"Fuzz"', b'"' + b"d" * rng.choice((129, 2000)) + b'"', 1)
+    return base.replace(b"INVITE sip:support@", b"INVITE sip:support;cc_priority=999999@", 1)
+
+
 def fuzz_datagrams(edge_port: int, client_port: int, count: int, seed: int) -> Iterator[bytes]:
     rng = random.Random(seed)
+    earlier: list[bytes] = []
     for n in range(count):
-        base_kind = rng.randrange(6)
+        base_kind = rng.randrange(7)
         if base_kind <= 2:
             base = invite(edge_port, client_port, f"fz-{n}")
+            earlier = [*earlier[-19:], base]
         elif base_kind == 3:
             base = invite(edge_port, client_port, f"fz-{n}", method=rng.choice(("BYE", "CANCEL", "ACK", "OPTIONS",
                                                                               "UPDATE", "REGISTER")), body="")
         elif base_kind == 4:
             base = invite(edge_port, client_port, f"fz-{n}").replace(b"To: <sip:support@", b"To: <sip:x@", 1) \
                 .replace(b">\r\nCall-ID", b">;tag=zz\r\nCall-ID", 1)  # in-dialog for no dialog
-        else:
+        elif base_kind == 5:
             base = _response_for_unknown_transaction(edge_port, client_port, n)
-        mutations = rng.choice((0, 1, 1, 1, 2, 3))
+        else:
+            yield _hostile(rng, edge_port, client_port, n, earlier)
+            continue
+        mutations = rng.choice((0, 0, 1, 1, 2, 3))
         for _ in range(mutations):
             base = _mutate(rng, base)
         yield base
+
+
+async def _in_step(client: socket.socket, edge_port: int, n: int) -> None:
+    """Send an OPTIONS and read what the edge sent us until its 200: then the edge has read every
+    datagram sent before it (they arrive in order on loopback and are read in order), so nothing
+    is still waiting in its socket when the test looks at its calls."""
+    port = client.getsockname()[1]
+    marker = f"Call-ID: step-{n}\r\n".encode()
+    client.sendto(invite(edge_port, port, f"step-{n}", method="OPTIONS", body=""), (LOOPBACK, edge_port))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if marker in client.recv(65535):
+                return
+        except (BlockingIOError, InterruptedError):
+            await asyncio.sleep(0.002)
+        except OSError:
+            pass  # an ICMP error for an earlier datagram: read on
+    raise AssertionError(f"the edge did not answer OPTIONS step-{n} within 10 s")
+
+
+async def _real_calls(stack: SipStack, dispatcher: ScriptedDispatcher, sipp: SippLauncher, edge_port: int,
+                      count: int) -> None:
+    """`count` real SIPp calls one after another (caller -> edge -> agent, answered, BYE)."""
+    for n in range(count):
+        agent = sipp.start("agent_early_uas", name=f"agent-{n}")
+        # matched before the fuzz's reject-everything reaction, for SIPp's caller only
+        uri = agent.uri("agent")
+        dispatcher.on("call_arrived", lambda f, uri=uri: stack.ring(f.call_id, "o1", "a1", uri, 10.0),  # type: ignore[misc]
+                      flow="support", caller="caller1")
+        dispatcher._reactions.insert(0, dispatcher._reactions.pop())
+        caller = sipp.start("caller_answered_bye", name=f"caller-{n}", remote_port=edge_port, service="support",
+                            pause_ms=300)
+        await expect_success(caller, agent)
 
 
 async def test_fuzzed_datagrams_never_crash_the_edge_or_leak_calls(edge: EdgeUnderTest, client: socket.socket,
@@ -181,6 +330,8 @@ async def test_fuzzed_datagrams_never_crash_the_edge_or_leak_calls(edge: EdgeUnd
     client.setblocking(False)
     port = client.getsockname()[1]
     target = (LOOPBACK, edge.port)
+    # real calls through the edge while the fuzz runs
+    real_calls = asyncio.create_task(_real_calls(stack, dispatcher, sipp, edge.port, REAL_CALLS))
     sent = 0
     started = time.monotonic()
     for datagram in fuzz_datagrams(edge.port, port, FUZZ_DATAGRAMS, FUZZ_SEED):
@@ -190,13 +341,12 @@ async def test_fuzzed_datagrams_never_crash_the_edge_or_leak_calls(edge: EdgeUnd
             pass  # EMSGSIZE and friends: the mutation made it unsendable
         sent += 1
         if sent % 50 == 0:
-            await asyncio.sleep(0.01)  # bounded pace; also drain our socket so replies never pile up
-            try:
-                while client.recv(65535):
-                    pass
-            except (BlockingIOError, OSError):
-                pass
+            # bounded pace: the edge has read all of this step before the next is sent (a fixed
+            # sleep let a loaded edge fall behind: the calls it had not read yet were counted as leaks)
+            await _in_step(client, edge.port, sent)
+    await _in_step(client, edge.port, sent + 1)
     assert time.monotonic() - started < 60
+    await asyncio.wait_for(real_calls, timeout=60)
 
     # the stack still answers, and every call the fuzz created has ended
     deadline = time.monotonic() + 10
@@ -210,6 +360,12 @@ async def test_fuzzed_datagrams_never_crash_the_edge_or_leak_calls(edge: EdgeUnd
     # could not place its report)
     assert sorted(ended) == sorted(arrived), [f for f in dispatcher.facts if f.call_id not in arrived]
     assert len(arrived) > 50  # the fuzz did let calls through
+    assert dispatcher.kinds().count("agent_answered") == REAL_CALLS
+    # nothing the fuzz sent made a call with a field over its limit or a priority
+    for fact in dispatcher.facts:
+        if fact.kind == "call_arrived":
+            assert len(fact.data["flow"]) <= limits.FLOW_ID_MAX and len(fact.data["caller"]) <= limits.CALLER_MAX
+            assert fact.data["priority"] is None or fact.data["caller"] == "caller1"
 
     agent = sipp.start("agent_early_uas", name="agent")
     dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0),

@@ -66,3 +66,36 @@ def test_the_table_of_sources_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> 
         clock.t += 0.001
         g.check(f"10.0.{n // 256}.{n % 256}")
     assert g.tracked_sources() <= 100
+
+
+def test_a_limit_over_all_sources() -> None:
+    clock = Clock()
+    g = SourceGuard(rate=10.0, burst=2, total_rate=1.0, total_burst=3, clock=clock)
+    results = [g.check(f"10.0.0.{n}") for n in range(5)]   # five sources, one INVITE each
+    assert results[:3] == [None] * 3
+    assert all(r is not None and (r.code, r.reason) == (503, "total_rate_limited") for r in results[3:])
+    assert g.refused == {"untrusted_source": 0, "rate_limited": 0, "total_rate_limited": 2}
+    # a source refused by the total limit keeps its own token
+    clock.t += 1.0
+    assert g.check("10.0.0.4") is None
+    assert g.check("10.0.0.4") is not None   # the total bucket is empty again
+
+
+def test_time_is_the_arrival_not_the_reading() -> None:
+    # 20 INVITEs that arrived within 0.1 s, read one by one over 2 s: the burst of 10 passes, no more
+    clock = Clock()
+    g = SourceGuard(rate=5.0, burst=10, clock=clock)
+    admitted = 0
+    for n in range(20):
+        clock.t += 0.1                       # read time: the reactor is slow
+        admitted += g.check("10.0.0.1", at=100.0 + n * 0.005) is None
+    assert admitted == 10
+    # an arrival time older than the last one refills nothing
+    assert g.check("10.0.0.1", at=99.0) is not None
+
+
+def test_priority_networks() -> None:
+    assert not SourceGuard().may_set_priority("127.0.0.1")   # none by default
+    g = SourceGuard(priority="127.0.0.0/8, ::1")
+    assert g.may_set_priority("127.0.0.1") and g.may_set_priority("::1")
+    assert not g.may_set_priority("10.0.0.1") and not g.may_set_priority("junk")

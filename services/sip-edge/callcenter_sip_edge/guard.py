@@ -1,8 +1,14 @@
-"""Admission of new INVITEs by source address: an allow-list of trusted networks and a per-source
-rate limit (token bucket). Pure Python, used on the SIP thread before a call is created.
+"""Admission of new INVITEs by source address: an allow-list of trusted networks, a per-source
+rate limit and a limit over all sources (token buckets), and the networks that may set a caller's
+priority. Pure Python, used on the SIP thread before a call is created.
 
 Reads: nothing but its arguments. Writes: nothing (the buckets live in memory, one per source IP,
-bounded in number).
+bounded in number, and one for all sources).
+
+Time is the datagram's arrival (the kernel's receive timestamp, see `sippy/transport.py`), passed
+as `at`; without it the guard's clock. Why: counted when read, a burst that waited in the socket
+buffer while the reactor was busy was spread over the time it took to read it, and refilled
+tokens let more of it in than the rate allows.
 """
 
 from __future__ import annotations
@@ -26,6 +32,28 @@ def parse_networks(spec: str | Iterable[str]) -> tuple[Network, ...]:
     if not networks:
         raise ValueError("no trusted network given (use 0.0.0.0/0,::/0 to trust every source)")
     return networks
+
+
+class Networks:
+    """A set of networks to test addresses against; `"*"`-like specs (0.0.0.0/0 and ::/0) match all.
+    An empty spec matches nothing (only where `allow_empty`)."""
+
+    def __init__(self, spec: str | Iterable[str], *, allow_empty: bool = False) -> None:
+        empty = not (spec.strip(" ,") if isinstance(spec, str) else [s for s in spec if s.strip()])
+        self.networks: tuple[Network, ...] = () if empty and allow_empty else parse_networks(spec)
+        self.everything = {str(n) for n in self.networks} >= {"0.0.0.0/0", "::/0"}
+
+    def __contains__(self, source_ip: str) -> bool:
+        if self.everything:
+            return True
+        if not self.networks:
+            return False
+        try:
+            addr = ipaddress.ip_address(source_ip.strip("[]"))
+        except ValueError:
+            return False
+        mapped = getattr(addr, "ipv4_mapped", None)
+        return any(addr in net or (mapped is not None and mapped in net) for net in self.networks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,60 +81,69 @@ class SourceGuard:
     """Decides whether a new INVITE from `source_ip` may create a call.
 
     - a source outside every trusted network: 403 Forbidden;
-    - more than `burst` INVITEs at once, or more than `rate` per second sustained, from one IP:
-      503 Service Unavailable with Retry-After (the time until a token is back, at least 1 s).
-    `rate` <= 0 turns the rate limit off.
+    - more than `burst` INVITEs at once, or more than `rate` per second sustained, from one IP, or
+      more than `total_burst` / `total_rate` from all sources together: 503 Service Unavailable with
+      Retry-After (the time until a token is back, at least 1 s).
+    `rate` (`total_rate`) <= 0 turns that limit off. `priority`: the networks whose INVITEs may
+    carry the caller's priority (empty: none).
     """
 
     def __init__(self, trusted: str | Iterable[str] = "0.0.0.0/0,::/0", rate: float = 0.0, burst: int = 1,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.networks = parse_networks(trusted)
-        self._trust_all = {str(n) for n in self.networks} >= {"0.0.0.0/0", "::/0"}
+                 clock: Callable[[], float] = time.monotonic, *, total_rate: float = 0.0, total_burst: int = 1,
+                 priority: str | Iterable[str] = "") -> None:
+        self.trusted_networks = Networks(trusted)
+        self.networks = self.trusted_networks.networks
+        self.priority_networks = Networks(priority, allow_empty=True)
         self.rate = float(rate)
         self.burst = max(1, int(burst))
+        self.total_rate = float(total_rate)
+        self.total_burst = max(1, int(total_burst))
         self._clock = clock
         self._buckets: dict[str, _Bucket] = {}
-        self.refused = {"untrusted_source": 0, "rate_limited": 0}
+        self._total: _Bucket | None = None
+        self.refused = {"untrusted_source": 0, "rate_limited": 0, "total_rate_limited": 0}
 
     def trusted(self, source_ip: str) -> bool:
-        if self._trust_all:
-            return True
-        try:
-            addr = ipaddress.ip_address(source_ip.strip("[]"))
-        except ValueError:
-            return False
-        mapped = getattr(addr, "ipv4_mapped", None)
-        return any(addr in net or (mapped is not None and mapped in net) for net in self.networks)
+        return source_ip in self.trusted_networks
 
-    def check(self, source_ip: str, closed: Refusal | None = None) -> Refusal | None:
-        """None: admit the INVITE (and take a token); else why not. `closed`: the edge takes no
-        new call now (it drains), so a trusted source gets that refusal and keeps its tokens."""
+    def may_set_priority(self, source_ip: str) -> bool:
+        return source_ip in self.priority_networks
+
+    def check(self, source_ip: str, closed: Refusal | None = None, at: float | None = None) -> Refusal | None:
+        """None: admit the INVITE (and take its tokens); else why not. `closed`: the edge takes no
+        new call now (it drains), so a trusted source gets that refusal and keeps its tokens.
+        `at`: when the INVITE arrived (monotonic seconds); default now."""
         if not self.trusted(source_ip):
             self.refused["untrusted_source"] += 1
             return FORBIDDEN
         if closed is not None:
             return closed
-        return self.take_token(source_ip)
+        return self.take_token(source_ip, at)
 
-    def take_token(self, source_ip: str) -> Refusal | None:
-        """The rate limit alone: None if the source has a token left (it is taken)."""
-        if self.rate <= 0:
-            return None
-        now = self._clock()
-        bucket = self._buckets.get(source_ip)
-        if bucket is None:
-            if len(self._buckets) >= MAX_TRACKED_SOURCES:
-                self._prune(now)
-            bucket = self._buckets[source_ip] = _Bucket(float(self.burst), now)
-        else:
-            bucket.tokens = min(float(self.burst), bucket.tokens + (now - bucket.stamp) * self.rate)
-            bucket.stamp = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
-            return None
-        self.refused["rate_limited"] += 1
-        wait_s = max(1, math.ceil((1.0 - bucket.tokens) / self.rate))
-        return Refusal(503, "Service Unavailable", wait_s, "rate_limited")
+    def take_token(self, source_ip: str, at: float | None = None) -> Refusal | None:
+        """The rate limits alone: None if the source and the whole edge have a token left (taken)."""
+        now = self._clock() if at is None else at
+        source_bucket: _Bucket | None = None
+        if self.rate > 0:
+            source_bucket = self._buckets.get(source_ip)
+            if source_bucket is None:
+                if len(self._buckets) >= MAX_TRACKED_SOURCES:
+                    self._prune(now)
+                source_bucket = self._buckets[source_ip] = _Bucket(float(self.burst), now)
+            wait_s = _take(source_bucket, now, self.rate, self.burst)
+            if wait_s is not None:
+                self.refused["rate_limited"] += 1
+                return Refusal(503, "Service Unavailable", wait_s, "rate_limited")
+        if self.total_rate > 0:
+            if self._total is None:
+                self._total = _Bucket(float(self.total_burst), now)
+            wait_s = _take(self._total, now, self.total_rate, self.total_burst)
+            if wait_s is not None:
+                if source_bucket is not None:
+                    source_bucket.tokens += 1.0   # not this source's fault: give its token back
+                self.refused["total_rate_limited"] += 1
+                return Refusal(503, "Service Unavailable", wait_s, "total_rate_limited")
+        return None
 
     def _prune(self, now: float) -> None:
         """Forget the buckets that have refilled (their sources are idle); if none has, the oldest half."""
@@ -119,3 +156,15 @@ class SourceGuard:
 
     def tracked_sources(self) -> int:
         return len(self._buckets)
+
+
+def _take(bucket: _Bucket, now: float, rate: float, burst: int) -> int | None:
+    """Refill `bucket` up to `now` and take a token: None, or the seconds until one is back. A
+    time before the bucket's last one (datagrams read out of arrival order) refills nothing."""
+    if now > bucket.stamp:
+        bucket.tokens = min(float(burst), bucket.tokens + (now - bucket.stamp) * rate)
+        bucket.stamp = now
+    if bucket.tokens >= 1.0:
+        bucket.tokens -= 1.0
+        return None
+    return max(1, math.ceil((1.0 - bucket.tokens) / rate))

@@ -27,8 +27,9 @@ from callcenter_sip_edge.call import COMMAND_HANDLERS, Call, refuse_command
 from callcenter_sip_edge.facts import Fact, FactSink
 from callcenter_sip_edge.gc_policy import CycleCollector
 from callcenter_sip_edge.guard import Refusal, SourceGuard
-from callcenter_sip_edge.legs import CallerInfo
+from callcenter_sip_edge.log_limits import RateLimitedLog
 from callcenter_sip_edge.sdp import media_type_of
+from callcenter_sip_edge.sip_fields import FieldRefusal, read_caller
 from callcenter_sip_edge.sippy import dialog, transport
 
 log = structlog.get_logger(__name__)
@@ -36,36 +37,15 @@ log = structlog.get_logger(__name__)
 DRAIN_RETRY_AFTER_S = 30
 SHUTDOWN_FLUSH_S = 0.3
 GC_TICK_S = 5.0
+LOG_FLUSH_S = 10.0
 
 SIP_METHODS_ALLOWED = "INVITE, ACK, CANCEL, BYE, OPTIONS, UPDATE, INFO"
 # RFC 3261 20.43: warn-code 304 with a pseudonym as warn-agent
 MEDIA_NOT_AVAILABLE_WARNING = '304 callcenter "Media type not available (neither RTP nor MSRP)"'
 _KNOWN_SIP_METHODS = frozenset({"INVITE", "ACK", "CANCEL", "BYE", "OPTIONS", "UPDATE", "INFO", "PRACK",
                                 "REFER", "NOTIFY", "SUBSCRIBE", "REGISTER", "MESSAGE", "PUBLISH"})
-PRIORITY_HEADER = "x-cc-priority"
-PRIORITY_URI_PARAM = "cc_priority"
 # new INVITEs while the edge drains (the guard still answers 403 to an untrusted source first)
 DRAINING = Refusal(503, "Service Unavailable", DRAIN_RETRY_AFTER_S, "draining")
-
-
-def call_priority(req: Any) -> int | None:
-    """The caller's priority (-100..100, higher is served sooner) from an `X-CC-Priority` header
-    or a `;cc_priority=` Request-URI parameter, as set by the carrier or an upstream proxy."""
-    raw: str | None = None
-    if req.countHFs(PRIORITY_HEADER) > 0:
-        raw = str(req.getHFBody(PRIORITY_HEADER)).strip()
-    else:
-        for param in getattr(req.getRURI(), "other", []):
-            name, _, value = str(param).partition("=")
-            if name.lower() == PRIORITY_URI_PARAM:
-                raw = value
-    if raw is None:
-        return None
-    try:
-        return max(-100, min(100, int(raw)))
-    except ValueError:
-        log.info("call.bad_priority", value=raw[:32])
-        return None
 
 
 class CallRouter:
@@ -76,13 +56,22 @@ class CallRouter:
         self.guard = guard or SourceGuard()
         self._emit_fact = emit
         self.calls: dict[str, Call] = {}
+        # the INVITE of each live call by (Call-ID, From tag, CSeq): a second branch of it is a
+        # merged request (RFC 3261 8.2.2.2), answered 482 instead of making a second call
+        self._invites: dict[tuple[str, str, int], str] = {}
+        self._invite_of: dict[str, tuple[str, str, int]] = {}
         self.accepting = True
+        # what outsiders cause (bad datagrams, refused INVITEs, sippy's complaints) is logged per cause
+        # at a bounded rate; `_flush_logs` writes the counts of what was left out
+        self.limited_log = RateLimitedLog()
         self.sip_config = transport.make_sip_config(
             host=host, port=port, user_agent=user_agent, advertised_host=advertised_host,
-            max_message_bytes=max_message_bytes, on_screened=_log_screened, on_request=self._recv_out_of_dialog,
+            max_message_bytes=max_message_bytes, on_screened=self._log_screened, on_request=self._recv_out_of_dialog,
+            guard=self.guard, limited_log=self.limited_log,
         )
         self._cycles = CycleCollector()
         Timeout(self._collect_cycles, GC_TICK_S, -1)
+        Timeout(self.limited_log.flush, LOG_FLUSH_S, -1)
 
     @property
     def bound_address(self) -> tuple[str, int]:
@@ -93,6 +82,9 @@ class CallRouter:
 
     def forget(self, call_id: str) -> None:
         self.calls.pop(call_id, None)
+        key = self._invite_of.pop(call_id, None)
+        if key is not None:
+            self._invites.pop(key, None)
 
     def _collect_cycles(self) -> None:
         try:
@@ -105,8 +97,9 @@ class CallRouter:
         """Sippy's callback for requests that match no dialog."""
         try:
             return self._route(req, sip_t)
-        except Exception:
-            log.exception("sip.request_failed", method=req.getMethod())
+        except Exception as exc:
+            self.limited_log.emit("warning", "sip.request_failed", type(exc).__name__, method=req.getMethod(),
+                                  error=str(exc), exc_info=True)
             if req.getMethod() == "ACK":
                 return None
             return (req.genResponse(400, "Bad Request"), None, None)
@@ -128,11 +121,19 @@ class CallRouter:
             return (req.genResponse(501, "Not Implemented"), None, None)
         if req.countHFs("max-forwards") > 0 and req.getHFBody("max-forwards").getNum() <= 0:
             return (req.genResponse(483, "Too Many Hops"), None, None)
+        invite_key = (str(req.getHFBody("call-id")), str(req.getHFBody("from").getTag()),
+                      int(req.getHFBody("cseq").getCSeqNum()))
+        if invite_key in self._invites:
+            self.limited_log.emit("info", "sip.invite_refused", "merged_request", reason="merged_request",
+                                  source=str(req.getSource()[0]))
+            return (req.genResponse(482, "Loop Detected"), None, None)
         source_ip = str(req.getSource()[0])
-        refusal = self.guard.check(source_ip, closed=None if self.accepting else DRAINING)
+        refusal = self.guard.check(source_ip, closed=None if self.accepting else DRAINING,
+                                   at=transport.arrival_time(req))
         if refusal is not None:
             if refusal is not DRAINING:
-                log.debug("sip.invite_refused", reason=refusal.reason, source=source_ip)
+                self.limited_log.emit("info", "sip.invite_refused", refusal.reason, reason=refusal.reason,
+                                      source=source_ip)
             resp = req.genResponse(refusal.code, refusal.phrase)
             if refusal.retry_after_s is not None:
                 resp = _with_header(resp, "retry-after", str(refusal.retry_after_s))
@@ -154,28 +155,26 @@ class CallRouter:
         media_type = media_type_of(str(req.getBody()))
         if media_type is None:
             # neither RTP (audio) nor MSRP (chat), e.g. T.38 fax: no call is created
-            log.info("sip.invite_refused", reason="media_not_acceptable", source=source_ip,
-                     media=_first_media_line(str(req.getBody())))
+            self.limited_log.emit("info", "sip.invite_refused", "media_not_acceptable", reason="media_not_acceptable",
+                                  source=source_ip, media=_first_media_line(str(req.getBody())))
             resp = _with_header(req.genResponse(488, "Not Acceptable Here"), "warning", MEDIA_NOT_AVAILABLE_WARNING)
             return (resp, None, None)
-        return self._new_call(req, sip_t, media_type)
+        return self._new_call(req, sip_t, media_type, invite_key)
 
-    def _new_call(self, req: Any, sip_t: Any, media_type: str) -> Any:
-        from_hf = req.getHFBody("from")
+    def _new_call(self, req: Any, sip_t: Any, media_type: str, invite_key: tuple[str, str, int]) -> Any:
         source_host, source_port = req.getSource()
-        info = CallerInfo(
-            flow=req.getRURI().username or "",
-            caller_user=from_hf.getUrl().username or "",
-            caller_uri=str(from_hf.getUrl()),
-            caller_display=from_hf.getUri().name or None,
-            sip_call_id=str(req.getHFBody("call-id")),
-            source=f"{source_host}:{source_port}",
-            priority=call_priority(req),
-            media_type=media_type,
-        )
+        info = read_caller(req, source=f"{source_host}:{source_port}", media_type=media_type,
+                           priority_trusted=self.guard.may_set_priority(str(source_host)))
+        if isinstance(info, FieldRefusal):
+            self.limited_log.emit("info", "sip.invite_refused", info.field, reason="bad_field", field=info.field,
+                                  length=info.length, code=info.code, source=str(source_host))
+            return (req.genResponse(info.code, info.phrase), None, None)
         call = Call(router=self, call_id=uuid4().hex, info=info)
         call.caller = dialog.answering_ua(self.sip_config, call.event_cb(call.caller_events))
+        transport.remember_peer(call.caller, str(source_host).strip("[]"))
         self.calls[call.call_id] = call
+        self._invites[invite_key] = call.call_id
+        self._invite_of[call.call_id] = invite_key
         try:
             result = call.caller.recvRequest(req, sip_t)
         except Exception:
@@ -195,6 +194,13 @@ class CallRouter:
             "priority": info.priority, "media_type": info.media_type,
         })
         return result
+
+    def _log_screened(self, reason: str, source: str, answered_with: int | None) -> None:
+        if answered_with is not None:
+            self.limited_log.emit("warning", "sip.bad_request_answered", reason, code=answered_with, problem=reason,
+                                  source=source)
+        else:
+            self.limited_log.emit("warning", "sip.datagram_dropped", reason, reason=reason, source=source)
 
     # ------------------------------------------------------------------ commands
     def execute(self, command: Command) -> None:
@@ -251,11 +257,6 @@ def _with_header(resp: Any, name: str, value: str) -> Any:
     return resp
 
 
-def _log_screened(reason: str, source: str, answered: bool) -> None:
-    if answered:
-        log.warning("sip.bad_request_answered", code=400, problem=reason, source=source)
-    else:
-        log.warning("sip.datagram_dropped", reason=reason, source=source)
 
 
 def _first_media_line(sdp: str) -> str:

@@ -15,6 +15,9 @@ SIPPY_RECV_BYTES = 8192
 _COMPACT_HEADER_NAMES = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact",
                          "l": "content-length", "c": "content-type"}
 _MANDATORY_HEADERS = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq"}
+# headers a message has exactly once (RFC 3261 7.3.1: no comma list); sippy takes some of them by
+# position and answers others from a dict, so two Call-IDs made it raise KeyError in sendResponse
+_SINGLE_HEADERS = ("call-id", "cseq", "from", "to")
 _REQUEST_LINE = re.compile(r"^([A-Za-z]+) (\S+) SIP/2\.0$")
 _CSEQ_VALUE = re.compile(r"^\d{1,10}\s+[A-Za-z]+$")
 
@@ -67,16 +70,24 @@ def screen_datagram(data: bytes, max_message_bytes: int) -> Screening:
         return Screening(drop_reason="bad_start_line")
     missing = [name for name in _MANDATORY_HEADERS if name not in headers]
     cseq_ok = "cseq" in headers and _CSEQ_VALUE.match(headers["cseq"][0].partition(":")[2].strip())
-    if not missing and cseq_ok:
+    repeated = [name for name in _SINGLE_HEADERS if len(headers.get(name, ())) > 1]
+    # a CR that ends no line: a header value with a line break smuggled in
+    bare_cr = head.count("\r") != head.count("\r\n")
+    if not missing and cseq_ok and not repeated and not bare_cr:
         return PASS
     if is_response or request_line is None or request_line.group(1).upper() == "ACK":
-        return Screening(drop_reason="missing_headers")
+        return Screening(drop_reason="repeated_headers" if repeated and not missing else "missing_headers")
     if "via" not in headers:
         return Screening(drop_reason="missing_via")
-    problem = f"Missing {', '.join(_MANDATORY_HEADERS[name] for name in missing)}" if missing else "Bad CSeq"
+    if missing:
+        problem = f"Missing {', '.join(_MANDATORY_HEADERS[name] for name in missing)}"
+    elif repeated:
+        problem = f"Repeated {', '.join(_MANDATORY_HEADERS[name] for name in repeated)}"
+    else:
+        problem = "Bad CSeq" if not cseq_ok else "Bare CR"
     reply_lines = [f"SIP/2.0 400 Bad Request - {problem}", *headers["via"]]
     for name in ("from", "to", "call-id", "cseq"):
-        reply_lines.extend(headers.get(name, ()))
+        reply_lines.extend(headers.get(name, ())[:1])
     reply_lines += ["Content-Length: 0", "", ""]
     return Screening(drop_reason=problem, reply="\r\n".join(reply_lines).encode())
 

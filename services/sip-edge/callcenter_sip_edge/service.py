@@ -150,7 +150,9 @@ class EdgeService:
         self.stack = SipStack(host=s.sip_host, port=s.sip_port, on_fact=self.on_fact, loop=loop,
                               advertised_host=s.sip_advertised_host, max_message_bytes=s.sip_max_message_bytes,
                               trusted_networks=s.sip_trusted_networks, invite_rate=s.sip_invite_rate,
-                              invite_burst=s.sip_invite_burst)
+                              invite_burst=s.sip_invite_burst, invite_rate_total=s.sip_invite_rate_total,
+                              invite_burst_total=s.sip_invite_burst_total,
+                              priority_networks=s.sip_priority_networks)
         await asyncio.to_thread(self.stack.start)
         log.info("edge.started", edge_id=self.edge_id, sip=f"{s.sip_host}:{s.sip_port}")
         tasks = [asyncio.create_task(self._publish_reports()), asyncio.create_task(self._heartbeat()),

@@ -119,9 +119,13 @@ class SipStack:
                  loop: asyncio.AbstractEventLoop, advertised_host: str | None = None,
                  max_message_bytes: int = 8192, user_agent: str = "callcenter",
                  trusted_networks: str = "0.0.0.0/0,::/0", invite_rate: float = 0.0,
-                 invite_burst: int = 100) -> None:
-        """`trusted_networks`: INVITEs from other sources get 403. `invite_rate` (per second, 0 = no
-        limit) and `invite_burst`: a per-source-IP token bucket; INVITEs over it get 503 + Retry-After."""
+                 invite_burst: int = 100, invite_rate_total: float = 0.0, invite_burst_total: int = 100,
+                 priority_networks: str = "127.0.0.0/8,::1") -> None:
+        """`trusted_networks`: INVITEs from other sources get 403 (and their in-dialog requests must
+        come from a peer of the dialog). `invite_rate` (per second, 0 = no limit) and `invite_burst`:
+        a per-source-IP token bucket, `invite_rate_total`/`invite_burst_total` one for all sources;
+        INVITEs over either get 503 + Retry-After. `priority_networks`: the sources whose caller
+        priority (X-CC-Priority, ;cc_priority=) is taken ("" = none)."""
         self._host = host
         self._port = port
         self._on_fact = on_fact
@@ -130,7 +134,8 @@ class SipStack:
         self._max_message_bytes = max_message_bytes
         self._user_agent = user_agent
         # built here so that a bad network list fails on the caller's thread; used on the SIP thread
-        self.guard = SourceGuard(trusted_networks, rate=invite_rate, burst=invite_burst)
+        self.guard = SourceGuard(trusted_networks, rate=invite_rate, burst=invite_burst, total_rate=invite_rate_total,
+                                 total_burst=invite_burst_total, priority=priority_networks)
         self._started = threading.Event()
         self._finished = threading.Event()
         self._start_error: BaseException | None = None

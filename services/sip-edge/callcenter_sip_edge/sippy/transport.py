@@ -14,14 +14,19 @@ from __future__ import annotations
 import errno
 import select
 import socket
+import struct
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
 
 import structlog
 
+from callcenter_sip_edge.guard import SourceGuard
+from callcenter_sip_edge.log_limits import RateLimitedLog
 from callcenter_sip_edge.screening import SIPPY_RECV_BYTES, screen_datagram
+from callcenter_sip_edge.sippy import output
 
 log = structlog.get_logger(__name__)
 
@@ -32,6 +37,9 @@ UDP_DRAIN_BATCH = 64
 SEND_RETRY_S = 0.01
 
 SipConfig = dict[str, Any]   # sippy's global_config
+# the kernel's receive timestamp of each datagram (Linux; elsewhere the read time is used)
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", None)
+_TIMESTAMP_CMSG_BYTES = socket.CMSG_SPACE(16) if _SO_TIMESTAMPNS is not None else 0
 
 
 def bind_reactor_to_this_thread() -> Any:
@@ -44,19 +52,23 @@ def bind_reactor_to_this_thread() -> Any:
 
 
 def make_sip_config(*, host: str, port: int, user_agent: str, advertised_host: str | None,
-                    max_message_bytes: int, on_screened: Callable[[str, str, bool], None],
-                    on_request: Callable[[Any, Any], Any]) -> SipConfig:
+                    max_message_bytes: int, on_screened: Callable[[str, str, int | None], None],
+                    on_request: Callable[[Any, Any], Any], guard: SourceGuard,
+                    limited_log: RateLimitedLog) -> SipConfig:
     """The configuration every UA of this stack is built from, with its transaction manager (which
-    binds the UDP socket) already in it. `on_request` gets the requests that match no dialog."""
+    binds the UDP socket) already in it. `on_request` gets the requests that match no dialog;
+    `guard` says which sources are trusted (in-dialog requests from others must come from a peer
+    of their dialog); sippy's own output goes to `limited_log`."""
     from sippy.SipConf import SipConf
-    from sippy.SipLogger import SipLogger
 
+    output.capture_sippy_output(limited_log)
     SipConf.my_uaname = user_agent
     tm_class = make_transaction_manager_class(
         max_message_bytes=max_message_bytes, advertised_host=advertised_host, on_screened=on_screened,
+        guard=guard,
     )
     sip_config: SipConfig = {
-        "_sip_address": host, "_sip_port": port, "_sip_logger": SipLogger("sip-edge"),
+        "_sip_address": host, "_sip_port": port, "_sip_logger": output.SipLoggerToLog(limited_log),
     }
     sip_config["_sip_tm"] = tm_class(sip_config, on_request)
     return sip_config
@@ -101,7 +113,6 @@ def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
     """
     from sippy.Core.EventDispatcher import ED2
     from sippy.Network_server import Remote_address
-    from sippy.Time.MonoTime import MonoTime
     from sippy.Time.Timeout import Timeout
     from sippy.Udp_server import AsyncSender, Udp_server, Udp_server_opts
 
@@ -112,6 +123,8 @@ def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
         def __init__(self, global_config: Any, uopts: Any) -> None:
             super().__init__(global_config, uopts)
             _enlarge_receive_buffer(self.skt)
+            if _SO_TIMESTAMPNS is not None:
+                self.skt.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
             self.skt.setblocking(False)
             self._closing = False
             self._drained = threading.Event()
@@ -155,11 +168,15 @@ def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
                 self._drained.set()
 
         def _read_batch(self) -> None:
+            # the kernel stamps arrival in wall-clock time; sippy and the guard count in monotonic
+            # time: one offset per batch turns the one into the other
+            mono_now = time.monotonic()
+            offset = mono_now - time.time()
             for _ in range(UDP_DRAIN_BATCH):
                 if self._closing:
                     return
                 try:
-                    data, address = self.skt.recvfrom(SIPPY_RECV_BYTES)
+                    data, ancillary, _flags, address = self.skt.recvmsg(SIPPY_RECV_BYTES, _TIMESTAMP_CMSG_BYTES)
                 except (BlockingIOError, InterruptedError):
                     return
                 except OSError as exc:
@@ -170,7 +187,7 @@ def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
                     continue
                 if self.uopts.family == socket.AF_INET6:
                     address = (f"[{address[0]}]", address[1])
-                self.handle_read(data, Remote_address(address, self.transport), MonoTime())
+                self.handle_read(data, Remote_address(address, self.transport), _arrival(ancillary, offset, mono_now))
 
         # -- sending -----------------------------------------------------------------------
         def send_to(self, data: Any, address: Any, delayed: bool = False) -> None:
@@ -215,6 +232,43 @@ def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
             super().shutdown()
 
     return EdgeUdpServer, EdgeUdpServerOpts
+
+
+def _arrival(ancillary: list[tuple[int, int, bytes]], offset: float, mono_now: float) -> Any:
+    """sippy's MonoTime of a datagram's arrival: the kernel's timestamp if there is one, else now."""
+    from sippy.Time.MonoTime import MonoTime
+
+    for level, kind, data in ancillary:
+        if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+            seconds, nanoseconds = struct.unpack("qq", data[:16])
+            realt = seconds + nanoseconds / 1e9
+            return MonoTime(monot=min(realt + offset, mono_now), realt=realt)
+    return MonoTime()
+
+
+def arrival_time(req: Any) -> float | None:
+    """When the datagram of `req` arrived (monotonic seconds), or None if unknown."""
+    rtime = getattr(req, "rtime", None)
+    return None if rtime is None else float(rtime.monot)
+
+
+def remember_peer(ua: Any, host: str) -> None:
+    """Count `host` as a peer of `ua`'s dialog (e.g. the source of the caller's INVITE, which a NAT
+    or a proxy may make differ from its Contact): its in-dialog requests are taken from there too."""
+    ua.cc_peer_hosts = (*getattr(ua, "cc_peer_hosts", ()), host)
+
+
+def dialog_peer_hosts(ua: Any) -> set[str]:
+    """The hosts an in-dialog request of `ua`'s dialog may come from: where we send its requests
+    (its first and current next hop: the peer's Contact, or the first proxy of its route set), the
+    peer's Contact, and any remembered source (`remember_peer`)."""
+    hosts = set(getattr(ua, "cc_peer_hosts", ()))
+    for next_hop in (ua.rAddr0, ua.rAddr):
+        if next_hop:
+            hosts.add(str(next_hop[0][0]))
+    if ua.rTarget is not None and ua.rTarget.host:
+        hosts.add(str(ua.rTarget.host))
+    return {host.strip("[]") for host in hosts}
 
 
 def run_due_timers() -> None:
@@ -267,10 +321,11 @@ def _enlarge_receive_buffer(sock: socket.socket) -> None:
 
 def make_transaction_manager_class(
     *, max_message_bytes: int, advertised_host: str | None,
-    on_screened: Callable[[str, str, bool], None],
+    on_screened: Callable[[str, str, int | None], None], guard: SourceGuard,
 ) -> type:
-    """Sippy's SipTransactionManager that screens every datagram before parsing it, and sends the
-    ACK of an in-dialog INVITE along the dialog's route set."""
+    """Sippy's SipTransactionManager that screens every datagram before parsing it, takes an
+    in-dialog request from an untrusted source only from a peer of its dialog, and sends the ACK
+    of an in-dialog INVITE along the dialog's route set."""
     from sippy.SipHeader import SipHeader
     from sippy.SipTransactionManager import SipTransactionManager
 
@@ -286,9 +341,38 @@ def make_transaction_manager_class(
                 return
             source = f"{ra.address[0]}:{ra.address[1]}"
             if verdict.drop_reason:
-                on_screened(verdict.drop_reason, source, verdict.reply is not None)
+                on_screened(verdict.drop_reason, source, None if verdict.reply is None else 400)
             if verdict.reply is not None:
                 server.send_to(verdict.reply, ra.address)
+
+        # Why: sippy hands a request that matches a dialog (Call-ID and tags) or a transaction
+        # (CANCEL) to it whatever its source, so a BYE with the right tags from anywhere hung up a
+        # call. A source outside the trusted networks must be a peer of the dialog it addresses
+        # (`dialog_peer_hosts`), or the source of the INVITE it cancels; others get 403 (an ACK is
+        # dropped). Requests that match nothing go on to the router (whose INVITE check is the
+        # guard's). From trusted sources nothing is looked up: the default costs one test.
+        def incomingRequest(self, msg: Any, checksum: Any, tids: Any, server: Any) -> None:
+            source = str(msg.getSource()[0]).strip("[]")
+            if guard.trusted(source) or self._from_a_peer(msg, source):
+                super().incomingRequest(msg, checksum, tids, server)
+                return
+            on_screened("not_a_dialog_peer", source, None if msg.getMethod() == "ACK" else 403)
+            if msg.getMethod() != "ACK":
+                resp = msg.genResponse(403, "Forbidden")
+                self.transmitMsg(server, resp, resp.getHFBody("via").getTAddr(), checksum)
+
+        def _from_a_peer(self, msg: Any, source: str) -> bool:
+            """False if `msg` addresses a dialog or a transaction that `source` is not part of."""
+            if msg.getMethod() == "CANCEL":
+                t = self.tserver.get(msg.getTId(wBRN=True))
+                return t is None or t.address is None or str(t.address[0]).strip("[]") == source
+            if msg.getHFBody("to").getTag() is None:
+                return True   # a new request: the router decides
+            for consumer in self.req_consumers.get(str(msg.getHFBody("call-id")), ()):
+                ua = consumer.cobj.isYours(msg)
+                if ua is not None:
+                    return source in dialog_peer_hosts(ua)
+            return True   # no such dialog: 481 as usual
 
         # Why: sippy builds the ACK of a 2xx from the response's Contact and Record-Route, which is
         # right for a dialog-creating INVITE only. The 200 to a re-INVITE normally has no
