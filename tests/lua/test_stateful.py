@@ -587,3 +587,54 @@ async def test_logout_of_a_paused_agent_is_at_once_and_a_chat_agent_logging_back
     assert (await store.agent_unpause("a2")).rc is RC.ALREADY
     assert (await store.agent_login("a2")).detail == "free"
     assert await redis.zscore(store.keys.skill_chat("s1"), "a2") is not None
+
+
+async def _late_answer_after_the_lease(redis_client: aioredis.Redis) -> tuple[Any, Any]:
+    """c1 rings a2 (f3, no welcome); a2's answer is held back until the offer's lease expired and
+    c1 went back to the queue (queue media asked for). Returns the harness and the held answer."""
+    from lua_harness import EDGE as H_EDGE
+    from lua_harness import Harness
+    h = Harness(redis_client)
+    await h.store.write_config({"reject_on_no_agents": 0, "ring_timeout_s": RING_TIMEOUT_S,
+                                "offer_lease_grace_s": LEASE_GRACE_S, "wrapup_s": 1})
+    await h.flow("f3", skill="s1", priority=0, strategy="round-robin")
+    await h.agent("a2", ["s1"])
+    await h.arrive("c1", flow="f3")
+    assert (await h.store.call("c1") or {})["state"] == "offered"
+    answer = {"call_id": "c1", "edge": H_EDGE, "seq": 2, "ts": h.now, "offer_id": "1", "agent_id": "a2"}
+    h.seq["c1"] = 2
+    h.now += (RING_TIMEOUT_S + LEASE_GRACE_S) * 1000
+    await h.store.fire_timers(now=h.now)  # the lease expires: a2 wraps up, c1 waits with queue media
+    assert (await h.store.call("c1") or {})["state"] == "queued"
+    return h, answer
+
+
+async def test_a_media_failure_after_a_late_answer_hung_up_the_call_does_not_end_it_twice(
+        redis: aioredis.Redis) -> None:
+    """Found by the machine: the late answer found a2 ringing c1's next offer, so the call was hung
+    up (late_answer); the failure of the queue media asked for before then ended it a second time."""
+    h, answer = await _late_answer_after_the_lease(redis)
+    h.now += 1000
+    await h.store.fire_timers(now=h.now)  # a2's wrap-up ends: it rings c1 again (offer 2)
+    assert (await h.store.call("c1") or {})["offer"] == "2"
+    res = await h.store.apply_report("report.agent_answered", "0-2", msgpack.packb(answer), now=h.now)
+    assert (res.rc, res.detail) == (RC.STALE, "hung_up")
+    res = await h.report("report.media_failed", "c1", purpose="queue", reason="unreachable")
+    assert res.rc is RC.STALE
+    assert [d["call_id"] for _, d in await h.events("call.ended")] == ["c1"]
+    assert [t for t, _ in await h.commands()].count("command.reject") == 0
+
+
+async def test_a_late_answer_is_not_adopted_by_an_agent_that_no_longer_takes_audio(redis: aioredis.Redis) -> None:
+    """Found by the machine: a2, ringing c1, was re-provisioned chat-only; its answer, late, found
+    it free and adopted the audio call (an audio call offered to a chat-only agent)."""
+    h, answer = await _late_answer_after_the_lease(redis)
+    res = await h.store.agent_upsert("a2", None, ["s1"], 0, chat_uri="sip:a2@127.0.0.1:5", now=h.now)
+    assert res.rc is RC.OK
+    h.now += 1000
+    await h.store.fire_timers(now=h.now)  # a2's wrap-up ends: free, but no audio for it
+    res = await h.store.apply_report("report.agent_answered", "0-2", msgpack.packb(answer), now=h.now)
+    assert (res.rc, res.detail) == (RC.STALE, "hung_up")
+    assert [d["agent_id"] for _, d in await h.events("call.offered")] == ["a2"]  # the first offer only
+    call = await h.store.call("c1")
+    assert call is not None and (call["state"], call["outcome"]) == ("ended", "failed")

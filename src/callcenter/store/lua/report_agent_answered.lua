@@ -13,14 +13,16 @@
 -- when the agent is not busy with another call (a newer offer of the call is cancelled); otherwise
 -- the call is hung up, so Redis and the edge never disagree.
 
-local call, rc = load_call_for_report()
+local call, rc = load_live_call_for_report()
 if call == nil then return { rc } end
 local function adopt_late_answer()
   local agent = hgetall(k_agent(R.agent_id))
   local chat = call.media_type == 'chat'
   local idle = agent ~= nil and (agent.state == 'free' or agent.state == 'wrap_up' or agent.state == 'paused'
     or (chat and agent.state == 'in_chat'))
-  if chat and agent ~= nil and (agent.chat_uri or '') == '' then idle = false end
+  -- an agent re-provisioned meanwhile may no longer take this kind of call
+  local uri = agent and ((chat and agent.chat_uri) or (not chat and agent.uri)) or ''
+  if uri == '' then idle = false end
   if not idle then
     command(call.edge, 'command.hangup', { call_id = R.call_id, reason = 'late_answer' })
     finish_call(R.call_id, call, 'failed', 'system', 'late_answer')

@@ -10,7 +10,7 @@
 --
 -- The agent gets its wrap-up (the reference's penalty); the call returns to the head of its queue.
 
-local call, rc = load_call_for_report()
+local call, rc = load_live_call_for_report()
 if call == nil then return { rc } end
 if call.state ~= 'offered' or call.offer ~= R.offer_id then return { RC.STALE } end
 if (call.ring_all or '') ~= '' then

@@ -3,7 +3,7 @@
 -- ARGV: 1 now_ms, 2 entry_id (stream entry id), 3 data (the report's msgpack payload)
 -- READS: agent, agent_chats, call, config, flow, skill_chat, skill_free
 -- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow, flow_stats, queue, skill_chat, skill_free, stats, timers
--- RETURNS: OK | OK 'offered' | DUPLICATE | OUT_OF_ORDER | INVALID why
+-- RETURNS: OK | OK 'offered' | STALE | DUPLICATE | OUT_OF_ORDER | INVALID why
 -- EVENTS: agent.state_changed, call.offered
 -- COMMANDS: command.ring, command.ring_all
 -- LIB: config, core, chat, offer, report
@@ -11,7 +11,7 @@
 -- The first answer marks the caller answered; a call of a flow with a flow-id message that was
 -- queued for it is offered now if an agent is free.
 
-local call, rc = load_call_for_report()
+local call, rc = load_live_call_for_report()
 if call == nil then return { rc } end
 if (call.answered_ms or '') ~= '' then return { RC.OK } end
 call_field_updates(R.call_id, call, { answered_ms = NOW })

@@ -12,7 +12,7 @@
 -- loop forever): bridge the caller to the queue media again. The dissuading message ended: hang
 -- up (flow.dissuading_hangup) or back to the queue. The overflow destination hung up: hang up.
 
-local call, rc = load_call_for_report()
+local call, rc = load_live_call_for_report()
 if call == nil then return { rc } end
 if call.media ~= R.purpose then return { RC.STALE, 'not playing ' .. R.purpose } end
 call_field_updates(R.call_id, call, { media = '' })

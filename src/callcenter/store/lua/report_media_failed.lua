@@ -12,7 +12,7 @@
 -- leaves a waiting caller with nothing to hear, so the call is ended (503) unless an agent is
 -- already ringing.
 
-local call, rc = load_call_for_report()
+local call, rc = load_live_call_for_report()
 if call == nil then return { rc } end
 if call.media ~= R.purpose then return { RC.STALE, 'not playing ' .. R.purpose } end
 call_field_updates(R.call_id, call, { media = '' })

@@ -21,3 +21,12 @@ local function load_call_for_report()
   call.seq = tostring(R.seq)
   return call, RC.OK
 end
+
+-- The same for a report that acts on a live call: one about a call that has ended already (a
+-- media failure after a late answer hung it up) is STALE, so nothing ends a call twice. Only the
+-- call's end report (report_call_ended) takes an ended call.
+local function load_live_call_for_report()
+  local call, rc = load_call_for_report()
+  if call ~= nil and call.state == 'ended' then return nil, RC.STALE end
+  return call, rc
+end
