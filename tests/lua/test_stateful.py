@@ -93,6 +93,7 @@ class EdgeCall:
     seq: int = 0
     outbox: list[tuple[str, dict[str, Any]]] = field(default_factory=list)    # numbered, not delivered
     delivered: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    dead: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # failed: dead-lettered
     media_pending: str | None = None
     media: str | None = None
     answered: bool = False
@@ -350,11 +351,48 @@ class DispatchMachine(RuleBasedStateMachine):
         assert res.rc is RC.DUPLICATE, (rtype, report, res)
         assert self.snapshot(call.call_id) == before
 
+    @precondition(lambda self: self.some(lambda c: c.outbox))
+    @rule(data=st.data())
+    def fault_between_writes(self, data: st.DataObject) -> None:
+        """A call's next report meets a fault its step finds only half-way (the flows' statistics
+        hashes hold strings: some writes done, no rollback). The step fails; once the fault is
+        mended, the redelivery is never a DUPLICATE: it ends the call (hangup and call.ended),
+        so no call is left without an end. A step that did not reach the fault applies whole."""
+        call = self.pick(data, lambda c: c.outbox)
+        kept = []
+        for flow in (*FLOWS, "nope"):
+            key = self.keys.flow_stats(flow)
+            if self.r.exists(key):
+                self.r.rename(key, key + ":kept")
+                kept.append(key)
+            self.r.set(key, "a fault")
+        rtype, report = call.outbox.pop(0)
+        try:
+            res = self.run(self.store.apply_report(rtype, "0-1", msgpack.packb(report)))
+            SEEN[f"{rtype}:{res.rc.name}:fault"] += 1
+        finally:
+            for flow in (*FLOWS, "nope"):
+                self.r.delete(self.keys.flow_stats(flow))
+            for key in kept:
+                self.r.rename(key + ":kept", key)
+        if res.rc is not RC.FAILED:
+            assert res.rc in (RC.OK, RC.STALE), (rtype, report, res)
+            call.delivered.append((rtype, report))
+            self.sync()
+            return
+        assert res.detail.startswith("half-way: "), res
+        call.dead.append((rtype, report))
+        again = self.apply(rtype, report)  # the redelivery, the fault mended: dead-lettered
+        assert again.rc is RC.FAILED and again.detail.startswith("failed half-way before: "), again
+        state = self.r.hget(self.keys.call(call.call_id), "state")
+        assert state == b"ended", (call.call_id, state, "a failed step left the call without an end")
+        assert call.ended or any(t == "report.call_ended" for t, _ in call.outbox), "the edge was told to hang up"
+
     @rule(data=st.data())
     def ahead_of_its_predecessor(self, data: st.DataObject) -> None:
         if self.calls and data.draw(st.booleans()):
             call = self.pick(data, lambda c: True)
-            call_id, seq = call.call_id, len(call.delivered) + 2
+            call_id, seq = call.call_id, len(call.delivered) + len(call.dead) + 2
         else:
             call_id, seq = "never-arrived", 2
         report = {"call_id": call_id, "edge": EDGE, "seq": seq, "ts": self.now, "by": "caller", "reason": "bye"}
