@@ -185,7 +185,7 @@ async def test_a_step_failing_half_way_is_never_taken_for_a_duplicate_and_its_re
 async def test_a_payload_lua_cannot_read_is_failed_for_that_report_alone(redis: aioredis.Redis) -> None:
     h = Harness(redis)
     rtype, data = await arrived(h)
-    results = await h.store.apply_reports([(rtype, "9-1", b"\xc1 not msgpack"), (rtype, "9-2", _payload(h, rtype, data))],
-                                          now=h.now)
+    batch = [(rtype, "9-1", b"\xc1 not msgpack"), (rtype, "9-2", _payload(h, rtype, data))]
+    results = await h.store.apply_reports(batch, now=h.now)
     assert results[0].rc is RC.FAILED and results[0].detail.startswith("script error: "), results[0]
     assert results[1].rc is RC.OK, results[1]
