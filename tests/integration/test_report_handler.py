@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 import msgpack
 import redis.asyncio as aioredis
 
-from callcenter.bus import Outcome
-from callcenter.contract.codec import Entry
+from callcenter.bus import Outcome, StreamConsumer
+from callcenter.contract.codec import Entry, encode
 from callcenter.store import Store
 from callcenter_dispatcher.handler import ReportHandler
 
@@ -81,3 +82,53 @@ async def test_a_report_ahead_of_its_predecessor_is_retried_then_left_pending(re
     assert await store.call("c3") is None
     c4 = await store.call("c4")
     assert c4 is not None and c4["state"] == "offered"
+
+
+async def test_a_failing_step_does_not_hold_up_the_batch_and_is_dead_lettered_with_its_reason(
+        redis: aioredis.Redis) -> None:
+    """Issue 10, item 2: a script error was raised for the whole batch (every report left pending);
+    now it is that report's verdict alone, retried while its fault may be mended, then dead."""
+    store = await provision(redis)
+    handler = ReportHandler(store, max_failures=3)
+    await redis.set(store.keys.commands("edge-bad"), "not a stream")  # the edge of c1 only
+    bad = Entry(type="report.call_arrived", v=1, id="1-1",
+                data={**arrival(1, "c1").data, "edge": "edge-bad"})
+    batch = [bad, arrival(2, "c2"), entry(3, "report.call_ended", "c1", 2, by="caller", reason="bye")]
+    verdicts = await handler(batch)
+    assert [verdicts[e.id].outcome for e in batch] == [Outcome.RETRY, Outcome.ACK, Outcome.RETRY]
+    assert await store.call("c1") is None  # the preflight found the fault: nothing written
+    c2 = await store.call("c2")
+    assert c2 is not None and c2["state"] == "offered"
+    assert (await handler([bad]))[bad.id].outcome is Outcome.RETRY
+    last = (await handler([bad]))[bad.id]
+    assert last.outcome is Outcome.DEAD
+    assert last.reason.startswith("step failed: preflight: ") and "not a stream" in last.reason
+
+
+async def test_the_consumer_dead_letters_a_failing_report_with_the_lua_error(redis: aioredis.Redis) -> None:
+    """Through the stream consumer: a report whose step fails half-way ends in the dead-letter
+    stream with the step's reason, after at most max_deliveries; the other reports go on."""
+    store = await provision(redis)
+    await redis.set(store.keys.flow_stats("support"), "not a hash")  # hit after the first writes
+    for e in (arrival(1, "c1"), arrival(2, "c2")):
+        data = e.data if e.data["call_id"] == "c1" else {**e.data, "flow": "other"}
+        await redis.xadd(store.keys.reports, encode(e.type, data))
+    consumer = StreamConsumer(redis, stream=store.keys.reports, group="dispatchers", consumer="d1",
+                              handler=ReportHandler(store, max_failures=3), dead_stream=store.keys.dead,
+                              block_ms=20, claim_idle_ms=40, max_deliveries=5)
+    task = asyncio.create_task(consumer.run())
+    try:
+        for _ in range(500):  # a bounded wait for the outcome
+            if await redis.xlen(store.keys.dead):
+                break
+            await asyncio.sleep(0.02)
+    finally:
+        consumer.request_stop()
+        await asyncio.wait_for(task, 5)
+    (_, dead), = await redis.xrange(store.keys.dead)
+    reason = dead[b"error"].decode()
+    assert reason.startswith("step failed: ") and "WRONGTYPE" in reason, reason
+    assert msgpack.unpackb(dead[b"orig_data"])["call_id"] == "c1"
+    c2 = await store.call("c2")
+    assert c2 is not None and c2["state"] == "ended" and c2["outcome"] == "rejected"  # unknown flow
+    assert int((await redis.xpending(store.keys.reports, "dispatchers"))["pending"]) == 0

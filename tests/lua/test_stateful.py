@@ -95,6 +95,7 @@ class EdgeCall:
     seq: int = 0
     outbox: list[tuple[str, dict[str, Any]]] = field(default_factory=list)    # numbered, not delivered
     delivered: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    dead: list[tuple[str, dict[str, Any]]] = field(default_factory=list)  # failed: dead-lettered
     media_pending: str | None = None
     media: str | None = None
     answered: bool = False
@@ -388,11 +389,48 @@ class DispatchMachine(RuleBasedStateMachine):
         assert res.rc is RC.DUPLICATE, (rtype, report, res)
         assert self.snapshot(call.call_id) == before
 
+    @precondition(lambda self: self.some(lambda c: c.outbox))
+    @rule(data=st.data())
+    def fault_between_writes(self, data: st.DataObject) -> None:
+        """A call's next report meets a fault its step finds only half-way (the flows' statistics
+        hashes hold strings: some writes done, no rollback). The step fails; once the fault is
+        mended, the redelivery is never a DUPLICATE: it ends the call (hangup and call.ended),
+        so no call is left without an end. A step that did not reach the fault applies whole."""
+        call = self.pick(data, lambda c: c.outbox)
+        kept = []
+        for flow in (*FLOWS, "nope"):
+            key = self.keys.flow_stats(flow)
+            if self.r.exists(key):
+                self.r.rename(key, key + ":kept")
+                kept.append(key)
+            self.r.set(key, "a fault")
+        rtype, report = call.outbox.pop(0)
+        try:
+            res = self.run(self.store.apply_report(rtype, "0-1", msgpack.packb(report)))
+            SEEN[f"{rtype}:{res.rc.name}:fault"] += 1
+        finally:
+            for flow in (*FLOWS, "nope"):
+                self.r.delete(self.keys.flow_stats(flow))
+            for key in kept:
+                self.r.rename(key + ":kept", key)
+        if res.rc is not RC.FAILED:
+            assert res.rc in (RC.OK, RC.STALE), (rtype, report, res)
+            call.delivered.append((rtype, report))
+            self.sync()
+            return
+        assert res.detail.startswith("half-way: "), res
+        call.dead.append((rtype, report))
+        again = self.apply(rtype, report)  # the redelivery, the fault mended: dead-lettered
+        assert again.rc is RC.FAILED and again.detail.startswith("failed half-way before: "), again
+        state = self.r.hget(self.keys.call(call.call_id), "state")
+        assert state == b"ended", (call.call_id, state, "a failed step left the call without an end")
+        assert call.ended or any(t == "report.call_ended" for t, _ in call.outbox), "the edge was told to hang up"
+
     @rule(data=st.data())
     def ahead_of_its_predecessor(self, data: st.DataObject) -> None:
         if self.calls and data.draw(st.booleans()):
             call = self.pick(data, lambda c: True)
-            call_id, seq = call.call_id, len(call.delivered) + 2
+            call_id, seq = call.call_id, len(call.delivered) + len(call.dead) + 2
         else:
             call_id, seq = "never-arrived", 2
         report = {"call_id": call_id, "edge": EDGE, "seq": seq, "ts": self.now, "by": "caller", "reason": "bye"}
@@ -632,3 +670,54 @@ async def test_logout_of_a_paused_agent_is_at_once_and_a_chat_agent_logging_back
     assert (await store.agent_unpause("a2")).rc is RC.ALREADY
     assert (await store.agent_login("a2")).detail == "free"
     assert await redis.zscore(store.keys.skill_chat("s1"), "a2") is not None
+
+
+async def _late_answer_after_the_lease(redis_client: aioredis.Redis) -> tuple[Any, Any]:
+    """c1 rings a2 (f3, no welcome); a2's answer is held back until the offer's lease expired and
+    c1 went back to the queue (queue media asked for). Returns the harness and the held answer."""
+    from lua_harness import EDGE as H_EDGE
+    from lua_harness import Harness
+    h = Harness(redis_client)
+    await h.store.write_config({"reject_on_no_agents": 0, "ring_timeout_s": RING_TIMEOUT_S,
+                                "offer_lease_grace_s": LEASE_GRACE_S, "wrapup_s": 1})
+    await h.flow("f3", skill="s1", priority=0, strategy="round-robin")
+    await h.agent("a2", ["s1"])
+    await h.arrive("c1", flow="f3")
+    assert (await h.store.call("c1") or {})["state"] == "offered"
+    answer = {"call_id": "c1", "edge": H_EDGE, "seq": 2, "ts": h.now, "offer_id": "1", "agent_id": "a2"}
+    h.seq["c1"] = 2
+    h.now += (RING_TIMEOUT_S + LEASE_GRACE_S) * 1000
+    await h.store.fire_timers(now=h.now)  # the lease expires: a2 wraps up, c1 waits with queue media
+    assert (await h.store.call("c1") or {})["state"] == "queued"
+    return h, answer
+
+
+async def test_a_media_failure_after_a_late_answer_hung_up_the_call_does_not_end_it_twice(
+        redis: aioredis.Redis) -> None:
+    """Found by the machine: the late answer found a2 ringing c1's next offer, so the call was hung
+    up (late_answer); the failure of the queue media asked for before then ended it a second time."""
+    h, answer = await _late_answer_after_the_lease(redis)
+    h.now += 1000
+    await h.store.fire_timers(now=h.now)  # a2's wrap-up ends: it rings c1 again (offer 2)
+    assert (await h.store.call("c1") or {})["offer"] == "2"
+    res = await h.store.apply_report("report.agent_answered", "0-2", msgpack.packb(answer), now=h.now)
+    assert (res.rc, res.detail) == (RC.STALE, "hung_up")
+    res = await h.report("report.media_failed", "c1", purpose="queue", reason="unreachable")
+    assert res.rc is RC.STALE
+    assert [d["call_id"] for _, d in await h.events("call.ended")] == ["c1"]
+    assert [t for t, _ in await h.commands()].count("command.reject") == 0
+
+
+async def test_a_late_answer_is_not_adopted_by_an_agent_that_no_longer_takes_audio(redis: aioredis.Redis) -> None:
+    """Found by the machine: a2, ringing c1, was re-provisioned chat-only; its answer, late, found
+    it free and adopted the audio call (an audio call offered to a chat-only agent)."""
+    h, answer = await _late_answer_after_the_lease(redis)
+    res = await h.store.agent_upsert("a2", None, ["s1"], 0, chat_uri="sip:a2@127.0.0.1:5", now=h.now)
+    assert res.rc is RC.OK
+    h.now += 1000
+    await h.store.fire_timers(now=h.now)  # a2's wrap-up ends: free, but no audio for it
+    res = await h.store.apply_report("report.agent_answered", "0-2", msgpack.packb(answer), now=h.now)
+    assert (res.rc, res.detail) == (RC.STALE, "hung_up")
+    assert [d["agent_id"] for _, d in await h.events("call.offered")] == ["a2"]  # the first offer only
+    call = await h.store.call("c1")
+    assert call is not None and (call["state"], call["outcome"]) == ("ended", "failed")

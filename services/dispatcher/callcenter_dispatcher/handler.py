@@ -13,6 +13,12 @@ applied by another dispatcher replica right now comes back OUT_OF_ORDER (and so 
 reports of its call in the batch, with no effect): those are retried here, in order, for a short
 while, then left pending, to be reclaimed and retried later.
 
+A report whose step fails (FAILED: a Lua error, a bad config value, a key of the wrong type) is
+that report's verdict alone: the rest of the batch goes on. A fault may be mended meanwhile (one
+found before the step's first write left no trace; after a half-way failure the redelivery ends
+the call), so such a report is retried up to `max_failures` times; anything else (the report
+done with, a payload Lua cannot read) is dead-lettered at once, with the step's reason.
+
 Log lines about one report carry its `entry_id` and `call_id` through the log context
 (`callcenter.bus.entry_context`), not as arguments.
 """
@@ -38,8 +44,11 @@ class ReportHandler:
     """Applies a batch of reports, one atomic Lua step each, and says per entry whether to ack,
     retry or dead-letter it."""
 
-    def __init__(self, store: Store, concurrency: int = 50) -> None:
+    def __init__(self, store: Store, concurrency: int = 50, max_failures: int = 3) -> None:
         self.store = store
+        # kept below the consumer's max_deliveries, so the dead letter says why the step failed
+        self.max_failures = max_failures
+        self._failures: dict[str, int] = {}  # entry id -> failed tries seen by this replica
         self._slots = asyncio.Semaphore(concurrency)
         self.applied: dict[str, int] = {rc.name: 0 for rc in RC}
 
@@ -106,10 +115,26 @@ class ReportHandler:
             await asyncio.sleep(delay)
         return self._verdict(entry, res)
 
-    @staticmethod
-    def _verdict(entry: Entry, res: Result) -> Verdict:
+    def _verdict(self, entry: Entry, res: Result) -> Verdict:
+        if res.rc is RC.FAILED:
+            return self._failed(entry, res)
+        self._failures.pop(entry.id, None)
         if res.rc is RC.INVALID:
             return Verdict(Outcome.DEAD, f"invalid report: {res.detail}")
         if res.rc is RC.STALE:
             log.info("report.stale", type=entry.type)
         return ACK
+
+    def _failed(self, entry: Entry, res: Result) -> Verdict:
+        """A step that could not be applied: retried while its fault may be mended, else, or after
+        `max_failures` tries, dead-lettered with the step's reason."""
+        log.error("report.failed", type=entry.type, reason=res.detail[:500])
+        if res.detail.startswith(("preflight:", "half-way:")):
+            tries = self._failures.get(entry.id, 0) + 1
+            if tries < self.max_failures:
+                if len(self._failures) >= 10_000:  # entries taken over by other replicas: forget
+                    self._failures.clear()
+                self._failures[entry.id] = tries
+                return RETRY
+        self._failures.pop(entry.id, None)
+        return Verdict(Outcome.DEAD, f"step failed: {res.detail}")

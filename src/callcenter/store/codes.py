@@ -21,6 +21,7 @@ class RC(enum.IntEnum):
     INVALID = 4
     ALREADY = 5
     STALE = 6
+    FAILED = 7  # the step could not be applied (detail: why); see lua/README.md "When a step fails"
 
 
 NOT_OK = tuple(rc for rc in RC if rc is not RC.OK)  # for a caller that goes on only after OK

@@ -21,7 +21,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 from callcenter.contract.reports import REPORTS
 from callcenter.redis import text as _text
@@ -79,9 +79,14 @@ def script_libs(name: str) -> list[str]:
 
 
 def load_source(name: str) -> str:
-    """The full source of one script: prelude, the library modules it needs, the script."""
-    parts = [prelude(), *(_lua_file(f"lib/{module}.lua") for module in script_libs(name)), _lua_file(f"{name}.lua")]
-    return "\n".join(parts)
+    """The full source of one script: prelude, the library modules it needs, the script. The body
+    of a report script runs inside `run_report_step` (lib/report.lua), which catches a Lua error
+    after its first write and marks the report failed on its call (Redis has no rollback)."""
+    libs = script_libs(name)
+    body = _lua_file(f"{name}.lua")
+    if "report" in libs:
+        body = f"local function step()\n{body}\nend\nreturn run_report_step(step)\n"
+    return "\n".join([prelude(), *(_lua_file(f"lib/{module}.lua") for module in libs), body])
 
 
 def _blank(value: int | None) -> int | str:
@@ -92,6 +97,11 @@ def _blank(value: int | None) -> int | str:
 def _result(raw: Any) -> Result:
     rc = RC(int(raw[0]))
     return Result(rc, _text(raw[1]) if len(raw) > 1 else "")
+
+
+def _failed(exc: ResponseError) -> Result:
+    """A script that raised (outside the guard of a report step: its payload, a Lua bug)."""
+    return Result(RC.FAILED, f"script error: {exc}")
 
 
 class Store:
@@ -113,15 +123,22 @@ class Store:
 
     # -- reports from sip-edges (the dispatcher) ---------------------------------------------------
     async def apply_report(self, report_type: str, entry_id: str, data: bytes, now: int | None = None) -> Result:
-        """Apply one report; `data` is the entry's msgpack payload, passed to Lua untouched."""
-        return await self._run(report_script(report_type), entry_id, data, now=now)
+        """Apply one report; `data` is the entry's msgpack payload, passed to Lua untouched. A script
+        error comes back as FAILED with Redis' message (a connection error is raised)."""
+        try:
+            return await self._run(report_script(report_type), entry_id, data, now=now)
+        except NoScriptError:
+            raise
+        except ResponseError as exc:
+            return _failed(exc)
 
     async def apply_reports(self, reports: Sequence[tuple[str, str, bytes]], now: int | None = None) -> list[Result]:
         """Apply several reports (type, entry id, msgpack payload) in one round trip, in this order.
 
         Each is still its own atomic script; Redis runs them one after another in the order given,
         so the reports of one call keep their order (a report after one that came back
-        OUT_OF_ORDER is OUT_OF_ORDER too, and changes nothing). A script error is raised.
+        OUT_OF_ORDER is OUT_OF_ORDER too, and changes nothing). A script error is that report's
+        result, FAILED with Redis' message: the other reports of the batch are applied.
 
         Scripts go by their SHA without a SCRIPT EXISTS round trip first; when Redis lost them (a
         restart), they are loaded and the whole batch runs again: a report already applied comes
@@ -139,10 +156,10 @@ class Store:
                     script.sha = await self.redis.script_load(script.script)
                 continue
             for r in raw:
-                if isinstance(r, Exception):
+                if isinstance(r, Exception) and (not isinstance(r, ResponseError) or isinstance(r, NoScriptError)):
                     raise r
             break
-        return [_result(r) for r in raw]
+        return [_failed(r) if isinstance(r, ResponseError) else _result(r) for r in raw]
 
     async def fire_timers(self, limit: int = 100, now: int | None = None) -> int:
         res = await self._run("fire_timers", limit, now=now)

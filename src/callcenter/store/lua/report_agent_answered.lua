@@ -1,9 +1,9 @@
 -- report_agent_answered: the agent answered and the caller is connected to it.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 entry_id (stream entry id), 3 data (the report's msgpack payload)
--- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_flows, skill_free
+-- READS: agent, agent_chats, call, calls, chat_queue, commands, config, edge_calls, events, flow, flow_stats, queue, skill_flows, skill_free, stats, timers
 -- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
--- RETURNS: OK | OK 'adopted' | STALE | STALE 'hung_up' | DUPLICATE | OUT_OF_ORDER | INVALID why
+-- RETURNS: OK | OK 'adopted' | STALE | STALE 'hung_up' | DUPLICATE | OUT_OF_ORDER | INVALID why | FAILED why
 -- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.agent_failed, call.connected, call.ended, call.offered
 -- COMMANDS: command.cancel_ring, command.hangup, command.ring, command.ring_all
 -- LIB: core, agents, offer, calls, report
@@ -13,14 +13,16 @@
 -- when the agent is not busy with another call (a newer offer of the call is cancelled); otherwise
 -- the call is hung up, so Redis and the edge never disagree.
 
-local call, rc = load_call_for_report()
-if call == nil then return { rc } end
+local call, rc, detail = load_live_call_for_report()
+if call == nil then return { rc, detail } end
 local function adopt_late_answer()
   local agent = hgetall(k_agent(R.agent_id))
   local chat = call.media_type == 'chat'
   local idle = agent ~= nil and (agent.state == 'free' or agent.state == 'wrap_up' or agent.state == 'paused'
     or (chat and agent.state == 'in_chat'))
-  if chat and agent ~= nil and (agent.chat_uri or '') == '' then idle = false end
+  -- an agent re-provisioned meanwhile may no longer take this kind of call
+  local uri = agent and ((chat and agent.chat_uri) or (not chat and agent.uri)) or ''
+  if uri == '' then idle = false end
   if not idle then
     command(call.edge, 'command.hangup', { call_id = R.call_id, reason = 'late_answer' })
     finish_call(R.call_id, call, 'failed', 'system', 'late_answer')

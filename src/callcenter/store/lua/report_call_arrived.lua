@@ -1,20 +1,26 @@
 -- report_call_arrived: a caller's INVITE reached a sip-edge.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 entry_id (stream entry id), 3 data (the report's msgpack payload)
--- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving
+-- READS: agent, agent_chats, call, calls, chat_queue, commands, config, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving, stats, timers
 -- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
--- RETURNS: OK decision | DUPLICATE 'exists' | INVALID why
+-- RETURNS: OK decision | DUPLICATE 'exists' | INVALID why | FAILED why
 -- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.arrived, call.dissuaded, call.ended, call.offered, call.queued, call.rejected
--- COMMANDS: command.media, command.reject, command.ring, command.ring_all
+-- COMMANDS: command.hangup, command.media, command.reject, command.ring, command.ring_all
 -- LIB: config, core, stats, offer, calls, report
 --
 -- Creates the call and decides its first step: reject (unknown flow, no agent logged in),
 -- welcome media, an agent at once, or the queue.
 
 if R.seq ~= 1 then return { RC.INVALID, 'arrival must have seq 1' } end
+local fault = report_fault()
+if fault then return { RC.FAILED, 'preflight: ' .. fault } end
 local call_id = R.call_id
 local ckey = k_call(call_id)
-if redis.call('EXISTS', ckey) == 1 then return { RC.DUPLICATE, 'exists' } end
+if redis.call('EXISTS', ckey) == 1 then
+  local failed = failed_before(hgetall(ckey))
+  if failed then return { RC.FAILED, failed } end
+  return { RC.DUPLICATE, 'exists' }
+end
 
 local priority = tonumber(R.priority) or 0
 if priority > 100 then priority = 100 elseif priority < -100 then priority = -100 end

@@ -1,19 +1,19 @@
 -- report_media_answered: the caller is bridged to a media server.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 entry_id (stream entry id), 3 data (the report's msgpack payload)
--- READS: agent, agent_chats, call, config, flow, skill_chat, skill_free
--- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow, flow_stats, queue, skill_chat, skill_free, stats, timers
--- RETURNS: OK | OK 'offered' | DUPLICATE | OUT_OF_ORDER | INVALID why
--- EVENTS: agent.state_changed, call.offered
--- COMMANDS: command.ring, command.ring_all
+-- READS: agent, agent_chats, call, calls, chat_queue, commands, config, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, stats, timers
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
+-- RETURNS: OK | OK 'offered' | STALE | DUPLICATE | OUT_OF_ORDER | INVALID why | FAILED why
+-- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.ended, call.offered
+-- COMMANDS: command.hangup, command.ring, command.ring_all
 -- LIB: config, core, offer, report
 --
 -- The first answer marks the caller answered; a call of a flow with a flow-id message that was
 -- queued for it is offered now if an agent is free, and so is a call held since the edge refused
 -- its ring (it was busy with this leg: offer.lua release_hold).
 
-local call, rc = load_call_for_report()
-if call == nil then return { rc } end
+local call, rc, detail = load_live_call_for_report()
+if call == nil then return { rc, detail } end
 local flow = hgetall(k_flow(call.flow))
 local first = (call.answered_ms or '') == ''
 if first then call_field_updates(R.call_id, call, { answered_ms = NOW }) end

@@ -1,9 +1,9 @@
 -- report_media_ended: a media server hung up its leg; the caller is still there.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 entry_id (stream entry id), 3 data (the report's msgpack payload)
--- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving
+-- READS: agent, agent_chats, call, calls, chat_queue, commands, config, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving, stats, timers
 -- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
--- RETURNS: OK what | STALE why | DUPLICATE | OUT_OF_ORDER | INVALID why
+-- RETURNS: OK what | STALE why | DUPLICATE | OUT_OF_ORDER | INVALID why | FAILED why
 -- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.dissuaded, call.ended, call.offered, call.queued, call.welcome_ended
 -- COMMANDS: command.hangup, command.media, command.ring, command.ring_all
 -- LIB: core, queue, offer, calls, report
@@ -12,8 +12,8 @@
 -- loop forever): bridge the caller to the queue media again. The dissuading message ended: hang
 -- up (flow.dissuading_hangup) or back to the queue. The overflow destination hung up: hang up.
 
-local call, rc = load_call_for_report()
-if call == nil then return { rc } end
+local call, rc, detail = load_live_call_for_report()
+if call == nil then return { rc, detail } end
 if call.media ~= R.purpose then return { RC.STALE, 'not playing ' .. R.purpose } end
 call_field_updates(R.call_id, call, { media = '' })
 local flow = hgetall(k_flow(call.flow))

@@ -65,7 +65,8 @@ local function release_for_call(agent_id, call_id, call, flow, with_wrapup)
   else release_agent(agent_id, flow, with_wrapup) end
 end
 
--- Close a call: leave the queue, release the agent, count it, and emit its summary (its CDR).
+-- Close a call: leave the queue, release the agent, count it, and emit its summary (its CDR);
+-- then mark it ended.
 local function finish_call(call_id, call, outcome, ended_by, reason)
   local flow = hgetall(k_flow(call.flow)) or {}
   redis.call('ZREM', k_queue_of(call), call_id)
@@ -86,8 +87,6 @@ local function finish_call(call_id, call, outcome, ended_by, reason)
     redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. call.offer)
   end
   local prev_state = call.state
-  call_field_updates(call_id, call, { state = 'ended', ended_ms = NOW, outcome = outcome })
-  redis.call('EXPIRE', k_call(call_id), cfg('ended_call_ttl_s'))
   if outcome ~= 'rejected' then
     stat(call.flow, 'awt_sum_ms', wait)
     stat(call.flow, 'awt_n')
@@ -116,6 +115,10 @@ local function finish_call(call_id, call, outcome, ended_by, reason)
   elseif prev_state == 'offered' then
     for _, ringing in ipairs(ring_all_members(call)) do release_agent(ringing, flow, false) end
   end
+  -- the call is marked ended last: a finish that failed half-way (a Lua error) leaves it live,
+  -- and a later try (report_call_ended, failed_before) finishes it whole
+  call_field_updates(call_id, call, { state = 'ended', ended_ms = NOW, outcome = outcome })
+  redis.call('EXPIRE', k_call(call_id), cfg('ended_call_ttl_s'))
 end
 
 -- The offer of a call failed (agent rejected, did not answer, lease expired): the agent gets

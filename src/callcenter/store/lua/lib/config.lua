@@ -15,3 +15,21 @@ local function cfg(name)
   if type(CONFIG_DEFAULTS[name]) == 'number' then return tonumber(v) or CONFIG_DEFAULTS[name] end
   return v
 end
+
+-- Why the stored config would make a step fail half-way, or nil. Numbers reach Redis commands
+-- as integers (XADD MAXLEN, EXPIRE): Lua prints 1e14 and above, and fractions, in a form Redis
+-- refuses, so a step checks them before its first write (issue 10: events_maxlen 1e30).
+local function config_fault()
+  for name, default in pairs(CONFIG_DEFAULTS) do
+    if type(default) == 'number' then
+      local n = cfg(name)
+      if n ~= n or n ~= math.floor(n) or math.abs(n) >= 1e14 then
+        return 'config ' .. name .. ' is not an integer Redis takes: ' .. tostring(n)
+      end
+    end
+  end
+  for _, name in ipairs({ 'events_maxlen', 'commands_maxlen', 'ended_call_ttl_s' }) do
+    if cfg(name) < 1 then return 'config ' .. name .. ' must be at least 1' end
+  end
+  return nil
+end
