@@ -19,15 +19,17 @@
 -- it is applied without the sequence check: a call still live here is over at the edge, so it
 -- ends with a true record (failed, by edge, unknown_call) and its agents are freed.
 
-local call, rc
+local call, rc, detail
 if R.seq == 0 then
+  local fault = report_fault()
+  if fault then return { RC.FAILED, 'preflight: ' .. fault } end
   call = hgetall(k_call(R.call_id))
   if call ~= nil and call.edge ~= R.edge then return { RC.STALE, 'not this edge' } end
 elseif redis.call('EXISTS', k_call(R.call_id)) == 0 then
   call = nil  -- a refusal answers a command, so its call existed: it ended and expired
 else
-  call, rc = load_call_for_report()
-  if call == nil then return { rc } end
+  call, rc, detail = load_call_for_report()
+  if call == nil then return { rc, detail } end
 end
 if call == nil or call.state == 'ended' then return { RC.OK, 'gone' } end
 if R.reason == 'unknown_call' then

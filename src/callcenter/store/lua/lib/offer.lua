@@ -25,8 +25,8 @@ local function offer(call_id, call, flow, agent_id, agent)
   else
     set_agent_state(agent_id, agent, 'ringing', call_id)
   end
-  redis.call('HINCRBY', k_agent(agent_id), 'distributed', 1)
-  stat(call.flow, 'distributed')
+  -- the offer's lease and its command before the counters: a step that fails half-way (no
+  -- rollback) must not leave an offer without its lease (the counters are the least of it)
   local ring_s = cfg('ring_timeout_s')
   local whisper = flow.flow_id_uri or ''
   local lease_s = ring_s + cfg('offer_lease_grace_s')
@@ -38,6 +38,8 @@ local function offer(call_id, call, flow, agent_id, agent)
   if whisper ~= '' then ring.whisper_uri = whisper end
   command(call.edge, 'command.ring', ring)
   emit('call.offered', { call_id = call_id, flow = call.flow, agent_id = agent_id, offer_id = offer_id })
+  redis.call('HINCRBY', k_agent(agent_id), 'distributed', 1)
+  stat(call.flow, 'distributed')
 end
 
 local function agent_if_free(agent_id, skill)
@@ -66,7 +68,6 @@ local function offer_all(call_id, call, flow, agents)
   end
   call_field_updates(call_id, call, { state = 'offered', agent = '', offer = offer_id, offered_ms = NOW,
     ring_all = table.concat(ids, ',') })
-  stat(call.flow, 'distributed')
   local ring_s = cfg('ring_timeout_s')
   redis.call('ZADD', K.timers, NOW + (ring_s + cfg('offer_lease_grace_s')) * 1000,
     'offer|' .. call_id .. '|' .. offer_id)
@@ -74,6 +75,7 @@ local function offer_all(call_id, call, flow, agents)
   local display = display_towards_agent(call, flow)
   if display and display ~= '' then cmd.caller_display = display end
   command(call.edge, 'command.ring_all', cmd)
+  stat(call.flow, 'distributed')  -- after the lease, as in offer()
 end
 
 local function free_agents_of(flow)
