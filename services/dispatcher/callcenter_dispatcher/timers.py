@@ -1,5 +1,6 @@
 """The timer loop: fires due timers (wrap-up ends, offer leases, maximum wait, time on hold) with
-the atomic fire_timers step; and the reconciler loop, which frees agents no live call holds.
+the atomic fire_timers step; and the reconciler loop, which ends calls of unknown edges and calls
+stalled in their state (with their CDR), and frees agents no live call holds.
 
 Any number of dispatcher replicas run it; each due timer is removed and handled inside one Lua
 step, so it fires exactly once whichever replica gets there first.
@@ -48,7 +49,9 @@ async def run_every(name: str, interval_ms: int, stop: asyncio.Event,
             log.warning("loop.redis_error", loop=name, error=repr(exc))
 
 
-async def reconcile_once(store: Store) -> None:
-    released = await store.reconcile()
-    if released:
-        log.warning("reconciler.released_agents", count=released)
+async def reconcile_once(store: Store, edge_lapse_ms: int) -> None:
+    done = await store.reconcile(edge_lapse_ms=edge_lapse_ms)
+    if done.ended:
+        log.warning("reconciler.ended_calls", count=done.ended)
+    if done.released:
+        log.warning("reconciler.released_agents", count=done.released)
