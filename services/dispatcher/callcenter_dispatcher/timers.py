@@ -14,7 +14,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import structlog
-
 from redis.exceptions import ResponseError
 
 from callcenter.redis import REDIS_DOWN, text
