@@ -29,6 +29,15 @@ async def beat(h: Harness, edge: str = EDGE) -> None:
     await h.redis.zadd(h.store.keys.edges, {edge: h.now})
 
 
+async def one_ends_just_past_the_bound(h: Harness) -> None:
+    """At h.now (the bound) nothing ends; 1 ms later one call does. The edge is alive all along."""
+    await beat(h)
+    assert await h.store.reconcile(now=h.now, edge_lapse_ms=LAPSE) == (0, 0)
+    h.now += 1
+    await beat(h)
+    assert await h.store.reconcile(now=h.now, edge_lapse_ms=LAPSE) == (0, 1)
+
+
 async def agent_counts(h: Harness, agent_id: str) -> tuple[str, str, str]:
     agent = await h.store.agent(agent_id) or {}
     return agent["state"], agent.get("missed", "0"), agent.get("missed_in_row", "0")
@@ -97,11 +106,7 @@ async def test_an_offer_stalled_past_its_lease_ends_and_frees_the_agent_without_
     assert (await h.arrive("c1")).detail == "offered"
     # its lease timer never fires (lost): only the reconciler can end it
     h.now += OFFER_BOUND_MS
-    await beat(h)
-    assert await h.store.reconcile(now=h.now, edge_lapse_ms=LAPSE) == (0, 0)
-    h.now += 1
-    await beat(h)
-    assert await h.store.reconcile(now=h.now, edge_lapse_ms=LAPSE) == (0, 1)
+    await one_ends_just_past_the_bound(h)
     [(_, cdr)] = await h.events("call.ended")
     assert (cdr["call_id"], cdr["outcome"], cdr["ended_by"], cdr["reason"]) == ("c1", "failed", "system", "stalled")
     assert await agent_counts(h, "a1") == ("free", "0", "0")
@@ -117,20 +122,12 @@ async def test_a_wait_past_the_flows_maximum_ends_and_one_without_a_maximum_wait
     assert (await h.arrive("bounded", flow="limited")).detail == "queued"
     assert (await h.arrive("unbounded")).detail == "queued"
     h.now += (60 + 15) * S  # max_wait_s + offer_lease_grace_s: the maxwait timer had its chance
-    await beat(h)
-    assert await h.store.reconcile(now=h.now, edge_lapse_ms=LAPSE) == (0, 0)
-    h.now += 1
-    await beat(h)
-    assert await h.store.reconcile(now=h.now, edge_lapse_ms=LAPSE) == (0, 1)
+    await one_ends_just_past_the_bound(h)
     assert [d["call_id"] for _, d in await h.events("call.ended")] == ["bounded"]
     assert await h.redis.zcard(h.store.keys.queue("limited")) == 0
 
     h.now += MAX_CALL_MS - (60 + 15) * S - 1  # at the bound itself
-    await beat(h)
-    assert await h.store.reconcile(now=h.now, edge_lapse_ms=LAPSE) == (0, 0)
-    h.now += 1
-    await beat(h)
-    assert await h.store.reconcile(now=h.now, edge_lapse_ms=LAPSE) == (0, 1)
+    await one_ends_just_past_the_bound(h)
     assert [d["reason"] for _, d in await h.events("call.ended")] == ["stalled", "stalled"]
 
 
@@ -142,11 +139,7 @@ async def test_a_talk_longer_than_max_call_s_ends_and_the_bound_is_configurable(
     h.now += 2 * S
     await h.report("report.agent_answered", "c1", offer_id="1", agent_id="a1")
     h.now += 600 * S
-    await beat(h)
-    assert await h.store.reconcile(now=h.now, edge_lapse_ms=LAPSE) == (0, 0)
-    h.now += 1
-    await beat(h)
-    assert await h.store.reconcile(now=h.now, edge_lapse_ms=LAPSE) == (0, 1)
+    await one_ends_just_past_the_bound(h)
     [(_, cdr)] = await h.events("call.ended")
     assert (cdr["reason"], cdr["agent_id"], cdr["talk_ms"]) == ("stalled", "a1", 600 * S + 1)
     assert await agent_counts(h, "a1") == ("wrap_up", "0", "0")
