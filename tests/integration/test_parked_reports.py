@@ -35,6 +35,8 @@ async def store(redis: aioredis.Redis) -> Store:
     for i in range(AGENTS):
         await store.agent_upsert(f"a{i}", f"sip:a{i}@127.0.0.1:9", ["s"], None)
         await store.agent_login(f"a{i}")
+    # the edge is alive for the whole test (else the reconciler would end its calls: edge_unknown)
+    await redis.zadd(store.keys.edges, {EDGE: 2**52})
     return store
 
 
