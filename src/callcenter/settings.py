@@ -54,6 +54,8 @@ class DispatcherSettings(DispatchSettings):
     reconcile_interval_ms: int = Field(default=5000, ge=100)
     # a sip-edge whose heartbeat is older than this is lost: its calls end (reason edge_lost)
     edge_lapse_ms: int = Field(default=5000, ge=500)
+    # acknowledged reports are deleted from cc:{t}:reports once this old (kept to diagnose from)
+    reports_keep_ms: int = Field(default=600_000, ge=0)
 
 
 class EdgeSettings(CommonSettings):

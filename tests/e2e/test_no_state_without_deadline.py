@@ -13,7 +13,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from e2e_harness import agent, caller, flow, has_event, ok, only_call, queued_call, sip, start, whole_system
+from e2e_harness import agent, caller, flow, has_event, ok, only_call, queued_call, sip, start
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp, wait_until
@@ -45,7 +45,14 @@ LONG_LIVED: dict[str, str] = {
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    yield from whole_system(tmp_path_factory, "deadline", RING_TIMEOUT_S)
+    # acknowledged reports deleted at once (kept 10 min by default), by a reconciler every 0.5 s
+    system = WholeSystem.start(tmp_path_factory.mktemp("deadline"), tenant="deadline",
+                               common_env={"CC_RING_TIMEOUT_S": str(RING_TIMEOUT_S), "CC_WRAPUP_S": "1"},
+                               dispatcher_env={"CC_REPORTS_KEEP_MS": "0", "CC_RECONCILE_INTERVAL_MS": "500"})
+    try:
+        yield system
+    finally:
+        system.stop()
 
 
 def family_of(prefix: str, key: str) -> str | None:
@@ -108,8 +115,8 @@ def test_every_key_has_an_owner_or_a_ttl_after_a_call_mix(system: WholeSystem, p
     wait_for(lambda: all(system.agent_state(a) == "free" for a in ("ka-1", "ka-2")), 10, "wrap-ups over", system)
     wait_for(lambda: not any(system.redis.exists(keys.call(c)) for c in call_ids),
              ENDED_CALL_TTL_S + 5, "ended calls expired", system)
-    # the dispatcher trims the reports it acknowledged (reconciler loop, every 5 s)
-    wait_until(lambda: system.redis.xlen(keys.reports) <= 1, 12)
+    # the dispatcher trims the reports it acknowledged (reconciler loop)
+    wait_until(lambda: system.redis.xlen(keys.reports) <= 1, 5)
 
     unowned: list[str] = []
     seen: dict[str, str] = {}

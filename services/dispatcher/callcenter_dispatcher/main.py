@@ -74,7 +74,8 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
         loops=[handler.retry_parked,
                lambda stop: run_timers(store, stop, settings.timer_interval_ms),
                lambda stop: run_every("reconciler", settings.reconcile_interval_ms, stop,
-                                      lambda: reconcile_once(store, settings.edge_lapse_ms, GROUP)),
+                                      lambda: reconcile_once(store, settings.edge_lapse_ms, GROUP,
+                                                                      settings.reports_keep_ms)),
                lambda stop: run_every("edges", CHECK_INTERVAL_MS, stop,
                                       lambda: check_edges(store, settings.edge_lapse_ms))])
     log.info("dispatcher.stopped", handled=consumer.handled, dead_lettered=consumer.dead_lettered)
