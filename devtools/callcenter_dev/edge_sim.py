@@ -88,8 +88,15 @@ class EdgeSim:
 
     # -- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> EdgeSim:
-        self._tasks = [asyncio.create_task(self._publish()), asyncio.create_task(self._read_commands())]
+        self._tasks = [asyncio.create_task(self._publish()), asyncio.create_task(self._read_commands()),
+                       asyncio.create_task(self._heartbeat())]
         return self
+
+    async def _heartbeat(self, interval_s: float = 0.5) -> None:
+        """Beat in `cc:{t}:edges` like the real edge: the dispatchers end the calls of an edge without one."""
+        while True:
+            await self.redis.zadd(self.keys.edges, {self.edge_id: int(time.time() * 1000)})
+            await asyncio.sleep(interval_s)
 
     async def stop(self) -> None:
         for call in self.calls.values():

@@ -174,16 +174,29 @@ class StreamConsumer:
         await self._pause()
         if self.stopping:
             return  # they stay pending under this consumer: reclaimed, or read again at restart
-        ids: list[Any] = list(self._held)
-        still = await self.redis.xclaim(self.stream, self.group, self.consumer, min_idle_time=0,
-                                        message_ids=ids, justid=True)
-        still_ids = {text(i) for i in still}
+        still_ids = await self.keep_claimed(list(self._held))
         held = [(entry, raw) for entry_id, (entry, raw) in self._held.items() if entry_id in still_ids]
         self._held.clear()
         if held:
             await self._handle([e for e, _ in held], {e.id: raw for e, raw in held})
         if not self._held:
             self._backoff_s = 0.0
+
+    async def keep_claimed(self, ids: Sequence[str]) -> set[str]:
+        """Claim pending entries again for this consumer (XCLAIM JUSTID: not a delivery), so no
+        other consumer reclaims them while this one still works on them; returns those still pending
+        (an entry acknowledged or trimmed meanwhile is not)."""
+        if not ids:
+            return set()
+        still = await self.redis.xclaim(self.stream, self.group, self.consumer, min_idle_time=0,
+                                        message_ids=list(ids), justid=True)
+        return {text(i) for i in still}
+
+    async def ack(self, *ids: str) -> None:
+        """Acknowledge entries a handler settled outside a batch (see ReportHandler's parked reports)."""
+        if ids:
+            await self.redis.xack(self.stream, self.group, *ids)
+            self.handled += len(ids)
 
     async def _read(self, start: str) -> int:
         block = None if start == "0" else self.block_ms
@@ -231,12 +244,12 @@ class StreamConsumer:
             entry_id = text(raw_id)
             raw_by_id[entry_id] = fields
             if reclaimed and await self._deliveries(entry_id) > self.max_deliveries:
-                await self._dead_letter(entry_id, fields, f"delivered more than {self.max_deliveries} times")
+                await self.dead_letter(entry_id, fields, f"delivered more than {self.max_deliveries} times")
                 continue
             try:
                 good.append(decode(fields, entry_id))
             except DecodeError as exc:
-                await self._dead_letter(entry_id, fields, f"undecodable: {exc}")
+                await self.dead_letter(entry_id, fields, f"undecodable: {exc}")
         if good:
             await self._handle(good, raw_by_id)
 
@@ -255,14 +268,14 @@ class StreamConsumer:
             if verdict.outcome is Outcome.ACK:
                 to_ack.append(entry.id)
             elif verdict.outcome is Outcome.DEAD:
-                await self._dead_letter(entry.id, raw_by_id[entry.id], verdict.reason)
+                await self.dead_letter(entry.id, raw_by_id[entry.id], verdict.reason)
             elif verdict.outcome is Outcome.BACKOFF:
                 self._held[entry.id] = (entry, raw_by_id[entry.id])
         if to_ack:
             await self.redis.xack(self.stream, self.group, *to_ack)
             self.handled += len(to_ack)
 
-    async def _dead_letter(self, entry_id: str, fields: Mapping[Any, Any], reason: str) -> None:
+    async def dead_letter(self, entry_id: str, fields: Mapping[Any, Any], reason: str) -> None:
         record: dict[Any, Any] = {"stream": self.stream, "group": self.group, "entry_id": entry_id,
                                   "error": reason}
         for k, v in fields.items():

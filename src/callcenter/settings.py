@@ -51,11 +51,15 @@ class DispatcherSettings(DispatchSettings):
     block_ms: int = Field(default=1000, ge=10)
     claim_idle_ms: int = Field(default=10_000, ge=100)
     max_deliveries: int = Field(default=5, ge=1)
+    # a report parked this long without its predecessor (an unknown call) is dead-lettered
+    out_of_order_max_ms: int = Field(default=30_000, ge=100, le=3_600_000)
     timer_interval_ms: int = Field(default=100, ge=5)
     # how often the reconciler looks for agents that no live call holds
     reconcile_interval_ms: int = Field(default=5000, ge=100)
     # a sip-edge whose heartbeat is older than this is lost: its calls end (reason edge_lost)
     edge_lapse_ms: int = Field(default=5000, ge=500)
+    # acknowledged reports are deleted from cc:{t}:reports once this old (kept to diagnose from)
+    reports_keep_ms: int = Field(default=600_000, ge=0)
 
 
 class EdgeSettings(CommonSettings):

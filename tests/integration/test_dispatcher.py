@@ -306,3 +306,20 @@ async def test_wrapup_end_survives_a_redis_and_dispatcher_restart() -> None:
     finally:
         await client.aclose()
         server.stop()
+
+
+async def test_acknowledged_reports_are_trimmed_and_nothing_else(redis: aioredis.Redis, provisioned: Store) -> None:
+    from callcenter_dispatcher.timers import trim_acknowledged
+    keys = provisioned.keys
+    assert await trim_acknowledged(provisioned, "dispatcher") == 0  # no stream yet
+    await redis.xgroup_create(keys.reports, "dispatcher", id="0", mkstream=True)
+    ids = [await Producer(redis).publish(keys.reports, *arrival(f"t{i}")) for i in range(5)]
+    await redis.xreadgroup("dispatcher", "d1", {keys.reports: ">"}, count=3)  # 0, 1, 2 delivered
+    await redis.xack(keys.reports, "dispatcher", ids[0], ids[2])               # 1 still pending
+    written = int(ids[0].split("-")[0])
+    assert await trim_acknowledged(provisioned, "dispatcher", keep_ms=60_000, now=written + 59_999) == 0
+    assert await trim_acknowledged(provisioned, "dispatcher") == 1
+    assert [i.decode() for i, _ in await redis.xrange(keys.reports)] == ids[1:]
+    await redis.xack(keys.reports, "dispatcher", ids[1])
+    assert await trim_acknowledged(provisioned, "dispatcher") == 1  # up to the last delivered one
+    assert [i.decode() for i, _ in await redis.xrange(keys.reports)] == ids[2:]

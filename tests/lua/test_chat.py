@@ -257,7 +257,7 @@ async def test_reconciler_and_force_release_free_an_agent_in_chats(h: Harness) -
     await h.arrive("c2", media_type="chat")
     await answer(h, "c1", "a1")
     await h.redis.delete(h.store.keys.call("c2"))  # a chat lost by a bug: the slot must come back
-    assert await h.store.reconcile(now=h.now) == 0  # c1 still holds the agent
+    assert await h.store.reconcile(now=h.now) == (0, 0)  # c1 still holds the agent
     assert await chats_of(h, "a1") == 1
     res = await h.store.agent_release("a1", now=h.now)
     assert (res.rc, res.detail) == (RC.OK, "free")
@@ -272,7 +272,7 @@ async def test_the_reconciler_frees_an_agent_whose_every_chat_is_gone(h: Harness
     await h.agent("a1", ["sales"], audio=False, chat_capacity=3)
     await h.arrive("c1", media_type="chat")
     await h.redis.delete(h.store.keys.call("c1"))
-    assert await h.store.reconcile(now=h.now) == 1
+    assert await h.store.reconcile(now=h.now) == (1, 0)
     assert await h.state("a1") == "free" and await chats_of(h, "a1") == 0
 
 

@@ -172,12 +172,12 @@ async def test_reconciler_frees_an_agent_no_live_call_holds(h: Harness) -> None:
     await h.arrive("c1")  # a1 rings for c1: consistent, must stay
     await h.redis.hset(h.store.keys.agent("a2"), mapping={"state": "in_call", "call": "ghost"})
     await h.redis.zrem(h.store.keys.skill_free("sales"), "a2")
-    assert await h.store.reconcile(now=h.now) == 1
+    assert await h.store.reconcile(now=h.now) == (1, 0)
     assert await h.state("a2") == "free" and await h.state("a1") == "ringing"
     released = await h.events("agent.released")
     assert released[0][1] == {"agent_id": "a2", "reason": "no_live_call", "from": "in_call", "call_id": "ghost",
                               "ts": h.now}
-    assert await h.store.reconcile(now=h.now) == 0
+    assert await h.store.reconcile(now=h.now) == (0, 0)
 
 
 async def test_force_release_hangs_up_the_call_and_frees_the_agent(h: Harness) -> None:
@@ -291,7 +291,7 @@ async def test_ring_all_rings_every_free_agent_and_the_first_answer_wins(h: Harn
     await h.report("report.call_ended", "c1", by="caller", reason="bye")
     ended = [d for _, d in await h.events("call.ended")]
     assert ended[0]["agent_id"] == "a2" and ended[0]["outcome"] == "answered"
-    assert await h.store.reconcile(now=h.now) == 0
+    assert await h.store.reconcile(now=h.now) == (0, 0)
 
 
 async def test_ring_all_nobody_answers_requeues_without_penalty(h: Harness) -> None:
@@ -299,7 +299,7 @@ async def test_ring_all_nobody_answers_requeues_without_penalty(h: Harness) -> N
     await h.agent("a1", ["sales"], wrapup_s=30)
     await h.agent("a2", ["sales"], wrapup_s=30)
     await h.arrive("c1")
-    assert await h.store.reconcile(now=h.now) == 0  # both ringing agents are held by the call
+    assert await h.store.reconcile(now=h.now) == (0, 0)  # both ringing agents are held by the call
     await h.report("report.agent_failed", "c1", offer_id="1", agent_id="a1", reason="no_answer")
     await h.report("report.agent_failed", "c1", offer_id="1", agent_id="a2", reason="no_answer")
     # no wrap-up penalty for a ring-all miss: both free again, and the call is offered to both again
@@ -331,7 +331,7 @@ async def test_a_late_answer_after_the_lease_expired_is_adopted(h: Harness) -> N
     assert (res.rc, res.detail) == (RC.OK, "adopted")
     assert [await h.state(a) for a in ("a1", "a2")] == ["in_call", "free"]
     assert ("command.cancel_ring", {"call_id": "c1", "offer_id": "2"}) in await h.commands()
-    assert await h.store.reconcile(now=h.now) == 0
+    assert await h.store.reconcile(now=h.now) == (0, 0)
 
 
 async def test_a_late_answer_from_a_busy_agent_hangs_the_call_up(h: Harness) -> None:

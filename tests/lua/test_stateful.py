@@ -482,7 +482,7 @@ class DispatchMachine(RuleBasedStateMachine):
 
     @rule()
     def reconciler_finds_nothing_stuck(self) -> None:
-        assert self.run(self.store.reconcile()) == 0
+        assert self.run(self.store.reconcile()) == (0, 0)
         self.sync()
 
     # -- invariants -----------------------------------------------------------------------------

@@ -2,16 +2,25 @@
 
 Reads: entries of `cc:{t}:reports` (through bus.StreamConsumer). Writes: nothing itself; the Lua
 steps change Redis state and append commands (`cc:{t}:commands:<edge>`) and events (`cc:{t}:events`).
+Parked reports are acknowledged or dead-lettered (`cc:{t}:dead`) through the consumer.
 
 Each report's `data` goes to its Lua step as the bytes read from the stream (`Entry.raw`): the
 step unpacks it itself, so nothing here packs it again, whatever the retries.
 
 Reports of one call must be applied in order (each carries `seq`). A batch goes to Redis in one
 pipeline, in stream order: each report is still its own atomic step, and Redis runs them in the
-order sent, so the reports of one call keep their order. A report whose predecessor is being
-applied by another dispatcher replica right now comes back OUT_OF_ORDER (and so do the later
-reports of its call in the batch, with no effect): those are retried here, in order, for a short
-while, then left pending, to be reclaimed and retried later.
+order sent, so the reports of one call keep their order.
+
+A report whose predecessor is not applied yet comes back OUT_OF_ORDER: another replica is applying
+the predecessor right now, it is late, or it never comes (a report for a call nobody knows).
+Nothing waits for it inside the batch, so no other call is held up: it is *parked* (verdict RETRY,
+left pending) and `retry_parked`, a loop of its own, applies the parked reports of each call again
+in seq order, soon after a report of that call was applied and otherwise with a growing pause,
+acknowledging each once applied. A report still out of order `out_of_order_max_ms` after it was
+parked is dead-lettered with the reason (unknown call, or the seq it waits for). While parked, the
+entries stay claimed by this consumer (XCLAIM JUSTID, not counted as a delivery), so no other
+replica takes them; should this one die, another reclaims and parks them. The per-call sequence
+check in Lua keeps the order and makes a second application a harmless DUPLICATE.
 
 A report whose step fails (FAILED: a Lua error, a bad config value, a key of the wrong type) is
 that report's verdict alone: the rest of the batch goes on. A fault may be mended meanwhile (one
@@ -27,30 +36,63 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import structlog
 
 from callcenter.bus import ACK, RETRY, Outcome, Verdict, entry_context
 from callcenter.contract.codec import Entry
 from callcenter.contract.reports import REPORTS
+from callcenter.redis import REDIS_DOWN
 from callcenter.store import RC, Result, Store
 
 log = structlog.get_logger(__name__)
 
-OUT_OF_ORDER_BACKOFF_S = (0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+OUT_OF_ORDER_MAX_MS = 30_000   # parked this long without its predecessor: dead-lettered
+PARK_RETRY_MIN_S = 0.01        # first pause between retries of the parked reports
+PARK_RETRY_MAX_S = 0.5         # longest pause; keep it well under the consumer's claim_idle_ms
+
+
+class Settler(Protocol):
+    """What the handler needs of its consumer to settle parked entries outside a batch."""
+
+    async def keep_claimed(self, ids: Sequence[str]) -> set[str]: ...
+
+    async def ack(self, *ids: str) -> None: ...
+
+    async def dead_letter(self, entry_id: str, fields: Mapping[Any, Any], reason: str) -> None: ...
+
+
+@dataclass(slots=True)
+class Parked:
+    """An out-of-order report waiting for its predecessor, and since when."""
+
+    entry: Entry
+    since: float  # event-loop time when it was parked
 
 
 class ReportHandler:
     """Applies a batch of reports, one atomic Lua step each, and says per entry whether to ack,
-    retry or dead-letter it."""
+    retry or dead-letter it; parks out-of-order reports and retries them in a loop of its own."""
 
-    def __init__(self, store: Store, concurrency: int = 50, max_failures: int = 3) -> None:
+    def __init__(self, store: Store, *, out_of_order_max_ms: int = OUT_OF_ORDER_MAX_MS,
+                 retry_max_s: float = PARK_RETRY_MAX_S, settler: Settler | None = None,
+                 max_failures: int = 3) -> None:
         self.store = store
+        self.out_of_order_max_s = out_of_order_max_ms / 1000
+        self.retry_max_s = retry_max_s
+        self.settler = settler  # the consumer; set after both are built
         # kept below the consumer's max_deliveries, so the dead letter says why the step failed
         self.max_failures = max_failures
         self._failures: dict[str, int] = {}  # entry id -> failed tries seen by this replica
-        self._slots = asyncio.Semaphore(concurrency)
         self.applied: dict[str, int] = {rc.name: 0 for rc in RC}
+        self._parked: dict[str, list[Parked]] = {}  # call id -> its parked reports, by seq
+        self._wake = asyncio.Event()
+
+    @property
+    def parked(self) -> int:
+        return sum(len(g) for g in self._parked.values())
 
     async def __call__(self, entries: Sequence[Entry]) -> Mapping[str, Verdict]:
         verdicts: dict[str, Verdict] = {}
@@ -63,57 +105,105 @@ class ReportHandler:
         if not reports:
             return verdicts
         results = await self.store.apply_reports([(e.type, e.id, e.raw) for e in reports])
-        again: dict[str, list[Entry]] = {}  # per call: from its first report that came back OUT_OF_ORDER
         stopped: set[str] = set()  # calls with a report that will not be acked now
         for entry, res in zip(reports, results, strict=True):
             call_id = entry.data["call_id"]
             self.applied[res.rc.name] += 1
-            if call_id in again:
-                again[call_id].append(entry)
-            elif call_id in stopped:
+            if call_id in stopped:
                 verdicts[entry.id] = RETRY  # cannot be applied before its predecessor
             elif res.rc is RC.OUT_OF_ORDER:
-                again[call_id] = [entry]
+                self._park(entry)
+                verdicts[entry.id] = RETRY
             else:
                 with entry_context(entry):
                     verdicts[entry.id] = self._verdict(entry, res)
                 if verdicts[entry.id].outcome is not Outcome.ACK:
                     stopped.add(call_id)
-        if again:
-            for group_verdicts in await asyncio.gather(*(self._apply_in_order(g, waited=True)
-                                                         for g in again.values())):
-                verdicts.update(group_verdicts)
+                elif call_id in self._parked:
+                    self._wake.set()  # its parked successor may apply now
         return verdicts
 
-    async def _apply_in_order(self, group: list[Entry], waited: bool = False) -> dict[str, Verdict]:
-        """Apply the reports of one call one by one; `waited`: the first one came back OUT_OF_ORDER
-        already, so its retries start with a pause."""
-        verdicts: dict[str, Verdict] = {}
-        async with self._slots:
-            for i, entry in enumerate(group):
-                with entry_context(entry):
-                    verdict = await self._apply(entry, waited=waited and i == 0)
-                verdicts[entry.id] = verdict
-                if verdict.outcome is not Outcome.ACK:
-                    # later reports of this call cannot be applied before this one
-                    for later in group[i + 1:]:
-                        verdicts[later.id] = RETRY
-                    break
-        return verdicts
+    def _park(self, entry: Entry) -> None:
+        group = self._parked.setdefault(entry.data["call_id"], [])
+        if any(p.entry.id == entry.id for p in group):
+            return  # delivered again while parked
+        group.append(Parked(entry, asyncio.get_running_loop().time()))
+        group.sort(key=lambda p: p.entry.data.get("seq", 0))
+        with entry_context(entry):
+            log.info("report.parked", type=entry.type, seq=entry.data.get("seq"))
 
-    async def _apply(self, entry: Entry, waited: bool = False) -> Verdict:
-        if waited:
-            await asyncio.sleep(OUT_OF_ORDER_BACKOFF_S[0])
-        for delay in (*OUT_OF_ORDER_BACKOFF_S, None):
-            res = await self.store.apply_report(entry.type, entry.id, entry.raw)
-            self.applied[res.rc.name] += 1
-            if res.rc is not RC.OUT_OF_ORDER:
-                break
-            if delay is None:
-                log.warning("report.out_of_order", type=entry.type, seq=entry.data.get("seq"))
-                return RETRY
-            await asyncio.sleep(delay)
-        return self._verdict(entry, res)
+    async def retry_parked(self, stop: asyncio.Event) -> None:
+        """Loop until `stop`: retry the parked reports, pausing longer while nothing moves."""
+        delay = PARK_RETRY_MIN_S
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=delay)
+            except TimeoutError:
+                pass
+            self._wake.clear()
+            if stop.is_set():
+                return
+            try:
+                moved = await self.retry_once() if self._parked else False
+            except REDIS_DOWN as exc:  # waited out; the parked reports stay pending meanwhile
+                log.warning("report.parked_retry_failed", error=repr(exc))
+                moved = False
+            delay = PARK_RETRY_MIN_S if moved else min(delay * 2, self.retry_max_s)
+
+    async def retry_once(self) -> bool:
+        """One pass over the parked reports: the first of each call is applied again, all in one
+        pipeline, as long as some call moves on. True if any report was settled."""
+        assert self.settler is not None, "retry_parked needs the consumer (handler.settler)"
+        pending = await self.settler.keep_claimed([p.entry.id for g in self._parked.values() for p in g])
+        for call_id in list(self._parked):
+            # acknowledged by another replica (or trimmed) meanwhile: nothing left to do here
+            self._parked[call_id] = [p for p in self._parked[call_id] if p.entry.id in pending]
+            if not self._parked[call_id]:
+                del self._parked[call_id]
+        settled = False
+        calls = list(self._parked)
+        while calls:
+            heads = [self._parked[c][0] for c in calls]
+            results = await self.store.apply_reports([(p.entry.type, p.entry.id, p.entry.raw) for p in heads])
+            moved: list[str] = []
+            now = asyncio.get_running_loop().time()
+            for call_id, head, res in zip(calls, heads, results, strict=True):
+                self.applied[res.rc.name] += 1
+                with entry_context(head.entry):
+                    if res.rc is not RC.OUT_OF_ORDER:
+                        verdict = self._verdict(head.entry, res)
+                    elif now - head.since >= self.out_of_order_max_s:
+                        verdict = Verdict(Outcome.DEAD, await self._out_of_order_reason(head))
+                    else:
+                        continue
+                await self._settle(head.entry, verdict)
+                group = self._parked[call_id]
+                group.pop(0)
+                if group:
+                    moved.append(call_id)
+                else:
+                    del self._parked[call_id]
+                settled = True
+            calls = moved
+        return settled
+
+    async def _settle(self, entry: Entry, verdict: Verdict) -> None:
+        assert self.settler is not None
+        if verdict.outcome is Outcome.ACK:
+            await self.settler.ack(entry.id)
+        else:
+            fields = {"type": entry.type, "v": str(entry.v), "data": entry.raw}
+            await self.settler.dead_letter(entry.id, fields, verdict.reason)
+
+    async def _out_of_order_reason(self, parked: Parked) -> str:
+        call_id = parked.entry.data["call_id"]
+        seq = parked.entry.data.get("seq")
+        waited = f"{self.out_of_order_max_s:g} s"
+        call = await self.store.call(call_id)
+        if call is None:
+            return f"out of order: unknown call {call_id} (seq {seq}); no arrival within {waited}"
+        return (f"out of order: call {call_id} is at seq {call.get('seq', '0')}, this report has seq {seq}; "
+                f"its predecessor did not come within {waited}")
 
     def _verdict(self, entry: Entry, res: Result) -> Verdict:
         if res.rc is RC.FAILED:

@@ -1,7 +1,8 @@
 """`callcenter-dispatcher`: consume sip-edge reports and fire timers until SIGTERM, then drain.
 
 Reads `cc:{t}:reports` (consumer group `dispatcher`) and applies each report with its atomic Lua
-step; fires due timers, frees agents no live call holds, ends the calls of lost sip-edges. At
+step (a report that comes before its predecessor is parked and retried beside the loop, see
+handler.py); fires due timers, frees agents no live call holds, ends the calls of lost sip-edges. At
 start it writes the call-handling parameters set explicitly in its environment into
 `cc:{t}:config`. Settings: `CC_*` environment variables. Optional health endpoint on
 `CC_HEALTH_PORT`.
@@ -22,7 +23,7 @@ from callcenter.settings import DispatcherSettings
 from callcenter.store import Store
 from callcenter.store.config_writes import explicit_config, seed_config
 from callcenter_dispatcher.edges import CHECK_INTERVAL_MS, check_edges
-from callcenter_dispatcher.handler import ReportHandler
+from callcenter_dispatcher.handler import PARK_RETRY_MAX_S, ReportHandler
 from callcenter_dispatcher.timers import reconcile_once, run_every, run_timers
 
 log = structlog.get_logger(__name__)
@@ -53,11 +54,15 @@ async def seed_config_from_env(settings: DispatcherSettings, store: Store, stop:
 async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -> None:
     redis = connect(settings.redis_url)
     store = Store(redis, settings.tenant)
+    # parked reports are retried (and kept claimed) several times per claim_idle_ms
+    handler = ReportHandler(store, out_of_order_max_ms=settings.out_of_order_max_ms,
+                            retry_max_s=min(PARK_RETRY_MAX_S, settings.claim_idle_ms / 4000))
     consumer = StreamConsumer(
         redis, stream=store.keys.reports, group=GROUP, consumer=settings.consumer,
-        handler=ReportHandler(store), dead_stream=store.keys.dead, batch=settings.batch,
+        handler=handler, dead_stream=store.keys.dead, batch=settings.batch,
         block_ms=settings.block_ms, claim_idle_ms=settings.claim_idle_ms,
         max_deliveries=settings.max_deliveries)
+    handler.settler = consumer
 
     async def ready() -> bool:
         return bool(await redis.ping())
@@ -66,9 +71,11 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
         "dispatcher", redis=redis, health_port=settings.health_port, ready=ready, stop=stop,
         prepare=lambda stop: seed_config_from_env(settings, store, stop),
         work=consumer.run, on_stop=consumer.request_stop,
-        loops=[lambda stop: run_timers(store, stop, settings.timer_interval_ms),
+        loops=[handler.retry_parked,
+               lambda stop: run_timers(store, stop, settings.timer_interval_ms),
                lambda stop: run_every("reconciler", settings.reconcile_interval_ms, stop,
-                                      lambda: reconcile_once(store)),
+                                      lambda: reconcile_once(store, settings.edge_lapse_ms, GROUP,
+                                                                      settings.reports_keep_ms)),
                lambda stop: run_every("edges", CHECK_INTERVAL_MS, stop,
                                       lambda: check_edges(store, settings.edge_lapse_ms))])
     log.info("dispatcher.stopped", handled=consumer.handled, dead_lettered=consumer.dead_lettered)

@@ -91,6 +91,10 @@ CALL_HANDLING: tuple[Param, ...] = (
     Param("whisper_max_s", int, 30,
           "an offer of a flow with a flow-id message is taken back after ring_timeout_s + offer_lease_grace_s + "
           "this", ge=1, le=600),
+    Param("max_call_s", int, 14_400,
+          "the reconciler ends a call (reason stalled) that talks, plays media, or waits in a flow without max_wait_s "
+          "for longer than this without a change of state (offers and waits with a maximum have their own bounds)",
+          ge=60, le=7 * 86_400),
 )
 
 PARAMS: Mapping[str, Param] = MappingProxyType({p.name: p for p in CALL_HANDLING})

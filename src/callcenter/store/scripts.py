@@ -17,7 +17,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from importlib import resources
-from typing import Any
+from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -92,6 +92,13 @@ def load_source(name: str) -> str:
 def _blank(value: int | None) -> int | str:
     """A script argument for an optional number: "" means 'the global value'."""
     return "" if value is None else value
+
+
+class Reconciled(NamedTuple):
+    """What one reconcile step did: agents freed, calls ended."""
+
+    released: int
+    ended: int
 
 
 def _result(raw: Any) -> Result:
@@ -186,10 +193,12 @@ class Store:
         """Hand a queued call to a free agent (external dispatching)."""
         return await self._run("dispatch_call", call_id, agent_id, now=now)
 
-    async def reconcile(self, now: int | None = None) -> int:
-        """Free agents that no live call holds; the number freed."""
-        res = await self._run("reconcile", now=now)
-        return int(res.detail or 0)
+    async def reconcile(self, now: int | None = None, edge_lapse_ms: int = 0, limit: int = 500) -> Reconciled:
+        """End the calls that cannot end by themselves (their edge unknown for `edge_lapse_ms`, 0:
+        not checked; stalled in their state), at most `limit`, then free agents no live call holds."""
+        ts = self.clock() if now is None else now
+        raw = await self._scripts["reconcile"](keys=[self.keys.events], args=[ts, edge_lapse_ms, limit])
+        return Reconciled(released=int(raw[1]), ended=int(raw[2]))
 
     async def stats_reset(self, now: int | None = None) -> Result:
         return await self._run("stats_reset", now=now)

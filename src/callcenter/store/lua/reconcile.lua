@@ -1,15 +1,75 @@
--- reconcile: free agents that no live call holds (the peers' most common bug: an agent stuck busy).
+-- reconcile: end calls that can no longer end by themselves, and free agents that no live call holds.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
--- ARGV: 1 now_ms
--- READS: agent, agent_chats, agents, call, chat_queue, config, flow, queue, skill_flows, skill_free, timers
--- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, stats, timers
--- RETURNS: OK number_released
--- EVENTS: agent.logged_out, agent.paused, agent.released, agent.state_changed, call.offered
--- COMMANDS: command.ring, command.ring_all
--- LIB: core, chat, calls
+-- ARGV: 1 now_ms, 2 edge_lapse_ms (0: calls are not checked against the edges), 3 limit (calls ended per step, default 500)
+-- READS: agent, agent_chats, agents, call, calls, chat_queue, config, edges, flow, flow_stats, queue, skill_flows, skill_free, timers
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
+-- RETURNS: OK number_released number_ended
+-- EVENTS: agent.logged_out, agent.paused, agent.released, agent.state_changed, call.abandoned, call.ended, call.offered
+-- COMMANDS: command.hangup, command.ring, command.ring_all
+-- LIB: config, core, chat, calls
 --
--- An agent ringing or in a call must be the agent of a live call in the matching state; an agent
--- in wrap-up must have its wrap-up timer. Any replica may run it at any time.
+-- Calls first (every live call in cc:{t}:calls), each ended with finish_call(outcome failed,
+-- ended_by system), which frees its agent with no penalty and emits call.ended (its CDR):
+-- - `edge_unknown`: its sip-edge has no heartbeat in cc:{t}:edges (it never sent one, or was
+--   declared lost before this call was recorded) and the call is older than edge_lapse_ms; no
+--   command is sent, nobody would read it;
+-- - `stalled`: it stayed in its state (`state_ms`) longer than that state may last: an offer
+--   ring_timeout_s + offer_lease_grace_s + whisper_max_s, a wait in a flow with max_wait_s that
+--   maximum; anything else (talking, media, waiting with no maximum) max_call_s. Each timer-bound
+--   phase gets offer_lease_grace_s more, so the timer due first always wins. The edge is told to
+--   hang up (command.hangup, reason stalled).
+-- Then agents: an agent ringing or in a call must be the agent of a live call in the matching
+-- state; an agent in wrap-up must have its wrap-up timer. Any replica may run it at any time.
+
+local edge_lapse = tonumber(ARGV[2]) or 0
+local limit = tonumber(ARGV[3]) or 500
+
+-- how long a call may stay in its present state (ms)
+local function state_bound_ms(call)
+  local grace = cfg('offer_lease_grace_s')
+  if call.state == 'offered' then
+    return (cfg('ring_timeout_s') + grace + cfg('whisper_max_s') + grace) * 1000
+  end
+  if call.state == 'queued' then
+    local flow = hgetall(k_flow(call.flow or ''))
+    local max_wait = flow and tonumber(flow.max_wait_s) or 0
+    if max_wait > 0 then return (max_wait + grace) * 1000 end
+  end
+  return cfg('max_call_s') * 1000
+end
+
+local doomed = {}
+for _, call_id in ipairs(redis.call('SMEMBERS', K.calls)) do
+  if #doomed >= limit then break end
+  local call = hgetall(k_call(call_id))
+  if call == nil or call.state == 'ended' then
+    redis.call('SREM', K.calls, call_id)  -- an index entry without a live call: drop it
+  else
+    local since = num(call.state_ms, num(call.received_ms, NOW))
+    local reason = nil
+    if edge_lapse > 0 and redis.call('ZSCORE', K.edges, call.edge or '') == false
+        and NOW - num(call.received_ms, NOW) > edge_lapse then
+      reason = 'edge_unknown'
+    elseif NOW - since > state_bound_ms(call) then
+      reason = 'stalled'
+    end
+    if reason then
+      -- out of its queue first, so that no agent freed below is handed a doomed call
+      if call.flow then redis.call('ZREM', k_queue_of(call), call_id) end
+      doomed[#doomed + 1] = { call_id, reason }
+    end
+  end
+end
+local ended = 0
+for _, pair in ipairs(doomed) do
+  local call_id, reason = pair[1], pair[2]
+  local call = hgetall(k_call(call_id))  -- again: an earlier end may have changed it
+  if call and call.state ~= 'ended' then
+    if reason == 'stalled' then command(call.edge, 'command.hangup', { call_id = call_id, reason = 'stalled' }) end
+    finish_call(call_id, call, 'failed', 'system', reason)
+    ended = ended + 1
+  end
+end
 
 local released = 0
 for _, agent_id in ipairs(redis.call('SMEMBERS', K.agents)) do
@@ -51,4 +111,4 @@ for _, agent_id in ipairs(redis.call('SMEMBERS', K.agents)) do
     end
   end
 end
-return { RC.OK, released }
+return { RC.OK, released, ended }

@@ -47,8 +47,11 @@ local function k_queue_of(call)
   return k_queue(call.flow)
 end
 
+-- Every change of state stamps `state_ms`: the reconciler ends a call that stays in one state
+-- longer than that state may last.
 local function call_field_updates(call_id, call, fields)
   local args = {}
+  if fields.state ~= nil and fields.state_ms == nil then fields.state_ms = NOW end
   for name, value in pairs(fields) do
     args[#args + 1] = name
     args[#args + 1] = value
