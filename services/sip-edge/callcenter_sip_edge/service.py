@@ -9,6 +9,7 @@ this module is the asyncio side and never touches sippy objects.
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from collections.abc import Mapping, Sequence
 
@@ -23,6 +24,7 @@ from callcenter.contract.reports import REPORTS, CallEnded, Report
 from callcenter.settings import EdgeSettings
 from callcenter.store.keys import Keys
 from callcenter_sip_edge.facts import Fact
+from callcenter_sip_edge.ownership import StartRefused
 from callcenter_sip_edge.sip_stack import SipStack
 
 log = structlog.get_logger(__name__)
@@ -120,7 +122,13 @@ class EdgeService:
                               advertised_host=s.sip_advertised_host, max_message_bytes=s.sip_max_message_bytes,
                               trusted_networks=s.sip_trusted_networks, invite_rate=s.sip_invite_rate,
                               invite_burst=s.sip_invite_burst)
-        await asyncio.to_thread(self.stack.start)
+        try:
+            await asyncio.to_thread(self.stack.start)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise StartRefused(f"UDP port {s.sip_port} on {s.sip_host} is held by another process "
+                               "(is another edge running there?)") from exc
         log.info("edge.started", edge_id=self.edge_id, sip=f"{s.sip_host}:{s.sip_port}")
         tasks = [asyncio.create_task(self._publish_reports()), asyncio.create_task(self._heartbeat()),
                  asyncio.create_task(self.commands.run())]
