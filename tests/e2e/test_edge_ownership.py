@@ -10,14 +10,15 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
 
 from callcenter_dev.processes import ServiceProcess
 from callcenter_dev.scenarios import scenario
-from callcenter_dev.sipp import Sipp
-from callcenter_dev.system import WholeSystem
+from callcenter_dev.sipp import Sipp, wait_until
+from callcenter_dev.system import WholeSystem, wait_for
 from callcenter_sip_edge.ownership import EXIT_START_REFUSED
 
 pytestmark = pytest.mark.slow
@@ -72,3 +73,43 @@ def test_a_second_edge_on_the_same_port_refuses_to_start_and_the_first_keeps_ser
     assert "edge.start_refused" in log and f"UDP port {system.sip_port}" in log, log
     assert system.edge.proc is not None and system.edge.proc.poll() is None
     one_call(system, peers, "port", "4001")
+
+
+def test_a_second_edge_with_a_live_id_refuses_to_start(system: WholeSystem, peers: list[Sipp]) -> None:
+    twin = second_edge(system, CC_SIP_PORT="0")   # another port: only the id is shared
+    try:
+        assert twin.proc is not None
+        code = twin.proc.wait(LAPSE_MS / 1000 + 15)
+    finally:
+        twin.stop()
+    assert code == EXIT_START_REFUSED, twin.log()
+    assert "edge.start_refused" in twin.log() and "edge-e2e" in twin.log(), twin.log()
+    # the twin never beat for the id, and the first edge still holds it and serves
+    one_call(system, peers, "twin", "4002")
+
+
+def holds_the_id(system: WholeSystem, edge: ServiceProcess) -> bool:
+    """The lease on the id names this process (its token carries the pid)."""
+    token = system.redis.get(system.keys.edge_lease(system.edge_id))
+    assert edge.proc is not None
+    return token is not None and f"/{edge.proc.pid}/" in token.decode()
+
+
+def test_after_a_sigkill_a_new_edge_with_the_id_starts_within_the_lapse(system: WholeSystem) -> None:
+    system.kill_edge()
+    killed_at = time.monotonic()
+    new = system.restart_edge()
+    wait_for(lambda: holds_the_id(system, new), LAPSE_MS / 1000 + 5, "the new edge holding the id", system)
+    started_s = time.monotonic() - killed_at
+    assert started_s <= LAPSE_MS / 1000 + 3, started_s
+    assert new.proc is not None and new.proc.poll() is None
+
+
+def test_a_cleanly_stopped_edge_releases_its_id_at_once(system: WholeSystem) -> None:
+    assert system.edge.stop() == 0, system.edge.log()
+    stopped_at = time.monotonic()
+    new = system.restart_edge()
+    wait_for(lambda: holds_the_id(system, new), 5, "the new edge holding the id", system)
+    # far less than the lapse: nothing was left to expire
+    assert time.monotonic() - stopped_at < LAPSE_MS / 1000, system.edge.log()
+    assert wait_until(lambda: system.redis.zscore(system.keys.edges, system.edge_id) is not None, 5)
