@@ -123,7 +123,7 @@ class EdgeService:
                 if not await self.lease.beat():
                     self._stop.set()
                     return
-            except REDIS_DOWN as exc:
+            except (*REDIS_DOWN, aioredis.RedisError) as exc:   # any error: the beat must go on
                 log.warning("edge.heartbeat_failed", error=repr(exc))
                 await asyncio.sleep(min(interval, HEARTBEAT_RETRY_S))
                 continue
