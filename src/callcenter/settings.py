@@ -82,6 +82,9 @@ class EdgeSettings(CommonSettings):
     # (comma-separated CIDRs; "" = none). Loopback by default: a local proxy may set it, no caller can
     sip_priority_networks: str = "127.0.0.0/8,::1"
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
+    # the lease on the edge id lives this long unless a heartbeat renews it: set it to the
+    # dispatchers' CC_EDGE_LAPSE_MS (a restart after a crash waits at most this long for the id)
+    edge_lapse_ms: int = Field(default=5000, ge=500)
     drain_timeout_s: float = 30.0
 
 

@@ -26,7 +26,7 @@ DRAIN_S = 3
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
     system = WholeSystem.start(tmp_path_factory.mktemp("edge-life"), tenant="life",
-                               dispatcher_env={"CC_EDGE_LAPSE_MS": str(LAPSE_MS)},
+                               common_env={"CC_EDGE_LAPSE_MS": str(LAPSE_MS)},   # the dispatcher's and the id lease's
                                edge_env={"CC_DRAIN_TIMEOUT_S": str(DRAIN_S)})
     try:
         yield system

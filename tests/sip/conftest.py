@@ -6,6 +6,7 @@ Reads/writes nothing itself; the helpers live in sip_harness.py.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -47,9 +48,18 @@ def sipp(tmp_path: Path) -> Iterator[SippLauncher]:
 async def edge() -> AsyncIterator[EdgeUnderTest]:
     """A SipStack on a free loopback port whose facts go to a ScriptedDispatcher."""
     dispatcher = ScriptedDispatcher()
-    port = free_udp_port()
-    stack = SipStack(host=LOOPBACK, port=port, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop())
-    stack.start()
+    for attempt in range(3):
+        port = free_udp_port()
+        stack = SipStack(host=LOOPBACK, port=port, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop())
+        try:
+            stack.start()
+            break
+        except OSError as exc:
+            # another process on this shared machine bound the port between the probe and the
+            # edge's bind (the edge shares no port: no SO_REUSEADDR): take another
+            if exc.errno != errno.EADDRINUSE or attempt == 2:
+                raise
+            stack._finished.wait(5)   # the failed stack has let go of the process's one SIP thread
     try:
         yield EdgeUnderTest(stack=stack, dispatcher=dispatcher, port=port)
     finally:

@@ -29,7 +29,7 @@ from callcenter.store.scripts import LIB_ORDER, OTHER_SCRIPTS, header_field, rep
 
 SCRIPTS = sorted((*map(report_script, REPORTS), *OTHER_SCRIPTS))
 HEADER = ("KEYS", "ARGV", "READS", "WRITES", "RETURNS", "EVENTS", "COMMANDS", "LIB")
-WRITE_COMMANDS = {"HSET", "HDEL", "HINCRBY", "SADD", "SREM", "ZADD", "ZREM", "DEL", "EXPIRE", "XADD"}
+WRITE_COMMANDS = {"HSET", "HDEL", "HINCRBY", "SADD", "SREM", "ZADD", "ZREM", "DEL", "EXPIRE", "XADD", "SET"}
 # a key function that is no family of its own: the queue a call waits in
 KEY_HELPERS = {"k_queue_of": {"queue", "chat_queue"}}
 

@@ -22,7 +22,7 @@ from callcenter.redis import REDIS_DOWN, connect
 from callcenter.settings import DispatcherSettings
 from callcenter.store import Store
 from callcenter.store.config_writes import explicit_config, seed_config
-from callcenter_dispatcher.edges import CHECK_INTERVAL_MS, check_edges
+from callcenter_dispatcher.edges import EdgeWatch
 from callcenter_dispatcher.handler import PARK_RETRY_MAX_S, ReportHandler
 from callcenter_dispatcher.timers import reconcile_once, run_every, run_timers
 
@@ -64,6 +64,8 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
         max_deliveries=settings.max_deliveries)
     handler.settler = consumer
 
+    edges = EdgeWatch(store, settings.edge_lapse_ms)
+
     async def ready() -> bool:
         return bool(await redis.ping())
 
@@ -75,9 +77,8 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
                lambda stop: run_timers(store, stop, settings.timer_interval_ms),
                lambda stop: run_every("reconciler", settings.reconcile_interval_ms, stop,
                                       lambda: reconcile_once(store, settings.edge_lapse_ms, GROUP,
-                                                                      settings.reports_keep_ms)),
-               lambda stop: run_every("edges", CHECK_INTERVAL_MS, stop,
-                                      lambda: check_edges(store, settings.edge_lapse_ms))])
+                                                             settings.reports_keep_ms)),
+               lambda stop: run_every("edges", edges.interval_ms, stop, edges.check)])
     log.info("dispatcher.stopped", handled=consumer.handled, dead_lettered=consumer.dead_lettered)
 
 

@@ -1,14 +1,16 @@
 """The sip-edge service: the SIP stack's facts become reports on Redis, commands become SIP.
 
 Reads: `cc:{t}:commands:<edge_id>` (consumer group `edge`, this edge the only consumer).
-Writes: `cc:{t}:reports` (one report per fact, numbered per call with `seq`, in order) and the
-heartbeat `cc:{t}:edges` (score = now ms). The SIP stack runs on its own thread (sip_stack.py);
-this module is the asyncio side and never touches sippy objects.
+Writes: `cc:{t}:reports` (one report per fact, numbered per call with `seq`, in order) and, through
+the lease on the edge id (ownership.py), the heartbeat `cc:{t}:edges` (score = now ms). The SIP
+stack runs on its own thread (sip_stack.py); this module is the asyncio side and never touches
+sippy objects.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import time
 from collections.abc import Mapping, Sequence
 
@@ -20,12 +22,17 @@ from callcenter.contract import streams
 from callcenter.contract.codec import DecodeError, Entry
 from callcenter.contract.commands import command_of
 from callcenter.contract.reports import REPORTS, CallEnded, CommandRefused, Report
+from callcenter.redis import REDIS_DOWN
 from callcenter.settings import EdgeSettings
 from callcenter.store.keys import Keys
 from callcenter_sip_edge.facts import Fact
+from callcenter_sip_edge.ownership import IdLease, StartRefused
 from callcenter_sip_edge.sip_stack import SipStack
 
 log = structlog.get_logger(__name__)
+
+# after a failed heartbeat, the next try (Redis may be back any moment)
+HEARTBEAT_RETRY_S = 0.2
 
 # A fact's kind is its report type without `report.`, and its data are the report's fields.
 _REPORT_OF_KIND = {cls.TYPE.removeprefix("report."): cls for cls in REPORTS.values()}
@@ -48,6 +55,7 @@ class EdgeService:
         self.redis = redis
         self.keys = Keys(settings.tenant)
         self.edge_id = settings.edge_id
+        self.lease = IdLease(redis, settings.tenant, self.edge_id, settings.edge_lapse_ms)
         self._seq: dict[str, int] = {}
         self._ended_seq: dict[str, int] = {}   # insertion-ordered: the oldest is evicted first
         self._outbox: asyncio.Queue[Report] = asyncio.Queue()
@@ -133,18 +141,39 @@ class EdgeService:
     # -- lifecycle -----------------------------------------------------------------------------
     async def _heartbeat(self) -> None:
         """Beat until cancelled: also while draining, or the dispatchers would take this edge for
-        lost and end the calls it is still carrying (edge_lost)."""
+        lost and end the calls it is still carrying (edge_lost). Each beat renews the lease on the id;
+        a lost lease (another process took the id) stops this edge as SIGTERM does.
+
+        A beat that took longer than the interval waited for a paused Redis and carries the time
+        it was sent: beat again at once with the time it lands. A failed beat is tried again soon,
+        so the first beat after an outage lands early (the dispatchers allow a fresh lapse then)."""
+        interval = self.settings.heartbeat_interval_ms / 1000
         while True:
+            sent = time.monotonic()
             try:
-                await self.redis.zadd(self.keys.edges, {self.edge_id: int(time.time() * 1000)})
-            except (ConnectionError, OSError, aioredis.RedisError) as exc:
+                if not await self.lease.beat():
+                    self._stop.set()
+                    return
+            except (*REDIS_DOWN, aioredis.RedisError) as exc:   # any error: the beat must go on
                 log.warning("edge.heartbeat_failed", error=repr(exc))
-            await asyncio.sleep(self.settings.heartbeat_interval_ms / 1000)
+                await asyncio.sleep(min(interval, HEARTBEAT_RETRY_S))
+                continue
+            await asyncio.sleep(max(0.0, interval - (time.monotonic() - sent)))
 
     def request_stop(self) -> None:
         self._stop.set()
 
     async def run(self) -> None:
+        """Take the id, bind the port, serve until stopped, drain, release the id."""
+        if not await self.lease.take(self._stop):
+            return
+        try:
+            await self._serve()
+        finally:
+            await self.lease.release()
+        log.info("edge.stopped", edge_id=self.edge_id)
+
+    async def _serve(self) -> None:
         loop = asyncio.get_running_loop()
         s = self.settings
         self.stack = SipStack(host=s.sip_host, port=s.sip_port, on_fact=self.on_fact, loop=loop,
@@ -153,7 +182,13 @@ class EdgeService:
                               invite_burst=s.sip_invite_burst, invite_rate_total=s.sip_invite_rate_total,
                               invite_burst_total=s.sip_invite_burst_total,
                               priority_networks=s.sip_priority_networks)
-        await asyncio.to_thread(self.stack.start)
+        try:
+            await asyncio.to_thread(self.stack.start)
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE:
+                raise
+            raise StartRefused(f"UDP port {s.sip_port} on {s.sip_host} is held by another process "
+                               "(is another edge running there?)") from exc
         log.info("edge.started", edge_id=self.edge_id, sip=f"{s.sip_host}:{s.sip_port}")
         tasks = [asyncio.create_task(self._publish_reports()), asyncio.create_task(self._heartbeat()),
                  asyncio.create_task(self.commands.run())]
@@ -168,10 +203,8 @@ class EdgeService:
             await asyncio.sleep(0.05)
         for task in tasks[:2]:
             task.cancel()
-        await asyncio.gather(*tasks[:2], return_exceptions=True)  # no heartbeat after the ZREM below
+        await asyncio.gather(*tasks[:2], return_exceptions=True)  # no heartbeat after the release
         await asyncio.to_thread(self.stack.stop)
-        await self.redis.zrem(self.keys.edges, self.edge_id)
-        log.info("edge.stopped", edge_id=self.edge_id)
 
     async def _drain(self) -> None:
         """New INVITEs get 503 + Retry-After; calls in progress may finish until the deadline."""

@@ -23,6 +23,8 @@ the one list: `NAMES` and `FAMILIES` below are rendered into the Lua prelude (`K
     cc:{t}:call:<id>              hash   one call's state
     cc:{t}:calls                  set    ids of calls not yet ended
     cc:{t}:edge:<edge>:calls      set    ids of calls not yet ended that this sip-edge owns
+    cc:{t}:edge:<edge>:lease      string the token of the one process that holds this edge id
+                                         (expires after the lapse unless its heartbeat renews it)
     cc:{t}:queue:<flow>           zset   waiting audio calls of a flow, lowest score served first
     cc:{t}:chatq:<flow>           zset   waiting chats of a flow, same order
     cc:{t}:timers                 zset   due timers, member "<kind>|<id>[|<token>]", score = due (ms)
@@ -54,6 +56,7 @@ FAMILIES: dict[str, str] = {
     "skill_serving": "skill:{0}:logged:{1}",
     "skill_free": "skill:{0}:free",
     "edge_calls": "edge:{0}:calls",
+    "edge_lease": "edge:{0}:lease",
     "commands": "commands:{0}",
     "flow_stats": "stats:flow:{0}",
     "sl": "sl:{0}:{1}",
@@ -116,6 +119,9 @@ class Keys:
 
     def edge_calls(self, edge_id: str) -> str:
         return self._family("edge_calls", edge_id)
+
+    def edge_lease(self, edge_id: str) -> str:
+        return self._family("edge_lease", edge_id)
 
     def commands(self, edge_id: str) -> str:
         return self._family("commands", edge_id)

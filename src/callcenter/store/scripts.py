@@ -38,7 +38,7 @@ def report_script(report_type: str) -> str:
 OTHER_SCRIPTS = (
     "agent_login", "agent_logout", "agent_upsert", "agent_delete", "agent_pause", "agent_unpause",
     "agent_release", "dispatch_call", "flow_upsert", "flow_delete", "fire_timers", "reconcile", "stats_reset",
-    "edge_lost",
+    "edge_lost", "edge_beat", "edge_release",
 )
 
 
@@ -207,6 +207,16 @@ class Store:
         """End the calls of an edge whose heartbeat is older than `lapse_ms` (detail: calls ended;
         NOT_FOUND: no heartbeat entry; STALE: the heartbeat is recent)."""
         return await self._run("edge_lost", edge_id, lapse_ms, limit, now=now)
+
+    # -- a sip-edge's id: lease and heartbeat (the edge) ----------------------------------------------
+    async def edge_beat(self, edge_id: str, token: str, lease_ms: int, now: int | None = None) -> Result:
+        """Beat for `edge_id`, taking or renewing its lease for `token` (ALREADY, detail the holder's
+        token: another process holds the id, nothing was written)."""
+        return await self._run("edge_beat", edge_id, token, lease_ms, now=now)
+
+    async def edge_release(self, edge_id: str, token: str, now: int | None = None) -> Result:
+        """Give up the lease and the heartbeat of `edge_id` if `token` holds it (else NOT_FOUND)."""
+        return await self._run("edge_release", edge_id, token, now=now)
 
     # -- provisioning cache ------------------------------------------------------------------------
     async def flow_upsert(self, flow_id: str, fields: dict[str, Any], now: int | None = None) -> Result:

@@ -118,6 +118,11 @@ def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
 
     class EdgeUdpServerOpts(Udp_server_opts):  # type: ignore[misc]
         nworkers = 0   # sippy starts no receiver and no sender thread of its own
+        # sippy sets SO_REUSEADDR (and SO_REUSEPORT with several workers) by default: a second
+        # process could then bind the port of a running edge, and Linux delivers every datagram
+        # to the newest socket, stealing the first edge's dialogs. Without them the second bind
+        # fails with EADDRINUSE (UDP has no TIME_WAIT: a restart may bind at once).
+        flags = 0
 
     class EdgeUdpServer(Udp_server):  # type: ignore[misc]
         def __init__(self, global_config: Any, uopts: Any) -> None:
