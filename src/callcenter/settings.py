@@ -8,9 +8,12 @@ environment at all.
 from __future__ import annotations
 
 import socket
+from typing import Any
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from callcenter.store.config import PARAMS
 
 
 class CommonSettings(BaseSettings):
@@ -29,16 +32,23 @@ class DispatchSettings(CommonSettings):
     seed `cc:{tenant}:config` when it does not exist yet, at the start of the api or of a dispatcher
     (`callcenter.store.config_writes.seed_config`). After that PATCH /v1/config is the only writer,
     and a changed variable takes effect only on an empty config. Defaults and ranges are the
-    registry's (`callcenter.store.config`)."""
+    registry's (`callcenter.store.config`): every field named like a parameter is checked against
+    it, so the environment cannot seed a value PATCH /v1/config would refuse."""
 
-    wrapup_s: int = Field(default=30, ge=0)
-    ring_timeout_s: int = Field(default=20, ge=1)
+    wrapup_s: int = 30
+    ring_timeout_s: int = 20
     reject_on_no_agents: bool = True
-    no_agents_code: int = Field(default=480, ge=400, le=699)
-    queue_pos_param: str = Field(default="cc_pos", pattern=r"^[A-Za-z0-9_.-]{0,32}$")
+    no_agents_code: int = 480
+    queue_pos_param: str = "cc_pos"
     # extra seconds the dispatcher waits beyond the ring timeout before it treats an offer as lost
     # above the consumers' claim time (10 s), so a report held by a dead dispatcher comes in time
-    offer_lease_grace_s: int = Field(default=15, ge=1)
+    offer_lease_grace_s: int = 15
+
+    @field_validator(*(name for name in PARAMS if PARAMS[name].dispatcher_env), mode="after")
+    @classmethod
+    def _in_registry_range(cls, value: Any, info: Any) -> Any:
+        PARAMS[info.field_name].check(value)
+        return value
 
 
 class DispatcherSettings(DispatchSettings):
