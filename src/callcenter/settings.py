@@ -92,3 +92,5 @@ class ApiSettings(DispatchSettings):  # the call-handling variables seed the con
     database_url: str = "sqlite:///callcenter.sqlite3"
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    # a request body over this many bytes gets 413 before it is read whole
+    api_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
