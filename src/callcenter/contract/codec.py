@@ -41,8 +41,9 @@ class Entry:
             object.__setattr__(self, "raw", msgpack.packb(self.data, use_bin_type=True))
 
 
-# Upcasters by (type, version): turn the data of an older version into the current one. None yet;
-# an entry with no upcaster is taken as it is (issue 10 decides how unknown versions are refused).
+# Upcasters by (type, version): turn the data of an older version into the current one. None yet.
+# An entry whose version is neither the registry's nor an upcaster's is refused (DecodeError: the
+# consumer dead-letters it with the reason), so a newer producer's v2 is never read as v1.
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
@@ -91,13 +92,18 @@ def decode(fields: Mapping[Any, Any], entry_id: str | bytes = "") -> Entry:
         raise DecodeError(f"{type_name}: data is not msgpack: {exc!r}") from exc
     if not isinstance(data, dict):
         raise DecodeError(f"{type_name}: data is not a map")
-    upcast = UPCASTERS.get((type_name, version))
-    if upcast is not None:
+    et = TYPES.get(type_name)
+    if et is None:
+        raise DecodeError(f"unknown entry type {type_name!r}")
+    if version != et.version:
+        # an older version is read through its upcaster; any other version is refused, never guessed
+        upcast = UPCASTERS.get((type_name, version))
+        if upcast is None:
+            raise DecodeError(f"{type_name}: version {version} is not known (v{et.version} is read here)")
         data = upcast(data)
         raw = msgpack.packb(data, use_bin_type=True)  # consumers forward the current version
+        version = et.version
     validate(type_name, data)
-    if version < 1:
-        raise DecodeError(f"{type_name}: bad version {version}")
     # a newer producer may add fields (additive changes only); known ones were validated above
     return Entry(type=type_name, v=version, data=data, id=text(entry_id), raw=raw)
 
