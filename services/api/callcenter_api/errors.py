@@ -30,6 +30,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 
+from callcenter.logs import excerpt as cut
 from callcenter.store.codes import RC, StepRefused
 
 log = structlog.get_logger(__name__)
@@ -77,14 +78,16 @@ class ProblemResponse(JSONResponse):
     media_type = MEDIA_TYPE
 
 
-def problem(status_code: int, cause: str | None, detail: str, headers: Mapping[str, str] | None = None,
-            **extensions: Any) -> ProblemResponse:
-    """A problem response; `cause` None is `about:blank` (the title is then the status phrase)."""
+def problem(status_code: int, cause: str | None, detail: str, *, headers: Mapping[str, str] | None = None,
+            extensions: Mapping[str, Any] | None = None) -> ProblemResponse:
+    """A problem response; `cause` None is `about:blank` (the title is then the status phrase).
+    `extensions` are members of their own (RFC 9457 §3.2), e.g. a 422's `errors`."""
     if cause is None:
         body: dict[str, Any] = {"type": "about:blank", "title": HTTPStatus(status_code).phrase}
     else:
         body = {"type": PROBLEM_TYPES + cause, "title": CAUSES[cause]}
-    body.update(status=status_code, detail=detail, **extensions)
+    body.update(extensions or {})
+    body.update(status=status_code, detail=detail)
     return ProblemResponse(body, status_code=status_code, headers=headers)
 
 
@@ -104,7 +107,7 @@ def excerpt(value: Any) -> Any:
             text = json.dumps(value, default=repr)  # NaN and Infinity come out as in the request
         except (ValueError, RecursionError):
             text = repr(value)
-    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
+    return cut(text, EXCERPT_CHARS)
 
 
 def _error_item(error: Any) -> dict[str, Any]:
@@ -124,8 +127,7 @@ async def validation_failed(_request: Request, exc: Exception) -> ProblemRespons
     errors = exc.errors() if isinstance(exc, RequestValidationError) else []
     items = [_error_item(e) for e in errors[:MAX_ERRORS]]
     detail = "; ".join(f"{_where(i['loc'])}: {i['msg']}" for i in items[:3]) or "the request is not valid"
-    return problem(422, "validation-failed", detail, errors=items,
-                   errors_total=len(errors))
+    return problem(422, "validation-failed", detail, extensions={"errors": items, "errors_total": len(errors)})
 
 
 async def step_refused(_request: Request, exc: Exception) -> ProblemResponse:

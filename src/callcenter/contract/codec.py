@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Self, TypeVar
 import msgpack
 
 from callcenter.contract.types import TYPES, EntryType, Num, OptInt
+from callcenter.logs import excerpt
 from callcenter.redis import text
 
 
@@ -57,7 +58,7 @@ def validate(type_name: str, data: Mapping[str, Any]) -> EntryType:
     """Check `data` against the contract of `type_name`; raise DecodeError if it does not hold."""
     et = TYPES.get(type_name)
     if et is None:
-        raise DecodeError(f"unknown entry type {type_name!r}")
+        raise DecodeError(f"unknown entry type {excerpt(type_name)!r}")
     for name, expected in et.required.items():
         if name not in data:
             raise DecodeError(f"{type_name}: missing field {name!r}")
@@ -83,18 +84,19 @@ def decode(fields: Mapping[Any, Any], entry_id: str | bytes = "") -> Entry:
         version = int(text(norm["v"]))
         raw = norm["data"]
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"entry lacks type/v/data: {exc!r}") from exc
+        raise DecodeError(f"entry lacks type/v/data: {excerpt(repr(exc))}") from exc
     if isinstance(raw, str):
         raw = raw.encode("latin-1")
     try:
         data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated exception types
-        raise DecodeError(f"{type_name}: data is not msgpack: {exc!r}") from exc
+        # by name only: the repr of some (ExtraData) holds the whole payload
+        raise DecodeError(f"{type_name}: data is not msgpack: {type(exc).__name__}") from exc
     if not isinstance(data, dict):
         raise DecodeError(f"{type_name}: data is not a map")
     et = TYPES.get(type_name)
     if et is None:
-        raise DecodeError(f"unknown entry type {type_name!r}")
+        raise DecodeError(f"unknown entry type {excerpt(type_name)!r}")
     if version != et.version:
         # an older version is read through its upcaster; any other version is refused, never guessed
         upcast = UPCASTERS.get((type_name, version))

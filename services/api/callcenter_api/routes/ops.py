@@ -46,7 +46,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     failed = [name for name, result in checks.items() if result != "ok"]
     if failed:  # a problem (RFC 9457) like every error, with the checks as extension members
         return problem(status.HTTP_503_SERVICE_UNAVAILABLE, "not-ready", f"{', '.join(failed)} unreachable",
-                       **checks)
+                       extensions=checks)
     return JSONResponse({"status": "ok", **checks})
 
 
