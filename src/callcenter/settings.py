@@ -7,24 +7,56 @@ environment at all.
 
 from __future__ import annotations
 
+import re
 import socket
+from collections.abc import Iterator
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from callcenter.store.config import PARAMS
 
+# query parameters of a URL that carry a secret (libpq's password/sslpassword, redis-py's password)
+_SECRET_PARAM = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """`url` fit to print: the password of its userinfo and any secret query parameter as `***`."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, host = netloc.rpartition("@")
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if netloc == parts.netloc and not any(_SECRET_PARAM.search(k) for k, _v in pairs):
+            return url
+        query = urlencode([(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="*")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:  # not a URL we can take apart: show none of it
+        return "***"
+
 
 class CommonSettings(BaseSettings):
+    """Settings of every service. The `*_url` fields may hold passwords: repr() and str() show
+    them redacted (`redact_url`), so printing or logging settings never shows a secret."""
+
     model_config = SettingsConfigDict(env_prefix="CC_", extra="ignore")
 
     redis_url: str = "redis://127.0.0.1:6379/0"
     tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "info"
-    # health endpoint (GET /healthz, /readyz) of non-HTTP services; 0 disables it
+    # health endpoint (GET /healthz, /readyz) of non-HTTP services; 0 disables it. Loopback unless
+    # widened (a container whose probes come from outside sets 0.0.0.0)
+    health_host: str = "127.0.0.1"
     health_port: int = 0
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name and name.endswith("_url") and isinstance(value, str) else value
 
 
 class DispatchSettings(CommonSettings):
