@@ -21,6 +21,10 @@ Consumer contract (dispatcher, cdr-writer, any analytics consumer built on it):
 - `request_stop()` (called by a signal handler) only flips a flag: the loop finishes the batch
   in hand, acknowledges it, and returns.
 
+Logs never carry a payload whole: a dead letter's log line has the reason cut to `LOG_EXCERPT`
+characters and the payload's size (`payload_bytes`); the dead-letter record keeps the original
+fields whole, with the reason cut to `DEAD_REASON_MAX`.
+
 Log context: around the handling of a batch, `stream` is bound with `structlog.contextvars`, and
 `entry_id` and `call_id` (when its data has one) when the batch is one entry; a handler binds
 them per entry of a larger batch with `entry_context(entry)`.
@@ -40,11 +44,20 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from callcenter.contract.codec import DecodeError, Entry, decode
+from callcenter.logs import excerpt
 from callcenter.redis import REDIS_DOWN, text
 
 log = structlog.get_logger(__name__)
 
 DEAD_MAXLEN = 100_000
+# a reason can quote the payload (a decode error names what it found): logged up to this many
+# characters, stored in the dead-letter record up to DEAD_REASON_MAX
+LOG_EXCERPT = 200
+DEAD_REASON_MAX = 1000
+
+
+def _size(fields: Mapping[Any, Any]) -> int:
+    return sum(len(k) + len(v if isinstance(v, bytes | str) else str(v)) for k, v in fields.items())
 
 
 class Outcome(enum.Enum):
@@ -259,7 +272,8 @@ class StreamConsumer:
                  entry_context(good[0]) if len(good) == 1 else contextlib.nullcontext():
                 verdicts = await self.handler(good)
         except Exception as exc:  # the handler's failure must not kill the loop: leave them pending
-            log.exception("consumer.handler_failed", stream=self.stream, count=len(good), error=repr(exc))
+            log.exception("consumer.handler_failed", stream=self.stream, count=len(good),
+                          error=excerpt(repr(exc), LOG_EXCERPT))
             await asyncio.sleep(0.1)
             return
         to_ack: list[str] = []
@@ -277,7 +291,7 @@ class StreamConsumer:
 
     async def dead_letter(self, entry_id: str, fields: Mapping[Any, Any], reason: str) -> None:
         record: dict[Any, Any] = {"stream": self.stream, "group": self.group, "entry_id": entry_id,
-                                  "error": reason}
+                                  "error": excerpt(reason, DEAD_REASON_MAX)}
         for k, v in fields.items():
             record[f"orig_{text(k)}"] = v
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -285,4 +299,5 @@ class StreamConsumer:
             pipe.xack(self.stream, self.group, entry_id)
             await pipe.execute()
         self.dead_lettered += 1
-        log.warning("consumer.dead_letter", stream=self.stream, entry_id=entry_id, error=reason)
+        log.warning("consumer.dead_letter", stream=self.stream, entry_id=entry_id, error=excerpt(reason, LOG_EXCERPT),
+                    payload_bytes=_size(fields))

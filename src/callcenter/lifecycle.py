@@ -74,6 +74,7 @@ def start_from_command_line(prog: str, description: str, settings_type: type[S],
 
 
 async def run_service(name: str, *, redis: aioredis.Redis, health_port: int, ready: ReadyCheck,
+                      health_host: str = "127.0.0.1",
                       work: Callable[[], Awaitable[object]], on_stop: Callable[[], None],
                       loops: Sequence[Loop] = (), prepare: Callable[[asyncio.Event], Awaitable[bool]] | None = None,
                       close: Callable[[], None] | None = None, stop: asyncio.Event | None = None,
@@ -83,6 +84,7 @@ async def run_service(name: str, *, redis: aioredis.Redis, health_port: int, rea
     `work` is the service's main task (a consumer's `run`): it ends by itself after `on_stop`.
     `loops` run until `stop` is set. `prepare` returns False when stopped before it was done:
     the work is then never started. `drain_s` stays below the pod's termination grace period.
+    The health endpoint listens on `health_host:health_port` (loopback unless a service widens it).
     """
     stop = stop or asyncio.Event()
     # not in the main thread (tests run a service in-process): the caller sets `stop` instead
@@ -92,7 +94,7 @@ async def run_service(name: str, *, redis: aioredis.Redis, health_port: int, rea
     async def ready_unless_stopping() -> bool:
         return not stop.is_set() and await ready()
 
-    health = await serve_health("0.0.0.0", health_port, ready_unless_stopping) if health_port else None
+    health = await serve_health(health_host, health_port, ready_unless_stopping) if health_port else None
     try:
         if prepare is None or await prepare(stop):
             await _run_until_stopped(name, work, on_stop, loops, stop, drain_s)

@@ -49,3 +49,9 @@ def configure_logging(level: str = "info", fmt: str = "auto") -> None:
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+def excerpt(value: str, limit: int = 200) -> str:
+    """`value` cut to `limit` characters, saying how long it was: for text from outside (a payload,
+    a client's value, an error quoting either) in a log line or an error message."""
+    return value if len(value) <= limit else f"{value[:limit]}… ({len(value)} chars)"

@@ -7,14 +7,42 @@ environment at all.
 
 from __future__ import annotations
 
+import re
 import socket
+from collections.abc import Iterator
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from callcenter.store.config import PARAMS
+
+# query parameters of a URL that carry a secret (libpq's password/sslpassword, redis-py's password)
+_SECRET_PARAM = re.compile(r"pass|secret|token|key", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """`url` fit to print: the password of its userinfo and any secret query parameter as `***`."""
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        if parts.password is not None:
+            userinfo, _, host = netloc.rpartition("@")
+            netloc = f"{userinfo.split(':', 1)[0]}:***@{host}"
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        if netloc == parts.netloc and not any(_SECRET_PARAM.search(k) for k, _v in pairs):
+            return url
+        query = urlencode([(k, "***" if _SECRET_PARAM.search(k) else v) for k, v in pairs], safe="*")
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    except ValueError:  # not a URL we can take apart: show none of it
+        return "***"
 
 
 class CommonSettings(BaseSettings):
-    """Settings every service reads (`CC_*`): Redis, tenant, logging, health port."""
+    """Settings every service reads (`CC_*`): Redis, tenant, logging, health. The `*_url` fields
+    may hold passwords: repr() and str() show them redacted (`redact_url`), so printing or logging
+    settings never shows a secret."""
 
     model_config = SettingsConfigDict(env_prefix="CC_", extra="ignore")
 
@@ -22,8 +50,14 @@ class CommonSettings(BaseSettings):
     tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
     log_level: str = "info"
-    # health endpoint (GET /healthz, /readyz) of non-HTTP services; 0 disables it
+    # health endpoint (GET /healthz, /readyz) of non-HTTP services; 0 disables it. Loopback unless
+    # widened (a container whose probes come from outside sets 0.0.0.0)
+    health_host: str = "127.0.0.1"
     health_port: int = 0
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name and name.endswith("_url") and isinstance(value, str) else value
 
 
 class DispatchSettings(CommonSettings):
@@ -31,16 +65,23 @@ class DispatchSettings(CommonSettings):
     seed `cc:{tenant}:config` when it does not exist yet, at the start of the api or of a dispatcher
     (`callcenter.store.config_writes.seed_config`). After that PATCH /v1/config is the only writer,
     and a changed variable takes effect only on an empty config. Defaults and ranges are the
-    registry's (`callcenter.store.config`)."""
+    registry's (`callcenter.store.config`): every field named like a parameter is checked against
+    it, so the environment cannot seed a value PATCH /v1/config would refuse."""
 
-    wrapup_s: int = Field(default=30, ge=0)
-    ring_timeout_s: int = Field(default=20, ge=1)
+    wrapup_s: int = 30
+    ring_timeout_s: int = 20
     reject_on_no_agents: bool = True
-    no_agents_code: int = Field(default=480, ge=400, le=699)
-    queue_pos_param: str = Field(default="cc_pos", pattern=r"^[A-Za-z0-9_.-]{0,32}$")
+    no_agents_code: int = 480
+    queue_pos_param: str = "cc_pos"
     # extra seconds the dispatcher waits beyond the ring timeout before it treats an offer as lost
     # above the consumers' claim time (10 s), so a report held by a dead dispatcher comes in time
-    offer_lease_grace_s: int = Field(default=15, ge=1)
+    offer_lease_grace_s: int = 15
+
+    @field_validator(*(name for name in PARAMS if PARAMS[name].dispatcher_env), mode="after")
+    @classmethod
+    def _in_registry_range(cls, value: Any, info: Any) -> Any:
+        PARAMS[info.field_name].check(value)
+        return value
 
 
 class DispatcherSettings(DispatchSettings):
@@ -105,3 +146,5 @@ class ApiSettings(DispatchSettings):  # the call-handling variables seed the con
     database_url: str = "sqlite:///callcenter.sqlite3"
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    # a request body over this many bytes gets 413 before it is read whole
+    api_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)

@@ -351,6 +351,48 @@ def test_secret_references_resolve_or_are_documented(overlay: tuple[str, list[di
                     assert (ref["name"], ref["key"]) in rendered | examples, f"{w['metadata']['name']}: {ref}"
 
 
+def test_health_endpoints_listen_where_their_probes_reach(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    """Health binds loopback by default; the kubelet probes the pod's IP, so a service probed on
+    CC_HEALTH_PORT is told CC_HEALTH_HOST=0.0.0.0 (and the api CC_API_HOST)."""
+    _, objects = overlay
+    assert field_default("health_host") == "127.0.0.1"
+    for w in workloads(objects):
+        for c in pod_spec(w)["containers"]:
+            if is_callcenter(c):
+                env = container_env(c, objects)
+                host = env.get("CC_HEALTH_HOST") if "CC_HEALTH_PORT" in env else env.get("CC_API_HOST")
+                assert host == "0.0.0.0", f"{w['metadata']['name']}: probes would find nothing listening"
+
+
+def secret_value(objects: list[dict[str, Any]], ref: dict[str, Any]) -> str:
+    secret = by_name(objects, "Secret", ref["name"])
+    return str(secret.get("stringData", {})[ref["key"]])
+
+
+def test_redis_wants_a_password_from_a_secret(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    """No shipped configuration runs Redis without a password: every service reads CC_REDIS_URL
+    from a Secret, and the dev Redis requires the password of that same Secret."""
+    name, objects = overlay
+    refs = []
+    for w in workloads(objects):
+        for c in pod_spec(w)["containers"]:
+            if is_callcenter(c):
+                url = container_env(c, objects)["CC_REDIS_URL"]
+                assert isinstance(url, dict) and "secretKeyRef" in url, f"{w['metadata']['name']}: {url}"
+                refs.append(url["secretKeyRef"])
+    redis = [w for w in workloads(objects) if w["metadata"]["name"] == "redis"]
+    assert bool(redis) == (name == "dev"), name  # production's Redis is outside the cluster
+    for w in redis:
+        (c,) = pod_spec(w)["containers"]
+        env = container_env(c, objects)
+        password_ref = env["REDIS_PASSWORD"]["secretKeyRef"]
+        assert c["args"][c["args"].index("--requirepass") + 1] == "$(REDIS_PASSWORD)"
+        assert env["REDISCLI_AUTH"] == env["REDIS_PASSWORD"], "the readiness probe's redis-cli authenticates"
+        password = secret_value(objects, password_ref)
+        for ref in refs:
+            assert f":{password}@redis:6379/" in secret_value(objects, ref), ref
+
+
 def test_autoscalers_target_the_tenant_streams(overlay: tuple[str, list[dict[str, Any]]]) -> None:
     name, objects = overlay
     scaled = [o for o in objects if o["kind"] == "ScaledObject"]
@@ -462,6 +504,17 @@ def test_compose_env_vars_are_settings(compose: dict[str, Any]) -> None:
     edge = compose["services"]["sip-edge"]
     grace = edge["stop_grace_period"]
     assert grace.endswith("s") and float(grace[:-1]) > float(edge["environment"]["CC_DRAIN_TIMEOUT_S"])
+
+
+def test_compose_redis_wants_a_password(compose: dict[str, Any]) -> None:
+    services = compose["services"]
+    command = services["redis"]["command"]
+    password = command[command.index("--requirepass") + 1]
+    assert password == "${REDIS_PASSWORD:-callcenter-dev}"
+    assert services["redis"]["environment"]["REDISCLI_AUTH"] == password  # its healthcheck's redis-cli
+    for name, svc in services.items():
+        if "CC_REDIS_URL" in svc.get("environment", {}):
+            assert svc["environment"]["CC_REDIS_URL"] == f"redis://:{password}@redis:6379/0", name
 
 
 # -- Dockerfile ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from problems import problem
 from sqlalchemy.orm import Session
 
 from callcenter.contract.codec import encode
@@ -107,11 +108,10 @@ async def test_provisioning_round_trip(app_services: tuple[httpx.AsyncClient, Se
 
 async def test_unknown_things_are_404_with_a_clear_message(api: httpx.AsyncClient) -> None:
     r = await api.post("/v1/agents/ghost/login")
-    assert r.status_code == 404
-    assert r.json() == {"detail": "agent 'ghost' does not exist"}
+    assert problem(r, 404, "not-found")["detail"] == "agent 'ghost' does not exist"
     assert (await api.post("/v1/agents/ghost/logout")).status_code == 404
-    assert (await api.get("/v1/agents/ghost")).json() == {"detail": "agent 'ghost' does not exist"}
-    assert (await api.get("/v1/flows/nope")).json() == {"detail": "flow 'nope' does not exist"}
+    assert problem(await api.get("/v1/agents/ghost"), 404, "not-found")["detail"] == "agent 'ghost' does not exist"
+    assert problem(await api.get("/v1/flows/nope"), 404, "not-found")["detail"] == "flow 'nope' does not exist"
     assert (await api.delete("/v1/flows/nope")).status_code == 404
     assert (await api.delete("/v1/agents/ghost")).status_code == 404
     assert (await api.get("/v1/calls/c-none")).status_code == 404
@@ -154,8 +154,7 @@ async def test_login_logout_states(api: httpx.AsyncClient, redis: aioredis.Redis
                                  "sip:alice@host:99999", "alice@host", "sip:alice@-host"])
 async def test_bad_sip_uri_is_422(api: httpx.AsyncClient, uri: str) -> None:
     r = await api.put("/v1/agents/alice", json={**AGENT, "uri": uri})
-    assert r.status_code == 422, uri
-    assert r.json()["detail"][0]["loc"] == ["body", "uri"]
+    assert problem(r, 422, "validation-failed")["errors"][0]["loc"] == ["body", "uri"], uri
     r = await api.put("/v1/flows/f1", json={**FLOW, "queue_uri": uri})
     assert r.status_code == 422, uri
 
@@ -250,8 +249,7 @@ async def test_delete_rules(app_services: tuple[httpx.AsyncClient, Services], re
     await api.put("/v1/agents/alice", json=AGENT)
     await api.post("/v1/agents/alice/login")
     r = await api.delete("/v1/agents/alice")
-    assert r.status_code == 409
-    assert "logged in" in r.json()["detail"]
+    assert "logged in" in problem(r, 409, "invalid-state")["detail"]
     await api.post("/v1/agents/alice/logout")
     assert (await api.delete("/v1/agents/alice")).status_code == 204
     assert (await api.get("/v1/agents/alice")).status_code == 404
@@ -260,8 +258,8 @@ async def test_delete_rules(app_services: tuple[httpx.AsyncClient, Services], re
 
     await queue_a_call(redis, "c9")
     r = await api.delete("/v1/flows/sales-line")
-    assert r.status_code == 409
-    assert r.json() == {"detail": "flow 'sales-line' cannot be deleted: calls are waiting in this flow"}
+    assert problem(r, 409, "invalid-state")["detail"] == ("flow 'sales-line' cannot be deleted: calls are "
+                                                          "waiting in this flow")
     assert await services.sql(lambda s: s.get(Flow, "sales-line")) is not None
     await redis.delete(f"cc:{{{TENANT}}}:queue:sales-line")
     assert (await api.delete("/v1/flows/sales-line")).status_code == 204
@@ -318,8 +316,9 @@ async def test_readyz_is_503_when_redis_is_gone(settings: ApiSettings, redis: ai
         await services.redis.aclose()
         services.redis = aioredis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=0.2)
         r = await api.get("/readyz")
-        assert r.status_code == 503 and r.json()["sql"] == "ok" and r.json()["redis"].startswith("error")
-        assert (await api.get("/v1/queues")).status_code == 503
+        body = problem(r, 503, "not-ready")
+        assert body["sql"] == "ok" and body["redis"].startswith("error") and body["detail"] == "redis unreachable"
+        problem(await api.get("/v1/queues"), 503, "redis-unavailable")
 
 
 async def test_api_starts_before_its_redis_and_seeds_it_when_it_comes_up(tmp_path: Path) -> None:
@@ -374,3 +373,99 @@ async def test_two_seeds_at_once_write_one_whole_config(redis: aioredis.Redis) -
     winner = first if done[0] else second
     assert hash_of(await redis.hgetall(keys.config)) == {k: str(v) for k, v in winner.items()}
     assert await seed_config(redis, keys, first) is False
+
+
+# -- hostile input: bounds, strict types, path-like ids, body cap, problem responses (issue 10) --------
+
+@pytest.mark.parametrize("raw", ['{"wrapup_s": NaN}', '{"wrapup_s": Infinity}', '{"wrapup_s": -Infinity}',
+                                 '{"events_maxlen": 1e30}', '{"events_maxlen": 100000001}'])
+async def test_non_finite_and_huge_numbers_are_422(api: httpx.AsyncClient, raw: str) -> None:
+    r = await api.patch("/v1/config", content=raw, headers={"content-type": "application/json"})
+    body = problem(r, 422, "validation-failed")
+    assert body["errors"][0]["loc"][:2] == ["body", raw.split('"')[1]], body
+    assert (await api.get("/v1/config")).json()["events_maxlen"] == 1_000_000
+
+
+@pytest.mark.parametrize("body", [{"wrapup_s": "10"}, {"wrapup_s": True}, {"wrapup_s": 10.0},
+                                  {"reject_on_no_agents": 1}, {"reject_on_no_agents": "true"}])
+async def test_no_coercion_of_config_values(app_services: tuple[httpx.AsyncClient, Services],
+                                            body: dict[str, Any]) -> None:
+    api, services = app_services
+    problem(await api.patch("/v1/config", json=body), 422, "validation-failed")
+    assert await services.redis.hgetall(services.store.keys.config) == {}
+
+
+async def test_no_coercion_of_body_numbers(api: httpx.AsyncClient) -> None:
+    for change in ({"priority": "3"}, {"priority": True}, {"max_wait_s": "0"}, {"dissuading_hangup": 0}):
+        problem(await api.put("/v1/flows/f1", json={**FLOW, **change}), 422, "validation-failed")
+    for change in ({"wrapup_s": "5"}, {"chat_capacity": False}, {"skills": "sales"}):
+        problem(await api.put("/v1/agents/a1", json={**AGENT, **change}), 422, "validation-failed")
+    assert (await api.get("/v1/flows")).json() == [] and (await api.get("/v1/agents")).json() == []
+
+
+@pytest.mark.parametrize("bad_id", ["%2E", "%2E%2E", "..", ".hidden", "-rf", "a%2Fb", "x" * 129])
+async def test_path_like_ids_are_refused(api: httpx.AsyncClient, bad_id: str) -> None:
+    for path in (f"/v1/flows/{bad_id}", f"/v1/agents/{bad_id}"):
+        r = await api.put(path, json=FLOW if "flows" in path else AGENT)
+        assert r.status_code in (404, 405, 422), (path, r.status_code)  # never created
+        assert r.status_code != 201
+    for path in (f"/v1/calls/{bad_id}", f"/v1/agents/{bad_id}/login"):
+        assert (await api.request("GET" if "calls" in path else "POST", path)).status_code in (404, 422)
+    assert (await api.get("/v1/flows")).json() == [] and (await api.get("/v1/agents")).json() == []
+
+
+@pytest.mark.parametrize("bad_id", ["%2E", "%2E%2E", ".hidden", "-rf"])
+async def test_dot_ids_are_422_with_a_problem(api: httpx.AsyncClient, bad_id: str) -> None:
+    problem(await api.put(f"/v1/flows/{bad_id}", json=FLOW), 422, "validation-failed")
+    problem(await api.put(f"/v1/agents/{bad_id}", json=AGENT), 422, "validation-failed")
+    problem(await api.get(f"/v1/calls/{bad_id}"), 422, "validation-failed")
+    r = await api.post("/v1/calls/c1/dispatch", json={"agent_id": bad_id.replace("%2E", ".")})
+    problem(r, 422, "validation-failed")
+
+
+async def test_a_422_echoes_only_a_short_excerpt(api: httpx.AsyncClient) -> None:
+    huge = "sip:" + "a" * 60_000 + "@host"
+    r = await api.put("/v1/agents/alice", json={"uri": huge, "skills": ["s"]})
+    body = problem(r, 422, "validation-failed")
+    assert len(r.content) < 2000, len(r.content)
+    assert body["errors"][0]["loc"] == ["body", "uri"]
+    # a missing field's input is the whole body: it is cut too
+    r = await api.put("/v1/agents/alice", json={"skills": ["s"] * 60, "uri": None, "note": "n" * 50_000})
+    assert r.status_code == 422 and len(r.content) < 4000, len(r.content)
+
+
+async def test_a_body_over_the_cap_is_413_before_it_is_read(settings: ApiSettings, redis: aioredis.Redis) -> None:
+    capped = settings.model_copy(update={"api_max_body_bytes": 1024})
+    async with running(capped) as (api, _):
+        big = {**AGENT, "uri": "sip:" + "a" * 2000 + "@host"}
+        problem(await api.put("/v1/agents/alice", json=big), 413, "body-too-large")
+
+        async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the stream is counted
+            yield b'{"skills": ["s"], "uri": "sip:'
+            for _ in range(10):
+                yield b"a" * 200
+            yield b'@host"}'
+
+        r = await api.put("/v1/agents/alice", content=chunks(), headers={"content-type": "application/json"})
+        problem(r, 413, "body-too-large")
+        r = await api.put("/v1/agents/alice", headers={"content-length": "999999999", "content-type":
+                                                       "application/json"}, content=b"{}")
+        problem(r, 413, "body-too-large")
+        assert (await api.get("/v1/agents")).json() == []
+        assert (await api.put("/v1/agents/alice", json=AGENT)).status_code == 201  # under the cap
+    assert ApiSettings().api_max_body_bytes == 64 * 1024
+
+
+async def test_every_error_is_a_problem(api: httpx.AsyncClient) -> None:
+    assert problem(await api.get("/v1/agents/ghost"), 404, "not-found")["detail"] == "agent 'ghost' does not exist"
+    problem(await api.get("/v1/no-such-route"), 404, "not-found")
+    problem(await api.delete("/v1/config"), 405, "method-not-allowed")
+    problem(await api.put("/v1/agents/alice", content=b"{", headers={"content-type": "application/json"}),
+            422, "validation-failed")
+    await api.put("/v1/agents/alice", json=AGENT)
+    await api.post("/v1/agents/alice/login")
+    body = problem(await api.delete("/v1/agents/alice"), 409, "invalid-state")
+    assert "logged in" in body["detail"]
+    openapi = (await api.get("/openapi.json")).json()
+    assert "application/problem+json" in openapi["paths"]["/v1/agents/{agent_id}"]["put"]["responses"]["422"][
+        "content"]

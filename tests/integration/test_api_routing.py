@@ -17,6 +17,7 @@ import httpx
 import pytest
 import redis.asyncio as aioredis
 from fastapi import FastAPI
+from problems import problem
 from pydantic import ValidationError
 
 from callcenter.contract.codec import decode, encode
@@ -198,8 +199,7 @@ async def test_flow_routing_fields_in_sql_cache_reseed_and_reload(d: Driver, set
 ])
 async def test_flow_routing_validation(d: Driver, change: dict[str, Any], message: str) -> None:
     r = await d.api.put("/v1/flows/sales-line", json={**FLOW, **change})
-    assert r.status_code == 422, r.text
-    assert message in str(r.json()["detail"]), r.json()
+    assert message in str(problem(r, 422, "validation-failed")["errors"]), r.json()
     assert (await d.api.get("/v1/flows/sales-line")).status_code == 404
 
 
@@ -247,10 +247,9 @@ async def test_pause_and_unpause(d: Driver) -> None:
 async def test_pause_errors(d: Driver) -> None:
     await d.provision(login=False)
     r = await d.api.post("/v1/agents/alice/pause", json={"reason": "lunch"})
-    assert r.status_code == 409
-    assert r.json() == {"detail": "agent 'alice' cannot be paused: agent is not logged in"}
+    assert problem(r, 409, "invalid-state")["detail"] == "agent 'alice' cannot be paused: agent is not logged in"
     r = await d.api.post("/v1/agents/ghost/pause", json={"reason": "lunch"})
-    assert (r.status_code, r.json()) == (404, {"detail": "agent 'ghost' does not exist"})
+    assert problem(r, 404, "not-found")["detail"] == "agent 'ghost' does not exist"
     assert (await d.api.post("/v1/agents/ghost/unpause")).status_code == 404
     assert (await d.api.post("/v1/agents/ghost/release")).status_code == 404
     for body in ({}, {"reason": ""}, {"reason": "a b"}, {"reason": "x" * 65}, {"reason": "ok", "until": 5}):
@@ -333,8 +332,9 @@ async def test_internal_dispatching_off_then_dispatch_by_api(d: Driver) -> None:
         ("c2", "ghost", 404, "agent 'ghost' does not exist"),
     ]
     for call_id, agent_id, code, detail in cases:
+        cause = "not-found" if code == 404 else "invalid-state"
         r = await d.api.post(f"/v1/calls/{call_id}/dispatch", json={"agent_id": agent_id})
-        assert (r.status_code, r.json()) == (code, {"detail": detail})
+        assert problem(r, code, cause)["detail"] == detail
     assert (await d.api.post("/v1/calls/c2/dispatch", json={"agent": "alice"})).status_code == 422
     assert (await d.api.post("/v1/calls/c2/dispatch", json={"agent_id": "a,b"})).status_code == 422
 
@@ -507,7 +507,7 @@ async def test_service_level_windows(d: Driver) -> None:
     r = await d.api.get("/v1/service-level", params={"flow_id": "other"})
     assert [f["threshold_s"] for f in r.json()] == [45]
     r = await d.api.get("/v1/service-level", params={"flow_id": "nope"})
-    assert (r.status_code, r.json()) == (404, {"detail": "flow 'nope' does not exist"})
+    assert problem(r, 404, "not-found")["detail"] == "flow 'nope' does not exist"
     assert (await d.api.get("/v1/service-level", params={"flow_id": "a:b"})).status_code == 422
 
     # an hour later, the buckets are out of every window

@@ -196,3 +196,34 @@ async def test_consumer_loop_survives_a_redis_restart_with_persistence() -> None
             task.exception()  # retrieved: the failure is the assertion above, not an asyncio warning
         await client.aclose()
         server.stop()
+
+
+async def test_a_huge_bad_payload_is_logged_as_an_excerpt_with_its_size(redis: aioredis.Redis) -> None:
+    """An 8 MB dead letter is one short log line, not an 8 MB one (issue 10 item 6)."""
+    garbage = b"\x01" + b"a" * 8_000_000  # msgpack says ExtraData and its repr holds every byte
+    await redis.xadd(STREAM, {"type": "agent.logged_in", "v": "1", "data": garbage})
+    await redis.xadd(STREAM, {"type": "t" * 100_000, "v": "1", "data": b"\x80"})
+
+    async def handler(entries: Sequence[Entry]) -> Mapping[str, Verdict]:
+        return {e.id: ACK for e in entries}
+
+    consumer = make(redis, handler)
+    with capture_logs() as logs:
+        task = asyncio.create_task(consumer.run())
+
+        async def dead() -> bool:
+            return await redis.xlen(DEAD) == 2
+
+        await wait_for(dead)
+        consumer.request_stop()
+        await asyncio.wait_for(task, 5)
+    lines = [line for line in logs if line["event"] == "consumer.dead_letter"]
+    assert len(lines) == 2
+    for line in lines:
+        assert len(repr(line)) < 1000, repr(line)[:300]
+        assert line["error"].startswith(("undecodable: agent.logged_in: data is not msgpack",
+                                          "undecodable: unknown entry type"))
+    assert lines[0]["payload_bytes"] >= 8_000_000 and lines[1]["payload_bytes"] >= 100_000
+    for _, record in await redis.xrange(DEAD):
+        assert len(record[b"error"]) <= 1000  # the reason is cut; the original fields are kept whole
+    assert len((await redis.xrange(DEAD))[0][1][b"orig_data"]) == len(garbage)

@@ -8,7 +8,7 @@ from pathlib import Path
 import msgpack
 import pytest
 
-from callcenter.contract.codec import DecodeError, Entry, decode, encode
+from callcenter.contract.codec import UPCASTERS, DecodeError, Entry, decode, encode
 from callcenter.contract.types import TYPES, lua_version_table
 
 GOLDEN = Path(__file__).resolve().parents[2] / "docs" / "events" / "golden"
@@ -76,4 +76,22 @@ def test_decode_keeps_the_raw_data_bytes() -> None:
 
 def test_an_entry_built_by_hand_gets_its_raw_bytes_from_its_data() -> None:
     entry = Entry(type="command.hangup", v=1, data={"call_id": "c", "reason": "x"})
+    assert msgpack.unpackb(entry.raw) == entry.data
+
+
+@pytest.mark.parametrize("version", [b"0", b"2", b"99", b"-1"])
+def test_a_version_the_registry_does_not_know_is_refused(version: bytes) -> None:
+    """Not taken as v1 (issue 10 item 10): the consumer dead-letters it with this reason."""
+    data = msgpack.packb({"ts": 1, "call_id": "c", "flow": "f", "position": 3})
+    with pytest.raises(DecodeError, match=r"call\.queued: version .* not known"):
+        decode({b"type": b"call.queued", b"v": version, b"data": data})
+    assert decode({b"type": b"call.queued", b"v": b"1", b"data": data}).v == 1
+
+
+def test_an_older_version_with_an_upcaster_is_taken_as_the_current_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    old = msgpack.packb({"ts": 1, "call_id": "c", "flow": "f", "pos": 3})
+    monkeypatch.setitem(UPCASTERS, ("call.queued", 0),
+                        lambda d: {**{k: v for k, v in d.items() if k != "pos"}, "position": d["pos"]})
+    entry = decode({b"type": b"call.queued", b"v": b"0", b"data": old})
+    assert entry.v == TYPES["call.queued"].version and entry.data["position"] == 3
     assert msgpack.unpackb(entry.raw) == entry.data

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
+from callcenter import lifecycle
 from callcenter.lifecycle import run_service
 from callcenter_dev.servers import RedisServer, free_port
 
@@ -132,3 +134,23 @@ async def test_a_failing_work_fails_the_service_and_stops_its_loops(client: Clie
         await asyncio.wait_for(run_service("broken", redis=client, health_port=0, ready=ready, work=broken,
                                            on_stop=lambda: None, loops=[loop]), 2)
     assert loop_ended.is_set()
+
+
+async def test_health_binds_loopback_unless_told(client: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Health endpoints are not exposed beyond the host by default (issue 10 item 10)."""
+    bound: list[str] = []
+    real = lifecycle.serve_health
+
+    async def recording(host: str, port: int, ready: Any) -> asyncio.Server:
+        bound.append(host)
+        return await real(host, port, ready)
+
+    monkeypatch.setattr(lifecycle, "serve_health", recording)
+    stop = asyncio.Event()
+    work = Work(drain_s=0)
+    service = asyncio.create_task(run_service("bind", redis=client, health_port=free_port(), ready=ready,
+                                              work=work.run, on_stop=work.request_stop, stop=stop))
+    await asyncio.wait_for(work.started.wait(), 2)
+    stop.set()
+    await asyncio.wait_for(service, 2)
+    assert bound == ["127.0.0.1"]  # services pass CC_HEALTH_HOST to widen it

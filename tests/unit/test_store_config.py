@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from pydantic import ValidationError
 
 from callcenter.settings import DispatchSettings
 from callcenter.store.config import CALL_HANDLING, PARAMS, Param, lua_defaults_table, lua_value, param
@@ -56,3 +57,34 @@ def test_lua_table() -> None:
     assert lua_value(False) == "0"
     with pytest.raises(ValueError):
         lua_value("it's")
+
+
+def test_every_number_has_both_bounds_redis_takes() -> None:
+    """No parameter without a range: a stream MAXLEN of 1e30 is an error in every XADD (issue 10)."""
+    for p in CALL_HANDLING:
+        if p.type is int:
+            assert p.ge is not None and p.le is not None, p.name
+    for name in ("events_maxlen", "commands_maxlen"):
+        assert param(name).le is not None and param(name).le <= 100_000_000
+
+
+@pytest.mark.parametrize(("name", "value"), [("wrapup_s", 86_401), ("ring_timeout_s", 601),
+                                             ("offer_lease_grace_s", 0), ("queue_pos_param", ""),
+                                             ("no_agents_code", 700)])
+def test_the_environment_cannot_seed_what_patch_refuses(name: str, value: object) -> None:
+    """DispatchSettings checks its call-handling fields against the registry's ranges."""
+    param(name).check(param(name).default)
+    with pytest.raises(ValueError, match=name):
+        param(name).check(value)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        DispatchSettings(**{name: value})
+
+
+def test_check_refuses_the_wrong_type() -> None:
+    with pytest.raises(ValueError, match="events_maxlen"):
+        param("events_maxlen").check(True)
+    with pytest.raises(ValueError, match="chat_dispatch_policy"):
+        param("chat_dispatch_policy").check("greedy")
+    param("events_maxlen").check(100_000_000)
+    with pytest.raises(ValueError, match="events_maxlen"):
+        param("events_maxlen").check(100_000_001)

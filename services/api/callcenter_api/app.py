@@ -13,19 +13,15 @@ from contextlib import asynccontextmanager
 
 import redis.asyncio as aioredis
 import structlog
-from fastapi import Depends, FastAPI, Request, status
-from fastapi.responses import JSONResponse
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import OperationalError
+from fastapi import Depends, FastAPI
 from sqlalchemy.orm import sessionmaker
 
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.redis import REDIS_DOWN
 from callcenter.settings import ApiSettings
 from callcenter.store import Store
-from callcenter.store.codes import StepRefused
 from callcenter_api import errors, provisioning
+from callcenter_api.body_limit import BodyLimit
 from callcenter_api.deps import Services, require_principal
 from callcenter_api.routes import agents, cdrs, config, flows, live, ops, stats
 
@@ -81,19 +77,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     for router in (flows.router, agents.router, live.router, cdrs.router, config.router, stats.router):
         app.include_router(router, dependencies=auth)
 
-    app.add_exception_handler(StepRefused, errors.step_refused)
-
-    @app.exception_handler(RedisConnectionError)
-    @app.exception_handler(RedisTimeoutError)
-    async def redis_down(_request: Request, exc: Exception) -> JSONResponse:
-        log.warning("api.redis_unavailable", error=repr(exc))
-        return JSONResponse({"detail": "redis is unavailable, retry later"},
-                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
-
-    @app.exception_handler(OperationalError)
-    async def sql_down(_request: Request, exc: Exception) -> JSONResponse:
-        log.warning("api.sql_unavailable", error=repr(exc))
-        return JSONResponse({"detail": "the SQL database is unavailable, retry later"},
-                            status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+    errors.install(app)  # every error as application/problem+json (RFC 9457)
+    app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
 
     return app

@@ -2,6 +2,9 @@
 
 Ids and skills are restricted to `[A-Za-z0-9_.-]`: they become parts of Redis keys and of the
 comma-separated skill lists the Lua scripts split, so `:`, `,`, `|` and spaces must never appear.
+Flow, agent and call ids follow one pattern (`id_pattern`): they also appear in URL paths, so an
+id starts with a letter, digit or `_` (no `.`, `..`, `.hidden` or `-option`). Request bodies are
+strict: `"10"` or `true` is no number.
 """
 
 from __future__ import annotations
@@ -14,8 +17,16 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstra
 
 from callcenter.store.config import CALL_HANDLING, Param
 
-FLOW_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-AGENT_ID_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
+
+def id_pattern(max_length: int) -> str:
+    """The pattern of flow, agent and call ids of at most `max_length` characters."""
+    return rf"^[A-Za-z0-9_][A-Za-z0-9_.-]{{0,{max_length - 1}}}$"
+
+
+FLOW_ID_PATTERN = id_pattern(64)
+AGENT_ID_PATTERN = id_pattern(128)
+# the sip-edge's call ids are uuid4 hex (32 characters); the CDR column holds 128
+CALL_ID_PATTERN = id_pattern(128)
 SKILL_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
 
 # sip:/sips: URI: optional userinfo, a host (name, IPv4 or [IPv6]), optional port, params, headers
@@ -45,8 +56,8 @@ Skill = Annotated[str, StringConstraints(pattern=SKILL_PATTERN)]
 
 
 class _Body(BaseModel):
-    # a misspelt field is an error, not a silently ignored value
-    model_config = ConfigDict(extra="forbid")
+    # a misspelt field is an error, not a silently ignored value; no coercion of "10" or true to 10
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class _View(BaseModel):

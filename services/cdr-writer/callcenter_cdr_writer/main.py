@@ -21,7 +21,7 @@ from callcenter.contract import streams
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.lifecycle import run_service, start_from_command_line
 from callcenter.redis import connect
-from callcenter.settings import CdrWriterSettings
+from callcenter.settings import CdrWriterSettings, redact_url
 from callcenter.store.keys import Keys
 from callcenter_cdr_writer.writer import CdrWriter
 
@@ -69,11 +69,12 @@ async def run(settings: CdrWriterSettings, stop: asyncio.Event | None = None) ->
         if not await migrate(engine, stop):
             return False
         log.info("cdr_writer.started", consumer=settings.consumer, tenant=settings.tenant,
-                 database=engine.url.render_as_string(hide_password=True))
+                 database=redact_url(settings.database_url))  # a ?password= too
         return True
 
     # the consumer waits out Redis outages itself; stopped, it finishes and acknowledges the batch in hand
-    await run_service("cdr-writer", redis=redis, health_port=settings.health_port, ready=ready, stop=stop,
+    await run_service("cdr-writer", redis=redis, health_port=settings.health_port,
+                      health_host=settings.health_host, ready=ready, stop=stop,
                       prepare=prepare, work=consumer.run, on_stop=consumer.request_stop, close=engine.dispose)
     log.info("cdr_writer.stopped", written=writer.written, duplicates=writer.duplicates, dead=writer.dead,
              dead_lettered=consumer.dead_lettered)

@@ -70,7 +70,8 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
         return bool(await redis.ping())
 
     await run_service(
-        "dispatcher", redis=redis, health_port=settings.health_port, ready=ready, stop=stop,
+        "dispatcher", redis=redis, health_port=settings.health_port, health_host=settings.health_host,
+        ready=ready, stop=stop,
         prepare=lambda stop: seed_config_from_env(settings, store, stop),
         work=consumer.run, on_stop=consumer.request_stop,
         loops=[handler.retry_parked,

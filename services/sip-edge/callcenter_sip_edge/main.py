@@ -34,7 +34,8 @@ async def run(settings: EdgeSettings, stop: asyncio.Event | None = None) -> None
         return bool(await redis.ping())
 
     # the service drains its calls itself (503 to new INVITEs, hang-up at CC_DRAIN_TIMEOUT_S)
-    await run_service("sip-edge", redis=redis, health_port=settings.health_port, ready=ready, stop=stop,
+    await run_service("sip-edge", redis=redis, health_port=settings.health_port,
+                      health_host=settings.health_host, ready=ready, stop=stop,
                       work=service.run, on_stop=service.request_stop,
                       drain_s=settings.drain_timeout_s + DRAIN_MARGIN_S)
 

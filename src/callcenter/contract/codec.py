@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Self, TypeVar
 import msgpack
 
 from callcenter.contract.types import TYPES, EntryType, Num, OptInt
+from callcenter.logs import excerpt
 from callcenter.redis import text
 
 
@@ -41,8 +42,9 @@ class Entry:
             object.__setattr__(self, "raw", msgpack.packb(self.data, use_bin_type=True))
 
 
-# Upcasters by (type, version): turn the data of an older version into the current one. None yet;
-# an entry with no upcaster is taken as it is (issue 10 decides how unknown versions are refused).
+# Upcasters by (type, version): turn the data of an older version into the current one. None yet.
+# An entry whose version is neither the registry's nor an upcaster's is refused (DecodeError: the
+# consumer dead-letters it with the reason), so a newer producer's v2 is never read as v1.
 UPCASTERS: dict[tuple[str, int], Callable[[dict[str, Any]], dict[str, Any]]] = {}
 
 
@@ -56,7 +58,7 @@ def validate(type_name: str, data: Mapping[str, Any]) -> EntryType:
     """Check `data` against the contract of `type_name`; raise DecodeError if it does not hold."""
     et = TYPES.get(type_name)
     if et is None:
-        raise DecodeError(f"unknown entry type {type_name!r}")
+        raise DecodeError(f"unknown entry type {excerpt(type_name)!r}")
     for name, expected in et.required.items():
         if name not in data:
             raise DecodeError(f"{type_name}: missing field {name!r}")
@@ -82,22 +84,28 @@ def decode(fields: Mapping[Any, Any], entry_id: str | bytes = "") -> Entry:
         version = int(text(norm["v"]))
         raw = norm["data"]
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
-        raise DecodeError(f"entry lacks type/v/data: {exc!r}") from exc
+        raise DecodeError(f"entry lacks type/v/data: {excerpt(repr(exc))}") from exc
     if isinstance(raw, str):
         raw = raw.encode("latin-1")
     try:
         data = msgpack.unpackb(raw, raw=False, strict_map_key=True)
     except Exception as exc:  # msgpack raises several unrelated exception types
-        raise DecodeError(f"{type_name}: data is not msgpack: {exc!r}") from exc
+        # by name only: the repr of some (ExtraData) holds the whole payload
+        raise DecodeError(f"{type_name}: data is not msgpack: {type(exc).__name__}") from exc
     if not isinstance(data, dict):
         raise DecodeError(f"{type_name}: data is not a map")
-    upcast = UPCASTERS.get((type_name, version))
-    if upcast is not None:
+    et = TYPES.get(type_name)
+    if et is None:
+        raise DecodeError(f"unknown entry type {excerpt(type_name)!r}")
+    if version != et.version:
+        # an older version is read through its upcaster; any other version is refused, never guessed
+        upcast = UPCASTERS.get((type_name, version))
+        if upcast is None:
+            raise DecodeError(f"{type_name}: version {version} is not known (v{et.version} is read here)")
         data = upcast(data)
         raw = msgpack.packb(data, use_bin_type=True)  # consumers forward the current version
+        version = et.version
     validate(type_name, data)
-    if version < 1:
-        raise DecodeError(f"{type_name}: bad version {version}")
     # a newer producer may add fields (additive changes only); known ones were validated above
     return Entry(type=type_name, v=version, data=data, id=text(entry_id), raw=raw)
 

@@ -9,6 +9,7 @@ absent or empty field means the default.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -17,6 +18,8 @@ ConfigValue = int | bool | str
 
 # URI parameter names sent to the queue media (`;cc_pos=3`)
 URI_PARAM_PATTERN = r"^[A-Za-z0-9_.-]{1,32}$"
+# the longest stream an operator would keep (entries of a few hundred bytes: tens of GB of memory)
+MAX_STREAM_LEN = 100_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +49,19 @@ class Param:
         if (self.pattern or self.choices) and self.type is not str:
             raise TypeError(f"{self.name}: pattern/choices on a {self.type.__name__}")
 
+    def check(self, value: ConfigValue) -> None:
+        """Raise ValueError (naming the parameter) unless `value` is of the type and in the range."""
+        if type(value) is not self.type:  # exact: a bool is no int here either
+            raise ValueError(f"{self.name}: {value!r} is not {self.type.__name__}")
+        if isinstance(value, int) and not isinstance(value, bool):
+            if (self.ge is not None and value < self.ge) or (self.le is not None and value > self.le):
+                raise ValueError(f"{self.name}: {value} is not in {self.ge}..{self.le}")
+        if isinstance(value, str):
+            if self.pattern is not None and not re.fullmatch(self.pattern, value):
+                raise ValueError(f"{self.name}: {value!r} does not match {self.pattern}")
+            if self.choices is not None and value not in self.choices:
+                raise ValueError(f"{self.name}: {value!r} is not one of {', '.join(self.choices)}")
+
 
 CALL_HANDLING: tuple[Param, ...] = (
     Param("wrapup_s", int, 30, "wrap-up after each call, unless the agent has its own (reference: wrapup_time, 30).",
@@ -66,9 +82,11 @@ CALL_HANDLING: tuple[Param, ...] = (
           "a call whose ring the edge refused (busy with another leg of the call, e.g. its queue media still "
           "being set up) waits at the head of its queue until its media answers or this long, then is offered "
           "again; its agents are freed at once, with no penalty", ge=0, le=60_000),
-    Param("events_maxlen", int, 1_000_000, "cc:{t}:events is trimmed to about this many entries", ge=1000),
+    # the stream caps are MAXLEN arguments of every XADD: a value Redis refuses would fail every step
+    Param("events_maxlen", int, 1_000_000, "cc:{t}:events is trimmed to about this many entries",
+          ge=1000, le=MAX_STREAM_LEN),
     Param("commands_maxlen", int, 100_000, "each edge's command stream is trimmed to about this many entries",
-          ge=1000),
+          ge=1000, le=MAX_STREAM_LEN),
     Param("ended_call_ttl_s", int, 3600, "how long an ended call stays readable (GET /v1/calls/{id})",
           ge=1, le=30 * 86_400),
     Param("internal_dispatching", bool, True,

@@ -36,7 +36,7 @@ from callcenter_api.schemas import (
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
 
-AgentId = Annotated[str, Path(pattern=AGENT_ID_PATTERN, description="agent id: [A-Za-z0-9_.-]{1,128}")]
+AgentId = Annotated[str, Path(pattern=AGENT_ID_PATTERN, description="agent id: [A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")]
 
 
 def agent_out(agent: Agent, live: AgentView | None) -> AgentOut:

@@ -15,7 +15,7 @@ from callcenter_api.schemas import FLOW_ID_PATTERN, FlowIn, FlowOut
 
 router = APIRouter(prefix="/v1/flows", tags=["flows"])
 
-FlowId = Annotated[str, Path(pattern=FLOW_ID_PATTERN, description="flow id: [A-Za-z0-9_.-]{1,64}")]
+FlowId = Annotated[str, Path(pattern=FLOW_ID_PATTERN, description="flow id: [A-Za-z0-9_][A-Za-z0-9_.-]{0,63}")]
 
 
 @router.get("")

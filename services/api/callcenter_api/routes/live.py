@@ -15,9 +15,11 @@ from callcenter.store import RC
 from callcenter.store.codes import NOT_OK, refuse_on
 from callcenter_api import provisioning
 from callcenter_api.deps import ServicesDep
-from callcenter_api.schemas import CallOut, DispatchIn, DispatchOut, QueueOut
+from callcenter_api.schemas import CALL_ID_PATTERN, CallOut, DispatchIn, DispatchOut, QueueOut
 
 router = APIRouter(prefix="/v1", tags=["live"])
+
+CallId = Annotated[str, Path(pattern=CALL_ID_PATTERN, description="call id (the sip-edge's: 32 hex digits)")]
 
 
 @router.get("/calls")
@@ -27,7 +29,7 @@ async def list_calls(services: ServicesDep) -> list[CallOut]:
 
 
 @router.get("/calls/{call_id}")
-async def get_call(call_id: Annotated[str, Path(max_length=256)], services: ServicesDep) -> CallOut:
+async def get_call(call_id: CallId, services: ServicesDep) -> CallOut:
     """A live call, or an ended one while its hash is kept (ended_call_ttl_s, one hour by default)."""
     call = await services.reads.call(call_id)
     if call is None:
@@ -38,7 +40,7 @@ async def get_call(call_id: Annotated[str, Path(max_length=256)], services: Serv
 @router.post("/calls/{call_id}/dispatch",
              responses={404: {"description": "unknown (or ended) call, unknown agent"},
                         409: {"description": "the call is not queued, the agent is not free or lacks the skill"}})
-async def dispatch_call(call_id: Annotated[str, Path(max_length=256)], body: DispatchIn,
+async def dispatch_call(call_id: CallId, body: DispatchIn,
                         services: ServicesDep) -> DispatchOut:
     """Offer a waiting call to a free agent holding the flow's skill (the reference's
     `dispatch_call_to_agent`): meant for external dispatching (`internal_dispatching` off in

@@ -11,6 +11,7 @@ from sqlalchemy import text
 
 from callcenter_api import provisioning
 from callcenter_api.deps import ServicesDep, require_principal
+from callcenter_api.errors import problem
 from callcenter_api.schemas import ReloadOut
 
 probes = APIRouter(tags=["probes"])
@@ -42,9 +43,11 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         checks["sql"] = "ok"
     except Exception as exc:
         checks["sql"] = f"error: {exc!r}"
-    ok = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ok" if ok else "unavailable", **checks},
-                        status_code=status.HTTP_200_OK if ok else status.HTTP_503_SERVICE_UNAVAILABLE)
+    failed = [name for name, result in checks.items() if result != "ok"]
+    if failed:  # a problem (RFC 9457) like every error, with the checks as extension members
+        return problem(status.HTTP_503_SERVICE_UNAVAILABLE, "not-ready", f"{', '.join(failed)} unreachable",
+                       extensions=checks)
+    return JSONResponse({"status": "ok", **checks})
 
 
 @management.post("/reload")
