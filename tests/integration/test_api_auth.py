@@ -10,16 +10,14 @@ import hashlib
 import sqlite3
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
 import jwt
 import pytest
+from api_client import ApiProcess, api_process
 
-from callcenter_dev.processes import ServiceProcess, create_api_key
-from callcenter_dev.servers import RedisServer, free_port
+from callcenter_dev.servers import RedisServer
 from callcenter_dev.sipp import wait_until
 
 TOKEN_SECRET = "tests-token-secret-0123456789abcdef"
@@ -77,36 +75,11 @@ BODIES: dict[str, Any] = {
 }
 
 
-@dataclass
-class Api:
-    url: str
-    process: ServiceProcess
-    admin: str
-    db: Path
-
-    def client(self, key: str | None = None) -> httpx.Client:
-        headers = {"Authorization": f"Bearer {key}"} if key else {}
-        return httpx.Client(base_url=self.url, headers=headers, timeout=10)
-
-    def key(self, role: str, agent_id: str | None = None, name: str = "t") -> str:
-        with self.client(self.admin) as c:
-            r = c.post("/v1/keys", json={"name": name, "role": role, "agent_id": agent_id})
-            assert r.status_code == 201, r.text
-            return str(r.json()["key"])
-
-
 @pytest.fixture(scope="module")
-def api(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    db = tmp_path_factory.mktemp("auth") / "cc.sqlite3"
-    port = free_port()
-    env = {"CC_REDIS_URL": redis_server.url, "CC_TENANT": "auth", "CC_DATABASE_URL": f"sqlite:///{db}",
-           "CC_API_PORT": str(port), "CC_API_TOKEN_SECRET": TOKEN_SECRET, "CC_LOG_LEVEL": "debug"}
-    admin = create_api_key(env, name="ops")
-    process = ServiceProcess("api", env, health_url=f"http://127.0.0.1:{port}/healthz").start()
-    try:
-        yield Api(url=f"http://127.0.0.1:{port}", process=process, admin=admin, db=db)
-    finally:
-        process.stop()
+def api(redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ApiProcess]:
+    with api_process(redis_server, tmp_path_factory.mktemp("auth"), {"CC_API_TOKEN_SECRET": TOKEN_SECRET,
+                                                                     "CC_LOG_LEVEL": "debug"}) as running:
+        yield running
 
 
 def call(client: httpx.Client, op: str) -> httpx.Response:
@@ -118,7 +91,7 @@ def call(client: httpx.Client, op: str) -> httpx.Response:
     return client.request(method, path, json=BODIES.get(op) if method in ("POST", "PUT", "PATCH") else None)
 
 
-def test_every_operation_and_role(api: Api) -> None:
+def test_every_operation_and_role(api: ApiProcess) -> None:
     keys = {"admin": api.admin, "supervisor": api.key("supervisor"), "agent_own": api.key("agent", "alice"),
             "agent_other": api.key("agent", "bob")}
     with api.client(api.admin) as admin:
@@ -153,7 +126,7 @@ def problem(r: httpx.Response, status: int, slug: str) -> str:
     return str(body["detail"])
 
 
-def test_denials_are_problems_that_say_what_is_missing(api: Api) -> None:
+def test_denials_are_problems_that_say_what_is_missing(api: ApiProcess) -> None:
     with api.client() as c:
         detail = problem(c.get("/v1/agents"), 401, "missing-credentials")
         assert "Authorization" in detail
@@ -171,7 +144,7 @@ def test_denials_are_problems_that_say_what_is_missing(api: Api) -> None:
         assert "'bob'" in problem(bob.post("/v1/agents/alice/login"), 403, "other-agent")
 
 
-def test_keys_are_shown_once_stored_hashed_revocable_and_record_their_use(api: Api) -> None:
+def test_keys_are_shown_once_stored_hashed_revocable_and_record_their_use(api: ApiProcess) -> None:
     with api.client(api.admin) as admin:
         r = admin.post("/v1/keys", json={"name": "desk-7", "role": "agent", "agent_id": "carol"})
         created = r.json()
@@ -196,7 +169,7 @@ def test_keys_are_shown_once_stored_hashed_revocable_and_record_their_use(api: A
         problem(carol.get("/v1/calls"), 401, "revoked-key")
 
 
-def test_tokens_act_for_one_agent_expire_and_die_with_their_key(api: Api) -> None:
+def test_tokens_act_for_one_agent_expire_and_die_with_their_key(api: ApiProcess) -> None:
     dave_key = api.key("agent", "dave", name="dave")
     with api.client(api.admin) as admin:
         admin.put("/v1/agents/dave", json={"uri": "sip:dave@127.0.0.1:5070", "skills": ["sales"]})
@@ -225,7 +198,7 @@ def test_tokens_act_for_one_agent_expire_and_die_with_their_key(api: Api) -> Non
         problem(browser.get("/v1/agents/dave"), 401, "revoked-key")
 
 
-def test_no_key_or_token_is_ever_logged(api: Api) -> None:
+def test_no_key_or_token_is_ever_logged(api: ApiProcess) -> None:
     """Runs after the others of this module (which used many keys and tokens): none is in the log."""
     key = api.key("admin", name="secret-check")
     with api.client(key) as c:
