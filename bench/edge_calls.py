@@ -150,8 +150,9 @@ def start_peer(workdir: Path, name: str, scen: Path, extra: list[str], timeout_s
 
 
 # ------------------------------------------------------------------------------- provisioning
-async def provision(api_url: str, flow: str, welcome: Sipp, queue: Sipp, phones: Sipp, agent_ids: list[str]) -> None:
-    async with httpx.AsyncClient(base_url=api_url, timeout=30) as api:
+async def provision(api_url: str, key: str, flow: str, welcome: Sipp, queue: Sipp, phones: Sipp,
+                    agent_ids: list[str]) -> None:
+    async with httpx.AsyncClient(base_url=api_url, timeout=30, headers={"Authorization": f"Bearer {key}"}) as api:
         body = {"skill": flow, "priority": 0, "welcome_uri": f"sip:welcome@{welcome.uri_host}",
                 "queue_uri": f"sip:queue@{queue.uri_host}"}
         r = await api.put(f"/v1/flows/{flow}", json=body)
@@ -192,7 +193,7 @@ def latency_phase(system: WholeSystem, workdir: Path, args: argparse.Namespace) 
     phones = start_peer(workdir, "lat-agents", bench_scenario("agent_hangs_up.xml"), ["-d", str(TALK_MS)], 120)
     try:
         agents = [f"lat{n:03d}" for n in range(LATENCY_AGENTS)]
-        asyncio.run(provision(str(system.api.base_url), "latency", welcome, queue, phones, agents))
+        asyncio.run(provision(str(system.api.base_url), system.admin_key, "latency", welcome, queue, phones, agents))
         caller = Sipp(scenario("caller_waits_for_bye.xml"), remote=system.caller_target, service="latency",
                       calls=calls, rate=LATENCY_RATE, timeout_s=90,
                       extra=[*stat_args(workdir, "lat-caller"), "-l", "5000"]).start()
@@ -355,8 +356,8 @@ def main() -> None:
                       queue=start_peer(workdir, "queue", scenario("media_queue.xml"), [], total_s),
                       phones=start_peer(workdir, "agents", bench_scenario("agent_answers.xml"), [], total_s))
         t0 = time.monotonic()
-        asyncio.run(provision(str(system.api.base_url), "bench", peers.welcome, peers.queue, peers.phones,
-                              [f"b{n:05d}" for n in range(args.agents)]))
+        asyncio.run(provision(str(system.api.base_url), system.admin_key, "bench", peers.welcome, peers.queue,
+                              peers.phones, [f"b{n:05d}" for n in range(args.agents)]))
         print(f"\nprovisioned {args.agents} agents through the api in {time.monotonic() - t0:.1f} s")
         if not args.skip_memory:
             memory_phase(system, peers, workdir, args)

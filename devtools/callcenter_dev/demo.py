@@ -21,7 +21,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from callcenter_dev.processes import ServiceProcess
+from callcenter_dev.processes import ServiceProcess, create_api_key
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.servers import RedisServer, free_port
 from callcenter_dev.sipp import Sipp
@@ -41,10 +41,10 @@ def port_or_free(preferred: int, kind: int = socket.SOCK_STREAM) -> int:
             return free_port(kind)
 
 
-def api_call(base: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def api_call(base: str, key: str, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(base + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json", "Authorization": f"Bearer {key}"})
     with urllib.request.urlopen(req, timeout=10) as resp:
         return json.loads(resp.read() or b"null")
 
@@ -64,6 +64,8 @@ def up(args: argparse.Namespace) -> int:
     queue = Sipp(scenario("media_queue.xml"), calls=1_000_000, timeout_s=86_400).start()
     phones = [Sipp(scenario("agent.xml"), calls=1_000_000, timeout_s=86_400).start() for _ in AGENTS]
     health = {name: free_port() for name in ("dispatcher", "cdr-writer", "sip-edge")}
+    # the demo's admin key, made against SQL before the api starts (printed below, kept in the state file)
+    key = create_api_key({**common, "CC_DATABASE_URL": db}, name="demo")
     services = [
         ServiceProcess("api", {**common, "CC_DATABASE_URL": db, "CC_API_PORT": str(api_port)},
                        health_url=f"{api}/healthz"),
@@ -86,19 +88,22 @@ def up(args: argparse.Namespace) -> int:
     try:
         for svc in services:
             svc.start()
-        api_call(api, "PUT", f"/v1/flows/{FLOW}", {
+        api_call(api, key, "PUT", f"/v1/flows/{FLOW}", {
             "skill": "support", "priority": 0,
             "welcome_uri": f"sip:welcome@127.0.0.1:{welcome.port}",
             "queue_uri": f"sip:queue@127.0.0.1:{queue.port}"})
         for agent_id, phone in zip(AGENTS, phones, strict=True):
-            api_call(api, "PUT", f"/v1/agents/{agent_id}",
+            api_call(api, key, "PUT", f"/v1/agents/{agent_id}",
                      {"uri": f"sip:{agent_id}@127.0.0.1:{phone.port}", "skills": ["support"]})
-            api_call(api, "POST", f"/v1/agents/{agent_id}/login")
-        STATE_FILE.write_text(json.dumps({"sip_port": sip_port, "api": api, "redis": redis.url}))
+            api_call(api, key, "POST", f"/v1/agents/{agent_id}/login")
+        STATE_FILE.write_text(json.dumps({"sip_port": sip_port, "api": api, "redis": redis.url, "key": key}))
         print(f"""
 callcenter is up.
   Call the flow '{FLOW}':  sip:{FLOW}@127.0.0.1:{sip_port}   (UDP)
   API docs:               {api}/docs
+  Admin API key:          {key}
+                          (shown once; the command line: export CC_API_URL={api} CC_API_KEY=<the key>,
+                          then e.g. `callcenter agent list`)
   Agents logged in:       {", ".join(AGENTS)} (SIPp phones that answer after 1 s)
   Place a demo call:      scripts/demo-call
   Logs:                   {", ".join(str(s.logfile) for s in services)}
@@ -134,7 +139,7 @@ def call(args: argparse.Namespace) -> int:
     cdrs: list[Any] = []
     for _ in range(50):  # the cdr-writer commits in batches: give it a moment
         try:
-            cdrs = api_call(state["api"], "GET", "/v1/cdrs?limit=1")["items"]
+            cdrs = api_call(state["api"], state["key"], "GET", "/v1/cdrs?limit=1")["items"]
         except urllib.error.URLError:
             cdrs = []
         if cdrs:

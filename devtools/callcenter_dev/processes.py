@@ -69,3 +69,16 @@ class ServiceProcess:
         if self.proc and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(5)
+
+
+def create_api_key(env: dict[str, str], *, name: str = "dev", role: str = "admin", agent_id: str | None = None) -> str:
+    """A new API key made with `callcenter-api create-key` against the SQL database of `env`
+    (CC_DATABASE_URL): the way the first admin key of an installation is made."""
+    argv = [console_script("api"), "create-key", "--name", name, "--role", role]
+    if agent_id is not None:
+        argv += ["--agent-id", agent_id]
+    done = subprocess.run(argv, env={**os.environ, "CC_LOG_FORMAT": "json", **env}, capture_output=True, text=True,
+                          timeout=60, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"callcenter-api create-key failed ({done.returncode}): {done.stderr}")
+    return done.stdout.strip()

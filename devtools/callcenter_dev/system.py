@@ -23,7 +23,7 @@ import redis
 
 from callcenter.contract.codec import decode
 from callcenter.store.keys import Keys
-from callcenter_dev.processes import ServiceProcess
+from callcenter_dev.processes import ServiceProcess, create_api_key
 from callcenter_dev.servers import RedisServer, free_port
 from callcenter_dev.sipp import Sipp, wait_until
 
@@ -40,6 +40,9 @@ class WholeSystem:
     edge_id: str
     services: dict[str, ServiceProcess]
     edge_env: dict[str, str] = field(default_factory=dict)
+    # the admin API key `self.api` sends (made with `callcenter-api create-key` before the api starts)
+    admin_key: str = ""
+    api_env: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def start(cls, workdir: Path, *, tenant: str = "e2e", edge_id: str = "edge-e2e",
@@ -53,9 +56,10 @@ class WholeSystem:
                   "CC_REJECT_ON_NO_AGENTS": "false", **(common_env or {})}
         edge = {**common, "CC_SIP_PORT": str(sip_port), "CC_EDGE_ID": edge_id, "CC_HEALTH_PORT": str(health[2]),
                 "CC_DRAIN_TIMEOUT_S": "2", **(edge_env or {})}
+        api_env = {**common, "CC_DATABASE_URL": db, "CC_API_PORT": str(api_port)}
+        admin_key = create_api_key(api_env, name="e2e")
         services = {
-            "api": ServiceProcess("api", {**common, "CC_DATABASE_URL": db, "CC_API_PORT": str(api_port)},
-                                  health_url=f"http://127.0.0.1:{api_port}/healthz"),
+            "api": ServiceProcess("api", api_env, health_url=f"http://127.0.0.1:{api_port}/healthz"),
             "dispatcher": ServiceProcess("dispatcher", {**common, "CC_HEALTH_PORT": str(health[0]),
                                                         "CC_CLAIM_IDLE_MS": "2000", **(dispatcher_env or {})},
                                          health_url=f"http://127.0.0.1:{health[0]}/healthz"),
@@ -65,8 +69,10 @@ class WholeSystem:
             "sip-edge": ServiceProcess("sip-edge", edge, health_url=f"http://127.0.0.1:{health[2]}/healthz"),
         }
         system = cls(tenant=tenant, server=server, redis=redis.Redis.from_url(server.url),
-                     api=httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10), sip_port=sip_port,
-                     edge_id=edge_id, services={}, edge_env=edge)
+                     api=httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10,
+                                      headers={"Authorization": f"Bearer {admin_key}"}),
+                     sip_port=sip_port, edge_id=edge_id, services={}, edge_env=edge, admin_key=admin_key,
+                     api_env=api_env)
         try:
             for name, svc in services.items():
                 system.services[name] = svc.start()
@@ -74,6 +80,10 @@ class WholeSystem:
             system.stop()
             raise
         return system
+
+    @property
+    def api_url(self) -> str:
+        return str(self.api.base_url).rstrip("/")
 
     def stop(self) -> None:
         self.api.close()

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from callcenter.store.config import PARAMS
@@ -144,7 +144,21 @@ class ApiSettings(DispatchSettings):  # the call-handling variables seed the con
     """The api's settings: the SQL database and where it listens."""
 
     database_url: str = "sqlite:///callcenter.sqlite3"
+    # loopback by default: exposing the api is a decision (compose sets 0.0.0.0 inside its network)
     api_host: str = "127.0.0.1"
     api_port: int = 8080
     # a request body over this many bytes gets 413 before it is read whole
     api_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
+    # every endpoint but /healthz and /readyz needs an API key or token; `off` (local demos only)
+    # lets every request through as an admin and says so in the log at start-up
+    api_auth: str = Field(default="on", pattern="^(on|off)$")
+    # the HS256 secret that signs browser tokens (POST /v1/tokens); unset: a random one per process,
+    # so tokens then work only against the replica that minted them. Set it when running replicas.
+    api_token_secret: SecretStr | None = None
+    api_token_max_ttl_s: int = Field(default=3600, ge=60, le=86_400)
+    # browser origins allowed by CORS, comma-separated; empty: no CORS headers at all
+    api_cors_origins: str = ""
+    # the event feed (GET /v1/events): a comment line after this many idle seconds, and the number
+    # of events a subscriber may have undelivered before it is dropped as too slow
+    api_sse_heartbeat_s: float = Field(default=15.0, gt=0, le=300)
+    api_sse_buffer: int = Field(default=1000, ge=10, le=100_000)

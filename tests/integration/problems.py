@@ -6,7 +6,7 @@ from typing import Any
 
 import httpx
 
-PROBLEMS = "https://callcenter.dev/problems/"
+PROBLEMS = "urn:callcenter:problem:"
 
 
 def problem(r: httpx.Response, status: int, cause: str) -> dict[str, Any]:

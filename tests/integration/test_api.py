@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -12,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from fastapi import FastAPI
+from api_client import running
 from problems import problem
 from sqlalchemy.orm import Session
 
@@ -22,22 +21,12 @@ from callcenter.db.models import Agent, Cdr, Flow
 from callcenter.settings import ApiSettings
 from callcenter.store import Keys, Store
 from callcenter.store.config_writes import seed_config
-from callcenter_api.app import create_app
 from callcenter_api.deps import Services
 from callcenter_dev.servers import RedisServer, free_port
 
 TENANT = "api"
 FLOW = {"skill": "sales", "priority": 3, "queue_uri": "sip:queue@127.0.0.1:5090", "welcome_uri": None}
 AGENT = {"uri": "sip:alice@127.0.0.1:5070", "skills": ["sales", "support"]}
-
-
-@asynccontextmanager
-async def running(settings: ApiSettings) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
-            yield client, app
 
 
 @pytest.fixture

@@ -9,14 +9,13 @@ Calls are driven through the Lua steps the way the dispatcher applies a sip-edge
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from fastapi import FastAPI
+from api_client import running
 from problems import problem
 from pydantic import ValidationError
 
@@ -26,7 +25,6 @@ from callcenter.settings import ApiSettings
 from callcenter.store import RC, Result, now_ms
 from callcenter.store.config import CALL_HANDLING, PARAMS
 from callcenter.store.reads import service_level_pct
-from callcenter_api.app import create_app
 from callcenter_api.deps import Services
 from callcenter_api.schemas import ConfigOut, ConfigPatch
 from callcenter_dev.servers import RedisServer
@@ -117,14 +115,6 @@ class Driver:
             if login:
                 assert (await self.api.post(f"/v1/agents/{agent_id}/login")).status_code == 200
                 self.clock.now += 10  # the first logged in is the longest idle
-
-
-@asynccontextmanager
-async def running(settings: ApiSettings) -> AsyncIterator[tuple[httpx.AsyncClient, FastAPI]]:
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://api") as client:
-            yield client, app
 
 
 @pytest.fixture

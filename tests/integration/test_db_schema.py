@@ -9,7 +9,7 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, inspect, text
 from sqlalchemy.exc import IntegrityError
 
 from callcenter.db.engine import alembic_config, make_engine, upgrade
@@ -110,7 +110,39 @@ def check_chat_migration(url: str) -> None:
         engine.dispose()
 
 
-MIGRATION_CHECKS = [check_routing_migration, check_chat_migration]
+KEY_INSERT = ("INSERT INTO api_keys (id, name, role, agent_id, secret_sha256) "
+              "VALUES (:id, 'n', :role, :agent_id, :digest)")
+
+
+def check_api_keys_migration(url: str) -> None:
+    """0003 with a flow, then 0004: api_keys exists, takes an admin and an agent key and refuses an
+    unknown role, an agent key without an agent and an admin key bound to one; down to 0003 drops the
+    table and keeps the flow; up again works."""
+    upgrade(url, "0003")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO flows (id, skill, queue_uri) VALUES ('f', 's', 'sip:q@h')"))
+        upgrade(url)
+        with engine.begin() as conn:
+            conn.execute(text(KEY_INSERT), {"id": "k1", "role": "admin", "agent_id": None, "digest": "0" * 64})
+            conn.execute(text(KEY_INSERT), {"id": "k2", "role": "agent", "agent_id": "1008", "digest": "1" * 64})
+            rows = conn.execute(text("SELECT id, role, agent_id, last_used_at, revoked_at FROM api_keys ORDER BY id"))
+            assert [tuple(r) for r in rows] == [("k1", "admin", None, None, None), ("k2", "agent", "1008", None, None)]
+        for key_id, role, agent_id in (("b1", "root", None), ("b2", "agent", None), ("b3", "admin", "1008")):
+            with pytest.raises(IntegrityError), engine.begin() as conn:
+                conn.execute(text(KEY_INSERT), {"id": key_id, "role": role, "agent_id": agent_id, "digest": "2" * 64})
+        downgrade(engine, "0003")
+        assert "api_keys" not in inspect(engine).get_table_names()
+        with engine.begin() as conn:
+            assert list(conn.execute(text("SELECT id FROM flows")).scalars()) == ["f"]
+        upgrade(url)
+        assert differences(url) == []
+    finally:
+        engine.dispose()
+
+
+MIGRATION_CHECKS = [check_routing_migration, check_chat_migration, check_api_keys_migration]
 
 
 @pytest.mark.parametrize("check", MIGRATION_CHECKS)

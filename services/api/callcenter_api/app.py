@@ -1,5 +1,6 @@
 """The api's app factory: `create_app(settings)`.
 
+Every route but the probes needs an API key or token (`callcenter_api.auth`).
 The lifespan migrates the SQL schema (`callcenter.db.engine.upgrade`), opens the Redis client and
 the Store, and re-seeds the Redis cache of flows and agents from SQL, so the api works against an
 empty Redis. Nothing is opened at import time and no settings are read from a module global.
@@ -14,6 +15,7 @@ from contextlib import asynccontextmanager
 import redis.asyncio as aioredis
 import structlog
 from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.orm import sessionmaker
 
 from callcenter.db.engine import make_engine, upgrade
@@ -21,9 +23,10 @@ from callcenter.redis import REDIS_DOWN
 from callcenter.settings import ApiSettings
 from callcenter.store import Store
 from callcenter_api import errors, provisioning
+from callcenter_api.auth import AuthError, auth_problem
 from callcenter_api.body_limit import BodyLimit
 from callcenter_api.deps import Services, require_principal
-from callcenter_api.routes import agents, cdrs, config, flows, live, ops, stats
+from callcenter_api.routes import agents, cdrs, config, dead_letters, events, flows, keys, live, ops, stats
 
 log = structlog.get_logger(__name__)
 
@@ -58,10 +61,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
             except REDIS_DOWN as exc:
                 log.warning("api.redis_unavailable", error=repr(exc))
                 seeding = asyncio.create_task(_reseed_when_redis_is_up(services))
+            if settings.api_auth == "off":
+                log.warning("api.auth_off", note="CC_API_AUTH=off: every caller is an admin (local demos only)")
             log.info("api.started", tenant=settings.tenant, host=settings.api_host, port=settings.api_port)
             yield
             if seeding is not None:
                 seeding.cancel()
+            await services.feed.close()
+            await services.auth.close()
         finally:
             await redis.aclose()
             engine.dispose()
@@ -72,12 +79,18 @@ def create_app(settings: ApiSettings) -> FastAPI:
                               "external dispatching, call-handling parameters, statistics, service level, CDRs.")
     app.include_router(ops.probes)
     app.include_router(ops.management)
-    # every /v1 resource goes through the authentication hook (a no-op until API keys exist)
+    # every /v1 resource goes through authentication and the role policy (callcenter_api.auth)
     auth = [Depends(require_principal)]
-    for router in (flows.router, agents.router, live.router, cdrs.router, config.router, stats.router):
+    for router in (flows.router, agents.router, live.router, cdrs.router, config.router, stats.router,
+                   keys.router, events.router, dead_letters.router):
         app.include_router(router, dependencies=auth)
+    if settings.api_cors_origins.strip():  # no CORS headers at all unless origins are configured
+        app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in settings.api_cors_origins.split(",")
+                                                          if o.strip()],
+                           allow_methods=["*"], allow_headers=["Authorization", "Content-Type", "Last-Event-ID"])
 
     errors.install(app)  # every error as application/problem+json (RFC 9457)
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
+    app.add_exception_handler(AuthError, auth_problem)
 
     return app

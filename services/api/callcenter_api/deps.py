@@ -1,5 +1,8 @@
 """What a request handler needs: the clients opened in the app's lifespan, and the auth hook.
 
+`require_principal` authenticates the caller (`callcenter_api.auth`) and checks the operation
+against the role policy; handlers that filter by caller take `PrincipalDep` (same, cached per request).
+
 `Services` is created by `create_app`'s lifespan and kept on `app.state`; handlers get it through
 the `services` dependency. SQL work is synchronous SQLAlchemy run in a worker thread
 (`Services.sql`), so a slow database never blocks the event loop.
@@ -9,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, TypeVar
 
 from fastapi import Depends, Request
@@ -20,6 +23,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from callcenter.settings import ApiSettings
 from callcenter.store import Store
 from callcenter.store.reads import Reads
+from callcenter_api.auth import Authenticator, Principal, authorize
+from callcenter_api.feed import EventHub
 
 T = TypeVar("T")
 
@@ -34,6 +39,12 @@ class Services:
     store: Store
     engine: Engine
     sessions: sessionmaker[Session]
+    auth: Authenticator = field(init=False)
+    feed: EventHub = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.auth = Authenticator(self.settings, self.sql)
+        self.feed = EventHub(self.redis, self.store.keys.events)
 
     @property
     def reads(self) -> Reads:
@@ -58,10 +69,12 @@ def get_services(request: Request) -> Services:
 ServicesDep = Annotated[Services, Depends(get_services)]
 
 
-async def require_principal() -> None:
-    """Authentication and authorisation hook of every /v1 route: nothing yet (open API).
+async def require_principal(request: Request, services: ServicesDep) -> Principal:
+    """Authentication and authorisation of every /v1 route: the caller's key or token, then the
+    role policy of the operation (`callcenter_api.auth.POLICY`). Raises AuthError (401/403)."""
+    principal = await services.auth.principal(request)
+    authorize(principal, request)
+    return principal
 
-    Replace this with the API-key / token check (it can take the Request and `get_services`);
-    the routers already depend on it, so no route has to change.
-    """
-    return None
+
+PrincipalDep = Annotated[Principal, Depends(require_principal)]

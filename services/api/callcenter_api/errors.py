@@ -35,7 +35,7 @@ from callcenter.store.codes import RC, StepRefused
 
 log = structlog.get_logger(__name__)
 
-PROBLEM_TYPES = "https://callcenter.dev/problems/"
+PROBLEM_TYPES = "urn:callcenter:problem:"  # a name, not a page: one per cause, never renamed
 MEDIA_TYPE = "application/problem+json"
 # a client's value is echoed in a 422 at most this long (a 10 MB body never comes back whole)
 EXCERPT_CHARS = 64

@@ -1,6 +1,6 @@
 """SQL models: the durable home of provisioning (flows, agents) and of call detail records.
 
-Read and written by the api (flows, agents; CDR queries) and written by the cdr-writer (CDRs).
+Read and written by the api (flows, agents, API keys; CDR queries) and written by the cdr-writer (CDRs).
 Redis holds a cache of flows and agents plus all runtime state; the api re-seeds that cache from
 these tables at start-up. The schema itself is created by the Alembic migrations in
 `callcenter.db.migrations` (`callcenter.db.engine.upgrade`), never by `create_all`.
@@ -25,6 +25,8 @@ NAMING = {
 }
 
 OUTCOMES = ("answered", "abandoned", "rejected", "failed", "dissuaded", "overflowed")
+# who an API key speaks for (see services/api/callcenter_api/auth.py for what each may do)
+ROLES = ("admin", "supervisor", "agent")
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -169,3 +171,27 @@ class Cdr(Base):
     media_type: Mapped[str] = mapped_column(String(8), default="audio", server_default="audio")
     # the events stream entry the row came from (traceability, replays)
     event_id: Mapped[str] = mapped_column(String(64))
+
+
+class ApiKey(Base):
+    """An API key of the api: its public id, name, role and the SHA-256 of its secret (the secret
+    itself is shown once, at creation, and never stored). An `agent` key is bound to one agent id.
+    A revoked key keeps its row (revoked_at set), so the list tells who had access and when.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        CheckConstraint("role IN (" + ", ".join(f"'{r}'" for r in ROLES) + ")", name="role"),
+        CheckConstraint("(role = 'agent' AND agent_id IS NOT NULL) OR (role <> 'agent' AND agent_id IS NULL)",
+                        name="agent_binding"),
+    )
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(64))
+    role: Mapped[str] = mapped_column(String(16))
+    agent_id: Mapped[str | None] = mapped_column(String(128))
+    secret_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, server_default=func.now())
+    # written at most once a minute per key and api process, not on every request
+    last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)

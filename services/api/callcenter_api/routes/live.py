@@ -14,7 +14,8 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 from callcenter.store import RC
 from callcenter.store.codes import NOT_OK, refuse_on
 from callcenter_api import provisioning
-from callcenter_api.deps import ServicesDep
+from callcenter_api.auth import forbidden
+from callcenter_api.deps import PrincipalDep, ServicesDep
 from callcenter_api.schemas import CALL_ID_PATTERN, CallOut, DispatchIn, DispatchOut, QueueOut
 
 router = APIRouter(prefix="/v1", tags=["live"])
@@ -23,18 +24,25 @@ CallId = Annotated[str, Path(pattern=CALL_ID_PATTERN, description="call id (the 
 
 
 @router.get("/calls")
-async def list_calls(services: ServicesDep) -> list[CallOut]:
-    """Calls not yet ended, oldest first."""
-    return [CallOut.model_validate(call) for call in await services.reads.calls()]
+async def list_calls(services: ServicesDep, principal: PrincipalDep) -> list[CallOut]:
+    """Calls not yet ended, oldest first (an agent key: its own agent's calls only)."""
+    calls = [CallOut.model_validate(call) for call in await services.reads.calls()]
+    if principal.role == "agent":
+        calls = [call for call in calls if call.agent_id == principal.agent_id]
+    return calls
 
 
 @router.get("/calls/{call_id}")
-async def get_call(call_id: CallId, services: ServicesDep) -> CallOut:
-    """A live call, or an ended one while its hash is kept (ended_call_ttl_s, one hour by default)."""
+async def get_call(call_id: CallId, services: ServicesDep, principal: PrincipalDep) -> CallOut:
+    """A live call, or an ended one while its hash is kept (ended_call_ttl_s, one hour by default).
+    An agent key sees only calls of its own agent."""
     call = await services.reads.call(call_id)
     if call is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"call {call_id!r} does not exist (or ended long ago)")
-    return CallOut.model_validate(call)
+    out = CallOut.model_validate(call)
+    if principal.role == "agent" and out.agent_id != principal.agent_id:
+        raise forbidden("other-agent", f"call {call_id!r} is not a call of agent {principal.agent_id!r}")
+    return out
 
 
 @router.post("/calls/{call_id}/dispatch",
