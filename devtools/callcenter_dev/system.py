@@ -14,6 +14,7 @@ The sip-edge can be killed (`kill_edge`), stopped with SIGTERM (`stop_edge`) and
 from __future__ import annotations
 
 import socket
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ import redis
 from callcenter.contract.codec import decode
 from callcenter.store.keys import Keys
 from callcenter_dev.processes import ServiceProcess, create_api_key
-from callcenter_dev.servers import RedisServer, free_port
+from callcenter_dev.servers import RedisServer, free_port, udp_port_bound
 from callcenter_dev.sipp import Sipp, wait_until
 
 
@@ -75,11 +76,34 @@ class WholeSystem:
                      api_env=api_env)
         try:
             for name, svc in services.items():
-                system.services[name] = svc.start()
+                system.services[name] = svc.start() if name != "sip-edge" else system._start_edge()
         except BaseException:
             system.stop()
             raise
         return system
+
+    def _start_edge(self, attempts: int = 3) -> ServiceProcess:
+        """Start the sip-edge and wait until it serves SIP. The edge refuses a UDP port another
+        process holds (exit 75): a free port picked a moment before can be taken meanwhile on a busy
+        machine (another test's SIPp), so then it starts again on a new port."""
+        for attempt in range(attempts):
+            health = self.edge_env["CC_HEALTH_PORT"]
+            edge = ServiceProcess("sip-edge", self.edge_env, health_url=f"http://127.0.0.1:{health}/healthz").start()
+            started = time.monotonic()
+            while time.monotonic() < started + 15:
+                if edge.proc is not None and edge.proc.poll() is not None:
+                    break
+                # `edge.started` is logged at info; at a quieter log level: alive with its port bound
+                if "edge.started" in edge.log() or (time.monotonic() > started + 2 and udp_port_bound(self.sip_port)):
+                    return edge
+                time.sleep(0.05)
+            code = edge.stop()
+            if code != 75 or attempt == attempts - 1:
+                raise RuntimeError(f"sip-edge did not start (exit {code}):\n{edge.log()}")
+            self.sip_port = free_port(socket.SOCK_DGRAM)
+            self.edge_env["CC_SIP_PORT"] = str(self.sip_port)
+            self.edge_env["CC_HEALTH_PORT"] = str(free_port())
+        raise AssertionError("unreachable")
 
     @property
     def api_url(self) -> str:
