@@ -403,7 +403,8 @@ async def test_stats_after_a_few_calls(d: Driver) -> None:
     assert r.status_code == 200, r.text
     body = r.json()
     counters = {"incalls": 3, "distributed": 2, "answered": 1, "answered_chats": 0, "abandoned": 1,
-                "overflowed": 0, "onhold": 1, "onhold_chats": 0, "queued": 1, "free_agents": 0, "logged_agents": 2,
+                "overflowed": 0, "overflowed_in": 0, "onhold": 1, "onhold_chats": 0, "queued": 1, "free_agents": 0,
+                "logged_agents": 2,
                 "awt_ms": (2_000 + 4_000) // 2, "att_ms": 10_000, "talk_n": 1,
                 "load": 100 * (1 + 2 - 0) // 2}
     assert body["global"] == {**counters, "reset_ms": None}

@@ -50,6 +50,7 @@ CAUSES: dict[str, str] = {
     "stale": "The state moved on",
     "duplicate": "Duplicate",
     "out-of-order": "Out of order",
+    "overflow-cycle": "Overflow cycle",
     "validation-failed": "The request is not valid",
     "body-too-large": "Request body too large",
     "method-not-allowed": "Method not allowed",
@@ -132,6 +133,21 @@ async def validation_failed(_request: Request, exc: Exception) -> ProblemRespons
     return problem(422, "validation-failed", detail, extensions={"errors": items, "errors_total": len(errors)})
 
 
+class OverflowCycle(Exception):
+    """A flow would overflow in a cycle; `cycle` is the flow ids, first and last the flow itself."""
+
+    def __init__(self, cycle: Sequence[str]) -> None:
+        self.cycle = list(cycle)
+        super().__init__(f"flow {self.cycle[0]!r} would overflow in a cycle: {' -> '.join(self.cycle)}")
+
+
+async def overflow_cycle(_request: Request, exc: Exception) -> ProblemResponse:
+    """409 with `cycle`: the exception handler for OverflowCycle."""
+    if not isinstance(exc, OverflowCycle):
+        raise exc
+    return problem(status.HTTP_409_CONFLICT, "overflow-cycle", str(exc), extensions={"cycle": exc.cycle})
+
+
 async def step_refused(_request: Request, exc: Exception) -> ProblemResponse:
     """The exception handler for StepRefused (registered by `install`)."""
     if not isinstance(exc, StepRefused):  # registered for StepRefused only; the signature is Starlette's
@@ -167,6 +183,7 @@ Handler = Callable[[Request, Exception], Coroutine[Any, Any, ProblemResponse]]
 HANDLERS: dict[type[Exception], Handler] = {
     RequestValidationError: validation_failed,
     StepRefused: step_refused,
+    OverflowCycle: overflow_cycle,
     HTTPException: http_error,
     RedisConnectionError: redis_down,
     RedisTimeoutError: redis_down,
@@ -187,6 +204,8 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         "errors": {"type": "array", "description": "422 only: what failed where, with a short input excerpt",
                    "items": {"type": "object"}},
         "errors_total": {"type": "integer", "description": "422 only: errors found (at most 20 are listed)"},
+        "cycle": {"type": "array", "items": {"type": "string"},
+                  "description": "overflow-cycle only: the flow ids of the cycle, first and last the flow itself"},
     },
 }
 

@@ -2,7 +2,8 @@
 
 Reads and writes the `flows` and `agents` tables and, through `callcenter.store.Store`, the flow
 and agent hashes in Redis. Writes go to SQL first (committed), then to the cache, so a cache
-update that fails is repaired by the next re-seed. Deletes go the other way: the Lua script is
+update that fails is repaired by the next re-seed; a flow the cache refuses for an overflow cycle
+(one SQL did not show: a concurrent PUT) has its SQL write taken back. Deletes go the other way: the Lua script is
 the guard (it refuses while calls wait or the agent is logged in: `StepRefused`, a 409), and only
 then is the SQL row removed, so a refused delete never leaves a live flow or agent without its SQL row.
 """
@@ -22,11 +23,15 @@ from callcenter.store import RC, Result, Store
 from callcenter.store.codes import refuse_on
 from callcenter.store.config_writes import explicit_config, seed_config
 from callcenter_api.deps import Services
+from callcenter_api.errors import OverflowCycle
 
 log = structlog.get_logger(__name__)
 
 T = TypeVar("T")
 M = TypeVar("M", Flow, Agent)
+
+# how flow_upsert's refusal of an overflow cycle begins (INVALID 'overflow cycle: a -> b -> a')
+CYCLE_REFUSAL = "overflow cycle: "
 
 # the flow hash the Lua steps read: these names exactly (booleans as 1/0, None as '')
 FLOW_FIELDS = ("skill", "priority", "welcome_uri", "queue_uri", "dissuading_uri", "prepend_cid", "max_wrapup_s",
@@ -40,10 +45,42 @@ def flow_cache_fields(flow: Flow) -> dict[str, Any]:
     return {name: int(value) if isinstance(value, bool) else value for name, value in fields.items()}
 
 
-async def cache_flow(store: Store, flow: Flow) -> None:
-    res = await store.flow_upsert(flow.id, flow_cache_fields(flow))
-    if res.rc is not RC.OK:
+def refused_cycle(res: Result) -> list[str] | None:
+    """The cycle flow_upsert refused the flow for (`INVALID 'overflow cycle: a -> b -> a'`), or None."""
+    if res.rc is RC.INVALID and res.detail.startswith(CYCLE_REFUSAL):
+        return res.detail[len(CYCLE_REFUSAL):].split(" -> ")  # flow ids hold no space
+    return None
+
+
+def overflow_cycle(session: Session, flow_id: str, overflow_flow: str | None) -> list[str] | None:
+    """The cycle `flow_id` would close with this overflow_flow, following the other flows' SQL rows
+    (the transaction's view), or None. The Lua step `flow_upsert` checks the same on the cache."""
+    targets: dict[str, str | None] = {row.id: row.overflow_flow for row in session.execute(
+        select(Flow.id, Flow.overflow_flow).where(Flow.overflow_flow.is_not(None)))}
+    path, seen, hop = [flow_id], set(), overflow_flow
+    while hop and hop not in seen:  # seen: a cycle elsewhere (stored before cycles were refused)
+        path.append(hop)
+        if hop == flow_id:
+            return path
+        seen.add(hop)
+        hop = targets.get(hop)
+    return None
+
+
+async def cache_flow(store: Store, flow: Flow, break_cycle: bool = False) -> list[str] | None:
+    """Write a flow to the cache; the cycle it would close, if flow_upsert refused it for one.
+    With `break_cycle` (a re-seed of flows stored before cycles were refused) such a flow is cached
+    without its overflow_flow instead, and logged."""
+    fields = flow_cache_fields(flow)
+    res = await store.flow_upsert(flow.id, fields)
+    cycle = refused_cycle(res)
+    if cycle is not None and break_cycle:
+        log.error("flow.overflow_cycle", flow_id=flow.id, cycle=cycle, cached_without="overflow_flow")
+        res = await store.flow_upsert(flow.id, {**fields, "overflow_flow": None})
+        cycle = None
+    if cycle is None and res.rc is not RC.OK:
         raise RuntimeError(f"flow_upsert {flow.id!r}: {res.rc.name} {res.detail}")
+    return cycle
 
 
 async def cache_agent(store: Store, agent: Agent) -> str:
@@ -89,13 +126,32 @@ async def _delete(services: Services, model: type[Flow] | type[Agent], key: str,
 # -- flows ---------------------------------------------------------------------------------------
 
 async def put_flow(services: Services, flow_id: str, values: dict[str, Any]) -> tuple[Flow, bool]:
-    """Create or replace a flow; returns it and whether it was created."""
+    """Create or replace a flow; returns it and whether it was created. OverflowCycle (nothing
+    saved) when its overflow_flow chain leads back to it."""
 
-    def write(session: Session) -> tuple[Flow, bool]:
-        return _save(session, Flow, flow_id, values)
+    def write(session: Session) -> tuple[Flow, bool, dict[str, Any] | None]:
+        cycle = overflow_cycle(session, flow_id, values.get("overflow_flow"))
+        if cycle is not None:
+            raise OverflowCycle(cycle)  # the transaction rolls back: nothing written
+        old = session.get(Flow, flow_id)
+        previous = None if old is None else {name: getattr(old, name) for name in values}
+        return (*_save(session, Flow, flow_id, values), previous)
 
-    flow, created = await _retry_on_race(services, write)
-    await cache_flow(services.store, flow)
+    flow, created, previous = await _retry_on_race(services, write)
+    cycle = await cache_flow(services.store, flow)
+    if cycle is not None:
+        # the cache saw a cycle SQL did not (a concurrent PUT closing it, a cache written by other
+        # means): take the SQL write back, so that nothing stays saved
+        def undo(session: Session) -> None:
+            if previous is None:
+                row = session.get(Flow, flow_id)
+                if row is not None:
+                    session.delete(row)
+            else:
+                _save(session, Flow, flow_id, previous)
+
+        await services.sql(undo)
+        raise OverflowCycle(cycle)
     log.info("flow.saved", flow_id=flow_id, created=created)
     return flow, created
 
@@ -157,7 +213,7 @@ async def reseed(services: Services, prune: bool = False) -> dict[str, Any]:
         log.info("config.seeded")
     flows, agents = await services.sql(load)
     for flow in flows:
-        await cache_flow(services.store, flow)
+        await cache_flow(services.store, flow, break_cycle=True)
     for agent in agents:
         await cache_agent(services.store, agent)
     report: dict[str, Any] = {"flows": len(flows), "agents": len(agents), "removed_flows": [],

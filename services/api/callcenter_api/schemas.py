@@ -403,6 +403,8 @@ class _Counters(_View):
     abandoned: int = Field(description="calls the caller hung up before an agent answered "
                                        "[ccg_abandonned_incalls / ccf_aban_incalls-<flow>]")
     overflowed: int = Field(description="calls moved away after max_wait_s (no reference counterpart)")
+    overflowed_in: int = Field(description="calls moved into the flow from another flow's max_wait_s (overflow_flow); "
+                                           "not counted in incalls (no reference counterpart)")
     onhold: int = Field(description="gauge, not reset: calls waiting for an agent now (welcome, queued, ringing, "
                                     "dissuading) [ccg_onhold_calls / ccf_onhold_calls-<flow>]")
     onhold_chats: int = Field(description="gauge: the chats among them [ccg_onhold_chats / "

@@ -113,6 +113,10 @@ CALL_HANDLING: tuple[Param, ...] = (
           "the reconciler ends a call (reason stalled) that talks, plays media, or waits in a flow without max_wait_s "
           "for longer than this without a change of state (offers and waits with a maximum have their own bounds)",
           ge=60, le=7 * 86_400),
+    Param("max_overflows", int, 3,
+          "times a call may overflow from flow to flow (max_wait_s with overflow_flow); at the limit it stays in "
+          "its flow's queue (or goes to the flow's overflow_uri, if it has one); 0 = never to another flow",
+          ge=0, le=100),
 )
 
 PARAMS: Mapping[str, Param] = MappingProxyType({p.name: p for p in CALL_HANDLING})

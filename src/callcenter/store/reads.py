@@ -155,6 +155,7 @@ class Counters:
     answered_chats: int
     abandoned: int
     overflowed: int
+    overflowed_in: int
     onhold: int
     onhold_chats: int
     queued: int
@@ -173,6 +174,7 @@ class Counters:
             "incalls": _count(stats.get("incalls")), "distributed": _count(stats.get("distributed")),
             "answered": _count(stats.get("answered")), "answered_chats": _count(stats.get("answered_chats")),
             "abandoned": _count(stats.get("abandoned")), "overflowed": _count(stats.get("overflowed")),
+            "overflowed_in": _count(stats.get("overflowed_in")),
             "onhold": onhold, "onhold_chats": _count(stats.get("onhold_chats")), "queued": queued,
             "free_agents": free, "logged_agents": logged,
             "awt_ms": _ratio(_count(stats.get("awt_sum_ms")), _count(stats.get("awt_n"))),

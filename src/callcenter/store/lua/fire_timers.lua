@@ -6,7 +6,7 @@
 -- RETURNS: OK number_fired
 -- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.agent_failed, call.dissuaded, call.ended, call.offered, call.overflowed, call.queued
 -- COMMANDS: command.cancel_ring, command.hangup, command.media, command.ring, command.ring_all
--- LIB: core, stats, chat, agents, queue, offer, calls
+-- LIB: config, core, stats, chat, agents, queue, offer, calls
 --
 -- Any dispatcher may call it at any time: each timer is removed and handled in the same atomic
 -- step, so it fires exactly once.
@@ -43,15 +43,22 @@ for _, member in ipairs(due) do
     local flow = call and hgetall(k_flow(call.flow))
     if call and flow and call.state == 'queued' then
       local target = flow.overflow_flow or ''
-      local target_flow = target ~= '' and target ~= call.flow and hgetall(k_flow(target)) or nil
+      -- a call hops from flow to flow at most max_overflows times (a cycle left in the cache, or a
+      -- long chain, cannot bounce it for ever); at the limit it stays queued here
+      local hops = num(call.overflows, 0)
+      local target_flow = target ~= '' and target ~= call.flow and hops < cfg('max_overflows')
+        and hgetall(k_flow(target)) or nil
       if target_flow then
         redis.call('ZREM', k_queue_of(call), id)
         hold_off(id, call)
         emit('call.overflowed', { call_id = id, flow = call.flow, to_flow = target })
         stat(call.flow, 'overflowed')
-        redis.call('HINCRBY', k_flow_stats(target), 'incalls', 1)  -- the global count has it already
+        -- not a new incoming call of the target (incalls counts arrivals only): overflowed_in
+        stat(target, 'overflowed_in')
         onhold_stat(target, call, 1)
-        call_field_updates(id, call, { flow = target, media = '', onhold = '1', queued_ms = '' })
+        -- flow_ms: the target's max_wait_s counts from now
+        call_field_updates(id, call, { flow = target, media = '', onhold = '1', queued_ms = '', flow_ms = NOW,
+          overflows = hops + 1 })
         route_call(id, call, target_flow, false)
       elseif (flow.overflow_uri or '') ~= '' then
         redis.call('ZREM', k_queue_of(call), id)

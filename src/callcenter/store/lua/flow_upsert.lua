@@ -8,19 +8,32 @@
 -- COMMANDS: command.ring, command.ring_all
 -- LIB: core, offer
 --
--- When the skill changes, free agents of the new skill take the flow's waiting calls at once.
+-- A flow whose overflow_flow chain leads back to itself (a -> a, a -> b -> a, ...) is refused:
+-- INVALID 'overflow cycle: a -> b -> a'. When the skill changes, free agents of the new skill take
+-- the flow's waiting calls at once.
 
 local flow_id = ARGV[2]
 local fkey = k_flow(flow_id)
 local old_skill = redis.call('HGET', fkey, 'skill')
 local args = {}
 local new_skill = nil
+local overflow_flow = ''
 for i = 3, #ARGV, 2 do
   args[#args + 1] = ARGV[i]
   args[#args + 1] = ARGV[i + 1]
   if ARGV[i] == 'skill' then new_skill = ARGV[i + 1] end
+  if ARGV[i] == 'overflow_flow' then overflow_flow = ARGV[i + 1] end
 end
 if new_skill == nil or new_skill == '' then return { RC.INVALID, 'skill is required' } end
+-- follow overflow_flow from the new definition: coming back to this flow is a cycle (refused, nothing
+-- written). `seen` ends the walk on a cycle elsewhere (a cache written before this check existed).
+local path, seen, hop = { flow_id }, {}, overflow_flow
+while hop ~= '' and not seen[hop] do
+  path[#path + 1] = hop
+  if hop == flow_id then return { RC.INVALID, 'overflow cycle: ' .. table.concat(path, ' -> ') } end
+  seen[hop] = true
+  hop = redis.call('HGET', k_flow(hop), 'overflow_flow') or ''
+end
 if old_skill and old_skill ~= new_skill then redis.call('SREM', k_skill_flows(old_skill), flow_id) end
 -- replace the definition, keeping runtime fields (the round-robin position)
 local rr_last = redis.call('HGET', fkey, 'rr_last')

@@ -15,9 +15,9 @@
 --   command is sent, nobody would read it;
 -- - `stalled`: it stayed in its state (`state_ms`) longer than that state may last: an offer
 --   ring_timeout_s + offer_lease_grace_s + whisper_max_s, a wait in a flow with max_wait_s that
---   maximum; anything else (talking, media, waiting with no maximum) max_call_s. Each timer-bound
---   phase gets offer_lease_grace_s more, so the timer due first always wins. The edge is told to
---   hang up (command.hangup, reason stalled).
+--   maximum (while its timer is armed); anything else (talking, media, waiting with no maximum)
+--   max_call_s. Each timer-bound phase gets offer_lease_grace_s more, so the timer due first
+--   always wins. The edge is told to hang up (command.hangup, reason stalled).
 -- Then agents: an agent ringing or in a call must be the agent of a live call in the matching
 -- state; an agent in wrap-up must have its wrap-up timer. Any replica may run it at any time.
 
@@ -25,12 +25,14 @@ local edge_lapse = tonumber(ARGV[2]) or 0
 local limit = tonumber(ARGV[3]) or 500
 
 -- how long a call may stay in its present state (ms)
-local function state_bound_ms(call)
+local function state_bound_ms(call_id, call)
   local grace = cfg('offer_lease_grace_s')
   if call.state == 'offered' then
     return (cfg('ring_timeout_s') + grace + cfg('whisper_max_s') + grace) * 1000
   end
-  if call.state == 'queued' then
+  -- a wait whose maximum has fired and left the call queued (no overflow target, max_overflows
+  -- spent) has no maximum any more
+  if call.state == 'queued' and redis.call('ZSCORE', K.timers, 'maxwait|' .. call_id) then
     local flow = hgetall(k_flow(call.flow or ''))
     local max_wait = flow and tonumber(flow.max_wait_s) or 0
     if max_wait > 0 then return (max_wait + grace) * 1000 end
@@ -50,7 +52,7 @@ for _, call_id in ipairs(redis.call('SMEMBERS', K.calls)) do
     if edge_lapse > 0 and redis.call('ZSCORE', K.edges, call.edge or '') == false
         and NOW - num(call.received_ms, NOW) > edge_lapse then
       reason = 'edge_unknown'
-    elseif NOW - since > state_bound_ms(call) then
+    elseif NOW - since > state_bound_ms(call_id, call) then
       reason = 'stalled'
     end
     if reason then

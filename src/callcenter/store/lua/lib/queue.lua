@@ -46,7 +46,9 @@ local function enqueue(call_id, call, flow, at_head)
   call_field_updates(call_id, call, updates)
   local max_wait = tonumber(flow.max_wait_s) or 0
   if max_wait > 0 then
-    redis.call('ZADD', K.timers, math.max(NOW, num(call.received_ms, NOW) + max_wait * 1000), 'maxwait|' .. call_id)
+    -- counted from the call's entry into this flow: its arrival, or its last overflow hop
+    local since = num(call.flow_ms, num(call.received_ms, NOW))
+    redis.call('ZADD', K.timers, math.max(NOW, since + max_wait * 1000), 'maxwait|' .. call_id)
   end
   local onhold_th = tonumber(flow.dissuading_onhold_th) or 0
   if onhold_th > 0 and (flow.dissuading_uri or '') ~= '' then
