@@ -16,6 +16,7 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import Query
 from fastapi.exceptions import RequestValidationError
+from sqlalchemy import Select, select
 
 T = TypeVar("T")
 SortKey = list[Any]
@@ -61,3 +62,11 @@ def page_in_memory(items: Sequence[T], key: Callable[[T], SortKey], after: SortK
     """One page of `items` (already in `key` order) after the sort key `after`, and the next cursor."""
     rest = [item for item in items if after is None or key(item) > after]
     return rest[:limit], next_cursor(rest[:limit + 1], limit, key)
+
+
+def by_id(model: Any, cursor: str | None, limit: int) -> Select[Any]:
+    """The SELECT of one page of `model` rows by id (flows, agents), with one extra row that tells
+    whether there is a next page."""
+    after = decode(cursor, (str,))
+    query = select(model).order_by(model.id).limit(limit + 1)
+    return query if after is None else query.where(model.id > after[0])

@@ -17,7 +17,6 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Response, status
-from sqlalchemy import select
 
 from callcenter.db.models import Agent
 from callcenter.store import RC, Result
@@ -60,10 +59,7 @@ def _no_such_agent(agent_id: str) -> str:
 async def list_agents(services: ServicesDep, cursor: paging.Cursor = None,
                       limit: paging.Limit = paging.DEFAULT_LIMIT) -> Page[AgentOut]:
     """Agents by id, with their live state."""
-    after = paging.decode(cursor, (str,))
-    query = select(Agent).order_by(Agent.id).limit(limit + 1)
-    if after is not None:
-        query = query.where(Agent.id > after[0])
+    query = paging.by_id(Agent, cursor, limit)
     agents = await services.sql(lambda s: list(s.scalars(query)))
     shown = agents[:limit]
     views = await services.reads.agents([agent.id for agent in shown])

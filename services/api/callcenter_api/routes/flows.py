@@ -10,7 +10,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Response, status
 from fastapi.exceptions import RequestValidationError
-from sqlalchemy import select
 
 from callcenter.db.models import Flow
 from callcenter_api import paging, provisioning
@@ -27,10 +26,7 @@ FlowId = Annotated[str, Path(pattern=FLOW_ID_PATTERN, description="flow id: [A-Z
 async def list_flows(services: ServicesDep, cursor: paging.Cursor = None,
                      limit: paging.Limit = paging.DEFAULT_LIMIT) -> Page[FlowOut]:
     """Flows by id."""
-    after = paging.decode(cursor, (str,))
-    query = select(Flow).order_by(Flow.id).limit(limit + 1)
-    if after is not None:
-        query = query.where(Flow.id > after[0])
+    query = paging.by_id(Flow, cursor, limit)
     flows = await services.sql(lambda s: [FlowOut.model_validate(f) for f in s.scalars(query)])
     return Page(items=flows[:limit], next_cursor=paging.next_cursor(flows, limit, lambda f: [f.id]))
 
