@@ -72,7 +72,7 @@ async def test_provisioning_round_trip(app_services: tuple[httpx.AsyncClient, Se
     r = await api.put("/v1/flows/sales-line", json={**FLOW, "prepend_cid": "S:", "max_wrapup_s": 10})
     assert r.status_code == 200
     assert (await api.get("/v1/flows/sales-line")).json()["prepend_cid"] == "S:"
-    assert [f["id"] for f in (await api.get("/v1/flows")).json()] == ["sales-line"]
+    assert [f["id"] for f in (await api.get("/v1/flows")).json()["items"]] == ["sales-line"]
 
     r = await api.put("/v1/agents/alice", json={**AGENT, "skills": ["sales", "support", "sales"]})
     assert r.status_code == 201, r.text
@@ -91,7 +91,7 @@ async def test_provisioning_round_trip(app_services: tuple[httpx.AsyncClient, Se
     assert agent_hash["skills"] == "sales,support" and agent_hash["uri"] == AGENT["uri"]
     assert await redis.sismember(f"cc:{{{TENANT}}}:skill:sales:flows", "sales-line")
 
-    listed = (await api.get("/v1/agents")).json()
+    listed = (await api.get("/v1/agents")).json()["items"]
     assert [(a["id"], a["live"]["state"]) for a in listed] == [("alice", "logged_out")]
 
 
@@ -123,7 +123,7 @@ async def test_login_logout_states(api: httpx.AsyncClient, redis: aioredis.Redis
     queues = (await api.get("/v1/queues")).json()
     assert queues == [{"flow_id": "sales-line", "skill": "sales", "priority": 3, "waiting": 1, "calls": ["c1"],
                        "chats_waiting": 0, "chats": []}]
-    calls = (await api.get("/v1/calls")).json()
+    calls = (await api.get("/v1/calls")).json()["items"]
     assert [(c["call_id"], c["state"], c["flow"]) for c in calls] == [("c1", "queued", "sales-line")]
 
     assert (await api.post("/v1/agents/alice/login")).json()["state"] == "ringing"
@@ -252,7 +252,7 @@ async def test_delete_rules(app_services: tuple[httpx.AsyncClient, Services], re
     assert await services.sql(lambda s: s.get(Flow, "sales-line")) is not None
     await redis.delete(f"cc:{{{TENANT}}}:queue:sales-line")
     assert (await api.delete("/v1/flows/sales-line")).status_code == 204
-    assert (await api.get("/v1/flows")).json() == []
+    assert (await api.get("/v1/flows")).json()["items"] == []
     assert not await redis.exists(f"cc:{{{TENANT}}}:flow:sales-line")
 
 
@@ -389,7 +389,7 @@ async def test_no_coercion_of_body_numbers(api: httpx.AsyncClient) -> None:
         problem(await api.put("/v1/flows/f1", json={**FLOW, **change}), 422, "validation-failed")
     for change in ({"wrapup_s": "5"}, {"chat_capacity": False}, {"skills": "sales"}):
         problem(await api.put("/v1/agents/a1", json={**AGENT, **change}), 422, "validation-failed")
-    assert (await api.get("/v1/flows")).json() == [] and (await api.get("/v1/agents")).json() == []
+    assert (await api.get("/v1/flows")).json()["items"] == [] and (await api.get("/v1/agents")).json()["items"] == []
 
 
 @pytest.mark.parametrize("bad_id", ["%2E", "%2E%2E", "..", ".hidden", "-rf", "a%2Fb", "x" * 129])
@@ -400,7 +400,7 @@ async def test_path_like_ids_are_refused(api: httpx.AsyncClient, bad_id: str) ->
         assert r.status_code != 201
     for path in (f"/v1/calls/{bad_id}", f"/v1/agents/{bad_id}/login"):
         assert (await api.request("GET" if "calls" in path else "POST", path)).status_code in (404, 422)
-    assert (await api.get("/v1/flows")).json() == [] and (await api.get("/v1/agents")).json() == []
+    assert (await api.get("/v1/flows")).json()["items"] == [] and (await api.get("/v1/agents")).json()["items"] == []
 
 
 @pytest.mark.parametrize("bad_id", ["%2E", "%2E%2E", ".hidden", "-rf"])
@@ -440,7 +440,7 @@ async def test_a_body_over_the_cap_is_413_before_it_is_read(settings: ApiSetting
         r = await api.put("/v1/agents/alice", headers={"content-length": "999999999", "content-type":
                                                        "application/json"}, content=b"{}")
         problem(r, 413, "body-too-large")
-        assert (await api.get("/v1/agents")).json() == []
+        assert (await api.get("/v1/agents")).json()["items"] == []
         assert (await api.put("/v1/agents/alice", json=AGENT)).status_code == 201  # under the cap
     assert ApiSettings().api_max_body_bytes == 64 * 1024
 

@@ -150,7 +150,7 @@ def test_keys_are_shown_once_stored_hashed_revocable_and_record_their_use(api: A
         created = r.json()
         plain, key_id = created["key"], created["id"]
         assert plain.startswith(f"cck_{key_id}_") and len(plain.split("_", 2)[2]) >= 43
-        listed = {k["id"]: k for k in admin.get("/v1/keys").json()}
+        listed = {k["id"]: k for k in admin.get("/v1/keys").json()["items"]}
         assert "key" not in listed[key_id] and listed[key_id]["last_used_at"] is None
         assert admin.post("/v1/keys", json={"name": "x", "role": "agent"}).status_code == 422
     secret = plain.split("_", 2)[2]
@@ -162,8 +162,8 @@ def test_keys_are_shown_once_stored_hashed_revocable_and_record_their_use(api: A
     with api.client(plain) as carol:
         assert carol.get("/v1/calls").status_code == 200
         with api.client(api.admin) as admin:
-            assert wait_until(lambda: {k["id"]: k for k in admin.get("/v1/keys").json()}[key_id]["last_used_at"]
-                              is not None, 10)
+            keys_now = lambda: {k["id"]: k for k in admin.get("/v1/keys").json()["items"]}  # noqa: E731
+            assert wait_until(lambda: keys_now()[key_id]["last_used_at"] is not None, 10)
             assert admin.delete(f"/v1/keys/{key_id}").json()["revoked_at"] is not None
             assert admin.delete("/v1/keys/ffffffffffff").status_code == 404
         problem(carol.get("/v1/calls"), 401, "revoked-key")

@@ -22,10 +22,11 @@ from callcenter.db.engine import make_engine, upgrade
 from callcenter.redis import REDIS_DOWN
 from callcenter.settings import ApiSettings
 from callcenter.store import Store
-from callcenter_api import errors, provisioning
+from callcenter_api import errors, openapi, provisioning
 from callcenter_api.auth import AuthError, auth_problem
 from callcenter_api.body_limit import BodyLimit
 from callcenter_api.deps import Services, require_principal
+from callcenter_api.idempotency import Idempotency
 from callcenter_api.routes import agents, cdrs, config, dead_letters, events, flows, keys, live, ops, stats
 
 log = structlog.get_logger(__name__)
@@ -75,6 +76,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
             log.info("api.stopped")
 
     app = FastAPI(title="callcenter api", version="1", lifespan=lifespan,
+                  generate_unique_id_function=openapi.operation_id,
                   description="Provisioning, agents (login, pause, release), live calls and queues, "
                               "external dispatching, call-handling parameters, statistics, service level, CDRs.")
     app.include_router(ops.probes)
@@ -87,9 +89,13 @@ def create_app(settings: ApiSettings) -> FastAPI:
     if settings.api_cors_origins.strip():  # no CORS headers at all unless origins are configured
         app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in settings.api_cors_origins.split(",")
                                                           if o.strip()],
-                           allow_methods=["*"], allow_headers=["Authorization", "Content-Type", "Last-Event-ID"])
+                           allow_methods=["*"], allow_headers=["Authorization", "Content-Type", "Last-Event-ID",
+                                                                 "Idempotency-Key", "If-Match"],
+                           expose_headers=["ETag", "Idempotent-Replayed"])
 
     errors.install(app)  # every error as application/problem+json (RFC 9457)
+    openapi.install(app)  # operation ids, and every error each operation can answer
+    app.add_middleware(Idempotency)  # inside BodyLimit: it reads a capped body
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)
     app.add_exception_handler(AuthError, auth_problem)
 

@@ -23,7 +23,6 @@ from typing import Any
 import structlog
 from fastapi import FastAPI, Request, status
 from fastapi.exceptions import RequestValidationError
-from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -58,6 +57,9 @@ CAUSES: dict[str, str] = {
     "sql-unavailable": "The SQL database is unavailable",
     "not-ready": "Not ready",
     "internal-error": "Internal error",
+    "precondition-failed": "The resource changed since you read it",
+    "idempotency-key-reused": "Idempotency-Key reused for another request",
+    "idempotency-in-progress": "A request with this Idempotency-Key is still running",
 }
 
 # NOT_FOUND: the thing does not exist; every other refusal is a conflict with the current state
@@ -72,7 +74,8 @@ STEP_PROBLEMS: dict[RC, tuple[int, str]] = {
 }
 
 # HTTP errors raised by routes or by Starlette itself (unknown route, wrong method, body cap)
-_HTTP_CAUSES = {404: "not-found", 405: "method-not-allowed", 413: "body-too-large", 503: "not-ready"}
+_HTTP_CAUSES = {404: "not-found", 405: "method-not-allowed", 412: "precondition-failed", 413: "body-too-large",
+                422: "validation-failed", 503: "not-ready"}
 
 
 class ProblemResponse(JSONResponse):
@@ -210,30 +213,7 @@ PROBLEM_SCHEMA: dict[str, Any] = {
 }
 
 
-def _openapi_with_problems(app: FastAPI) -> Callable[[], dict[str, Any]]:
-    """app.openapi, with every 4xx/5xx response declared as application/problem+json."""
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            schema = get_openapi(title=app.title, version=app.version, description=app.description,
-                                 routes=app.routes)
-            schema.setdefault("components", {}).setdefault("schemas", {})["Problem"] = PROBLEM_SCHEMA
-            content = {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}
-            for operations in schema.get("paths", {}).values():
-                for operation in operations.values():
-                    for code, response in operation.get("responses", {}).items():
-                        if code[:1] in ("4", "5"):
-                            response["content"] = content
-            for unused in ("HTTPValidationError", "ValidationError"):
-                schema["components"]["schemas"].pop(unused, None)
-            app.openapi_schema = schema
-        return app.openapi_schema
-
-    return openapi
-
-
 def install(app: FastAPI) -> None:
-    """Register the problem handlers of every error on `app`, and declare them in its OpenAPI."""
+    """Register the problem handlers of every error on `app` (`callcenter_api.openapi` declares them)."""
     for exc_type, handler in HANDLERS.items():
         app.add_exception_handler(exc_type, handler)
-    app.openapi = _openapi_with_problems(app)  # type: ignore[method-assign]

@@ -15,7 +15,7 @@ import secrets
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
 
 from callcenter.db.models import ROLES, ApiKey, utcnow
@@ -65,8 +65,13 @@ def create(session: Session, *, name: str, role: str, agent_id: str | None = Non
     return row, f"{PREFIX}_{key_id}_{secret}"
 
 
-def listed(session: Session) -> list[ApiKey]:
-    return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.id)))
+def listed(session: Session, after: tuple[datetime, str] | None = None, limit: int | None = None) -> list[ApiKey]:
+    """Keys oldest first; `after`: only those after this (created_at, id); at most `limit`."""
+    query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.id).limit(limit)
+    if after is not None:
+        at, key_id = after
+        query = query.where(or_(ApiKey.created_at > at, and_(ApiKey.created_at == at, ApiKey.id > key_id)))
+    return list(session.scalars(query))
 
 
 def active_count(session: Session, role: str | None = None) -> int:

@@ -92,9 +92,16 @@ async def cache_agent(store: Store, agent: Agent) -> str:
     return res.detail
 
 
-def _save(session: Session, model: type[M], key: str, values: dict[str, Any]) -> tuple[M, bool]:
-    """Get-or-create the row `key` of `model` and set `values`; the row and whether it is new."""
-    row = session.get(model, key)
+Precondition = Callable[[Any], None]
+
+
+def _save(session: Session, model: type[M], key: str, values: dict[str, Any],
+          precondition: Precondition | None = None) -> tuple[M, bool]:
+    """Get-or-create the row `key` of `model` and set `values`; the row and whether it is new.
+    `precondition` (If-Match, `callcenter_api.versions`) sees the current row, read for update."""
+    row = session.get(model, key, with_for_update=precondition is not None)
+    if precondition is not None:
+        precondition(row)
     created = row is None
     if row is None:
         row = model(id=key)
@@ -125,7 +132,8 @@ async def _delete(services: Services, model: type[Flow] | type[Agent], key: str,
 
 # -- flows ---------------------------------------------------------------------------------------
 
-async def put_flow(services: Services, flow_id: str, values: dict[str, Any]) -> tuple[Flow, bool]:
+async def put_flow(services: Services, flow_id: str, values: dict[str, Any],
+                   precondition: Precondition | None = None) -> tuple[Flow, bool]:
     """Create or replace a flow; returns it and whether it was created. OverflowCycle (nothing
     saved) when its overflow_flow chain leads back to it."""
 
@@ -135,7 +143,7 @@ async def put_flow(services: Services, flow_id: str, values: dict[str, Any]) -> 
             raise OverflowCycle(cycle)  # the transaction rolls back: nothing written
         old = session.get(Flow, flow_id)
         previous = None if old is None else {name: getattr(old, name) for name in values}
-        return (*_save(session, Flow, flow_id, values), previous)
+        return (*_save(session, Flow, flow_id, values, precondition), previous)
 
     flow, created, previous = await _retry_on_race(services, write)
     cycle = await cache_flow(services.store, flow)
@@ -164,12 +172,13 @@ async def delete_flow(services: Services, flow_id: str) -> bool:
 
 # -- agents --------------------------------------------------------------------------------------
 
-async def put_agent(services: Services, agent_id: str, values: dict[str, Any]) -> tuple[Agent, bool]:
+async def put_agent(services: Services, agent_id: str, values: dict[str, Any],
+                    precondition: Precondition | None = None) -> tuple[Agent, bool]:
     """Create or replace an agent (values: the AgentIn fields); returns it and whether it was created."""
     values = {**values, "skills": ",".join(values["skills"])}
 
     def write(session: Session) -> tuple[Agent, bool]:
-        return _save(session, Agent, agent_id, values)
+        return _save(session, Agent, agent_id, values, precondition)
 
     agent, created = await _retry_on_race(services, write)
     await cache_agent(services.store, agent)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, create_model, model_validator
 
@@ -63,6 +63,16 @@ class _Body(BaseModel):
 class _View(BaseModel):
     # built from the read views of callcenter.store.reads (frozen dataclasses of the same field names)
     model_config = ConfigDict(from_attributes=True)
+
+
+ItemT = TypeVar("ItemT")
+
+
+class Page(BaseModel, Generic[ItemT]):
+    """One page of a list (`callcenter_api.paging`): pass `next_cursor` as `?cursor=` for the next one."""
+
+    items: list[ItemT]
+    next_cursor: str | None = Field(description="the cursor of the next page; null on the last page")
 
 
 # -- flows -----------------------------------------------------------------------------------------
@@ -335,7 +345,8 @@ class CdrPage(BaseModel):
     items: list[CdrOut]
     limit: int
     offset: int
-    next_offset: int | None = Field(description="offset of the next page; null on the last page")
+    next_offset: int | None = Field(description="offset of the next page; null on the last page (offset paging)")
+    next_cursor: str | None = Field(description="cursor of the next page (?cursor=); null on the last page")
 
 
 class ReloadOut(BaseModel):

@@ -80,6 +80,17 @@ class Api:
             raise ApiError(explain(r) + hint)
         return r.json() if r.content else None
 
+    def items(self, path: str, *, params: dict[str, Any] | None = None, most: int | None = None) -> list[Any]:
+        """Every item of a paged list (`{"items", "next_cursor"}`), following the cursors; at most `most`."""
+        items: list[Any] = []
+        cursor = None
+        while True:
+            page = self.call("GET", path, params={**(params or {}), "cursor": cursor})
+            items += page["items"]
+            cursor = page["next_cursor"]
+            if cursor is None or (most is not None and len(items) >= most):
+                return items[:most]
+
     def events(self, types: list[str], last_id: str | None = None) -> Iterator[dict[str, Any]]:
         """The live feed: one dict per SSE event (id, event, data), until the server ends it."""
         headers = {"Last-Event-ID": last_id} if last_id else {}

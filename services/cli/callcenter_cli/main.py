@@ -82,6 +82,12 @@ def run(ctx: Context, method: str, path: str, *, columns: Columns | None = None,
     show(ctx, pick(data) if pick and not ctx.as_json else data, columns)
 
 
+def run_list(ctx: Context, path: str, *, columns: Columns | None = None, params: dict[str, Any] | None = None,
+             most: int | None = None) -> None:
+    """A paged list of the api, every page (at most `most` items), shown as one list."""
+    show(ctx, ctx.api.items(path, params=params, most=most), columns)
+
+
 def parse_sets(pairs: Sequence[str]) -> dict[str, Any]:
     """KEY=VALUE pairs; a value is read as JSON when it parses (numbers, true, null, lists), else text."""
     out: dict[str, Any] = {}
@@ -116,7 +122,7 @@ AGENT_COLUMNS = [("id", "id"), ("state", "state"), ("skills", "skills"), ("uri",
 @pass_ctx
 def agent_list(ctx: Context) -> None:
     """Every agent with its state."""
-    run(ctx, "GET", "/v1/agents", columns=AGENT_COLUMNS)
+    run_list(ctx, "/v1/agents", columns=AGENT_COLUMNS)
 
 
 @agent.command("show")
@@ -181,7 +187,7 @@ def flow() -> None:
 @pass_ctx
 def flow_list(ctx: Context) -> None:
     """Every flow."""
-    run(ctx, "GET", "/v1/flows", columns=[("id", "id"), ("skill", "skill"), ("priority", "priority"),
+    run_list(ctx, "/v1/flows", columns=[("id", "id"), ("skill", "skill"), ("priority", "priority"),
                                           ("strategy", "strategy"), ("queue_uri", "queue_uri")])
 
 
@@ -252,7 +258,7 @@ def queue_show(ctx: Context, flow_id: str | None) -> None:
 @pass_ctx
 def calls(ctx: Context) -> None:
     """Calls not yet ended."""
-    run(ctx, "GET", "/v1/calls", columns=[("call_id", "call_id"), ("flow", "flow"), ("state", "state"),
+    run_list(ctx, "/v1/calls", columns=[("call_id", "call_id"), ("flow", "flow"), ("state", "state"),
                                           ("agent", "agent_id"), ("caller", "caller")])
 
 
@@ -327,7 +333,7 @@ def key_create(ctx: Context, name: str, role: str, agent_id: str | None) -> None
 @pass_ctx
 def key_list(ctx: Context) -> None:
     """Every key (never a secret)."""
-    run(ctx, "GET", "/v1/keys", columns=[("id", "id"), ("name", "name"), ("role", "role"), ("agent", "agent_id"),
+    run_list(ctx, "/v1/keys", columns=[("id", "id"), ("name", "name"), ("role", "role"), ("agent", "agent_id"),
                                          ("last_used_at", "last_used_at"), ("revoked_at", "revoked_at")])
 
 
@@ -349,8 +355,8 @@ def dead_letters() -> None:
 @pass_ctx
 def dead_list(ctx: Context, limit: int) -> None:
     """The newest first."""
-    run(ctx, "GET", "/v1/dead-letters", params={"limit": limit},
-        columns=[("id", "id"), ("stream", "stream"), ("type", "type"), ("error", "error")])
+    run_list(ctx, "/v1/dead-letters", params={"limit": min(limit, 1000)}, most=limit,
+             columns=[("id", "id"), ("stream", "stream"), ("type", "type"), ("error", "error")])
 
 
 @dead_letters.command("replay")

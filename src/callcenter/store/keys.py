@@ -33,6 +33,7 @@ the one list: `NAMES` and `FAMILIES` below are rendered into the Lua prelude (`K
     cc:{t}:commands:<edge>        stream commands for one sip-edge
     cc:{t}:events                 stream every state change: the product event stream
     cc:{t}:dead                   stream entries that could not be handled (dead letters)
+    cc:{t}:idem:<digest>          string the api's record of one Idempotency-Key (its answer), with a TTL
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ FAMILIES: dict[str, str] = {
     "commands": "commands:{0}",
     "flow_stats": "stats:flow:{0}",
     "sl": "sl:{0}:{1}",
+    "idempotency": "idem:{0}",
 }
 
 
@@ -132,3 +134,7 @@ class Keys:
     def sl(self, flow_id: str, minute: int) -> str:
         """Service-level bucket of one minute (`minute` = ms // 60000)."""
         return self._family("sl", flow_id, minute)
+
+    def idempotency(self, digest: str) -> str:
+        """The api's record of one Idempotency-Key of one caller (`digest`: hex SHA-256)."""
+        return self._family("idempotency", digest)

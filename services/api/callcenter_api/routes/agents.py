@@ -6,6 +6,9 @@ waiting call in the same step (then `call.offered` and a `command.ring` to the c
 Pause, unpause and force release run `agent_pause.lua`, `agent_unpause.lua` and
 `agent_release.lua` (events `agent.paused`, `agent.unpaused`, `agent.released`; a release of an
 agent in a call sends `command.hangup` to the call's sip-edge).
+
+An agent's GET and PUT answer the `ETag` of its definition; a PUT with `If-Match` is refused (412)
+when the definition changed since (`callcenter_api.versions`). The list is paged by cursor, by id.
 """
 
 from __future__ import annotations
@@ -14,13 +17,12 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Path, Response, status
-from sqlalchemy import select
 
 from callcenter.db.models import Agent
 from callcenter.store import RC, Result
 from callcenter.store.codes import refuse_on
 from callcenter.store.reads import AgentView
-from callcenter_api import provisioning
+from callcenter_api import paging, provisioning
 from callcenter_api.deps import Services, ServicesDep
 from callcenter_api.schemas import (
     AGENT_ID_PATTERN,
@@ -30,9 +32,11 @@ from callcenter_api.schemas import (
     AgentStateOut,
     LoginOut,
     LogoutOut,
+    Page,
     PauseIn,
     PauseOut,
 )
+from callcenter_api.versions import ETAG_HEADER, IfMatch, etag, precondition
 
 router = APIRouter(prefix="/v1/agents", tags=["agents"])
 
@@ -51,29 +55,42 @@ def _no_such_agent(agent_id: str) -> str:
     return f"agent {agent_id!r} does not exist"
 
 
-@router.get("")
-async def list_agents(services: ServicesDep) -> list[AgentOut]:
-    agents = await services.sql(lambda s: list(s.scalars(select(Agent).order_by(Agent.id))))
-    views = await services.reads.agents([agent.id for agent in agents])
-    return [agent_out(agent, view) for agent, view in zip(agents, views, strict=True)]
+@router.get("", name="list")
+async def list_agents(services: ServicesDep, cursor: paging.Cursor = None,
+                      limit: paging.Limit = paging.DEFAULT_LIMIT) -> Page[AgentOut]:
+    """Agents by id, with their live state."""
+    query = paging.by_id(Agent, cursor, limit)
+    agents = await services.sql(lambda s: list(s.scalars(query)))
+    shown = agents[:limit]
+    views = await services.reads.agents([agent.id for agent in shown])
+    return Page(items=[agent_out(agent, view) for agent, view in zip(shown, views, strict=True)],
+                next_cursor=paging.next_cursor(agents, limit, lambda a: [a.id]))
 
 
-@router.get("/{agent_id}")
-async def get_agent(agent_id: AgentId, services: ServicesDep) -> AgentOut:
+@router.get("/{agent_id}", name="get", responses={200: {"headers": ETAG_HEADER}})
+async def get_agent(agent_id: AgentId, services: ServicesDep, response: Response) -> AgentOut:
     agent = await services.sql(lambda s: s.get(Agent, agent_id))
     if agent is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, _no_such_agent(agent_id))
+    response.headers["ETag"] = etag(agent)
     return agent_out(agent, await services.reads.agent(agent_id))
 
 
-@router.put("/{agent_id}", responses={201: {"description": "created"}, 200: {"description": "replaced"}})
-async def put_agent(agent_id: AgentId, body: AgentIn, services: ServicesDep, response: Response) -> AgentOut:
-    agent, created = await provisioning.put_agent(services, agent_id, body.model_dump())
+@router.put("/{agent_id}", name="update",
+            responses={201: {"description": "created", "headers": ETAG_HEADER},
+                       200: {"description": "replaced", "headers": ETAG_HEADER},
+                       412: {"description": "If-Match does not name the agent's current version"}})
+async def put_agent(agent_id: AgentId, body: AgentIn, services: ServicesDep, response: Response,
+                    if_match: IfMatch = None) -> AgentOut:
+    """Create or replace an agent. With If-Match, only if it is still at that version (its ETag)."""
+    agent, created = await provisioning.put_agent(services, agent_id, body.model_dump(),
+                                                  precondition(if_match, f"agent {agent_id!r}"))
     response.status_code = status.HTTP_201_CREATED if created else status.HTTP_200_OK
+    response.headers["ETag"] = etag(agent)
     return agent_out(agent, await services.reads.agent(agent_id))
 
 
-@router.delete("/{agent_id}", status_code=status.HTTP_204_NO_CONTENT,
+@router.delete("/{agent_id}", name="delete", status_code=status.HTTP_204_NO_CONTENT,
                responses={409: {"description": "the agent is logged in"}})
 async def delete_agent(agent_id: AgentId, services: ServicesDep) -> None:
     if not await provisioning.delete_agent(services, agent_id):
@@ -92,19 +109,19 @@ async def _run_on_agent(services: Services, agent_id: str, step: Step) -> Result
     return refuse_on(res, RC.NOT_FOUND, message=_no_such_agent(agent_id))
 
 
-@router.post("/{agent_id}/login", responses={404: {"description": "unknown agent"}})
+@router.post("/{agent_id}/login", name="login")
 async def login(agent_id: AgentId, services: ServicesDep) -> LoginOut:
     res = await _run_on_agent(services, agent_id, services.store.agent_login)
     return LoginOut(agent_id=agent_id, state=res.detail, already=res.rc is RC.ALREADY)
 
 
-@router.post("/{agent_id}/logout", responses={404: {"description": "unknown agent"}})
+@router.post("/{agent_id}/logout", name="logout")
 async def logout(agent_id: AgentId, services: ServicesDep) -> LogoutOut:
     res = await _run_on_agent(services, agent_id, services.store.agent_logout)
     return LogoutOut(agent_id=agent_id, state=res.detail, already=res.rc is RC.ALREADY)  # type: ignore[arg-type]
 
 
-@router.post("/{agent_id}/pause", responses={404: {"description": "unknown agent"},
+@router.post("/{agent_id}/pause", name="pause", responses={404: {"description": "unknown agent"},
                                              409: {"description": "the agent is not logged in"}})
 async def pause(agent_id: AgentId, body: PauseIn, services: ServicesDep) -> PauseOut:
     """Pause a logged-in agent with a reason code: at once when free or in wrap-up; when ringing or in
@@ -117,7 +134,7 @@ async def pause(agent_id: AgentId, body: PauseIn, services: ServicesDep) -> Paus
                     reason=body.reason, already=already)
 
 
-@router.post("/{agent_id}/unpause", responses={404: {"description": "unknown agent"}})
+@router.post("/{agent_id}/unpause", name="unpause")
 async def unpause(agent_id: AgentId, services: ServicesDep) -> AgentStateOut:
     """End the agent's pause, or cancel a pending one. A free agent takes a waiting call in the same
     step (state `ringing`). `already: true` when the agent was not paused."""
@@ -125,7 +142,7 @@ async def unpause(agent_id: AgentId, services: ServicesDep) -> AgentStateOut:
     return AgentStateOut(agent_id=agent_id, state=res.detail or "logged_out", already=res.rc is RC.ALREADY)
 
 
-@router.post("/{agent_id}/release", responses={404: {"description": "unknown agent"}})
+@router.post("/{agent_id}/release", name="release")
 async def release(agent_id: AgentId, services: ServicesDep) -> AgentStateOut:
     """Free an agent by force (administrator): a live call it holds is hung up (`command.hangup` to the
     call's sip-edge; CDR outcome failed, reason force_release); a ringing offer is withdrawn; wrap-up

@@ -6,10 +6,11 @@ from datetime import UTC, datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from callcenter.db.models import Cdr
+from callcenter_api import paging
 from callcenter_api.deps import ServicesDep
 from callcenter_api.schemas import AGENT_ID_PATTERN, FLOW_ID_PATTERN, CdrOut, CdrPage
 
@@ -23,7 +24,7 @@ def _aware(value: datetime | None) -> datetime | None:
     return value.replace(tzinfo=UTC)
 
 
-@router.get("")
+@router.get("", name="list")
 async def list_cdrs(
     services: ServicesDep,
     flow_id: Annotated[str | None, Query(pattern=FLOW_ID_PATTERN)] = None,
@@ -34,10 +35,15 @@ async def list_cdrs(
                        Query()] = None,
     media_type: Annotated[Literal["audio", "chat"] | None, Query()] = None,
     order: Annotated[Literal["asc", "desc"], Query(description="by arrival time")] = "desc",
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: paging.Limit = paging.DEFAULT_LIMIT,
+    cursor: paging.Cursor = None,
+    offset: Annotated[int, Query(ge=0, le=2**31, description="rows to skip (older paging; prefer cursor)")] = 0,
 ) -> CdrPage:
-    """CDRs, newest first by default; `next_offset` is null on the last page."""
+    """CDRs, newest first by default. Page with `cursor` (the previous page's `next_cursor`, with the
+    same filters and order): stable while CDRs are added. `offset` still works (not with a cursor)."""
+    after = paging.decode(cursor, (str, str, int))
+    if cursor is not None and after is not None and (after[0] != order or offset):
+        raise paging.invalid(cursor, "this cursor is for another order, or was given with an offset")
     query = select(Cdr)
     if flow_id is not None:
         query = query.where(Cdr.flow_id == flow_id)
@@ -56,6 +62,12 @@ async def list_cdrs(
         query = query.order_by(Cdr.received_at.desc(), Cdr.id.desc())
     else:
         query = query.order_by(Cdr.received_at, Cdr.id)
+    if after is not None:
+        at, row_id = datetime.fromisoformat(after[1]), after[2]
+        if order == "desc":
+            query = query.where(or_(Cdr.received_at < at, and_(Cdr.received_at == at, Cdr.id < row_id)))
+        else:
+            query = query.where(or_(Cdr.received_at > at, and_(Cdr.received_at == at, Cdr.id > row_id)))
     # one extra row tells whether there is a next page without a COUNT(*) over the table
     query = query.limit(limit + 1).offset(offset)
 
@@ -64,4 +76,5 @@ async def list_cdrs(
 
     rows = await services.sql(fetch)
     more = len(rows) > limit
-    return CdrPage(items=rows[:limit], limit=limit, offset=offset, next_offset=offset + limit if more else None)
+    return CdrPage(items=rows[:limit], limit=limit, offset=offset, next_offset=offset + limit if more else None,
+                   next_cursor=paging.next_cursor(rows, limit, lambda c: [order, c.received_at.isoformat(), c.id]))

@@ -19,13 +19,13 @@ from callcenter_api.schemas import ConfigOut, ConfigPatch
 router = APIRouter(prefix="/v1/config", tags=["config"])
 
 
-@router.get("")
+@router.get("", name="get")
 async def get_config(services: ServicesDep) -> ConfigOut:
     """The effective call-handling parameters (a parameter never set shows its default)."""
     return ConfigOut(**await services.reads.config())
 
 
-@router.patch("")
+@router.patch("", name="update")
 async def patch_config(body: ConfigPatch, services: ServicesDep) -> ConfigOut:
     """Change the given parameters; the others are kept; `null` puts one back to its default."""
     await write_changes(services.redis, services.store.keys, body.model_dump(exclude_unset=True))

@@ -5,16 +5,20 @@ from (a new id; the consumers take it like any other) and removed from the dead 
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Path, Query, status
+from fastapi import APIRouter, HTTPException, Path, status
 from pydantic import BaseModel
 
+from callcenter_api import paging
 from callcenter_api.deps import ServicesDep
+from callcenter_api.schemas import Page
 
 router = APIRouter(prefix="/v1/dead-letters", tags=["dead-letters"])
 
-DeadId = Annotated[str, Path(pattern=r"^[0-9]{1,20}-[0-9]{1,20}$", description="the dead letter's stream id")]
+STREAM_ID = r"^[0-9]{1,20}-[0-9]{1,20}$"
+DeadId = Annotated[str, Path(pattern=STREAM_ID, description="the dead letter's stream id")]
 
 
 class DeadLetterOut(BaseModel):
@@ -48,15 +52,20 @@ def _out(eid: Any, fields: dict[Any, Any]) -> DeadLetterOut:
                          type=_text(etype) if etype is not None else None)
 
 
-@router.get("")
-async def list_dead_letters(services: ServicesDep,
-                            limit: Annotated[int, Query(ge=1, le=1000)] = 100) -> list[DeadLetterOut]:
+@router.get("", name="list")
+async def list_dead_letters(services: ServicesDep, cursor: paging.Cursor = None,
+                            limit: paging.Limit = paging.DEFAULT_LIMIT) -> Page[DeadLetterOut]:
     """The newest dead letters first."""
-    entries: Any = await services.redis.xrevrange(services.store.keys.dead, count=limit)
-    return [_out(eid, fields) for eid, fields in entries]
+    after = paging.decode(cursor, (str,))
+    if cursor is not None and after is not None and not re.fullmatch(STREAM_ID, after[0]):
+        raise paging.invalid(cursor, "not a cursor of this list: pass next_cursor as it came")
+    newest = "(" + after[0] if after is not None else "+"
+    entries: Any = await services.redis.xrevrange(services.store.keys.dead, max=newest, count=limit + 1)
+    items = [_out(eid, fields) for eid, fields in entries]
+    return Page(items=items[:limit], next_cursor=paging.next_cursor(items, limit, lambda d: [d.id]))
 
 
-@router.post("/{dead_id}/replay", responses={404: {"description": "unknown dead letter"}})
+@router.post("/{dead_id}/replay", name="replay", responses={404: {"description": "unknown dead letter"}})
 async def replay_dead_letter(dead_id: DeadId, services: ServicesDep) -> ReplayOut:
     """Put the original entry back on its stream and remove the dead letter."""
     keys = services.store.keys

@@ -101,7 +101,7 @@ async def event_stream(services: Services, visibility: Visibility, last_id: str 
         services.feed.unsubscribe(sub)
 
 
-@router.get("/events", response_class=StreamingResponse,
+@router.get("/events", name="stream", response_class=StreamingResponse,
             responses={200: {"content": {"text/event-stream": {}}, "description": "the event stream"}})
 async def events(
     services: ServicesDep,

@@ -14,12 +14,12 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from sqlalchemy.orm import Session
 
 from callcenter.db.models import ApiKey
-from callcenter_api import keys
+from callcenter_api import keys, paging
 from callcenter_api.auth import forbidden
 from callcenter_api.deps import PrincipalDep, ServicesDep
-from callcenter_api.schemas import AGENT_ID_PATTERN
+from callcenter_api.schemas import AGENT_ID_PATTERN, Page
 
-router = APIRouter(prefix="/v1", tags=["keys"])
+router = APIRouter(prefix="/v1")
 
 
 class KeyIn(BaseModel):
@@ -80,7 +80,7 @@ class TokenOut(BaseModel):
 KeyId = Annotated[str, Path(pattern=r"^[0-9a-f]{1,32}$")]
 
 
-@router.post("/keys", status_code=status.HTTP_201_CREATED)
+@router.post("/keys", tags=["keys"], name="create", status_code=status.HTTP_201_CREATED)
 async def create_key(body: KeyIn, services: ServicesDep) -> KeyCreated:
     """A new API key; `key` in the answer is the only time it is shown."""
 
@@ -91,13 +91,18 @@ async def create_key(body: KeyIn, services: ServicesDep) -> KeyCreated:
     return await services.sql(create)
 
 
-@router.get("/keys")
-async def list_keys(services: ServicesDep) -> list[KeyOut]:
-    """Every key, revoked ones too (never a secret)."""
-    return await services.sql(lambda s: [KeyOut.model_validate(row) for row in keys.listed(s)])
+@router.get("/keys", tags=["keys"], name="list")
+async def list_keys(services: ServicesDep, cursor: paging.Cursor = None,
+                    limit: paging.Limit = paging.DEFAULT_LIMIT) -> Page[KeyOut]:
+    """Every key, revoked ones too (never a secret), oldest first."""
+    after = paging.decode(cursor, (str, str))
+    start = (datetime.fromisoformat(after[0]), after[1]) if after is not None else None
+    rows = await services.sql(lambda s: [KeyOut.model_validate(row) for row in keys.listed(s, start, limit + 1)])
+    return Page(items=rows[:limit],
+                next_cursor=paging.next_cursor(rows, limit, lambda k: [k.created_at.isoformat(), k.id]))
 
 
-@router.delete("/keys/{key_id}", responses={404: {"description": "unknown key"}})
+@router.delete("/keys/{key_id}", tags=["keys"], name="revoke", responses={404: {"description": "unknown key"}})
 async def revoke_key(key_id: KeyId, services: ServicesDep) -> KeyOut:
     """Revoke a key (idempotent): it and the tokens minted from it stop working at once on this api
     process, within a few seconds on the others."""
@@ -113,7 +118,7 @@ async def revoke_key(key_id: KeyId, services: ServicesDep) -> KeyOut:
     return out
 
 
-@router.post("/tokens", status_code=status.HTTP_201_CREATED)
+@router.post("/tokens", tags=["tokens"], name="create", status_code=status.HTTP_201_CREATED)
 async def mint_token(body: TokenIn, principal: PrincipalDep, services: ServicesDep) -> TokenOut:
     """A short-lived token (JWT) for a browser client acting for one agent, sent as
     `Authorization: Bearer <token>` like a key. An admin key mints for any agent; an agent key for

@@ -13,26 +13,33 @@ from fastapi import APIRouter, HTTPException, Path, Query, status
 
 from callcenter.store import RC
 from callcenter.store.codes import NOT_OK, refuse_on
-from callcenter_api import provisioning
+from callcenter_api import paging, provisioning
 from callcenter_api.auth import forbidden
 from callcenter_api.deps import PrincipalDep, ServicesDep
-from callcenter_api.schemas import CALL_ID_PATTERN, CallOut, DispatchIn, DispatchOut, QueueOut
+from callcenter_api.schemas import CALL_ID_PATTERN, CallOut, DispatchIn, DispatchOut, Page, QueueOut
 
-router = APIRouter(prefix="/v1", tags=["live"])
+router = APIRouter(prefix="/v1")
 
 CallId = Annotated[str, Path(pattern=CALL_ID_PATTERN, description="call id (the sip-edge's: 32 hex digits)")]
 
 
-@router.get("/calls")
-async def list_calls(services: ServicesDep, principal: PrincipalDep) -> list[CallOut]:
+def _call_order(call: CallOut) -> paging.SortKey:
+    return [call.received_ms or 0, call.call_id]
+
+
+@router.get("/calls", tags=["calls"], name="list")
+async def list_calls(services: ServicesDep, principal: PrincipalDep, cursor: paging.Cursor = None,
+                     limit: paging.Limit = paging.DEFAULT_LIMIT) -> Page[CallOut]:
     """Calls not yet ended, oldest first (an agent key: its own agent's calls only)."""
+    after = paging.decode(cursor, (int, str))
     calls = [CallOut.model_validate(call) for call in await services.reads.calls()]
     if principal.role == "agent":
         calls = [call for call in calls if call.agent_id == principal.agent_id]
-    return calls
+    items, following = paging.page_in_memory(calls, _call_order, after, limit)
+    return Page(items=items, next_cursor=following)
 
 
-@router.get("/calls/{call_id}")
+@router.get("/calls/{call_id}", tags=["calls"], name="get")
 async def get_call(call_id: CallId, services: ServicesDep, principal: PrincipalDep) -> CallOut:
     """A live call, or an ended one while its hash is kept (ended_call_ttl_s, one hour by default).
     An agent key sees only calls of its own agent."""
@@ -45,7 +52,7 @@ async def get_call(call_id: CallId, services: ServicesDep, principal: PrincipalD
     return out
 
 
-@router.post("/calls/{call_id}/dispatch",
+@router.post("/calls/{call_id}/dispatch", tags=["calls"], name="dispatch",
              responses={404: {"description": "unknown (or ended) call, unknown agent"},
                         409: {"description": "the call is not queued, the agent is not free or lacks the skill"}})
 async def dispatch_call(call_id: CallId, body: DispatchIn,
@@ -67,7 +74,7 @@ async def dispatch_call(call_id: CallId, body: DispatchIn,
                        offer_id=fields.get("offer") or None)
 
 
-@router.get("/queues")
+@router.get("/queues", tags=["queues"], name="list")
 async def list_queues(services: ServicesDep,
                       limit: Annotated[int, Query(ge=0, le=10_000, description="call ids per queue")] = 100,
                       ) -> list[QueueOut]:

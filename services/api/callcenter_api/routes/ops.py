@@ -18,13 +18,13 @@ probes = APIRouter(tags=["probes"])
 management = APIRouter(prefix="/v1", tags=["management"], dependencies=[Depends(require_principal)])
 
 
-@probes.get("/healthz")
+@probes.get("/healthz", name="healthz")
 async def healthz() -> dict[str, str]:
     """The process is up (liveness): no dependency is checked."""
     return {"status": "ok"}
 
 
-@probes.get("/readyz", responses={503: {"description": "Redis or SQL unreachable"}})
+@probes.get("/readyz", name="readyz", responses={503: {"description": "Redis or SQL unreachable"}})
 async def readyz(services: ServicesDep) -> JSONResponse:
     """Redis answers PING and SQL answers SELECT 1 (readiness)."""
     checks: dict[str, str] = {}
@@ -50,7 +50,7 @@ async def readyz(services: ServicesDep) -> JSONResponse:
     return JSONResponse({"status": "ok", **checks})
 
 
-@management.post("/reload")
+@management.post("/reload", name="reload")
 async def reload(services: ServicesDep,
                  prune: Annotated[bool, Query(description="also drop cache entries unknown to SQL")] = False,
                  ) -> ReloadOut:

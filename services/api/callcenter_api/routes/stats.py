@@ -16,13 +16,13 @@ from callcenter_api.schemas import FLOW_ID_PATTERN, ServiceLevelOut, StatsOut, S
 router = APIRouter(prefix="/v1", tags=["statistics"])
 
 
-@router.get("/stats")
+@router.get("/stats", name="get")
 async def get_stats(services: ServicesDep) -> StatsOut:
     """Counters since the last reset and live figures: in total, per flow and per agent."""
     return StatsOut.model_validate(await services.reads.stats())
 
 
-@router.post("/stats/reset")
+@router.post("/stats/reset", name="reset")
 async def reset_stats(services: ServicesDep) -> StatsResetOut:
     """Reset the counters (global, per flow, per agent); the on-hold gauge and the recent handle time
     used for estimated waits are kept (the reference's `reset_stats`). Service level is not reset:
@@ -32,7 +32,7 @@ async def reset_stats(services: ServicesDep) -> StatsResetOut:
     return StatsResetOut(reset_ms=now)
 
 
-@router.get("/service-level", responses={404: {"description": "unknown flow"}})
+@router.get("/service-level", name="service_level", responses={404: {"description": "unknown flow"}})
 async def get_service_level(
     services: ServicesDep,
     flow_id: Annotated[str | None, Query(pattern=FLOW_ID_PATTERN, description="one flow; default every flow")] = None,
