@@ -92,7 +92,7 @@ class Checkpoints:
 
     async def load(self) -> list[AdoptedCall]:
         """This edge's checkpointed calls (a stale index entry without its hash is dropped)."""
-        ids = sorted(str(i) for i in await self.redis.smembers(self.index))
+        ids = sorted(_s(i) for i in await self.redis.smembers(self.index))
         if not ids:
             return []
         async with self.redis.pipeline(transaction=False) as pipe:

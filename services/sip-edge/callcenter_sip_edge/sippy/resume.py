@@ -50,25 +50,29 @@ def resume_dialog(sip_config: dict[str, Any], snap: dict[str, Any], event_cb: Ev
     """A UA in the Connected state for the dialog `snap` describes (raises on a malformed one)."""
     host, port = snap["next_hop"]
     ua = UA(sip_config, event_cb, nh_address=(str(host), int(port)))
-    ua.cId = SipCallId(body=snap["call_id"])
-    ua.lUri = SipFrom(body=snap["local"])
-    ua.rUri = SipTo(body=snap["remote"])
+    ua.cId = _parsed(SipCallId(body=snap["call_id"]))
+    ua.lUri = _parsed(SipFrom(body=snap["local"]))
+    ua.rUri = _parsed(SipTo(body=snap["remote"]))
     ua.lTag = ua.lUri.getTag()
     ua.lCSeq = int(snap["local_cseq"]) + CSEQ_SKIP
     ua.rCSeq = snap["remote_cseq"]
-    ua.routes = [SipRoute(body=route) for route in snap["routes"]]
+    ua.routes = [_parsed(SipRoute(body=route)) for route in snap["routes"]]
     ua.rTarget = SipURL(snap["target"])
-    ua.lContact = SipContact(body=snap["contact"])
+    ua.lContact = _parsed(SipContact(body=snap["contact"]))
     ua.lSDP = _body(snap["local_sdp"])
     ua.rSDP = _body(snap["remote_sdp"])
     for peer in snap.get("peers") or ():
         remember_peer(ua, str(peer))
-    # parse what sippy reads lazily now: a malformed snapshot fails here, not at the peer's BYE
-    ua.rUri.getTag()
-    ua.lContact.getUrl()
     ua.changeState((UaStateConnected,))
     sip_config["_sip_tm"].regConsumer(ua, str(ua.cId), compact=ua.compact_sip)
     return ua
+
+
+def _parsed(header: Any) -> Any:
+    """A header built from its text, parsed now (sippy parses on first use through a message only):
+    a malformed snapshot fails here, not at the peer's BYE."""
+    header.parse()
+    return header
 
 
 def _body(content: str | None) -> Any:
