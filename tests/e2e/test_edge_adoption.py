@@ -5,7 +5,7 @@ process, with the whole system running as processes.
   the new process, every CDR says answered, by whom, with the talk time the peers saw; no agent is
   left in a call, none is declared lost (the new edge beats within the lapse).
 - A call that was not talking (waiting on the queue media) is ended at once with a true record
-  (reason `edge_restarted`), not left live.
+  (reason `edge_restarted`), not left live; the caller and the queue media server get BYE.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from e2e_harness import sip
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp
@@ -93,11 +94,11 @@ def test_talking_calls_survive_a_sigkill_and_end_by_either_side(system: WholeSys
 
 def test_a_call_not_talking_at_the_restart_ends_with_a_true_record(system: WholeSystem,
                                                                   peers: list[Sipp]) -> None:
-    queue = Sipp(scenario("media_queue.xml"), timeout_s=60).start()
+    queue = Sipp(scenario("media_queue.xml"), timeout_s=30).start()
     peers.append(queue)
     system.provision("waiting", None, queue, {})    # no agent: the caller waits on the queue media
-    caller = Sipp(scenario("caller_waits_for_bye.xml"), remote=system.caller_target, service="waiting",
-                  timeout_s=60).start()
+    caller = Sipp(sip("caller_on_media_waits_for_bye.xml"), remote=system.caller_target, service="waiting",
+                  timeout_s=30).start()
     peers.append(caller)
     wait_for(lambda: len(system.call_ids_of_flow("waiting")) == 1, 10, "the call arrived", system)
     [call_id] = system.call_ids_of_flow("waiting")
@@ -109,6 +110,9 @@ def test_a_call_not_talking_at_the_restart_ends_with_a_true_record(system: Whole
 
     cdr = system.wait_for_cdr(call_id, timeout=LAPSE_MS / 1000 + 10)
     assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
+    # both sides of the caller's session got their BYE from the new process
+    assert caller.wait() == 0, caller.errors() + system.logs()
+    assert queue.wait() == 0, queue.errors() + system.logs()
     assert "edge.lost" not in system.services["dispatcher"].log()
     assert not system.redis.sismember(system.keys.calls, call_id)
     assert not system.redis.exists(system.keys.dialog(call_id))

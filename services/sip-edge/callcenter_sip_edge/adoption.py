@@ -11,8 +11,9 @@ What is carried on: a talking call (caller and agent connected): a BYE of either
 and the other side gets its BYE, re-INVITEs/UPDATEs are relayed, commands (hangup) work. What is
 not: a call ringing an agent, on welcome/queue media, or hearing the flow-id message: the
 transactions in flight (INVITEs, timers) died with the process, so the call is ended at once and
-the dispatcher writes its CDR and frees the agent. Its peers get no BYE (their dialogs were not
-checkpointed): they time out on their own (no re-INVITE refresh, RTP timeout).
+the dispatcher writes its CDR and frees the agent. The caller and the media leg it heard get BYE
+(checkpointed when the media answered it); an agent ringing or hearing the flow-id message, and a
+media leg still being set up, get nothing (their INVITE transactions were not checkpointed).
 """
 
 from __future__ import annotations
@@ -43,12 +44,15 @@ def adopt(router: CallRouter, calls: Iterable[AdoptedCall]) -> None:
         if not record.live:
             # ended by the dispatchers meanwhile (edge_lost): its CDR is written, only its peers may
             # still be talking: rebuild the legs to send each a BYE
+            log.info("call.adoption_skipped", call_id=record.call_id, reason="ended_meanwhile")
             _hang_up_legs(router, record)
             continue
-        if record.legs is not None and record.agent_id and record.phase != "call_ended":
+        if record.legs is not None and record.agent_id and "agent" in record.legs:
             if _resume(router, record):
                 adopted += 1
                 continue
+        else:
+            _hang_up_legs(router, record)
         log.info("call.ended", call_id=record.call_id, by="edge", reason=ENDED_REASON, phase=record.phase)
         router.emit("call_ended", record.call_id, {"by": "edge", "reason": ENDED_REASON, "code": None})
         ended += 1
@@ -80,8 +84,8 @@ def _resume(router: CallRouter, record: AdoptedCall) -> bool:
 
 
 def _hang_up_legs(router: CallRouter, record: AdoptedCall) -> None:
-    """BYE to each checkpointed leg of a call that is over (no report: its CDR is written)."""
-    for name in ("caller", "agent"):
+    """BYE to each checkpointed leg of a call that is over or cannot be carried on (no report here)."""
+    for name in ("caller", "agent", "media"):
         snap = (record.legs or {}).get(name)
         if snap is None:
             continue
@@ -89,7 +93,6 @@ def _hang_up_legs(router: CallRouter, record: AdoptedCall) -> None:
             dialog.hang_up(resume_dialog(router.sip_config, snap, _ignore))
         except Exception:
             log.exception("call.adoption_failed", call_id=record.call_id, leg=name)
-    log.info("call.adoption_skipped", call_id=record.call_id, reason="ended_meanwhile")
 
 
 def _ignore(event: object, ua: object) -> None:

@@ -4,8 +4,9 @@ Writes (asyncio side, in the report pipeline, so a checkpoint and the report it 
 together): `cc:{t}:dialog:<call_id>` (hash) and the index `cc:{t}:edge:<edge>:dialogs` (set).
 - every report: the call's last `seq` and `phase` (the report type without `report.`); the first
   (`call_arrived`) also flow, caller, SIP Call-ID and the edge;
-- every confirmed change of a talking call (a `checkpoint` fact of the SIP side): `agent_id`,
-  `offer_id` and `legs`, JSON of each leg's dialog (`sippy/resume.dialog_snapshot`);
+- every confirmed change (a `checkpoint` fact of the SIP side, `confirmed.py`): `legs`, JSON of each
+  confirmed leg's dialog (`sippy/resume.dialog_snapshot`): caller and media leg, or once talking
+  caller and agent, with `agent_id` and `offer_id`;
 - `call_ended`: the hash and its index entry are deleted.
 Both keys expire after max_call_s (the config registry) as a safety net.
 
@@ -30,7 +31,7 @@ class DialogCheckpoint:
     """A talking call's legs at a confirmed change (made on the SIP thread, plain data)."""
 
     call_id: str
-    data: dict[str, Any]    # agent_id, offer_id, legs: {"caller": snapshot, "agent": snapshot}
+    data: dict[str, Any]    # agent_id, offer_id (None before talking), legs: {"caller": .., "agent"|"media": ..}
 
 
 @dataclass(frozen=True)
@@ -85,10 +86,11 @@ class Checkpoints:
         pipe.hset(key, mapping=fields)
 
     def dialogs(self, pipe: Any, checkpoint: DialogCheckpoint) -> None:
-        """Queue on `pipe` the legs of a talking call (one HSET)."""
+        """Queue on `pipe` the confirmed legs of a call (one HSET)."""
         data = checkpoint.data
-        pipe.hset(self.keys.dialog(checkpoint.call_id), mapping={
-            "agent_id": data["agent_id"], "offer_id": data["offer_id"], "legs": json.dumps(data["legs"])})
+        fields = {"legs": json.dumps(data["legs"])}
+        fields.update({name: data[name] for name in ("agent_id", "offer_id") if data.get(name) is not None})
+        pipe.hset(self.keys.dialog(checkpoint.call_id), mapping=fields)
 
     async def load(self) -> list[AdoptedCall]:
         """This edge's checkpointed calls (a stale index entry without its hash is dropped)."""

@@ -3,8 +3,10 @@
 Reads: the call's caller leg and agent leg (sippy UAs, through `sippy/resume.dialog_snapshot`).
 Writes: one `checkpoint` fact, which the service stores in Redis with the call's reports.
 
-Runs on the SIP thread; called once per confirmed change: the agent connected (`agent`), an
-offer relayed between caller and agent answered (`offers`).
+Runs on the SIP thread; called once per confirmed change: the caller answered by a media leg
+(`media`), the agent connected (`agent`), an offer relayed between caller and agent answered
+(`offers`). A talking call's checkpoint is what a restarted edge carries on with; one of a caller on
+media lets it send both sides a BYE.
 """
 
 from __future__ import annotations
@@ -21,9 +23,16 @@ CHECKPOINT_KIND = "checkpoint"   # the fact kind of a dialog checkpoint (no repo
 
 
 def checkpoint(call: Call) -> None:
-    """Hand a talking call's legs to the service (a few str() of headers: cheap)."""
-    agent = call.agent
-    if call.ended or agent is None or agent.ua is None or agent.phase is not Phase.TALKING:
+    """Hand the call's confirmed legs to the service (a few str() of headers: cheap): caller and agent
+    once they talk (with `agent_id`), else the caller and the media leg it hears."""
+    if call.ended or not call.caller_answered:
         return
-    call.emit(CHECKPOINT_KIND, agent_id=agent.agent_id, offer_id=agent.offer_id,
-              legs={"caller": dialog_snapshot(call.caller), "agent": dialog_snapshot(agent.ua)})
+    agent = call.agent
+    if agent is not None and agent.ua is not None and agent.phase is Phase.TALKING:
+        call.emit(CHECKPOINT_KIND, agent_id=agent.agent_id, offer_id=agent.offer_id,
+                  legs={"caller": dialog_snapshot(call.caller), "agent": dialog_snapshot(agent.ua)})
+        return
+    media = call.media
+    if media is not None and media.ua is not None:
+        call.emit(CHECKPOINT_KIND, agent_id=None, offer_id=None,
+                  legs={"caller": dialog_snapshot(call.caller), "media": dialog_snapshot(media.ua)})
