@@ -13,14 +13,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from callcenter_sip_edge.facts import CHECKPOINT_KIND
 from callcenter_sip_edge.legs import Phase
 from callcenter_sip_edge.sippy.resume import dialog_snapshot
 
 if TYPE_CHECKING:
     from callcenter_sip_edge.call import Call
-
-CHECKPOINT_KIND = "checkpoint"   # the fact kind of a dialog checkpoint (no report)
-
 
 def checkpoint(call: Call) -> None:
     """Hand the call's confirmed legs to the service (a few str() of headers: cheap): caller and agent

@@ -26,8 +26,7 @@ from callcenter.redis import REDIS_DOWN
 from callcenter.settings import EdgeSettings
 from callcenter.store.keys import Keys
 from callcenter_sip_edge.checkpoint import AdoptedCall, Checkpoints, DialogCheckpoint
-from callcenter_sip_edge.confirmed import CHECKPOINT_KIND
-from callcenter_sip_edge.facts import Fact
+from callcenter_sip_edge.facts import CHECKPOINT_KIND, Fact
 from callcenter_sip_edge.ownership import IdLease, StartRefused
 from callcenter_sip_edge.sip_stack import SipStack
 
