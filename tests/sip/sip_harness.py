@@ -25,7 +25,7 @@ SCENARIOS = REPO / "tests" / "sipp"
 from sip_grammar import header_problems  # noqa: E402
 
 from callcenter_dev.servers import stop_process, udp_port_bound  # noqa: E402
-from callcenter_sip_edge.facts import Fact  # noqa: E402
+from callcenter_sip_edge.facts import CHECKPOINT_KIND, Fact  # noqa: E402
 from callcenter_sip_edge.sip_stack import SipStack  # noqa: E402
 
 LOOPBACK = "127.0.0.1"
@@ -204,6 +204,7 @@ class ScriptedDispatcher:
 
     def __init__(self) -> None:
         self.facts: list[Fact] = []
+        self.checkpoints: list[Fact] = []   # the edge's dialog checkpoints: stored, never reported
         self._reactions: list[_Reaction] = []
         self._changed = asyncio.Event()
 
@@ -212,6 +213,9 @@ class ScriptedDispatcher:
         self._reactions.append(_Reaction(kind, match, action, once))
 
     def on_fact(self, fact: Fact) -> None:
+        if fact.kind == CHECKPOINT_KIND:
+            self.checkpoints.append(fact)
+            return
         self.facts.append(fact)
         for reaction in list(self._reactions):
             if reaction.kind == fact.kind and all(fact.data.get(k) == v for k, v in reaction.match.items()):

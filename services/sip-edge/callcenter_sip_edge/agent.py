@@ -17,6 +17,7 @@ import structlog
 from sippy.Time.Timeout import Timeout
 
 from callcenter_sip_edge import sip_events
+from callcenter_sip_edge.confirmed import checkpoint
 from callcenter_sip_edge.legs import CANCELLABLE_PHASES, AgentLeg, Phase, SdpBody, SipUA, parse_target_uri
 from callcenter_sip_edge.offers import RelayingLeg
 from callcenter_sip_edge.sip_events import LegEvents
@@ -123,6 +124,7 @@ class AgentLegs(LegEvents):
         call.media_legs.drop_all()
         log.info("call.agent_connected", offer_id=leg.offer_id, early_offer=False, whispered=leg.whispered)
         call.emit("agent_answered", offer_id=leg.offer_id, agent_id=leg.agent_id)
+        checkpoint(call)
 
     def _bridge_failed(self, leg: AgentLeg, code: int | None, reason: str) -> None:
         if self.call.agent is not leg:
@@ -201,6 +203,7 @@ class _Ringing(_AgentPhase):
         call.answer_caller(body)
         log.info("call.agent_connected", offer_id=leg.offer_id, early_offer=True)
         call.emit("agent_answered", offer_id=leg.offer_id, agent_id=leg.agent_id)
+        checkpoint(call)
 
     def on_offer(self, ua: SipUA, offer: SdpBody | None) -> None:
         call = self.agents.call

@@ -24,3 +24,7 @@ class Fact:
 
 
 FactSink = Callable[[Fact], None]
+
+# The kind of a fact that is no report: a call's confirmed legs (`confirmed.checkpoint`), which the
+# service stores in Redis (`checkpoint.py`) for a restarted edge to adopt the call.
+CHECKPOINT_KIND = "checkpoint"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 import structlog
 
 from callcenter_sip_edge import sip_events
+from callcenter_sip_edge.confirmed import checkpoint
 from callcenter_sip_edge.legs import MEDIA_SETUP_TIMEOUT_S, MediaLeg, Phase, SdpBody, SipUA, parse_target_uri
 from callcenter_sip_edge.offers import RelayingLeg
 from callcenter_sip_edge.sip_events import LegEvents
@@ -80,6 +81,7 @@ class MediaLegs(LegEvents):
         if previous is not None:
             dialog.hang_up(previous.ua)
         call.emit("media_answered", purpose=leg.purpose, uri=leg.uri)
+        checkpoint(call)
 
     def setup_failed(self, leg: MediaLeg, code: int | None, reason: str, leg_gone: bool = False) -> None:
         call = self.call
@@ -134,6 +136,7 @@ class _MediaSetup(LegEvents):
         call.media = leg
         call.answer_caller(body)
         call.emit("media_answered", purpose=leg.purpose, uri=leg.uri)
+        checkpoint(call)
 
     def on_offer(self, ua: SipUA, offer: SdpBody | None) -> None:
         leg, media = self._leg(), self.media

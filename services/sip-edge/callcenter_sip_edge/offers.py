@@ -21,6 +21,7 @@ import structlog
 from sippy.Time.Timeout import Timeout
 
 from callcenter_sip_edge import sip_events
+from callcenter_sip_edge.confirmed import checkpoint
 from callcenter_sip_edge.legs import Phase, SdpBody, SipUA, Timer, cancel_timers
 from callcenter_sip_edge.sip_events import LegEvents
 from callcenter_sip_edge.sippy import dialog
@@ -199,6 +200,7 @@ class CallerOffers:
         relay, self.relay = self.relay, None
         assert relay is not None
         sip_events.answer(relay.source, body, code, reason)
+        checkpoint(self.call)
 
     def relay_failed(self, code: int, reason: str) -> None:
         relay, self.relay = self.relay, None

@@ -4,8 +4,10 @@ The port: the UDP socket is bound without SO_REUSEADDR/SO_REUSEPORT (sippy/trans
 second process cannot bind a port a running edge holds (Linux would otherwise hand every datagram
 to the newest socket). The id: a lease in Redis, `cc:{t}:edge:<id>:lease`, taken at start,
 renewed by every heartbeat (`edge_beat.lua`, which also writes the heartbeat) and released at a
-clean stop (`edge_release.lua`). Its time to live is the lapse (`CC_EDGE_LAPSE_MS`), so the lease
-of an edge that died frees the id as the dispatchers declare it lost.
+clean stop (`edge_release.lua`). Its time to live is half the lapse (`CC_EDGE_LAPSE_MS`; the
+heartbeat renews it at least twice in that time), so the lease of an edge that died frees the id
+half a lapse before the dispatchers would declare it lost: a process restarted at once under the
+same id (Kubernetes, systemd `Restart=`) beats within the lapse and adopts its calls (adoption.py).
 
 Reads and writes: the lease key and the heartbeat `cc:{t}:edges`, through those two steps.
 """
@@ -50,6 +52,8 @@ class IdLease:
         self._store: Store | None = None
         self.edge_id = edge_id
         self.lapse_ms = lapse_ms
+        # the lease's time to live: shorter than the lapse, so a successor beats before it ends
+        self.lease_ms = max(1, lapse_ms // 2)
         self.token = f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
 
     @property
@@ -68,7 +72,7 @@ class IdLease:
         holder, refuse_at, delay = "", 0.0, TAKE_POLL_S
         while not stop.is_set():
             try:
-                res = await self.store.edge_beat(self.edge_id, self.token, self.lapse_ms)
+                res = await self.store.edge_beat(self.edge_id, self.token, self.lease_ms)
             except REDIS_DOWN as exc:
                 log.warning("edge.redis_unavailable", error=repr(exc), retry_in_s=delay)
                 await _wait(stop, delay)
@@ -94,7 +98,7 @@ class IdLease:
     async def beat(self) -> bool:
         """One heartbeat, renewing the lease (taking it again if it expired while Redis was away):
         False when another process took the id meanwhile (nothing written). Redis errors propagate."""
-        res = await self.store.edge_beat(self.edge_id, self.token, self.lapse_ms)
+        res = await self.store.edge_beat(self.edge_id, self.token, self.lease_ms)
         if res.rc is RC.ALREADY:
             log.error("edge.lease_lost", edge_id=self.edge_id, holder=res.detail)
             return False

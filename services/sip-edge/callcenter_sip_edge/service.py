@@ -25,7 +25,8 @@ from callcenter.contract.reports import REPORTS, CallEnded, CommandRefused, Repo
 from callcenter.redis import REDIS_DOWN
 from callcenter.settings import EdgeSettings
 from callcenter.store.keys import Keys
-from callcenter_sip_edge.facts import Fact
+from callcenter_sip_edge.checkpoint import AdoptedCall, Checkpoints, DialogCheckpoint
+from callcenter_sip_edge.facts import CHECKPOINT_KIND, Fact
 from callcenter_sip_edge.ownership import IdLease, StartRefused
 from callcenter_sip_edge.sip_stack import SipStack
 
@@ -58,7 +59,8 @@ class EdgeService:
         self.lease = IdLease(redis, settings.tenant, self.edge_id, settings.edge_lapse_ms)
         self._seq: dict[str, int] = {}
         self._ended_seq: dict[str, int] = {}   # insertion-ordered: the oldest is evicted first
-        self._outbox: asyncio.Queue[Report] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Report | DialogCheckpoint] = asyncio.Queue()
+        self.checkpoints = Checkpoints(redis, self.keys, self.edge_id)
         self._stop = asyncio.Event()
         self.stack: SipStack | None = None
         self.commands = StreamConsumer(
@@ -68,6 +70,10 @@ class EdgeService:
     # -- facts -> reports ----------------------------------------------------------------------
     def on_fact(self, fact: Fact) -> None:
         """Runs on the asyncio thread, in the order the SIP thread produced the facts."""
+        if fact.kind == CHECKPOINT_KIND:
+            if fact.call_id in self._seq:   # not for a call that ended meanwhile
+                self._outbox.put_nowait(DialogCheckpoint(fact.call_id, fact.data))
+            return
         cls = report_class(fact.kind)
         if cls is None:
             log.warning("edge.unknown_fact", kind=fact.kind, call_id=fact.call_id)
@@ -97,7 +103,8 @@ class EdgeService:
         return last + 1
 
     async def _publish_reports(self) -> None:
-        """Append reports in order; on a Redis error keep them and retry (never drop, never reorder)."""
+        """Append reports in order, each with its call's checkpoint (one MULTI per batch: a report and
+        its checkpoint land together); on a Redis error keep them and retry (never drop, never reorder)."""
         while True:
             first = await self._outbox.get()
             batch = [first]
@@ -106,9 +113,13 @@ class EdgeService:
             delay = 0.05
             while True:
                 try:
-                    async with self.redis.pipeline(transaction=False) as pipe:
-                        for report in batch:
-                            pipe.xadd(self.keys.reports, report.to_fields())  # type: ignore[arg-type]
+                    async with self.redis.pipeline(transaction=True) as pipe:
+                        for item in batch:
+                            if isinstance(item, DialogCheckpoint):
+                                self.checkpoints.dialogs(pipe, item)
+                                continue
+                            pipe.xadd(self.keys.reports, item.to_fields())  # type: ignore[arg-type]
+                            self.checkpoints.after_report(pipe, item)
                         await pipe.execute()
                     break
                 except (ConnectionError, OSError, aioredis.RedisError) as exc:
@@ -164,16 +175,38 @@ class EdgeService:
         self._stop.set()
 
     async def run(self) -> None:
-        """Take the id, bind the port, serve until stopped, drain, release the id."""
+        """Take the id, load the calls a previous process of this id left, bind the port (adopting
+        them), serve until stopped, drain, release the id."""
         if not await self.lease.take(self._stop):
             return
+        adopted = await self._load_checkpoints()
         try:
-            await self._serve()
+            await self._serve(adopted)
         finally:
             await self.lease.release()
         log.info("edge.stopped", edge_id=self.edge_id)
 
-    async def _serve(self) -> None:
+    async def _load_checkpoints(self) -> list[AdoptedCall]:
+        """Before the SIP stack and the command stream: the calls to adopt, their report streams
+        continued from the checkpointed seq (the dispatcher takes the next one). Redis is waited for:
+        a command read before the adoption would find no call and end it (`unknown_call`)."""
+        delay = 0.05
+        while True:
+            try:
+                await self.checkpoints.read_ttl()
+                calls = await self.checkpoints.load()
+                break
+            except (*REDIS_DOWN, aioredis.RedisError) as exc:
+                log.warning("edge.checkpoints_unavailable", error=repr(exc))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+        for call in calls:
+            self._seq[call.call_id] = call.seq
+        if calls:
+            log.info("edge.checkpoints_loaded", calls=len(calls))
+        return calls
+
+    async def _serve(self, adopted: Sequence[AdoptedCall] = ()) -> None:
         loop = asyncio.get_running_loop()
         s = self.settings
         self.stack = SipStack(host=s.sip_host, port=s.sip_port, on_fact=self.on_fact, loop=loop,
@@ -181,7 +214,7 @@ class EdgeService:
                               trusted_networks=s.sip_trusted_networks, invite_rate=s.sip_invite_rate,
                               invite_burst=s.sip_invite_burst, invite_rate_total=s.sip_invite_rate_total,
                               invite_burst_total=s.sip_invite_burst_total,
-                              priority_networks=s.sip_priority_networks)
+                              priority_networks=s.sip_priority_networks, adopt=adopted)
         try:
             await asyncio.to_thread(self.stack.start)
         except OSError as exc:

@@ -23,12 +23,13 @@ import os
 import queue
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
 
 from callcenter.contract.commands import CancelRing, Command, Hangup, Media, Reject, Ring, RingAll
+from callcenter_sip_edge.checkpoint import AdoptedCall
 from callcenter_sip_edge.facts import Fact
 from callcenter_sip_edge.gc_policy import tune_gc
 from callcenter_sip_edge.guard import SourceGuard
@@ -120,12 +121,15 @@ class SipStack:
                  max_message_bytes: int = 8192, user_agent: str = "callcenter",
                  trusted_networks: str = "0.0.0.0/0,::/0", invite_rate: float = 0.0,
                  invite_burst: int = 100, invite_rate_total: float = 0.0, invite_burst_total: int = 100,
-                 priority_networks: str = "127.0.0.0/8,::1") -> None:
+                 priority_networks: str = "127.0.0.0/8,::1", adopt: Sequence[AdoptedCall] = ()) -> None:
         """`trusted_networks`: INVITEs from other sources get 403 (and their in-dialog requests must
         come from a peer of the dialog). `invite_rate` (per second, 0 = no limit) and `invite_burst`:
         a per-source-IP token bucket, `invite_rate_total`/`invite_burst_total` one for all sources;
         INVITEs over either get 503 + Retry-After. `priority_networks`: the sources whose caller
-        priority (X-CC-Priority, ;cc_priority=) is taken ("" = none)."""
+        priority (X-CC-Priority, ;cc_priority=) is taken ("" = none). `adopt`: the calls a previous
+        process of this edge id left (`checkpoint.Checkpoints.load`), adopted before the first datagram
+        is read."""
+        self._adopt = list(adopt)
         self._host = host
         self._port = port
         self._on_fact = on_fact
@@ -195,6 +199,11 @@ class SipStack:
                                     max_message_bytes=self._max_message_bytes, user_agent=self._user_agent,
                                     guard=self.guard)
                 self.bound_address = router.bound_address
+                if self._adopt:
+                    from callcenter_sip_edge.adoption import adopt
+
+                    adopt(router, self._adopt)
+                    self._adopt = []
             except BaseException as exc:  # reported to start()'s caller
                 self._start_error = exc
                 self._started.set()

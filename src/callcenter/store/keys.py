@@ -23,6 +23,9 @@ the one list: `NAMES` and `FAMILIES` below are rendered into the Lua prelude (`K
     cc:{t}:call:<id>              hash   one call's state
     cc:{t}:calls                  set    ids of calls not yet ended
     cc:{t}:edge:<edge>:calls      set    ids of calls not yet ended that this sip-edge owns
+    cc:{t}:edge:<edge>:dialogs    set    ids of the calls this sip-edge checkpointed (its own index, TTL max_call_s)
+    cc:{t}:dialog:<id>            hash   a sip-edge's checkpoint of one call: last report seq, phase and,
+                                         once talking, its legs' dialogs (deleted at call_ended, TTL max_call_s)
     cc:{t}:edge:<edge>:lease      string the token of the one process that holds this edge id
                                          (expires after the lapse unless its heartbeat renews it)
     cc:{t}:queue:<flow>           zset   waiting audio calls of a flow, lowest score served first
@@ -58,6 +61,8 @@ FAMILIES: dict[str, str] = {
     "skill_free": "skill:{0}:free",
     "edge_calls": "edge:{0}:calls",
     "edge_lease": "edge:{0}:lease",
+    "edge_dialogs": "edge:{0}:dialogs",
+    "dialog": "dialog:{0}",
     "commands": "commands:{0}",
     "flow_stats": "stats:flow:{0}",
     "sl": "sl:{0}:{1}",
@@ -124,6 +129,14 @@ class Keys:
 
     def edge_lease(self, edge_id: str) -> str:
         return self._family("edge_lease", edge_id)
+
+    def edge_dialogs(self, edge_id: str) -> str:
+        """The calls a sip-edge checkpointed (`callcenter_sip_edge.checkpoint`)."""
+        return self._family("edge_dialogs", edge_id)
+
+    def dialog(self, call_id: str) -> str:
+        """A sip-edge's checkpoint of one call, for a restarted edge to adopt it."""
+        return self._family("dialog", call_id)
 
     def commands(self, edge_id: str) -> str:
         return self._family("commands", edge_id)

@@ -1,0 +1,99 @@
+"""The adoption of the calls a previous process of this edge left (same id, same address).
+
+Reads: the checkpoints `service` loaded at start (made by `confirmed.checkpoint`).
+Writes: adopted calls in the router,
+with their two legs rebuilt as confirmed dialogs (`sippy/resume.py`); for calls that cannot be
+carried on, `call_ended` (by edge, reason `edge_restarted`).
+
+Runs on the SIP thread only, `adopt` before the reactor reads its first datagram.
+
+What is carried on: a talking call (caller and agent connected): a BYE of either side is answered
+and the other side gets its BYE, re-INVITEs/UPDATEs are relayed, commands (hangup) work. What is
+not: a call ringing an agent, on welcome/queue media, or hearing the flow-id message: the
+transactions in flight (INVITEs, timers) died with the process, so the call is ended at once and
+the dispatcher writes its CDR and frees the agent. The caller and the media leg it heard get BYE
+(checkpointed when the media answered it); an agent ringing or hearing the flow-id message, and a
+media leg still being set up, get nothing (their INVITE transactions were not checkpointed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+import structlog
+
+from callcenter_sip_edge.call import Call
+from callcenter_sip_edge.checkpoint import AdoptedCall
+from callcenter_sip_edge.legs import AgentLeg, CallerInfo, Phase
+from callcenter_sip_edge.sippy import dialog
+from callcenter_sip_edge.sippy.resume import resume_dialog
+
+if TYPE_CHECKING:
+    from callcenter_sip_edge.router import CallRouter
+
+log = structlog.get_logger(__name__)
+
+ENDED_REASON = "edge_restarted"
+
+
+def adopt(router: CallRouter, calls: Iterable[AdoptedCall]) -> None:
+    """Carry on the talking calls of a previous process, end the others (`call_ended`)."""
+    adopted = ended = 0
+    for record in calls:
+        if not record.live:
+            # ended by the dispatchers meanwhile (edge_lost): its CDR is written, only its peers may
+            # still be talking: rebuild the legs to send each a BYE
+            log.info("call.adoption_skipped", call_id=record.call_id, reason="ended_meanwhile")
+            _hang_up_legs(router, record)
+            continue
+        if record.legs is not None and record.agent_id and "agent" in record.legs:
+            if _resume(router, record):
+                adopted += 1
+                continue
+        else:
+            _hang_up_legs(router, record)
+        log.info("call.ended", call_id=record.call_id, by="edge", reason=ENDED_REASON, phase=record.phase)
+        router.emit("call_ended", record.call_id, {"by": "edge", "reason": ENDED_REASON, "code": None})
+        ended += 1
+    log.info("edge.calls_adopted", adopted=adopted, ended=ended)
+
+
+def _resume(router: CallRouter, record: AdoptedCall) -> bool:
+    """Rebuild a talking call; False (every leg rebuilt so far gets BYE) if a leg cannot be."""
+    assert record.legs is not None and record.agent_id is not None
+    info = CallerInfo(flow=record.flow, caller_user=record.caller, caller_uri="", caller_display=None,
+                      sip_call_id=record.sip_call_id, source="")
+    call = Call(router=router, call_id=record.call_id, info=info)
+    leg = AgentLeg(ua=None, uri="", offer_id=record.offer_id or "", agent_id=record.agent_id, early_offer=False,
+                   phase=Phase.TALKING)
+    try:
+        call.caller = resume_dialog(router.sip_config, record.legs["caller"], call.event_cb(call.caller_events))
+        call.caller_answered = True
+        leg.ua = resume_dialog(router.sip_config, record.legs["agent"], call.event_cb(call.agent_legs))
+    except Exception:
+        log.exception("call.adoption_failed", call_id=record.call_id)
+        call.ended = True
+        for ua in (call.caller, leg.ua):
+            dialog.hang_up(ua)
+        return False
+    call.agent = leg
+    router.calls[call.call_id] = call
+    log.info("call.adopted", call_id=call.call_id, agent_id=record.agent_id)
+    return True
+
+
+def _hang_up_legs(router: CallRouter, record: AdoptedCall) -> None:
+    """BYE to each checkpointed leg of a call that is over or cannot be carried on (no report here)."""
+    for name in ("caller", "agent", "media"):
+        snap = (record.legs or {}).get(name)
+        if snap is None:
+            continue
+        try:
+            dialog.hang_up(resume_dialog(router.sip_config, snap, _ignore))
+        except Exception:
+            log.exception("call.adoption_failed", call_id=record.call_id, leg=name)
+
+
+def _ignore(event: object, ua: object) -> None:
+    """The event callback of a leg that is only hung up."""

@@ -1,0 +1,128 @@
+"""The edge's memory of its calls in Redis, so that a process restarted under the same id adopts them.
+
+Writes (asyncio side, in the report pipeline, so a checkpoint and the report it follows land
+together): `cc:{t}:dialog:<call_id>` (hash) and the index `cc:{t}:edge:<edge>:dialogs` (set).
+- every report: the call's last `seq` and `phase` (the report type without `report.`); the first
+  (`call_arrived`) also flow, caller, SIP Call-ID and the edge;
+- every confirmed change (a `checkpoint` fact of the SIP side, `confirmed.py`): `legs`, JSON of each
+  confirmed leg's dialog (`sippy/resume.dialog_snapshot`): caller and media leg, or once talking
+  caller and agent, with `agent_id` and `offer_id`;
+- `call_ended`: the hash and its index entry are deleted.
+Both keys expire after max_call_s (the config registry) as a safety net.
+
+Reads (`load`, at start, before the SIP stack and the command stream): this edge's checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from callcenter.contract.reports import CallArrived, CallEnded, Report
+from callcenter.store.config import param
+from callcenter.store.keys import Keys
+
+
+@dataclass(frozen=True)
+class DialogCheckpoint:
+    """A talking call's legs at a confirmed change (made on the SIP thread, plain data)."""
+
+    call_id: str
+    data: dict[str, Any]    # agent_id, offer_id (None before talking), legs: {"caller": .., "agent"|"media": ..}
+
+
+@dataclass(frozen=True)
+class AdoptedCall:
+    """A call a previous process of this edge left: its last seq and, if talking, its legs."""
+
+    call_id: str
+    seq: int
+    phase: str
+    flow: str
+    caller: str
+    sip_call_id: str
+    agent_id: str | None
+    offer_id: str | None
+    legs: dict[str, Any] | None
+    live: bool = True    # False: the dispatchers ended it meanwhile (edge_lost, reconciler): only hang up
+
+
+class Checkpoints:
+    """The checkpoint hashes of one edge: written in the report pipeline, read at start."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, edge_id: str) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.edge_id = edge_id
+        self.index = keys.edge_dialogs(edge_id)
+        self.ttl_s = int(param("max_call_s").default)
+
+    async def read_ttl(self) -> None:
+        """The safety-net TTL: the tenant's max_call_s (a call lasts no longer), else its default."""
+        raw = await self.redis.hget(self.keys.config, "max_call_s")
+        if raw is not None and str(raw).isdigit():
+            self.ttl_s = int(raw)
+
+    def after_report(self, pipe: Any, report: Report) -> None:
+        """Queue on `pipe`, after the report's XADD: the call's seq and phase, or its deletion."""
+        key = self.keys.dialog(report.call_id)
+        if report.seq <= 0:
+            return   # a refusal outside any call's stream
+        if isinstance(report, CallEnded):
+            pipe.delete(key)
+            pipe.srem(self.index, report.call_id)
+            return
+        fields: dict[str, Any] = {"seq": report.seq, "phase": report.TYPE.removeprefix("report.")}
+        if isinstance(report, CallArrived):
+            fields.update(edge=self.edge_id, flow=report.flow, caller=report.caller, sip_call_id=report.sip_call_id)
+            pipe.sadd(self.index, report.call_id)
+            pipe.expire(self.index, self.ttl_s)
+            pipe.hset(key, mapping=fields)
+            pipe.expire(key, self.ttl_s)
+            return
+        pipe.hset(key, mapping=fields)
+
+    def dialogs(self, pipe: Any, checkpoint: DialogCheckpoint) -> None:
+        """Queue on `pipe` the confirmed legs of a call (one HSET)."""
+        data = checkpoint.data
+        fields = {"legs": json.dumps(data["legs"])}
+        fields.update({name: data[name] for name in ("agent_id", "offer_id") if data.get(name) is not None})
+        pipe.hset(self.keys.dialog(checkpoint.call_id), mapping=fields)
+
+    async def load(self) -> list[AdoptedCall]:
+        """This edge's checkpointed calls (a stale index entry without its hash is dropped)."""
+        ids = sorted(_s(i) for i in await self.redis.smembers(self.index))
+        if not ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call_id in ids:
+                pipe.hgetall(self.keys.dialog(call_id))
+                pipe.sismember(self.keys.calls, call_id)
+            replies = await pipe.execute()
+        calls: list[AdoptedCall] = []
+        gone: list[str] = []
+        for call_id, h, live in zip(ids, replies[::2], replies[1::2], strict=True):
+            h = {_s(k): _s(v) for k, v in (h or {}).items()}
+            if not h.get("seq", "").isdigit():
+                gone.append(call_id)
+                continue
+            calls.append(AdoptedCall(
+                call_id=call_id, seq=int(h["seq"]), phase=h.get("phase", ""), flow=h.get("flow", ""),
+                caller=h.get("caller", ""), sip_call_id=h.get("sip_call_id", ""), agent_id=h.get("agent_id"),
+                offer_id=h.get("offer_id"), legs=json.loads(h["legs"]) if h.get("legs") else None,
+                live=bool(live) or h.get("phase") == "call_arrived"))   # an arrival may not be applied yet
+            if not calls[-1].live:
+                gone.append(call_id)
+        if gone:
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.srem(self.index, *gone)
+                pipe.delete(*(self.keys.dialog(call_id) for call_id in gone))
+                await pipe.execute()
+        return calls
+
+
+def _s(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

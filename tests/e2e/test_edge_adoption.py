@@ -1,0 +1,118 @@
+"""An edge SIGKILLed and restarted at once under the same id and port adopts the calls of the dead
+process, with the whole system running as processes.
+
+- Talking calls go on: the caller hangs up some, the agent others; the other side gets its BYE from
+  the new process, every CDR says answered, by whom, with the talk time the peers saw; no agent is
+  left in a call, none is declared lost (the new edge beats within the lapse).
+- A call that was not talking (waiting on the queue media) is ended at once with a true record
+  (reason `edge_restarted`), not left live; the caller and the queue media server get BYE.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from e2e_harness import sip
+
+from callcenter_dev.scenarios import scenario
+from callcenter_dev.sipp import Sipp
+from callcenter_dev.system import WholeSystem, wait_for
+
+pytestmark = pytest.mark.slow
+
+LAPSE_MS = 4000
+HEARTBEAT_MS = 500
+TALK_MS = 8000
+# the talk time a CDR may differ from what the peers played (ring, ACK, reports' clocks, load)
+TALK_TOLERANCE_MS = 2500
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
+    system = WholeSystem.start(tmp_path_factory.mktemp("edge-adopt"), tenant="adopt",
+                               common_env={"CC_EDGE_LAPSE_MS": str(LAPSE_MS), "CC_WRAPUP_S": "1"},
+                               edge_env={"CC_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_MS)})
+    try:
+        yield system
+    finally:
+        system.stop()
+
+
+def talking_calls(system: WholeSystem, peers: list[Sipp], flow: str, agent_ids: list[str], *,
+                  caller_scenario: str, agent_scenario: str) -> tuple[Sipp, list[Sipp]]:
+    """len(agent_ids) callers of `flow`, each connected to its own agent phone."""
+    queue = Sipp(scenario("media_queue.xml"), timeout_s=60).start()
+    phones = {a: Sipp(scenario(agent_scenario), timeout_s=60, extra=["-d", str(TALK_MS)]).start() for a in agent_ids}
+    peers += [queue, *phones.values()]
+    system.provision(flow, None, queue, dict(phones))
+    system.login(*agent_ids)
+    callers = Sipp(scenario(caller_scenario), remote=system.caller_target, service=flow, calls=len(agent_ids),
+                   rate=10, timeout_s=60, extra=["-d", str(TALK_MS)]).start()
+    peers.append(callers)
+    return callers, list(phones.values())
+
+
+def checkpointed(system: WholeSystem, call_id: str) -> bool:
+    """The edge has stored the call's dialogs (it reached talking)."""
+    return system.redis.hget(system.keys.dialog(call_id), "legs") is not None
+
+
+def test_talking_calls_survive_a_sigkill_and_end_by_either_side(system: WholeSystem, peers: list[Sipp]) -> None:
+    by_caller = talking_calls(system, peers, "callerbye", ["5001", "5002"], caller_scenario="caller.xml",
+                              agent_scenario="agent.xml")
+    by_agent = talking_calls(system, peers, "agentbye", ["5003", "5004"],
+                             caller_scenario="caller_waits_for_bye.xml", agent_scenario="agent_hangs_up.xml")
+    agents = ["5001", "5002", "5003", "5004"]
+    wait_for(lambda: all(system.agent_state(a) == "in_call" for a in agents), 15, "every agent in a call", system)
+    calls = {flow: system.call_ids_of_flow(flow) for flow in ("callerbye", "agentbye")}
+    assert [len(c) for c in calls.values()] == [2, 2], calls
+    every_call = calls["callerbye"] + calls["agentbye"]
+    wait_for(lambda: all(checkpointed(system, c) for c in every_call), 5, "every call checkpointed", system)
+
+    system.kill_edge()
+    killed_at = time.monotonic()
+    system.restart_edge()
+
+    # both sides of every call complete their scenario: the hang-up answered, the other side's BYE got
+    for sipp in [by_caller[0], *by_caller[1], by_agent[0], *by_agent[1]]:
+        assert sipp.wait() == 0, sipp.errors() + system.logs()
+    for flow, ended_by in (("callerbye", "caller"), ("agentbye", "agent")):
+        for call_id in calls[flow]:
+            cdr = system.wait_for_cdr(call_id)
+            assert (cdr["outcome"], cdr["ended_by"]) == ("answered", ended_by), cdr
+            assert abs(cdr["talk_ms"] - TALK_MS) <= TALK_TOLERANCE_MS, cdr
+    for agent_id in agents:
+        wait_for(lambda a=agent_id: system.agent_state(a) == "free", 10, f"agent {agent_id} free", system)
+    assert "edge.lost" not in system.services["dispatcher"].log()
+    assert "call.adopted" in system.edge.log()
+    # nothing of the adopted calls is left in Redis once they ended
+    assert not any(system.redis.exists(system.keys.dialog(c)) for c in every_call)
+    assert time.monotonic() - killed_at < 60
+
+
+def test_a_call_not_talking_at_the_restart_ends_with_a_true_record(system: WholeSystem,
+                                                                  peers: list[Sipp]) -> None:
+    queue = Sipp(scenario("media_queue.xml"), timeout_s=30).start()
+    peers.append(queue)
+    system.provision("waiting", None, queue, {})    # no agent: the caller waits on the queue media
+    caller = Sipp(sip("caller_on_media_waits_for_bye.xml"), remote=system.caller_target, service="waiting",
+                  timeout_s=30).start()
+    peers.append(caller)
+    wait_for(lambda: len(system.call_ids_of_flow("waiting")) == 1, 10, "the call arrived", system)
+    [call_id] = system.call_ids_of_flow("waiting")
+    wait_for(lambda: system.redis.hget(system.keys.dialog(call_id), "phase") == b"media_answered", 10,
+             "the caller on the queue media", system)
+
+    system.kill_edge()
+    system.restart_edge()
+
+    cdr = system.wait_for_cdr(call_id, timeout=LAPSE_MS / 1000 + 10)
+    assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
+    # both sides of the caller's session got their BYE from the new process
+    assert caller.wait() == 0, caller.errors() + system.logs()
+    assert queue.wait() == 0, queue.errors() + system.logs()
+    assert "edge.lost" not in system.services["dispatcher"].log()
+    assert not system.redis.sismember(system.keys.calls, call_id)
+    assert not system.redis.exists(system.keys.dialog(call_id))
