@@ -257,6 +257,16 @@ local function serve_flow(flow_id, flow, chat)
   end
 end
 
+-- A queued call left its flow's queue on a timer (overflowed, dissuaded): a hold it had is over
+-- (nothing of the queue is left to wait for), and the calls behind it may be offered now.
+local function left_queue(call_id, call, flow_id, flow)
+  if (call.held_until_ms or '') ~= '' then
+    redis.call('ZREM', K.timers, 'held|' .. call_id)
+    call_field_updates(call_id, call, { held_until_ms = '' })
+  end
+  serve_flow(flow_id, flow, call.media_type == 'chat')
+end
+
 -- The hold of a call whose ring the edge refused is over (its media answered, or the hold timer
 -- fired): it is offered at once if an agent is free, else it waits at the head of its queue; the
 -- calls that waited behind it go to the other free agents. Returns true when it offered it.
