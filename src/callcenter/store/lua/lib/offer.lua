@@ -235,10 +235,10 @@ local function dispatch_to_agent(agent_id, agent)
   return agent.state ~= 'free'
 end
 
--- The head of a flow's queue may have changed (a held head's hold ended or it left the queue, the
--- flow took another skill): an agent is freed only when a call can be offered to it, so the calls
--- behind a head that could not be offered are offered now to the free agents of the flow's skill,
--- until one takes nothing (the head waits for its media or hold) or the queue is empty.
+-- Offer a flow's waiting calls to the free agents of its skill, until one takes nothing (the head
+-- waits for its media or its hold) or the queue is empty. For when what blocked the head is gone (a
+-- held head's hold ended or it left the queue, the flow took another skill): a free agent looks for
+-- a waiting call only when it becomes free.
 local function serve_flow(flow_id, flow, chat)
   if flow == nil or cfg('internal_dispatching') ~= 1 then return end
   local qkey = chat and k_chat_queue(flow_id) or k_queue(flow_id)
