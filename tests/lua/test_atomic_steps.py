@@ -189,3 +189,28 @@ async def test_a_payload_lua_cannot_read_is_failed_for_that_report_alone(redis: 
     results = await h.store.apply_reports(batch, now=h.now)
     assert results[0].rc is RC.FAILED and results[0].detail.startswith("script error: "), results[0]
     assert results[1].rc is RC.OK, results[1]
+
+
+async def test_a_step_failing_half_way_after_offering_another_call_leaves_that_offer_whole(
+        redis: aioredis.Redis) -> None:
+    """Found by the state machine: c1's end frees a1, who is offered c2 (another flow) in the same
+    step; the step then fails on c2's flow statistics. The offer it made must stand whole: its lease
+    and ring are written before its counters (otherwise an offer without its lease, the agent
+    ringing for ever)."""
+    h = Harness(redis)
+    await h.store.write_config({"reject_on_no_agents": 0})
+    await h.flow()
+    await h.flow("other")
+    await h.agent("a1", ["sales"], wrapup_s=0)
+    await h.arrive("c1")
+    await h.report("report.agent_answered", "c1", offer_id="1", agent_id="a1")
+    await h.arrive("c2", flow="other")
+    mend = await _wrong_type(redis, h.store.keys.flow_stats("other"))
+    res = await h.report("report.call_ended", "c1", by="caller", reason="bye")
+    await mend()
+    assert res.rc is RC.FAILED and res.detail.startswith("half-way: "), res
+    c2 = await h.store.call("c2")
+    assert c2 is not None and (c2["state"], c2["agent"]) == ("offered", "a1")
+    assert await h.state("a1") == "ringing"
+    assert f"offer|c2|{c2['offer']}".encode() in await redis.zrange(h.store.keys.timers, 0, -1)
+    assert ("command.ring", "c2") in [(t, d["call_id"]) for t, d in await h.commands()]

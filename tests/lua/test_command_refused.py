@@ -204,3 +204,67 @@ async def test_the_answer_that_ends_a_hold_marks_the_caller_answered(h: Harness)
     res = await h.report("report.media_answered", "c1", purpose="queue", uri="sip:queue@127.0.0.1:7000")
     assert res.detail == "offered"
     assert (await h.store.call("c1") or {}).get("answered_ms") == str(h.now)
+
+
+async def _held_head_with_a_call_behind(h: Harness) -> None:
+    """c1 rings a1 and c2 waits behind it; the edge refuses c1's ring: a1 is free, c1 held at the
+    head, c2 waits behind it (documented: the calls behind a held call wait too)."""
+    await h.flow()
+    await h.agent("a1", ["sales"], wrapup_s=0)
+    await h.redis.hset(h.store.keys.config, "reject_on_no_agents", 0)
+    await h.arrive("c1")
+    await h.arrive("c2")
+    await refuse(h, "c1", "command.ring", offer_id=(await _ring(h))["offer_id"])
+    assert await h.state("a1") == "free" and (await h.store.call("c2") or {})["state"] == "queued"
+
+
+@pytest.mark.parametrize("how", ["caller_hangs_up", "edge_forgets_it"])
+async def test_the_call_behind_a_held_call_is_offered_when_the_held_call_ends(h: Harness, how: str) -> None:
+    """Found by the state machine: the held head ended (the edge forgot it: a seq-0 refusal) and the
+    call behind it kept waiting while a1 was free, since nothing offers a queue's next call when its
+    head leaves."""
+    await _held_head_with_a_call_behind(h)
+    if how == "caller_hangs_up":
+        res = await h.report("report.call_ended", "c1", by="caller", reason="bye")
+    else:
+        res = await refuse(h, "c1", "command.hangup", reason="unknown_call", seq=0)
+    assert res.rc is RC.OK
+    assert (await _ring(h, "c2"))["agent_id"] == "a1" and await h.state("a1") == "ringing"
+
+
+async def test_the_calls_behind_a_held_call_are_offered_when_its_hold_ends(h: Harness) -> None:
+    """A hold that ends offers the held call, and the calls behind it to the other free agents."""
+    await _held_head_with_a_call_behind(h)
+    await h.agent("a2", ["sales"])  # free: c2 still waits behind the held head
+    assert (await h.store.call("c2") or {})["state"] == "queued"
+    res = await h.report("report.media_answered", "c1", purpose="queue", uri="sip:queue@127.0.0.1:7000")
+    assert res.detail == "offered"
+    assert {(await _ring(h, c))["agent_id"] for c in ("c1", "c2")} == {"a1", "a2"}
+
+
+@pytest.mark.parametrize("leaves_by", ["overflow_flow", "overflow_uri", "dissuading_on_hold"])
+async def test_a_held_call_that_leaves_its_queue_ends_its_hold_and_the_calls_behind_it_are_offered(
+        h: Harness, leaves_by: str) -> None:
+    """A held head that leaves its queue on a timer (maximum wait, time on hold) is held no more,
+    and the call behind it is offered to the free agent at once, as when the head ends."""
+    fields = {"overflow_flow": {"max_wait_s": 1, "overflow_flow": "other"},
+              "overflow_uri": {"max_wait_s": 1, "overflow_uri": "sip:voicemail@127.0.0.1:7200"},
+              "dissuading_on_hold": {"dissuading_uri": "sip:diss@127.0.0.1:7300", "dissuading_onhold_th": 1}}
+    await h.redis.hset(h.store.keys.config, "refused_offer_hold_ms", 60_000)
+    await h.flow("other", skill="nobody")
+    await h.flow(**fields[leaves_by])
+    await h.agent("a1", ["sales"], wrapup_s=0)
+    await h.redis.hset(h.store.keys.config, "reject_on_no_agents", 0)
+    await h.arrive("c1")
+    h.now += 500
+    await h.arrive("c2")
+    await refuse(h, "c1", "command.ring", offer_id=(await _ring(h))["offer_id"])
+    assert (await h.store.call("c2") or {})["state"] == "queued" and await h.state("a1") == "free"
+    # c1's timer is due: maximum wait counts from the arrival (c2's is due later); time on hold from
+    # the queueing, the same time for both (a tie: timers run in member order, c1's first)
+    h.now += 1000 if leaves_by == "dissuading_on_hold" else 500
+    await h.store.fire_timers(now=h.now)
+    c1 = await h.store.call("c1")
+    assert c1 is not None and c1["state"] != "offered" and c1.get("held_until_ms", "") == ""
+    assert b"held|c1" not in await h.redis.zrange(h.store.keys.timers, 0, -1)
+    assert (await _ring(h, "c2"))["agent_id"] == "a1" and await h.state("a1") == "ringing"

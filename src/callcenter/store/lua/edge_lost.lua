@@ -1,7 +1,7 @@
 -- edge_lost: a sip-edge whose heartbeat lapsed is gone (crashed, SIGKILLed, cut off): end the calls it owned.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 edge_id, 3 lapse_ms, 4 limit (calls per step, default 500)
--- READS: agent, agent_chats, call, chat_queue, config, edge_calls, edges, flow, flow_stats, queue, skill_flows, skill_free
+-- READS: agent, agent_chats, call, chat_queue, config, edge_calls, edges, flow, flow_stats, queue, skill_chat, skill_flows, skill_free
 -- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, edges, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
 -- RETURNS: OK calls_ended | NOT_FOUND (no heartbeat entry) | STALE last_beat (the edge is alive) | INVALID why
 -- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.ended, call.offered

@@ -50,6 +50,7 @@ for _, member in ipairs(due) do
         and hgetall(k_flow(target)) or nil
       if target_flow then
         redis.call('ZREM', k_queue_of(call), id)
+        local from = call.flow
         hold_off(id, call)
         emit('call.overflowed', { call_id = id, flow = call.flow, to_flow = target })
         stat(call.flow, 'overflowed')
@@ -60,6 +61,7 @@ for _, member in ipairs(due) do
         call_field_updates(id, call, { flow = target, media = '', onhold = '1', queued_ms = '', flow_ms = NOW,
           overflows = hops + 1 })
         route_call(id, call, target_flow, false)
+        left_queue(id, call, from, flow)
       elseif (flow.overflow_uri or '') ~= '' then
         redis.call('ZREM', k_queue_of(call), id)
         redis.call('ZREM', K.timers, 'onhold|' .. id)
@@ -67,6 +69,7 @@ for _, member in ipairs(due) do
         stat(call.flow, 'overflowed')
         call_field_updates(id, call, { state = 'overflow', media = 'overflow' })
         command(call.edge, 'command.media', { call_id = id, uri = flow.overflow_uri, purpose = 'overflow' })
+        left_queue(id, call, call.flow, flow)
       end
     end
   elseif kind == 'held' then
@@ -77,6 +80,7 @@ for _, member in ipairs(due) do
     local flow = call and hgetall(k_flow(call.flow))
     if call and flow and call.state == 'queued' and (flow.dissuading_uri or '') ~= '' then
       dissuade(id, call, flow, 'on_hold')
+      left_queue(id, call, call.flow, flow)
     end
   end
 end

@@ -44,15 +44,8 @@ redis.call('SADD', k_skill_flows(new_skill), flow_id)
 redis.call('SADD', K.flows, flow_id)
 if old_skill and old_skill ~= new_skill then
   -- calls already waiting may be served at once by free agents of the new skill
-  for _, id in ipairs(redis.call('ZRANGE', k_skill_free(new_skill), 0, -1)) do
-    if redis.call('ZCARD', k_queue(flow_id)) == 0 then break end
-    local agent = agent_if_free(id, new_skill)
-    if agent then dispatch_to_agent(id, agent) end
-  end
-  for _, id in ipairs(redis.call('ZRANGE', k_skill_chat(new_skill), 0, -1)) do
-    if redis.call('ZCARD', k_chat_queue(flow_id)) == 0 then break end
-    local agent = hgetall(k_agent(id))
-    if agent then dispatch_chats(id, agent) end
-  end
+  local flow = hgetall(fkey)
+  serve_flow(flow_id, flow, false)
+  serve_flow(flow_id, flow, true)
 end
 return { RC.OK }

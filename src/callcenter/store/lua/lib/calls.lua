@@ -114,6 +114,8 @@ local function finish_call(call_id, call, outcome, ended_by, reason)
     release_for_call(agent_id, call_id, call, flow, prev_state == 'connected')
   elseif prev_state == 'offered' then
     for _, ringing in ipairs(ring_all_members(call)) do release_agent(ringing, flow, false) end
+  elseif prev_state == 'queued' and flow.skill then
+    serve_flow(call.flow, flow, call.media_type == 'chat')  -- it may have been a head that waited
   end
   -- the call is marked ended last: a finish that failed half-way (a Lua error) leaves it live,
   -- and a later try (report_call_ended, failed_before) finishes it whole

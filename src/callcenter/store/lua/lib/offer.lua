@@ -235,13 +235,47 @@ local function dispatch_to_agent(agent_id, agent)
   return agent.state ~= 'free'
 end
 
+-- Offer a flow's waiting calls to the free agents of its skill, until one takes nothing (the head
+-- waits for its media or its hold) or the queue is empty. For when what blocked the head is gone (a
+-- held head's hold ended or it left the queue, the flow took another skill): a free agent looks for
+-- a waiting call only when it becomes free.
+local function serve_flow(flow_id, flow, chat)
+  if flow == nil or cfg('internal_dispatching') ~= 1 then return end
+  local qkey = chat and k_chat_queue(flow_id) or k_queue(flow_id)
+  local index = chat and k_skill_chat(flow.skill) or k_skill_free(flow.skill)
+  for _, id in ipairs(redis.call('ZRANGE', index, 0, -1)) do
+    if redis.call('ZCARD', qkey) == 0 then return end
+    local agent
+    if chat then agent = hgetall(k_agent(id)) else agent = agent_if_free(id, flow.skill) end
+    if agent and chat then
+      local before = agent.chats
+      dispatch_chats(id, agent)
+      if agent.chats == before then return end
+    elseif agent and not dispatch_to_agent(id, agent) then
+      return
+    end
+  end
+end
+
+-- A queued call left its flow's queue on a timer (overflowed, dissuaded): a hold it had is over
+-- (nothing of the queue is left to wait for), and the calls behind it may be offered now.
+local function left_queue(call_id, call, flow_id, flow)
+  if (call.held_until_ms or '') ~= '' then
+    redis.call('ZREM', K.timers, 'held|' .. call_id)
+    call_field_updates(call_id, call, { held_until_ms = '' })
+  end
+  serve_flow(flow_id, flow, call.media_type == 'chat')
+end
+
 -- The hold of a call whose ring the edge refused is over (its media answered, or the hold timer
--- fired): it is offered at once if an agent is free, else it waits at the head of its queue.
--- Returns true when it offered it.
+-- fired): it is offered at once if an agent is free, else it waits at the head of its queue; the
+-- calls that waited behind it go to the other free agents. Returns true when it offered it.
 local function release_hold(call_id, call, flow)
   if (call.held_until_ms or '') == '' then return false end
   redis.call('ZREM', K.timers, 'held|' .. call_id)
   call_field_updates(call_id, call, { held_until_ms = '' })
   if call.state ~= 'queued' or flow == nil or cfg('internal_dispatching') ~= 1 then return false end
-  return offer_now(call_id, call, flow)
+  local offered = offer_now(call_id, call, flow)
+  if offered then serve_flow(call.flow, flow, call.media_type == 'chat') end
+  return offered
 end
