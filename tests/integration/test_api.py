@@ -57,6 +57,12 @@ async def queue_a_call(redis: aioredis.Redis, call_id: str, flow: str = "sales-l
     assert isinstance(payload, bytes)
     res = await store.apply_report("report.call_arrived", f"1-{call_id}", payload)
     assert res.detail == "queued", res
+    # the queue media answered and the caller ACKed: from now on an agent may be offered the call
+    data = {"call_id": call_id, "edge": "edge-1", "seq": 2, "ts": 1, "purpose": "queue", "uri": "sip:q@x"}
+    payload = encode("report.media_answered", data)["data"]
+    assert isinstance(payload, bytes)
+    res = await store.apply_report("report.media_answered", f"2-{call_id}", payload)
+    assert res.detail == "queued", res
 
 
 def hash_of(raw: dict[Any, Any]) -> dict[str, str]:

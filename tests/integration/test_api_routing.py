@@ -72,6 +72,11 @@ class Driver:
     async def arrive(self, call_id: str, flow: str = "sales-line") -> str:
         res = await self.report("report.call_arrived", call_id, flow=flow, caller="bob", caller_uri="sip:bob@x",
                                 sip_call_id=call_id + "@x", source="127.0.0.1:5060")
+        call = await self.store.call(call_id)
+        if res.detail == "queued" and call is not None and call.get("media") == "queue":
+            # the edge reports the queue media's answer once the caller ACKed; only then is a
+            # caller offered to an agent (offer.lua waits_for_media)
+            res = await self.report("report.media_answered", call_id, purpose="queue", uri="sip:queue@x")
         return res.detail
 
     async def offer_of(self, call_id: str) -> tuple[str, str]:

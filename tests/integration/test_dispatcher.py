@@ -72,14 +72,16 @@ async def test_reports_become_commands_in_order(redis: aioredis.Redis, provision
     keys = provisioned.keys
     await provisioned.agent_login("a1")
     producer = Producer(redis)
-    for rtype, data in (arrival("c1"), report("report.agent_answered", "c1", 2, offer_id="1", agent_id="a1"),
-                        report("report.call_ended", "c1", 3, by="caller", reason="bye")):
+    for rtype, data in (arrival("c1"), report("report.media_answered", "c1", 2, purpose="queue", uri="sip:q@h"),
+                        report("report.agent_answered", "c1", 3, offer_id="1", agent_id="a1"),
+                        report("report.call_ended", "c1", 4, by="caller", reason="bye")):
         await producer.publish(keys.reports, rtype, data)
 
     async def ended() -> bool:
         return any(decode(f, i).type == "call.ended" for i, f in await redis.xrange(keys.events))
     await wait_for(ended)
-    assert await command_types(redis, keys) == ["command.ring"]
+    # the caller went to the queue media first; the agent rang once the caller was on it
+    assert await command_types(redis, keys) == ["command.media", "command.ring"]
     agent = await provisioned.agent("a1")
     assert agent is not None and agent["state"] == "wrap_up"
     # everything was acknowledged

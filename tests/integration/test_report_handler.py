@@ -81,7 +81,8 @@ async def test_a_report_ahead_of_its_predecessor_is_retried_then_left_pending(re
         (Outcome.RETRY, Outcome.ACK, Outcome.RETRY)
     assert await store.call("c3") is None
     c4 = await store.call("c4")
-    assert c4 is not None and c4["state"] == "offered"
+    # applied: the caller waits on the queue media until it is on it (then an agent is offered)
+    assert c4 is not None and (c4["state"], c4["media"]) == ("queued", "queue")
 
 
 async def test_a_failing_step_does_not_hold_up_the_batch_and_is_dead_lettered_with_its_reason(
@@ -98,7 +99,8 @@ async def test_a_failing_step_does_not_hold_up_the_batch_and_is_dead_lettered_wi
     assert [verdicts[e.id].outcome for e in batch] == [Outcome.RETRY, Outcome.ACK, Outcome.RETRY]
     assert await store.call("c1") is None  # the preflight found the fault: nothing written
     c2 = await store.call("c2")
-    assert c2 is not None and c2["state"] == "offered"
+    # applied: the caller waits on the queue media until it is on it (then an agent is offered)
+    assert c2 is not None and (c2["state"], c2["media"]) == ("queued", "queue")
     assert (await handler([bad]))[bad.id].outcome is Outcome.RETRY
     last = (await handler([bad]))[bad.id]
     assert last.outcome is Outcome.DEAD

@@ -12,6 +12,7 @@ from callcenter.store import RC, Store
 
 T0 = 1_700_000_000_000
 EDGE = "edge-1"
+QUEUE_URI = "sip:queue@127.0.0.1:7000"
 
 
 class Harness:
@@ -24,7 +25,7 @@ class Harness:
         self.now = T0
 
     async def flow(self, flow_id: str = "support", skill: str = "sales", **fields: Any) -> None:
-        base = {"skill": skill, "priority": 256, "welcome_uri": "", "queue_uri": "sip:queue@127.0.0.1:7000"}
+        base = {"skill": skill, "priority": 256, "welcome_uri": "", "queue_uri": QUEUE_URI}
         res = await self.store.flow_upsert(flow_id, {**base, **fields}, now=self.now)
         assert res.rc is RC.OK
 
@@ -47,11 +48,29 @@ class Harness:
         payload = {"call_id": call_id, "edge": EDGE, "seq": seq, "ts": self.now, **data}
         return await self.store.apply_report(rtype, "0-1", msgpack.packb(payload), now=self.now)
 
-    async def arrive(self, call_id: str, flow: str = "support", media_type: str | None = None) -> Any:
+    async def arrive(self, call_id: str, flow: str = "support", media_type: str | None = None,
+                     on_media: bool = True) -> Any:
+        """A new call. With `on_media`, a call queued because its caller is not on media yet gets
+        the queue media's answer at once, as an edge reports it once the caller has ACKed (an agent
+        is offered a call only then): the result is that answer's if it offered the call, else the
+        arrival's."""
         extra = {"media_type": media_type} if media_type else {}
-        return await self.report("report.call_arrived", call_id, flow=flow, caller="alice",
-                                 caller_uri="sip:alice@127.0.0.1", sip_call_id=call_id + "@x", source="127.0.0.1:1",
-                                 **extra)
+        res = await self.report("report.call_arrived", call_id, flow=flow, caller="alice",
+                                caller_uri="sip:alice@127.0.0.1", sip_call_id=call_id + "@x", source="127.0.0.1:1",
+                                **extra)
+        if not on_media or res.rc is not RC.OK or res.detail != "queued":
+            return res
+        call = await self.store.call(call_id)
+        if call is None or call.get("answered_ms") or call.get("media") != "queue":
+            return res
+        answered = await self.on_media(call_id)
+        return answered if answered.detail == "offered" else res
+
+    async def on_media(self, call_id: str, edge: str = EDGE) -> Any:
+        """The queue media answered the call's caller and the caller ACKed (`report.media_answered`)."""
+        answered = await self.report("report.media_answered", call_id, purpose="queue", uri=QUEUE_URI, edge=edge)
+        assert answered.rc is RC.OK, answered
+        return answered
 
     async def commands(self) -> list[tuple[str, dict[str, Any]]]:
         out = []
@@ -72,3 +91,8 @@ class Harness:
         agent = await self.store.agent(agent_id)
         assert agent is not None
         return agent["state"]
+
+
+def rings(cmds: list[tuple[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The data of the `command.ring` commands among `cmds`."""
+    return [d for t, d in cmds if t == "command.ring"]

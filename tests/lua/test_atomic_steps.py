@@ -64,7 +64,7 @@ async def call_ended(h: Harness) -> tuple[str, dict[str, Any]]:
 async def media_answered(h: Harness) -> tuple[str, dict[str, Any]]:
     # a flow-id message: the call waits for its queue media's answer, then is offered
     await _two_agents(h, flow_id_uri="sip:flowid@127.0.0.1:6")
-    await h.arrive("c1")
+    await h.arrive("c1", on_media=False)
     return "report.media_answered", {"purpose": "queue", "uri": "sip:queue@127.0.0.1:7000"}
 
 

@@ -313,15 +313,17 @@ async def test_a_flow_id_message_flow_queues_an_unanswered_caller_first(h: Harne
     and is offered when that media answers, even though an agent is free at arrival."""
     await h.flow("whispered", skill="sales", flow_id_uri="sip:flowid@127.0.0.1:7000")
     await h.agent("a1", ["sales"])
-    assert (await h.arrive("c1", "whispered")).detail == "queued"
+    assert (await h.arrive("c1", "whispered", on_media=False)).detail == "queued"
     assert [t for t, _ in await h.commands()] == ["command.media"]
     res = await h.report("report.media_answered", "c1", purpose="queue", uri="sip:queue@127.0.0.1:7000")
     assert (res.rc, res.detail) == (RC.OK, "offered")
     assert rings(await h.commands())[-1]["whisper_uri"] == "sip:flowid@127.0.0.1:7000"
     # a second answer (the queue media bridged again) offers nothing more
     await h.report("report.agent_failed", "c1", offer_id="1", agent_id="a1", reason="rejected")
+    offers_before = len(rings(await h.commands()))  # the failed offer went back to a1 (wrap-up 0)
     res = await h.report("report.media_answered", "c1", purpose="queue", uri="sip:queue@127.0.0.1:7000")
-    assert (res.rc, res.detail) == (RC.OK, "")
+    assert (res.rc, res.detail) == (RC.OK, "offered")
+    assert len(rings(await h.commands())) == offers_before
 
 
 async def test_an_agent_freed_before_the_queue_media_answers_does_not_take_the_waiting_caller(h: Harness) -> None:
@@ -329,7 +331,7 @@ async def test_an_agent_freed_before_the_queue_media_answers_does_not_take_the_w
     await h.agent("a1", ["sales"])
     await h.arrive("busy-maker")  # a1 rings for a call of the other flow
     assert await h.state("a1") == "ringing"
-    assert (await h.arrive("c1", "whispered")).detail == "queued"
+    assert (await h.arrive("c1", "whispered", on_media=False)).detail == "queued"
     await h.report("report.agent_failed", "busy-maker", offer_id="1", agent_id="a1", reason="cancelled")
     # a1 is free again (wrap-up 0), but c1's caller is not on media yet: nobody takes it
     assert (await h.store.call("c1") or {})["state"] == "queued"

@@ -39,6 +39,8 @@ async def test_a_refused_ring_frees_the_agent_at_once_and_re_offers_when_the_que
     await h.flow(welcome_uri="sip:welcome@127.0.0.1:7001")
     await h.agent("a1", ["sales"], login=False)
     await h.redis.hset(h.store.keys.config, "reject_on_no_agents", 0)
+    # the early offer: an agent may ring before the caller is on media (else it waits for the queue leg)
+    await h.redis.hset(h.store.keys.config, "ring_before_media", 1)
     await h.arrive("c1")
     assert (await h.report("report.media_failed", "c1", purpose="welcome", reason="unreachable")).detail == "queued"
     await h.store.agent_login("a1", now=h.now)
@@ -155,7 +157,8 @@ async def test_a_live_call_its_edge_does_not_know_ends_with_a_true_record(h: Har
     [(_, cdr)] = await h.events("call.ended")
     assert (cdr["outcome"], cdr["ended_by"], cdr["reason"]) == ("failed", "edge", "unknown_call")
     # applied outside the call's stream: a report the edge numbered before it is still in order
-    assert (await h.report("report.call_ended", "c1", seq=2, by="caller", reason="bye")).rc is RC.OK
+    # (seq 2 was the queue media's answer that put the caller on media: h.arrive)
+    assert (await h.report("report.call_ended", "c1", seq=3, by="caller", reason="bye")).rc is RC.OK
     assert len(await h.events("call.ended")) == 1
     # another edge's refusal does not end this edge's call
     await h.arrive("c2")

@@ -36,6 +36,7 @@ async def test_lapsed_edge_ends_its_calls_and_releases_the_agents(h: Harness) ->
     await h.redis.zadd(h.store.keys.edges, {"edge-2": h.now + LAPSE})
     await h.report("report.call_arrived", "other", edge="edge-2", flow="support", caller="bob",
                    caller_uri="sip:bob@127.0.0.1", sip_call_id="other@x", source="127.0.0.1:2")
+    await h.on_media("other", edge="edge-2")
 
     h.now += LAPSE + 1
     res = await h.store.edge_lost(EDGE, LAPSE, now=h.now)

@@ -56,7 +56,9 @@ async def test_calls_of_an_edge_that_never_sent_a_heartbeat_end(h: Harness) -> N
     # a live edge's call waits; it must be untouched, and may take a freed agent
     await beat(h, "edge-2")
     await h.report("report.call_arrived", "other", edge="edge-2", flow="limited", caller="bob",
-                   caller_uri="sip:bob@127.0.0.1", sip_call_id="other@x", source="127.0.0.1:2")  # -> a3
+                   caller_uri="sip:bob@127.0.0.1", sip_call_id="other@x", source="127.0.0.1:2")
+    h.seq["other"] = 1
+    await h.on_media("other", edge="edge-2")  # -> a3
     assert (await h.arrive("waiting")).detail == "queued"
 
     # not within the lapse: the edge may just not have beaten yet

@@ -68,6 +68,7 @@ async def test_caller_priority_goes_ahead_in_the_queue(h: Harness) -> None:
     h.now += 1000
     await h.report("report.call_arrived", "c-vip", flow="support", caller="vip", caller_uri="sip:vip@x",
                    sip_call_id="v", source="1", priority=5)
+    await h.on_media("c-vip")
     queue = await h.redis.zrange(h.store.keys.queue("support"), 0, -1)
     assert queue == [b"c-vip", b"c-normal"]
     await h.agent("a1", ["sales"])

@@ -568,7 +568,9 @@ class DispatchMachine(RuleBasedStateMachine):
             flow = _h(r.hgetall(k.flow(call["flow"])))
             if call["flow"] in held:
                 continue
-            if call["state"] == "queued" and not (flow.get("flow_id_uri") and not call.get("answered_ms")):
+            # a caller not on media yet is offered once its queue media answers (offer.lua waits_for_media)
+            on_media = call.get("answered_ms") or not (flow.get("flow_id_uri") or flow.get("queue_uri"))
+            if call["state"] == "queued" and on_media:
                 skill = flow.get("skill", "")
                 index = k.skill_chat(skill) if call["media_type"] == "chat" else k.skill_free(skill)
                 takers = {_s(m): agents.get(_s(m)) for m in r.zrange(index, 0, -1)}
@@ -646,6 +648,7 @@ async def test_force_release_of_a_ringing_agent_keeps_the_next_offer_it_got(redi
     store, report = await _setup_one_agent_one_call(redis, queued_first=False)
     for c in ("c1", "c2"):  # c1 rings a1, c2 waits
         await report("report.call_arrived", c, flow="f2", caller="u", caller_uri="sip:u@h", sip_call_id=c, source="h")
+        await report("report.media_answered", c, purpose="queue", uri="sip:queue@127.0.0.1:2")
     res = await store.agent_release("a1")
     assert (res.rc, res.detail) == (RC.OK, "ringing")
     agent, c2 = await store.agent("a1"), await store.call("c2")
@@ -684,8 +687,9 @@ async def _late_answer_after_the_lease(redis_client: aioredis.Redis) -> tuple[An
     await h.agent("a2", ["s1"])
     await h.arrive("c1", flow="f3")
     assert (await h.store.call("c1") or {})["state"] == "offered"
-    answer = {"call_id": "c1", "edge": H_EDGE, "seq": 2, "ts": h.now, "offer_id": "1", "agent_id": "a2"}
-    h.seq["c1"] = 2
+    # seq 3: the queue media's answer (h.arrive: the caller is on media) was 2
+    answer = {"call_id": "c1", "edge": H_EDGE, "seq": 3, "ts": h.now, "offer_id": "1", "agent_id": "a2"}
+    h.seq["c1"] = 3
     h.now += (RING_TIMEOUT_S + LEASE_GRACE_S) * 1000
     await h.store.fire_timers(now=h.now)  # the lease expires: a2 wraps up, c1 waits with queue media
     assert (await h.store.call("c1") or {})["state"] == "queued"

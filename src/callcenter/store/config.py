@@ -106,6 +106,10 @@ CALL_HANDLING: tuple[Param, ...] = (
           "chat_dispatch_policy)", choices=("balancing", "full-load")),
     Param("chat_capacity", int, 4,
           "chats an agent takes at once unless it has its own (reference: msrp_max_sessions, 4)", ge=1, le=100),
+    Param("ring_before_media", bool, False,
+          "ring a free agent at arrival with the caller's own offer, before any media answered the caller; off: "
+          "a caller is offered only once it is on the queue (or welcome) media, its ACK received, so that a "
+          "caller that never ACKs costs no agent (on, it holds the agent it rang for up to 6 s, unblamed)"),
     Param("whisper_max_s", int, 30,
           "an offer of a flow with a flow-id message is taken back after ring_timeout_s + offer_lease_grace_s + "
           "this", ge=1, le=600),

@@ -30,5 +30,7 @@ if flow == nil then return { RC.INVALID, 'the flow of the call no longer exists'
 local has_skill = false
 for _, skill in ipairs(agent_skills(agent)) do if skill == flow.skill then has_skill = true end end
 if not has_skill then return { RC.INVALID, 'the agent lacks skill ' .. flow.skill } end
+-- the caller is rung to an agent only once it is on our media (offer.lua waits_for_media)
+if waits_for_media(call, flow) then return { RC.INVALID, 'the caller is not on media yet' } end
 offer(call_id, call, flow, agent_id, agent)
 return { RC.OK }

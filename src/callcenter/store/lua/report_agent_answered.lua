@@ -39,13 +39,16 @@ local function adopt_late_answer()
         reason = 'answered_elsewhere' })
       release_for_call(other, R.call_id, call, flow, false)
     end
+    -- releasing may have changed this very agent (it rang for the newer offer): read it again
+    agent = hgetall(k_agent(R.agent_id)) or agent
   end
   redis.call('ZREM', k_queue_of(call), R.call_id)
   redis.call('ZREM', K.timers, 'wrapup|' .. R.agent_id)
   call_field_updates(R.call_id, call, { state = 'offered', agent = R.agent_id, offer = R.offer_id, ring_all = '' })
   -- replay the offer on the stream (free -> ringing -> in call) so consumers see a coherent story
   if agent.state == 'paused' then  -- the pause resumes when this call ends
-    redis.call('HSET', k_agent(R.agent_id), 'pause_pending', agent.pause_reason or 'paused')
+    agent.pause_pending = agent.pause_reason or 'paused'  -- the chat index below reads it
+    redis.call('HSET', k_agent(R.agent_id), 'pause_pending', agent.pause_pending)
   end
   if agent.state ~= 'free' and agent.state ~= 'in_chat' then set_agent_state(R.agent_id, agent, 'free', nil) end
   if chat then

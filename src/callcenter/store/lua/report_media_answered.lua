@@ -3,14 +3,15 @@
 -- ARGV: 1 now_ms, 2 entry_id (stream entry id), 3 data (the report's msgpack payload)
 -- READS: agent, agent_chats, call, calls, chat_queue, commands, config, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, stats, timers
 -- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
--- RETURNS: OK | OK 'offered' | STALE | DUPLICATE | OUT_OF_ORDER | INVALID why | FAILED why
+-- RETURNS: OK state (the call's, 'offered' if this answer offered it) | STALE | DUPLICATE | OUT_OF_ORDER | INVALID why | FAILED why
 -- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.ended, call.offered
 -- COMMANDS: command.hangup, command.ring, command.ring_all
 -- LIB: config, core, offer, report
 --
--- The first answer marks the caller answered; a call of a flow with a flow-id message that was
--- queued for it is offered now if an agent is free, and so is a call held since the edge refused
--- its ring (it was busy with this leg: offer.lua release_hold).
+-- The first answer marks the caller answered: the edge reports it once the caller's ACK confirmed
+-- its dialog, so the caller is on our media. A queued call that waited for it (offer.lua
+-- waits_for_media) is offered now if an agent is free, and so is a call held since the edge
+-- refused its ring (it was busy with this leg: offer.lua release_hold).
 
 local call, rc, detail = load_live_call_for_report()
 if call == nil then return { rc, detail } end
@@ -18,9 +19,9 @@ local flow = hgetall(k_flow(call.flow))
 local first = (call.answered_ms or '') == ''
 if first then call_field_updates(R.call_id, call, { answered_ms = NOW }) end
 if release_hold(R.call_id, call, flow) then return { RC.OK, 'offered' } end
--- a call of a flow with a flow-id message waited for this answer (offer.lua waits_for_media)
-if first and flow and (flow.flow_id_uri or '') ~= '' and call.state == 'queued' and R.purpose == 'queue'
+-- a queued call waited for this answer (offer.lua waits_for_media)
+if first and flow and call.state == 'queued' and R.purpose == 'queue'
     and cfg('internal_dispatching') == 1 and offer_now(R.call_id, call, flow) then
   return { RC.OK, 'offered' }
 end
-return { RC.OK }
+return { RC.OK, call.state }

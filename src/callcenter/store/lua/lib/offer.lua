@@ -135,11 +135,22 @@ local function pick_agent(flow_id, flow)
   return best_id, best_agent
 end
 
--- A flow with a flow-id message queues a caller nobody has answered yet (no welcome) first: the
--- message needs the caller on media while the agent hears it. The queue media's answer
--- (report_media_answered.lua) then offers the call.
+-- A caller is offered to an agent only once it is on our media: its dialog confirmed (the edge
+-- reports media_answered only after the caller's ACK) and a media server answering it. Until then
+-- a caller nobody has answered yet (no welcome) is queued, and the queue media's answer
+-- (report_media_answered.lua) offers the call; a caller that ACKed its welcome is on media already.
+-- Why: a caller that never ACKs (or never answers the re-INVITE that moves it to the agent) held
+-- the agent it had been offered to for sippy's 32 s, and the failed offer was counted against the
+-- agent. With `ring_before_media` on (or a flow without any media to hold the caller on) a free
+-- agent rings at arrival with the caller's own offer; the edge then reports the agent answered only
+-- after the caller's ACK and ends the call (caller_no_ack) within seconds without one. A flow-id
+-- message always needs the caller on media.
+local function media_first(flow)
+  return (flow.flow_id_uri or '') ~= '' or ((flow.queue_uri or '') ~= '' and cfg('ring_before_media') ~= 1)
+end
+
 local function waits_for_media(call, flow)
-  return (flow.flow_id_uri or '') ~= '' and (call.answered_ms or '') == ''
+  return (call.answered_ms or '') == '' and media_first(flow)
 end
 
 -- Offer a call to a free agent of its flow (by the flow's strategy, or all of them for ring-all);
@@ -175,36 +186,53 @@ local function route_call(call_id, call, flow, at_head)
   enqueue(call_id, call, flow, at_head)
 end
 
+-- The first call of a flow's queue an agent may be offered, as { call_id, score, flow }, or nil.
+-- In a flow with queue or flow-id media a caller not on media yet is passed over (waits_for_media):
+-- its queue media's answer offers it (report_media_answered.lua), and a caller that never confirms
+-- must not hold up those behind it. A call on media whose ring the edge refused waits for its
+-- hold's end (release_hold), and so does its flow. Only the first QUEUE_SCAN entries are looked at
+-- (bounded work per step); an entry without its call hash is returned so that the caller drops it.
+local QUEUE_SCAN = 16
+local function first_offerable(qkey, flow_id)
+  local entries = redis.call('ZRANGE', qkey, 0, QUEUE_SCAN - 1, 'WITHSCORES')
+  if #entries == 0 then return nil end
+  local flow = hgetall(k_flow(flow_id))
+  if flow == nil then return { entries[1], tonumber(entries[2]), nil } end
+  local needs_media = media_first(flow)
+  for i = 1, #entries, 2 do
+    local id = entries[i]
+    local fields = redis.call('HMGET', k_call(id), 'state', 'answered_ms', 'held_until_ms')
+    if fields[1] == false then return { id, tonumber(entries[i + 1]), flow } end
+    if not needs_media or (fields[2] or '') ~= '' then
+      if num(fields[3], 0) > NOW then return nil end
+      return { id, tonumber(entries[i + 1]), flow }
+    end
+  end
+  return nil
+end
+
 -- Give an agent the best waiting call (audio, or chat) among the flows of its skills: flow
 -- priority first (0 = highest), then the call's priority and arrival (the queue score).
 -- Returns true when it offered one.
 local function take_waiting_call(agent_id, agent, chat)
   local queue_key = chat and k_chat_queue or k_queue
   for _ = 1, 3 do
-    local best_call, best_flow, best_prio, best_score = nil, nil, nil, nil
+    local best_call, best_flow, best_prio, best_score, best_flow_hash = nil, nil, nil, nil, nil
     for _, skill in ipairs(agent_skills(agent)) do
       for _, flow_id in ipairs(redis.call('SMEMBERS', k_skill_flows(skill))) do
-        local head = redis.call('ZRANGE', queue_key(flow_id), 0, 0, 'WITHSCORES')
-        local flow_fields = #head > 0 and redis.call('HMGET', k_flow(flow_id), 'priority', 'flow_id_uri') or nil
-        -- a flow-id message flow's head that waits for its queue media is offered when it answers
-        local head_call = flow_fields and redis.call('HMGET', k_call(head[1]), 'answered_ms', 'held_until_ms')
-        if flow_fields and (flow_fields[2] or '') ~= '' and (head_call[1] or '') == '' then
-          flow_fields = nil
-        end
-        -- a head whose ring the edge refused waits for its media (release_hold) or its hold's end
-        if flow_fields and num(head_call[2], 0) > NOW then flow_fields = nil end
-        if flow_fields then
-          local prio = num(flow_fields[1], 256)
-          local score = tonumber(head[2])
+        local head = first_offerable(queue_key(flow_id), flow_id)
+        if head then
+          local prio = num(head[3] and head[3].priority, 256)
+          local score = head[2]
           if best_call == nil or prio < best_prio or (prio == best_prio and score < best_score) then
-            best_call, best_flow, best_prio, best_score = head[1], flow_id, prio, score
+            best_call, best_flow, best_prio, best_score, best_flow_hash = head[1], flow_id, prio, score, head[3]
           end
         end
       end
     end
     if best_call == nil then return false end
     local call = hgetall(k_call(best_call))
-    local flow = hgetall(k_flow(best_flow))
+    local flow = best_flow_hash
     if call == nil or flow == nil or call.state ~= 'queued' then
       redis.call('ZREM', queue_key(best_flow), best_call)  -- a stale queue entry: drop it, look again
     else
