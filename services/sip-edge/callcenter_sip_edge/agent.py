@@ -200,7 +200,14 @@ class _Ringing(_AgentPhase):
             self.agents.fail(leg, "no_sdp", sip_events.int_code(code))
             return
         leg.phase = Phase.TALKING
-        call.answer_caller(body)
+        call.answer_caller(body, lambda: self._early_connected(leg))
+
+    def _early_connected(self, leg: AgentLeg) -> None:
+        # the caller ACKed the agent's answer: only now is the agent reported answered (a caller
+        # that never ACKs ends the call as caller_no_ack, and the agent is not blamed)
+        call = self.agents.call
+        if call.agent is not leg:
+            return
         log.info("call.agent_connected", offer_id=leg.offer_id, early_offer=True)
         call.emit("agent_answered", offer_id=leg.offer_id, agent_id=leg.agent_id)
         checkpoint(call)

@@ -24,13 +24,24 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import structlog
+from sippy.Time.Timeout import Timeout
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from callcenter.contract.commands import CancelRing, Command, Hangup, Media, Reject, Ring, RingAll
 from callcenter_sip_edge import sip_events
 from callcenter_sip_edge.agent import AgentLegs
 from callcenter_sip_edge.forks import Forks
-from callcenter_sip_edge.legs import NO_REPLY_TIMEOUT_S, AgentLeg, CallerInfo, MediaLeg, SdpBody, SipUA
+from callcenter_sip_edge.legs import (
+    CALLER_ACK_TIMEOUT_S,
+    NO_REPLY_TIMEOUT_S,
+    AgentLeg,
+    CallerInfo,
+    MediaLeg,
+    SdpBody,
+    SipUA,
+    Timer,
+    cancel_timers,
+)
 from callcenter_sip_edge.media import MediaLegs
 from callcenter_sip_edge.offers import CallerOffers
 from callcenter_sip_edge.sip_events import LegEvents, deliver
@@ -63,7 +74,10 @@ class Call:
         self.info = info
         self.caller: Any = None                        # the UAS leg; the router sets it (its callback needs the call)
         self.caller_offer: SdpBody | None = None
-        self.caller_answered = False
+        self.caller_answered = False                  # our 200 went to the caller (or an adopted dialog)
+        self._awaiting_ack = False                    # ... and its ACK has not come yet
+        self._on_confirmed: Callable[[], None] | None = None
+        self._ack_timer: Timer | None = None
         self.media: MediaLeg | None = None            # the leg the caller hears now
         self.media_pending: MediaLeg | None = None    # a media leg being set up
         self.agent: AgentLeg | None = None
@@ -109,9 +123,47 @@ class Call:
         self.end(by="edge", reason=reason, caller_code=HANGUP_UNANSWERED)
 
     # ------------------------------------------------------------------ caller leg
-    def answer_caller(self, body: SdpBody | None) -> None:
+    @property
+    def caller_confirmed(self) -> bool:
+        """The caller's dialog is confirmed (our 200 ACKed): the caller is on our media."""
+        return self.caller_answered and not self._awaiting_ack
+
+    def answer_caller(self, body: SdpBody | None, then: Callable[[], None]) -> None:
+        """Send the caller our 200 with `body`; `then` runs when its ACK confirms the dialog (only
+        then is the caller on our media, and only then does the dispatcher hear of it). Without an
+        ACK within CALLER_ACK_TIMEOUT_S the call ends (`caller_no_ack`): a caller that never ACKs
+        held the leg that answered it (an agent, with the caller's own offer) for sippy's 32 s."""
         sip_events.answer(self.caller, body)
         self.caller_answered = True
+        self._awaiting_ack = True
+        self._on_confirmed = then
+        if not dialog.on_ack_of_answer(self.caller, self.guarded(self.caller_acked)):
+            log.warning("call.caller_ack_untracked")   # not expected: take the dialog as confirmed
+            self.caller_acked()
+            return
+        self._ack_timer = Timeout(self.guarded(self._caller_ack_timed_out), CALLER_ACK_TIMEOUT_S)
+
+    def caller_acked(self) -> None:
+        """The caller's ACK of our 200: its dialog is confirmed."""
+        if not self._awaiting_ack or self.ended:
+            return
+        self._awaiting_ack = False
+        cancel_timers(self, "_ack_timer")
+        then, self._on_confirmed = self._on_confirmed, None
+        if then is not None:
+            then()
+        self.offers.run_next()   # a re-INVITE of the caller waits for its confirmed dialog
+
+    def _caller_ack_timed_out(self) -> None:
+        self._ack_timer = None
+        if not self.ended and not self.caller_confirmed:
+            self.caller_failed("caller_no_ack")
+
+    def caller_failed(self, reason: str) -> None:
+        """The caller did not do its part of the connect (no ACK, no answer to our re-INVITE): end
+        the call, saying so. The dispatcher frees an agent that was offered it without penalty."""
+        log.warning("call.caller_failed", reason=reason)
+        self.end(by="edge", reason=reason)
 
     # ------------------------------------------------------------------ teardown
     def end(self, *, by: str, reason: str, caller_code: tuple[int, str] | None = None,
@@ -120,6 +172,8 @@ class Call:
         if self.ended:
             return
         self.ended = True
+        cancel_timers(self, "_ack_timer")
+        self._on_confirmed = None
         self.offers.stop()
         for leg in (self.media_pending, self.media):
             if leg is not None:

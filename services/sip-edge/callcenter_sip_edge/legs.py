@@ -43,6 +43,12 @@ class Timer(Protocol):
 NO_REPLY_TIMEOUT_S = 4.0
 # A media server must answer within this time once it has sent a provisional response.
 MEDIA_SETUP_TIMEOUT_S = 15.0
+# The caller must ACK our 200 within this time, else the call ends (`caller_no_ack`). A 200 is
+# retransmitted after 0.5, 1 and 2 s: this covers three lost 200s or ACKs. sippy would wait 32 s.
+CALLER_ACK_TIMEOUT_S = 6.0
+# The caller must answer a re-INVITE that moves it to another leg (an agent that answered waits)
+# within this time, else the call ends (`caller_reinvite_timeout`). sippy would wait 32 s.
+CALLER_REINVITE_TIMEOUT_S = 5.0
 
 
 class Phase(enum.StrEnum):

@@ -134,9 +134,15 @@ class _MediaSetup(LegEvents):
             return
         call.media_pending = None
         call.media = leg
-        call.answer_caller(body)
-        call.emit("media_answered", purpose=leg.purpose, uri=leg.uri)
-        checkpoint(call)
+        call.answer_caller(body, lambda: self._caller_on_media(leg))
+
+    def _caller_on_media(self, leg: MediaLeg) -> None:
+        # the caller ACKed: it hears this leg (its dialog is confirmed), unless the leg already
+        # ended (media_ended said so)
+        call = self.media.call
+        if call.media is leg:
+            call.emit("media_answered", purpose=leg.purpose, uri=leg.uri)
+            checkpoint(call)
 
     def on_offer(self, ua: SipUA, offer: SdpBody | None) -> None:
         leg, media = self._leg(), self.media

@@ -22,7 +22,7 @@ from sippy.Time.Timeout import Timeout
 
 from callcenter_sip_edge import sip_events
 from callcenter_sip_edge.confirmed import checkpoint
-from callcenter_sip_edge.legs import Phase, SdpBody, SipUA, Timer, cancel_timers
+from callcenter_sip_edge.legs import CALLER_REINVITE_TIMEOUT_S, Phase, SdpBody, SipUA, Timer, cancel_timers
 from callcenter_sip_edge.sip_events import LegEvents
 from callcenter_sip_edge.sippy import dialog
 
@@ -61,7 +61,7 @@ class RelayedOffer:
 class CallerOffers:
     """The re-INVITE queue of one call's caller leg, and the offer being relayed, if any."""
 
-    __slots__ = ("_ack_pending_timer", "_glare_timer", "call", "in_flight", "queue", "relay")
+    __slots__ = ("_ack_pending_timer", "_answer_timer", "_glare_timer", "call", "in_flight", "queue", "relay")
 
     def __init__(self, call: Call) -> None:
         self.call = call
@@ -70,6 +70,7 @@ class CallerOffers:
         self.relay: RelayedOffer | None = None
         self._glare_timer: Timer | None = None
         self._ack_pending_timer: Timer | None = None   # the caller's ACK of a re-INVITE answer is not sent yet
+        self._answer_timer: Timer | None = None        # bounds the caller's answer to `in_flight`
 
     # ------------------------------------------------------------------ re-INVITEs of the caller
     def reinvite_caller(self, offer: SdpBody, owner: object, on_answer: Callable[[SdpBody | None], None],
@@ -83,17 +84,19 @@ class CallerOffers:
         call = self.call
         if (not self.queue or call.ended or self.in_flight is not None
                 or self._glare_timer is not None or self._ack_pending_timer is not None
-                or self.relay is not None or not call.caller_answered
+                or self.relay is not None or not call.caller_confirmed
                 or not dialog.is_connected(call.caller)):
             return
         op = self.queue.popleft()
         op.attempts += 1
         self.in_flight = op
+        self._answer_timer = Timeout(call.guarded(self._reinvite_timed_out, op), CALLER_REINVITE_TIMEOUT_S)
         # may answer synchronously (same SDP as before): in_flight is set first
         sip_events.offer(call.caller, op.offer)
 
     def caller_answered(self, ua: SipUA, code: int, reason: str, body: SdpBody | None) -> None:
         """The caller's 2xx to a re-INVITE: ours, or the one of a relayed offer."""
+        cancel_timers(self, "_answer_timer")
         self._hold_until_acked()
         if self.in_flight is not None:
             op, self.in_flight = self.in_flight, None
@@ -104,6 +107,7 @@ class CallerOffers:
     def caller_refused(self, ua: SipUA, code: int, reason: str) -> bool:
         """The caller's error response to a re-INVITE; False if there was none outstanding (then
         the failure is the caller's leg's own)."""
+        cancel_timers(self, "_answer_timer")
         self._hold_until_acked()
         if self.in_flight is not None:
             self._reinvite_failed(code, reason)
@@ -121,6 +125,13 @@ class CallerOffers:
             # caller before that ACK (a UA may take it for a new transaction inside the old one;
             # SIPp aborts the call). The queue moves on at the reactor's next turn.
             self._ack_pending_timer = Timeout(call.guarded(self._after_caller_ack), 0)
+
+    def _reinvite_timed_out(self, op: CallerReinvite) -> None:
+        self._answer_timer = None
+        if self.in_flight is op and not self.call.ended:
+            # the caller neither answered nor refused: the leg waiting for it (an agent that
+            # answered) must not wait for sippy's 32 s
+            self.call.caller_failed("caller_reinvite_timeout")
 
     def _after_caller_ack(self) -> None:
         self._ack_pending_timer = None
@@ -152,7 +163,7 @@ class CallerOffers:
 
     def stop(self) -> None:
         """The call ends: no more re-INVITEs."""
-        cancel_timers(self, "_glare_timer", "_ack_pending_timer")
+        cancel_timers(self, "_glare_timer", "_ack_pending_timer", "_answer_timer")
         self.queue.clear()
 
     # ------------------------------------------------------------------ in-dialog offers

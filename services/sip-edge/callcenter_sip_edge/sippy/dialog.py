@@ -174,3 +174,25 @@ def reinvite_without_offer(ua: Any) -> bool:
     ua.tr = ua.newTransaction(req, resp_cb=on_response, cb_ifver=2)
     ua.changeState((UacStateUpdating,))
     return True
+
+
+def on_ack_of_answer(ua: Any, on_ack: Callable[[], None]) -> bool:
+    """Call `on_ack` when the ACK of the 2xx just sent on `ua` (a UAS answering the caller's INVITE)
+    arrives; False (nothing armed) if that 2xx's transaction is not found.
+
+    Why: sippy tells the UA of that ACK only when the 2xx carried an offer (`ack_wait`); for a 2xx
+    with an answer it drops the ACK in the transaction manager, so the edge could not tell a caller
+    whose dialog is confirmed from one that never ACKs (and sippy gives up only after 32 s). After
+    a 2xx the server transaction is keyed by (Call-ID, From tag, CSeq, To tag) and calls its
+    `ack_cb` with the ACK. Our callback does not go through `UA.recvACK`, which would also take
+    the SDP of a body-less ACK to be "no remote SDP".
+    """
+    resp = getattr(ua, "uasResp", None)
+    if resp is None:
+        return False
+    tid = (*resp.getTId(), resp.getHFBody("to").getTag())
+    transaction = ua.global_config["_sip_tm"].tserver.get(tid)
+    if transaction is None:
+        return False
+    transaction.ack_cb = lambda _ack: on_ack()
+    return True
