@@ -54,19 +54,23 @@ _TYPES: list[EntryType] = [
               "An INVITE arrived for a flow; the caller is not answered yet. media_type = audio (the "
               "default, also for an INVITE without SDP) or chat (the first media stream is MSRP)."),
     EntryType("report.media_answered", 1, {**_REPORT, "purpose": Str, "uri": Str}, {},
-              "The caller is bridged to a media server (welcome, queue or dissuading)."),
+              "The caller is bridged to a media server (welcome, queue or dissuading) and is on it: sent "
+              "once the caller's ACK confirmed our 200 (or it answered our re-INVITE)."),
     EntryType("report.media_ended", 1, {**_REPORT, "purpose": Str}, {},
               "The media server hung up its leg (e.g. the welcome message finished); the caller stays."),
     EntryType("report.media_failed", 1, {**_REPORT, "purpose": Str, "reason": Str}, {"code": OptInt},
               "The media leg could not be set up."),
     EntryType("report.agent_answered", 1, {**_REPORT, "offer_id": Str, "agent_id": Str}, {},
-              "The agent answered and the caller is connected to it."),
+              "The agent answered and the caller is connected to it (an agent that answered the caller "
+              "itself: once the caller ACKed)."),
     EntryType("report.agent_failed", 1, {**_REPORT, "offer_id": Str, "agent_id": Str, "reason": Str},
               {"code": OptInt},
               "The agent leg failed: rejected, busy, no_answer, unreachable, no_sdp, cancelled, or hung_up "
               "(the agent answered and hung up before being connected, e.g. during the flow-id message)."),
     EntryType("report.call_ended", 1, {**_REPORT, "by": Str, "reason": Str}, {"code": OptInt},
-              "Every leg of the call is down; by = caller, agent, media or edge."),
+              "Every leg of the call is down; by = caller, agent, media or edge. The edge ends a caller "
+              "that fails its part of the connect with reason caller_no_ack (no ACK of our 200) or "
+              "caller_reinvite_timeout (no answer to the re-INVITE moving it to the agent)."),
     EntryType("report.command_refused", 1, {**_REPORT, "command": Str, "reason": Str},
               {"offer_id": OptStr, "purpose": OptStr},
               "A command the edge did not carry out (every other command's outcome is one of the reports "
