@@ -142,16 +142,16 @@ class SippLauncher:
 
     def start(self, scenario: str, *, name: str | None = None, remote_port: int | None = None,
               service: str | None = None, pause_ms: int | None = None, wait_bound: bool = True,
-              stock: bool = False) -> SippProcess:
+              stock: bool = False, calls: int = 1) -> SippProcess:
         """Start SIPp with scenario tests/sipp/<scenario>.xml (with stock=True: SIPp's built-in
-        scenario of that name, `-sn`) for exactly one call."""
+        scenario of that name, `-sn`) for exactly `calls` calls (a UAS takes them side by side)."""
         name = name or scenario
         port = free_udp_port()
         workdir = self.tmp_path / f"sipp-{name}"
         workdir.mkdir(parents=True, exist_ok=True)
         chosen = ["-sn", scenario] if stock else ["-sf", str(SCENARIOS / f"{scenario}.xml")]
         cmd = ["timeout", "-k", "5", str(SIPP_HARD_LIMIT_S), "sipp", *chosen,
-               "-i", LOOPBACK, "-p", str(port), "-m", "1", "-timeout", f"{SIPP_TIMEOUT_S}s", "-timeout_error",
+               "-i", LOOPBACK, "-p", str(port), "-m", str(calls), "-timeout", f"{SIPP_TIMEOUT_S}s", "-timeout_error",
                "-buff_size", "4194304", "-nostdin", "-trace_err", "-trace_msg", "-recv_timeout", "15000"]
         if service is not None:
             cmd += ["-s", service]

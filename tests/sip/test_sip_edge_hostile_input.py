@@ -3,7 +3,12 @@
 The fuzzer mutates valid SIP messages (byte flips, truncation, duplicated and removed header lines,
 huge headers, bad Content-Length, non-UTF-8 bytes, swapped start lines) with a fixed seed and sends a
 bounded number of datagrams to a running stack whose scripted dispatcher rejects every call that
-arrives. Afterwards no call is left (`active_calls() == 0`) and a real SIPp call still succeeds.
+arrives; among them hostile but well-formed requests (merged requests, repeated Call-ID and other
+single headers, header injection, over-long URIs and fields). Beside it run callers that fail the
+connect (issue 10, acceptance 8): some never ACK our 200, some ACK it and never answer the re-INVITE
+that moves them to an agent; and real SIPp calls. Afterwards no call is left (`active_calls() ==
+0`), the failing callers were hung up with their reasons and every agent leg they held got its BYE,
+real calls reached their agent about as fast as before the attack, and a real call still succeeds.
 """
 
 from __future__ import annotations
@@ -20,11 +25,17 @@ import pytest
 from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, expect_success
 
 from callcenter.contract import limits
+from callcenter_sip_edge.legs import CALLER_ACK_TIMEOUT_S, CALLER_REINVITE_TIMEOUT_S
 from callcenter_sip_edge.sip_stack import SipStack
 
 FUZZ_SEED = 20240611
 FUZZ_DATAGRAMS = 2000
 REAL_CALLS = 3
+NO_ACK_CALLERS = 6
+NO_ANSWER_CALLERS = 2
+# a real call may reach its agent this much later under the attack than before it (one SIP thread
+# serves both; generous for a loaded 2-core machine: the agent answers after 0.2 s)
+SLOWER_THAN_BASELINE_MS = 2_000
 
 SDP = "v=0\r\no=t 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n"
 
@@ -307,6 +318,59 @@ async def _in_step(client: socket.socket, edge_port: int, n: int) -> None:
     raise AssertionError(f"the edge did not answer OPTIONS step-{n} within 10 s")
 
 
+def _header(message: str, name: str) -> str:
+    found = re.search(rf"^{name}:[ \t]*([^\r\n]*)", message, re.MULTILINE | re.IGNORECASE)
+    return found.group(1) if found else ""
+
+
+def _reply_200(request: str) -> bytes:
+    copied = (f"{name}: {_header(request, name)}" for name in ("Via", "From", "To", "Call-ID", "CSeq"))
+    lines = ["SIP/2.0 200 OK", *copied, "Content-Length: 0", "", ""]
+    return "\r\n".join(lines).encode()
+
+
+async def _caller_failing_the_connect(edge_port: int, user: str, acks: bool) -> None:
+    """A caller on its own socket that does not do its part of the connect: it never ACKs our 200
+    (`acks` False), or ACKs it and then ignores the re-INVITE that moves it to an agent. It answers
+    the edge's BYE with 200 and returns; AssertionError without a BYE within the edge's bounds."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sock.bind((LOOPBACK, 0))
+        sock.settimeout(0.5)
+        port = sock.getsockname()[1]
+        request = invite(edge_port, port, f"{user}-{os.urandom(4).hex()}")
+        sock.sendto(request.replace(b"sip:fuzz@", f"sip:{user}@".encode()), (LOOPBACK, edge_port))
+        deadline = time.monotonic() + CALLER_ACK_TIMEOUT_S + CALLER_REINVITE_TIMEOUT_S + 20
+        while time.monotonic() < deadline:
+            try:
+                message = (await asyncio.to_thread(sock.recv, 65535)).decode(errors="replace")
+            except TimeoutError:
+                continue
+            if message.startswith("BYE "):
+                sock.sendto(_reply_200(message), (LOOPBACK, edge_port))
+                return
+            if acks and message.startswith("SIP/2.0 200") and _header(message, "CSeq").endswith("INVITE"):
+                contact = re.sub(r"^.*<([^>]*)>.*$", r"\1", _header(message, "Contact"))
+                sock.sendto("\r\n".join([
+                    f"ACK {contact} SIP/2.0",
+                    f"Via: SIP/2.0/UDP {LOOPBACK}:{port};branch=z9hG4bK-{os.urandom(4).hex()};rport",
+                    f"From: {_header(message, 'From')}", f"To: {_header(message, 'To')}",
+                    f"Call-ID: {_header(message, 'Call-ID')}", "CSeq: 1 ACK", "Max-Forwards: 70",
+                    "Content-Length: 0", "", ""]).encode(), (LOOPBACK, edge_port))
+            # anything else (our 200 again, the re-INVITE to the agent) goes unanswered
+        raise AssertionError(f"{user}: no BYE from the edge")
+    finally:
+        sock.close()
+
+
+def _times_to_agent(dispatcher: ScriptedDispatcher, caller: str) -> list[int]:
+    """ms from arrival to agent_answered of the answered calls of `caller`, in arrival order."""
+    arrived = {f.call_id: f.ts_ms for f in dispatcher.facts
+               if f.kind == "call_arrived" and f.data["caller"] == caller}
+    return [f.ts_ms - arrived[f.call_id] for f in dispatcher.facts
+            if f.kind == "agent_answered" and f.call_id in arrived]
+
+
 async def _real_calls(stack: SipStack, dispatcher: ScriptedDispatcher, sipp: SippLauncher, edge_port: int,
                       count: int) -> None:
     """`count` real SIPp calls one after another (caller -> edge -> agent, answered, BYE)."""
@@ -325,12 +389,26 @@ async def _real_calls(stack: SipStack, dispatcher: ScriptedDispatcher, sipp: Sip
 async def test_fuzzed_datagrams_never_crash_the_edge_or_leak_calls(edge: EdgeUnderTest, client: socket.socket,
                                                                    sipp: SippLauncher) -> None:
     stack, dispatcher = edge.stack, edge.dispatcher
-    # every call the fuzz lets through is rejected, as a dispatcher would for an unknown flow
+    # callers failing the connect get the queue media; once one is on it, an agent is rung for it
+    music = sipp.start("media_hold_uas", name="queue-music", calls=NO_ACK_CALLERS + NO_ANSWER_CALLERS)
+    agents = sipp.start("agent_late_uas", name="late-agents", calls=NO_ANSWER_CALLERS)
+    for user in ("noack", "noanswer"):
+        dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"), once=False,
+                      caller=user)
+    dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a-late", agents.uri("agent"), 10.0),
+                  once=False)
+    # every other call the fuzz lets through is rejected, as a dispatcher would for an unknown flow
     dispatcher.on("call_arrived", lambda f: stack.reject(f.call_id, 404, "Not Found"), once=False)
     client.setblocking(False)
     port = client.getsockname()[1]
     target = (LOOPBACK, edge.port)
-    # real calls through the edge while the fuzz runs
+    await _real_calls(stack, dispatcher, sipp, edge.port, 1)   # before the attack
+    [baseline_ms] = _times_to_agent(dispatcher, "caller1")
+    failing = asyncio.gather(*(_caller_failing_the_connect(edge.port, "noack", acks=False)
+                               for _ in range(NO_ACK_CALLERS)),
+                             *(_caller_failing_the_connect(edge.port, "noanswer", acks=True)
+                               for _ in range(NO_ANSWER_CALLERS)))
+    # real calls through the edge while the fuzz and the failing callers run
     real_calls = asyncio.create_task(_real_calls(stack, dispatcher, sipp, edge.port, REAL_CALLS))
     sent = 0
     started = time.monotonic()
@@ -347,6 +425,26 @@ async def test_fuzzed_datagrams_never_crash_the_edge_or_leak_calls(edge: EdgeUnd
     await _in_step(client, edge.port, sent + 1)
     assert time.monotonic() - started < 60
     await asyncio.wait_for(real_calls, timeout=60)
+    await asyncio.wait_for(failing, timeout=CALLER_ACK_TIMEOUT_S + CALLER_REINVITE_TIMEOUT_S + 30)
+    # real calls reached their agent about as fast as before the attack
+    baseline, *attacked = _times_to_agent(dispatcher, "caller1")
+    assert baseline == baseline_ms and len(attacked) == REAL_CALLS
+    assert max(attacked) <= baseline_ms + SLOWER_THAN_BASELINE_MS, (baseline_ms, attacked)
+    # the failing callers were hung up saying why; no agent was reported answered for them, and
+    # every leg they held (queue media, the agents rung) got its BYE
+    def ends_of(user: str) -> list[str]:
+        calls = {f.call_id for f in dispatcher.facts if f.kind == "call_arrived" and f.data["caller"] == user}
+        return [f.data["reason"] for f in dispatcher.facts if f.kind == "call_ended" and f.call_id in calls]
+
+    for user, reason, count in (("noack", "caller_no_ack", NO_ACK_CALLERS),
+                                ("noanswer", "caller_reinvite_timeout", NO_ANSWER_CALLERS)):
+        deadline = time.monotonic() + 5   # the last call_ended crosses from the SIP thread after its BYE
+        while len(ends_of(user)) < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert ends_of(user) == [reason] * count, (user, ends_of(user))
+    await expect_success(music)
+    await agents.finish()   # their ACK would carry the caller's answer: there is none, only a BYE
+    assert sum(m.is_request("BYE") for m in agents.messages() if not m.sent) == NO_ANSWER_CALLERS
 
     # the stack still answers, and every call the fuzz created has ended
     deadline = time.monotonic() + 10
@@ -360,7 +458,8 @@ async def test_fuzzed_datagrams_never_crash_the_edge_or_leak_calls(edge: EdgeUnd
     # could not place its report)
     assert sorted(ended) == sorted(arrived), [f for f in dispatcher.facts if f.call_id not in arrived]
     assert len(arrived) > 50  # the fuzz did let calls through
-    assert dispatcher.kinds().count("agent_answered") == REAL_CALLS
+    assert dispatcher.kinds().count("agent_answered") == REAL_CALLS + 1
+    assert dispatcher.kinds().count("media_answered") == NO_ANSWER_CALLERS   # never for a caller without ACK
     # nothing the fuzz sent made a call with a field over its limit or a priority
     for fact in dispatcher.facts:
         if fact.kind == "call_arrived":
