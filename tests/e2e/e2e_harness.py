@@ -8,6 +8,7 @@ SIP-level tests in tests/sip), then the dev package's (callcenter_dev).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,17 @@ def whole_system(tmp_path_factory: pytest.TempPathFactory, tenant: str, ring_tim
         yield system
     finally:
         system.stop()
+
+
+@contextmanager
+def ring_before_media(system: WholeSystem, on: bool = True) -> Iterator[None]:
+    """`ring_before_media` on meanwhile: a free agent rings at arrival with the caller's own offer
+    (early offer) instead of after the queue media answered the caller; put back after."""
+    assert system.api.patch("/v1/config", json={"ring_before_media": on}).status_code == 200
+    try:
+        yield
+    finally:
+        assert system.api.patch("/v1/config", json={"ring_before_media": False}).status_code == 200
 
 
 def start(peers: list[Sipp], sipp: Sipp, trace_msg: bool = False) -> Sipp:

@@ -30,6 +30,7 @@ from e2e_harness import (
     ok,
     only_call,
     queued_call,
+    ring_before_media,
     sip,
     start,
     types,
@@ -95,17 +96,18 @@ def test_caller_cancels_while_the_agent_rings(system: WholeSystem, peers: list[S
     flow(system, "p-cancel-ring", queue)
     agent(system, "pc-1", "p-cancel-ring", phone)
     system.login("pc-1")
-    # a free agent: its phone rings with the caller's offer; the caller CANCELs after 500 ms
-    c = start(peers, caller(system, "caller_cancel.xml", "p-cancel-ring"))
-    ok(c, system)
-    ok(phone, system)  # the phone saw CANCEL, answered it 200 and the INVITE 487
-    call_id = only_call(system, "p-cancel-ring")
-    cdr = system.wait_for_cdr(call_id)
-    assert (cdr["outcome"], cdr["ended_by"]) == ("abandoned", "caller"), cdr
-    assert types(system, call_id) == ["call.arrived", "call.offered", "call.abandoned", "call.ended"], \
-        types(system, call_id)
-    wait_for(lambda: system.agent_state("pc-1") == "free", 5, "the agent free again", system)
-    assert system.api.post("/v1/agents/pc-1/logout").status_code == 200
+    with ring_before_media(system):
+        # a free agent: its phone rings with the caller's offer; the caller CANCELs after 500 ms
+        c = start(peers, caller(system, "caller_cancel.xml", "p-cancel-ring"))
+        ok(c, system)
+        ok(phone, system)  # the phone saw CANCEL, answered it 200 and the INVITE 487
+        call_id = only_call(system, "p-cancel-ring")
+        cdr = system.wait_for_cdr(call_id)
+        assert (cdr["outcome"], cdr["ended_by"]) == ("abandoned", "caller"), cdr
+        assert types(system, call_id) == ["call.arrived", "call.offered", "call.abandoned", "call.ended"], \
+            types(system, call_id)
+        wait_for(lambda: system.agent_state("pc-1") == "free", 5, "the agent free again", system)
+        assert system.api.post("/v1/agents/pc-1/logout").status_code == 200
 
 
 def test_caller_hangs_up_while_the_agent_rings(system: WholeSystem, peers: list[Sipp]) -> None:
@@ -229,18 +231,19 @@ def test_caller_hold_and_resume_reach_the_agent_and_its_answers_come_back(
     flow(system, f, queue)
     agent(system, "ph-1", f, phone)
     system.login("ph-1")
-    # UPDATE (hold, a=sendonly) then re-INVITE (resume): each answered with SDP (checked by the scenario)
-    c = start(peers, caller(system, "caller_update_reinvite.xml", f, pause_ms=500), trace_msg=True)
-    ok(c, system)
-    ok(phone, system)  # two re-INVITEs relayed from the caller, each answered, then BYE
-    trace = messages(phone)
-    assert trace.count("INVITE sip:") == 3 and "a=sendonly" in trace, trace[-3000:]
-    assert "o=agent 7 8" in messages(c) and "o=agent 7 9" in messages(c)  # the agent's answers came back
-    call_id = only_call(system, f)
-    cdr = system.wait_for_cdr(call_id)
-    assert (cdr["outcome"], cdr["agent_id"], cdr["ended_by"]) == ("answered", "ph-1", "caller"), cdr
-    assert types(system, call_id) == ["call.arrived", "call.offered", "call.connected", "call.ended"]
-    assert system.api.post("/v1/agents/ph-1/logout").status_code == 200
+    with ring_before_media(system):  # the agent gets the caller's offer
+        # UPDATE (hold, a=sendonly) then re-INVITE (resume): each answered with SDP (checked by the scenario)
+        c = start(peers, caller(system, "caller_update_reinvite.xml", f, pause_ms=500), trace_msg=True)
+        ok(c, system)
+        ok(phone, system)  # two re-INVITEs relayed from the caller, each answered, then BYE
+        trace = messages(phone)
+        assert trace.count("INVITE sip:") == 3 and "a=sendonly" in trace, trace[-3000:]
+        assert "o=agent 7 8" in messages(c) and "o=agent 7 9" in messages(c)  # the agent's answers came back
+        call_id = only_call(system, f)
+        cdr = system.wait_for_cdr(call_id)
+        assert (cdr["outcome"], cdr["agent_id"], cdr["ended_by"]) == ("answered", "ph-1", "caller"), cdr
+        assert types(system, call_id) == ["call.arrived", "call.offered", "call.connected", "call.ended"]
+        assert system.api.post("/v1/agents/ph-1/logout").status_code == 200
 
 
 # ---------------------------------------------------------------------------- 4. turned away

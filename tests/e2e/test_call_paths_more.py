@@ -32,6 +32,7 @@ from e2e_harness import (
     nothing_pending_or_dead,
     ok,
     only_call,
+    ring_before_media,
     sip,
     start,
     types,
@@ -100,45 +101,46 @@ def test_agent_hold_and_resume_reach_the_caller_and_its_answers_come_back(
     phone = start(peers, Sipp(sip("agent_holds_and_resumes_uas.xml")), trace_msg=True)
     flow(system, f, queue)
     agent(system, f"mh-{path}", f, phone)
-    if path == "agent_free":
-        system.login(f"mh-{path}")
-    c = start(peers, caller(system, "caller_answers_reinvites_waits_for_bye.xml", f), trace_msg=True)
-    call_id = only_call(system, f)
-    if path == "queued_first":
-        wait_for(lambda: "call.queued" in types(system, call_id), 10, "the call queued", system)
-        system.login(f"mh-{path}")
+    with ring_before_media(system, on=path == "agent_free"):
+        if path == "agent_free":
+            system.login(f"mh-{path}")
+        c = start(peers, caller(system, "caller_answers_reinvites_waits_for_bye.xml", f), trace_msg=True)
+        call_id = only_call(system, f)
+        if path == "queued_first":
+            wait_for(lambda: "call.queued" in types(system, call_id), 10, "the call queued", system)
+            system.login(f"mh-{path}")
 
-    ok(phone, system)   # its hold re-INVITE and resume UPDATE were answered with the caller's SDP
-    offered_sdp = "INVITE sdp=m=audio" in phone.scenario_log()
-    assert offered_sdp == (path == "agent_free"), phone.scenario_log()
-    ok(c, system)       # answered every re-INVITE, then got the edge's BYE
-    if path == "queued_first":
-        ok(queue, system)   # released with BYE once the agent was connected
-    else:
-        assert "INVITE" not in queue.scenario_log()
-    to_caller = [m for m in received(c) if m.startswith("INVITE ")]
-    # the agent's hold offer and resume offer reached the caller (as re-INVITEs), in that order
-    held = [m for m in to_caller if "o=agent 7 8 " in m]
-    resumed = [m for m in to_caller if "o=agent 7 9 " in m]
-    assert len(held) == 1 and "a=sendonly" in held[0], to_caller
-    assert len(resumed) == 1 and "a=sendrecv" in resumed[0], to_caller
-    assert to_caller.index(held[0]) < to_caller.index(resumed[0])
-    # ... and nothing else: the move to the agent (queued_first) and the two session changes
-    assert len(to_caller) == (3 if path == "queued_first" else 2), [m.splitlines()[0] for m in to_caller]
-    # the agent got the caller's answers (the scenario checks versions and directions; here, where)
-    from_edge = [m for m in received(phone) if m.startswith("SIP/2.0 200")]
-    assert any("CSeq: 1 INVITE" in m and "o=caller 1 8 " in m and "a=recvonly" in m for m in from_edge)
-    assert any("CSeq: 2 UPDATE" in m and "o=caller 1 9 " in m for m in from_edge)
+        ok(phone, system)   # its hold re-INVITE and resume UPDATE were answered with the caller's SDP
+        offered_sdp = "INVITE sdp=m=audio" in phone.scenario_log()
+        assert offered_sdp == (path == "agent_free"), phone.scenario_log()
+        ok(c, system)       # answered every re-INVITE, then got the edge's BYE
+        if path == "queued_first":
+            ok(queue, system)   # released with BYE once the agent was connected
+        else:
+            assert "INVITE" not in queue.scenario_log()
+        to_caller = [m for m in received(c) if m.startswith("INVITE ")]
+        # the agent's hold offer and resume offer reached the caller (as re-INVITEs), in that order
+        held = [m for m in to_caller if "o=agent 7 8 " in m]
+        resumed = [m for m in to_caller if "o=agent 7 9 " in m]
+        assert len(held) == 1 and "a=sendonly" in held[0], to_caller
+        assert len(resumed) == 1 and "a=sendrecv" in resumed[0], to_caller
+        assert to_caller.index(held[0]) < to_caller.index(resumed[0])
+        # ... and nothing else: the move to the agent (queued_first) and the two session changes
+        assert len(to_caller) == (3 if path == "queued_first" else 2), [m.splitlines()[0] for m in to_caller]
+        # the agent got the caller's answers (the scenario checks versions and directions; here, where)
+        from_edge = [m for m in received(phone) if m.startswith("SIP/2.0 200")]
+        assert any("CSeq: 1 INVITE" in m and "o=caller 1 8 " in m and "a=recvonly" in m for m in from_edge)
+        assert any("CSeq: 2 UPDATE" in m and "o=caller 1 9 " in m for m in from_edge)
 
-    cdr = system.wait_for_cdr(call_id)
-    assert (cdr["outcome"], cdr["agent_id"], cdr["ended_by"]) == ("answered", f"mh-{path}", "agent"), cdr
-    assert cdr["talk_ms"] >= 800, cdr  # hold 300 ms + resume 300 ms + 300 ms before the BYE
-    expected = ["call.arrived", "call.offered", "call.connected", "call.ended"]
-    if path == "queued_first":
-        expected.insert(1, "call.queued")
-    assert types(system, call_id) == expected   # a hold is not a new call state: one connected call
-    wait_for(lambda: system.agent_state(f"mh-{path}") == "free", 5, "the agent free after wrap-up", system)
-    logout(system, f"mh-{path}")
+        cdr = system.wait_for_cdr(call_id)
+        assert (cdr["outcome"], cdr["agent_id"], cdr["ended_by"]) == ("answered", f"mh-{path}", "agent"), cdr
+        assert cdr["talk_ms"] >= 800, cdr  # hold 300 ms + resume 300 ms + 300 ms before the BYE
+        expected = ["call.arrived", "call.offered", "call.connected", "call.ended"]
+        if path == "queued_first":
+            expected.insert(1, "call.queued")
+        assert types(system, call_id) == expected   # a hold is not a new call state: one connected call
+        wait_for(lambda: system.agent_state(f"mh-{path}") == "free", 5, "the agent free after wrap-up", system)
+        logout(system, f"mh-{path}")
 
 
 # ---------------------------------------------------------------------------- 2. ring-all: a 200 crossing the CANCEL
@@ -161,38 +163,39 @@ def test_ring_all_a_200_crossing_the_cancel_gets_ack_and_bye_and_the_call_is_con
     agent(system, f"mr-quick-{path}", f, quick)
     agent(system, f"mr-late-{path}", f, late)
     system.login(f"mr-quick-{path}", f"mr-late-{path}")
-    c = start(peers, caller(system, "caller.xml", f, pause_ms=1000), trace_msg=True)
+    with ring_before_media(system, on=path == "agents_free"):
+        c = start(peers, caller(system, "caller.xml", f, pause_ms=1000), trace_msg=True)
 
-    ok(late, system)    # CANCEL, then its own 200, then ACK and BYE from the edge, in that order
-    ok(c, system)       # talked to the quick agent, hung up
-    ok(quick, system)
-    if welcome is not None:
-        ok(welcome, system)
-    assert "INVITE" not in queue.scenario_log()
-    early_offer = "m=audio" if path == "agents_free" else ""
-    assert late.scenario_log().splitlines() == [f"INVITE sdp={early_offer}", "CANCEL received", "ACK received",
-                                                "BYE received"], late.scenario_log()
-    # the late phone's session never reached the caller: one answer (or one re-INVITE) from the quick one
-    to_caller = received(c)
-    assert not any("s=late-agent" in m for m in to_caller), to_caller
-    agent_sdps = [m for m in to_caller if "s=callcenter-agent" in m]
-    assert len(agent_sdps) == 1, [m.splitlines()[0] for m in to_caller]
-    assert agent_sdps[0].startswith("SIP/2.0 200" if path == "agents_free" else "INVITE ")
+        ok(late, system)    # CANCEL, then its own 200, then ACK and BYE from the edge, in that order
+        ok(c, system)       # talked to the quick agent, hung up
+        ok(quick, system)
+        if welcome is not None:
+            ok(welcome, system)
+        assert "INVITE" not in queue.scenario_log()
+        early_offer = "m=audio" if path == "agents_free" else ""
+        assert late.scenario_log().splitlines() == [f"INVITE sdp={early_offer}", "CANCEL received", "ACK received",
+                                                    "BYE received"], late.scenario_log()
+        # the late phone's session never reached the caller: one answer (or one re-INVITE) from the quick one
+        to_caller = received(c)
+        assert not any("s=late-agent" in m for m in to_caller), to_caller
+        agent_sdps = [m for m in to_caller if "s=callcenter-agent" in m]
+        assert len(agent_sdps) == 1, [m.splitlines()[0] for m in to_caller]
+        assert agent_sdps[0].startswith("SIP/2.0 200" if path == "agents_free" else "INVITE ")
 
-    call_id = only_call(system, f)
-    events = system.events(call_id)
-    assert [d["agent_id"] for t, d in events if t == "call.connected"] == [f"mr-quick-{path}"], events
-    assert agent_failures(system, call_id) == [(f"mr-late-{path}", "answered_elsewhere")]
-    assert [t for t, _ in events].count("call.ended") == 1
-    cdr = system.wait_for_cdr(call_id)
-    assert (cdr["outcome"], cdr["agent_id"], cdr["ended_by"]) == ("answered", f"mr-quick-{path}", "caller"), cdr
-    assert [r["call_id"] for r in system.api.get("/v1/cdrs", params={"limit": 100}).json()["items"]].count(
-        call_id) == 1
-    # the late agent was rung and is free again at once (a ring-all miss costs no wrap-up), never in the call
-    wait_for(lambda: system.agent_state(f"mr-late-{path}") == "free", 3, "the late agent free", system)
-    assert agent_transitions(system, f"mr-late-{path}") == [("logged_out", "free"), ("free", "ringing"),
-                                                            ("ringing", "free")]
-    logout(system, f"mr-quick-{path}", f"mr-late-{path}")
+        call_id = only_call(system, f)
+        events = system.events(call_id)
+        assert [d["agent_id"] for t, d in events if t == "call.connected"] == [f"mr-quick-{path}"], events
+        assert agent_failures(system, call_id) == [(f"mr-late-{path}", "answered_elsewhere")]
+        assert [t for t, _ in events].count("call.ended") == 1
+        cdr = system.wait_for_cdr(call_id)
+        assert (cdr["outcome"], cdr["agent_id"], cdr["ended_by"]) == ("answered", f"mr-quick-{path}", "caller"), cdr
+        assert [r["call_id"] for r in system.api.get("/v1/cdrs", params={"limit": 100}).json()["items"]].count(
+            call_id) == 1
+        # the late agent was rung and is free again at once (a ring-all miss costs no wrap-up), never in the call
+        wait_for(lambda: system.agent_state(f"mr-late-{path}") == "free", 3, "the late agent free", system)
+        assert agent_transitions(system, f"mr-late-{path}") == [("logged_out", "free"), ("free", "ringing"),
+                                                                ("ringing", "free")]
+        logout(system, f"mr-quick-{path}", f"mr-late-{path}")
 
 
 # ---------------------------------------------------------------------------- 3. out of dialog

@@ -43,7 +43,8 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
 def talking_calls(system: WholeSystem, peers: list[Sipp], flow: str, agent_ids: list[str], *,
                   caller_scenario: str, agent_scenario: str) -> tuple[Sipp, list[Sipp]]:
     """len(agent_ids) callers of `flow`, each connected to its own agent phone."""
-    queue = Sipp(scenario("media_queue.xml"), timeout_s=60).start()
+    # every caller is on the queue media before an agent rings for it (offer.lua waits_for_media)
+    queue = Sipp(scenario("media_queue.xml"), calls=len(agent_ids), timeout_s=60).start()
     phones = {a: Sipp(scenario(agent_scenario), timeout_s=60, extra=["-d", str(TALK_MS)]).start() for a in agent_ids}
     peers += [queue, *phones.values()]
     system.provision(flow, None, queue, dict(phones))
