@@ -252,3 +252,18 @@ class EdgeUnderTest:
     stack: SipStack
     dispatcher: ScriptedDispatcher
     port: int
+
+
+def queue_then_agent(edge: EdgeUnderTest, sipp: SippLauncher, agent_scenario: str, *, calls: int = 1,
+                     **match: Any) -> tuple[SippProcess, SippProcess]:
+    """The dispatcher's usual path, scripted: a call that arrives (with `match` in its data) gets the
+    queue media (media_hold_uas), and once it is on it an agent (`agent_scenario`) is rung for it;
+    for `calls` calls. Returns (queue media, agent)."""
+    stack, dispatcher = edge.stack, edge.dispatcher
+    music = sipp.start("media_hold_uas", name="queue-music", calls=calls)
+    agent = sipp.start(agent_scenario, name="agent", calls=calls)
+    dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"), once=calls == 1,
+                  **match)
+    dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0),
+                  once=calls == 1)
+    return music, agent

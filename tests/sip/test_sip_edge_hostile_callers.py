@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 
-from sip_harness import EdgeUnderTest, SippLauncher, expect_success
+from sip_harness import EdgeUnderTest, SippLauncher, expect_success, queue_then_agent
 
 from callcenter_sip_edge.legs import CALLER_ACK_TIMEOUT_S, CALLER_REINVITE_TIMEOUT_S
 
@@ -59,10 +59,7 @@ async def test_an_agent_answering_a_caller_that_never_acks_is_not_reported_answe
 async def test_a_caller_that_never_answers_the_reinvite_to_the_agent_is_hung_up_soon(
         edge: EdgeUnderTest, sipp: SippLauncher) -> None:
     stack, dispatcher = edge.stack, edge.dispatcher
-    music = sipp.start("media_hold_uas", name="queue-music")
-    agent = sipp.start("agent_late_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
-    dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
+    music, agent = queue_then_agent(edge, sipp, "agent_late_uas")
     caller = _caller(sipp, edge, "caller_never_answers_reinvite")
 
     await dispatcher.wait_for("media_answered", timeout_s=SLACK_S)

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, expect_success
+from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, expect_success, queue_then_agent
 
 from callcenter.contract import limits
 from callcenter_sip_edge.legs import CALLER_ACK_TIMEOUT_S, CALLER_REINVITE_TIMEOUT_S
@@ -390,13 +390,10 @@ async def test_fuzzed_datagrams_never_crash_the_edge_or_leak_calls(edge: EdgeUnd
                                                                    sipp: SippLauncher) -> None:
     stack, dispatcher = edge.stack, edge.dispatcher
     # callers failing the connect get the queue media; once one is on it, an agent is rung for it
-    music = sipp.start("media_hold_uas", name="queue-music", calls=NO_ACK_CALLERS + NO_ANSWER_CALLERS)
-    agents = sipp.start("agent_late_uas", name="late-agents", calls=NO_ANSWER_CALLERS)
-    for user in ("noack", "noanswer"):
-        dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"), once=False,
-                      caller=user)
-    dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a-late", agents.uri("agent"), 10.0),
-                  once=False)
+    music = sipp.start("media_hold_uas", name="noack-music", calls=NO_ACK_CALLERS)
+    dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"), once=False,
+                  caller="noack")
+    queue, agents = queue_then_agent(edge, sipp, "agent_late_uas", calls=NO_ANSWER_CALLERS, caller="noanswer")
     # every other call the fuzz lets through is rejected, as a dispatcher would for an unknown flow
     dispatcher.on("call_arrived", lambda f: stack.reject(f.call_id, 404, "Not Found"), once=False)
     client.setblocking(False)
@@ -442,7 +439,7 @@ async def test_fuzzed_datagrams_never_crash_the_edge_or_leak_calls(edge: EdgeUnd
         while len(ends_of(user)) < count and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         assert ends_of(user) == [reason] * count, (user, ends_of(user))
-    await expect_success(music)
+    await expect_success(music, queue)
     await agents.finish()   # their ACK would carry the caller's answer: there is none, only a BYE
     assert sum(m.is_request("BYE") for m in agents.messages() if not m.sent) == NO_ANSWER_CALLERS
 
