@@ -59,6 +59,14 @@ async def rung_within(redis: aioredis.Redis, store: Store, call_id: str, bound_s
     await wait_for(rung, timeout=bound_s)
 
 
+async def on_media(producer: Producer, store: Store, call_id: str) -> None:
+    """A real call as an edge reports it: arrived, then on the queue media (its caller ACKed): only
+    then is it offered to an agent (offer.lua waits_for_media)."""
+    await producer.publish(store.keys.reports, *arrival(call_id))
+    await producer.publish(store.keys.reports, *report("report.media_answered", call_id, 2, purpose="queue",
+                                                       uri="sip:q@127.0.0.1:9"))
+
+
 async def test_out_of_order_reports_are_parked_while_real_calls_flow(redis: aioredis.Redis, store: Store,
                                                                      dispatcher: None) -> None:
     producer = Producer(redis)
@@ -67,7 +75,7 @@ async def test_out_of_order_reports_are_parked_while_real_calls_flow(redis: aior
     await producer.publish(store.keys.reports, *report("report.call_ended", "late", 2, by="caller", reason="cancel"))
     for i in range(AGENTS - 1):
         await asyncio.sleep(0.1 if i else 0.02)
-        await producer.publish(store.keys.reports, *arrival(f"real{i}"))
+        await on_media(producer, store, f"real{i}")
         await rung_within(redis, store, f"real{i}", RING_BOUND_S)
     assert await store.call("ghost") is None
 
@@ -95,5 +103,5 @@ async def test_out_of_order_reports_are_parked_while_real_calls_flow(redis: aior
     pending = await redis.xpending(store.keys.reports, "dispatcher")
     assert pending["pending"] == 0
     # and real calls still flow after it
-    await producer.publish(store.keys.reports, *arrival("after"))
+    await on_media(producer, store, "after")
     await rung_within(redis, store, "after", RING_BOUND_S)

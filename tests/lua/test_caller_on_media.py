@@ -100,3 +100,21 @@ async def test_ring_before_media_rings_a_free_agent_at_arrival(h: Harness) -> No
     await h.flow("whispered", flow_id_uri="sip:flowid@127.0.0.1:7000")
     await h.agent("a2", ["sales"])
     assert (await h.arrive("c2", "whispered", on_media=False)).detail == "queued"
+
+
+async def test_a_caller_whose_queue_media_failed_rings_a_free_agent_with_its_own_offer(h: Harness) -> None:
+    """Waiting for media must not turn a queue media outage into lost calls: a caller nobody answered
+    whose queue media failed rings a free agent with its own offer (the early offer, as with
+    ring_before_media; the edge's ACK gate bounds a hostile caller to seconds, unblamed). Without a
+    free agent it has nothing to hear and ends (503), as before."""
+    await h.flow()
+    await h.agent("a1", ["sales"])
+    await h.arrive("c1", on_media=False)
+    res = await h.report("report.media_failed", "c1", purpose="queue", reason="unreachable")
+    assert (res.rc, res.detail) == (RC.OK, "offered")
+    assert rings(await h.commands())[0]["agent_id"] == "a1"
+    await h.arrive("c2", on_media=False)                 # a1 rings: nobody is free
+    res = await h.report("report.media_failed", "c2", purpose="queue", reason="unreachable")
+    assert (res.rc, res.detail) == (RC.OK, "ended")
+    [(_, cdr)] = await h.events("call.ended")
+    assert (cdr["call_id"], cdr["reason"]) == ("c2", "media_failed")

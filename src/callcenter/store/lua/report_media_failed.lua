@@ -10,7 +10,8 @@
 --
 -- A failed welcome is skipped (the call is routed as if it had ended); a failed queue media
 -- leaves a waiting caller with nothing to hear, so the call is ended (503) unless an agent is
--- already ringing (calls.lua media_not_played).
+-- already ringing, or the caller, nobody having answered it yet, rings a free agent with its own
+-- offer (calls.lua media_not_played).
 
 local call, rc, detail = load_live_call_for_report()
 if call == nil then return { rc, detail } end

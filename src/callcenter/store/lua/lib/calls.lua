@@ -204,6 +204,13 @@ local function media_not_played(call_id, call, purpose)
     route_call(call_id, call, flow, false)  -- no dissuading message to play: back to the queue
     return call.state
   end
+  -- a caller nobody answered waited for this queue media (offer.lua waits_for_media): rather than
+  -- lose it, ring a free agent with its own offer (the early offer; the edge bounds a caller that
+  -- never ACKs to seconds, unblamed)
+  if flow and purpose == 'queue' and call.state == 'queued' and (call.answered_ms or '') == ''
+      and cfg('internal_dispatching') == 1 and offer_now(call_id, call, flow) then
+    return 'offered'
+  end
   command(call.edge, 'command.reject', { call_id = call_id, code = 503, reason = 'Media Unavailable' })
   finish_call(call_id, call, 'failed', 'system', 'media_failed')
   return 'ended'
