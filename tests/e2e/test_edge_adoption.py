@@ -116,3 +116,46 @@ def test_a_call_not_talking_at_the_restart_ends_with_a_true_record(system: Whole
     assert "edge.lost" not in system.services["dispatcher"].log()
     assert not system.redis.sismember(system.keys.calls, call_id)
     assert not system.redis.exists(system.keys.dialog(call_id))
+
+
+@pytest.mark.parametrize(("agent_id", "phone_scenario"), [
+    ("5101", "agent_noanswer_uas.xml"),            # CANCEL: 200, then 487, which must be ACKed
+    ("5102", "agent_answers_across_cancel_uas.xml"),   # its 200 crosses the CANCEL: ACK, then BYE
+])
+def test_an_agent_ringing_at_the_restart_is_cancelled_and_freed_without_penalty(
+        system: WholeSystem, peers: list[Sipp], agent_id: str, phone_scenario: str) -> None:
+    flow = f"ringing{agent_id}"
+    queue = Sipp(scenario("media_queue.xml"), timeout_s=30).start()
+    phone = Sipp(sip(phone_scenario), timeout_s=30).start()
+    peers += [queue, phone]
+    system.provision(flow, None, queue, {agent_id: phone})
+    caller = Sipp(sip("caller_on_media_waits_for_bye.xml"), remote=system.caller_target, service=flow,
+                  timeout_s=30).start()
+    peers.append(caller)
+    wait_for(lambda: len(system.call_ids_of_flow(flow)) == 1, 10, "the call arrived", system)
+    [call_id] = system.call_ids_of_flow(flow)
+    # the agent logs in once the caller hears the queue media: its INVITE goes out without SDP
+    wait_for(lambda: system.redis.hget(system.keys.dialog(call_id), "phase") == b"media_answered", 10,
+             "the caller on the queue media", system)
+    system.login(agent_id)
+    wait_for(lambda: system.agent_state(agent_id) == "ringing", 10, "the agent ringing", system)
+    # the agent's INVITE is checkpointed when it is sent (a few ms after the dispatcher's offer)
+    wait_for(lambda: system.redis.hget(system.keys.dialog(call_id), "pending") is not None, 5,
+             "the agent's INVITE checkpointed", system)
+
+    system.kill_edge()
+    system.restart_edge()
+
+    # the phone completes its scenario: it got a CANCEL (within its 10 s), and its 487 was ACKed or
+    # its 200 ACKed and hung up with BYE: nothing left ringing, no dialog left open
+    assert phone.wait() == 0, phone.errors() + system.logs()
+    cdr = system.wait_for_cdr(call_id, timeout=LAPSE_MS / 1000 + 10)
+    assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
+    assert caller.wait() == 0, caller.errors() + system.logs()
+    assert queue.wait() == 0, queue.errors() + system.logs()
+    wait_for(lambda: system.agent_state(agent_id) == "free", 10, f"agent {agent_id} free", system)
+    # freed without penalty: no missed offer counted against the agent
+    assert int(system.redis.hget(system.keys.agent(agent_id), "missed") or 0) == 0
+    assert "call.invite_cancelled" in system.edge.log()
+    assert "edge.lost" not in system.services["dispatcher"].log()
+    assert not system.redis.exists(system.keys.dialog(call_id))

@@ -29,6 +29,7 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 from callcenter.contract.commands import CancelRing, Command, Hangup, Media, Reject, Ring, RingAll
 from callcenter_sip_edge import sip_events
 from callcenter_sip_edge.agent import AgentLegs
+from callcenter_sip_edge.confirmed import SETTLING_REPORTS, checkpoint
 from callcenter_sip_edge.forks import Forks
 from callcenter_sip_edge.legs import NO_REPLY_TIMEOUT_S, AgentLeg, CallerInfo, MediaLeg, SdpBody, SipUA
 from callcenter_sip_edge.media import MediaLegs
@@ -159,6 +160,8 @@ class Call:
         ua = dialog.invite(self.router.sip_config, target, self.event_cb(events),
                            caller_user=self.info.caller_user, offer=offer, calling_name=calling_name,
                            no_reply_time=NO_REPLY_TIMEOUT_S, expire_time=expire_time)
+        if ua is not None:
+            checkpoint(self, sent=ua)   # a restarted edge CANCELs it (adoption.py)
         return cast("SipUA | None", ua)
 
     def event_cb(self, events: LegEvents) -> Callable[[Any, Any], None]:
@@ -206,6 +209,8 @@ class Call:
 
     def emit(self, kind: str, **data: Any) -> None:
         self.router.emit(kind, self.call_id, data)
+        if kind in SETTLING_REPORTS:
+            checkpoint(self)   # a leg stopped setting up: its INVITE leaves the checkpoint
 
 
 class _CallerLeg(LegEvents):

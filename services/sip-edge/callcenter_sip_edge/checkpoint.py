@@ -7,6 +7,9 @@ together): `cc:{t}:dialog:<call_id>` (hash) and the index `cc:{t}:edge:<edge>:di
 - every confirmed change (a `checkpoint` fact of the SIP side, `confirmed.py`): `legs`, JSON of each
   confirmed leg's dialog (`sippy/resume.dialog_snapshot`): caller and media leg, or once talking
   caller and agent, with `agent_id` and `offer_id`;
+- every checkpoint fact, also each INVITE sent and each leg that stopped setting up: `pending`, JSON
+  of the INVITEs still being set up (`sippy/resume.invite_snapshot`; the field is deleted when there
+  is none);
 - `call_ended`: the hash and its index entry are deleted.
 Both keys expire after max_call_s (the config registry) as a safety net.
 
@@ -31,7 +34,9 @@ class DialogCheckpoint:
     """A talking call's legs at a confirmed change (made on the SIP thread, plain data)."""
 
     call_id: str
-    data: dict[str, Any]    # agent_id, offer_id (None before talking), legs: {"caller": .., "agent"|"media": ..}
+    # agent_id, offer_id (None before talking), legs: {"caller": .., "agent"|"media": ..} (absent
+    # before the caller is answered), pending: [invite_snapshot, ...]
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class AdoptedCall:
     offer_id: str | None
     legs: dict[str, Any] | None
     live: bool = True    # False: the dispatchers ended it meanwhile (edge_lost, reconciler): only hang up
+    pending: tuple[dict[str, Any], ...] = ()   # INVITEs being set up when the process died: CANCEL them
 
 
 class Checkpoints:
@@ -86,11 +92,19 @@ class Checkpoints:
         pipe.hset(key, mapping=fields)
 
     def dialogs(self, pipe: Any, checkpoint: DialogCheckpoint) -> None:
-        """Queue on `pipe` the confirmed legs of a call (one HSET)."""
+        """Queue on `pipe` the confirmed legs of a call and its INVITEs in set-up (one HSET, an HDEL)."""
         data = checkpoint.data
-        fields = {"legs": json.dumps(data["legs"])}
+        key = self.keys.dialog(checkpoint.call_id)
+        fields: dict[str, Any] = {}
+        if data.get("legs") is not None:
+            fields["legs"] = json.dumps(data["legs"])
         fields.update({name: data[name] for name in ("agent_id", "offer_id") if data.get(name) is not None})
-        pipe.hset(self.keys.dialog(checkpoint.call_id), mapping=fields)
+        if data.get("pending"):
+            fields["pending"] = json.dumps(data["pending"])
+        elif "pending" in data:
+            pipe.hdel(key, "pending")
+        if fields:
+            pipe.hset(key, mapping=fields)
 
     async def load(self) -> list[AdoptedCall]:
         """This edge's checkpointed calls (a stale index entry without its hash is dropped)."""
@@ -113,6 +127,7 @@ class Checkpoints:
                 call_id=call_id, seq=int(h["seq"]), phase=h.get("phase", ""), flow=h.get("flow", ""),
                 caller=h.get("caller", ""), sip_call_id=h.get("sip_call_id", ""), agent_id=h.get("agent_id"),
                 offer_id=h.get("offer_id"), legs=json.loads(h["legs"]) if h.get("legs") else None,
+                pending=tuple(json.loads(h["pending"])) if h.get("pending") else (),
                 live=bool(live) or h.get("phase") == "call_arrived"))   # an arrival may not be applied yet
             if not calls[-1].live:
                 gone.append(call_id)
