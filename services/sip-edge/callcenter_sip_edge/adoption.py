@@ -30,7 +30,7 @@ from callcenter_sip_edge.call import Call
 from callcenter_sip_edge.checkpoint import AdoptedCall
 from callcenter_sip_edge.legs import AgentLeg, CallerInfo, Phase
 from callcenter_sip_edge.sippy import dialog
-from callcenter_sip_edge.sippy.resume import cancel_invite, resume_dialog
+from callcenter_sip_edge.sippy.resume import cancel_invite, forget_dialog, resume_dialog
 
 if TYPE_CHECKING:
     from callcenter_sip_edge.router import CallRouter
@@ -40,8 +40,9 @@ log = structlog.get_logger(__name__)
 ENDED_REASON = "edge_restarted"
 
 
-def adopt(router: CallRouter, calls: Iterable[AdoptedCall]) -> None:
-    """Carry on the talking calls of a previous process, end the others (`call_ended`)."""
+def adopt(router: CallRouter, calls: Iterable[AdoptedCall], reason: str = ENDED_REASON) -> None:
+    """Carry on the talking calls of a previous process (or of a lost peer of this edge's address
+    group, `reason` edge_lost), end the others (`call_ended`)."""
     adopted = ended = 0
     for record in calls:
         _cancel_invites(router, record)
@@ -57,8 +58,8 @@ def adopt(router: CallRouter, calls: Iterable[AdoptedCall]) -> None:
                 continue
         else:
             _hang_up_legs(router, record)
-        log.info("call.ended", call_id=record.call_id, by="edge", reason=ENDED_REASON, phase=record.phase)
-        router.emit("call_ended", record.call_id, {"by": "edge", "reason": ENDED_REASON, "code": None})
+        log.info("call.ended", call_id=record.call_id, by="edge", reason=reason, phase=record.phase)
+        router.emit("call_ended", record.call_id, {"by": "edge", "reason": reason, "code": None})
         ended += 1
     log.info("edge.calls_adopted", adopted=adopted, ended=ended)
 
@@ -97,6 +98,26 @@ def _hang_up_legs(router: CallRouter, record: AdoptedCall) -> None:
             dialog.hang_up(resume_dialog(router.sip_config, snap, _ignore))
         except Exception:
             log.exception("call.adoption_failed", call_id=record.call_id, leg=name)
+
+
+def disown(router: CallRouter, ended: Iterable[str], handed: Iterable[str]) -> None:
+    """This edge was declared lost meanwhile: hang up the calls the dispatchers ended (their CDR
+    says edge_lost; nobody sent their legs a BYE) and forget, without a word, those a peer adopted
+    (its BYEs and reports are the only ones). Runs on the SIP thread."""
+    for call_id in ended:
+        call = router.calls.get(call_id)
+        if call is not None and not call.ended:
+            log.info("call.disowned", call_id=call_id, reason="ended_meanwhile")
+            call.end(by="edge", reason="edge_lost")   # its call_ended is a no-op at the dispatcher
+    for call_id in handed:
+        call = router.calls.get(call_id)
+        if call is None:
+            continue
+        log.info("call.disowned", call_id=call_id, reason="adopted_by_peer")
+        call.ended = True   # its legs' events are ignored from now on
+        for ua in (call.caller, call.agent.ua if call.agent else None, call.media.ua if call.media else None):
+            forget_dialog(ua)
+        router.forget(call_id)
 
 
 def _cancel_invites(router: CallRouter, record: AdoptedCall) -> None:

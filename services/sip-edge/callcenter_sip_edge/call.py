@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, cast
 import structlog
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
-from callcenter.contract.commands import CancelRing, Command, Hangup, Media, Reject, Ring, RingAll
+from callcenter.contract.commands import Adopt, CancelRing, Command, Hangup, Media, Reject, Ring, RingAll
 from callcenter_sip_edge import sip_events
 from callcenter_sip_edge.agent import AgentLegs
 from callcenter_sip_edge.confirmed import SETTLING_REPORTS, checkpoint
@@ -105,6 +105,11 @@ class Call:
 
     def hangup_command(self, command: Hangup) -> None:
         self.hang_up(command.reason)
+
+    def adopt_command(self, command: Adopt) -> None:
+        # a handed-over call is adopted by the service (service._adopt) before it is here; one this
+        # edge carries already changes nothing
+        self.refuse("adopt", from_edge=command.from_edge)
 
     def hang_up(self, reason: str) -> None:
         self.end(by="edge", reason=reason, caller_code=HANGUP_UNANSWERED)
@@ -258,6 +263,7 @@ COMMAND_HANDLERS: dict[type[Command], Callable[[Call, Any], None]] = {
     CancelRing: Call.cancel_ring_command,
     Reject: Call.reject_command,
     Hangup: Call.hangup_command,
+    Adopt: Call.adopt_command,
 }
 
 

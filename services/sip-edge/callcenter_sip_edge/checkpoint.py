@@ -13,7 +13,8 @@ together): `cc:{t}:dialog:<call_id>` (hash) and the index `cc:{t}:edge:<edge>:di
 - `call_ended`: the hash and its index entry are deleted.
 Both keys expire after max_call_s (the config registry) as a safety net.
 
-Reads (`load`, at start, before the SIP stack and the command stream): this edge's checkpoints.
+Reads (`load`, at start, before the SIP stack and the command stream): this edge's checkpoints;
+(`load_call`, on `command.adopt`) one call's, handed over from a lost peer of its address group.
 """
 
 from __future__ import annotations
@@ -106,6 +107,11 @@ class Checkpoints:
         if fields:
             pipe.hset(key, mapping=fields)
 
+    async def load_call(self, call_id: str) -> AdoptedCall | None:
+        """One call's checkpoint (handed to this edge by edge_lost, index already moved), None if gone."""
+        h = {_s(k): _s(v) for k, v in (await self.redis.hgetall(self.keys.dialog(call_id)) or {}).items()}
+        return _record(call_id, h, live=True)
+
     async def load(self) -> list[AdoptedCall]:
         """This edge's checkpointed calls (a stale index entry without its hash is dropped)."""
         ids = sorted(_s(i) for i in await self.redis.smembers(self.index))
@@ -120,16 +126,13 @@ class Checkpoints:
         gone: list[str] = []
         for call_id, h, live in zip(ids, replies[::2], replies[1::2], strict=True):
             h = {_s(k): _s(v) for k, v in (h or {}).items()}
-            if not h.get("seq", "").isdigit():
+            # an arrival may not be applied yet
+            record = _record(call_id, h, live=bool(live) or h.get("phase") == "call_arrived")
+            if record is None:
                 gone.append(call_id)
                 continue
-            calls.append(AdoptedCall(
-                call_id=call_id, seq=int(h["seq"]), phase=h.get("phase", ""), flow=h.get("flow", ""),
-                caller=h.get("caller", ""), sip_call_id=h.get("sip_call_id", ""), agent_id=h.get("agent_id"),
-                offer_id=h.get("offer_id"), legs=json.loads(h["legs"]) if h.get("legs") else None,
-                pending=tuple(json.loads(h["pending"])) if h.get("pending") else (),
-                live=bool(live) or h.get("phase") == "call_arrived"))   # an arrival may not be applied yet
-            if not calls[-1].live:
+            calls.append(record)
+            if not record.live:
                 gone.append(call_id)
         if gone:
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -137,6 +140,17 @@ class Checkpoints:
                 pipe.delete(*(self.keys.dialog(call_id) for call_id in gone))
                 await pipe.execute()
         return calls
+
+
+def _record(call_id: str, h: dict[str, str], live: bool) -> AdoptedCall | None:
+    """The AdoptedCall of a checkpoint hash (decoded), None if it has no seq (gone or half written)."""
+    if not h.get("seq", "").isdigit():
+        return None
+    return AdoptedCall(
+        call_id=call_id, seq=int(h["seq"]), phase=h.get("phase", ""), flow=h.get("flow", ""),
+        caller=h.get("caller", ""), sip_call_id=h.get("sip_call_id", ""), agent_id=h.get("agent_id"),
+        offer_id=h.get("offer_id"), legs=json.loads(h["legs"]) if h.get("legs") else None,
+        pending=tuple(json.loads(h["pending"])) if h.get("pending") else (), live=live)
 
 
 def _s(value: Any) -> str:

@@ -134,3 +134,15 @@ def cancel_invite(sip_config: dict[str, Any], snap: dict[str, Any], event_cb: Ev
     ua.newUacTransaction(request)
     hang_up(ua)   # in the Trying state: a CANCEL, sent once a provisional response comes
     return ua
+
+
+def forget_dialog(ua: Any) -> None:
+    """Stop handling a dialog without a word to its peer (another edge carries it on): no more
+    events, and its requests no longer reach this UA (this process answers them 481)."""
+    if ua is None:
+        return
+    ua.event_cb = None
+    try:
+        ua.global_config["_sip_tm"].unregConsumer(ua, str(ua.cId))
+    except (KeyError, ValueError, AttributeError):
+        pass   # never registered (a leg whose INVITE was not sent)
