@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from e2e_harness import sip
+from e2e_harness import caller_on_queue_media, sip
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp
@@ -96,14 +96,7 @@ def test_a_call_not_talking_at_the_restart_ends_with_a_true_record(system: Whole
                                                                   peers: list[Sipp]) -> None:
     queue = Sipp(scenario("media_queue.xml"), timeout_s=30).start()
     peers.append(queue)
-    system.provision("waiting", None, queue, {})    # no agent: the caller waits on the queue media
-    caller = Sipp(sip("caller_on_media_waits_for_bye.xml"), remote=system.caller_target, service="waiting",
-                  timeout_s=30).start()
-    peers.append(caller)
-    wait_for(lambda: len(system.call_ids_of_flow("waiting")) == 1, 10, "the call arrived", system)
-    [call_id] = system.call_ids_of_flow("waiting")
-    wait_for(lambda: system.redis.hget(system.keys.dialog(call_id), "phase") == b"media_answered", 10,
-             "the caller on the queue media", system)
+    caller, call_id = caller_on_queue_media(system, peers, "waiting", queue)   # no agent: it waits
 
     system.kill_edge()
     system.restart_edge()
@@ -128,15 +121,9 @@ def test_an_agent_ringing_at_the_restart_is_cancelled_and_freed_without_penalty(
     queue = Sipp(scenario("media_queue.xml"), timeout_s=30).start()
     phone = Sipp(sip(phone_scenario), timeout_s=30).start()
     peers += [queue, phone]
+    caller, call_id = caller_on_queue_media(system, peers, flow, queue)
+    # the agent comes in once the caller hears the queue media: its INVITE goes out without SDP
     system.provision(flow, None, queue, {agent_id: phone})
-    caller = Sipp(sip("caller_on_media_waits_for_bye.xml"), remote=system.caller_target, service=flow,
-                  timeout_s=30).start()
-    peers.append(caller)
-    wait_for(lambda: len(system.call_ids_of_flow(flow)) == 1, 10, "the call arrived", system)
-    [call_id] = system.call_ids_of_flow(flow)
-    # the agent logs in once the caller hears the queue media: its INVITE goes out without SDP
-    wait_for(lambda: system.redis.hget(system.keys.dialog(call_id), "phase") == b"media_answered", 10,
-             "the caller on the queue media", system)
     system.login(agent_id)
     wait_for(lambda: system.agent_state(agent_id) == "ringing", 10, "the agent ringing", system)
     # the agent's INVITE is checkpointed when it is sent (a few ms after the dispatcher's offer)

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from e2e_harness import sip
+from e2e_harness import caller_on_queue_media
 
 from callcenter_dev.processes import ServiceProcess
 from callcenter_dev.scenarios import scenario
@@ -57,15 +57,9 @@ def test_a_peer_on_the_same_address_adopts_the_calls_of_a_lost_edge(system: Whol
     wait_for(lambda: system.agent_state("6001") == "in_call", 10, "the agent in the call", system)
     [talking] = system.call_ids_of_flow("talk")
 
-    system.provision("wait", None, queue, {})    # no agent: the caller waits on the queue media
-    waiter = Sipp(sip("caller_on_media_waits_for_bye.xml"), remote=system.caller_target, service="wait",
-                  timeout_s=60).start()
-    peers.append(waiter)
-    wait_for(lambda: len(system.call_ids_of_flow("wait")) == 1, 10, "the waiting call arrived", system)
-    [waiting] = system.call_ids_of_flow("wait")
-    for call_id, phase in ((talking, b"agent_answered"), (waiting, b"media_answered")):
-        wait_for(lambda c=call_id, p=phase: system.redis.hget(system.keys.dialog(c), "phase") == p, 10,
-                 f"{call_id} checkpointed", system)
+    waiter, waiting = caller_on_queue_media(system, peers, "wait", queue, timeout_s=60)   # no agent: it waits
+    wait_for(lambda: system.redis.hget(system.keys.dialog(talking), "legs") is not None, 10,
+             "the talking call checkpointed", system)
 
     # the lost edge dies; its address moves to a peer of its group (another id) at once
     system.kill_edge()
