@@ -6,13 +6,18 @@ process, with the whole system running as processes.
   left in a call, none is declared lost (the new edge beats within the lapse).
 - A call that was not talking (waiting on the queue media) is ended at once with a true record
   (reason `edge_restarted`), not left live; the caller and the queue media server get BYE.
+- Nothing is left ringing: an agent (or each ring-all fork) ringing when the edge died gets a CANCEL
+  from the new process (its INVITE sent again with the same branch first, RFC 3261 9.1); a phone
+  whose 200 crosses the CANCEL gets ACK and BYE; the agents are free with no missed offer.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
+import e2e_harness
 import pytest
 from e2e_harness import caller_on_queue_media, sip
 
@@ -146,3 +151,29 @@ def test_an_agent_ringing_at_the_restart_is_cancelled_and_freed_without_penalty(
     assert "call.invite_cancelled" in system.edge.log()
     assert "edge.lost" not in system.services["dispatcher"].log()
     assert not system.redis.exists(system.keys.dialog(call_id))
+
+
+def test_ring_all_forks_ringing_at_the_restart_are_all_cancelled(system: WholeSystem, peers: list[Sipp]) -> None:
+    f = "forks"
+    queue = Sipp(scenario("media_queue.xml"), timeout_s=30).start()
+    phones = {a: Sipp(sip("agent_noanswer_uas.xml"), timeout_s=30).start() for a in ("5201", "5202")}
+    peers += [queue, *phones.values()]
+    caller, call_id = caller_on_queue_media(system, peers, f, queue)
+    e2e_harness.flow(system, f, queue, strategy="ring-all")
+    for agent_id, phone in phones.items():
+        e2e_harness.agent(system, agent_id, f, phone)
+    system.login(*phones)
+    wait_for(lambda: len(json.loads(system.redis.hget(system.keys.dialog(call_id), "pending") or "[]")) == 2, 10,
+             "both forks' INVITEs checkpointed", system)
+
+    system.kill_edge()
+    system.restart_edge()
+
+    for phone in phones.values():   # each got its CANCEL and its 487 was ACKed
+        assert phone.wait() == 0, phone.errors() + system.logs()
+    cdr = system.wait_for_cdr(call_id, timeout=LAPSE_MS / 1000 + 10)
+    assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
+    assert caller.wait() == 0, caller.errors() + system.logs()
+    for agent_id in phones:
+        wait_for(lambda a=agent_id: system.agent_state(a) == "free", 10, f"agent {agent_id} free", system)
+        assert int(system.redis.hget(system.keys.agent(agent_id), "missed") or 0) == 0
