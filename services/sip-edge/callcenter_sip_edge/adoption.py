@@ -114,10 +114,17 @@ def disown(router: CallRouter, ended: Iterable[str], handed: Iterable[str]) -> N
         if call is None:
             continue
         log.info("call.disowned", call_id=call_id, reason="adopted_by_peer")
-        call.ended = True   # its legs' events are ignored from now on
-        for ua in (call.caller, call.agent.ua if call.agent else None, call.media.ua if call.media else None):
+        call.ended = True   # its legs' events and timers are ignored from now on
+        for ua in _uas(call):
             forget_dialog(ua)
         router.forget(call_id)
+
+
+def _uas(call: Call) -> list[object]:
+    """Every leg of a call: caller, media (answered or being set up), agent, its message, forks."""
+    legs = [call.media, call.media_pending, call.agent, call.agent.whisper if call.agent else None,
+            *call.forks.legs]
+    return [call.caller, *(leg.ua for leg in legs if leg is not None)]
 
 
 def _cancel_invites(router: CallRouter, record: AdoptedCall) -> None:
