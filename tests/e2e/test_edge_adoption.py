@@ -177,3 +177,26 @@ def test_ring_all_forks_ringing_at_the_restart_are_all_cancelled(system: WholeSy
     for agent_id in phones:
         wait_for(lambda a=agent_id: system.agent_state(a) == "free", 10, f"agent {agent_id} free", system)
         assert int(system.redis.hget(system.keys.agent(agent_id), "missed") or 0) == 0
+
+
+def test_a_media_leg_being_set_up_at_the_restart_is_cancelled(system: WholeSystem, peers: list[Sipp]) -> None:
+    f = "settingup"
+    welcome = Sipp(sip("agent_noanswer_uas.xml"), timeout_s=30).start()   # a media server that only rings
+    queue = Sipp(scenario("media_queue.xml"), timeout_s=30).start()
+    peers += [welcome, queue]
+    system.provision(f, welcome, queue, {})
+    # the caller is not answered yet (the welcome has its offer): it gets nothing from the new process
+    caller = Sipp(scenario("caller_waits_for_bye.xml"), remote=system.caller_target, service=f, timeout_s=30).start()
+    peers.append(caller)
+    wait_for(lambda: len(system.call_ids_of_flow(f)) == 1, 10, "the call arrived", system)
+    [call_id] = system.call_ids_of_flow(f)
+    wait_for(lambda: system.redis.hget(system.keys.dialog(call_id), "pending") is not None, 10,
+             "the welcome INVITE checkpointed", system)
+
+    system.kill_edge()
+    system.restart_edge()
+
+    assert welcome.wait() == 0, welcome.errors() + system.logs()   # CANCEL, its 487 ACKed
+    cdr = system.wait_for_cdr(call_id, timeout=LAPSE_MS / 1000 + 10)
+    assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
+    assert system.call_ids_of_flow(f) == [call_id]   # the caller's INVITE made no second call
