@@ -40,6 +40,7 @@ EXAMPLES: dict[str, dict[str, object]] = {
     "command.cancel_ring": {**C, "offer_id": "1"},
     "command.reject": {**C, "code": 480, "reason": "No Agents Available"},
     "command.hangup": {**C, "reason": "edge_lost"},
+    "command.adopt": {**C, "from_edge": "edge-1"},
     "call.arrived": {**C, "ts": TS, "flow": "support", "caller": "alice", "edge": "edge-0"},
     "call.rejected": {**C, "ts": TS, "flow": "support", "code": 480, "reason": "no_agents"},
     "call.welcome_ended": {**C, "ts": TS, "flow": "support"},

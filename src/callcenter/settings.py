@@ -107,6 +107,10 @@ class EdgeSettings(CommonSettings):
     """The sip-edge's settings: its id, SIP address, limits, heartbeat and drain."""
 
     edge_id: str = Field(default_factory=lambda: f"edge-{socket.gethostname()}", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    # the address group: edges that share one SIP address (behind an SBC or a floating IP) and so
+    # can carry on each other's dialogs; a live peer of the group adopts the calls of a lost edge.
+    # "" = none (a lost edge's calls end, CDR edge_lost)
+    edge_group: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]{0,64}$")
     sip_host: str = "127.0.0.1"
     sip_port: int = 5060
     sip_advertised_host: str | None = None

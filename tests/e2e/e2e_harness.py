@@ -29,6 +29,21 @@ def sip(name: str) -> Path:
     return scenario(name)
 
 
+def caller_on_queue_media(system: WholeSystem, peers: list[Sipp], flow: str, queue: Sipp,
+                          timeout_s: int = 30) -> tuple[Sipp, str]:
+    """A caller of `flow` (no agent) answered by the queue media `queue` and waiting for a BYE; its
+    call id once the edge has checkpointed it on that media (what a restarted edge reads)."""
+    system.provision(flow, None, queue, {})
+    caller = Sipp(sip("caller_on_media_waits_for_bye.xml"), remote=system.caller_target, service=flow,
+                  timeout_s=timeout_s).start()
+    peers.append(caller)
+    wait_for(lambda: len(system.call_ids_of_flow(flow)) == 1, 10, "the call arrived", system)
+    [call_id] = system.call_ids_of_flow(flow)
+    wait_for(lambda: system.redis.hget(system.keys.dialog(call_id), "phase") == b"media_answered", 10,
+             "the caller on the queue media", system)
+    return caller, call_id
+
+
 def whole_system(tmp_path_factory: pytest.TempPathFactory, tenant: str, ring_timeout_s: int) -> Iterator[WholeSystem]:
     """The body of a module's `system` fixture: every service up, wrap-up 1 s; stopped at the end."""
     system = WholeSystem.start(tmp_path_factory.mktemp(tenant), tenant=tenant,

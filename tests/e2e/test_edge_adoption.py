@@ -6,15 +6,20 @@ process, with the whole system running as processes.
   left in a call, none is declared lost (the new edge beats within the lapse).
 - A call that was not talking (waiting on the queue media) is ended at once with a true record
   (reason `edge_restarted`), not left live; the caller and the queue media server get BYE.
+- Nothing is left ringing: an agent (or each ring-all fork) ringing when the edge died gets a CANCEL
+  from the new process (its INVITE sent again with the same branch first, RFC 3261 9.1); a phone
+  whose 200 crosses the CANCEL gets ACK and BYE; the agents are free with no missed offer.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
+import e2e_harness
 import pytest
-from e2e_harness import sip
+from e2e_harness import caller_on_queue_media, sip
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp
@@ -97,14 +102,7 @@ def test_a_call_not_talking_at_the_restart_ends_with_a_true_record(system: Whole
                                                                   peers: list[Sipp]) -> None:
     queue = Sipp(scenario("media_queue.xml"), timeout_s=30).start()
     peers.append(queue)
-    system.provision("waiting", None, queue, {})    # no agent: the caller waits on the queue media
-    caller = Sipp(sip("caller_on_media_waits_for_bye.xml"), remote=system.caller_target, service="waiting",
-                  timeout_s=30).start()
-    peers.append(caller)
-    wait_for(lambda: len(system.call_ids_of_flow("waiting")) == 1, 10, "the call arrived", system)
-    [call_id] = system.call_ids_of_flow("waiting")
-    wait_for(lambda: system.redis.hget(system.keys.dialog(call_id), "phase") == b"media_answered", 10,
-             "the caller on the queue media", system)
+    caller, call_id = caller_on_queue_media(system, peers, "waiting", queue)   # no agent: it waits
 
     system.kill_edge()
     system.restart_edge()
@@ -117,3 +115,89 @@ def test_a_call_not_talking_at_the_restart_ends_with_a_true_record(system: Whole
     assert "edge.lost" not in system.services["dispatcher"].log()
     assert not system.redis.sismember(system.keys.calls, call_id)
     assert not system.redis.exists(system.keys.dialog(call_id))
+
+
+@pytest.mark.parametrize(("agent_id", "phone_scenario"), [
+    ("5101", "agent_noanswer_uas.xml"),            # CANCEL: 200, then 487, which must be ACKed
+    ("5102", "agent_answers_across_cancel_uas.xml"),   # its 200 crosses the CANCEL: ACK, then BYE
+])
+def test_an_agent_ringing_at_the_restart_is_cancelled_and_freed_without_penalty(
+        system: WholeSystem, peers: list[Sipp], agent_id: str, phone_scenario: str) -> None:
+    flow = f"ringing{agent_id}"
+    queue = Sipp(scenario("media_queue.xml"), timeout_s=30).start()
+    phone = Sipp(sip(phone_scenario), timeout_s=30).start()
+    peers += [queue, phone]
+    caller, call_id = caller_on_queue_media(system, peers, flow, queue)
+    # the agent comes in once the caller hears the queue media: its INVITE goes out without SDP
+    system.provision(flow, None, queue, {agent_id: phone})
+    system.login(agent_id)
+    wait_for(lambda: system.agent_state(agent_id) == "ringing", 10, "the agent ringing", system)
+    # the agent's INVITE is checkpointed when it is sent (a few ms after the dispatcher's offer)
+    wait_for(lambda: system.redis.hget(system.keys.dialog(call_id), "pending") is not None, 5,
+             "the agent's INVITE checkpointed", system)
+
+    system.kill_edge()
+    system.restart_edge()
+
+    # the phone completes its scenario: it got a CANCEL (within its 10 s), and its 487 was ACKed or
+    # its 200 ACKed and hung up with BYE: nothing left ringing, no dialog left open
+    assert phone.wait() == 0, phone.errors() + system.logs()
+    cdr = system.wait_for_cdr(call_id, timeout=LAPSE_MS / 1000 + 10)
+    assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
+    assert caller.wait() == 0, caller.errors() + system.logs()
+    assert queue.wait() == 0, queue.errors() + system.logs()
+    wait_for(lambda: system.agent_state(agent_id) == "free", 10, f"agent {agent_id} free", system)
+    # freed without penalty: no missed offer counted against the agent
+    assert int(system.redis.hget(system.keys.agent(agent_id), "missed") or 0) == 0
+    assert "call.invite_cancelled" in system.edge.log()
+    assert "edge.lost" not in system.services["dispatcher"].log()
+    assert not system.redis.exists(system.keys.dialog(call_id))
+
+
+def test_ring_all_forks_ringing_at_the_restart_are_all_cancelled(system: WholeSystem, peers: list[Sipp]) -> None:
+    f = "forks"
+    queue = Sipp(scenario("media_queue.xml"), timeout_s=30).start()
+    phones = {a: Sipp(sip("agent_noanswer_uas.xml"), timeout_s=30).start() for a in ("5201", "5202")}
+    peers += [queue, *phones.values()]
+    caller, call_id = caller_on_queue_media(system, peers, f, queue)
+    e2e_harness.flow(system, f, queue, strategy="ring-all")
+    for agent_id, phone in phones.items():
+        e2e_harness.agent(system, agent_id, f, phone)
+    system.login(*phones)
+    wait_for(lambda: len(json.loads(system.redis.hget(system.keys.dialog(call_id), "pending") or "[]")) == 2, 10,
+             "both forks' INVITEs checkpointed", system)
+
+    system.kill_edge()
+    system.restart_edge()
+
+    for phone in phones.values():   # each got its CANCEL and its 487 was ACKed
+        assert phone.wait() == 0, phone.errors() + system.logs()
+    cdr = system.wait_for_cdr(call_id, timeout=LAPSE_MS / 1000 + 10)
+    assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
+    assert caller.wait() == 0, caller.errors() + system.logs()
+    for agent_id in phones:
+        wait_for(lambda a=agent_id: system.agent_state(a) == "free", 10, f"agent {agent_id} free", system)
+        assert int(system.redis.hget(system.keys.agent(agent_id), "missed") or 0) == 0
+
+
+def test_a_media_leg_being_set_up_at_the_restart_is_cancelled(system: WholeSystem, peers: list[Sipp]) -> None:
+    f = "settingup"
+    welcome = Sipp(sip("agent_noanswer_uas.xml"), timeout_s=30).start()   # a media server that only rings
+    queue = Sipp(scenario("media_queue.xml"), timeout_s=30).start()
+    peers += [welcome, queue]
+    system.provision(f, welcome, queue, {})
+    # the caller is not answered yet (the welcome has its offer): it gets nothing from the new process
+    caller = Sipp(scenario("caller_waits_for_bye.xml"), remote=system.caller_target, service=f, timeout_s=30).start()
+    peers.append(caller)
+    wait_for(lambda: len(system.call_ids_of_flow(f)) == 1, 10, "the call arrived", system)
+    [call_id] = system.call_ids_of_flow(f)
+    wait_for(lambda: system.redis.hget(system.keys.dialog(call_id), "pending") is not None, 10,
+             "the welcome INVITE checkpointed", system)
+
+    system.kill_edge()
+    system.restart_edge()
+
+    assert welcome.wait() == 0, welcome.errors() + system.logs()   # CANCEL, its 487 ACKed
+    cdr = system.wait_for_cdr(call_id, timeout=LAPSE_MS / 1000 + 10)
+    assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
+    assert system.call_ids_of_flow(f) == [call_id]   # the caller's INVITE made no second call

@@ -2,12 +2,17 @@
 
 - SIGKILL mid-call: nobody hangs up, the heartbeat stops; the dispatcher notices the lapse
   (CC_EDGE_LAPSE_MS), ends the call (CDR: failed, system, edge_lost) and frees the agent.
+- SIGSTOP past the lapse (the edge cut off, Redis fine for everybody else): the dispatcher ends the
+  call (edge_lost, talk time up to the last heartbeat); after SIGCONT the edge's next beat tells it,
+  and it sends both sides the BYE nobody had sent, once, with no second record.
 - SIGTERM with a call up: new INVITEs get 503 + Retry-After, the call goes on until
   CC_DRAIN_TIMEOUT_S, then both sides get BYE, the CDR is written and the process exits 0.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections.abc import Iterator
 
@@ -49,10 +54,18 @@ def connect_one_call(system: WholeSystem, peers: list[Sipp], flow: str, agent_id
     return call_id, caller, phone
 
 
+def beat_after_connect(system: WholeSystem, call_id: str) -> bool:
+    connected = system.redis.hget(system.keys.call(call_id), "connected_ms")
+    beat = system.redis.zscore(system.keys.edges, system.edge_id)
+    return connected is not None and beat is not None and beat > int(connected)
+
+
 def test_sigkilled_edge_its_call_ends_with_edge_lost_and_the_agent_is_freed(
         system: WholeSystem, peers: list[Sipp]) -> None:
     call_id, _caller, _phone = connect_one_call(system, peers, "lost", "3001")
     assert system.redis.sismember(system.keys.edge_calls(system.edge_id), call_id)
+    # a CDR of a lost edge counts the talk up to its last heartbeat: let one vouch for the talk
+    wait_for(lambda: beat_after_connect(system, call_id), 5, "a heartbeat after the connection", system)
 
     killed_at = time.monotonic()
     system.kill_edge()
@@ -108,3 +121,33 @@ def test_sigterm_drains_503_for_new_calls_then_hangs_up_at_the_deadline(
     assert system.redis.scard(system.keys.edge_calls(system.edge_id)) == 0
     system.restart_edge()
     assert system.api.post("/v1/agents/3002/logout").status_code == 200
+
+
+def test_an_edge_stopped_past_the_lapse_learns_it_was_lost_and_hangs_up_what_was_ended(
+        system: WholeSystem, peers: list[Sipp]) -> None:
+    call_id, caller, phone = connect_one_call(system, peers, "stopped", "3005")
+    wait_for(lambda: beat_after_connect(system, call_id), 5, "a heartbeat after the connection", system)
+    edge = system.edge
+    assert edge.proc is not None
+    os.kill(edge.proc.pid, signal.SIGSTOP)
+    try:
+        cdr = system.wait_for_cdr(call_id, timeout=LAPSE_MS / 1000 + 8)
+        assert (cdr["outcome"], cdr["ended_by"], cdr["reason"]) == ("failed", "system", "edge_lost"), cdr
+        assert cdr["talk_ms"] > 0
+        wait_for(lambda: system.agent_state("3005") != "in_call", 5, "the agent released", system)
+        # nobody has hung up the caller and the agent yet: only the edge speaks SIP to them
+        assert caller.running() and phone.running()
+    finally:
+        os.kill(edge.proc.pid, signal.SIGCONT)
+
+    # its next beat tells it; both sides get their BYE (the scenarios end on it) from the edge
+    assert caller.wait(15) == 0, caller.errors() + system.logs()
+    assert phone.wait(10) == 0, phone.errors() + system.logs()
+    assert "edge.declared_lost" in edge.log() and "call.disowned" in edge.log()
+    # one record: the edge's own call_ended for the call changed nothing
+    time.sleep(0.5)   # let its report be applied (or not) before counting
+    assert [t for t, _ in system.events(call_id)].count("call.ended") == 1
+    # the edge goes on serving under its id
+    assert edge.proc.poll() is None
+    assert wait_until(lambda: system.redis.zscore(system.keys.edges, system.edge_id) is not None, 5)
+    assert system.api.post("/v1/agents/3005/logout").status_code == 200

@@ -12,8 +12,11 @@ and the other side gets its BYE, re-INVITEs/UPDATEs are relayed, commands (hangu
 not: a call ringing an agent, on welcome/queue media, or hearing the flow-id message: the
 transactions in flight (INVITEs, timers) died with the process, so the call is ended at once and
 the dispatcher writes its CDR and frees the agent. The caller and the media leg it heard get BYE
-(checkpointed when the media answered it); an agent ringing or hearing the flow-id message, and a
-media leg still being set up, get nothing (their INVITE transactions were not checkpointed).
+(checkpointed when the media answered it). Every INVITE still being set up (an agent ringing, ring-all
+forks, an agent answered while its flow-id message is set up, a media or message leg not answered yet;
+checkpointed when it was sent) is taken up again and CANCELled (`sippy/resume.cancel_invite`): nothing
+is left ringing; one answered meanwhile gets ACK and BYE. An agent hearing its flow-id message (both
+its dialogs confirmed, not checkpointed) gets nothing and hangs up on its own.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from callcenter_sip_edge.call import Call
 from callcenter_sip_edge.checkpoint import AdoptedCall
 from callcenter_sip_edge.legs import AgentLeg, CallerInfo, Phase
 from callcenter_sip_edge.sippy import dialog
-from callcenter_sip_edge.sippy.resume import resume_dialog
+from callcenter_sip_edge.sippy.resume import cancel_invite, forget_dialog, resume_dialog
 
 if TYPE_CHECKING:
     from callcenter_sip_edge.router import CallRouter
@@ -37,10 +40,12 @@ log = structlog.get_logger(__name__)
 ENDED_REASON = "edge_restarted"
 
 
-def adopt(router: CallRouter, calls: Iterable[AdoptedCall]) -> None:
-    """Carry on the talking calls of a previous process, end the others (`call_ended`)."""
+def adopt(router: CallRouter, calls: Iterable[AdoptedCall], reason: str = ENDED_REASON) -> None:
+    """Carry on the talking calls of a previous process (or of a lost peer of this edge's address
+    group, `reason` edge_lost), end the others (`call_ended`)."""
     adopted = ended = 0
     for record in calls:
+        _cancel_invites(router, record)
         if not record.live:
             # ended by the dispatchers meanwhile (edge_lost): its CDR is written, only its peers may
             # still be talking: rebuild the legs to send each a BYE
@@ -53,8 +58,8 @@ def adopt(router: CallRouter, calls: Iterable[AdoptedCall]) -> None:
                 continue
         else:
             _hang_up_legs(router, record)
-        log.info("call.ended", call_id=record.call_id, by="edge", reason=ENDED_REASON, phase=record.phase)
-        router.emit("call_ended", record.call_id, {"by": "edge", "reason": ENDED_REASON, "code": None})
+        log.info("call.ended", call_id=record.call_id, by="edge", reason=reason, phase=record.phase)
+        router.emit("call_ended", record.call_id, {"by": "edge", "reason": reason, "code": None})
         ended += 1
     log.info("edge.calls_adopted", adopted=adopted, ended=ended)
 
@@ -93,6 +98,43 @@ def _hang_up_legs(router: CallRouter, record: AdoptedCall) -> None:
             dialog.hang_up(resume_dialog(router.sip_config, snap, _ignore))
         except Exception:
             log.exception("call.adoption_failed", call_id=record.call_id, leg=name)
+
+
+def disown(router: CallRouter, ended: Iterable[str], handed: Iterable[str]) -> None:
+    """This edge was declared lost meanwhile: hang up the calls the dispatchers ended (their CDR
+    says edge_lost; nobody sent their legs a BYE) and forget, without a word, those a peer adopted
+    (its BYEs and reports are the only ones). Runs on the SIP thread."""
+    for call_id in ended:
+        call = router.calls.get(call_id)
+        if call is not None and not call.ended:
+            log.info("call.disowned", call_id=call_id, reason="ended_meanwhile")
+            call.end(by="edge", reason="edge_lost")   # its call_ended is a no-op at the dispatcher
+    for call_id in handed:
+        call = router.calls.get(call_id)
+        if call is None:
+            continue
+        log.info("call.disowned", call_id=call_id, reason="adopted_by_peer")
+        call.ended = True   # its legs' events and timers are ignored from now on
+        for ua in _uas(call):
+            forget_dialog(ua)
+        router.forget(call_id)
+
+
+def _uas(call: Call) -> list[object]:
+    """Every leg of a call: caller, media (answered or being set up), agent, its message, forks."""
+    legs = [call.media, call.media_pending, call.agent, call.agent.whisper if call.agent else None,
+            *call.forks.legs]
+    return [call.caller, *(leg.ua for leg in legs if leg is not None)]
+
+
+def _cancel_invites(router: CallRouter, record: AdoptedCall) -> None:
+    """CANCEL each INVITE the dead process left in set-up (ACK and BYE if it is answered)."""
+    for snap in record.pending:
+        try:
+            cancel_invite(router.sip_config, snap, _ignore)
+            log.info("call.invite_cancelled", call_id=record.call_id, next_hop=snap.get("next_hop"))
+        except Exception:
+            log.exception("call.adoption_failed", call_id=record.call_id, leg="pending_invite")
 
 
 def _ignore(event: object, ua: object) -> None:

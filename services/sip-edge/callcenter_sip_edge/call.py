@@ -27,9 +27,10 @@ import structlog
 from sippy.Time.Timeout import Timeout
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
-from callcenter.contract.commands import CancelRing, Command, Hangup, Media, Reject, Ring, RingAll
+from callcenter.contract.commands import Adopt, CancelRing, Command, Hangup, Media, Reject, Ring, RingAll
 from callcenter_sip_edge import sip_events
 from callcenter_sip_edge.agent import AgentLegs
+from callcenter_sip_edge.confirmed import SETTLING_REPORTS, checkpoint
 from callcenter_sip_edge.forks import Forks
 from callcenter_sip_edge.legs import (
     CALLER_ACK_TIMEOUT_S,
@@ -118,6 +119,11 @@ class Call:
 
     def hangup_command(self, command: Hangup) -> None:
         self.hang_up(command.reason)
+
+    def adopt_command(self, command: Adopt) -> None:
+        # a handed-over call is adopted by the service (service._adopt) before it is here; one this
+        # edge carries already changes nothing
+        self.refuse("adopt", from_edge=command.from_edge)
 
     def hang_up(self, reason: str) -> None:
         self.end(by="edge", reason=reason, caller_code=HANGUP_UNANSWERED)
@@ -213,6 +219,8 @@ class Call:
         ua = dialog.invite(self.router.sip_config, target, self.event_cb(events),
                            caller_user=self.info.caller_user, offer=offer, calling_name=calling_name,
                            no_reply_time=NO_REPLY_TIMEOUT_S, expire_time=expire_time)
+        if ua is not None:
+            checkpoint(self, sent=ua)   # a restarted edge CANCELs it (adoption.py)
         return cast("SipUA | None", ua)
 
     def event_cb(self, events: LegEvents) -> Callable[[Any, Any], None]:
@@ -260,6 +268,8 @@ class Call:
 
     def emit(self, kind: str, **data: Any) -> None:
         self.router.emit(kind, self.call_id, data)
+        if kind in SETTLING_REPORTS:
+            checkpoint(self)   # a leg stopped setting up: its INVITE leaves the checkpoint
 
 
 class _CallerLeg(LegEvents):
@@ -307,6 +317,7 @@ COMMAND_HANDLERS: dict[type[Command], Callable[[Call, Any], None]] = {
     CancelRing: Call.cancel_ring_command,
     Reject: Call.reject_command,
     Hangup: Call.hangup_command,
+    Adopt: Call.adopt_command,
 }
 
 

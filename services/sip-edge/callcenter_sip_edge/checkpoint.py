@@ -7,10 +7,14 @@ together): `cc:{t}:dialog:<call_id>` (hash) and the index `cc:{t}:edge:<edge>:di
 - every confirmed change (a `checkpoint` fact of the SIP side, `confirmed.py`): `legs`, JSON of each
   confirmed leg's dialog (`sippy/resume.dialog_snapshot`): caller and media leg, or once talking
   caller and agent, with `agent_id` and `offer_id`;
+- every checkpoint fact, also each INVITE sent and each leg that stopped setting up: `pending`, JSON
+  of the INVITEs still being set up (`sippy/resume.invite_snapshot`; the field is deleted when there
+  is none);
 - `call_ended`: the hash and its index entry are deleted.
 Both keys expire after max_call_s (the config registry) as a safety net.
 
-Reads (`load`, at start, before the SIP stack and the command stream): this edge's checkpoints.
+Reads (`load`, at start, before the SIP stack and the command stream): this edge's checkpoints;
+(`load_call`, on `command.adopt`) one call's, handed over from a lost peer of its address group.
 """
 
 from __future__ import annotations
@@ -31,7 +35,9 @@ class DialogCheckpoint:
     """A talking call's legs at a confirmed change (made on the SIP thread, plain data)."""
 
     call_id: str
-    data: dict[str, Any]    # agent_id, offer_id (None before talking), legs: {"caller": .., "agent"|"media": ..}
+    # agent_id, offer_id (None before talking), legs: {"caller": .., "agent"|"media": ..} (absent
+    # before the caller is answered), pending: [invite_snapshot, ...]
+    data: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -48,6 +54,7 @@ class AdoptedCall:
     offer_id: str | None
     legs: dict[str, Any] | None
     live: bool = True    # False: the dispatchers ended it meanwhile (edge_lost, reconciler): only hang up
+    pending: tuple[dict[str, Any], ...] = ()   # INVITEs being set up when the process died: CANCEL them
 
 
 class Checkpoints:
@@ -86,11 +93,24 @@ class Checkpoints:
         pipe.hset(key, mapping=fields)
 
     def dialogs(self, pipe: Any, checkpoint: DialogCheckpoint) -> None:
-        """Queue on `pipe` the confirmed legs of a call (one HSET)."""
+        """Queue on `pipe` the confirmed legs of a call and its INVITEs in set-up (one HSET, an HDEL)."""
         data = checkpoint.data
-        fields = {"legs": json.dumps(data["legs"])}
+        key = self.keys.dialog(checkpoint.call_id)
+        fields: dict[str, Any] = {}
+        if data.get("legs") is not None:
+            fields["legs"] = json.dumps(data["legs"])
         fields.update({name: data[name] for name in ("agent_id", "offer_id") if data.get(name) is not None})
-        pipe.hset(self.keys.dialog(checkpoint.call_id), mapping=fields)
+        if data.get("pending"):
+            fields["pending"] = json.dumps(data["pending"])
+        elif "pending" in data:
+            pipe.hdel(key, "pending")
+        if fields:
+            pipe.hset(key, mapping=fields)
+
+    async def load_call(self, call_id: str) -> AdoptedCall | None:
+        """One call's checkpoint (handed to this edge by edge_lost, index already moved), None if gone."""
+        h = {_s(k): _s(v) for k, v in (await self.redis.hgetall(self.keys.dialog(call_id)) or {}).items()}
+        return _record(call_id, h, live=True)
 
     async def load(self) -> list[AdoptedCall]:
         """This edge's checkpointed calls (a stale index entry without its hash is dropped)."""
@@ -106,15 +126,13 @@ class Checkpoints:
         gone: list[str] = []
         for call_id, h, live in zip(ids, replies[::2], replies[1::2], strict=True):
             h = {_s(k): _s(v) for k, v in (h or {}).items()}
-            if not h.get("seq", "").isdigit():
+            # an arrival may not be applied yet
+            record = _record(call_id, h, live=bool(live) or h.get("phase") == "call_arrived")
+            if record is None:
                 gone.append(call_id)
                 continue
-            calls.append(AdoptedCall(
-                call_id=call_id, seq=int(h["seq"]), phase=h.get("phase", ""), flow=h.get("flow", ""),
-                caller=h.get("caller", ""), sip_call_id=h.get("sip_call_id", ""), agent_id=h.get("agent_id"),
-                offer_id=h.get("offer_id"), legs=json.loads(h["legs"]) if h.get("legs") else None,
-                live=bool(live) or h.get("phase") == "call_arrived"))   # an arrival may not be applied yet
-            if not calls[-1].live:
+            calls.append(record)
+            if not record.live:
                 gone.append(call_id)
         if gone:
             async with self.redis.pipeline(transaction=True) as pipe:
@@ -122,6 +140,17 @@ class Checkpoints:
                 pipe.delete(*(self.keys.dialog(call_id) for call_id in gone))
                 await pipe.execute()
         return calls
+
+
+def _record(call_id: str, h: dict[str, str], live: bool) -> AdoptedCall | None:
+    """The AdoptedCall of a checkpoint hash (decoded), None if it has no seq (gone or half written)."""
+    if not h.get("seq", "").isdigit():
+        return None
+    return AdoptedCall(
+        call_id=call_id, seq=int(h["seq"]), phase=h.get("phase", ""), flow=h.get("flow", ""),
+        caller=h.get("caller", ""), sip_call_id=h.get("sip_call_id", ""), agent_id=h.get("agent_id"),
+        offer_id=h.get("offer_id"), legs=json.loads(h["legs"]) if h.get("legs") else None,
+        pending=tuple(json.loads(h["pending"])) if h.get("pending") else (), live=live)
 
 
 def _s(value: Any) -> str:

@@ -1,36 +1,67 @@
-"""The checkpoint of a talking call at each confirmed change (see `checkpoint.py` for where it goes).
+"""The checkpoint of a call at each confirmed change and each INVITE it sends (see `checkpoint.py`
+for where it goes).
 
-Reads: the call's caller leg and agent leg (sippy UAs, through `sippy/resume.dialog_snapshot`).
+Reads: the call's caller leg, agent leg, ring-all forks, media leg being set up and flow-id message
+leg (sippy UAs, through `sippy/resume.dialog_snapshot` and `invite_snapshot`).
 Writes: one `checkpoint` fact, which the service stores in Redis with the call's reports.
 
 Runs on the SIP thread; called once per confirmed change: the caller answered by a media leg
 (`media`), the agent connected (`agent`), an offer relayed between caller and agent answered
-(`offers`). A talking call's checkpoint is what a restarted edge carries on with; one of a caller on
-media lets it send both sides a BYE.
+(`offers`); once per INVITE sent (`Call.invite`: a ring, a fork, a media leg, a flow-id message);
+once per leg that stopped setting up without a confirmed change (`Call.emit` of `agent_failed` or
+`media_failed`, the forks cancelled). A talking call's checkpoint is what a restarted edge carries
+on with; one of a caller on media lets it send both sides a BYE; the INVITEs in set-up (`pending`)
+let it CANCEL them, so that no phone is left ringing (`adoption.py`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from callcenter_sip_edge.facts import CHECKPOINT_KIND
 from callcenter_sip_edge.legs import Phase
-from callcenter_sip_edge.sippy.resume import dialog_snapshot
+from callcenter_sip_edge.sippy.resume import dialog_snapshot, invite_snapshot
 
 if TYPE_CHECKING:
     from callcenter_sip_edge.call import Call
 
-def checkpoint(call: Call) -> None:
+# the reports after which a leg may have stopped setting up with no other checkpoint
+SETTLING_REPORTS = frozenset({"agent_failed", "media_failed"})
+
+
+def checkpoint(call: Call, sent: Any = None) -> None:
     """Hand the call's confirmed legs to the service (a few str() of headers: cheap): caller and agent
-    once they talk (with `agent_id`), else the caller and the media leg it hears."""
-    if call.ended or not call.caller_answered:
+    once they talk (with `agent_id`), else the caller and the media leg it hears; and the INVITEs
+    still being set up (`sent`: a UA whose INVITE has just gone out, not yet attached to its leg)."""
+    if call.ended:
         return
+    data: dict[str, Any] = {"pending": pending_invites(call, sent)}
     agent = call.agent
-    if agent is not None and agent.ua is not None and agent.phase is Phase.TALKING:
-        call.emit(CHECKPOINT_KIND, agent_id=agent.agent_id, offer_id=agent.offer_id,
-                  legs={"caller": dialog_snapshot(call.caller), "agent": dialog_snapshot(agent.ua)})
-        return
-    media = call.media
-    if media is not None and media.ua is not None:
-        call.emit(CHECKPOINT_KIND, agent_id=None, offer_id=None,
-                  legs={"caller": dialog_snapshot(call.caller), "media": dialog_snapshot(media.ua)})
+    if not call.caller_answered:
+        pass   # no confirmed leg yet: only the pending INVITEs
+    elif agent is not None and agent.ua is not None and agent.phase is Phase.TALKING:
+        data.update(agent_id=agent.agent_id, offer_id=agent.offer_id,
+                    legs={"caller": dialog_snapshot(call.caller), "agent": dialog_snapshot(agent.ua)})
+    elif call.media is not None and call.media.ua is not None:
+        data.update(agent_id=None, offer_id=None,
+                    legs={"caller": dialog_snapshot(call.caller), "media": dialog_snapshot(call.media.ua)})
+    call.emit(CHECKPOINT_KIND, **data)
+
+
+def pending_invites(call: Call, sent: Any = None) -> list[dict[str, Any]]:
+    """The INVITEs of this call that have no final response yet (or whose 2xx we have not ACKed):
+    the agent's (ringing, or answered while its flow-id message is set up), each ring-all fork's,
+    the media leg being set up, the flow-id message leg; each once, `sent` included."""
+    uas: list[Any] = []
+    agent = call.agent
+    if agent is not None:
+        uas.append(agent.ua)
+        if agent.whisper is not None:
+            uas.append(agent.whisper.ua)
+    uas.extend(leg.ua for leg in call.forks.legs)
+    if call.media_pending is not None:
+        uas.append(call.media_pending.ua)
+    if sent is not None and not any(ua is sent for ua in uas):
+        uas.append(sent)
+    snaps = (invite_snapshot(ua) for ua in uas if ua is not None)
+    return [snap for snap in snaps if snap is not None]

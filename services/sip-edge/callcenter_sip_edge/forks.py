@@ -19,6 +19,7 @@ from sippy.Time.Timeout import Timeout
 
 from callcenter_sip_edge import sip_events
 from callcenter_sip_edge.agent import agent_failure_reason
+from callcenter_sip_edge.confirmed import checkpoint
 from callcenter_sip_edge.legs import AgentLeg, SdpBody, SipUA, parse_target_uri
 from callcenter_sip_edge.sip_events import LegEvents
 from callcenter_sip_edge.sippy import dialog
@@ -86,6 +87,8 @@ class Forks:
                 self.call.emit("agent_failed", offer_id=leg.offer_id, agent_id=leg.agent_id, reason=emit_reason,
                                code=None)
             dialog.hang_up(leg.ua)
+        if legs and emit_reason is None:
+            checkpoint(self.call)   # no agent_failed now: the forks' INVITEs leave the checkpoint here
 
     def _timed_out(self) -> None:
         self._timer = None

@@ -9,7 +9,13 @@ heartbeat renews it at least twice in that time), so the lease of an edge that d
 half a lapse before the dispatchers would declare it lost: a process restarted at once under the
 same id (Kubernetes, systemd `Restart=`) beats within the lapse and adopts its calls (adoption.py).
 
-Reads and writes: the lease key and the heartbeat `cc:{t}:edges`, through those two steps.
+The address group (`CC_EDGE_GROUP`): edges that share one SIP address (behind an SBC, a floating
+IP). Each beat records it; when one of them is lost, a live peer of its group adopts its calls
+(edge_lost.lua, command.adopt). A beat after the dispatchers declared this edge lost says so
+(`declared_lost_ms`): its calls of then were ended or adopted, and the service drops them.
+
+Reads and writes: the lease key, the heartbeat `cc:{t}:edges`, the edge's group and lost mark
+(`cc:{t}:edge:<id>:info`, `cc:{t}:edgegroup:<group>`), through those steps.
 """
 
 from __future__ import annotations
@@ -46,8 +52,10 @@ class IdLease:
     """The lease on this edge's id, held by a token of this process (`host/pid/random`, so that a
     refusal can say who holds it). Every heartbeat goes through it (`beat`)."""
 
-    def __init__(self, redis: aioredis.Redis, tenant: str, edge_id: str, lapse_ms: int) -> None:
+    def __init__(self, redis: aioredis.Redis, tenant: str, edge_id: str, lapse_ms: int, group: str = "") -> None:
         self.redis = redis
+        self.group = group   # CC_EDGE_GROUP: the edges that share this edge's SIP address
+        self.declared_lost_ms: int | None = None   # set by a beat after edge_lost ran for this id
         self.tenant = tenant
         self._store: Store | None = None
         self.edge_id = edge_id
@@ -72,7 +80,7 @@ class IdLease:
         holder, refuse_at, delay = "", 0.0, TAKE_POLL_S
         while not stop.is_set():
             try:
-                res = await self.store.edge_beat(self.edge_id, self.token, self.lease_ms)
+                res = await self.store.edge_beat(self.edge_id, self.token, self.lease_ms, self.group)
             except REDIS_DOWN as exc:
                 log.warning("edge.redis_unavailable", error=repr(exc), retry_in_s=delay)
                 await _wait(stop, delay)
@@ -97,11 +105,17 @@ class IdLease:
 
     async def beat(self) -> bool:
         """One heartbeat, renewing the lease (taking it again if it expired while Redis was away):
-        False when another process took the id meanwhile (nothing written). Redis errors propagate."""
-        res = await self.store.edge_beat(self.edge_id, self.token, self.lease_ms)
+        False when another process took the id meanwhile (nothing written); `declared_lost_ms` set
+        when the dispatchers had declared this edge lost (edge_lost). Redis errors propagate."""
+        res = await self.store.edge_beat(self.edge_id, self.token, self.lease_ms, self.group)
         if res.rc is RC.ALREADY:
             log.error("edge.lease_lost", edge_id=self.edge_id, holder=res.detail)
             return False
+        if res.rc is RC.OK and res.detail:
+            # the dispatchers declared this edge lost meanwhile (it was cut off or stopped for a
+            # lapse): the calls it had then were ended or handed to a peer (the service drops them)
+            self.declared_lost_ms = int(res.detail)
+            log.error("edge.declared_lost", edge_id=self.edge_id, lost_ms=self.declared_lost_ms)
         return True
 
     async def release(self) -> None:

@@ -20,7 +20,7 @@ import structlog
 from callcenter.bus import ACK, StreamConsumer, Verdict
 from callcenter.contract import streams
 from callcenter.contract.codec import DecodeError, Entry
-from callcenter.contract.commands import command_of
+from callcenter.contract.commands import Adopt, command_of
 from callcenter.contract.reports import REPORTS, CallEnded, CommandRefused, Report
 from callcenter.redis import REDIS_DOWN
 from callcenter.settings import EdgeSettings
@@ -56,7 +56,7 @@ class EdgeService:
         self.redis = redis
         self.keys = Keys(settings.tenant)
         self.edge_id = settings.edge_id
-        self.lease = IdLease(redis, settings.tenant, self.edge_id, settings.edge_lapse_ms)
+        self.lease = IdLease(redis, settings.tenant, self.edge_id, settings.edge_lapse_ms, settings.edge_group)
         self._seq: dict[str, int] = {}
         self._ended_seq: dict[str, int] = {}   # insertion-ordered: the oldest is evicted first
         self._outbox: asyncio.Queue[Report | DialogCheckpoint] = asyncio.Queue()
@@ -138,8 +138,52 @@ class EdgeService:
                 log.warning("edge.unknown_command", type=e.type, entry_id=e.id)
                 self._refuse_undecodable(e)
                 continue
+            if isinstance(command, Adopt):
+                await self._adopt(command)
+                continue
             stack.execute(command)
         return {e.id: ACK for e in entries}
+
+    async def _adopt(self, command: Adopt) -> None:
+        """A lost peer's call handed to this edge (edge_lost): its checkpoint, then the SIP thread
+        adopts it as a restarted edge would (in order with the commands that follow)."""
+        assert self.stack is not None
+        record = await self.checkpoints.load_call(command.call_id)
+        if record is None:
+            self.on_fact(Fact(kind="command_refused", call_id=command.call_id, ts_ms=int(time.time() * 1000),
+                              data={"command": command.TYPE, "offer_id": None, "reason": "unknown_call",
+                                    "purpose": None}))
+            return
+        self._seq[record.call_id] = record.seq
+        log.info("edge.call_handed_over", call_id=record.call_id, from_edge=command.from_edge)
+        self.stack.adopt([record], reason="edge_lost")
+
+    async def _drop_disowned(self) -> None:
+        """After the dispatchers declared this edge lost (it was cut off or stopped for a lapse): the
+        calls of then were ended (CDR edge_lost: their legs get the BYE nobody sent) or handed to a
+        peer (forgotten here: no BYE, no report). Calls still this edge's go on."""
+        stack = self.stack
+        if stack is None:
+            return
+        ids = stack.call_ids()
+        if not ids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for call_id in ids:
+                pipe.hmget(self.keys.call(call_id), "edge", "state")
+            rows = await pipe.execute()
+        ended, handed = [], []
+        for call_id, (edge, state) in zip(ids, rows, strict=True):
+            edge = edge.decode() if isinstance(edge, bytes) else edge
+            if edge is not None and edge != self.edge_id:
+                handed.append(call_id)
+                self._seq.pop(call_id, None)
+            elif state in (b"ended", "ended"):
+                ended.append(call_id)
+            # no hash: an arrival not applied yet (an ended call's hash outlives the lapse): kept
+        log.warning("edge.calls_disowned", ended=len(ended), handed=len(handed),
+                    kept=len(ids) - len(ended) - len(handed))
+        stack.disown(ended=ended, handed=handed)
 
     def _refuse_undecodable(self, e: Entry) -> None:
         """A command that does not decode still ends in a report when it names a call."""
@@ -165,6 +209,9 @@ class EdgeService:
                 if not await self.lease.beat():
                     self._stop.set()
                     return
+                if self.lease.declared_lost_ms is not None:
+                    await self._drop_disowned()
+                    self.lease.declared_lost_ms = None
             except (*REDIS_DOWN, aioredis.RedisError) as exc:   # any error: the beat must go on
                 log.warning("edge.heartbeat_failed", error=repr(exc))
                 await asyncio.sleep(min(interval, HEARTBEAT_RETRY_S))

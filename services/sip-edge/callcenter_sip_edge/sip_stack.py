@@ -284,6 +284,28 @@ class SipStack:
             return
         self._commands.put((router.hangup_all, reason))
 
+    def adopt(self, calls: Sequence[AdoptedCall], reason: str) -> None:
+        """Adopt calls handed to this edge while it runs (`command.adopt`: a lost peer's), on the SIP
+        thread in order with the commands; `reason`: the end reason of those that cannot go on."""
+        router = self._router
+        if self._reactor is None or router is None or self._state != "running":
+            log.warning("call.command_ignored", command="adopt", reason="not_running")
+            return
+        self._commands.put((_adopt_on_sip_thread, (router, list(calls), reason)))
+
+    def disown(self, ended: Sequence[str], handed: Sequence[str]) -> None:
+        """Drop calls this edge no longer owns (it was declared lost): `ended` ones get BYE (and a
+        call_ended the dispatcher finds already applied), `handed` ones are forgotten (a peer has them)."""
+        router = self._router
+        if self._reactor is None or router is None or self._state != "running":
+            return
+        self._commands.put((_disown_on_sip_thread, (router, list(ended), list(handed))))
+
+    def call_ids(self) -> list[str]:
+        """The ids of the calls this edge carries now (a snapshot: list() of a dict is atomic in CPython)."""
+        router = self._router
+        return list(router.calls) if router is not None else []
+
     def active_calls(self) -> int:
         router = self._router
         # len() of a dict owned by the SIP thread is an atomic read in CPython
@@ -307,3 +329,17 @@ class SipStack:
             run(argument)
         except Exception:
             log.exception("call.command_failed", command=argument)
+
+
+def _adopt_on_sip_thread(args: tuple[Any, list[AdoptedCall], str]) -> None:
+    from callcenter_sip_edge.adoption import adopt  # imports sippy: on the SIP thread only
+
+    router, calls, reason = args
+    adopt(router, calls, reason=reason)
+
+
+def _disown_on_sip_thread(args: tuple[Any, list[str], list[str]]) -> None:
+    from callcenter_sip_edge.adoption import disown
+
+    router, ended, handed = args
+    disown(router, ended=ended, handed=handed)

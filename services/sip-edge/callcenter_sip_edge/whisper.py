@@ -19,6 +19,7 @@ import structlog
 from sippy.Time.Timeout import Timeout
 
 from callcenter_sip_edge import sip_events
+from callcenter_sip_edge.confirmed import checkpoint
 from callcenter_sip_edge.legs import MEDIA_SETUP_TIMEOUT_S, AgentLeg, MediaLeg, Phase, SdpBody, SipUA, parse_target_uri
 from callcenter_sip_edge.offers import GLARE_MAX_ATTEMPTS, GLARE_RETRY_OWN_S, RelayingLeg
 from callcenter_sip_edge.sip_events import LegEvents
@@ -164,6 +165,7 @@ class _MessageSetup(LegEvents):
         # the agent's ACK carries the message's answer: the agent hears the message
         assert leg.ua is not None
         sip_events.answer(leg.ua, body)
+        checkpoint(self.message.call)   # both INVITEs are answered: none is left to CANCEL after a restart
         log.info("call.whisper_playing", offer_id=leg.offer_id)
 
     def on_offer(self, ua: SipUA, offer: SdpBody | None) -> None:

@@ -78,7 +78,15 @@ class Hangup(Command):
     reason: str
 
 
-COMMANDS: dict[str, type[Command]] = by_type(Media, Ring, RingAll, CancelRing, Reject, Hangup)
+@dataclass(frozen=True, slots=True)
+class Adopt(Command):
+    """Take over a call of a lost edge of the same address group (its checkpoint is now this edge's)."""
+
+    TYPE: ClassVar[str] = "command.adopt"
+    from_edge: str
+
+
+COMMANDS: dict[str, type[Command]] = by_type(Media, Ring, RingAll, CancelRing, Reject, Hangup, Adopt)
 
 
 def command_of(entry: Entry) -> Command:

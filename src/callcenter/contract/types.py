@@ -96,6 +96,10 @@ _TYPES: list[EntryType] = [
     EntryType("command.reject", 1, {**_CALL, "code": Int, "reason": Str}, {},
               "Reject the call with a SIP final response (or BYE if already answered)."),
     EntryType("command.hangup", 1, {**_CALL, "reason": Str}, {}, "Tear the call down."),
+    EntryType("command.adopt", 1, {**_CALL, "from_edge": Str}, {},
+              "Take over a call of a lost edge of the same address group (edge_lost handed it to this edge): "
+              "load its checkpoint, carry a talking call on, end any other (call_ended by edge, reason "
+              "edge_lost)."),
     # -- events: the product stream ------------------------------------------------------------
     EntryType("call.arrived", 1, {**_EVENT, **_CALL, "flow": Str, "caller": Str, "edge": Str},
               {"media_type": OptStr}, "media_type = audio or chat."),

@@ -28,6 +28,9 @@ the one list: `NAMES` and `FAMILIES` below are rendered into the Lua prelude (`K
                                          once talking, its legs' dialogs (deleted at call_ended, TTL max_call_s)
     cc:{t}:edge:<edge>:lease      string the token of the one process that holds this edge id
                                          (expires after the lapse unless its heartbeat renews it)
+    cc:{t}:edge:<edge>:info       hash   group (its address group, CC_EDGE_GROUP), lost_ms (declared lost
+                                         then: told to the edge by its next beat, which deletes it)
+    cc:{t}:edgegroup:<group>      set    the edge ids of one address group (edges that share one SIP address)
     cc:{t}:queue:<flow>           zset   waiting audio calls of a flow, lowest score served first
     cc:{t}:chatq:<flow>           zset   waiting chats of a flow, same order
     cc:{t}:timers                 zset   due timers, member "<kind>|<id>[|<token>]", score = due (ms)
@@ -62,6 +65,8 @@ FAMILIES: dict[str, str] = {
     "edge_calls": "edge:{0}:calls",
     "edge_lease": "edge:{0}:lease",
     "edge_dialogs": "edge:{0}:dialogs",
+    "edge_info": "edge:{0}:info",
+    "edge_group": "edgegroup:{0}",
     "dialog": "dialog:{0}",
     "commands": "commands:{0}",
     "flow_stats": "stats:flow:{0}",
@@ -133,6 +138,14 @@ class Keys:
     def edge_dialogs(self, edge_id: str) -> str:
         """The calls a sip-edge checkpointed (`callcenter_sip_edge.checkpoint`)."""
         return self._family("edge_dialogs", edge_id)
+
+    def edge_info(self, edge_id: str) -> str:
+        """A sip-edge's address group and whether it was declared lost."""
+        return self._family("edge_info", edge_id)
+
+    def edge_group(self, group: str) -> str:
+        """The sip-edges that share one SIP address (peers: one adopts the calls of another that is lost)."""
+        return self._family("edge_group", group)
 
     def dialog(self, call_id: str) -> str:
         """A sip-edge's checkpoint of one call, for a restarted edge to adopt it."""

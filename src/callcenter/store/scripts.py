@@ -209,10 +209,12 @@ class Store:
         return await self._run("edge_lost", edge_id, lapse_ms, limit, now=now)
 
     # -- a sip-edge's id: lease and heartbeat (the edge) ----------------------------------------------
-    async def edge_beat(self, edge_id: str, token: str, lease_ms: int, now: int | None = None) -> Result:
-        """Beat for `edge_id`, taking or renewing its lease for `token` (ALREADY, detail the holder's
-        token: another process holds the id, nothing was written)."""
-        return await self._run("edge_beat", edge_id, token, lease_ms, now=now)
+    async def edge_beat(self, edge_id: str, token: str, lease_ms: int, group: str = "",
+                        now: int | None = None) -> Result:
+        """Beat for `edge_id` of address group `group` ("" = none), taking or renewing its lease for
+        `token` (ALREADY, detail the holder's token: another process holds the id, nothing was
+        written; OK with detail lost_ms: edge_lost ran for this id then, since the last beat)."""
+        return await self._run("edge_beat", edge_id, token, lease_ms, group, now=now)
 
     async def edge_release(self, edge_id: str, token: str, now: int | None = None) -> Result:
         """Give up the lease and the heartbeat of `edge_id` if `token` holds it (else NOT_FOUND)."""

@@ -1,4 +1,5 @@
-"""A confirmed dialog as plain data, and a sippy UA rebuilt from it (an adopted call's leg).
+"""A confirmed dialog as plain data, and a sippy UA rebuilt from it (an adopted call's leg); an
+INVITE still being set up as plain data, and its CANCEL sent from a new process.
 
 Reads: sippy UA state (`cId`, `lUri`, `rUri`, `lCSeq`, `rCSeq`, `rTarget`, `routes`, `rAddr`,
 `lContact`, `lSDP`, `rSDP`). Writes: a UA in sippy's Connected state, registered with the
@@ -7,6 +8,9 @@ UPDATE of the peer is matched to it and answered, and a BYE can be sent on it.
 
 Runs on the SIP thread only. The snapshot is made when the dialog is confirmed (`dialog_snapshot`,
 plain str/int/list data, JSON-safe); `resume_dialog` is its inverse in a new process.
+`invite_snapshot` keeps the INVITE as sippy sent it (`tr.data`, already a string: nothing is
+formatted) and its next hop; `cancel_invite` takes the INVITE transaction back up in a new process
+and cancels it (see there).
 """
 
 from __future__ import annotations
@@ -17,13 +21,16 @@ from sippy.MsgBody import MsgBody
 from sippy.SipCallId import SipCallId
 from sippy.SipContact import SipContact
 from sippy.SipFrom import SipFrom
+from sippy.SipRequest import SipRequest
 from sippy.SipRoute import SipRoute
 from sippy.SipTo import SipTo
 from sippy.SipURL import SipURL
 from sippy.UA import UA
+from sippy.UacStateRinging import UacStateRinging
+from sippy.UacStateTrying import UacStateTrying
 from sippy.UaStateConnected import UaStateConnected
 
-from callcenter_sip_edge.sippy.dialog import EventCallback
+from callcenter_sip_edge.sippy.dialog import EventCallback, hang_up
 from callcenter_sip_edge.sippy.transport import remember_peer
 
 # Our requests after a restart skip this many CSeq numbers: a request the dead process sent after
@@ -77,3 +84,65 @@ def _parsed(header: Any) -> Any:
 
 def _body(content: str | None) -> Any:
     return None if content is None else MsgBody(content)
+
+
+def invite_snapshot(ua: Any) -> dict[str, Any] | None:
+    """The INVITE of a leg still being set up (no final response yet, or a 2xx whose ACK we still
+    hold: a late offer waiting for its answer), as sent, with its next hop; None otherwise.
+    Cheap: `tr.data` is the string sippy transmitted (no formatting here)."""
+    tr = getattr(ua, "tr", None)
+    if tr is None or getattr(tr, "method", None) != "INVITE" or getattr(tr, "data", None) is None:
+        return None
+    state = ua.state
+    setting_up = type(state) in (UacStateTrying, UacStateRinging)
+    if not setting_up and getattr(ua, "pending_tr", None) is not tr:
+        return None
+    host, port = tr.address
+    return {"invite": tr.data, "next_hop": [str(host), int(port)]}
+
+
+def cancel_invite(sip_config: dict[str, Any], snap: dict[str, Any], event_cb: EventCallback) -> Any:
+    """End, from a new process, an INVITE the dead one had sent (`invite_snapshot`); raises on a
+    malformed snapshot.
+
+    The INVITE transaction's state died with the process, so it is taken back up: the INVITE is sent
+    again byte for byte (same branch: a retransmission, RFC 3261 17.1.1.2), which the callee's server
+    transaction answers with its latest response. Then sippy's CANCEL goes out as RFC 3261 9.1 asks:
+    built from that INVITE (same Request-URI, Call-ID, From, To, CSeq number, the one Via with its
+    branch) and only once a provisional response came (none: the INVITE times out, nothing rings).
+    A 487 (or any other final failure) is ACKed by the transaction; a 200 that crossed the CANCEL,
+    or that the callee kept retransmitting for lack of an ACK, is ACKed and the dialog gets BYE
+    (sippy's Cancelling state). A plain BYE could not do this: there is no dialog before a 2xx, and
+    a CANCEL without the INVITE's branch matches no transaction at the callee."""
+    host, port = snap["next_hop"]
+    request = SipRequest(snap["invite"])
+    request.setTarget(((str(host), int(port)), "udp"))
+    ua = UA(sip_config, event_cb, nh_address=(str(host), int(port)))
+    ua.cId = request.getHFBody("call-id").getCopy()
+    ua.lUri = request.getHFBody("from").getCopy()
+    ua.rUri = request.getHFBody("to").getCopy()
+    ua.lTag = ua.lUri.getTag()
+    ua.lCSeq = request.getHFBody("cseq").getCSeqNum()
+    ua.rTarget = request.getRURI().getCopy()
+    ua.routes = [route.getCopy() for route in request.getHFBodys("route")]
+    if request.countHFs("contact") > 0:
+        ua.lContact = request.getHFBody("contact").getCopy()
+    ua.changeState((UacStateTrying,))
+    # as sippy's Idle state does for a new INVITE: the dialog's requests (a BYE after a 200) reach
+    # this UA, and its end unregisters it
+    sip_config["_sip_tm"].regConsumer(ua, str(ua.cId), compact=ua.compact_sip)
+    ua.newUacTransaction(request)
+    hang_up(ua)   # in the Trying state: a CANCEL, sent once a provisional response comes
+    return ua
+
+
+def forget_dialog(ua: Any) -> None:
+    """Stop handling a dialog without a word to its peer (another edge carries it on): no more
+    events, and its requests no longer reach this UA (this process answers them 481)."""
+    if ua is None:
+        return
+    ua.event_cb = None
+    try:
+        ua.global_config["_sip_tm"].unregConsumer(ua, str(ua.cId))
+    except (KeyError, ValueError, AttributeError):
+        pass   # never registered (a leg whose INVITE was not sent)

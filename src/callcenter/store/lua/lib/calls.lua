@@ -67,7 +67,7 @@ end
 
 -- Close a call: leave the queue, release the agent, count it, and emit its summary (its CDR);
 -- then mark it ended.
-local function finish_call(call_id, call, outcome, ended_by, reason)
+local function finish_call(call_id, call, outcome, ended_by, reason, ended_at)
   local flow = hgetall(k_flow(call.flow)) or {}
   redis.call('ZREM', k_queue_of(call), call_id)
   redis.call('SREM', K.calls, call_id)
@@ -76,11 +76,13 @@ local function finish_call(call_id, call, outcome, ended_by, reason)
   hold_off(call_id, call)
   local received = num(call.received_ms, NOW)
   local connected = tonumber(call.connected_ms)
-  local wait, pickup, talk = NOW - received, 0, 0
+  -- ended_at: when the call is known to have ended, if not now (a lost edge: its last heartbeat)
+  local until_ms = math.max(ended_at or NOW, connected or received)
+  local wait, pickup, talk = until_ms - received, 0, 0
   if connected then
     wait = connected - received
     pickup = connected - num(call.offered_ms, connected)
-    talk = NOW - connected
+    talk = until_ms - connected
   end
   local agent_id = call.agent ~= '' and call.agent or nil
   if call.offer and call.offer ~= '' then
