@@ -38,8 +38,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
+
+import redis
 
 from callcenter.contract.codec import decode
+from callcenter_dev.processes import ServiceProcess
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp, wait_until
 from callcenter_dev.system import WholeSystem
@@ -132,7 +136,7 @@ def _kill_restart(name: str, late: bool = False) -> tuple[Callable[[Rig], None],
 
 
 def _rolling(name: str) -> tuple[Callable[[Rig], None], Callable[[Rig], None]]:
-    old: list[object] = []
+    old: list[ServiceProcess] = []
 
     def strike(rig: Rig) -> None:
         rig.generation += 1
@@ -140,7 +144,6 @@ def _rolling(name: str) -> tuple[Callable[[Rig], None], Callable[[Rig], None]]:
 
     def recover(rig: Rig) -> None:
         proc = old.pop()
-        assert hasattr(proc, "stop")
         code = proc.stop(timeout=rig.drain_s + 20)
         # uvicorn (the api) shuts down gracefully on SIGTERM, then raises it again: it exits -15
         if code not in (0, None) and not (name == "api" and code == -signal.SIGTERM):
@@ -256,7 +259,8 @@ class Rig:
         timeout = calls / load.rate + load.call_timeout_s + load.talk_ms / 1000 + 60
         return Sipp(scenario("caller_logged.xml"), remote=self.system.caller_target, service=FLOW, calls=calls,
                     rate=load.rate, timeout_s=timeout,
-                    extra=["-d", str(load.talk_ms), "-l", "100000", "-recv_timeout", str(int(load.call_timeout_s * 1000)),
+                    extra=["-d", str(load.talk_ms), "-l", "100000",
+                           "-recv_timeout", str(int(load.call_timeout_s * 1000)),
                            "-trace_stat", "-stf", str(self.workdir / f"{name}.csv"), "-fd", "1"]).start()
 
     def run(self, fault: Fault, load: Load) -> FaultResult:
@@ -299,7 +303,7 @@ class Rig:
     def _settle(self, settle_s: float) -> None:
         try:
             wait_until(self._quiet, settle_s, interval=0.5)
-        except Exception:  # noqa: BLE001 - measured below; a Redis that is not back shows there
+        except redis.RedisError:   # a Redis not back yet: the measurement below says what is left
             pass
 
     def _pending(self) -> dict[str, int]:
@@ -331,7 +335,8 @@ class Rig:
         # the calls the system knew, by SIP Call-ID (SIPp's is <n>-<pid>@<ip>)
         by_sip: dict[str, set[str]] = {}
         r, k = self.system.redis, self.system.keys
-        for eid, fields in r.xrange(k.reports, min=f"{since_ms}-0"):
+        entries: Any = r.xrange(k.reports, min=f"{since_ms}-0")
+        for eid, fields in entries:
             e = decode(fields, eid)
             if e.type == "report.call_arrived":
                 sip_id = str(e.data["sip_call_id"])
@@ -374,7 +379,8 @@ class Rig:
         res.dead = int(r.xlen(k.dead)) - dead_before
         unexplained_n = res.failed - res.explained
         if unexplained_n > 0:
-            res.losses.append(f"{unexplained_n} failed calls" + (f" ({never} never reached the system)" if never else ""))
+            res.losses.append(f"{unexplained_n} failed calls"
+                              + (f" ({never} never reached the system)" if never else ""))
         if missing:
             res.losses.append(f"{len(missing)} calls without CDR")
         for n, what in ((res.wrong, "wrong CDRs"), (res.duplicates, "SIP calls taken twice"),
@@ -387,9 +393,9 @@ class Rig:
         res.examples = (unexplained + wrong + [f"{cid}: no CDR" for cid in missing])[:8]
         return res
 
-    def _cdrs(self, call_ids: list[str]) -> dict[str, dict[str, object]]:
+    def _cdrs(self, call_ids: list[str]) -> dict[str, dict[str, Any]]:
         db = self.workdir / "cc.sqlite3"
-        out: dict[str, dict[str, object]] = {}
+        out: dict[str, dict[str, Any]] = {}
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
             conn.row_factory = sqlite3.Row
             for i in range(0, len(call_ids), 500):
@@ -401,7 +407,7 @@ class Rig:
         return out
 
 
-def _brief(cdr: dict[str, object]) -> str:
+def _brief(cdr: dict[str, Any]) -> str:
     return f"{cdr['outcome']}/{cdr['ended_by']}/{cdr['reason']} talk {cdr['talk_ms']} ms"
 
 

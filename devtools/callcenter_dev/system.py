@@ -10,7 +10,8 @@ end-to-end benchmark (bench/edge_calls.py); SIPp plays the callers, media server
 The sip-edge can be killed (`kill_edge`), stopped with SIGTERM (`stop_edge`) and started again
 (`restart_edge`) on the same UDP port and edge id. For the fault suite (callcenter_dev.faults) any
 service can be SIGKILLed and restarted (`kill_service`, `restart_service`), replaced by a rolling
-update (`rolling_update`), run twice (`add_service`), and redis-server stopped and started again (`stop_redis`, `start_redis`).
+update (`rolling_update`), run twice (`add_service`), and redis-server stopped and started again
+(`stop_redis`, `start_redis`).
 """
 
 from __future__ import annotations
