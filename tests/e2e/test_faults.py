@@ -45,4 +45,5 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 def test_a_fault_under_load_loses_nothing(rig: Rig, name: str) -> None:
     result = rig.run(FAULTS[name], LOAD)
     assert result.calls == LOAD.calls, result.row()
+    assert result.replaced, f"{name} left every process as it was"
     assert not result.lost, "\n".join([result.row(), *result.examples])
