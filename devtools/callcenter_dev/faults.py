@@ -110,6 +110,7 @@ class FaultResult:
     dead: int = 0
     seconds: float = 0.0
     tolerance_ms: int = TALK_TOLERANCE_MS   # how far a CDR's talk time may be from the caller's
+    worst_ms: int = 0    # the largest difference of a completed call's CDR talk time from the caller's
     replaced: list[str] = field(default_factory=list)   # processes the fault killed or replaced
     losses: list[str] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)   # the first few calls behind the losses
@@ -119,12 +120,13 @@ class FaultResult:
         return bool(self.losses)
 
     HEADER = (f"{'fault':<24} {'calls':>5} {'ok':>5} {'fail':>4} {'expl':>4} {'cdrs':>5} {'wrong':>5} {'dup':>3} "
-              f"{'stuck':>5} {'live':>4} {'pend':>4} {'dead':>4} {'tol ms':>6} {'secs':>5}  loss")
+              f"{'stuck':>5} {'live':>4} {'pend':>4} {'dead':>4} {'worst':>5} {'tol ms':>6} {'secs':>5}  loss")
 
     def row(self) -> str:
         return (f"{self.fault:<24} {self.calls:>5} {self.ok:>5} {self.failed:>4} {self.explained:>4} "
                 f"{self.cdrs:>5} {self.wrong:>5} {self.duplicates:>3} {self.stuck_agents:>5} {self.live_calls:>4} "
-                f"{sum(self.pending.values()):>4} {self.dead:>4} {self.tolerance_ms:>6} {self.seconds:>5.0f}  "
+                f"{sum(self.pending.values()):>4} {self.dead:>4} {self.worst_ms:>5} {self.tolerance_ms:>6} "
+                f"{self.seconds:>5.0f}  "
                 + ("; ".join(self.losses) if self.losses else "none"))
 
 
@@ -384,6 +386,7 @@ class Rig:
                     unexplained.append(f"{sip_id} ({cid}): SIPp failed, CDR {_brief(cdr)}")
                     continue
                 talked = mark["bye"] - mark["talk"]
+                res.worst_ms = max(res.worst_ms, abs(int(cdr["talk_ms"]) - talked))
                 if (cdr["outcome"], cdr["ended_by"]) != ("answered", "caller") \
                         or abs(int(cdr["talk_ms"]) - talked) > tolerance_ms:
                     res.wrong += 1
