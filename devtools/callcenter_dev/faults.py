@@ -9,8 +9,8 @@ address the system serves then: a rolling update of the edge moves it) while the
 runs, then waits for the callers to finish and up to `load.settle_s` for the system to be quiet.
 
 It measures what an operator can see, and returns a `FaultResult`:
-- reads SIPp's -trace_stat files (calls created, ok, failed) and the logged caller's log file
-  (per Call-ID: talk started, BYE sent, BYE answered: caller_logged.xml);
+- reads SIPp's -trace_stat files (calls created) and the logged caller's log file (per Call-ID:
+  talk started, BYE sent, BYE answered, caller_logged.xml: a call is ok once its BYE is answered);
 - reads `cc:{t}:reports` (report.call_arrived: SIP Call-ID -> call id), the CDRs in the SQL
   database (sqlite), the agents' state, `cc:{t}:calls`, the consumer groups' pending entries and
   `cc:{t}:dead` in Redis.
@@ -19,7 +19,7 @@ It writes nothing but what the faults do to the processes.
 "Loss" is any of: a call SIPp saw fail that the fault's documented semantics do not explain (they
 explain a failed call only by its CDR's reason, `Fault.explains`); a call without a CDR; a wrong
 CDR (SIPp completed the call but the CDR is not `answered`/`caller`, or its talk time differs from
-the caller's by more than TALK_TOLERANCE_MS); two calls for one SIP Call-ID; an agent not free, a
+the caller's by more than TALK_TOLERANCE_MS, plus `Fault.deaf`'s allowance); two calls for one SIP Call-ID; an agent not free, a
 live call, a pending or a dead entry left once the system had `settle_s` to be quiet.
 
 Redis runs with `appendonly yes` and `appendfsync everysec` (redis's default): the faults restart
