@@ -19,8 +19,9 @@ It writes nothing but what the faults do to the processes.
 "Loss" is any of: a call SIPp saw fail that the fault's documented semantics do not explain (they
 explain a failed call only by its CDR's reason, `Fault.explains`); a call without a CDR; a wrong
 CDR (SIPp completed the call but the CDR is not `answered`/`caller`, or its talk time differs from
-the caller's by more than TALK_TOLERANCE_MS, plus `Fault.deaf`'s allowance); two calls for one SIP Call-ID; an agent not free, a
-live call, a pending or a dead entry left once the system had `settle_s` to be quiet.
+the caller's by more than TALK_TOLERANCE_MS, plus `Fault.deaf`'s allowance); two calls for one
+SIP Call-ID; an agent not free, a live call, a pending or a dead entry left once the system had
+`settle_s` to be quiet.
 
 Redis runs with `appendonly yes` and `appendfsync everysec` (redis's default): the faults restart
 redis-server as an operator does (SIGTERM: it writes its AOF out before it exits), which loses
