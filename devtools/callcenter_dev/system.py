@@ -8,7 +8,10 @@ end-to-end benchmark (bench/edge_calls.py); SIPp plays the callers, media server
     system.stop()
 
 The sip-edge can be killed (`kill_edge`), stopped with SIGTERM (`stop_edge`) and started again
-(`restart_edge`) on the same UDP port and edge id.
+(`restart_edge`) on the same UDP port and edge id. For the fault suite (callcenter_dev.faults) any
+service can be SIGKILLed and restarted (`kill_service`, `restart_service`), replaced by a rolling
+update (`rolling_update`), run twice (`add_service`), and redis-server stopped and started again
+(`stop_redis`, `start_redis`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import redis
 from callcenter.contract.codec import decode
 from callcenter.store.keys import Keys
 from callcenter_dev.processes import ServiceProcess, create_api_key
-from callcenter_dev.servers import RedisServer, free_port, udp_port_bound
+from callcenter_dev.servers import RedisServer, free_port, stop_process, udp_port_bound
 from callcenter_dev.sipp import Sipp, wait_until
 
 
@@ -48,8 +51,8 @@ class WholeSystem:
     @classmethod
     def start(cls, workdir: Path, *, tenant: str = "e2e", edge_id: str = "edge-e2e",
               common_env: dict[str, str] | None = None, edge_env: dict[str, str] | None = None,
-              dispatcher_env: dict[str, str] | None = None) -> WholeSystem:
-        server = RedisServer().start()
+              dispatcher_env: dict[str, str] | None = None, redis_appendonly: bool = False) -> WholeSystem:
+        server = RedisServer(appendonly=redis_appendonly).start()
         db = f"sqlite:///{workdir / 'cc.sqlite3'}"
         api_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
         health = [free_port() for _ in range(3)]
@@ -131,6 +134,70 @@ class WholeSystem:
         self.services["sip-edge"] = ServiceProcess("sip-edge", self.edge_env, health_url=old.health_url,
                                                    logfile=old.logfile).start()
         return self.edge
+
+    # -- faults: any service, redis-server ----------------------------------------------------
+    def kill_service(self, name: str) -> None:
+        """SIGKILL one service (a key of `services`): no clean-up, no last acknowledgement."""
+        self.services[name].kill()
+
+    def restart_service(self, name: str) -> ServiceProcess:
+        """Start a service again with its environment, health port and log file (the sip-edge on its
+        port and id, as a container restart does)."""
+        if name == "sip-edge":
+            return self.restart_edge()
+        old = self.services[name]
+        old.stop()
+        self.services[name] = ServiceProcess(old.name, old.env, health_url=old.health_url,
+                                             logfile=old.logfile).start()
+        return self.services[name]
+
+    def _second(self, name: str, suffix: str) -> ServiceProcess:
+        """Another process of the service `name` with its own health port and consumer name (two
+        pods never share either); the api on its own port, the sip-edge on its own port and id."""
+        old = self.services[name]
+        health = free_port()
+        env = {**old.env, "CC_HEALTH_PORT": str(health), "CC_CONSUMER": f"{old.name}-{suffix}"}
+        url = f"http://127.0.0.1:{health}/healthz"
+        if old.name == "api":
+            env.pop("CC_HEALTH_PORT")
+            env["CC_API_PORT"] = str(health)
+        if old.name == "sip-edge":
+            env.pop("CC_CONSUMER")
+            env.update(CC_SIP_PORT=str(free_port(socket.SOCK_DGRAM)), CC_EDGE_ID=f"{self.edge_id}-{suffix}")
+        return ServiceProcess(old.name, env, health_url=url).start()
+
+    def add_service(self, name: str, key: str, suffix: str = "b") -> ServiceProcess:
+        """A second process of `name` running beside the first, kept as `services[key]`."""
+        self.services[key] = self._second(name, suffix)
+        return self.services[key]
+
+    def rolling_update(self, name: str, suffix: str) -> ServiceProcess:
+        """Replace a service as the docs say: start the new process (the sip-edge on a new address
+        with its own id, services/sip-edge/README.md), then SIGTERM the old one, which is returned
+        (wait for its exit with `.stop(timeout)`: an edge drains its calls first). The new one takes
+        the old one's place in `services`; after an api or sip-edge update `api` and
+        `caller_target` point at the new process."""
+        new = self._second(name, suffix)
+        old = self.services[name]
+        if new.name == "sip-edge":
+            self.edge_env, self.edge_id = new.env, new.env["CC_EDGE_ID"]
+            self.sip_port = int(new.env["CC_SIP_PORT"])
+        if new.name == "api":
+            self.api.close()
+            self.api = httpx.Client(base_url=f"http://127.0.0.1:{new.env['CC_API_PORT']}", timeout=10,
+                                    headers={"Authorization": f"Bearer {self.admin_key}"})
+        self.services[name] = new
+        if old.proc is not None and old.proc.poll() is None:
+            old.proc.terminate()
+        return old
+
+    def stop_redis(self) -> None:
+        """Stop redis-server with SIGTERM: it writes its AOF out (appendonly) and exits."""
+        stop_process(self.server.proc, timeout=30)
+
+    def start_redis(self) -> None:
+        """Start redis-server again on the same port and directory: it loads what it wrote."""
+        self.server.start()
 
     # -- reading state -----------------------------------------------------------------------
     @property
