@@ -1,22 +1,31 @@
-"""SIPp over TCP (`-t t1`) and TLS (`-t l1`) against the edge, and a throw-away CA for TLS.
+"""SIPp over TCP (`-t t1`) and TLS against the edge, and a throw-away CA for TLS.
 
 Reads: the SIPp scenarios in tests/sipp/. Writes: under the test's directory, the CA and the
 certificate (openssl CLI) and a copy of each scenario whose Contact headers carry
 `;transport=[transport]` (a UA reached over TCP or TLS says so in its Contact, RFC 3261 19.1.1;
 the UDP scenarios leave it out), SIPp's traces.
+
+TLS: Debian's SIPp 3.6.1 is built without OpenSSL (`-t l1` and `-tls_cert` refuse: "OpenSSL is
+required"). So a TLS peer here is SIPp over TCP behind a `TlsRelay` of its own: the relay ends
+the edge's TLS connections and opens TLS ones to the edge for SIPp's, and the scenario copy
+names the relay's TLS port in its Via, Contact and From (`;transport=tls`), so every message the
+edge sends that peer, in and out of dialog, travels over TLS.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
+import socket
+import ssl
 import subprocess
+import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from sip_harness import LOOPBACK, SCENARIOS, SIPP_HARD_LIMIT_S, SIPP_TIMEOUT_S, SippLauncher, SippProcess, free_udp_port
 
-SIPP_TRANSPORT = {"tcp": "t1", "tls": "l1"}
 _CONTACT = re.compile(r"^(\s*Contact:\s*<sip:[^>]*)>", re.MULTILINE)
 
 
@@ -46,12 +55,88 @@ def make_certificates(directory: Path) -> Certificates:
     return Certificates(ca=ca, cert=cert, key=key)
 
 
+class TlsRelay:
+    """TLS in front of one SIPp over TCP, on an asyncio loop in its own thread: TLS connections to
+    `tls_port` are piped to SIPp's TCP port; TCP connections from SIPp to `plain_port` are piped
+    to the edge's TLS port (the edge's certificate checked against the CA)."""
+
+    def __init__(self, certs: Certificates, sipp_port: int, edge_tls_port: int | None) -> None:
+        self.sipp_port, self.edge_tls_port = sipp_port, edge_tls_port
+        self.server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.server_tls.load_cert_chain(certs.cert, certs.key)
+        self.client_tls = ssl.create_default_context(cafile=str(certs.ca))
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, name="tls-relay", daemon=True)
+        self._thread.start()
+        self.tls_port = asyncio.run_coroutine_threadsafe(
+            self._listen(self._from_edge, self.server_tls), self.loop).result(5)
+        self.plain_port = asyncio.run_coroutine_threadsafe(self._listen(self._from_sipp, None), self.loop).result(5)
+
+    async def _listen(self, handler: object, tls: ssl.SSLContext | None) -> int:
+        server = await asyncio.start_server(handler, LOOPBACK, 0, ssl=tls)  # type: ignore[arg-type]
+        return int(server.sockets[0].getsockname()[1])
+
+    async def _from_edge(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._pipe_to(reader, writer, self.sipp_port, None)
+
+    async def _from_sipp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._pipe_to(reader, writer, self.edge_tls_port, self.client_tls)
+
+    @staticmethod
+    async def _pipe_to(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, port: int | None,
+                       tls: ssl.SSLContext | None) -> None:
+        if port is None:
+            writer.close()
+            return
+        up_reader, up_writer = await asyncio.open_connection(LOOPBACK, port, ssl=tls)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, ssl.SSLError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(2.0)
+
+
 @dataclass
 class StreamSipp(SippProcess):
     transport: str = "tcp"
+    relay: TlsRelay | None = field(default=None, repr=False)
+
+    @property
+    def sip_port(self) -> int:
+        """Where the edge reaches this peer: SIPp's own port, or its relay's TLS port."""
+        return self.relay.tls_port if self.relay is not None else self.port
 
     def uri(self, user: str, params: str = "") -> str:
-        return f"sip:{user}@{LOOPBACK}:{self.port};transport={self.transport}{params}"
+        return f"sip:{user}@{LOOPBACK}:{self.sip_port};transport={self.transport}{params}"
+
+    def stop(self) -> None:
+        super().stop()
+        if self.relay is not None:
+            self.relay.close()
+
+
+def free_stream_port() -> int:
+    """A port free for UDP and TCP on 127.0.0.1 now (SIPp over TCP binds both)."""
+    for _ in range(50):
+        port = free_udp_port()
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            try:
+                probe.bind((LOOPBACK, port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port")
 
 
 def tcp_listening(port: int) -> bool:
@@ -74,20 +159,25 @@ def start_stream_sipp(launcher: SippLauncher, scenario: str, transport: str, cer
     listens on a free port (returned once it does). `sdp_padding`: that many bytes of extra SDP
     attributes after `a=sendrecv` (a large offer)."""
     name = name or scenario
-    port = free_udp_port()   # its TCP twin is free too as a rule; SIPp fails at once otherwise
+    port = free_stream_port()
     workdir = launcher.tmp_path / f"sipp-{name}"
     workdir.mkdir(parents=True, exist_ok=True)
     text = (SCENARIOS / f"{scenario}.xml").read_text()
     if sdp_padding:
         padding = "".join(f"      a=x-padding-{i}:{'p' * 40}\n" for i in range(sdp_padding // 60 + 1))
         text = text.replace("      a=sendrecv\n", "      a=sendrecv\n" + padding, 1)
+    relay = None
+    if transport == "tls":
+        assert certs is not None
+        relay = TlsRelay(certs, port, remote_port)
+        text = _CONTACT.sub(r"\1;transport=tls>", text.replace("[local_port]", str(relay.tls_port)))
+        remote_port = relay.plain_port if remote_port is not None else None
+    else:
+        text = _CONTACT.sub(r"\1;transport=[transport]>", text)
     scenario_file = workdir / f"{scenario}.xml"
-    scenario_file.write_text(_CONTACT.sub(r"\1;transport=[transport]>", text))
-    cmd = ["timeout", "-k", "5", str(SIPP_HARD_LIMIT_S), "sipp", "-sf", str(scenario_file), "-t",
-           SIPP_TRANSPORT[transport], "-i", LOOPBACK, "-p", str(port), "-m", "1", "-timeout", f"{SIPP_TIMEOUT_S}s",
+    scenario_file.write_text(text)
+    cmd = ["timeout", "-k", "5", str(SIPP_HARD_LIMIT_S), "sipp", "-sf", str(scenario_file), "-t", "t1", "-i", LOOPBACK, "-p", str(port), "-m", "1", "-timeout", f"{SIPP_TIMEOUT_S}s",
            "-timeout_error", "-nostdin", "-trace_err", "-trace_msg", "-recv_timeout", "15000"]
-    if certs is not None and transport == "tls":
-        cmd += ["-tls_cert", str(certs.cert), "-tls_key", str(certs.key)]
     if service is not None:
         cmd += ["-s", service]
     if pause_ms is not None:
@@ -95,7 +185,7 @@ def start_stream_sipp(launcher: SippLauncher, scenario: str, transport: str, cer
     if remote_port is not None:
         cmd.append(f"{LOOPBACK}:{remote_port}")
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    sipp = StreamSipp(name=name, port=port, workdir=workdir, proc=proc, transport=transport)
+    sipp = StreamSipp(name=name, port=port, workdir=workdir, proc=proc, transport=transport, relay=relay)
     launcher.started.append(sipp)
     if remote_port is None:
         deadline = time.monotonic() + 5
