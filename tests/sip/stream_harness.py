@@ -176,7 +176,8 @@ def start_stream_sipp(launcher: SippLauncher, scenario: str, transport: str, cer
         text = _CONTACT.sub(r"\1;transport=[transport]>", text)
     scenario_file = workdir / f"{scenario}.xml"
     scenario_file.write_text(text)
-    cmd = ["timeout", "-k", "5", str(SIPP_HARD_LIMIT_S), "sipp", "-sf", str(scenario_file), "-t", "t1", "-i", LOOPBACK, "-p", str(port), "-m", "1", "-timeout", f"{SIPP_TIMEOUT_S}s",
+    cmd = ["timeout", "-k", "5", str(SIPP_HARD_LIMIT_S), "sipp", "-sf", str(scenario_file), "-t", "t1",
+           "-i", LOOPBACK, "-p", str(port), "-m", "1", "-timeout", f"{SIPP_TIMEOUT_S}s",
            "-timeout_error", "-nostdin", "-trace_err", "-trace_msg", "-recv_timeout", "15000"]
     if service is not None:
         cmd += ["-s", service]

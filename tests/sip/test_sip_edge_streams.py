@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
@@ -70,7 +69,8 @@ async def test_first_call_path_over_stream_transport(stream_edge: EdgeUnderTest,
     queue = _peer(sipp, transport, certs, "media_queue_late_uas", "queue")
     agent = _peer(sipp, transport, certs, "agent_late_uas", "agent")
     dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, welcome.uri("welcome"), "welcome"))
-    dispatcher.on("media_ended", lambda f: stack.media(f.call_id, queue.uri("queue", ";cc_pos=0"), "queue"), purpose="welcome")
+    dispatcher.on("media_ended", lambda f: stack.media(f.call_id, queue.uri("queue", ";cc_pos=0"), "queue"),
+                  purpose="welcome")
     dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "offer-1", "agent-7", agent.uri("agent"), 10.0),
                   purpose="queue")
     caller = _caller(sipp, stream_edge, transport, certs, "caller_reinvited_2_bye")

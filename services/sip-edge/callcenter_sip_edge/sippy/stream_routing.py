@@ -28,7 +28,7 @@ def with_stream_routing(tm_class: type, *, max_stream_message_bytes: int,
     from sippy.SipTransactionManager import SipTransaction, SipTransactionManager
     from sippy.Time.MonoTime import MonoTime
 
-    class StreamRoutingTransactionManager(tm_class):  # type: ignore[misc, valid-type]
+    class StreamRoutingTransactionManager(tm_class):  # type: ignore[misc]
         stream_servers: dict[str, Any] = {}
         _sizing: Any = None   # the new UDP client transaction whose first send is being made
 

@@ -62,6 +62,17 @@ class StreamOptions:
     message_timeout_s: float = 10.0      # a message, once its first byte came, must be complete by then
     handshake_timeout_s: float = 5.0
 
+    @classmethod
+    def from_settings(cls, settings: Any) -> StreamOptions:
+        """From the edge's settings (`callcenter.settings.EdgeSettings`, CC_SIP_TCP_PORT, ...)."""
+        s = settings
+        return cls(tcp_port=s.sip_tcp_port, tls_port=s.sip_tls_port, tls_certfile=s.sip_tls_certfile,
+                   tls_keyfile=s.sip_tls_keyfile, tls_cafile=s.sip_tls_cafile, tls_verify_peer=s.sip_tls_verify_peer,
+                   max_message_bytes=s.sip_stream_max_message_bytes,
+                   max_connections_per_source=s.sip_stream_max_connections_per_source,
+                   idle_timeout_s=s.sip_stream_idle_timeout_s, message_timeout_s=s.sip_stream_message_timeout_s,
+                   handshake_timeout_s=s.sip_tls_handshake_timeout_s)
+
     @property
     def enabled(self) -> bool:
         return self.tcp_port is not None or self.tls_port is not None
@@ -80,7 +91,7 @@ class _Opts:
         self.pdelay_out_max = 0.0
 
     @staticmethod
-    def isWildCard() -> bool:  # noqa: N802 - sippy's name
+    def isWildCard() -> bool:
         return False
 
 
@@ -92,9 +103,10 @@ class StreamServer:
         self.transport = transport
         self.streams = streams
         self.uopts = _Opts(sip_address)
-        self.listener: asyncio.base_events.Server | None = None
+        self.sock: socket.socket | None = None                  # bound and listening
+        self.listener: asyncio.base_events.Server | None = None  # serving it, on the loop
 
-    def getSIPaddr(self) -> Any:  # noqa: N802 - sippy's name
+    def getSIPaddr(self) -> Any:
         return (self.uopts.laddress, self.transport)
 
     def addr2str(self, address: Any) -> str:
@@ -129,7 +141,7 @@ class Connection:
     def transport(self) -> str:
         return self.transport_name
 
-    def getSIPaddr(self) -> Any:  # noqa: N802 - sippy's name
+    def getSIPaddr(self) -> Any:
         return self.server.getSIPaddr()
 
     def addr2str(self, address: Any) -> str:
@@ -293,19 +305,18 @@ class StreamTransports:
                 self._close_listeners()
                 raise
             server = StreamServer(name, self, (self.advertised_host, sock.getsockname()[1]))
-            server.listener = sock  # type: ignore[assignment]
+            server.sock = sock
             self.servers[name] = server
         for server in self.servers.values():
-            sock = server.listener
             server.listener = self.loop.run_until_complete(self.loop.create_server(
-                lambda s=server: _AcceptedProtocol(self._accepted(s)), sock=sock))  # type: ignore[misc]
+                lambda s=server: _AcceptedProtocol(self._accepted(s)), sock=server.sock))  # type: ignore[misc, arg-type]
         self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
         self._thread.start()
 
     def _close_listeners(self) -> None:
         for server in self.servers.values():
-            if isinstance(server.listener, socket.socket):
-                server.listener.close()
+            if server.listener is None and server.sock is not None:
+                server.sock.close()
 
     def port(self, transport: str) -> int:
         return int(self.servers[transport].uopts.laddress[1])
@@ -320,7 +331,7 @@ class StreamTransports:
 
         def stop() -> None:
             for server in self.servers.values():
-                if server.listener is not None and not isinstance(server.listener, socket.socket):
+                if server.listener is not None:
                     server.listener.close()
             for conn in list(self.live):
                 conn.close()
@@ -413,7 +424,7 @@ class StreamTransports:
                 lambda: _Protocol(conn), host, port, ssl=tls, server_hostname=host if tls else None,
                 ssl_handshake_timeout=self.options.handshake_timeout_s if tls else None),
                 self.options.handshake_timeout_s + 5.0)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError) as exc:
             self.log.emit("warning", "sip.stream_connect_failed", type(exc).__name__, transport=conn.transport_name,
                           destination=f"{host}:{port}", error=str(exc))
             conn.pending.clear()
@@ -461,7 +472,7 @@ class _AcceptedProtocol(_Protocol):
                 transport, self, streams.server_tls,  # type: ignore[arg-type]
                 server_side=True, ssl_handshake_timeout=streams.options.handshake_timeout_s),
                 streams.options.handshake_timeout_s + 1.0)
-        except (OSError, asyncio.TimeoutError, ssl.SSLError, ConnectionError) as exc:
+        except (TimeoutError, OSError, ssl.SSLError, ConnectionError) as exc:
             cause = "handshake_timeout" if isinstance(exc, asyncio.TimeoutError | TimeoutError) else "handshake_failed"
             streams.log.emit("warning", "sip.stream_closed", cause, transport="tls",
                              source=f"{conn.peer[0]}:{conn.peer[1]}", reason=cause, error=str(exc))
