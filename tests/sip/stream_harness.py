@@ -126,6 +126,19 @@ class StreamSipp(SippProcess):
             self.relay.close()
 
 
+def stream_scenario(scenario: str, relay: TlsRelay | None, sdp_padding: int = 0) -> str:
+    """tests/sipp/<scenario>.xml for a peer over TCP (Contact with `;transport=[transport]`), or over
+    TLS behind `relay` (its TLS port in place of SIPp's, `;transport=tls`); with `sdp_padding` bytes
+    of extra SDP attributes after `a=sendrecv`."""
+    text = (SCENARIOS / f"{scenario}.xml").read_text()
+    if sdp_padding:
+        padding = "".join(f"      a=x-padding-{i}:{'p' * 40}\n" for i in range(sdp_padding // 60 + 1))
+        text = text.replace("      a=sendrecv\n", "      a=sendrecv\n" + padding, 1)
+    if relay is None:
+        return _CONTACT.sub(r"\1;transport=[transport]>", text)
+    return _CONTACT.sub(r"\1;transport=tls>", text.replace("[local_port]", str(relay.tls_port)))
+
+
 def free_stream_port() -> int:
     """A port free for UDP and TCP on 127.0.0.1 now (SIPp over TCP binds both)."""
     for _ in range(50):
@@ -162,18 +175,10 @@ def start_stream_sipp(launcher: SippLauncher, scenario: str, transport: str, cer
     port = free_stream_port()
     workdir = launcher.tmp_path / f"sipp-{name}"
     workdir.mkdir(parents=True, exist_ok=True)
-    text = (SCENARIOS / f"{scenario}.xml").read_text()
-    if sdp_padding:
-        padding = "".join(f"      a=x-padding-{i}:{'p' * 40}\n" for i in range(sdp_padding // 60 + 1))
-        text = text.replace("      a=sendrecv\n", "      a=sendrecv\n" + padding, 1)
-    relay = None
-    if transport == "tls":
-        assert certs is not None
-        relay = TlsRelay(certs, port, remote_port)
-        text = _CONTACT.sub(r"\1;transport=tls>", text.replace("[local_port]", str(relay.tls_port)))
-        remote_port = relay.plain_port if remote_port is not None else None
-    else:
-        text = _CONTACT.sub(r"\1;transport=[transport]>", text)
+    relay = TlsRelay(certs, port, remote_port) if transport == "tls" and certs is not None else None
+    if relay is not None and remote_port is not None:
+        remote_port = relay.plain_port
+    text = stream_scenario(scenario, relay, sdp_padding)
     scenario_file = workdir / f"{scenario}.xml"
     scenario_file.write_text(text)
     cmd = ["timeout", "-k", "5", str(SIPP_HARD_LIMIT_S), "sipp", "-sf", str(scenario_file), "-t", "t1",
