@@ -116,9 +116,9 @@ def run_one(transport: str, calls: int, rate: float, certs: Certificates, workdi
         cpu_before = cpu_seconds(edge.pid)
         started = time.monotonic()
         remote = caller_relay.plain_port if caller_relay is not None else edge_port
+        caller_cmd = sipp_cmd(workdir / f"{transport}-caller.xml", transport, caller_port, calls, rate, remote)
         caller = subprocess.run(
-            sipp_cmd(workdir / f"{transport}-caller.xml", transport, caller_port, calls, rate, remote)
-            + ["-trace_stat", "-stf", str(workdir / f"{transport}-stat.csv")],
+            [*caller_cmd, "-trace_stat", "-stf", str(workdir / f"{transport}-stat.csv")],
             cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=calls / rate + 120)
         elapsed = time.monotonic() - started
         cpu = cpu_seconds(edge.pid) - cpu_before
