@@ -1,10 +1,13 @@
 """A real softphone against the edge: `baresip` (Debian) as an agent at a fixed address that
 answers by itself, over UDP and over TCP, and as a caller into a flow (UDP and TCP).
 
-baresip runs headless: no audio device (`aubridge` as its source and player: `ausine` fails an 8 kHz call, "supports only 48kHz samplerate", and the call never answers), no
-registration (`regint=0`), bound to 127.0.0.1 (`net_interface 127.0.0.1`; without it baresip puts
-the host's first interface in its Contact and SDP), auto-answer (`answermode=auto`), SIP trace on
-(-s) so the test can see what it got.
+baresip runs headless with this configuration (each line a finding):
+- no audio device: `aubridge` as its source and player. `ausine` as the source fails an 8 kHz call
+  ("ausine: supports only 48kHz samplerate") and the phone answers nothing;
+- `net_interface 127.0.0.1`: without it baresip puts the host's first interface in its Contact and
+  SDP; `net_interface lo` fails in 1.0.0 ("could not get IPv4 address");
+- no registration (`regint=0`), auto-answer (`answermode=auto`), SIP trace on (-s) so the test can
+  see what it got; `-t` quits (hanging up with BYE) after that many seconds.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from callcenter_dev.servers import stop_process
 from callcenter_sip_edge.sip_stack import SipStack
 from callcenter_sip_edge.sippy.streams import StreamOptions
 
-pytestmark = pytest.mark.skipif(shutil.which("baresip") is None, reason="baresip is not installed (apt-get install baresip)")
+pytestmark = pytest.mark.skipif(shutil.which("baresip") is None,
+                                reason="baresip is not installed (apt-get install baresip)")
 
 BARESIP_CONFIG = """\
 sip_listen {host}:{port}
