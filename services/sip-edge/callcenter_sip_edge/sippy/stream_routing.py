@@ -45,10 +45,16 @@ def with_stream_routing(tm_class: type, *, max_stream_message_bytes: int,
                     t.cc_msg = msg
                     self._sizing = t
             try:
-                return super().newTransaction(msg, resp_cb, laddress, userv, cb_ifver, compact, t)
+                t = super().newTransaction(msg, resp_cb, laddress, userv, cb_ifver, compact, t)
             finally:
                 if self._sizing is not None:
                     self._sizing.cc_msg = self._sizing = None
+            if getattr(t.userv, "reliable", False) and t.teA is not None:
+                # a request over TCP/TLS is not retransmitted (RFC 3261 17.1.1.2, 17.1.2.2: timers A
+                # and E are for unreliable transports); timer B/F still ends an unanswered one
+                t.teA.cancel()
+                t.teA = None
+            return t
 
         def transmitData(self, userv: Any, data: Any, address: Any, cachesum: Any = None,
                          lossemul: int = 0) -> None:

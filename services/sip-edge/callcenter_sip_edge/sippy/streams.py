@@ -37,6 +37,8 @@ from callcenter_sip_edge.log_limits import RateLimitedLog
 STREAM_TRANSPORTS = ("tcp", "tls")
 SWEEP_INTERVAL_S = 0.5
 MAX_START_LINE_BYTES = 2048
+# what may wait unsent for one connection before it is closed (its peer does not read)
+WRITE_BACKLOG_BYTES = 1024 * 1024
 _CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*$", re.IGNORECASE | re.MULTILINE)
 _START_LINE = re.compile(rb"^(?:SIP/2\.0 \d{3} |[A-Za-z]+ \S+ SIP/2\.0$)")
 _VIA_SENT_BY = re.compile(rb"^(?:via|v)[ \t]*:[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*\w+[ \t]+([^;,\s]+)",
@@ -99,6 +101,8 @@ class StreamServer:
     """One stream transport (tcp or tls) as sippy sees it. Methods are called on the reactor thread;
     the connections live on the streams' loop."""
 
+    reliable = True   # no retransmission of requests (stream_routing)
+
     def __init__(self, transport: str, streams: StreamTransports, sip_address: tuple[str, int]) -> None:
         self.transport = transport
         self.streams = streams
@@ -118,6 +122,8 @@ class StreamServer:
 
 class Connection:
     """One TCP or TLS connection (accepted or opened by us), and the asyncio protocol reading it."""
+
+    reliable = True
 
     def __init__(self, server: StreamServer, *, outgoing: bool) -> None:
         self.server = server
@@ -157,6 +163,8 @@ class Connection:
             return
         self.last_activity = time.monotonic()
         self.writer.write(data)
+        if self.writer.get_write_buffer_size() > WRITE_BACKLOG_BYTES:
+            self.fail("write_backlog")   # a peer that does not read what we send it
 
     def up(self) -> None:
         self.ready = True
