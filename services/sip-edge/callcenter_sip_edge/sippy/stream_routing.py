@@ -24,6 +24,7 @@ def with_stream_routing(tm_class: type, *, max_stream_message_bytes: int,
     """`tm_class` (a SipTransactionManager) that sends over TCP or TLS where the target asks for it,
     switches a request over 1,300 bytes to a UDP target to TCP, and takes in stream messages
     (`handle_stream_message`). Its `stream_servers` (transport -> server) are set after start."""
+    from sippy.Core.Exceptions import dump_exception
     from sippy.Network_server import Remote_address
     from sippy.SipTransactionManager import SipTransaction, SipTransactionManager
     from sippy.Time.MonoTime import MonoTime
@@ -74,7 +75,12 @@ def with_stream_routing(tm_class: type, *, max_stream_message_bytes: int,
             ra = Remote_address((host, peer[1]), conn.transport)
             verdict = screen_datagram(data, max_stream_message_bytes)
             if verdict.drop_reason is None:
-                SipTransactionManager.handleIncoming(self, data, ra, conn, MonoTime())
+                try:
+                    SipTransactionManager.handleIncoming(self, data, ra, conn, MonoTime())
+                except Exception:
+                    # as sippy's own servers do (Network_server.handle_read): the message is lost,
+                    # the reactor and the other messages of the batch go on
+                    dump_exception(f"unhandled exception on a message from {ra}")
                 return
             on_screened(verdict.drop_reason, f"{peer[0]}:{peer[1]}", None if verdict.reply is None else 400)
             if verdict.reply is not None:

@@ -28,6 +28,7 @@ import socket
 import ssl
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -267,11 +268,22 @@ class StreamTransports:
     """The TCP and TLS listeners and connections of one stack, on an asyncio loop in its own thread."""
 
     def __init__(self, options: StreamOptions, *, host: str, advertised_host: str | None,
-                 deliver: Callable[[bytes, Any, Any], None], call_on_reactor: Callable[..., None]) -> None:
+                 deliver: Callable[[bytes, Any, Any], None], call_on_reactor: Callable[..., None],
+                 after_batch: Callable[[], None] = lambda: None) -> None:
+        """`deliver(message, peer, connection)` runs on the reactor (`call_on_reactor`), in batches,
+        each followed by `after_batch()` (the reactor's due timers)."""
         self.options = options
         self.host = host
         self.advertised_host = advertised_host or host
         self._deliver = deliver
+        self._after_batch = after_batch
+        # both directions are batched: one wake-up of the other thread for whatever piled up, not
+        # one per message (each is a system call and a fight for the GIL). A flag is cleared by
+        # the consumer before it empties its queue, so an item put meanwhile is taken or wakes it again.
+        self._inbox: deque[tuple[bytes, tuple[str, int], Connection]] = deque()
+        self._inbox_waking = False
+        self._outbox: deque[tuple[Callable[..., None], tuple[Any, ...]]] = deque()
+        self._outbox_waking = False
         self._call_on_reactor = call_on_reactor
         self.log = RateLimitedLog()
         self.loop = asyncio.new_event_loop()
@@ -352,15 +364,38 @@ class StreamTransports:
 
     # -- thread hand-over -----------------------------------------------------------------
     def call(self, fn: Callable[..., None], *args: Any) -> None:
-        """Reactor thread -> loop thread."""
-        try:
-            self.loop.call_soon_threadsafe(fn, *args)
-        except RuntimeError:   # the loop is closed: the stack is shutting down
-            pass
+        """Reactor thread -> loop thread: `fn(*args)` there, in order."""
+        self._outbox.append((fn, args))
+        if not self._outbox_waking:
+            self._outbox_waking = True
+            try:
+                self.loop.call_soon_threadsafe(self._run_outbox)
+            except RuntimeError:   # the loop is closed: the stack is shutting down
+                self._outbox.clear()
+
+    def _run_outbox(self) -> None:
+        self._outbox_waking = False
+        outbox = self._outbox
+        while outbox:
+            fn, args = outbox.popleft()
+            fn(*args)
 
     def deliver(self, message: bytes, conn: Connection) -> None:
         """Loop thread -> reactor: one framed message, with the connection it came on."""
-        self._call_on_reactor(self._deliver, message, conn.peer, conn)
+        self._inbox.append((message, conn.peer, conn))
+        if not self._inbox_waking:
+            self._inbox_waking = True
+            self._call_on_reactor(self._run_inbox)
+
+    def _run_inbox(self) -> None:
+        """Reactor thread: the messages that arrived, then the reactor's due timers."""
+        self._inbox_waking = False
+        inbox, deliver = self._inbox, self._deliver
+        try:
+            while inbox:
+                deliver(*inbox.popleft())
+        finally:
+            self._after_batch()
 
     # -- connections (loop thread) -----------------------------------------------------------
     def _accepted(self, server: StreamServer) -> Connection:

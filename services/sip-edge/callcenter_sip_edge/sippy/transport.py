@@ -81,7 +81,8 @@ def make_sip_config(*, host: str, port: int, user_agent: str, advertised_host: s
                                    on_screened=on_screened)
     tm = sip_config["_sip_tm"] = tm_class(sip_config, on_request)
     transports = StreamTransports(streams, host=host, advertised_host=advertised_host,
-                                  deliver=tm.handle_stream_message, call_on_reactor=ED2.callFromThread)
+                                  deliver=tm.handle_stream_message, call_on_reactor=ED2.callFromThread,
+                                  after_batch=run_due_timers)
     try:
         transports.start()
     except BaseException:
