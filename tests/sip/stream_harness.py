@@ -21,10 +21,25 @@ import ssl
 import subprocess
 import threading
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sip_harness import LOOPBACK, SCENARIOS, SIPP_HARD_LIMIT_S, SIPP_TIMEOUT_S, SippLauncher, SippProcess, free_udp_port
+from sip_harness import (
+    LOOPBACK,
+    SCENARIOS,
+    SIPP_HARD_LIMIT_S,
+    SIPP_TIMEOUT_S,
+    EdgeUnderTest,
+    ScriptedDispatcher,
+    SippLauncher,
+    SippProcess,
+    free_udp_port,
+)
+
+from callcenter_sip_edge.sip_stack import SipStack
+from callcenter_sip_edge.sippy.streams import StreamOptions
 
 _CONTACT = re.compile(r"^(\s*Contact:\s*<sip:[^>]*)>", re.MULTILINE)
 
@@ -132,6 +147,30 @@ class StreamSipp(SippProcess):
         super().stop()
         if self.relay is not None:
             self.relay.close()
+
+
+def stream_options(certs: Certificates | None, **limits: float) -> StreamOptions:
+    """TCP on a free port; with `certs`, TLS too (the certificate for 127.0.0.1, peers checked
+    against the CA)."""
+    if certs is None:
+        return StreamOptions(tcp_port=0, **limits)  # type: ignore[arg-type]
+    return StreamOptions(tcp_port=0, tls_port=0, tls_certfile=str(certs.cert), tls_keyfile=str(certs.key),
+                         tls_cafile=str(certs.ca), **limits)  # type: ignore[arg-type]
+
+
+@asynccontextmanager
+async def running_edge(options: StreamOptions) -> AsyncIterator[EdgeUnderTest]:
+    """A SipStack on a free loopback port with `options`' transports (`stack.stream_ports` says
+    where), its facts to a ScriptedDispatcher; stopped at the end."""
+    dispatcher = ScriptedDispatcher()
+    stack = SipStack(host=LOOPBACK, port=0, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop(),
+                     streams=options)
+    stack.start()
+    assert stack.bound_address is not None
+    try:
+        yield EdgeUnderTest(stack=stack, dispatcher=dispatcher, port=stack.bound_address[1])
+    finally:
+        stack.stop()
 
 
 def stream_scenario(scenario: str, relay: TlsRelay | None, sdp_padding: int = 0) -> str:

@@ -20,12 +20,10 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, expect_success
-from stream_harness import free_stream_port, start_stream_sipp, tcp_listening
+from sip_harness import LOOPBACK, EdgeUnderTest, SippLauncher, expect_success
+from stream_harness import free_stream_port, running_edge, start_stream_sipp, stream_options, tcp_listening
 
 from callcenter_dev.servers import stop_process
-from callcenter_sip_edge.sip_stack import SipStack
-from callcenter_sip_edge.sippy.streams import StreamOptions
 
 pytestmark = pytest.mark.skipif(shutil.which("baresip") is None,
                                 reason="baresip is not installed (apt-get install baresip)")
@@ -84,15 +82,8 @@ def baresips(tmp_path: Path) -> Iterator[list[Baresip]]:
 
 @pytest_asyncio.fixture
 async def edge() -> AsyncIterator[EdgeUnderTest]:
-    dispatcher = ScriptedDispatcher()
-    stack = SipStack(host=LOOPBACK, port=0, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop(),
-                     streams=StreamOptions(tcp_port=0))
-    stack.start()
-    assert stack.bound_address is not None
-    try:
-        yield EdgeUnderTest(stack=stack, dispatcher=dispatcher, port=stack.bound_address[1])
-    finally:
-        stack.stop()
+    async with running_edge(stream_options(None)) as edge:
+        yield edge
 
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])

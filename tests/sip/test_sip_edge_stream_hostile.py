@@ -14,12 +14,9 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 import pytest_asyncio
-from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, expect_success
-from stream_harness import Certificates, make_certificates, start_stream_sipp
+from sip_harness import LOOPBACK, EdgeUnderTest, SippLauncher, expect_success
+from stream_harness import Certificates, make_certificates, running_edge, start_stream_sipp, stream_options
 from structlog.testing import capture_logs
-
-from callcenter_sip_edge.sip_stack import SipStack
-from callcenter_sip_edge.sippy.streams import StreamOptions
 
 LIMITS = {"message_timeout_s": 1.0, "handshake_timeout_s": 1.0, "idle_timeout_s": 30.0,
           "max_message_bytes": 4096, "max_connections_per_source": 6}
@@ -40,17 +37,8 @@ def logs() -> Iterator[list[dict[str, object]]]:
 
 @pytest_asyncio.fixture
 async def edge(certs: Certificates, logs: list[dict[str, object]]) -> AsyncIterator[EdgeUnderTest]:
-    dispatcher = ScriptedDispatcher()
-    options = StreamOptions(tcp_port=0, tls_port=0, tls_certfile=str(certs.cert), tls_keyfile=str(certs.key),
-                            tls_cafile=str(certs.ca), **LIMITS)  # type: ignore[arg-type]
-    stack = SipStack(host=LOOPBACK, port=0, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop(),
-                     streams=options)
-    stack.start()
-    assert stack.bound_address is not None
-    try:
-        yield EdgeUnderTest(stack=stack, dispatcher=dispatcher, port=stack.bound_address[1])
-    finally:
-        stack.stop()
+    async with running_edge(stream_options(certs, **LIMITS)) as edge:
+        yield edge
 
 
 def _connect(port: int, certs: Certificates | None = None) -> socket.socket:

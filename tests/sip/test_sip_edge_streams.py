@@ -5,16 +5,19 @@ request over 1,300 bytes to a UDP target goes by TCP (RFC 3261 18.1.1).
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
 import pytest_asyncio
-from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, edge_sent_problems, expect_success
-from stream_harness import Certificates, StreamSipp, make_certificates, start_stream_sipp
-
-from callcenter_sip_edge.sip_stack import SipStack
-from callcenter_sip_edge.sippy.streams import StreamOptions
+from sip_harness import LOOPBACK, EdgeUnderTest, SippLauncher, edge_sent_problems, expect_success
+from stream_harness import (
+    Certificates,
+    StreamSipp,
+    make_certificates,
+    running_edge,
+    start_stream_sipp,
+    stream_options,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,24 +25,11 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
     return make_certificates(tmp_path_factory.mktemp("tls"))
 
 
-def stream_options(certs: Certificates, **limits: float) -> StreamOptions:
-    """TCP and TLS on free ports, the edge's certificate for 127.0.0.1, peers checked against the CA."""
-    return StreamOptions(tcp_port=0, tls_port=0, tls_certfile=str(certs.cert), tls_keyfile=str(certs.key),
-                         tls_cafile=str(certs.ca), **limits)  # type: ignore[arg-type]
-
-
 @pytest_asyncio.fixture
 async def stream_edge(certs: Certificates) -> AsyncIterator[EdgeUnderTest]:
     """A SipStack on a free loopback port with TCP and TLS; `stream_ports` says where."""
-    dispatcher = ScriptedDispatcher()
-    stack = SipStack(host=LOOPBACK, port=0, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop(),
-                     streams=stream_options(certs))
-    stack.start()
-    assert stack.bound_address is not None
-    try:
-        yield EdgeUnderTest(stack=stack, dispatcher=dispatcher, port=stack.bound_address[1])
-    finally:
-        stack.stop()
+    async with running_edge(stream_options(certs)) as edge:
+        yield edge
 
 
 def _peer(sipp: SippLauncher, transport: str, certs: Certificates, scenario: str, name: str) -> StreamSipp:
