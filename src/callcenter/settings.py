@@ -138,6 +138,9 @@ class EdgeSettings(CommonSettings):
     # a message once started must be complete within this (slowloris), a TLS handshake within the next
     sip_stream_message_timeout_s: float = Field(default=10.0, gt=0)
     sip_tls_handshake_timeout_s: float = Field(default=5.0, gt=0)
+    # with TCP on, a request over 1,300 bytes to a UDP target goes by TCP (RFC 3261 18.1.1); false
+    # for UDP-only peers (media servers) that get large INVITEs
+    sip_large_udp_by_tcp: bool = True
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
     # the lease on the edge id lives this long unless a heartbeat renews it: set it to the
     # dispatchers' CC_EDGE_LAPSE_MS (a restart after a crash waits at most this long for the id)

@@ -117,3 +117,18 @@ async def test_large_invite_to_udp_target_goes_by_tcp(stream_edge: EdgeUnderTest
     assert stack.active_calls() == 0
 
 
+
+
+async def test_large_invite_stays_on_udp_when_the_switch_is_off(sipp: SippLauncher, certs: Certificates) -> None:
+    """CC_SIP_LARGE_UDP_BY_TCP=false: a UDP-only peer gets its large INVITE over UDP."""
+    async with running_edge(stream_options(None, large_udp_by_tcp=False)) as edge:
+        stack, dispatcher = edge.stack, edge.dispatcher
+        agent = sipp.start("agent_early_uas", name="agent")
+        dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
+        caller = _caller(sipp, edge, "tcp", certs, "caller_answered_bye", sdp_padding=1400)
+
+        await expect_success(caller, agent)
+        await dispatcher.wait_for("call_ended")
+        invite = next(m for m in agent.messages() if not m.sent and m.is_request("INVITE"))
+        assert invite.size > 1300
+        assert "SIP/2.0/UDP " in invite.text

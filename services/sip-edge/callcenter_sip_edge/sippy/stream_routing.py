@@ -19,7 +19,7 @@ from callcenter_sip_edge.screening import screen_datagram
 UDP_SIZE_LIMIT_BYTES = 1300
 
 
-def with_stream_routing(tm_class: type, *, max_stream_message_bytes: int,
+def with_stream_routing(tm_class: type, *, max_stream_message_bytes: int, large_udp_by_tcp: bool,
                         on_screened: Callable[[str, str, int | None], None]) -> type:
     """`tm_class` (a SipTransactionManager) that sends over TCP or TLS where the target asks for it,
     switches a request over 1,300 bytes to a UDP target to TCP, and takes in stream messages
@@ -39,7 +39,7 @@ def with_stream_routing(tm_class: type, *, max_stream_message_bytes: int,
                 transport = str(msg.getTarget()[1]).lower()
                 if transport in self.stream_servers:
                     userv = self.stream_servers[transport]
-                elif transport == "udp" and "tcp" in self.stream_servers:
+                elif transport == "udp" and large_udp_by_tcp and "tcp" in self.stream_servers:
                     # look at the size once it is rendered, in transmitData (no second render
                     # for the messages that fit)
                     t = t if t is not None else SipTransaction()

@@ -40,10 +40,7 @@ from callcenter_sip_edge.sippy.stream_connection import (
     bare_host,
 )
 
-STREAM_TRANSPORTS = ("tcp", "tls")
 SWEEP_INTERVAL_S = 0.5
-
-Deliver = Callable[[bytes, Any, Any], None]   # (message, Remote_address, connection), on the reactor
 
 
 @dataclass(frozen=True)
@@ -62,6 +59,9 @@ class StreamOptions:
     idle_timeout_s: float = 300.0
     message_timeout_s: float = 10.0      # a message, once its first byte came, must be complete by then
     handshake_timeout_s: float = 5.0
+    # a request over 1,300 bytes to a UDP target goes by TCP (RFC 3261 18.1.1); off for UDP-only
+    # peers that get large requests (there is no fall-back to UDP when TCP cannot connect)
+    large_udp_by_tcp: bool = True
 
     @classmethod
     def from_settings(cls, settings: Any) -> StreamOptions:
@@ -72,7 +72,7 @@ class StreamOptions:
                    max_message_bytes=s.sip_stream_max_message_bytes,
                    max_connections_per_source=s.sip_stream_max_connections_per_source,
                    idle_timeout_s=s.sip_stream_idle_timeout_s, message_timeout_s=s.sip_stream_message_timeout_s,
-                   handshake_timeout_s=s.sip_tls_handshake_timeout_s)
+                   handshake_timeout_s=s.sip_tls_handshake_timeout_s, large_udp_by_tcp=s.sip_large_udp_by_tcp)
 
     @property
     def enabled(self) -> bool:

@@ -78,7 +78,7 @@ def make_sip_config(*, host: str, port: int, user_agent: str, advertised_host: s
         sip_config["_sip_tm"] = tm_class(sip_config, on_request)
         return sip_config
     tm_class = with_stream_routing(tm_class, max_stream_message_bytes=streams.max_message_bytes,
-                                   on_screened=on_screened)
+                                   large_udp_by_tcp=streams.large_udp_by_tcp, on_screened=on_screened)
     tm = sip_config["_sip_tm"] = tm_class(sip_config, on_request)
     transports = StreamTransports(streams, host=host, advertised_host=advertised_host,
                                   deliver=tm.handle_stream_message, call_on_reactor=ED2.callFromThread,
