@@ -132,3 +132,19 @@ async def test_large_invite_stays_on_udp_when_the_switch_is_off(sipp: SippLaunch
         invite = next(m for m in agent.messages() if not m.sent and m.is_request("INVITE"))
         assert invite.size > 1300
         assert "SIP/2.0/UDP " in invite.text
+
+
+async def test_sips_uri_is_reached_over_tls(stream_edge: EdgeUnderTest, sipp: SippLauncher,
+                                            certs: Certificates) -> None:
+    """An agent URI with the sips: scheme and no transport= is reached over TLS (RFC 3261 26.2)."""
+    stack, dispatcher = stream_edge.stack, stream_edge.dispatcher
+    agent = _peer(sipp, "tls", certs, "agent_early_uas", "agent")
+    sips_uri = f"sips:agent@{LOOPBACK}:{agent.sip_port}"
+    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", sips_uri, 10.0))
+    caller = sipp.start("caller_answered_bye", name="caller", remote_port=stream_edge.port, service="support",
+                        pause_ms=500)
+
+    await expect_success(caller, agent)
+    await dispatcher.wait_for("call_ended")
+    assert dispatcher.kinds() == ["call_arrived", "agent_answered", "call_ended"]
+    _sent_over(agent, "tls")
