@@ -29,13 +29,12 @@ from pathlib import Path
 from sip_harness import (
     LOOPBACK,
     SCENARIOS,
-    SIPP_HARD_LIMIT_S,
-    SIPP_TIMEOUT_S,
     EdgeUnderTest,
     ScriptedDispatcher,
     SippLauncher,
     SippProcess,
     free_udp_port,
+    sipp_command,
 )
 
 from callcenter_sip_edge.sip_stack import SipStack
@@ -228,15 +227,8 @@ def start_stream_sipp(launcher: SippLauncher, scenario: str, transport: str, cer
     text = stream_scenario(scenario, relay, sdp_padding)
     scenario_file = workdir / f"{scenario}.xml"
     scenario_file.write_text(text)
-    cmd = ["timeout", "-k", "5", str(SIPP_HARD_LIMIT_S), "sipp", "-sf", str(scenario_file), "-t", "t1",
-           "-i", LOOPBACK, "-p", str(port), "-m", "1", "-timeout", f"{SIPP_TIMEOUT_S}s",
-           "-timeout_error", "-nostdin", "-trace_err", "-trace_msg", "-recv_timeout", "15000"]
-    if service is not None:
-        cmd += ["-s", service]
-    if pause_ms is not None:
-        cmd += ["-d", str(pause_ms)]
-    if remote_port is not None:
-        cmd.append(f"{LOOPBACK}:{remote_port}")
+    cmd = sipp_command(["-sf", str(scenario_file), "-t", "t1"], port, service=service, pause_ms=pause_ms,
+                       remote_port=remote_port)
     proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     sipp = StreamSipp(name=name, port=port, workdir=workdir, proc=proc, transport=transport, relay=relay)
     launcher.started.append(sipp)
