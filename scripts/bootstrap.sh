@@ -15,6 +15,10 @@ if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
 missing=()
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
+# a real softphone for the SIP interop tests (tests/sip/test_sip_edge_baresip.py)
+command -v baresip >/dev/null 2>&1 || missing+=(baresip)
+# the throw-away CA of the TLS tests (tests/sip/stream_harness.py)
+command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "$with_postgres" = 1 ] && ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then

@@ -126,6 +126,25 @@ class EdgeSettings(CommonSettings):
     # sources whose caller priority (X-CC-Priority header, ;cc_priority= URI parameter) is taken
     # (comma-separated CIDRs; "" = none). Loopback by default: a local proxy may set it, no caller can
     sip_priority_networks: str = "127.0.0.0/8,::1"
+    # SIP over TCP and TLS (off unless a port is set; 0 = any free port). TCP on the SIP port and TLS
+    # on 5061 is the usual choice. TLS needs a certificate chain and key (PEM files)
+    sip_tcp_port: int | None = Field(default=None, ge=0, le=65535)
+    sip_tls_port: int | None = Field(default=None, ge=0, le=65535)
+    sip_tls_certfile: str | None = None
+    sip_tls_keyfile: str | None = None
+    # CAs the TLS peers the edge connects to must be signed by (None: the system's); verify off only in labs
+    sip_tls_cafile: str | None = None
+    sip_tls_verify_peer: bool = True
+    # limits of the TCP/TLS connections: a message over this is refused (the connection closed)
+    sip_stream_max_message_bytes: int = Field(default=65535, ge=1024)
+    sip_stream_max_connections_per_source: int = Field(default=32, ge=1)
+    sip_stream_idle_timeout_s: float = Field(default=300.0, gt=0)
+    # a message once started must be complete within this (slowloris), a TLS handshake within the next
+    sip_stream_message_timeout_s: float = Field(default=10.0, gt=0)
+    sip_tls_handshake_timeout_s: float = Field(default=5.0, gt=0)
+    # with TCP on, a request over 1,300 bytes to a UDP target goes by TCP (RFC 3261 18.1.1); false
+    # for UDP-only peers (media servers) that get large INVITEs
+    sip_large_udp_by_tcp: bool = True
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
     # the lease on the edge id lives this long unless a heartbeat renews it: set it to the
     # dispatchers' CC_EDGE_LAPSE_MS (a restart after a crash waits at most this long for the id)

@@ -135,6 +135,21 @@ def parse_message_trace(trace: str) -> list[SipMessage]:
     return messages
 
 
+def sipp_command(options: list[str], port: int, *, service: str | None, pause_ms: int | None,
+                 remote_port: int | None, calls: int = 1) -> list[str]:
+    """A bounded SIPp command line for `calls` calls on `port` with `options` (the scenario and more)."""
+    cmd = ["timeout", "-k", "5", str(SIPP_HARD_LIMIT_S), "sipp", *options,
+           "-i", LOOPBACK, "-p", str(port), "-m", str(calls), "-timeout", f"{SIPP_TIMEOUT_S}s", "-timeout_error",
+           "-nostdin", "-trace_err", "-trace_msg", "-recv_timeout", "15000"]
+    if service is not None:
+        cmd += ["-s", service]
+    if pause_ms is not None:
+        cmd += ["-d", str(pause_ms)]
+    if remote_port is not None:
+        cmd.append(f"{LOOPBACK}:{remote_port}")
+    return cmd
+
+
 @dataclass
 class SippLauncher:
     tmp_path: Path
@@ -150,15 +165,8 @@ class SippLauncher:
         workdir = self.tmp_path / f"sipp-{name}"
         workdir.mkdir(parents=True, exist_ok=True)
         chosen = ["-sn", scenario] if stock else ["-sf", str(SCENARIOS / f"{scenario}.xml")]
-        cmd = ["timeout", "-k", "5", str(SIPP_HARD_LIMIT_S), "sipp", *chosen,
-               "-i", LOOPBACK, "-p", str(port), "-m", str(calls), "-timeout", f"{SIPP_TIMEOUT_S}s", "-timeout_error",
-               "-buff_size", "4194304", "-nostdin", "-trace_err", "-trace_msg", "-recv_timeout", "15000"]
-        if service is not None:
-            cmd += ["-s", service]
-        if pause_ms is not None:
-            cmd += ["-d", str(pause_ms)]
-        if remote_port is not None:
-            cmd.append(f"{LOOPBACK}:{remote_port}")
+        cmd = sipp_command([*chosen, "-buff_size", "4194304"], port, service=service, pause_ms=pause_ms,
+                           remote_port=remote_port, calls=calls)
         proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         sipp = SippProcess(name=name, port=port, workdir=workdir, proc=proc)
         self.started.append(sipp)

@@ -128,13 +128,14 @@ def cancel_timers(owner: object, *names: str) -> None:
 
 
 def parse_target_uri(uri: str) -> Any:
-    """Parse a command's SIP URI (user, host, port and URI parameters); None if unusable over UDP."""
+    """Parse a command's SIP URI (user, host, port and URI parameters); None if unusable (a transport
+    other than UDP, TCP or TLS: whether this edge listens on TCP/TLS is checked when it is sent)."""
     try:
         target = SipURL(uri.strip().removeprefix("<").removesuffix(">"))
     except Exception:
         log.warning("call.bad_uri", uri=uri)
         return None
-    if target.transport is not None and str(target.transport).lower() != "udp":
+    if target.transport is not None and str(target.transport).lower() not in ("udp", "tcp", "tls"):
         log.warning("call.unsupported_transport", uri=uri)
         return None
     if not target.host:

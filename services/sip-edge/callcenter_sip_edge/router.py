@@ -31,6 +31,7 @@ from callcenter_sip_edge.log_limits import RateLimitedLog
 from callcenter_sip_edge.sdp import media_type_of
 from callcenter_sip_edge.sip_fields import FieldRefusal, read_caller
 from callcenter_sip_edge.sippy import dialog, transport
+from callcenter_sip_edge.sippy.streams import StreamOptions
 
 log = structlog.get_logger(__name__)
 
@@ -52,7 +53,8 @@ class CallRouter:
     """All calls of the edge: out-of-dialog requests, commands by edge call id, shutdown."""
 
     def __init__(self, *, host: str, port: int, emit: FactSink, advertised_host: str | None,
-                 max_message_bytes: int, user_agent: str, guard: SourceGuard | None = None) -> None:
+                 max_message_bytes: int, user_agent: str, guard: SourceGuard | None = None,
+                 streams: StreamOptions | None = None) -> None:
         self.guard = guard or SourceGuard()
         self._emit_fact = emit
         self.calls: dict[str, Call] = {}
@@ -67,7 +69,7 @@ class CallRouter:
         self.sip_config = transport.make_sip_config(
             host=host, port=port, user_agent=user_agent, advertised_host=advertised_host,
             max_message_bytes=max_message_bytes, on_screened=self._log_screened, on_request=self._recv_out_of_dialog,
-            guard=self.guard, limited_log=self.limited_log,
+            guard=self.guard, limited_log=self.limited_log, streams=streams,
         )
         self._cycles = CycleCollector()
         Timeout(self._collect_cycles, GC_TICK_S, -1)

@@ -95,8 +95,8 @@ def invite(sip_config: dict[str, Any], target: Any, event_cb: EventCallback, *, 
            expire_time: float | None = None) -> Any:
     """Create a UAC leg and send its INVITE (with `offer`, or without SDP for a late offer); None if
     sippy refused to send it."""
-    host, port = target.getAddr()
-    ua = UA(sip_config, event_cb, nh_address=(host, port), expire_time=expire_time)
+    (host, port), transport = target.getTAddr()   # transport: udp, or tcp/tls (`sippy.streams`)
+    ua = UA(sip_config, event_cb, nh_address=(host, port), nh_transport=transport, expire_time=expire_time)
     ua.lContact = contact_without_display_name()
     ua.no_reply_time = no_reply_time
     event = _TryWithRequestUri((None, caller_user, target.username,

@@ -187,6 +187,8 @@ def _case_insensitive_transport_param() -> None:
         address, transport = original_get_taddr(url)
         if isinstance(transport, str):
             transport = transport.lower()
+        if url.scheme == "sips" and url.transport is None:
+            transport = "tls"   # a sips: URI without transport= is reached over TLS (RFC 3261 26.2)
         return (address, transport)
 
     SipURL.getTAddr = get_taddr

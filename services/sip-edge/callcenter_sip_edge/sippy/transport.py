@@ -27,6 +27,8 @@ from callcenter_sip_edge.guard import SourceGuard
 from callcenter_sip_edge.log_limits import RateLimitedLog
 from callcenter_sip_edge.screening import SIPPY_RECV_BYTES, screen_datagram
 from callcenter_sip_edge.sippy import output
+from callcenter_sip_edge.sippy.stream_routing import with_stream_routing
+from callcenter_sip_edge.sippy.streams import StreamOptions, StreamTransports
 
 log = structlog.get_logger(__name__)
 
@@ -54,11 +56,13 @@ def bind_reactor_to_this_thread() -> Any:
 def make_sip_config(*, host: str, port: int, user_agent: str, advertised_host: str | None,
                     max_message_bytes: int, on_screened: Callable[[str, str, int | None], None],
                     on_request: Callable[[Any, Any], Any], guard: SourceGuard,
-                    limited_log: RateLimitedLog) -> SipConfig:
+                    limited_log: RateLimitedLog, streams: StreamOptions | None = None) -> SipConfig:
     """The configuration every UA of this stack is built from, with its transaction manager (which
     binds the UDP socket) already in it. `on_request` gets the requests that match no dialog;
     `guard` says which sources are trusted (in-dialog requests from others must come from a peer
-    of their dialog); sippy's own output goes to `limited_log`."""
+    of their dialog); sippy's own output goes to `limited_log`. With `streams` enabled, TCP and
+    TLS listen too (`streams.StreamTransports`, under `_cc_streams`)."""
+    from sippy.Core.EventDispatcher import ED2
     from sippy.SipConf import SipConf
 
     output.capture_sippy_output(limited_log)
@@ -70,8 +74,29 @@ def make_sip_config(*, host: str, port: int, user_agent: str, advertised_host: s
     sip_config: SipConfig = {
         "_sip_address": host, "_sip_port": port, "_sip_logger": output.SipLoggerToLog(limited_log),
     }
-    sip_config["_sip_tm"] = tm_class(sip_config, on_request)
+    if streams is None or not streams.enabled:
+        sip_config["_sip_tm"] = tm_class(sip_config, on_request)
+        return sip_config
+    tm_class = with_stream_routing(tm_class, max_stream_message_bytes=streams.max_message_bytes,
+                                   large_udp_by_tcp=streams.large_udp_by_tcp, on_screened=on_screened)
+    tm = sip_config["_sip_tm"] = tm_class(sip_config, on_request)
+    transports = StreamTransports(streams, host=host, advertised_host=advertised_host,
+                                  deliver=tm.handle_stream_message, call_on_reactor=ED2.callFromThread,
+                                  after_batch=run_due_timers)
+    try:
+        transports.start()
+    except BaseException:
+        tm.shutdown()
+        raise
+    tm.stream_servers = transports.servers
+    sip_config["_cc_streams"] = transports
     return sip_config
+
+
+def stream_ports(sip_config: SipConfig) -> dict[str, int]:
+    """The TCP and TLS ports the stack listens on (port 0 asks the kernel for one); {} without."""
+    transports = sip_config.get("_cc_streams")
+    return {} if transports is None else {name: transports.port(name) for name in transports.servers}
 
 
 def bound_address(sip_config: SipConfig) -> tuple[str, int]:
@@ -86,6 +111,9 @@ def close_stack(sip_config: SipConfig) -> None:
     from sippy.Core.EventDispatcher import ED2
 
     try:
+        transports = sip_config.pop("_cc_streams", None)
+        if transports is not None:
+            transports.shutdown()
         sip_config["_sip_tm"].shutdown()
     finally:
         # sippy's reactor is a process-wide singleton: drop this stack's timers so that a
