@@ -20,8 +20,9 @@ import structlog
 from callcenter.bus import ACK, StreamConsumer, Verdict
 from callcenter.contract import streams
 from callcenter.contract.codec import DecodeError, Entry
-from callcenter.contract.commands import command_of
+from callcenter.contract.commands import Ring, RingAll, command_of
 from callcenter.contract.reports import REPORTS, CallEnded, CommandRefused, Report
+from callcenter.metrics import observe_since_entry
 from callcenter.redis import REDIS_DOWN
 from callcenter.settings import EdgeSettings
 from callcenter.store.keys import Keys
@@ -138,6 +139,8 @@ class EdgeService:
                 log.warning("edge.unknown_command", type=e.type, entry_id=e.id)
                 self._refuse_undecodable(e)
                 continue
+            if isinstance(command, Ring | RingAll):  # the ring decided (a free agent found) -> handed to SIP
+                observe_since_entry("agent_free_to_ring", e.id)
             stack.execute(command)
         return {e.id: ACK for e in entries}
 
