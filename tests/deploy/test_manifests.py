@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings
 
 from callcenter import settings as settings_module
 from callcenter.store.keys import Keys
+from callcenter_sip_edge.main import DRAIN_MARGIN_S
 
 yaml = pytest.importorskip("yaml")
 
@@ -69,8 +70,9 @@ def object_id(obj: dict[str, Any]) -> tuple[str, str, str]:
 
 def strategic_merge(target: Any, patch: Any, builtin: bool, key: str | None = None) -> Any:
     """Merge `patch` into `target` the way `kubectl kustomize` does for the cases our files use:
-    maps merge, a null deletes, lists of known merge keys merge by that key (new items first),
-    every other list is replaced."""
+    maps merge, a null deletes, lists of known merge keys merge by that key (the patch's items
+    first, in its order, merged into their namesakes; then the target's other items), every other
+    list is replaced."""
     if isinstance(patch, dict) and isinstance(target, dict):
         out = dict(target)
         for k, v in patch.items():
@@ -85,11 +87,11 @@ def strategic_merge(target: Any, patch: Any, builtin: bool, key: str | None = No
         return out
     if isinstance(patch, list) and isinstance(target, list) and builtin and key in MERGE_KEYS:
         mk = MERGE_KEYS[key]
-        by_key = {item[mk]: item for item in patch}
-        existing = {item[mk] for item in target}
-        new = [copy.deepcopy(item) for item in patch if item[mk] not in existing]
-        merged = [strategic_merge(item, by_key[item[mk]], builtin) if item[mk] in by_key else item for item in target]
-        return new + merged
+        existing = {item[mk]: item for item in target}
+        patched = [strategic_merge(existing[item[mk]], item, builtin) if item[mk] in existing else copy.deepcopy(item)
+                   for item in patch]
+        in_patch = {item[mk] for item in patch}
+        return patched + [item for item in target if item[mk] not in in_patch]
     return copy.deepcopy(patch)
 
 
@@ -221,6 +223,14 @@ def is_callcenter(container: dict[str, Any]) -> bool:
     return image_name(container["image"])[0].rsplit("/", 1)[-1] == "callcenter"
 
 
+CELERY_APP = ["celery", "-A", "callcenter_jobs.app"]
+
+
+def is_celery(container: dict[str, Any]) -> bool:
+    """The jobs' worker or beat: the callcenter image running Celery (no HTTP endpoint of its own)."""
+    return is_callcenter(container) and container.get("command", [])[:1] == ["celery"]
+
+
 # -- the overlays --------------------------------------------------------------------------------
 
 
@@ -253,7 +263,7 @@ def test_probes_point_at_the_port_the_service_listens_on(overlay: tuple[str, lis
                 handler = probe.get("httpGet") or probe.get("tcpSocket")
                 if handler is None:
                     assert "exec" in probe, f"{where}: {probe_name} has no handler"
-                    assert not is_callcenter(c), f"{where}: callcenter services are probed over HTTP"
+                    assert not is_callcenter(c) or is_celery(c), f"{where}: callcenter services are probed over HTTP"
                     continue
                 assert handler["port"] in ports, f"{where}: {probe_name} port {handler['port']} not declared"
                 if is_callcenter(c):
@@ -287,12 +297,18 @@ def test_commands_are_console_scripts(overlay: tuple[str, list[dict[str, Any]]])
     seen = set()
     for w in workloads(objects):
         for c in pod_spec(w)["containers"]:
-            if is_callcenter(c):
+            if is_celery(c):
+                command = c["command"]
+                assert command[:3] == CELERY_APP and command[3] in {"worker", "beat"}, command
+                seen.add(f"celery {command[3]}")
+            elif is_callcenter(c):
                 command = c.get("command", [])
                 assert len(command) == 1 and command[0] in scripts, f"{w['metadata']['name']}: {command}"
                 seen.add(command[0])
+            if is_callcenter(c):
                 assert c["image"] != "callcenter", "an overlay must pin the image (images: newTag)"
-    assert seen == {"callcenter-sip-edge", "callcenter-dispatcher", "callcenter-cdr-writer", "callcenter-api"}
+    assert seen == {"callcenter-sip-edge", "callcenter-dispatcher", "callcenter-cdr-writer", "callcenter-api",
+                    "celery worker", "celery beat"}
 
 
 def test_manifest_env_vars_are_settings(overlay: tuple[str, list[dict[str, Any]]]) -> None:
@@ -325,11 +341,104 @@ def test_sip_edge_outlives_its_drain(overlay: tuple[str, list[dict[str, Any]]]) 
     env = container_env(container, objects)
     drain = float(env.get("CC_DRAIN_TIMEOUT_S", field_default("drain_timeout_s")))
     assert pod_spec(edge)["terminationGracePeriodSeconds"] > drain
+    # preStop (the pod leaves the endpoints while still taking calls), then SIGTERM: the drain and
+    # the edge's margin for its last commands and reports; the grace period covers all of it
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2
+    assert pod_spec(edge)["terminationGracePeriodSeconds"] > float(command[1]) + drain + DRAIN_MARGIN_S
     # a stable edge id per replica: the pod name, from the downward API
     assert env["CC_EDGE_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert edge["spec"]["serviceName"] == "callcenter-sip-edge-headless"
     assert by_name(objects, "Service", "callcenter-sip-edge-headless")["spec"]["clusterIP"] == "None"
     assert {p["protocol"] for p in by_name(objects, "Service", "callcenter-sip-edge")["spec"]["ports"]} == {"UDP"}
+
+
+def claims_production(name: str) -> bool:
+    return name != "dev"
+
+
+def test_sip_edges_are_reachable_from_outside_in_production(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    """Production edges run on their node's network, one per node, and advertise the node's
+    address: the address in their Via/Contact is the one the peers' in-dialog requests reach."""
+    name, objects = overlay
+    spec = pod_spec(by_name(objects, "StatefulSet", "callcenter-sip-edge"))
+    (container,) = spec["containers"]
+    env = container_env(container, objects)
+    if not claims_production(name):
+        assert env["CC_SIP_ADVERTISED_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        return
+    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert env["CC_SIP_ADVERTISED_HOST"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+    assert env["CC_SIP_HOST"] == "0.0.0.0"
+    [term] = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": "callcenter-sip-edge"}
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions with In) selects `labels`."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "In", expr
+        if labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def pod_labels(objects: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    return {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"] for w in workloads(objects)}
+
+
+def test_network_policies_let_in_only_what_they_must(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    """Ingress is denied to every pod by default; only the api and the sip-edges take connections
+    from anywhere; Redis and PostgreSQL (where they run in the cluster) only from our pods."""
+    _, objects = overlay
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    labels = pod_labels(objects)
+    [deny] = [p for p in policies if p["spec"]["podSelector"] == {}]
+    assert deny["spec"]["policyTypes"] == ["Ingress"] and not deny["spec"].get("ingress")
+    open_to: set[str] = set()
+    for policy in policies:
+        spec = policy["spec"]
+        selected = {w for w, ls in labels.items() if selects(spec["podSelector"], ls)}
+        assert spec["podSelector"] == {} or selected, f"{policy['metadata']['name']} selects no pod"
+        assert spec["policyTypes"] == ["Ingress"], policy["metadata"]["name"]
+        for rule in spec.get("ingress", []):
+            sources = rule.get("from")
+            if not sources:
+                open_to |= selected
+                continue
+            for source in sources:
+                assert "ipBlock" not in source, policy["metadata"]["name"]
+                if "podSelector" in source and "namespaceSelector" not in source:
+                    clients = {w for w, ls in labels.items() if selects(source["podSelector"], ls)}
+                    assert clients and all(labels[c]["app.kubernetes.io/part-of"] == "callcenter" and
+                                           c.startswith("callcenter-") for c in clients), clients
+    assert open_to == {"callcenter-api", "callcenter-sip-edge"}
+    for store, users in (("redis", {"callcenter-sip-edge", "callcenter-dispatcher", "callcenter-cdr-writer",
+                                    "callcenter-api", "callcenter-celery-worker", "callcenter-celery-beat"}),
+                         ("postgres", {"callcenter-cdr-writer", "callcenter-api", "callcenter-celery-worker",
+                                       "callcenter-celery-beat"})):
+        if store not in labels:
+            continue
+        [policy] = [p for p in policies if p["spec"]["podSelector"] != {} and selects(p["spec"]["podSelector"],
+                                                                                       labels[store])]
+        [rule] = policy["spec"]["ingress"]
+        [source] = rule["from"]
+        assert {w for w, ls in labels.items() if selects(source["podSelector"], ls)} == users, store
+
+
+def test_celery_worker_and_beat(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    """Beat runs once (one replica, never two during an update); both reach Redis and SQL."""
+    _, objects = overlay
+    beat = by_name(objects, "Deployment", "callcenter-celery-beat")
+    assert beat["spec"]["replicas"] == 1 and beat["spec"]["strategy"] == {"type": "Recreate"}
+    for name in ("callcenter-celery-worker", "callcenter-celery-beat"):
+        (c,) = pod_spec(by_name(objects, "Deployment", name))["containers"]
+        env = container_env(c, objects)
+        assert env["CC_REDIS_URL"]["secretKeyRef"]["name"] == "callcenter-redis", name
+        assert env["CC_DATABASE_URL"]["secretKeyRef"]["name"] == "callcenter-db", name
 
 
 def test_secret_references_resolve_or_are_documented(overlay: tuple[str, list[dict[str, Any]]]) -> None:
@@ -360,7 +469,7 @@ def test_health_endpoints_listen_where_their_probes_reach(overlay: tuple[str, li
     assert field_default("health_host") == "127.0.0.1"
     for w in workloads(objects):
         for c in pod_spec(w)["containers"]:
-            if is_callcenter(c):
+            if is_callcenter(c) and not is_celery(c):  # Celery's probes run in the container
                 env = container_env(c, objects)
                 host = env.get("CC_HEALTH_HOST") if "CC_HEALTH_PORT" in env else env.get("CC_API_HOST")
                 assert host == "0.0.0.0", f"{w['metadata']['name']}: probes would find nothing listening"

@@ -2,9 +2,9 @@
 
 The wheel is built from a clean export of the tracked files (`git ls-files`, copied from the
 working tree so uncommitted changes count), installed with the service extras only at the
-versions of requirements.lock (as the Dockerfile does: no `test`, no `dev`, no callcenter-dev) into a scratch virtualenv, and then:
-every module of every package in it imports, the Alembic migrations run from it, and every
-console script answers `--help` with its usage and exit 0 without starting anything.
+versions of requirements.lock (as the Dockerfile does: no `test`, no `dev`, no callcenter-dev)
+into a scratch virtualenv, and then: every module of every package in it imports, the Alembic
+migrations run from it, and every console script answers `--help` with its usage and exit 0 without starting anything.
 
 pip reaches the package index; its cache makes a second run quick.
 """

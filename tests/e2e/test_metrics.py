@@ -16,11 +16,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from e2e_harness import caller, sip, whole_system
 from prometheus_client.parser import text_string_to_metric_families
 
 from callcenter_dev.sipp import Sipp
 from callcenter_dev.system import WholeSystem, wait_for
-from e2e_harness import caller, sip, whole_system
 
 yaml = pytest.importorskip("yaml")
 

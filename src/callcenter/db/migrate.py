@@ -1,9 +1,9 @@
 """`callcenter-migrate`: bring the SQL schema (`CC_DATABASE_URL`) to the head revision, then exit 0.
 
-Run once per deployment before the services that use SQL (compose's `migrate` service, the
-Kubernetes Job `callcenter-migrate`). The api and the cdr-writer still migrate at start, so a
-setup without the job works; the migration is idempotent and serialised across processes
-(`callcenter.db.engine.upgrade`). Reads the database; writes its schema and log lines.
+Run once per deployment before the services that use SQL (compose's `migrate` service; on
+Kubernetes, a Job of your release process, see docs/operations.md). The api and the cdr-writer still
+migrate at start, so a setup without it works; the migration is idempotent and serialised across
+processes (`callcenter.db.engine.upgrade`). Reads the database; writes its schema and log lines.
 """
 
 from __future__ import annotations
