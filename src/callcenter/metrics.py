@@ -44,6 +44,8 @@ DEAD_LETTERS = Counter("callcenter_dead_letters", "Stream entries this process d
                        ["stream"], registry=REGISTRY)
 STREAM_ENTRIES = Counter("callcenter_stream_entries_handled", "Stream entries this process handled and "
                          "acknowledged, by stream and consumer group", ["stream", "group"], registry=REGISTRY)
+EDGES_LOST = Counter("callcenter_edges_lost", "sip-edges this dispatcher declared lost (heartbeat lapsed: "
+                     "their calls ended with edge_lost)", registry=REGISTRY)
 REDIS_ERRORS = Counter("callcenter_redis_errors", "Redis commands or pipelines that failed because Redis "
                        "was unreachable or timed out", registry=REGISTRY)
 # decision latency: a report's stream entry (Redis time at XADD) to its atomic step applied; and a
