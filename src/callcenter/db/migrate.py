@@ -4,6 +4,7 @@ Run once per deployment before the services that use SQL (compose's `migrate` se
 Kubernetes, a Job of your release process, see docs/operations.md). The api and the cdr-writer still
 migrate at start, so a setup without it works; the migration is idempotent and serialised across
 processes (`callcenter.db.engine.upgrade`). Reads the database; writes its schema and log lines.
+Settings: `CC_*` environment variables (of the common ones it uses only the log settings).
 """
 
 from __future__ import annotations
