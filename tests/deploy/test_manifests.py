@@ -531,6 +531,34 @@ def test_autoscalers_target_the_tenant_streams(overlay: tuple[str, list[dict[str
         assert "replicas" not in by_name(objects, "Deployment", target)["spec"], "the autoscaler owns replicas"
 
 
+# -- the Kubernetes schemas, offline ---------------------------------------------------------------
+
+# the oldest release the README supports (kubectl >= 1.27) and the newest the schema package knows
+K8S_VERSIONS = ("1.27.0", "latest")
+
+
+def test_rendered_objects_match_the_kubernetes_schemas(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    """Every built-in object of the overlay against the strict JSON schema of each release (the
+    package kubernetes-validate ships them): no unknown field, no wrong type. KEDA's custom resources
+    have no schema there: test_autoscalers_target_the_tenant_streams checks what they must say."""
+    validate = pytest.importorskip("kubernetes_validate")
+    name, objects = overlay
+    builtin = [o for o in objects if not o["apiVersion"].startswith("keda.sh/")]
+    assert len(builtin) > 10
+    for version in K8S_VERSIONS:
+        release = validate.latest_version() if version == "latest" else version
+        for obj in builtin:
+            try:
+                validate.validate(obj, release, strict=True)
+            except validate.ValidationError as exc:
+                pytest.fail(f"{name}: {object_id(obj)} is not a valid {obj['kind']} of Kubernetes {release}: {exc}")
+    # and the schemas see a real mistake
+    broken = copy.deepcopy(by_name(objects, "StatefulSet", "callcenter-sip-edge"))
+    pod_spec(broken)["hostNetwrok"] = True
+    with pytest.raises(validate.ValidationError):
+        validate.validate(broken, validate.latest_version(), strict=True)
+
+
 # -- the real kustomize, when this machine has one -----------------------------------------------
 
 
