@@ -88,3 +88,15 @@ def test_dashboard_is_grafana_json_on_our_metrics() -> None:
         for target in panel["targets"]:
             assert re.search(r"\b(callcenter|process)_[a-z_]+", target["expr"]), target
             assert target["expr"].count("(") == target["expr"].count(")"), target
+
+
+@pytest.mark.skipif(shutil.which("promtool") is None, reason="no promtool (Debian package prometheus)")
+def test_promtool_checks_the_example_configuration(tmp_path: Path) -> None:
+    """prometheus.yml loads its rules and names a key file: checked in a copy with a key beside it."""
+    for path in (MONITORING / "prometheus.yml", RULES):
+        shutil.copy(path, tmp_path / path.name)
+    (tmp_path / "callcenter-api-key").write_text("cc_test_key\n")
+    done = subprocess.run(["promtool", "check", "config", "prometheus.yml"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "SUCCESS: 1 rule files found" in done.stdout + done.stderr
