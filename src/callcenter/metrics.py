@@ -28,6 +28,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
 from callcenter.redis import REDIS_DOWN, text
+from callcenter.store.config import PARAMS
 from callcenter.store.keys import Keys
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -150,6 +151,7 @@ class Snapshot:
     tenant: str
     queue_calls: dict[str, int] = field(default_factory=dict)
     oldest_wait_s: dict[str, float] = field(default_factory=dict)
+    sl_threshold_s: dict[str, float] = field(default_factory=dict)
     logged_in: dict[str, int] = field(default_factory=dict)
     agents: dict[str, int] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=dict)
@@ -189,10 +191,11 @@ class TenantState(Collector):
         agents = [text(a) for a in await self.redis.srandmember(keys.agents, MAX_AGENTS) or []]
         command_streams = [keys.commands(text(e)) for e in await self.redis.zrange(keys.edges, 0, -1)]
         async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hget(keys.config, "sl_threshold_s")
             for flow in flows:
                 pipe.zcard(keys.queue(flow))
                 pipe.zrange(keys.queue(flow), 0, HEAD_OF_LINE - 1)
-                pipe.hget(keys.flow(flow), "skill")
+                pipe.hmget(keys.flow(flow), ["skill", "sl_threshold_s"])
             for agent in agents:
                 pipe.hget(keys.agent(agent), "state")
             pipe.hgetall(keys.stats)
@@ -205,10 +208,15 @@ class TenantState(Collector):
         it = iter(raw)
         heads: dict[str, list[str]] = {}
         skills: dict[str, str] = {}
+        # a flow's own service-level threshold, else the tenant's (the same rule as the api's
+        # service-level figures, callcenter.store.reads)
+        default_threshold = _positive(next(it)) or float(PARAMS["sl_threshold_s"].default)
         for flow in flows:
             snap.queue_calls[flow] = int(next(it))
             heads[flow] = [text(c) for c in next(it)]
-            skills[flow] = text(next(it))
+            skill, threshold = next(it)
+            skills[flow] = text(skill)
+            snap.sl_threshold_s[flow] = _positive(threshold) or default_threshold
         for _agent in agents:
             state = text(next(it)) or "logged_out"
             snap.agents[state] = snap.agents.get(state, 0) + 1
@@ -258,6 +266,9 @@ class TenantState(Collector):
         yield _gauges("callcenter_queue_calls", "Calls waiting in a flow's queue", "flow", s.queue_calls)
         yield _gauges("callcenter_queue_oldest_wait_seconds", "Wait so far of the oldest call at the head of a "
                       "flow's queue (0 when empty)", "flow", s.oldest_wait_s)
+        yield _gauges("callcenter_flow_sl_threshold_seconds", "A flow's service-level threshold T (its own "
+                      "sl_threshold_s, else the tenant's): the queue wait the alert compares with", "flow",
+                      s.sl_threshold_s)
         yield _gauges("callcenter_flow_agents_logged_in", "Agents logged in with the skill a flow needs",
                       "flow", s.logged_in)
         yield _gauges("callcenter_agents", "Agents by state", "state", s.agents)
@@ -283,6 +294,15 @@ class TenantState(Collector):
         dead = GaugeMetricFamily("callcenter_dead_letter_entries", "Entries in the dead-letter stream cc:{t}:dead")
         dead.add_metric([], s.dead_letters)
         yield dead
+
+
+def _positive(value: Any) -> float:
+    """A stored number of seconds, 0 when unset or not a positive number."""
+    try:
+        number = float(text(value))
+    except ValueError:
+        return 0.0
+    return number if number > 0 else 0.0
 
 
 def _gauges(name: str, documentation: str, label: str, values: dict[str, Any]) -> GaugeMetricFamily:

@@ -79,6 +79,7 @@ def test_every_service_counts_a_call(system: WholeSystem, peers: list[Sipp]) -> 
     waiting = {service: scrape(system, service) for service in system.services}
     api = waiting["api"]
     assert value(api, "callcenter_queue_oldest_wait_seconds", flow=FLOW) > 0
+    assert value(api, "callcenter_flow_sl_threshold_seconds", flow=FLOW) == 20  # the default T
     assert value(api, "callcenter_flow_agents_logged_in", flow=FLOW) == 0  # the alert's case
     assert value(api, "callcenter_agents", state="logged_out") >= 1
     assert value(api, "callcenter_calls_live") == 1

@@ -73,8 +73,10 @@ async def test_the_client_counts_commands_and_pipelines_that_find_redis_away() -
 
 async def test_tenant_state_reads_queues_agents_and_groups(redis: object) -> None:
     store = Store(redis, "m")  # type: ignore[arg-type]
-    await store.redis.sadd(store.keys.flows, "sales")
+    await store.redis.sadd(store.keys.flows, "sales", "vip")
     await store.redis.hset(store.keys.flow("sales"), mapping={"skill": "s"})
+    await store.redis.hset(store.keys.flow("vip"), mapping={"skill": "s", "sl_threshold_s": "5"})
+    await store.redis.hset(store.keys.config, mapping={"sl_threshold_s": "30"})
     await store.redis.sadd(store.keys.agents, "1", "2")
     await store.redis.hset(store.keys.agent("1"), mapping={"state": "free"})
     await store.redis.sadd(store.keys.skill_logged("s"), "1")
@@ -85,8 +87,10 @@ async def test_tenant_state_reads_queues_agents_and_groups(redis: object) -> Non
     await store.redis.xadd(store.keys.reports, {"x": "1"})
     state, registry = metrics.tenant_registry(store.redis, "m")
     snap = await state.refresh(now_s=1030.0)
-    assert snap.ok and snap.queue_calls == {"sales": 1} and snap.oldest_wait_s == {"sales": 30.0}
-    assert snap.logged_in == {"sales": 1} and snap.agents == {"free": 1, "logged_out": 1}
+    assert snap.ok and snap.queue_calls == {"sales": 1, "vip": 0}
+    assert snap.oldest_wait_s == {"sales": 30.0, "vip": 0.0}
+    assert snap.sl_threshold_s == {"sales": 30.0, "vip": 5.0}  # the tenant's, the flow's own
+    assert snap.logged_in == {"sales": 1, "vip": 1} and snap.agents == {"free": 1, "logged_out": 1}
     assert snap.calls["arrived"] == 7 and snap.calls["answered"] == 5
     assert ("reports", "dispatcher", 1, 0) in snap.groups
     exposed = samples(registry)
