@@ -10,6 +10,7 @@ Every metric the alert rules and the dashboard in deploy/monitoring name must be
 from __future__ import annotations
 
 import json
+import socket
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -122,3 +123,34 @@ def test_every_service_counts_a_call(system: WholeSystem, peers: list[Sipp]) -> 
 
 def test_metrics_of_the_api_need_a_key(system: WholeSystem) -> None:
     assert httpx.get(f"{system.api_url}/metrics", timeout=5).status_code == 401
+
+
+def test_the_edge_counts_a_retransmitted_request(system: WholeSystem) -> None:
+    """The same INVITE twice (a caller that missed the answer): the second is answered from the
+    edge's response cache and counted as a retransmission received, the answer twice as sent."""
+    before = scrape(system, "sip-edge")
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        s.settimeout(5)
+        port = s.getsockname()[1]
+        invite = (f"INVITE sip:nosuchflow@127.0.0.1:{system.sip_port} SIP/2.0\r\n"
+                  f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bK-metrics-1\r\n"
+                  f"From: <sip:retrans@127.0.0.1:{port}>;tag=metrics1\r\n"
+                  f"To: <sip:nosuchflow@127.0.0.1:{system.sip_port}>\r\n"
+                  "Call-ID: metrics-retransmission-1\r\nCSeq: 1 INVITE\r\n"
+                  f"Contact: <sip:retrans@127.0.0.1:{port}>\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n").encode()
+        finals = []
+        for _ in range(2):
+            s.sendto(invite, ("127.0.0.1", system.sip_port))
+            while True:  # provisional answers, then the final one
+                status = s.recv(65535).split(b" ", 2)[1]
+                if not status.startswith(b"1"):
+                    finals.append(status)
+                    break
+    assert finals[0] == finals[1] and finals[0] >= b"400", finals  # refused (no SDP, no such flow), twice
+    after = scrape(system, "sip-edge")
+    code = finals[0].decode()
+    for name, labels, grew_by in (("callcenter_sip_requests_total", {"direction": "in", "method": "INVITE"}, 2),
+                                  ("callcenter_sip_responses_total", {"direction": "out", "code": code}, 2),
+                                  ("callcenter_sip_retransmissions_total", {"direction": "in"}, 1)):
+        assert value(after, name, **labels) - value(before, name, **labels) == grew_by, (name, labels)
