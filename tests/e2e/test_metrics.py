@@ -10,8 +10,8 @@ Every metric the alert rules and the dashboard in deploy/monitoring name must be
 from __future__ import annotations
 
 import json
-import socket
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
