@@ -3,7 +3,8 @@
 One call waits in a queue with no agent logged in, then an agent logs in and takes it. Scraped
 while it waits and after it ended, each service's numbers must have moved: the api's reading of the
 tenant's state (queue, oldest wait, agents, calls by outcome, stream groups), the dispatcher's
-decision latency, the cdr-writer's handled events, the sip-edge's SIP counts and ring latency.
+decision latency, the cdr-writer's handled events, the sip-edge's SIP counts and ring latency; a
+retransmitted INVITE moves the edge's retransmission count.
 Every metric the alert rules and the dashboard in deploy/monitoring name must be in a scrape.
 """
 
