@@ -12,15 +12,17 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
 RUN python -m venv /opt/venv
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md requirements.lock ./
 COPY src ./src
 COPY services ./services
 # Every dependency of these extras ships wheels for amd64 and arm64 (sippy is pure Python), so the
-# slim image needs no compiler. Only the service extras: no `test`/`dev` extra, and devtools/ (the
-# dev-only callcenter-dev distribution) is not in the build context. tests/deploy/test_wheel.py
-# builds the same wheel, installs it the same way and imports every module.
+# slim image needs no compiler. Only the service extras (celery: the jobs' worker and beat): no
+# `test`/`dev` extra, and devtools/ (the dev-only callcenter-dev distribution) is not in the build
+# context. Every version is pinned by requirements.lock (as a constraints file: only what these
+# extras need is installed, at the version CI tested). tests/deploy/test_wheel.py builds the same
+# wheel, installs it the same way and imports every module.
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install "$(ls /wheels/callcenter-*.whl)[sip-edge,api,postgres]" \
+ && /opt/venv/bin/pip install -c requirements.lock "$(ls /wheels/callcenter-*.whl)[sip-edge,api,postgres,celery]" \
  && /opt/venv/bin/pip check
 
 # -- runtime: the venv only, non-root ------------------------------------------------------------

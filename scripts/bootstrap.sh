@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs what callcenter needs on Debian 12 (apt packages when missing, a virtualenv in .venv
 # with the project, its extras and the dev-only package callcenter-dev from devtools/). Safe to
-# run again: it only does what is missing.
+# run again: it only does what is missing. Python packages come at the versions requirements.lock
+# pins (the image installs from it too); after a change to pyproject.toml's dependencies,
+# regenerate it with the command in its first lines (`pip install uv` first).
 # Usage: scripts/bootstrap.sh [--with-postgres]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,6 +21,8 @@ command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 command -v baresip >/dev/null 2>&1 || missing+=(baresip)
 # the throw-away CA of the TLS tests (tests/sip/stream_harness.py)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+# promtool checks and unit-tests the Prometheus alert rules (tests/deploy/test_monitoring.py)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "$with_postgres" = 1 ] && ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
@@ -27,17 +31,20 @@ fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]} with apt-get" >&2
   "${sudo_cmd[@]}" apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null
-  # the Debian package starts a system redis-server on 6379; callcenter starts its own
+  DEBIAN_FRONTEND=noninteractive "${sudo_cmd[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # the Debian packages may start a system redis-server on 6379 and a prometheus on 9090 (where
+  # systemd runs); callcenter's tests start their own servers on free ports and use promtool only
 fi
 
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi
 stamp=.venv/.callcenter-installed
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ devtools/pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ devtools/pyproject.toml -nt "$stamp" ] \
+   || [ requirements.lock -nt "$stamp" ]; then
   .venv/bin/python -m pip install -q --upgrade pip >/dev/null
-  # the project and, next to it, the dev-only package (devtools/: test harness, callcenter-demo)
-  .venv/bin/python -m pip install -q -e '.[dev]' -e devtools
+  # the project and, next to it, the dev-only package (devtools/: test harness, callcenter-demo),
+  # every dependency at its locked version
+  .venv/bin/python -m pip install -q -c requirements.lock -e '.[dev]' -e devtools
   touch "$stamp"
 fi

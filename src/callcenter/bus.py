@@ -45,6 +45,7 @@ from redis.exceptions import ResponseError
 
 from callcenter.contract.codec import DecodeError, Entry, decode
 from callcenter.logs import excerpt
+from callcenter.metrics import DEAD_LETTERS, STREAM_ENTRIES
 from callcenter.redis import REDIS_DOWN, text
 
 log = structlog.get_logger(__name__)
@@ -117,6 +118,9 @@ class StreamConsumer:
         self.handled = 0
         self.dead_lettered = 0
         self.lost = 0
+        # the series exist at 0 from the start: a rule on increase() sees the first dead letter
+        DEAD_LETTERS.labels(stream)
+        STREAM_ENTRIES.labels(stream, group)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -288,6 +292,7 @@ class StreamConsumer:
         if to_ack:
             await self.redis.xack(self.stream, self.group, *to_ack)
             self.handled += len(to_ack)
+            STREAM_ENTRIES.labels(self.stream, self.group).inc(len(to_ack))
 
     async def dead_letter(self, entry_id: str, fields: Mapping[Any, Any], reason: str) -> None:
         record: dict[Any, Any] = {"stream": self.stream, "group": self.group, "entry_id": entry_id,
@@ -299,5 +304,6 @@ class StreamConsumer:
             pipe.xack(self.stream, self.group, entry_id)
             await pipe.execute()
         self.dead_lettered += 1
+        DEAD_LETTERS.labels(self.stream).inc()
         log.warning("consumer.dead_letter", stream=self.stream, entry_id=entry_id, error=excerpt(reason, LOG_EXCERPT),
                     payload_bytes=_size(fields))

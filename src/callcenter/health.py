@@ -1,7 +1,8 @@
 """A tiny HTTP health endpoint for the services that have no HTTP server of their own.
 
 GET /healthz answers 200 while the process's main loop is alive; GET /readyz answers 200 when the
-service's readiness check passes (e.g. Redis reachable, consumer looping), else 503.
+service's readiness check passes (e.g. Redis reachable, consumer looping), else 503. GET /metrics
+answers the process's Prometheus metrics (`callcenter.metrics`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 import structlog
+
+from callcenter import metrics
 
 log = structlog.get_logger(__name__)
 
@@ -21,6 +24,12 @@ async def serve_health(host: str, port: int, ready: ReadyCheck) -> asyncio.Serve
         try:
             line = await asyncio.wait_for(reader.readline(), timeout=5)
             path = line.split(b" ")[1].decode() if line.count(b" ") >= 2 else ""
+            if path == "/metrics":
+                body = metrics.exposition()
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: " + metrics.CONTENT_TYPE.encode()
+                             + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+                             + body)
+                return
             if path == "/healthz":
                 ok = True
             elif path == "/readyz":

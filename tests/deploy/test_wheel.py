@@ -1,10 +1,10 @@
 """The shipped package, proven the way the image uses it.
 
 The wheel is built from a clean export of the tracked files (`git ls-files`, copied from the
-working tree so uncommitted changes count), installed with the service extras only (as the
-Dockerfile does: no `test`, no `dev`, no callcenter-dev) into a scratch virtualenv, and then:
-every module of every package in it imports, the Alembic migrations run from it, and every
-console script answers `--help` with its usage and exit 0 without starting anything.
+working tree so uncommitted changes count), installed with the service extras only at the
+versions of requirements.lock (as the Dockerfile does: no `test`, no `dev`, no callcenter-dev)
+into a scratch virtualenv, and then: every module of every package in it imports, the Alembic
+migrations run from it, and every console script answers `--help` with its usage and exit 0 without starting anything.
 
 pip reaches the package index; its cache makes a second run quick.
 """
@@ -28,7 +28,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE_EXTRAS = "sip-edge,api,postgres"  # what the Dockerfile installs
+SERVICE_EXTRAS = "sip-edge,api,postgres,celery"  # what the Dockerfile installs
 # console scripts that are clients of the api, not services: the setting their --help must name
 CLIENTS = {"callcenter": "CC_API_URL"}
 # run by Alembic inside a migration context, never imported as modules: test_migrations_run covers them
@@ -74,8 +74,9 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Installed]:
     # no pip inside the scratch venv: the test's own pip installs into it (quicker than ensurepip)
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = venv / "bin" / "python"
-    subprocess.run([*pip, "--python", str(python), "install", "-q", f"{wheel}[{SERVICE_EXTRAS}]"],
-                   check=True, capture_output=True)
+    # at the versions of the lock file, as the Dockerfile installs them
+    subprocess.run([*pip, "--python", str(python), "install", "-q", "-c", str(export / "requirements.lock"),
+                    f"{wheel}[{SERVICE_EXTRAS}]"], check=True, capture_output=True)
     yield Installed(wheel=wheel, python=python, bin=venv / "bin", workdir=work)
 
 

@@ -12,14 +12,14 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-import redis.asyncio as aioredis
 import structlog
 from fastapi import Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy.orm import sessionmaker
 
 from callcenter.db.engine import make_engine, upgrade
-from callcenter.redis import REDIS_DOWN
+from callcenter.metrics import tenant_registry
+from callcenter.redis import REDIS_DOWN, connect
 from callcenter.settings import ApiSettings
 from callcenter.store import Store
 from callcenter_api import errors, openapi, provisioning
@@ -48,12 +48,14 @@ def create_app(settings: ApiSettings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings.database_url)
-        redis = aioredis.Redis.from_url(settings.redis_url)
+        redis = connect(settings.redis_url)
         try:
             await asyncio.to_thread(upgrade, engine)
             services = Services(settings=settings, redis=redis, store=Store(redis, settings.tenant),
                                 engine=engine, sessions=sessionmaker(engine, expire_on_commit=False))
             app.state.services = services
+            # GET /metrics: the process's metrics and the tenant's state read from Redis per scrape
+            app.state.tenant_metrics = tenant_registry(redis, settings.tenant)
             # an empty Redis (first start, restart without persistence) gets flows and agents back;
             # a Redis not up yet is waited for in the background (/readyz says 503 meanwhile)
             seeding: asyncio.Task[None] | None = None
@@ -81,6 +83,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
                               "external dispatching, call-handling parameters, statistics, service level, CDRs.")
     app.include_router(ops.probes)
     app.include_router(ops.management)
+    app.include_router(ops.metrics_route)
     # every /v1 resource goes through authentication and the role policy (callcenter_api.auth)
     auth = [Depends(require_principal)]
     for router in (flows.router, agents.router, live.router, cdrs.router, config.router, stats.router,

@@ -19,6 +19,7 @@ import time
 
 import structlog
 
+from callcenter.metrics import EDGES_LOST
 from callcenter.store import RC, Store, now_ms
 
 log = structlog.get_logger(__name__)
@@ -50,6 +51,7 @@ async def check_edges(store: Store, lapse_ms: int, now: int | None = None,
                 break
         if res.rc is RC.OK:
             ended[edge] = total
+            EDGES_LOST.inc()
             log.warning("edge.lost", edge_id=edge, calls_ended=total, lapse_ms=lapse_ms)
     return ended
 

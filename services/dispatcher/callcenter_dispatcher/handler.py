@@ -35,6 +35,7 @@ Log lines about one report carry its `entry_id` and `call_id` through the log co
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -44,6 +45,7 @@ import structlog
 from callcenter.bus import ACK, RETRY, Outcome, Verdict, entry_context
 from callcenter.contract.codec import Entry
 from callcenter.contract.reports import REPORTS
+from callcenter.metrics import observe_since_entry
 from callcenter.redis import REDIS_DOWN
 from callcenter.store import RC, Result, Store
 
@@ -121,6 +123,10 @@ class ReportHandler:
                     stopped.add(call_id)
                 elif call_id in self._parked:
                     self._wake.set()  # its parked successor may apply now
+        now_s = time.time()  # one clock read per batch: report written -> its step applied
+        for entry in reports:
+            if verdicts[entry.id].outcome is Outcome.ACK:
+                observe_since_entry("report_to_decision", entry.id, now_s)
         return verdicts
 
     def _park(self, entry: Entry) -> None:

@@ -20,8 +20,9 @@ import structlog
 from callcenter.bus import ACK, StreamConsumer, Verdict
 from callcenter.contract import streams
 from callcenter.contract.codec import DecodeError, Entry
-from callcenter.contract.commands import Adopt, command_of
+from callcenter.contract.commands import Adopt, Ring, RingAll, command_of
 from callcenter.contract.reports import REPORTS, CallEnded, CommandRefused, Report
+from callcenter.metrics import observe_since_entry
 from callcenter.redis import REDIS_DOWN
 from callcenter.settings import EdgeSettings
 from callcenter.store.keys import Keys
@@ -142,6 +143,8 @@ class EdgeService:
             if isinstance(command, Adopt):
                 await self._adopt(command)
                 continue
+            if isinstance(command, Ring | RingAll):  # the ring decided (a free agent found) -> handed to SIP
+                observe_since_entry("agent_free_to_ring", e.id)
             stack.execute(command)
         return {e.id: ACK for e in entries}
 

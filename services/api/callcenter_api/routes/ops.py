@@ -1,14 +1,16 @@
-"""Probes (/healthz, /readyz) and management (/v1/reload: re-seed the Redis cache from SQL)."""
+"""Probes (/healthz, /readyz), metrics (/metrics) and management (/v1/reload: re-seed the Redis cache
+from SQL)."""
 
 from __future__ import annotations
 
 import asyncio
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, status
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Query, Request, status
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 
+from callcenter import metrics
 from callcenter_api import provisioning
 from callcenter_api.deps import ServicesDep, require_principal
 from callcenter_api.errors import problem
@@ -16,6 +18,7 @@ from callcenter_api.schemas import ReloadOut
 
 probes = APIRouter(tags=["probes"])
 management = APIRouter(prefix="/v1", tags=["management"], dependencies=[Depends(require_principal)])
+metrics_route = APIRouter(dependencies=[Depends(require_principal)])
 
 
 @probes.get("/healthz", name="healthz")
@@ -48,6 +51,15 @@ async def readyz(services: ServicesDep) -> JSONResponse:
         return problem(status.HTTP_503_SERVICE_UNAVAILABLE, "not-ready", f"{', '.join(failed)} unreachable",
                        extensions=checks)
     return JSONResponse({"status": "ok", **checks})
+
+
+@metrics_route.get("/metrics", name="metrics", include_in_schema=False)
+async def prometheus_metrics(request: Request) -> Response:
+    """Prometheus metrics: the api process's own and the tenant's state, read from Redis now
+    (`callcenter.metrics.TenantState`). Admin keys only: flow and agent figures are the tenant's."""
+    state, registry = request.app.state.tenant_metrics
+    await state.refresh()
+    return Response(metrics.exposition(registry), media_type=metrics.CONTENT_TYPE)
 
 
 @management.post("/reload", name="reload")

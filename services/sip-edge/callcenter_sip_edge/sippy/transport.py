@@ -23,6 +23,7 @@ from typing import Any
 
 import structlog
 
+from callcenter.metrics import SIP
 from callcenter_sip_edge.guard import SourceGuard
 from callcenter_sip_edge.log_limits import RateLimitedLog
 from callcenter_sip_edge.screening import SIPPY_RECV_BYTES, screen_datagram
@@ -224,12 +225,13 @@ def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
 
         # -- sending -----------------------------------------------------------------------
         def send_to(self, data: Any, address: Any, delayed: bool = False) -> None:
+            if not isinstance(data, bytes):
+                data = data.encode("utf-8")
+            SIP.message("out", data)
             host, port = address
             if not _is_ip_literal(host) or self.uopts.ploss_out_rate > 0.0 or self.uopts.pdelay_out_max > 0.0:
                 super().send_to(data, address, delayed)   # sippy's way: its sender thread resolves
                 return
-            if not isinstance(data, bytes):
-                data = data.encode("utf-8")
             if self.uopts.family == socket.AF_INET6:
                 host = host[1:-1] if host.startswith("[") else host
             if self._backlog:
@@ -370,6 +372,7 @@ def make_transaction_manager_class(
                 data_in = data_in.encode("utf-8", errors="replace")
             verdict = screen_datagram(data_in, max_message_bytes)
             if verdict.drop_reason is None:
+                SIP.message("in", data_in)
                 super().handleIncoming(data_in, ra, server, rtime)
                 return
             source = f"{ra.address[0]}:{ra.address[1]}"
@@ -421,6 +424,17 @@ def make_transaction_manager_class(
                 if routes and routes[0].getUrl().lr:
                     t.dialog_route_set = (routes, t.address)
             return t
+
+        # counted here: sippy resends a request on its timer A, and answers a retransmitted request
+        # from its response cache (the one transmitData call that passes `lossemul`)
+        def timerA(self, t: Any) -> None:
+            SIP.retransmission("out")
+            super().timerA(t)
+
+        def transmitData(self, userv: Any, data: Any, address: Any, *args: Any, **kwargs: Any) -> None:
+            if "lossemul" in kwargs:
+                SIP.retransmission("in")
+            super().transmitData(userv, data, address, *args, **kwargs)
 
         def transmitReq(self, t: Any, msg: Any, address: Any, *args: Any, **kwargs: Any) -> None:
             route_set = getattr(t, "dialog_route_set", None)
