@@ -24,6 +24,11 @@ from pathlib import Path
 from callcenter_dev.servers import free_port
 
 
+def _install_db(exe: Path) -> str | None:
+    """mariadb-install-db beside `exe`, in /usr/bin or on PATH."""
+    return shutil.which("mariadb-install-db", path=f"{exe.parent}:/usr/bin:{os.environ.get('PATH', '')}")
+
+
 def find_server() -> Path | None:
     """The `mariadbd` executable, or None if MariaDB is not installed."""
     candidates: list[Path] = []
@@ -34,7 +39,7 @@ def find_server() -> Path | None:
         candidates.append(Path(on_path))
     candidates.append(Path("/usr/sbin/mariadbd"))
     for exe in candidates:
-        if exe.is_file() and shutil.which("mariadb-install-db", path=f"{exe.parent}:/usr/bin:{os.environ.get('PATH', '')}"):
+        if exe.is_file() and _install_db(exe):
             return exe
     return None
 
@@ -62,7 +67,7 @@ class MariaDbServer:
         exe = find_server()
         if exe is None:
             raise RuntimeError("MariaDB is not installed (no mariadbd / mariadb-install-db)")
-        install = shutil.which("mariadb-install-db", path=f"{exe.parent}:/usr/bin:{os.environ.get('PATH', '')}")
+        install = _install_db(exe)
         assert install is not None
         user = getpass.getuser()
         if not self.port:

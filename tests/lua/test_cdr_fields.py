@@ -67,7 +67,7 @@ async def test_summary_says_where_a_call_was_dissuaded_and_overflowed(h: Harness
     await h.store.fire_timers(now=h.now)
     h.now += 1000
     await h.report("report.call_ended", "c1", by="caller", reason="bye")
-    ended = [d for _, d in await h.events("call.ended")][0]
+    ended = next(d for _, d in await h.events("call.ended"))
     assert (ended["flow"], ended["overflow_to_flow"], ended["queue_position"], ended["hold_ms"]) == (
         "spill", "spill", 0, 11_000)
     assert "dissuaded_rule" not in ended and "overflow_to_uri" not in ended
@@ -76,5 +76,5 @@ async def test_summary_says_where_a_call_was_dissuaded_and_overflowed(h: Harness
     await h.arrive("d1", flow="deter")
     await h.arrive("d2", flow="deter")  # one call ahead: dissuaded
     await h.report("report.call_ended", "d2", by="caller", reason="bye")
-    ended = [d for _, d in await h.events("call.ended") if d["call_id"] == "d2"][0]
+    ended = next(d for _, d in await h.events("call.ended") if d["call_id"] == "d2")
     assert ended["dissuaded_rule"] == "queue_size"

@@ -49,7 +49,17 @@ def make_engine(url: str = DEFAULT_URL, **kwargs: Any) -> Engine:
     engine = create_engine(parsed, **kwargs)
     if parsed.get_backend_name() in ("mysql", "mariadb"):
         event.listen(engine, "handle_error", _mysql_check_is_integrity)
+        event.listen(engine, "connect", _mysql_on_connect)
     return engine
+
+
+def _mysql_on_connect(dbapi_conn: Any, _record: Any) -> None:
+    cur = dbapi_conn.cursor()
+    try:
+        # DATETIME has no zone: every timestamp is UTC, also those the server fills in (NOW())
+        cur.execute("SET time_zone = '+00:00'")
+    finally:
+        cur.close()
 
 
 # a CHECK constraint refused the row: MariaDB's ER_CONSTRAINT_FAILED and MySQL's
@@ -62,7 +72,7 @@ def _mysql_check_is_integrity(context: ExceptionContext) -> BaseException | None
     orig = context.original_exception
     errno = orig.args[0] if getattr(orig, "args", None) else None
     if isinstance(context.sqlalchemy_exception, OperationalError) and errno in MYSQL_CHECK_ERRNOS:
-        return IntegrityError(context.statement, context.parameters, orig)  # type: ignore[arg-type]
+        return IntegrityError(context.statement, context.parameters, orig)
     return None
 
 
