@@ -209,6 +209,34 @@ async def test_a_row_per_attempt_that_did_not_connect_and_a_final_row(redis: aio
     assert (again.written, again.duplicates, len(rows(engine))) == (0, 2, 2)
 
 
+def attempt_failed(call_id: str, attempt: int, **over: Any) -> dict[str, Any]:
+    data = {"ts": T0 + 3000, "call_id": call_id, "flow": "sales", "agent_id": "bob", "offer_id": str(attempt),
+            "reason": "no_answer", "attempt": attempt, "ring_ms": 3000, "caller": "carol", "received_ms": T0,
+            "wait_ms": 3000, "rejections": attempt - 1}
+    data.update(over)
+    return data
+
+
+@pytest.mark.parametrize("final_first", [True, False])
+async def test_final_and_attempt_rows_in_one_batch_keep_every_column(redis: aioredis.Redis, engine: Engine,
+                                                                      final_first: bool) -> None:
+    producer = Producer(redis)
+    events = [("call.ended", ended("c1", hold_ms=2500, queue_position=3, dissuaded_rule="ewt",
+                                   overflow_to_flow="spill", sip_call_id="s1", edge="e1", priority=7)),
+              ("call.agent_failed", attempt_failed("c2", 1))]
+    for etype, data in events if final_first else reversed(events):
+        await producer.publish(KEYS.events, etype, data)
+    raw: Any = await redis.xrange(KEYS.events)
+    verdicts = await CdrWriter(engine, TENANT)([decode(f, i) for i, f in raw])
+    assert {v.outcome for v in verdicts.values()} == {Outcome.ACK}
+    final = rows(engine, "c1")[0]
+    assert (final.hold_ms, final.queue_position, final.dissuaded_rule, final.overflow_to_flow, final.sip_call_id,
+            final.edge, final.priority, final.tenant) == (2500, 3, "ewt", "spill", "s1", "e1", 7, TENANT)
+    attempt = rows(engine, "c2")[0]
+    assert (attempt.attempt, attempt.pickup_ms, attempt.hold_ms, attempt.outcome, attempt.ended_by) == (
+        1, 3000, None, "not_connected", "system")
+
+
 async def test_an_attempt_event_from_before_numbering_is_no_row(redis: aioredis.Redis, engine: Engine) -> None:
     producer = Producer(redis)
     await producer.publish(KEYS.events, "call.agent_failed", {"ts": T0, "call_id": "old", "flow": "sales",

@@ -164,13 +164,21 @@ def attempt_row(entry: Entry, tenant: str = "default") -> dict[str, Any]:
     }
 
 
+# every column the writer sets: each row carries all of them, because one executemany takes its
+# columns from the first row (a key missing from a later row is an error, an extra one is dropped)
+ROW_COLUMNS = tuple(c.key for c in Cdr.__table__.columns if c.key != "id")
+
+
 def cdr_row(entry: Entry, tenant: str = "default") -> dict[str, Any] | None:
-    """The `cdrs` row of one entry, or None when the entry is no CDR."""
+    """The `cdrs` row of one entry (every column, None where it has no value), or None when the
+    entry is no CDR."""
     if entry.type == CDR_EVENT:
-        return final_row(entry, tenant)
-    if entry.type == ATTEMPT_EVENT and entry.data.get("attempt") is not None:
-        return attempt_row(entry, tenant)
-    return None
+        row = final_row(entry, tenant)
+    elif entry.type == ATTEMPT_EVENT and entry.data.get("attempt") is not None:
+        row = attempt_row(entry, tenant)
+    else:
+        return None
+    return {name: row.get(name) for name in ROW_COLUMNS}
 
 
 def idempotent_insert(engine: Engine) -> Insert:
