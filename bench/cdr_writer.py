@@ -7,15 +7,19 @@ and `call.ended` (the final row); the other event types are acknowledged without
 production. Then, each into a fresh database migrated to head:
 
 1. baseline: the same rows (built by the writer's own `cdr_row` from the same entries, so the
-   values are identical) inserted with a plain `INSERT INTO cdrs ... VALUES` executemany, `--batch`
-   rows per transaction, no stream, no idempotency;
+   values are identical) inserted with a plain `INSERT INTO cdrs ... VALUES` executemany,
+   `--rows-per-insert` rows per transaction, no stream, no idempotency;
 2. writer: `callcenter.bus.StreamConsumer` + `CdrWriter` exactly as the service runs them
-   (XREADGROUP of `--batch` entries, decode, idempotent insert per batch in one transaction, XACK
-   after the commit), from the first read until the group has acknowledged every entry.
+   (XREADGROUP of `--batch` entries = CC_BATCH, decode, idempotent insert of the batch's rows in
+   one transaction, XACK after the commit), from the first read until the group has acknowledged
+   every entry; each `--batch` given (comma-separated) is a run of its own into a fresh database.
 
-Printed: rows and rows/s of each, and the writer's rate as a share of the baseline's.
+Only about one entry in four is a CDR row (arrived, offered, connected are not), so a read of 100
+entries makes a transaction of about 28 rows: the writer's rate depends on CC_BATCH mostly through
+the number of transactions. Printed: rows/s of each, the writer's transactions and rows per
+transaction, and its rate as a share of the baseline's.
 
-    .venv/bin/python bench/cdr_writer.py [--quick] [--calls 20000] [--batch 100] [--attempt-every 4]
+    .venv/bin/python bench/cdr_writer.py [--quick] [--calls 20000] [--batch 400,100] [--rows-per-insert 100]
 """
 
 from __future__ import annotations
@@ -125,7 +129,9 @@ async def through_writer(redis: aioredis.Redis, engine: Engine, entries: int, ba
 async def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=20_000)
-    parser.add_argument("--batch", type=int, default=100, help="entries per read / rows per transaction")
+    parser.add_argument("--batch", default="400,100",
+                        help="the writer's entries per read (CC_BATCH; 400 is the default), comma-separated")
+    parser.add_argument("--rows-per-insert", type=int, default=100, help="the baseline's rows per transaction")
     parser.add_argument("--attempt-every", type=int, default=4,
                         help="every n-th call has one agent attempt that did not connect (0: none)")
     parser.add_argument("--quick", action="store_true", help="a smoke run (1,000 calls)")
@@ -139,22 +145,30 @@ async def main(argv: list[str]) -> int:
     try:
         entries = await fill(redis, calls, args.attempt_every)
         rows = [row for row in (cdr_row(e, TENANT) for e in entries) if row is not None]
-        base_engine, writer_engine = fresh(pg, "baseline"), fresh(pg, "writer")
+        base_engine = fresh(pg, "baseline")
         try:
-            base_s = baseline(base_engine, rows, args.batch)
-            writer_s, writer = await through_writer(redis, writer_engine, len(entries), args.batch)
+            base_s = baseline(base_engine, rows, args.rows_per_insert)
         finally:
             base_engine.dispose()
-            writer_engine.dispose()
-        if writer.written != len(rows) or writer.dead:
-            print(f"writer wrote {writer.written} of {len(rows)} rows, {writer.dead} dead", file=sys.stderr)
-            return 1
-        base_rate, writer_rate = len(rows) / base_s, len(rows) / writer_s
+        base_rate = len(rows) / base_s
         print(f"stream: {len(entries)} entries, {calls} calls, {len(rows)} CDR rows "
-              f"({len(rows) - calls} attempt rows), batch {args.batch}")
-        print(f"plain batched INSERT  {len(rows)} rows in {base_s:.2f} s  {base_rate:,.0f} rows/s")
-        print(f"cdr-writer            {len(rows)} rows in {writer_s:.2f} s  {writer_rate:,.0f} rows/s")
-        print(f"cdr-writer / plain INSERT: {100 * writer_rate / base_rate:.0f}%")
+              f"({len(rows) - calls} attempt rows)")
+        print(f"plain batched INSERT         {len(rows)} rows in {base_s:.2f} s  {base_rate:,.0f} rows/s  "
+              f"({args.rows_per_insert} rows per transaction)")
+        for batch in (int(b) for b in args.batch.split(",")):
+            await redis.xgroup_destroy(KEYS.events, GROUP)
+            writer_engine = fresh(pg, f"writer{batch}")
+            try:
+                writer_s, writer = await through_writer(redis, writer_engine, len(entries), batch)
+            finally:
+                writer_engine.dispose()
+            if writer.written != len(rows) or writer.dead:
+                print(f"writer wrote {writer.written} of {len(rows)} rows, {writer.dead} dead", file=sys.stderr)
+                return 1
+            writer_rate = len(rows) / writer_s
+            print(f"cdr-writer CC_BATCH={batch:<5}    {len(rows)} rows in {writer_s:.2f} s  {writer_rate:,.0f} rows/s  "
+                  f"({writer.transactions} transactions, {len(rows) / writer.transactions:.0f} rows each)  "
+                  f"{100 * writer_rate / base_rate:.0f}% of the plain INSERT")
     finally:
         await redis.aclose()
         redis_server.stop()

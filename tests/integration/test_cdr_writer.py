@@ -112,6 +112,21 @@ def engine(db_url: str) -> Any:
 
 
 @pytest.fixture
+def sqlite_url(tmp_path: Path) -> str:
+    """SQLite only: for the tests of the process and of Redis, where the SQL backend changes nothing."""
+    url = f"sqlite:///{tmp_path / 'cdr.sqlite3'}"
+    upgrade(url)
+    return url
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url: str) -> Any:
+    eng = make_engine(sqlite_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
 async def service(redis: aioredis.Redis, redis_server: RedisServer, db_url: str) -> AsyncIterator[None]:
     """The cdr-writer service, in-process, with fast timings."""
     settings = CdrWriterSettings(redis_url=redis_server.url, tenant=TENANT, database_url=db_url,
@@ -326,10 +341,10 @@ async def test_database_unavailable_leaves_cdrs_pending(redis: aioredis.Redis, t
     broken.dispose()
 
 
-async def test_service_survives_a_redis_restart(tmp_path: Path, db_url: str, engine: Engine) -> None:
+async def test_service_survives_a_redis_restart(tmp_path: Path, sqlite_url: str, sqlite_engine: Engine) -> None:
     server = RedisServer().start()
     client = aioredis.Redis.from_url(server.url)
-    settings = CdrWriterSettings(redis_url=server.url, tenant=TENANT, database_url=db_url, consumer="w1",
+    settings = CdrWriterSettings(redis_url=server.url, tenant=TENANT, database_url=sqlite_url, consumer="w1",
                                  block_ms=50, claim_idle_ms=100)
     stop = asyncio.Event()
     task = asyncio.create_task(run(settings, stop))
@@ -337,7 +352,7 @@ async def test_service_survives_a_redis_restart(tmp_path: Path, db_url: str, eng
         await Producer(client).publish(KEYS.events, "call.ended", ended("before"))
 
         async def written(n: int) -> bool:
-            return len(rows(engine)) == n
+            return len(rows(sqlite_engine)) == n
 
         await wait_for(lambda: written(1))
         server.stop()  # no persistence: it comes back empty, without the consumer group
@@ -353,19 +368,19 @@ async def test_service_survives_a_redis_restart(tmp_path: Path, db_url: str, eng
         await asyncio.wait_for(task, 10)
         await client.aclose()
         server.stop()
-    assert [r.call_id for r in rows(engine)] == ["before", "after"]
+    assert [r.call_id for r in rows(sqlite_engine)] == ["before", "after"]
 
 
 async def test_service_process_stops_on_sigterm(redis: aioredis.Redis, redis_server: RedisServer,
-                                                db_url: str, engine: Engine) -> None:
+                                                sqlite_url: str, sqlite_engine: Engine) -> None:
     await Producer(redis).publish(KEYS.events, "call.ended", ended("c1"))
-    env = {**os.environ, "CC_REDIS_URL": redis_server.url, "CC_TENANT": TENANT, "CC_DATABASE_URL": db_url,
+    env = {**os.environ, "CC_REDIS_URL": redis_server.url, "CC_TENANT": TENANT, "CC_DATABASE_URL": sqlite_url,
            "CC_LOG_FORMAT": "json", "CC_BLOCK_MS": "50"}
     proc = await asyncio.create_subprocess_exec(console_script("cdr-writer"), env=env, stdout=subprocess.PIPE,
                                                 stderr=subprocess.STDOUT)
     try:
         async def written() -> bool:
-            return len(rows(engine)) == 1 and await drained(redis)
+            return len(rows(sqlite_engine)) == 1 and await drained(redis)
 
         await wait_for(written)
         proc.send_signal(signal.SIGTERM)
