@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from callcenter_dev.servers import free_port
+from callcenter_dev.servers import free_port, remove_dir
 
 
 def _install_db(exe: Path) -> str | None:
@@ -123,9 +123,4 @@ class MariaDbServer:
             self.proc.send_signal(signal.SIGKILL)
             self.proc.wait(10)
         self.proc = None
-        deadline = time.monotonic() + 5
-        while True:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            if not self.workdir.exists() or time.monotonic() > deadline:
-                return
-            time.sleep(0.1)
+        remove_dir(self.workdir)
