@@ -6,7 +6,9 @@ api and the cdr-writer can share one file). `upgrade(url)` runs the Alembic migr
 `callcenter.db.migrations` up to head, configured in code (no alembic.ini). It is safe to call at
 every service start, from several processes at once: the migration runs under a database-wide
 lock (a PostgreSQL advisory lock; a MySQL named lock, GET_LOCK; SQLite's write lock via BEGIN
-IMMEDIATE), so the first process migrates and the others find the schema at head.
+IMMEDIATE), so the first process migrates and the others find the schema at head. MySQL/MariaDB
+commit every DDL statement on their own: a migration that fails half-way there leaves its first
+steps applied (SQLite and PostgreSQL roll the whole migration back).
 """
 
 from __future__ import annotations
