@@ -22,7 +22,7 @@ COPY services ./services
 # extras need is installed, at the version CI tested). tests/deploy/test_wheel.py builds the same
 # wheel, installs it the same way and imports every module.
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install -c requirements.lock "$(ls /wheels/callcenter-*.whl)[sip-edge,api,postgres,celery]" \
+ && /opt/venv/bin/pip install -c requirements.lock "$(ls /wheels/callcenter-*.whl)[sip-edge,api,postgres,mysql,celery]" \
  && /opt/venv/bin/pip check
 
 # -- runtime: the venv only, non-root ------------------------------------------------------------

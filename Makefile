@@ -2,7 +2,7 @@
 .PHONY: install up test lint bench demo-call
 
 install:
-	scripts/bootstrap.sh --with-postgres
+	scripts/bootstrap.sh --with-postgres --with-mariadb
 
 up:
 	scripts/up

@@ -4,12 +4,20 @@
 # run again: it only does what is missing. Python packages come at the versions requirements.lock
 # pins (the image installs from it too); after a change to pyproject.toml's dependencies,
 # regenerate it with the command in its first lines (`pip install uv` first).
-# Usage: scripts/bootstrap.sh [--with-postgres]
+# Usage: scripts/bootstrap.sh [--with-postgres] [--with-mariadb]
+# (--with-postgres / --with-mariadb: the SQL servers the tests start privately; CI passes both)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 with_postgres=0
-[ "${1:-}" = "--with-postgres" ] && with_postgres=1
+with_mariadb=0
+for arg in "$@"; do
+  case "$arg" in
+    --with-postgres) with_postgres=1 ;;
+    --with-mariadb) with_mariadb=1 ;;
+    *) echo "bootstrap: unknown option $arg" >&2; exit 2 ;;
+  esac
+done
 
 sudo_cmd=()
 if [ "$(id -u)" -ne 0 ]; then sudo_cmd=(sudo); fi
@@ -27,6 +35,10 @@ command -v python3 >/dev/null 2>&1 || missing+=(python3)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || missing+=(python3-venv)
 if [ "$with_postgres" = 1 ] && ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
   missing+=(postgresql)
+fi
+# the Debian package also ships a system service; the tests never use it (devtools mariadb.py)
+if [ "$with_mariadb" = 1 ] && [ ! -x /usr/sbin/mariadbd ] && ! command -v mariadbd >/dev/null 2>&1; then
+  missing+=(mariadb-server)
 fi
 if [ "${#missing[@]}" -gt 0 ]; then
   echo "bootstrap: installing ${missing[*]} with apt-get" >&2

@@ -139,7 +139,7 @@ def call(args: argparse.Namespace) -> int:
     cdrs: list[Any] = []
     for _ in range(50):  # the cdr-writer commits in batches: give it a moment
         try:
-            cdrs = api_call(state["api"], state["key"], "GET", "/v1/cdrs?limit=1")["items"]
+            cdrs = api_call(state["api"], state["key"], "GET", "/v1/cdrs?limit=1&kind=final")["items"]
         except urllib.error.URLError:
             cdrs = []
         if cdrs:

@@ -16,11 +16,10 @@ import pwd
 import shutil
 import subprocess
 import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from callcenter_dev.servers import free_port
+from callcenter_dev.servers import free_port, remove_dir
 
 SUPERUSER = "cc"
 
@@ -134,9 +133,4 @@ class PostgresServer:
             except (RuntimeError, subprocess.TimeoutExpired):
                 pass
             self.started = False
-        deadline = time.monotonic() + 5
-        while True:
-            shutil.rmtree(self.workdir, ignore_errors=True)
-            if not self.workdir.exists() or time.monotonic() > deadline:
-                return
-            time.sleep(0.1)
+        remove_dir(self.workdir)

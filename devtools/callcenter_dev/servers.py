@@ -23,6 +23,17 @@ def stop_process(proc: subprocess.Popen[bytes] | None, timeout: float = 5.0) -> 
         proc.wait(5)
 
 
+def remove_dir(path: Path, timeout: float = 5.0) -> None:
+    """Delete a server's private directory, trying again for a while: a server process that has
+    just died may still be writing into it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists() or time.monotonic() > deadline:
+            return
+        time.sleep(0.1)
+
+
 def udp_port_bound(port: int) -> bool:
     """Whether some socket is bound to this local UDP port (read from /proc: no probing bind)."""
     needle = f":{port:04X}"

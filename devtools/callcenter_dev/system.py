@@ -231,7 +231,8 @@ class WholeSystem:
         found: dict[str, Any] = {}
 
         def has_cdr() -> bool:
-            rows = self.api.get("/v1/cdrs", params={"limit": 100}).json()["items"]
+            # the call's final row (its attempt rows, if any, have the same call id)
+            rows = self.api.get("/v1/cdrs", params={"limit": 100, "kind": "final"}).json()["items"]
             for row in rows:
                 if row["call_id"] == call_id:
                     found.update(row)

@@ -724,10 +724,10 @@ def test_dockerfile_builds_a_non_root_image_with_the_service_extras() -> None:
     assert re.search(r"^FROM \$\{PYTHON_IMAGE\} AS build$", text, re.M)
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.M)
     # the service extras and celery (the jobs' worker and beat), every version from the lock file
-    assert '-c requirements.lock "$(ls /wheels/callcenter-*.whl)[sip-edge,api,postgres,celery]"' in text
+    assert '-c requirements.lock "$(ls /wheels/callcenter-*.whl)[sip-edge,api,postgres,mysql,celery]"' in text
     assert re.search(r"^USER 10001:10001$", text, re.M)
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
-    assert {"sip-edge", "api", "postgres", "celery"} <= set(extras)
+    assert {"sip-edge", "api", "postgres", "mysql", "celery"} <= set(extras)
     # the build context carries what setuptools' package-dir needs
     ignore = (ROOT / ".dockerignore").read_text().split()
     for needed in ("pyproject.toml", "README.md", "requirements.lock", "src", "services"):

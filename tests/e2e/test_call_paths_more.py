@@ -189,8 +189,14 @@ def test_ring_all_a_200_crossing_the_cancel_gets_ack_and_bye_and_the_call_is_con
         assert [t for t, _ in events].count("call.ended") == 1
         cdr = system.wait_for_cdr(call_id)
         assert (cdr["outcome"], cdr["agent_id"], cdr["ended_by"]) == ("answered", f"mr-quick-{path}", "caller"), cdr
-        assert [r["call_id"] for r in system.api.get("/v1/cdrs", params={"limit": 100}).json()["items"]].count(
-            call_id) == 1
+        assert [r["call_id"] for r in system.api.get("/v1/cdrs", params={"limit": 100, "kind": "final"}).json()[
+            "items"]].count(call_id) == 1
+        # and one row for the late agent's attempt that did not connect (issue 12)
+        wait_for(lambda: len(system.api.get("/v1/cdrs", params={"call_id": call_id, "kind": "attempt"}).json()[
+            "items"]) == 1, 5, "the attempt row", system)
+        rows = system.api.get("/v1/cdrs", params={"call_id": call_id, "kind": "attempt"}).json()["items"]
+        assert [(r["agent_id"], r["reason"], r["attempt"]) for r in rows] == [
+            (f"mr-late-{path}", "answered_elsewhere", 1)]
         # the late agent was rung and is free again at once (a ring-all miss costs no wrap-up), never in the call
         wait_for(lambda: system.agent_state(f"mr-late-{path}") == "free", 3, "the late agent free", system)
         assert agent_transitions(system, f"mr-late-{path}") == [("logged_out", "free"), ("free", "ringing"),

@@ -1,4 +1,5 @@
-"""The api against a real redis-server and a temporary SQLite file, through its ASGI app (lifespan run)."""
+"""The api against a real redis-server and a temporary SQLite file, through its ASGI app (lifespan run);
+the tests of what lives in SQL (provisioning, CDR queries) run on SQLite, PostgreSQL and MariaDB."""
 
 from __future__ import annotations
 
@@ -47,6 +48,19 @@ async def app_services(redis: aioredis.Redis, settings: ApiSettings) -> AsyncIte
         yield client, app.state.services
 
 
+@pytest.fixture
+def sql_settings(redis_server: RedisServer, sql_url: str) -> ApiSettings:
+    """The api's settings on each SQL backend in turn (a new database, migrated by the api's start)."""
+    return ApiSettings(redis_url=redis_server.url, tenant=TENANT, database_url=sql_url)
+
+
+@pytest.fixture
+async def sql_services(redis: aioredis.Redis, sql_settings: ApiSettings) -> AsyncIterator[tuple[httpx.AsyncClient,
+                                                                                                 Services]]:
+    async with running(sql_settings) as (client, app):
+        yield client, app.state.services
+
+
 async def queue_a_call(redis: aioredis.Redis, call_id: str, flow: str = "sales-line") -> None:
     """A caller arrives on `flow` with nobody logged in and waits (the dispatcher's Lua step)."""
     store = Store(redis, TENANT)
@@ -69,9 +83,9 @@ def hash_of(raw: dict[Any, Any]) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
-async def test_provisioning_round_trip(app_services: tuple[httpx.AsyncClient, Services],
+async def test_provisioning_round_trip(sql_services: tuple[httpx.AsyncClient, Services],
                                        redis: aioredis.Redis) -> None:
-    api, services = app_services
+    api, services = sql_services
     r = await api.put("/v1/flows/sales-line", json=FLOW)
     assert r.status_code == 201, r.text
     assert r.json()["priority"] == 3 and r.json()["max_wrapup_s"] == 0
@@ -160,9 +174,9 @@ async def test_good_sip_uris_are_accepted(api: httpx.AsyncClient, uri: str) -> N
     assert (await api.put("/v1/agents/alice", json={**AGENT, "uri": uri})).status_code in (200, 201)
 
 
-async def test_chat_agents_and_flow_options_round_trip(app_services: tuple[httpx.AsyncClient, Services],
+async def test_chat_agents_and_flow_options_round_trip(sql_services: tuple[httpx.AsyncClient, Services],
                                                        redis: aioredis.Redis) -> None:
-    api, services = app_services
+    api, services = sql_services
     r = await api.put("/v1/flows/chat-line", json={**FLOW, "chat_policy": "full-load",
                                                    "flow_id_uri": "sip:flowid@127.0.0.1:7000"})
     assert r.status_code == 201, r.text
@@ -238,8 +252,8 @@ async def test_reload_prune_drops_what_sql_does_not_know(api: httpx.AsyncClient,
     assert not await redis.exists(f"cc:{{{TENANT}}}:flow:stray")
 
 
-async def test_delete_rules(app_services: tuple[httpx.AsyncClient, Services], redis: aioredis.Redis) -> None:
-    api, services = app_services
+async def test_delete_rules(sql_services: tuple[httpx.AsyncClient, Services], redis: aioredis.Redis) -> None:
+    api, services = sql_services
     await api.put("/v1/flows/sales-line", json=FLOW)
     await api.put("/v1/agents/alice", json=AGENT)
     await api.post("/v1/agents/alice/login")
@@ -262,8 +276,8 @@ async def test_delete_rules(app_services: tuple[httpx.AsyncClient, Services], re
     assert not await redis.exists(f"cc:{{{TENANT}}}:flow:sales-line")
 
 
-async def test_cdr_queries(app_services: tuple[httpx.AsyncClient, Services]) -> None:
-    api, services = app_services
+async def test_cdr_queries(sql_services: tuple[httpx.AsyncClient, Services]) -> None:
+    api, services = sql_services
     t0 = datetime(2025, 3, 1, 12, 0, tzinfo=UTC)
 
     def add(session: Any) -> None:
@@ -274,6 +288,12 @@ async def test_cdr_queries(app_services: tuple[httpx.AsyncClient, Services]) -> 
                             ended_by="caller", reason="bye", rejections=0, event_id=f"{i}-0",
                             media_type="chat" if i == 1 else "audio"))
 
+        # an agent attempt of c2 that did not connect, before its final row (the cdr-writer's rows)
+        session.add(Cdr(call_id="c2", attempt=1, flow_id="sales-line", caller="bob", agent_id="carol",
+                        received_at=t0 + timedelta(minutes=2), wait_ms=900, pickup_ms=900, talk_ms=0,
+                        outcome="not_connected", ended_by="agent", reason="rejected", rejections=0, event_id="2-1",
+                        call_type=-2, fstats=3, tenant=TENANT, sip_call_id="sip-c2", edge="edge-1", priority=5))
+
     await services.sql(add)
 
     async def ids(**params: Any) -> list[str]:
@@ -281,15 +301,29 @@ async def test_cdr_queries(app_services: tuple[httpx.AsyncClient, Services]) -> 
         assert r.status_code == 200, r.text
         return [c["call_id"] for c in r.json()["items"]]
 
-    page = (await api.get("/v1/cdrs")).json()
+    page = (await api.get("/v1/cdrs", params={"kind": "final"})).json()
     assert [c["call_id"] for c in page["items"]] == ["c4", "c3", "c2", "c1", "c0"]
     assert page["next_offset"] is None and page["limit"] == 100 and page["offset"] == 0
+    assert await ids() == ["c4", "c3", "c2", "c2", "c1", "c0"]  # both kinds by default
+    attempts = (await api.get("/v1/cdrs", params={"kind": "attempt"})).json()["items"]
+    assert [(c["call_id"], c["attempt"], c["agent_id"], c["outcome"], c["reason"], c["pickup_ms"], c["call_type"],
+             c["fstats"], c["sip_call_id"], c["edge"], c["priority"], c["tenant"]) for c in attempts] == [
+        ("c2", 1, "carol", "not_connected", "rejected", 900, -2, 3, "sip-c2", "edge-1", 5, TENANT)]
+    one_call = (await api.get("/v1/cdrs", params={"call_id": "c2", "order": "asc"})).json()["items"]
+    assert [(c["attempt"], c["outcome"]) for c in one_call] in ([(0, "answered"), (1, "not_connected")],
+                                                                [(1, "not_connected"), (0, "answered")])
+    final = next(c for c in one_call if c["attempt"] == 0)
+    assert (final["call_type"], final["tenant"], final["sip_call_id"], final["hold_ms"]) == (-1, "default", None, None)
+    assert await ids(outcome="not_connected") == ["c2"]
+    assert (await api.get("/v1/cdrs", params={"kind": "other"})).status_code == 422
     assert page["items"][0]["received_at"].startswith("2025-03-01T12:04:00")
-    assert await ids(flow_id="sales-line", order="asc") == ["c0", "c2", "c4"]
+    assert await ids(flow_id="sales-line", order="asc") == ["c0", "c2", "c2", "c4"]
+    assert await ids(flow_id="sales-line", order="asc", kind="final") == ["c0", "c2", "c4"]
     page = (await api.get("/v1/cdrs", params={"agent_id": "alice", "limit": 2})).json()
     assert [c["call_id"] for c in page["items"]] == ["c2", "c1"] and page["next_offset"] == 2
     assert await ids(agent_id="alice", limit=2, offset=2) == ["c0"]
-    assert await ids(since="2025-03-01T12:01:00Z", until="2025-03-01T13:03:00+01:00") == ["c2", "c1"]
+    assert await ids(agent_id="carol") == ["c2"]
+    assert await ids(since="2025-03-01T12:01:00Z", until="2025-03-01T13:03:00+01:00") == ["c2", "c2", "c1"]
     assert await ids(since="2025-03-01T12:04:00") == ["c4"]  # no zone: UTC
     assert await ids(outcome="abandoned") == ["c4", "c3"]
     assert await ids(media_type="chat") == ["c1"]

@@ -1,5 +1,5 @@
-"""The api benchmarks run end to end in their --quick mode and print their numbers (not checked:
-values depend on the machine). Each starts its own redis-server and api processes; bounded in time."""
+"""The api and cdr-writer benchmarks run end to end in their --quick mode and print their numbers (not
+checked: values depend on the machine). Each starts its own servers and processes; bounded in time."""
 
 from __future__ import annotations
 
@@ -18,6 +18,12 @@ EXPECTED = {
         rf"^auth on +\d+ requests +{NUM}/s +p50 +{NUM} ms +p99 +{NUM} ms +non-2xx 0 +api CPU +{NUM} µs/request",
         rf"^auth off +\d+ requests +{NUM}/s +p50 +{NUM} ms +p99 +{NUM} ms +non-2xx 0 +api CPU +{NUM} µs/request",
         rf"^auth cost: rate [-+]{NUM}% lower with auth; api CPU per request [-+]{NUM}%",
+    ],
+    "cdr_writer.py": [
+        r"^stream: \d+ entries, 1000 calls, 1250 CDR rows \(250 attempt rows\)",
+        rf"^plain batched INSERT +1250 rows in {NUM} s +[0-9,]+ rows/s",
+        rf"^cdr-writer CC_BATCH=400 +1250 rows in {NUM} s +[0-9,]+ rows/s +\(\d+ transactions, \d+ rows each\) +"
+        rf"\d+% of the plain INSERT",
     ],
     "sse_fanout.py": [
         rf"^event -> delivered: n=\d+ +p50 {NUM} ms +p99 {NUM} ms +max {NUM} ms",

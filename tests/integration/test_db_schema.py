@@ -1,4 +1,4 @@
-"""The hand-written migrations match the models, on SQLite and PostgreSQL, and upgrade is idempotent."""
+"""The hand-written migrations match the models, on SQLite, PostgreSQL and MariaDB, and upgrade is idempotent."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from sqlalchemy.exc import IntegrityError
 
 from callcenter.db.engine import alembic_config, make_engine, upgrade
 from callcenter.db.models import Base
-from callcenter_dev.postgres import PostgresServer
 
 
 def differences(url: str) -> list[object]:
@@ -39,9 +38,10 @@ def test_sqlite_schema_matches_models_and_uses_wal(tmp_path: Path) -> None:
     engine.dispose()
 
 
-def test_postgres_schema_matches_models(pg_url: str) -> None:
-    upgrade(pg_url)
-    assert differences(pg_url) == []
+def test_schema_matches_models(sql_url: str) -> None:
+    upgrade(sql_url)
+    upgrade(sql_url)  # every start migrates: the second run is a no-op
+    assert differences(sql_url) == []
 
 
 CDR_INSERT = ("INSERT INTO cdrs (call_id, flow_id, caller, received_at, wait_ms, pickup_ms, talk_ms, outcome, "
@@ -142,14 +142,55 @@ def check_api_keys_migration(url: str) -> None:
         engine.dispose()
 
 
-MIGRATION_CHECKS = [check_routing_migration, check_chat_migration, check_api_keys_migration]
+ATTEMPT_INSERT = ("INSERT INTO cdrs (call_id, attempt, flow_id, caller, received_at, wait_ms, pickup_ms, talk_ms, "
+                  "outcome, ended_by, reason, rejections, event_id, call_type, fstats, sip_call_id) VALUES "
+                  "(:call_id, :attempt, 'f', 'x', '2024-01-01 00:00:00', 0, 9000, 0, :outcome, 'agent', 'rejected', "
+                  "0, '2-0', :call_type, 3, 'sip-1')")
+
+
+def check_cdr_attempts_migration(url: str) -> None:
+    """0004 with CDRs of every kind, then 0005: each old row is the final row (attempt 0) of its
+    call with the reference's call_type and fstats, tenant `default`; attempt rows of a call fit
+    beside its final row, a second row with the same (call, attempt) does not; down to 0004 keeps
+    the final rows (the attempt rows cannot be expressed there) and refuses a second row per call
+    again; up again works."""
+    upgrade(url, "0004")
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            for call_id, outcome in (("a", "answered"), ("b", "abandoned"), ("c", "failed"), ("d", "dissuaded")):
+                conn.execute(text(CDR_INSERT), {"call_id": call_id, "wait": 0, "outcome": outcome})
+        upgrade(url)
+        with engine.begin() as conn:
+            rows = conn.execute(text("SELECT call_id, attempt, call_type, fstats, tenant, sip_call_id, hold_ms "
+                                     "FROM cdrs ORDER BY call_id"))
+            assert [tuple(r) for r in rows] == [("a", 0, 0, 7, "default", None, None),
+                                                ("b", 0, 1, 9, "default", None, None),
+                                                ("c", 0, -1, 1, "default", None, None),
+                                                ("d", 0, 1, 1, "default", None, None)]
+            for attempt in (1, 2):
+                conn.execute(text(ATTEMPT_INSERT), {"call_id": "a", "attempt": attempt, "outcome": "not_connected",
+                                                    "call_type": -2})
+        for params in ({"call_id": "a", "attempt": 1, "outcome": "not_connected", "call_type": -2},
+                       {"call_id": "e", "attempt": -1, "outcome": "not_connected", "call_type": -2}):
+            with pytest.raises(IntegrityError), engine.begin() as conn:
+                conn.execute(text(ATTEMPT_INSERT), params)
+        downgrade(engine, "0004")
+        with engine.begin() as conn:
+            remaining = conn.execute(text("SELECT call_id FROM cdrs ORDER BY call_id")).scalars()
+            assert list(remaining) == ["a", "b", "c", "d"]
+        with pytest.raises(IntegrityError), engine.begin() as conn:
+            conn.execute(text(CDR_INSERT), {"call_id": "a", "wait": 0, "outcome": "answered"})
+        upgrade(url)
+        assert differences(url) == []
+    finally:
+        engine.dispose()
+
+
+MIGRATION_CHECKS = [check_routing_migration, check_chat_migration, check_api_keys_migration,
+                    check_cdr_attempts_migration]
 
 
 @pytest.mark.parametrize("check", MIGRATION_CHECKS)
-def test_sqlite_migrations(tmp_path: Path, check: Callable[[str], None]) -> None:
-    check(f"sqlite:///{tmp_path / 'migration.sqlite3'}")
-
-
-@pytest.mark.parametrize("check", MIGRATION_CHECKS)
-def test_postgres_migrations(pg_server: PostgresServer, check: Callable[[str], None]) -> None:
-    check(pg_server.create_database(check.__name__))
+def test_migrations(sql_url: str, check: Callable[[str], None]) -> None:
+    check(sql_url)

@@ -318,25 +318,40 @@ class DispatchOut(BaseModel):
 # -- CDRs ------------------------------------------------------------------------------------------
 
 class CdrOut(BaseModel):
-    """One call detail record."""
+    """One call detail record: a call's final row (attempt 0) or the row of an agent attempt that did
+    not connect (attempt >= 1), with the reference's meaning (services/cdr-writer/README.md)."""
 
     model_config = ConfigDict(from_attributes=True)
 
     id: int
     call_id: str
+    attempt: int = Field(description="0 = the call's final row; 1, 2, ... = its agent attempts that did not connect")
     flow_id: str
     caller: str
     agent_id: str | None
     received_at: datetime
     wait_ms: int
-    pickup_ms: int
+    pickup_ms: int = Field(description="final row: the answering agent's ring time; attempt row: that agent's")
     talk_ms: int
-    outcome: str
+    outcome: str = Field(description="answered, abandoned, rejected, failed, dissuaded, overflowed; not_connected "
+                                     "for an attempt row")
     ended_by: str
     reason: str
-    rejections: int
+    rejections: int = Field(description="the call's rejections (attempt rows: before this one)")
     media_type: str = Field(description="audio or chat")
     event_id: str
+    call_type: int = Field(description="the reference's: -2 attempt, -1 error, 0 answered, 1 dropped before an answer")
+    fstats: int = Field(description="bits: 1 inbound, 2 distributed to an agent, 4 answered, 8 abandoned")
+    tenant: str
+    sip_call_id: str | None
+    edge: str | None
+    priority: int | None
+    queue_position: int | None = Field(description="calls ahead when it first entered a queue; null: never queued")
+    hold_ms: int | None = Field(description="final row: first entry into a queue until an agent took the call or "
+                                            "it ended")
+    dissuaded_rule: str | None
+    overflow_to_flow: str | None
+    overflow_to_uri: str | None
 
 
 class CdrPage(BaseModel):

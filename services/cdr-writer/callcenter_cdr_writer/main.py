@@ -50,7 +50,7 @@ async def run(settings: CdrWriterSettings, stop: asyncio.Event | None = None) ->
     engine = make_engine(settings.database_url)
     redis = connect(settings.redis_url)
     keys = Keys(settings.tenant)
-    writer = CdrWriter(engine)
+    writer = CdrWriter(engine, settings.tenant)
     consumer = StreamConsumer(
         redis, stream=keys.events, group=GROUP, consumer=settings.consumer, handler=writer,
         dead_stream=keys.dead, batch=settings.batch, block_ms=settings.block_ms,

@@ -1,13 +1,16 @@
-"""The cdr-writer's handler: `call.ended` events in, one CDR row per call out.
+"""The cdr-writer's handler: CDR events in, CDR rows out, each exactly once.
 
 Reads batches of decoded entries of the events stream `cc:{t}:events` (consumer group
-`cdr-writer`, see `callcenter.bus.StreamConsumer`) and writes the `cdrs` table. Every other event
-type is acknowledged at once: it is not a CDR. The batch's rows are inserted in one transaction
-with an idempotent insert keyed by `call_id` (`ON CONFLICT (call_id) DO NOTHING` on SQLite and
-PostgreSQL), so an event delivered twice (a writer that died between commit and ack, a claim by
-another replica) never writes a second row. Verdicts:
+`cdr-writer`, see `callcenter.bus.StreamConsumer`) and writes the `cdrs` table, the reference's
+`cc_cdrs` rows: `call.ended` is a call's final row (attempt 0); `call.agent_failed` is the row of
+an agent attempt that did not connect (attempt 1, 2, ... as numbered by the dispatcher; an event
+from before attempts were numbered carries no `attempt` and is no row). Every other event type is
+acknowledged at once. The batch's rows are inserted in one transaction with an idempotent insert
+keyed by `(call_id, attempt)` (`ON CONFLICT DO NOTHING` on SQLite and PostgreSQL, `ON DUPLICATE KEY
+UPDATE` with no change on MySQL/MariaDB), so an event delivered twice (a writer that died between
+commit and ack, a claim by another replica) never writes a second row. Verdicts:
 
-- ACK   the row is committed (or was already there), or the entry is not a `call.ended`;
+- ACK   the row is committed (or was already there), or the entry is not a CDR event;
 - DEAD  the row fails on its own (bad values: a constraint or a type the database refuses), found
         by retrying the batch row by row; the others are written;
 - BACKOFF the database is unavailable: the consumer keeps the entries and offers them again with
@@ -24,20 +27,36 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Engine, Insert
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import Connection, Engine, Insert, select
+from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from callcenter.bus import ACK, BACKOFF, Outcome, Verdict
 from callcenter.contract.codec import Entry
-from callcenter.db.models import Cdr
+from callcenter.db.models import (
+    ATTEMPT_OUTCOME,
+    CALL_TYPE_ANSWERED,
+    CALL_TYPE_ATTEMPT,
+    CALL_TYPE_DROPPED,
+    CALL_TYPE_ERROR,
+    FSTATS_ABANDONED,
+    FSTATS_ANSWERED,
+    FSTATS_DISTRIBUTED,
+    FSTATS_INBOUND,
+    Cdr,
+)
 
 log = structlog.get_logger(__name__)
 
 CDR_EVENT = "call.ended"
+ATTEMPT_EVENT = "call.agent_failed"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
+# who ended an attempt that did not connect, by its reason (anything else: the system, e.g. the
+# offer's lease expired or another phone of a ring-all answered)
+ATTEMPT_ENDED_BY = {"rejected": "agent", "busy": "agent", "hung_up": "agent", "no_sdp": "agent",
+                    "unreachable": "edge"}
 
 
 class BadCdr(ValueError):
@@ -51,6 +70,15 @@ def _count(data: Mapping[str, Any], name: str, limit: int = INT64_MAX) -> int:
     return int(value)
 
 
+def _optional(data: Mapping[str, Any], name: str, low: int = 0, high: int = INT32_MAX) -> int | None:
+    value = data.get(name)
+    if value is None:
+        return None
+    if not low <= value <= high:
+        raise BadCdr(f"{name}={value} is out of range")
+    return int(value)
+
+
 def _media_type(data: Mapping[str, Any]) -> str:
     media_type = data.get("media_type") or "audio"  # events before chat support carry none
     if media_type not in ("audio", "chat"):
@@ -58,39 +86,116 @@ def _media_type(data: Mapping[str, Any]) -> str:
     return str(media_type)
 
 
-def cdr_row(entry: Entry) -> dict[str, Any]:
-    """The `cdrs` row of one `call.ended` entry (types were checked by `callcenter.contract.codec`)."""
+def _common(entry: Entry, tenant: str) -> dict[str, Any]:
+    """The columns every row of a call has, from either event (types checked by the codec)."""
     data = entry.data
     try:
         received_at = EPOCH + timedelta(milliseconds=_count(data, "received_ms"))
     except OverflowError as exc:
         raise BadCdr(f"received_ms={data['received_ms']} is not a date") from exc
     return {
+        "tenant": tenant,
         "call_id": data["call_id"],
         "flow_id": data["flow"],
-        "caller": data["caller"],
+        "caller": data.get("caller") or "",
         "agent_id": data.get("agent_id") or None,
         "received_at": received_at,
         "wait_ms": _count(data, "wait_ms"),
-        "pickup_ms": _count(data, "pickup_ms"),
-        "talk_ms": _count(data, "talk_ms"),
-        "outcome": data["outcome"],
-        "ended_by": data["ended_by"],
-        "reason": data["reason"],
         "rejections": _count(data, "rejections", INT32_MAX),
         "media_type": _media_type(data),
+        "sip_call_id": data.get("sip_call_id") or None,
+        "edge": data.get("edge") or None,
+        "priority": _optional(data, "priority", -INT32_MAX, INT32_MAX),
+        "queue_position": _optional(data, "queue_position"),
         "event_id": entry.id,
     }
 
 
+def _call_type(outcome: str) -> int:
+    if outcome == "answered":
+        return CALL_TYPE_ANSWERED
+    return CALL_TYPE_ERROR if outcome == "failed" else CALL_TYPE_DROPPED
+
+
+def final_row(entry: Entry, tenant: str = "default") -> dict[str, Any]:
+    """The final row (attempt 0) of a call, from its `call.ended` entry."""
+    data = entry.data
+    outcome = data["outcome"]
+    distributed = (outcome == "answered" or bool(data.get("agent_id")) or bool(data.get("offers"))
+                   or data["rejections"] > 0)
+    fstats = (FSTATS_INBOUND | (FSTATS_DISTRIBUTED if distributed else 0)
+              | (FSTATS_ANSWERED if outcome == "answered" else 0)
+              | (FSTATS_ABANDONED if outcome == "abandoned" else 0))
+    return {
+        **_common(entry, tenant),
+        "attempt": 0,
+        "pickup_ms": _count(data, "pickup_ms"),
+        "talk_ms": _count(data, "talk_ms"),
+        "outcome": outcome,
+        "ended_by": data["ended_by"],
+        "reason": data["reason"],
+        "call_type": _call_type(outcome),
+        "fstats": fstats,
+        "hold_ms": _optional(data, "hold_ms", 0, INT64_MAX),
+        "dissuaded_rule": data.get("dissuaded_rule") or None,
+        "overflow_to_flow": data.get("overflow_to_flow") or None,
+        "overflow_to_uri": data.get("overflow_to_uri") or None,
+    }
+
+
+def attempt_row(entry: Entry, tenant: str = "default") -> dict[str, Any]:
+    """The row of an agent attempt that did not connect, from its numbered `call.agent_failed` entry:
+    that agent, pickup_ms = its ringing time, the call's rejections before it (the reference's -2)."""
+    data = entry.data
+    attempt = _optional(data, "attempt", 1)
+    if "received_ms" not in data or "wait_ms" not in data or "rejections" not in data:
+        raise BadCdr("a numbered call.agent_failed without received_ms, wait_ms or rejections")
+    reason = data["reason"]
+    return {
+        **_common(entry, tenant),
+        "attempt": attempt,
+        "pickup_ms": _count(data, "ring_ms") if data.get("ring_ms") is not None else 0,
+        "talk_ms": 0,
+        "outcome": ATTEMPT_OUTCOME,
+        "ended_by": ATTEMPT_ENDED_BY.get(reason, "system"),
+        "reason": reason,
+        "call_type": CALL_TYPE_ATTEMPT,
+        "fstats": FSTATS_INBOUND | FSTATS_DISTRIBUTED,
+    }
+
+
+# every column the writer sets: each row carries all of them, because one executemany takes its
+# columns from the first row (a key missing from a later row is an error, an extra one is dropped)
+ROW_COLUMNS = tuple(c.key for c in Cdr.__table__.columns if c.key != "id")
+
+
+def cdr_row(entry: Entry, tenant: str = "default") -> dict[str, Any] | None:
+    """The `cdrs` row of one entry (every column, None where it has no value), or None when the
+    entry is no CDR."""
+    if entry.type == CDR_EVENT:
+        row = final_row(entry, tenant)
+    elif entry.type == ATTEMPT_EVENT and entry.data.get("attempt") is not None:
+        row = attempt_row(entry, tenant)
+    else:
+        return None
+    return {name: row.get(name) for name in ROW_COLUMNS}
+
+
 def idempotent_insert(engine: Engine) -> Insert:
-    """INSERT INTO cdrs ... ON CONFLICT (call_id) DO NOTHING RETURNING call_id, for the engine's dialect."""
-    dialects: dict[str, Any] = {"sqlite": sqlite.insert, "postgresql": postgresql.insert}
-    make = dialects.get(engine.dialect.name)
-    if make is None:
-        raise NotImplementedError(f"the cdr-writer supports SQLite and PostgreSQL, not {engine.dialect.name}")
-    stmt: Insert = make(Cdr).on_conflict_do_nothing(index_elements=[Cdr.call_id]).returning(Cdr.call_id)
-    return stmt
+    """INSERT INTO cdrs ... that skips a row whose (call_id, attempt) is there already, for the
+    engine's dialect. No RETURNING: on PostgreSQL it made the batch two to three times slower
+    (bench/cdr_writer.py); the new rows are counted from a SELECT of the keys instead."""
+    name = engine.dialect.name
+    stmt: Insert
+    if name in ("sqlite", "postgresql"):
+        make: Any = sqlite.insert if name == "sqlite" else postgresql.insert
+        stmt = make(Cdr).on_conflict_do_nothing(index_elements=[Cdr.call_id, Cdr.attempt])
+        return stmt
+    if name == "mysql":  # also MariaDB
+        # no change on a duplicate key: unlike INSERT IGNORE, a bad value still raises (strict mode)
+        stmt = mysql.insert(Cdr).on_duplicate_key_update(attempt=Cdr.attempt)
+        return stmt
+    raise NotImplementedError(f"the cdr-writer supports SQLite, PostgreSQL and MySQL/MariaDB, not {name}")
 
 
 def _reason(exc: Exception) -> str:
@@ -101,9 +206,11 @@ def _reason(exc: Exception) -> str:
 class CdrWriter:
     """A `bus.Handler`: `await writer(entries)` returns {entry_id: Verdict}."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, tenant: str = "default") -> None:
         self.engine = engine
+        self.tenant = tenant
         self.insert = idempotent_insert(engine)
+        self.transactions = 0  # insert transactions tried (committed or not)
         self.written = 0
         self.duplicates = 0
         self.dead = 0
@@ -112,13 +219,15 @@ class CdrWriter:
         verdicts: dict[str, Verdict] = {}
         rows: dict[str, dict[str, Any]] = {}
         for entry in entries:
-            if entry.type != CDR_EVENT:
-                verdicts[entry.id] = ACK
-                continue
             try:
-                rows[entry.id] = cdr_row(entry)
+                row = cdr_row(entry, self.tenant)
             except BadCdr as exc:
                 verdicts[entry.id] = Verdict(Outcome.DEAD, f"bad cdr: {exc}")
+                continue
+            if row is None:
+                verdicts[entry.id] = ACK
+            else:
+                rows[entry.id] = row
         if not rows:
             return self._count(verdicts)
         try:
@@ -128,7 +237,7 @@ class CdrWriter:
             verdicts.update(await asyncio.to_thread(self._insert_one_by_one, rows))
         except SQLAlchemyError as exc:
             # the database is unavailable (or the schema is not there yet): keep everything pending
-            return await self._unavailable(entries, exc)
+            return self._unavailable(verdicts, rows, exc)
         else:
             verdicts.update(dict.fromkeys(rows, ACK))
             self._note_written(len(rows), inserted)
@@ -136,8 +245,21 @@ class CdrWriter:
 
     # -- SQL (worker thread) ------------------------------------------------------------------------
     def _insert_batch(self, rows: list[dict[str, Any]]) -> int:
+        """Insert the rows in one transaction; returns how many were new."""
+        keys = {(r["call_id"], r["attempt"]) for r in rows}
+        self.transactions += 1
         with self.engine.begin() as conn:
-            return len(conn.execute(self.insert, rows).all())
+            present = self._present(conn, keys)
+            conn.execute(self.insert, rows)
+        return len(keys - present)
+
+    @staticmethod
+    def _present(conn: Connection, keys: set[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Which of the (call_id, attempt) keys are in the table already: a count for the log and
+        the duplicates counter only (a concurrent writer may add one meanwhile; the insert itself
+        never writes a key twice). By call_id, the leading column of the unique index."""
+        query = select(Cdr.call_id, Cdr.attempt).where(Cdr.call_id.in_({call_id for call_id, _ in keys}))
+        return {(call_id, attempt) for call_id, attempt in conn.execute(query)} & keys
 
     def _insert_one_by_one(self, rows: Mapping[str, dict[str, Any]]) -> dict[str, Verdict]:
         verdicts: dict[str, Verdict] = {}
@@ -173,7 +295,7 @@ class CdrWriter:
         self.dead += sum(1 for v in verdicts.values() if v.outcome is Outcome.DEAD)
         return verdicts
 
-    async def _unavailable(self, entries: Sequence[Entry], exc: Exception) -> dict[str, Verdict]:
-        log.warning("cdr.db_unavailable", count=len(entries), error=_reason(exc))
-        # the non-CDR entries are acknowledged anyway: they need no database
-        return {e.id: (BACKOFF if e.type == CDR_EVENT else ACK) for e in entries}
+    def _unavailable(self, verdicts: dict[str, Verdict], rows: Mapping[str, Any], exc: Exception) -> dict[str, Verdict]:
+        log.warning("cdr.db_unavailable", count=len(rows), error=_reason(exc))
+        # the entries that are no row (or a bad one) keep their verdict: they need no database
+        return self._count({**verdicts, **dict.fromkeys(rows, BACKOFF)})

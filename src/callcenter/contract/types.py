@@ -45,6 +45,9 @@ OptInt = (int, type(None))
 _CALL = {"call_id": Str}
 _REPORT = {"call_id": Str, "edge": Str, "seq": Int, "ts": Int}
 _EVENT = {"ts": Int}
+# what a CDR row needs beyond the event's own facts (optional: events before issue 12 lack them)
+_CDR = {"caller": OptStr, "received_ms": OptInt, "wait_ms": OptInt, "rejections": OptInt, "media_type": OptStr,
+        "sip_call_id": OptStr, "edge": OptStr, "priority": OptInt, "queue_position": OptInt}
 
 _TYPES: list[EntryType] = [
     # -- reports: sip-edge -> dispatcher -------------------------------------------------------
@@ -102,7 +105,8 @@ _TYPES: list[EntryType] = [
               "edge_lost)."),
     # -- events: the product stream ------------------------------------------------------------
     EntryType("call.arrived", 1, {**_EVENT, **_CALL, "flow": Str, "caller": Str, "edge": Str},
-              {"media_type": OptStr}, "media_type = audio or chat."),
+              {"media_type": OptStr, "sip_call_id": OptStr},
+              "media_type = audio or chat; sip_call_id = the caller's SIP Call-ID."),
     EntryType("call.rejected", 1, {**_EVENT, **_CALL, "flow": Str, "code": Int, "reason": Str}, {},
               "Refused at arrival (unknown flow, no agent logged in)."),
     EntryType("call.welcome_ended", 1, {**_EVENT, **_CALL, "flow": Str}),
@@ -110,7 +114,10 @@ _TYPES: list[EntryType] = [
               "position = number of calls ahead in the flow's queue (0 = next)."),
     EntryType("call.offered", 1, {**_EVENT, **_CALL, "flow": Str, "agent_id": Str, "offer_id": Str}),
     EntryType("call.agent_failed", 1,
-              {**_EVENT, **_CALL, "flow": Str, "agent_id": Str, "offer_id": Str, "reason": Str}),
+              {**_EVENT, **_CALL, "flow": Str, "agent_id": Str, "offer_id": Str, "reason": Str},
+              {"attempt": OptInt, "ring_ms": OptInt, **_CDR},
+              "An attempt that did not connect (one CDR row): attempt = its number in the call (1, 2, ...), "
+              "ring_ms = how long the agent rang, rejections = the call's rejections before this one."),
     EntryType("call.connected", 1, {**_EVENT, **_CALL, "flow": Str, "agent_id": Str, "wait_ms": Int}),
     EntryType("call.abandoned", 1, {**_EVENT, **_CALL, "flow": Str, "wait_ms": Int, "stage": Str}),
     EntryType("call.dissuaded", 1, {**_EVENT, **_CALL, "flow": Str, "rule": Str}, {},
@@ -121,7 +128,8 @@ _TYPES: list[EntryType] = [
               {**_EVENT, **_CALL, "flow": Str, "caller": Str, "outcome": Str, "ended_by": Str,
                "reason": Str, "received_ms": Int, "wait_ms": Int, "pickup_ms": Int, "talk_ms": Int,
                "rejections": Int},
-              {"agent_id": OptStr, "media_type": OptStr},
+              {"agent_id": OptStr, **_CDR, "attempts": OptInt, "offers": OptInt, "hold_ms": OptInt,
+               "dissuaded_rule": OptStr, "overflow_to_flow": OptStr, "overflow_to_uri": OptStr},
               "The call's summary (one CDR). outcome = answered, abandoned, rejected, failed, dissuaded "
               "or overflowed."),
     EntryType("agent.logged_in", 1, {**_EVENT, "agent_id": Str}),

@@ -11,7 +11,19 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import BigInteger, Boolean, CheckConstraint, DateTime, Index, Integer, MetaData, String, false, func
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+    false,
+    func,
+)
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -24,7 +36,14 @@ NAMING = {
     "pk": "pk_%(table_name)s",
 }
 
-OUTCOMES = ("answered", "abandoned", "rejected", "failed", "dissuaded", "overflowed")
+# not_connected: the row of an agent attempt that did not connect (attempt >= 1), not a call's end
+OUTCOMES = ("answered", "abandoned", "rejected", "failed", "dissuaded", "overflowed", "not_connected")
+ATTEMPT_OUTCOME = "not_connected"
+# the reference's cc_cdrs.call_type: -2 an agent attempt that did not connect (an intermediate
+# row), -1 an error, 0 handled by an agent, 1 dropped before an agent answered
+CALL_TYPE_ATTEMPT, CALL_TYPE_ERROR, CALL_TYPE_ANSWERED, CALL_TYPE_DROPPED = -2, -1, 0, 1
+# the reference's cc_cdrs.fstats bits
+FSTATS_INBOUND, FSTATS_DISTRIBUTED, FSTATS_ANSWERED, FSTATS_ABANDONED = 1, 2, 4, 8
 # who an API key speaks for (see services/api/callcenter_api/auth.py for what each may do)
 ROLES = ("admin", "supervisor", "agent")
 
@@ -32,8 +51,9 @@ ROLES = ("admin", "supervisor", "agent")
 class UtcDateTime(TypeDecorator[datetime]):
     """A timestamp that is always timezone-aware UTC in Python.
 
-    PostgreSQL stores `timestamptz`; SQLite has no timezone type, so the value is stored as naive
-    UTC and the tzinfo is put back on read. Naive datetimes are refused: they are always a bug.
+    PostgreSQL stores `timestamptz`; SQLite and MySQL/MariaDB have no timezone type, so the value is
+    stored as naive UTC (MySQL: DATETIME, whole seconds, as the reference's `received_timestamp`) and
+    the tzinfo is put back on read. Naive datetimes are refused: they are always a bug.
     """
 
     impl = DateTime(timezone=True)
@@ -45,7 +65,7 @@ class UtcDateTime(TypeDecorator[datetime]):
         if value.tzinfo is None:
             raise ValueError("naive datetime: pass a timezone-aware value")
         value = value.astimezone(UTC)
-        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+        return value.replace(tzinfo=None) if dialect.name in ("sqlite", "mysql") else value
 
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None:
@@ -140,9 +160,16 @@ class Agent(Base):
 
 
 class Cdr(Base):
-    """One call detail record per call, from the `call.ended` event (the call's summary).
+    """Call detail records with the reference's meaning (`cc_cdrs`): one final row per call (attempt
+    0, from `call.ended`) plus one row per agent attempt that did not connect (attempt 1, 2, ...,
+    from `call.agent_failed`: that agent, `pickup_ms` = its ringing time, outcome `not_connected`,
+    `reason` = why, `rejections` = the call's rejections before it, call_type -2).
 
-    `call_id` is the idempotency key: a redelivered event never writes a second row.
+    The reference's columns: caller, received_at (received_timestamp), wait_ms, pickup_ms, talk_ms
+    (in ms, not s), flow_id, agent_id, call_type, rejections (rejected), fstats, media_type (media),
+    and `call_id` for its `cid` (the link between the rows of one call; ours is unique for ever, not a
+    per-process counter). `(call_id, attempt)` is the idempotency key: a redelivered event never
+    writes a second row.
     """
 
     __tablename__ = "cdrs"
@@ -150,13 +177,17 @@ class Cdr(Base):
         CheckConstraint("outcome IN (" + ", ".join(f"'{o}'" for o in OUTCOMES) + ")", name="outcome"),
         CheckConstraint("wait_ms >= 0 AND pickup_ms >= 0 AND talk_ms >= 0 AND rejections >= 0",
                         name="non_negative"),
+        CheckConstraint("attempt >= 0 AND (hold_ms IS NULL OR hold_ms >= 0)", name="attempt"),
+        UniqueConstraint("call_id", "attempt"),
         Index("ix_cdrs_received_at", "received_at"),
         Index("ix_cdrs_flow_id_received_at", "flow_id", "received_at"),
         Index("ix_cdrs_agent_id_received_at", "agent_id", "received_at"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
-    call_id: Mapped[str] = mapped_column(String(128), unique=True)
+    call_id: Mapped[str] = mapped_column(String(128))
+    # 0 = the call's final row; n >= 1 = its n-th agent attempt that did not connect
+    attempt: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     flow_id: Mapped[str] = mapped_column(String(64))
     caller: Mapped[str] = mapped_column(String(255))
     agent_id: Mapped[str | None] = mapped_column(String(128))
@@ -165,12 +196,27 @@ class Cdr(Base):
     pickup_ms: Mapped[int] = mapped_column(BigInteger)
     talk_ms: Mapped[int] = mapped_column(BigInteger)
     outcome: Mapped[str] = mapped_column(String(16))
+    # who hung up (caller, agent, media, edge, system) and why
     ended_by: Mapped[str] = mapped_column(String(32))
     reason: Mapped[str] = mapped_column(String(128))
     rejections: Mapped[int] = mapped_column(Integer)
     media_type: Mapped[str] = mapped_column(String(8), default="audio", server_default="audio")
     # the events stream entry the row came from (traceability, replays)
     event_id: Mapped[str] = mapped_column(String(64))
+    call_type: Mapped[int] = mapped_column(Integer, default=CALL_TYPE_ERROR, server_default=str(CALL_TYPE_ERROR))
+    fstats: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    tenant: Mapped[str] = mapped_column(String(64), default="default", server_default="default")
+    sip_call_id: Mapped[str | None] = mapped_column(String(255))
+    edge: Mapped[str | None] = mapped_column(String(128))
+    priority: Mapped[int | None] = mapped_column(Integer)
+    # calls ahead when the call first entered a queue; None = it never queued
+    queue_position: Mapped[int | None] = mapped_column(Integer)
+    # final rows: from the first entry into a queue until an agent took the call or it ended
+    hold_ms: Mapped[int | None] = mapped_column(BigInteger)
+    # final rows: the dissuading rule it met (queue_size, ewt, on_hold), the flow or URI it overflowed to
+    dissuaded_rule: Mapped[str | None] = mapped_column(String(16))
+    overflow_to_flow: Mapped[str | None] = mapped_column(String(64))
+    overflow_to_uri: Mapped[str | None] = mapped_column(String(255))
 
 
 class ApiKey(Base):

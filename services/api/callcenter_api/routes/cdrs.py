@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from callcenter.db.models import Cdr
 from callcenter_api import paging
 from callcenter_api.deps import ServicesDep
-from callcenter_api.schemas import AGENT_ID_PATTERN, FLOW_ID_PATTERN, CdrOut, CdrPage
+from callcenter_api.schemas import AGENT_ID_PATTERN, CALL_ID_PATTERN, FLOW_ID_PATTERN, CdrOut, CdrPage
 
 router = APIRouter(prefix="/v1/cdrs", tags=["cdrs"])
 
@@ -31,9 +31,13 @@ async def list_cdrs(
     agent_id: Annotated[str | None, Query(pattern=AGENT_ID_PATTERN)] = None,
     since: Annotated[datetime | None, Query(description="received at or after (ISO 8601; no zone = UTC)")] = None,
     until: Annotated[datetime | None, Query(description="received before (ISO 8601; no zone = UTC)")] = None,
-    outcome: Annotated[Literal["answered", "abandoned", "rejected", "failed", "dissuaded", "overflowed"] | None,
-                       Query()] = None,
+    outcome: Annotated[Literal["answered", "abandoned", "rejected", "failed", "dissuaded", "overflowed",
+                               "not_connected"] | None, Query()] = None,
     media_type: Annotated[Literal["audio", "chat"] | None, Query()] = None,
+    kind: Annotated[Literal["final", "attempt"] | None,
+                    Query(description="final: one row per call; attempt: the agent attempts that did not "
+                                      "connect; both by default")] = None,
+    call_id: Annotated[str | None, Query(pattern=CALL_ID_PATTERN, description="every row of one call")] = None,
     order: Annotated[Literal["asc", "desc"], Query(description="by arrival time")] = "desc",
     limit: paging.Limit = paging.DEFAULT_LIMIT,
     cursor: paging.Cursor = None,
@@ -57,6 +61,10 @@ async def list_cdrs(
         query = query.where(Cdr.outcome == outcome)
     if media_type is not None:
         query = query.where(Cdr.media_type == media_type)
+    if kind is not None:
+        query = query.where(Cdr.attempt == 0 if kind == "final" else Cdr.attempt > 0)
+    if call_id is not None:
+        query = query.where(Cdr.call_id == call_id)
     # id breaks ties, so that paging never skips or repeats a row
     if order == "desc":
         query = query.order_by(Cdr.received_at.desc(), Cdr.id.desc())

@@ -59,7 +59,7 @@ for _, member in ipairs(due) do
         onhold_stat(target, call, 1)
         -- flow_ms: the target's max_wait_s counts from now
         call_field_updates(id, call, { flow = target, media = '', onhold = '1', queued_ms = '', flow_ms = NOW,
-          overflows = hops + 1 })
+          overflows = hops + 1, overflow_to_flow = target })
         route_call(id, call, target_flow, false)
         left_queue(id, call, from, flow)
       elseif (flow.overflow_uri or '') ~= '' then
@@ -67,7 +67,7 @@ for _, member in ipairs(due) do
         redis.call('ZREM', K.timers, 'onhold|' .. id)
         emit('call.overflowed', { call_id = id, flow = call.flow, to_uri = flow.overflow_uri })
         stat(call.flow, 'overflowed')
-        call_field_updates(id, call, { state = 'overflow', media = 'overflow' })
+        call_field_updates(id, call, { state = 'overflow', media = 'overflow', overflow_to_uri = flow.overflow_uri })
         command(call.edge, 'command.media', { call_id = id, uri = flow.overflow_uri, purpose = 'overflow' })
         left_queue(id, call, call.flow, flow)
       end

@@ -35,8 +35,7 @@ local function adopt_late_answer()
     local ringing = ring_all_members(call)
     if call.agent ~= '' then ringing = { call.agent } end
     for _, other in ipairs(ringing) do
-      emit('call.agent_failed', { call_id = R.call_id, flow = call.flow, agent_id = other, offer_id = call.offer,
-        reason = 'answered_elsewhere' })
+      emit_agent_failed(R.call_id, call, other, call.offer, 'answered_elsewhere')
       release_for_call(other, R.call_id, call, flow, false)
     end
     -- releasing may have changed this very agent (it rang for the newer offer): read it again

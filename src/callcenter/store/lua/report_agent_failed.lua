@@ -19,8 +19,7 @@ if (call.ring_all or '') ~= '' then
   for _, id in ipairs(ring_all_members(call)) do if id ~= R.agent_id then rest[#rest + 1] = id end end
   if #rest == #ring_all_members(call) then return { RC.STALE } end
   if #rest > 0 then
-    emit('call.agent_failed', { call_id = R.call_id, flow = call.flow, agent_id = R.agent_id,
-      offer_id = R.offer_id, reason = R.reason })
+    emit_agent_failed(R.call_id, call, R.agent_id, R.offer_id, R.reason)
     call_field_updates(R.call_id, call, { ring_all = table.concat(rest, ',') })
     release_agent(R.agent_id, hgetall(k_flow(call.flow)), false)
     return { RC.OK }

@@ -33,7 +33,8 @@ call_field_updates(call_id, call, { flow = R.flow, caller = R.caller, caller_uri
   agent = '', offer = '', sip_call_id = R.sip_call_id })
 redis.call('SADD', K.calls, call_id)
 redis.call('SADD', k_edge_calls(R.edge), call_id)
-emit('call.arrived', { call_id = call_id, flow = R.flow, caller = R.caller, edge = R.edge, media_type = media_type })
+emit('call.arrived', { call_id = call_id, flow = R.flow, caller = R.caller, edge = R.edge, media_type = media_type,
+  sip_call_id = R.sip_call_id })
 
 local function reject(code, phrase, reason)
   command(R.edge, 'command.reject', { call_id = call_id, code = code, reason = phrase })

@@ -65,6 +65,42 @@ local function release_for_call(agent_id, call_id, call, flow, with_wrapup)
   else release_agent(agent_id, flow, with_wrapup) end
 end
 
+-- The fields a CDR row needs that the call hash holds (call.ended and call.agent_failed carry them,
+-- so the cdr-writer writes each row from one event), read from the hash itself: the caller's table
+-- may be a copy older than the step's own updates. Absent values are left out.
+local CDR_FIELDS = { 'caller', 'received_ms', 'rejections', 'attempts', 'offers', 'sip_call_id', 'edge',
+  'media_type', 'priority', 'entry_position', 'entry_queued_ms', 'dissuaded_rule', 'overflow_to_flow',
+  'overflow_to_uri' }
+local function cdr_fields(call_id, fields)
+  local values = redis.call('HMGET', k_call(call_id), unpack(CDR_FIELDS))
+  local h = {}
+  for i, name in ipairs(CDR_FIELDS) do if values[i] and values[i] ~= '' then h[name] = values[i] end end
+  fields.caller = h.caller or ''
+  fields.received_ms = num(h.received_ms, NOW)
+  fields.rejections = num(h.rejections, 0)
+  for _, name in ipairs({ 'sip_call_id', 'edge', 'media_type', 'dissuaded_rule', 'overflow_to_flow',
+      'overflow_to_uri' }) do
+    fields[name] = h[name]
+  end
+  fields.priority = tonumber(h.priority)
+  fields.queue_position = tonumber(h.entry_position)
+  return fields, h
+end
+
+-- An agent attempt that did not connect (its CDR row): numbered per call (attempt 1, 2, ...) in
+-- the call hash, so a redelivered event keeps its number; ring_ms = the agent's ringing time,
+-- rejections = the rejections before this one (the reference's -2 row).
+local function emit_agent_failed(call_id, call, agent_id, offer_id, reason)
+  local attempt = redis.call('HINCRBY', k_call(call_id), 'attempts', 1)
+  call.attempts = tostring(attempt)
+  local fields = cdr_fields(call_id, { call_id = call_id, flow = call.flow, agent_id = agent_id,
+    offer_id = offer_id, reason = reason, attempt = attempt,
+    ring_ms = math.max(0, NOW - num(call.offered_ms, NOW)) })
+  fields.wait_ms = NOW - fields.received_ms
+  fields.dissuaded_rule, fields.overflow_to_flow, fields.overflow_to_uri = nil, nil, nil
+  emit('call.agent_failed', fields)
+end
+
 -- Close a call: leave the queue, release the agent, count it, and emit its summary (its CDR);
 -- then mark it ended.
 local function finish_call(call_id, call, outcome, ended_by, reason, ended_at)
@@ -106,11 +142,15 @@ local function finish_call(call_id, call, outcome, ended_by, reason, ended_at)
     if wait <= sl_threshold_ms(flow) then sl(call.flow, 'abandoned_in_t') end
     emit('call.abandoned', { call_id = call_id, flow = call.flow, wait_ms = wait, stage = prev_state })
   end
-  local ended = { call_id = call_id, flow = call.flow, caller = call.caller or '', outcome = outcome,
-    ended_by = ended_by, reason = reason, received_ms = received, wait_ms = wait, pickup_ms = pickup,
-    talk_ms = talk, rejections = num(call.rejections, 0) }
+  local ended, h = cdr_fields(call_id, { call_id = call_id, flow = call.flow, outcome = outcome,
+    ended_by = ended_by, reason = reason, wait_ms = wait, pickup_ms = pickup, talk_ms = talk })
+  ended.received_ms = received
+  ended.attempts = num(h.attempts, 0)
+  ended.offers = num(h.offers, 0)
   if agent_id then ended.agent_id = agent_id end
-  if (call.media_type or '') ~= '' then ended.media_type = call.media_type end
+  -- time on hold: from the first entry into a queue until an agent took the call (or it ended)
+  local queued = tonumber(h.entry_queued_ms)
+  if queued then ended.hold_ms = math.max(0, (connected or NOW) - queued) end
   emit('call.ended', ended)
   if agent_id and (prev_state == 'offered' or prev_state == 'connected') then
     release_for_call(agent_id, call_id, call, flow, prev_state == 'connected')
@@ -135,8 +175,7 @@ local function offer_failed(call_id, call, reason)
   local ring_all = (call.ring_all or '') ~= '' and call.agent == ''
   local failed_agents = ring_all and ring_all_members(call) or { call.agent }
   for _, agent_id in ipairs(failed_agents) do
-    emit('call.agent_failed', { call_id = call_id, flow = call.flow, agent_id = agent_id, offer_id = offer_id,
-      reason = reason })
+    emit_agent_failed(call_id, call, agent_id, offer_id, reason)
   end
   if not ring_all then
     redis.call('HINCRBY', k_call(call_id), 'rejections', 1)
@@ -178,8 +217,7 @@ local function offer_refused(call_id, call, reason)
   end
   local agents = call.agent ~= '' and { call.agent } or ring_all_members(call)
   for _, agent_id in ipairs(agents) do
-    emit('call.agent_failed', { call_id = call_id, flow = call.flow, agent_id = agent_id, offer_id = call.offer,
-      reason = reason })
+    emit_agent_failed(call_id, call, agent_id, call.offer, reason)
   end
   local hold = cfg('refused_offer_hold_ms')
   call_field_updates(call_id, call, { ring_all = '', held_until_ms = NOW + hold })
@@ -226,8 +264,7 @@ local function connect(call_id, call)
     local flow = hgetall(k_flow(call.flow))
     for _, other in ipairs(ring_all_members(call)) do
       if other ~= call.agent then
-        emit('call.agent_failed', { call_id = call_id, flow = call.flow, agent_id = other, offer_id = call.offer,
-          reason = 'answered_elsewhere' })
+        emit_agent_failed(call_id, call, other, call.offer, 'answered_elsewhere')
         release_agent(other, flow, false)
       end
     end

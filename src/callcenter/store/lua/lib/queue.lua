@@ -38,6 +38,8 @@ local function enqueue(call_id, call, flow, at_head)
   local position = redis.call('ZRANK', qkey, call_id)
   local updates = { state = 'queued', agent = '', offer = '', hold_since_ms = NOW }
   if (call.queued_ms or '') == '' then updates.queued_ms = NOW end
+  -- the CDR's queue position at entry and hold time count from the call's first entry into a queue
+  if (call.entry_position or '') == '' then updates.entry_position, updates.entry_queued_ms = position, NOW end
   if call.media ~= 'queue' then
     command(call.edge, 'command.media', { call_id = call_id, uri = queue_uri(call.flow, flow, position, call.media_type),
       purpose = 'queue' })
@@ -61,7 +63,8 @@ end
 local function dissuade(call_id, call, flow, rule)
   redis.call('ZREM', k_queue_of(call), call_id)
   redis.call('ZREM', K.timers, 'onhold|' .. call_id, 'maxwait|' .. call_id)
-  call_field_updates(call_id, call, { state = 'dissuading', media = 'dissuading', agent = '', offer = '' })
+  call_field_updates(call_id, call, { state = 'dissuading', media = 'dissuading', agent = '', offer = '',
+    dissuaded_rule = rule })
   command(call.edge, 'command.media', { call_id = call_id, uri = flow.dissuading_uri, purpose = 'dissuading' })
   emit('call.dissuaded', { call_id = call_id, flow = call.flow, rule = rule })
 end
