@@ -101,6 +101,9 @@ class DispatcherSettings(DispatchSettings):
     edge_lapse_ms: int = Field(default=5000, ge=500)
     # acknowledged reports are deleted from cc:{t}:reports once this old (kept to diagnose from)
     reports_keep_ms: int = Field(default=600_000, ge=0)
+    # acknowledged events and commands stay this long too: the api's event feed resumes by id
+    # without a group (callcenter.retention)
+    events_keep_ms: int = Field(default=600_000, ge=0)
 
 
 class EdgeSettings(CommonSettings):

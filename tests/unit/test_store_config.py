@@ -12,7 +12,7 @@ from callcenter.store.config import CALL_HANDLING, PARAMS, Param, lua_defaults_t
 
 
 def test_names_are_unique_and_looked_up() -> None:
-    assert len(PARAMS) == len(CALL_HANDLING) == 20
+    assert len(PARAMS) == len(CALL_HANDLING) == 21
     assert param("ring_timeout_s").default == 20
     with pytest.raises(KeyError):
         param("no_such_param")
@@ -64,7 +64,7 @@ def test_every_number_has_both_bounds_redis_takes() -> None:
     for p in CALL_HANDLING:
         if p.type is int:
             assert p.ge is not None and p.le is not None, p.name
-    for name in ("events_maxlen", "commands_maxlen"):
+    for name in ("events_maxlen", "commands_maxlen", "reports_maxlen"):
         assert param(name).le is not None and param(name).le <= 100_000_000
 
 
