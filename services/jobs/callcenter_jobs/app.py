@@ -6,6 +6,8 @@ settings are read here, once, when the worker or beat imports it.
 
 from __future__ import annotations
 
+import sys
+
 from celery import Celery
 
 from callcenter.settings import JobsSettings
@@ -35,5 +37,6 @@ app.conf.update(
 
 
 def main() -> None:
-    """`callcenter-jobs worker ...` / `callcenter-jobs beat ...`: celery's own command line on this app."""
-    app.start()
+    """`callcenter-jobs worker ...` / `callcenter-jobs beat ...`: celery's own command line on this
+    app, the same as `celery -A callcenter_jobs.app worker ...`."""
+    sys.exit(app.start(sys.argv[1:]))

@@ -83,7 +83,8 @@ def url_refusal(url: str, request: Request, api_host: str, api_port: int) -> str
         own_address = ipaddress.ip_address(host).is_loopback or host in own
     except ValueError:
         own_address = host in own
-    if own_address and port in (api_port, request.url.port):
+    own_port = request.url.port or (443 if request.url.scheme == "https" else 80)
+    if own_address and port in (api_port, own_port):
         return "the URL points at this api itself"
     return None
 
@@ -93,7 +94,7 @@ def _out(sub: WebhookSubscription, secret: str | None = None) -> SubscriptionOut
                            created_at=sub.created_at, secret=secret)
 
 
-@router.post("", name="create", status_code=status.HTTP_201_CREATED, response_model=None,
+@router.post("", name="create", status_code=status.HTTP_201_CREATED, response_model=SubscriptionOut,
              responses={422: {"description": "a URL refused, or an unknown event type"}})
 async def create_subscription(body: SubscriptionIn, request: Request, services: ServicesDep
                               ) -> SubscriptionOut | Response:
@@ -154,9 +155,9 @@ async def list_deliveries(services: ServicesDep,
     return await services.sql(fetch)
 
 
-@router.post("/deliveries/{delivery_id}/replay", name="replay_delivery",
+@router.post("/deliveries/{delivery_id}/replay", name="replay_delivery", response_model=DeliveryOut,
              responses={404: {"description": "unknown"}, 409: {"description": "not dead"}})
-async def replay_delivery(delivery_id: DeliveryId, services: ServicesDep) -> DeliveryOut:
+async def replay_delivery(delivery_id: DeliveryId, services: ServicesDep) -> DeliveryOut | Response:
     """Deliver a dead delivery again, from its first attempt."""
     def replay(session: Session) -> DeliveryOut | int:
         d = session.get(WebhookDelivery, delivery_id)
@@ -171,6 +172,6 @@ async def replay_delivery(delivery_id: DeliveryId, services: ServicesDep) -> Del
     if out == 404:
         raise HTTPException(404, f"webhook delivery {delivery_id!r} does not exist")
     if out == 409:
-        raise HTTPException(409, f"webhook delivery {delivery_id!r} is not dead: only dead ones are replayed")
+        return problem(409, "invalid-state", f"webhook delivery {delivery_id!r} is not dead: only dead ones are replayed")
     assert isinstance(out, DeliveryOut)
     return out
