@@ -172,6 +172,6 @@ async def replay_delivery(delivery_id: DeliveryId, services: ServicesDep) -> Del
     if out == 404:
         raise HTTPException(404, f"webhook delivery {delivery_id!r} does not exist")
     if out == 409:
-        return problem(409, "invalid-state", f"webhook delivery {delivery_id!r} is not dead: only dead ones are replayed")
+        return problem(409, "invalid-state", f"webhook delivery {delivery_id!r} is not dead: only dead ones replay")
     assert isinstance(out, DeliveryOut)
     return out
