@@ -149,7 +149,7 @@ def deliver(self: Any, delivery_id: str) -> str:
         ts = int(time.time())
         error: str | None = None
         try:
-            resp = httpx.post(sub.url, content=body, timeout=rt.settings.webhook_timeout_s, headers={
+            resp = rt.http.post(sub.url, content=body, headers={
                 "Content-Type": "application/json", "X-Callcenter-Delivery": delivery.id,
                 "X-Callcenter-Timestamp": str(ts), "X-Callcenter-Signature": signature(sub.secret, ts, body)})
             if not 200 <= resp.status_code < 300:
