@@ -20,7 +20,7 @@ COPY services ./services
 # dev-only callcenter-dev distribution) is not in the build context. tests/deploy/test_wheel.py
 # builds the same wheel, installs it the same way and imports every module.
 RUN /opt/venv/bin/pip wheel --no-deps --wheel-dir /wheels . \
- && /opt/venv/bin/pip install "$(ls /wheels/callcenter-*.whl)[sip-edge,api,postgres]" \
+ && /opt/venv/bin/pip install "$(ls /wheels/callcenter-*.whl)[sip-edge,api,postgres,celery]" \
  && /opt/venv/bin/pip check
 
 # -- runtime: the venv only, non-root ------------------------------------------------------------

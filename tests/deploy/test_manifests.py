@@ -524,7 +524,7 @@ def test_dockerfile_builds_a_non_root_image_with_the_service_extras() -> None:
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^FROM \$\{PYTHON_IMAGE\} AS build$", text, re.M)
     assert re.search(r"^ARG PYTHON_IMAGE=python:3\.11-slim", text, re.M)
-    assert "[sip-edge,api,postgres]" in text
+    assert "[sip-edge,api,postgres,celery]" in text
     assert re.search(r"^USER 10001:10001$", text, re.M)
     extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
     assert {"sip-edge", "api", "postgres"} <= set(extras)

@@ -28,7 +28,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICE_EXTRAS = "sip-edge,api,postgres"  # what the Dockerfile installs
+SERVICE_EXTRAS = "sip-edge,api,postgres,celery"  # what the Dockerfile installs
 # console scripts that are clients of the api, not services: the setting their --help must name
 CLIENTS = {"callcenter": "CC_API_URL"}
 # run by Alembic inside a migration context, never imported as modules: test_migrations_run covers them

@@ -10,6 +10,7 @@ import sys
 
 from celery import Celery
 
+from callcenter.lifecycle import settings_help
 from callcenter.settings import JobsSettings
 
 _settings = JobsSettings()
@@ -36,7 +37,19 @@ app.conf.update(
 )
 
 
+USAGE = """usage: callcenter-jobs {worker,beat} [celery options]
+
+The celery jobs of callcenter: `worker` runs the tasks (webhooks, interval reports, exports,
+SQL retention), `beat` (exactly one) queues the periodic ones. The same as
+`celery -A callcenter_jobs.app worker|beat ...`; `callcenter-jobs worker --help` for celery's options.
+Settings: the CC_* environment variables below.
+"""
+
+
 def main() -> None:
-    """`callcenter-jobs worker ...` / `callcenter-jobs beat ...`: celery's own command line on this
-    app, the same as `celery -A callcenter_jobs.app worker ...`."""
-    sys.exit(app.start(sys.argv[1:]))
+    """`callcenter-jobs worker ...` / `callcenter-jobs beat ...`: celery's own command line on this app."""
+    args = sys.argv[1:]
+    if args in ([], ["-h"], ["--help"]):
+        sys.stdout.write(USAGE + "\n" + settings_help(JobsSettings) + "\n")
+        sys.exit(0 if args else 2)
+    sys.exit(app.start(args))
