@@ -9,7 +9,8 @@ events, over the 1,000 the steps would have kept with `events_maxlen` 1000, and 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ import pytest
 import redis.asyncio as aioredis
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
+from test_cdr_writer import wait_for
 
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.db.models import Cdr
@@ -40,14 +42,6 @@ def ended(call_id: str) -> dict[str, Any]:
             "talk_ms": 55_000, "rejections": 0, "agent_id": "a1"}
 
 
-async def wait_for(predicate: Callable[[], Awaitable[bool]], within_s: float = 30.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within_s
-    while not await predicate():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 def count(engine: Engine) -> int:
     with Session(engine) as session:
         return int(session.scalar(select(func.count(func.distinct(Cdr.call_id)))) or 0)
@@ -63,10 +57,12 @@ def engine(tmp_path: Path) -> Any:
 
 
 @pytest.fixture
-def writer(redis_server: RedisServer, engine: Engine) -> Callable[[], AsyncIterator[None]]:
+def writer(redis_server: RedisServer, engine: Engine) -> Callable[[], AbstractAsyncContextManager[None]]:
+    """The cdr-writer service, in-process, while inside an `async with` of what this returns."""
     settings = CdrWriterSettings(redis_url=redis_server.url, tenant=TENANT, database_url=str(engine.url),
                                  consumer="w1", block_ms=50, claim_idle_ms=100, batch=500)
 
+    @asynccontextmanager
     async def running() -> AsyncIterator[None]:
         stop = asyncio.Event()
         task = asyncio.create_task(run(settings, stop))
@@ -78,13 +74,16 @@ def writer(redis_server: RedisServer, engine: Engine) -> Callable[[], AsyncItera
 
 async def test_a_writer_down_past_the_old_cap_gets_every_row(redis: aioredis.Redis, engine: Engine,
                                                              writer: Callable[[], Any]) -> None:
+    async def rows(n: int) -> bool:
+        return count(engine) == n
+
     store, producer = Store(redis, TENANT), Producer(redis)
     await store.write_config({"events_maxlen": 5000})
     await store.agent_upsert("a1", "sip:a1@127.0.0.1", ["s"], None, now=T0)
     # the writer ran once (its group is registered), wrote a row, and stopped
-    async with asynccontext(writer()):
+    async with writer():
         await producer.publish(KEYS.events, "call.ended", ended("c0"))
-        await wait_for(lambda: _true(count(engine) == 1))
+        await wait_for(lambda: rows(1))
     # down: calls keep ending and agents keep changing; retention runs as the dispatchers run it
     now = T0
     for batch in range(6):
@@ -98,23 +97,9 @@ async def test_a_writer_down_past_the_old_cap_gets_every_row(redis: aioredis.Red
     # 300 call.ended + 1,200 agent events, none trimmed unread, + c0 (the trim keeps from the last delivered)
     assert await redis.xlen(KEYS.events) == 1501
 
-    async with asynccontext(writer()):
-        await wait_for(lambda: _true(count(engine) == 301))
+    async with writer():
+        await wait_for(lambda: rows(301), within_s=30)
     # read and acknowledged now: the next pass trims all of it
     await trim_streams(redis, KEYS, FAR, 0, 0)
-    assert await redis.xlen(KEYS.events) <= 1
+    assert await redis.xlen(KEYS.events) == 1  # the last one delivered stays (the trim keeps from it)
 
-
-async def _true(value: bool) -> bool:
-    return value
-
-
-def asynccontext(gen: AsyncIterator[None]) -> Any:
-    """`async with` over an async generator that yields once (the writer running meanwhile)."""
-    from contextlib import asynccontextmanager
-
-    @asynccontextmanager
-    async def ctx() -> AsyncIterator[None]:
-        async for _ in gen:
-            yield
-    return ctx()
