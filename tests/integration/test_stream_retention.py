@@ -29,6 +29,7 @@ from callcenter.store.keys import Keys
 from callcenter_cdr_writer.main import run
 from callcenter_dev.producer import Producer
 from callcenter_dev.servers import RedisServer
+from callcenter_dispatcher.timers import reconcile_once
 
 TENANT = "keep"
 KEYS = Keys(TENANT)
@@ -103,3 +104,17 @@ async def test_a_writer_down_past_the_old_cap_gets_every_row(redis: aioredis.Red
     await trim_streams(redis, KEYS, FAR, 0, 0)
     assert await redis.xlen(KEYS.events) == 1  # the last one delivered stays (the trim keeps from it)
 
+
+
+async def test_the_dispatchers_reconciler_runs_the_retention(redis: aioredis.Redis) -> None:
+    """The wiring: `reconcile_once`, which every dispatcher runs every CC_RECONCILE_INTERVAL_MS."""
+    store, producer = Store(redis, TENANT), Producer(redis)
+    for i in range(20):
+        await producer.publish(KEYS.events, "agent.logged_in", {"ts": i, "agent_id": "a"})
+    await redis.xgroup_create(KEYS.events, "cdr-writer", id="$")   # has read everything
+    await redis.xgroup_create(KEYS.events, "bi-export", id="0")    # has read nothing
+    await reconcile_once(store, 5000, "dispatcher", 0, 0)
+    assert await redis.xlen(KEYS.events) == 20  # bi-export holds it all
+    await redis.xgroup_destroy(KEYS.events, "bi-export")
+    await reconcile_once(store, 5000, "dispatcher", 0, 0)
+    assert await redis.xlen(KEYS.events) == 1  # from cdr-writer's last delivered on
