@@ -68,6 +68,7 @@ EXAMPLES: dict[str, dict[str, object]] = {
     "agent.released": {"ts": TS, "agent_id": "1001", "reason": "no_live_call", "from": "in_call",
                        "call_id": R["call_id"]},
     "agent.state_changed": {"ts": TS, "agent_id": "1001", "from": "free", "to": "ringing", "call_id": R["call_id"]},
+    "stream.capped": {"ts": TS, "stream": "events", "length": 5_000_400, "cap": 5_000_000, "trimmed": 400},
 }
 
 

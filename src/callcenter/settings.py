@@ -101,6 +101,9 @@ class DispatcherSettings(DispatchSettings):
     edge_lapse_ms: int = Field(default=5000, ge=500)
     # acknowledged reports are deleted from cc:{t}:reports once this old (kept to diagnose from)
     reports_keep_ms: int = Field(default=600_000, ge=0)
+    # acknowledged events and commands stay this long too: the api's event feed resumes by id
+    # without a group (callcenter.retention)
+    events_keep_ms: int = Field(default=600_000, ge=0)
 
 
 class EdgeSettings(CommonSettings):
@@ -193,3 +196,29 @@ class ApiSettings(DispatchSettings):  # the call-handling variables seed the con
     # of events a subscriber may have undelivered before it is dropped as too slow
     api_sse_heartbeat_s: float = Field(default=15.0, gt=0, le=300)
     api_sse_buffer: int = Field(default=1000, ge=10, le=100_000)
+
+
+class JobsSettings(CommonSettings):
+    """The celery jobs' settings (services/jobs): broker, SQL, and what each job does how often.
+
+    The broker and result backend are a Redis database of their own (db 1 by default) with a key
+    prefix of their own, so celery's keys never mix with a tenant's `cc:{t}:*` keys."""
+
+    database_url: str = "sqlite:///callcenter.sqlite3"
+    jobs_broker_url: str = "redis://127.0.0.1:6379/1"
+    jobs_result_url: str = "redis://127.0.0.1:6379/1"
+    jobs_key_prefix: str = "ccjobs:"
+    # how often beat runs the event pump (events group `webhooks` -> deliveries) and the export queue
+    jobs_pump_interval_s: float = Field(default=1.0, gt=0, le=60)
+    # deliveries: attempts in all, the first back-off (doubled each time, with jitter) and the timeout
+    webhook_max_attempts: int = Field(default=6, ge=1, le=30)
+    webhook_backoff_s: float = Field(default=5.0, gt=0, le=3600)
+    webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # interval reports: recomputed every this many seconds (the current and the previous interval)
+    reports_interval_s: float = Field(default=60.0, gt=0, le=3600)
+    report_sl_threshold_s: int = Field(default=20, ge=1, le=86_400)
+    # retention of SQL rows: CDRs, interval reports, exports and finished deliveries older than this
+    purge_interval_s: float = Field(default=3600.0, gt=0)
+    cdr_keep_days: int = Field(default=400, ge=1)
+    reports_keep_days: int = Field(default=800, ge=1)
+    exports_keep_days: int = Field(default=7, ge=1)

@@ -36,8 +36,10 @@ LONG_LIVED: dict[str, str] = {
     r"stats": "global counters: reset by the api's stats reset",
     r"stats:flow:[^:]+": "per-flow counters and handle-time average: reset by the api's stats reset",
     r"edges": "heartbeats of live sip-edges; a lapsed edge is removed by edge_lost",
-    r"events": "the product event stream, trimmed to events_maxlen by every XADD",
-    r"commands:[^:]+": "a sip-edge's command stream, trimmed to commands_maxlen by every XADD",
+    r"events": "the product event stream, trimmed by callcenter.retention below what every group acknowledged "
+               "(events_maxlen: the fuse)",
+    r"commands:[^:]+": "a sip-edge's command stream, trimmed the same way (commands_maxlen: the fuse)",
+    r"retention": "the retention fuse's counters: two fields per stream",
     r"reports": "the report stream, trimmed by the dispatcher up to what its group acknowledged",
     r"dead": "dead letters, trimmed to bus.DEAD_MAXLEN",
 }

@@ -21,6 +21,7 @@ from callcenter.db.engine import make_engine, upgrade
 from callcenter.db.models import Agent, Cdr, Flow
 from callcenter.settings import ApiSettings
 from callcenter.store import Keys, Store
+from callcenter.store.config import PARAMS
 from callcenter.store.config_writes import seed_config
 from callcenter_api.deps import Services
 from callcenter_dev.servers import RedisServer, free_port
@@ -412,7 +413,7 @@ async def test_non_finite_and_huge_numbers_are_422(api: httpx.AsyncClient, raw: 
     r = await api.patch("/v1/config", content=raw, headers={"content-type": "application/json"})
     body = problem(r, 422, "validation-failed")
     assert body["errors"][0]["loc"][:2] == ["body", raw.split('"')[1]], body
-    assert (await api.get("/v1/config")).json()["events_maxlen"] == 1_000_000
+    assert (await api.get("/v1/config")).json()["events_maxlen"] == PARAMS["events_maxlen"].default == 5_000_000
 
 
 @pytest.mark.parametrize("body", [{"wrapup_s": "10"}, {"wrapup_s": True}, {"wrapup_s": 10.0},

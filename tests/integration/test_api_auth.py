@@ -60,10 +60,19 @@ EXPECTED: dict[str, set[str]] = {
     "DELETE /v1/keys/{key_id}": ADMIN,
     "GET /v1/dead-letters": ADMIN,
     "POST /v1/dead-letters/{dead_id}/replay": ADMIN,
+    "POST /v1/webhooks": ADMIN,
+    "GET /v1/webhooks": ADMIN,
+    "DELETE /v1/webhooks/{subscription_id}": ADMIN,
+    "GET /v1/webhooks/deliveries": ADMIN,
+    "POST /v1/webhooks/deliveries/{delivery_id}/replay": ADMIN,
+    "GET /v1/reports/intervals": STAFF,
+    "POST /v1/exports": ADMIN,
+    "GET /v1/exports/{export_id}": ADMIN,
+    "GET /v1/exports/{export_id}/file": ADMIN,
 }
 OPEN = {"GET /healthz", "GET /readyz"}
 PATH_VALUES = {"agent_id": "alice", "flow_id": "sales", "call_id": "c-1", "key_id": "000000000000",
-               "dead_id": "1-0"}
+               "dead_id": "1-0", "subscription_id": "0" * 32, "delivery_id": "0" * 32, "export_id": "0" * 32}
 BODIES: dict[str, Any] = {
     "PUT /v1/flows/{flow_id}": {"skill": "sales", "queue_uri": "sip:queue@127.0.0.1:5090"},
     "PUT /v1/agents/{agent_id}": {"uri": "sip:alice@127.0.0.1:5070", "skills": ["sales"]},
@@ -72,6 +81,8 @@ BODIES: dict[str, Any] = {
     "PATCH /v1/config": {},
     "POST /v1/tokens": {"agent_id": "alice"},
     "POST /v1/keys": {"name": "matrix", "role": "supervisor"},
+    "POST /v1/webhooks": {"url": "http://127.0.0.1:9/hook", "event_types": ["call.ended"]},
+    "POST /v1/exports": {"since": "2026-01-01T00:00:00Z", "until": "2026-01-02T00:00:00Z"},
 }
 
 

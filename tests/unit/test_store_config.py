@@ -64,7 +64,7 @@ def test_every_number_has_both_bounds_redis_takes() -> None:
     for p in CALL_HANDLING:
         if p.type is int:
             assert p.ge is not None and p.le is not None, p.name
-    for name in ("events_maxlen", "commands_maxlen"):
+    for name in ("events_maxlen", "commands_maxlen", "reports_maxlen"):
         assert param(name).le is not None and param(name).le <= 100_000_000
 
 

@@ -27,7 +27,21 @@ from callcenter_api.auth import AuthError, auth_problem
 from callcenter_api.body_limit import BodyLimit
 from callcenter_api.deps import Services, require_principal
 from callcenter_api.idempotency import Idempotency
-from callcenter_api.routes import agents, cdrs, config, dead_letters, events, flows, keys, live, ops, stats
+from callcenter_api.routes import (
+    agents,
+    cdrs,
+    config,
+    dead_letters,
+    events,
+    exports,
+    flows,
+    keys,
+    live,
+    ops,
+    reports,
+    stats,
+    webhooks,
+)
 
 log = structlog.get_logger(__name__)
 
@@ -87,7 +101,7 @@ def create_app(settings: ApiSettings) -> FastAPI:
     # every /v1 resource goes through authentication and the role policy (callcenter_api.auth)
     auth = [Depends(require_principal)]
     for router in (flows.router, agents.router, live.router, cdrs.router, config.router, stats.router,
-                   keys.router, events.router, dead_letters.router):
+                   keys.router, events.router, dead_letters.router, webhooks.router, reports.router, exports.router):
         app.include_router(router, dependencies=auth)
     if settings.api_cors_origins.strip():  # no CORS headers at all unless origins are configured
         app.add_middleware(CORSMiddleware, allow_origins=[o.strip() for o in settings.api_cors_origins.split(",")

@@ -96,6 +96,7 @@ POLICY: dict[str, Rule] = {
     "GET /v1/stats": READ,
     "POST /v1/stats/reset": ADMIN,
     "GET /v1/service-level": READ,
+    "GET /v1/reports/intervals": READ,
     "GET /v1/events": _rule("admin", "supervisor", agent="self"),
     "POST /v1/tokens": _rule("admin", agent="self"),
 }

@@ -60,6 +60,7 @@ CAUSES: dict[str, str] = {
     "precondition-failed": "The resource changed since you read it",
     "idempotency-key-reused": "Idempotency-Key reused for another request",
     "idempotency-in-progress": "A request with this Idempotency-Key is still running",
+    "webhook-url-refused": "This URL cannot receive webhooks",
 }
 
 # NOT_FOUND: the thing does not exist; every other refusal is a conflict with the current state

@@ -78,7 +78,7 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
                lambda stop: run_timers(store, stop, settings.timer_interval_ms),
                lambda stop: run_every("reconciler", settings.reconcile_interval_ms, stop,
                                       lambda: reconcile_once(store, settings.edge_lapse_ms, GROUP,
-                                                             settings.reports_keep_ms)),
+                                                             settings.reports_keep_ms, settings.events_keep_ms)),
                lambda stop: run_every("edges", edges.interval_ms, stop, edges.check)])
     log.info("dispatcher.stopped", handled=consumer.handled, dead_lettered=consumer.dead_lettered)
 

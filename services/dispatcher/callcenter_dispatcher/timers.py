@@ -1,8 +1,9 @@
 """The timer loop: fires due timers (wrap-up ends, offer leases, maximum wait, time on hold) with
 the atomic fire_timers step; and the reconciler loop, which ends calls of unknown edges and calls
-stalled in their state (with their CDR), frees agents no live call holds, and trims the reports
-stream of what every dispatcher has acknowledged (the sip-edges append without a MAXLEN: a report
-must never be trimmed before it is applied).
+stalled in their state (with their CDR), frees agents no live call holds, and runs the stream
+retention (`callcenter.retention`: reports, events and command streams trimmed only below what every
+consumer group has acknowledged; nothing appends with a MAXLEN: an entry must never be trimmed
+before it is read).
 
 Any number of dispatcher replicas run it; each due timer is removed and handled inside one Lua
 step, so it fires exactly once whichever replica gets there first.
@@ -17,6 +18,7 @@ import structlog
 from redis.exceptions import ResponseError
 
 from callcenter.redis import REDIS_DOWN, text
+from callcenter.retention import stream_id, trim_streams
 from callcenter.store import Store, now_ms
 
 log = structlog.get_logger(__name__)
@@ -52,11 +54,6 @@ async def run_every(name: str, interval_ms: int, stop: asyncio.Event,
             log.warning("loop.redis_error", loop=name, error=repr(exc))
 
 
-def _stream_id(entry_id: str) -> tuple[int, int]:
-    ms, _, seq = entry_id.partition("-")
-    return int(ms), int(seq or 0)
-
-
 async def trim_acknowledged(store: Store, group: str, keep_ms: int = 0, now: int | None = None) -> int:
     """Delete the reports the dispatchers' group has read and acknowledged (every entry before the
     oldest pending one, or before the last delivered one when none is pending) once they are older
@@ -71,14 +68,17 @@ async def trim_acknowledged(store: Store, group: str, keep_ms: int = 0, now: int
     pending = await store.redis.xpending(stream, group)
     keep_from = text(pending["min"]) if pending["pending"] else text(groups[0]["last-delivered-id"])
     oldest_kept = f"{(now_ms() if now is None else now) - keep_ms}-0"
-    keep_from = min(keep_from, oldest_kept, key=_stream_id)
+    keep_from = min(keep_from, oldest_kept, key=stream_id)
     return int(await store.redis.xtrim(stream, minid=keep_from, approximate=False))
 
 
-async def reconcile_once(store: Store, edge_lapse_ms: int, group: str, reports_keep_ms: int) -> None:
+async def reconcile_once(store: Store, edge_lapse_ms: int, group: str, reports_keep_ms: int,
+                         events_keep_ms: int = 600_000) -> None:
     done = await store.reconcile(edge_lapse_ms=edge_lapse_ms)
     if done.ended:
         log.warning("reconciler.ended_calls", count=done.ended)
     if done.released:
         log.warning("reconciler.released_agents", count=done.released)
-    await trim_acknowledged(store, group, reports_keep_ms)
+    # every stream, every group (ours and analytics consumers'): the dispatcher runs wherever the
+    # system runs (demo, CI, compose, k8s), so retention does not hang on the optional celery workers
+    await trim_streams(store.redis, store.keys, now_ms(), reports_keep_ms, events_keep_ms)

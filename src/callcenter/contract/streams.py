@@ -21,7 +21,7 @@ class Stream:
 
 REPORTS = Stream("reports", ("report",), "dispatcher")      # sip-edges -> dispatchers
 COMMANDS = Stream("commands:<edge>", ("command",), "edge")  # dispatcher/api -> one sip-edge
-EVENTS = Stream("events", ("call", "agent"), "cdr-writer")  # Lua steps -> cdr-writer, analytics
+EVENTS = Stream("events", ("call", "agent", "stream"), "cdr-writer")  # Lua steps -> cdr-writer, analytics
 DEAD = Stream("dead", ())                                   # dead letters of every consumer, for operators
 
 STREAMS: tuple[Stream, ...] = (REPORTS, COMMANDS, EVENTS, DEAD)

@@ -12,7 +12,7 @@ Three families share the codec:
   the dispatcher applies them in order and exactly once. Typed in `reports`.
 - commands (`command.*`) dispatcher/api -> one sip-edge, stream `cc:{t}:commands:<edge>`. Typed
   in `commands`.
-- events   (`call.*`, `agent.*`) stream `cc:{t}:events`: every state change, for the cdr-writer
+- events   (`call.*`, `agent.*`, `stream.*`) stream `cc:{t}:events`: every state change, for the cdr-writer
   and for analytics consumers (docs/events.md). Most are written by the Lua scripts, which get
   the version table from `lua_version_table()`.
 
@@ -132,6 +132,10 @@ _TYPES: list[EntryType] = [
                "dissuaded_rule": OptStr, "overflow_to_flow": OptStr, "overflow_to_uri": OptStr},
               "The call's summary (one CDR). outcome = answered, abandoned, rejected, failed, dissuaded "
               "or overflowed."),
+    EntryType("stream.capped", 1, {**_EVENT, "stream": Str, "length": Int, "cap": Int, "trimmed": Int}, {},
+              "The retention fuse blew: a consumer group is so far behind that `stream` (its key after the "
+              "tenant prefix) reached `length` entries, over its cap (`events_maxlen`, `commands_maxlen` or "
+              "`reports_maxlen`); the oldest `trimmed` entries, unread by that group, are removed next."),
     EntryType("agent.logged_in", 1, {**_EVENT, "agent_id": Str}),
     EntryType("agent.logged_out", 1, {**_EVENT, "agent_id": Str}),
     EntryType("agent.paused", 1, {**_EVENT, "agent_id": Str, "reason": Str}, {},

@@ -241,3 +241,7 @@ class ApiKey(Base):
     # written at most once a minute per key and api process, not on every request
     last_used_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UtcDateTime)
+
+
+# the celery jobs' tables live in their own module, on the same metadata (migration 0005)
+from callcenter.db import jobs as _jobs  # noqa: E402, F401

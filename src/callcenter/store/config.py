@@ -82,11 +82,13 @@ CALL_HANDLING: tuple[Param, ...] = (
           "a call whose ring the edge refused (busy with another leg of the call, e.g. its queue media still "
           "being set up) waits at the head of its queue until its media answers or this long, then is offered "
           "again; its agents are freed at once, with no penalty", ge=0, le=60_000),
-    # the stream caps are MAXLEN arguments of every XADD: a value Redis refuses would fail every step
-    Param("events_maxlen", int, 1_000_000, "cc:{t}:events is trimmed to about this many entries",
+    # the stream caps are the retention job's last fuse (callcenter.retention), not an XADD MAXLEN:
+    # below them a stream loses only what every consumer group has acknowledged
+    Param("events_maxlen", int, 5_000_000, "fuse: cc:{t}:events is cut to this many entries, unread ones too, "
+          "after a stream.capped alarm (docs/events.md, Retention)", ge=1000, le=MAX_STREAM_LEN),
+    Param("commands_maxlen", int, 100_000, "fuse: the same for each edge's command stream",
           ge=1000, le=MAX_STREAM_LEN),
-    Param("commands_maxlen", int, 100_000, "each edge's command stream is trimmed to about this many entries",
-          ge=1000, le=MAX_STREAM_LEN),
+    Param("reports_maxlen", int, 1_000_000, "fuse: the same for cc:{t}:reports", ge=1000, le=MAX_STREAM_LEN),
     Param("ended_call_ttl_s", int, 3600, "how long an ended call stays readable (GET /v1/calls/{id})",
           ge=1, le=30 * 86_400),
     Param("internal_dispatching", bool, True,

@@ -39,6 +39,9 @@ the one list: `NAMES` and `FAMILIES` below are rendered into the Lua prelude (`K
     cc:{t}:commands:<edge>        stream commands for one sip-edge
     cc:{t}:events                 stream every state change: the product event stream
     cc:{t}:dead                   stream entries that could not be handled (dead letters)
+    cc:{t}:retention              hash   the stream fuse's counts (`callcenter.retention`): capped:<stream>,
+                                         capped_unread:<stream>
+    cc:{t}:retention:fuse:<key>   string a short lock: one process blows a stream's fuse at a time (PX 2 s)
     cc:{t}:idem:<digest>          string the api's record of one Idempotency-Key (its answer), with a TTL
 """
 
@@ -46,7 +49,7 @@ from __future__ import annotations
 
 # single keys of a tenant: attribute `Keys.<name>`, `K.<name>` in Lua
 NAMES: tuple[str, ...] = ("config", "flows", "agents", "calls", "timers", "edges", "reports", "events", "dead",
-                          "stats")
+                          "stats", "retention")
 
 # key families, name -> template after the prefix ({0}, {1}: the arguments in order);
 # method `Keys.<name>(...)`, function `k_<name>(...)` in Lua
@@ -91,6 +94,7 @@ class Keys:
         self.events = self.prefix + "events"
         self.dead = self.prefix + "dead"
         self.stats = self.prefix + "stats"
+        self.retention = self.prefix + "retention"
 
     def _family(self, name: str, *parts: str | int) -> str:
         return self.prefix + FAMILIES[name].format(*parts)

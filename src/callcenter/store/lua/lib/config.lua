@@ -17,8 +17,9 @@ local function cfg(name)
 end
 
 -- Why the stored config would make a step fail half-way, or nil. Numbers reach Redis commands
--- as integers (XADD MAXLEN, EXPIRE): Lua prints 1e14 and above, and fractions, in a form Redis
--- refuses, so a step checks them before its first write (issue 10: events_maxlen 1e30).
+-- as integers (EXPIRE, ...): Lua prints 1e14 and above, and fractions, in a form Redis refuses,
+-- so a step checks them before its first write (issue 10: events_maxlen 1e30, once an XADD MAXLEN;
+-- the stream caps are now read by callcenter.retention, which checks them the same way).
 local function config_fault()
   for name, default in pairs(CONFIG_DEFAULTS) do
     if type(default) == 'number' then

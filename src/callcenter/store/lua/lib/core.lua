@@ -1,6 +1,6 @@
 -- core.lua: what most steps use: hashes, CSV lists, numbers, the event and command streams,
 -- and the fields of a call's hash.
--- NEEDS: config
+-- NEEDS: -
 
 local function hgetall(key)
   local raw = redis.call('HGETALL', key)
@@ -27,15 +27,16 @@ local function num(v, default)
   return n
 end
 
--- product events: XADD cc:{t}:events type <t> v <v> data <msgpack>
+-- product events: XADD cc:{t}:events type <t> v <v> data <msgpack>. No MAXLEN: the streams are
+-- trimmed by callcenter.retention, only below what every consumer group has acknowledged.
 local function emit(etype, data)
   data.ts = NOW
-  redis.call('XADD', K.events, 'MAXLEN', '~', cfg('events_maxlen'), '*',
+  redis.call('XADD', K.events, '*',
     'type', etype, 'v', EVENT_V[etype], 'data', cmsgpack.pack(data))
 end
 
 local function command(edge, ctype, data)
-  redis.call('XADD', k_commands(edge), 'MAXLEN', '~', cfg('commands_maxlen'), '*',
+  redis.call('XADD', k_commands(edge), '*',
     'type', ctype, 'v', EVENT_V[ctype], 'data', cmsgpack.pack(data))
 end
 
