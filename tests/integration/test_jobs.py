@@ -252,6 +252,9 @@ async def test_interval_reports_exports_and_purge(api: httpx.AsyncClient, jobs: 
                          _cdr("r2", start + timedelta(seconds=2), wait_ms=60_000, talk_ms=30_000),
                          _cdr("r3", start + timedelta(seconds=3), agent_id=None, outcome="abandoned", talk_ms=0,
                               wait_ms=9000),
+                         # an agent attempt of r3 that did not connect: a row of the export, not a call
+                         _cdr("r3", start + timedelta(seconds=3), agent_id="a2", outcome="not_connected",
+                              talk_ms=0, wait_ms=4000, attempt=1, call_type=-2, event_id="2-r3"),
                          _cdr("old", old)])
         session.commit()
     engine.dispose()
@@ -267,6 +270,8 @@ async def test_interval_reports_exports_and_purge(api: httpx.AsyncClient, jobs: 
                                                                 "since": start.isoformat()})).json()
     assert (agent["offered"], agent["answered"]) == (2, 2)
     assert agent["occupancy"] == pytest.approx(120_000 / 900_000)
+    assert (await api.get("/v1/reports/intervals", params={"kind": "agent", "key": "a2",
+                                                            "since": start.isoformat()})).json() == []
 
     exported = {}
     for fmt in ("csv", "jsonl"):
@@ -281,11 +286,13 @@ async def test_interval_reports_exports_and_purge(api: httpx.AsyncClient, jobs: 
         f = await api.get(f"/v1/exports/{export_id}/file")
         assert f.status_code == 200 and f.headers["content-type"].startswith(("text/csv", "application/jsonl"))
         exported[fmt] = f.text
-    assert sorted(r["call_id"] for r in csv.DictReader(io.StringIO(exported["csv"]))) == ["r1", "r2", "r3"]
-    assert sorted(json.loads(line)["call_id"] for line in exported["jsonl"].splitlines()) == ["r1", "r2", "r3"]
+    # the export carries every row, the attempt's too (the reference's cc_cdrs has both kinds)
+    assert sorted((r["call_id"], r["attempt"]) for r in csv.DictReader(io.StringIO(exported["csv"]))) == [
+        ("r1", "0"), ("r2", "0"), ("r3", "0"), ("r3", "1")]
+    assert sorted(json.loads(line)["call_id"] for line in exported["jsonl"].splitlines()) == ["r1", "r2", "r3", "r3"]
 
     # the purge, sent to the worker through the broker and its result read from the result backend
     purged = jobs.celery().send_task("callcenter_jobs.purge.purge").get(timeout=30)
     assert purged["cdrs"] == 1  # only the 500-day-old CDR (kept 400 days by default)
-    left = (await api.get("/v1/cdrs", params={"order": "asc"})).json()["items"]
+    left = (await api.get("/v1/cdrs", params={"order": "asc", "kind": "final"})).json()["items"]
     assert sorted(c["call_id"] for c in left) == ["r1", "r2", "r3"]

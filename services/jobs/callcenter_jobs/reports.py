@@ -30,7 +30,9 @@ def rollup_interval(start: datetime, threshold_ms: int) -> int:
     """Replace the reports of the interval starting at `start`; the number of rows written."""
     end = start + INTERVAL
     with runtime().sessions() as session:
-        cdrs = list(session.scalars(select(Cdr).where(Cdr.received_at >= start, Cdr.received_at < end)))
+        # one final row per call (attempt 0): the rows of agent attempts that did not connect are not calls
+        cdrs = list(session.scalars(select(Cdr).where(Cdr.received_at >= start, Cdr.received_at < end,
+                                                      Cdr.attempt == 0)))
         groups: dict[tuple[str, str], list[Cdr]] = defaultdict(list)
         for cdr in cdrs:
             groups["flow", cdr.flow_id].append(cdr)

@@ -41,12 +41,12 @@ CSEQ_SKIP = 100
 def dialog_snapshot(ua: Any) -> dict[str, Any]:
     """What a confirmed leg needs to continue in another process: Call-ID, From/To with their tags
     (ours first), CSeq counters, route set, remote target and next hop, our Contact, last SDPs."""
-    (host, port), _transport = ua.rAddr
+    (host, port), transport = ua.rAddr
     return {
         "call_id": str(ua.cId), "local": str(ua.lUri), "remote": str(ua.rUri),
         "local_cseq": int(ua.lCSeq), "remote_cseq": None if ua.rCSeq is None else int(ua.rCSeq),
         "routes": [str(route) for route in ua.routes or ()], "target": str(ua.rTarget),
-        "next_hop": [str(host), int(port)], "contact": str(ua.lContact),
+        "next_hop": [str(host), int(port)], "transport": str(transport), "contact": str(ua.lContact),
         "local_sdp": None if ua.lSDP is None else str(ua.lSDP),
         "remote_sdp": None if ua.rSDP is None else str(ua.rSDP),
         "peers": list(getattr(ua, "cc_peer_hosts", ())),
@@ -56,7 +56,8 @@ def dialog_snapshot(ua: Any) -> dict[str, Any]:
 def resume_dialog(sip_config: dict[str, Any], snap: dict[str, Any], event_cb: EventCallback) -> Any:
     """A UA in the Connected state for the dialog `snap` describes (raises on a malformed one)."""
     host, port = snap["next_hop"]
-    ua = UA(sip_config, event_cb, nh_address=(str(host), int(port)))
+    # a leg over TCP/TLS goes on over it (checkpoints written before the transport was kept: UDP)
+    ua = UA(sip_config, event_cb, nh_address=(str(host), int(port)), nh_transport=str(snap.get("transport", "udp")))
     ua.cId = _parsed(SipCallId(body=snap["call_id"]))
     ua.lUri = _parsed(SipFrom(body=snap["local"]))
     ua.rUri = _parsed(SipTo(body=snap["remote"]))
