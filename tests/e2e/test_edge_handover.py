@@ -46,7 +46,7 @@ def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
 
 
 def test_a_peer_on_the_same_address_adopts_the_calls_of_a_lost_edge(system: WholeSystem, peers: list[Sipp]) -> None:
-    queue = Sipp(scenario("media_queue.xml"), timeout_s=60).start()
+    queue = Sipp(scenario("media_queue.xml"), calls=2, timeout_s=60).start()
     phone = Sipp(scenario("agent.xml"), timeout_s=60).start()
     peers += [queue, phone]
     system.provision("talk", None, queue, {"6001": phone})
