@@ -22,12 +22,7 @@ LOAD = Load(rate=5, duration_s=4, talk_ms=1000, settle_s=30, call_timeout_s=15)
 
 # Losses the suite finds that are not fixed yet (bench/README.md, "Fault suite"): strict, so a fix
 # shows here at once.
-KNOWN_LOSSES = {
-    "redis-restart-2s": "talk time of a call hung up while Redis was away is counted to when the dispatcher "
-                        "handles the edge's late report (call_ended's now_ms), not to the report's ts: the CDR "
-                        "says ~5 s for 1 s of talk",
-    "redis-restart-long": "the same as redis-restart-2s: talk time counted to when the late report is handled",
-}
+KNOWN_LOSSES: dict[str, str] = {}
 
 
 @pytest.fixture(scope="module")

@@ -86,7 +86,8 @@ def test_redis_away_under_calls_loses_no_edge_and_no_call(system: WholeSystem, p
     for call_id in call_ids:
         cdr = system.wait_for_cdr(call_id, timeout=15)
         assert (cdr["outcome"], cdr["ended_by"]) == ("answered", "caller"), cdr
-        assert TALK_MS - 500 <= cdr["talk_ms"] <= TALK_MS + 3000, cdr
+        # the talk time is the edge's (its answer to its BYE), however late the reports were applied
+        assert TALK_MS - 500 <= cdr["talk_ms"] <= TALK_MS + 1500, cdr
     assert "edge.lost" not in system.services["dispatcher"].log()
     assert system.redis.zscore(system.keys.edges, system.edge_id) is not None
     assert calls_per_agent_at_once(system) == 1

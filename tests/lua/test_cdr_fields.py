@@ -18,7 +18,7 @@ async def test_attempts_are_numbered_with_ring_time_and_the_summary_has_the_cdr_
     await h.flow(wrapup_s=30)
     await h.agent("a1", ["sales"], wrapup_s=30)
     await h.agent("a2", ["sales"], wrapup_s=30)
-    await h.arrive("c1")  # offered at once (offer 1)
+    await h.arrive("c1")  # queued until the queue media answers the caller, then offered (offer 1)
     offered = [d for _, d in await h.events("call.offered")]
     assert [d["offer_id"] for d in offered] == ["1"]
     first = offered[0]["agent_id"]
@@ -36,7 +36,7 @@ async def test_attempts_are_numbered_with_ring_time_and_the_summary_has_the_cdr_
     assert arrived[0]["sip_call_id"] == "c1@x"
     failed = [d for _, d in await h.events("call.agent_failed")]
     common = {"call_id": "c1", "flow": "support", "caller": "alice", "received_ms": T0, "media_type": "audio",
-              "sip_call_id": "c1@x", "edge": EDGE, "priority": 0}
+              "sip_call_id": "c1@x", "edge": EDGE, "priority": 0, "queue_position": 0}
     assert failed == [
         {**common, "ts": T0 + 3000, "agent_id": first, "offer_id": "1", "reason": "rejected", "attempt": 1,
          "ring_ms": 3000, "wait_ms": 3000, "rejections": 0},
@@ -46,15 +46,16 @@ async def test_attempts_are_numbered_with_ring_time_and_the_summary_has_the_cdr_
     ended = [d for _, d in await h.events("call.ended")]
     assert ended == [{**common, "ts": T0 + 28_000, "outcome": "abandoned", "ended_by": "caller", "reason": "bye",
                       "wait_ms": 28_000, "pickup_ms": 0, "talk_ms": 0, "rejections": 2, "attempts": 2, "offers": 2,
-                      "queue_position": 0, "hold_ms": 5000}]
+                      "hold_ms": 28_000}]  # in the queue from its arrival (media first) to its end
 
 
 async def test_a_redelivered_failure_gets_no_new_attempt_number(h: Harness) -> None:
     await h.flow()
     await h.agent("a1", ["sales"])
     await h.arrive("c1")
-    await h.report("report.agent_failed", "c1", seq=2, offer_id="1", agent_id="a1", reason="busy")
-    await h.report("report.agent_failed", "c1", seq=2, offer_id="1", agent_id="a1", reason="busy")
+    # seq 2 was the queue media's answer (the caller on our media), which made the offer
+    await h.report("report.agent_failed", "c1", seq=3, offer_id="1", agent_id="a1", reason="busy")
+    await h.report("report.agent_failed", "c1", seq=3, offer_id="1", agent_id="a1", reason="busy")
     assert [d["attempt"] for _, d in await h.events("call.agent_failed")] == [1]
 
 

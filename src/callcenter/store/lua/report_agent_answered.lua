@@ -72,5 +72,6 @@ if (call.ring_all or '') ~= '' then
   if not member then return { RC.STALE } end
   call_field_updates(R.call_id, call, { agent = R.agent_id })
 end
-connect(R.call_id, call)
+-- talk time runs from the edge's answer (a report held across an outage is applied late)
+connect(R.call_id, call, reported_at(num(call.offered_ms, num(call.received_ms, 0))))
 return { RC.OK }

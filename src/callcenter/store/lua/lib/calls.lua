@@ -256,8 +256,10 @@ local function media_not_played(call_id, call, purpose)
   return 'ended'
 end
 
--- The caller is now talking to the agent it was offered to.
-local function connect(call_id, call)
+-- The caller is now talking to the agent it was offered to (since `at`, when the edge saw the
+-- answer; now if not given).
+local function connect(call_id, call, at)
+  at = at or NOW
   redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. call.offer, 'maxwait|' .. call_id, 'onhold|' .. call_id)
   hold_off(call_id, call)
   if (call.ring_all or '') ~= '' then
@@ -270,8 +272,8 @@ local function connect(call_id, call)
     end
     call_field_updates(call_id, call, { ring_all = '' })
   end
-  call_field_updates(call_id, call, { state = 'connected', connected_ms = NOW, media = '' })
-  local wait = NOW - num(call.received_ms, NOW)
+  call_field_updates(call_id, call, { state = 'connected', connected_ms = at, media = '' })
+  local wait = at - num(call.received_ms, at)
   local agent = hgetall(k_agent(call.agent))
   local chat = call.media_type == 'chat'
   if agent then

@@ -7,6 +7,15 @@ if type(R) ~= 'table' or type(R.call_id) ~= 'string' or type(R.seq) ~= 'number' 
   return { RC.INVALID, 'report lacks call_id/seq' }
 end
 
+-- When the edge saw what it reports (its `ts`), within [floor, NOW]: a report held across a Redis
+-- outage or a dispatcher restart is applied late, but the call's times are the edge's (talk time
+-- from its answer to its BYE), never in the future of this step nor before what came first.
+local function reported_at(floor)
+  local ts = tonumber(R.ts)
+  if not ts then return NOW end
+  return math.max(floor or 0, math.min(ts, NOW))
+end
+
 -- What a report step writes in any case, with the type each key must have (or none yet).
 local REPORT_KEY_TYPES = {
   { K.events, 'stream' }, { K.calls, 'set' }, { K.timers, 'zset' }, { K.stats, 'hash' }, { K.config, 'hash' },
