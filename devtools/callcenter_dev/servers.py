@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import shutil
 import socket
 import subprocess
@@ -49,11 +51,47 @@ def udp_port_bound(port: int) -> bool:
     return False
 
 
+_handed_out: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int) -> bool:
+    for kind in (socket.SOCK_STREAM, socket.SOCK_DGRAM):
+        with socket.socket(socket.AF_INET, kind) as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                return False
+    return True
+
+
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    """A port that is free on 127.0.0.1 right now (TCP by default, SOCK_DGRAM for UDP)."""
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 right now for TCP and UDP alike (`kind` is kept for callers that
+    say which they need), never handed out twice by this process, never 5060 or 6379.
+
+    Why not the kernel's pick (bind to port 0): that comes from the ephemeral range, the same range
+    the kernel takes the local ports of outgoing connections from (every Redis, SQL and HTTP
+    client of a test run), so between our probe and the server's bind another socket could take it
+    (seen as "address already in use" under load). Ports are drawn below that range instead."""
+    del kind
+    low, _ = _ephemeral_range()
+    top = max(low - 1, 20_000)
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    for _ in range(500):
+        port = rng.randint(15_000, top)
+        if port in (5060, 5061, 6379) or port in _handed_out:
+            continue
+        if _bindable(port):
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no free loopback port")
 
 
 @dataclass

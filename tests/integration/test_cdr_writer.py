@@ -179,11 +179,12 @@ async def test_a_row_per_attempt_that_did_not_connect_and_a_final_row(redis: aio
     """Real Lua steps: an agent rejects, the next answers; the writer writes the attempt row (that
     agent, its ring time, call_type -2) and the final row with the reference's meaning and ours."""
     store = Store(redis, TENANT)
-    await store.flow_upsert("sales", {"skill": "s", "queue_uri": "sip:q@127.0.0.1"}, now=T0)
+    # no queue media: the free agent is offered the call at once (media first concerns queue media)
+    await store.flow_upsert("sales", {"skill": "s"}, now=T0)
     for agent_id in ("a1", "a2"):
         await store.agent_upsert(agent_id, f"sip:{agent_id}@127.0.0.1", ["s"], 30, now=T0)
         await store.agent_login(agent_id, now=T0)
-    report = {"call_id": "c1", "edge": "e1", "ts": 1}
+    report = {"call_id": "c1", "edge": "e1", "ts": T0}
     arrival = {**report, "seq": 1, "flow": "sales", "caller": "carol", "caller_uri": "sip:carol@127.0.0.1",
                "sip_call_id": "abc@127.0.0.1", "source": "127.0.0.1:5", "priority": 5}
     await store.apply_report("report.call_arrived", "1-1", packed("report.call_arrived", arrival), now=T0)
@@ -191,11 +192,11 @@ async def test_a_row_per_attempt_that_did_not_connect_and_a_final_row(redis: aio
     offered = [decode(f, i).data for i, f in raw if f[b"type"] == b"call.offered"]
     first = offered[0]["agent_id"]
     second = "a2" if first == "a1" else "a1"
-    failed = {**report, "seq": 2, "offer_id": "1", "agent_id": first, "reason": "rejected", "code": 603}
+    failed = {**report, "ts": T0 + 2000, "seq": 2, "offer_id": "1", "agent_id": first, "reason": "rejected", "code": 603}
     await store.apply_report("report.agent_failed", "1-2", packed("report.agent_failed", failed), now=T0 + 2000)
-    answered = {**report, "seq": 3, "offer_id": "2", "agent_id": second}
+    answered = {**report, "ts": T0 + 4000, "seq": 3, "offer_id": "2", "agent_id": second}
     await store.apply_report("report.agent_answered", "1-3", packed("report.agent_answered", answered), now=T0 + 4000)
-    bye = {**report, "seq": 4, "by": "agent", "reason": "bye"}
+    bye = {**report, "ts": T0 + 64_000, "seq": 4, "by": "agent", "reason": "bye"}
     await store.apply_report("report.call_ended", "1-4", packed("report.call_ended", bye), now=T0 + 64_000)
 
     raw = await redis.xrange(KEYS.events)

@@ -44,3 +44,16 @@ async def test_an_edge_clock_out_of_bounds_is_held_to_the_steps_own(h: Harness) 
     await h.report("report.call_ended", "c1", ts=h.now + 60_000, by="agent", reason="bye")
     [cdr] = [d for _, d in await h.events("call.ended")]
     assert (cdr["pickup_ms"], cdr["talk_ms"]) == (0, 5000)
+
+
+async def test_an_edge_clock_behind_ours_still_gives_the_true_talk_time(h: Harness) -> None:
+    await h.flow()
+    await h.agent("a1", ["sales"])
+    await h.arrive("c1")
+    skew = -30_000               # the edge's clock 30 s behind the dispatcher's
+    h.now += 1000
+    await h.report("report.agent_answered", "c1", ts=h.now + skew, offer_id="1", agent_id="a1")
+    h.now += 2500
+    await h.report("report.call_ended", "c1", ts=h.now + skew, by="caller", reason="bye")
+    [cdr] = [d for _, d in await h.events("call.ended")]
+    assert cdr["talk_ms"] == 2500   # one clock, the edge's, from its answer to its BYE

@@ -24,7 +24,7 @@ SCENARIOS = REPO / "tests" / "sipp"
 
 from sip_grammar import header_problems  # noqa: E402
 
-from callcenter_dev.servers import stop_process, udp_port_bound  # noqa: E402
+from callcenter_dev.servers import free_port, stop_process, udp_port_bound  # noqa: E402
 from callcenter_sip_edge.facts import CHECKPOINT_KIND, Fact  # noqa: E402
 from callcenter_sip_edge.sip_stack import SipStack  # noqa: E402
 
@@ -36,19 +36,10 @@ SIPP_INSTALLED = shutil.which("sipp") is not None
 
 
 # ---------------------------------------------------------------------------- ports
-_handed_out: set[int] = set()
-
-
 def free_udp_port() -> int:
-    """A UDP port on 127.0.0.1 that nothing is bound to now (never 5060, never handed out twice)."""
-    for _ in range(100):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-            probe.bind((LOOPBACK, 0))
-            port = probe.getsockname()[1]
-        if port != 5060 and port not in _handed_out:
-            _handed_out.add(port)
-            return port
-    raise RuntimeError("no free UDP port")
+    """A UDP port on 127.0.0.1 that nothing is bound to now (never 5060, never handed out twice;
+    drawn below the kernel's ephemeral range: callcenter_dev.servers.free_port)."""
+    return free_port(socket.SOCK_DGRAM)
 
 
 # ---------------------------------------------------------------------------- SIPp

@@ -57,7 +57,7 @@ local function adopt_late_answer()
     set_agent_state(R.agent_id, agent, 'ringing', R.call_id)
   end
   emit('call.offered', { call_id = R.call_id, flow = call.flow, agent_id = R.agent_id, offer_id = R.offer_id })
-  connect(R.call_id, call)
+  connect(R.call_id, call, nil, tonumber(R.ts))
   return { RC.OK, 'adopted' }
 end
 
@@ -73,5 +73,5 @@ if (call.ring_all or '') ~= '' then
   call_field_updates(R.call_id, call, { agent = R.agent_id })
 end
 -- talk time runs from the edge's answer (a report held across an outage is applied late)
-connect(R.call_id, call, reported_at(num(call.offered_ms, num(call.received_ms, 0))))
+connect(R.call_id, call, reported_at(num(call.offered_ms, num(call.received_ms, 0))), tonumber(R.ts))
 return { RC.OK }

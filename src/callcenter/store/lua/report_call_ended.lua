@@ -18,6 +18,6 @@ if call.state == 'connected' then outcome = 'answered'
 elseif call.state == 'overflow' then outcome = 'overflowed'
 elseif R.by == 'caller' then outcome = 'abandoned'
 else outcome = 'failed' end
--- the call ended when the edge saw it end (its BYE or CANCEL), not when this report is applied
-finish_call(R.call_id, call, outcome, R.by, R.reason, reported_at(0))
+-- a talk ends when the edge saw it end (its BYE), not when this report is applied
+finish_call(R.call_id, call, outcome, R.by, R.reason, call.state == 'connected' and reported_end(call) or nil)
 return { RC.OK, outcome }

@@ -247,18 +247,23 @@ local function media_not_played(call_id, call, purpose)
   -- a caller nobody answered waited for this queue media (offer.lua waits_for_media): rather than
   -- lose it, ring a free agent with its own offer (the early offer; the edge bounds a caller that
   -- never ACKs to seconds, unblamed)
+  -- (a hold after a refused ring is over: there is nothing else to wait on)
   if flow and purpose == 'queue' and call.state == 'queued' and (call.answered_ms or '') == ''
-      and cfg('internal_dispatching') == 1 and offer_now(call_id, call, flow) then
-    return 'offered'
+      and cfg('internal_dispatching') == 1 then
+    local held = (call.held_until_ms or '') ~= ''
+    if (held and release_hold(call_id, call, flow)) or (not held and offer_now(call_id, call, flow)) then
+      return 'offered'
+    end
   end
   command(call.edge, 'command.reject', { call_id = call_id, code = 503, reason = 'Media Unavailable' })
   finish_call(call_id, call, 'failed', 'system', 'media_failed')
   return 'ended'
 end
 
--- The caller is now talking to the agent it was offered to (since `at`, when the edge saw the
--- answer; now if not given).
-local function connect(call_id, call, at)
+-- The caller is now talking to the agent it was offered to, since `at` (when the edge saw the
+-- answer, in our time; now if not given). `edge_ts`: the same moment on the edge's clock, kept so
+-- that the talk time is measured on one clock, the edge's (finish_call's caller computes the end).
+local function connect(call_id, call, at, edge_ts)
   at = at or NOW
   redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. call.offer, 'maxwait|' .. call_id, 'onhold|' .. call_id)
   hold_off(call_id, call)
@@ -272,7 +277,8 @@ local function connect(call_id, call, at)
     end
     call_field_updates(call_id, call, { ring_all = '' })
   end
-  call_field_updates(call_id, call, { state = 'connected', connected_ms = at, media = '' })
+  call_field_updates(call_id, call, { state = 'connected', connected_ms = at, answered_ts = edge_ts or '',
+                                      media = '' })
   local wait = at - num(call.received_ms, at)
   local agent = hgetall(k_agent(call.agent))
   local chat = call.media_type == 'chat'

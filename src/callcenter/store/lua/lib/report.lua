@@ -8,12 +8,21 @@ if type(R) ~= 'table' or type(R.call_id) ~= 'string' or type(R.seq) ~= 'number' 
 end
 
 -- When the edge saw what it reports (its `ts`), within [floor, NOW]: a report held across a Redis
--- outage or a dispatcher restart is applied late, but the call's times are the edge's (talk time
--- from its answer to its BYE), never in the future of this step nor before what came first.
+-- outage or a dispatcher restart is applied late, but the call's times are the edge's, never in
+-- the future of this step nor before what came first.
 local function reported_at(floor)
   local ts = tonumber(R.ts)
   if not ts then return NOW end
   return math.max(floor or 0, math.min(ts, NOW))
+end
+
+-- When a connected call ended, in our time: its connection plus the talk the edge measured on its
+-- own clock (answer to BYE), so neither a late report nor a skew between the edge's clock and ours
+-- changes the talk time; now for a call connected without the edge's answer time.
+local function reported_end(call)
+  local answered, ts, connected = tonumber(call.answered_ts), tonumber(R.ts), tonumber(call.connected_ms)
+  if not (answered and ts and connected) then return NOW end
+  return math.min(NOW, connected + math.max(0, ts - answered))
 end
 
 -- What a report step writes in any case, with the type each key must have (or none yet).
