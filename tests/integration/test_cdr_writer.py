@@ -192,7 +192,8 @@ async def test_a_row_per_attempt_that_did_not_connect_and_a_final_row(redis: aio
     offered = [decode(f, i).data for i, f in raw if f[b"type"] == b"call.offered"]
     first = offered[0]["agent_id"]
     second = "a2" if first == "a1" else "a1"
-    failed = {**report, "ts": T0 + 2000, "seq": 2, "offer_id": "1", "agent_id": first, "reason": "rejected", "code": 603}
+    failed = {**report, "ts": T0 + 2000, "seq": 2, "offer_id": "1", "agent_id": first, "reason": "rejected",
+              "code": 603}
     await store.apply_report("report.agent_failed", "1-2", packed("report.agent_failed", failed), now=T0 + 2000)
     answered = {**report, "ts": T0 + 4000, "seq": 3, "offer_id": "2", "agent_id": second}
     await store.apply_report("report.agent_answered", "1-3", packed("report.agent_answered", answered), now=T0 + 4000)

@@ -9,13 +9,14 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from callcenter_sip_edge.sippy import resume
 
 
 class _Transactions:
     """The one method of sippy's transaction manager that `resume_dialog` calls."""
 
-    def regConsumer(self, *args: Any, **kwargs: Any) -> None:  # noqa: N802 (sippy's name)
+    def regConsumer(self, *args: Any, **kwargs: Any) -> None:
         pass
 
 
