@@ -12,7 +12,7 @@ from callcenter.store.config import CALL_HANDLING, PARAMS, Param, lua_defaults_t
 
 
 def test_names_are_unique_and_looked_up() -> None:
-    assert len(PARAMS) == len(CALL_HANDLING) == 21
+    assert len(PARAMS) == len(CALL_HANDLING) == 22
     assert param("ring_timeout_s").default == 20
     with pytest.raises(KeyError):
         param("no_such_param")
