@@ -32,17 +32,6 @@ AGENT = {"uri": "sip:alice@127.0.0.1:5070", "skills": ["sales", "support"]}
 
 
 @pytest.fixture
-def settings(redis_server: RedisServer, tmp_path: Path) -> ApiSettings:
-    return ApiSettings(redis_url=redis_server.url, tenant=TENANT, database_url=f"sqlite:///{tmp_path / 'cc.sqlite3'}")
-
-
-@pytest.fixture
-async def api(redis: aioredis.Redis, settings: ApiSettings) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(settings) as (client, _app):
-        yield client
-
-
-@pytest.fixture
 async def app_services(redis: aioredis.Redis, settings: ApiSettings) -> AsyncIterator[tuple[httpx.AsyncClient,
                                                                                               Services]]:
     async with running(settings) as (client, app):

@@ -6,39 +6,24 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import redis.asyncio as aioredis
-from api_client import running
 from problems import problem
 from sqlalchemy.orm import Session
 
 from callcenter.db.models import Cdr
 from callcenter.settings import ApiSettings
 from callcenter.store import Keys
-from callcenter_dev.servers import RedisServer
 
 TENANT = "contract"
 FLOW = {"skill": "sales", "queue_uri": "sip:queue@127.0.0.1:5090"}
 AGENT = {"uri": "sip:alice@127.0.0.1:5070", "skills": ["sales"]}
 PROBLEM = {"application/problem+json": {"schema": {"$ref": "#/components/schemas/Problem"}}}
 OPERATION_ID = re.compile(r"^[a-z]+(_[a-z]+)+$")
-
-
-@pytest.fixture
-def settings(redis_server: RedisServer, tmp_path: Path) -> ApiSettings:
-    return ApiSettings(redis_url=redis_server.url, tenant=TENANT, database_url=f"sqlite:///{tmp_path / 'cc.sqlite3'}")
-
-
-@pytest.fixture
-async def api(redis: aioredis.Redis, settings: ApiSettings) -> AsyncIterator[httpx.AsyncClient]:
-    async with running(settings) as (client, _app):
-        yield client
 
 
 # -- acceptance 5: the OpenAPI document ------------------------------------------------------------

@@ -9,7 +9,6 @@ Calls are driven through the Lua steps the way the dispatcher applies a sip-edge
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +26,6 @@ from callcenter.store.config import CALL_HANDLING, PARAMS
 from callcenter.store.reads import service_level_pct
 from callcenter_api.deps import Services
 from callcenter_api.schemas import ConfigOut, ConfigPatch
-from callcenter_dev.servers import RedisServer
 
 TENANT = "routing"
 EDGE = "edge-1"
@@ -120,11 +118,6 @@ class Driver:
             if login:
                 assert (await self.api.post(f"/v1/agents/{agent_id}/login")).status_code == 200
                 self.clock.now += 10  # the first logged in is the longest idle
-
-
-@pytest.fixture
-def settings(redis_server: RedisServer, tmp_path: Path) -> ApiSettings:
-    return ApiSettings(redis_url=redis_server.url, tenant=TENANT, database_url=f"sqlite:///{tmp_path / 'cc.sqlite3'}")
 
 
 @pytest.fixture
