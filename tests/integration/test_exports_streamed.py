@@ -1,7 +1,7 @@
 """CDR exports streamed from SQL to chunks and from chunks to the download (issue 12, acceptance 6):
 the format, row for row, on SQLite, PostgreSQL and MariaDB; a large export on PostgreSQL whose
 memory stays far below its size (measured in a process of its own: its peak RSS before and after);
-the api's download joins the chunks; migration 0007 keeps the files both ways."""
+the api's download joins the chunks. Migration 0007: tests/integration/test_jobs_schema.py."""
 
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from api_client import running
-from sqlalchemy import Engine, column, insert, select, table, text
-from test_db_schema import differences, downgrade
+from sqlalchemy import Engine, insert, select, text
 
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.db.jobs import CdrExport, CdrExportChunk
@@ -173,37 +172,3 @@ async def test_the_api_streams_the_chunks_as_one_file(api_and_db: tuple[httpx.As
         body = b"".join([part async for part in f.aiter_bytes()])
     assert body == b"".join(chunks(engine, export_id))
     assert [row["call_id"] for row in parsed(body, "jsonl")] == [f"c{i:08d}" for i in range(500)]
-
-
-OLD_EXPORTS = table("cdr_exports", column("id"), column("since"), column("until"), column("format"),
-                    column("status"), column("rows"), column("content"), column("created_at"))
-
-
-def test_migration_0007_keeps_the_files_both_ways(sql_url: str) -> None:
-    """0006 with an export's file in `content` (60 KB: 0006's BLOB on MariaDB holds 64 KiB), then
-    0007: the same bytes in chunks; a new export of many chunks; down to 0006: both files whole in
-    `content`; up again works."""
-    upgrade(sql_url, "0006")
-    engine = make_engine(sql_url)
-    old = b"id,call_id\n" + b"".join(b"%05d,c%05d\n" % (i, i) for i in range(5000))
-    try:
-        with engine.begin() as conn:
-            conn.execute(insert(OLD_EXPORTS), {"id": "e1", "since": T0, "until": T0, "format": "csv", "status": "done",
-                                               "rows": 5000, "content": old, "created_at": T0})
-        upgrade(sql_url)
-        assert b"".join(chunks(engine, "e1")) == old
-        assert differences(sql_url) == []
-        with engine.begin() as conn:
-            conn.execute(insert(Cdr), [cdr(i) for i in range(100)])
-        new = new_export(engine, "jsonl", T0, T0 + timedelta(days=1))
-        export_cdrs(engine, new, chunk_bytes=1024)
-        new_file = b"".join(chunks(engine, new))
-        assert len(chunks(engine, new)) > 10
-        downgrade(engine, "0006")
-        with engine.connect() as conn:
-            files = dict(conn.execute(select(OLD_EXPORTS.c.id, OLD_EXPORTS.c.content)).all())
-        assert files == {"e1": old, new: new_file}
-        upgrade(sql_url)
-        assert b"".join(chunks(engine, new)) == new_file
-    finally:
-        engine.dispose()
