@@ -204,19 +204,20 @@ def idempotent_insert(engine: Engine) -> Insert:
     return stmt.execution_options(preserve_rowcount=True)
 
 
+def _without_found_rows(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+    from pymysql.constants import CLIENT
+
+    cparams["client_flag"] = cparams.get("client_flag", 0) & ~CLIENT.FOUND_ROWS
+
+
 def count_new_rows_only(engine: Engine) -> None:
     """MySQL/MariaDB: open the engine's connections without CLIENT_FOUND_ROWS, which SQLAlchemy sets
     and which counts a duplicate left unchanged by ON DUPLICATE KEY UPDATE as a row; without it the
     row count is the number of new rows. Connections already pooled are closed (opened again
     without the flag). The writer's engine only inserts, so nothing relies on the flag there."""
-    if engine.dialect.name != "mysql":
+    if engine.dialect.name != "mysql" or event.contains(engine, "do_connect", _without_found_rows):
         return
-    from pymysql.constants import CLIENT
-
-    @event.listens_for(engine, "do_connect")
-    def _without_found_rows(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
-        cparams["client_flag"] = cparams.get("client_flag", 0) & ~CLIENT.FOUND_ROWS
-
+    event.listen(engine, "do_connect", _without_found_rows)
     engine.dispose()
 
 
