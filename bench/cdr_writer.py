@@ -38,7 +38,7 @@ from callcenter.contract.codec import Entry, decode
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.db.models import Cdr
 from callcenter.store.keys import Keys
-from callcenter_cdr_writer.writer import CdrWriter, cdr_row
+from callcenter_cdr_writer.writer import CDR_TYPES, CdrWriter, cdr_row
 from callcenter_dev.postgres import PostgresServer, find_bindir
 from callcenter_dev.producer import Producer
 from callcenter_dev.servers import RedisServer
@@ -106,7 +106,7 @@ async def through_writer(redis: aioredis.Redis, engine: Engine, entries: int, ba
     """Seconds for the writer to read, store and acknowledge every entry of the stream."""
     writer = CdrWriter(engine, TENANT)
     consumer = StreamConsumer(redis, stream=KEYS.events, group=GROUP, consumer="bench", handler=writer,
-                              dead_stream=KEYS.dead, batch=batch, block_ms=50)
+                              dead_stream=KEYS.dead, batch=batch, block_ms=50, types=CDR_TYPES)
     await consumer.ensure_group()
     started = time.perf_counter()
     task = asyncio.create_task(consumer.run())

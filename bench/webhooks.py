@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -37,6 +35,7 @@ from callcenter.contract.codec import encode
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.db.jobs import WebhookDelivery, WebhookSubscription
 from callcenter.store.keys import Keys
+from callcenter_dev.jobs import jobs_env, running_jobs
 from callcenter_dev.servers import RedisServer
 
 TENANT = "bench"
@@ -90,64 +89,41 @@ def main() -> None:
         session.add(WebhookSubscription(id=uuid.uuid4().hex, url=url, event_types="*",
                                         secret="bench-secret-0123456789", created_at=datetime.now(UTC)))
         session.commit()
-    broker = server.url.rsplit("/", 1)[0] + "/1"
-    env = {**os.environ, "CC_REDIS_URL": server.url, "CC_TENANT": TENANT, "CC_DATABASE_URL": db_url,
-           "CC_JOBS_BROKER_URL": broker, "CC_JOBS_RESULT_URL": broker, "CC_JOBS_PUMP_INTERVAL_S": "0.2",
-           "CC_LOG_LEVEL": "warning"}
-    celery = [sys.executable, "-m", "celery", "-A", "callcenter_jobs.app"]
-    worker = subprocess.Popen([*celery, "worker", f"--pool={args.pool}", f"--concurrency={args.concurrency}",
-                               "-l", "warning"], env=env, stdout=(work / "worker.log").open("wb"),
-                              stderr=subprocess.STDOUT, start_new_session=True)
-    beat = subprocess.Popen([*celery, "beat", "-l", "warning", "-s", str(work / "beat-schedule")], env=env,
-                            stdout=(work / "beat.log").open("wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    env = jobs_env(server.url, db_url, TENANT, CC_JOBS_PUMP_INTERVAL_S="0.2", CC_LOG_LEVEL="warning")
     r = redis.Redis.from_url(server.url)
     events = Keys(TENANT).events
+    jobs = running_jobs(env, work, events, worker_args=(f"--pool={args.pool}", f"--concurrency={args.concurrency}"),
+                        log_level="warning")
     try:
-        deadline = time.monotonic() + 60
-        while not any(g["name"] == b"webhooks" for g in _groups(r, events)):
-            if time.monotonic() > deadline:
-                sys.exit(f"the pump never attached its group; logs in {work}")
-            time.sleep(0.1)
-        cpu0 = cpu_s(worker.pid)
-        t0 = time.perf_counter()
-        pipe = r.pipeline(transaction=False)
-        for i in range(n):
-            pipe.xadd(events, encode("agent.paused", {"ts": i, "agent_id": "a", "reason": f"bench-{i}"}))  # type: ignore[arg-type]
-        pipe.execute()
-        deadline = time.monotonic() + max(120, n / 5)
-        while True:
-            with Session(engine) as session:
-                done = session.scalar(select(func.count()).select_from(WebhookDelivery)
-                                      .where(WebhookDelivery.status == "delivered")) or 0
-            if done >= n:
-                break
-            if time.monotonic() > deadline:
-                sys.exit(f"only {done} of {n} delivered in time; logs in {work}")
-            time.sleep(0.05)
-        elapsed = time.perf_counter() - t0
-        cpu = cpu_s(worker.pid) - cpu0
-        print(f"{n} deliveries in {elapsed:.2f} s: {n / elapsed:,.0f} deliveries/s through one worker "
-              f"(pool {args.pool}, concurrency {args.concurrency})")
-        print(f"receiver got {got[0]} requests (each event once: {got[0] == n}); worker main process CPU "
-              f"{cpu:.2f} s ({1000 * cpu / n:.2f} ms per delivery)")
+        with jobs as procs:
+            worker = procs.worker
+            cpu0 = cpu_s(worker.pid)
+            t0 = time.perf_counter()
+            pipe = r.pipeline(transaction=False)
+            for i in range(n):
+                pipe.xadd(events, encode("agent.paused", {"ts": i, "agent_id": "a", "reason": f"bench-{i}"}))  # type: ignore[arg-type]
+            pipe.execute()
+            deadline = time.monotonic() + max(120, n / 5)
+            while True:
+                with Session(engine) as session:
+                    done = session.scalar(select(func.count()).select_from(WebhookDelivery)
+                                          .where(WebhookDelivery.status == "delivered")) or 0
+                if done >= n:
+                    break
+                if time.monotonic() > deadline:
+                    sys.exit(f"only {done} of {n} delivered in time; logs in {work}")
+                time.sleep(0.05)
+            elapsed = time.perf_counter() - t0
+            cpu = cpu_s(worker.pid) - cpu0
+            print(f"{n} deliveries in {elapsed:.2f} s: {n / elapsed:,.0f} deliveries/s through one worker "
+                  f"(pool {args.pool}, concurrency {args.concurrency})")
+            print(f"receiver got {got[0]} requests (each event once: {got[0] == n}); worker main process CPU "
+                  f"{cpu:.2f} s ({1000 * cpu / n:.2f} ms per delivery)")
     finally:
-        for proc in (worker, beat):
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in (worker, beat):
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
+        r.close()
         http.shutdown()
         engine.dispose()
         server.stop()
-
-
-def _groups(r: redis.Redis, stream: str) -> list[dict[Any, Any]]:
-    try:
-        return list(r.xinfo_groups(stream))  # type: ignore[arg-type]
-    except redis.ResponseError:
-        return []
 
 
 if __name__ == "__main__":

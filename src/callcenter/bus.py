@@ -4,6 +4,9 @@ Consumer contract (dispatcher, cdr-writer, any analytics consumer built on it):
 - the consumer group is created idempotently (MKSTREAM; BUSYGROUP is fine), from the start of
   the stream so nothing written before the first start is missed;
 - reads are bounded (COUNT) and blocking for at most `block_ms`, so a stop request is seen fast;
+- a consumer that wants only some entry types names them (`types`): the others are acknowledged
+  with the batch, never decoded nor handed to the handler (an entry without a `type` field is
+  decoded, and dead-lettered as undecodable);
 - an entry is acknowledged only after the handler says its effect is durable;
 - entries left pending by a dead consumer are reclaimed with XAUTOCLAIM (following its cursor)
   once idle for `claim_idle_ms`;
@@ -35,7 +38,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +102,8 @@ class StreamConsumer:
 
     def __init__(self, redis: Redis, *, stream: str, group: str, consumer: str, handler: Handler,
                  dead_stream: str, batch: int = 64, block_ms: int = 1000, claim_idle_ms: int = 10_000,
-                 max_deliveries: int = 5, backoff_max_s: float = 5.0) -> None:
+                 max_deliveries: int = 5, backoff_max_s: float = 5.0,
+                 types: Collection[str] | None = None) -> None:
         self.redis = redis
         self.stream = stream
         self.group = group
@@ -110,6 +114,8 @@ class StreamConsumer:
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
+        # the stream field as redis-py returns it (bytes): compared before any decoding
+        self._wanted = None if types is None else frozenset(t.encode() for t in types)
         self.backoff_max_s = min(backoff_max_s, claim_idle_ms / 2000)  # held entries stay claimed
         self._stop = asyncio.Event()
         self._claim_cursor = "0-0"
@@ -254,11 +260,23 @@ class StreamConsumer:
         info = await self.redis.xpending_range(self.stream, self.group, min=entry_id, max=entry_id, count=1)
         return int(info[0]["times_delivered"]) if info else 0
 
+    def _unwanted(self, fields: Mapping[Any, Any]) -> bool:
+        if self._wanted is None:
+            return False
+        etype = fields.get(b"type", fields.get("type"))
+        if etype is None:
+            return False  # no type: decoded, hence dead-lettered
+        return (etype if isinstance(etype, bytes) else str(etype).encode()) not in self._wanted
+
     async def _process(self, raw_entries: Sequence[Any], reclaimed: bool = False) -> None:
         good: list[Entry] = []
         raw_by_id: dict[str, Mapping[Any, Any]] = {}
+        skipped: list[str] = []
         for raw_id, fields in raw_entries:
             entry_id = text(raw_id)
+            if self._unwanted(fields):
+                skipped.append(entry_id)
+                continue
             raw_by_id[entry_id] = fields
             if reclaimed and await self._deliveries(entry_id) > self.max_deliveries:
                 await self.dead_letter(entry_id, fields, f"delivered more than {self.max_deliveries} times")
@@ -268,9 +286,14 @@ class StreamConsumer:
             except DecodeError as exc:
                 await self.dead_letter(entry_id, fields, f"undecodable: {exc}")
         if good:
-            await self._handle(good, raw_by_id)
+            await self._handle(good, raw_by_id, skipped)
+        elif skipped:
+            await self._ack_now(skipped)
 
-    async def _handle(self, good: list[Entry], raw_by_id: Mapping[str, Mapping[Any, Any]]) -> None:
+    async def _handle(self, good: list[Entry], raw_by_id: Mapping[str, Mapping[Any, Any]],
+                      skipped: Sequence[str] = ()) -> None:
+        """Run the handler on `good` and act on its verdicts; `skipped` (entries of unwanted types)
+        are acknowledged with the batch."""
         try:
             with structlog.contextvars.bound_contextvars(stream=self.stream), \
                  entry_context(good[0]) if len(good) == 1 else contextlib.nullcontext():
@@ -278,9 +301,11 @@ class StreamConsumer:
         except Exception as exc:  # the handler's failure must not kill the loop: leave them pending
             log.exception("consumer.handler_failed", stream=self.stream, count=len(good),
                           error=excerpt(repr(exc), LOG_EXCERPT))
+            if skipped:
+                await self._ack_now(skipped)
             await asyncio.sleep(0.1)
             return
-        to_ack: list[str] = []
+        to_ack: list[str] = list(skipped)
         for entry in good:
             verdict = verdicts.get(entry.id, RETRY)
             if verdict.outcome is Outcome.ACK:
@@ -290,9 +315,12 @@ class StreamConsumer:
             elif verdict.outcome is Outcome.BACKOFF:
                 self._held[entry.id] = (entry, raw_by_id[entry.id])
         if to_ack:
-            await self.redis.xack(self.stream, self.group, *to_ack)
-            self.handled += len(to_ack)
-            STREAM_ENTRIES.labels(self.stream, self.group).inc(len(to_ack))
+            await self._ack_now(to_ack)
+
+    async def _ack_now(self, ids: Sequence[str]) -> None:
+        await self.redis.xack(self.stream, self.group, *ids)
+        self.handled += len(ids)
+        STREAM_ENTRIES.labels(self.stream, self.group).inc(len(ids))
 
     async def dead_letter(self, entry_id: str, fields: Mapping[Any, Any], reason: str) -> None:
         record: dict[Any, Any] = {"stream": self.stream, "group": self.group, "entry_id": entry_id,

@@ -181,6 +181,9 @@ class ApiSettings(DispatchSettings):  # the call-handling variables seed the con
     # loopback by default: exposing the api is a decision (compose sets 0.0.0.0 inside its network)
     api_host: str = "127.0.0.1"
     api_port: int = 8080
+    # the URL clients reach the api by when it is not api_host:api_port (a load balancer, an
+    # ingress): webhooks to its host and port are refused like those to the api's own address
+    api_public_url: str | None = Field(default=None, pattern=r"^https?://[^/?#]+")
     # a request body over this many bytes gets 413 before it is read whole
     api_max_body_bytes: int = Field(default=64 * 1024, ge=1024, le=64 * 1024 * 1024)
     # every endpoint but /healthz and /readyz needs an API key or token; `off` (local demos only)

@@ -8,7 +8,8 @@ import asyncio
 import os
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import redis.asyncio as aioredis
 from sqlalchemy import Engine, func, select
 from sqlalchemy.orm import Session
 
-from callcenter.bus import Outcome, StreamConsumer
+from callcenter.bus import Outcome, StreamConsumer, Verdict
 from callcenter.contract.codec import Entry, decode, encode
 from callcenter.db.engine import make_engine, upgrade
 from callcenter.db.models import Cdr
@@ -104,11 +105,19 @@ def db_url(sql_url: str) -> str:
     return sql_url
 
 
+@contextmanager
+def engine_of(url: str) -> Iterator[Engine]:
+    eng = make_engine(url)
+    try:
+        yield eng
+    finally:
+        eng.dispose()
+
+
 @pytest.fixture
-def engine(db_url: str) -> Any:
-    eng = make_engine(db_url)
-    yield eng
-    eng.dispose()
+def engine(db_url: str) -> Iterator[Engine]:
+    with engine_of(db_url) as eng:
+        yield eng
 
 
 @pytest.fixture
@@ -120,10 +129,9 @@ def sqlite_url(tmp_path: Path) -> str:
 
 
 @pytest.fixture
-def sqlite_engine(sqlite_url: str) -> Any:
-    eng = make_engine(sqlite_url)
-    yield eng
-    eng.dispose()
+def sqlite_engine(sqlite_url: str) -> Iterator[Engine]:
+    with engine_of(sqlite_url) as eng:
+        yield eng
 
 
 @pytest.fixture
@@ -141,6 +149,30 @@ async def service(redis: aioredis.Redis, redis_server: RedisServer, db_url: str)
 def consumer(redis: aioredis.Redis, name: str, writer: CdrWriter, **kw: Any) -> StreamConsumer:
     return StreamConsumer(redis, stream=KEYS.events, group=GROUP, consumer=name, handler=writer,
                           dead_stream=KEYS.dead, block_ms=50, **kw)
+
+
+async def victim_commits_and_dies(redis: aioredis.Redis, engine: Engine) -> tuple[list[Entry], dict[str, Verdict]]:
+    """A writer reads the stream's new entries and commits their rows, then dies before its XACK
+    (and before acting on its verdicts): the entries stay pending under `victim`."""
+    await consumer(redis, "victim", CdrWriter(engine)).ensure_group()
+    entries = await read_as(redis, "victim")
+    return entries, dict(await CdrWriter(engine)(entries))
+
+
+async def rescue(redis: aioredis.Redis, engine: Engine) -> CdrWriter:
+    """Another consumer reclaims what the victim left pending (XAUTOCLAIM) until nothing is; its writer."""
+    writer = CdrWriter(engine)
+    rescuer = consumer(redis, "rescuer", writer, claim_idle_ms=100)
+    task = asyncio.create_task(rescuer.run())
+    try:
+        async def rescued() -> bool:
+            return await pending(redis) == 0
+
+        await wait_for(rescued)
+    finally:
+        rescuer.request_stop()
+        await asyncio.wait_for(task, 5)
+    return writer
 
 
 async def test_call_ended_events_become_rows(redis: aioredis.Redis, service: None, engine: Engine) -> None:
@@ -281,25 +313,11 @@ async def test_crash_between_commit_and_ack_is_harmless(redis: aioredis.Redis, e
     producer = Producer(redis)
     await producer.publish(KEYS.events, "call.ended", ended("c1"))
     await producer.publish(KEYS.events, "agent.logged_in", {"ts": T0, "agent_id": "alice"})
-    victim = consumer(redis, "victim", CdrWriter(engine))
-    await victim.ensure_group()
-    # the victim reads and commits, then dies before its XACK
-    entries = await read_as(redis, "victim")
-    verdicts = await CdrWriter(engine)(entries)
+    _, verdicts = await victim_commits_and_dies(redis, engine)
     assert {v.outcome for v in verdicts.values()} == {Outcome.ACK}
     assert len(rows(engine)) == 1 and await pending(redis) == 2
 
-    rescuer_writer = CdrWriter(engine)
-    rescuer = consumer(redis, "rescuer", rescuer_writer, claim_idle_ms=100)
-    task = asyncio.create_task(rescuer.run())
-    try:
-        async def rescued() -> bool:
-            return await pending(redis) == 0
-
-        await wait_for(rescued)
-    finally:
-        rescuer.request_stop()
-        await asyncio.wait_for(task, 5)
+    rescuer_writer = await rescue(redis, engine)
     assert [r.call_id for r in rows(engine)] == ["c1"]
     assert rescuer_writer.duplicates == 1 and rescuer_writer.written == 0
 
@@ -404,10 +422,7 @@ async def test_idempotent_and_row_errors(redis: aioredis.Redis, engine: Engine) 
     await producer.publish(KEYS.events, "call.ended", ended("pg-long", caller="x" * 300))  # varchar(255)
     await producer.publish(KEYS.events, "call.ended", ended("pg-2", agent_id=None))
     # the first writer commits and dies before the ack
-    victim = consumer(redis, "victim", CdrWriter(engine))
-    await victim.ensure_group()
-    entries = await read_as(redis, "victim")
-    verdicts = await CdrWriter(engine)(entries)
+    entries, verdicts = await victim_commits_and_dies(redis, engine)
     strict = engine.dialect.name != "sqlite"  # SQLite stores a string of any length
     long_verdict = Outcome.DEAD if strict else Outcome.ACK
     assert [verdicts[e.id].outcome for e in entries] == [Outcome.ACK, Outcome.ACK, long_verdict, Outcome.ACK]
@@ -415,17 +430,7 @@ async def test_idempotent_and_row_errors(redis: aioredis.Redis, engine: Engine) 
         reason = verdicts[entries[2].id].reason
         assert "StringDataRightTruncation" in reason or "Data too long for column 'caller'" in reason, reason
 
-    rescuer_writer = CdrWriter(engine)
-    rescuer = consumer(redis, "rescuer", rescuer_writer, claim_idle_ms=100)
-    task = asyncio.create_task(rescuer.run())
-    try:
-        async def settled() -> bool:
-            return await pending(redis) == 0
-
-        await wait_for(settled)
-    finally:
-        rescuer.request_stop()
-        await asyncio.wait_for(task, 5)
+    rescuer_writer = await rescue(redis, engine)
     with Session(engine) as session:
         counts = dict(session.execute(select(Cdr.call_id, func.count()).where(Cdr.call_id.like("pg-%"))
                                       .group_by(Cdr.call_id)).all())

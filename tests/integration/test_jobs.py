@@ -11,10 +11,6 @@ import hashlib
 import hmac
 import io
 import json
-import os
-import signal
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -36,6 +32,7 @@ from callcenter.db.engine import make_engine, upgrade
 from callcenter.db.models import Cdr
 from callcenter.settings import ApiSettings
 from callcenter.store.keys import Keys
+from callcenter_dev.jobs import jobs_env, running_jobs
 from callcenter_dev.servers import RedisServer
 
 TENANT = "jobs"
@@ -94,15 +91,6 @@ class Jobs:
         return app
 
 
-def _until(check: Callable[[], Any], within_s: float = 30.0) -> Any:
-    deadline = time.monotonic() + within_s
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-    return value
-
-
 @pytest.fixture(scope="module")
 def jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
     """A redis-server of its own (the shared one is flushed by other tests), a migrated SQLite file,
@@ -111,37 +99,14 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
     server = RedisServer().start()
     db_url = f"sqlite:///{workdir / 'cc.sqlite3'}"
     upgrade(db_url)
-    broker = server.url.rsplit("/", 1)[0] + "/1"
-    env = {**os.environ, "CC_REDIS_URL": server.url, "CC_TENANT": TENANT, "CC_DATABASE_URL": db_url,
-           "CC_JOBS_BROKER_URL": broker, "CC_JOBS_RESULT_URL": broker, "CC_JOBS_KEY_PREFIX": PREFIX,
-           "CC_JOBS_PUMP_INTERVAL_S": "0.2", "CC_WEBHOOK_MAX_ATTEMPTS": str(MAX_ATTEMPTS),
-           "CC_WEBHOOK_BACKOFF_S": "0.1", "CC_WEBHOOK_TIMEOUT_S": "5", "CC_REPORTS_INTERVAL_S": "0.5"}
-    celery = [sys.executable, "-m", "celery", "-A", "callcenter_jobs.app"]
-    procs = []
-    for name, args in (("worker", ["worker", "--pool=solo", "-l", "info", "-n", "w1@%h"]),
-                       ("beat", ["beat", "-l", "info", "-s", str(workdir / "beat-schedule")])):
-        log = (workdir / f"{name}.log").open("wb")
-        procs.append(subprocess.Popen([*celery, *args], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                      start_new_session=True))
+    env = jobs_env(server.url, db_url, TENANT, CC_JOBS_KEY_PREFIX=PREFIX, CC_JOBS_PUMP_INTERVAL_S="0.2",
+                   CC_WEBHOOK_MAX_ATTEMPTS=str(MAX_ATTEMPTS), CC_WEBHOOK_BACKOFF_S="0.1", CC_WEBHOOK_TIMEOUT_S="5",
+                   CC_REPORTS_INTERVAL_S="0.5")
     client = redis.Redis.from_url(server.url)
     try:
-        # the pump registered the `webhooks` group: events from now on reach the subscriptions
-        def registered() -> bool:
-            try:
-                return any(g["name"] == b"webhooks" for g in client.xinfo_groups(KEYS.events))
-            except redis.ResponseError:
-                return False
-        _until(registered, 60)
-        yield Jobs(server.url, broker, db_url, client)
+        with running_jobs(env, workdir, KEYS.events):
+            yield Jobs(server.url, env["CC_JOBS_BROKER_URL"], db_url, client)
     finally:
-        for proc in procs:
-            os.killpg(proc.pid, signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
         client.close()
         server.stop()
 

@@ -23,7 +23,7 @@ from callcenter.lifecycle import run_service, start_from_command_line
 from callcenter.redis import connect
 from callcenter.settings import CdrWriterSettings, redact_url
 from callcenter.store.keys import Keys
-from callcenter_cdr_writer.writer import CdrWriter
+from callcenter_cdr_writer.writer import CDR_TYPES, CdrWriter
 
 log = structlog.get_logger(__name__)
 
@@ -54,7 +54,7 @@ async def run(settings: CdrWriterSettings, stop: asyncio.Event | None = None) ->
     consumer = StreamConsumer(
         redis, stream=keys.events, group=GROUP, consumer=settings.consumer, handler=writer,
         dead_stream=keys.dead, batch=settings.batch, block_ms=settings.block_ms,
-        claim_idle_ms=settings.claim_idle_ms, max_deliveries=settings.max_deliveries)
+        claim_idle_ms=settings.claim_idle_ms, max_deliveries=settings.max_deliveries, types=CDR_TYPES)
 
     async def ready() -> bool:
         def select_one() -> None:

@@ -8,7 +8,10 @@ from before attempts were numbered carries no `attempt` and is no row). Every ot
 acknowledged at once. The batch's rows are inserted in one transaction with an idempotent insert
 keyed by `(call_id, attempt)` (`ON CONFLICT DO NOTHING` on SQLite and PostgreSQL, `ON DUPLICATE KEY
 UPDATE` with no change on MySQL/MariaDB), so an event delivered twice (a writer that died between
-commit and ack, a claim by another replica) never writes a second row. Verdicts:
+commit and ack, a claim by another replica) never writes a second row; the database says how many
+rows were new (the statement's row count), so a batch is one statement and no read. The consumer
+hands the writer only the entry types in `CDR_TYPES` (`StreamConsumer(types=...)`): the others are
+acknowledged without being decoded. Verdicts:
 
 - ACK   the row is committed (or was already there), or the entry is not a CDR event;
 - DEAD  the row fails on its own (bad values: a constraint or a type the database refuses), found
@@ -27,7 +30,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import structlog
-from sqlalchemy import Connection, Engine, Insert, select
+from sqlalchemy import Engine, Insert, event
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
@@ -50,6 +53,7 @@ log = structlog.get_logger(__name__)
 
 CDR_EVENT = "call.ended"
 ATTEMPT_EVENT = "call.agent_failed"
+CDR_TYPES = frozenset({CDR_EVENT, ATTEMPT_EVENT})  # every other event type is no row
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 INT64_MAX = 2**63 - 1
 INT32_MAX = 2**31 - 1
@@ -183,19 +187,38 @@ def cdr_row(entry: Entry, tenant: str = "default") -> dict[str, Any] | None:
 
 def idempotent_insert(engine: Engine) -> Insert:
     """INSERT INTO cdrs ... that skips a row whose (call_id, attempt) is there already, for the
-    engine's dialect. No RETURNING: on PostgreSQL it made the batch two to three times slower
-    (bench/cdr_writer.py); the new rows are counted from a SELECT of the keys instead."""
+    engine's dialect, keeping the row count of an executemany (`preserve_rowcount`): the number of
+    new rows. No RETURNING: on PostgreSQL it made the batch two to three times slower
+    (bench/cdr_writer.py). On MySQL/MariaDB the count is only right on a connection without the
+    FOUND_ROWS flag (`count_new_rows_only`)."""
     name = engine.dialect.name
     stmt: Insert
     if name in ("sqlite", "postgresql"):
         make: Any = sqlite.insert if name == "sqlite" else postgresql.insert
         stmt = make(Cdr).on_conflict_do_nothing(index_elements=[Cdr.call_id, Cdr.attempt])
-        return stmt
-    if name == "mysql":  # also MariaDB
+    elif name == "mysql":  # also MariaDB
         # no change on a duplicate key: unlike INSERT IGNORE, a bad value still raises (strict mode)
         stmt = mysql.insert(Cdr).on_duplicate_key_update(attempt=Cdr.attempt)
-        return stmt
-    raise NotImplementedError(f"the cdr-writer supports SQLite, PostgreSQL and MySQL/MariaDB, not {name}")
+    else:
+        raise NotImplementedError(f"the cdr-writer supports SQLite, PostgreSQL and MySQL/MariaDB, not {name}")
+    return stmt.execution_options(preserve_rowcount=True)
+
+
+def _without_found_rows(_dialect: Any, _record: Any, _cargs: Any, cparams: dict[str, Any]) -> None:
+    from pymysql.constants import CLIENT
+
+    cparams["client_flag"] = cparams.get("client_flag", 0) & ~CLIENT.FOUND_ROWS
+
+
+def count_new_rows_only(engine: Engine) -> None:
+    """MySQL/MariaDB: open the engine's connections without CLIENT_FOUND_ROWS, which SQLAlchemy sets
+    and which counts a duplicate left unchanged by ON DUPLICATE KEY UPDATE as a row; without it the
+    row count is the number of new rows. Connections already pooled are closed (opened again
+    without the flag). The writer's engine only inserts, so nothing relies on the flag there."""
+    if engine.dialect.name != "mysql" or event.contains(engine, "do_connect", _without_found_rows):
+        return
+    event.listen(engine, "do_connect", _without_found_rows)
+    engine.dispose()
 
 
 def _reason(exc: Exception) -> str:
@@ -210,6 +233,7 @@ class CdrWriter:
         self.engine = engine
         self.tenant = tenant
         self.insert = idempotent_insert(engine)
+        count_new_rows_only(engine)
         self.transactions = 0  # insert transactions tried (committed or not)
         self.written = 0
         self.duplicates = 0
@@ -246,20 +270,9 @@ class CdrWriter:
     # -- SQL (worker thread) ------------------------------------------------------------------------
     def _insert_batch(self, rows: list[dict[str, Any]]) -> int:
         """Insert the rows in one transaction; returns how many were new."""
-        keys = {(r["call_id"], r["attempt"]) for r in rows}
         self.transactions += 1
         with self.engine.begin() as conn:
-            present = self._present(conn, keys)
-            conn.execute(self.insert, rows)
-        return len(keys - present)
-
-    @staticmethod
-    def _present(conn: Connection, keys: set[tuple[str, int]]) -> set[tuple[str, int]]:
-        """Which of the (call_id, attempt) keys are in the table already: a count for the log and
-        the duplicates counter only (a concurrent writer may add one meanwhile; the insert itself
-        never writes a key twice). By call_id, the leading column of the unique index."""
-        query = select(Cdr.call_id, Cdr.attempt).where(Cdr.call_id.in_({call_id for call_id, _ in keys}))
-        return {(call_id, attempt) for call_id, attempt in conn.execute(query)} & keys
+            return int(conn.execute(self.insert, rows).rowcount)
 
     def _insert_one_by_one(self, rows: Mapping[str, dict[str, Any]]) -> dict[str, Verdict]:
         verdicts: dict[str, Verdict] = {}

@@ -274,18 +274,37 @@ def cdr() -> None:
     """Call detail records."""
 
 
+CDR_COLUMNS = [("call_id", "call_id"), ("attempt", "attempt"), ("flow", "flow_id"), ("agent", "agent_id"),
+               ("outcome", "outcome"), ("reason", "reason"), ("received_at", "received_at"), ("wait_ms", "wait_ms"),
+               ("pickup_ms", "pickup_ms"), ("talk_ms", "talk_ms")]
+CDR_PAGE = 200  # rows per request
+CDR_OUTCOMES = ["answered", "abandoned", "rejected", "failed", "dissuaded", "overflowed", "not_connected"]
+
+
 @cdr.command("list")
-@click.option("--since", help="received at or after (ISO 8601)")
+@click.option("--since", help="received at or after (ISO 8601; no zone = UTC)")
+@click.option("--until", help="received before (ISO 8601; no zone = UTC)")
 @click.option("--flow", "flow_id")
 @click.option("--agent", "agent_id")
-@click.option("--limit", type=int, default=50, show_default=True)
+@click.option("--kind", type=click.Choice(["final", "attempt", "all"]), default="all", show_default=True,
+              help="final: one row per call; attempt: each agent attempt that did not connect (call_type -2)")
+@click.option("--outcome", type=click.Choice(CDR_OUTCOMES))
+@click.option("--media", "media_type", type=click.Choice(["audio", "chat"]))
+@click.option("--call", "call_id", help="every row of one call")
+@click.option("--order", type=click.Choice(["desc", "asc"]), default="desc", show_default=True,
+              help="by arrival time")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="rows in all (fetched page by page)")
 @pass_ctx
-def cdr_list(ctx: Context, since: str | None, flow_id: str | None, agent_id: str | None, limit: int) -> None:
-    """The newest CDRs first."""
-    run(ctx, "GET", "/v1/cdrs", params={"since": since, "flow_id": flow_id, "agent_id": agent_id, "limit": limit},
-        pick=lambda page: page["items"],
-        columns=[("call_id", "call_id"), ("flow", "flow_id"), ("agent", "agent_id"), ("outcome", "outcome"),
-                 ("received_at", "received_at"), ("wait_ms", "wait_ms"), ("talk_ms", "talk_ms")])
+def cdr_list(ctx: Context, since: str | None, until: str | None, flow_id: str | None, agent_id: str | None,
+             kind: str, outcome: str | None, media_type: str | None, call_id: str | None, order: str,
+             limit: int) -> None:
+    """CDRs with the api's filters, the newest first: final rows and attempt rows (attempt 1, 2, ...;
+    pickup_ms is an attempt's ring time)."""
+    params = {"since": since, "until": until, "flow_id": flow_id, "agent_id": agent_id,
+              "kind": None if kind == "all" else kind, "outcome": outcome, "media_type": media_type,
+              "call_id": call_id, "order": order, "limit": min(limit, CDR_PAGE)}
+    run_list(ctx, "/v1/cdrs", columns=CDR_COLUMNS, params=params, most=limit)
 
 
 @cli.group()

@@ -1,6 +1,7 @@
 """SQL tables of the celery jobs (services/jobs): webhook subscriptions and deliveries, 15-minute
 interval reports, CDR exports. Written by the jobs (deliveries, reports, exports) and by the api
-(subscriptions, replays, export requests); the api reads them all. Migration 0005.
+(subscriptions, replays, export requests); the api reads them all. Migrations 0006 and 0007 (an
+export's file in chunks).
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from datetime import datetime
 
 from sqlalchemy import BigInteger, Float, Index, Integer, LargeBinary, String, Text, UniqueConstraint
+from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, mapped_column
 
 from callcenter.db.models import Base, UtcDateTime, utcnow
@@ -76,6 +78,20 @@ class CdrExport(Base):
     format: Mapped[str] = mapped_column(String(8))
     status: Mapped[str] = mapped_column(String(16))
     rows: Mapped[int] = mapped_column(Integer, default=0)
-    content: Mapped[bytes | None] = mapped_column(LargeBinary)
     error: Mapped[str | None] = mapped_column(String(500))
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow)
+
+
+class CdrExportChunk(Base):
+    """A piece of an export's file, in order of `seq` (0, 1, ...): the job writes them as it reads
+    the CDRs, the api streams them out; none is bigger than `EXPORT_CHUNK_BYTES` (plus one row)."""
+
+    __tablename__ = "cdr_export_chunks"
+
+    export_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # up to 16 MiB (MEDIUMBLOB on MySQL/MariaDB, where a plain BLOB holds 64 KiB)
+    data: Mapped[bytes] = mapped_column(LargeBinary().with_variant(mysql.MEDIUMBLOB(), "mysql", "mariadb"))
+
+
+EXPORT_CHUNK_BYTES = 256 * 1024

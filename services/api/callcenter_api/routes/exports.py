@@ -1,18 +1,22 @@
 """/v1/exports (admin): CDR exports for a date range as CSV or JSON lines, made by a celery job
 (`callcenter_jobs.exports`): POST records the request (pending), GET shows its state, GET .../file
-downloads it once done. Reads and writes `cdr_exports`."""
+downloads it once done, streamed from `cdr_export_chunks` chunk by chunk. Reads and writes
+`cdr_exports`, reads `cdr_export_chunks`."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Response, status
+from fastapi import APIRouter, HTTPException, Path, status
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from callcenter.db.jobs import CdrExport
+from callcenter.db.jobs import CdrExport, CdrExportChunk
 from callcenter_api.deps import ServicesDep
 
 router = APIRouter(prefix="/v1/exports", tags=["exports"])
@@ -72,11 +76,25 @@ async def get_export(export_id: ExportId, services: ServicesDep) -> ExportOut:
     return await services.sql(lambda s: ExportOut.model_validate(_get(s, export_id), from_attributes=True))
 
 
-@router.get("/{export_id}/file", name="file", response_class=Response,
+@router.get("/{export_id}/file", name="file", response_class=StreamingResponse,
             responses={404: {"description": "unknown export"}, 409: {"description": "not done yet"}})
-async def download_export(export_id: ExportId, services: ServicesDep) -> Response:
+async def download_export(export_id: ExportId, services: ServicesDep) -> StreamingResponse:
+    """The export's file, streamed chunk by chunk as the job stored it (one chunk in memory at a time)."""
     export = await services.sql(lambda s: _get(s, export_id))
-    if export.status != "done" or export.content is None:
+    if export.status != "done":
         raise HTTPException(409, f"export {export_id!r} is {export.status}, not done")
-    return Response(export.content, media_type=MEDIA[export.format], headers={
+
+    def chunk(seq: int) -> Callable[[Session], bytes | None]:
+        def fetch(session: Session) -> bytes | None:
+            return session.scalar(select(CdrExportChunk.data).where(CdrExportChunk.export_id == export_id,
+                                                                    CdrExportChunk.seq == seq))
+        return fetch
+
+    async def chunks() -> AsyncIterator[bytes]:
+        seq = 0
+        while (data := await services.sql(chunk(seq))) is not None:
+            yield data
+            seq += 1
+
+    return StreamingResponse(chunks(), media_type=MEDIA[export.format], headers={
         "Content-Disposition": f'attachment; filename="cdrs-{export.id}.{export.format}"'})

@@ -3,17 +3,16 @@ celery jobs (services/jobs, `callcenter_jobs.webhooks`); a dead delivery is repl
 back to pending (the jobs' pump queues it again within a second).
 
 Reads and writes `webhook_subscriptions` and `webhook_deliveries`. A URL that is not http(s), has
-no host, or points at this api itself is refused (422, cause `webhook-url-refused`).
+no host, or points at this api itself is refused (422, cause `webhook-url-refused`; what "itself"
+covers: `callcenter_api.webhook_urls`).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
 from pydantic import BaseModel, Field
@@ -24,6 +23,7 @@ from callcenter.contract.types import TYPES
 from callcenter.db.jobs import WebhookDelivery, WebhookSubscription
 from callcenter_api.deps import ServicesDep
 from callcenter_api.errors import problem
+from callcenter_api.webhook_urls import ApiAddress, url_refusal
 
 router = APIRouter(prefix="/v1/webhooks", tags=["webhooks"])
 
@@ -31,7 +31,6 @@ ID = r"^[0-9a-f]{32}$"
 SubscriptionId = Annotated[str, Path(pattern=ID)]
 DeliveryId = Annotated[str, Path(pattern=ID)]
 EVENT_TYPES = sorted(n for n in TYPES if not n.startswith(("report.", "command.")))
-_LOCAL_HOSTS = {"localhost", "0.0.0.0", "::"}
 
 
 class SubscriptionIn(BaseModel):
@@ -66,29 +65,6 @@ class DeliveryOut(BaseModel):
     updated_at: datetime
 
 
-def url_refusal(url: str, request: Request, api_host: str, api_port: int) -> str | None:
-    """Why `url` may not be a webhook target, or None."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port or (443 if parts.scheme == "https" else 80)
-    except ValueError as exc:
-        return f"not a URL: {exc}"
-    if parts.scheme not in ("http", "https"):
-        return "only http and https URLs are delivered to"
-    host = (parts.hostname or "").lower()
-    if not host:
-        return "the URL has no host"
-    own = {api_host.lower(), (request.url.hostname or "").lower()} | _LOCAL_HOSTS
-    try:
-        own_address = ipaddress.ip_address(host).is_loopback or host in own
-    except ValueError:
-        own_address = host in own
-    own_port = request.url.port or (443 if request.url.scheme == "https" else 80)
-    if own_address and port in (api_port, own_port):
-        return "the URL points at this api itself"
-    return None
-
-
 def _out(sub: WebhookSubscription, secret: str | None = None) -> SubscriptionOut:
     return SubscriptionOut(id=sub.id, url=sub.url, event_types=sub.event_types.split(","),
                            created_at=sub.created_at, secret=secret)
@@ -99,7 +75,9 @@ def _out(sub: WebhookSubscription, secret: str | None = None) -> SubscriptionOut
 async def create_subscription(body: SubscriptionIn, request: Request, services: ServicesDep
                               ) -> SubscriptionOut | Response:
     """Subscribe a URL to event types; the answer carries the signing secret (generated unless given)."""
-    why = url_refusal(body.url, request, services.settings.api_host, services.settings.api_port)
+    settings = services.settings
+    why = await url_refusal(body.url, ApiAddress(settings.api_host, settings.api_port, str(request.url),
+                                                 settings.api_public_url))
     if why is not None:
         return problem(422, "webhook-url-refused", f"{why}: {body.url[:200]}")
     unknown = [t for t in body.event_types if t != "*" and t not in EVENT_TYPES]
