@@ -114,8 +114,9 @@ local bindings = k_aor_bindings(agent_id)
     return 0, 0
   end
   local until_ms = tonumber(last[2])
-  redis.call('PEXPIREAT', aor, until_ms)
-  redis.call('PEXPIREAT', bindings, until_ms)
+  -- relative to the step's clock (the argument), not Redis' own
+  redis.call('PEXPIRE', aor, until_ms - NOW)
+  redis.call('PEXPIRE', bindings, until_ms - NOW)
   redis.call('ZADD', K.registrations, until_ms, agent_id)
   return redis.call('ZCARD', aor), until_ms
 end
