@@ -166,6 +166,9 @@ class EdgeSettings(CommonSettings):
     # another; unset, a random one per process (a nonce of another edge gets stale=true, then a retry)
     sip_register_nonce_secret: SecretStr | None = None
     sip_register_nonce_ttl_s: int = Field(default=300, ge=10)
+    # the digest algorithms challenged, in order of preference (RFC 8760: one WWW-Authenticate each);
+    # clients take the first they know. Put MD5 first for clients that read only the first challenge
+    sip_register_algorithms: str = Field(default="SHA-256,MD5", pattern=r"^\s*(SHA-256|MD5)(\s*,\s*(SHA-256|MD5))*\s*$")
     # REGISTERs per source IP (token bucket: per second, burst) and failed authentications per source
     # IP and per AOR (per minute); over either: 503 + Retry-After (RFC 3261 21.5.4)
     sip_register_rate: float = Field(default=10.0, gt=0)

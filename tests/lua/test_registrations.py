@@ -59,7 +59,8 @@ async def test_contacts_are_bound_with_their_expiry_and_listed(redis: aioredis.R
 async def test_expires_zero_removes_one_contact_and_star_removes_all(redis: aioredis.Redis) -> None:
     h = Harness(redis)
     await provisioned(h)
-    await register(h, [("c1", T0 + 60_000, binding("sip:a1@10.0.0.1")), ("c2", T0 + 60_000, binding("sip:a1@10.0.0.2"))])
+    await register(h, [("c1", T0 + 60_000, binding("sip:a1@10.0.0.1")),
+                       ("c2", T0 + 60_000, binding("sip:a1@10.0.0.2"))])
     rc, detail = await register(h, [("c1", 0, binding("sip:a1@10.0.0.1", cseq=2))], cseq=2)
     assert rc is RC.OK and [json.loads(raw)["uri"] for raw, _ in json.loads(detail)] == ["sip:a1@10.0.0.2"]
     rc, detail = await register(h, [], cseq=3, remove_all=True)

@@ -116,11 +116,12 @@ class NonceCounts:
         return True
 
 
-def challenge(realm: str, nonce: str, *, stale: bool = False) -> list[str]:
-    """WWW-Authenticate values, SHA-256 first then MD5 (RFC 8760 2.4: one per algorithm)."""
+def challenge(realm: str, nonce: str, algorithms: tuple[str, ...] = tuple(ALGORITHMS), *,
+              stale: bool = False) -> list[str]:
+    """WWW-Authenticate values, one per algorithm in order of preference (RFC 8760 2.4)."""
     tail = ", stale=true" if stale else ""
     return [f'Digest realm="{realm}", nonce="{nonce}", algorithm={algorithm}, qop="auth"{tail}'
-            for algorithm in ALGORITHMS]
+            for algorithm in algorithms]
 
 
 def expected_response(creds: Credentials, ha1: str, method: str) -> str:

@@ -40,6 +40,7 @@ class RegistrarOptions:
     max_registrations: int = 10_000
     nonce_secret: bytes | None = None
     nonce_ttl_s: int = 300
+    algorithms: tuple[str, ...] = ("SHA-256", "MD5")
     rate: float = 10.0
     burst: int = 40
     failures_per_minute: int = 10
@@ -53,7 +54,9 @@ class RegistrarOptions:
                    default_expires_s=s.sip_register_default_expires_s, max_contacts=s.sip_register_max_contacts,
                    max_registrations=s.sip_register_max_registrations,
                    nonce_secret=secret.get_secret_value().encode() if secret is not None else None,
-                   nonce_ttl_s=s.sip_register_nonce_ttl_s, rate=s.sip_register_rate, burst=s.sip_register_burst,
+                   nonce_ttl_s=s.sip_register_nonce_ttl_s,
+                   algorithms=tuple(a.strip() for a in s.sip_register_algorithms.split(",") if a.strip()),
+                   rate=s.sip_register_rate, burst=s.sip_register_burst,
                    failures_per_minute=s.sip_register_failures_per_minute)
 
 
@@ -148,7 +151,7 @@ class Registrar:
         return deferred.NO_ANSWER_YET
 
     def challenge(self) -> Reply:
-        return challenge_reply(self.options.realm, self.nonces)
+        return challenge_reply(self.options, self.nonces)
 
     def _read(self, req: Any, source: tuple[str, int], arrived_by: str) -> RegisterRequest:
         opts = self.options
@@ -207,9 +210,9 @@ class Registrar:
                            instance=instance)
 
 
-def challenge_reply(realm: str, nonces: Nonces, stale: bool = False) -> Reply:
+def challenge_reply(options: RegistrarOptions, nonces: Nonces, stale: bool = False) -> Reply:
     """401 with a fresh nonce, one WWW-Authenticate per algorithm."""
-    values = challenge(realm, nonces.issue(), stale=stale)
+    values = challenge(options.realm, nonces.issue(), options.algorithms, stale=stale)
     return Reply(401, "Unauthorized", tuple(("www-authenticate", value) for value in values))
 
 

@@ -182,20 +182,20 @@ class Registrations:
                 return self._refuse("too_many_failures", request,
                                     Reply(503, "Service Unavailable", (("retry-after", str(wait_s)),)))
         creds = parse_authorization(request.authorization)
-        if creds is None or creds.realm != self.options.realm:
+        if creds is None or creds.realm != self.options.realm or creds.algorithm not in self.options.algorithms:
             self.failures.failed(f"src:{request.source[0]}")
-            return self._refuse("bad_credentials", request, challenge_reply(self.options.realm, self.nonces))
+            return self._refuse("bad_credentials", request, challenge_reply(self.options, self.nonces))
         verdict = self.nonces.check(creds.nonce)
         if verdict != "ok":
             if verdict == "bad":
                 self.failures.failed(f"src:{request.source[0]}")
-            return challenge_reply(self.options.realm, self.nonces, stale=verdict == "stale")
+            return challenge_reply(self.options, self.nonces, stale=verdict == "stale")
         ha1 = await self.redis.hget(self.keys.sip_auth(request.agent_id), HA1_FIELD[creds.algorithm])
         if not self._authentic(creds, request, ha1):
             return self._failed("wrong_credentials", request)
         if not self.counts.fresh(creds.nonce, creds.nc):
             return self._refuse("nonce_replayed", request,
-                                challenge_reply(self.options.realm, self.nonces, stale=True))
+                                challenge_reply(self.options, self.nonces, stale=True))
         return await self._bind(request)
 
     @staticmethod
