@@ -89,24 +89,27 @@ class Binding:
     edge: str = ""
 
     def target(self) -> str:
-        """The URI to ring: the Contact, or the address the REGISTER came from when that differs
-        (a phone behind NAT, or one that reaches us over a TCP/TLS connection it opened: the INVITE
-        then goes back over that connection, stream_routing finds it by the peer's address)."""
+        """The URI to ring. Over TCP/TLS: the address the REGISTER came from, so the INVITE goes back
+        over the connection the phone opened (stream_routing finds it by the peer's address). Over
+        UDP: the Contact, unless it names another IP than the REGISTER came from and that IP is
+        private or not an IP at all (a phone behind NAT): then the address it came from."""
         match = _URI.match(self.uri)
         if match is None:
             return self.uri
-        scheme, user, host, port, _rest = match.groups()
-        contact_at = f"{host.strip('[]')}:{port or ('5061' if scheme.lower() == 'sips' else '5060')}"
-        if contact_at == self.received and self.transport == "udp":
-            return self.uri
+        _scheme, user, host, _port, _rest = match.groups()
         rhost, _, rport = self.received.rpartition(":")
-        rhost = f"[{rhost}]" if ":" in rhost else rhost
+        if self.transport == "udp":
+            contact_ip = _ip(host)
+            if contact_ip is not None and (str(contact_ip) == rhost.strip("[]") or not _unroutable(contact_ip)):
+                return self.uri
+        rhost = f"[{rhost}]" if ":" in rhost and not rhost.startswith("[") else rhost
         user_part = f"{user}@" if user else ""
         return f"sip:{user_part}{rhost}:{rport};transport={self.transport}"
 
 
 def binding_json(request: RegisterRequest, uri: str, q: str | None, instance: str | None, edge: str) -> str:
-    return json.dumps({"uri": uri, "q": q, "instance": instance, "received": f"{request.source[0]}:{request.source[1]}",
+    host = f"[{request.source[0]}]" if ":" in request.source[0] else request.source[0]
+    return json.dumps({"uri": uri, "q": q, "instance": instance, "received": f"{host}:{request.source[1]}",
                        "transport": request.transport, "path": list(request.path), "edge": edge,
                        "call_id": request.call_id, "cseq": request.cseq}, separators=(",", ":"))
 
@@ -122,12 +125,19 @@ def binding_of(raw: str, expiry_ms: int) -> Binding:
                    path=tuple(data.get("path") or ()), edge=str(data.get("edge", "")))
 
 
-def _is_ip(host: str) -> bool:
+def _ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
     try:
-        ipaddress.ip_address(host.strip("[]"))
+        return ipaddress.ip_address(host.strip("[]"))
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def _unroutable(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """An address a phone has behind NAT: private (RFC 1918, ULA), loopback, link-local, CGNAT."""
+    return ip.is_private or ip.is_loopback or ip.is_link_local or ip in _CGNAT
+
+
+_CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
 
 class Registrations:
@@ -243,7 +253,7 @@ class Registrations:
         if match is None or match.group(2) != agent_id:
             return False
         host = match.group(3).lower()
-        return host in self.options.domains if self.options.domains else not _is_ip(host)
+        return host in self.options.domains if self.options.domains else _ip(host) is None
 
     async def bindings(self, agent_id: str) -> list[Binding] | None:
         """The live bindings of an agent's AOR, best first (q, then the latest); None when the agent
