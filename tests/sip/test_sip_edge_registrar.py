@@ -19,7 +19,6 @@ from registrar_harness import (
     DOMAIN,
     TENANT,
     RegisterClient,
-    digest_field,
     provision,
     registrations,
     start_register,
@@ -28,6 +27,7 @@ from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLaunche
 
 from callcenter.contract.commands import Ring
 from callcenter.store import Store
+from callcenter_dev.register_client import digest_field
 from callcenter_sip_edge.digest import Nonces
 from callcenter_sip_edge.registrar import RegistrarOptions, RegistrarSetup
 from callcenter_sip_edge.registrations import Registrations
