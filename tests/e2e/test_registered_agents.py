@@ -84,8 +84,9 @@ def test_a_registered_sipp_agent_takes_a_queued_call_then_its_lapse_pauses_it(
     client = RegisterClient(system.sip_port, "r1", PASSWORD, domain=DOMAIN)
     try:
         # the wrong password first: 403, nothing bound
-        assert client.register(algorithm="MD5", password="wrong", contact=f"<sip:r1@127.0.0.1:{phone.port}>").code == 403
-        answer = client.register(expires=60, algorithm="MD5", contact=f"<sip:r1@127.0.0.1:{phone.port}>")
+        at = f"<sip:r1@127.0.0.1:{phone.port}>"
+        assert client.register(algorithm="MD5", password="wrong", contact=at).code == 403
+        answer = client.register(expires=60, algorithm="MD5", contact=at)
         assert answer.code == 200, answer
         assert [c["uri"] for c in contacts(system, "r1")] == [f"sip:r1@127.0.0.1:{phone.port}"]
 
