@@ -147,7 +147,7 @@ class Registrations:
                  nonces: Nonces, limited_log: RateLimitedLog | None = None) -> None:
         self.redis = redis
         self.keys = Keys(tenant)
-        self.store = Store(redis, tenant)
+        self._store: Store | None = None   # made at the first REGISTER (its scripts are registered then)
         self.edge_id = edge_id
         self.options = options
         self.nonces = nonces
@@ -155,6 +155,12 @@ class Registrations:
         self.failures = FailureLimiter(options.failures_per_minute)
         self.limited_log = limited_log or RateLimitedLog()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store(self.redis, self.keys.tenant)
+        return self._store
 
     # -- REGISTER -----------------------------------------------------------------------------
     def submit(self, request: RegisterRequest, reply: Callable[[Reply], None]) -> None:
