@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from e2e_harness import agent, caller, flow, has_event, ok, only_call, start
 
+from callcenter_dev import baresip
 from callcenter_dev.register_client import RegisterClient
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.servers import free_port, stop_process
@@ -114,19 +115,6 @@ def test_a_registered_sipp_agent_takes_a_queued_call_then_its_lapse_pauses_it(
     assert contacts(system, "r1") == []
 
 
-BARESIP_CONFIG = """\
-sip_listen 127.0.0.1:{port}
-sip_transports udp,tcp
-net_interface 127.0.0.1
-audio_player aubridge,nil
-audio_source aubridge,nil
-audio_alert aubridge,nil
-module_path /usr/lib/baresip/modules
-module g711.so
-module aubridge.so
-module_app account.so
-module_app menu.so
-"""
 
 
 @pytest.mark.skipif(shutil.which("baresip") is None, reason="baresip is not installed (apt-get install baresip)")
@@ -141,7 +129,7 @@ def test_baresip_registers_with_its_password_and_answers_a_queued_call(
 
     edge_port = system.sip_port if transport == "udp" else int(system.edge_env["CC_SIP_TCP_PORT"])
     port = free_port()
-    (tmp_path / "config").write_text(BARESIP_CONFIG.format(port=port))
+    (tmp_path / "config").write_text(baresip.config("127.0.0.1", port))
     (tmp_path / "accounts").write_text(
         f"<sip:{agent_id}@{DOMAIN};transport={transport}>;auth_pass={PASSWORD};"
         f"outbound=\"sip:127.0.0.1:{edge_port};transport={transport}\";regint=60;answermode=auto\n")
