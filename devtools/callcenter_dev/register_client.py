@@ -65,7 +65,7 @@ class RegisterClient:
         self.sock.close()
 
     def request(self, *, expires: int = 120, authorization: str | None = None,
-                contact: str | None = None) -> bytes:
+                contact: str | None = None, path: tuple[str, ...] = ()) -> bytes:
         self.cseq += 1
         contact = contact or f"<sip:{self.agent_id}@{LOOPBACK}:{self.port}>"
         lines = [f"REGISTER sip:{self.domain} SIP/2.0",
@@ -73,6 +73,7 @@ class RegisterClient:
                  f"From: <sip:{self.agent_id}@{self.domain}>;tag={self.call_id[:8]}",
                  f"To: <sip:{self.agent_id}@{self.domain}>", f"Call-ID: {self.call_id}", f"CSeq: {self.cseq} REGISTER",
                  f"Contact: {contact}", f"Expires: {expires}", "Max-Forwards: 70"]
+        lines += [f"Path: {hop}" for hop in path]
         if authorization:
             lines.append(f"Authorization: {authorization}")
         return ("\r\n".join([*lines, "Content-Length: 0", "", ""])).encode()
@@ -102,12 +103,12 @@ class RegisterClient:
                 f'response="{response}", algorithm={algorithm}, qop=auth, nc={count}, cnonce="{cnonce}"')
 
     def register(self, *, expires: int = 120, algorithm: str = "SHA-256", password: str | None = None,
-                 contact: str | None = None) -> Response:
+                 contact: str | None = None, path: tuple[str, ...] = ()) -> Response:
         """Challenge, then credentials for the challenge of `algorithm`; the final response (or the
         first one when it is no challenge)."""
-        first = self.exchange(self.request(expires=expires, contact=contact))
+        first = self.exchange(self.request(expires=expires, contact=contact, path=path))
         if first.code != 401:
             return first
         challenge = next(c for c in first.all("WWW-Authenticate") if f"algorithm={algorithm}" in c)
-        return self.exchange(self.request(expires=expires, contact=contact, authorization=self.authorization(
-            challenge, password=password)))
+        return self.exchange(self.request(expires=expires, contact=contact, path=path,
+                                          authorization=self.authorization(challenge, password=password)))

@@ -284,3 +284,34 @@ async def test_an_aor_without_contacts_is_refused_at_once(registrar: RegistrarEd
     assert refused.data["command"] == "command.ring"
     await expect_success(caller, music)
 
+
+
+async def test_a_contact_registered_through_a_proxy_is_rung_through_its_path(registrar: RegistrarEdge,
+                                                                             sipp: SippLauncher) -> None:
+    edge = registrar.edge
+    stack, dispatcher = edge.stack, edge.dispatcher
+    music = sipp.start("media_hold_uas", name="queue-music")
+    proxy = sipp.start("agent_late_uas", name="proxy")   # the proxy that added Path: it answers too
+    phone = RegisterClient(edge.port, "a1", PASSWORD)
+    hop = f"<sip:127.0.0.1:{proxy.port};lr>"
+    try:
+        # a Contact nobody can reach but the proxy (RFC 3327's example: the phone behind its P-CSCF)
+        answer = await phone.register(contact="<sip:a1@10.9.9.9:5060>", path=(hop,))
+    finally:
+        phone.close()
+    assert answer.code == 200, answer
+    [binding] = await registrar.regs.bindings("a1") or []
+    assert binding.path == (hop,)
+    dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
+    dispatcher.on("media_answered", lambda f: stack.ring_registered(
+        Ring(call_id=f.call_id, offer_id="o1", agent_id="a1", uri=f"sip:a1@{DOMAIN}", timeout_s=10.0),
+        [binding.target()]))
+    caller = sipp.start("caller_reinvited_1_bye", name="caller", remote_port=edge.port, service="support",
+                        pause_ms=500)
+    await expect_success(caller, music, proxy)
+    await dispatcher.wait_for("call_ended")
+    invite = proxy.traces().split("INVITE sip:", 1)[1].split("\n\n", 1)[0]
+    # to the Contact as registered, by way of the proxy, with the Path as its Route set
+    assert invite.startswith("a1@10.9.9.9:5060 SIP/2.0"), invite
+    assert f"Route: {hop}" in invite, invite
+    assert "agent_answered" in dispatcher.kinds()

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import quote
 
 import redis.asyncio as aioredis
 import structlog
@@ -93,6 +94,10 @@ class Binding:
         over the connection the phone opened (stream_routing finds it by the peer's address). Over
         UDP: the Contact, unless it names another IP than the REGISTER came from and that IP is
         private or not an IP at all (a phone behind NAT): then the address it came from."""
+        if self.path:
+            # RFC 3327: to the Contact through the proxies the REGISTER came by (the first Path
+            # URI is the next hop, all of them the INVITE's Route set)
+            return f"{self.uri}?Route={quote(','.join(self.path), safe='')}"
         match = _URI.match(self.uri)
         if match is None:
             return self.uri
