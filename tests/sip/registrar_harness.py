@@ -18,6 +18,7 @@ from callcenter.store import Store
 from callcenter_dev import register_client
 from callcenter_dev.register_client import Response
 from callcenter_sip_edge.digest import Nonces
+from callcenter_sip_edge.log_limits import RateLimitedLog
 from callcenter_sip_edge.registrations import Registrations
 
 DOMAIN = "callcenter.test"
@@ -58,9 +59,23 @@ class RegisterClient(register_client.RegisterClient):
         return await asyncio.to_thread(super().register, **kwargs)
 
 
-def registrations(redis: object, options: object, nonces: Nonces | None = None) -> Registrations:
+def registrations(redis: object, options: object, nonces: Nonces | None = None,
+                  limited_log: RateLimitedLog | None = None) -> Registrations:
     from callcenter_sip_edge.registrar import RegistrarOptions
 
     assert isinstance(options, RegistrarOptions)
     return Registrations(redis, TENANT, "edge-reg", options,  # type: ignore[arg-type]
-                         nonces or Nonces(options.nonce_secret, options.nonce_ttl_s))
+                         nonces or Nonces(options.nonce_secret, options.nonce_ttl_s), limited_log)
+
+
+class LogRecorder:
+    """A logger that keeps what it was asked to log: (level, event, fields)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, dict[str, Any]]] = []
+
+    def __getattr__(self, level: str) -> Any:
+        return lambda event, **fields: self.records.append((level, event, fields))
+
+    def count(self, event: str, **match: Any) -> int:
+        return sum(1 for _, e, f in self.records if e == event and all(f.get(k) == v for k, v in match.items()))
