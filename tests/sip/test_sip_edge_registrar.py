@@ -187,7 +187,7 @@ async def test_sha256_stale_nonce_and_replayed_nc(make_registrar: Callable[..., 
         replay = await phone.send(phone.request(authorization=credentials))
         assert replay.code == 401 and "stale=true" in (replay.first("WWW-Authenticate") or "")
         # a forged nonce (not this secret's) is a fresh challenge, not stale
-        forged = challenge.replace(digest_field(challenge, "nonce") or "", "1.deadbeef")
+        forged = challenge.replace(digest_field(challenge, "nonce") or "", "1.00.deadbeef")
         bad = await phone.send(phone.request(authorization=phone.authorization(forged)))
         assert bad.code == 401 and "stale=true" not in (bad.first("WWW-Authenticate") or "")
     finally:

@@ -56,6 +56,7 @@ def test_nonces_are_verified_without_state_and_go_stale() -> None:
     assert Nonces(b"k" * 32, ttl_s=60).check(nonce, now=1030.0) == "ok"      # another edge, same secret
     assert Nonces(b"j" * 32, ttl_s=60).check(nonce, now=1030.0) == "bad"     # another secret
     assert nonces.check("1000000.abc", now=1030.0) == "bad"
+    assert nonces.issue(now=1000.0) != nonces.issue(now=1000.0)   # unique within a millisecond
     assert nonces.check("garbage", now=1030.0) == "bad"
     assert all('qop="auth"' in c for c in challenge("r", nonce, ("SHA-256", "MD5"), stale=True))
 

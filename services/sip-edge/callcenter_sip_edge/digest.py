@@ -1,8 +1,8 @@
 """Digest authentication of REGISTERs (RFC 3261 22, RFC 7616's nonce advice, RFC 8760 SHA-256).
 
 Reads: an Authorization header's text, the agent's HA1s (from `callcenter.sip_credentials`).
-Writes: WWW-Authenticate challenges. No state: a nonce is `<ms>.<hmac>` (the HMAC of its time with
-the edge's secret), so any edge with the same secret verifies it without having issued it; an old
+Writes: WWW-Authenticate challenges. No state: a nonce is `<ms>.<random>.<hmac>` (the HMAC of its time
+and random part with the edge's secret), so any edge with the same secret verifies it without having issued it; an old
 one is refused with `stale=true`, and the client answers the new challenge without asking its user
 again. Replays within a nonce's life are caught by `NonceCounts` (the last nc seen per nonce, kept
 while the nonce lives, bounded). Every comparison of a secret value is in constant time.
@@ -84,15 +84,17 @@ class Nonces:
         return hmac.new(self._secret, stamp.encode(), hashlib.sha256).hexdigest()[:32]
 
     def issue(self, now: float | None = None) -> str:
-        stamp = str(int((time.time() if now is None else now) * 1000))
+        # the time and a random part: two challenges of one millisecond differ (their nc count apart)
+        stamp = f"{int((time.time() if now is None else now) * 1000)}.{secrets.token_hex(6)}"
         return f"{stamp}.{self._mac(stamp)}"
 
     def check(self, nonce: str, now: float | None = None) -> str:
         """'ok', 'stale' (ours, but too old) or 'bad' (not ours)."""
-        stamp, _, mac = nonce.partition(".")
-        if not stamp.isdigit() or len(stamp) > 16 or not hmac.compare_digest(mac.encode(), self._mac(stamp).encode()):
+        stamp, _, mac = nonce.rpartition(".")
+        millis = stamp.partition(".")[0]
+        if not millis.isdigit() or len(stamp) > 40 or not hmac.compare_digest(mac.encode(), self._mac(stamp).encode()):
             return "bad"
-        age_s = (time.time() if now is None else now) - int(stamp) / 1000
+        age_s = (time.time() if now is None else now) - int(millis) / 1000
         return "ok" if -5 <= age_s <= self.ttl_s else "stale"
 
 
