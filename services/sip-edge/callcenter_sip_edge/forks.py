@@ -55,11 +55,12 @@ class Forks:
         """Fork: INVITE every target at once; the first 200 wins (it becomes `call.agent` and goes
         the single-agent way), the others get CANCEL (a 200 racing the CANCEL gets ACK + BYE)."""
         call = self.call
+        command = "ring" if one_agent else "ring_all"
         if call.agent is not None or self.legs or (not call.caller_answered and call.media_pending is not None):
-            call.refuse("ring_all", offer_id=offer_id, agent_busy=call.agent is not None or bool(self.legs))
+            call.refuse(command, offer_id=offer_id, agent_busy=call.agent is not None or bool(self.legs))
             return
         if not targets:
-            call.refuse("ring_all", "no_targets", offer_id=offer_id)
+            call.refuse(command, "no_targets", offer_id=offer_id)
             return
         early = not call.caller_answered
         display = caller_display if caller_display is not None else call.info.caller_display

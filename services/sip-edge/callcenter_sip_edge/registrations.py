@@ -183,7 +183,10 @@ class Registrations:
         except Exception:
             log.exception("sip.register_failed", agent_id=request.agent_id)
             answer = Reply(500, "Server Internal Error")
-        reply(answer)
+        try:
+            reply(answer)
+        except Exception:   # the SIP stack stopped meanwhile: the phone retries elsewhere
+            log.info("sip.register_unanswered", agent_id=request.agent_id, reason="stack_stopped")
 
     def _refuse(self, cause: str, request: RegisterRequest, answer: Reply) -> Reply:
         self.limited_log.emit("info", "sip.register_refused", cause, reason=cause, source=request.source[0],
