@@ -245,6 +245,22 @@ async def test_too_many_contacts_is_refused(make_registrar: Callable[..., Regist
     assert len(await edge.regs.bindings("a1") or []) == 1
 
 
+async def test_registrations_per_tenant_are_bounded(make_registrar: Callable[..., RegistrarEdge]) -> None:
+    edge = make_registrar(max_registrations=1)
+    await provision(edge.store, "a1", PASSWORD)
+    await provision(edge.store, "a2", PASSWORD)
+    first, second = RegisterClient(edge.port, "a1", PASSWORD), RegisterClient(edge.port, "a2", PASSWORD)
+    try:
+        assert (await first.register()).code == 200
+        refused = await second.register()
+        assert (await first.register()).code == 200   # a registered AOR still refreshes at the limit
+    finally:
+        first.close()
+        second.close()
+    assert refused.code == 503 and int(refused.first("Retry-After") or 0) >= 1
+    assert await edge.regs.bindings("a2") == []
+
+
 async def test_an_aor_rings_all_its_contacts_and_the_first_answer_wins(registrar: RegistrarEdge,
                                                                         sipp: SippLauncher) -> None:
     edge = registrar.edge
