@@ -186,9 +186,12 @@ async def test_sha256_stale_nonce_and_replayed_nc(make_registrar: Callable[..., 
         assert (await phone.send(phone.request(authorization=credentials))).code == 200
         replay = await phone.send(phone.request(authorization=credentials))
         assert replay.code == 401 and "stale=true" in (replay.first("WWW-Authenticate") or "")
-        # a forged nonce (not this secret's) is a fresh challenge, not stale
-        forged = challenge.replace(digest_field(challenge, "nonce") or "", "1.00.deadbeef")
-        bad = await phone.send(phone.request(authorization=phone.authorization(forged)))
+        # a nonce of another secret (another edge, a restarted one): stale=true for a phone that knows
+        # the password, a fresh challenge (no stale) for one that does not
+        foreign = challenge.replace(digest_field(challenge, "nonce") or "", Nonces(b"x" * 32, 30).issue())
+        moved = await phone.send(phone.request(authorization=phone.authorization(foreign)))
+        assert moved.code == 401 and "stale=true" in (moved.first("WWW-Authenticate") or "")
+        bad = await phone.send(phone.request(authorization=phone.authorization(foreign, password="wrong")))
         assert bad.code == 401 and "stale=true" not in (bad.first("WWW-Authenticate") or "")
     finally:
         phone.close()

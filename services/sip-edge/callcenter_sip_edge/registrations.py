@@ -209,13 +209,17 @@ class Registrations:
         if creds is None or creds.realm != self.options.realm or creds.algorithm not in self.options.algorithms:
             self.failures.failed(f"src:{request.source[0]}")
             return self._refuse("bad_credentials", request, challenge_reply(self.options, self.nonces))
-        verdict = self.nonces.check(creds.nonce)
-        if verdict != "ok":
-            if verdict == "bad":
-                self.failures.failed(f"src:{request.source[0]}")
-            return challenge_reply(self.options, self.nonces, stale=verdict == "stale")
         ha1 = await self.redis.hget(self.keys.sip_auth(request.agent_id), HA1_FIELD[creds.algorithm])
-        if not self._authentic(creds, request, ha1):
+        authentic = self._authentic(creds, request, ha1)
+        if self.nonces.check(creds.nonce) != "ok":
+            # too old, or not this secret's (another edge's, a restarted one's): a phone that knew the
+            # password for it gets stale=true (it retries at once, without asking its user; RFC 7616
+            # 3.3); any other gets a fresh challenge, counted against its source
+            if not authentic:
+                self.failures.failed(f"src:{request.source[0]}")
+                return self._refuse("bad_nonce", request, challenge_reply(self.options, self.nonces))
+            return challenge_reply(self.options, self.nonces, stale=True)
+        if not authentic:
             return self._failed("wrong_credentials", request)
         if not self.counts.fresh(creds.nonce, creds.nc):
             return self._refuse("nonce_replayed", request,
