@@ -163,3 +163,40 @@ def test_baresip_registers_with_its_password_and_answers_a_queued_call(
     with socket.socket() as probe:   # the phone let go of its port
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", port))
+
+
+def test_a_registration_outlives_an_edge_restart(system: WholeSystem, peers: list[Sipp]) -> None:
+    """Bindings and credentials are in Redis: the restarted edge rings the agent at once; a nonce the
+    old process made (its own random secret) is answered stale=true, so the phone goes on."""
+    queue = start(peers, Sipp(scenario("media_queue.xml")))
+    phone = start(peers, Sipp(scenario("agent.xml")))
+    flow(system, "reg-restart", queue)
+    agent(system, "r2", "reg-restart", f"sip:r2@{DOMAIN}")
+    set_password(system, "r2", required=True)
+    at = f"<sip:r2@127.0.0.1:{phone.port}>"
+    client = RegisterClient(system.sip_port, "r2", PASSWORD, domain=DOMAIN)
+    try:
+        assert client.register(expires=120, algorithm="MD5", contact=at).code == 200
+        old_challenge = client.send(client.request(contact=at)).first("WWW-Authenticate") or ""
+        system.kill_edge()
+        system.restart_edge()
+
+        def answered_again() -> bool:
+            try:
+                stale = client.send(client.request(contact=at, authorization=client.authorization(old_challenge)))
+            except TimeoutError:
+                return False
+            assert stale.code == 401 and "stale=true" in (stale.first("WWW-Authenticate") or ""), stale
+            return True
+
+        wait_for(answered_again, 20, "the restarted edge answering REGISTERs", system)
+    finally:
+        client.close()
+    assert system.api.post("/v1/agents/r2/login").status_code == 200
+    c = start(peers, caller(system, "caller.xml", "reg-restart", pause_ms=1000))
+    call_id = only_call(system, "reg-restart")
+    ok(c, system)
+    ok(phone, system)
+    cdr = system.wait_for_cdr(call_id)
+    assert (cdr["outcome"], cdr["agent_id"]) == ("answered", "r2")
+    assert system.api.post("/v1/agents/r2/logout").status_code == 200
