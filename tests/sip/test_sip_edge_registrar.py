@@ -14,6 +14,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from registrar_harness import (
@@ -380,3 +381,27 @@ async def test_the_edge_keeps_serving_calls_through_a_flood_of_wrong_passwords(
     # logged once per cause and window, however many there were
     assert recorder.count("sip.register_refused", reason="wrong_credentials") == 5
     assert recorder.count("sip.register_refused", reason="too_many_failures") == 5
+
+
+async def test_registers_waiting_on_redis_are_bounded(make_registrar: Callable[..., RegistrarEdge],
+                                                      redis: aioredis.Redis,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    import callcenter_sip_edge.registrations as registrations_module
+
+    monkeypatch.setattr(registrations_module, "MAX_IN_FLIGHT", 1)
+    edge = make_registrar()
+    await provision(edge.store, "a1", PASSWORD)
+    await provision(edge.store, "a2", PASSWORD)
+    first, second = RegisterClient(edge.port, "a1", PASSWORD), RegisterClient(edge.port, "a2", PASSWORD)
+    try:
+        one = (await first.send(first.request())).first("WWW-Authenticate") or ""
+        two = (await second.send(second.request())).first("WWW-Authenticate") or ""
+        await redis.execute_command("CLIENT", "PAUSE", 1500, "ALL")   # the first one waits on Redis
+        waiting = asyncio.create_task(first.send(first.request(authorization=first.authorization(one))))
+        await asyncio.sleep(0.3)
+        busy = await second.send(second.request(authorization=second.authorization(two)))
+        assert busy.code == 503 and busy.first("Retry-After") == "5"
+        assert (await waiting).code == 200   # answered once Redis is back
+    finally:
+        first.close()
+        second.close()

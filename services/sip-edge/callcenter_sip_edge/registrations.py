@@ -41,6 +41,9 @@ log = structlog.get_logger(__name__)
 FORBIDDEN = Reply(403, "Forbidden")
 REDIS_TIMEOUT_S = 5.0
 TOO_MANY_REGISTRATIONS_RETRY_S = 60
+# REGISTERs being verified at once (each waits on Redis); more, from however many sources: 503
+MAX_IN_FLIGHT = 1000
+BUSY = Reply(503, "Service Unavailable", (("retry-after", "5"),))
 MAX_TRACKED_KEYS = 20_000
 _URI = re.compile(r"^(sips?):(?:([^@;?>]*)@)?(\[[^\]]+\]|[^:;?>]+)(?::(\d+))?(.*)$", re.IGNORECASE)
 
@@ -170,6 +173,9 @@ class Registrations:
     # -- REGISTER -----------------------------------------------------------------------------
     def submit(self, request: RegisterRequest, reply: Callable[[Reply], None]) -> None:
         """Asyncio thread: verify and apply `request` in a task of its own; `reply` answers it."""
+        if len(self._tasks) >= MAX_IN_FLIGHT:
+            reply(self._refuse("busy", request, BUSY))
+            return
         task = asyncio.get_running_loop().create_task(self._answer(request, reply))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -179,7 +185,7 @@ class Registrations:
             answer = await asyncio.wait_for(self.handle(request), REDIS_TIMEOUT_S)
         except (TimeoutError, *REDIS_DOWN) as exc:
             self.limited_log.emit("warning", "sip.register_failed", "redis", error=repr(exc))
-            answer = Reply(503, "Service Unavailable", (("retry-after", "5"),))
+            answer = BUSY
         except Exception:
             log.exception("sip.register_failed", agent_id=request.agent_id)
             answer = Reply(500, "Server Internal Error")
