@@ -405,3 +405,38 @@ async def test_registers_waiting_on_redis_are_bounded(make_registrar: Callable[.
     finally:
         first.close()
         second.close()
+
+
+async def test_malformed_registers_get_a_clear_answer_and_change_nothing(registrar: RegistrarEdge) -> None:
+    phone = RegisterClient(registrar.port, "a1", PASSWORD)
+    other = RegisterClient(registrar.port, "a1", PASSWORD, domain="elsewhere.test")
+    bad_aor = RegisterClient(registrar.port, "../etc", PASSWORD)
+    try:
+        many = ", ".join(f"<sip:a1@10.0.0.{i}>" for i in range(25))
+        cases = {
+            "too many contacts": (phone, phone.request(contact=many)),
+            "Contact: * with an expiry": (phone, phone.request(contact="*", expires=60)),
+            "negative expiry": (phone, phone.request(contact="<sip:a1@10.0.0.1>;expires=-5")),
+            "another domain": (other, other.request()),
+            "not an agent id": (bad_aor, bad_aor.request()),
+            "another scheme": (phone, phone.request(authorization='Basic YTE6cGFzcw==')),
+            "unknown algorithm": (phone, phone.request(authorization=(
+                'Digest username="a1", realm="callcenter", nonce="1.00.aa", uri="sip:x", response="00", '
+                'algorithm=SHA-512-256'))),
+            "huge header": (phone, phone.request(authorization="Digest " + 'x="y", ' * 1000)),
+        }
+        answers = {name: (await client.send(data)).code for name, (client, data) in cases.items()}
+    finally:
+        phone.close()
+        other.close()
+        bad_aor.close()
+    assert answers == {"too many contacts": 403, "Contact: * with an expiry": 400, "negative expiry": 400,
+                       "another domain": 404, "not an agent id": 404, "another scheme": 401,
+                       "unknown algorithm": 401, "huge header": 400}
+    assert await registrar.regs.bindings("a1") == []
+    # and it still registers a phone that asks properly
+    good = RegisterClient(registrar.port, "a1", PASSWORD)
+    try:
+        assert (await good.register()).code == 200
+    finally:
+        good.close()
