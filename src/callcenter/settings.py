@@ -54,6 +54,9 @@ class CommonSettings(BaseSettings):
     # widened (a container whose probes come from outside sets 0.0.0.0)
     health_host: str = "127.0.0.1"
     health_port: int = 0
+    # the SIP digest realm of registering agents: the api hashes their passwords for it (HA1), the
+    # sip-edge challenges with it. Changing it needs every SIP password set again
+    sip_realm: str = Field(default="callcenter", pattern=r'^[^"\\\x00-\x1f]{1,128}$')
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():
@@ -104,6 +107,8 @@ class DispatcherSettings(DispatchSettings):
     # acknowledged events and commands stay this long too: the api's event feed resumes by id
     # without a group (callcenter.retention)
     events_keep_ms: int = Field(default=600_000, ge=0)
+    # how often registrations whose last contact lapsed are looked for (their agents are paused)
+    registration_lapse_interval_ms: int = Field(default=1000, ge=50)
 
 
 class EdgeSettings(CommonSettings):
@@ -148,6 +153,27 @@ class EdgeSettings(CommonSettings):
     # with TCP on, a request over 1,300 bytes to a UDP target goes by TCP (RFC 3261 18.1.1); false
     # for UDP-only peers (media servers) that get large INVITEs
     sip_large_udp_by_tcp: bool = True
+    # the registrar (REGISTER of agent AORs sip:<agent-id>@<domain>, docs/registering-agents.md).
+    # Off: REGISTER gets 405 as before. Domains a REGISTER's To may name (comma-separated; "" = any)
+    sip_registrar: bool = True
+    sip_registrar_domains: str = ""
+    sip_register_min_expires_s: int = Field(default=60, ge=1)
+    sip_register_max_expires_s: int = Field(default=3600, ge=1)
+    sip_register_default_expires_s: int = Field(default=600, ge=1)
+    sip_register_max_contacts: int = Field(default=5, ge=1, le=100)
+    sip_register_max_registrations: int = Field(default=10_000, ge=1)
+    # the HMAC secret of digest nonces: give every edge the same one so a nonce of one is good at
+    # another; unset, a random one per process (a nonce of another edge gets stale=true, then a retry)
+    sip_register_nonce_secret: SecretStr | None = None
+    sip_register_nonce_ttl_s: int = Field(default=300, ge=10)
+    # the digest algorithms challenged, in order of preference (RFC 8760: one WWW-Authenticate each);
+    # clients take the first they know. Put MD5 first for clients that read only the first challenge
+    sip_register_algorithms: str = Field(default="SHA-256,MD5", pattern=r"^\s*(SHA-256|MD5)(\s*,\s*(SHA-256|MD5))*\s*$")
+    # REGISTERs per source IP (token bucket: per second, burst) and failed authentications per source
+    # IP and per AOR (per minute); over either: 503 + Retry-After (RFC 3261 21.5.4)
+    sip_register_rate: float = Field(default=10.0, gt=0)
+    sip_register_burst: int = Field(default=40, ge=1)
+    sip_register_failures_per_minute: int = Field(default=10, ge=1)
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
     # the lease on the edge id lives this long unless a heartbeat renews it: set it to the
     # dispatchers' CC_EDGE_LAPSE_MS (a restart after a crash waits at most this long for the id)

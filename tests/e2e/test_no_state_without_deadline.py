@@ -42,6 +42,10 @@ LONG_LIVED: dict[str, str] = {
     r"retention": "the retention fuse's counters: two fields per stream",
     r"reports": "the report stream, trimmed by the dispatcher up to what its group acknowledged",
     r"dead": "dead letters, trimmed to bus.DEAD_MAXLEN",
+    r"sipauth:[^:]+": "an agent's SIP credentials (HA1s) and registration setting: provisioning, deleted with "
+                      "the agent or by DELETE /v1/agents/<id>/sip",
+    r"registrations": "the registrations' lapse timer: each AOR leaves it when its last contact lapses "
+                      "(registration_lapse.lua); the AOR keys themselves carry a TTL",
 }
 
 

@@ -271,3 +271,24 @@ async def test_a_held_call_that_leaves_its_queue_ends_its_hold_and_the_calls_beh
     assert c1 is not None and c1["state"] != "offered" and c1.get("held_until_ms", "") == ""
     assert b"held|c1" not in await h.redis.zrange(h.store.keys.timers, 0, -1)
     assert (await _ring(h, "c2"))["agent_id"] == "a1" and await h.state("a1") == "ringing"
+
+
+async def test_a_ring_refused_not_registered_pauses_the_agent_without_penalty(h: Harness) -> None:
+    """An agent rung at its AOR with no live contact (the edge refuses `not_registered`): freed as
+    paused `unregistered` (it would only be refused again), no missed offer; the call offered to the
+    next agent."""
+    await h.flow()
+    await h.agent("a1", ["sales"])
+    await h.arrive("c1")
+    ring = await _ring(h)
+    assert ring["agent_id"] == "a1"
+    await h.agent("a2", ["sales"])
+    res = await refuse(h, "c1", "command.ring", reason="not_registered", offer_id=ring["offer_id"])
+    assert res.rc is RC.OK
+    agent = await h.store.agent("a1") or {}
+    assert (agent["state"], agent["pause_reason"]) == ("paused", "unregistered")
+    assert agent.get("missed", "0") == "0" and agent.get("missed_in_row", "0") == "0"
+    assert [d["reason"] for _, d in await h.events("agent.paused")] == ["unregistered"]
+    h.now += HOLD_MS
+    await h.store.fire_timers(now=h.now)
+    assert (await _ring(h))["agent_id"] == "a2"

@@ -23,24 +23,13 @@ import pytest_asyncio
 from sip_harness import LOOPBACK, EdgeUnderTest, SippLauncher, expect_success
 from stream_harness import free_stream_port, running_edge, start_stream_sipp, stream_options, tcp_listening
 
+from callcenter_dev import baresip
 from callcenter_dev.servers import stop_process
 
 pytestmark = pytest.mark.skipif(shutil.which("baresip") is None,
                                 reason="baresip is not installed (apt-get install baresip)")
 
-BARESIP_CONFIG = """\
-sip_listen {host}:{port}
-sip_transports udp,tcp
-net_interface {host}
-audio_player aubridge,nil
-audio_source aubridge,nil
-audio_alert aubridge,nil
-module_path /usr/lib/baresip/modules
-module g711.so
-module aubridge.so
-module_app account.so
-module_app menu.so
-"""
+BARESIP_CONFIG = baresip.CONFIG
 
 
 class Baresip:

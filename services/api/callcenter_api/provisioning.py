@@ -22,6 +22,7 @@ from callcenter.db.models import Agent, Flow
 from callcenter.store import RC, Result, Store
 from callcenter.store.codes import refuse_on
 from callcenter.store.config_writes import explicit_config, seed_config
+from callcenter_api import agent_sip
 from callcenter_api.deps import Services
 from callcenter_api.errors import OverflowCycle
 
@@ -225,6 +226,7 @@ async def reseed(services: Services, prune: bool = False) -> dict[str, Any]:
         await cache_flow(services.store, flow, break_cycle=True)
     for agent in agents:
         await cache_agent(services.store, agent)
+    await agent_sip.reseed(services)
     report: dict[str, Any] = {"flows": len(flows), "agents": len(agents), "removed_flows": [],
                               "removed_agents": [], "kept": []}
     if prune:

@@ -523,3 +523,36 @@ class ServiceLevelOut(_View):
     flow_id: str
     threshold_s: int = Field(description="T: the flow's sl_threshold_s, else the global one")
     windows: list[SlWindow] = Field(description="1, 15 and 60 minutes")
+
+
+class AgentSipIn(_Body):
+    """Set or rotate an agent's SIP password (stored as HA1s only) and/or its registration setting;
+    a field left out is left as it is."""
+
+    password: str | None = Field(default=None, min_length=8, max_length=128,
+                                 description="the SIP digest password of the agent's AOR (username: the agent id)")
+    registration_required: bool | None = Field(
+        default=None, description="login only while registered; a lapsed registration pauses it (unregistered)")
+
+
+class RegisteredContact(BaseModel):
+    """One live registered contact of an agent's AOR."""
+
+    uri: str
+    expires_s: int
+    q: float
+    instance: str | None = None
+    received: str | None = Field(default=None, description="host:port the REGISTER came from")
+    transport: str | None = None
+    path: list[str] = Field(default_factory=list)
+    edge: str | None = Field(default=None, description="the sip-edge that took the REGISTER")
+
+
+class AgentSipOut(BaseModel):
+    """An agent's SIP registration settings (never its password nor a hash of it) and its contacts."""
+
+    agent_id: str
+    realm: str | None = Field(description="the digest realm its password was hashed for (null: no password)")
+    password_set: bool
+    registration_required: bool
+    contacts: list[RegisteredContact]

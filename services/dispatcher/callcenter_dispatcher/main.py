@@ -24,7 +24,7 @@ from callcenter.store import Store
 from callcenter.store.config_writes import explicit_config, seed_config
 from callcenter_dispatcher.edges import EdgeWatch
 from callcenter_dispatcher.handler import PARK_RETRY_MAX_S, ReportHandler
-from callcenter_dispatcher.timers import reconcile_once, run_every, run_timers
+from callcenter_dispatcher.timers import lapse_registrations, reconcile_once, run_every, run_timers
 
 log = structlog.get_logger(__name__)
 
@@ -79,7 +79,9 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
                lambda stop: run_every("reconciler", settings.reconcile_interval_ms, stop,
                                       lambda: reconcile_once(store, settings.edge_lapse_ms, GROUP,
                                                              settings.reports_keep_ms, settings.events_keep_ms)),
-               lambda stop: run_every("edges", edges.interval_ms, stop, edges.check)])
+               lambda stop: run_every("edges", edges.interval_ms, stop, edges.check),
+               lambda stop: run_every("registrations", settings.registration_lapse_interval_ms, stop,
+                                      lambda: lapse_registrations(store))])
     log.info("dispatcher.stopped", handled=consumer.handled, dead_lettered=consumer.dead_lettered)
 
 

@@ -82,3 +82,12 @@ async def reconcile_once(store: Store, edge_lapse_ms: int, group: str, reports_k
     # every stream, every group (ours and analytics consumers'): the dispatcher runs wherever the
     # system runs (demo, CI, compose, k8s), so retention does not hang on the optional celery workers
     await trim_streams(store.redis, store.keys, now_ms(), reports_keep_ms, events_keep_ms)
+
+
+async def lapse_registrations(store: Store) -> int:
+    """One tick of the registrations' lapse timer (`registration_lapse.lua`): AORs whose last contact
+    expired are forgotten and their logged-in agents paused with reason `unregistered`."""
+    paused = await store.registration_lapse()
+    if paused:
+        log.info("registrations.lapsed", paused=paused)
+    return paused

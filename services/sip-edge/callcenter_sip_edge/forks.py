@@ -5,6 +5,10 @@ UAs, the fork timeout. Writes: INVITEs, CANCELs to the losers (a 200 racing the 
 BYE, see `sippy/patches.py`), `agent_failed` for each loser; the winner becomes `call.agent` and goes
 on as a single ringing agent (`agent.py`).
 
+The same forking rings the several registered contacts of one agent (`one_agent`, from a
+`command.ring` to an AOR, `registrations.py`): then only the agent's outcome is reported, once: its
+answer, or its failure when the last contact failed (or at the timeout, or on `cancel_ring`).
+
 A CANCEL during ring-all is handled here: from the dispatcher (`cancel`, reason `cancelled`),
 at the fork timeout (`no_answer`/`unreachable`), when another fork answers (`answered_elsewhere`),
 and when the caller goes away (`Call.end` calls `cancel_all`).
@@ -33,26 +37,35 @@ log = structlog.get_logger(__name__)
 class Forks:
     """The ring-all legs of one call still ringing, with no winner yet."""
 
-    __slots__ = ("_timer", "call", "legs")
+    __slots__ = ("_timer", "call", "legs", "one_agent")
 
     def __init__(self, call: Call) -> None:
         self.call = call
         self.legs: list[AgentLeg] = []
         self._timer: Any = None
+        self.one_agent = False
+
+    def _report(self, legs: list[AgentLeg], reason: str, code: int | None) -> None:
+        """`agent_failed` for each of `legs` (ring-all), or once for the one agent of its contacts."""
+        for leg in legs[:1] if self.one_agent else legs:
+            self.call.emit("agent_failed", offer_id=leg.offer_id, agent_id=leg.agent_id, reason=reason, code=code)
 
     def start(self, offer_id: str, targets: list[dict[str, str]], timeout_s: float,
-              caller_display: str | None) -> None:
+              caller_display: str | None, one_agent: bool = False) -> None:
         """Fork: INVITE every target at once; the first 200 wins (it becomes `call.agent` and goes
         the single-agent way), the others get CANCEL (a 200 racing the CANCEL gets ACK + BYE)."""
         call = self.call
+        command = "ring" if one_agent else "ring_all"
         if call.agent is not None or self.legs or (not call.caller_answered and call.media_pending is not None):
-            call.refuse("ring_all", offer_id=offer_id, agent_busy=call.agent is not None or bool(self.legs))
+            call.refuse(command, offer_id=offer_id, agent_busy=call.agent is not None or bool(self.legs))
             return
         if not targets:
-            call.refuse("ring_all", "no_targets", offer_id=offer_id)
+            call.refuse(command, "no_targets", offer_id=offer_id)
             return
         early = not call.caller_answered
         display = caller_display if caller_display is not None else call.info.caller_display
+        self.one_agent = one_agent
+        unreachable: list[AgentLeg] = []
         for target_spec in targets:
             agent_id, uri = str(target_spec.get("agent_id", "")), str(target_spec.get("uri", ""))
             target = parse_target_uri(uri)
@@ -61,9 +74,11 @@ class Forks:
                 leg.ua = call.invite(target, _ForkLeg(self, leg), offer=call.caller_offer if early else None,
                                      calling_name=display)
             if leg.ua is None:
-                call.emit("agent_failed", offer_id=offer_id, agent_id=agent_id, reason="unreachable", code=None)
+                unreachable.append(leg)
                 continue
             self.legs.append(leg)
+        if unreachable and (not one_agent or not self.legs):
+            self._report(unreachable, "unreachable", None)
         if self.legs:
             self._timer = Timeout(call.guarded(self._timed_out), max(0.1, float(timeout_s)))
             log.info("call.agents_ringing", offer_id=offer_id, agents=[leg.agent_id for leg in self.legs],
@@ -82,19 +97,21 @@ class Forks:
             self._timer.cancel()
             self._timer = None
         legs, self.legs = self.legs, []
+        if emit_reason is not None and not (self.one_agent and emit_reason == "answered_elsewhere"):
+            self._report(legs, emit_reason, None)
         for leg in legs:
-            if emit_reason is not None:
-                self.call.emit("agent_failed", offer_id=leg.offer_id, agent_id=leg.agent_id, reason=emit_reason,
-                               code=None)
             dialog.hang_up(leg.ua)
         if legs and emit_reason is None:
             checkpoint(self.call)   # no agent_failed now: the forks' INVITEs leave the checkpoint here
 
     def _timed_out(self) -> None:
         self._timer = None
-        for leg in list(self.legs):
-            self.call.emit("agent_failed", offer_id=leg.offer_id, agent_id=leg.agent_id,
-                           reason="no_answer" if leg.got_provisional else "unreachable", code=None)
+        legs = list(self.legs)
+        if self.one_agent:
+            self._report(legs, "no_answer" if any(leg.got_provisional for leg in legs) else "unreachable", None)
+        else:
+            for leg in legs:
+                self._report([leg], "no_answer" if leg.got_provisional else "unreachable", None)
         self.cancel_all()
 
     def won(self, leg: AgentLeg) -> None:
@@ -112,7 +129,8 @@ class Forks:
         reason = agent_failure_reason(code) if code is not None else (
             "no_answer" if leg.got_provisional else "unreachable")
         log.info("call.agent_failed", offer_id=leg.offer_id, reason=reason, code=code)
-        self.call.emit("agent_failed", offer_id=leg.offer_id, agent_id=leg.agent_id, reason=reason, code=code)
+        if not self.one_agent or not self.legs:
+            self._report([leg], reason, code)
         if not self.legs:
             self.cancel_all()
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 from uuid import uuid4
 
@@ -22,12 +23,13 @@ from sippy.SipHeader import SipHeader
 from sippy.Time.Timeout import Timeout
 from structlog.contextvars import bind_contextvars, reset_contextvars
 
-from callcenter.contract.commands import Command
+from callcenter.contract.commands import Command, Ring
 from callcenter_sip_edge.call import COMMAND_HANDLERS, Call, refuse_command
 from callcenter_sip_edge.facts import Fact, FactSink
 from callcenter_sip_edge.gc_policy import CycleCollector
 from callcenter_sip_edge.guard import Refusal, SourceGuard
 from callcenter_sip_edge.log_limits import RateLimitedLog
+from callcenter_sip_edge.registrar import Registrar, RegistrarSetup
 from callcenter_sip_edge.sdp import media_type_of
 from callcenter_sip_edge.sip_fields import FieldRefusal, read_caller
 from callcenter_sip_edge.sippy import dialog, transport
@@ -54,7 +56,7 @@ class CallRouter:
 
     def __init__(self, *, host: str, port: int, emit: FactSink, advertised_host: str | None,
                  max_message_bytes: int, user_agent: str, guard: SourceGuard | None = None,
-                 streams: StreamOptions | None = None) -> None:
+                 streams: StreamOptions | None = None, registrar: RegistrarSetup | None = None) -> None:
         self.guard = guard or SourceGuard()
         self._emit_fact = emit
         self.calls: dict[str, Call] = {}
@@ -71,6 +73,8 @@ class CallRouter:
             max_message_bytes=max_message_bytes, on_screened=self._log_screened, on_request=self._recv_out_of_dialog,
             guard=self.guard, limited_log=self.limited_log, streams=streams,
         )
+        self.registrar = None if registrar is None else Registrar(
+            registrar.options, registrar.nonces, registrar.submit, self.sip_config, self.limited_log)
         self._cycles = CycleCollector()
         Timeout(self._collect_cycles, GC_TICK_S, -1)
         Timeout(self.limited_log.flush, LOG_FLUSH_S, -1)
@@ -114,6 +118,8 @@ class CallRouter:
             return (req.genResponse(481, "Call Leg/Transaction Does Not Exist"), None, None)
         if method == "OPTIONS":
             return (_with_header(req.genResponse(200, "OK"), "allow", SIP_METHODS_ALLOWED), None, None)
+        if method == "REGISTER" and self.registrar is not None:
+            return self.registrar.receive(req, sip_t)
         if method != "INVITE":
             if method == "BYE":
                 return (req.genResponse(481, "Call Leg/Transaction Does Not Exist"), None, None)
@@ -223,6 +229,30 @@ class CallRouter:
             # half carried out: refuse it, and end the call rather than leave it inconsistent
             call.refuse(command.TYPE.removeprefix("command."), "internal_error",
                         offer_id=getattr(command, "offer_id", None), purpose=getattr(command, "purpose", None))
+            call.fail_internally(command.TYPE)
+        finally:
+            reset_contextvars(**tokens)
+
+    def ring_registered(self, args: tuple[Ring, list[str]]) -> None:
+        """`command.ring` to an agent's AOR with its live contacts' targets, best first (service.py
+        looked them up): none, refused (`not_registered`: the dispatcher re-offers the call at once,
+        no penalty); one, rung as any agent URI; several, all at once (`Forks`, one agent)."""
+        command, targets = args
+        call = self.calls.get(command.call_id)
+        if not targets or len(targets) == 1 or call is None or call.ended:
+            if targets:
+                self.execute(replace(command, uri=targets[0]))
+            elif call is None or call.ended:
+                self.execute(command)   # refused as unknown_call
+            else:
+                call.refuse("ring", "not_registered", offer_id=command.offer_id, agent_id=command.agent_id)
+            return
+        tokens = bind_contextvars(call_id=command.call_id)
+        try:
+            call.forks.start(command.offer_id, [{"agent_id": command.agent_id, "uri": t} for t in targets],
+                             command.timeout_s, command.caller_display, one_agent=True)
+        except Exception:
+            call.refuse("ring", "internal_error", offer_id=command.offer_id)
             call.fail_internally(command.TYPE)
         finally:
             reset_contextvars(**tokens)

@@ -13,6 +13,7 @@ import asyncio
 import errno
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 
 import redis.asyncio as aioredis
 import structlog
@@ -20,15 +21,18 @@ import structlog
 from callcenter.bus import ACK, StreamConsumer, Verdict
 from callcenter.contract import streams
 from callcenter.contract.codec import DecodeError, Entry
-from callcenter.contract.commands import Adopt, Ring, RingAll, command_of
+from callcenter.contract.commands import Adopt, Command, Ring, RingAll, command_of
 from callcenter.contract.reports import REPORTS, CallEnded, CommandRefused, Report
 from callcenter.metrics import observe_since_entry
 from callcenter.redis import REDIS_DOWN
 from callcenter.settings import EdgeSettings
 from callcenter.store.keys import Keys
 from callcenter_sip_edge.checkpoint import AdoptedCall, Checkpoints, DialogCheckpoint
+from callcenter_sip_edge.digest import Nonces
 from callcenter_sip_edge.facts import CHECKPOINT_KIND, Fact
 from callcenter_sip_edge.ownership import IdLease, StartRefused
+from callcenter_sip_edge.registrar import RegistrarOptions, RegistrarSetup
+from callcenter_sip_edge.registrations import Binding, Registrations
 from callcenter_sip_edge.sip_stack import SipStack
 from callcenter_sip_edge.sippy.streams import StreamOptions
 
@@ -65,6 +69,11 @@ class EdgeService:
         self.checkpoints = Checkpoints(redis, self.keys, self.edge_id)
         self._stop = asyncio.Event()
         self.stack: SipStack | None = None
+        self.registrations: Registrations | None = None
+        if settings.sip_registrar:
+            options = RegistrarOptions.from_settings(settings)
+            self.registrations = Registrations(redis, settings.tenant, self.edge_id, options,
+                                               Nonces(options.nonce_secret, options.nonce_ttl_s))
         self.commands = StreamConsumer(
             redis, stream=self.keys.commands(self.edge_id), group=streams.COMMANDS.group, consumer=self.edge_id,
             handler=self._execute, dead_stream=self.keys.dead, batch=100, block_ms=500, claim_idle_ms=5_000)
@@ -145,8 +154,46 @@ class EdgeService:
                 continue
             if isinstance(command, Ring | RingAll):  # the ring decided (a free agent found) -> handed to SIP
                 observe_since_entry("agent_free_to_ring", e.id)
+                if self.registrations is not None:
+                    routed = await self._to_contacts(command)
+                    if routed is None:
+                        continue
+                    command = routed
             stack.execute(command)
         return {e.id: ACK for e in entries}
+
+    async def _to_contacts(self, command: Ring | RingAll) -> Command | None:
+        """A ring of an agent whose URI is its AOR goes to its registered contacts: a `ring` to all of
+        them (handed to the stack here: None is returned), a `ring_all` target to its best one (none:
+        that target is unreachable)."""
+        regs, stack = self.registrations, self.stack
+        assert regs is not None and stack is not None
+        if isinstance(command, Ring):
+            if not regs.may_be_aor(command.agent_id, command.uri):
+                return command
+            found = await self._bindings(command.agent_id)
+            if found is None:
+                return command
+            stack.ring_registered(command, [binding.target() for binding in found])
+            return None
+        targets = []
+        for target in command.targets:
+            agent_id, uri = str(target.get("agent_id", "")), str(target.get("uri", ""))
+            if regs.may_be_aor(agent_id, uri):
+                found = await self._bindings(agent_id)
+                if found is not None:
+                    uri = found[0].target() if found else ""
+            targets.append({**target, "uri": uri})
+        return replace(command, targets=targets)
+
+    async def _bindings(self, agent_id: str) -> list[Binding] | None:
+        assert self.registrations is not None
+        try:
+            return await self.registrations.bindings(agent_id)
+        except (*REDIS_DOWN, aioredis.RedisError) as exc:
+            # no contact known now: the ring is refused and the call offered again
+            log.warning("edge.bindings_unavailable", agent_id=agent_id, error=repr(exc))
+            return []
 
     async def _adopt(self, command: Adopt) -> None:
         """A lost peer's call handed to this edge (edge_lost): its checkpoint, then the SIP thread
@@ -266,7 +313,9 @@ class EdgeService:
                               invite_burst=s.sip_invite_burst, invite_rate_total=s.sip_invite_rate_total,
                               invite_burst_total=s.sip_invite_burst_total,
                               priority_networks=s.sip_priority_networks, adopt=adopted,
-                              streams=StreamOptions.from_settings(s))
+                              streams=StreamOptions.from_settings(s), registrar=None if self.registrations is None
+                              else RegistrarSetup(self.registrations.options, self.registrations.nonces,
+                                                  self.registrations.submit))
         try:
             await asyncio.to_thread(self.stack.start)
         except OSError as exc:

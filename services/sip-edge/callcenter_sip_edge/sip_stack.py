@@ -24,6 +24,7 @@ import queue
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -33,6 +34,7 @@ from callcenter_sip_edge.checkpoint import AdoptedCall
 from callcenter_sip_edge.facts import Fact
 from callcenter_sip_edge.gc_policy import tune_gc
 from callcenter_sip_edge.guard import SourceGuard
+from callcenter_sip_edge.registrar import RegisterRequest, RegistrarSetup, Reply
 from callcenter_sip_edge.sippy import patches, transport
 from callcenter_sip_edge.sippy.streams import StreamOptions
 
@@ -123,7 +125,7 @@ class SipStack:
                  trusted_networks: str = "0.0.0.0/0,::/0", invite_rate: float = 0.0,
                  invite_burst: int = 100, invite_rate_total: float = 0.0, invite_burst_total: int = 100,
                  priority_networks: str = "127.0.0.0/8,::1", adopt: Sequence[AdoptedCall] = (),
-                 streams: StreamOptions | None = None) -> None:
+                 streams: StreamOptions | None = None, registrar: RegistrarSetup | None = None) -> None:
         """`trusted_networks`: INVITEs from other sources get 403 (and their in-dialog requests must
         come from a peer of the dialog). `invite_rate` (per second, 0 = no limit) and `invite_burst`:
         a per-source-IP token bucket, `invite_rate_total`/`invite_burst_total` one for all sources;
@@ -133,6 +135,9 @@ class SipStack:
         is read. `streams`: TCP and TLS (off by default; `stream_ports` says where they listen)."""
         self._adopt = list(adopt)
         self._streams = streams
+        # REGISTERs (off without): `registrar.submit` runs on the asyncio loop, its reply back here
+        self._registrar = None if registrar is None else replace(registrar, submit=self._submit_register)
+        self._on_register = None if registrar is None else registrar.submit
         self.stream_ports: dict[str, int] = {}
         self._host = host
         self._port = port
@@ -201,7 +206,7 @@ class SipStack:
                 router = CallRouter(host=self._host, port=self._port, emit=self._emit_fact,
                                     advertised_host=self._advertised_host,
                                     max_message_bytes=self._max_message_bytes, user_agent=self._user_agent,
-                                    guard=self.guard, streams=self._streams)
+                                    guard=self.guard, streams=self._streams, registrar=self._registrar)
                 self.bound_address = router.bound_address
                 self.stream_ports = transport.stream_ports(router.sip_config)
                 if self._adopt:
@@ -244,6 +249,25 @@ class SipStack:
             self._on_fact(fact)
         except Exception:
             log.exception("sip.on_fact_failed", kind=fact.kind, call_id=fact.call_id)
+
+    # ------------------------------------------------------------------ registrations
+    def _submit_register(self, request: RegisterRequest, reply: Callable[[Reply], None]) -> None:
+        """SIP thread: a REGISTER with credentials to the asyncio side; its answer comes back here."""
+        on_register = self._on_register
+        assert on_register is not None
+
+        def answer(result: Reply) -> None:   # asyncio thread
+            self._commands.put((reply, result))
+
+        self._loop.call_soon_threadsafe(on_register, request, answer)
+
+    def ring_registered(self, command: Ring, targets: list[str]) -> None:
+        """`command.ring` to an AOR, with its contacts' targets (any thread; see CallRouter)."""
+        router = self._router
+        if self._reactor is None or router is None or self._state != "running":
+            log.warning("call.command_ignored", call_id=command.call_id, command=command.TYPE, reason="not_running")
+            return
+        self._commands.put((router.ring_registered, (command, targets)))
 
     # ------------------------------------------------------------------ commands
     def execute(self, command: Command) -> None:

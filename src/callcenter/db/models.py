@@ -245,3 +245,19 @@ class ApiKey(Base):
 
 # the celery jobs' tables live in their own module, on the same metadata (migration 0005)
 from callcenter.db import jobs as _jobs  # noqa: E402, F401
+
+
+class AgentSip(Base):
+    """An agent's SIP registration settings: its digest credentials, stored as HA1 per algorithm
+    (H(agent_id:realm:password), never the password), and whether it may log in only while
+    registered. The api caches them in Redis (`cc:{t}:sipauth:<agent>`) for the sip-edges."""
+
+    __tablename__ = "agent_sip"
+
+    agent_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    realm: Mapped[str | None] = mapped_column(String(128))
+    ha1_md5: Mapped[str | None] = mapped_column(String(32))
+    ha1_sha256: Mapped[str | None] = mapped_column(String(64))
+    registration_required: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow,
+                                                 server_default=func.now())

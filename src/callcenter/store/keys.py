@@ -43,13 +43,21 @@ the one list: `NAMES` and `FAMILIES` below are rendered into the Lua prelude (`K
                                          capped_unread:<stream>
     cc:{t}:retention:fuse:<key>   string a short lock: one process blows a stream's fuse at a time (PX 2 s)
     cc:{t}:idem:<digest>          string the api's record of one Idempotency-Key (its answer), with a TTL
+    cc:{t}:sipauth:<agent>        hash   an agent's SIP digest credentials (HA1 per algorithm, realm) and
+                                         whether its login needs a live registration: provisioning
+    cc:{t}:aor:<agent>            zset   the contacts registered for an agent's AOR, score = expiry (ms);
+                                         PEXPIREd at its last contact's expiry
+    cc:{t}:aor:<agent>:bindings   hash   contact key -> the binding (JSON: uri, q, instance, received,
+                                         transport, path, edge, call_id, cseq); same deadline
+    cc:{t}:registrations          zset   agents with a registration, score = when its last contact lapses
+                                         (ms): the lapse timer (registration_lapse.lua)
 """
 
 from __future__ import annotations
 
 # single keys of a tenant: attribute `Keys.<name>`, `K.<name>` in Lua
 NAMES: tuple[str, ...] = ("config", "flows", "agents", "calls", "timers", "edges", "reports", "events", "dead",
-                          "stats", "retention")
+                          "stats", "retention", "registrations")
 
 # key families, name -> template after the prefix ({0}, {1}: the arguments in order);
 # method `Keys.<name>(...)`, function `k_<name>(...)` in Lua
@@ -75,6 +83,9 @@ FAMILIES: dict[str, str] = {
     "flow_stats": "stats:flow:{0}",
     "sl": "sl:{0}:{1}",
     "idempotency": "idem:{0}",
+    "sip_auth": "sipauth:{0}",
+    "aor": "aor:{0}",
+    "aor_bindings": "aor:{0}:bindings",
 }
 
 
@@ -95,6 +106,7 @@ class Keys:
         self.dead = self.prefix + "dead"
         self.stats = self.prefix + "stats"
         self.retention = self.prefix + "retention"
+        self.registrations = self.prefix + "registrations"
 
     def _family(self, name: str, *parts: str | int) -> str:
         return self.prefix + FAMILIES[name].format(*parts)
@@ -168,3 +180,15 @@ class Keys:
     def idempotency(self, digest: str) -> str:
         """The api's record of one Idempotency-Key of one caller (`digest`: hex SHA-256)."""
         return self._family("idempotency", digest)
+
+    def sip_auth(self, agent_id: str) -> str:
+        """An agent's SIP digest credentials (HA1s, never the password) and its registration setting."""
+        return self._family("sip_auth", agent_id)
+
+    def aor(self, agent_id: str) -> str:
+        """The contacts registered for an agent's AOR, score = expiry (ms)."""
+        return self._family("aor", agent_id)
+
+    def aor_bindings(self, agent_id: str) -> str:
+        """The registered contacts of an agent's AOR, contact key -> binding (JSON)."""
+        return self._family("aor_bindings", agent_id)

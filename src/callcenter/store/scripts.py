@@ -38,7 +38,7 @@ def report_script(report_type: str) -> str:
 OTHER_SCRIPTS = (
     "agent_login", "agent_logout", "agent_upsert", "agent_delete", "agent_pause", "agent_unpause",
     "agent_release", "dispatch_call", "flow_upsert", "flow_delete", "fire_timers", "reconcile", "stats_reset",
-    "edge_lost", "edge_beat", "edge_release",
+    "edge_lost", "edge_beat", "edge_release", "sip_register", "registration_lapse",
 )
 
 
@@ -237,6 +237,21 @@ class Store:
         value; None (or "") for uri = no audio calls, for chat_uri = no chats (one of them is needed)."""
         return await self._run("agent_upsert", agent_id, uri or "", ",".join(skills), _blank(wrapup_s),
                                _blank(max_no_answer), chat_uri or "", _blank(chat_capacity), now=now)
+
+    async def sip_register(self, agent_id: str, *, max_contacts: int, max_registrations: int, call_id: str,
+                           cseq: int, remove_all: bool, contacts: list[tuple[str, int, str]],
+                           now: int | None = None) -> Result:
+        """A verified REGISTER of an agent's AOR: `contacts` are (key, expiry ms or 0 to remove,
+        binding JSON). OK's detail: the live bindings (JSON list of [binding JSON, expiry ms])."""
+        flat = [part for contact in contacts for part in contact]
+        return await self._run("sip_register", agent_id, max_contacts, max_registrations, call_id, cseq,
+                               "1" if remove_all else "0", *flat, now=now)
+
+    async def registration_lapse(self, limit: int = 100, now: int | None = None) -> int:
+        """Forget AORs whose last contact lapsed and pause their logged-in agents (`unregistered`);
+        returns how many agents were paused."""
+        res = await self._run("registration_lapse", limit, now=now)
+        return int(res.detail or 0)
 
     async def agent_delete(self, agent_id: str, now: int | None = None) -> Result:
         return await self._run("agent_delete", agent_id, now=now)

@@ -22,13 +22,15 @@ from callcenter.db.models import Agent
 from callcenter.store import RC, Result
 from callcenter.store.codes import refuse_on
 from callcenter.store.reads import AgentView
-from callcenter_api import paging, provisioning
+from callcenter_api import agent_sip, paging, provisioning
 from callcenter_api.deps import Services, ServicesDep
 from callcenter_api.schemas import (
     AGENT_ID_PATTERN,
     AgentIn,
     AgentLive,
     AgentOut,
+    AgentSipIn,
+    AgentSipOut,
     AgentStateOut,
     LoginOut,
     LogoutOut,
@@ -95,6 +97,41 @@ async def put_agent(agent_id: AgentId, body: AgentIn, services: ServicesDep, res
 async def delete_agent(agent_id: AgentId, services: ServicesDep) -> None:
     if not await provisioning.delete_agent(services, agent_id):
         raise HTTPException(status.HTTP_404_NOT_FOUND, _no_such_agent(agent_id))
+    await agent_sip.forget(services, agent_id)
+
+
+async def _sip_out(services: Services, agent_id: str, row: object) -> AgentSipOut:
+    realm = getattr(row, "realm", None)
+    return AgentSipOut(agent_id=agent_id, realm=realm, password_set=bool(getattr(row, "ha1_sha256", None)),
+                       registration_required=bool(getattr(row, "registration_required", False)),
+                       contacts=await agent_sip.contacts(services, agent_id))  # type: ignore[arg-type]
+
+
+@router.get("/{agent_id}/sip", name="get_sip")
+async def get_sip(agent_id: AgentId, services: ServicesDep) -> AgentSipOut:
+    """The agent's SIP registration settings and its live registered contacts. Its password is never
+    shown, nor any hash of it."""
+    if await services.sql(lambda s: s.get(Agent, agent_id)) is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, _no_such_agent(agent_id))
+    return await _sip_out(services, agent_id, await agent_sip.get(services, agent_id))
+
+
+@router.put("/{agent_id}/sip", name="put_sip")
+async def put_sip(agent_id: AgentId, body: AgentSipIn, services: ServicesDep) -> AgentSipOut:
+    """Set or rotate the agent's SIP password (the digest username is the agent id, the realm
+    CC_SIP_REALM; only H(agent:realm:password) per algorithm is kept) and/or whether it may log in
+    only while registered. A rotation holds for the next REGISTER; live registrations stay."""
+    row = await agent_sip.put(services, agent_id, body.password, body.registration_required)
+    if row is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, _no_such_agent(agent_id))
+    return await _sip_out(services, agent_id, row)
+
+
+@router.delete("/{agent_id}/sip", name="delete_sip", status_code=status.HTTP_204_NO_CONTENT)
+async def delete_sip(agent_id: AgentId, services: ServicesDep) -> None:
+    """Remove the agent's SIP password and setting: its REGISTERs fail from now on."""
+    if not await agent_sip.forget(services, agent_id):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"agent {agent_id!r} has no SIP settings")
 
 
 Step = Callable[[str], Awaitable[Result]]
@@ -112,6 +149,8 @@ async def _run_on_agent(services: Services, agent_id: str, step: Step) -> Result
 @router.post("/{agent_id}/login", name="login")
 async def login(agent_id: AgentId, services: ServicesDep) -> LoginOut:
     res = await _run_on_agent(services, agent_id, services.store.agent_login)
+    refuse_on(res, RC.INVALID, message=f"agent {agent_id!r} must be registered to log in (its setting "
+              "registration_required): REGISTER its AOR first")
     return LoginOut(agent_id=agent_id, state=res.detail, already=res.rc is RC.ALREADY)
 
 

@@ -19,6 +19,7 @@ from sippy.CCEvents import CCEventDisconnect, CCEventTry
 from sippy.SipAddress import SipAddress
 from sippy.SipConf import SipConf
 from sippy.SipContact import SipContact
+from sippy.SipRoute import SipRoute
 from sippy.SipURL import SipURL
 from sippy.UA import UA
 from sippy.UacStateUpdating import UacStateUpdating
@@ -38,10 +39,27 @@ class _TryWithRequestUri(CCEventTry):  # type: ignore[misc]
     """
 
     request_uri: Any = None
+    routes: tuple[Any, ...] = ()   # a registered contact's Path (RFC 3327): the INVITE's Route set
 
     def onUacSetupComplete(self, uac: Any) -> None:
         if self.request_uri is not None:
             uac.rTarget = self.request_uri.getCopy()
+        if self.routes:
+            uac.routes = [SipRoute(address=SipAddress(url=url.getCopy(), hadbrace=True)) for url in self.routes]
+
+
+def route_set_of(target: Any) -> tuple[Any, tuple[Any, ...]]:
+    """A target URI without its `?Route=` header, and that header's URIs (a registered contact's
+    Path, `registrations.Binding.target`): the INVITE goes to the first of them, Route set and all."""
+    headers = getattr(target, "headers", None) or {}
+    route = headers.get("Route") if isinstance(headers, dict) else None
+    if not route:
+        return target, ()
+    bare = target.getCopy()
+    bare.headers = None
+    urls = tuple(SipURL(part.strip().removeprefix("<").split(">", 1)[0]) for part in str(route).split(",")
+                 if part.strip())
+    return bare, urls
 
 
 def contact_without_display_name() -> Any:
@@ -95,7 +113,9 @@ def invite(sip_config: dict[str, Any], target: Any, event_cb: EventCallback, *, 
            expire_time: float | None = None) -> Any:
     """Create a UAC leg and send its INVITE (with `offer`, or without SDP for a late offer); None if
     sippy refused to send it."""
-    (host, port), transport = target.getTAddr()   # transport: udp, or tcp/tls (`sippy.streams`)
+    target, routes = route_set_of(target)
+    hop = routes[0] if routes else target
+    (host, port), transport = hop.getTAddr()   # transport: udp, or tcp/tls (`sippy.streams`)
     ua = UA(sip_config, event_cb, nh_address=(host, port), nh_transport=transport, expire_time=expire_time)
     ua.lContact = contact_without_display_name()
     ua.no_reply_time = no_reply_time
@@ -103,6 +123,7 @@ def invite(sip_config: dict[str, Any], target: Any, event_cb: EventCallback, *, 
                                 offer.getCopy() if offer is not None else None, None,
                                 quotable_display_name(calling_name)))
     event.request_uri = target
+    event.routes = routes
     try:
         ua.recvEvent(event)
     except Exception:

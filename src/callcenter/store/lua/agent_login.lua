@@ -1,9 +1,9 @@
 -- agent_login: log an agent in; it may get a waiting call in the same step.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 agent_id
--- READS: agent, agent_chats, call, chat_queue, config, flow, queue, skill_flows, skill_free
+-- READS: agent, agent_chats, aor, call, chat_queue, config, flow, queue, sip_auth, skill_flows, skill_free
 -- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, stats, timers
--- RETURNS: OK state | ALREADY state | NOT_FOUND
+-- RETURNS: OK state | ALREADY state | NOT_FOUND | INVALID 'not_registered'
 -- EVENTS: agent.logged_in, agent.state_changed, call.offered
 -- COMMANDS: command.ring, command.ring_all
 -- LIB: core, chat, agents, offer
@@ -27,6 +27,11 @@ if state ~= 'logged_out' then
     return { RC.OK, state }
   end
   return { RC.ALREADY, state }
+end
+-- an agent whose setting asks for it logs in only with a live registration (sip_register.lua)
+if redis.call('HGET', k_sip_auth(agent_id), 'registration_required') == '1'
+    and redis.call('ZCOUNT', k_aor(agent_id), '(' .. NOW, '+inf') == 0 then
+  return { RC.INVALID, 'not_registered' }
 end
 set_logged(agent_id, agent, true)
 redis.call('HSET', k_agent(agent_id), 'logged_in_ms', NOW, 'logout_pending', '0')

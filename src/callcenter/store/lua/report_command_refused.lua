@@ -9,7 +9,8 @@
 -- LIB: core, offer, calls, report
 --
 -- A refused ring or ring_all of the call's current offer frees its agents at once with no penalty
--- and puts the call back at the head of its queue, held until its media answers or
+-- (a ring refused `not_registered` frees its agent paused, reason unregistered) and puts the call
+-- back at the head of its queue, held until its media answers or
 -- refused_offer_hold_ms pass (calls.lua offer_refused). A refused media that can never play
 -- (bad_purpose, ...) is a media that failed (calls.lua media_not_played); one refused because the
 -- edge is setting up another leg of the call (wrong_state) only forgets it (a welcome is skipped):
@@ -38,6 +39,14 @@ if R.reason == 'unknown_call' then
 end
 if R.command == 'command.ring' or R.command == 'command.ring_all' then
   if call.state ~= 'offered' or call.offer ~= R.offer_id then return { RC.STALE, 'offer over' } end
+  if R.reason == 'not_registered' and (call.agent or '') ~= '' then
+    -- its AOR has no live contact: it is freed as paused (unregistered), as a lapsed registration
+    -- pauses it, instead of being offered the next call only to be refused again
+    local akey = k_agent(call.agent)
+    if (redis.call('HGET', akey, 'pause_pending') or '') == '' and redis.call('HGET', akey, 'logout_pending') ~= '1' then
+      redis.call('HSET', akey, 'pause_pending', 'unregistered')
+    end
+  end
   return { RC.OK, offer_refused(R.call_id, call, 'refused') }
 end
 if R.command == 'command.media' then

@@ -78,3 +78,45 @@ local function take_chat_slot(agent_id, agent, call_id)
   if agent.state == 'in_chat' then chat_index(agent_id, agent)
   else set_agent_state(agent_id, agent, 'in_chat', nil) end
 end
+
+-- An agent whose registration lapsed or was removed: paused with reason 'unregistered', at once when
+-- free or in wrap-up, else when its call ends (as agent_pause). One logged out, logging out or
+-- already paused (for any reason) stays as it is. True when it is (or will be) paused.
+local function pause_unregistered(agent_id, agent)
+  local state = agent.state or 'logged_out'
+  if state == 'logged_out' or agent.logout_pending == '1' or state == 'paused' then return false end
+  if state == 'free' or state == 'wrap_up' then
+    pause(agent_id, agent, 'unregistered')
+    return true
+  end
+  if (agent.pause_pending or '') == '' then
+    redis.call('HSET', k_agent(agent_id), 'pause_pending', 'unregistered')
+    agent.pause_pending = 'unregistered'
+    chat_index(agent_id, agent)
+  end
+  return true
+end
+
+-- Forget the lapsed contacts of an agent's AOR; the live ones stay. Returns how many are live and
+-- when the last of them lapses (0 when none: the AOR's keys and its lapse timer are gone).
+local function prune_aor(agent_id)
+  local aor = k_aor(agent_id)
+local bindings = k_aor_bindings(agent_id)
+  local lapsed = redis.call('ZRANGEBYSCORE', aor, '-inf', NOW)
+  for _, key in ipairs(lapsed) do
+    redis.call('ZREM', aor, key)
+    redis.call('HDEL', bindings, key)
+  end
+  local last = redis.call('ZRANGE', aor, -1, -1, 'WITHSCORES')
+  if #last == 0 then
+    redis.call('DEL', aor, bindings)
+    redis.call('ZREM', K.registrations, agent_id)
+    return 0, 0
+  end
+  local until_ms = tonumber(last[2])
+  -- relative to the step's clock (the argument), not Redis' own
+  redis.call('PEXPIRE', aor, until_ms - NOW)
+  redis.call('PEXPIRE', bindings, until_ms - NOW)
+  redis.call('ZADD', K.registrations, until_ms, agent_id)
+  return redis.call('ZCARD', aor), until_ms
+end
