@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -38,6 +39,23 @@ CHROMIUM_FLAGS = (
     "--autoplay-policy=no-user-gesture-required", "--ignore-certificate-errors",
 )
 _TYPES = {".html": "text/html", ".js": "text/javascript", ".map": "application/json"}
+_SDP_MEDIA = re.compile(r"^( *)m=audio \[media_port\] RTP/AVP[^\n]*\n(?: *a=[^\n]*\n)*", re.MULTILINE)
+_FINGERPRINT = ":".join(f"{i * 7 % 256:02X}" for i in range(32))
+
+
+def webrtc_sdp(text: str, *, offerer: bool) -> str:
+    """A SIPp scenario's text with its audio description made to look like WebRTC's (ICE
+    credentials, a DTLS fingerprint, UDP/TLS/RTP/SAVPF, rtcp-mux), which Chromium asks of a
+    description before it applies it. An offer says setup:actpass, an answer setup:passive (the
+    browser is then the DTLS client for good). No media flows: SIPp speaks no DTLS."""
+    lines = ["m=audio [media_port] UDP/TLS/RTP/SAVPF 0", "a=rtpmap:0 PCMU/8000", "a=mid:0",
+             "a=ice-ufrag:ccsipp", "a=ice-pwd:callcentertestsippicepwd1", f"a=fingerprint:sha-256 {_FINGERPRINT}",
+             f"a=setup:{'actpass' if offerer else 'passive'}", "a=rtcp-mux",
+             "a=candidate:1 1 udp 2130706431 [media_ip] 9 typ host", "a=sendrecv"]
+    text, count = _SDP_MEDIA.subn(lambda m: "".join(f"{m.group(1)}{line}\n" for line in lines), text)
+    if count != 1:
+        raise ValueError(f"expected one SIPp audio description, found {count}")
+    return text
 
 
 def cache_dir() -> Path:

@@ -1,31 +1,18 @@
 """Helpers of the WebSocket and browser tests: an edge with ws and wss, SIPp peers whose SDP looks
 like WebRTC's (so that the browser takes it), the browser phone fixture's skip reasons.
 
-The SIPp peers' SDP carries ICE credentials, a DTLS fingerprint and UDP/TLS/RTP/SAVPF, which is
-what Chromium asks of a description before it applies it; no media flows (SIPp speaks no DTLS).
+The SIPp peers' SDP is made to look like WebRTC's (`callcenter_dev.browser.webrtc_sdp`).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from sip_harness import SCENARIOS, SippLauncher, SippProcess
 from stream_harness import Certificates
 
-from callcenter_dev.browser import missing_tools
+from callcenter_dev.browser import missing_tools, webrtc_sdp
 from callcenter_sip_edge.sippy.streams import StreamOptions
-
-_SDP_MEDIA = re.compile(r"^( *)m=audio \[media_port\] RTP/AVP 0 101\n(?: *a=[^\n]*\n)*", re.MULTILINE)
-_FINGERPRINT = ":".join(f"{i * 7 % 256:02X}" for i in range(32))
-
-
-def webrtc_media(indent: str, setup: str) -> str:
-    lines = ["m=audio [media_port] UDP/TLS/RTP/SAVPF 0", "a=rtpmap:0 PCMU/8000", "a=mid:0",
-             "a=ice-ufrag:ccsipp", "a=ice-pwd:callcentertestsippicepwd1", f"a=fingerprint:sha-256 {_FINGERPRINT}",
-             f"a=setup:{setup}", "a=rtcp-mux", "a=candidate:1 1 udp 2130706431 [media_ip] 9 typ host",
-             "a=sendrecv"]
-    return "".join(f"{indent}{line}\n" for line in lines)
 
 
 def webrtc_scenario(tmp: Path, scenario: str, *, offerer: bool, agent_hangs_up: bool = False) -> str:
@@ -33,9 +20,7 @@ def webrtc_scenario(tmp: Path, scenario: str, *, offerer: bool, agent_hangs_up: 
     browser is then the DTLS client for good), written under `tmp`; returned as a name for
     `SippLauncher.start` (a path without .xml). `agent_hangs_up`: after its ACK the peer sends BYE
     instead of waiting for one."""
-    text = (SCENARIOS / f"{scenario}.xml").read_text()
-    text, count = _SDP_MEDIA.subn(lambda m: webrtc_media(m.group(1), "actpass" if offerer else "passive"), text)
-    assert count == 1, f"{scenario}: no SDP to replace"
+    text = webrtc_sdp((SCENARIOS / f"{scenario}.xml").read_text(), offerer=offerer)
     if agent_hangs_up:
         head, _, _ = text.partition('  <recv request="BYE"/>')
         text = head + """  <pause milliseconds="500"/>
