@@ -143,12 +143,23 @@ async def test_ws_agent_without_live_connection_is_refused_at_once(ws_edge: Edge
                                                                    sipp: SippLauncher) -> None:
     """An agent URI with transport=ws whose browser has no connection here: the ring fails at once
     (430, reported unreachable), so the dispatcher can offer the call to another agent."""
-    stack, dispatcher = ws_edge.stack, ws_edge.dispatcher
+    await _ring_ws_uri_without_connection(ws_edge, sipp, expected_code=430)
+
+
+async def test_ws_agent_on_an_edge_without_websocket_is_refused_at_once(edge: EdgeUnderTest,
+                                                                        sipp: SippLauncher) -> None:
+    """The same on an edge where WebSocket is off: nothing is sent, the ring fails at once."""
+    await _ring_ws_uri_without_connection(edge, sipp, expected_code=None)
+
+
+async def _ring_ws_uri_without_connection(under_test: EdgeUnderTest, sipp: SippLauncher,
+                                          expected_code: int | None) -> None:
+    stack, dispatcher = under_test.stack, under_test.dispatcher
     music = sipp.start("media_hold_uas", name="queue-music")
     dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
     dispatcher.on("media_answered", lambda f: stack.ring(
         f.call_id, "o1", "agent-9", "sip:agent-9@k3jd8a0x.invalid;transport=ws", 30.0))
-    caller = sipp.start("caller_answered_bye", name="caller", remote_port=ws_edge.port, service="support",
+    caller = sipp.start("caller_answered_bye", name="caller", remote_port=under_test.port, service="support",
                         pause_ms=3000)
     loop = asyncio.get_running_loop()
     await dispatcher.wait_for("media_answered", 20.0)
@@ -156,5 +167,5 @@ async def test_ws_agent_without_live_connection_is_refused_at_once(ws_edge: Edge
     failed = await dispatcher.wait_for("agent_failed", 5.0)
     assert loop.time() - rung < 1.0
     assert failed.data["agent_id"] == "agent-9"
-    assert failed.data["reason"] == "unreachable" and failed.data["code"] == 430
+    assert failed.data["reason"] == "unreachable" and failed.data["code"] == expected_code
     await expect_success(caller)
