@@ -45,6 +45,8 @@ WS_TRANSPORTS = ("ws", "wss")
 MAX_UPGRADE_BYTES = 16 * 1024
 CLOSE_TOO_BIG = 1009
 CLOSE_POLICY = 1008
+# hosts one connection may name itself by (a browser uses one or two: its Via and Contact hosts)
+MAX_HOSTS_PER_CONNECTION = 4
 # the hosts a browser names itself by: its Via sent-by and its Contact (either may be reused)
 _VIA_HOST = re.compile(rb"^(?:via|v)[ \t]*:[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*\w+[ \t]+([^;,:\s]+)",
                        re.IGNORECASE | re.MULTILINE)
@@ -183,6 +185,8 @@ class WsConnection(Connection):
                 continue
             host = match.group(1).decode("ascii", "replace").lower()
             if host not in self.hosts:
+                if len(self.hosts) >= MAX_HOSTS_PER_CONNECTION:
+                    continue   # a client naming ever new hosts does not grow the table
                 self.hosts.add(host)
             # the newest connection naming a host takes it (a browser that reconnected)
             self.streams.ws_hosts[host] = self
