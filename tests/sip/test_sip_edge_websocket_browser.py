@@ -97,6 +97,9 @@ async def test_browser_caller_is_connected_to_an_agent_by_reinvite(
     assert [_origin(_sdp(m)) for m in reinvites] == ["queue", "agent"], reinvites
     for message in reinvites:
         assert re.search(r"^INVITE sip:[^ ]*\.invalid[^ ]*;transport=ws", message, re.IGNORECASE), message
+        # Via names the transport it went by (RFC 7118 5.1), Contact the edge's WebSocket
+        assert f"\r\nVia: SIP/2.0/{transport.upper()} 127.0.0.1:{ws_edge.stack.stream_ports[transport]};" in message
+        assert f";transport={transport}>" in message, message
     await asyncio.to_thread(phone.wait_for, _nth(2, _invite_answer), 10.0, "the answer to the second re-INVITE")
 
     if hangup_by == "caller":

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from callcenter_sip_edge.screening import screen_datagram
-from callcenter_sip_edge.sippy.websocket import WS_TRANSPORTS, NoRoute
+from callcenter_sip_edge.sippy.websocket import WS_TRANSPORTS, NoRoute, via_says_ws
 from callcenter_sip_edge.sippy.websocket import refuse as ws_refuse
 from callcenter_sip_edge.sippy.websocket import route as ws_route
 
@@ -31,6 +31,8 @@ def with_stream_routing(tm_class: type, *, max_stream_message_bytes: int, large_
     from sippy.Network_server import Remote_address
     from sippy.SipTransactionManager import SipTransaction, SipTransactionManager
     from sippy.Time.MonoTime import MonoTime
+
+    via_says_ws()
 
     class StreamRoutingTransactionManager(tm_class):  # type: ignore[misc]
         stream_servers: dict[str, Any] = {}

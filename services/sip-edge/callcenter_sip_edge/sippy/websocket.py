@@ -283,3 +283,22 @@ def refuse(tm: Any, t: Any, msg: Any) -> None:
             t.resp_cb(response, t)
 
     Timeout(fail, 0.0, 1)
+
+
+def via_says_ws() -> None:
+    """Patch sippy's Via rendering, once: sippy writes `SIP/2.0/WSS` for a message sent over plain
+    ws too; RFC 7118 5.1 has `WS` for it (the edge's own Via only, whose transport sippy fills in)."""
+    from sippy.SipVia import SipVia
+
+    if getattr(SipVia, "cc_ws_via", False):
+        return
+    original = SipVia.localStr
+
+    def localStr(self: Any, local_addr: Any = None) -> str:
+        text = str(original(self, local_addr))
+        if local_addr is not None and str(local_addr[1]).lower() == "ws" and "my" in dir(self.transport):
+            text = text.replace("/WSS ", "/WS ", 1)
+        return text
+
+    SipVia.localStr = localStr
+    SipVia.cc_ws_via = True
