@@ -1,8 +1,9 @@
 """A WebRTC caller end to end: SIP.js in headless Chromium (`callcenter_dev.browser`) calls a flow
 over the edge's WebSocket, ws and wss (the whole system: redis, api, dispatcher, cdr-writer,
-sip-edge with CC_SIP_WS_PORT and CC_SIP_WSS_PORT), hears the welcome and waits in the queue (SIPp media with WebRTC-looking SDP),
-is connected to the agent logged in through the API by re-INVITE, hangs up; the CDR is right.
-The assertions are on the signalling and the records, not on media (SIPp speaks no DTLS-SRTP).
+sip-edge with CC_SIP_WS_PORT and CC_SIP_WSS_PORT), hears the welcome and waits in the queue (SIPp
+media with WebRTC-looking SDP), is connected to the agent logged in through the API by re-INVITE,
+hangs up; the CDR is right. The assertions are on the signalling and the records, not on media
+(SIPp speaks no DTLS-SRTP).
 """
 
 from __future__ import annotations
