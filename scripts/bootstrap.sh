@@ -27,6 +27,10 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 # a real softphone for the SIP interop tests (tests/sip/test_sip_edge_baresip.py)
 command -v baresip >/dev/null 2>&1 || missing+=(baresip)
+# the WebRTC softphone of the WebSocket tests (devtools/callcenter_dev/browser.py): headless
+# Chromium, and npm to fetch SIP.js at its pinned version into a cache on first use
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v npm >/dev/null 2>&1 || missing+=(npm)
 # the throw-away CA of the TLS tests (tests/sip/stream_harness.py)
 command -v openssl >/dev/null 2>&1 || missing+=(openssl)
 # promtool checks and unit-tests the Prometheus alert rules (tests/deploy/test_monitoring.py)

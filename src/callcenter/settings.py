@@ -174,6 +174,15 @@ class EdgeSettings(CommonSettings):
     sip_register_rate: float = Field(default=10.0, gt=0)
     sip_register_burst: int = Field(default=40, ge=1)
     sip_register_failures_per_minute: int = Field(default=10, ge=1)
+    # SIP over WebSocket for browser agents (RFC 7118; off unless a port is set, 0 = any free port):
+    # wss uses the TLS certificate and key above and is the only one for production; ws is plain
+    # (labs, tests). The connections share the limits above; the Upgrade must be done within its
+    # timeout. With origins set (comma-separated, e.g. "https://agents.example.com"), an Upgrade from
+    # another page's Origin gets 403
+    sip_ws_port: int | None = Field(default=None, ge=0, le=65535)
+    sip_wss_port: int | None = Field(default=None, ge=0, le=65535)
+    sip_ws_handshake_timeout_s: float = Field(default=5.0, gt=0)
+    sip_ws_allowed_origins: str = ""
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
     # the lease on the edge id lives this long unless a heartbeat renews it: set it to the
     # dispatchers' CC_EDGE_LAPSE_MS (a restart after a crash waits at most this long for the id)

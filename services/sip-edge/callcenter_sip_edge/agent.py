@@ -33,7 +33,7 @@ def agent_failure_reason(code: int | None) -> str:
     """Map the agent's final response code to the reason reported in `agent_failed`."""
     if code in (486, 600):
         return "busy"
-    if code in (408, 503) or code is None:
+    if code in (408, 430, 503) or code is None:   # 430: no live WebSocket flow to the agent
         return "unreachable"
     return "rejected"
 

@@ -129,13 +129,13 @@ def cancel_timers(owner: object, *names: str) -> None:
 
 def parse_target_uri(uri: str) -> Any:
     """Parse a command's SIP URI (user, host, port and URI parameters); None if unusable (a transport
-    other than UDP, TCP or TLS: whether this edge listens on TCP/TLS is checked when it is sent)."""
+    other than UDP, TCP, TLS, WS or WSS: whether this edge listens on it is checked when it is sent)."""
     try:
         target = SipURL(uri.strip().removeprefix("<").removesuffix(">"))
     except Exception:
         log.warning("call.bad_uri", uri=uri)
         return None
-    if target.transport is not None and str(target.transport).lower() not in ("udp", "tcp", "tls"):
+    if target.transport is not None and str(target.transport).lower() not in ("udp", "tcp", "tls", "ws", "wss"):
         log.warning("call.unsupported_transport", uri=uri)
         return None
     if not target.host:

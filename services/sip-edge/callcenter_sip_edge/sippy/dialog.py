@@ -31,6 +31,16 @@ SdpBody = Any  # sippy.MsgBody.MsgBody
 EventCallback = Callable[[Any, Any], None]
 
 
+def sends_by(sip_config: dict[str, Any], transport: str) -> bool:
+    """Whether this stack sends requests by `transport`: UDP always, the stream transports when they
+    listen (`transport.make_sip_config`'s `_cc_streams`); a ws URI goes by ws or wss alike."""
+    if transport == "udp":
+        return True
+    streams = sip_config.get("_cc_streams")
+    names = set() if streams is None else set(streams.servers)
+    return transport in names or (transport in ("ws", "wss") and bool(names & {"ws", "wss"}))
+
+
 class _TryWithRequestUri(CCEventTry):  # type: ignore[misc]
     """CCEventTry that sends the INVITE to the full target URI, URI parameters included.
 
@@ -115,7 +125,11 @@ def invite(sip_config: dict[str, Any], target: Any, event_cb: EventCallback, *, 
     sippy refused to send it."""
     target, routes = route_set_of(target)
     hop = routes[0] if routes else target
-    (host, port), transport = hop.getTAddr()   # transport: udp, or tcp/tls (`sippy.streams`)
+    (host, port), transport = hop.getTAddr()   # transport: udp, or tcp/tls/ws/wss (`sippy.streams`)
+    if not sends_by(sip_config, str(transport)):
+        # not an exception out of sippy's newTransaction (its traceback took 0.2-0.4 s to log)
+        log.warning("call.transport_off", uri=str(target), transport=str(transport))
+        return None
     ua = UA(sip_config, event_cb, nh_address=(host, port), nh_transport=transport, expire_time=expire_time)
     ua.lContact = contact_without_display_name()
     ua.no_reply_time = no_reply_time

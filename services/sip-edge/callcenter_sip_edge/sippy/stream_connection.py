@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from callcenter_sip_edge.sippy.streams import StreamServer
 
 MAX_START_LINE_BYTES = 2048
+PLAIN_TRANSPORTS = ("tcp", "ws")     # the others (tls, wss) begin with a TLS handshake
 # what may wait unsent for one connection before it is closed (its peer does not read)
 WRITE_BACKLOG_BYTES = 1024 * 1024
 _CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*$", re.IGNORECASE | re.MULTILINE)
@@ -162,7 +163,7 @@ class ConnectionProtocol(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         conn = self.connection
         conn.writer = transport  # type: ignore[assignment]
-        if conn.transport_name == "tcp" or conn.ready:
+        if conn.transport_name in PLAIN_TRANSPORTS or conn.ready:
             conn.up()
 
     def data_received(self, data: bytes) -> None:
@@ -181,7 +182,7 @@ class AcceptedProtocol(ConnectionProtocol):
         conn, streams = self.connection, self.connection.streams
         if not streams.admit(conn, transport):  # type: ignore[arg-type]
             return
-        if conn.transport_name == "tcp":
+        if conn.transport_name in PLAIN_TRANSPORTS:
             super().connection_made(transport)
             return
         transport.pause_reading()  # type: ignore[attr-defined]

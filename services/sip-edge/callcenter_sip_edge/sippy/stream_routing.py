@@ -13,6 +13,9 @@ from collections.abc import Callable
 from typing import Any
 
 from callcenter_sip_edge.screening import screen_datagram
+from callcenter_sip_edge.sippy.websocket import WS_TRANSPORTS, NoRoute, via_says_ws
+from callcenter_sip_edge.sippy.websocket import refuse as ws_refuse
+from callcenter_sip_edge.sippy.websocket import route as ws_route
 
 # RFC 3261 18.1.1: a request within 200 bytes of the path MTU (1,500), or over 1,300 bytes when
 # the MTU is unknown, goes by a congestion-controlled transport (TCP) instead of UDP
@@ -29,15 +32,26 @@ def with_stream_routing(tm_class: type, *, max_stream_message_bytes: int, large_
     from sippy.SipTransactionManager import SipTransaction, SipTransactionManager
     from sippy.Time.MonoTime import MonoTime
 
+    via_says_ws()
+
     class StreamRoutingTransactionManager(tm_class):  # type: ignore[misc]
         stream_servers: dict[str, Any] = {}
         _sizing: Any = None   # the new UDP client transaction whose first send is being made
 
         def newTransaction(self, msg: Any, resp_cb: Any = None, laddress: Any = None, userv: Any = None,
                            cb_ifver: int = 1, compact: bool = False, t: Any = None) -> Any:
+            no_route = False
             if userv is None and self.stream_servers:
                 transport = str(msg.getTarget()[1]).lower()
-                if transport in self.stream_servers:
+                if transport in WS_TRANSPORTS:
+                    # a WebSocket peer only over its live connection (RFC 7118 5.2), else 430 at once
+                    server = self.stream_servers.get(transport) or next(
+                        (self.stream_servers[n] for n in WS_TRANSPORTS if n in self.stream_servers), None)
+                    if server is not None:
+                        userv = ws_route(server.streams, msg.getTarget()[0])
+                        if userv is None:
+                            userv, no_route = NoRoute(server), True
+                elif transport in self.stream_servers:
                     userv = self.stream_servers[transport]
                 elif transport == "udp" and large_udp_by_tcp and "tcp" in self.stream_servers:
                     # look at the size once it is rendered, in transmitData (no second render
@@ -50,6 +64,8 @@ def with_stream_routing(tm_class: type, *, max_stream_message_bytes: int, large_
             finally:
                 if self._sizing is not None:
                     self._sizing.cc_msg = self._sizing = None
+            if no_route:
+                ws_refuse(self, t, msg)
             if getattr(t.userv, "reliable", False) and t.teA is not None:
                 # a request over TCP/TLS is not retransmitted (RFC 3261 17.1.1.2, 17.1.2.2: timers A
                 # and E are for unreliable transports); timer B/F still ends an unanswered one
@@ -72,7 +88,7 @@ def with_stream_routing(tm_class: type, *, max_stream_message_bytes: int, large_
             """Reactor thread: one framed message from a TCP/TLS connection (`conn` is the server its
             transaction answers through)."""
             host = f"[{peer[0]}]" if ":" in peer[0] else peer[0]
-            ra = Remote_address((host, peer[1]), conn.transport)
+            ra = Remote_address((host, peer[1]), getattr(conn, "remote_transport", conn.transport))
             verdict = screen_datagram(data, max_stream_message_bytes)
             if verdict.drop_reason is None:
                 try:

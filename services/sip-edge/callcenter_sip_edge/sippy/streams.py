@@ -39,6 +39,7 @@ from callcenter_sip_edge.sippy.stream_connection import (
     as_bytes,
     bare_host,
 )
+from callcenter_sip_edge.sippy.websocket import WS_TRANSPORTS, WsConnection, route
 
 SWEEP_INTERVAL_S = 0.5
 
@@ -62,6 +63,13 @@ class StreamOptions:
     # a request over 1,300 bytes to a UDP target goes by TCP (RFC 3261 18.1.1); off for UDP-only
     # peers that get large requests (there is no fall-back to UDP when TCP cannot connect)
     large_udp_by_tcp: bool = True
+    # SIP over WebSocket (RFC 7118, `websocket.py`): ws plain (labs, tests), wss with the TLS
+    # certificate and key above; the Upgrade must be done within its timeout; with origins given,
+    # an Upgrade from another Origin gets 403
+    ws_port: int | None = None
+    wss_port: int | None = None
+    ws_handshake_timeout_s: float = 5.0
+    ws_allowed_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, settings: Any) -> StreamOptions:
@@ -72,11 +80,13 @@ class StreamOptions:
                    max_message_bytes=s.sip_stream_max_message_bytes,
                    max_connections_per_source=s.sip_stream_max_connections_per_source,
                    idle_timeout_s=s.sip_stream_idle_timeout_s, message_timeout_s=s.sip_stream_message_timeout_s,
-                   handshake_timeout_s=s.sip_tls_handshake_timeout_s, large_udp_by_tcp=s.sip_large_udp_by_tcp)
+                   handshake_timeout_s=s.sip_tls_handshake_timeout_s, large_udp_by_tcp=s.sip_large_udp_by_tcp,
+                   ws_port=s.sip_ws_port, wss_port=s.sip_wss_port, ws_handshake_timeout_s=s.sip_ws_handshake_timeout_s,
+                   ws_allowed_origins=tuple(o.strip() for o in s.sip_ws_allowed_origins.split(",") if o.strip()))
 
     @property
     def enabled(self) -> bool:
-        return self.tcp_port is not None or self.tls_port is not None
+        return any(p is not None for p in (self.tcp_port, self.tls_port, self.ws_port, self.wss_port))
 
 
 class _Opts:
@@ -141,6 +151,7 @@ class StreamTransports:
         self.loop.set_exception_handler(self._loop_exception)
         self.servers: dict[str, StreamServer] = {}
         self.connections: dict[tuple[str, str, int], Connection] = {}
+        self.ws_hosts: dict[str, Connection] = {}   # host a browser named itself by -> its connection
         self.per_source: dict[str, int] = {}
         self.live: set[Connection] = set()
         self.server_tls: ssl.SSLContext | None = None
@@ -151,16 +162,17 @@ class StreamTransports:
     def start(self) -> None:
         """Bind the listeners (raise if a port is taken), then run the loop in its thread."""
         opts = self.options
-        if opts.tls_port is not None:
+        if opts.tls_port is not None or opts.wss_port is not None:
             if not opts.tls_certfile or not opts.tls_keyfile:
-                raise ValueError("TLS needs a certificate and a key (CC_SIP_TLS_CERTFILE, CC_SIP_TLS_KEYFILE)")
+                raise ValueError("TLS and WSS need a certificate and a key (CC_SIP_TLS_CERTFILE, CC_SIP_TLS_KEYFILE)")
             self.server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
             self.server_tls.load_cert_chain(opts.tls_certfile, opts.tls_keyfile)
             self.client_tls = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=opts.tls_cafile)
             if not opts.tls_verify_peer:
                 self.client_tls.check_hostname = False
                 self.client_tls.verify_mode = ssl.CERT_NONE
-        for name, port in (("tcp", opts.tcp_port), ("tls", opts.tls_port)):
+        for name, port in (("tcp", opts.tcp_port), ("tls", opts.tls_port), ("ws", opts.ws_port),
+                           ("wss", opts.wss_port)):
             if port is None:
                 continue
             sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
@@ -250,7 +262,7 @@ class StreamTransports:
 
     # -- connections (loop thread) -----------------------------------------------------------
     def _accepted(self, server: StreamServer) -> Connection:
-        conn = Connection(server, outgoing=False)
+        conn = WsConnection(server) if server.transport in WS_TRANSPORTS else Connection(server, outgoing=False)
         self.live.add(conn)
         return conn
 
@@ -297,6 +309,13 @@ class StreamTransports:
 
     def send_to_target(self, server: StreamServer, data: bytes, address: tuple[str, int]) -> None:
         host, port = bare_host(address[0]), address[1]
+        if server.transport in WS_TRANSPORTS:
+            live = route(self, address)   # a browser cannot be connected to: its live connection or none
+            if live is None:
+                self.log.emit("warning", "sip.stream_no_route", server.transport, destination=f"{host}:{port}")
+            else:
+                live.write(data)
+            return
         conn = self.connections.get((server.transport, host, port))
         if conn is None or conn.closed:
             conn = self._connect(server, host, port)
