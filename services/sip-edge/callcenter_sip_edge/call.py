@@ -79,6 +79,7 @@ class Call:
         self._awaiting_ack = False                    # ... and its ACK has not come yet
         self._on_confirmed: Callable[[], None] | None = None
         self._ack_timer: Timer | None = None
+        self.caller_ack_body: SdpBody | None = None   # the body of the caller's ACK of our 200 (late offer)
         self.media: MediaLeg | None = None            # the leg the caller hears now
         self.media_pending: MediaLeg | None = None    # a media leg being set up
         self.agent: AgentLeg | None = None
@@ -149,10 +150,11 @@ class Call:
             return
         self._ack_timer = Timeout(self.guarded(self._caller_ack_timed_out), CALLER_ACK_TIMEOUT_S)
 
-    def caller_acked(self) -> None:
-        """The caller's ACK of our 200: its dialog is confirmed."""
+    def caller_acked(self, body: SdpBody | None = None) -> None:
+        """The caller's ACK of our 200: its dialog is confirmed; `body` is what the ACK carried."""
         if not self._awaiting_ack or self.ended:
             return
+        self.caller_ack_body = body
         self._awaiting_ack = False
         cancel_timers(self, "_ack_timer")
         then, self._on_confirmed = self._on_confirmed, None

@@ -140,9 +140,6 @@ class CallRouter:
             if refusal.retry_after_s is not None:
                 resp = _with_header(resp, "retry-after", str(refusal.retry_after_s))
             return (resp, None, None)
-        if req.getBody() is None:
-            # INVITE without an offer is not supported (the first leg would have to offer)
-            return (req.genResponse(488, "Not Acceptable Here"), None, None)
         if req.countHFs("contact") == 0:
             return (req.genResponse(400, "Bad Request - Missing Contact"), None, None)
         try:
@@ -151,9 +148,13 @@ class CallRouter:
             req.getHFBody("from").getUrl()
             req.getHFBody("to").getUrl()
             req.getRURI()
-            req.getBody().parse()
+            if req.getBody() is not None:
+                req.getBody().parse()
         except Exception:
             return (req.genResponse(400, "Bad Request"), None, None)
+        if req.getBody() is None:
+            # a late offer (late_offer.py): the first leg to answer offers, the caller answers in its ACK
+            return self._new_call(req, sip_t, "audio", invite_key)
         media_type = media_type_of(str(req.getBody()))
         if media_type is None:
             # neither RTP (audio) nor MSRP (chat), e.g. T.38 fax: no call is created

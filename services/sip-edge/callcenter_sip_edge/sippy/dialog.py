@@ -176,8 +176,9 @@ def reinvite_without_offer(ua: Any) -> bool:
     return True
 
 
-def on_ack_of_answer(ua: Any, on_ack: Callable[[], None]) -> bool:
-    """Call `on_ack` when the ACK of the 2xx just sent on `ua` (a UAS answering the caller's INVITE)
+def on_ack_of_answer(ua: Any, on_ack: Callable[[SdpBody | None], None]) -> bool:
+    """Call `on_ack` with the ACK's body (the caller's answer when our 2xx carried an offer: a
+    caller's late offer) when the ACK of the 2xx just sent on `ua` (a UAS answering the caller's INVITE)
     arrives; False (nothing armed) if that 2xx's transaction is not found.
 
     Why: sippy tells the UA of that ACK only when the 2xx carried an offer (`ack_wait`); for a 2xx
@@ -194,5 +195,5 @@ def on_ack_of_answer(ua: Any, on_ack: Callable[[], None]) -> bool:
     transaction = ua.global_config["_sip_tm"].tserver.get(tid)
     if transaction is None:
         return False
-    transaction.ack_cb = lambda _ack: on_ack()
+    transaction.ack_cb = lambda ack: on_ack(ack.getBody())
     return True
