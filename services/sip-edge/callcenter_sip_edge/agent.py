@@ -88,7 +88,8 @@ class AgentLegs(LegEvents):
                        whisper_uri=whisper_uri or None)
         call.agent = leg
         display = caller_display if caller_display is not None else call.info.caller_display
-        leg.ua = call.invite(target, self, offer=call.caller_offer if early else None, calling_name=display)
+        leg.ua = call.invite(target, self, offer=call.caller_offer if early else None, calling_name=display,
+                             agent=True)
         if leg.ua is None:
             call.agent = None
             call.emit("agent_failed", offer_id=offer_id, agent_id=agent_id, reason="unreachable", code=None)

@@ -29,6 +29,7 @@ from callcenter.store.keys import Keys
 from callcenter_sip_edge.checkpoint import AdoptedCall, Checkpoints, DialogCheckpoint
 from callcenter_sip_edge.facts import CHECKPOINT_KIND, Fact
 from callcenter_sip_edge.ownership import IdLease, StartRefused
+from callcenter_sip_edge.session_options import SessionTimerOptions
 from callcenter_sip_edge.sip_stack import SipStack
 from callcenter_sip_edge.sippy.streams import StreamOptions
 
@@ -266,7 +267,8 @@ class EdgeService:
                               invite_burst=s.sip_invite_burst, invite_rate_total=s.sip_invite_rate_total,
                               invite_burst_total=s.sip_invite_burst_total,
                               priority_networks=s.sip_priority_networks, adopt=adopted,
-                              streams=StreamOptions.from_settings(s))
+                              streams=StreamOptions.from_settings(s),
+                              session_timers=SessionTimerOptions.from_settings(s))
         try:
             await asyncio.to_thread(self.stack.start)
         except OSError as exc:

@@ -92,9 +92,10 @@ def answering_ua(sip_config: dict[str, Any], event_cb: EventCallback) -> Any:
 
 def invite(sip_config: dict[str, Any], target: Any, event_cb: EventCallback, *, caller_user: str,
            offer: SdpBody, calling_name: str | None, no_reply_time: float,
-           expire_time: float | None = None) -> Any:
-    """Create a UAC leg and send its INVITE (with `offer`, or without SDP for a late offer); None if
-    sippy refused to send it."""
+           expire_time: float | None = None, extra_headers: list[Any] | None = None,
+           prepare: Callable[[Any], None] | None = None) -> Any:
+    """Create a UAC leg and send its INVITE (with `offer`, or without SDP for a late offer, and
+    `extra_headers`); `prepare(ua)` runs before the INVITE is sent. None if sippy refused to send it."""
     (host, port), transport = target.getTAddr()   # transport: udp, or tcp/tls (`sippy.streams`)
     ua = UA(sip_config, event_cb, nh_address=(host, port), nh_transport=transport, expire_time=expire_time)
     ua.lContact = contact_without_display_name()
@@ -103,6 +104,9 @@ def invite(sip_config: dict[str, Any], target: Any, event_cb: EventCallback, *, 
                                 offer.getCopy() if offer is not None else None, None,
                                 quotable_display_name(calling_name)))
     event.request_uri = target
+    event.extra_headers = extra_headers
+    if prepare is not None:
+        prepare(ua)
     try:
         ua.recvEvent(event)
     except Exception:
