@@ -79,3 +79,55 @@ async def test_session_interval_below_min_se_gets_422(make_edge: Callable[..., E
     assert "Min-SE: 2" in resp.text
     assert edge.dispatcher.kinds() == []
     assert edge.stack.active_calls() == 0
+
+
+async def test_refresh_by_reinvite_when_the_caller_does_not_allow_update(
+        make_edge: Callable[..., EdgeUnderTest], sipp: SippLauncher) -> None:
+    edge = _start(make_edge)
+    stack, dispatcher = edge.stack, edge.dispatcher
+    agent = sipp.start("agent_timer_uas", name="agent")
+    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
+    caller = _caller(sipp, edge, "caller_timer_reinvite_refreshed_bye")
+
+    await expect_success(caller, agent)
+    ended = await dispatcher.wait_for("call_ended")
+    assert ended.data == {"by": "caller", "reason": "bye", "code": None}
+    refreshes = [m for m in caller.messages() if m.is_request("INVITE") and not m.sent]
+    first_answer = next(m for m in caller.messages() if m.is_response(200, "INVITE") and not m.sent)
+    # the refresh re-offers the SDP the caller already has (the agent's answer): nothing changes
+    assert len(refreshes) == 2 and all(r.body == first_answer.body for r in refreshes)
+    assert [m for m in caller.messages() if m.is_request("UPDATE")] == []
+    assert edge_sent_problems(caller, agent) == []
+
+
+async def test_caller_as_refresher_keeps_its_call_up(make_edge: Callable[..., EdgeUnderTest],
+                                                    sipp: SippLauncher) -> None:
+    """The caller chose refresher=uac: the edge sends it no refresh and answers its UPDATEs with
+    Session-Expires; the call outlives the interval."""
+    edge = _start(make_edge)
+    stack, dispatcher = edge.stack, edge.dispatcher
+    agent = sipp.start("agent_timer_uas", name="agent")
+    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
+    caller = _caller(sipp, edge, "caller_timer_refresher_uac_bye")
+
+    await expect_success(caller, agent)
+    ended = await dispatcher.wait_for("call_ended")
+    assert ended.data == {"by": "caller", "reason": "bye", "code": None}
+    assert [m for m in caller.messages() if not m.sent and (m.is_request("UPDATE") or m.is_request("INVITE"))] == []
+
+
+async def test_caller_as_refresher_that_stops_refreshing_is_ended(make_edge: Callable[..., EdgeUnderTest],
+                                                                  sipp: SippLauncher) -> None:
+    """No refresh from the refresher: the edge ends the call at the interval minus a third of it."""
+    edge = _start(make_edge)
+    stack, dispatcher = edge.stack, edge.dispatcher
+    agent = sipp.start("agent_timer_uas", name="agent")
+    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
+    caller = _caller(sipp, edge, "caller_timer_refresher_uac_stops")
+
+    answered = await dispatcher.wait_for("agent_answered")
+    ended = await dispatcher.wait_for("call_ended", timeout_s=3 * INTERVAL_S)
+    assert ended.data == {"by": "edge", "reason": "session_expired", "code": None}
+    lasted_s = (ended.ts_ms - answered.ts_ms) / 1000
+    assert INTERVAL_S * 2 / 3 - 1 <= lasted_s <= INTERVAL_S * 2 / 3 + 1.5, lasted_s
+    await expect_success(caller, agent)
