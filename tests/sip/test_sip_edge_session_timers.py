@@ -131,3 +131,22 @@ async def test_caller_as_refresher_that_stops_refreshing_is_ended(make_edge: Cal
     lasted_s = (ended.ts_ms - answered.ts_ms) / 1000
     assert INTERVAL_S * 2 / 3 - 1 <= lasted_s <= INTERVAL_S * 2 / 3 + 1.5, lasted_s
     await expect_success(caller, agent)
+
+
+async def test_caller_without_timers_that_vanishes_is_ended(make_edge: Callable[..., EdgeUnderTest],
+                                                            sipp: SippLauncher) -> None:
+    """A caller that knows nothing of timers gets them anyway, the edge refreshing (RFC 4028 9):
+    when it stops answering (its refresh re-INVITE unanswered), the call ends at the interval."""
+    edge = _start(make_edge)
+    stack, dispatcher = edge.stack, edge.dispatcher
+    agent = sipp.start("agent_timer_uas", name="agent")
+    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
+    caller = _caller(sipp, edge, "caller_no_timer_vanishes")
+
+    answered = await dispatcher.wait_for("agent_answered")
+    ended = await dispatcher.wait_for("call_ended", timeout_s=3 * INTERVAL_S)
+    assert ended.data == {"by": "edge", "reason": "session_expired", "code": None}
+    assert INTERVAL_S - 1 <= (ended.ts_ms - answered.ts_ms) / 1000 <= INTERVAL_S + 2
+    await expect_success(caller, agent)
+    ok_200 = next(m for m in caller.messages() if m.is_response(200, "INVITE") and not m.sent)
+    assert "Require:" not in ok_200.text   # the caller does not support timers: not required of it

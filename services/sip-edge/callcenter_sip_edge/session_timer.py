@@ -126,12 +126,15 @@ class LegTimer:
             return
         if 200 <= code < 300:
             agreed = sr.session_expires(resp)
-            if agreed is None:
-                log.info("call.session_timer_dropped", leg=self.leg)   # RFC 4028 7.2: no expiry any more
+            if agreed is None and self.require:
+                # a peer that takes part dropped the timer: no expiry any more (RFC 4028 7.2)
+                log.info("call.session_timer_dropped", leg=self.leg)
                 self.stop()
                 return
-            self.interval = agreed[0]
-            self.we_refresh = agreed[1] != "uas"
+            if agreed is not None:
+                self.interval = agreed[0]
+                self.we_refresh = agreed[1] != "uas"
+            # else a peer without timers (the edge refreshes it by RFC 4028 9): it never says them
             self.arm()
         elif code in (408, 481):
             log.warning("call.session_refresh_failed", leg=self.leg, code=code)
