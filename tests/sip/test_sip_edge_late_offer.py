@@ -67,3 +67,23 @@ async def test_late_offer_caller_whose_ack_has_no_answer_is_ended(edge: EdgeUnde
     assert ended.data == {"by": "edge", "reason": "caller_no_sdp", "code": None}
     assert "media_answered" not in dispatcher.kinds()
     assert stack.active_calls() == 0
+
+
+async def test_late_offer_caller_with_flow_id_message(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
+    """The whisper path for a late-offer caller: once answered with the queue's offer, the caller
+    goes on as any other (the agent hears the message, then the caller is re-INVITEd to it)."""
+    stack, dispatcher = edge.stack, edge.dispatcher
+    queue = sipp.start("media_queue_late_uas", name="queue")
+    agent = sipp.start("agent_whisper_uas", name="agent")
+    whisper = sipp.start("whisper_media_uas", name="whisper")
+    dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, queue.uri("queue", ";cc_pos=0"), "queue"))
+    dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
+                                                         whisper_uri=whisper.uri("flowid", ";flow=support")))
+    caller = _caller(sipp, edge, "caller_late_offer_reinvited_bye")
+
+    await expect_success(caller, queue, agent, whisper)
+    await dispatcher.wait_for("call_ended")
+    assert dispatcher.kinds() == ["call_arrived", "media_answered", "agent_answered", "call_ended"]
+    caller_reinvite = next(m for m in caller.messages() if not m.sent and m.is_request("INVITE"))
+    assert "s=agent-offer-2" in caller_reinvite.body
+    assert stack.active_calls() == 0
