@@ -3,7 +3,8 @@ a real process, SIPp as caller, media and agent phone (the edge's session timers
 1800 s, out of the way).
 
 - a flow's max_call_duration_s hangs up a connected call at the limit: CDR reason max_duration;
-- a caller with a late offer (INVITE without SDP) takes the first call path to an agent.
+- a caller with a late offer (INVITE without SDP) takes the first call path to an agent; one whose
+  ACK carries no answer ends with CDR reason caller_no_sdp.
 """
 
 from __future__ import annotations
@@ -61,3 +62,15 @@ def test_late_offer_caller_first_call_path(system: WholeSystem, peers: list[Sipp
     assert types(system, call_id) == ["call.arrived", "call.queued", "call.offered", "call.connected",
                                       "call.ended"], types(system, call_id)
     assert system.api.post("/v1/agents/sl-1/logout").status_code == 200
+
+
+def test_late_offer_caller_whose_ack_has_no_answer_ends_with_a_cdr_reason(system: WholeSystem,
+                                                                          peers: list[Sipp]) -> None:
+    queue = start(peers, Sipp(sip("media_late_unanswered_uas.xml")))
+    flow(system, "st-late-noanswer", queue)
+    c = start(peers, caller(system, "caller_late_offer_no_answer.xml", "st-late-noanswer"))
+    call_id = only_call(system, "st-late-noanswer")
+    ok(c, system)       # the edge's BYE after the ACK without an answer
+    ok(queue, system)   # the queue media got its ACK, then BYE
+    cdr = system.wait_for_cdr(call_id)
+    assert (cdr["outcome"], cdr["ended_by"], cdr["reason"]) == ("failed", "edge", "caller_no_sdp"), cdr
