@@ -150,3 +150,21 @@ async def test_caller_without_timers_that_vanishes_is_ended(make_edge: Callable[
     await expect_success(caller, agent)
     ok_200 = next(m for m in caller.messages() if m.is_response(200, "INVITE") and not m.sent)
     assert "Require:" not in ok_200.text   # the caller does not support timers: not required of it
+
+
+async def test_agent_that_vanishes_is_ended_within_the_interval(make_edge: Callable[..., EdgeUnderTest],
+                                                               sipp: SippLauncher) -> None:
+    """The agent's leg has its own timer: an agent phone that stops answering the refreshes ends
+    the call (session_expired) although the caller keeps answering its own."""
+    edge = _start(make_edge)
+    stack, dispatcher = edge.stack, edge.dispatcher
+    agent = sipp.start("agent_timer_vanishes_uas", name="agent")
+    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
+    caller = _caller(sipp, edge, "caller_timer_waits_bye")
+
+    answered = await dispatcher.wait_for("agent_answered")
+    ended = await dispatcher.wait_for("call_ended", timeout_s=3 * INTERVAL_S)
+    assert ended.data == {"by": "edge", "reason": "session_expired", "code": None}
+    assert INTERVAL_S - 1 <= (ended.ts_ms - answered.ts_ms) / 1000 <= INTERVAL_S + 2
+    await expect_success(caller, agent)   # both got the edge's BYE
+    assert stack.active_calls() == 0
