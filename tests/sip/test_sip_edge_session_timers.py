@@ -65,7 +65,7 @@ async def test_caller_that_vanishes_is_ended_within_the_interval(make_edge: Call
     ended = await dispatcher.wait_for("call_ended", timeout_s=3 * INTERVAL_S)
     assert ended.data == {"by": "edge", "reason": "session_expired", "code": None}
     lasted_s = (ended.ts_ms - answered.ts_ms) / 1000
-    assert INTERVAL_S - 1 <= lasted_s <= INTERVAL_S + 2, lasted_s
+    assert INTERVAL_S - 1.5 <= lasted_s <= INTERVAL_S + 3, lasted_s
     await expect_success(caller, agent)   # both got the edge's BYE
     assert stack.active_calls() == 0
 
@@ -129,7 +129,7 @@ async def test_caller_as_refresher_that_stops_refreshing_is_ended(make_edge: Cal
     ended = await dispatcher.wait_for("call_ended", timeout_s=3 * INTERVAL_S)
     assert ended.data == {"by": "edge", "reason": "session_expired", "code": None}
     lasted_s = (ended.ts_ms - answered.ts_ms) / 1000
-    assert INTERVAL_S * 2 / 3 - 1 <= lasted_s <= INTERVAL_S * 2 / 3 + 1.5, lasted_s
+    assert INTERVAL_S * 2 / 3 - 1 <= lasted_s <= INTERVAL_S * 2 / 3 + 2.5, lasted_s
     await expect_success(caller, agent)
 
 
@@ -146,7 +146,7 @@ async def test_caller_without_timers_that_vanishes_is_ended(make_edge: Callable[
     answered = await dispatcher.wait_for("agent_answered")
     ended = await dispatcher.wait_for("call_ended", timeout_s=3 * INTERVAL_S)
     assert ended.data == {"by": "edge", "reason": "session_expired", "code": None}
-    assert INTERVAL_S - 1 <= (ended.ts_ms - answered.ts_ms) / 1000 <= INTERVAL_S + 2
+    assert INTERVAL_S - 1.5 <= (ended.ts_ms - answered.ts_ms) / 1000 <= INTERVAL_S + 3
     await expect_success(caller, agent)
     ok_200 = next(m for m in caller.messages() if m.is_response(200, "INVITE") and not m.sent)
     assert "Require:" not in ok_200.text   # the caller does not support timers: not required of it
@@ -165,6 +165,27 @@ async def test_agent_that_vanishes_is_ended_within_the_interval(make_edge: Calla
     answered = await dispatcher.wait_for("agent_answered")
     ended = await dispatcher.wait_for("call_ended", timeout_s=3 * INTERVAL_S)
     assert ended.data == {"by": "edge", "reason": "session_expired", "code": None}
-    assert INTERVAL_S - 1 <= (ended.ts_ms - answered.ts_ms) / 1000 <= INTERVAL_S + 2
+    assert INTERVAL_S - 1.5 <= (ended.ts_ms - answered.ts_ms) / 1000 <= INTERVAL_S + 3
     await expect_success(caller, agent)   # both got the edge's BYE
     assert stack.active_calls() == 0
+
+
+async def test_agent_422_is_retried_with_its_min_se(make_edge: Callable[..., EdgeUnderTest],
+                                                    sipp: SippLauncher) -> None:
+    """RFC 4028 7.3: the agent's 422 says Min-SE 6; the edge INVITEs it again with Session-Expires
+    6 and the call goes on (the agent is not reported as rejecting)."""
+    edge = _start(make_edge)
+    stack, dispatcher = edge.stack, edge.dispatcher
+    agent = sipp.start("agent_timer_422_uas", name="agent")
+    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
+    caller = sipp.start("caller_answered_bye", name="caller", remote_port=edge.port, service="support",
+                        pause_ms=500)
+
+    await expect_success(caller, agent)
+    await dispatcher.wait_for("call_ended")
+    assert dispatcher.kinds() == ["call_arrived", "agent_answered", "call_ended"]
+    invites = [m for m in agent.messages() if not m.sent and m.is_request("INVITE")]
+    assert len(invites) == 2
+    cseqs = [int(m.text.split("CSeq:")[1].split()[0]) for m in invites]
+    assert cseqs[1] == cseqs[0] + 1   # a new transaction of the same call
+    assert edge_sent_problems(caller, agent) == []

@@ -19,6 +19,7 @@ Runs on the SIP thread only.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -36,6 +37,7 @@ log = structlog.get_logger(__name__)
 EXPIRED_REASON = "session_expired"
 BUSY_RETRY_S = 1.0        # the dialog has an offer/answer exchange going: refresh a moment later
 GLARE_RETRY_S = 1.5       # a 491 to our refresh
+RETRY_422_AFTER_S = 0.01  # the INVITE again after an agent's 422: once its ACK is out
 
 
 def interval_too_small(req: Any, options: SessionTimerOptions) -> Any:
@@ -51,8 +53,8 @@ def interval_too_small(req: Any, options: SessionTimerOptions) -> Any:
 class LegTimer:
     """The session timer of one leg (its UA): interval, who refreshes, and the two timers."""
 
-    __slots__ = ("_expiry", "_refresh", "interval", "leg", "method", "owner", "require", "running", "ua",
-                 "we_refresh")
+    __slots__ = ("_expiry", "_refresh", "interval", "leg", "method", "owner", "require", "retried", "running",
+                 "ua", "we_refresh")
 
     def __init__(self, owner: SessionTimers, ua: SipUA, leg: str) -> None:
         self.owner = owner
@@ -63,6 +65,7 @@ class LegTimer:
         self.method = "INVITE"
         self.require = True            # the peer supports timers: our 2xx say Require: timer
         self.running = False
+        self.retried = False           # our INVITE got a 422 and was sent again with the peer's Min-SE
         self._refresh: Timer | None = None
         self._expiry: Timer | None = None
 
@@ -197,20 +200,21 @@ class SessionTimers:
         timer.require = supported
         timer.method = "UPDATE" if sr.allows_update(req) else "INVITE"
         self.caller = timer
-        self._hook(timer, on_response=lambda resp: None)
+        self._hook(timer, on_response=lambda resp: False)
 
     def caller_confirmed(self) -> None:
         if self.caller is not None and not self.caller.running:
             self.caller.start()
 
     # ------------------------------------------------------------------ agents (we are their UAC)
-    def invite_headers(self) -> list[Any] | None:
+    def invite_headers(self, interval: int = 0, min_se: int = 0) -> list[Any] | None:
         """The timer headers of an INVITE to an agent (RFC 4028 7.1); None with timers off."""
         options = self.options
         if not options.enabled:
             return None
-        return [sr.header("supported", "timer"), sr.header("session-expires", f"{options.expires_s};refresher=uac"),
-                sr.header("min-se", str(options.min_se_s))]
+        return [sr.header("supported", "timer"),
+                sr.header("session-expires", f"{interval or options.expires_s};refresher=uac"),
+                sr.header("min-se", str(max(min_se, options.min_se_s)))]
 
     def hook_agent(self, ua: SipUA) -> None:
         """Hook an agent UA before its INVITE is sent: its 2xx says the interval and refresher."""
@@ -219,14 +223,25 @@ class SessionTimers:
         timer = LegTimer(self, ua, "agent")
         self._agents[id(ua)] = timer
 
-        def on_response(resp: Any) -> None:
+        def on_response(resp: Any) -> bool:
             code = resp.getSCode()[0]
+            if code == 422 and not timer.retried and resp.getHFBody("cseq").getCSeqMethod() == "INVITE":
+                # RFC 4028 7.3: our interval is under the agent's Min-SE: INVITE again with it, once
+                wanted = sr.min_se(resp)
+                if wanted is not None and wanted > 0:
+                    timer.retried = True
+                    headers = self.invite_headers(max(wanted, self.options.expires_s), wanted) or []
+                    log.info("call.session_interval_raised", leg="agent", min_se_s=wanted)
+                    # after the transaction layer's ACK of the 422, which follows this callback
+                    Timeout(self.call.guarded(_retry_invite, ua, resp, headers), RETRY_422_AFTER_S)
+                    return True
             if 200 <= code < 300 and not timer.running and resp.getHFBody("cseq").getCSeqMethod() == "INVITE":
                 agreed = sr.session_expires(resp)
                 timer.interval = agreed[0] if agreed is not None else 0
                 timer.we_refresh = agreed is not None and agreed[1] != "uas"
                 timer.require = sr.supports_timer(resp)
                 timer.method = "UPDATE" if sr.allows_update(resp) else "INVITE"
+            return False
 
         self._hook(timer, on_response=on_response)
 
@@ -241,7 +256,7 @@ class SessionTimers:
             timer.start()
 
     # ------------------------------------------------------------------ both
-    def _hook(self, timer: LegTimer, *, on_response: Any) -> None:
+    def _hook(self, timer: LegTimer, *, on_response: Callable[[Any], bool]) -> None:
         sr.hook(timer.ua, on_request=timer.peer_request, on_response=on_response,
                 headers_for_2xx=timer.headers_for_2xx)
 
@@ -254,3 +269,8 @@ class SessionTimers:
             if timer is not None:
                 timer.stop()
         self._agents = {}
+
+
+def _retry_invite(ua: SipUA, resp: Any, headers: list[Any]) -> None:
+    if not sr.retry_invite(ua, resp, headers):
+        log.warning("call.session_retry_skipped", leg="agent")

@@ -130,11 +130,12 @@ def too_small(req: Any, minimum: int) -> Any:
     return resp
 
 
-def hook(ua: Any, *, on_request: Callable[[Any], Any], on_response: Callable[[Any], None],
+def hook(ua: Any, *, on_request: Callable[[Any], Any], on_response: Callable[[Any], bool],
          headers_for_2xx: Callable[[], list[Any]]) -> None:
     """Hook `ua`: `on_request(req)` sees each request the peer sends (it may return sippy's
     (response, cancel_cb, noack_cb) to answer it itself), `on_response(resp)` each response to the
-    UA's own transactions, and every 2xx the UA sends gets `headers_for_2xx()`."""
+    UA's own transactions (True: it dealt with it, the UA never hears of it), and every 2xx the UA
+    sends gets `headers_for_2xx()`."""
     recv_request, recv_response, send_uas_response = ua.recvRequest, ua.recvResponse, ua.sendUasResponse
 
     def request(req: Any, sip_t: Any) -> Any:
@@ -142,7 +143,8 @@ def hook(ua: Any, *, on_request: Callable[[Any], Any], on_response: Callable[[An
         return answered if answered is not None else recv_request(req, sip_t)
 
     def response(resp: Any, tr: Any) -> Any:
-        on_response(resp)
+        if on_response(resp):
+            return None
         return recv_response(resp, tr)
 
     def send(scode: int, reason: str, body: Any = None, contacts: Any = None, extra_headers: Any = None,
@@ -152,6 +154,19 @@ def hook(ua: Any, *, on_request: Callable[[Any], Any], on_response: Callable[[An
         return send_uas_response(scode, reason, body, contacts, extra_headers=extra_headers, ack_wait=ack_wait)
 
     ua.recvRequest, ua.recvResponse, ua.sendUasResponse = request, response, send
+
+
+def retry_invite(ua: Any, resp: Any, headers: list[Any]) -> bool:
+    """Send the INVITE that got `resp` (a 422) again with `headers` in place of the timer headers,
+    as sippy itself does after a 401/407 (UA.processChallenge): a new transaction on the same
+    dialog-to-be. False if that INVITE is not the UA's pending one."""
+    cseq = resp.getHFBody("cseq").getCSeqNum()
+    if cseq not in ua.reqs:
+        return False
+    req = ua.genRequest("INVITE", ua.lSDP, extra_headers=headers)
+    ua.newUacTransaction(req, req_extra_headers=headers)
+    del ua.reqs[cseq]
+    return True
 
 
 def answer_refresh_update(ua: Any, req: Any, headers: list[Any]) -> Any:
