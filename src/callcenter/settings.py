@@ -183,6 +183,14 @@ class EdgeSettings(CommonSettings):
     sip_wss_port: int | None = Field(default=None, ge=0, le=65535)
     sip_ws_handshake_timeout_s: float = Field(default=5.0, gt=0)
     sip_ws_allowed_origins: str = ""
+    # RFC 4028 session timers on the caller's and the agent's leg: the interval asked for (0 = off),
+    # the smallest accepted (an INVITE asking less gets 422), and who refreshes the caller's leg when
+    # the caller leaves it open (uas: the edge, which then notices a caller that vanished). Min-SE
+    # under the RFC's 90 s only with sip_session_short_for_tests (tests of a few seconds)
+    sip_session_expires_s: int = Field(default=1800, ge=0)
+    sip_session_min_se_s: int = Field(default=90, ge=1)
+    sip_session_refresher: str = Field(default="uas", pattern=r"^(uac|uas)$")
+    sip_session_short_for_tests: bool = False
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
     # the lease on the edge id lives this long unless a heartbeat renews it: set it to the
     # dispatchers' CC_EDGE_LAPSE_MS (a restart after a crash waits at most this long for the id)

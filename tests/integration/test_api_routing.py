@@ -32,10 +32,12 @@ EDGE = "edge-1"
 FLOW = {"skill": "sales", "queue_uri": "sip:queue@127.0.0.1:5090"}
 ROUTING = {"strategy": "round-robin", "max_wait_s": 120, "overflow_flow": "backup", "overflow_uri": "sip:vm@127.0.0.1",
            "dissuading_uri": "sip:sorry@127.0.0.1:5091", "dissuading_hangup": True, "dissuading_qsize_th": 5,
-           "dissuading_ewt_th": 300, "dissuading_onhold_th": 600, "sl_threshold_s": 15}
+           "dissuading_ewt_th": 300, "dissuading_onhold_th": 600, "sl_threshold_s": 15,
+           "max_call_duration_s": 3600}
 ROUTING_DEFAULTS = {"strategy": "longest-idle", "max_wait_s": 0, "overflow_flow": None, "overflow_uri": None,
                     "dissuading_uri": None, "dissuading_hangup": False, "dissuading_qsize_th": 0,
-                    "dissuading_ewt_th": 0, "dissuading_onhold_th": 0, "sl_threshold_s": 0}
+                    "dissuading_ewt_th": 0, "dissuading_onhold_th": 0, "sl_threshold_s": 0,
+                    "max_call_duration_s": 0}
 
 
 class Clock:
@@ -146,7 +148,8 @@ async def test_flow_routing_fields_in_sql_cache_reseed_and_reload(d: Driver, set
     key = d.store.keys.flow("sales-line")
     expected_cache = {"strategy": "round-robin", "max_wait_s": "120", "overflow_flow": "backup",
                       "overflow_uri": "sip:vm@127.0.0.1", "dissuading_hangup": "1", "dissuading_qsize_th": "5",
-                      "dissuading_ewt_th": "300", "dissuading_onhold_th": "600", "sl_threshold_s": "15"}
+                      "dissuading_ewt_th": "300", "dissuading_onhold_th": "600", "sl_threshold_s": "15",
+                      "max_call_duration_s": "3600"}
     cache = hash_of(await d.redis.hgetall(key))
     assert {k: cache[k] for k in expected_cache} == expected_cache
 
@@ -180,6 +183,8 @@ async def test_flow_routing_fields_in_sql_cache_reseed_and_reload(d: Driver, set
     ({"max_wait_s": -1}, "greater than or equal to 0"),
     ({"dissuading_qsize_th": -5, "dissuading_uri": "sip:d@h"}, "greater than or equal to 0"),
     ({"sl_threshold_s": -1}, "greater than or equal to 0"),
+    ({"max_call_duration_s": -1}, "greater than or equal to 0"),
+    ({"max_call_duration_s": 86_401}, "less than or equal to 86400"),
     ({"dissuading_qsize_th": 3, "dissuading_onhold_th": 60},
      "dissuading_qsize_th, dissuading_onhold_th need dissuading_uri"),
     ({"max_wait_s": 60}, "max_wait_s needs overflow_flow or overflow_uri"),

@@ -38,7 +38,7 @@ CYCLE_REFUSAL = "overflow cycle: "
 FLOW_FIELDS = ("skill", "priority", "welcome_uri", "queue_uri", "dissuading_uri", "prepend_cid", "max_wrapup_s",
                "strategy", "max_wait_s", "overflow_flow", "overflow_uri", "dissuading_hangup",
                "dissuading_qsize_th", "dissuading_ewt_th", "dissuading_onhold_th", "sl_threshold_s", "flow_id_uri",
-               "chat_policy")
+               "chat_policy", "max_call_duration_s")
 
 
 def flow_cache_fields(flow: Flow) -> dict[str, Any]:

@@ -125,6 +125,8 @@ class FlowIn(_Body):
                                                                      "balancing (fewest ongoing chats first) or "
                                                                      "full-load (fill one agent up first); null "
                                                                      "= the global chat_dispatch_policy")
+    max_call_duration_s: Seconds = Field(default=0, description="a connected call is hung up after this long "
+                                                                "(s; CDR reason max_duration); 0 = no limit")
 
     @model_validator(mode="after")
     def _coherent(self) -> FlowIn:
@@ -161,6 +163,7 @@ class FlowOut(BaseModel):
     sl_threshold_s: int
     flow_id_uri: str | None
     chat_policy: str | None
+    max_call_duration_s: int
     created_at: datetime
     updated_at: datetime
 

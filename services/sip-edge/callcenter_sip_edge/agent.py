@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import structlog
 from sippy.Time.Timeout import Timeout
 
-from callcenter_sip_edge import sip_events
+from callcenter_sip_edge import late_offer, sip_events
 from callcenter_sip_edge.confirmed import checkpoint
 from callcenter_sip_edge.legs import CANCELLABLE_PHASES, AgentLeg, Phase, SdpBody, SipUA, parse_target_uri
 from callcenter_sip_edge.offers import RelayingLeg
@@ -88,7 +88,8 @@ class AgentLegs(LegEvents):
                        whisper_uri=whisper_uri or None)
         call.agent = leg
         display = caller_display if caller_display is not None else call.info.caller_display
-        leg.ua = call.invite(target, self, offer=call.caller_offer if early else None, calling_name=display)
+        leg.ua = call.invite(target, self, offer=call.caller_offer if early else None, calling_name=display,
+                             agent=True)
         if leg.ua is None:
             call.agent = None
             call.emit("agent_failed", offer_id=offer_id, agent_id=agent_id, reason="unreachable", code=None)
@@ -218,6 +219,11 @@ class _Ringing(_AgentPhase):
         leg.stop_timers()
         if offer is None:
             self.agents.fail(leg, "no_sdp", 200)
+            return
+        if leg.early_offer:
+            # the caller sent no offer and hears no media: the agent's offer goes in our 200 (late_offer.py)
+            leg.phase = Phase.TALKING
+            late_offer.answer_caller_with_offer(call, ua, offer, lambda: self._early_connected(leg))
             return
         if leg.whisper_uri is not None:
             call.flow_message.start(leg, offer)

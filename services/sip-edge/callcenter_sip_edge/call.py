@@ -45,6 +45,7 @@ from callcenter_sip_edge.legs import (
 )
 from callcenter_sip_edge.media import MediaLegs
 from callcenter_sip_edge.offers import CallerOffers
+from callcenter_sip_edge.session_timer import SessionTimers
 from callcenter_sip_edge.sip_events import LegEvents, deliver
 from callcenter_sip_edge.sippy import dialog
 from callcenter_sip_edge.whisper import FlowIdMessage
@@ -79,6 +80,7 @@ class Call:
         self._awaiting_ack = False                    # ... and its ACK has not come yet
         self._on_confirmed: Callable[[], None] | None = None
         self._ack_timer: Timer | None = None
+        self.caller_ack_body: SdpBody | None = None   # the body of the caller's ACK of our 200 (late offer)
         self.media: MediaLeg | None = None            # the leg the caller hears now
         self.media_pending: MediaLeg | None = None    # a media leg being set up
         self.agent: AgentLeg | None = None
@@ -90,6 +92,7 @@ class Call:
         self.media_legs = MediaLegs(self)
         self.forks = Forks(self)
         self.caller_events = _CallerLeg(self)
+        self.session_timers = SessionTimers(self)
 
     # ------------------------------------------------------------------ commands (COMMAND_HANDLERS)
     def media_command(self, command: Media) -> None:
@@ -149,12 +152,14 @@ class Call:
             return
         self._ack_timer = Timeout(self.guarded(self._caller_ack_timed_out), CALLER_ACK_TIMEOUT_S)
 
-    def caller_acked(self) -> None:
-        """The caller's ACK of our 200: its dialog is confirmed."""
+    def caller_acked(self, body: SdpBody | None = None) -> None:
+        """The caller's ACK of our 200: its dialog is confirmed; `body` is what the ACK carried."""
         if not self._awaiting_ack or self.ended:
             return
+        self.caller_ack_body = body
         self._awaiting_ack = False
         cancel_timers(self, "_ack_timer")
+        self.session_timers.caller_confirmed()
         then, self._on_confirmed = self._on_confirmed, None
         if then is not None:
             then()
@@ -180,6 +185,7 @@ class Call:
         self.ended = True
         cancel_timers(self, "_ack_timer")
         self._on_confirmed = None
+        self.session_timers.stop()
         self.offers.stop()
         for leg in (self.media_pending, self.media):
             if leg is not None:
@@ -213,12 +219,16 @@ class Call:
 
     # ------------------------------------------------------------------ plumbing for the rooms
     def invite(self, target: Any, events: LegEvents, *, offer: SdpBody | None, calling_name: str | None,
-               expire_time: float | None = None) -> SipUA | None:
+               expire_time: float | None = None, agent: bool = False) -> SipUA | None:
         """Create a UAC leg whose events go to `events` and send its INVITE (with `offer`, or
-        without SDP for a late offer); None if it could not be sent."""
+        without SDP for a late offer); None if it could not be sent. An `agent` leg gets session
+        timers (session_timer.py)."""
+        timers = self.session_timers
         ua = dialog.invite(self.router.sip_config, target, self.event_cb(events),
                            caller_user=self.info.caller_user, offer=offer, calling_name=calling_name,
-                           no_reply_time=NO_REPLY_TIMEOUT_S, expire_time=expire_time)
+                           no_reply_time=NO_REPLY_TIMEOUT_S, expire_time=expire_time,
+                           extra_headers=timers.invite_headers() if agent else None,
+                           prepare=timers.hook_agent if agent else None)
         if ua is not None:
             checkpoint(self, sent=ua)   # a restarted edge CANCELs it (adoption.py)
         return cast("SipUA | None", ua)
@@ -267,6 +277,8 @@ class Call:
         refuse_command(self.router.emit, self.call_id, command, reason, offer_id, purpose, **details)
 
     def emit(self, kind: str, **data: Any) -> None:
+        if kind == "agent_answered":
+            self.session_timers.agent_connected()
         self.router.emit(kind, self.call_id, data)
         if kind in SETTLING_REPORTS:
             checkpoint(self)   # a leg stopped setting up: its INVITE leaves the checkpoint

@@ -72,7 +72,7 @@ class Forks:
             leg = AgentLeg(ua=None, uri=uri, offer_id=offer_id, agent_id=agent_id, early_offer=early)
             if target is not None:
                 leg.ua = call.invite(target, _ForkLeg(self, leg), offer=call.caller_offer if early else None,
-                                     calling_name=display)
+                                     calling_name=display, agent=True)
             if leg.ua is None:
                 unreachable.append(leg)
                 continue

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import structlog
 
-from callcenter_sip_edge import sip_events
+from callcenter_sip_edge import late_offer, sip_events
 from callcenter_sip_edge.confirmed import checkpoint
 from callcenter_sip_edge.legs import MEDIA_SETUP_TIMEOUT_S, MediaLeg, Phase, SdpBody, SipUA, parse_target_uri
 from callcenter_sip_edge.offers import RelayingLeg
@@ -71,12 +71,15 @@ class MediaLegs(LegEvents):
         return None
 
     # ------------------------------------------------------------------ outcomes
-    def switched(self, leg: MediaLeg, answer: SdpBody | None) -> None:
+    def switched(self, leg: MediaLeg, answer: SdpBody | None, *, acked: bool = False) -> None:
+        """The caller is on `leg` now (`answer`: the caller's, for the leg's held ACK; `acked`: that
+        ACK was sent already)."""
         call = self.call
         if call.media_pending is not leg:
             return
         assert leg.ua is not None
-        sip_events.answer(leg.ua, answer)
+        if not acked:
+            sip_events.answer(leg.ua, answer)
         previous, call.media, call.media_pending = call.media, leg, None
         if previous is not None:
             dialog.hang_up(previous.ua)
@@ -148,6 +151,10 @@ class _MediaSetup(LegEvents):
         leg, media = self._leg(), self.media
         if offer is None:
             media.setup_failed(leg, None, "no_sdp")
+            return
+        if leg.early_offer:
+            # the caller sent no offer: this leg's offer goes in our 200 (late_offer.py)
+            late_offer.answer_caller_with_offer(media.call, ua, offer, lambda: media.switched(leg, None, acked=True))
             return
         media.call.offers.reinvite_caller(offer, leg, lambda answer: media.switched(leg, answer),
                                           lambda code, reason: media.setup_failed(leg, code, reason))

@@ -31,6 +31,8 @@ from callcenter_sip_edge.guard import Refusal, SourceGuard
 from callcenter_sip_edge.log_limits import RateLimitedLog
 from callcenter_sip_edge.registrar import Registrar, RegistrarSetup
 from callcenter_sip_edge.sdp import media_type_of
+from callcenter_sip_edge.session_options import SessionTimerOptions
+from callcenter_sip_edge.session_timer import interval_too_small
 from callcenter_sip_edge.sip_fields import FieldRefusal, read_caller
 from callcenter_sip_edge.sippy import dialog, transport
 from callcenter_sip_edge.sippy.streams import StreamOptions
@@ -56,8 +58,10 @@ class CallRouter:
 
     def __init__(self, *, host: str, port: int, emit: FactSink, advertised_host: str | None,
                  max_message_bytes: int, user_agent: str, guard: SourceGuard | None = None,
-                 streams: StreamOptions | None = None, registrar: RegistrarSetup | None = None) -> None:
+                 streams: StreamOptions | None = None, registrar: RegistrarSetup | None = None,
+                 session: SessionTimerOptions | None = None) -> None:
         self.guard = guard or SourceGuard()
+        self.session_options = session or SessionTimerOptions()
         self._emit_fact = emit
         self.calls: dict[str, Call] = {}
         # the INVITE of each live call by (Call-ID, From tag, CSeq): a second branch of it is a
@@ -146,9 +150,11 @@ class CallRouter:
             if refusal.retry_after_s is not None:
                 resp = _with_header(resp, "retry-after", str(refusal.retry_after_s))
             return (resp, None, None)
-        if req.getBody() is None:
-            # INVITE without an offer is not supported (the first leg would have to offer)
-            return (req.genResponse(488, "Not Acceptable Here"), None, None)
+        too_small = interval_too_small(req, self.session_options)
+        if too_small is not None:
+            self.limited_log.emit("info", "sip.invite_refused", "session_interval_too_small",
+                                  reason="session_interval_too_small", source=source_ip)
+            return (too_small, None, None)
         if req.countHFs("contact") == 0:
             return (req.genResponse(400, "Bad Request - Missing Contact"), None, None)
         try:
@@ -157,9 +163,13 @@ class CallRouter:
             req.getHFBody("from").getUrl()
             req.getHFBody("to").getUrl()
             req.getRURI()
-            req.getBody().parse()
+            if req.getBody() is not None:
+                req.getBody().parse()
         except Exception:
             return (req.genResponse(400, "Bad Request"), None, None)
+        if req.getBody() is None:
+            # a late offer (late_offer.py): the first leg to answer offers, the caller answers in its ACK
+            return self._new_call(req, sip_t, "audio", invite_key)
         media_type = media_type_of(str(req.getBody()))
         if media_type is None:
             # neither RTP (audio) nor MSRP (chat), e.g. T.38 fax: no call is created
@@ -179,6 +189,7 @@ class CallRouter:
             return (req.genResponse(info.code, info.phrase), None, None)
         call = Call(router=self, call_id=uuid4().hex, info=info)
         call.caller = dialog.answering_ua(self.sip_config, call.event_cb(call.caller_events))
+        call.session_timers.caller_invite(req)
         transport.remember_peer(call.caller, str(source_host).strip("[]"))
         self.calls[call.call_id] = call
         self._invites[invite_key] = call.call_id

@@ -33,6 +33,7 @@ from callcenter_sip_edge.facts import CHECKPOINT_KIND, Fact
 from callcenter_sip_edge.ownership import IdLease, StartRefused
 from callcenter_sip_edge.registrar import RegistrarOptions, RegistrarSetup
 from callcenter_sip_edge.registrations import Binding, Registrations
+from callcenter_sip_edge.session_options import SessionTimerOptions
 from callcenter_sip_edge.sip_stack import SipStack
 from callcenter_sip_edge.sippy.streams import StreamOptions
 
@@ -315,7 +316,8 @@ class EdgeService:
                               priority_networks=s.sip_priority_networks, adopt=adopted,
                               streams=StreamOptions.from_settings(s), registrar=None if self.registrations is None
                               else RegistrarSetup(self.registrations.options, self.registrations.nonces,
-                                                  self.registrations.submit))
+                                                  self.registrations.submit),
+                              session_timers=SessionTimerOptions.from_settings(s))
         try:
             await asyncio.to_thread(self.stack.start)
         except OSError as exc:

@@ -35,6 +35,7 @@ from callcenter_sip_edge.facts import Fact
 from callcenter_sip_edge.gc_policy import tune_gc
 from callcenter_sip_edge.guard import SourceGuard
 from callcenter_sip_edge.registrar import RegisterRequest, RegistrarSetup, Reply
+from callcenter_sip_edge.session_options import SessionTimerOptions
 from callcenter_sip_edge.sippy import patches, transport
 from callcenter_sip_edge.sippy.streams import StreamOptions
 
@@ -125,19 +126,22 @@ class SipStack:
                  trusted_networks: str = "0.0.0.0/0,::/0", invite_rate: float = 0.0,
                  invite_burst: int = 100, invite_rate_total: float = 0.0, invite_burst_total: int = 100,
                  priority_networks: str = "127.0.0.0/8,::1", adopt: Sequence[AdoptedCall] = (),
-                 streams: StreamOptions | None = None, registrar: RegistrarSetup | None = None) -> None:
+                 streams: StreamOptions | None = None, registrar: RegistrarSetup | None = None,
+                 session_timers: SessionTimerOptions | None = None) -> None:
         """`trusted_networks`: INVITEs from other sources get 403 (and their in-dialog requests must
         come from a peer of the dialog). `invite_rate` (per second, 0 = no limit) and `invite_burst`:
         a per-source-IP token bucket, `invite_rate_total`/`invite_burst_total` one for all sources;
         INVITEs over either get 503 + Retry-After. `priority_networks`: the sources whose caller
         priority (X-CC-Priority, ;cc_priority=) is taken ("" = none). `adopt`: the calls a previous
         process of this edge id left (`checkpoint.Checkpoints.load`), adopted before the first datagram
-        is read. `streams`: TCP and TLS (off by default; `stream_ports` says where they listen)."""
+        is read. `streams`: TCP and TLS (off by default; `stream_ports` says where they listen).
+        `session_timers`: RFC 4028 session timers (on by default, 1800 s; SessionTimerOptions)."""
         self._adopt = list(adopt)
         self._streams = streams
         # REGISTERs (off without): `registrar.submit` runs on the asyncio loop, its reply back here
         self._registrar = None if registrar is None else replace(registrar, submit=self._submit_register)
         self._on_register = None if registrar is None else registrar.submit
+        self._session_timers = session_timers
         self.stream_ports: dict[str, int] = {}
         self._host = host
         self._port = port
@@ -206,7 +210,8 @@ class SipStack:
                 router = CallRouter(host=self._host, port=self._port, emit=self._emit_fact,
                                     advertised_host=self._advertised_host,
                                     max_message_bytes=self._max_message_bytes, user_agent=self._user_agent,
-                                    guard=self.guard, streams=self._streams, registrar=self._registrar)
+                                    guard=self.guard, streams=self._streams, registrar=self._registrar,
+                                    session=self._session_timers)
                 self.bound_address = router.bound_address
                 self.stream_ports = transport.stream_ports(router.sip_config)
                 if self._adopt:

@@ -123,6 +123,8 @@ class Flow(Base):
     flow_id_uri: Mapped[str | None] = mapped_column(String(255))
     # balancing | full-load; None = the global chat_dispatch_policy
     chat_policy: Mapped[str | None] = mapped_column(String(16))
+    # a connected call of this flow is hung up after this long (CDR reason max_duration); 0 = no limit
+    max_call_duration_s: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     created_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, server_default=func.now())
     updated_at: Mapped[datetime] = mapped_column(UtcDateTime, default=utcnow, onupdate=utcnow,
                                                  server_default=func.now())

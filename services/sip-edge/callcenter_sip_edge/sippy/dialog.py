@@ -120,9 +120,10 @@ def answering_ua(sip_config: dict[str, Any], event_cb: EventCallback) -> Any:
 
 def invite(sip_config: dict[str, Any], target: Any, event_cb: EventCallback, *, caller_user: str,
            offer: SdpBody, calling_name: str | None, no_reply_time: float,
-           expire_time: float | None = None) -> Any:
-    """Create a UAC leg and send its INVITE (with `offer`, or without SDP for a late offer); None if
-    sippy refused to send it."""
+           expire_time: float | None = None, extra_headers: list[Any] | None = None,
+           prepare: Callable[[Any], None] | None = None) -> Any:
+    """Create a UAC leg and send its INVITE (with `offer`, or without SDP for a late offer, and
+    `extra_headers`); `prepare(ua)` runs before the INVITE is sent. None if sippy refused to send it."""
     target, routes = route_set_of(target)
     hop = routes[0] if routes else target
     (host, port), transport = hop.getTAddr()   # transport: udp, or tcp/tls/ws/wss (`sippy.streams`)
@@ -138,6 +139,9 @@ def invite(sip_config: dict[str, Any], target: Any, event_cb: EventCallback, *, 
                                 quotable_display_name(calling_name)))
     event.request_uri = target
     event.routes = routes
+    event.extra_headers = extra_headers
+    if prepare is not None:
+        prepare(ua)
     try:
         ua.recvEvent(event)
     except Exception:
@@ -211,8 +215,9 @@ def reinvite_without_offer(ua: Any) -> bool:
     return True
 
 
-def on_ack_of_answer(ua: Any, on_ack: Callable[[], None]) -> bool:
-    """Call `on_ack` when the ACK of the 2xx just sent on `ua` (a UAS answering the caller's INVITE)
+def on_ack_of_answer(ua: Any, on_ack: Callable[[SdpBody | None], None]) -> bool:
+    """Call `on_ack` with the ACK's body (the caller's answer when our 2xx carried an offer: a
+    caller's late offer) when the ACK of the 2xx just sent on `ua` (a UAS answering the caller's INVITE)
     arrives; False (nothing armed) if that 2xx's transaction is not found.
 
     Why: sippy tells the UA of that ACK only when the 2xx carried an offer (`ack_wait`); for a 2xx
@@ -229,5 +234,5 @@ def on_ack_of_answer(ua: Any, on_ack: Callable[[], None]) -> bool:
     transaction = ua.global_config["_sip_tm"].tserver.get(tid)
     if transaction is None:
         return False
-    transaction.ack_cb = lambda _ack: on_ack()
+    transaction.ack_cb = lambda ack: on_ack(ack.getBody())
     return True

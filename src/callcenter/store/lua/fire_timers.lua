@@ -1,4 +1,4 @@
--- fire_timers: run the timers that are due: wrap-up ends, expired offer leases, holds of refused offers, maximum wait (overflow to another flow or a SIP URI), time on hold (dissuading).
+-- fire_timers: run the timers that are due: wrap-up ends, expired offer leases, holds of refused offers, maximum wait (overflow to another flow or a SIP URI), time on hold (dissuading), maximum call duration (hang-up).
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 limit
 -- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving, timers
@@ -37,6 +37,13 @@ for _, member in ipairs(due) do
     if call and call.state == 'offered' and call.offer == token then
       command(call.edge, 'command.cancel_ring', { call_id = id, offer_id = token })
       offer_failed(id, call, 'lease_expired')
+    end
+  elseif kind == 'maxdur' then
+    -- the flow's max_call_duration_s is over: the edge hangs up both legs and reports the end
+    -- (call_ended by edge, reason max_duration: the CDR's reason)
+    local call = hgetall(k_call(id))
+    if call and call.state == 'connected' then
+      command(call.edge, 'command.hangup', { call_id = id, reason = 'max_duration' })
     end
   elseif kind == 'maxwait' then
     local call = hgetall(k_call(id))

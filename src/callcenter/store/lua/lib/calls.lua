@@ -108,7 +108,8 @@ local function finish_call(call_id, call, outcome, ended_by, reason, ended_at)
   redis.call('ZREM', k_queue_of(call), call_id)
   redis.call('SREM', K.calls, call_id)
   if call.edge then redis.call('SREM', k_edge_calls(call.edge), call_id) end
-  redis.call('ZREM', K.timers, 'maxwait|' .. call_id, 'onhold|' .. call_id, 'held|' .. call_id)
+  redis.call('ZREM', K.timers, 'maxwait|' .. call_id, 'onhold|' .. call_id, 'held|' .. call_id,
+    'maxdur|' .. call_id)
   hold_off(call_id, call)
   local received = num(call.received_ms, NOW)
   local connected = tonumber(call.connected_ms)
@@ -292,5 +293,10 @@ local function connect(call_id, call, at, edge_ts)
   sl(call.flow, 'answered')
   local flow = hgetall(k_flow(call.flow))
   if wait <= sl_threshold_ms(flow) then sl(call.flow, 'answered_in_t') end
+  -- the flow's maximum call duration counts from the answer: fire_timers hangs the call up then
+  local max_duration = flow and num(flow.max_call_duration_s, 0) or 0
+  if max_duration > 0 and not chat then
+    redis.call('ZADD', K.timers, at + max_duration * 1000, 'maxdur|' .. call_id)
+  end
   emit('call.connected', { call_id = call_id, flow = call.flow, agent_id = call.agent, wait_ms = wait })
 end
