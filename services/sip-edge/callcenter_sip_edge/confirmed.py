@@ -11,7 +11,9 @@ Runs on the SIP thread; called once per confirmed change: the caller answered by
 once per leg that stopped setting up without a confirmed change (`Call.emit` of `agent_failed` or
 `media_failed`, the forks cancelled). A talking call's checkpoint is what a restarted edge carries
 on with; one of a caller on media lets it send both sides a BYE; the INVITEs in set-up (`pending`)
-let it CANCEL them, so that no phone is left ringing (`adoption.py`).
+let it CANCEL them, so that no phone is left ringing (`adoption.py`). Also, once per call, the
+caller's INVITE not answered yet (`arrived`, `uas`: the caller gets a final response from a
+restarted edge) and its end (`caller_answered`: our 200 went out, that INVITE is answered).
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from callcenter_sip_edge.facts import CHECKPOINT_KIND
 from callcenter_sip_edge.legs import Phase
-from callcenter_sip_edge.sippy.resume import dialog_snapshot, invite_snapshot
+from callcenter_sip_edge.sippy.resume import caller_snapshot, dialog_snapshot, invite_snapshot
 
 if TYPE_CHECKING:
     from callcenter_sip_edge.call import Call
@@ -65,3 +67,16 @@ def pending_invites(call: Call, sent: Any = None) -> list[dict[str, Any]]:
         uas.append(sent)
     snaps = (invite_snapshot(ua) for ua in uas if ua is not None)
     return [snap for snap in snaps if snap is not None]
+
+
+def arrived(call: Call) -> None:
+    """The caller's INVITE came (after its `call_arrived`): what answers it from a restarted edge
+    (`sippy/resume.caller_snapshot`), stored in the same write as the arrival."""
+    snap = caller_snapshot(call.caller)
+    if snap is not None:
+        call.emit(CHECKPOINT_KIND, uas=snap)
+
+
+def caller_answered(call: Call) -> None:
+    """Our 200 went to the caller: its INVITE needs no answer from a restarted edge any more."""
+    call.emit(CHECKPOINT_KIND, uas=None)
