@@ -18,7 +18,8 @@ the dispatcher writes its CDR and frees the agent. A caller whose INVITE was not
 forks, an agent answered while its flow-id message is set up, a media or message leg not answered yet;
 checkpointed when it was sent) is taken up again and CANCELled (`sippy/resume.cancel_invite`): nothing
 is left ringing; one answered meanwhile gets ACK and BYE. An agent hearing its flow-id message (both
-its dialogs confirmed, not checkpointed) gets nothing and hangs up on its own.
+its dialogs confirmed, checkpointed as `agent_whisper` and `message`) gets BYE, and so does the
+message's server; the agent is freed by the call's end.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def _resume(router: CallRouter, record: AdoptedCall) -> bool:
 
 def _hang_up_legs(router: CallRouter, record: AdoptedCall) -> None:
     """BYE to each checkpointed leg of a call that is over or cannot be carried on (no report here)."""
-    for name in ("caller", "agent", "media"):
+    for name in ("caller", "agent", "media", "agent_whisper", "message"):
         snap = (record.legs or {}).get(name)
         if snap is None:
             continue

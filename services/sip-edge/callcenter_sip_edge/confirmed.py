@@ -29,12 +29,15 @@ if TYPE_CHECKING:
 
 # the reports after which a leg may have stopped setting up with no other checkpoint
 SETTLING_REPORTS = frozenset({"agent_failed", "media_failed"})
+# the agent's dialog is up (its INVITE answered and ACKed) but it is not talking to the caller yet
+WHISPER_PHASES = frozenset({Phase.WHISPER, Phase.REBRIDGING})
 
 
 def checkpoint(call: Call, sent: Any = None) -> None:
     """Hand the call's confirmed legs to the service (a few str() of headers: cheap): caller and agent
-    once they talk (with `agent_id`), else the caller and the media leg it hears; and the INVITEs
-    still being set up (`sent`: a UA whose INVITE has just gone out, not yet attached to its leg)."""
+    once they talk (with `agent_id`), else the caller and the media leg it hears, and the agent and
+    its message's server while it hears its flow-id message; and the INVITEs still being set up
+    (`sent`: a UA whose INVITE has just gone out, not yet attached to its leg)."""
     if call.ended:
         return
     data: dict[str, Any] = {"pending": pending_invites(call, sent)}
@@ -47,6 +50,13 @@ def checkpoint(call: Call, sent: Any = None) -> None:
     elif call.media is not None and call.media.ua is not None:
         data.update(agent_id=None, offer_id=None,
                     legs={"caller": dialog_snapshot(call.caller), "media": dialog_snapshot(call.media.ua)})
+    if agent is not None and agent.ua is not None and agent.phase in WHISPER_PHASES:
+        # the agent answered into its flow-id message (whatever the caller's state): a restarted
+        # edge sends the agent and the message's server a BYE instead of leaving them connected
+        legs = dict(data.get("legs") or {}, agent_whisper=dialog_snapshot(agent.ua))
+        if agent.phase is Phase.WHISPER and agent.whisper is not None and agent.whisper.ua is not None:
+            legs["message"] = dialog_snapshot(agent.whisper.ua)
+        data["legs"] = legs
     call.emit(CHECKPOINT_KIND, **data)
 
 

@@ -1,9 +1,14 @@
-"""Callers whose INVITE the edge had not answered when it was SIGKILLed get a final response from
-the restarted process, and each call a true record.
+"""Windows of a call that the edge's dialog checkpoints did not cover, SIGKILL and restart at once.
 
-The window: the welcome media server rings and never answers, so the caller has only 100/180 (the
-caller is answered with the first leg that answers its offer). Without the arrival checkpoint
-(`uas`), such a caller sat in "100 Trying" until its own timer (Timer C, minutes) after the restart.
+- Callers whose INVITE the edge had not answered get a final response (500, Retry-After) from the
+  restarted process, and each call a true record. The window: the welcome media server rings and
+  never answers, so the caller has only 100/180 (it is answered with the first leg that answers its
+  offer). Without the arrival checkpoint (`uas`) such a caller sat in "100 Trying" until its own
+  timer (Timer C, minutes).
+- An agent that answered into its flow-id message ("whisper") and hears it: the agent and the
+  message's server get BYE from the restarted process (before: nothing, the agent stayed in a dead
+  dialog until it hung up), the caller and its queue media too; the CDR says edge_restarted, the
+  agent is free without a missed offer.
 """
 
 from __future__ import annotations
@@ -12,8 +17,9 @@ import json
 import time
 from collections.abc import Iterator
 
+import e2e_harness
 import pytest
-from e2e_harness import sip
+from e2e_harness import caller_on_queue_media, sip
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp
@@ -94,3 +100,33 @@ def test_the_arrival_checkpoint_goes_once_the_caller_is_answered(system: WholeSy
              "the caller on the queue media", system)
     assert system.redis.hget(system.keys.dialog(call_id), "legs") is not None
     assert system.redis.hget(system.keys.dialog(call_id), "uas") is None
+
+
+def test_an_agent_hearing_its_flow_id_message_at_the_restart_gets_bye(system: WholeSystem, peers: list[Sipp]) -> None:
+    f, agent_id = "whispering", "6001"
+    queue = Sipp(scenario("media_queue.xml"), timeout_s=30).start()
+    message = Sipp(sip("whisper_media_wait_bye_uas.xml"), timeout_s=30).start()   # plays until a BYE
+    phone = Sipp(sip("agent_whisper_wait_bye_uas.xml"), timeout_s=30).start()    # answers, waits for a BYE
+    peers += [queue, message, phone]
+    caller, call_id = caller_on_queue_media(system, peers, f, queue)
+    e2e_harness.flow(system, f, queue, flow_id_uri=f"sip:flowid@{message.uri_host};flow={f}")
+    e2e_harness.agent(system, agent_id, f, phone)
+    system.login(agent_id)
+
+    def agent_hears_message() -> bool:
+        legs = json.loads(system.redis.hget(system.keys.dialog(call_id), "legs") or "{}")
+        return "agent_whisper" in legs and "message" in legs
+    wait_for(agent_hears_message, 10, "the agent and its message checkpointed", system)
+
+    system.kill_edge()
+    system.restart_edge()
+
+    # each of the four dialogs got its BYE from the new process and answered it
+    for peer in (phone, message, caller, queue):
+        assert peer.wait() == 0, peer.errors() + system.logs()
+    cdr = system.wait_for_cdr(call_id, timeout=LAPSE_MS / 1000 + 10)
+    assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
+    wait_for(lambda: system.agent_state(agent_id) == "free", 10, f"agent {agent_id} free", system)
+    assert int(system.redis.hget(system.keys.agent(agent_id), "missed") or 0) == 0
+    assert "edge.lost" not in system.services["dispatcher"].log()
+    assert not system.redis.exists(system.keys.dialog(call_id))
