@@ -90,6 +90,11 @@ class Fault:
     # timer (T1, 2 T1, 4 T1, ...) sends less than 2 d + T1 after the BYE: a CDR's talk time may be
     # that much longer, and no process could know better
     deaf: bool = False
+    # callers wait at least this long for a message (-recv_timeout): a Redis outage holds the answer
+    # of every call that arrives meanwhile for as long as it lasts (0: the load's call_timeout_s)
+    patience_s: float = 0.0
+    # run by bench/faults.py only, not by the CI suite (tests/e2e/test_faults.py): too long for it
+    bench_only: bool = False
 
 
 @dataclass
@@ -173,6 +178,10 @@ def _redis(down_s: Callable[[Rig], float]) -> tuple[Callable[[Rig], None], Calla
     return strike, recover
 
 
+def _fixed(seconds: float) -> Callable[[Rig], float]:
+    return lambda rig: seconds
+
+
 def _second_dispatcher(rig: Rig) -> None:
     rig.generation += 1
     rig.system.add_service("dispatcher", "dispatcher-2", suffix=f"d{rig.generation}")
@@ -213,6 +222,11 @@ def _faults() -> dict[str, Fault]:
     strike, recover = _redis(lambda rig: rig.lapse_ms / 1000 + 3)
     out["redis-restart-long"] = Fault("redis-restart-long", "stop redis-server, start it again after the lapse + 3 s",
                                       strike, recover)
+    for down_s in (10, 60):
+        strike, recover = _redis(_fixed(float(down_s)))
+        out[f"redis-restart-{down_s}s"] = Fault(
+            f"redis-restart-{down_s}s", f"stop redis-server, start it {down_s} s later (callers arriving meanwhile "
+            "wait for it)", strike, recover, patience_s=down_s + 60.0, bench_only=down_s > 10)
     out["two-dispatchers-kill-one"] = Fault(
         "two-dispatchers-kill-one", "two dispatchers; SIGKILL one, the other takes its pending reports",
         _kill_first_dispatcher, _survivor_takes_over, prepare=_second_dispatcher)
@@ -267,12 +281,13 @@ class Rig:
         self.system.stop()
 
     # -- one fault ---------------------------------------------------------------------------
-    def _callers(self, name: str, calls: int, load: Load) -> Sipp:
-        timeout = calls / load.rate + load.call_timeout_s + load.talk_ms / 1000 + 60
+    def _callers(self, name: str, calls: int, load: Load, patience_s: float = 0.0) -> Sipp:
+        call_timeout_s = max(load.call_timeout_s, patience_s)
+        timeout = calls / load.rate + call_timeout_s + load.talk_ms / 1000 + 60
         return Sipp(scenario("caller_logged.xml"), remote=self.system.caller_target, service=FLOW, calls=calls,
                     rate=load.rate, timeout_s=timeout,
                     extra=["-d", str(load.talk_ms), "-l", "100000",
-                           "-recv_timeout", str(int(load.call_timeout_s * 1000)),
+                           "-recv_timeout", str(int(call_timeout_s * 1000)),
                            "-trace_stat", "-stf", str(self.workdir / f"{name}.csv"), "-fd", "1"]).start()
 
     def run(self, fault: Fault, load: Load) -> FaultResult:
@@ -282,11 +297,11 @@ class Rig:
         dead_before = int(self.system.redis.xlen(self.system.keys.dead))
         fault.prepare(self)
         first = max(1, min(load.calls - 1, round(load.calls * load.fault_at)))
-        callers = [self._callers(f"{fault.name}-a", first, load)]
+        callers = [self._callers(f"{fault.name}-a", first, load, fault.patience_s)]
         time.sleep(first / load.rate)
         struck, slack_ms, before = time.monotonic(), 0, self._pids()
         fault.strike(self)
-        callers.append(self._callers(f"{fault.name}-b", load.calls - first, load))
+        callers.append(self._callers(f"{fault.name}-b", load.calls - first, load, fault.patience_s))
         try:
             fault.recover(self)
             slack_ms = int((time.monotonic() - struck) * 2000) + SIP_T1_MS if fault.deaf else 0
