@@ -95,6 +95,9 @@ class Fault:
     patience_s: float = 0.0
     # run by bench/faults.py only, not by the CI suite (tests/e2e/test_faults.py): too long for it
     bench_only: bool = False
+    # the rest of the load starts only once `recover` returned (new calls go elsewhere meanwhile, as
+    # a load balancer does while the only edge is replaced: the old one turns them away with 503)
+    load_waits: bool = False
 
 
 @dataclass
@@ -168,6 +171,28 @@ def _rolling(name: str) -> tuple[Callable[[Rig], None], Callable[[Rig], None]]:
     return strike, recover
 
 
+def _edge_replaced_on_its_address() -> tuple[Callable[[Rig], None], Callable[[Rig], None]]:
+    """SIGTERM the edge; once it has drained and exited, start the new one on its id and address (a
+    StatefulSet's rolling update)."""
+    old: list[ServiceProcess] = []
+
+    def strike(rig: Rig) -> None:
+        # the calls of the load so far are all in (one still on its way would get the drain's 503)
+        wait_until(lambda: rig.arrivals() >= rig.struck_after, 10)
+        old.append(rig.system.edge)
+        assert old[-1].proc is not None
+        old[-1].proc.terminate()
+
+    def recover(rig: Rig) -> None:
+        proc = old.pop()
+        code = proc.stop(timeout=rig.drain_s + 20)
+        if code != 0:
+            raise RuntimeError(f"the old sip-edge exited with {code} on SIGTERM:\n{proc.log()}")
+        rig.system.restart_edge()
+        wait_until(lambda: udp_port_bound(rig.system.sip_port), rig.lapse_ms / 1000 + 10)
+    return strike, recover
+
+
 def _redis(down_s: Callable[[Rig], float]) -> tuple[Callable[[Rig], None], Callable[[Rig], None]]:
     def strike(rig: Rig) -> None:
         rig.system.stop_redis()
@@ -216,6 +241,12 @@ def _faults() -> dict[str, Fault]:
             f"{name}-term", f"rolling update of the {name}: start a new one"
             + (" on a new address with its own id" if name == "sip-edge" else "") + ", then SIGTERM the old one",
             strike, recover)
+    strike, recover = _edge_replaced_on_its_address()
+    out["sip-edge-term-same-address"] = Fault(
+        "sip-edge-term-same-address", "rolling update of the sip-edge on its address and id: SIGTERM it, "
+        "start the new one once it has drained and exited; new calls wait meanwhile (a load balancer's "
+        "job); a call longer than the drain would end edge_shutdown", strike, recover,
+        explains=frozenset({"edge_shutdown"}), load_waits=True)
     strike, recover = _redis(lambda rig: 2.0)
     out["redis-restart-2s"] = Fault("redis-restart-2s", "stop redis-server (SIGTERM, AOF), start it 2 s later",
                                     strike, recover)
@@ -248,6 +279,8 @@ class Rig:
     lapse_ms: int
     drain_s: float
     generation: int = 0
+    since_ms: int = 0      # the running fault's start on Redis's clock
+    struck_after: int = 0  # how many of its calls come before its strike
 
     @classmethod
     def start(cls, workdir: Path, *, agents: int = 30, lapse_ms: int = 5000, heartbeat_ms: int = 1000,
@@ -297,13 +330,17 @@ class Rig:
         dead_before = int(self.system.redis.xlen(self.system.keys.dead))
         fault.prepare(self)
         first = max(1, min(load.calls - 1, round(load.calls * load.fault_at)))
+        self.since_ms, self.struck_after = since, first
         callers = [self._callers(f"{fault.name}-a", first, load, fault.patience_s)]
         time.sleep(first / load.rate)
         struck, slack_ms, before = time.monotonic(), 0, self._pids()
         fault.strike(self)
+        if fault.load_waits:
+            fault.recover(self)
         callers.append(self._callers(f"{fault.name}-b", load.calls - first, load, fault.patience_s))
         try:
-            fault.recover(self)
+            if not fault.load_waits:
+                fault.recover(self)
             slack_ms = int((time.monotonic() - struck) * 2000) + SIP_T1_MS if fault.deaf else 0
             for c in callers:
                 c.wait()
@@ -316,6 +353,11 @@ class Rig:
         after = self._pids()
         result.replaced = sorted(n for n in before if before[n] != after.get(n))
         return result
+
+    def arrivals(self) -> int:
+        """The calls the edge reported since the running fault started (report.call_arrived)."""
+        entries: Any = self.system.redis.xrange(self.system.keys.reports, min=f"{self.since_ms}-0")
+        return sum(1 for eid, fields in entries if decode(fields, eid).type == "report.call_arrived")
 
     def _pids(self) -> dict[str, int | None]:
         """The process id of every service and of redis-server (a fault changes some)."""
