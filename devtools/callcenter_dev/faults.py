@@ -373,9 +373,23 @@ class Rig:
         r, k = self.system.redis, self.system.keys
         if r.scard(k.calls):
             return False
-        if any(self._pending().values()):
+        if any(self._pending().values()) or self._unread():
             return False
         return not self._stuck_agents()
+
+    def _unread(self) -> bool:
+        """A consumer group has not read its stream to the end yet (a consumer waiting out its
+        back-off after a Redis restart has nothing pending, and its CDRs are still to come)."""
+        r, k = self.system.redis, self.system.keys
+        for stream, group in ((k.reports, "dispatcher"), (k.events, "cdr-writer")):
+            last: Any = r.xrevrange(stream, count=1)
+            if not last:
+                continue
+            groups: Any = r.xinfo_groups(stream)
+            delivered = next((g["last-delivered-id"] for g in groups if g["name"] == group.encode()), b"0-0")
+            if _entry_id(delivered) < _entry_id(last[0][0]):
+                return True
+        return False
 
     def _settle(self, settle_s: float) -> None:
         try:
@@ -483,6 +497,11 @@ class Rig:
                 for row in rows:
                     out[row["call_id"]] = dict(row)
         return out
+
+
+def _entry_id(raw: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (raw.decode() if isinstance(raw, bytes) else raw).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _brief(cdr: dict[str, Any]) -> str:
