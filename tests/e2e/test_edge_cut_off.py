@@ -92,10 +92,7 @@ def test_an_edge_cut_off_by_a_silent_network_learns_it_was_lost_soon_after_it_he
     # the edge reaches Redis through the link only (restarted on it: same id and address)
     link = SilentLink(system.server.port)
     try:
-        system.edge_env["CC_REDIS_URL"] = f"redis://127.0.0.1:{link.port}/0"
-        system.restart_edge()
-        wait_for(lambda: "edge.started" in system.edge.log().rsplit("sip.started", 1)[-1], 15,
-                 "the edge started on the link", system)
+        system.restart_edge_with(CC_REDIS_URL=f"redis://127.0.0.1:{link.port}/0")
         queue = Sipp(scenario("media_queue.xml"), timeout_s=90).start()
         phone = Sipp(scenario("agent.xml"), timeout_s=90).start()
         peers += [queue, phone]
