@@ -90,6 +90,14 @@ class Fault:
     # timer (T1, 2 T1, 4 T1, ...) sends less than 2 d + T1 after the BYE: a CDR's talk time may be
     # that much longer, and no process could know better
     deaf: bool = False
+    # callers wait at least this long for a message (-recv_timeout): a Redis outage holds the answer
+    # of every call that arrives meanwhile for as long as it lasts (0: the load's call_timeout_s)
+    patience_s: float = 0.0
+    # run by bench/faults.py only, not by the CI suite (tests/e2e/test_faults.py): too long for it
+    bench_only: bool = False
+    # the rest of the load starts only once `recover` returned (new calls go elsewhere meanwhile, as
+    # a load balancer does while the only edge is replaced: the old one turns them away with 503)
+    load_waits: bool = False
 
 
 @dataclass
@@ -163,6 +171,28 @@ def _rolling(name: str) -> tuple[Callable[[Rig], None], Callable[[Rig], None]]:
     return strike, recover
 
 
+def _edge_replaced_on_its_address() -> tuple[Callable[[Rig], None], Callable[[Rig], None]]:
+    """SIGTERM the edge; once it has drained and exited, start the new one on its id and address (a
+    StatefulSet's rolling update)."""
+    old: list[ServiceProcess] = []
+
+    def strike(rig: Rig) -> None:
+        # the calls of the load so far are all in (one still on its way would get the drain's 503)
+        wait_until(lambda: rig.arrivals() >= rig.struck_after, 10)
+        old.append(rig.system.edge)
+        assert old[-1].proc is not None
+        old[-1].proc.terminate()
+
+    def recover(rig: Rig) -> None:
+        proc = old.pop()
+        code = proc.stop(timeout=rig.drain_s + 20)
+        if code != 0:
+            raise RuntimeError(f"the old sip-edge exited with {code} on SIGTERM:\n{proc.log()}")
+        rig.system.restart_edge()
+        wait_until(lambda: udp_port_bound(rig.system.sip_port), rig.lapse_ms / 1000 + 10)
+    return strike, recover
+
+
 def _redis(down_s: Callable[[Rig], float]) -> tuple[Callable[[Rig], None], Callable[[Rig], None]]:
     def strike(rig: Rig) -> None:
         rig.system.stop_redis()
@@ -171,6 +201,10 @@ def _redis(down_s: Callable[[Rig], float]) -> tuple[Callable[[Rig], None], Calla
         time.sleep(down_s(rig))
         rig.system.start_redis()
     return strike, recover
+
+
+def _fixed(seconds: float) -> Callable[[Rig], float]:
+    return lambda rig: seconds
 
 
 def _second_dispatcher(rig: Rig) -> None:
@@ -207,12 +241,23 @@ def _faults() -> dict[str, Fault]:
             f"{name}-term", f"rolling update of the {name}: start a new one"
             + (" on a new address with its own id" if name == "sip-edge" else "") + ", then SIGTERM the old one",
             strike, recover)
+    strike, recover = _edge_replaced_on_its_address()
+    out["sip-edge-term-same-address"] = Fault(
+        "sip-edge-term-same-address", "rolling update of the sip-edge on its address and id: SIGTERM it, "
+        "start the new one once it has drained and exited; new calls wait meanwhile (a load balancer's "
+        "job); a call longer than the drain would end edge_shutdown", strike, recover,
+        explains=frozenset({"edge_shutdown"}), load_waits=True)
     strike, recover = _redis(lambda rig: 2.0)
     out["redis-restart-2s"] = Fault("redis-restart-2s", "stop redis-server (SIGTERM, AOF), start it 2 s later",
                                     strike, recover)
     strike, recover = _redis(lambda rig: rig.lapse_ms / 1000 + 3)
     out["redis-restart-long"] = Fault("redis-restart-long", "stop redis-server, start it again after the lapse + 3 s",
                                       strike, recover)
+    for down_s in (10, 60):
+        strike, recover = _redis(_fixed(float(down_s)))
+        out[f"redis-restart-{down_s}s"] = Fault(
+            f"redis-restart-{down_s}s", f"stop redis-server, start it {down_s} s later (callers arriving meanwhile "
+            "wait for it)", strike, recover, patience_s=down_s + 60.0, bench_only=down_s > 10)
     out["two-dispatchers-kill-one"] = Fault(
         "two-dispatchers-kill-one", "two dispatchers; SIGKILL one, the other takes its pending reports",
         _kill_first_dispatcher, _survivor_takes_over, prepare=_second_dispatcher)
@@ -234,6 +279,8 @@ class Rig:
     lapse_ms: int
     drain_s: float
     generation: int = 0
+    since_ms: int = 0      # the running fault's start on Redis's clock
+    struck_after: int = 0  # how many of its calls come before its strike
 
     @classmethod
     def start(cls, workdir: Path, *, agents: int = 30, lapse_ms: int = 5000, heartbeat_ms: int = 1000,
@@ -267,12 +314,13 @@ class Rig:
         self.system.stop()
 
     # -- one fault ---------------------------------------------------------------------------
-    def _callers(self, name: str, calls: int, load: Load) -> Sipp:
-        timeout = calls / load.rate + load.call_timeout_s + load.talk_ms / 1000 + 60
+    def _callers(self, name: str, calls: int, load: Load, patience_s: float = 0.0) -> Sipp:
+        call_timeout_s = max(load.call_timeout_s, patience_s)
+        timeout = calls / load.rate + call_timeout_s + load.talk_ms / 1000 + 60
         return Sipp(scenario("caller_logged.xml"), remote=self.system.caller_target, service=FLOW, calls=calls,
                     rate=load.rate, timeout_s=timeout,
                     extra=["-d", str(load.talk_ms), "-l", "100000",
-                           "-recv_timeout", str(int(load.call_timeout_s * 1000)),
+                           "-recv_timeout", str(int(call_timeout_s * 1000)),
                            "-trace_stat", "-stf", str(self.workdir / f"{name}.csv"), "-fd", "1"]).start()
 
     def run(self, fault: Fault, load: Load) -> FaultResult:
@@ -282,13 +330,17 @@ class Rig:
         dead_before = int(self.system.redis.xlen(self.system.keys.dead))
         fault.prepare(self)
         first = max(1, min(load.calls - 1, round(load.calls * load.fault_at)))
-        callers = [self._callers(f"{fault.name}-a", first, load)]
+        self.since_ms, self.struck_after = since, first
+        callers = [self._callers(f"{fault.name}-a", first, load, fault.patience_s)]
         time.sleep(first / load.rate)
         struck, slack_ms, before = time.monotonic(), 0, self._pids()
         fault.strike(self)
-        callers.append(self._callers(f"{fault.name}-b", load.calls - first, load))
-        try:
+        if fault.load_waits:
             fault.recover(self)
+        callers.append(self._callers(f"{fault.name}-b", load.calls - first, load, fault.patience_s))
+        try:
+            if not fault.load_waits:
+                fault.recover(self)
             slack_ms = int((time.monotonic() - struck) * 2000) + SIP_T1_MS if fault.deaf else 0
             for c in callers:
                 c.wait()
@@ -301,6 +353,11 @@ class Rig:
         after = self._pids()
         result.replaced = sorted(n for n in before if before[n] != after.get(n))
         return result
+
+    def arrivals(self) -> int:
+        """The calls the edge reported since the running fault started (report.call_arrived)."""
+        entries: Any = self.system.redis.xrange(self.system.keys.reports, min=f"{self.since_ms}-0")
+        return sum(1 for eid, fields in entries if decode(fields, eid).type == "report.call_arrived")
 
     def _pids(self) -> dict[str, int | None]:
         """The process id of every service and of redis-server (a fault changes some)."""
@@ -316,9 +373,23 @@ class Rig:
         r, k = self.system.redis, self.system.keys
         if r.scard(k.calls):
             return False
-        if any(self._pending().values()):
+        if any(self._pending().values()) or self._unread():
             return False
         return not self._stuck_agents()
+
+    def _unread(self) -> bool:
+        """A consumer group has not read its stream to the end yet (a consumer waiting out its
+        back-off after a Redis restart has nothing pending, and its CDRs are still to come)."""
+        r, k = self.system.redis, self.system.keys
+        for stream, group in ((k.reports, "dispatcher"), (k.events, "cdr-writer")):
+            last: Any = r.xrevrange(stream, count=1)
+            if not last:
+                continue
+            groups: Any = r.xinfo_groups(stream)
+            delivered = next((g["last-delivered-id"] for g in groups if g["name"] == group.encode()), b"0-0")
+            if _entry_id(delivered) < _entry_id(last[0][0]):
+                return True
+        return False
 
     def _settle(self, settle_s: float) -> None:
         try:
@@ -426,6 +497,11 @@ class Rig:
                 for row in rows:
                     out[row["call_id"]] = dict(row)
         return out
+
+
+def _entry_id(raw: bytes | str) -> tuple[int, int]:
+    ms, _, seq = (raw.decode() if isinstance(raw, bytes) else raw).partition("-")
+    return int(ms), int(seq or 0)
 
 
 def _brief(cdr: dict[str, Any]) -> str:

@@ -135,6 +135,14 @@ class WholeSystem:
                                                    logfile=old.logfile).start()
         return self.edge
 
+    def restart_edge_with(self, **env: str) -> ServiceProcess:
+        """Stop the sip-edge and start it again with `env` changed, same id; on a new port if its
+        own is taken meanwhile (as at start): for a test that changes how the edge is set up."""
+        self.edge.stop()
+        self.edge_env.update(env)
+        self.services["sip-edge"] = self._start_edge()
+        return self.edge
+
     # -- faults: any service, redis-server ----------------------------------------------------
     def kill_service(self, name: str) -> None:
         """SIGKILL one service (a key of `services`): no clean-up, no last acknowledgement."""

@@ -186,7 +186,8 @@ def test_a_media_leg_being_set_up_at_the_restart_is_cancelled(system: WholeSyste
     queue = Sipp(scenario("media_queue.xml"), timeout_s=30).start()
     peers += [welcome, queue]
     system.provision(f, welcome, queue, {})
-    # the caller is not answered yet (the welcome has its offer): it gets nothing from the new process
+    # the caller is not answered yet (the welcome has its offer): the new process answers it 500
+    # (test_edge_restart_windows.py)
     caller = Sipp(scenario("caller_waits_for_bye.xml"), remote=system.caller_target, service=f, timeout_s=30).start()
     peers.append(caller)
     wait_for(lambda: len(system.call_ids_of_flow(f)) == 1, 10, "the call arrived", system)

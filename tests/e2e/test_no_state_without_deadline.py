@@ -5,6 +5,9 @@ Calls: answered after an agent's no-answer, abandoned in the queue, rejected (no
 they ended, their wrap-ups ran out and the ended-call TTL (2 s here) passed, the keys are listed
 with SCAN: each must belong to a family of LONG_LIVED (with the reason it may live), or carry a TTL.
 A call's hash, its queue, the live-call and per-edge indexes, timers: all must be gone.
+Two more edge ids that are gone for good: one SIGKILLed (declared lost after the lapse) and one
+stopped (SIGTERM, its lease released): a command stream is owned only by a live edge, so theirs
+(with their groups) must be gone, and their info must have a TTL or be gone.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from callcenter_dev.system import WholeSystem, wait_for
 pytestmark = pytest.mark.slow
 
 RING_TIMEOUT_S = 2
+LAPSE_MS = 3000
 ENDED_CALL_TTL_S = 2
 
 # key family (after cc:{tenant}:) -> why it may outlive every call
@@ -38,7 +42,8 @@ LONG_LIVED: dict[str, str] = {
     r"edges": "heartbeats of live sip-edges; a lapsed edge is removed by edge_lost",
     r"events": "the product event stream, trimmed by callcenter.retention below what every group acknowledged "
                "(events_maxlen: the fuse)",
-    r"commands:[^:]+": "a sip-edge's command stream, trimmed the same way (commands_maxlen: the fuse)",
+    r"commands:[^:]+": "a live sip-edge's command stream, trimmed the same way (commands_maxlen: the fuse); "
+                       "deleted by edge_lost / edge_release once the edge is gone (checked below)",
     r"retention": "the retention fuse's counters: two fields per stream",
     r"reports": "the report stream, trimmed by the dispatcher up to what its group acknowledged",
     r"dead": "dead letters, trimmed to bus.DEAD_MAXLEN",
@@ -53,7 +58,9 @@ LONG_LIVED: dict[str, str] = {
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
     # acknowledged reports deleted at once (kept 10 min by default), by a reconciler every 0.5 s
     system = WholeSystem.start(tmp_path_factory.mktemp("deadline"), tenant="deadline",
-                               common_env={"CC_RING_TIMEOUT_S": str(RING_TIMEOUT_S), "CC_WRAPUP_S": "1"},
+                               common_env={"CC_RING_TIMEOUT_S": str(RING_TIMEOUT_S), "CC_WRAPUP_S": "1",
+                                           "CC_EDGE_LAPSE_MS": str(LAPSE_MS)},
+                               edge_env={"CC_HEARTBEAT_INTERVAL_MS": "500"},
                                dispatcher_env={"CC_REPORTS_KEEP_MS": "0", "CC_RECONCILE_INTERVAL_MS": "500"})
     try:
         yield system
@@ -73,6 +80,15 @@ def test_every_key_has_an_owner_or_a_ttl_after_a_call_mix(system: WholeSystem, p
     r = system.api.patch("/v1/config", json={"ended_call_ttl_s": ENDED_CALL_TTL_S})
     assert r.status_code == 200, r.text
     call_ids: list[str] = []
+    keys = system.keys
+
+    # two edge ids gone for good: each had its command stream (made by its consumer at start)
+    gone = {name: system.add_service("sip-edge", name, suffix=name) for name in ("killed", "stopped")}
+    gone_ids = {name: svc.env["CC_EDGE_ID"] for name, svc in gone.items()}
+    wait_for(lambda: all(system.redis.exists(keys.commands(e)) for e in gone_ids.values()), 15,
+             "the extra edges' command streams", system)
+    gone["killed"].kill()
+    gone["stopped"].stop()
 
     # answered, after the first agent did not answer
     f = "k-answered"
@@ -117,12 +133,17 @@ def test_every_key_has_an_owner_or_a_ttl_after_a_call_mix(system: WholeSystem, p
     call_ids.append(call_id)
 
     # the calls ended: once their wrap-ups and the ended-call TTL are over, nothing of them is left
-    keys = system.keys
     wait_for(lambda: all(system.agent_state(a) == "free" for a in ("ka-1", "ka-2")), 10, "wrap-ups over", system)
     wait_for(lambda: not any(system.redis.exists(keys.call(c)) for c in call_ids),
              ENDED_CALL_TTL_S + 5, "ended calls expired", system)
     # the dispatcher trims the reports it acknowledged (reconciler loop)
     wait_until(lambda: system.redis.xlen(keys.reports) <= 1, 5)
+
+    # the SIGKILLed edge is declared lost after the lapse (the dispatcher's edge watch)
+    wait_for(lambda: system.redis.zscore(keys.edges, gone_ids["killed"]) is None, LAPSE_MS / 1000 + 10,
+             "the killed edge declared lost", system)
+    live_edges = {e.decode() for e in system.redis.zrange(keys.edges, 0, -1)}
+    assert live_edges == {system.edge_id}, live_edges
 
     unowned: list[str] = []
     seen: dict[str, str] = {}
@@ -134,6 +155,12 @@ def test_every_key_has_an_owner_or_a_ttl_after_a_call_mix(system: WholeSystem, p
         elif system.redis.ttl(key) < 0:
             unowned.append(key)
     assert unowned == [], f"keys with neither an owner nor a TTL: {unowned}"
+    # a command stream is owned by its live edge only
+    streams = {key.removeprefix(keys.prefix + "commands:") for key, family in seen.items()
+               if family == r"commands:[^:]+"}
+    assert streams <= live_edges, streams - live_edges
+    for edge_id in gone_ids.values():
+        assert system.redis.ttl(keys.edge_info(edge_id)) != -1, edge_id   # a TTL, or gone (-2)
     assert all(key.startswith(keys.prefix) for key in seen), seen
     # the families a call lives in are all gone
     for gone in (keys.calls, keys.edge_calls(system.edge_id), keys.queue("k-answered"),

@@ -11,12 +11,15 @@ What is carried on: a talking call (caller and agent connected): a BYE of either
 and the other side gets its BYE, re-INVITEs/UPDATEs are relayed, commands (hangup) work. What is
 not: a call ringing an agent, on welcome/queue media, or hearing the flow-id message: the
 transactions in flight (INVITEs, timers) died with the process, so the call is ended at once and
-the dispatcher writes its CDR and frees the agent. The caller and the media leg it heard get BYE
+the dispatcher writes its CDR and frees the agent. A caller whose INVITE was not answered yet
+(checkpointed at its arrival, `uas`) gets a final 500 with Retry-After in a new server transaction
+(retransmitted until its ACK). The caller and the media leg it heard get BYE
 (checkpointed when the media answered it). Every INVITE still being set up (an agent ringing, ring-all
 forks, an agent answered while its flow-id message is set up, a media or message leg not answered yet;
 checkpointed when it was sent) is taken up again and CANCELled (`sippy/resume.cancel_invite`): nothing
 is left ringing; one answered meanwhile gets ACK and BYE. An agent hearing its flow-id message (both
-its dialogs confirmed, not checkpointed) gets nothing and hangs up on its own.
+its dialogs confirmed, checkpointed as `agent_whisper` and `message`) gets BYE, and so does the
+message's server; the agent is freed by the call's end.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from callcenter_sip_edge.call import Call
 from callcenter_sip_edge.checkpoint import AdoptedCall
 from callcenter_sip_edge.legs import AgentLeg, CallerInfo, Phase
 from callcenter_sip_edge.sippy import dialog
-from callcenter_sip_edge.sippy.resume import cancel_invite, forget_dialog, resume_dialog
+from callcenter_sip_edge.sippy.resume import answer_caller, cancel_invite, forget_dialog, resume_dialog
 
 if TYPE_CHECKING:
     from callcenter_sip_edge.router import CallRouter
@@ -46,6 +49,7 @@ def adopt(router: CallRouter, calls: Iterable[AdoptedCall], reason: str = ENDED_
     adopted = ended = 0
     for record in calls:
         _cancel_invites(router, record)
+        _answer_caller(router, record)
         if not record.live:
             # ended by the dispatchers meanwhile (edge_lost): its CDR is written, only its peers may
             # still be talking: rebuild the legs to send each a BYE
@@ -90,7 +94,7 @@ def _resume(router: CallRouter, record: AdoptedCall) -> bool:
 
 def _hang_up_legs(router: CallRouter, record: AdoptedCall) -> None:
     """BYE to each checkpointed leg of a call that is over or cannot be carried on (no report here)."""
-    for name in ("caller", "agent", "media"):
+    for name in ("caller", "agent", "media", "agent_whisper", "message"):
         snap = (record.legs or {}).get(name)
         if snap is None:
             continue
@@ -135,6 +139,18 @@ def _cancel_invites(router: CallRouter, record: AdoptedCall) -> None:
             log.info("call.invite_cancelled", call_id=record.call_id, next_hop=snap.get("next_hop"))
         except Exception:
             log.exception("call.adoption_failed", call_id=record.call_id, leg="pending_invite")
+
+
+def _answer_caller(router: CallRouter, record: AdoptedCall) -> None:
+    """A caller whose INVITE the dead process had not answered gets its final response (500 with
+    Retry-After) instead of waiting in 100 Trying for its own timer."""
+    if record.uas is None:
+        return
+    try:
+        to = answer_caller(router.sip_config, record.uas)
+        log.info("call.caller_answered_after_restart", call_id=record.call_id, to=f"{to[0]}:{to[1]}")
+    except Exception:
+        log.exception("call.adoption_failed", call_id=record.call_id, leg="caller_invite")
 
 
 def _ignore(event: object, ua: object) -> None:

@@ -30,7 +30,7 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 from callcenter.contract.commands import Adopt, CancelRing, Command, Hangup, Media, Reject, Ring, RingAll
 from callcenter_sip_edge import sip_events
 from callcenter_sip_edge.agent import AgentLegs
-from callcenter_sip_edge.confirmed import SETTLING_REPORTS, checkpoint
+from callcenter_sip_edge.confirmed import SETTLING_REPORTS, caller_answered, checkpoint
 from callcenter_sip_edge.forks import Forks
 from callcenter_sip_edge.legs import (
     CALLER_ACK_TIMEOUT_S,
@@ -144,6 +144,7 @@ class Call:
         held the leg that answered it (an agent, with the caller's own offer) for sippy's 32 s."""
         sip_events.answer(self.caller, body)
         self.caller_answered = True
+        caller_answered(self)
         self._awaiting_ack = True
         self._on_confirmed = then
         if not dialog.on_ack_of_answer(self.caller, self.guarded(self.caller_acked)):

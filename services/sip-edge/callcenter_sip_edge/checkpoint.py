@@ -10,6 +10,9 @@ together): `cc:{t}:dialog:<call_id>` (hash) and the index `cc:{t}:edge:<edge>:di
 - every checkpoint fact, also each INVITE sent and each leg that stopped setting up: `pending`, JSON
   of the INVITEs still being set up (`sippy/resume.invite_snapshot`; the field is deleted when there
   is none);
+- at the arrival (a `checkpoint` fact right after `call_arrived`, so in the same MULTI): `uas`, JSON
+  of what answers the caller's INVITE (`sippy/resume.caller_snapshot`), deleted when our 200 goes
+  to the caller;
 - `call_ended`: the hash and its index entry are deleted.
 Both keys expire after max_call_s (the config registry) as a safety net.
 
@@ -55,6 +58,7 @@ class AdoptedCall:
     legs: dict[str, Any] | None
     live: bool = True    # False: the dispatchers ended it meanwhile (edge_lost, reconciler): only hang up
     pending: tuple[dict[str, Any], ...] = ()   # INVITEs being set up when the process died: CANCEL them
+    uas: dict[str, Any] | None = None   # the caller's INVITE, not answered when the process died: answer it
 
 
 class Checkpoints:
@@ -104,6 +108,10 @@ class Checkpoints:
             fields["pending"] = json.dumps(data["pending"])
         elif "pending" in data:
             pipe.hdel(key, "pending")
+        if data.get("uas"):
+            fields["uas"] = json.dumps(data["uas"])
+        elif "uas" in data:
+            pipe.hdel(key, "uas")
         if fields:
             pipe.hset(key, mapping=fields)
 
@@ -150,7 +158,8 @@ def _record(call_id: str, h: dict[str, str], live: bool) -> AdoptedCall | None:
         call_id=call_id, seq=int(h["seq"]), phase=h.get("phase", ""), flow=h.get("flow", ""),
         caller=h.get("caller", ""), sip_call_id=h.get("sip_call_id", ""), agent_id=h.get("agent_id"),
         offer_id=h.get("offer_id"), legs=json.loads(h["legs"]) if h.get("legs") else None,
-        pending=tuple(json.loads(h["pending"])) if h.get("pending") else (), live=live)
+        pending=tuple(json.loads(h["pending"])) if h.get("pending") else (), live=live,
+        uas=json.loads(h["uas"]) if h.get("uas") else None)
 
 
 def _s(value: Any) -> str:

@@ -11,7 +11,9 @@ Runs on the SIP thread; called once per confirmed change: the caller answered by
 once per leg that stopped setting up without a confirmed change (`Call.emit` of `agent_failed` or
 `media_failed`, the forks cancelled). A talking call's checkpoint is what a restarted edge carries
 on with; one of a caller on media lets it send both sides a BYE; the INVITEs in set-up (`pending`)
-let it CANCEL them, so that no phone is left ringing (`adoption.py`).
+let it CANCEL them, so that no phone is left ringing (`adoption.py`). Also, once per call, the
+caller's INVITE not answered yet (`arrived`, `uas`: the caller gets a final response from a
+restarted edge) and its end (`caller_answered`: our 200 went out, that INVITE is answered).
 """
 
 from __future__ import annotations
@@ -20,19 +22,22 @@ from typing import TYPE_CHECKING, Any
 
 from callcenter_sip_edge.facts import CHECKPOINT_KIND
 from callcenter_sip_edge.legs import Phase
-from callcenter_sip_edge.sippy.resume import dialog_snapshot, invite_snapshot
+from callcenter_sip_edge.sippy.resume import caller_snapshot, dialog_snapshot, invite_snapshot
 
 if TYPE_CHECKING:
     from callcenter_sip_edge.call import Call
 
 # the reports after which a leg may have stopped setting up with no other checkpoint
 SETTLING_REPORTS = frozenset({"agent_failed", "media_failed"})
+# the agent's dialog is up (its INVITE answered and ACKed) but it is not talking to the caller yet
+WHISPER_PHASES = frozenset({Phase.WHISPER, Phase.REBRIDGING})
 
 
 def checkpoint(call: Call, sent: Any = None) -> None:
     """Hand the call's confirmed legs to the service (a few str() of headers: cheap): caller and agent
-    once they talk (with `agent_id`), else the caller and the media leg it hears; and the INVITEs
-    still being set up (`sent`: a UA whose INVITE has just gone out, not yet attached to its leg)."""
+    once they talk (with `agent_id`), else the caller and the media leg it hears, and the agent and
+    its message's server while it hears its flow-id message; and the INVITEs still being set up
+    (`sent`: a UA whose INVITE has just gone out, not yet attached to its leg)."""
     if call.ended:
         return
     data: dict[str, Any] = {"pending": pending_invites(call, sent)}
@@ -45,6 +50,13 @@ def checkpoint(call: Call, sent: Any = None) -> None:
     elif call.media is not None and call.media.ua is not None:
         data.update(agent_id=None, offer_id=None,
                     legs={"caller": dialog_snapshot(call.caller), "media": dialog_snapshot(call.media.ua)})
+    if agent is not None and agent.ua is not None and agent.phase in WHISPER_PHASES:
+        # the agent answered into its flow-id message (whatever the caller's state): a restarted
+        # edge sends the agent and the message's server a BYE instead of leaving them connected
+        legs = dict(data.get("legs") or {}, agent_whisper=dialog_snapshot(agent.ua))
+        if agent.phase is Phase.WHISPER and agent.whisper is not None and agent.whisper.ua is not None:
+            legs["message"] = dialog_snapshot(agent.whisper.ua)
+        data["legs"] = legs
     call.emit(CHECKPOINT_KIND, **data)
 
 
@@ -65,3 +77,16 @@ def pending_invites(call: Call, sent: Any = None) -> list[dict[str, Any]]:
         uas.append(sent)
     snaps = (invite_snapshot(ua) for ua in uas if ua is not None)
     return [snap for snap in snaps if snap is not None]
+
+
+def arrived(call: Call) -> None:
+    """The caller's INVITE came (after its `call_arrived`): what answers it from a restarted edge
+    (`sippy/resume.caller_snapshot`), stored in the same write as the arrival."""
+    snap = caller_snapshot(call.caller)
+    if snap is not None:
+        call.emit(CHECKPOINT_KIND, uas=snap)
+
+
+def caller_answered(call: Call) -> None:
+    """Our 200 went to the caller: its INVITE needs no answer from a restarted edge any more."""
+    call.emit(CHECKPOINT_KIND, uas=None)

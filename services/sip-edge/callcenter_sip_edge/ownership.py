@@ -115,7 +115,9 @@ class IdLease:
             # the dispatchers declared this edge lost meanwhile (it was cut off or stopped for a
             # lapse): the calls it had then were ended or handed to a peer (the service drops them)
             self.declared_lost_ms = int(res.detail)
-            log.error("edge.declared_lost", edge_id=self.edge_id, lost_ms=self.declared_lost_ms)
+            # unaware_ms: how long this edge carried calls it no longer owned, by its own clock
+            log.error("edge.declared_lost", edge_id=self.edge_id, lost_ms=self.declared_lost_ms,
+                      unaware_ms=max(0, int(time.time() * 1000) - self.declared_lost_ms))
         return True
 
     async def release(self) -> None:

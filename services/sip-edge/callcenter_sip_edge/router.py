@@ -25,6 +25,7 @@ from structlog.contextvars import bind_contextvars, reset_contextvars
 
 from callcenter.contract.commands import Command, Ring
 from callcenter_sip_edge.call import COMMAND_HANDLERS, Call, refuse_command
+from callcenter_sip_edge.confirmed import arrived
 from callcenter_sip_edge.facts import Fact, FactSink
 from callcenter_sip_edge.gc_policy import CycleCollector
 from callcenter_sip_edge.guard import Refusal, SourceGuard
@@ -212,6 +213,7 @@ class CallRouter:
             "caller_display": info.caller_display, "sip_call_id": info.sip_call_id, "source": info.source,
             "priority": info.priority, "media_type": info.media_type,
         })
+        arrived(call)   # a restarted edge answers this INVITE if we have not (adoption.py)
         return result
 
     def _log_screened(self, reason: str, source: str, answered_with: int | None) -> None:

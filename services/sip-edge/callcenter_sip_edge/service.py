@@ -253,18 +253,23 @@ class EdgeService:
 
         A beat that took longer than the interval waited for a paused Redis and carries the time
         it was sent: beat again at once with the time it lands. A failed beat is tried again soon,
-        so the first beat after an outage lands early (the dispatchers allow a fresh lapse then)."""
+        so the first beat after an outage lands early (the dispatchers allow a fresh lapse then).
+        A beat unanswered after the lease's life (half the lapse) is given up and tried again on
+        another connection: one sent into a silent network (a partition that drops packets) would
+        otherwise wait for TCP to give up, minutes after the network healed, and this edge would
+        go on for all that time not knowing that it was declared lost meanwhile."""
         interval = self.settings.heartbeat_interval_ms / 1000
+        give_up_s = max(interval, self.lease.lease_ms / 1000)
         while True:
             sent = time.monotonic()
             try:
-                if not await self.lease.beat():
+                if not await asyncio.wait_for(self.lease.beat(), timeout=give_up_s):
                     self._stop.set()
                     return
                 if self.lease.declared_lost_ms is not None:
                     await self._drop_disowned()
                     self.lease.declared_lost_ms = None
-            except (*REDIS_DOWN, aioredis.RedisError) as exc:   # any error: the beat must go on
+            except (*REDIS_DOWN, aioredis.RedisError, TimeoutError) as exc:   # any error: the beat must go on
                 log.warning("edge.heartbeat_failed", error=repr(exc))
                 await asyncio.sleep(min(interval, HEARTBEAT_RETRY_S))
                 continue

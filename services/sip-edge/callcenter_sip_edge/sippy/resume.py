@@ -10,7 +10,9 @@ Runs on the SIP thread only. The snapshot is made when the dialog is confirmed (
 plain str/int/list data, JSON-safe); `resume_dialog` is its inverse in a new process.
 `invite_snapshot` keeps the INVITE as sippy sent it (`tr.data`, already a string: nothing is
 formatted) and its next hop; `cancel_invite` takes the INVITE transaction back up in a new process
-and cancels it (see there).
+and cancels it (see there). `caller_snapshot` keeps what answers a caller's INVITE we have not
+answered yet (the response template sippy made for it: Via stack, From, To with our tag, Call-ID,
+CSeq); `answer_caller` sends its final response from a new process, in a server transaction.
 """
 
 from __future__ import annotations
@@ -21,10 +23,15 @@ from sippy.MsgBody import MsgBody
 from sippy.SipCallId import SipCallId
 from sippy.SipContact import SipContact
 from sippy.SipFrom import SipFrom
+from sippy.SipGenericHF import SipGenericHF
+from sippy.SipHeader import SipHeader
 from sippy.SipRequest import SipRequest
+from sippy.SipResponse import SipResponse
 from sippy.SipRoute import SipRoute
 from sippy.SipTo import SipTo
+from sippy.SipTransactionManager import TRYING, SipTransaction
 from sippy.SipURL import SipURL
+from sippy.Time.MonoTime import MonoTime
 from sippy.UA import UA
 from sippy.UacStateRinging import UacStateRinging
 from sippy.UacStateTrying import UacStateTrying
@@ -147,3 +154,49 @@ def forget_dialog(ua: Any) -> None:
         ua.global_config["_sip_tm"].unregConsumer(ua, str(ua.cId))
     except (KeyError, ValueError, AttributeError):
         pass   # never registered (a leg whose INVITE was not sent)
+
+
+# The final response a restarted edge sends a caller whose INVITE it had not answered: the call is
+# over (its CDR says edge_restarted); Retry-After: the caller (or its carrier) may try again at once.
+RESTART_ANSWER = (500, "Server Internal Error")
+RESTART_RETRY_AFTER_S = 0
+
+
+def caller_snapshot(ua: Any) -> dict[str, Any] | None:
+    """What answers the caller's INVITE of the UAS leg `ua` from another process: the response
+    template sippy made when the INVITE came (`uasResp`: the Via stack with received/rport, From,
+    To with our tag, Call-ID, CSeq), as text. None for a caller over TCP/TLS: its connection dies
+    with the process, and the caller's transaction fails on that at once (RFC 3261 17.1.4)."""
+    resp = getattr(ua, "uasResp", None)
+    if resp is None or str(resp.getHFBody("via").transport).upper() != "UDP":
+        return None
+    return {"response": str(resp)}
+
+
+def answer_caller(sip_config: dict[str, Any], snap: dict[str, Any]) -> tuple[str, int]:
+    """Send, from a new process, the final response `RESTART_ANSWER` (with Retry-After) to a caller
+    whose INVITE the dead process had not answered (`caller_snapshot`); returns where it went.
+
+    It goes out in a server INVITE transaction registered with sippy's transaction manager as if the
+    INVITE had just come: the response is retransmitted until the caller's ACK (timer G, unreliable
+    transport) and the ACK is absorbed (matched by our To tag), as for any other final response."""
+    tm = sip_config["_sip_tm"]
+    resp = SipResponse(snap["response"])
+    resp.setSCode(*RESTART_ANSWER)
+    resp.delHFs("retry-after")
+    resp.appendHeader(SipHeader(name="retry-after", body=SipGenericHF(str(RESTART_RETRY_AFTER_S), "retry-after")))
+    via = resp.getHFBody("via")
+    address = via.getTAddr()
+    t = SipTransaction()
+    t.tid = resp.getTId(wBRN=True)
+    t.state = TRYING
+    t.method = "INVITE"
+    t.teA = t.teD = t.teE = t.teF = t.teG = None
+    t.noack_cb = t.ack_cb = t.cancel_cb = t.r487 = None
+    t.rtime = MonoTime()
+    t.userv = tm.l4r.getServer(address)
+    t.needack = True
+    t.branch = via.getBranch()
+    tm.tserver[t.tid] = t
+    tm.sendResponse(resp, t)
+    return (str(address[0]), int(address[1]))

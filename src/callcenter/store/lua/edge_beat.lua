@@ -17,7 +17,8 @@
 -- The group (CC_EDGE_GROUP: the edges that share one SIP address) is recorded for edge_lost, which
 -- hands a lost edge's calls to a live peer of its group. A beat after edge_lost ran for this id
 -- returns the time it did (and clears the mark, once): the process learns that the calls it had
--- then were ended or adopted by a peer, and stops acting on them.
+-- then were ended or adopted by a peer, and stops acting on them. (edge_lost also took the id out
+-- of its address group and set a TTL on its info: the group is added again above, the TTL removed.)
 
 local edge, token, ttl = ARGV[2], ARGV[3], tonumber(ARGV[4])
 if not edge or edge == '' or not token or token == '' or not ttl or ttl <= 0 then
@@ -43,6 +44,7 @@ end
 local lost = redis.call('HGET', info, 'lost_ms')
 if lost then
   redis.call('HDEL', info, 'lost_ms')
+  redis.call('PERSIST', info)   -- edge_lost gave it a TTL; this id is live again
   return { RC.OK, lost }
 end
 return { RC.OK }

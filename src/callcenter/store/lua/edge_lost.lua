@@ -2,7 +2,7 @@
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 edge_id, 3 lapse_ms, 4 limit (calls per step, default 500)
 -- READS: agent, agent_chats, call, chat_queue, config, dialog, edge_calls, edge_group, edge_info, edges, flow, flow_stats, queue, skill_chat, skill_flows, skill_free
--- WRITES: agent, agent_chats, call, calls, chat_queue, commands, dialog, edge_calls, edge_dialogs, edge_info, edges, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, dialog, edge_calls, edge_dialogs, edge_group, edge_info, edges, events, flow_stats, queue, retention, skill_chat, skill_free, skill_logged, skill_serving, sl, stats, timers
 -- RETURNS: OK calls_ended_or_handed | NOT_FOUND (no heartbeat entry) | STALE last_beat (the edge is alive) | INVALID why
 -- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.ended, call.offered
 -- COMMANDS: command.adopt, command.ring, command.ring_all
@@ -28,7 +28,11 @@
 --   and call.ended (its CDR) is emitted. No command goes to the lost edge and no BYE is sent to the
 --   caller or the agent: only the edge speaks SIP to them, and it is gone (a comeback hangs them up).
 -- At most `limit` calls per step; the edge leaves cc:{t}:edges once it has no call left, so the
--- next run finishes the rest.
+-- next run finishes the rest. Then nothing is left for it to carry out, and what it left goes: its
+-- command stream with its group (nothing trims it once the edge is out of cc:{t}:edges; a process of
+-- that id that comes back makes a new group, bus.StreamConsumer) and its fuse counts, its place in
+-- its address group; its info hash (the lost mark a comeback reads) expires after max_call_s, the
+-- longest any of its calls could have lasted (edge_beat removes the TTL on a comeback).
 
 local edge = ARGV[2]
 local lapse = tonumber(ARGV[3])
@@ -99,5 +103,12 @@ end
 if redis.call('SCARD', ekey) == 0 then
   redis.call('ZREM', K.edges, edge)
   redis.call('DEL', ekey)
+  redis.call('DEL', k_commands(edge))
+  redis.call('HDEL', K.retention, 'capped:commands:' .. edge, 'capped_unread:commands:' .. edge)
+  if group and group ~= '' then
+    redis.call('SREM', k_edge_group(group), edge)
+    redis.call('HDEL', info, 'group')
+  end
+  redis.call('EXPIRE', info, cfg('max_call_s'))
 end
 return { RC.OK, done }
