@@ -7,10 +7,11 @@ scenarios of bench/edge_calls.py: a caller (caller.xml) -> welcome media 1 s (me
 -> an agent's phone that answers at once (bench/sipp/agent_answers.xml) -> 2 s talk -> the
 caller's BYE. Wrap-up 0; enough agents for the highest rate.
 
-Phase "1 edge": one SIPp caller at edge 1, stepped rates (each for --step-s seconds). Phase
-"2 edges": the same rates, one SIPp caller per edge at half the rate each. Per step: calls
+Stepped rates (each for --step-s seconds), each played first through 1 edge (one SIPp caller at
+edge 1), then through 2 (one SIPp caller per edge at half the rate each), so that both see the
+machine as it is at that time; each side stops at its first step with a failed call. Per step: calls
 completed / failed, retransmissions (callers, media, phones), CPU of each edge and of every process
-(services, redis-server and the SIPp peers) from /proc. A phase's result is its highest rate with no
+(services, redis-server and the SIPp peers) from /proc. A side's result is its highest rate with no
 failed call (and the calls drained); the ratio is 2 edges / 1 edge. Then per-core figures (calls/s
 per edge core from its CPU per call) and the arithmetic for 16 cores.
 
@@ -114,7 +115,7 @@ def run_step(replicas: Replicas, peers: Peers, workdir: Path, edges: int, rate: 
         time.sleep(0.2)
     for c in callers:
         c.wait()
-    idle = wait_idle(replicas.system, 30)
+    idle = wait_idle(replicas.system, 45)
     time.sleep(1.2)   # the UAS stat files are written every second
     elapsed = time.monotonic() - started
     stats = [SippStats.read(workdir / f"caller-{edges}-{rate}-{i}.csv") for i in range(len(callers))]
@@ -139,15 +140,23 @@ def print_step(s: Step) -> None:
           + ("" if s.idle else "  (calls left in Redis)"), flush=True)
 
 
-def phase(replicas: Replicas, peers: Peers, workdir: Path, edges: int, rates: list[int], step_s: float) -> list[Step]:
-    out = []
+def interleaved(replicas: Replicas, peers: Peers, workdir: Path, rates: list[int],
+                step_s: float) -> dict[int, list[Step]]:
+    """Each rate with 1 edge, then with 2 (so both see the same machine at about the same time); a
+    side stops at its first failing step. Before each step the calls of the last one have drained
+    (a failed step can leave some until their timers end them)."""
+    out: dict[int, list[Step]] = {1: [], 2: []}
     for rate in rates:
-        step = run_step(replicas, peers, workdir, edges, rate, step_s)
-        print_step(step)
-        out.append(step)
-        if not step.clean:
+        for edges in (1, 2):
+            if out[edges] and not out[edges][-1].clean:
+                continue
+            wait_idle(replicas.system, 90)
+            time.sleep(2)
+            step = run_step(replicas, peers, workdir, edges, rate, step_s)
+            print_step(step)
+            out[edges].append(step)
+        if not out[1][-1].clean and not out[2][-1].clean:
             break
-        time.sleep(2)
     return out
 
 
@@ -178,7 +187,7 @@ def main() -> int:
                               edge_env={"CC_SIP_INVITE_RATE": "0", "CC_SIP_INVITE_RATE_TOTAL": "0",
                                         "CC_DRAIN_TIMEOUT_S": "1"})
     peers: Peers | None = None
-    results: dict[int, list[Step]] = {}
+    results: dict[int, list[Step]] = {1: [], 2: []}
     try:
         total_s = 2 * len(rates) * (args.step_s + 90) + 300
         peers = Peers(workdir,
@@ -190,11 +199,10 @@ def main() -> int:
         asyncio.run(provision(str(system.api.base_url), system.admin_key, "bench", peers.welcome, peers.queue,
                               peers.phones, [f"b{n:05d}" for n in range(agents)]))
         print(f"{agents} agents; welcome {WELCOME_MS} ms -> agent answers at once -> {TALK_MS} ms talk -> caller "
-              f"BYE; {args.step_s:g} s per rate; a phase stops at its first step with a failed call")
+              f"BYE; {args.step_s:g} s per rate; each side stops at its first step with a failed call")
         print(f"{'edges':>5} {'rate/s':>6} {'calls':>6} {'ok':>6} {'fail':>5} {'retr':>6} | {'edge ms/call':>12} "
               f"{'svc ms/call':>11} {'sipp ms/call':>11} {'edge cpu%':>11} {'all cpu%':>8}")
-        for edges in (1, 2):
-            results[edges] = phase(replicas, peers, workdir, edges, rates, args.step_s)
+        results = interleaved(replicas, peers, workdir, rates, args.step_s)
     finally:
         if peers:
             for p in (peers.welcome, peers.queue, peers.phones):
