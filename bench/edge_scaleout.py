@@ -12,8 +12,9 @@ edge 1), then through 2 (one SIPp caller per edge at half the rate each), so tha
 machine as it is at that time; each side stops at its first step with a failed call. Per step: calls
 completed / failed, retransmissions (callers, media, phones), CPU of each edge and of every process
 (services, redis-server and the SIPp peers) from /proc. A side's result is its highest rate with no
-failed call (and the calls drained); the ratio is 2 edges / 1 edge. Then per-core figures (calls/s
-per edge core from its CPU per call) and the arithmetic for 16 cores.
+failed call (and its calls drained: no more live calls than before it); the ratio is 2 edges / 1
+edge. Then per-core figures (calls/s per edge core from its CPU per call) and the arithmetic for 16
+cores.
 
     .venv/bin/python bench/edge_scaleout.py                   # rates 50..250 by 25, 15 s each: ~8 minutes
     .venv/bin/python bench/edge_scaleout.py --quick           # 2 rates, 8 s each: ~1.5 minutes
@@ -49,7 +50,7 @@ from edge_calls import (
 
 from callcenter_dev.replicas import Counts, Replicas
 from callcenter_dev.scenarios import scenario
-from callcenter_dev.sipp import Sipp
+from callcenter_dev.sipp import Sipp, wait_until
 
 
 @dataclass
@@ -97,6 +98,8 @@ def pids(replicas: Replicas, peers: Peers) -> dict[str, int]:
 
 def run_step(replicas: Replicas, peers: Peers, workdir: Path, edges: int, rate: int, step_s: float) -> Step:
     procs = pids(replicas, peers)
+    system = replicas.system
+    live_before = int(system.redis.scard(system.keys.calls))   # a failed step's calls may linger
     before_peers = peers.stats()
     before_cpu = {n: cpu_seconds(p) for n, p in procs.items()}
     started = time.monotonic()
@@ -115,7 +118,7 @@ def run_step(replicas: Replicas, peers: Peers, workdir: Path, edges: int, rate: 
         time.sleep(0.2)
     for c in callers:
         c.wait()
-    idle = wait_idle(replicas.system, 45)
+    idle = wait_until(lambda: int(system.redis.scard(system.keys.calls)) <= live_before, 45, interval=0.2)
     time.sleep(1.2)   # the UAS stat files are written every second
     elapsed = time.monotonic() - started
     stats = [SippStats.read(workdir / f"caller-{edges}-{rate}-{i}.csv") for i in range(len(callers))]
