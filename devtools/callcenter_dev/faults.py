@@ -121,6 +121,8 @@ class FaultResult:
     tolerance_ms: int = TALK_TOLERANCE_MS   # how far a CDR's talk time may be from the caller's
     worst_ms: int = 0    # the largest difference of a completed call's CDR talk time from the caller's
     replaced: list[str] = field(default_factory=list)   # processes the fault killed or replaced
+    attempt_rows: int = 0   # CDR rows of agent attempts that did not connect (attempt >= 1)
+    explained_edges: dict[str, int] = field(default_factory=dict)   # explained failed calls by their CDR's edge
     losses: list[str] = field(default_factory=list)
     examples: list[str] = field(default_factory=list)   # the first few calls behind the losses
 
@@ -281,6 +283,9 @@ class Rig:
     generation: int = 0
     since_ms: int = 0      # the running fault's start on Redis's clock
     struck_after: int = 0  # how many of its calls come before its strike
+    # set by a fault that makes one SIP address deaf for a while (ms) without being `deaf` for all
+    # of its recovery (a fault of several steps): the same allowance as `Fault.deaf`, for that time
+    deaf_ms: int = 0
 
     @classmethod
     def start(cls, workdir: Path, *, agents: int = 30, lapse_ms: int = 5000, heartbeat_ms: int = 1000,
@@ -314,14 +319,30 @@ class Rig:
         self.system.stop()
 
     # -- one fault ---------------------------------------------------------------------------
-    def _callers(self, name: str, calls: int, load: Load, patience_s: float = 0.0) -> Sipp:
+    def targets(self) -> list[str]:
+        """The SIP addresses the callers call, the load spread evenly over them."""
+        return [self.system.caller_target]
+
+    def _callers(self, name: str, calls: int, load: Load, patience_s: float = 0.0) -> list[Sipp]:
+        """One SIPp caller per target, `calls` and `load.rate` shared between them; each waits for an
+        answer at least `patience_s`."""
         call_timeout_s = max(load.call_timeout_s, patience_s)
-        timeout = calls / load.rate + call_timeout_s + load.talk_ms / 1000 + 60
-        return Sipp(scenario("caller_logged.xml"), remote=self.system.caller_target, service=FLOW, calls=calls,
-                    rate=load.rate, timeout_s=timeout,
-                    extra=["-d", str(load.talk_ms), "-l", "100000",
-                           "-recv_timeout", str(int(call_timeout_s * 1000)),
-                           "-trace_stat", "-stf", str(self.workdir / f"{name}.csv"), "-fd", "1"]).start()
+        targets = self.targets()
+        out = []
+        for i, target in enumerate(targets):
+            n = calls // len(targets) + (i < calls % len(targets))
+            if not n:
+                continue
+            rate = load.rate / len(targets)
+            timeout = n / rate + call_timeout_s + load.talk_ms / 1000 + 60
+            suffix = f"-{i + 1}" if len(targets) > 1 else ""
+            out.append(Sipp(scenario("caller_logged.xml"), remote=target, service=FLOW, calls=n,
+                            rate=rate, timeout_s=timeout,
+                            extra=["-d", str(load.talk_ms), "-l", "100000",
+                                   "-recv_timeout", str(int(call_timeout_s * 1000)),
+                                   "-trace_stat", "-stf", str(self.workdir / f"{name}{suffix}.csv"), "-fd", "1"])
+                       .start())
+        return out
 
     def run(self, fault: Fault, load: Load) -> FaultResult:
         """Play the load, inject the fault at its point, wait, measure. Never raises for a loss."""
@@ -331,17 +352,20 @@ class Rig:
         fault.prepare(self)
         first = max(1, min(load.calls - 1, round(load.calls * load.fault_at)))
         self.since_ms, self.struck_after = since, first
-        callers = [self._callers(f"{fault.name}-a", first, load, fault.patience_s)]
+        self.deaf_ms = 0
+        callers = self._callers(f"{fault.name}-a", first, load, fault.patience_s)
         time.sleep(first / load.rate)
         struck, slack_ms, before = time.monotonic(), 0, self._pids()
         fault.strike(self)
         if fault.load_waits:
             fault.recover(self)
-        callers.append(self._callers(f"{fault.name}-b", load.calls - first, load, fault.patience_s))
+        callers += self._callers(f"{fault.name}-b", load.calls - first, load, fault.patience_s)
         try:
             if not fault.load_waits:
                 fault.recover(self)
             slack_ms = int((time.monotonic() - struck) * 2000) + SIP_T1_MS if fault.deaf else 0
+            if self.deaf_ms and not fault.deaf:
+                slack_ms = 2 * self.deaf_ms + SIP_T1_MS
             for c in callers:
                 c.wait()
         finally:
@@ -436,8 +460,15 @@ class Rig:
                     by_sip.setdefault(sip_id, set()).add(str(e.data["call_id"]))
         call_ids = [cid for ids in by_sip.values() for cid in ids]
         res.arrived = len(call_ids)
-        cdrs = self._cdrs(call_ids)
+        cdrs, attempts = self._cdrs(call_ids)
         res.cdrs = len(cdrs)
+        res.attempt_rows = sum(len(a) for a in attempts.values())
+        # a call's attempt rows are 1..n, each `not_connected`, beside its final row
+        odd_attempts = [f"{cid}: attempt rows {sorted(n for n, _ in a)} {sorted({o for _, o in a})}"
+                        + ("" if cid in cdrs else ", no final row")
+                        for cid, a in attempts.items()
+                        if sorted(n for n, _ in a) != list(range(1, len(a) + 1))
+                        or {o for _, o in a} != {"not_connected"} or cid not in cdrs]
         res.ok = sum(1 for m in marks.values() if "done" in m)
         res.failed = res.calls - res.ok
         unexplained: list[str] = []
@@ -452,7 +483,10 @@ class Rig:
                 if cdr is None:
                     continue
                 if cdr["reason"] in fault.explains:
-                    res.explained += "done" not in mark
+                    if "done" not in mark:
+                        res.explained += 1
+                        edge = str(cdr["edge"])
+                        res.explained_edges[edge] = res.explained_edges.get(edge, 0) + 1
                     continue
                 if "done" not in mark:
                     unexplained.append(f"{sip_id} ({cid}): SIPp failed, CDR {_brief(cdr)}")
@@ -475,6 +509,8 @@ class Rig:
                               + (f" ({never} never reached the system)" if never else ""))
         if missing:
             res.losses.append(f"{len(missing)} calls without CDR")
+        if odd_attempts:
+            res.losses.append(f"{len(odd_attempts)} calls with inconsistent attempt rows")
         for n, what in ((res.wrong, "wrong CDRs"), (res.duplicates, "SIP calls taken twice"),
                         (res.stuck_agents, "agents not free"), (res.live_calls, "live calls left"),
                         (res.dead, "dead entries")):
@@ -482,21 +518,26 @@ class Rig:
                 res.losses.append(f"{n} {what}")
         if any(res.pending.values()):
             res.losses.append("pending entries: " + ", ".join(f"{g} {n}" for g, n in res.pending.items() if n))
-        res.examples = (unexplained + wrong + [f"{cid}: no CDR" for cid in missing])[:8]
+        res.examples = (unexplained + wrong + [f"{cid}: no CDR" for cid in missing] + odd_attempts)[:8]
         return res
 
-    def _cdrs(self, call_ids: list[str]) -> dict[str, dict[str, Any]]:
+    def _cdrs(self, call_ids: list[str]) -> tuple[dict[str, dict[str, Any]], dict[str, list[tuple[int, str]]]]:
+        """The final row of each call (attempt 0) and its attempt rows (attempt number, outcome)."""
         db = self.workdir / "cc.sqlite3"
         out: dict[str, dict[str, Any]] = {}
+        attempts: dict[str, list[tuple[int, str]]] = {}
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30) as conn:
             conn.row_factory = sqlite3.Row
             for i in range(0, len(call_ids), 500):
                 chunk = call_ids[i:i + 500]
-                rows = conn.execute("SELECT call_id, outcome, ended_by, reason, talk_ms, agent_id FROM cdrs "
-                                    f"WHERE call_id IN ({','.join('?' * len(chunk))})", chunk)
+                rows = conn.execute("SELECT call_id, attempt, outcome, ended_by, reason, talk_ms, agent_id, edge "
+                                    f"FROM cdrs WHERE call_id IN ({','.join('?' * len(chunk))})", chunk)
                 for row in rows:
-                    out[row["call_id"]] = dict(row)
-        return out
+                    if row["attempt"]:
+                        attempts.setdefault(row["call_id"], []).append((row["attempt"], row["outcome"]))
+                    else:
+                        out[row["call_id"]] = dict(row)
+        return out, attempts
 
 
 def _entry_id(raw: bytes | str) -> tuple[int, int]:

@@ -1,0 +1,211 @@
+"""Many replicas of every service in one run (issue 13, acceptance 2), all real processes on loopback
+against one redis-server: N sip-edges (each its own SIP port and edge id), N dispatchers, N
+cdr-writers, N api processes (each its own port) and N celery workers with one beat.
+
+    replicas = Replicas.start(workdir, Counts(edges=2, dispatchers=3, cdr_writers=2, apis=2, workers=2))
+    replicas.targets        # ["127.0.0.1:<edge 1 port>", "127.0.0.1:<edge 2 port>"]: spread callers over them
+    replicas.apis           # one httpx client per api process (the admin key)
+    replicas.kill("dispatcher-2"); replicas.restart("sip-edge-2")
+    replicas.stop()
+
+It is a `WholeSystem` (callcenter_dev.system) with the extra processes added beside the first of
+each kind: the names in `system.services` are "sip-edge", "sip-edge-2", "dispatcher",
+"dispatcher-2", "dispatcher-3", ...; every extra process has its own health port and consumer name
+(two pods never share either). The celery processes are in `jobs` ("worker", "worker-2", "beat"),
+with their broker in database 1 of the same redis-server, under a key prefix of their own. Every
+process reads the one SQLite file (`workdir/cc.sqlite3`).
+
+The edges are not in an address group (CC_EDGE_GROUP): each has its own address here, so a killed
+edge's calls cannot be handed to the other one (docs/operations.md, "One SIP address, several edges").
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from callcenter_dev.processes import console_script
+from callcenter_dev.servers import udp_port_bound
+from callcenter_dev.sipp import wait_until
+from callcenter_dev.system import WholeSystem
+
+JOBS_PREFIX = "ccjobs-replicas:"
+
+
+@dataclass(frozen=True)
+class Counts:
+    """How many processes of each service."""
+
+    edges: int = 2
+    dispatchers: int = 3
+    cdr_writers: int = 2
+    apis: int = 2
+    workers: int = 2    # celery workers; beat is always one
+
+    def __post_init__(self) -> None:
+        if min(self.edges, self.dispatchers, self.cdr_writers, self.apis) < 1 or self.workers < 0:
+            raise ValueError(f"at least one of each service: {self}")
+
+
+@dataclass
+class JobsProcess:
+    """`callcenter-jobs worker` (solo pool: one process, so SIGKILL kills all of it) or `beat`."""
+
+    name: str                     # "worker", "worker-2", "beat"
+    args: list[str]
+    env: dict[str, str]
+    logfile: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="cc-jobs-", suffix=".log")[1]))
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 60.0) -> JobsProcess:
+        """Start it and wait until it says it runs (a worker: `ready.`; beat: `Starting...`)."""
+        out = open(self.logfile, "ab")  # owned by the child for its lifetime
+        size = self.logfile.stat().st_size
+        self.proc = subprocess.Popen([console_script("jobs"), *self.args], env={**os.environ, **self.env},
+                                     stdout=out, stderr=subprocess.STDOUT)
+        mark = "ready." if self.args[0] == "worker" else "Starting..."
+
+        def up() -> bool:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"celery {self.name} exited with {self.proc.returncode}:\n{self.log()}")
+            with open(self.logfile, "rb") as f:
+                f.seek(size)
+                return mark.encode() in f.read()
+        if not wait_until(up, timeout, interval=0.1):
+            self.stop()
+            raise RuntimeError(f"celery {self.name} did not start in {timeout} s:\n{self.log()}")
+        return self
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace")[-5000:]
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+DEFAULT = Counts()   # 2 edges, 3 dispatchers, 2 cdr-writers, 2 apis, 2 celery workers
+
+
+def numbered(base: str, n: int) -> str:
+    """The name of the n-th (1-based) process of `base`: "dispatcher", "dispatcher-2", ..."""
+    return base if n == 1 else f"{base}-{n}"
+
+
+@dataclass
+class Replicas:
+    """Every service `counts` times against one redis-server; see the module's docstring."""
+
+    system: WholeSystem
+    counts: Counts
+    jobs: dict[str, JobsProcess] = field(default_factory=dict)
+    apis: list[httpx.Client] = field(default_factory=list)
+
+    @classmethod
+    def start(cls, workdir: Path, counts: Counts = DEFAULT, *, tenant: str = "replicas",
+              edge_id: str = "edge-r", common_env: dict[str, str] | None = None,
+              edge_env: dict[str, str] | None = None, dispatcher_env: dict[str, str] | None = None,
+              jobs_env: dict[str, str] | None = None, redis_appendonly: bool = False) -> Replicas:
+        system = WholeSystem.start(workdir, tenant=tenant, edge_id=edge_id, common_env=common_env,
+                                   edge_env=edge_env, dispatcher_env=dispatcher_env,
+                                   redis_appendonly=redis_appendonly)
+        replicas = cls(system=system, counts=counts)
+        try:
+            for base, n in (("dispatcher", counts.dispatchers), ("cdr-writer", counts.cdr_writers),
+                            ("api", counts.apis), ("sip-edge", counts.edges)):
+                for i in range(2, n + 1):
+                    system.add_service(base, numbered(base, i), suffix=str(i))
+            for i in range(1, counts.apis + 1):
+                port = system.services[numbered("api", i)].env["CC_API_PORT"]
+                replicas.apis.append(httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10,
+                                                  headers={"Authorization": f"Bearer {system.admin_key}"}))
+            if counts.workers:
+                replicas._start_jobs(workdir, jobs_env or {})
+        except BaseException:
+            replicas.stop()
+            raise
+        return replicas
+
+    def _start_jobs(self, workdir: Path, extra: dict[str, str]) -> None:
+        api = self.system.api_env
+        broker = self.system.server.url.rsplit("/", 1)[0] + "/1"
+        env = {"CC_REDIS_URL": api["CC_REDIS_URL"], "CC_TENANT": api["CC_TENANT"],
+               "CC_DATABASE_URL": api["CC_DATABASE_URL"], "CC_JOBS_BROKER_URL": broker,
+               "CC_JOBS_RESULT_URL": broker, "CC_JOBS_KEY_PREFIX": JOBS_PREFIX, "CC_JOBS_PUMP_INTERVAL_S": "0.5",
+               "CC_WEBHOOK_BACKOFF_S": "0.2", "CC_WEBHOOK_TIMEOUT_S": "5", **extra}
+        for i in range(1, self.counts.workers + 1):
+            name = numbered("worker", i)
+            self.jobs[name] = JobsProcess(name, ["worker", "--pool=solo", "-l", "info", "-n", f"w{i}@%h"],
+                                          env).start()
+        self.jobs["beat"] = JobsProcess("beat", ["beat", "-l", "info", "-s", str(workdir / "beat-schedule")],
+                                        env).start()
+
+    # -- what the test drives ------------------------------------------------------------------
+    @property
+    def edges(self) -> list[str]:
+        return [numbered("sip-edge", i) for i in range(1, self.counts.edges + 1)]
+
+    @property
+    def targets(self) -> list[str]:
+        """Each edge's SIP address, in the order of `edges`."""
+        return [f"127.0.0.1:{self.system.services[e].env['CC_SIP_PORT']}" for e in self.edges]
+
+    def edge_id(self, name: str) -> str:
+        return self.system.services[name].env["CC_EDGE_ID"]
+
+    def pids(self) -> dict[str, int | None]:
+        """The process id of every running process; None for one that is not running."""
+        procs = {name: svc.proc for name, svc in self.system.services.items()}
+        procs.update({name: j.proc for name, j in self.jobs.items()})
+        return {name: p.pid if p is not None and p.poll() is None else None for name, p in procs.items()}
+
+    def kill(self, name: str) -> None:
+        """SIGKILL one process: a key of `system.services` or of `jobs`."""
+        if name in self.jobs:
+            self.jobs[name].kill()
+        else:
+            self.system.kill_service(name)
+
+    def restart(self, name: str, lapse_ms: int = 5000) -> None:
+        """Start a process again as a supervisor does: same environment, port, id and log file. An
+        edge binds its port only once it holds its id again (the dead one's lease lives half the
+        lapse, services/sip-edge/README.md): wait for that, up to the lapse + 10 s."""
+        if name in self.jobs:
+            old = self.jobs[name]
+            old.stop()
+            self.jobs[name] = JobsProcess(old.name, old.args, old.env, logfile=old.logfile).start()
+            return
+        svc = self.system.restart_service(name)
+        if svc.name == "sip-edge":
+            port = int(svc.env["CC_SIP_PORT"])
+            if not wait_until(lambda: udp_port_bound(port), lapse_ms / 1000 + 10):
+                raise RuntimeError(f"{name} did not bind its port again:\n{svc.log()}")
+
+    def logs(self) -> str:
+        return self.system.logs() + "".join(f"\n--- celery {n}\n{j.log()}" for n, j in self.jobs.items())
+
+    def stop(self) -> None:
+        for client in self.apis:
+            client.close()
+        for j in self.jobs.values():
+            j.stop()
+        self.system.stop()
