@@ -84,9 +84,9 @@ class WholeSystem:
     def start(cls, workdir: Path, *, tenant: str = "e2e", edge_id: str = "edge-e2e",
               common_env: dict[str, str] | None = None, edge_env: dict[str, str] | None = None,
               dispatcher_env: dict[str, str] | None = None, redis_appendonly: bool = False,
-              redis_server: Any = None) -> WholeSystem:
+              redis_server: Any = None, redis_topology: str | None = None) -> WholeSystem:
         owns_server = redis_server is None
-        server = start_redis_topology(appendonly=redis_appendonly) if owns_server else redis_server
+        server = start_redis_topology(redis_topology, redis_appendonly) if owns_server else redis_server
         db = f"sqlite:///{workdir / 'cc.sqlite3'}"
         api_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
         health = [free_port() for _ in range(3)]

@@ -54,6 +54,8 @@ def _under_load(cluster: RedisClusterServers, workdir: Path, prefix: str,
     """Two tenants on different masters under SIPp load at once; `strike(tenant)` hits the first
     one's master at the load's fault point. Their results, by tenant."""
     moved, other = tenants_on_distinct_masters(cluster, 2, prefix=prefix)
+    for t in (moved, other):
+        (workdir / t).mkdir()
     rigs = {t: Rig.start(workdir / t, agents=8, lapse_ms=5000, heartbeat_ms=500, drain_s=10, tenant=t,
                          redis_server=cluster) for t in (moved, other)}
     faults = {moved: Fault("master-failover", "the tenant's master fails over", strike=lambda rig: strike(moved)),
