@@ -24,10 +24,10 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import redis
-from redis.cluster import ClusterNode, RedisCluster
+from redis.cluster import RedisCluster
 from redis.crc import key_slot
 
 from callcenter.redis import connect_sync
@@ -211,8 +211,7 @@ class RedisClusterServers:
         return len(views) == 1
 
     def client(self) -> RedisCluster:
-        nodes = [ClusterNode("127.0.0.1", n.port) for n in self.nodes]  # type: ignore[no-untyped-call]
-        return RedisCluster(startup_nodes=nodes)
+        return cast(RedisCluster, connect_sync(self.url))
 
     def stop(self) -> None:
         for n in self.nodes:

@@ -44,7 +44,7 @@ from callcenter_dev.sipp import Sipp, wait_until
 TOPOLOGIES = ("single", "cluster", "sentinel")
 
 
-def test_topology() -> str:
+def redis_topology_under_test() -> str:
     """The Redis topology of the whole-system tests: `CC_TEST_REDIS` (single, cluster, sentinel)."""
     topology = os.environ.get("CC_TEST_REDIS", "single") or "single"
     if topology not in TOPOLOGIES:
@@ -53,9 +53,9 @@ def test_topology() -> str:
 
 
 def start_redis_topology(topology: str | None = None, appendonly: bool = False) -> Any:
-    """A running Redis of `topology` (default: `test_topology()`): something with `url`, `client()`
+    """A running Redis of `topology` (default: `redis_topology_under_test()`): something with `url`, `client()`
     and `stop()`."""
-    topology = topology or test_topology()
+    topology = topology or redis_topology_under_test()
     if topology == "cluster":
         return RedisClusterServers().start()
     if topology == "sentinel":

@@ -27,8 +27,10 @@ from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.exceptions import RedisClusterException
 
 from callcenter.redis import REDIS_DOWN, text
+from callcenter.redis_topology import stream_read_keys
 from callcenter.store.config import PARAMS
 from callcenter.store.keys import Keys
 
@@ -349,6 +351,15 @@ class CountingRedisCluster(RedisCluster):
         except REDIS_DOWN:
             REDIS_ERRORS.inc()
             raise
+
+    async def _determine_slot(self, *args: Any) -> int:
+        keys = stream_read_keys(args)
+        if not keys:
+            return await super()._determine_slot(*args)
+        slots = {self.keyslot(k) for k in keys}
+        if len(slots) != 1:
+            raise RedisClusterException(f"{args[0]} - all keys must map to the same key slot")
+        return slots.pop()
 
     _slot_pools: dict[tuple[str, int], Any] | None = None
 

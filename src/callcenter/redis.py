@@ -17,13 +17,27 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.sentinel import Sentinel
 
-from callcenter.redis_topology import RedisTarget, parse_redis_url
+from callcenter.redis_topology import RedisTarget, parse_redis_url, stream_read_keys
 
 # Errors after which a service waits and retries rather than failing the unit of work: the server
 # is away, or (Redis Cluster, Sentinel) the shard of the tenant is changing master: CLUSTERDOWN,
 # TRYAGAIN, a slot no node serves yet, a write that reached a master just demoted.
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, ClusterDownError, TryAgainError,
               ReadOnlyError, RedisClusterException)
+
+
+class StreamRoutedRedisCluster(RedisCluster):
+    """The synchronous cluster client, routing XREAD/XREADGROUP by their arguments (see
+    `stream_read_keys`)."""
+
+    def determine_slot(self, *args: Any) -> int | None:
+        keys = stream_read_keys(args)
+        if not keys:
+            return super().determine_slot(*args)
+        slots = {int(self.keyslot(k)) for k in keys}  # type: ignore[no-untyped-call]
+        if len(slots) != 1:
+            raise RedisClusterException(f"{args[0]} - all keys must map to the same key slot")
+        return slots.pop()
 
 
 def _auth(target: RedisTarget) -> dict[str, Any]:
@@ -57,7 +71,7 @@ def connect_sync(url: str) -> redis.Redis:
     target = parse_redis_url(url)
     if target.kind == "cluster":
         nodes = [ClusterNode(host, port) for host, port in target.nodes]  # type: ignore[no-untyped-call]
-        return cast(redis.Redis, RedisCluster(startup_nodes=nodes, **_auth(target)))
+        return cast(redis.Redis, StreamRoutedRedisCluster(startup_nodes=nodes, **_auth(target)))
     if target.kind == "sentinel":
         sentinel = Sentinel(list(target.nodes),  # type: ignore[no-untyped-call]
                             sentinel_kwargs={"password": target.sentinel_password}, **target.options)

@@ -82,3 +82,20 @@ def parse_redis_url(url: str) -> RedisTarget:
     if not service:
         raise ValueError("CC_REDIS_URL: redis+sentinel:// needs the service name as its path")
     return RedisTarget("sentinel", url, nodes, service, int(db or 0), username, secret, options, sentinel_password)
+
+
+def stream_read_keys(args: tuple[Any, ...]) -> list[Any] | None:
+    """The stream keys of an XREAD/XREADGROUP command (its arguments after STREAMS, first half),
+    None for any other command.
+
+    redis-py's cluster client asks one fixed node (`COMMAND GETKEYS`) for the keys of commands whose
+    keys move (XREAD, XREADGROUP): when that node is down, every read fails, for every tenant, until
+    the process restarts. Our cluster clients read them from the arguments instead."""
+    if not args or str(args[0]).upper() not in ("XREAD", "XREADGROUP"):
+        return None
+    words = [a.decode() if isinstance(a, bytes) else str(a) for a in args]
+    upper = [w.upper() for w in words]
+    if "STREAMS" not in upper:
+        return None
+    rest = args[upper.index("STREAMS") + 1:]
+    return list(rest[:len(rest) // 2])
