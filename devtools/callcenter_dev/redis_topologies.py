@@ -244,6 +244,7 @@ class RedisSentinelServers:
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="cc-rsentinel-")))
     data: list[_Node] = field(default_factory=list)
     watchers: list[_Node] = field(default_factory=list)
+    paused_s: float = 0.0   # how long the last planned failover held the writes
 
     @property
     def url(self) -> str:
@@ -295,15 +296,40 @@ class RedisSentinelServers:
             _host, port = c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
         return int(port)
 
-    def failover(self, timeout: float = 30.0) -> tuple[int, int]:
-        """`SENTINEL FAILOVER`: the replica is promoted (the old master made its replica). Returns
-        (old master port, new master port) once the new master takes writes."""
+    def failover(self, timeout: float = 30.0, planned: bool = True) -> tuple[int, int]:
+        """`SENTINEL FAILOVER`: the replica is promoted, the old master made its replica. Returns
+        (old master port, new master port) once the new master takes writes.
+
+        Sentinel does not wait for the replica: writes the old master takes between the promotion
+        and its demotion, and what it had not replicated, are lost. `planned` does what an operator
+        should: `CLIENT PAUSE WRITE` on the master, wait for the replica to have every write, fail
+        over, and unpause the old master once it is a replica (its paused clients then get READONLY
+        and find the new master)."""
         old = self.master_port()
+        old_node = self.data_node(old)
+        paused = time.monotonic()
+        if planned:
+            with old_node.client() as c:
+                c.execute_command("CLIENT", "PAUSE", int(timeout * 1000), "WRITE")
+            _wait(self._replica_caught_up, timeout, "the replica having every write of the paused master")
         with self.watchers[0].client() as c:
             c.execute_command("SENTINEL", "FAILOVER", self.service)
         _wait(lambda: self.master_port() != old and self._is_master(self.master_port()), timeout,
               "the sentinels naming a new master")
+        if planned:
+            _wait(lambda: not self._is_master(old), timeout, "the old master made a replica")
+            with old_node.client() as c:
+                c.execute_command("CLIENT", "UNPAUSE")
+            self.paused_s = time.monotonic() - paused
         return old, self.master_port()
+
+    def _replica_caught_up(self) -> bool:
+        master = self.master_port()
+        with self.data_node(master).client() as c:
+            offset = int(c.info("replication")["master_repl_offset"])
+        replica = next(n for n in self.data if n.port != master)
+        with replica.client() as c:
+            return int(c.info("replication").get("slave_repl_offset", -1)) >= offset
 
     def _is_master(self, port: int) -> bool:
         with self.data_node(port).client() as c:

@@ -42,7 +42,9 @@ def system(sentinel: RedisSentinelServers, tmp_path_factory: pytest.TempPathFact
 def test_sentinel_failover_under_load_loses_nothing(sentinel: RedisSentinelServers,
                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
     switched: list[tuple[int, int]] = []
-    rig = Rig.start(tmp_path_factory.mktemp("sentinel-fo"), agents=8, heartbeat_ms=500, drain_s=10,
+    # the writes are paused from CLIENT PAUSE until the sentinels have demoted the old master (a few
+    # seconds): an edge lapse shorter than that would declare the edge lost meanwhile
+    rig = Rig.start(tmp_path_factory.mktemp("sentinel-fo"), agents=8, lapse_ms=20_000, heartbeat_ms=500, drain_s=10,
                     tenant="sentinel", redis_server=sentinel)
     try:
         result = rig.run(Fault("sentinel-failover", "SENTINEL FAILOVER of the master",
@@ -51,6 +53,7 @@ def test_sentinel_failover_under_load_loses_nothing(sentinel: RedisSentinelServe
         rig.stop()
     print(FaultResult.HEADER)
     print(result.row())
+    print(f"writes paused for {sentinel.paused_s:.1f} s by the planned failover")
     [(old, new)] = switched
     assert sentinel.master_port() == new != old
     assert result.calls == LOAD.calls, result.row()
