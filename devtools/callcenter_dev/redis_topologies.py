@@ -303,8 +303,9 @@ class RedisSentinelServers:
         Sentinel does not wait for the replica: writes the old master takes between the promotion
         and its demotion, and what it had not replicated, are lost. `planned` does what an operator
         should: `CLIENT PAUSE WRITE` on the master, wait for the replica to have every write, fail
-        over, and unpause the old master once it is a replica (its paused clients then get READONLY
-        and find the new master)."""
+        over, wait for every sentinel to name the new master, close the old master's client
+        connections (they reconnect through the sentinels, to the new master), then unpause it (the
+        sentinels' demotion of it waits for that)."""
         old = self.master_port()
         old_node = self.data_node(old)
         paused = time.monotonic()
@@ -317,11 +318,20 @@ class RedisSentinelServers:
         _wait(lambda: self.master_port() != old and self._is_master(self.master_port()), timeout,
               "the sentinels naming a new master")
         if planned:
-            _wait(lambda: not self._is_master(old), timeout, "the old master made a replica")
+            _wait(lambda: old not in self._named_masters(), timeout, "every sentinel naming the new master")
             with old_node.client() as c:
+                c.execute_command("CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes")
                 c.execute_command("CLIENT", "UNPAUSE")
             self.paused_s = time.monotonic() - paused
         return old, self.master_port()
+
+    def _named_masters(self) -> set[int]:
+        ports = set()
+        for s in self.watchers:
+            with s.client() as c:
+                _host, port = c.execute_command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)
+            ports.add(int(port))
+        return ports
 
     def _replica_caught_up(self) -> bool:
         master = self.master_port()

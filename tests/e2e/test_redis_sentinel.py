@@ -42,9 +42,9 @@ def system(sentinel: RedisSentinelServers, tmp_path_factory: pytest.TempPathFact
 def test_sentinel_failover_under_load_loses_nothing(sentinel: RedisSentinelServers,
                                                     tmp_path_factory: pytest.TempPathFactory) -> None:
     switched: list[tuple[int, int]] = []
-    # the writes are paused from CLIENT PAUSE until the sentinels have demoted the old master (a few
-    # seconds): an edge lapse shorter than that would declare the edge lost meanwhile
-    rig = Rig.start(tmp_path_factory.mktemp("sentinel-fo"), agents=8, lapse_ms=20_000, heartbeat_ms=500, drain_s=10,
+    # the writes are paused from CLIENT PAUSE until every sentinel names the new master (1-2 s): the
+    # edge lapse (5 s) must be longer, or the edge would be declared lost meanwhile
+    rig = Rig.start(tmp_path_factory.mktemp("sentinel-fo"), agents=8, lapse_ms=5000, heartbeat_ms=500, drain_s=10,
                     tenant="sentinel", redis_server=sentinel)
     try:
         result = rig.run(Fault("sentinel-failover", "SENTINEL FAILOVER of the master",
