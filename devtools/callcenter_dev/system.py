@@ -125,7 +125,12 @@ class WholeSystem:
         machine (another test's SIPp), so then it starts again on a new port."""
         for attempt in range(attempts):
             health = self.edge_env["CC_HEALTH_PORT"]
-            edge = ServiceProcess("sip-edge", self.edge_env, health_url=f"http://127.0.0.1:{health}/healthz").start()
+            edge = ServiceProcess("sip-edge", self.edge_env, health_url=f"http://127.0.0.1:{health}/healthz")
+            try:
+                edge.start()
+            except RuntimeError:   # exited before its health check answered: maybe the port race
+                if edge.proc is None or edge.proc.returncode != 75 or attempt == attempts - 1:
+                    raise
             started = time.monotonic()
             while time.monotonic() < started + 15:
                 if edge.proc is not None and edge.proc.poll() is not None:
