@@ -15,7 +15,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from redis.asyncio.connection import ConnectionPool
-from redis.exceptions import ClusterDownError, ResponseError
+from redis.exceptions import AskError, ClusterDownError, ResponseError
 
 from callcenter.metrics import CountingPipeline
 
@@ -85,8 +85,9 @@ class SlotTransaction(CountingPipeline):
     async def _moved(self, exc: ResponseError) -> Exception:
         """The error to raise for `exc`: a slot that moved becomes ClusterDownError (after the map
         is refreshed); anything else is itself."""
-        words = str(exc).split()
-        if not words or words[0] not in _MOVED:
+        # a queued command's MOVED comes back as MovedError ("Command # 1 (...) of pipeline caused
+        # error"), an EXEC refused for it as EXECABORT
+        if not isinstance(exc, AskError) and not any(word in _MOVED for word in str(exc).split()):
             return exc
         self._cluster._initialize = True  # the next command re-reads the slot map
         return ClusterDownError(f"the slot moved during a transaction: {exc}")
