@@ -26,7 +26,8 @@ def cluster() -> Iterator[RedisClusterServers]:
         servers.stop()
 
 
-async def test_a_watched_transaction_runs_on_the_tenant_master_and_sees_a_conflict(cluster: RedisClusterServers) -> None:
+async def test_a_watched_transaction_runs_on_the_tenant_master_and_sees_a_conflict(
+        cluster: RedisClusterServers) -> None:
     [tenant] = tenants_on_distinct_masters(cluster, 1, prefix="watch")
     key = Keys(tenant).config
     r, other = connect(cluster.url), connect(cluster.url)
