@@ -289,14 +289,16 @@ class Rig:
 
     @classmethod
     def start(cls, workdir: Path, *, agents: int = 30, lapse_ms: int = 5000, heartbeat_ms: int = 1000,
-              drain_s: float = 30.0, log_level: str = "warning", lifetime_s: float = 3600) -> Rig:
+              drain_s: float = 30.0, log_level: str = "warning", lifetime_s: float = 3600,
+              tenant: str = "faults", redis_server: Any = None) -> Rig:
+        """`redis_server`: a running Redis (a cluster several rigs share, one tenant each), else its own."""
         env = {"CC_WRAPUP_S": "0", "CC_RING_TIMEOUT_S": "10", "CC_EDGE_LAPSE_MS": str(lapse_ms),
                "CC_LOG_LEVEL": log_level, "CC_REJECT_ON_NO_AGENTS": "false"}
-        system = WholeSystem.start(workdir, tenant="faults", edge_id="edge-faults", common_env=env,
+        system = WholeSystem.start(workdir, tenant=tenant, edge_id=f"edge-{tenant}", common_env=env,
                                    edge_env={"CC_HEARTBEAT_INTERVAL_MS": str(heartbeat_ms),
                                              "CC_SIP_INVITE_RATE": "0", "CC_SIP_INVITE_RATE_TOTAL": "0",
                                              "CC_DRAIN_TIMEOUT_S": str(drain_s)},
-                                   redis_appendonly=True)
+                                   redis_appendonly=True, redis_server=redis_server)
         peers: list[Sipp] = []
         try:
             phone = QUICK_PHONE if QUICK_PHONE.exists() else scenario("agent.xml")
@@ -386,7 +388,8 @@ class Rig:
     def _pids(self) -> dict[str, int | None]:
         """The process id of every service and of redis-server (a fault changes some)."""
         out = {name: svc.proc.pid if svc.proc else None for name, svc in self.system.services.items()}
-        out["redis-server"] = self.system.server.proc.pid if self.system.server.proc else None
+        proc = getattr(self.system.server, "proc", None)   # one redis-server (not a cluster's nodes)
+        out["redis-server"] = proc.pid if proc else None
         return out
 
     def _now_ms(self) -> int:

@@ -12,10 +12,18 @@ The sip-edge can be killed (`kill_edge`), stopped with SIGTERM (`stop_edge`) and
 service can be SIGKILLed and restarted (`kill_service`, `restart_service`), replaced by a rolling
 update (`rolling_update`), run twice (`add_service`), and redis-server stopped and started again
 (`stop_redis`, `start_redis`).
+
+Redis is one private redis-server unless the environment says `CC_TEST_REDIS=cluster` (a Redis
+Cluster of 3 masters and 3 replicas, `callcenter_dev.redis_topologies`) or `CC_TEST_REDIS=sentinel`
+(a master, a replica and 3 sentinels): every service then gets the `redis+cluster://` or
+`redis+sentinel://` URL, and `system.redis` is a client of that topology. A test may also pass a
+running `redis_server` (several systems, one tenant each, on one cluster); it is not stopped with
+the system then.
 """
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from dataclasses import dataclass, field
@@ -26,10 +34,33 @@ import httpx
 import redis
 
 from callcenter.contract.codec import decode
+from callcenter.redis import connect_sync
 from callcenter.store.keys import Keys
 from callcenter_dev.processes import ServiceProcess, create_api_key
+from callcenter_dev.redis_topologies import RedisClusterServers, RedisSentinelServers
 from callcenter_dev.servers import RedisServer, free_port, stop_process, udp_port_bound
 from callcenter_dev.sipp import Sipp, wait_until
+
+TOPOLOGIES = ("single", "cluster", "sentinel")
+
+
+def redis_topology_under_test() -> str:
+    """The Redis topology of the whole-system tests: `CC_TEST_REDIS` (single, cluster, sentinel)."""
+    topology = os.environ.get("CC_TEST_REDIS", "single") or "single"
+    if topology not in TOPOLOGIES:
+        raise ValueError(f"CC_TEST_REDIS={topology!r}: one of {', '.join(TOPOLOGIES)}")
+    return topology
+
+
+def start_redis_topology(topology: str | None = None, appendonly: bool = False) -> Any:
+    """A running Redis of `topology` (default: `redis_topology_under_test()`): something with `url`, `client()`
+    and `stop()`."""
+    topology = topology or redis_topology_under_test()
+    if topology == "cluster":
+        return RedisClusterServers().start()
+    if topology == "sentinel":
+        return RedisSentinelServers().start()
+    return RedisServer(appendonly=appendonly).start()
 
 
 @dataclass
@@ -37,7 +68,7 @@ class WholeSystem:
     """Every service as a process against one private redis-server, with helpers to provision and read."""
 
     tenant: str
-    server: RedisServer
+    server: Any   # RedisServer, RedisClusterServers or RedisSentinelServers
     redis: redis.Redis
     api: httpx.Client
     sip_port: int
@@ -47,12 +78,15 @@ class WholeSystem:
     # the admin API key `self.api` sends (made with `callcenter-api create-key` before the api starts)
     admin_key: str = ""
     api_env: dict[str, str] = field(default_factory=dict)
+    owns_server: bool = True
 
     @classmethod
     def start(cls, workdir: Path, *, tenant: str = "e2e", edge_id: str = "edge-e2e",
               common_env: dict[str, str] | None = None, edge_env: dict[str, str] | None = None,
-              dispatcher_env: dict[str, str] | None = None, redis_appendonly: bool = False) -> WholeSystem:
-        server = RedisServer(appendonly=redis_appendonly).start()
+              dispatcher_env: dict[str, str] | None = None, redis_appendonly: bool = False,
+              redis_server: Any = None, redis_topology: str | None = None) -> WholeSystem:
+        owns_server = redis_server is None
+        server = start_redis_topology(redis_topology, redis_appendonly) if owns_server else redis_server
         db = f"sqlite:///{workdir / 'cc.sqlite3'}"
         api_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
         health = [free_port() for _ in range(3)]
@@ -72,7 +106,7 @@ class WholeSystem:
                                          health_url=f"http://127.0.0.1:{health[1]}/healthz"),
             "sip-edge": ServiceProcess("sip-edge", edge, health_url=f"http://127.0.0.1:{health[2]}/healthz"),
         }
-        system = cls(tenant=tenant, server=server, redis=redis.Redis.from_url(server.url),
+        system = cls(tenant=tenant, server=server, redis=connect_sync(server.url), owns_server=owns_server,
                      api=httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10,
                                       headers={"Authorization": f"Bearer {admin_key}"}),
                      sip_port=sip_port, edge_id=edge_id, services={}, edge_env=edge, admin_key=admin_key,
@@ -91,7 +125,12 @@ class WholeSystem:
         machine (another test's SIPp), so then it starts again on a new port."""
         for attempt in range(attempts):
             health = self.edge_env["CC_HEALTH_PORT"]
-            edge = ServiceProcess("sip-edge", self.edge_env, health_url=f"http://127.0.0.1:{health}/healthz").start()
+            edge = ServiceProcess("sip-edge", self.edge_env, health_url=f"http://127.0.0.1:{health}/healthz")
+            try:
+                edge.start()
+            except RuntimeError:   # exited before its health check answered: maybe the port race
+                if edge.proc is None or edge.proc.returncode != 75 or attempt == attempts - 1:
+                    raise
             started = time.monotonic()
             while time.monotonic() < started + 15:
                 if edge.proc is not None and edge.proc.poll() is not None:
@@ -117,7 +156,8 @@ class WholeSystem:
         for svc in reversed(list(self.services.values())):
             svc.stop()
         self.redis.close()
-        self.server.stop()
+        if self.owns_server:
+            self.server.stop()
 
     # -- the sip-edge process ----------------------------------------------------------------
     @property

@@ -19,6 +19,7 @@ come from: a crash never counts an event twice nor loses one. Entries of an unkn
 version it does not know are skipped (acknowledged): new types and new fields are additive.
 
     python examples/analytics/consumer.py --redis-url redis://127.0.0.1:6379/0 --tenant default
+    python examples/analytics/consumer.py --redis-url redis+cluster://10.0.0.1:6379,10.0.0.2:6379
     python examples/analytics/consumer.py --print   # the figures so far, as JSON
 """
 
@@ -32,10 +33,25 @@ from typing import Any
 
 import msgpack
 import redis
+from redis.cluster import ClusterNode
+from redis.sentinel import Sentinel
 
 GROUP = "analytics-example"
 COUNTS = ("offered", "answered", "answered_in_t", "abandoned", "abandoned_in_t")
 VERSIONS = {"call.arrived": 1, "call.rejected": 1, "call.connected": 1, "call.abandoned": 1}  # what it reads
+
+
+def client(url: str) -> Any:
+    """A client for the URLs callcenter's CC_REDIS_URL takes: redis:// (one server),
+    redis+cluster://host:port[,host:port] (a Redis Cluster), redis+sentinel://host:port[,...]/service."""
+    scheme, _, rest = url.partition("://")
+    hosts, _, path = rest.partition("/")
+    nodes = [(h.rsplit(":", 1)[0], int(h.rsplit(":", 1)[1])) for h in hosts.split(",")]
+    if scheme == "redis+cluster":
+        return redis.RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in nodes])
+    if scheme == "redis+sentinel":
+        return Sentinel(nodes).master_for(path.split("/")[0])
+    return redis.Redis.from_url(url)
 
 
 def keys(tenant: str) -> tuple[str, str]:
@@ -115,7 +131,7 @@ def main() -> None:
     parser.add_argument("--consumer", default=f"analytics-{socket.gethostname()}")
     parser.add_argument("--print", action="store_true", help="print the figures so far and exit")
     args = parser.parse_args()
-    r = redis.Redis.from_url(args.redis_url)
+    r = client(args.redis_url)
     if args.print:
         print(json.dumps(figures(r, args.tenant), indent=2, sort_keys=True))  # noqa: T201
         return

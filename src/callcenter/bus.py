@@ -164,6 +164,12 @@ class StreamConsumer:
                 log.warning("consumer.redis_unavailable", stream=self.stream, error=repr(exc))
                 await self._pause()
             except ResponseError as exc:
+                if str(exc).startswith("UNBLOCKED"):
+                    # our master became a replica while we were blocked on it (a Sentinel
+                    # failover): the client finds the new master on the next read
+                    log.warning("consumer.redis_unavailable", stream=self.stream, error=repr(exc))
+                    await self._pause()
+                    continue
                 if "NOGROUP" not in str(exc):
                     raise
                 # Redis came back without our group (restarted empty): start again from its start

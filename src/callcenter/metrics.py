@@ -26,8 +26,11 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.exceptions import RedisClusterException
 
 from callcenter.redis import REDIS_DOWN, text
+from callcenter.redis_topology import stream_read_keys
 from callcenter.store.config import PARAMS
 from callcenter.store.keys import Keys
 
@@ -333,6 +336,49 @@ class CountingPipeline(Pipeline):
     async def execute(self, raise_on_error: bool = True) -> Any:
         try:
             return await super().execute(raise_on_error)
+        except REDIS_DOWN:
+            REDIS_ERRORS.inc()
+            raise
+
+
+class CountingRedisCluster(RedisCluster):
+    """The Redis Cluster client, counting as `CountingRedis` does (a command that failed after the
+    client's own retries over MOVED, ASK and a failover)."""
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().execute_command(*args, **kwargs)
+        except REDIS_DOWN:
+            REDIS_ERRORS.inc()
+            raise
+
+    async def _determine_slot(self, *args: Any) -> int:
+        keys = stream_read_keys(args)
+        if not keys:
+            return await super()._determine_slot(*args)
+        slots = {self.keyslot(k) for k in keys}
+        if len(slots) != 1:
+            raise RedisClusterException(f"{args[0]} - all keys must map to the same key slot")
+        return slots.pop()
+
+    _slot_pools: dict[tuple[str, int], Any] | None = None
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> Any:
+        if transaction:
+            from callcenter.redis_cluster import SlotTransaction  # it builds on CountingPipeline
+
+            if self._slot_pools is None:
+                self._slot_pools = {}
+            return SlotTransaction(self, self._slot_pools)
+        return CountingClusterPipeline(self, transaction)  # type: ignore[abstract]
+
+
+class CountingClusterPipeline(ClusterPipeline):
+    """A pipeline of `CountingRedisCluster`: counts a failed `execute`."""
+
+    async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
+        try:
+            return await super().execute(raise_on_error, allow_redirections)
         except REDIS_DOWN:
             REDIS_ERRORS.inc()
             raise

@@ -5,22 +5,79 @@ msgpack bytes).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
+import redis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
+from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+from redis.cluster import ClusterNode, RedisCluster
+from redis.exceptions import ClusterDownError, ReadOnlyError, RedisClusterException, TryAgainError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.sentinel import Sentinel
 
-# Errors after which a service waits and retries rather than failing the unit of work.
-REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+from callcenter.redis_topology import RedisTarget, parse_redis_url, stream_read_keys
+
+# Errors after which a service waits and retries rather than failing the unit of work: the server
+# is away, or (Redis Cluster, Sentinel) the shard of the tenant is changing master: CLUSTERDOWN,
+# TRYAGAIN, a slot no node serves yet, a write that reached a master just demoted.
+REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, ClusterDownError, TryAgainError,
+              ReadOnlyError, RedisClusterException)
+
+
+class StreamRoutedRedisCluster(RedisCluster):
+    """The synchronous cluster client, routing XREAD/XREADGROUP by their arguments (see
+    `stream_read_keys`)."""
+
+    def determine_slot(self, *args: Any) -> int | None:
+        keys = stream_read_keys(args)
+        if not keys:
+            return super().determine_slot(*args)
+        slots = {int(self.keyslot(k)) for k in keys}  # type: ignore[no-untyped-call]
+        if len(slots) != 1:
+            raise RedisClusterException(f"{args[0]} - all keys must map to the same key slot")
+        return slots.pop()
+
+
+def _auth(target: RedisTarget) -> dict[str, Any]:
+    return {"username": target.username, "password": target.password, **target.options}
 
 
 def connect(url: str) -> aioredis.Redis:
-    """An asyncio client for `url` (connections are opened lazily, so this never blocks) that
-    counts its failures from Redis being away in `callcenter_redis_errors_total`."""
-    from callcenter.metrics import CountingRedis  # imported here: metrics reads replies with `text`
+    """An asyncio client for `url` (`redis://`, `redis+cluster://`, `redis+sentinel://`:
+    `callcenter.redis_topology`); connections are opened lazily, so this never blocks. It counts its
+    failures from Redis being away in `callcenter_redis_errors_total`.
 
+    A cluster client is typed as `Redis`: it answers the same commands (each routed to the node of
+    its key's slot), which is all the services use."""
+    # imported here: metrics reads replies with `text`
+    from callcenter.metrics import CountingRedis, CountingRedisCluster
+
+    target = parse_redis_url(url)
+    if target.kind == "cluster":
+        nodes = [AsyncClusterNode(host, port) for host, port in target.nodes]
+        return cast(aioredis.Redis, CountingRedisCluster(startup_nodes=nodes, **_auth(target)))
+    if target.kind == "sentinel":
+        sentinel = AsyncSentinel(list(target.nodes),  # type: ignore[no-untyped-call]
+                                 sentinel_kwargs={"password": target.sentinel_password}, **target.options)
+        return cast(aioredis.Redis, sentinel.master_for(target.service, redis_class=CountingRedis,
+                                                         db=target.db, **_auth(target)))
     return CountingRedis.from_url(url)
+
+
+def connect_sync(url: str) -> redis.Redis:
+    """A synchronous client for the same URLs (celery jobs, dev tools, tests); not counted."""
+    target = parse_redis_url(url)
+    if target.kind == "cluster":
+        nodes = [ClusterNode(host, port) for host, port in target.nodes]  # type: ignore[no-untyped-call]
+        return cast(redis.Redis, StreamRoutedRedisCluster(startup_nodes=nodes, **_auth(target)))
+    if target.kind == "sentinel":
+        sentinel = Sentinel(list(target.nodes),  # type: ignore[no-untyped-call]
+                            sentinel_kwargs={"password": target.sentinel_password}, **target.options)
+        return cast(redis.Redis, sentinel.master_for(target.service, db=target.db,  # type: ignore[no-untyped-call]
+                                                     **_auth(target)))
+    return redis.Redis.from_url(url)
 
 
 def text(value: Any) -> str:

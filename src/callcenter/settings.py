@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from callcenter.redis_topology import parse_redis_url
 from callcenter.store.config import PARAMS
 
 # query parameters of a URL that carry a secret (libpq's password/sslpassword, redis-py's password)
@@ -46,6 +47,8 @@ class CommonSettings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CC_", extra="ignore")
 
+    # the topology by scheme: redis:// (one server), redis+cluster://h:p,h:p (Redis Cluster),
+    # redis+sentinel://h:p,h:p/service (Sentinel); callcenter.redis_topology
     redis_url: str = "redis://127.0.0.1:6379/0"
     tenant: str = Field(default="default", pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     log_format: str = Field(default="auto", pattern="^(auto|json|console)$")
@@ -57,6 +60,12 @@ class CommonSettings(BaseSettings):
     # the SIP digest realm of registering agents: the api hashes their passwords for it (HA1), the
     # sip-edge challenges with it. Changing it needs every SIP password set again
     sip_realm: str = Field(default="callcenter", pattern=r'^[^"\\\x00-\x1f]{1,128}$')
+
+    @field_validator("redis_url")
+    @classmethod
+    def _known_topology(cls, value: str) -> str:
+        parse_redis_url(value)   # an unknown scheme or a malformed node list fails at start
+        return value
 
     def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
         for name, value in super().__repr_args__():

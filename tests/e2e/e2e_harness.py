@@ -44,9 +44,11 @@ def caller_on_queue_media(system: WholeSystem, peers: list[Sipp], flow: str, que
     return caller, call_id
 
 
-def whole_system(tmp_path_factory: pytest.TempPathFactory, tenant: str, ring_timeout_s: int) -> Iterator[WholeSystem]:
-    """The body of a module's `system` fixture: every service up, wrap-up 1 s; stopped at the end."""
-    system = WholeSystem.start(tmp_path_factory.mktemp(tenant), tenant=tenant,
+def whole_system(tmp_path_factory: pytest.TempPathFactory, tenant: str, ring_timeout_s: int,
+                 redis_topology: str | None = None) -> Iterator[WholeSystem]:
+    """The body of a module's `system` fixture: every service up, wrap-up 1 s; stopped at the end.
+    Redis: `redis_topology` (single, cluster, sentinel), else CC_TEST_REDIS's."""
+    system = WholeSystem.start(tmp_path_factory.mktemp(tenant), tenant=tenant, redis_topology=redis_topology,
                                common_env={"CC_RING_TIMEOUT_S": str(ring_timeout_s), "CC_WRAPUP_S": "1"})
     try:
         yield system

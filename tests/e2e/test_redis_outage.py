@@ -17,9 +17,11 @@ import pytest
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp
-from callcenter_dev.system import WholeSystem, wait_for
+from callcenter_dev.system import WholeSystem, redis_topology_under_test, wait_for
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    redis_topology_under_test() != "single", reason="stops one redis-server process (SIGSTOP/restart); a cluster's or "
+    "sentinel's fail-over is tested in test_redis_cluster.py and test_redis_sentinel.py")]
 
 LAPSE_MS = 2000
 TALK_MS = 4000

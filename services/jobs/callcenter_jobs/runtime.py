@@ -12,6 +12,7 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from callcenter.db.engine import make_engine
+from callcenter.redis import connect_sync
 from callcenter.settings import JobsSettings
 from callcenter.store.keys import Keys
 
@@ -35,5 +36,5 @@ def runtime() -> Runtime:
     settings = JobsSettings()
     engine = make_engine(settings.database_url)
     return Runtime(settings, engine, sessionmaker(engine, expire_on_commit=False),
-                   redis.Redis.from_url(settings.redis_url), Keys(settings.tenant),
+                   connect_sync(settings.redis_url), Keys(settings.tenant),
                    httpx.Client(timeout=settings.webhook_timeout_s, follow_redirects=False))

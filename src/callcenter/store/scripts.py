@@ -24,6 +24,7 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError, ResponseError
 
 from callcenter.contract.reports import REPORTS
+from callcenter.redis import REDIS_DOWN
 from callcenter.redis import text as _text
 from callcenter.store.codes import RC, Result
 from callcenter.store.keys import Keys
@@ -134,7 +135,7 @@ class Store:
         error comes back as FAILED with Redis' message (a connection error is raised)."""
         try:
             return await self._run(report_script(report_type), entry_id, data, now=now)
-        except NoScriptError:
+        except (NoScriptError, *REDIS_DOWN):  # a shard changing master (cluster) is Redis away too
             raise
         except ResponseError as exc:
             return _failed(exc)
@@ -154,8 +155,10 @@ class Store:
         for attempt in (1, 2):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for report_type, entry_id, data in reports:
-                    pipe.evalsha(self._scripts[report_script(report_type)].sha, 1, self.keys.events, ts, entry_id,
-                                 data)
+                    # the raw command: redis-py's cluster pipeline refuses `evalsha()` (it cannot know
+                    # the keys), but routes EVALSHA by its declared key, the tenant's events stream
+                    pipe.execute_command("EVALSHA", self._scripts[report_script(report_type)].sha, 1,
+                                         self.keys.events, ts, entry_id, data)
                 raw = await pipe.execute(raise_on_error=False)
             if attempt == 1 and any(isinstance(r, NoScriptError) for r in raw):
                 for report_type in {t for t, _, _ in reports}:
@@ -163,7 +166,8 @@ class Store:
                     script.sha = await self.redis.script_load(script.script)
                 continue
             for r in raw:
-                if isinstance(r, Exception) and (not isinstance(r, ResponseError) or isinstance(r, NoScriptError)):
+                if isinstance(r, Exception) and (not isinstance(r, ResponseError)
+                                                 or isinstance(r, (NoScriptError, *REDIS_DOWN))):
                     raise r
             break
         return [_failed(r) if isinstance(r, ResponseError) else _result(r) for r in raw]
