@@ -30,12 +30,12 @@ sipp -sf "$here/caller.xml" -s tech_support -i 127.0.0.1 -p "$port" -m 1 -timeou
 
 echo "== the call's record"
 for _ in $(seq 50); do  # the cdr-writer commits in batches: give it a moment
-  cdr=$($cc --json cdr list --flow tech_support --agent 1008 --since "$since" --limit 1)
-  if [ "$(echo "$cdr" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)["items"]))')" = 1 ]; then
-    $cc cdr list --flow tech_support --agent 1008 --since "$since" --limit 1
+  cdr=$($cc --json cdr list --kind final --flow tech_support --agent 1008 --since "$since" --limit 1)
+  if [ "$(echo "$cdr" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" = 1 ]; then
+    $cc cdr list --kind final --flow tech_support --agent 1008 --since "$since" --limit 1
     echo "$cdr" | python3 -c '
 import json, sys
-row = json.load(sys.stdin)["items"][0]
+row = json.load(sys.stdin)[0]
 print("call {call_id} {outcome} by {agent_id} after {wait_ms} ms waiting".format(**row))
 sys.exit(0 if row["outcome"] == "answered" and row["agent_id"] == "1008" else 1)'
     exit $?
