@@ -17,8 +17,6 @@ sip_tcp_port={tcp_port}
 sip_tls_port=-1
 default_proxy=0
 register_only_when_network_is_up=0
-guess_hostname=0
-contact=sip:{user}@{host}
 [net]
 mtu=1300
 [rtp]
@@ -40,13 +38,32 @@ display=0
 """
 
 
-def config(*, host: str, port: int, user: str, domain: str, password: str, realm: str, edge_host: str,
+def config(*, port: int, user: str, domain: str, password: str, realm: str, edge_host: str,
            edge_port: int, transport: str, rtp_port: int) -> str:
-    """The linphonerc of a phone listening on host:port (UDP, and TCP on the same port when it
+    """The linphonerc of a phone listening on `port` (UDP, and TCP on the same port when it
     registers over TCP) that registers `user@domain` through the edge with `password`."""
-    return CONFIG.format(host=host, port=port, tcp_port=port if transport == "tcp" else -1, user=user,
+    return CONFIG.format(port=port, tcp_port=port if transport == "tcp" else -1, user=user,
                          domain=domain, password=password, realm=realm, edge_host=edge_host,
                          edge_port=edge_port, transport=transport, rtp_port=rtp_port)
+
+
+CALLER_CONFIG = """\
+[sip]
+sip_port={port}
+sip_tcp_port=-1
+sip_tls_port=-1
+[rtp]
+audio_rtp_port={rtp_port}
+[video]
+capture=0
+display=0
+"""
+
+
+def caller_config(*, port: int, rtp_port: int) -> str:
+    """The linphonerc of a phone on UDP `port` that registers nowhere: it only calls (its Contact
+    then has no user part, `sip:<ip>:<port>`)."""
+    return CALLER_CONFIG.format(port=port, rtp_port=rtp_port)
 
 
 def start(home: Path, rc: Path, log: Path, *, lifetime_s: int = 60) -> subprocess.Popen[bytes]:

@@ -2,6 +2,7 @@
 password, linphonec REGISTERs its AOR at the sip-edge over UDP and over TCP with that password
 (digest with the edge's default algorithms), the api logs the agent in (refused before it
 registered), a queued SIPp call rings the AOR, linphonec auto-answers and the CDR names the agent.
+And linphonec as a caller into a flow: it hears the queue media, takes the agent's re-INVITE, hangs up.
 Runs headless: no sound card, so linphonec plays and records files (`soundcard use files`).
 """
 
@@ -18,7 +19,7 @@ from e2e_harness import agent, caller, flow, has_event, ok, only_call, start
 from callcenter_dev import linphone
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.servers import free_port, stop_process
-from callcenter_dev.sipp import Sipp
+from callcenter_dev.sipp import Sipp, wait_until
 from callcenter_dev.system import WholeSystem, wait_for
 
 pytestmark = [
@@ -65,7 +66,7 @@ def test_linphone_registers_with_its_password_and_answers_a_queued_call(
     edge_port = system.sip_port if transport == "udp" else int(system.edge_env["CC_SIP_TCP_PORT"])
     port = free_port()
     rc = tmp_path / "linphonerc"
-    rc.write_text(linphone.config(host="127.0.0.1", port=port, user=agent_id, domain=DOMAIN, password=PASSWORD,
+    rc.write_text(linphone.config(port=port, user=agent_id, domain=DOMAIN, password=PASSWORD,
                                   realm=realm, edge_host="127.0.0.1", edge_port=edge_port, transport=transport,
                                   rtp_port=free_port()))
     log = tmp_path / "linphone.log"
@@ -107,3 +108,43 @@ def test_linphone_registers_with_its_password_and_answers_a_queued_call(
     with socket.socket() as probe:   # the phone let go of its port
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         probe.bind(("127.0.0.1", port))
+
+
+def test_linphone_calls_a_flow_reaches_a_sipp_agent_and_hangs_up(
+        system: WholeSystem, peers: list[Sipp], tmp_path: Path) -> None:
+    flow_id = "lin-caller"
+    queue = start(peers, Sipp(scenario("media_queue.xml")))
+    phone_agent = start(peers, Sipp(scenario("agent.xml")))
+    flow(system, flow_id, queue)
+    agent(system, "lin-a1", flow_id, phone_agent)
+    assert system.api.post("/v1/agents/lin-a1/login").status_code == 200
+
+    rc = tmp_path / "linphonerc"
+    rc.write_text(linphone.caller_config(port=free_port(), rtp_port=free_port()))
+    log = tmp_path / "linphone.log"
+    phone = linphone.start(tmp_path, rc, log)
+    assert phone.stdin is not None
+    phone.stdin.write(f"soundcard use files\ncall sip:{flow_id}@{system.caller_target}\n".encode())
+    phone.stdin.flush()
+    try:
+        call_id = only_call(system, flow_id)
+        # the agent rings once the caller is on the queue media; its answer reaches linphone by re-INVITE
+        wait_for(lambda: system.api.get("/v1/agents/lin-a1").json()["state"] == "in_call", 20,
+                 "the agent in the call", system)
+        # linphone's own INVITE, then the edge's re-INVITE to its Contact (no user part: it registers nowhere)
+        assert wait_until(lambda: log.read_text(errors="replace").count("\nINVITE sip:") >= 2, 10)
+        phone.stdin.write(b"terminate\n")
+        phone.stdin.flush()
+        ok(phone_agent, system)   # the agent got the BYE linphone sent
+        cdr = system.wait_for_cdr(call_id)
+        assert (cdr["outcome"], cdr["agent_id"]) == ("answered", "lin-a1"), log.read_text(errors="replace")[-3000:]
+        trace = log.read_text(errors="replace")
+        assert f"INVITE sip:{flow_id}@{system.caller_target}" in trace
+        reinvite = trace.split("\nINVITE sip:")[2]
+        assert reinvite.startswith("127.0.0.1:") and "\nSIP/2.0 200 Ok" in reinvite, trace[-3000:]
+        assert f"\nBYE sip:{system.caller_target} SIP/2.0" in trace   # to the edge's Contact
+        phone.stdin.write(b"quit\n")
+        phone.stdin.flush()
+        phone.wait(10)
+    finally:
+        stop_process(phone)
