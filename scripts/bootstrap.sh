@@ -27,6 +27,8 @@ command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 command -v sipp >/dev/null 2>&1 || missing+=(sip-tester)
 # a real softphone for the SIP interop tests (tests/sip/test_sip_edge_baresip.py)
 command -v baresip >/dev/null 2>&1 || missing+=(baresip)
+# a second softphone (belle-sip/liblinphone) for tests/e2e/test_linphone_agent.py
+command -v linphonec >/dev/null 2>&1 || missing+=(linphone-cli)
 # the WebRTC softphone of the WebSocket tests (devtools/callcenter_dev/browser.py): headless
 # Chromium, and npm to fetch SIP.js at its pinned version into a cache on first use
 command -v chromium >/dev/null 2>&1 || missing+=(chromium)

@@ -101,3 +101,17 @@ def test_a_via_naming_the_connections_ip_becomes_its_alias_another_ip_does_not()
     conn.feed(_request(via_host="10.0.0.9"))
     conn.feed(_request())
     assert streams.aliases == [("127.0.0.1", 5070)]
+
+
+def test_a_content_length_that_is_not_the_last_header_frames_the_message() -> None:
+    """linphone (belle-sip) puts Authorization after Content-Length: the length is found on any line
+    of the head, its CRLF included, not only on the last one."""
+    conn, streams, _ = _connection()
+    body = b"v=0\r\n"
+    message = (b"REGISTER sip:callcenter.test SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1:5070;branch=z9hG4bK2\r\n"
+               b"Call-ID: c2\r\nCSeq: 2 REGISTER\r\n"
+               + f"Content-Length: {len(body)}\r\n".encode()
+               + b"Authorization: Digest username=\"a1\", realm=\"callcenter\"\r\n\r\n" + body)
+    conn.feed(message + _request())
+    assert streams.delivered == [message, _request()]
+    assert streams.closed == [] and not conn.closed

@@ -20,7 +20,7 @@ MAX_START_LINE_BYTES = 2048
 PLAIN_TRANSPORTS = ("tcp", "ws")     # the others (tls, wss) begin with a TLS handshake
 # what may wait unsent for one connection before it is closed (its peer does not read)
 WRITE_BACKLOG_BYTES = 1024 * 1024
-_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*$", re.IGNORECASE | re.MULTILINE)
+_CONTENT_LENGTH = re.compile(rb"^(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*\r?$", re.IGNORECASE | re.MULTILINE)
 _START_LINE = re.compile(rb"^(?:SIP/2\.0 \d{3} |[A-Za-z]+ \S+ SIP/2\.0$)")
 _VIA_SENT_BY = re.compile(rb"^(?:via|v)[ \t]*:[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*\w+[ \t]+([^;,\s]+)",
                           re.IGNORECASE | re.MULTILINE)
