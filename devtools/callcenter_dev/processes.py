@@ -11,6 +11,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 SERVICES = ("sip-edge", "dispatcher", "cdr-writer", "api")
 
@@ -21,8 +22,37 @@ def console_script(name: str) -> str:
     return str(candidate) if candidate.exists() else f"callcenter-{name}"
 
 
+class ChildProcess:
+    """What every child process of the dev tools has: its `proc`, its `logfile` and how to read,
+    stop (SIGTERM, then SIGKILL after `stop_timeout_s`) and kill it."""
+
+    proc: subprocess.Popen[bytes] | None
+    logfile: Path
+    stop_timeout_s: ClassVar[float] = 15.0
+
+    def log(self) -> str:
+        return self.logfile.read_text(errors="replace")[-5000:]
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(self.stop_timeout_s if timeout is None else timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+
 @dataclass
-class ServiceProcess:
+class ServiceProcess(ChildProcess):
     """One callcenter service run as a child process, with its environment and log file."""
 
     name: str                      # one of SERVICES
@@ -49,27 +79,6 @@ class ServiceProcess:
             self.stop()
             raise RuntimeError(f"{self.name} not ready at {self.health_url}:\n{self.log()}")
         return self
-
-    def log(self) -> str:
-        return self.logfile.read_text(errors="replace")[-5000:]
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
 
 def create_api_key(env: dict[str, str], *, name: str = "dev", role: str = "admin", agent_id: str | None = None) -> str:
     """A new API key made with `callcenter-api create-key` against the SQL database of `env`

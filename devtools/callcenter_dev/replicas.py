@@ -22,15 +22,15 @@ edge's calls cannot be handed to the other one (docs/operations.md, "One SIP add
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 
-from callcenter_dev.processes import console_script
+from callcenter_dev.processes import ChildProcess, console_script
 from callcenter_dev.servers import udp_port_bound
 from callcenter_dev.sipp import wait_until
 from callcenter_dev.system import WholeSystem
@@ -54,8 +54,10 @@ class Counts:
 
 
 @dataclass
-class JobsProcess:
+class JobsProcess(ChildProcess):
     """`callcenter-jobs worker` (solo pool: one process, so SIGKILL kills all of it) or `beat`."""
+
+    stop_timeout_s: ClassVar[float] = 20.0
 
     name: str                     # "worker", "worker-2", "beat"
     args: list[str]
@@ -82,25 +84,6 @@ class JobsProcess:
             raise RuntimeError(f"celery {self.name} did not start in {timeout} s:\n{self.log()}")
         return self
 
-    def log(self) -> str:
-        return self.logfile.read_text(errors="replace")[-5000:]
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        return self.proc.returncode
 
 
 DEFAULT = Counts()   # 2 edges, 3 dispatchers, 2 cdr-writers, 2 apis, 2 celery workers
