@@ -120,6 +120,9 @@ class StreamConsumer:
         self._stop = asyncio.Event()
         self._claim_cursor = "0-0"
         self._held: dict[str, tuple[Entry, Mapping[Any, Any]]] = {}
+        # handled (durably) but the XACK did not reach Redis (it was down): acknowledged first
+        # when it is back, so they are not left pending until the next reclaim
+        self._unacked: list[str] = []
         self._backoff_s = 0.0
         self.handled = 0
         self.dead_lettered = 0
@@ -153,6 +156,8 @@ class StreamConsumer:
         next_claim = loop.time()
         while not self.stopping:
             try:
+                if self._unacked:
+                    await self._ack_now([])
                 if self._held:
                     await self._retry_held()
                     continue
@@ -324,7 +329,15 @@ class StreamConsumer:
             await self._ack_now(to_ack)
 
     async def _ack_now(self, ids: Sequence[str]) -> None:
-        await self.redis.xack(self.stream, self.group, *ids)
+        """Acknowledge `ids` together with any whose acknowledgement failed earlier; on a Redis
+        outage they are all kept for the next try (their effect is durable already)."""
+        ids = [*self._unacked, *ids]
+        self._unacked = []
+        try:
+            await self.redis.xack(self.stream, self.group, *ids)
+        except REDIS_DOWN:
+            self._unacked = ids
+            raise
         self.handled += len(ids)
         STREAM_ENTRIES.labels(self.stream, self.group).inc(len(ids))
 

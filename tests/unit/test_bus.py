@@ -198,6 +198,49 @@ async def test_consumer_loop_survives_a_redis_restart_with_persistence() -> None
         server.stop()
 
 
+async def test_an_ack_lost_to_a_redis_restart_is_sent_when_redis_is_back() -> None:
+    """The handler's effect is durable but Redis goes down before the XACK: once it is back the
+    entry is acknowledged at once, not left pending until a reclaim (claim_idle_ms here: 60 s)."""
+    server = RedisServer(appendonly=True).start()
+    client = aioredis.Redis.from_url(server.url)
+    handled = asyncio.Event()
+
+    async def handler(entries: Sequence[Entry]) -> Mapping[str, Verdict]:
+        if not handled.is_set():
+            assert server.proc is not None
+            server.proc.terminate()  # the effect is done; the acknowledgement will find Redis down
+            server.proc.wait(5)
+            handled.set()
+        return {e.id: ACK for e in entries}
+
+    await publish(client, "a1")
+    consumer = make(client, handler, claim_idle_ms=60_000)
+    task = asyncio.create_task(consumer.run())
+    other: aioredis.Redis | None = None
+    try:
+        await asyncio.wait_for(handled.wait(), 3)
+        await asyncio.sleep(0.3)  # the XACK has failed by now
+        assert consumer.handled == 0
+        server = RedisServer(port=server.port, appendonly=True, workdir=server.workdir).start()
+        other = aioredis.Redis.from_url(server.url)
+
+        async def acknowledged() -> bool:
+            assert other is not None
+            return await pending(other) == 0
+
+        await wait_for(acknowledged, within_s=5)
+        assert consumer.handled == 1
+    finally:
+        consumer.request_stop()
+        await asyncio.wait([task], timeout=2)
+        if task.done() and not task.cancelled():
+            task.exception()
+        await client.aclose()
+        if other is not None:
+            await other.aclose()
+        server.stop()
+
+
 async def test_a_huge_bad_payload_is_logged_as_an_excerpt_with_its_size(redis: aioredis.Redis) -> None:
     """An 8 MB dead letter is one short log line, not an 8 MB one (issue 10 item 6)."""
     garbage = b"\x01" + b"a" * 8_000_000  # msgpack says ExtraData and its repr holds every byte
