@@ -56,8 +56,6 @@ def tenants_on(cluster: RedisClusterServers, masters: int, prefix: str) -> list[
 async def _build(url: str, tenant: str, n: int) -> list[tuple[str, bytes]]:
     r = connect(url)
     store = Store(r, tenant)
-    # agents ring at arrival (the World answers offers, it plays no queue media)
-    await store.write_config({"ring_before_media": 1})
     world = dd.World(store)
     await world.build()
     items = world.workload(n)

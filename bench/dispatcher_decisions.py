@@ -69,7 +69,10 @@ class World:
 
     async def build(self) -> None:
         st = self.store
-        await st.write_config({"wrapup_s": 0, "reject_on_no_agents": 0, "ring_timeout_s": 600})
+        # agents ring at arrival: this World answers offers itself and plays no queue media (a
+        # caller is offered only once on media otherwise, and the set-up below would wait for ever)
+        await st.write_config({"wrapup_s": 0, "reject_on_no_agents": 0, "ring_timeout_s": 600,
+                               "ring_before_media": 1})
         for f in range(FLOWS):
             await st.flow_upsert(f"f{f}", {"skill": f"s{f}", "priority": f % 3, "queue_uri": "sip:q@127.0.0.1:9"})
         for a in range(AGENTS):
