@@ -263,7 +263,8 @@ class CallRouter:
         tokens = bind_contextvars(call_id=command.call_id)
         try:
             call.forks.start(command.offer_id, [{"agent_id": command.agent_id, "uri": t} for t in targets],
-                             command.timeout_s, command.caller_display, one_agent=True)
+                             command.timeout_s, command.caller_display, one_agent=True,
+                             whisper_uri=command.whisper_uri)
         except Exception:
             call.refuse("ring", "internal_error", offer_id=command.offer_id)
             call.fail_internally(command.TYPE)
