@@ -50,11 +50,18 @@ def cpu_seconds(pid: int) -> float:
 
 
 async def serve(agent_uri: str, certs_dir: str) -> None:
-    """Child: a stack with UDP, TCP and TLS; rings `agent_uri` on every call; prints its ports."""
+    """Child: a stack with UDP, TCP and TLS; rings `agent_uri` on every call; prints its ports.
+
+    Its log lines go to stderr (a file the parent names) at CC_LOG_LEVEL: unconfigured, structlog
+    prints every info line to stdout, which is a pipe the parent stops reading after the ports
+    line; once the pipe's 64 KiB filled (a few hundred calls), the edge blocked in a write and no
+    call completed after it."""
+    from callcenter.logs import configure_logging
     from callcenter_sip_edge.facts import Fact
     from callcenter_sip_edge.sip_stack import SipStack
     from callcenter_sip_edge.sippy.streams import StreamOptions
 
+    configure_logging(os.environ.get("CC_LOG_LEVEL", "warning"))
     certs = Path(certs_dir)
     stack: SipStack | None = None
 
@@ -89,8 +96,9 @@ def run_one(transport: str, calls: int, rate: float, certs: Certificates, workdi
     agent_relay = TlsRelay(certs, agent_port, None) if transport == "tls" else None
     agent_sip_port = agent_relay.tls_port if agent_relay is not None else agent_port
     agent_uri = f"sip:agent@{LOOPBACK}:{agent_sip_port}" + ("" if transport == "udp" else f";transport={transport}")
+    edge_log = (workdir / f"{transport}-edge.log").open("w")
     edge = subprocess.Popen([sys.executable, __file__, "--serve", agent_uri, str(certs.cert.parent)],
-                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=edge_log, text=True,
                             env={**os.environ, "CC_LOG_LEVEL": "warning"})
     try:
         assert edge.stdout is not None
@@ -138,6 +146,7 @@ def run_one(transport: str, calls: int, rate: float, certs: Certificates, workdi
             edge.wait(15)
         except subprocess.TimeoutExpired:
             edge.kill()
+        edge_log.close()
 
 
 def _counts(stat_file: Path) -> tuple[int, int]:

@@ -212,6 +212,9 @@ class WholeSystem:
         if old.name == "sip-edge":
             env.pop("CC_CONSUMER")
             env.update(CC_SIP_PORT=str(free_port(socket.SOCK_DGRAM)), CC_EDGE_ID=f"{self.edge_id}-{suffix}")
+            for stream_port in ("CC_SIP_TCP_PORT", "CC_SIP_TLS_PORT", "CC_SIP_WS_PORT", "CC_SIP_WSS_PORT"):
+                if env.get(stream_port, "0") not in ("", "0"):   # each edge listens on its own
+                    env[stream_port] = str(free_port())
         return ServiceProcess(old.name, env, health_url=url).start()
 
     def add_service(self, name: str, key: str, suffix: str = "b") -> ServiceProcess:

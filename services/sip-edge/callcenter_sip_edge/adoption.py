@@ -8,7 +8,9 @@ carried on, `call_ended` (by edge, reason `edge_restarted`).
 Runs on the SIP thread only, `adopt` before the reactor reads its first datagram.
 
 What is carried on: a talking call (caller and agent connected): a BYE of either side is answered
-and the other side gets its BYE, re-INVITEs/UPDATEs are relayed, commands (hangup) work. What is
+and the other side gets its BYE, re-INVITEs/UPDATEs are relayed, commands (hangup) work, and each
+leg's session timer (RFC 4028) goes on with the interval and refresher negotiated, from where its
+interval was (`SessionTimers.adopt`). What is
 not: a call ringing an agent, on welcome/queue media, or hearing the flow-id message: the
 transactions in flight (INVITEs, timers) died with the process, so the call is ended at once and
 the dispatcher writes its CDR and frees the agent. A caller whose INVITE was not answered yet
@@ -88,6 +90,8 @@ def _resume(router: CallRouter, record: AdoptedCall) -> bool:
         return False
     call.agent = leg
     router.calls[call.call_id] = call
+    if record.timers:
+        call.session_timers.adopt(record.timers, call.caller, leg.ua)   # RFC 4028 goes on as before
     log.info("call.adopted", call_id=call.call_id, agent_id=record.agent_id)
     return True
 

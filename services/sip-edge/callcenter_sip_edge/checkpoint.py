@@ -6,7 +6,8 @@ together): `cc:{t}:dialog:<call_id>` (hash) and the index `cc:{t}:edge:<edge>:di
   (`call_arrived`) also flow, caller, SIP Call-ID and the edge;
 - every confirmed change (a `checkpoint` fact of the SIP side, `confirmed.py`): `legs`, JSON of each
   confirmed leg's dialog (`sippy/resume.dialog_snapshot`): caller and media leg, or once talking
-  caller and agent, with `agent_id` and `offer_id`;
+  caller and agent, with `agent_id` and `offer_id`, and `timers`, the session timers of their legs
+  (interval, refresher, method, start of the interval), rewritten at every refresh;
 - every checkpoint fact, also each INVITE sent and each leg that stopped setting up: `pending`, JSON
   of the INVITEs still being set up (`sippy/resume.invite_snapshot`; the field is deleted when there
   is none);
@@ -59,6 +60,7 @@ class AdoptedCall:
     live: bool = True    # False: the dispatchers ended it meanwhile (edge_lost, reconciler): only hang up
     pending: tuple[dict[str, Any], ...] = ()   # INVITEs being set up when the process died: CANCEL them
     uas: dict[str, Any] | None = None   # the caller's INVITE, not answered when the process died: answer it
+    timers: dict[str, Any] | None = None   # a talking call's session timers (`SessionTimers.snapshot`)
 
 
 class Checkpoints:
@@ -104,6 +106,10 @@ class Checkpoints:
         if data.get("legs") is not None:
             fields["legs"] = json.dumps(data["legs"])
         fields.update({name: data[name] for name in ("agent_id", "offer_id") if data.get(name) is not None})
+        if data.get("timers"):
+            fields["timers"] = json.dumps(data["timers"])
+        elif "timers" in data:
+            pipe.hdel(key, "timers")
         if data.get("pending"):
             fields["pending"] = json.dumps(data["pending"])
         elif "pending" in data:
@@ -159,7 +165,8 @@ def _record(call_id: str, h: dict[str, str], live: bool) -> AdoptedCall | None:
         caller=h.get("caller", ""), sip_call_id=h.get("sip_call_id", ""), agent_id=h.get("agent_id"),
         offer_id=h.get("offer_id"), legs=json.loads(h["legs"]) if h.get("legs") else None,
         pending=tuple(json.loads(h["pending"])) if h.get("pending") else (), live=live,
-        uas=json.loads(h["uas"]) if h.get("uas") else None)
+        uas=json.loads(h["uas"]) if h.get("uas") else None,
+        timers=json.loads(h["timers"]) if h.get("timers") else None)
 
 
 def _s(value: Any) -> str:

@@ -46,7 +46,8 @@ def checkpoint(call: Call, sent: Any = None) -> None:
         pass   # no confirmed leg yet: only the pending INVITEs
     elif agent is not None and agent.ua is not None and agent.phase is Phase.TALKING:
         data.update(agent_id=agent.agent_id, offer_id=agent.offer_id,
-                    legs={"caller": dialog_snapshot(call.caller), "agent": dialog_snapshot(agent.ua)})
+                    legs={"caller": dialog_snapshot(call.caller), "agent": dialog_snapshot(agent.ua)},
+                    timers=call.session_timers.snapshot())
     elif call.media is not None and call.media.ua is not None:
         data.update(agent_id=None, offer_id=None,
                     legs={"caller": dialog_snapshot(call.caller), "media": dialog_snapshot(call.media.ua)})

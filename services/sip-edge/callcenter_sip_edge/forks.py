@@ -51,9 +51,11 @@ class Forks:
             self.call.emit("agent_failed", offer_id=leg.offer_id, agent_id=leg.agent_id, reason=reason, code=code)
 
     def start(self, offer_id: str, targets: list[dict[str, str]], timeout_s: float,
-              caller_display: str | None, one_agent: bool = False) -> None:
+              caller_display: str | None, one_agent: bool = False, whisper_uri: str | None = None) -> None:
         """Fork: INVITE every target at once; the first 200 wins (it becomes `call.agent` and goes
-        the single-agent way), the others get CANCEL (a 200 racing the CANCEL gets ACK + BYE)."""
+        the single-agent way), the others get CANCEL (a 200 racing the CANCEL gets ACK + BYE).
+        With `whisper_uri` (the flow-id message of a `command.ring` to an AOR) every fork carries
+        it, so the contact that answers hears it as a single agent would (`whisper`)."""
         call = self.call
         command = "ring" if one_agent else "ring_all"
         if call.agent is not None or self.legs or (not call.caller_answered and call.media_pending is not None):
@@ -63,13 +65,17 @@ class Forks:
             call.refuse(command, "no_targets", offer_id=offer_id)
             return
         early = not call.caller_answered
+        if whisper_uri and early:
+            log.info("call.whisper_skipped", offer_id=offer_id, reason="caller_not_answered")   # as agent.ring
+            whisper_uri = None
         display = caller_display if caller_display is not None else call.info.caller_display
         self.one_agent = one_agent
         unreachable: list[AgentLeg] = []
         for target_spec in targets:
             agent_id, uri = str(target_spec.get("agent_id", "")), str(target_spec.get("uri", ""))
             target = parse_target_uri(uri)
-            leg = AgentLeg(ua=None, uri=uri, offer_id=offer_id, agent_id=agent_id, early_offer=early)
+            leg = AgentLeg(ua=None, uri=uri, offer_id=offer_id, agent_id=agent_id, early_offer=early,
+                           whisper_uri=whisper_uri or None)
             if target is not None:
                 leg.ua = call.invite(target, _ForkLeg(self, leg), offer=call.caller_offer if early else None,
                                      calling_name=display, agent=True)

@@ -39,6 +39,8 @@ from callcenter_sip_edge.registrar import RegisterRequest, RegistrarOptions, Rep
 log = structlog.get_logger(__name__)
 
 FORBIDDEN = Reply(403, "Forbidden")
+# the refusal of a ring whose agent is registered only over connections another edge holds
+ELSEWHERE = "registered_elsewhere"
 REDIS_TIMEOUT_S = 5.0
 TOO_MANY_REGISTRATIONS_RETRY_S = 60
 # REGISTERs being verified at once (each waits on Redis); more, from however many sources: 503
@@ -91,6 +93,14 @@ class Binding:
     instance: str | None = None
     path: tuple[str, ...] = ()
     edge: str = ""
+
+    def reachable_from(self, edge_id: str) -> bool:
+        """Whether the edge `edge_id` can ring this contact: over UDP or through a Path any edge can;
+        over a connection the phone opened (TCP, TLS, WS, WSS) only the edge that holds it, the one
+        that took the REGISTER (another would open a new connection to the phone's source port,
+        which a NAT drops: a ring timeout instead of an answer). A binding that names no edge is
+        taken as reachable (as before edges were recorded)."""
+        return self.transport == "udp" or bool(self.path) or not self.edge or self.edge == edge_id
 
     def target(self) -> str:
         """The URI to ring. Over TCP/TLS: the address the REGISTER came from, so the INVITE goes back

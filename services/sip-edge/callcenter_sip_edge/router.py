@@ -246,11 +246,12 @@ class CallRouter:
         finally:
             reset_contextvars(**tokens)
 
-    def ring_registered(self, args: tuple[Ring, list[str]]) -> None:
+    def ring_registered(self, args: tuple[Ring, list[str], str]) -> None:
         """`command.ring` to an agent's AOR with its live contacts' targets, best first (service.py
-        looked them up): none, refused (`not_registered`: the dispatcher re-offers the call at once,
-        no penalty); one, rung as any agent URI; several, all at once (`Forks`, one agent)."""
-        command, targets = args
+        looked them up): none, refused (`not_registered`, or `registered_elsewhere` when its contacts
+        are connections another edge holds: the dispatcher re-offers the call at once, no penalty);
+        one, rung as any agent URI; several, all at once (`Forks`, one agent)."""
+        command, targets, refusal = args
         call = self.calls.get(command.call_id)
         if not targets or len(targets) == 1 or call is None or call.ended:
             if targets:
@@ -258,12 +259,13 @@ class CallRouter:
             elif call is None or call.ended:
                 self.execute(command)   # refused as unknown_call
             else:
-                call.refuse("ring", "not_registered", offer_id=command.offer_id, agent_id=command.agent_id)
+                call.refuse("ring", refusal, offer_id=command.offer_id, agent_id=command.agent_id)
             return
         tokens = bind_contextvars(call_id=command.call_id)
         try:
             call.forks.start(command.offer_id, [{"agent_id": command.agent_id, "uri": t} for t in targets],
-                             command.timeout_s, command.caller_display, one_agent=True)
+                             command.timeout_s, command.caller_display, one_agent=True,
+                             whisper_uri=command.whisper_uri)
         except Exception:
             call.refuse("ring", "internal_error", offer_id=command.offer_id)
             call.fail_internally(command.TYPE)

@@ -32,7 +32,7 @@ from callcenter_sip_edge.digest import Nonces
 from callcenter_sip_edge.facts import CHECKPOINT_KIND, Fact
 from callcenter_sip_edge.ownership import IdLease, StartRefused
 from callcenter_sip_edge.registrar import RegistrarOptions, RegistrarSetup
-from callcenter_sip_edge.registrations import Binding, Registrations
+from callcenter_sip_edge.registrations import ELSEWHERE, Binding, Registrations
 from callcenter_sip_edge.session_options import SessionTimerOptions
 from callcenter_sip_edge.sip_stack import SipStack
 from callcenter_sip_edge.sippy.streams import StreamOptions
@@ -175,7 +175,14 @@ class EdgeService:
             found = await self._bindings(command.agent_id)
             if found is None:
                 return command
-            stack.ring_registered(command, [binding.target() for binding in found])
+            here = [binding for binding in found if binding.reachable_from(self.edge_id)]
+            if found and not here:
+                # registered, but over connections another edge holds: refused now, not rung to a timeout
+                log.info("call.contacts_elsewhere", call_id=command.call_id, agent_id=command.agent_id,
+                         edges=sorted({binding.edge for binding in found}))
+                stack.ring_registered(command, [], refusal=ELSEWHERE)
+                return None
+            stack.ring_registered(command, [binding.target() for binding in here])
             return None
         targets = []
         for target in command.targets:
@@ -183,7 +190,8 @@ class EdgeService:
             if regs.may_be_aor(agent_id, uri):
                 found = await self._bindings(agent_id)
                 if found is not None:
-                    uri = found[0].target() if found else ""
+                    here = [binding for binding in found if binding.reachable_from(self.edge_id)]
+                    uri = here[0].target() if here else ""
             targets.append({**target, "uri": uri})
         return replace(command, targets=targets)
 

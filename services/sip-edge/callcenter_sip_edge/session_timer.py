@@ -19,13 +19,15 @@ Runs on the SIP thread only.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import structlog
 from sippy.Time.Timeout import Timeout
 
-from callcenter_sip_edge.legs import SipUA, Timer, cancel_timers
+from callcenter_sip_edge.confirmed import checkpoint
+from callcenter_sip_edge.legs import Phase, SipUA, Timer, cancel_timers
 from callcenter_sip_edge.session_options import SessionTimerOptions
 from callcenter_sip_edge.sippy import session_refresh as sr
 
@@ -53,8 +55,8 @@ def interval_too_small(req: Any, options: SessionTimerOptions) -> Any:
 class LegTimer:
     """The session timer of one leg (its UA): interval, who refreshes, and the two timers."""
 
-    __slots__ = ("_expiry", "_refresh", "interval", "leg", "method", "owner", "require", "retried", "running",
-                 "ua", "we_refresh")
+    __slots__ = ("_expiry", "_refresh", "armed_at", "interval", "leg", "method", "owner", "require", "retried",
+                 "running", "ua", "we_refresh")
 
     def __init__(self, owner: SessionTimers, ua: SipUA, leg: str) -> None:
         self.owner = owner
@@ -66,6 +68,7 @@ class LegTimer:
         self.require = True            # the peer supports timers: our 2xx say Require: timer
         self.running = False
         self.retried = False           # our INVITE got a 422 and was sent again with the peer's Min-SE
+        self.armed_at = 0.0            # wall-clock start of the current interval (kept in the checkpoint)
         self._refresh: Timer | None = None
         self._expiry: Timer | None = None
 
@@ -93,17 +96,27 @@ class LegTimer:
                  method=self.method)
         self.arm()
 
-    def arm(self) -> None:
-        """(Re)start the interval: the refresh at its half if we refresh, the expiry at its end."""
+    def arm(self, elapsed_s: float = 0.0) -> None:
+        """(Re)start the interval: the refresh at its half if we refresh, the expiry at its end;
+        `elapsed_s` of it already gone (an adopted call's interval started in another process)."""
         cancel_timers(self, "_refresh", "_expiry")
         if not self.running or self.interval <= 0:
             return
+        self.armed_at = time.time() - elapsed_s
         guarded = self.owner.call.guarded
         if self.we_refresh:
-            self._refresh = Timeout(guarded(self.refresh), self.interval / 2)
-            self._expiry = Timeout(guarded(self.expired), float(self.interval))
+            self._refresh = Timeout(guarded(self.refresh), max(0.0, self.interval / 2 - elapsed_s))
+            self._expiry = Timeout(guarded(self.expired), max(0.0, self.interval - elapsed_s))
         else:
-            self._expiry = Timeout(guarded(self.expired), self.interval - min(32.0, self.interval / 3))
+            self._expiry = Timeout(guarded(self.expired),
+                                   max(0.0, self.interval - min(32.0, self.interval / 3) - elapsed_s))
+
+    def snapshot(self) -> dict[str, Any] | None:
+        """What an edge adopting the call needs to go on with this timer (None if it does not run)."""
+        if not self.running or self.interval <= 0:
+            return None
+        return {"interval": self.interval, "we_refresh": self.we_refresh, "method": self.method,
+                "require": self.require, "armed_at": round(self.armed_at, 3)}
 
     def stop(self) -> None:
         self.running = False
@@ -139,6 +152,7 @@ class LegTimer:
                 self.we_refresh = agreed[1] != "uas"
             # else a peer without timers (the edge refreshes it by RFC 4028 9): it never says them
             self.arm()
+            self.owner.refreshed()
         elif code in (408, 481):
             log.warning("call.session_refresh_failed", leg=self.leg, code=code)
             self.owner.expired()
@@ -161,6 +175,7 @@ class LegTimer:
             self.interval = agreed[0]
             self.we_refresh = agreed[1] == "uas"
         self.arm()
+        self.owner.refreshed()
         return sr.answer_refresh_update(self.ua, req, self.headers_for_2xx())
 
 
@@ -259,6 +274,53 @@ class SessionTimers:
     def _hook(self, timer: LegTimer, *, on_response: Callable[[Any], bool]) -> None:
         sr.hook(timer.ua, on_request=timer.peer_request, on_response=on_response,
                 headers_for_2xx=timer.headers_for_2xx)
+
+    # ------------------------------------------------------------------ checkpoint and adoption
+    def snapshot(self) -> dict[str, Any]:
+        """The running timers of the caller's and the connected agent's leg, for the checkpoint."""
+        out: dict[str, Any] = {}
+        agent = self.call.agent
+        legs = (("caller", self.caller),
+                ("agent", self._agents.get(id(agent.ua)) if agent is not None and agent.ua is not None else None))
+        for name, timer in legs:
+            snap = timer.snapshot() if timer is not None else None
+            if snap is not None:
+                out[name] = snap
+        return out
+
+    def refreshed(self) -> None:
+        """A refresh re-armed a leg of a talking call: checkpoint it (the new interval start, and
+        the dialog's CSeq the refresh moved on, so an adopting edge's requests are in order)."""
+        call = self.call
+        if call.agent is not None and call.agent.phase is Phase.TALKING:
+            checkpoint(call)
+
+    def adopt(self, snaps: dict[str, Any], caller: SipUA, agent: SipUA) -> None:
+        """An adopted call (`adoption.py`): its legs' timers go on from the checkpoint, the interval
+        as negotiated and already partly gone (measured on the wall clock: the edges' clocks are
+        assumed in sync, as NTP keeps them). A leg checkpointed without a timer gets none."""
+        if not self.options.enabled:
+            return
+        now = time.time()
+        for name, ua in (("caller", caller), ("agent", agent)):
+            snap = snaps.get(name)
+            if not isinstance(snap, dict) or int(snap.get("interval") or 0) <= 0:
+                continue
+            timer = LegTimer(self, ua, name)
+            timer.interval = int(snap["interval"])
+            timer.we_refresh = bool(snap.get("we_refresh"))
+            timer.method = "UPDATE" if snap.get("method") == "UPDATE" else "INVITE"
+            timer.require = bool(snap.get("require", True))
+            if name == "caller":
+                self.caller = timer
+            else:
+                self._agents = {id(ua): timer}
+            self._hook(timer, on_response=lambda resp: False)
+            elapsed = min(max(0.0, now - float(snap.get("armed_at") or now)), float(timer.interval))
+            timer.running = True
+            log.info("call.session_timer_adopted", leg=name, interval_s=timer.interval,
+                     edge_refreshes=timer.we_refresh, elapsed_s=round(elapsed, 1))
+            timer.arm(elapsed)
 
     def expired(self) -> None:
         """A leg's session expired: the call ends, BYE on every leg."""

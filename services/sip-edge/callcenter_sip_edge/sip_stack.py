@@ -266,13 +266,14 @@ class SipStack:
 
         self._loop.call_soon_threadsafe(on_register, request, answer)
 
-    def ring_registered(self, command: Ring, targets: list[str]) -> None:
-        """`command.ring` to an AOR, with its contacts' targets (any thread; see CallRouter)."""
+    def ring_registered(self, command: Ring, targets: list[str], refusal: str = "not_registered") -> None:
+        """`command.ring` to an AOR, with its contacts' targets (any thread; see CallRouter); with
+        none, refused with `refusal`."""
         router = self._router
         if self._reactor is None or router is None or self._state != "running":
             log.warning("call.command_ignored", call_id=command.call_id, command=command.TYPE, reason="not_running")
             return
-        self._commands.put((router.ring_registered, (command, targets)))
+        self._commands.put((router.ring_registered, (command, targets, refusal)))
 
     # ------------------------------------------------------------------ commands
     def execute(self, command: Command) -> None:

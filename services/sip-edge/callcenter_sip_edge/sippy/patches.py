@@ -38,6 +38,7 @@ def apply_patches() -> None:
     _no_resolver_for_numeric_addresses()
     _no_reference_cycle_per_request()
     _placeholder_test_without_dir()
+    _rfc_header_spelling()
     _applied = True
     log.debug("sippy.patches_applied")
 
@@ -300,3 +301,22 @@ def _no_resolver_for_numeric_addresses() -> None:
     from sippy import Udp_server
 
     Udp_server.socket = _NumericResolverSocketModule()
+
+
+def _rfc_header_spelling() -> None:
+    # Why: sippy writes a header's name as its class's getCanName() gives it, which for every name
+    # it has no class for (and WWW-Authenticate, Min-Expires...) is str.capitalize(): `Www-
+    # authenticate`, `Session-expires`. Every name written goes through the RFCs' spelling
+    # (`header_names`), wherever the header was built or parsed, in both of SipHeader's writers.
+    from sippy.SipHeader import SipHeader
+
+    from callcenter_sip_edge.sippy.header_names import canonical
+
+    def to_str(self: Any) -> str:
+        return canonical(str(self.body.getCanName(self.name))) + ": " + str(self.body)
+
+    def local_str(self: Any, local_addr: Any = None, compact: bool = False) -> str:
+        return canonical(str(self.body.getCanName(self.name, compact))) + ": " + str(self.body.localStr(local_addr))
+
+    SipHeader.__str__ = to_str
+    SipHeader.localStr = local_str

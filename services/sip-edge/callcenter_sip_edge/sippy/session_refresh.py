@@ -24,56 +24,15 @@ from typing import Any
 
 import structlog
 from sippy.SipGenericHF import SipGenericHF
-from sippy.SipHeader import SipHeader, hf_types
+from sippy.SipHeader import SipHeader
 from sippy.UaStateConnected import UaStateConnected
 
 log = structlog.get_logger(__name__)
 
 
-class _TimerHF(SipGenericHF):  # type: ignore[misc]
-    """A header sippy has no class for, written with its RFC spelling (`canonical`): sippy's generic
-    header writes `Session-expires`/`Min-se`, which peers that match names case-sensitively
-    (SIPp's `[last_Session-Expires:]`, its regexp checks) miss, and which made an INVITE parsed
-    back from a checkpoint (`resume.cancel_invite`) differ from the one first sent, so the callee
-    took its retransmission for a new request."""
-
-    canonical = ""
-
-    def getCopy(self) -> _TimerHF:
-        return self.__class__(self.body)
-
-    def getCanName(self, name: str, compact: bool = False) -> str:
-        return self.canonical or name.capitalize()
-
-
-class _SessionExpiresHF(_TimerHF):
-    hf_names = ("session-expires", "x")
-    canonical = "Session-Expires"
-
-
-class _MinSeHF(_TimerHF):
-    hf_names = ("min-se",)
-    canonical = "Min-SE"
-
-
-class _RequireHF(_TimerHF):
-    hf_names = ("require",)
-    canonical = "Require"
-
-
-_TIMER_HEADERS: dict[str, type[_TimerHF]] = {"session-expires": _SessionExpiresHF, "min-se": _MinSeHF,
-                                             "require": _RequireHF}
-# sippy parses these names with these classes from now on (`SipHeader.hf_types`), so a message it
-# parses and writes again keeps their spelling
-for _name, _cls in _TIMER_HEADERS.items():
-    for _alias in _cls.hf_names:
-        hf_types.setdefault(_alias, _cls)
-
-
 def header(name: str, value: str) -> Any:
-    cls = _TIMER_HEADERS.get(name)
-    if cls is not None:
-        return SipHeader(name=name, body=cls(value))
+    """A header sippy has no class for (Session-Expires, Min-SE, Require...): written with the RFC's
+    spelling like every header (`header_names`, applied in `patches`)."""
     return SipHeader(name=name, body=SipGenericHF(value, name))
 
 
