@@ -23,11 +23,27 @@ from sip_harness import (
     SippLauncher,
     free_udp_port,
 )
+from stream_harness import Certificates, make_certificates
+from structlog.testing import capture_logs
 
 from callcenter_sip_edge.sip_stack import SipStack
 
 if not SIPP_INSTALLED:  # pragma: no cover - environment guard
     pytest.skip("sipp is not installed (apt-get install sip-tester)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A throw-away CA and a certificate for 127.0.0.1 signed by it, once per test module (TCP, TLS
+    and WebSocket tests)."""
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def logs() -> Iterator[list[dict[str, object]]]:
+    """The structlog events logged during the test."""
+    with capture_logs() as records:
+        yield records
 
 
 @pytest.fixture
