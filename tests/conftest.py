@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from callcenter_dev.mariadb import MariaDbServer, find_server
 from callcenter_dev.postgres import PostgresServer, find_bindir
+from callcenter_dev.redis_topologies import RedisClusterServers, RedisSentinelServers
 from callcenter_dev.servers import RedisServer
 
 
@@ -29,6 +30,28 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     await client.flushall()
     yield client
     await client.aclose()
+
+
+# -- Redis Cluster and Sentinel: for the tests of those topologies, one per test module -------------
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of 3 masters and 3 replicas (redis-server processes on loopback)."""
+    servers = RedisClusterServers().start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(scope="module")
+def sentinel() -> Iterator[RedisSentinelServers]:
+    """A master, a replica and three sentinels (redis-server processes on loopback)."""
+    servers = RedisSentinelServers().start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
 
 
 # -- PostgreSQL: only where SQL behaviour matters (idempotent inserts, constraints, types) ----------
