@@ -44,16 +44,32 @@ def caller_on_queue_media(system: WholeSystem, peers: list[Sipp], flow: str, que
     return caller, call_id
 
 
-def whole_system(tmp_path_factory: pytest.TempPathFactory, tenant: str, ring_timeout_s: int,
-                 redis_topology: str | None = None) -> Iterator[WholeSystem]:
-    """The body of a module's `system` fixture: every service up, wrap-up 1 s; stopped at the end.
-    Redis: `redis_topology` (single, cluster, sentinel), else CC_TEST_REDIS's."""
-    system = WholeSystem.start(tmp_path_factory.mktemp(tenant), tenant=tenant, redis_topology=redis_topology,
-                               common_env={"CC_RING_TIMEOUT_S": str(ring_timeout_s), "CC_WRAPUP_S": "1"})
+def started_system(tmp_path_factory: pytest.TempPathFactory, tenant: str, **start: Any) -> Iterator[WholeSystem]:
+    """The body of a module's `system` fixture (`yield from`): `WholeSystem.start(**start)` for
+    `tenant` in a new directory named after it; stopped at the end."""
+    system = WholeSystem.start(tmp_path_factory.mktemp(tenant), tenant=tenant, **start)
     try:
         yield system
     finally:
         system.stop()
+
+
+def whole_system(tmp_path_factory: pytest.TempPathFactory, tenant: str, ring_timeout_s: int,
+                 redis_topology: str | None = None) -> Iterator[WholeSystem]:
+    """The body of a module's `system` fixture: every service up, wrap-up 1 s; stopped at the end.
+    Redis: `redis_topology` (single, cluster, sentinel), else CC_TEST_REDIS's."""
+    return started_system(tmp_path_factory, tenant, redis_topology=redis_topology,
+                          common_env={"CC_RING_TIMEOUT_S": str(ring_timeout_s), "CC_WRAPUP_S": "1"})
+
+
+def restartable_edge_system(tmp_path_factory: pytest.TempPathFactory, tenant: str, *, lapse_ms: int,
+                            heartbeat_ms: int, **edge_env: str) -> Iterator[WholeSystem]:
+    """The body of the `system` fixture of the tests that kill and restart the edge: the edge lapse
+    `lapse_ms` (the dispatcher's and the id lease's), the edge's heartbeat every `heartbeat_ms`,
+    wrap-up 1 s, `edge_env` (CC_* names) for the edge."""
+    return started_system(tmp_path_factory, tenant,
+                          common_env={"CC_EDGE_LAPSE_MS": str(lapse_ms), "CC_WRAPUP_S": "1"},
+                          edge_env={"CC_HEARTBEAT_INTERVAL_MS": str(heartbeat_ms), **edge_env})
 
 
 @contextmanager

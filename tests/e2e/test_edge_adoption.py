@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import e2e_harness
 import pytest
-from e2e_harness import caller_on_queue_media, sip
+from e2e_harness import caller_on_queue_media, restartable_edge_system, sip
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp
@@ -36,13 +36,7 @@ TALK_TOLERANCE_MS = 2500
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    system = WholeSystem.start(tmp_path_factory.mktemp("edge-adopt"), tenant="adopt",
-                               common_env={"CC_EDGE_LAPSE_MS": str(LAPSE_MS), "CC_WRAPUP_S": "1"},
-                               edge_env={"CC_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_MS)})
-    try:
-        yield system
-    finally:
-        system.stop()
+    yield from restartable_edge_system(tmp_path_factory, "adopt", lapse_ms=LAPSE_MS, heartbeat_ms=HEARTBEAT_MS)
 
 
 def talking_calls(system: WholeSystem, peers: list[Sipp], flow: str, agent_ids: list[str], *,

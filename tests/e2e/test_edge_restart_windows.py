@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import e2e_harness
 import pytest
-from e2e_harness import caller_on_queue_media, sip
+from e2e_harness import caller_on_queue_media, restartable_edge_system, sip
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp
@@ -34,13 +34,7 @@ CALLERS = 12
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    system = WholeSystem.start(tmp_path_factory.mktemp("edge-unanswered"), tenant="unans",
-                               common_env={"CC_EDGE_LAPSE_MS": str(LAPSE_MS), "CC_WRAPUP_S": "1"},
-                               edge_env={"CC_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_MS)})
-    try:
-        yield system
-    finally:
-        system.stop()
+    yield from restartable_edge_system(tmp_path_factory, "unans", lapse_ms=LAPSE_MS, heartbeat_ms=HEARTBEAT_MS)
 
 
 def test_callers_not_answered_at_a_sigkill_get_a_final_response_from_the_restarted_edge(
