@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from e2e_harness import started_system
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp
@@ -29,13 +30,9 @@ TALK_MS = 4000
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    system = WholeSystem.start(tmp_path_factory.mktemp("outage"), tenant="outage",
-                               common_env={"CC_EDGE_LAPSE_MS": str(LAPSE_MS)},
-                               edge_env={"CC_HEARTBEAT_INTERVAL_MS": "400"})
-    try:
-        yield system
-    finally:
-        system.stop()
+    yield from started_system(tmp_path_factory, "outage",
+                              common_env={"CC_EDGE_LAPSE_MS": str(LAPSE_MS)},
+                              edge_env={"CC_HEARTBEAT_INTERVAL_MS": "400"})
 
 
 def pause_redis(system: WholeSystem, seconds: float) -> None:
