@@ -154,3 +154,11 @@ def agent_failures(system: WholeSystem, call_id: str) -> list[tuple[str, str]]:
 def ok(sipp: Sipp, system: WholeSystem, timeout: float | None = None) -> None:
     rc = sipp.wait(timeout)
     assert rc == 0, f"{sipp.scenario.name} exited {rc}\n{sipp.errors()}\n{system.logs()}"
+
+
+def ended_by_the_restart(system: WholeSystem, call_id: str, lapse_ms: int) -> dict[str, Any]:
+    """The call's CDR (within the edge lapse + 10 s), asserted to say the edge ended it because it
+    restarted."""
+    cdr = system.wait_for_cdr(call_id, timeout=lapse_ms / 1000 + 10)
+    assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
+    return cdr
