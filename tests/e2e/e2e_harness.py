@@ -162,3 +162,18 @@ def ended_by_the_restart(system: WholeSystem, call_id: str, lapse_ms: int) -> di
     cdr = system.wait_for_cdr(call_id, timeout=lapse_ms / 1000 + 10)
     assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
     return cdr
+
+
+def most_calls_an_agent_held(system: WholeSystem) -> int:
+    """The most calls any agent held at one time, from the event stream in order."""
+    held: dict[str, set[str]] = {}
+    agent_of: dict[str, str] = {}
+    most = 0
+    for kind, data in system.events():
+        if kind == "call.connected":
+            agent_of[data["call_id"]] = data["agent_id"]
+            held.setdefault(data["agent_id"], set()).add(data["call_id"])
+            most = max(most, len(held[data["agent_id"]]))
+        elif kind == "call.ended" and data["call_id"] in agent_of:
+            held[agent_of[data["call_id"]]].discard(data["call_id"])
+    return most
