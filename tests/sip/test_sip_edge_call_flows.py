@@ -9,7 +9,27 @@ from __future__ import annotations
 
 import asyncio
 
-from sip_harness import EdgeUnderTest, SippLauncher, agent_at_once, edge_sent_problems, expect_success, support_caller
+from sip_harness import (
+    EdgeUnderTest,
+    SippLauncher,
+    SippProcess,
+    agent_at_once,
+    edge_sent_problems,
+    expect_success,
+    support_caller,
+)
+
+
+async def _connected_and_ended(edge: EdgeUnderTest, sipp: SippLauncher, agent_scenario: str,
+                               caller_scenario: str) -> tuple[SippProcess, SippProcess]:
+    """A caller rung to an agent at once, to its end: both scenarios passed, and the dispatcher heard
+    of the arrival, the answer and the end, nothing else. Returns (caller, agent)."""
+    agent = agent_at_once(edge, sipp, agent_scenario)
+    caller = support_caller(sipp, edge, caller_scenario)
+    await expect_success(caller, agent)
+    await edge.dispatcher.wait_for("call_ended")
+    assert edge.dispatcher.kinds() == ["call_arrived", "agent_answered", "call_ended"]
+    return caller, agent
 
 
 async def test_welcome_then_queue_then_agent_caller_hangs_up(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
@@ -48,14 +68,8 @@ async def test_welcome_then_queue_then_agent_caller_hangs_up(edge: EdgeUnderTest
 
 
 async def test_unanswered_caller_rung_to_agent_with_early_offer(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
-    dispatcher = edge.dispatcher
-    agent = agent_at_once(edge, sipp, "agent_early_uas")
-    caller = support_caller(sipp, edge, "caller_answered_bye")
-
-    await expect_success(caller, agent)
-    await dispatcher.wait_for("call_ended")
-    assert dispatcher.kinds() == ["call_arrived", "agent_answered", "call_ended"]
-    assert dispatcher.facts[-1].data["by"] == "caller"
+    await _connected_and_ended(edge, sipp, "agent_early_uas", "caller_answered_bye")
+    assert edge.dispatcher.facts[-1].data["by"] == "caller"
 
 
 async def test_busy_agent_keeps_caller_on_queue_then_second_agent(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
@@ -177,36 +191,18 @@ async def test_caller_hangs_up_while_queued(edge: EdgeUnderTest, sipp: SippLaunc
 
 
 async def test_agent_hangs_up_first(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
-    dispatcher = edge.dispatcher
-    agent = agent_at_once(edge, sipp, "agent_early_hangup_uas")
-    caller = support_caller(sipp, edge, "caller_answered_wait_bye")
-
-    await expect_success(caller, agent)
-    await dispatcher.wait_for("call_ended")
-    assert dispatcher.kinds() == ["call_arrived", "agent_answered", "call_ended"]
-    assert dispatcher.facts[-1].data == {"by": "agent", "reason": "bye", "code": None}
+    await _connected_and_ended(edge, sipp, "agent_early_hangup_uas", "caller_answered_wait_bye")
+    assert edge.dispatcher.facts[-1].data == {"by": "agent", "reason": "bye", "code": None}
 
 
 async def test_caller_update_and_reinvite_reach_agent(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
-    dispatcher = edge.dispatcher
-    agent = agent_at_once(edge, sipp, "agent_early_reinvited_uas")
-    caller = support_caller(sipp, edge, "caller_update_reinvite")
-
-    await expect_success(caller, agent)
-    await dispatcher.wait_for("call_ended")
-    assert dispatcher.kinds() == ["call_arrived", "agent_answered", "call_ended"]
+    _, agent = await _connected_and_ended(edge, sipp, "agent_early_reinvited_uas", "caller_update_reinvite")
     # the caller's hold (UPDATE) reached the agent as a re-INVITE carrying a=sendonly
     assert "a=sendonly" in agent.traces()
 
 
 async def test_agent_contact_with_upper_case_transport_gets_bye(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
-    dispatcher = edge.dispatcher
-    agent = agent_at_once(edge, sipp, "agent_early_transport_upper_uas")
-    caller = support_caller(sipp, edge, "caller_answered_bye")
-
-    await expect_success(caller, agent)
-    await dispatcher.wait_for("call_ended")
-    assert dispatcher.kinds() == ["call_arrived", "agent_answered", "call_ended"]
+    await _connected_and_ended(edge, sipp, "agent_early_transport_upper_uas", "caller_answered_bye")
 
 
 async def test_reject_on_arrival(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
