@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import asyncio
 
-from sip_harness import (
-    EdgeUnderTest,
-    SippLauncher,
-    SippProcess,
-    agent_at_once,
-    edge_sent_problems,
-    expect_success,
-    support_caller,
-)
+import sip_harness
+from sip_harness import EdgeUnderTest, SippLauncher, agent_at_once, edge_sent_problems, expect_success, support_caller
 
 
 async def _connected_and_ended(edge: EdgeUnderTest, sipp: SippLauncher, agent_scenario: str,
-                               caller_scenario: str) -> tuple[SippProcess, SippProcess]:
+                               caller_scenario: str) -> tuple[sip_harness.SippProcess, sip_harness.SippProcess]:
     """A caller rung to an agent at once, to its end: both scenarios passed, and the dispatcher heard
     of the arrival, the answer and the end, nothing else. Returns (caller, agent)."""
     agent = agent_at_once(edge, sipp, agent_scenario)
