@@ -14,38 +14,30 @@ seconds of waiting after each load.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from callcenter_dev.faults import FAULTS, FaultResult, Load, Rig
+from system_load import heartbeat_ms, load_of, load_parser, print_result, print_setup
+
+from callcenter_dev.faults import FAULTS, FaultResult, Rig
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=float, default=20.0, help="calls per second (default 20)")
-    parser.add_argument("--agents", type=int, default=30, help="agents logged in (default 30)")
-    parser.add_argument("--duration", type=float, default=30.0, help="seconds of new calls per fault (default 30)")
-    parser.add_argument("--talk-ms", type=int, default=1000, help="each call's talk time (default 1000)")
-    parser.add_argument("--settle", type=float, default=30.0, help="at most this long for quiet after a load")
-    parser.add_argument("--lapse-ms", type=int, default=5000, help="CC_EDGE_LAPSE_MS (default 5000)")
+    parser = load_parser(__doc__, rate=20.0, duration=30.0, agents=30, lapse_ms=5000, settle=30.0,
+                         duration_help="seconds of new calls per fault")
     parser.add_argument("--faults", default=",".join(FAULTS), help="comma-separated, in order (default: all)")
-    parser.add_argument("--log-level", default="warning")
     args = parser.parse_args()
     names = [n for n in args.faults.split(",") if n]
     unknown = [n for n in names if n not in FAULTS]
     if unknown:
         parser.error(f"unknown faults {unknown}; known: {', '.join(FAULTS)}")
-    load = Load(rate=args.rate, duration_s=args.duration, talk_ms=args.talk_ms, settle_s=args.settle,
-                call_timeout_s=30)
+    load = load_of(args, call_timeout_s=30)
     workdir = Path(tempfile.mkdtemp(prefix="cc-bench-faults-"))
-    print(f"whole system on loopback, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
-          f"{load.calls} calls at {args.rate:g}/s per fault, {args.agents} agents, talk {args.talk_ms} ms, "
-          f"lapse {args.lapse_ms} ms; work dir {workdir}")
-    rig = Rig.start(workdir, agents=args.agents, lapse_ms=args.lapse_ms, heartbeat_ms=max(100, args.lapse_ms // 5),
+    print_setup(args, load, workdir, " per fault")
+    rig = Rig.start(workdir, agents=args.agents, lapse_ms=args.lapse_ms, heartbeat_ms=heartbeat_ms(args),
                     log_level=args.log_level)
     results: list[FaultResult] = []
     started = time.monotonic()
@@ -54,9 +46,7 @@ def main() -> int:
         for name in names:
             result = rig.run(FAULTS[name], load)
             results.append(result)
-            print(result.row(), flush=True)
-            for line in result.examples:
-                print(f"    {line}")
+            print_result(result)
     finally:
         rig.stop()
     lost = [r.fault for r in results if r.lost]

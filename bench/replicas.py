@@ -14,37 +14,28 @@ waiting after the load.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sqlite3
 import sys
 import tempfile
 from pathlib import Path
 
-from callcenter_dev.faults import Load
+from system_load import heartbeat_ms, load_of, load_parser, print_result, print_setup
+
 from callcenter_dev.replica_faults import STEPS, ReplicaRig, in_turn
 from callcenter_dev.replicas import Counts
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--rate", type=float, default=20.0, help="calls per second over both edges (default 20)")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of new calls (default 60)")
-    parser.add_argument("--agents", type=int, default=60, help="agents logged in (default 60)")
-    parser.add_argument("--talk-ms", type=int, default=1000, help="each call's talk time (default 1000)")
+    parser = load_parser(__doc__, rate=20.0, duration=60.0, agents=60, lapse_ms=3000, settle=60.0,
+                         rate_help="calls per second over both edges")
     parser.add_argument("--gap", type=float, default=8.0, help="seconds between two kills (default 8)")
-    parser.add_argument("--lapse-ms", type=int, default=3000, help="CC_EDGE_LAPSE_MS (default 3000)")
-    parser.add_argument("--settle", type=float, default=60.0, help="at most this long for quiet after the load")
-    parser.add_argument("--log-level", default="warning")
     args = parser.parse_args()
-    load = Load(rate=args.rate, duration_s=args.duration, talk_ms=args.talk_ms, fault_at=0.15,
-                settle_s=args.settle, call_timeout_s=20)
+    load = load_of(args, fault_at=0.15, call_timeout_s=20)
     workdir = Path(tempfile.mkdtemp(prefix="cc-bench-replicas-"))
-    print(f"whole system on loopback, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}; "
-          f"{load.calls} calls at {args.rate:g}/s, {args.agents} agents, talk {args.talk_ms} ms, "
-          f"lapse {args.lapse_ms} ms; work dir {workdir}")
+    print_setup(args, load, workdir)
     rig = ReplicaRig.start_many(workdir, Counts(), agents=args.agents, lapse_ms=args.lapse_ms,
-                                heartbeat_ms=max(100, args.lapse_ms // 5), log_level=args.log_level)
+                                heartbeat_ms=heartbeat_ms(args), log_level=args.log_level)
     fault = in_turn(STEPS, gap_s=args.gap)
     try:
         result = rig.run(fault, load)
@@ -54,9 +45,7 @@ def main() -> int:
         per_edge = dict(conn.execute("SELECT edge, count(*) FROM cdrs WHERE attempt = 0 GROUP BY edge").fetchall())
     print(fault.doc)
     print(result.HEADER)
-    print(result.row())
-    for line in result.examples:
-        print(f"    {line}")
+    print_result(result)
     print(f"final CDRs by edge {per_edge}; attempt rows {result.attempt_rows}; failed calls explained "
           f"(the killed edge's) by edge {result.explained_edges}; replaced {', '.join(result.replaced)}; "
           f"load average now {os.getloadavg()[0]:.1f}")

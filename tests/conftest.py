@@ -7,13 +7,17 @@ from __future__ import annotations
 import itertools
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 import redis.asyncio as aioredis
 
 from callcenter_dev.mariadb import MariaDbServer, find_server
 from callcenter_dev.postgres import PostgresServer, find_bindir
+from callcenter_dev.redis_topologies import RedisClusterServers, RedisSentinelServers
 from callcenter_dev.servers import RedisServer
+
+Topology = TypeVar("Topology", RedisClusterServers, RedisSentinelServers)
 
 
 @pytest.fixture(scope="session")
@@ -29,6 +33,28 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     await client.flushall()
     yield client
     await client.aclose()
+
+
+# -- Redis Cluster and Sentinel: for the tests of those topologies, one per test module -------------
+
+def _running(servers: Topology) -> Iterator[Topology]:
+    servers.start()
+    try:
+        yield servers
+    finally:
+        servers.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[RedisClusterServers]:
+    """A Redis Cluster of 3 masters and 3 replicas (redis-server processes on loopback)."""
+    yield from _running(RedisClusterServers())
+
+
+@pytest.fixture(scope="module")
+def sentinel() -> Iterator[RedisSentinelServers]:
+    """A master, a replica and three sentinels (redis-server processes on loopback)."""
+    yield from _running(RedisSentinelServers())
 
 
 # -- PostgreSQL: only where SQL behaviour matters (idempotent inserts, constraints, types) ----------

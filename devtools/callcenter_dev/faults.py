@@ -287,24 +287,40 @@ class Rig:
     # of its recovery (a fault of several steps): the same allowance as `Fault.deaf`, for that time
     deaf_ms: int = 0
 
+    @staticmethod
+    def common_env(lapse_ms: int, log_level: str) -> dict[str, str]:
+        """Every service's settings under a rig: no wrap-up, ring 10 s, callers queued with no agent free."""
+        return {"CC_WRAPUP_S": "0", "CC_RING_TIMEOUT_S": "10", "CC_EDGE_LAPSE_MS": str(lapse_ms),
+                "CC_LOG_LEVEL": log_level, "CC_REJECT_ON_NO_AGENTS": "false"}
+
+    @staticmethod
+    def edge_env(heartbeat_ms: int, drain_s: float) -> dict[str, str]:
+        """The edge's under a rig: no INVITE rate limit (the load is the test's)."""
+        return {"CC_HEARTBEAT_INTERVAL_MS": str(heartbeat_ms), "CC_SIP_INVITE_RATE": "0",
+                "CC_SIP_INVITE_RATE_TOTAL": "0", "CC_DRAIN_TIMEOUT_S": str(drain_s)}
+
+    @staticmethod
+    def start_peers(peers: list[Sipp], lifetime_s: float) -> tuple[Sipp, Sipp]:
+        """The queue media and the agents' phones, for any number of calls; appended to `peers` as
+        they start (so a failure stops those already started). Returns (queue, phones)."""
+        phone = QUICK_PHONE if QUICK_PHONE.exists() else scenario("agent.xml")
+        for scen in (scenario("media_queue.xml"), phone):
+            peers.append(Sipp(scen, calls=10_000_000, timeout_s=lifetime_s, extra=["-l", "100000"]).start())
+        queue, phones = peers
+        return queue, phones
+
     @classmethod
     def start(cls, workdir: Path, *, agents: int = 30, lapse_ms: int = 5000, heartbeat_ms: int = 1000,
               drain_s: float = 30.0, log_level: str = "warning", lifetime_s: float = 3600,
               tenant: str = "faults", redis_server: Any = None) -> Rig:
         """`redis_server`: a running Redis (a cluster several rigs share, one tenant each), else its own."""
-        env = {"CC_WRAPUP_S": "0", "CC_RING_TIMEOUT_S": "10", "CC_EDGE_LAPSE_MS": str(lapse_ms),
-               "CC_LOG_LEVEL": log_level, "CC_REJECT_ON_NO_AGENTS": "false"}
-        system = WholeSystem.start(workdir, tenant=tenant, edge_id=f"edge-{tenant}", common_env=env,
-                                   edge_env={"CC_HEARTBEAT_INTERVAL_MS": str(heartbeat_ms),
-                                             "CC_SIP_INVITE_RATE": "0", "CC_SIP_INVITE_RATE_TOTAL": "0",
-                                             "CC_DRAIN_TIMEOUT_S": str(drain_s)},
+        system = WholeSystem.start(workdir, tenant=tenant, edge_id=f"edge-{tenant}",
+                                   common_env=cls.common_env(lapse_ms, log_level),
+                                   edge_env=cls.edge_env(heartbeat_ms, drain_s),
                                    redis_appendonly=True, redis_server=redis_server)
         peers: list[Sipp] = []
         try:
-            phone = QUICK_PHONE if QUICK_PHONE.exists() else scenario("agent.xml")
-            for scen in (scenario("media_queue.xml"), phone):
-                peers.append(Sipp(scen, calls=10_000_000, timeout_s=lifetime_s, extra=["-l", "100000"]).start())
-            queue, phones = peers
+            queue, phones = cls.start_peers(peers, lifetime_s)
             ids = [f"f{n:03d}" for n in range(agents)]
             system.provision(FLOW, None, queue, {a: f"sip:{a}@{phones.uri_host}" for a in ids})
             system.login(*ids)

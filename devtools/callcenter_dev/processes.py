@@ -29,25 +29,37 @@ class ChildProcess:
     proc: subprocess.Popen[bytes] | None
     logfile: Path
     stop_timeout_s: ClassVar[float] = 15.0
+    # started in a session of its own (start_new_session): a signal goes to its whole process group,
+    # so the children it forked (a celery prefork pool) stop and die with it
+    own_session: ClassVar[bool] = False
 
     def log(self) -> str:
         return self.logfile.read_text(errors="replace")[-5000:]
+
+    def _signal(self, proc: subprocess.Popen[bytes], sig: int) -> None:
+        if not self.own_session:
+            proc.send_signal(sig)
+            return
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:   # the group is gone already
+            pass
 
     def stop(self, timeout: float | None = None) -> int | None:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self._signal(self.proc, signal.SIGTERM)
             try:
                 self.proc.wait(self.stop_timeout_s if timeout is None else timeout)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                self._signal(self.proc, signal.SIGKILL)
                 self.proc.wait(5)
         return self.proc.returncode
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:
-            self.proc.kill()
+            self._signal(self.proc, signal.SIGKILL)
             self.proc.wait(5)
 
 

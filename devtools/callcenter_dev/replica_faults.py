@@ -21,9 +21,8 @@ from pathlib import Path
 
 import redis
 
-from callcenter_dev.faults import FLOW, QUICK_PHONE, Fault, Rig
+from callcenter_dev.faults import FLOW, Fault, Rig
 from callcenter_dev.replicas import DEFAULT, Counts, Replicas
-from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp
 
 WEBHOOKS_GROUP = "webhooks"
@@ -77,19 +76,13 @@ class ReplicaRig(Rig):
     @classmethod
     def start_many(cls, workdir: Path, counts: Counts = DEFAULT, *, agents: int = 40, lapse_ms: int = 3000,
                    heartbeat_ms: int = 500, log_level: str = "warning", lifetime_s: float = 3600) -> ReplicaRig:
-        env = {"CC_WRAPUP_S": "0", "CC_RING_TIMEOUT_S": "10", "CC_EDGE_LAPSE_MS": str(lapse_ms),
-               "CC_LOG_LEVEL": log_level, "CC_REJECT_ON_NO_AGENTS": "false"}
-        replicas = Replicas.start(workdir, counts, tenant="replicas", edge_id="edge-r", common_env=env,
-                                  edge_env={"CC_HEARTBEAT_INTERVAL_MS": str(heartbeat_ms),
-                                            "CC_SIP_INVITE_RATE": "0", "CC_SIP_INVITE_RATE_TOTAL": "0",
-                                            "CC_DRAIN_TIMEOUT_S": "10"},
+        replicas = Replicas.start(workdir, counts, tenant="replicas", edge_id="edge-r",
+                                  common_env=cls.common_env(lapse_ms, log_level),
+                                  edge_env=cls.edge_env(heartbeat_ms, 10.0),
                                   dispatcher_env={"CC_CLAIM_IDLE_MS": "2000"}, redis_appendonly=True)
         peers: list[Sipp] = []
         try:
-            phone = QUICK_PHONE if QUICK_PHONE.exists() else scenario("agent.xml")
-            for scen in (scenario("media_queue.xml"), phone):
-                peers.append(Sipp(scen, calls=10_000_000, timeout_s=lifetime_s, extra=["-l", "100000"]).start())
-            queue, phones = peers
+            queue, phones = cls.start_peers(peers, lifetime_s)
             ids = [f"r{n:03d}" for n in range(agents)]
             # provisioned through the first api, logged in through the last: both serve
             replicas.system.provision(FLOW, None, queue, {a: f"sip:{a}@{phones.uri_host}" for a in ids})

@@ -21,16 +21,12 @@ edge's calls cannot be handed to the other one (docs/operations.md, "One SIP add
 
 from __future__ import annotations
 
-import os
-import subprocess
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import httpx
 
-from callcenter_dev.processes import ChildProcess, console_script
+from callcenter_dev.jobs import JobsProcess, jobs_beat, jobs_env, jobs_worker
 from callcenter_dev.servers import udp_port_bound
 from callcenter_dev.sipp import wait_until
 from callcenter_dev.system import WholeSystem
@@ -51,39 +47,6 @@ class Counts:
     def __post_init__(self) -> None:
         if min(self.edges, self.dispatchers, self.cdr_writers, self.apis) < 1 or self.workers < 0:
             raise ValueError(f"at least one of each service: {self}")
-
-
-@dataclass
-class JobsProcess(ChildProcess):
-    """`callcenter-jobs worker` (solo pool: one process, so SIGKILL kills all of it) or `beat`."""
-
-    stop_timeout_s: ClassVar[float] = 20.0
-
-    name: str                     # "worker", "worker-2", "beat"
-    args: list[str]
-    env: dict[str, str]
-    logfile: Path = field(default_factory=lambda: Path(tempfile.mkstemp(prefix="cc-jobs-", suffix=".log")[1]))
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 60.0) -> JobsProcess:
-        """Start it and wait until it says it runs (a worker: `ready.`; beat: `Starting...`)."""
-        out = open(self.logfile, "ab")  # owned by the child for its lifetime
-        size = self.logfile.stat().st_size
-        self.proc = subprocess.Popen([console_script("jobs"), *self.args], env={**os.environ, **self.env},
-                                     stdout=out, stderr=subprocess.STDOUT)
-        mark = "ready." if self.args[0] == "worker" else "Starting..."
-
-        def up() -> bool:
-            if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"celery {self.name} exited with {self.proc.returncode}:\n{self.log()}")
-            with open(self.logfile, "rb") as f:
-                f.seek(size)
-                return mark.encode() in f.read()
-        if not wait_until(up, timeout, interval=0.1):
-            self.stop()
-            raise RuntimeError(f"celery {self.name} did not start in {timeout} s:\n{self.log()}")
-        return self
-
 
 
 DEFAULT = Counts()   # 2 edges, 3 dispatchers, 2 cdr-writers, 2 apis, 2 celery workers
@@ -130,17 +93,13 @@ class Replicas:
 
     def _start_jobs(self, workdir: Path, extra: dict[str, str]) -> None:
         api = self.system.api_env
-        broker = self.system.server.url.rsplit("/", 1)[0] + "/1"
-        env = {"CC_REDIS_URL": api["CC_REDIS_URL"], "CC_TENANT": api["CC_TENANT"],
-               "CC_DATABASE_URL": api["CC_DATABASE_URL"], "CC_JOBS_BROKER_URL": broker,
-               "CC_JOBS_RESULT_URL": broker, "CC_JOBS_KEY_PREFIX": JOBS_PREFIX, "CC_JOBS_PUMP_INTERVAL_S": "0.5",
-               "CC_WEBHOOK_BACKOFF_S": "0.2", "CC_WEBHOOK_TIMEOUT_S": "5", **extra}
+        env = jobs_env(api["CC_REDIS_URL"], api["CC_DATABASE_URL"], api["CC_TENANT"],
+                       CC_JOBS_KEY_PREFIX=JOBS_PREFIX, CC_JOBS_PUMP_INTERVAL_S="0.5", CC_WEBHOOK_BACKOFF_S="0.2",
+                       CC_WEBHOOK_TIMEOUT_S="5", **extra)
         for i in range(1, self.counts.workers + 1):
-            name = numbered("worker", i)
-            self.jobs[name] = JobsProcess(name, ["worker", "--pool=solo", "-l", "info", "-n", f"w{i}@%h"],
-                                          env).start()
-        self.jobs["beat"] = JobsProcess("beat", ["beat", "-l", "info", "-s", str(workdir / "beat-schedule")],
-                                        env).start()
+            worker = jobs_worker(env, i)
+            self.jobs[worker.name] = worker.start()
+        self.jobs["beat"] = jobs_beat(env, workdir).start()
 
     # -- what the test drives ------------------------------------------------------------------
     @property

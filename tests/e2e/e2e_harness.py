@@ -44,16 +44,32 @@ def caller_on_queue_media(system: WholeSystem, peers: list[Sipp], flow: str, que
     return caller, call_id
 
 
-def whole_system(tmp_path_factory: pytest.TempPathFactory, tenant: str, ring_timeout_s: int,
-                 redis_topology: str | None = None) -> Iterator[WholeSystem]:
-    """The body of a module's `system` fixture: every service up, wrap-up 1 s; stopped at the end.
-    Redis: `redis_topology` (single, cluster, sentinel), else CC_TEST_REDIS's."""
-    system = WholeSystem.start(tmp_path_factory.mktemp(tenant), tenant=tenant, redis_topology=redis_topology,
-                               common_env={"CC_RING_TIMEOUT_S": str(ring_timeout_s), "CC_WRAPUP_S": "1"})
+def started_system(tmp_path_factory: pytest.TempPathFactory, tenant: str, **start: Any) -> Iterator[WholeSystem]:
+    """The body of a module's `system` fixture (`yield from`): `WholeSystem.start(**start)` for
+    `tenant` in a new directory named after it; stopped at the end."""
+    system = WholeSystem.start(tmp_path_factory.mktemp(tenant), tenant=tenant, **start)
     try:
         yield system
     finally:
         system.stop()
+
+
+def whole_system(tmp_path_factory: pytest.TempPathFactory, tenant: str, ring_timeout_s: int,
+                 redis_topology: str | None = None) -> Iterator[WholeSystem]:
+    """The body of a module's `system` fixture: every service up, wrap-up 1 s; stopped at the end.
+    Redis: `redis_topology` (single, cluster, sentinel), else CC_TEST_REDIS's."""
+    return started_system(tmp_path_factory, tenant, redis_topology=redis_topology,
+                          common_env={"CC_RING_TIMEOUT_S": str(ring_timeout_s), "CC_WRAPUP_S": "1"})
+
+
+def restartable_edge_system(tmp_path_factory: pytest.TempPathFactory, tenant: str, *, lapse_ms: int,
+                            heartbeat_ms: int, **edge_env: str) -> Iterator[WholeSystem]:
+    """The body of the `system` fixture of the tests that kill and restart the edge: the edge lapse
+    `lapse_ms` (the dispatcher's and the id lease's), the edge's heartbeat every `heartbeat_ms`,
+    wrap-up 1 s, `edge_env` (CC_* names) for the edge."""
+    return started_system(tmp_path_factory, tenant,
+                          common_env={"CC_EDGE_LAPSE_MS": str(lapse_ms), "CC_WRAPUP_S": "1"},
+                          edge_env={"CC_HEARTBEAT_INTERVAL_MS": str(heartbeat_ms), **edge_env})
 
 
 @contextmanager
@@ -138,3 +154,26 @@ def agent_failures(system: WholeSystem, call_id: str) -> list[tuple[str, str]]:
 def ok(sipp: Sipp, system: WholeSystem, timeout: float | None = None) -> None:
     rc = sipp.wait(timeout)
     assert rc == 0, f"{sipp.scenario.name} exited {rc}\n{sipp.errors()}\n{system.logs()}"
+
+
+def ended_by_the_restart(system: WholeSystem, call_id: str, lapse_ms: int) -> dict[str, Any]:
+    """The call's CDR (within the edge lapse + 10 s), asserted to say the edge ended it because it
+    restarted."""
+    cdr = system.wait_for_cdr(call_id, timeout=lapse_ms / 1000 + 10)
+    assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
+    return cdr
+
+
+def most_calls_an_agent_held(system: WholeSystem) -> int:
+    """The most calls any agent held at one time, from the event stream in order."""
+    held: dict[str, set[str]] = {}
+    agent_of: dict[str, str] = {}
+    most = 0
+    for kind, data in system.events():
+        if kind == "call.connected":
+            agent_of[data["call_id"]] = data["agent_id"]
+            held.setdefault(data["agent_id"], set()).add(data["call_id"])
+            most = max(most, len(held[data["agent_id"]]))
+        elif kind == "call.ended" and data["call_id"] in agent_of:
+            held[agent_of[data["call_id"]]].discard(data["call_id"])
+    return most

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import e2e_harness
 import pytest
-from e2e_harness import caller_on_queue_media, sip
+from e2e_harness import caller_on_queue_media, ended_by_the_restart, ok, restartable_edge_system, sip
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp
@@ -36,13 +36,7 @@ TALK_TOLERANCE_MS = 2500
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    system = WholeSystem.start(tmp_path_factory.mktemp("edge-adopt"), tenant="adopt",
-                               common_env={"CC_EDGE_LAPSE_MS": str(LAPSE_MS), "CC_WRAPUP_S": "1"},
-                               edge_env={"CC_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_MS)})
-    try:
-        yield system
-    finally:
-        system.stop()
+    yield from restartable_edge_system(tmp_path_factory, "adopt", lapse_ms=LAPSE_MS, heartbeat_ms=HEARTBEAT_MS)
 
 
 def talking_calls(system: WholeSystem, peers: list[Sipp], flow: str, agent_ids: list[str], *,
@@ -83,7 +77,7 @@ def test_talking_calls_survive_a_sigkill_and_end_by_either_side(system: WholeSys
 
     # both sides of every call complete their scenario: the hang-up answered, the other side's BYE got
     for sipp in [by_caller[0], *by_caller[1], by_agent[0], *by_agent[1]]:
-        assert sipp.wait() == 0, sipp.errors() + system.logs()
+        ok(sipp, system)
     for flow, ended_by in (("callerbye", "caller"), ("agentbye", "agent")):
         for call_id in calls[flow]:
             cdr = system.wait_for_cdr(call_id)
@@ -107,11 +101,10 @@ def test_a_call_not_talking_at_the_restart_ends_with_a_true_record(system: Whole
     system.kill_edge()
     system.restart_edge()
 
-    cdr = system.wait_for_cdr(call_id, timeout=LAPSE_MS / 1000 + 10)
-    assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
+    ended_by_the_restart(system, call_id, LAPSE_MS)
     # both sides of the caller's session got their BYE from the new process
-    assert caller.wait() == 0, caller.errors() + system.logs()
-    assert queue.wait() == 0, queue.errors() + system.logs()
+    ok(caller, system)
+    ok(queue, system)
     assert "edge.lost" not in system.services["dispatcher"].log()
     assert not system.redis.sismember(system.keys.calls, call_id)
     assert not system.redis.exists(system.keys.dialog(call_id))
@@ -141,11 +134,10 @@ def test_an_agent_ringing_at_the_restart_is_cancelled_and_freed_without_penalty(
 
     # the phone completes its scenario: it got a CANCEL (within its 10 s), and its 487 was ACKed or
     # its 200 ACKed and hung up with BYE: nothing left ringing, no dialog left open
-    assert phone.wait() == 0, phone.errors() + system.logs()
-    cdr = system.wait_for_cdr(call_id, timeout=LAPSE_MS / 1000 + 10)
-    assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
-    assert caller.wait() == 0, caller.errors() + system.logs()
-    assert queue.wait() == 0, queue.errors() + system.logs()
+    ok(phone, system)
+    ended_by_the_restart(system, call_id, LAPSE_MS)
+    ok(caller, system)
+    ok(queue, system)
     wait_for(lambda: system.agent_state(agent_id) == "free", 10, f"agent {agent_id} free", system)
     # freed without penalty: no missed offer counted against the agent
     assert int(system.redis.hget(system.keys.agent(agent_id), "missed") or 0) == 0
@@ -171,10 +163,9 @@ def test_ring_all_forks_ringing_at_the_restart_are_all_cancelled(system: WholeSy
     system.restart_edge()
 
     for phone in phones.values():   # each got its CANCEL and its 487 was ACKed
-        assert phone.wait() == 0, phone.errors() + system.logs()
-    cdr = system.wait_for_cdr(call_id, timeout=LAPSE_MS / 1000 + 10)
-    assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
-    assert caller.wait() == 0, caller.errors() + system.logs()
+        ok(phone, system)
+    ended_by_the_restart(system, call_id, LAPSE_MS)
+    ok(caller, system)
     for agent_id in phones:
         wait_for(lambda a=agent_id: system.agent_state(a) == "free", 10, f"agent {agent_id} free", system)
         assert int(system.redis.hget(system.keys.agent(agent_id), "missed") or 0) == 0
@@ -198,7 +189,6 @@ def test_a_media_leg_being_set_up_at_the_restart_is_cancelled(system: WholeSyste
     system.kill_edge()
     system.restart_edge()
 
-    assert welcome.wait() == 0, welcome.errors() + system.logs()   # CANCEL, its 487 ACKed
-    cdr = system.wait_for_cdr(call_id, timeout=LAPSE_MS / 1000 + 10)
-    assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
+    ok(welcome, system)   # CANCEL, its 487 ACKed
+    ended_by_the_restart(system, call_id, LAPSE_MS)
     assert system.call_ids_of_flow(f) == [call_id]   # the caller's INVITE made no second call

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from e2e_harness import caller_on_queue_media
+from e2e_harness import caller_on_queue_media, restartable_edge_system
 
 from callcenter_dev.processes import ServiceProcess
 from callcenter_dev.scenarios import scenario
@@ -36,13 +36,8 @@ PEER = "edge-peer"
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    system = WholeSystem.start(tmp_path_factory.mktemp("edge-handover"), tenant="handover",
-                               common_env={"CC_EDGE_LAPSE_MS": str(LAPSE_MS), "CC_WRAPUP_S": "1"},
-                               edge_env={"CC_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_MS), "CC_EDGE_GROUP": GROUP})
-    try:
-        yield system
-    finally:
-        system.stop()
+    yield from restartable_edge_system(tmp_path_factory, "handover", lapse_ms=LAPSE_MS, heartbeat_ms=HEARTBEAT_MS,
+                                       CC_EDGE_GROUP=GROUP)
 
 
 def test_a_peer_on_the_same_address_adopts_the_calls_of_a_lost_edge(system: WholeSystem, peers: list[Sipp]) -> None:

@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from e2e_harness import started_system
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp, wait_until
@@ -30,13 +31,9 @@ DRAIN_S = 3
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    system = WholeSystem.start(tmp_path_factory.mktemp("edge-life"), tenant="life",
-                               common_env={"CC_EDGE_LAPSE_MS": str(LAPSE_MS)},   # the dispatcher's and the id lease's
-                               edge_env={"CC_DRAIN_TIMEOUT_S": str(DRAIN_S)})
-    try:
-        yield system
-    finally:
-        system.stop()
+    yield from started_system(tmp_path_factory, "life",
+                              common_env={"CC_EDGE_LAPSE_MS": str(LAPSE_MS)},   # the dispatcher's and the id lease's
+                              edge_env={"CC_DRAIN_TIMEOUT_S": str(DRAIN_S)})
 
 
 def connect_one_call(system: WholeSystem, peers: list[Sipp], flow: str, agent_id: str,

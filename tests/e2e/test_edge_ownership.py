@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from e2e_harness import started_system
 
 from callcenter_dev.processes import ServiceProcess
 from callcenter_dev.scenarios import scenario
@@ -29,13 +30,8 @@ HEARTBEAT_MS = 300
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    lapse = {"CC_EDGE_LAPSE_MS": str(LAPSE_MS)}
-    system = WholeSystem.start(tmp_path_factory.mktemp("edge-owner"), tenant="owner", common_env=lapse,
-                               edge_env={"CC_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_MS)})
-    try:
-        yield system
-    finally:
-        system.stop()
+    yield from started_system(tmp_path_factory, "owner", common_env={"CC_EDGE_LAPSE_MS": str(LAPSE_MS)},
+                              edge_env={"CC_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_MS)})
 
 
 def second_edge(system: WholeSystem, **env: str) -> ServiceProcess:

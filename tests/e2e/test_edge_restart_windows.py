@@ -19,7 +19,7 @@ from collections.abc import Iterator
 
 import e2e_harness
 import pytest
-from e2e_harness import caller_on_queue_media, sip
+from e2e_harness import caller_on_queue_media, ended_by_the_restart, ok, restartable_edge_system, sip
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp
@@ -34,13 +34,7 @@ CALLERS = 12
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    system = WholeSystem.start(tmp_path_factory.mktemp("edge-unanswered"), tenant="unans",
-                               common_env={"CC_EDGE_LAPSE_MS": str(LAPSE_MS), "CC_WRAPUP_S": "1"},
-                               edge_env={"CC_HEARTBEAT_INTERVAL_MS": str(HEARTBEAT_MS)})
-    try:
-        yield system
-    finally:
-        system.stop()
+    yield from restartable_edge_system(tmp_path_factory, "unans", lapse_ms=LAPSE_MS, heartbeat_ms=HEARTBEAT_MS)
 
 
 def test_callers_not_answered_at_a_sigkill_get_a_final_response_from_the_restarted_edge(
@@ -69,14 +63,13 @@ def test_callers_not_answered_at_a_sigkill_get_a_final_response_from_the_restart
 
     # every caller got its 500 with a Retry-After and ACKed it (SIPp fails an unexpected message or
     # a missing header), well before any caller timer
-    assert callers.wait() == 0, callers.errors() + system.logs()
+    ok(callers, system)
     answered_s = time.monotonic() - restarted
     assert answered_s < 15, answered_s
     # every welcome INVITE got its CANCEL, and its 487 was ACKed
-    assert welcome.wait() == 0, welcome.errors() + system.logs()
+    ok(welcome, system)
     for call_id in call_ids:
-        cdr = system.wait_for_cdr(call_id, timeout=LAPSE_MS / 1000 + 10)
-        assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
+        cdr = ended_by_the_restart(system, call_id, LAPSE_MS)
         assert cdr["outcome"] != "answered" and not cdr["talk_ms"], cdr
     assert sorted(system.call_ids_of_flow(f)) == sorted(call_ids)   # no INVITE made a second call
     assert "call.caller_answered_after_restart" in system.edge.log()
@@ -90,14 +83,7 @@ def test_the_arrival_checkpoint_goes_once_the_caller_is_answered(system: WholeSy
     f = "answered"
     queue = Sipp(scenario("media_queue.xml"), timeout_s=30).start()
     peers.append(queue)
-    system.provision(f, None, queue, {})
-    caller = Sipp(sip("caller_on_media_waits_for_bye.xml"), remote=system.caller_target, service=f,
-                  timeout_s=30).start()
-    peers.append(caller)
-    wait_for(lambda: len(system.call_ids_of_flow(f)) == 1, 10, "the call arrived", system)
-    [call_id] = system.call_ids_of_flow(f)
-    wait_for(lambda: system.redis.hget(system.keys.dialog(call_id), "phase") == b"media_answered", 10,
-             "the caller on the queue media", system)
+    _, call_id = caller_on_queue_media(system, peers, f, queue)
     assert system.redis.hget(system.keys.dialog(call_id), "legs") is not None
     assert system.redis.hget(system.keys.dialog(call_id), "uas") is None
 
@@ -123,9 +109,8 @@ def test_an_agent_hearing_its_flow_id_message_at_the_restart_gets_bye(system: Wh
 
     # each of the four dialogs got its BYE from the new process and answered it
     for peer in (phone, message, caller, queue):
-        assert peer.wait() == 0, peer.errors() + system.logs()
-    cdr = system.wait_for_cdr(call_id, timeout=LAPSE_MS / 1000 + 10)
-    assert (cdr["ended_by"], cdr["reason"]) == ("edge", "edge_restarted"), cdr
+        ok(peer, system)
+    ended_by_the_restart(system, call_id, LAPSE_MS)
     wait_for(lambda: system.agent_state(agent_id) == "free", 10, f"agent {agent_id} free", system)
     assert int(system.redis.hget(system.keys.agent(agent_id), "missed") or 0) == 0
     assert "edge.lost" not in system.services["dispatcher"].log()

@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from e2e_harness import started_system
 
 from callcenter.contract.codec import decode
 from callcenter_dev.scenarios import scenario
@@ -27,9 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    whole = WholeSystem.start(tmp_path_factory.mktemp("feed"), tenant="feed", common_env={"CC_WRAPUP_S": "0"})
-    yield whole
-    whole.stop()
+    yield from started_system(tmp_path_factory, "feed", common_env={"CC_WRAPUP_S": "0"})
 
 
 @dataclass

@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from e2e_harness import started_system
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp, wait_until
@@ -24,9 +25,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    whole = WholeSystem.start(tmp_path_factory.mktemp("e2e"), tenant=TENANT)
-    yield whole
-    whole.stop()
+    yield from started_system(tmp_path_factory, TENANT)
 
 
 def test_call_waits_in_queue_then_reaches_the_agent_logged_in_through_the_api(system: WholeSystem) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_harness import agent, caller, flow, has_event, ok, only_call, start
+from e2e_harness import agent, caller, flow, has_event, ok, only_call, start, started_system
 
 from callcenter_dev import linphone
 from callcenter_dev.scenarios import scenario
@@ -34,14 +34,9 @@ PASSWORD = "agent-secret-2"
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    whole = WholeSystem.start(
-        tmp_path_factory.mktemp("linphone"), tenant="linphone",
-        common_env={"CC_RING_TIMEOUT_S": "8", "CC_WRAPUP_S": "1"},
-        edge_env={"CC_SIP_REGISTRAR_DOMAINS": DOMAIN, "CC_SIP_TCP_PORT": str(free_port())})
-    try:
-        yield whole
-    finally:
-        whole.stop()
+    yield from started_system(tmp_path_factory, "linphone",
+                              common_env={"CC_RING_TIMEOUT_S": "8", "CC_WRAPUP_S": "1"},
+                              edge_env={"CC_SIP_REGISTRAR_DOMAINS": DOMAIN, "CC_SIP_TCP_PORT": str(free_port())})
 
 
 def contacts(system: WholeSystem, agent_id: str) -> list[dict[str, object]]:

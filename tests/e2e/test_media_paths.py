@@ -12,6 +12,7 @@ import socket
 from collections.abc import Iterator
 
 import pytest
+from e2e_harness import started_system
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.servers import free_port
@@ -23,11 +24,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    system = WholeSystem.start(tmp_path_factory.mktemp("media"), tenant="media")
-    try:
-        yield system
-    finally:
-        system.stop()
+    yield from started_system(tmp_path_factory, "media")
 
 
 def test_queue_media_hangs_up_the_caller_is_bridged_to_it_again_then_reaches_an_agent(

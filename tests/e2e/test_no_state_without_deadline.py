@@ -16,7 +16,7 @@ import re
 from collections.abc import Iterator
 
 import pytest
-from e2e_harness import agent, caller, flow, has_event, ok, only_call, queued_call, sip, start
+from e2e_harness import agent, caller, flow, has_event, ok, only_call, queued_call, sip, start, started_system
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp, wait_until
@@ -57,15 +57,11 @@ LONG_LIVED: dict[str, str] = {
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
     # acknowledged reports deleted at once (kept 10 min by default), by a reconciler every 0.5 s
-    system = WholeSystem.start(tmp_path_factory.mktemp("deadline"), tenant="deadline",
-                               common_env={"CC_RING_TIMEOUT_S": str(RING_TIMEOUT_S), "CC_WRAPUP_S": "1",
-                                           "CC_EDGE_LAPSE_MS": str(LAPSE_MS)},
-                               edge_env={"CC_HEARTBEAT_INTERVAL_MS": "500"},
-                               dispatcher_env={"CC_REPORTS_KEEP_MS": "0", "CC_RECONCILE_INTERVAL_MS": "500"})
-    try:
-        yield system
-    finally:
-        system.stop()
+    yield from started_system(tmp_path_factory, "deadline",
+                              common_env={"CC_RING_TIMEOUT_S": str(RING_TIMEOUT_S), "CC_WRAPUP_S": "1",
+                                          "CC_EDGE_LAPSE_MS": str(LAPSE_MS)},
+                              edge_env={"CC_HEARTBEAT_INTERVAL_MS": "500"},
+                              dispatcher_env={"CC_REPORTS_KEEP_MS": "0", "CC_RECONCILE_INTERVAL_MS": "500"})
 
 
 def family_of(prefix: str, key: str) -> str | None:

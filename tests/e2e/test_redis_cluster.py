@@ -18,26 +18,15 @@ had answered but not yet sent to its replica are lost, see docs/operations.md, "
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from failover_harness import LOAD, assert_nothing_lost, failover_rig
 
-from callcenter_dev.faults import Fault, FaultResult, Load, Rig
+from callcenter_dev.faults import Fault, FaultResult
 from callcenter_dev.redis_topologies import RedisClusterServers, tenant_slot, tenants_on_distinct_masters
 
 pytestmark = pytest.mark.slow
-
-LOAD = Load(rate=4, duration_s=8, talk_ms=1000, fault_at=0.4, settle_s=40, call_timeout_s=20)
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisClusterServers]:
-    servers = RedisClusterServers().start()
-    try:
-        yield servers
-    finally:
-        servers.stop()
 
 
 def test_tenants_spread_over_the_masters(cluster: RedisClusterServers) -> None:
@@ -56,8 +45,7 @@ def _under_load(cluster: RedisClusterServers, workdir: Path, prefix: str,
     moved, other = tenants_on_distinct_masters(cluster, 2, prefix=prefix)
     for t in (moved, other):
         (workdir / t).mkdir()
-    rigs = {t: Rig.start(workdir / t, agents=8, lapse_ms=5000, heartbeat_ms=500, drain_s=10, tenant=t,
-                         redis_server=cluster) for t in (moved, other)}
+    rigs = {t: failover_rig(workdir / t, t, cluster) for t in (moved, other)}
     faults = {moved: Fault("master-failover", "the tenant's master fails over", strike=lambda rig: strike(moved)),
               other: Fault("other-master", "nothing happens to this tenant's master", strike=lambda rig: None)}
     results: dict[str, FaultResult] = {}
@@ -94,8 +82,7 @@ def test_cluster_failover_under_load_loses_nothing(cluster: RedisClusterServers,
     [(old, new)] = moved_to
     assert cluster.master_of_tenant(moved) == new != old
     for tenant, result in results.items():
-        assert result.calls == LOAD.calls, result.row()
-        assert not result.lost, "\n".join([f"tenant {tenant}", result.row(), *result.examples])
+        assert_nothing_lost(result, f"tenant {tenant}")
 
 
 def test_master_killed_under_load_its_replica_takes_over(cluster: RedisClusterServers,
@@ -123,5 +110,4 @@ def test_master_killed_under_load_its_replica_takes_over(cluster: RedisClusterSe
     [(old, new)] = killed
     assert cluster.master_of_tenant(moved) == new != old
     for tenant, result in results.items():
-        assert result.calls == LOAD.calls, result.row()
-        assert not result.lost, "\n".join([f"tenant {tenant}", result.row(), *result.examples])
+        assert_nothing_lost(result, f"tenant {tenant}")

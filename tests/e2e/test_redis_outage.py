@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from e2e_harness import most_calls_an_agent_held, started_system
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp
@@ -29,13 +30,9 @@ TALK_MS = 4000
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    system = WholeSystem.start(tmp_path_factory.mktemp("outage"), tenant="outage",
-                               common_env={"CC_EDGE_LAPSE_MS": str(LAPSE_MS)},
-                               edge_env={"CC_HEARTBEAT_INTERVAL_MS": "400"})
-    try:
-        yield system
-    finally:
-        system.stop()
+    yield from started_system(tmp_path_factory, "outage",
+                              common_env={"CC_EDGE_LAPSE_MS": str(LAPSE_MS)},
+                              edge_env={"CC_HEARTBEAT_INTERVAL_MS": "400"})
 
 
 def pause_redis(system: WholeSystem, seconds: float) -> None:
@@ -46,21 +43,6 @@ def pause_redis(system: WholeSystem, seconds: float) -> None:
         time.sleep(seconds)
     finally:
         os.kill(proc.pid, signal.SIGCONT)
-
-
-def calls_per_agent_at_once(system: WholeSystem) -> int:
-    """The most calls any agent held at one time, from the event stream in order."""
-    held: dict[str, set[str]] = {}
-    agent_of: dict[str, str] = {}
-    most = 0
-    for kind, data in system.events():
-        if kind == "call.connected":
-            agent_of[data["call_id"]] = data["agent_id"]
-            held.setdefault(data["agent_id"], set()).add(data["call_id"])
-            most = max(most, len(held[data["agent_id"]]))
-        elif kind == "call.ended" and data["call_id"] in agent_of:
-            held[agent_of[data["call_id"]]].discard(data["call_id"])
-    return most
 
 
 @pytest.mark.parametrize("outage_s", [2, 6])
@@ -92,7 +74,7 @@ def test_redis_away_under_calls_loses_no_edge_and_no_call(system: WholeSystem, p
         assert TALK_MS - 500 <= cdr["talk_ms"] <= TALK_MS + 1500, cdr
     assert "edge.lost" not in system.services["dispatcher"].log()
     assert system.redis.zscore(system.keys.edges, system.edge_id) is not None
-    assert calls_per_agent_at_once(system) == 1
+    assert most_calls_an_agent_held(system) == 1
     for a in agents:
         wait_for(lambda a=a: system.agent_state(a) == "free", 10, f"agent {a} free", system)
         assert system.api.post(f"/v1/agents/{a}/logout").status_code == 200

@@ -14,6 +14,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from e2e_harness import most_calls_an_agent_held
 
 from callcenter.contract.codec import decode
 from callcenter_dev.faults import FAULTS, Load, Rig
@@ -30,21 +31,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
         yield rig
     finally:
         rig.stop()
-
-
-def most_calls_an_agent_held(rig: Rig) -> int:
-    """The most calls any agent held at one time, from the event stream in order."""
-    held: dict[str, set[str]] = {}
-    agent_of: dict[str, str] = {}
-    most = 0
-    for kind, data in rig.system.events():
-        if kind == "call.connected":
-            agent_of[data["call_id"]] = data["agent_id"]
-            held.setdefault(data["agent_id"], set()).add(data["call_id"])
-            most = max(most, len(held[data["agent_id"]]))
-        elif kind == "call.ended" and data["call_id"] in agent_of:
-            held[agent_of[data["call_id"]]].discard(data["call_id"])
-    return most
 
 
 def report_seqs(rig: Rig) -> dict[str, list[int]]:
@@ -66,7 +52,7 @@ def test_redis_away_60s_under_load_loses_nothing(rig: Rig) -> None:
     assert result.ok == LOAD.calls, result.row()
     assert "edge.lost" not in rig.system.services["dispatcher"].log()
     assert rig.system.redis.zscore(rig.system.keys.edges, rig.system.edge_id) is not None
-    assert most_calls_an_agent_held(rig) == 1
+    assert most_calls_an_agent_held(rig.system) == 1
     seqs = report_seqs(rig)
     assert len(seqs) == LOAD.calls, seqs
     for call_id, got in seqs.items():

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_harness import agent, caller, flow, has_event, ok, only_call, start
+from e2e_harness import agent, caller, flow, has_event, ok, only_call, start, started_system
 
 from callcenter_dev import baresip
 from callcenter_dev.register_client import RegisterClient
@@ -32,18 +32,14 @@ PASSWORD = "agent-secret-1"
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    whole = WholeSystem.start(
-        tmp_path_factory.mktemp("registered"), tenant="registered",
-        common_env={"CC_RING_TIMEOUT_S": "8", "CC_WRAPUP_S": "1"},
-        # baresip 1.0 (libre 1.1) knows MD5 only and fails on a SHA-256 challenge instead of skipping
-        # it ("Register: Function not implemented", RFC 8760 2.4 says to ignore it): MD5 only here
-        edge_env={"CC_SIP_REGISTRAR_DOMAINS": DOMAIN, "CC_SIP_REGISTER_ALGORITHMS": "MD5",
-                  "CC_SIP_REGISTER_MIN_EXPIRES_S": "1", "CC_SIP_TCP_PORT": str(free_port())},
-        dispatcher_env={"CC_REGISTRATION_LAPSE_INTERVAL_MS": "200"})
-    try:
-        yield whole
-    finally:
-        whole.stop()
+    yield from started_system(tmp_path_factory, "registered",
+                              common_env={"CC_RING_TIMEOUT_S": "8", "CC_WRAPUP_S": "1"},
+                              # baresip 1.0 (libre 1.1) knows MD5 only and fails on a SHA-256 challenge
+                              # instead of skipping it ("Register: Function not implemented", RFC 8760 2.4
+                              # says to ignore it): MD5 only here
+                              edge_env={"CC_SIP_REGISTRAR_DOMAINS": DOMAIN, "CC_SIP_REGISTER_ALGORITHMS": "MD5",
+                                        "CC_SIP_REGISTER_MIN_EXPIRES_S": "1", "CC_SIP_TCP_PORT": str(free_port())},
+                              dispatcher_env={"CC_REGISTRATION_LAPSE_INTERVAL_MS": "200"})
 
 
 def set_password(system: WholeSystem, agent_id: str, required: bool) -> None:

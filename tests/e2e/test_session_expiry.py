@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from e2e_harness import agent, caller, flow, ok, only_call, ring_before_media, sip, start
+from e2e_harness import agent, caller, flow, ok, only_call, ring_before_media, sip, start, started_system
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp
@@ -23,14 +23,10 @@ INTERVAL_S = 4
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    whole = WholeSystem.start(tmp_path_factory.mktemp("limits"), tenant="limits",
+    yield from started_system(tmp_path_factory, "limits",
                               common_env={"CC_RING_TIMEOUT_S": "5", "CC_WRAPUP_S": "1"},
                               edge_env={"CC_SIP_SESSION_EXPIRES_S": str(INTERVAL_S), "CC_SIP_SESSION_MIN_SE_S": "2",
                                         "CC_SIP_SESSION_SHORT_FOR_TESTS": "true"})
-    try:
-        yield whole
-    finally:
-        whole.stop()
 
 
 def test_vanished_caller_is_ended_and_its_agent_freed_within_the_interval(system: WholeSystem,

@@ -5,8 +5,6 @@ serves none of the tenant's keys, and NOSCRIPT after a fail-over reloaded by the
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import msgpack
 import pytest
 from redis.exceptions import WatchError
@@ -15,15 +13,6 @@ from callcenter.redis import connect
 from callcenter.store import Store
 from callcenter.store.keys import Keys
 from callcenter_dev.redis_topologies import RedisClusterServers, tenants_on_distinct_masters
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[RedisClusterServers]:
-    servers = RedisClusterServers().start()
-    try:
-        yield servers
-    finally:
-        servers.stop()
 
 
 async def test_a_watched_transaction_runs_on_the_tenant_master_and_sees_a_conflict(

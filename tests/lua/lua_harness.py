@@ -24,6 +24,14 @@ class Harness:
         self.seq: dict[str, int] = {}
         self.now = T0
 
+    @classmethod
+    async def configured(cls, redis: aioredis.Redis, **config: int) -> Harness:
+        """A harness whose tenant has these settings (`reject_on_no_agents=0`: a call with nobody
+        logged in is queued, not rejected)."""
+        harness = cls(redis)
+        await redis.hset(harness.store.keys.config, mapping=config)
+        return harness
+
     async def flow(self, flow_id: str = "support", skill: str = "sales", **fields: Any) -> None:
         base = {"skill": skill, "priority": 256, "welcome_uri": "", "queue_uri": QUEUE_URI}
         res = await self.store.flow_upsert(flow_id, {**base, **fields}, now=self.now)

@@ -14,9 +14,7 @@ from callcenter.store import RC
 
 @pytest.fixture
 async def h(redis: aioredis.Redis) -> Harness:
-    harness = Harness(redis)
-    await redis.hset(harness.store.keys.config, mapping={"reject_on_no_agents": 0, "max_no_answer": 1})
-    return harness
+    return await Harness.configured(redis, reject_on_no_agents=0, max_no_answer=1)
 
 
 async def test_a_caller_not_on_media_yet_is_not_offered_even_to_a_free_agent(h: Harness) -> None:

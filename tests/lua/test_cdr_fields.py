@@ -4,14 +4,7 @@ carries the SIP Call-ID, edge, priority, queue position at entry, hold time, dis
 
 from __future__ import annotations
 
-import pytest
-import redis.asyncio as aioredis
 from lua_harness import EDGE, T0, Harness
-
-
-@pytest.fixture
-async def h(redis: aioredis.Redis) -> Harness:
-    return Harness(redis)
 
 
 async def test_attempts_are_numbered_with_ring_time_and_the_summary_has_the_cdr_fields(h: Harness) -> None:

@@ -13,8 +13,7 @@ from callcenter.store import RC
 
 @pytest.fixture
 async def h(redis: aioredis.Redis) -> Harness:
-    harness = Harness(redis)
-    await redis.hset(harness.store.keys.config, mapping={"reject_on_no_agents": 0, "wrapup_s": 0})
+    harness = await Harness.configured(redis, reject_on_no_agents=0, wrapup_s=0)
     await harness.flow()
     return harness
 

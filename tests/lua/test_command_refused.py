@@ -11,17 +11,11 @@ from typing import Any
 
 import msgpack
 import pytest
-import redis.asyncio as aioredis
 from lua_harness import EDGE, Harness
 
 from callcenter.store import RC
 
 HOLD_MS = 1000  # refused_offer_hold_ms' default
-
-
-@pytest.fixture
-async def h(redis: aioredis.Redis) -> Harness:
-    return Harness(redis)
 
 
 async def _ring(h: Harness, call_id: str = "c1") -> dict[str, Any]:

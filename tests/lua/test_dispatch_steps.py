@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
-import redis.asyncio as aioredis
 from lua_harness import EDGE, T0, Harness, rings
 
 from callcenter.store import RC
-
-
-@pytest.fixture
-async def h(redis: aioredis.Redis) -> Harness:
-    return Harness(redis)
 
 
 async def test_welcome_then_queue_then_agent_login_gets_call(h: Harness) -> None:

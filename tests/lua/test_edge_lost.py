@@ -19,8 +19,7 @@ LEASE = LAPSE // 2
 
 @pytest.fixture
 async def h(redis: aioredis.Redis) -> Harness:
-    h = Harness(redis)
-    await h.redis.hset(h.store.keys.config, mapping={"reject_on_no_agents": 0, "wrapup_s": 10})
+    h = await Harness.configured(redis, reject_on_no_agents=0, wrapup_s=10)
     await h.flow()
     return h
 

@@ -11,9 +11,7 @@ from lua_harness import Harness
 
 @pytest.fixture
 async def h(redis: aioredis.Redis) -> Harness:
-    harness = Harness(redis)
-    await redis.hset(harness.store.keys.config, "reject_on_no_agents", 0)
-    return harness
+    return await Harness.configured(redis, reject_on_no_agents=0)
 
 
 def hangups(cmds: list) -> list[dict]:  # type: ignore[type-arg]

@@ -13,9 +13,7 @@ from callcenter.store import RC
 
 @pytest.fixture
 async def h(redis: aioredis.Redis) -> Harness:
-    harness = Harness(redis)
-    await redis.hset(harness.store.keys.config, "reject_on_no_agents", 0)
-    return harness
+    return await Harness.configured(redis, reject_on_no_agents=0)
 
 
 async def upsert(h: Harness, flow_id: str, overflow_flow: str, max_wait_s: int = 10) -> tuple[RC, str]:

@@ -18,8 +18,7 @@ MAX_CALL_MS = 14_400 * S  # max_call_s default
 
 @pytest.fixture
 async def h(redis: aioredis.Redis) -> Harness:
-    h = Harness(redis)
-    await h.redis.hset(h.store.keys.config, mapping={"reject_on_no_agents": 0, "wrapup_s": 10})
+    h = await Harness.configured(redis, reject_on_no_agents=0, wrapup_s=10)
     await h.flow()
     await h.flow("limited", max_wait_s=60)
     return h

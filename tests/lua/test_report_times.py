@@ -4,14 +4,7 @@ fault suite's `redis-restart-*` found CDRs with 3-9 s of talk that never happene
 
 from __future__ import annotations
 
-import pytest
-import redis.asyncio as aioredis
 from lua_harness import Harness
-
-
-@pytest.fixture
-async def h(redis: aioredis.Redis) -> Harness:
-    return Harness(redis)
 
 
 async def test_talk_time_runs_from_the_edges_answer_to_its_bye_however_late_the_reports_come(h: Harness) -> None:

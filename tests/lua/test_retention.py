@@ -6,7 +6,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 import redis.asyncio as aioredis
 from lua_harness import Harness
 
@@ -15,11 +14,6 @@ from callcenter.retention import trim_streams
 
 CAP = 1000  # the smallest events_maxlen the registry takes
 FAR = 10**14  # a "now" after every id of the test (ids are wall-clock times)
-
-
-@pytest.fixture
-async def h(redis: aioredis.Redis) -> Harness:
-    return Harness(redis)
 
 
 async def _login_logout(h: Harness, rounds: int) -> None:

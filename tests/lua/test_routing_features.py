@@ -6,20 +6,14 @@ from __future__ import annotations
 
 import pytest
 import redis.asyncio as aioredis
-from lua_harness import Harness
+from lua_harness import Harness, rings
 
 from callcenter.store import RC
 
 
 @pytest.fixture
 async def h(redis: aioredis.Redis) -> Harness:
-    harness = Harness(redis)
-    await redis.hset(harness.store.keys.config, "reject_on_no_agents", 0)
-    return harness
-
-
-def rings(cmds: list) -> list[dict]:  # type: ignore[type-arg]
-    return [d for t, d in cmds if t == "command.ring"]
+    return await Harness.configured(redis, reject_on_no_agents=0)
 
 
 async def test_pause_with_reason_and_unpause_takes_waiting_call(h: Harness) -> None:

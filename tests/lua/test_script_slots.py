@@ -17,8 +17,6 @@ import threading
 from typing import Any
 from urllib.parse import urlsplit
 
-import pytest
-import redis.asyncio as aioredis
 from lua_harness import EDGE, Harness
 
 from callcenter.store import RC
@@ -63,11 +61,6 @@ class Monitor:
         self.sock.shutdown(socket.SHUT_RDWR)
         self.sock.close()
         self.thread.join(5)
-
-
-@pytest.fixture
-async def h(redis: aioredis.Redis) -> Harness:
-    return Harness(redis)
 
 
 async def _life_of_a_tenant(h: Harness) -> None:

@@ -5,8 +5,6 @@ Reads/writes nothing itself; the helpers live in sip_harness.py.
 
 from __future__ import annotations
 
-import asyncio
-import errno
 import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -22,12 +20,29 @@ from sip_harness import (
     ScriptedDispatcher,
     SippLauncher,
     free_udp_port,
+    started_stack,
 )
+from stream_harness import Certificates, make_certificates
+from structlog.testing import capture_logs
 
 from callcenter_sip_edge.sip_stack import SipStack
 
 if not SIPP_INSTALLED:  # pragma: no cover - environment guard
     pytest.skip("sipp is not installed (apt-get install sip-tester)", allow_module_level=True)
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
+    """A throw-away CA and a certificate for 127.0.0.1 signed by it, once per test module (TCP, TLS
+    and WebSocket tests)."""
+    return make_certificates(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def logs() -> Iterator[list[dict[str, object]]]:
+    """The structlog events logged during the test."""
+    with capture_logs() as records:
+        yield records
 
 
 @pytest.fixture
@@ -48,18 +63,7 @@ def sipp(tmp_path: Path) -> Iterator[SippLauncher]:
 async def edge() -> AsyncIterator[EdgeUnderTest]:
     """A SipStack on a free loopback port whose facts go to a ScriptedDispatcher."""
     dispatcher = ScriptedDispatcher()
-    for attempt in range(3):
-        port = free_udp_port()
-        stack = SipStack(host=LOOPBACK, port=port, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop())
-        try:
-            stack.start()
-            break
-        except OSError as exc:
-            # another process on this shared machine bound the port between the probe and the
-            # edge's bind (the edge shares no port: no SO_REUSEADDR): take another
-            if exc.errno != errno.EADDRINUSE or attempt == 2:
-                raise
-            stack._finished.wait(5)   # the failed stack has let go of the process's one SIP thread
+    stack, port = started_stack(dispatcher)
     try:
         yield EdgeUnderTest(stack=stack, dispatcher=dispatcher, port=port)
     finally:
@@ -76,10 +80,7 @@ async def make_edge() -> AsyncIterator[Callable[..., EdgeUnderTest]]:
 
     def start(**options: Any) -> EdgeUnderTest:
         dispatcher = ScriptedDispatcher()
-        port = free_udp_port()
-        stack = SipStack(host=LOOPBACK, port=port, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop(),
-                         **options)
-        stack.start()
+        stack, port = started_stack(dispatcher, **options)
         stacks.append(stack)
         return EdgeUnderTest(stack=stack, dispatcher=dispatcher, port=port)
 

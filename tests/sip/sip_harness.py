@@ -8,6 +8,7 @@ Every SIPp process runs with -m 1, -timeout and an outer `timeout`, on 127.0.0.1
 from __future__ import annotations
 
 import asyncio
+import errno
 import re
 import shutil
 import socket
@@ -251,6 +252,40 @@ class EdgeUnderTest:
     stack: SipStack
     dispatcher: ScriptedDispatcher
     port: int
+
+
+def support_caller(sipp: SippLauncher, edge: EdgeUnderTest, scenario: str, pause_ms: int | None = 500
+                   ) -> SippProcess:
+    """SIPp with `scenario`, named "caller", calling the edge's `support` service (`pause_ms`: its
+    pause, SIPp's [pause] in the scenario; None: SIPp's default)."""
+    return sipp.start(scenario, name="caller", remote_port=edge.port, service="support", pause_ms=pause_ms)
+
+
+def agent_at_once(edge: EdgeUnderTest, sipp: SippLauncher, agent_scenario: str) -> SippProcess:
+    """The dispatcher's shortest path, scripted: the next call that arrives rings an agent
+    (`agent_scenario`, named "agent") at once. Returns the agent."""
+    agent = sipp.start(agent_scenario, name="agent")
+    edge.dispatcher.on("call_arrived",
+                       lambda f: edge.stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
+    return agent
+
+
+def started_stack(dispatcher: ScriptedDispatcher, **options: Any) -> tuple[SipStack, int]:
+    """A SipStack with `options`, started on a free loopback port, its facts to `dispatcher`; and
+    the port. Another process on this shared machine may bind the port between the probe and the
+    edge's bind (the edge shares no port: no SO_REUSEADDR): then it takes another, three times."""
+    for attempt in range(3):
+        port = free_udp_port()
+        stack = SipStack(host=LOOPBACK, port=port, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop(),
+                         **options)
+        try:
+            stack.start()
+            return stack, port
+        except OSError as exc:
+            if exc.errno != errno.EADDRINUSE or attempt == 2:
+                raise
+            stack._finished.wait(5)   # the failed stack has let go of the process's one SIP thread
+    raise AssertionError("not reached")
 
 
 def queue_then_agent(edge: EdgeUnderTest, sipp: SippLauncher, agent_scenario: str, *, calls: int = 1,

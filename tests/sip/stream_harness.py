@@ -198,6 +198,33 @@ def free_stream_port() -> int:
     raise RuntimeError("no free port")
 
 
+def connect(port: int, certs: Certificates | None = None, *, timeout_s: float = 5.0) -> socket.socket:
+    """A blocking connection to the edge's stream port on loopback; over TLS (the CA checked) with
+    `certs`. Reads on it time out after `timeout_s`."""
+    sock = socket.create_connection((LOOPBACK, port), timeout=timeout_s)
+    if certs is None:
+        return sock
+    return ssl.create_default_context(cafile=str(certs.ca)).wrap_socket(sock, server_hostname=LOOPBACK)
+
+
+def read_until_closed(sock: socket.socket) -> tuple[bool, bytes]:
+    """Read until the edge closes the connection: (closed before a read timed out, what came). The
+    socket is closed on return."""
+    got = b""
+    try:
+        while True:
+            data = sock.recv(65536)
+            if not data:
+                return True, got
+            got += data
+    except TimeoutError:
+        return False, got
+    except (ConnectionResetError, ssl.SSLError, OSError):
+        return True, got
+    finally:
+        sock.close()
+
+
 def tcp_listening(port: int) -> bool:
     """Whether a socket listens on this local TCP port (read from /proc: no probing connection)."""
     needle = f":{port:04X}"

@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import asyncio
 
-from sip_harness import EdgeUnderTest, SippLauncher, edge_sent_problems, expect_success
+import sip_harness
+from sip_harness import EdgeUnderTest, SippLauncher, agent_at_once, edge_sent_problems, expect_success, support_caller
 
 
-def _caller(sipp: SippLauncher, edge: EdgeUnderTest, scenario: str, pause_ms: int = 500):
-    return sipp.start(scenario, name="caller", remote_port=edge.port, service="support", pause_ms=pause_ms)
+async def _connected_and_ended(edge: EdgeUnderTest, sipp: SippLauncher, agent_scenario: str,
+                               caller_scenario: str) -> tuple[sip_harness.SippProcess, sip_harness.SippProcess]:
+    """A caller rung to an agent at once, to its end: both scenarios passed, and the dispatcher heard
+    of the arrival, the answer and the end, nothing else. Returns (caller, agent)."""
+    agent = agent_at_once(edge, sipp, agent_scenario)
+    caller = support_caller(sipp, edge, caller_scenario)
+    await expect_success(caller, agent)
+    await edge.dispatcher.wait_for("call_ended")
+    assert edge.dispatcher.kinds() == ["call_arrived", "agent_answered", "call_ended"]
+    return caller, agent
 
 
 async def test_welcome_then_queue_then_agent_caller_hangs_up(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
@@ -26,7 +35,7 @@ async def test_welcome_then_queue_then_agent_caller_hangs_up(edge: EdgeUnderTest
                   purpose="welcome")
     dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "offer-1", "agent-7", agent.uri("agent"), 10.0,
                                                          caller_display='Support "VIP" Ann'), purpose="queue")
-    caller = _caller(sipp, edge, "caller_reinvited_2_bye")
+    caller = support_caller(sipp, edge, "caller_reinvited_2_bye")
 
     await expect_success(caller, welcome, queue, agent)
     ended = await dispatcher.wait_for("call_ended")
@@ -52,15 +61,8 @@ async def test_welcome_then_queue_then_agent_caller_hangs_up(edge: EdgeUnderTest
 
 
 async def test_unanswered_caller_rung_to_agent_with_early_offer(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
-    stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_early_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
-    caller = _caller(sipp, edge, "caller_answered_bye")
-
-    await expect_success(caller, agent)
-    await dispatcher.wait_for("call_ended")
-    assert dispatcher.kinds() == ["call_arrived", "agent_answered", "call_ended"]
-    assert dispatcher.facts[-1].data["by"] == "caller"
+    await _connected_and_ended(edge, sipp, "agent_early_uas", "caller_answered_bye")
+    assert edge.dispatcher.facts[-1].data["by"] == "caller"
 
 
 async def test_busy_agent_keeps_caller_on_queue_then_second_agent(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
@@ -77,7 +79,7 @@ async def test_busy_agent_keeps_caller_on_queue_then_second_agent(edge: EdgeUnde
     dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
     dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", busy.uri("agent"), 10.0))
     dispatcher.on("agent_failed", second_offer)
-    caller = _caller(sipp, edge, "caller_reinvited_1_bye")
+    caller = support_caller(sipp, edge, "caller_reinvited_1_bye")
 
     await expect_success(caller, music, busy, agent)
     await dispatcher.wait_for("call_ended")
@@ -94,7 +96,7 @@ async def test_agent_not_answering_is_cancelled_after_timeout(edge: EdgeUnderTes
     dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
     dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 1.0))
     dispatcher.on("agent_failed", lambda f: stack.hangup(f.call_id, "no_agent"))
-    caller = _caller(sipp, edge, "caller_answered_wait_bye")
+    caller = support_caller(sipp, edge, "caller_answered_wait_bye")
 
     await expect_success(caller, music, agent)
     await dispatcher.wait_for("call_ended")
@@ -109,7 +111,7 @@ async def test_caller_glare_491_is_retried(edge: EdgeUnderTest, sipp: SippLaunch
     agent = sipp.start("agent_late_uas", name="agent")
     dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
     dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
-    caller = _caller(sipp, edge, "caller_reinvite_glare_bye")
+    caller = support_caller(sipp, edge, "caller_reinvite_glare_bye")
 
     await expect_success(caller, music, agent)
     await dispatcher.wait_for("call_ended")
@@ -131,7 +133,7 @@ async def test_queued_reinvite_waits_for_the_ack_of_the_previous_one(edge: EdgeU
 
     dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, welcome.uri("welcome"), "welcome"))
     dispatcher.on("media_ended", queue_and_ring, purpose="welcome")
-    caller = _caller(sipp, edge, "caller_slow_reinvite_answer_2_bye")
+    caller = support_caller(sipp, edge, "caller_slow_reinvite_answer_2_bye")
 
     await expect_success(caller, welcome, queue, agent)
     await dispatcher.wait_for("call_ended")
@@ -142,8 +144,7 @@ async def test_queued_reinvite_waits_for_the_ack_of_the_previous_one(edge: EdgeU
 
 async def test_cancel_ring_on_dispatcher_request(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
     stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_noanswer_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
+    agent = agent_at_once(edge, sipp, "agent_noanswer_uas")
     caller = sipp.start("caller_rejected_404", name="caller", remote_port=edge.port, service="support")
     call = await dispatcher.wait_for("call_arrived")
     await asyncio.sleep(0.3)
@@ -158,9 +159,8 @@ async def test_cancel_ring_on_dispatcher_request(edge: EdgeUnderTest, sipp: Sipp
 
 
 async def test_caller_cancel_while_agent_rings(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
-    stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_noanswer_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
+    dispatcher = edge.dispatcher
+    agent = agent_at_once(edge, sipp, "agent_noanswer_uas")
     caller = sipp.start("caller_cancel", name="caller", remote_port=edge.port, service="support")
 
     await expect_success(caller, agent)
@@ -175,7 +175,7 @@ async def test_caller_hangs_up_while_queued(edge: EdgeUnderTest, sipp: SippLaunc
     queue = sipp.start("media_queue_late_uas", name="queue")
     dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, welcome.uri("welcome"), "welcome"))
     dispatcher.on("media_ended", lambda f: stack.media(f.call_id, queue.uri("queue", ";cc_pos=3"), "queue"))
-    caller = _caller(sipp, edge, "caller_reinvited_1_bye", pause_ms=300)
+    caller = support_caller(sipp, edge, "caller_reinvited_1_bye", pause_ms=300)
 
     await expect_success(caller, welcome, queue)
     await dispatcher.wait_for("call_ended")
@@ -184,39 +184,18 @@ async def test_caller_hangs_up_while_queued(edge: EdgeUnderTest, sipp: SippLaunc
 
 
 async def test_agent_hangs_up_first(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
-    stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_early_hangup_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
-    caller = _caller(sipp, edge, "caller_answered_wait_bye")
-
-    await expect_success(caller, agent)
-    await dispatcher.wait_for("call_ended")
-    assert dispatcher.kinds() == ["call_arrived", "agent_answered", "call_ended"]
-    assert dispatcher.facts[-1].data == {"by": "agent", "reason": "bye", "code": None}
+    await _connected_and_ended(edge, sipp, "agent_early_hangup_uas", "caller_answered_wait_bye")
+    assert edge.dispatcher.facts[-1].data == {"by": "agent", "reason": "bye", "code": None}
 
 
 async def test_caller_update_and_reinvite_reach_agent(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
-    stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_early_reinvited_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
-    caller = _caller(sipp, edge, "caller_update_reinvite")
-
-    await expect_success(caller, agent)
-    await dispatcher.wait_for("call_ended")
-    assert dispatcher.kinds() == ["call_arrived", "agent_answered", "call_ended"]
+    _, agent = await _connected_and_ended(edge, sipp, "agent_early_reinvited_uas", "caller_update_reinvite")
     # the caller's hold (UPDATE) reached the agent as a re-INVITE carrying a=sendonly
     assert "a=sendonly" in agent.traces()
 
 
 async def test_agent_contact_with_upper_case_transport_gets_bye(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
-    stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_early_transport_upper_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
-    caller = _caller(sipp, edge, "caller_answered_bye")
-
-    await expect_success(caller, agent)
-    await dispatcher.wait_for("call_ended")
-    assert dispatcher.kinds() == ["call_arrived", "agent_answered", "call_ended"]
+    await _connected_and_ended(edge, sipp, "agent_early_transport_upper_uas", "caller_answered_bye")
 
 
 async def test_reject_on_arrival(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
@@ -262,7 +241,7 @@ async def test_ring_all_first_answer_wins_the_other_phone_gets_cancel(edge: Edge
     targets = [{"agent_id": "a-slow", "uri": slow.uri("agent")}, {"agent_id": "a-quick", "uri": quick.uri("agent")}]
     dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
     dispatcher.on("media_answered", lambda f: stack.ring_all(f.call_id, "o1", targets, 10.0))
-    caller = _caller(sipp, edge, "caller_reinvited_1_bye")
+    caller = support_caller(sipp, edge, "caller_reinvited_1_bye")
 
     await expect_success(caller, music, quick, slow)  # the slow phone saw CANCEL, 487, ACK
     await dispatcher.wait_for("call_ended")
@@ -288,7 +267,7 @@ async def test_ring_all_nobody_answers(edge: EdgeUnderTest, sipp: SippLauncher) 
             stack.hangup(fact.call_id, "no_agent")
 
     dispatcher.on("agent_failed", failed, once=False)
-    caller = _caller(sipp, edge, "caller_answered_wait_bye")
+    caller = support_caller(sipp, edge, "caller_answered_wait_bye")
     await expect_success(caller, music, *phones)
     await dispatcher.wait_for("call_ended")
     assert sorted(failures) == ["a0", "a1"]

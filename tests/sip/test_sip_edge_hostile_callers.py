@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import time
 
-from sip_harness import EdgeUnderTest, SippLauncher, expect_success, queue_then_agent
+from sip_harness import EdgeUnderTest, SippLauncher, agent_at_once, expect_success, queue_then_agent, support_caller
 
 from callcenter_sip_edge.legs import CALLER_ACK_TIMEOUT_S, CALLER_REINVITE_TIMEOUT_S
 
 # how long past the edge's own timer an outcome may take on a loaded machine
 SLACK_S = 6.0
-
-
-def _caller(sipp: SippLauncher, edge: EdgeUnderTest, scenario: str):
-    return sipp.start(scenario, name="caller", remote_port=edge.port, service="support")
 
 
 async def test_a_caller_that_never_acks_is_never_on_media_and_is_hung_up_soon(
@@ -29,7 +25,7 @@ async def test_a_caller_that_never_acks_is_never_on_media_and_is_hung_up_soon(
     music = sipp.start("media_hold_uas", name="queue-music")
     dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
     started = time.monotonic()
-    caller = _caller(sipp, edge, "caller_never_acks")
+    caller = support_caller(sipp, edge, "caller_never_acks", None)
 
     ended = await dispatcher.wait_for("call_ended", timeout_s=CALLER_ACK_TIMEOUT_S + SLACK_S)
     assert time.monotonic() - started < CALLER_ACK_TIMEOUT_S + SLACK_S
@@ -45,9 +41,8 @@ async def test_an_agent_answering_a_caller_that_never_acks_is_not_reported_answe
     """A flow without media rings the agent with the caller's own offer: the agent's answer goes to
     the caller, and the agent is reported answered only when the caller ACKs it."""
     stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_early_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
-    caller = _caller(sipp, edge, "caller_never_acks")
+    agent = agent_at_once(edge, sipp, "agent_early_uas")
+    caller = support_caller(sipp, edge, "caller_never_acks", None)
 
     ended = await dispatcher.wait_for("call_ended", timeout_s=CALLER_ACK_TIMEOUT_S + SLACK_S)
     assert ended.data == {"by": "edge", "reason": "caller_no_ack", "code": None}
@@ -60,7 +55,7 @@ async def test_a_caller_that_never_answers_the_reinvite_to_the_agent_is_hung_up_
         edge: EdgeUnderTest, sipp: SippLauncher) -> None:
     stack, dispatcher = edge.stack, edge.dispatcher
     music, agent = queue_then_agent(edge, sipp, "agent_late_uas")
-    caller = _caller(sipp, edge, "caller_never_answers_reinvite")
+    caller = support_caller(sipp, edge, "caller_never_answers_reinvite", None)
 
     await dispatcher.wait_for("media_answered", timeout_s=SLACK_S)
     started = time.monotonic()

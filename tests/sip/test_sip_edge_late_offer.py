@@ -7,11 +7,7 @@ flows use already (INVITE without SDP, offer in their 200, answer expected in th
 
 from __future__ import annotations
 
-from sip_harness import EdgeUnderTest, SippLauncher, edge_sent_problems, expect_success
-
-
-def _caller(sipp: SippLauncher, edge: EdgeUnderTest, scenario: str, pause_ms: int = 500):
-    return sipp.start(scenario, name="caller", remote_port=edge.port, service="support", pause_ms=pause_ms)
+from sip_harness import EdgeUnderTest, SippLauncher, agent_at_once, edge_sent_problems, expect_success, support_caller
 
 
 async def test_late_offer_caller_queue_media_then_agent(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
@@ -22,7 +18,7 @@ async def test_late_offer_caller_queue_media_then_agent(edge: EdgeUnderTest, sip
     agent = sipp.start("agent_late_uas", name="agent")
     dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, queue.uri("queue", ";cc_pos=0"), "queue"))
     dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
-    caller = _caller(sipp, edge, "caller_late_offer_reinvited_bye")
+    caller = support_caller(sipp, edge, "caller_late_offer_reinvited_bye")
 
     await expect_success(caller, queue, agent)
     ended = await dispatcher.wait_for("call_ended")
@@ -44,9 +40,8 @@ async def test_late_offer_caller_straight_to_agent(edge: EdgeUnderTest, sipp: Si
     """No media at all: the agent is INVITEd without SDP, its offer answers the caller, the
     caller's answer goes in the agent's ACK; the agent is reported once the caller ACKed."""
     stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_late_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
-    caller = _caller(sipp, edge, "caller_late_offer_bye")
+    agent = agent_at_once(edge, sipp, "agent_late_uas")
+    caller = support_caller(sipp, edge, "caller_late_offer_bye")
 
     await expect_success(caller, agent)
     await dispatcher.wait_for("call_ended")
@@ -60,7 +55,7 @@ async def test_late_offer_caller_whose_ack_has_no_answer_is_ended(edge: EdgeUnde
     stack, dispatcher = edge.stack, edge.dispatcher
     queue = sipp.start("media_late_unanswered_uas", name="queue")
     dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, queue.uri("queue", ";cc_pos=0"), "queue"))
-    caller = _caller(sipp, edge, "caller_late_offer_no_answer")
+    caller = support_caller(sipp, edge, "caller_late_offer_no_answer")
 
     await expect_success(caller, queue)
     ended = await dispatcher.wait_for("call_ended")
@@ -79,7 +74,7 @@ async def test_late_offer_caller_with_flow_id_message(edge: EdgeUnderTest, sipp:
     dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, queue.uri("queue", ";cc_pos=0"), "queue"))
     dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
                                                          whisper_uri=whisper.uri("flowid", ";flow=support")))
-    caller = _caller(sipp, edge, "caller_late_offer_reinvited_bye")
+    caller = support_caller(sipp, edge, "caller_late_offer_reinvited_bye")
 
     await expect_success(caller, queue, agent, whisper)
     await dispatcher.wait_for("call_ended")

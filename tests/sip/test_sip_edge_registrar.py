@@ -7,7 +7,6 @@ the first 200 wins; none: refused (`not_registered`)."""
 from __future__ import annotations
 
 import asyncio
-import errno
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
@@ -26,7 +25,14 @@ from registrar_harness import (
     registrations,
     start_register,
 )
-from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, expect_success, free_udp_port
+from sip_harness import (
+    EdgeUnderTest,
+    ScriptedDispatcher,
+    SippLauncher,
+    expect_success,
+    free_udp_port,
+    started_stack,
+)
 
 from callcenter.contract.commands import Ring
 from callcenter.store import Store
@@ -57,18 +63,7 @@ async def make_registrar(redis: aioredis.Redis) -> AsyncIterator[Callable[..., R
         options = replace(OPTIONS, **changes)
         regs = registrations(redis, options, limited_log=log)
         dispatcher = ScriptedDispatcher()
-        for attempt in range(3):
-            port = free_udp_port()
-            stack = SipStack(host=LOOPBACK, port=port, on_fact=dispatcher.on_fact, loop=asyncio.get_running_loop(),
-                             registrar=RegistrarSetup(options, regs.nonces, regs.submit))
-            try:
-                stack.start()
-                break
-            except OSError as exc:
-                # another process on this shared machine took the port between the probe and the bind
-                if exc.errno != errno.EADDRINUSE or attempt == 2:
-                    raise
-                stack._finished.wait(5)
+        stack, port = started_stack(dispatcher, registrar=RegistrarSetup(options, regs.nonces, regs.submit))
         stacks.append(stack)
         return RegistrarEdge(EdgeUnderTest(stack=stack, dispatcher=dispatcher, port=port), regs)
 

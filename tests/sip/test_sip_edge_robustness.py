@@ -12,7 +12,15 @@ import socket
 import time
 
 import pytest
-from sip_harness import LOOPBACK, EdgeUnderTest, ScriptedDispatcher, SippLauncher, expect_success, free_udp_port
+from sip_harness import (
+    LOOPBACK,
+    EdgeUnderTest,
+    ScriptedDispatcher,
+    SippLauncher,
+    agent_at_once,
+    expect_success,
+    free_udp_port,
+)
 
 from callcenter_sip_edge.sip_stack import SipStack
 
@@ -75,7 +83,7 @@ async def test_out_of_dialog_requests(edge: EdgeUnderTest, client: socket.socket
 
 async def test_garbage_never_stops_the_edge(edge: EdgeUnderTest, client: socket.socket,
                                             sipp: SippLauncher) -> None:
-    stack, dispatcher = edge.stack, edge.dispatcher
+    dispatcher = edge.dispatcher
     target = (LOOPBACK, edge.port)
     client.sendto(os.urandom(300), target)
     client.sendto(b"\xff\xfe garbage that is not SIP at all, not even UTF-8 \x80\x81", target)
@@ -91,8 +99,7 @@ async def test_garbage_never_stops_the_edge(edge: EdgeUnderTest, client: socket.
     assert (await _exchange(client, edge.port, bad_cseq)).startswith("SIP/2.0 400")
     assert dispatcher.facts == []
 
-    agent = sipp.start("agent_early_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
+    agent = agent_at_once(edge, sipp, "agent_early_uas")
     caller = sipp.start("caller_answered_bye", name="caller", remote_port=edge.port, service="support",
                         pause_ms=300)
     await expect_success(caller, agent)

@@ -10,7 +10,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from sip_harness import EdgeUnderTest, SippLauncher, edge_sent_problems, expect_success
+from sip_harness import (
+    EdgeUnderTest,
+    SippLauncher,
+    SippProcess,
+    agent_at_once,
+    edge_sent_problems,
+    expect_success,
+    support_caller,
+)
 
 from callcenter_sip_edge.session_options import SessionTimerOptions
 
@@ -22,17 +30,26 @@ def _start(make_edge: Callable[..., EdgeUnderTest]) -> EdgeUnderTest:
     return make_edge(session_timers=TIMERS)
 
 
-def _caller(sipp: SippLauncher, edge: EdgeUnderTest, scenario: str):
-    return sipp.start(scenario, name="caller", remote_port=edge.port, service="support", pause_ms=0)
+def _call(make_edge: Callable[..., EdgeUnderTest], sipp: SippLauncher, agent_scenario: str, caller_scenario: str,
+          pause_ms: int = 0) -> tuple[EdgeUnderTest, SippProcess, SippProcess]:
+    """An edge with the timers, an agent phone it rings at once, and a caller: (edge, agent, caller)."""
+    edge = _start(make_edge)
+    agent = agent_at_once(edge, sipp, agent_scenario)
+    return edge, agent, support_caller(sipp, edge, caller_scenario, pause_ms)
+
+
+async def _expired_after_s(edge: EdgeUnderTest) -> float:
+    """Wait for the call to end by session expiry; how long after the agent answered it ended (s)."""
+    answered = await edge.dispatcher.wait_for("agent_answered")
+    ended = await edge.dispatcher.wait_for("call_ended", timeout_s=3 * INTERVAL_S)
+    assert ended.data == {"by": "edge", "reason": "session_expired", "code": None}
+    return (ended.ts_ms - answered.ts_ms) / 1000
 
 
 async def test_refreshes_keep_a_call_up_past_its_interval(make_edge: Callable[..., EdgeUnderTest],
                                                          sipp: SippLauncher) -> None:
-    edge = _start(make_edge)
+    edge, agent, caller = _call(make_edge, sipp, "agent_timer_uas", "caller_timer_refreshed_bye")
     stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_timer_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
-    caller = _caller(sipp, edge, "caller_timer_refreshed_bye")
     started = time.monotonic()
 
     await expect_success(caller, agent)
@@ -55,16 +72,10 @@ async def test_caller_that_vanishes_is_ended_within_the_interval(make_edge: Call
                                                                  sipp: SippLauncher) -> None:
     """The caller stops answering (no BYE): its refresh goes unanswered, the session expires at the
     interval's end, both legs get BYE and the call ends `session_expired` (the agent is freed)."""
-    edge = _start(make_edge)
-    stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_timer_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
-    caller = _caller(sipp, edge, "caller_timer_vanishes")
+    edge, agent, caller = _call(make_edge, sipp, "agent_timer_uas", "caller_timer_vanishes")
+    stack = edge.stack
 
-    answered = await dispatcher.wait_for("agent_answered")
-    ended = await dispatcher.wait_for("call_ended", timeout_s=3 * INTERVAL_S)
-    assert ended.data == {"by": "edge", "reason": "session_expired", "code": None}
-    lasted_s = (ended.ts_ms - answered.ts_ms) / 1000
+    lasted_s = await _expired_after_s(edge)
     assert INTERVAL_S - 1.5 <= lasted_s <= INTERVAL_S + 3, lasted_s
     await expect_success(caller, agent)   # both got the edge's BYE
     assert stack.active_calls() == 0
@@ -73,7 +84,7 @@ async def test_caller_that_vanishes_is_ended_within_the_interval(make_edge: Call
 async def test_session_interval_below_min_se_gets_422(make_edge: Callable[..., EdgeUnderTest],
                                                        sipp: SippLauncher) -> None:
     edge = _start(make_edge)
-    caller = _caller(sipp, edge, "caller_timer_too_small")
+    caller = support_caller(sipp, edge, "caller_timer_too_small", 0)
     await expect_success(caller)
     resp = next(m for m in caller.messages() if m.is_response(422, "INVITE"))
     assert "Min-SE: 2" in resp.text
@@ -83,11 +94,8 @@ async def test_session_interval_below_min_se_gets_422(make_edge: Callable[..., E
 
 async def test_refresh_by_reinvite_when_the_caller_does_not_allow_update(
         make_edge: Callable[..., EdgeUnderTest], sipp: SippLauncher) -> None:
-    edge = _start(make_edge)
-    stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_timer_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
-    caller = _caller(sipp, edge, "caller_timer_reinvite_refreshed_bye")
+    edge, agent, caller = _call(make_edge, sipp, "agent_timer_uas", "caller_timer_reinvite_refreshed_bye")
+    dispatcher = edge.dispatcher
 
     await expect_success(caller, agent)
     ended = await dispatcher.wait_for("call_ended")
@@ -104,11 +112,8 @@ async def test_caller_as_refresher_keeps_its_call_up(make_edge: Callable[..., Ed
                                                     sipp: SippLauncher) -> None:
     """The caller chose refresher=uac: the edge sends it no refresh and answers its UPDATEs with
     Session-Expires; the call outlives the interval."""
-    edge = _start(make_edge)
-    stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_timer_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
-    caller = _caller(sipp, edge, "caller_timer_refresher_uac_bye")
+    edge, agent, caller = _call(make_edge, sipp, "agent_timer_uas", "caller_timer_refresher_uac_bye")
+    dispatcher = edge.dispatcher
 
     await expect_success(caller, agent)
     ended = await dispatcher.wait_for("call_ended")
@@ -119,16 +124,9 @@ async def test_caller_as_refresher_keeps_its_call_up(make_edge: Callable[..., Ed
 async def test_caller_as_refresher_that_stops_refreshing_is_ended(make_edge: Callable[..., EdgeUnderTest],
                                                                   sipp: SippLauncher) -> None:
     """No refresh from the refresher: the edge ends the call at the interval minus a third of it."""
-    edge = _start(make_edge)
-    stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_timer_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
-    caller = _caller(sipp, edge, "caller_timer_refresher_uac_stops")
+    edge, agent, caller = _call(make_edge, sipp, "agent_timer_uas", "caller_timer_refresher_uac_stops")
 
-    answered = await dispatcher.wait_for("agent_answered")
-    ended = await dispatcher.wait_for("call_ended", timeout_s=3 * INTERVAL_S)
-    assert ended.data == {"by": "edge", "reason": "session_expired", "code": None}
-    lasted_s = (ended.ts_ms - answered.ts_ms) / 1000
+    lasted_s = await _expired_after_s(edge)
     assert INTERVAL_S * 2 / 3 - 1 <= lasted_s <= INTERVAL_S * 2 / 3 + 2.5, lasted_s
     await expect_success(caller, agent)
 
@@ -137,16 +135,9 @@ async def test_caller_without_timers_that_vanishes_is_ended(make_edge: Callable[
                                                             sipp: SippLauncher) -> None:
     """A caller that knows nothing of timers gets them anyway, the edge refreshing (RFC 4028 9):
     when it stops answering (its refresh re-INVITE unanswered), the call ends at the interval."""
-    edge = _start(make_edge)
-    stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_timer_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
-    caller = _caller(sipp, edge, "caller_no_timer_vanishes")
+    edge, agent, caller = _call(make_edge, sipp, "agent_timer_uas", "caller_no_timer_vanishes")
 
-    answered = await dispatcher.wait_for("agent_answered")
-    ended = await dispatcher.wait_for("call_ended", timeout_s=3 * INTERVAL_S)
-    assert ended.data == {"by": "edge", "reason": "session_expired", "code": None}
-    assert INTERVAL_S - 1.5 <= (ended.ts_ms - answered.ts_ms) / 1000 <= INTERVAL_S + 3
+    assert INTERVAL_S - 1.5 <= await _expired_after_s(edge) <= INTERVAL_S + 3
     await expect_success(caller, agent)
     ok_200 = next(m for m in caller.messages() if m.is_response(200, "INVITE") and not m.sent)
     assert "Require:" not in ok_200.text   # the caller does not support timers: not required of it
@@ -156,16 +147,10 @@ async def test_agent_that_vanishes_is_ended_within_the_interval(make_edge: Calla
                                                                sipp: SippLauncher) -> None:
     """The agent's leg has its own timer: an agent phone that stops answering the refreshes ends
     the call (session_expired) although the caller keeps answering its own."""
-    edge = _start(make_edge)
-    stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_timer_vanishes_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
-    caller = _caller(sipp, edge, "caller_timer_waits_bye")
+    edge, agent, caller = _call(make_edge, sipp, "agent_timer_vanishes_uas", "caller_timer_waits_bye")
+    stack = edge.stack
 
-    answered = await dispatcher.wait_for("agent_answered")
-    ended = await dispatcher.wait_for("call_ended", timeout_s=3 * INTERVAL_S)
-    assert ended.data == {"by": "edge", "reason": "session_expired", "code": None}
-    assert INTERVAL_S - 1.5 <= (ended.ts_ms - answered.ts_ms) / 1000 <= INTERVAL_S + 3
+    assert INTERVAL_S - 1.5 <= await _expired_after_s(edge) <= INTERVAL_S + 3
     await expect_success(caller, agent)   # both got the edge's BYE
     assert stack.active_calls() == 0
 
@@ -174,12 +159,8 @@ async def test_agent_422_is_retried_with_its_min_se(make_edge: Callable[..., Edg
                                                     sipp: SippLauncher) -> None:
     """RFC 4028 7.3: the agent's 422 says Min-SE 6; the edge INVITEs it again with Session-Expires
     6 and the call goes on (the agent is not reported as rejecting)."""
-    edge = _start(make_edge)
-    stack, dispatcher = edge.stack, edge.dispatcher
-    agent = sipp.start("agent_timer_422_uas", name="agent")
-    dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0))
-    caller = sipp.start("caller_answered_bye", name="caller", remote_port=edge.port, service="support",
-                        pause_ms=500)
+    edge, agent, caller = _call(make_edge, sipp, "agent_timer_422_uas", "caller_answered_bye", pause_ms=500)
+    dispatcher = edge.dispatcher
 
     await expect_success(caller, agent)
     await dispatcher.wait_for("call_ended")

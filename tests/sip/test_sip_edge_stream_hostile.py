@@ -9,30 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
-import pytest
 import pytest_asyncio
 from sip_harness import LOOPBACK, EdgeUnderTest, SippLauncher, expect_success
-from stream_harness import Certificates, make_certificates, running_edge, start_stream_sipp, stream_options
-from structlog.testing import capture_logs
+from stream_harness import Certificates, connect, read_until_closed, running_edge, start_stream_sipp, stream_options
 
 LIMITS = {"message_timeout_s": 1.0, "handshake_timeout_s": 1.0, "idle_timeout_s": 30.0,
           "max_message_bytes": 4096, "max_connections_per_source": 6}
 # a connection the edge should close is closed within its timeout, the sweep's half second and slack
 CLOSED_WITHIN_S = 5.0
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    return make_certificates(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def logs() -> Iterator[list[dict[str, object]]]:
-    with capture_logs() as records:
-        yield records
 
 
 @pytest_asyncio.fixture
@@ -42,26 +28,12 @@ async def edge(certs: Certificates, logs: list[dict[str, object]]) -> AsyncItera
 
 
 def _connect(port: int, certs: Certificates | None = None) -> socket.socket:
-    sock = socket.create_connection((LOOPBACK, port), timeout=CLOSED_WITHIN_S)
-    if certs is None:
-        return sock
-    context = ssl.create_default_context(cafile=str(certs.ca))
-    return context.wrap_socket(sock, server_hostname=LOOPBACK)
+    return connect(port, certs, timeout_s=CLOSED_WITHIN_S)
 
 
 def _closed_by_edge(sock: socket.socket) -> bool:
     """Read until the edge closes the connection (True) or the bound passes (False)."""
-    try:
-        while True:
-            data = sock.recv(4096)
-            if not data:
-                return True
-    except TimeoutError:
-        return False
-    except (ConnectionResetError, ssl.SSLError, OSError):
-        return True
-    finally:
-        sock.close()
+    return read_until_closed(sock)[0]
 
 
 def _answers_keepalive(sock: socket.socket) -> bool:

@@ -13,16 +13,10 @@ from sip_harness import LOOPBACK, EdgeUnderTest, SippLauncher, edge_sent_problem
 from stream_harness import (
     Certificates,
     StreamSipp,
-    make_certificates,
     running_edge,
     start_stream_sipp,
     stream_options,
 )
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    return make_certificates(tmp_path_factory.mktemp("tls"))
 
 
 @pytest_asyncio.fixture

@@ -15,7 +15,7 @@ import pytest
 import pytest_asyncio
 from browser_harness import browser_skip_reason, start_webrtc_sipp, ws_options
 from sip_harness import LOOPBACK, EdgeUnderTest, SippLauncher, expect_success
-from stream_harness import Certificates, make_certificates, running_edge
+from stream_harness import Certificates, running_edge
 
 from callcenter_dev.browser import BrowserPhone, PhoneConfig, ensure_sipjs
 
@@ -30,11 +30,6 @@ def _sdp(message: str) -> str:
 def _origin(sdp: str) -> str:
     match = re.search(r"^o=(\S+)", sdp, re.MULTILINE)
     return match.group(1) if match else ""
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    return make_certificates(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="module")

@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
-import pytest
 import pytest_asyncio
 from browser_harness import ws_options
 from sip_harness import LOOPBACK, EdgeUnderTest, SippLauncher, expect_success
-from stream_harness import Certificates, make_certificates, running_edge
-from structlog.testing import capture_logs
+from stream_harness import Certificates, connect, read_until_closed, running_edge
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import AcceptConnection, CloseConnection, Ping, Pong, RejectConnection, Request, TextMessage
 
@@ -29,17 +26,6 @@ ORIGIN = "https://agents.example.com"
 CLOSED_WITHIN_S = 5.0
 
 
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Certificates:
-    return make_certificates(tmp_path_factory.mktemp("tls"))
-
-
-@pytest.fixture
-def logs() -> Iterator[list[dict[str, object]]]:
-    with capture_logs() as records:
-        yield records
-
-
 @pytest_asyncio.fixture
 async def edge(certs: Certificates, logs: list[dict[str, object]]) -> AsyncIterator[EdgeUnderTest]:
     async with running_edge(ws_options(certs, ws_allowed_origins=(ORIGIN,), **LIMITS)) as edge:  # type: ignore[arg-type]
@@ -47,27 +33,7 @@ async def edge(certs: Certificates, logs: list[dict[str, object]]) -> AsyncItera
 
 
 def _connect(port: int, certs: Certificates | None = None) -> socket.socket:
-    sock = socket.create_connection((LOOPBACK, port), timeout=CLOSED_WITHIN_S)
-    if certs is None:
-        return sock
-    return ssl.create_default_context(cafile=str(certs.ca)).wrap_socket(sock, server_hostname=LOOPBACK)
-
-
-def _read_until_closed(sock: socket.socket) -> tuple[bool, bytes]:
-    """Read until the edge closes the connection: (closed within the bound, what came)."""
-    got = b""
-    try:
-        while True:
-            data = sock.recv(65536)
-            if not data:
-                return True, got
-            got += data
-    except TimeoutError:
-        return False, got
-    except (ConnectionResetError, ssl.SSLError, OSError):
-        return True, got
-    finally:
-        sock.close()
+    return connect(port, certs, timeout_s=CLOSED_WITHIN_S)
 
 
 class Client:
@@ -128,14 +94,14 @@ def _hostile(ports: dict[str, int], certs: Certificates) -> dict[str, tuple[bool
     unfinished = Client(ws)
     unfinished.sock.sendall(_masked_frame(0x01, 40, b"OPTIONS sip:x SIP/2.0\r\nVia: SIP/2.0/WS ") )
     return {
-        "slow_upgrade": _read_until_closed(slow_upgrade), "slow_tls": _read_until_closed(slow_tls),
-        "garbage": _read_until_closed(garbage),
+        "slow_upgrade": read_until_closed(slow_upgrade), "slow_tls": read_until_closed(slow_tls),
+        "garbage": read_until_closed(garbage),
         "no_sip": (isinstance(no_sip.upgrade, RejectConnection) and no_sip.upgrade.status_code == 400,
                    b""),
         "foreign": (isinstance(foreign.upgrade, RejectConnection) and foreign.upgrade.status_code == 403, b""),
         "oversize": (isinstance(oversize.upgrade, AcceptConnection), b""),
         "oversize_closed": _close_code(oversize),
-        "unfinished": _read_until_closed(unfinished.sock),
+        "unfinished": read_until_closed(unfinished.sock),
     }
 
 
@@ -163,7 +129,7 @@ def _over_the_limit(port: int) -> tuple[bool, bool]:
     held = [Client(port) for _ in range(int(LIMITS["max_connections_per_source"]))]
     try:
         served = all(isinstance(c.upgrade, AcceptConnection) for c in held)
-        refused, _ = _read_until_closed(_connect(port))
+        refused, _ = read_until_closed(_connect(port))
     finally:
         for client in held:
             client.sock.close()

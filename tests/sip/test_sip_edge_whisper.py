@@ -11,13 +11,9 @@ from __future__ import annotations
 import asyncio
 from datetime import datetime
 
-from sip_harness import EdgeUnderTest, SipMessage, SippLauncher, SippProcess, expect_success
+from sip_harness import EdgeUnderTest, SipMessage, SippLauncher, SippProcess, expect_success, support_caller
 
 from callcenter_sip_edge.facts import Fact
-
-
-def _caller(sipp: SippLauncher, edge: EdgeUnderTest, scenario: str, pause_ms: int = 500) -> SippProcess:
-    return sipp.start(scenario, name="caller", remote_port=edge.port, service="support", pause_ms=pause_ms)
 
 
 def _first(messages: list[SipMessage], predicate, what: str) -> SipMessage:  # type: ignore[no-untyped-def]
@@ -56,7 +52,7 @@ async def test_whisper_then_caller_connected(edge: EdgeUnderTest, sipp: SippLaun
     dispatcher.on("call_arrived", lambda f: stack.media(f.call_id, music.uri("moh"), "queue"))
     dispatcher.on("media_answered", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
                                                          whisper_uri=whisper.uri("flowid", ";flow=support")))
-    caller = _caller(sipp, edge, "caller_whisper_reinvited_bye")
+    caller = support_caller(sipp, edge, "caller_whisper_reinvited_bye")
 
     await expect_success(caller, music, agent, whisper)
     await dispatcher.wait_for("call_ended")
@@ -107,7 +103,7 @@ async def test_agent_hangs_up_during_whisper(edge: EdgeUnderTest, sipp: SippLaun
         stack.ring(fact.call_id, "o2", "a2", second.uri("agent"), 10.0)
 
     dispatcher.on("agent_failed", requeue_at_head)
-    caller = _caller(sipp, edge, "caller_reinvited_1_bye")
+    caller = support_caller(sipp, edge, "caller_reinvited_1_bye")
 
     await expect_success(caller, music, agent, whisper, second)
     await dispatcher.wait_for("call_ended")
@@ -124,7 +120,7 @@ async def test_whisper_media_rejects_agent_connected_directly(edge: EdgeUnderTes
     stack, dispatcher = edge.stack, edge.dispatcher
     whisper = sipp.start("agent_busy_uas", name="whisper-busy")
     music, agent = _queue_then_ring(edge, sipp, "agent_late_uas", whisper)
-    caller = _caller(sipp, edge, "caller_reinvited_1_bye")
+    caller = support_caller(sipp, edge, "caller_reinvited_1_bye")
 
     # agent_late_uas checks that its ACK carries the caller's answer (to its first offer)
     await expect_success(caller, music, agent, whisper)
@@ -138,7 +134,7 @@ async def test_whisper_media_rejects_agent_connected_directly(edge: EdgeUnderTes
 async def test_bad_whisper_uri_agent_connected_directly(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
     dispatcher = edge.dispatcher
     music, agent = _queue_then_ring(edge, sipp, "agent_late_uas", "not a sip uri")
-    caller = _caller(sipp, edge, "caller_reinvited_1_bye")
+    caller = support_caller(sipp, edge, "caller_reinvited_1_bye")
 
     await expect_success(caller, music, agent)
     await dispatcher.wait_for("call_ended")
@@ -150,7 +146,7 @@ async def test_caller_hangs_up_during_whisper(edge: EdgeUnderTest, sipp: SippLau
     whisper = sipp.start("whisper_media_wait_bye_uas", name="whisper")
     music, agent = _queue_then_ring(edge, sipp, "agent_whisper_wait_bye_uas", whisper)
     # the agent answers 200 ms after its INVITE; the caller hangs up 1.5 s after being answered
-    caller = _caller(sipp, edge, "caller_answered_bye", pause_ms=1500)
+    caller = support_caller(sipp, edge, "caller_answered_bye", pause_ms=1500)
 
     await expect_success(caller, music, agent, whisper)  # agent, message and queue media got BYE
     ended = await dispatcher.wait_for("call_ended")
@@ -167,7 +163,7 @@ async def test_cancel_ring_during_whisper(edge: EdgeUnderTest, sipp: SippLaunche
     whisper = sipp.start("whisper_media_wait_bye_uas", name="whisper")
     music, agent = _queue_then_ring(edge, sipp, "agent_whisper_wait_bye_uas", whisper)
     dispatcher.on("agent_failed", lambda f: stack.hangup(f.call_id, "no_agent"))
-    caller = _caller(sipp, edge, "caller_answered_wait_bye")
+    caller = support_caller(sipp, edge, "caller_answered_wait_bye")
     call = await dispatcher.wait_for("media_answered")
     # the message is playing once its media server got the ACK
     await _wait_until(lambda: any(m.is_request("ACK") for m in whisper.messages()))
@@ -187,7 +183,7 @@ async def test_whisper_skipped_when_caller_not_answered(edge: EdgeUnderTest, sip
     whisper = sipp.start("whisper_media_wait_bye_uas", name="whisper")
     dispatcher.on("call_arrived", lambda f: stack.ring(f.call_id, "o1", "a1", agent.uri("agent"), 10.0,
                                                   whisper_uri=whisper.uri("flowid")))
-    caller = _caller(sipp, edge, "caller_answered_bye")
+    caller = support_caller(sipp, edge, "caller_answered_bye")
 
     await expect_success(caller, agent)
     await dispatcher.wait_for("call_ended")
@@ -201,7 +197,7 @@ async def test_agent_reinvite_glare_after_whisper_is_retried(edge: EdgeUnderTest
     stack, dispatcher = edge.stack, edge.dispatcher
     whisper = sipp.start("whisper_media_uas", name="whisper")
     music, agent = _queue_then_ring(edge, sipp, "agent_whisper_glare_uas", whisper)
-    caller = _caller(sipp, edge, "caller_whisper_reinvited_bye")
+    caller = support_caller(sipp, edge, "caller_whisper_reinvited_bye")
 
     await expect_success(caller, music, agent, whisper)
     await dispatcher.wait_for("call_ended")
