@@ -36,6 +36,7 @@ import redis
 from callcenter.contract.codec import decode
 from callcenter.redis import connect_sync
 from callcenter.store.keys import Keys
+from callcenter_dev.edge_restart import restart_on_its_port
 from callcenter_dev.processes import ServiceProcess, create_api_key
 from callcenter_dev.redis_topologies import RedisClusterServers, RedisSentinelServers
 from callcenter_dev.servers import RedisServer, free_port, stop_process, udp_port_bound
@@ -169,10 +170,12 @@ class WholeSystem:
         self.edge.kill()
 
     def restart_edge(self) -> ServiceProcess:
+        """Start the sip-edge again on its port and id and wait until it holds the port; started
+        again if another process held the port meanwhile (callcenter_dev.edge_restart)."""
         old = self.edge
         old.stop()
-        self.services["sip-edge"] = ServiceProcess("sip-edge", self.edge_env, health_url=old.health_url,
-                                                   logfile=old.logfile).start()
+        self.services["sip-edge"] = restart_on_its_port(
+            ServiceProcess("sip-edge", self.edge_env, health_url=old.health_url, logfile=old.logfile))
         return self.edge
 
     def restart_edge_with(self, **env: str) -> ServiceProcess:
@@ -194,6 +197,9 @@ class WholeSystem:
         if name == "sip-edge":
             return self.restart_edge()
         old = self.services[name]
+        if old.name == "sip-edge":   # another edge (its own port and id)
+            self.services[name] = restart_on_its_port(old)
+            return self.services[name]
         old.stop()
         self.services[name] = ServiceProcess(old.name, old.env, health_url=old.health_url,
                                              logfile=old.logfile).start()
