@@ -19,28 +19,37 @@ from callcenter_dev.servers import udp_port_bound_by
 EXIT_START_REFUSED = 75   # callcenter_sip_edge.ownership.EXIT_START_REFUSED (devtools import no service)
 
 
+def start_holding_its_port(svc: ServiceProcess, deadline: float) -> int | None:
+    """Start the edge `svc` and wait until it holds its SIP port (None) or exits (its exit code;
+    stopped at `deadline`: its exit code then too)."""
+    port = int(svc.env["CC_SIP_PORT"])
+    try:
+        svc.start()
+    except RuntimeError:   # exited before its health check answered
+        if svc.proc is None or svc.proc.returncode is None:
+            raise
+        return svc.proc.returncode
+    while svc.proc is not None and svc.proc.poll() is None and time.monotonic() < deadline:
+        if udp_port_bound_by(port, svc.proc.pid):
+            return None
+        time.sleep(0.05)
+    return svc.stop()
+
+
 def restart_on_its_port(old: ServiceProcess, timeout_s: float = 30.0, retry_s: float = 0.2) -> ServiceProcess:
     """Start the edge `old` was (its environment, health port and log file) and return once the new
     process holds its SIP port; an exit 75 (port or id held by another process) is followed by
     another start after `retry_s`. Raises RuntimeError on any other exit or after `timeout_s`."""
     old.stop()
-    port = int(old.env["CC_SIP_PORT"])
     deadline = time.monotonic() + timeout_s
     refused = 0
     while True:
         svc = ServiceProcess(old.name, old.env, health_url=old.health_url, logfile=old.logfile)
-        try:
-            svc.start()
-        except RuntimeError:   # exited before its health check answered
-            if svc.proc is None or svc.proc.returncode != EXIT_START_REFUSED or time.monotonic() > deadline:
-                raise
-        while svc.proc is not None and svc.proc.poll() is None and time.monotonic() < deadline:
-            if udp_port_bound_by(port, svc.proc.pid):
-                return svc
-            time.sleep(0.05)
-        code = svc.stop()
+        code = start_holding_its_port(svc, deadline)
+        if code is None:
+            return svc
         refused += 1
         if code != EXIT_START_REFUSED or time.monotonic() > deadline:
-            raise RuntimeError(f"{old.name} did not take its port {port} again (exit {code}, {refused} "
-                               f"start(s) refused in {timeout_s:g} s):\n{svc.log()}")
+            raise RuntimeError(f"{old.name} did not take its port {old.env['CC_SIP_PORT']} again (exit {code}, "
+                               f"{refused} start(s) refused in {timeout_s:g} s):\n{svc.log()}")
         time.sleep(retry_s)

@@ -36,7 +36,7 @@ import redis
 from callcenter.contract.codec import decode
 from callcenter.redis import connect_sync
 from callcenter.store.keys import Keys
-from callcenter_dev.edge_restart import restart_on_its_port
+from callcenter_dev.edge_restart import EXIT_START_REFUSED, restart_on_its_port, start_holding_its_port
 from callcenter_dev.processes import ServiceProcess, create_api_key
 from callcenter_dev.redis_topologies import RedisClusterServers, RedisSentinelServers
 from callcenter_dev.servers import RedisServer, free_port, stop_process, udp_port_bound
@@ -217,7 +217,17 @@ class WholeSystem:
             env["CC_API_PORT"] = str(health)
         if old.name == "sip-edge":
             env.pop("CC_CONSUMER")
-            env.update(CC_SIP_PORT=str(free_port(socket.SOCK_DGRAM)), CC_EDGE_ID=f"{self.edge_id}-{suffix}")
+            env["CC_EDGE_ID"] = f"{self.edge_id}-{suffix}"
+            # its port picked a moment before may be taken meanwhile (exit 75): then another one
+            for _ in range(3):
+                env["CC_SIP_PORT"] = str(free_port(socket.SOCK_DGRAM))
+                edge = ServiceProcess(old.name, env, health_url=url)
+                code = start_holding_its_port(edge, time.monotonic() + 30)
+                if code is None:
+                    return edge
+                if code != EXIT_START_REFUSED:
+                    break
+            raise RuntimeError(f"sip-edge-{suffix} did not start (exit {code}):\n{edge.log()}")
         return ServiceProcess(old.name, env, health_url=url).start()
 
     def add_service(self, name: str, key: str, suffix: str = "b") -> ServiceProcess:
