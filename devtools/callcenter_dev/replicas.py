@@ -136,7 +136,7 @@ class Replicas:
                "CC_JOBS_RESULT_URL": broker, "CC_JOBS_KEY_PREFIX": JOBS_PREFIX, "CC_JOBS_PUMP_INTERVAL_S": "0.5",
                "CC_WEBHOOK_BACKOFF_S": "0.2", "CC_WEBHOOK_TIMEOUT_S": "5",
                # a delivery task reserved by the SIGKILLed worker is queued again after this
-               "CC_WEBHOOK_REQUEUE_S": "10", **extra}
+               "CC_WEBHOOK_REQUEUE_S": "30", **extra}
         for i in range(1, self.counts.workers + 1):
             name = numbered("worker", i)
             self.jobs[name] = JobsProcess(name, ["worker", "--pool=solo", "-l", "info", "-n", f"w{i}@%h"],
