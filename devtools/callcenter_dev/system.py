@@ -64,6 +64,10 @@ def start_redis_topology(topology: str | None = None, appendonly: bool = False) 
     return RedisServer(appendonly=appendonly).start()
 
 
+# how long a restarted service may take to answer its health check
+RESTART_READY_S = 60.0
+
+
 @dataclass
 class WholeSystem:
     """Every service as a process against one private redis-server, with helpers to provision and read."""
@@ -201,8 +205,10 @@ class WholeSystem:
             self.services[name] = restart_on_its_port(old)
             return self.services[name]
         old.stop()
+        # the time to be ready is not what a fault test measures: on a machine loaded 8 times over its
+        # cores a restarted service's imports alone took over 20 s (test_replicas, cdr-writer)
         self.services[name] = ServiceProcess(old.name, old.env, health_url=old.health_url,
-                                             logfile=old.logfile).start()
+                                             logfile=old.logfile).start(timeout=RESTART_READY_S)
         return self.services[name]
 
     def _second(self, name: str, suffix: str) -> ServiceProcess:
