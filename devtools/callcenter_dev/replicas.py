@@ -26,9 +26,8 @@ from pathlib import Path
 
 import httpx
 
+from callcenter_dev.edge_restart import restart_on_its_port
 from callcenter_dev.jobs import JobsProcess, jobs_beat, jobs_env, jobs_worker
-from callcenter_dev.servers import udp_port_bound
-from callcenter_dev.sipp import wait_until
 from callcenter_dev.system import WholeSystem
 
 JOBS_PREFIX = "ccjobs-replicas:"
@@ -95,7 +94,9 @@ class Replicas:
         api = self.system.api_env
         env = jobs_env(api["CC_REDIS_URL"], api["CC_DATABASE_URL"], api["CC_TENANT"],
                        CC_JOBS_KEY_PREFIX=JOBS_PREFIX, CC_JOBS_PUMP_INTERVAL_S="0.5", CC_WEBHOOK_BACKOFF_S="0.2",
-                       CC_WEBHOOK_TIMEOUT_S="5", **extra)
+                       CC_WEBHOOK_TIMEOUT_S="5",
+                       # a delivery task reserved by the SIGKILLed worker is queued again after this
+                       CC_WEBHOOK_REQUEUE_S="30", **extra)
         for i in range(1, self.counts.workers + 1):
             worker = jobs_worker(env, i)
             self.jobs[worker.name] = worker.start()
@@ -130,17 +131,18 @@ class Replicas:
     def restart(self, name: str, lapse_ms: int = 5000) -> None:
         """Start a process again as a supervisor does: same environment, port, id and log file. An
         edge binds its port only once it holds its id again (the dead one's lease lives half the
-        lapse, services/sip-edge/README.md): wait for that, up to the lapse + 10 s."""
+        lapse, services/sip-edge/README.md): wait until it holds it, up to the lapse + 10 s, starting
+        it again if another process took the port meanwhile (callcenter_dev.edge_restart)."""
         if name in self.jobs:
             old = self.jobs[name]
             old.stop()
             self.jobs[name] = JobsProcess(old.name, old.args, old.env, logfile=old.logfile).start()
             return
-        svc = self.system.restart_service(name)
+        svc = self.system.services[name]
         if svc.name == "sip-edge":
-            port = int(svc.env["CC_SIP_PORT"])
-            if not wait_until(lambda: udp_port_bound(port), lapse_ms / 1000 + 10):
-                raise RuntimeError(f"{name} did not bind its port again:\n{svc.log()}")
+            self.system.services[name] = restart_on_its_port(svc, timeout_s=lapse_ms / 1000 + 10)
+            return
+        self.system.restart_service(name)
 
     def logs(self) -> str:
         return self.system.logs() + "".join(f"\n--- celery {n}\n{j.log()}" for n, j in self.jobs.items())

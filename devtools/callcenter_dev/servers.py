@@ -51,6 +51,36 @@ def udp_port_bound(port: int) -> bool:
     return False
 
 
+def udp_port_bound_by(port: int, pid: int) -> bool:
+    """Whether process `pid` holds a socket bound to this local UDP port: the socket inodes of the
+    port (/proc/net/udp) against the process's descriptors. Unlike `udp_port_bound`, another process
+    that took the port does not count."""
+    needle = f":{port:04X}"
+    inodes = set()
+    for table in ("/proc/net/udp", "/proc/net/udp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            if len(fields) > 9 and fields[1].endswith(needle):
+                inodes.add(f"socket:[{fields[9]}]")
+    if not inodes:
+        return False
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            if os.readlink(fd) in inodes:
+                return True
+        except OSError:
+            continue
+    return False
+
+
 _handed_out: set[int] = set()
 
 

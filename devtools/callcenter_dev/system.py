@@ -36,6 +36,7 @@ import redis
 from callcenter.contract.codec import decode
 from callcenter.redis import connect_sync
 from callcenter.store.keys import Keys
+from callcenter_dev.edge_restart import EXIT_START_REFUSED, restart_on_its_port, start_holding_its_port
 from callcenter_dev.processes import ServiceProcess, create_api_key
 from callcenter_dev.redis_topologies import RedisClusterServers, RedisSentinelServers
 from callcenter_dev.servers import RedisServer, free_port, stop_process, udp_port_bound
@@ -61,6 +62,10 @@ def start_redis_topology(topology: str | None = None, appendonly: bool = False) 
     if topology == "sentinel":
         return RedisSentinelServers().start()
     return RedisServer(appendonly=appendonly).start()
+
+
+# how long a restarted service may take to answer its health check
+RESTART_READY_S = 60.0
 
 
 @dataclass
@@ -169,10 +174,12 @@ class WholeSystem:
         self.edge.kill()
 
     def restart_edge(self) -> ServiceProcess:
+        """Start the sip-edge again on its port and id and wait until it holds the port; started
+        again if another process held the port meanwhile (callcenter_dev.edge_restart)."""
         old = self.edge
         old.stop()
-        self.services["sip-edge"] = ServiceProcess("sip-edge", self.edge_env, health_url=old.health_url,
-                                                   logfile=old.logfile).start()
+        self.services["sip-edge"] = restart_on_its_port(
+            ServiceProcess("sip-edge", self.edge_env, health_url=old.health_url, logfile=old.logfile))
         return self.edge
 
     def restart_edge_with(self, **env: str) -> ServiceProcess:
@@ -194,9 +201,14 @@ class WholeSystem:
         if name == "sip-edge":
             return self.restart_edge()
         old = self.services[name]
+        if old.name == "sip-edge":   # another edge (its own port and id)
+            self.services[name] = restart_on_its_port(old)
+            return self.services[name]
         old.stop()
+        # the time to be ready is not what a fault test measures: on a machine loaded 8 times over its
+        # cores a restarted service's imports alone took over 20 s (test_replicas, cdr-writer)
         self.services[name] = ServiceProcess(old.name, old.env, health_url=old.health_url,
-                                             logfile=old.logfile).start()
+                                             logfile=old.logfile).start(timeout=RESTART_READY_S)
         return self.services[name]
 
     def _second(self, name: str, suffix: str) -> ServiceProcess:
@@ -211,10 +223,20 @@ class WholeSystem:
             env["CC_API_PORT"] = str(health)
         if old.name == "sip-edge":
             env.pop("CC_CONSUMER")
-            env.update(CC_SIP_PORT=str(free_port(socket.SOCK_DGRAM)), CC_EDGE_ID=f"{self.edge_id}-{suffix}")
+            env["CC_EDGE_ID"] = f"{self.edge_id}-{suffix}"
             for stream_port in ("CC_SIP_TCP_PORT", "CC_SIP_TLS_PORT", "CC_SIP_WS_PORT", "CC_SIP_WSS_PORT"):
                 if env.get(stream_port, "0") not in ("", "0"):   # each edge listens on its own
                     env[stream_port] = str(free_port())
+            # its port picked a moment before may be taken meanwhile (exit 75): then another one
+            for _ in range(3):
+                env["CC_SIP_PORT"] = str(free_port(socket.SOCK_DGRAM))
+                edge = ServiceProcess(old.name, env, health_url=url)
+                code = start_holding_its_port(edge, time.monotonic() + 30)
+                if code is None:
+                    return edge
+                if code != EXIT_START_REFUSED:
+                    break
+            raise RuntimeError(f"sip-edge-{suffix} did not start (exit {code}):\n{edge.log()}")
         return ServiceProcess(old.name, env, health_url=url).start()
 
     def add_service(self, name: str, key: str, suffix: str = "b") -> ServiceProcess:

@@ -269,6 +269,10 @@ class JobsSettings(CommonSettings):
     webhook_max_attempts: int = Field(default=6, ge=1, le=30)
     webhook_backoff_s: float = Field(default=5.0, gt=0, le=3600)
     webhook_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    # a delivery `queued` and untouched this long lost its task (a worker SIGKILLed with it reserved:
+    # the Redis broker gives it back only after its visibility timeout, an hour): the pump queues it
+    # again. Longer than any back-off wait (webhook_backoff_s x 2^(attempts-2)) plus a POST
+    webhook_requeue_s: float = Field(default=600.0, gt=0, le=86_400)
     # interval reports: recomputed every this many seconds (the current and the previous interval)
     reports_interval_s: float = Field(default=60.0, gt=0, le=3600)
     report_sl_threshold_s: int = Field(default=20, ge=1, le=86_400)

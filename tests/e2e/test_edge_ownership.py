@@ -102,9 +102,13 @@ def test_after_a_sigkill_a_new_edge_with_the_id_starts_within_the_lapse(system: 
 
 
 def test_a_cleanly_stopped_edge_releases_its_id_at_once(system: WholeSystem) -> None:
-    assert system.edge.stop() == 0, system.edge.log()
+    old = system.edge
+    assert old.stop() == 0, old.log()
     stopped_at = time.monotonic()
-    new = system.restart_edge()
+    # started by hand, not by system.restart_edge (which returns only once the port is bound, after
+    # the id and the checkpoints): the time measured is the id's, as it always was
+    new = ServiceProcess("sip-edge", system.edge_env, health_url=old.health_url, logfile=old.logfile).start()
+    system.services["sip-edge"] = new
     wait_for(lambda: holds_the_id(system, new), 5, "the new edge holding the id", system)
     # far less than the lapse: nothing was left to expire
     assert time.monotonic() - stopped_at < LAPSE_MS / 1000, system.edge.log()

@@ -84,15 +84,6 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ReplicaRig]:
         rig.stop()
 
 
-# Intermittent failure, not yet understood: green 4 times on its own branch and once more on the
-# merged tree on a quiet machine, it failed in the clean-clone CI of the merged tree (2026-12-03):
-# 54 of 336 calls failed, none counted as the killed edge's, 8 CDRs `edge_unknown` (the reconciler
-# found their edge missing from cc:{t}:edges), so the edge killed and restarted lost its heartbeat
-# entry while its calls lived (suspect: the merge with the edge-leftovers clean-up of
-# edge_lost/edge_release, or the fault rig's merged caller start). Not strict, so the run shows
-# XPASS or XFAIL; the next session fixes it (issue 13 stays open).
-@pytest.mark.xfail(strict=False, reason="edge killed and restarted loses its cc:{t}:edges entry in the merged "
-                   "tree (CI 2026-12-03): under investigation")
 def test_one_of_each_kind_killed_in_turn_under_load_loses_only_the_killed_edges_calls(
         rig: ReplicaRig, receiver: Receiver) -> None:
     replicas = rig.replicas

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from callcenter.contract.codec import encode
 from callcenter.db.engine import make_engine, upgrade
+from callcenter.db.jobs import WebhookDelivery
 from callcenter.db.models import Cdr
 from callcenter.settings import ApiSettings
 from callcenter.store.keys import Keys
@@ -39,6 +40,7 @@ TENANT = "jobs"
 KEYS = Keys(TENANT)
 MAX_ATTEMPTS = 4
 PREFIX = "ccjobs-test:"
+REQUEUE_S = 2   # above the longest back-off here (0.1 s x 2^2)
 
 
 @dataclass
@@ -101,7 +103,7 @@ def jobs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jobs]:
     upgrade(db_url)
     env = jobs_env(server.url, db_url, TENANT, CC_JOBS_KEY_PREFIX=PREFIX, CC_JOBS_PUMP_INTERVAL_S="0.2",
                    CC_WEBHOOK_MAX_ATTEMPTS=str(MAX_ATTEMPTS), CC_WEBHOOK_BACKOFF_S="0.1", CC_WEBHOOK_TIMEOUT_S="5",
-                   CC_REPORTS_INTERVAL_S="0.5")
+                   CC_REPORTS_INTERVAL_S="0.5", CC_WEBHOOK_REQUEUE_S=str(REQUEUE_S))
     client = redis.Redis.from_url(server.url)
     try:
         with running_jobs(env, workdir, KEYS.events):
@@ -186,6 +188,34 @@ async def test_a_delivery_is_dead_after_the_last_try_and_replayed_through_the_ap
     await _wait(delivered)
     assert [code for code, _, _ in receiver.requests("/down")] == [500] * MAX_ATTEMPTS + [204]
     problem(await api.post(f"/v1/webhooks/deliveries/{delivery['id']}/replay"), 409, "invalid-state")
+
+
+async def test_a_delivery_whose_task_was_lost_with_its_worker_is_queued_again(
+        api: httpx.AsyncClient, jobs: Jobs, receiver: Receiver) -> None:
+    """A worker SIGKILLed while it held a delivery task reserved: the Redis broker gives the task
+    back only after its visibility timeout (an hour), so the row stays `queued` with no task (seen
+    in tests/e2e/test_replicas.py under load: one webhook never sent). Here the row is written as
+    that leaves it; the pump queues it again once it is `CC_WEBHOOK_REQUEUE_S` old, and only then."""
+    r = await api.post("/v1/webhooks", json={"url": f"http://127.0.0.1:{receiver.port}/lost",
+                                             "event_types": ["call.ended"]})
+    assert r.status_code == 201, r.text
+    sub = r.json()
+    delivery_id = "lost" + "0" * 28
+    now = datetime.now(UTC)
+    with Session(make_engine(jobs.db_url)) as session:
+        session.add(WebhookDelivery(id=delivery_id, subscription_id=sub["id"], event_id="1-0",
+                                    event_type="call.ended", payload='{"event_id":"1-0"}', status="queued",
+                                    attempts=0, created_at=now, updated_at=now))
+        session.commit()
+
+    async def delivered() -> bool:
+        d = (await api.get("/v1/webhooks/deliveries", params={"subscription_id": sub["id"]})).json()
+        return bool(d and d[0]["status"] == "delivered")
+    await _wait(delivered, within_s=REQUEUE_S + 20)
+    took_s = (datetime.now(UTC) - now).total_seconds()
+    assert took_s >= REQUEUE_S, took_s   # not before it was stale: a live task may still hold it
+    got = receiver.requests("/lost")
+    assert [(code, h["x-callcenter-delivery"]) for code, h, _ in got] == [(204, delivery_id)]
 
 
 @pytest.mark.parametrize("url", ["ftp://127.0.0.1/x", "file:///etc/passwd", "http:///nohost", "javascript:alert(1)",

@@ -3,7 +3,10 @@
 `pump` (beat, every `jobs_pump_interval_s`) reads new entries of `cc:{t}:events` as group
 `webhooks`, writes one `webhook_deliveries` row per matching subscription (unique per subscription
 and entry, so a re-read writes nothing twice), commits, acknowledges the entries, then queues
-every pending delivery (new ones and those the api put back for a replay). `deliver` POSTs one:
+every pending delivery (new ones and those the api put back for a replay), and again every delivery
+left `queued` and untouched for `webhook_requeue_s` (its task was lost: a worker SIGKILLed while it
+held the task reserved; the Redis broker gives such a task back only after its visibility timeout, an
+hour). `deliver` POSTs one:
 
     X-Callcenter-Delivery:  the delivery id (the same on every attempt: receivers deduplicate on it)
     X-Callcenter-Timestamp: unix seconds of this attempt
@@ -23,7 +26,7 @@ import json
 import random
 import time
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx
@@ -113,7 +116,8 @@ def _record(subscription_id: str, eid: str, etype: str, body: str) -> None:
 
 
 def _queue_pending() -> int:
-    with runtime().sessions() as session:
+    rt = runtime()
+    with rt.sessions() as session:
         ids = list(session.scalars(select(WebhookDelivery.id).where(WebhookDelivery.status == "pending")))
         queued = 0
         for delivery_id in ids:
@@ -122,6 +126,20 @@ def _queue_pending() -> int:
                                    .values(status="queued"))
             session.commit()
             if done.rowcount:  # type: ignore[attr-defined]
+                deliver.delay(delivery_id)
+                queued += 1
+        # queued long ago and untouched since: the task was lost with its worker; queue it again
+        # (touched here, so once per webhook_requeue_s; a late twin finds it delivered and stops)
+        stale_before = datetime.now(UTC) - timedelta(seconds=rt.settings.webhook_requeue_s)
+        stale = list(session.scalars(select(WebhookDelivery.id).where(
+            WebhookDelivery.status == "queued", WebhookDelivery.updated_at < stale_before)))
+        for delivery_id in stale:
+            done = session.execute(update(WebhookDelivery).where(
+                WebhookDelivery.id == delivery_id, WebhookDelivery.status == "queued",
+                WebhookDelivery.updated_at < stale_before).values(updated_at=datetime.now(UTC)))
+            session.commit()
+            if done.rowcount:  # type: ignore[attr-defined]
+                log.warning("webhook.requeued", delivery_id=delivery_id)
                 deliver.delay(delivery_id)
                 queued += 1
     return queued

@@ -121,8 +121,9 @@ class IdLease:
         return True
 
     async def release(self) -> None:
-        """At a clean stop: the id is free at once and the heartbeat is gone. With Redis away the
-        lease simply expires (and the dispatchers find an edge without calls after the lapse)."""
+        """At a clean stop: the id is free at once and, once no call of this id is left, the heartbeat
+        is gone (with calls left it stays: edge_release.lua). With Redis away the lease simply
+        expires (and the dispatchers find an edge without calls after the lapse)."""
         try:
             res = await self.store.edge_release(self.edge_id, self.token)
         except REDIS_DOWN as exc:
@@ -130,6 +131,10 @@ class IdLease:
             return
         if res.rc is not RC.OK:
             log.warning("edge.release_not_held", edge_id=self.edge_id)
+        elif res.detail:
+            # calls of this id still live (a predecessor's, when this process could not start): the
+            # heartbeat stays for a successor to adopt them within the lapse, or for edge_lost
+            log.warning("edge.released_with_calls", edge_id=self.edge_id, calls=int(res.detail))
 
 
 async def _wait(stop: asyncio.Event, seconds: float) -> None:

@@ -10,6 +10,7 @@ sippy objects.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import time
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,8 @@ log = structlog.get_logger(__name__)
 
 # after a failed heartbeat, the next try (Redis may be back any moment)
 HEARTBEAT_RETRY_S = 0.2
+# at a clean stop, how long to wait for the dispatchers to apply the ends of this edge's calls
+ENDS_APPLIED_WAIT_S = 2.0
 
 # A fact's kind is its report type without `report.`, and its data are the report's fields.
 _REPORT_OF_KIND = {cls.TYPE.removeprefix("report."): cls for cls in REPORTS.values()}
@@ -350,10 +353,21 @@ class EdgeService:
             if self._outbox.empty():
                 break
             await asyncio.sleep(0.05)
+        await self._await_ends_applied()
         for task in tasks[:2]:
             task.cancel()
         await asyncio.gather(*tasks[:2], return_exceptions=True)  # no heartbeat after the release
         await asyncio.to_thread(self.stack.stop)
+
+    async def _await_ends_applied(self) -> None:
+        """Still beating: wait (a little) until the dispatchers applied the ends of this edge's calls,
+        so that the release that follows finds none and takes the heartbeat too (edge_release keeps
+        it while calls of the id live, for edge_lost)."""
+        key = self.keys.edge_calls(self.edge_id)
+        deadline = time.monotonic() + ENDS_APPLIED_WAIT_S
+        with contextlib.suppress(*REDIS_DOWN, aioredis.RedisError):
+            while await self.redis.scard(key) and time.monotonic() < deadline:  # noqa: ASYNC110 - a Redis count
+                await asyncio.sleep(0.05)
 
     async def _drain(self) -> None:
         """New INVITEs get 503 + Retry-After; calls in progress may finish until the deadline."""
