@@ -15,13 +15,14 @@ a retransmission, and anything unexpected aborts the call. 1,000 agents, wrap-up
 Phases:
 1. latency (agent BYE -> next INVITE to that agent) at 100 calls/s offered to 200 agents who hang up
    after 2 s, so a queue is always waiting: bench/edge_calls.py's measurement (its own scenarios).
-2. memory: --mem-calls (2,000) calls up, half queued in a flow with no agent, half with agents:
-   sip-edge RSS per call, and Redis used_memory per waiting call (the queued half, no agent free).
-3. rates: before each rate, wait for a quiet machine (1-minute load average under --max-load and no
+2. rates: before each rate, wait for a quiet machine (1-minute load average under --max-load and no
    other process above 15 % of a core; bounded by --quiet-wait-s; printed); then per rate: answered /
    failed, retransmissions and failures on every SIPp, kernel UDP RcvbufErrors, CPU ms per call per
    service and summed (until every CDR is written), time to agent p50/p99 (the CDR's wait_ms), and
    "clean" = 0 failed calls and 0 retransmissions on every SIPp.
+3. memory (last: the calls it leaves would spoil a rate): --mem-calls (2,000) calls up, half waiting
+   in a flow with no agent, half with agents: sip-edge RSS per call, and Redis used_memory per
+   waiting call (the live calls of the flow with no agent, over those calls).
 --profile: py-spy on each service during the --profile-rate step (bench/stock_profile.py).
 
     .venv/bin/python bench/stock_calls.py --rates 100,150                      # the issue-15 run
@@ -350,6 +351,7 @@ def memory_phase(system: WholeSystem, peers: Peers, workdir: Path, n: int, agent
     wait_idle(system, 30)
     time.sleep(1)
     rss0, mem0 = rss_kib(edge_pid), redis_used(system)
+    live0 = system.redis.scard(system.keys.calls)
     held, connected = n // 2, n - n // 2
     callers = []
 
@@ -371,13 +373,14 @@ def memory_phase(system: WholeSystem, peers: Peers, workdir: Path, n: int, agent
         time.sleep(1)
         up = system.redis.scard(system.keys.calls)
         rss2 = rss_kib(edge_pid)
-        print(f"\n== memory: {waiting} calls queued in a flow with no agent ({live} live calls)"
-              + ("" if queued else f" (of {held}: not all queued in time)")
-              + f", then {up} calls up in all ({up - waiting} with agents)")
+        held_live = live - live0
+        print(f"\n== memory: {held_live} calls live in a flow with no agent, {waiting} of them in its queue"
+              + ("" if queued else f" (not all {held} queued within the bound: the rest were still before the queue)")
+              + f"; then {up} calls up in all ({up - held_live} with agents)")
         print(f"   Redis used_memory {mem0 / 1024:.0f} -> {mem1 / 1024:.0f} KiB: "
-              f"{(mem1 - mem0) / max(waiting, 1) / 1024:.2f} KiB per waiting call (its keys, queue entry and the "
-              "events it wrote so far)")
-        print(f"   sip-edge RSS {rss0 / 1024:.1f} MiB idle -> {rss1 / 1024:.1f} MiB ({waiting} queued) -> "
+              f"{(mem1 - mem0) / max(held_live, 1) / 1024:.2f} KiB per waiting call (its keys, queue entry and the "
+              "events it wrote so far; over the live calls of that flow)")
+        print(f"   sip-edge RSS {rss0 / 1024:.1f} MiB idle -> {rss1 / 1024:.1f} MiB ({held_live} waiting) -> "
               f"{rss2 / 1024:.1f} MiB ({up} up): {(rss2 - rss0) / max(up, 1):.1f} KiB per concurrent call", flush=True)
     finally:
         for c in callers:
@@ -418,6 +421,7 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="cc-bench-stock-"))
     env = {"CC_WRAPUP_S": "0", "CC_RING_TIMEOUT_S": "10", "CC_LOG_LEVEL": args.log_level,
            "CC_REJECT_ON_NO_AGENTS": "false"}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the services and peers on `kill`
     print(f"whole system on loopback, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; work dir {workdir}")
     system = WholeSystem.start(workdir, tenant="bench", edge_id="edge-bench", common_env=env,
                                edge_env={"CC_SIP_INVITE_RATE": "0", "CC_SIP_INVITE_RATE_TOTAL": "0",
@@ -432,11 +436,6 @@ def main() -> None:
         provision(system, peers, FLOW, [f"a{n:04d}" for n in range(args.agents)])
         provision(system, peers, HOLD_FLOW, [])
         print(f"\nprovisioned {args.agents} agents through the api in {time.monotonic() - t0:.1f} s")
-        if not args.skip_memory:
-            memory_phase(system, peers, workdir, args.mem_calls, args.agents)
-            system.restart_edge()  # drains 1 s, hangs the calls up; a fresh edge for the rates
-            wait_idle(system, 90)
-            wait_until(lambda: all(c.current == 0 for c in peers.counts().values()), 30, 0.5)
         print(f"\n== rates: stock-style peers, welcome {WELCOME_MS} ms, talk {TALK_MS} ms, {args.agents} agents, "
               f"wrap-up 0, {args.step_s:g} s per rate; CPU of {', '.join(SERVICES)} from /proc/<pid>/stat")
         for rate in rates:
@@ -455,6 +454,9 @@ def main() -> None:
             if not step.clean and not args.keep_going:
                 print("   stopping after the first rate that is not clean (--keep-going to run the rest)")
                 break
+        if not args.skip_memory:  # last: the calls it leaves behind (killed callers) would spoil a rate
+            print(f"\n(memory phase, {wait_quiet(args.max_load, 0, True)})")
+            memory_phase(system, peers, workdir, args.mem_calls, args.agents)
     finally:
         if peers:
             peers.stop()
