@@ -234,8 +234,9 @@ class Step:
 
     @property
     def failed(self) -> int:
-        """Calls that did not complete at the caller, or (if more) the calls the other SIPps failed."""
-        return max(self.calls - self.caller.success, sum(c.failed for c in self.peers.values()))
+        """Calls that did not complete at the caller, or (if more) the calls the other SIPps failed (a UAS
+        takes each retransmitted INVITE of a call it already failed for a new call: capped at `calls`)."""
+        return min(self.calls, max(self.calls - self.caller.success, sum(c.failed for c in self.peers.values())))
 
     @property
     def retransmissions(self) -> int:
@@ -455,6 +456,8 @@ def main() -> None:
                 print("   stopping after the first rate that is not clean (--keep-going to run the rest)")
                 break
         if not args.skip_memory:  # last: the calls it leaves behind (killed callers) would spoil a rate
+            system.restart_edge()  # a fresh edge: it hangs up what the rates left (calls whose peers gave up)
+            wait_idle(system, 60)
             print(f"\n(memory phase, {wait_quiet(args.max_load, 0, True)})")
             memory_phase(system, peers, workdir, args.mem_calls, args.agents)
     finally:
