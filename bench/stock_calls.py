@@ -234,9 +234,14 @@ class Step:
 
     @property
     def failed(self) -> int:
-        """Calls that did not complete at the caller, or (if more) the calls the other SIPps failed (a UAS
-        takes each retransmitted INVITE of a call it already failed for a new call: capped at `calls`)."""
-        return min(self.calls, max(self.calls - self.caller.success, sum(c.failed for c in self.peers.values())))
+        """Calls that did not complete at the caller."""
+        return self.calls - self.caller.success
+
+    @property
+    def peers_failed(self) -> int:
+        """Calls the other SIPps failed (a UAS takes each retransmitted INVITE of a call it had already failed
+        for a new call, so under a retransmission storm this can exceed the calls offered)."""
+        return sum(c.failed for c in self.peers.values())
 
     @property
     def retransmissions(self) -> int:
@@ -249,7 +254,8 @@ class Step:
 
     @property
     def clean(self) -> bool:
-        return self.failed == 0 and self.retransmissions == 0 and self.late == 0 and self.drained
+        return (self.failed == 0 and self.peers_failed == 0 and self.retransmissions == 0 and self.late == 0
+                and self.drained)
 
     def ms_per_call(self, name: str) -> float:
         return self.cpu_s.get(name, 0.0) * 1000 / max(self.answered, 1)
@@ -326,7 +332,8 @@ def print_step(s: Step) -> None:
     cpu = " ".join(f"{n} {s.ms_per_call(n):.2f}" for n in SERVICES)
     total = sum(s.ms_per_call(n) for n in SERVICES)
     print(f"-- {s.rate:g} calls/s, {s.calls} calls ({s.quiet})")
-    print(f"   answered {s.answered}/{s.calls}, failed {s.failed}; ok/failed/retransmissions: caller "
+    print(f"   answered {s.answered}/{s.calls}, failed {s.failed} (at the other SIPps {s.peers_failed}); "
+          f"ok/failed/retransmissions: caller "
           f"{s.caller.cell()}, welcome {w.cell()}, queue {q.cell()}, agents {a.cell()}"
           + (f"; unexpected messages {s.caller.unexpected + w.unexpected + q.unexpected + a.unexpected}"))
     print(f"   kernel UDP RcvbufErrors {s.rcvbuf} (socket drops: "
@@ -336,7 +343,8 @@ def print_step(s: Step) -> None:
           + ("" if s.drained else ", NOT DRAINED") + ")")
     print(f"   time to agent (CDR wait_ms: received -> agent answered, the 1 s welcome included): "
           f"p50 {pct(s.waits_ms, 0.5)} ms, p99 {pct(s.waits_ms, 0.99)} ms, n {len(s.waits_ms)}")
-    print(f"   clean: {'yes' if s.clean else 'NO'} ({s.failed} failed, {s.retransmissions} retransmissions, "
+    print(f"   clean: {'yes' if s.clean else 'NO'} ({s.failed} + {s.peers_failed} failed, {s.retransmissions} "
+          f"retransmissions, "
           f"{s.late} late messages)"
           + (f"; caller SIPp rc {s.sipp_rc}" if s.sipp_rc else ""), flush=True)
 
