@@ -118,8 +118,21 @@ def function_of(frame: str) -> str:
     return _LINE.sub(")", frame)
 
 
+# innermost frames that are a thread waiting (in epoll, on a lock or a queue), not working: py-spy counts
+# a thread as busy when the kernel says it is runnable, which on a loaded machine includes these
+WAITS = frozenset({"EpollSelector.select", "PollSelector.select", "Condition.wait", "Event.wait", "Queue.get",
+                   "_worker", "Thread.join", "Lock.acquire", "sleep", "select", "poll"})
+
+
+def is_wait(frame: str) -> bool:
+    return frame.split(" (", 1)[0] in WAITS
+
+
 def summary(name: str, stacks: Counter[tuple[str, ...]], top: int = 15) -> str:
-    total = sum(stacks.values())
+    waits = sum(n for stack, n in stacks.items() if is_wait(stack[-1]))
+    all_samples = sum(stacks.values())
+    stacks = Counter({stack: n for stack, n in stacks.items() if not is_wait(stack[-1])})
+    total = sum(stacks.values()) or 1
     self_c: Counter[str] = Counter()
     incl: Counter[str] = Counter()
     for stack, n in stacks.items():
@@ -132,7 +145,8 @@ def summary(name: str, stacks: Counter[tuple[str, ...]], top: int = 15) -> str:
     threads: Counter[str] = Counter()
     for stack, n in stacks.items():
         threads[stack[0] if stack[0].startswith("thread (") else "?"] += n
-    lines = [f"== {name}: {total} samples at {PYSPY_RATE}/s (busy samples only)",
+    lines = [f"== {name}: {all_samples} samples at {PYSPY_RATE}/s, {waits} of them waiting (in epoll, on a lock "
+             f"or a queue: left out); shares of the other {total}",
              "   threads: " + ", ".join(f"{t} {n * 100 / total:.0f}%" for t, n in threads.most_common(4)),
              "   top self (innermost frame), % of samples:"]
     lines += [f"   {n * 100 / total:>5.1f}%  {f}" for f, n in self_c.most_common(top)]

@@ -27,7 +27,7 @@ def test_self_and_inclusive_shares_per_function(tmp_path: Path) -> None:
     stacks = stock_profile.read_collapsed(path)
     assert sum(stacks.values()) == 100
     text = stock_profile.summary("sip-edge", stacks)
-    assert "100 samples" in text
+    assert "100 samples" in text and "0 of them waiting" in text
     # parse is innermost in 60 + 15 samples, on two lines of one function
     assert re.search(r"^ +75\.0%  parse \(sippy/msg\.py\)$", text, re.M), text
     # handle is on the stack of 80 samples, innermost in 5 of them
@@ -36,6 +36,15 @@ def test_self_and_inclusive_shares_per_function(tmp_path: Path) -> None:
     # a recursive function counts once per sample for its inclusive share
     assert re.search(r"^ +20\.0%  recurse \(r\.py\)$", text, re.M), text
     assert "thread (0x7f01) 80%" in text and "thread (0x7f02) 20%" in text
+
+
+def test_waiting_samples_are_left_out_of_the_shares() -> None:
+    stacks: Counter[tuple[str, ...]] = Counter({("run (a.py:1)", "EpollSelector.select (selectors.py:9)"): 50,
+                                                ("run (a.py:1)", "work (a.py:5)"): 50})
+    text = stock_profile.summary("svc", stacks)
+    assert "100 samples at 100/s, 50 of them waiting" in text and "shares of the other 50" in text
+    assert re.search(r"^ +100\.0%  work \(a\.py\)$", text, re.M), text
+    assert "EpollSelector" not in text
 
 
 def test_flame_graph_boxes_carry_the_counts() -> None:
