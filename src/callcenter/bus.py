@@ -173,8 +173,6 @@ class StreamConsumer:
                     await self._ack_now([])
                     await self._reclaim()
                     next_claim = loop.time() + claim_every
-                if not self._ack_with_read:
-                    await self._ack_now([])
                 read = await self._read(">")
                 if self.linger_s and 0 < read < self.batch:
                     await self._linger()
@@ -258,9 +256,10 @@ class StreamConsumer:
     async def _read(self, start: str) -> int:
         block = None if start == "0" else self.block_ms
         resp: Any
-        if self._unacked and start == ">":
-            resp = await self._ack_and_read(block)
+        if self._unacked and self._ack_with_read:
+            resp = await self._ack_and_read(start, block)
         else:
+            await self._ack_now([])  # the entries handled since the last read first: "0" must not find them
             # RESP2 reply: [[stream, [(id, fields), ...]]] (the stubs describe RESP3's map)
             resp = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: start},
                                                count=self.batch, block=block)
@@ -272,14 +271,15 @@ class StreamConsumer:
         await self._process(entries)
         return len(entries)
 
-    async def _ack_and_read(self, block: int | None) -> Any:
+    async def _ack_and_read(self, start: str, block: int | None) -> Any:
         """XACK the entries handled since the last read and XREADGROUP the next batch, in one
-        pipeline: Redis acknowledges before it reads (or blocks)."""
+        pipeline: Redis acknowledges before it reads (or blocks), so a read of this consumer's own
+        pending entries ("0", at a restart) no longer finds them."""
         ids = self._unacked
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.xack(self.stream, self.group, *ids)
-                pipe.xreadgroup(self.group, self.consumer, {self.stream: ">"}, count=self.batch, block=block)
+                pipe.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch, block=block)
                 _, resp = await pipe.execute()
         except REDIS_DOWN:
             raise  # kept in _unacked: acknowledged when Redis is back (XACK twice is harmless)

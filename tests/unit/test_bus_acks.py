@@ -133,3 +133,28 @@ async def test_a_stop_cuts_the_linger_short_and_acks_the_batch_in_hand(redis: ai
     await asyncio.wait_for(task, 3)
     assert time.monotonic() - started < 1.0
     assert consumer.handled == 1 and await pending(redis) == 0
+
+
+async def test_a_restart_reads_its_own_pending_entries_once_then_new_ones(redis: aioredis.Redis) -> None:
+    """A consumer that died before its acknowledgements left entries pending under its name; at
+    restart it reads them ("0"), and their XACK goes with the next "0" read, which then finds none
+    and moves on: each entry is handled once, then the new ones."""
+    await redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    for i in range(3):
+        await publish(redis, f"old{i}")
+    await redis.xreadgroup(GROUP, "c1", {STREAM: ">"}, count=10)  # delivered to c1, which then died
+    assert await pending(redis) == 3
+    handler = Recorder()
+    consumer = make(redis, handler, block_ms=200)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await publish(redis, "new")
+
+        async def all_acked() -> bool:
+            return consumer.handled == 4 and await pending(redis) == 0
+
+        await until(all_acked, within_s=5)
+        assert handler.batches == [["old0", "old1", "old2"], ["new"]]
+    finally:
+        consumer.request_stop()
+        await asyncio.wait_for(task, 3)
