@@ -162,11 +162,13 @@ def summarize_profile(path: Path, service: str, top: int = 14) -> None:
         print(f"      {n * 100 / max(total, 1):5.1f}%  {name}")
 
 
-def start_services(workdir: Path, env: dict[str, str]) -> dict[str, subprocess.Popen[bytes]]:
+def start_services(workdir: Path, env: dict[str, str],
+                   dispatcher_env: dict[str, str]) -> dict[str, subprocess.Popen[bytes]]:
     procs = {}
     for name in ("dispatcher", "cdr-writer"):
+        own = {**env, **dispatcher_env} if name == "dispatcher" else env
         with open(workdir / f"{name}.log", "wb") as log:
-            procs[name] = subprocess.Popen([console_script(name)], env=env, stdout=subprocess.DEVNULL, stderr=log)
+            procs[name] = subprocess.Popen([console_script(name)], env=own, stdout=subprocess.DEVNULL, stderr=log)
     return procs
 
 
@@ -202,7 +204,7 @@ async def run(args: argparse.Namespace) -> None:
         env = {**os.environ, "CC_REDIS_URL": server.url, "CC_TENANT": TENANT, "CC_LOG_LEVEL": "warning",
                "CC_LOG_FORMAT": "json", "CC_WRAPUP_S": "0", "CC_REJECT_ON_NO_AGENTS": "false",
                "CC_RING_TIMEOUT_S": "10", "CC_DATABASE_URL": f"sqlite:///{workdir / 'cc.sqlite3'}"}
-        procs.update(start_services(workdir, {**env, **dict(args.env)}))
+        procs.update(start_services(workdir, {**env, **dict(args.env)}, dict(args.dispatcher_env)))
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:  # both groups exist: the services are up and reading
             try:
@@ -246,7 +248,7 @@ async def run(args: argparse.Namespace) -> None:
         print(f"{calls} calls at {args.rate}/s (sent in {sent_s:.1f} s, drained at {elapsed:.1f} s), "
               f"{args.agents} agents; "
               f"ended {edge.ended}, CDR rows {rows}; load average at start {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; "
-              f"env {dict(args.env) or '-'}")
+              f"env {dict(args.env) or '-'}, dispatcher {dict(args.dispatcher_env) or '-'}")
         print("   CPU ms per call: " + ", ".join(f"{name} {s * 1000 / calls:.2f}" for name, s in cpu.items())
               + "   (% of one core: " + ", ".join(f"{name} {s * 100 / elapsed:.0f}" for name, s in cpu.items()) + ")")
         rows_cs = sorted(((k.removeprefix("cmdstat_"), v) for k, v in stats.items()), key=lambda kv: -kv[1]["usec"])
@@ -289,6 +291,8 @@ def main() -> None:
     ap.add_argument("--profile", default="", help="a directory: py-spy both services into it")
     ap.add_argument("--env", action="append", default=[], type=lambda s: tuple(s.split("=", 1)),
                     help="NAME=VALUE for both services (e.g. CC_READ_LINGER_MS=0); repeatable")
+    ap.add_argument("--dispatcher-env", action="append", default=[], type=lambda s: tuple(s.split("=", 1)),
+                    help="NAME=VALUE for the dispatcher only; repeatable")
     asyncio.run(run(ap.parse_args()))
 
 

@@ -102,6 +102,9 @@ class DispatcherSettings(DispatchSettings):
     consumer: str = Field(default_factory=lambda: f"dispatcher-{socket.gethostname()}")
     batch: int = Field(default=64, ge=1, le=1000)
     block_ms: int = Field(default=1000, ge=10)
+    # after a read of fewer than `batch` reports, wait this long before the next: fewer, larger
+    # batches (CPU per call) for up to this much more latency per decision (issue 15); 0: none
+    read_linger_ms: int = Field(default=0, ge=0, le=100)
     claim_idle_ms: int = Field(default=10_000, ge=100)
     max_deliveries: int = Field(default=5, ge=1)
     # a report parked this long without its predecessor (an unknown call) is dead-lettered
