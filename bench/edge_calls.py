@@ -269,6 +269,7 @@ def throughput_phase(system: WholeSystem, peers: Peers, workdir: Path, args: arg
               f"{f'{a.success}/{a.failed}/{a.retrans}':>19} | {rcv:>6} | {edge_ms:>12.2f} {all_ms:>11.2f} "
               f"{cpu['sip-edge'] * 100 / elapsed:>9.0f} {sum(cpu.values()) * 100 / elapsed:>8.0f}"
               + ("" if idle else "  (calls left in Redis)") + (f"  sipp rc {rc}" if rc else ""))
+        print(f"{'':>6} CPU ms/call: " + ", ".join(f"{k} {v * 1000 / done:.2f}" for k, v in cpu.items()))
         if rcv:
             print(f"{'':>6} socket drops: " + ", ".join(f"{k} {v}" for k, v in drops.items()) + ", caller's not known")
         sys.stdout.flush()

@@ -7,7 +7,13 @@ Consumer contract (dispatcher, cdr-writer, any analytics consumer built on it):
 - a consumer that wants only some entry types names them (`types`): the others are acknowledged
   with the batch, never decoded nor handed to the handler (an entry without a `type` field is
   decoded, and dead-lettered as undecodable);
-- an entry is acknowledged only after the handler says its effect is durable;
+- an entry is acknowledged only after the handler says its effect is durable; the XACK goes in
+  one pipeline with the next XREADGROUP (one round trip per batch instead of two), or on its own
+  before any other Redis work of the loop (a reclaim, a held batch) and at a stop;
+- with `linger_ms`, a read that found fewer than `batch` entries is followed by a pause of that
+  length before the next read, so a consumer that can wait (the cdr-writer) reads, handles and
+  acknowledges fewer, larger batches; its acknowledgements wait for the next read too (an entry
+  stays pending up to `linger_ms` after its effect is durable); a stop request cuts the pause;
 - entries left pending by a dead consumer are reclaimed with XAUTOCLAIM (following its cursor)
   once idle for `claim_idle_ms`;
 - an entry that cannot be decoded, that the handler rejects, or that was delivered
@@ -43,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import structlog
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import ResponseError
 
 from callcenter.contract.codec import DecodeError, Entry, decode
@@ -103,7 +109,7 @@ class StreamConsumer:
     def __init__(self, redis: Redis, *, stream: str, group: str, consumer: str, handler: Handler,
                  dead_stream: str, batch: int = 64, block_ms: int = 1000, claim_idle_ms: int = 10_000,
                  max_deliveries: int = 5, backoff_max_s: float = 5.0,
-                 types: Collection[str] | None = None) -> None:
+                 types: Collection[str] | None = None, linger_ms: int = 0) -> None:
         self.redis = redis
         self.stream = stream
         self.group = group
@@ -114,14 +120,17 @@ class StreamConsumer:
         self.block_ms = block_ms
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
+        self.linger_s = linger_ms / 1000
+        # XACK in the same pipeline as the next XREADGROUP; a Redis Cluster client sends it alone
+        self._ack_with_read = not isinstance(redis, RedisCluster)
         # the stream field as redis-py returns it (bytes): compared before any decoding
         self._wanted = None if types is None else frozenset(t.encode() for t in types)
         self.backoff_max_s = min(backoff_max_s, claim_idle_ms / 2000)  # held entries stay claimed
         self._stop = asyncio.Event()
         self._claim_cursor = "0-0"
         self._held: dict[str, tuple[Entry, Mapping[Any, Any]]] = {}
-        # handled (durably) but the XACK did not reach Redis (it was down): acknowledged first
-        # when it is back, so they are not left pending until the next reclaim
+        # handled (durably), not acknowledged yet: sent with the next read, or first when Redis is
+        # back if the XACK found it down, so they are not left pending until the next reclaim
         self._unacked: list[str] = []
         self._backoff_s = 0.0
         self.handled = 0
@@ -156,15 +165,17 @@ class StreamConsumer:
         next_claim = loop.time()
         while not self.stopping:
             try:
-                if self._unacked:
-                    await self._ack_now([])
                 if self._held:
+                    await self._ack_now([])
                     await self._retry_held()
                     continue
                 if loop.time() >= next_claim:
+                    await self._ack_now([])
                     await self._reclaim()
                     next_claim = loop.time() + claim_every
-                await self._read(">")
+                read = await self._read(">")
+                if self.linger_s and 0 < read < self.batch:
+                    await self._linger()
             except REDIS_DOWN as exc:
                 log.warning("consumer.redis_unavailable", stream=self.stream, error=repr(exc))
                 await self._pause()
@@ -180,7 +191,17 @@ class StreamConsumer:
                 # Redis came back without our group (restarted empty): start again from its start
                 log.warning("consumer.group_lost", stream=self.stream, group=self.group)
                 await self._until_redis(self.ensure_group)
+        if self._unacked:  # the batch in hand at the stop
+            try:
+                await self._ack_now([])
+            except REDIS_DOWN as exc:  # left pending: reclaimed, or read again at a restart
+                log.warning("consumer.redis_unavailable", stream=self.stream, error=repr(exc))
         log.info("consumer.stopped", stream=self.stream, group=self.group, handled=self.handled)
+
+    async def _linger(self) -> None:
+        """Let entries gather before the next read; a stop request cuts it short."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), timeout=self.linger_s)
 
     async def _until_redis(self, op: Callable[[], Awaitable[Any]]) -> Any:
         """Run `op`, waiting out a Redis outage with back-off (None if asked to stop meanwhile)."""
@@ -234,9 +255,14 @@ class StreamConsumer:
 
     async def _read(self, start: str) -> int:
         block = None if start == "0" else self.block_ms
-        # RESP2 reply: [[stream, [(id, fields), ...]]] (the stubs describe RESP3's map)
-        resp: Any = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: start},
-                                                count=self.batch, block=block)
+        resp: Any
+        if self._unacked and self._ack_with_read:
+            resp = await self._ack_and_read(start, block)
+        else:
+            await self._ack_now([])  # the entries handled since the last read first: "0" must not find them
+            # RESP2 reply: [[stream, [(id, fields), ...]]] (the stubs describe RESP3's map)
+            resp = await self.redis.xreadgroup(self.group, self.consumer, {self.stream: start},
+                                               count=self.batch, block=block)
         if not resp:
             return 0
         entries = resp[0][1]
@@ -244,6 +270,26 @@ class StreamConsumer:
             return 0
         await self._process(entries)
         return len(entries)
+
+    async def _ack_and_read(self, start: str, block: int | None) -> Any:
+        """XACK the entries handled since the last read and XREADGROUP the next batch, in one
+        pipeline: Redis acknowledges before it reads (or blocks), so a read of this consumer's own
+        pending entries ("0", at a restart) no longer finds them."""
+        ids = self._unacked
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.xack(self.stream, self.group, *ids)
+                pipe.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch, block=block)
+                _, resp = await pipe.execute()
+        except REDIS_DOWN:
+            raise  # kept in _unacked: acknowledged when Redis is back (XACK twice is harmless)
+        self._unacked = []
+        self._count_acked(len(ids))
+        return resp
+
+    def _count_acked(self, n: int) -> None:
+        self.handled += n
+        STREAM_ENTRIES.labels(self.stream, self.group).inc(n)
 
     async def _reclaim(self) -> None:
         """Take over entries idle in other (dead) consumers, following XAUTOCLAIM's cursor."""
@@ -299,7 +345,7 @@ class StreamConsumer:
         if good:
             await self._handle(good, raw_by_id, skipped)
         elif skipped:
-            await self._ack_now(skipped)
+            self._unacked += skipped  # sent with the next read
 
     async def _handle(self, good: list[Entry], raw_by_id: Mapping[str, Mapping[Any, Any]],
                       skipped: Sequence[str] = ()) -> None:
@@ -313,7 +359,7 @@ class StreamConsumer:
             log.exception("consumer.handler_failed", stream=self.stream, count=len(good),
                           error=excerpt(repr(exc), LOG_EXCERPT))
             if skipped:
-                await self._ack_now(skipped)
+                self._unacked += skipped
             await asyncio.sleep(0.1)
             return
         to_ack: list[str] = list(skipped)
@@ -325,21 +371,22 @@ class StreamConsumer:
                 await self.dead_letter(entry.id, raw_by_id[entry.id], verdict.reason)
             elif verdict.outcome is Outcome.BACKOFF:
                 self._held[entry.id] = (entry, raw_by_id[entry.id])
-        if to_ack:
-            await self._ack_now(to_ack)
+        self._unacked += to_ack  # sent with the next read (see run)
 
     async def _ack_now(self, ids: Sequence[str]) -> None:
-        """Acknowledge `ids` together with any whose acknowledgement failed earlier; on a Redis
-        outage they are all kept for the next try (their effect is durable already)."""
+        """Acknowledge `ids` together with those not acknowledged yet (handled since the last read,
+        or whose acknowledgement failed earlier); on a Redis outage they are all kept for the next
+        try (their effect is durable already)."""
         ids = [*self._unacked, *ids]
         self._unacked = []
+        if not ids:
+            return
         try:
             await self.redis.xack(self.stream, self.group, *ids)
         except REDIS_DOWN:
             self._unacked = ids
             raise
-        self.handled += len(ids)
-        STREAM_ENTRIES.labels(self.stream, self.group).inc(len(ids))
+        self._count_acked(len(ids))
 
     async def dead_letter(self, entry_id: str, fields: Mapping[Any, Any], reason: str) -> None:
         record: dict[Any, Any] = {"stream": self.stream, "group": self.group, "entry_id": entry_id,

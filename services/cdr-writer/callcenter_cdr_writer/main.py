@@ -54,7 +54,8 @@ async def run(settings: CdrWriterSettings, stop: asyncio.Event | None = None) ->
     consumer = StreamConsumer(
         redis, stream=keys.events, group=GROUP, consumer=settings.consumer, handler=writer,
         dead_stream=keys.dead, batch=settings.batch, block_ms=settings.block_ms,
-        claim_idle_ms=settings.claim_idle_ms, max_deliveries=settings.max_deliveries, types=CDR_TYPES)
+        claim_idle_ms=settings.claim_idle_ms, max_deliveries=settings.max_deliveries, types=CDR_TYPES,
+        linger_ms=settings.read_linger_ms)
 
     async def ready() -> bool:
         def select_one() -> None:

@@ -61,7 +61,7 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
         redis, stream=store.keys.reports, group=GROUP, consumer=settings.consumer,
         handler=handler, dead_stream=store.keys.dead, batch=settings.batch,
         block_ms=settings.block_ms, claim_idle_ms=settings.claim_idle_ms,
-        max_deliveries=settings.max_deliveries)
+        max_deliveries=settings.max_deliveries, linger_ms=settings.read_linger_ms)
     handler.settler = consumer
 
     edges = EdgeWatch(store, settings.edge_lapse_ms)
