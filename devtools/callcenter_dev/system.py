@@ -112,8 +112,13 @@ class WholeSystem:
                      sip_port=sip_port, edge_id=edge_id, services={}, edge_env=edge, admin_key=admin_key,
                      api_env=api_env)
         try:
+            # the services start side by side (as in a deployment, none waits for another): each is
+            # launched, the sip-edge started (it retries on a new port if its own was taken), then
+            # every health check waited for
             for name, svc in services.items():
-                system.services[name] = svc.start() if name != "sip-edge" else system._start_edge()
+                system.services[name] = svc.launch() if name != "sip-edge" else system._start_edge()
+            for svc in system.services.values():
+                svc.ready()
         except BaseException:
             system.stop()
             raise
@@ -153,6 +158,10 @@ class WholeSystem:
 
     def stop(self) -> None:
         self.api.close()
+        # SIGTERM to every service first, so they drain and exit side by side, then wait for each
+        for svc in reversed(list(self.services.values())):
+            if svc.proc is not None and svc.proc.poll() is None:
+                svc.proc.terminate()
         for svc in reversed(list(self.services.values())):
             svc.stop()
         self.redis.close()
