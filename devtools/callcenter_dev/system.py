@@ -125,8 +125,9 @@ class WholeSystem:
             for name in ("api", "cdr-writer"):
                 system.services[name] = services[name].launch()
             system.services = {name: system.services[name] for name in services}   # the usual order
+            # generous: on a loaded 2-core machine four services importing at once took over 20 s
             for svc in system.services.values():
-                svc.ready()
+                svc.ready(timeout=60)
         except BaseException:
             system.stop()
             raise
