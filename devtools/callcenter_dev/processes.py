@@ -74,9 +74,19 @@ class ServiceProcess(ChildProcess):
     proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout: float = 20.0) -> ServiceProcess:
+        return self.launch().ready(timeout)
+
+    def launch(self) -> ServiceProcess:
+        """Start the process and return at once (`ready` waits for its health check): several
+        services launched first and then waited for start side by side."""
         env = {**os.environ, "CC_LOG_FORMAT": "json", **self.env}
         out = open(self.logfile, "ab")  # owned by the child for its lifetime
         self.proc = subprocess.Popen([console_script(self.name)], env=env, stdout=out, stderr=subprocess.STDOUT)
+        return self
+
+    def ready(self, timeout: float = 20.0) -> ServiceProcess:
+        """Wait until the launched process answers its health check (if it has one)."""
+        assert self.proc is not None, "launch() first"
         if self.health_url:
             deadline = time.monotonic() + timeout
             while time.monotonic() < deadline:

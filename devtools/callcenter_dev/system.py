@@ -26,6 +26,7 @@ from __future__ import annotations
 import os
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,7 +101,6 @@ class WholeSystem:
         edge = {**common, "CC_SIP_PORT": str(sip_port), "CC_EDGE_ID": edge_id, "CC_HEALTH_PORT": str(health[2]),
                 "CC_DRAIN_TIMEOUT_S": "2", **(edge_env or {})}
         api_env = {**common, "CC_DATABASE_URL": db, "CC_API_PORT": str(api_port)}
-        admin_key = create_api_key(api_env, name="e2e")
         services = {
             "api": ServiceProcess("api", api_env, health_url=f"http://127.0.0.1:{api_port}/healthz"),
             "dispatcher": ServiceProcess("dispatcher", {**common, "CC_HEALTH_PORT": str(health[0]),
@@ -112,16 +112,32 @@ class WholeSystem:
             "sip-edge": ServiceProcess("sip-edge", edge, health_url=f"http://127.0.0.1:{health[2]}/healthz"),
         }
         system = cls(tenant=tenant, server=server, redis=connect_sync(server.url), owns_server=owns_server,
-                     api=httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10,
-                                      headers={"Authorization": f"Bearer {admin_key}"}),
-                     sip_port=sip_port, edge_id=edge_id, services={}, edge_env=edge, admin_key=admin_key,
-                     api_env=api_env)
+                     api=httpx.Client(base_url=f"http://127.0.0.1:{api_port}", timeout=10),
+                     sip_port=sip_port, edge_id=edge_id, services={}, edge_env=edge, api_env=api_env)
+        # The services start side by side (as in a deployment, none waits for another). The SQL
+        # database is migrated and the admin key made (`callcenter-api create-key`) meanwhile the
+        # dispatcher and the sip-edge, which never touch SQL, start; then the api and the
+        # cdr-writer (each migrates too: not two at once on one SQLite file). The sip-edge's start
+        # waits for it (it retries on a new port if its own was taken); the others' health checks
+        # are waited for at the end.
+        key_maker = ThreadPoolExecutor(max_workers=1)
         try:
-            for name, svc in services.items():
-                system.services[name] = svc.start() if name != "sip-edge" else system._start_edge()
+            key = key_maker.submit(create_api_key, api_env, name="e2e")
+            system.services["dispatcher"] = services["dispatcher"].launch()
+            system.services["sip-edge"] = system._start_edge()
+            system.admin_key = key.result()
+            system.api.headers["Authorization"] = f"Bearer {system.admin_key}"
+            for name in ("api", "cdr-writer"):
+                system.services[name] = services[name].launch()
+            system.services = {name: system.services[name] for name in services}   # the usual order
+            # generous: on a loaded 2-core machine four services importing at once took over 20 s
+            for svc in system.services.values():
+                svc.ready(timeout=60)
         except BaseException:
             system.stop()
             raise
+        finally:
+            key_maker.shutdown(wait=True)
         return system
 
     def _start_edge(self, attempts: int = 3) -> ServiceProcess:
@@ -158,6 +174,10 @@ class WholeSystem:
 
     def stop(self) -> None:
         self.api.close()
+        # SIGTERM to every service first, so they drain and exit side by side, then wait for each
+        for svc in reversed(list(self.services.values())):
+            if svc.proc is not None and svc.proc.poll() is None:
+                svc.proc.terminate()
         for svc in reversed(list(self.services.values())):
             svc.stop()
         self.redis.close()

@@ -28,7 +28,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    yield from started_system(tmp_path_factory, "feed", common_env={"CC_WRAPUP_S": "0"})
+    # a heartbeat every 2 s (15 s by default): a feed whose client has gone learns it at its next
+    # write, and the api's SIGTERM waits for every open feed, so the teardown took 12-15 s
+    yield from started_system(tmp_path_factory, "feed",
+                              common_env={"CC_WRAPUP_S": "0", "CC_API_SSE_HEARTBEAT_S": "2"})
 
 
 @dataclass
