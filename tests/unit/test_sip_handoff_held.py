@@ -1,7 +1,5 @@
 """The hand-off held for a reactor turn (sip_stack._Handoff.hold/release, sippy/turns.py): the facts
-of one turn wake the asyncio loop once, at its end, in order; a turn longer than `max_hold_s` lets
-them go at the first fact after it. (`max_hold_s` is 60 s where a test counts wake-ups, so that a
-slow machine cannot add one.)"""
+of one turn wake the asyncio loop once, at its end, in order."""
 
 from __future__ import annotations
 
@@ -15,7 +13,7 @@ from callcenter_sip_edge.sip_stack import _Handoff
 def test_items_put_while_held_wake_the_consumer_once_at_the_outermost_release() -> None:
     got: list[int] = []
     wakes: list[Callable[[], None]] = []
-    handoff = _Handoff(got.append, wakes.append, max_hold_s=60.0)
+    handoff = _Handoff(got.append, wakes.append)
     handoff.hold()
     handoff.put(0)
     handoff.hold()          # a nested turn: the timers a datagram batch runs at its end
@@ -32,7 +30,7 @@ def test_items_put_while_held_wake_the_consumer_once_at_the_outermost_release() 
 def test_a_turn_without_items_wakes_nobody_and_an_item_outside_a_turn_wakes_at_once() -> None:
     got: list[int] = []
     wakes: list[Callable[[], None]] = []
-    handoff = _Handoff(got.append, wakes.append, max_hold_s=60.0)
+    handoff = _Handoff(got.append, wakes.append)
     handoff.hold()
     handoff.release()
     assert wakes == []
@@ -45,7 +43,7 @@ def test_a_turn_without_items_wakes_nobody_and_an_item_outside_a_turn_wakes_at_o
 def test_a_release_while_a_drain_is_pending_adds_no_second_wake_up() -> None:
     got: list[int] = []
     wakes: list[Callable[[], None]] = []
-    handoff = _Handoff(got.append, wakes.append, max_hold_s=60.0)
+    handoff = _Handoff(got.append, wakes.append)
     handoff.put(0)                  # outside a turn: a drain is scheduled
     handoff.hold()
     handoff.put(1)
@@ -64,7 +62,7 @@ def test_a_failed_wake_up_at_release_is_retried_by_the_next_turn() -> None:
             raise RuntimeError("loop closed")
         drain()
 
-    handoff = _Handoff(got.append, wake, max_hold_s=60.0)
+    handoff = _Handoff(got.append, wake)
     handoff.hold()
     handoff.put(0)
     with pytest.raises(RuntimeError):
@@ -74,22 +72,3 @@ def test_a_failed_wake_up_at_release_is_retried_by_the_next_turn() -> None:
     handoff.put(1)
     handoff.release()
     assert got == [0, 1]
-
-
-def test_a_fact_put_after_max_hold_wakes_the_consumer_before_the_turn_ends() -> None:
-    got: list[int] = []
-    wakes: list[Callable[[], None]] = []
-    handoff = _Handoff(got.append, wakes.append, max_hold_s=0.0)
-    handoff.hold()
-    handoff.put(0)              # held: starts the clock
-    assert wakes == []
-    handoff.put(1)              # max_hold_s since the first one: wakes at once
-    assert len(wakes) == 1
-    wakes.pop()()
-    assert got == [0, 1]
-    handoff.put(2)              # the clock starts again with the next held item
-    assert wakes == []
-    handoff.release()
-    assert len(wakes) == 1
-    wakes.pop()()
-    assert got == [0, 1, 2]

@@ -24,6 +24,7 @@ import asyncio
 import os
 import queue
 import threading
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
@@ -35,7 +36,6 @@ from callcenter_sip_edge.checkpoint import AdoptedCall
 from callcenter_sip_edge.facts import Fact
 from callcenter_sip_edge.gc_policy import tune_gc
 from callcenter_sip_edge.guard import SourceGuard
-from callcenter_sip_edge.handoff import Handoff as _Handoff
 from callcenter_sip_edge.registrar import RegisterRequest, RegistrarSetup, Reply
 from callcenter_sip_edge.session_options import SessionTimerOptions
 from callcenter_sip_edge.sippy import patches, transport, turns
@@ -45,6 +45,56 @@ log = structlog.get_logger(__name__)
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
+
+
+class _Handoff:
+    """Items passed from producer threads to one consumer thread in order, with at most one
+    wake-up of the consumer outstanding: `put` schedules `wake(drain)` only when no drain is
+    pending; the drain clears the flag before it empties the queue, so an item put meanwhile is
+    either taken by this drain or schedules the next one.
+
+    `hold()` ... `release()` (nested, on the one producer thread) keeps the wake-up for the end:
+    the items put meanwhile wake the consumer once, at the outermost release."""
+
+    __slots__ = ("_consume", "_held", "_items", "_pending", "_wake")
+
+    def __init__(self, consume: Callable[[Any], None], wake: Callable[[Callable[[], None]], None]) -> None:
+        self._items: deque[Any] = deque()
+        self._pending = False
+        self._held = 0
+        self._consume = consume
+        self._wake = wake
+
+    def hold(self) -> None:
+        self._held += 1
+
+    def release(self) -> None:
+        self._held -= 1
+        if not self._held and self._items:
+            self._schedule()
+
+    def put(self, item: Any) -> None:
+        self._items.append(item)
+        if not self._held:
+            self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._pending:
+            self._pending = True
+            try:
+                self._wake(self.drain)
+            except BaseException:
+                self._pending = False
+                raise
+
+    def drain(self) -> None:
+        self._pending = False
+        items, consume = self._items, self._consume
+        while items:
+            consume(items.popleft())
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 class _SipThread:

@@ -4,7 +4,7 @@ from its start to its end, with a hook around each.
 Reads: sippy's reactor (ED2). Writes: wraps ED2's `dispatchThreadCallback` and `dispatchTimers`
 on the singleton, once per process; the hooks of the running stack are set and cleared with it.
 
-Why: the SIP thread hands facts to the asyncio loop (`handoff.Handoff`). Woken at the first fact
+Why: the SIP thread hands facts to the asyncio loop (`sip_stack._Handoff`). Woken at the first fact
 of a turn, the loop took the GIL at the SIP thread's next system call, published that one fact in a
 Redis transaction of its own, and the two threads traded the GIL for every fact: at 100 calls/s
 the edge ran 5.7 Redis transactions per call, with 2.2 reports in each. Held until the end of the
