@@ -14,6 +14,8 @@ time; the SIP thread is process-wide and parks between stacks (see `_SipThread`)
 Both directions are batched (`_Handoff`): each side wakes the other once for whatever has piled
 up, not once per fact or command. Every wake-up is a system call and a fight for the GIL between
 the two threads; one per fact was 13 % of the SIP thread's samples at 150 calls/s.
+The facts of one reactor turn (a batch of datagrams, a pass over the timers, a batch of commands)
+wake the loop once, at the end of the turn (`sippy/turns.py`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from callcenter_sip_edge.gc_policy import tune_gc
 from callcenter_sip_edge.guard import SourceGuard
 from callcenter_sip_edge.registrar import RegisterRequest, RegistrarSetup, Reply
 from callcenter_sip_edge.session_options import SessionTimerOptions
-from callcenter_sip_edge.sippy import patches, transport
+from callcenter_sip_edge.sippy import patches, transport, turns
 from callcenter_sip_edge.sippy.streams import StreamOptions
 
 log = structlog.get_logger(__name__)
@@ -49,18 +51,34 @@ class _Handoff:
     """Items passed from producer threads to one consumer thread in order, with at most one
     wake-up of the consumer outstanding: `put` schedules `wake(drain)` only when no drain is
     pending; the drain clears the flag before it empties the queue, so an item put meanwhile is
-    either taken by this drain or schedules the next one."""
+    either taken by this drain or schedules the next one.
 
-    __slots__ = ("_consume", "_items", "_pending", "_wake")
+    `hold()` ... `release()` (nested, on the one producer thread) keeps the wake-up for the end:
+    the items put meanwhile wake the consumer once, at the outermost release."""
+
+    __slots__ = ("_consume", "_held", "_items", "_pending", "_wake")
 
     def __init__(self, consume: Callable[[Any], None], wake: Callable[[Callable[[], None]], None]) -> None:
         self._items: deque[Any] = deque()
         self._pending = False
+        self._held = 0
         self._consume = consume
         self._wake = wake
 
+    def hold(self) -> None:
+        self._held += 1
+
+    def release(self) -> None:
+        self._held -= 1
+        if not self._held and self._items:
+            self._schedule()
+
     def put(self, item: Any) -> None:
         self._items.append(item)
+        if not self._held:
+            self._schedule()
+
+    def _schedule(self) -> None:
         if not self._pending:
             self._pending = True
             try:
@@ -204,6 +222,7 @@ class SipStack:
             try:
                 patches.apply_patches()
                 reactor = transport.bind_reactor_to_this_thread()
+                turns.set_hooks(self._facts.hold, self._release_facts)
                 # imports sippy: on this thread, after the patches
                 from callcenter_sip_edge.router import CallRouter
 
@@ -230,6 +249,7 @@ class SipStack:
             except BaseException:
                 log.exception("sip.reactor_failed")
         finally:
+            turns.clear_hooks()
             with _SipThread._lock:
                 if SipStack._active is self:
                     SipStack._active = None
@@ -244,6 +264,13 @@ class SipStack:
             # the loop is closed: this fact (and any still queued) will never be delivered
             log.warning("sip.fact_lost", kind=fact.kind, call_id=fact.call_id, reason="loop_closed",
                         queued=len(self._facts))
+
+    def _release_facts(self) -> None:
+        """SIP thread, at the end of a reactor turn: the facts it produced go to the loop at once."""
+        try:
+            self._facts.release()
+        except RuntimeError:
+            log.warning("sip.fact_lost", reason="loop_closed", queued=len(self._facts))
 
     def _wake_loop(self, drain: Callable[[], None]) -> None:
         self._loop.call_soon_threadsafe(drain)
