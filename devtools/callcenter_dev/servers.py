@@ -36,25 +36,8 @@ def remove_dir(path: Path, timeout: float = 5.0) -> None:
         time.sleep(0.1)
 
 
-def udp_port_bound(port: int) -> bool:
-    """Whether some socket is bound to this local UDP port (read from /proc: no probing bind)."""
-    needle = f":{port:04X}"
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
-        try:
-            lines = Path(table).read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            fields = line.split()
-            if len(fields) > 1 and fields[1].endswith(needle):
-                return True
-    return False
-
-
-def udp_port_bound_by(port: int, pid: int) -> bool:
-    """Whether process `pid` holds a socket bound to this local UDP port: the socket inodes of the
-    port (/proc/net/udp) against the process's descriptors. Unlike `udp_port_bound`, another process
-    that took the port does not count."""
+def _udp_port_inodes(port: int) -> set[str]:
+    """The sockets bound to this local UDP port, as /proc/<pid>/fd links name them (socket:[inode])."""
     needle = f":{port:04X}"
     inodes = set()
     for table in ("/proc/net/udp", "/proc/net/udp6"):
@@ -66,6 +49,19 @@ def udp_port_bound_by(port: int, pid: int) -> bool:
             fields = line.split()
             if len(fields) > 9 and fields[1].endswith(needle):
                 inodes.add(f"socket:[{fields[9]}]")
+    return inodes
+
+
+def udp_port_bound(port: int) -> bool:
+    """Whether some socket is bound to this local UDP port (read from /proc: no probing bind)."""
+    return bool(_udp_port_inodes(port))
+
+
+def udp_port_bound_by(port: int, pid: int) -> bool:
+    """Whether process `pid` holds a socket bound to this local UDP port: the socket inodes of the
+    port (/proc/net/udp) against the process's descriptors. Unlike `udp_port_bound`, another process
+    that took the port does not count."""
+    inodes = _udp_port_inodes(port)
     if not inodes:
         return False
     try:
