@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import edge_calls
-from edge_calls import cpu_seconds, rcvbuf_errors, rss_kib, service_pids, socket_drops, wait_idle
+from edge_calls import cpu_seconds, rcvbuf_errors, rss_kib, service_pids, socket_drops, stat_args, wait_idle
 from stock_profile import Profiling
 
 from callcenter_dev.scenarios import scenario
@@ -168,10 +168,6 @@ class Counts:
     def cell(self) -> str:
         late = f" late {self.out_of_call}" if self.out_of_call else ""
         return f"{self.success}/{self.failed}/{self.retrans}{late}"
-
-
-def stat_args(workdir: Path, name: str) -> list[str]:
-    return ["-trace_stat", "-stf", str(workdir / f"{name}.csv"), "-fd", "1"]
 
 
 @dataclass
