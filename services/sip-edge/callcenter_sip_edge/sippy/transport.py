@@ -30,6 +30,7 @@ from callcenter_sip_edge.screening import SIPPY_RECV_BYTES, screen_datagram
 from callcenter_sip_edge.sippy import output
 from callcenter_sip_edge.sippy.stream_routing import with_stream_routing
 from callcenter_sip_edge.sippy.streams import StreamOptions, StreamTransports
+from callcenter_sip_edge.sippy.trying import HeldTrying, is_held_trying
 
 log = structlog.get_logger(__name__)
 
@@ -366,6 +367,7 @@ def make_transaction_manager_class(
 
     class ScreenedTransactionManager(SipTransactionManager):  # type: ignore[misc]
         model_udp_server = make_udp_server_class(advertised_host)
+        held_trying = HeldTrying()
 
         def handleIncoming(self, data_in: Any, ra: Any, server: Any, rtime: Any) -> None:
             if isinstance(data_in, str):
@@ -424,6 +426,17 @@ def make_transaction_manager_class(
                 if routes and routes[0].getUrl().lr:
                     t.dialog_route_set = (routes, t.address)
             return t
+
+        # the 100 Trying of an INVITE waits for the end of the turn, and is not sent if another
+        # response was (`trying.py`: the edge answers every new INVITE with 180 in the same turn)
+        def sendResponse(self, resp: Any, t: Any = None, retrans: bool = False, *args: Any, **kwargs: Any) -> None:
+            tr = self.tserver.get(resp.getTId(wBRN=True)) if t is None else t
+            if is_held_trying(resp, tr, retrans):
+                self.held_trying.hold(resp, tr, kwargs.get("lossemul", 0), super().sendResponse)
+                return
+            if tr is not None:
+                self.held_trying.forget(tr)
+            super().sendResponse(resp, t if tr is None else tr, retrans, *args, **kwargs)
 
         # counted here: sippy resends a request on its timer A, and answers a retransmitted request
         # from its response cache (the one transmitData call that passes `lossemul`)
