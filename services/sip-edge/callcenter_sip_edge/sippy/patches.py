@@ -40,6 +40,7 @@ def apply_patches() -> None:
     _no_reference_cycle_per_request()
     _placeholder_test_without_dir()
     _rfc_header_spelling()
+    _host_address_looked_up_once_a_second()
     _applied = True
     log.debug("sippy.patches_applied")
 
@@ -335,3 +336,31 @@ def _rfc_header_spelling() -> None:
 
     SipHeader.__str__ = to_str
     SipHeader.localStr = local_str
+
+
+# how long the host's own address, as sippy's placeholder renders it, is kept before looking it up again
+HOST_ADDRESS_TTL_S = 1.0
+
+
+def _host_address_looked_up_once_a_second() -> None:
+    # Why: sippy's placeholder for the local address (MyAddress), rendered without a local address
+    # (str() of our own From, To or Contact: each leg's checkpoint, `resume.dialog_snapshot`), asks
+    # the resolver for gethostbyname(gethostname()) every time: 10 us here through NSS (more when
+    # the name is not in /etc/hosts and goes to DNS), a dozen times per call, 2 % of the SIP
+    # thread's samples at 100 calls/s (py-spy). The answer is kept for HOST_ADDRESS_TTL_S, so a
+    # change of the host's address is still seen within a second.
+    import time as _time
+
+    from sippy.SipConf import MyAddress
+
+    original_str = MyAddress.__str__
+    cached: list[Any] = [None, 0.0]   # (address, monotonic time it was looked up)
+
+    def address(self: Any) -> str:
+        now = _time.monotonic()
+        if cached[0] is None or now - cached[1] >= HOST_ADDRESS_TTL_S:
+            cached[0], cached[1] = original_str(self), now
+        result: str = cached[0]
+        return result
+
+    MyAddress.__str__ = address
