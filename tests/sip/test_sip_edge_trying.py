@@ -2,8 +2,9 @@
 (`callcenter_sip_edge/sippy/trying.py`, issue 15: one datagram less per call).
 
 A new INVITE is answered with 180 Ringing in the turn it arrives in, so the caller gets no 100; a
-caller's re-INVITE that the edge relays to the agent is answered only when the agent answers, in a
-later turn, so it still gets its 100 before the 200 (RFC 3261 17.2.1). Real SIPp peers and a raw
+caller's re-INVITE that the edge relays to the agent is answered only when the agent answers, and
+with an agent that takes 300 ms that is a later turn, so it still gets its 100 before the 200
+(RFC 3261 17.2.1). Real SIPp peers and a raw
 UDP socket on loopback.
 
 Reads: the responses the peers receive. Writes: nothing outside the test's temporary directory.
@@ -63,8 +64,10 @@ async def test_a_new_invite_gets_180_and_no_100(edge: EdgeUnderTest, client: soc
 
 
 async def test_a_relayed_reinvite_still_gets_its_100(edge: EdgeUnderTest, sipp: SippLauncher) -> None:
-    # the caller's re-INVITE (resume, CSeq 3) waits for the agent's answer: the 100 goes out first
-    agent = agent_at_once(edge, sipp, "agent_early_reinvited_uas")
+    # the caller's re-INVITE (resume, CSeq 3) waits for the agent's answer, which comes 300 ms later
+    # (a later reactor turn): the 100 goes out first. (An answer read in the same batch of
+    # datagrams would make the 100 needless, and it would be dropped.)
+    agent = agent_at_once(edge, sipp, "agent_early_reinvited_slow_uas")
     caller = support_caller(sipp, edge, "caller_update_reinvite")
     await expect_success(caller, agent)
     received = [m for m in caller.messages() if not m.sent and m.start_line.startswith("SIP/2.0 ")]
