@@ -11,7 +11,9 @@ sends and receives per call. RFC 3261 17.2.1 asks for the 100 only if the TU wil
 provisional response within 200 ms; its purpose (stop the INVITE's retransmissions) is served as
 well by the 180, or by a final response. The 100 is still sent when nothing else was by the end of
 the turn (an INVITE relayed as a re-INVITE and answered later, an INVITE the router waits on), so
-a slow answer never leaves the INVITE without its 100 longer than one batch of datagrams.
+a slow answer never leaves the INVITE without its 100 longer than one batch of datagrams. A held
+100 is rendered when it goes: sippy has put our tag in its To by then (RFC 3261 8.2.6.2: a tag MAY
+be present in a 100).
 
 Knows sippy's private names (the server transaction's state and `tserver`); nothing outside
 `callcenter_sip_edge.sippy` does.
