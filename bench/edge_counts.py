@@ -76,16 +76,29 @@ def thread_counts(pid: int) -> dict[str, tuple[int, int, int, int]]:
     return out
 
 
-def wait_for_calls(port: int) -> None:
-    base = None
-    while base is None:
+def wait_for_calls() -> tuple[int, int]:
+    """(pid, health port) of the edge once calls flow through it. The edge found first may not be
+    the one that takes the calls (the whole-system harness starts it again on another port when its
+    port was taken meanwhile): one that does not answer is looked for again."""
+    base: float | None = None
+    found = None
+    while True:
+        if found is None:
+            while (found := find_edge()) is None:
+                time.sleep(0.5)
+            base = None
         try:
-            base = sip_counters(port).get(_INVITES_IN, 0.0)
-        except OSError:   # not listening yet
+            invites = sip_counters(found[1]).get(_INVITES_IN, 0.0)
+        except OSError:   # not listening yet, or gone
+            found = None if not Path(f"/proc/{found[0]}").exists() else found
             time.sleep(0.5)
-    while sip_counters(port).get(_INVITES_IN, 0.0) < base + CALLS_FLOWING:
+            continue
+        if base is None:
+            base = invites
+        elif invites >= base + CALLS_FLOWING:
+            time.sleep(SETTLE_S)
+            return found
         time.sleep(0.5)
-    time.sleep(SETTLE_S)
 
 
 def main() -> None:
@@ -93,11 +106,8 @@ def main() -> None:
     parser.add_argument("--window-s", type=float, default=12.0)
     parser.add_argument("--py-spy", metavar="FILE", help="py-spy --gil over the window into FILE (raw)")
     args = parser.parse_args()
-    while (found := find_edge()) is None:
-        time.sleep(1)
-    pid, port = found
+    pid, port = wait_for_calls()
     print(f"sip-edge pid {pid}, health port {port}", flush=True)
-    wait_for_calls(port)
     spy = None
     if args.py_spy:
         command = [str(Path(sys.executable).parent / "py-spy"), "record", "--gil", "--threads", "-r", "100",
