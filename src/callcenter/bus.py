@@ -56,6 +56,7 @@ from callcenter.contract.codec import DecodeError, Entry, decode
 from callcenter.logs import excerpt
 from callcenter.metrics import DEAD_LETTERS, STREAM_ENTRIES
 from callcenter.redis import REDIS_DOWN, text
+from callcenter.stream_read import StreamReader
 
 log = structlog.get_logger(__name__)
 
@@ -121,8 +122,9 @@ class StreamConsumer:
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.linger_s = linger_ms / 1000
-        # XACK in the same pipeline as the next XREADGROUP; a Redis Cluster client sends it alone
-        self._ack_with_read = not isinstance(redis, RedisCluster)
+        # XACK and the next XREADGROUP in one send, on a connection of the consumer's own
+        # (callcenter.stream_read); a Redis Cluster client sends the XACK alone
+        self._reader = None if isinstance(redis, RedisCluster) else StreamReader(redis, stream, group, consumer)
         # the stream field as redis-py returns it (bytes): compared before any decoding
         self._wanted = None if types is None else frozenset(t.encode() for t in types)
         self.backoff_max_s = min(backoff_max_s, claim_idle_ms / 2000)  # held entries stay claimed
@@ -138,7 +140,7 @@ class StreamConsumer:
         self.lost = 0
         # the series exist at 0 from the start: a rule on increase() sees the first dead letter
         DEAD_LETTERS.labels(stream)
-        STREAM_ENTRIES.labels(stream, group)
+        self._entries_handled = STREAM_ENTRIES.labels(stream, group)  # the child, looked up once
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -196,6 +198,8 @@ class StreamConsumer:
                 await self._ack_now([])
             except REDIS_DOWN as exc:  # left pending: reclaimed, or read again at a restart
                 log.warning("consumer.redis_unavailable", stream=self.stream, error=repr(exc))
+        if self._reader is not None:
+            await self._reader.close()
         log.info("consumer.stopped", stream=self.stream, group=self.group, handled=self.handled)
 
     async def _linger(self) -> None:
@@ -256,8 +260,12 @@ class StreamConsumer:
     async def _read(self, start: str) -> int:
         block = None if start == "0" else self.block_ms
         resp: Any
-        if self._unacked and self._ack_with_read:
-            resp = await self._ack_and_read(start, block)
+        if self._reader is not None:
+            ids = self._unacked  # kept on a failure: acknowledged when Redis is back
+            resp = await self._reader.ack_and_read(ids, start, self.batch, block)
+            self._unacked = []
+            if ids:
+                self._count_acked(len(ids))
         else:
             await self._ack_now([])  # the entries handled since the last read first: "0" must not find them
             # RESP2 reply: [[stream, [(id, fields), ...]]] (the stubs describe RESP3's map)
@@ -271,25 +279,9 @@ class StreamConsumer:
         await self._process(entries)
         return len(entries)
 
-    async def _ack_and_read(self, start: str, block: int | None) -> Any:
-        """XACK the entries handled since the last read and XREADGROUP the next batch, in one
-        pipeline: Redis acknowledges before it reads (or blocks), so a read of this consumer's own
-        pending entries ("0", at a restart) no longer finds them."""
-        ids = self._unacked
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xack(self.stream, self.group, *ids)
-                pipe.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch, block=block)
-                _, resp = await pipe.execute()
-        except REDIS_DOWN:
-            raise  # kept in _unacked: acknowledged when Redis is back (XACK twice is harmless)
-        self._unacked = []
-        self._count_acked(len(ids))
-        return resp
-
     def _count_acked(self, n: int) -> None:
         self.handled += n
-        STREAM_ENTRIES.labels(self.stream, self.group).inc(n)
+        self._entries_handled.inc(n)
 
     async def _reclaim(self) -> None:
         """Take over entries idle in other (dead) consumers, following XAUTOCLAIM's cursor."""
