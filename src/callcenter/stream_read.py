@@ -8,6 +8,10 @@ around every pipeline (a connection taken from the pool and given back through a
 the pipeline object, its retry wrapper), which at one or two reports per read cost about as much
 CPU as the read itself (issue 15).
 
+The client's socket timeout (redis-py's default: 5 s) bounds the send and each reply, as it does
+for the client. `QuickSendConnection` (below) takes the timer task off small sends; a service
+opts in with `quick_sends(client)`.
+
 The connection is taken from the client's pool at the first read and kept; a failure to reach
 Redis drops it (the next read connects again) and is counted in `callcenter_redis_errors_total`,
 as the client counts its own; the error goes to the caller unchanged. An error reply (NOGROUP) is
@@ -16,11 +20,11 @@ raised once both replies are read, so the connection stays in step.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection
 from redis.exceptions import ResponseError
 
 from callcenter.metrics import REDIS_ERRORS, CountingRedis
@@ -76,3 +80,45 @@ class StreamReader:
         conn, self._conn = self._conn, None
         if conn is not None:
             await self.redis.connection_pool.release(conn)
+
+
+class QuickSendConnection(Connection):
+    """A connection whose small sends go without the client's timer task (see the module's doc).
+
+    redis-py bounds a send by the socket timeout with `asyncio.wait_for`, which on Python 3.11 runs
+    the write in a task of its own: a task, a timer and two more turns of the event loop for every
+    command or pipeline sent. A write asyncio's transport takes below its high-water mark returns
+    at once (the bytes go to the socket, or to the transport's buffer when the socket's is full),
+    so there is nothing for the timeout to bound: such a send goes inline. A larger one, or one
+    behind a buffer already filled, takes the client's path with its timeout. Replies are read
+    with the timeout as before."""
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
+        timeout = self.socket_timeout
+        writer = self._writer if self.is_connected else None
+        if not timeout or writer is None:
+            return await super().send_packed_command(command, check_health)
+        if isinstance(command, str):
+            command = command.encode()
+        if isinstance(command, bytes):
+            command = [command]
+        else:
+            command = list(command)
+        transport = writer.transport
+        if transport.get_write_buffer_size() + sum(len(c) for c in command) > transport.get_write_buffer_limits()[1]:
+            return await super().send_packed_command(command, check_health)
+        if check_health:
+            await self.check_health()  # type: ignore[no-untyped-call]  # with the timeout: it reads a PING reply
+        self.socket_timeout = None
+        try:
+            await super().send_packed_command(command, check_health=False)
+        finally:
+            self.socket_timeout = timeout
+
+
+def quick_sends(redis: Redis) -> None:
+    """Make the client's plain TCP connections `QuickSendConnection`s (before its first command; a
+    TLS, Unix-socket or Sentinel-managed pool is left as it is)."""
+    pool = redis.connection_pool
+    if pool.connection_class is Connection:
+        pool.connection_class = QuickSendConnection
