@@ -40,6 +40,7 @@ class StreamReader:
         self.group = group
         self.consumer = consumer
         self._conn: AbstractConnection | None = None
+        self._reads: dict[tuple[str, int, int | None], list[bytes]] = {}  # packed XREADGROUPs
         self._count_errors = isinstance(redis, CountingRedis)  # as that client counts its own
         # the client's own parsing of the reply, so the entries look as `redis.xreadgroup` gives them
         self._parse = redis.response_callbacks.get("XREADGROUP")
@@ -47,20 +48,23 @@ class StreamReader:
     async def ack_and_read(self, ack_ids: Sequence[str], start: str, count: int, block: int | None) -> Any:
         """Acknowledge `ack_ids` (if any), then read up to `count` entries from `start` (">" or an
         id), blocking up to `block` ms when there is none; the reply as `redis.xreadgroup` gives it."""
-        commands: list[tuple[Any, ...]] = []
-        if ack_ids:
-            commands.append(("XACK", self.stream, self.group, *ack_ids))
-        read: tuple[Any, ...] = ("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count)
-        if block is not None:
-            read += ("BLOCK", block)
-        commands.append((*read, "STREAMS", self.stream, start))
         if self._conn is None:
             self._conn = await self.redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         conn = self._conn
+        read = self._reads.get((start, count, block))
+        if read is None:  # the same few reads over and over: packed once each
+            args: tuple[Any, ...] = ("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count)
+            if block is not None:
+                args += ("BLOCK", block)
+            read = conn.pack_command(*args, "STREAMS", self.stream, start)
+            if len(self._reads) < 8:  # the consumer reads ">" and, at a start, "0": a few keys
+                self._reads[(start, count, block)] = read
+        packed = [*conn.pack_command("XACK", self.stream, self.group, *ack_ids), *read] if ack_ids else read
+        n_replies = 2 if ack_ids else 1
         replies: list[Any] = []
         try:
-            await conn.send_packed_command(conn.pack_commands(commands))
-            for _ in commands:
+            await conn.send_packed_command(packed)
+            for _ in range(n_replies):
                 try:
                     replies.append(await conn.read_response())
                 except ResponseError as exc:  # the other reply is still to be read
