@@ -63,6 +63,11 @@ class StreamReader:
         n_replies = 2 if ack_ids else 1
         replies: list[Any] = []
         try:
+            if not conn.is_connected:
+                # as the pool does: through the connection's own connect(), which for a
+                # Sentinel-managed one asks the sentinels for the master (the send would reconnect
+                # to the address it had: after a failover, the old master)
+                await conn.connect()
             await conn.send_packed_command(packed)
             for _ in range(n_replies):
                 try:

@@ -3,7 +3,8 @@ the XACK and the XREADGROUP go in one send and Redis answers both; the entries l
 client's `xreadgroup` gives them; an error reply leaves the connection usable; a Redis that went
 away is an error of the client's kind, counted, and the next read connects again. And the quick
 sends of `QuickSendConnection`: a small send goes inline (no task of its own), a large one keeps
-the client's timeout, and a reply Redis does not give is still bounded by the socket timeout."""
+the client's timeout, and a reply Redis does not give is still bounded by the socket timeout.
+After a Sentinel failover the reader finds the new master."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
 from callcenter.metrics import REDIS_ERRORS, CountingRedis
-from callcenter.redis import REDIS_DOWN
+from callcenter.redis import REDIS_DOWN, connect
 from callcenter.stream_read import QuickSendConnection, StreamReader, quick_sends
+from callcenter_dev.redis_topologies import RedisSentinelServers
 from callcenter_dev.servers import RedisServer
 
 STREAM = "cc:{reader}:reports"
@@ -139,3 +141,38 @@ async def test_a_reply_redis_does_not_give_is_bounded_by_the_socket_timeout() ->
     finally:
         await client.aclose()
         server.stop()
+
+
+async def test_after_a_sentinel_failover_the_reader_reads_from_the_new_master(sentinel: RedisSentinelServers) -> None:
+    """The reader's connection, dropped by the failover, connects again through the sentinels (as
+    the pool would), not to the address it had: that is the old master, now a replica."""
+    client = connect(sentinel.url)
+    stream = "cc:{sentinel-reader}:reports"
+    try:
+        await client.xgroup_create(stream, GROUP, id="0", mkstream=True)
+        reader = StreamReader(client, stream, GROUP, "c1")
+        assert await reader.ack_and_read([], ">", 10, None) == []
+        old, new = await asyncio.to_thread(sentinel.failover)
+        assert old != new
+        entry_id = None
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if entry_id is None:
+                    entry_id = await client.xadd(stream, {"type": "t"})
+                got = await reader.ack_and_read([], ">", 10, 100)
+            except (*REDIS_DOWN, ResponseError):  # the failover under way: READONLY, UNBLOCKED, refused
+                await asyncio.sleep(0.1)
+                continue
+            if got:
+                break
+        else:
+            pytest.fail("the reader never read from the new master")
+        assert got[0][1][0][0] == entry_id
+        assert await reader.ack_and_read([entry_id.decode()], ">", 10, None) == []
+        assert (await client.xpending(stream, GROUP))["pending"] == 0
+        conn = reader._conn  # the connection the reader keeps: on the new master
+        assert conn is not None and conn.port == new
+        await reader.close()
+    finally:
+        await client.aclose()
