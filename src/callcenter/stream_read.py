@@ -13,7 +13,9 @@ for the client. `QuickSendConnection` (below) takes the timer task off small sen
 opts in with `quick_sends(client)`.
 
 The connection is taken from the client's pool at the first read and kept; a failure to reach
-Redis drops it (the next read connects again) and is counted in `callcenter_redis_errors_total`,
+Redis drops it (the next read connects again through the connection's own `connect()`, as the pool
+would: a Sentinel-managed one asks the sentinels where the master is now) and is counted in
+`callcenter_redis_errors_total`,
 as the client counts its own; the error goes to the caller unchanged. An error reply (NOGROUP) is
 raised once both replies are read, so the connection stays in step.
 """
