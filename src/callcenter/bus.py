@@ -8,8 +8,9 @@ Consumer contract (dispatcher, cdr-writer, any analytics consumer built on it):
   with the batch, never decoded nor handed to the handler (an entry without a `type` field is
   decoded, and dead-lettered as undecodable);
 - an entry is acknowledged only after the handler says its effect is durable; the XACK goes in
-  one pipeline with the next XREADGROUP (one round trip per batch instead of two), or on its own
-  before any other Redis work of the loop (a reclaim, a held batch) and at a stop;
+  one send with the next XREADGROUP, on a connection the consumer keeps (`callcenter.stream_read`;
+  one round trip per batch instead of two), or on its own before any other Redis work of the loop
+  (a reclaim, a held batch) and at a stop;
 - with `linger_ms`, a read that found fewer than `batch` entries is followed by a pause of that
   length before the next read, so a consumer that can wait (the cdr-writer) reads, handles and
   acknowledges fewer, larger batches; its acknowledgements wait for the next read too (an entry
@@ -56,6 +57,7 @@ from callcenter.contract.codec import DecodeError, Entry, decode
 from callcenter.logs import excerpt
 from callcenter.metrics import DEAD_LETTERS, STREAM_ENTRIES
 from callcenter.redis import REDIS_DOWN, text
+from callcenter.stream_read import StreamReader
 
 log = structlog.get_logger(__name__)
 
@@ -95,12 +97,30 @@ BACKOFF = Verdict(Outcome.BACKOFF)
 Handler = Callable[[Sequence[Entry]], Awaitable[Mapping[str, Verdict]]]
 
 
+class _Bound:
+    """`structlog.contextvars.bound_contextvars` for the hot path: the keys are set on entry and
+    reset to what they were (a value, or unbound) on exit, through the tokens of their context
+    variables, without a generator nor a copy of the whole context per use."""
+
+    __slots__ = ("kw", "tokens")
+
+    def __init__(self, **kw: Any) -> None:
+        self.kw = kw
+        self.tokens: Mapping[str, Any] = {}
+
+    def __enter__(self) -> None:
+        self.tokens = structlog.contextvars.bind_contextvars(**self.kw)
+
+    def __exit__(self, *exc: object) -> None:
+        structlog.contextvars.reset_contextvars(**self.tokens)
+
+
 def entry_context(entry: Entry) -> contextlib.AbstractContextManager[None]:
     """Bind the entry's id and, when its data has one, its call's id to the log context."""
     call_id = entry.data.get("call_id")
     if call_id is None:
-        return structlog.contextvars.bound_contextvars(entry_id=entry.id)
-    return structlog.contextvars.bound_contextvars(entry_id=entry.id, call_id=call_id)
+        return _Bound(entry_id=entry.id)
+    return _Bound(entry_id=entry.id, call_id=call_id)
 
 
 class StreamConsumer:
@@ -121,8 +141,9 @@ class StreamConsumer:
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.linger_s = linger_ms / 1000
-        # XACK in the same pipeline as the next XREADGROUP; a Redis Cluster client sends it alone
-        self._ack_with_read = not isinstance(redis, RedisCluster)
+        # XACK and the next XREADGROUP in one send, on a connection of the consumer's own
+        # (callcenter.stream_read); a Redis Cluster client sends the XACK alone
+        self._reader = None if isinstance(redis, RedisCluster) else StreamReader(redis, stream, group, consumer)
         # the stream field as redis-py returns it (bytes): compared before any decoding
         self._wanted = None if types is None else frozenset(t.encode() for t in types)
         self.backoff_max_s = min(backoff_max_s, claim_idle_ms / 2000)  # held entries stay claimed
@@ -138,7 +159,7 @@ class StreamConsumer:
         self.lost = 0
         # the series exist at 0 from the start: a rule on increase() sees the first dead letter
         DEAD_LETTERS.labels(stream)
-        STREAM_ENTRIES.labels(stream, group)
+        self._entries_handled = STREAM_ENTRIES.labels(stream, group)  # the child, looked up once
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -196,6 +217,8 @@ class StreamConsumer:
                 await self._ack_now([])
             except REDIS_DOWN as exc:  # left pending: reclaimed, or read again at a restart
                 log.warning("consumer.redis_unavailable", stream=self.stream, error=repr(exc))
+        if self._reader is not None:
+            await self._reader.close()
         log.info("consumer.stopped", stream=self.stream, group=self.group, handled=self.handled)
 
     async def _linger(self) -> None:
@@ -256,8 +279,12 @@ class StreamConsumer:
     async def _read(self, start: str) -> int:
         block = None if start == "0" else self.block_ms
         resp: Any
-        if self._unacked and self._ack_with_read:
-            resp = await self._ack_and_read(start, block)
+        if self._reader is not None:
+            ids = self._unacked  # kept on a failure: acknowledged when Redis is back
+            resp = await self._reader.ack_and_read(ids, start, self.batch, block)
+            self._unacked = []
+            if ids:
+                self._count_acked(len(ids))
         else:
             await self._ack_now([])  # the entries handled since the last read first: "0" must not find them
             # RESP2 reply: [[stream, [(id, fields), ...]]] (the stubs describe RESP3's map)
@@ -271,25 +298,9 @@ class StreamConsumer:
         await self._process(entries)
         return len(entries)
 
-    async def _ack_and_read(self, start: str, block: int | None) -> Any:
-        """XACK the entries handled since the last read and XREADGROUP the next batch, in one
-        pipeline: Redis acknowledges before it reads (or blocks), so a read of this consumer's own
-        pending entries ("0", at a restart) no longer finds them."""
-        ids = self._unacked
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                pipe.xack(self.stream, self.group, *ids)
-                pipe.xreadgroup(self.group, self.consumer, {self.stream: start}, count=self.batch, block=block)
-                _, resp = await pipe.execute()
-        except REDIS_DOWN:
-            raise  # kept in _unacked: acknowledged when Redis is back (XACK twice is harmless)
-        self._unacked = []
-        self._count_acked(len(ids))
-        return resp
-
     def _count_acked(self, n: int) -> None:
         self.handled += n
-        STREAM_ENTRIES.labels(self.stream, self.group).inc(n)
+        self._entries_handled.inc(n)
 
     async def _reclaim(self) -> None:
         """Take over entries idle in other (dead) consumers, following XAUTOCLAIM's cursor."""
@@ -352,8 +363,13 @@ class StreamConsumer:
         """Run the handler on `good` and act on its verdicts; `skipped` (entries of unwanted types)
         are acknowledged with the batch."""
         try:
-            with structlog.contextvars.bound_contextvars(stream=self.stream), \
-                 entry_context(good[0]) if len(good) == 1 else contextlib.nullcontext():
+            if len(good) == 1:
+                call_id = good[0].data.get("call_id")
+                bound = _Bound(stream=self.stream, entry_id=good[0].id) if call_id is None else \
+                    _Bound(stream=self.stream, entry_id=good[0].id, call_id=call_id)
+            else:
+                bound = _Bound(stream=self.stream)
+            with bound:
                 verdicts = await self.handler(good)
         except Exception as exc:  # the handler's failure must not kill the loop: leave them pending
             log.exception("consumer.handler_failed", stream=self.stream, count=len(good),

@@ -62,6 +62,9 @@ DISPATCH_LATENCY = Histogram("callcenter_dispatch_latency_seconds", "Dispatch la
                              registry=REGISTRY)
 
 
+_LATENCY_BY_PATH: dict[str, Any] = {}
+
+
 def observe_since_entry(path: str, entry_id: str, now_s: float | None = None) -> None:
     """Observe the time from a stream entry's id (its Redis time in ms) until now on `path`."""
     try:
@@ -69,7 +72,10 @@ def observe_since_entry(path: str, entry_id: str, now_s: float | None = None) ->
     except ValueError:
         return
     now = time.time() if now_s is None else now_s
-    DISPATCH_LATENCY.labels(path).observe(max(0.0, now - written_ms / 1000))
+    child = _LATENCY_BY_PATH.get(path)
+    if child is None:  # a label lookup takes a lock and builds a tuple: done once per path
+        child = _LATENCY_BY_PATH[path] = DISPATCH_LATENCY.labels(path)
+    child.observe(max(0.0, now - written_ms / 1000))
 
 
 # -- the sip-edge's per-message counts ---------------------------------------------------------------

@@ -117,8 +117,13 @@ class ReportHandler:
                 self._park(entry)
                 verdicts[entry.id] = RETRY
             else:
-                with entry_context(entry):
-                    verdicts[entry.id] = self._verdict(entry, res)
+                if res.rc is RC.OK or res.rc is RC.DUPLICATE:  # the common case: nothing to log
+                    if self._failures:
+                        self._failures.pop(entry.id, None)
+                    verdicts[entry.id] = ACK
+                else:
+                    with entry_context(entry):
+                        verdicts[entry.id] = self._verdict(entry, res)
                 if verdicts[entry.id].outcome is not Outcome.ACK:
                     stopped.add(call_id)
                 elif call_id in self._parked:

@@ -22,6 +22,7 @@ from callcenter.redis import REDIS_DOWN, connect
 from callcenter.settings import DispatcherSettings
 from callcenter.store import Store
 from callcenter.store.config_writes import explicit_config, seed_config
+from callcenter.stream_read import quick_sends
 from callcenter_dispatcher.edges import EdgeWatch
 from callcenter_dispatcher.handler import PARK_RETRY_MAX_S, ReportHandler
 from callcenter_dispatcher.timers import lapse_registrations, reconcile_once, run_every, run_timers
@@ -53,6 +54,7 @@ async def seed_config_from_env(settings: DispatcherSettings, store: Store, stop:
 
 async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -> None:
     redis = connect(settings.redis_url)
+    quick_sends(redis)  # its small sends without a timer task each (issue 15)
     store = Store(redis, settings.tenant)
     # parked reports are retried (and kept claimed) several times per claim_idle_ms
     handler = ReportHandler(store, out_of_order_max_ms=settings.out_of_order_max_ms,

@@ -1,0 +1,135 @@
+"""A stream consumer's hot round trip, on a connection of its own: the XACK of what it handled and
+the XREADGROUP of its next batch, written in one send and read back reply by reply.
+
+`bus.StreamConsumer` reads this way on a single Redis or a Sentinel-managed master (a Redis Cluster
+client routes each command itself and keeps the client's path). The commands, their order and the
+reply Redis gives are those of a pipeline of the two; what it leaves out is the client's work
+around every pipeline (a connection taken from the pool and given back through a task of its own,
+the pipeline object, its retry wrapper), which at one or two reports per read cost about as much
+CPU as the read itself (issue 15).
+
+The client's socket timeout (redis-py's default: 5 s) bounds the send and each reply, as it does
+for the client. `QuickSendConnection` (below) takes the timer task off small sends; a service
+opts in with `quick_sends(client)`.
+
+The connection is taken from the client's pool at the first read and kept; a failure to reach
+Redis drops it (the next read connects again through the connection's own `connect()`, as the pool
+would: a Sentinel-managed one asks the sentinels where the master is now) and is counted in
+`callcenter_redis_errors_total`,
+as the client counts its own; the error goes to the caller unchanged. An error reply (NOGROUP) is
+raised once both replies are read, so the connection stays in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection, Connection
+from redis.exceptions import ResponseError
+
+from callcenter.metrics import REDIS_ERRORS, CountingRedis
+from callcenter.redis import REDIS_DOWN
+
+
+class StreamReader:
+    """XACK + XREADGROUP of one consumer, one send per read (see the module's doc)."""
+
+    def __init__(self, redis: Redis, stream: str, group: str, consumer: str) -> None:
+        self.redis = redis
+        self.stream = stream
+        self.group = group
+        self.consumer = consumer
+        self._conn: AbstractConnection | None = None
+        self._reads: dict[tuple[str, int, int | None], list[bytes]] = {}  # packed XREADGROUPs
+        self._count_errors = isinstance(redis, CountingRedis)  # as that client counts its own
+        # the client's own parsing of the reply, so the entries look as `redis.xreadgroup` gives them
+        self._parse = redis.response_callbacks.get("XREADGROUP")
+
+    async def ack_and_read(self, ack_ids: Sequence[str], start: str, count: int, block: int | None) -> Any:
+        """Acknowledge `ack_ids` (if any), then read up to `count` entries from `start` (">" or an
+        id), blocking up to `block` ms when there is none; the reply as `redis.xreadgroup` gives it."""
+        if self._conn is None:
+            self._conn = await self.redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        conn = self._conn
+        read = self._reads.get((start, count, block))
+        if read is None:  # the same few reads over and over: packed once each
+            args: tuple[Any, ...] = ("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count)
+            if block is not None:
+                args += ("BLOCK", block)
+            read = conn.pack_command(*args, "STREAMS", self.stream, start)
+            if len(self._reads) < 8:  # the consumer reads ">" and, at a start, "0": a few keys
+                self._reads[(start, count, block)] = read
+        packed = [*conn.pack_command("XACK", self.stream, self.group, *ack_ids), *read] if ack_ids else read
+        n_replies = 2 if ack_ids else 1
+        replies: list[Any] = []
+        try:
+            if not conn.is_connected:
+                # as the pool does: through the connection's own connect(), which for a
+                # Sentinel-managed one asks the sentinels for the master (the send would reconnect
+                # to the address it had: after a failover, the old master)
+                await conn.connect()
+            await conn.send_packed_command(packed)
+            for _ in range(n_replies):
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:  # the other reply is still to be read
+                    replies.append(exc)
+        except BaseException as exc:  # a half-read connection is out of step: drop it
+            await conn.disconnect(nowait=True)
+            if self._count_errors and isinstance(exc, REDIS_DOWN):
+                REDIS_ERRORS.inc()
+            raise
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return self._parse(replies[-1]) if self._parse is not None else replies[-1]
+
+    async def close(self) -> None:
+        """Give the connection back to the client's pool."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self.redis.connection_pool.release(conn)
+
+
+class QuickSendConnection(Connection):
+    """A connection whose small sends go without the client's timer task (see the module's doc).
+
+    redis-py bounds a send by the socket timeout with `asyncio.wait_for`, which on Python 3.11 runs
+    the write in a task of its own: a task, a timer and two more turns of the event loop for every
+    command or pipeline sent. A write asyncio's transport takes below its high-water mark returns
+    at once (the bytes go to the socket, or to the transport's buffer when the socket's is full),
+    so there is nothing for the timeout to bound: such a send goes inline. A larger one, or one
+    behind a buffer already filled, takes the client's path with its timeout. Replies are read
+    with the timeout as before."""
+
+    async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
+        timeout = self.socket_timeout
+        writer = self._writer if self.is_connected else None
+        if not timeout or writer is None:
+            return await super().send_packed_command(command, check_health)
+        if isinstance(command, str):
+            command = command.encode()
+        if isinstance(command, bytes):
+            command = [command]
+        else:
+            command = list(command)
+        transport = writer.transport
+        if transport.get_write_buffer_size() + sum(len(c) for c in command) > transport.get_write_buffer_limits()[1]:
+            return await super().send_packed_command(command, check_health)
+        if check_health:
+            await self.check_health()  # type: ignore[no-untyped-call]  # with the timeout: it reads a PING reply
+        self.socket_timeout = None
+        try:
+            await super().send_packed_command(command, check_health=False)
+        finally:
+            self.socket_timeout = timeout
+
+
+def quick_sends(redis: Redis) -> None:
+    """Make the client's plain TCP connections `QuickSendConnection`s (before its first command; a
+    TLS, Unix-socket or Sentinel-managed pool is left as it is)."""
+    pool = redis.connection_pool
+    if pool.connection_class is Connection:
+        pool.connection_class = QuickSendConnection
