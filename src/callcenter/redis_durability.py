@@ -60,6 +60,7 @@ class WaitingTransaction(Pipeline):
         self.replica_wait = wait
 
     async def _execute_transaction(self, connection: Any, commands: Any, raise_on_error: Any) -> Any:
+        self.acknowledged = None
         data = await super()._execute_transaction(connection, commands, raise_on_error)
         wait = self.replica_wait
         if wait is None:
