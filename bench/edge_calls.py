@@ -180,8 +180,12 @@ def wait_idle(system: WholeSystem, timeout_s: float) -> bool:
 
 def service_pids(system: WholeSystem) -> dict[str, int]:
     pids = {name: svc.proc.pid for name, svc in system.services.items() if svc.proc is not None}
-    if system.server.proc is not None:
-        pids["redis-server"] = system.server.proc.pid
+    proc = getattr(system.server, "proc", None)
+    if proc is not None:
+        pids["redis-server"] = proc.pid
+    for node in getattr(system.server, "data", []):   # Sentinel's master and replica
+        if node.proc is not None:
+            pids[f"redis-{node.port}"] = node.proc.pid
     return pids
 
 
@@ -330,6 +334,9 @@ def main() -> None:
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--redis", choices=("single", "sentinel"), default="single",
+                        help="one redis-server, or a master + replica behind Sentinel")
+    parser.add_argument("--wait-replicas", type=int, default=0, help="CC_REDIS_WAIT_REPLICAS of every service")
     args = parser.parse_args()
     if args.quick:
         args.rates, args.step_s, args.mem_calls = "25,50", 8.0, 300
@@ -339,9 +346,11 @@ def main() -> None:
 
     workdir = Path(tempfile.mkdtemp(prefix="cc-bench-edge-"))
     env = {"CC_WRAPUP_S": "0", "CC_RING_TIMEOUT_S": "10", "CC_LOG_LEVEL": args.log_level,
-           "CC_REJECT_ON_NO_AGENTS": "false"}
-    print(f"whole system on loopback, {os.cpu_count()} cores; work dir {workdir}")
+           "CC_REJECT_ON_NO_AGENTS": "false", "CC_REDIS_WAIT_REPLICAS": str(args.wait_replicas)}
+    print(f"whole system on loopback, {os.cpu_count()} cores, Redis {args.redis}, "
+          f"CC_REDIS_WAIT_REPLICAS={args.wait_replicas}; work dir {workdir}")
     system = WholeSystem.start(workdir, tenant="bench", edge_id="edge-bench", common_env=env,
+                               redis_topology=args.redis,
                                edge_env={"CC_SIP_INVITE_RATE": "0", "CC_SIP_INVITE_RATE_TOTAL": "0",
                                          "CC_DRAIN_TIMEOUT_S": "1"})
     peers: Peers | None = None

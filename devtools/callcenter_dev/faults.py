@@ -312,10 +312,11 @@ class Rig:
     @classmethod
     def start(cls, workdir: Path, *, agents: int = 30, lapse_ms: int = 5000, heartbeat_ms: int = 1000,
               drain_s: float = 30.0, log_level: str = "warning", lifetime_s: float = 3600,
-              tenant: str = "faults", redis_server: Any = None) -> Rig:
-        """`redis_server`: a running Redis (a cluster several rigs share, one tenant each), else its own."""
+              tenant: str = "faults", redis_server: Any = None, env: dict[str, str] | None = None) -> Rig:
+        """`redis_server`: a running Redis (a cluster several rigs share, one tenant each), else its own;
+        `env`: more settings of every service (CC_* names)."""
         system = WholeSystem.start(workdir, tenant=tenant, edge_id=f"edge-{tenant}",
-                                   common_env=cls.common_env(lapse_ms, log_level),
+                                   common_env={**cls.common_env(lapse_ms, log_level), **(env or {})},
                                    edge_env=cls.edge_env(heartbeat_ms, drain_s),
                                    redis_appendonly=True, redis_server=redis_server)
         peers: list[Sipp] = []

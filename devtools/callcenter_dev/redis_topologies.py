@@ -91,7 +91,17 @@ class _Node:
 def _server_args(port: int, workdir: Path, *extra: str) -> list[str]:
     return [_exe("redis-server"), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(workdir),
             "--save", "", "--appendonly", "no", "--protected-mode", "yes", "--daemonize", "no",
-            "--loglevel", "warning", "--logfile", str(workdir / "redis.log"), *extra]
+            "--loglevel", "warning", "--logfile", str(workdir / "redis.log"),
+            # a replica's first full sync starts at once, not after the default 5 s of waiting for others
+            "--repl-diskless-sync-delay", "0", *extra]
+
+
+def online_replicas(client: redis.Redis) -> int:
+    """The replicas of a master that finished their first sync (a replica still waiting for it is
+    connected, but acknowledges nothing: a WAIT or a failover then would find it behind)."""
+    info: Any = client.info("replication")
+    return sum(1 for key, value in info.items()
+               if key.startswith("slave") and isinstance(value, dict) and value.get("state") == "online")
 
 
 @dataclass
@@ -138,7 +148,13 @@ class RedisClusterServers:
                 if c.cluster("info").get("cluster_state") != "ok":
                     return False
         shards = self._shards()
-        return len(shards) == self.masters and all(len(s["replicas"]) == 1 for s in shards)
+        if len(shards) != self.masters or not all(len(s["replicas"]) == 1 for s in shards):
+            return False
+        for s in shards:
+            with self.node(s["port"]).client() as c:
+                if online_replicas(c) != 1:
+                    return False
+        return True
 
     def _shards(self) -> list[dict[str, Any]]:
         """Per master: its port, its slot ranges and the ports of its replicas, from CLUSTER SLOTS
@@ -278,7 +294,7 @@ class RedisSentinelServers:
 
     def _replicas_of(self, port: int) -> int:
         with self.data_node(port).client() as c:
-            return int(c.info("replication").get("connected_slaves", 0))
+            return online_replicas(c)
 
     def _sentinels_see_all(self) -> bool:
         for s in self.watchers:

@@ -57,6 +57,7 @@ from callcenter.contract.codec import DecodeError, Entry, decode
 from callcenter.logs import excerpt
 from callcenter.metrics import DEAD_LETTERS, STREAM_ENTRIES
 from callcenter.redis import REDIS_DOWN, text
+from callcenter.redis_durability import ReplicaWait, note_wait, wait_after
 from callcenter.stream_read import StreamReader
 
 log = structlog.get_logger(__name__)
@@ -129,7 +130,8 @@ class StreamConsumer:
     def __init__(self, redis: Redis, *, stream: str, group: str, consumer: str, handler: Handler,
                  dead_stream: str, batch: int = 64, block_ms: int = 1000, claim_idle_ms: int = 10_000,
                  max_deliveries: int = 5, backoff_max_s: float = 5.0,
-                 types: Collection[str] | None = None, linger_ms: int = 0) -> None:
+                 types: Collection[str] | None = None, linger_ms: int = 0,
+                 wait: ReplicaWait | None = None) -> None:
         self.redis = redis
         self.stream = stream
         self.group = group
@@ -141,9 +143,15 @@ class StreamConsumer:
         self.claim_idle_ms = claim_idle_ms
         self.max_deliveries = max_deliveries
         self.linger_s = linger_ms / 1000
+        # WAIT for replicas with each XACK (callcenter.redis_durability): the handler's writes were
+        # made before it, so a replica that has the XACK has them too
+        self.wait = wait
+        self.replicas_acknowledged: int | None = None   # what the last WAIT returned
         # XACK and the next XREADGROUP in one send, on a connection of the consumer's own
-        # (callcenter.stream_read); a Redis Cluster client sends the XACK alone
-        self._reader = None if isinstance(redis, RedisCluster) else StreamReader(redis, stream, group, consumer)
+        # (callcenter.stream_read); a Redis Cluster client sends the XACK alone, and so does a
+        # consumer that WAITs (in a transaction on the master of the stream's slot)
+        self._reader = (None if isinstance(redis, RedisCluster) or wait is not None
+                        else StreamReader(redis, stream, group, consumer))
         # the stream field as redis-py returns it (bytes): compared before any decoding
         self._wanted = None if types is None else frozenset(t.encode() for t in types)
         self.backoff_max_s = min(backoff_max_s, claim_idle_ms / 2000)  # held entries stay claimed
@@ -273,7 +281,7 @@ class StreamConsumer:
     async def ack(self, *ids: str) -> None:
         """Acknowledge entries a handler settled outside a batch (see ReportHandler's parked reports)."""
         if ids:
-            await self.redis.xack(self.stream, self.group, *ids)
+            await self._xack(ids)
             self.handled += len(ids)
 
     async def _read(self, start: str) -> int:
@@ -398,11 +406,22 @@ class StreamConsumer:
         if not ids:
             return
         try:
-            await self.redis.xack(self.stream, self.group, *ids)
+            await self._xack(ids)
         except REDIS_DOWN:
             self._unacked = ids
             raise
         self._count_acked(len(ids))
+
+    async def _xack(self, ids: Sequence[Any]) -> None:
+        if self.wait is None:
+            await self.redis.xack(self.stream, self.group, *ids)
+            return
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xack(self.stream, self.group, *ids)
+            wait_after(pipe, self.wait)
+            await pipe.execute()
+            self.replicas_acknowledged = getattr(pipe, "acknowledged", None)
+            note_wait(pipe, self.wait, f"{self.group}_ack", stream=self.stream, count=len(ids))
 
     async def dead_letter(self, entry_id: str, fields: Mapping[Any, Any], reason: str) -> None:
         record: dict[Any, Any] = {"stream": self.stream, "group": self.group, "entry_id": entry_id,
@@ -412,7 +431,9 @@ class StreamConsumer:
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.xadd(self.dead_stream, record, maxlen=DEAD_MAXLEN, approximate=True)
             pipe.xack(self.stream, self.group, entry_id)
+            wait_after(pipe, self.wait)
             await pipe.execute()
+            note_wait(pipe, self.wait, f"{self.group}_ack", stream=self.stream, count=1)
         self.dead_lettered += 1
         DEAD_LETTERS.labels(self.stream).inc()
         log.warning("consumer.dead_letter", stream=self.stream, entry_id=entry_id, error=excerpt(reason, LOG_EXCERPT),

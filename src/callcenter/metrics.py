@@ -25,11 +25,11 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
-from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
 from redis.exceptions import RedisClusterException
 
 from callcenter.redis import REDIS_DOWN, text
+from callcenter.redis_durability import WaitingTransaction
 from callcenter.redis_topology import stream_read_keys
 from callcenter.store.config import PARAMS
 from callcenter.store.keys import Keys
@@ -52,6 +52,9 @@ EDGES_LOST = Counter("callcenter_edges_lost", "sip-edges this dispatcher declare
                      "their calls ended with edge_lost)", registry=REGISTRY)
 REDIS_ERRORS = Counter("callcenter_redis_errors", "Redis commands or pipelines that failed because Redis "
                        "was unreachable or timed out", registry=REGISTRY)
+REDIS_WAIT_MISSING = Counter("callcenter_redis_wait_missing", "Replicas that had not acknowledged a write when "
+                             "its WAIT (CC_REDIS_WAIT_REPLICAS) timed out, by path: edge_publish, "
+                             "dispatcher_ack", ["path"], registry=REGISTRY)
 # decision latency: a report's stream entry (Redis time at XADD) to its atomic step applied; and a
 # ring decision (the ring command's entry: the step that gave a free agent the call) to the edge
 # handing the ring to its SIP thread. An agent freed by wrap-up's end is seen by the timer loop
@@ -336,8 +339,9 @@ class CountingRedis(Redis):
         return CountingPipeline(self.connection_pool, self.response_callbacks, transaction, shard_hint)
 
 
-class CountingPipeline(Pipeline):
-    """A pipeline of `CountingRedis`: counts a failed `execute` the same way."""
+class CountingPipeline(WaitingTransaction):
+    """A pipeline of `CountingRedis`: counts a failed `execute` the same way (and, as a transaction,
+    can WAIT for replicas after its EXEC: `callcenter.redis_durability`)."""
 
     async def execute(self, raise_on_error: bool = True) -> Any:
         try:

@@ -60,6 +60,11 @@ class CommonSettings(BaseSettings):
     # the SIP digest realm of registering agents: the api hashes their passwords for it (HA1), the
     # sip-edge challenges with it. Changing it needs every SIP password set again
     sip_realm: str = Field(default="callcenter", pattern=r'^[^"\\\x00-\x1f]{1,128}$')
+    # WAIT after the writes that must survive a failover (the sip-edge's report batches, the
+    # dispatcher's steps before their input is acknowledged): this many replicas, at most this long;
+    # 0 replicas: no WAIT (callcenter.redis_durability, docs/operations.md)
+    redis_wait_replicas: int = Field(default=0, ge=0, le=16)
+    redis_wait_timeout_ms: int = Field(default=50, ge=1, le=10_000)
 
     @field_validator("redis_url")
     @classmethod

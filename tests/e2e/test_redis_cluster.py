@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 
 import pytest
-from failover_harness import LOAD, assert_nothing_lost, failover_rig
+from failover_harness import LOAD, assert_nothing_lost, failover_rig, waits_run
 
 from callcenter_dev.faults import Fault, FaultResult
 from callcenter_dev.redis_topologies import RedisClusterServers, tenant_slot, tenants_on_distinct_masters
@@ -57,6 +57,7 @@ def _under_load(cluster: RedisClusterServers, workdir: Path, prefix: str,
         except BaseException as exc:   # reported by the test below
             errors.append(exc)
 
+    waits_before = waits_run([n.port for n in cluster.nodes])
     try:
         threads = [threading.Thread(target=play, args=(t,)) for t in rigs]
         for t in threads:
@@ -71,6 +72,9 @@ def _under_load(cluster: RedisClusterServers, workdir: Path, prefix: str,
     print(FaultResult.HEADER)
     for tenant, result in results.items():
         print(result.row(), f"(tenant {tenant})")
+    waits = waits_run([n.port for n in cluster.nodes]) - waits_before
+    print(f"WAITs run by the masters during the load: {waits}")
+    assert waits > 0, "the services ran without CC_REDIS_WAIT_REPLICAS"
     return moved, results
 
 
@@ -98,8 +102,7 @@ def test_master_killed_under_load_its_replica_takes_over(cluster: RedisClusterSe
         master = cluster.master_of_tenant(str(tenant))
         with cluster.node(master).client() as c:
             info: dict[str, object] = c.info("replication")
-        offsets = [int(str(v).split("offset=")[1].split(",")[0]) for k, v in info.items()
-                   if k.startswith("slave") and "offset=" in str(v)]
+        offsets = [int(v["offset"]) for k, v in info.items() if k.startswith("slave") and isinstance(v, dict)]
         gaps.append(int(str(info["master_repl_offset"])) - max(offsets, default=0))
         killed.append(cluster.kill_master_of_tenant(str(tenant)))
 

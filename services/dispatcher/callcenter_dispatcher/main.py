@@ -19,6 +19,7 @@ from callcenter.bus import StreamConsumer
 from callcenter.contract import streams
 from callcenter.lifecycle import run_service, start_from_command_line
 from callcenter.redis import REDIS_DOWN, connect
+from callcenter.redis_durability import ReplicaWait
 from callcenter.settings import DispatcherSettings
 from callcenter.store import Store
 from callcenter.store.config_writes import explicit_config, seed_config
@@ -63,7 +64,8 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
         redis, stream=store.keys.reports, group=GROUP, consumer=settings.consumer,
         handler=handler, dead_stream=store.keys.dead, batch=settings.batch,
         block_ms=settings.block_ms, claim_idle_ms=settings.claim_idle_ms,
-        max_deliveries=settings.max_deliveries, linger_ms=settings.read_linger_ms)
+        max_deliveries=settings.max_deliveries, linger_ms=settings.read_linger_ms,
+        wait=ReplicaWait.of(settings.redis_wait_replicas, settings.redis_wait_timeout_ms))
     handler.settler = consumer
 
     edges = EdgeWatch(store, settings.edge_lapse_ms)

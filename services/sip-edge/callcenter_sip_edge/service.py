@@ -26,12 +26,14 @@ from callcenter.contract.commands import Adopt, Command, Ring, RingAll, command_
 from callcenter.contract.reports import REPORTS, CallEnded, CommandRefused, Report
 from callcenter.metrics import observe_since_entry
 from callcenter.redis import REDIS_DOWN
+from callcenter.redis_durability import ReplicaWait
 from callcenter.settings import EdgeSettings
 from callcenter.store.keys import Keys
 from callcenter_sip_edge.checkpoint import AdoptedCall, Checkpoints, DialogCheckpoint
 from callcenter_sip_edge.digest import Nonces
 from callcenter_sip_edge.facts import CHECKPOINT_KIND, Fact
 from callcenter_sip_edge.ownership import IdLease, StartRefused
+from callcenter_sip_edge.publisher import ReportPublisher
 from callcenter_sip_edge.registrar import RegistrarOptions, RegistrarSetup
 from callcenter_sip_edge.registrations import ELSEWHERE, Binding, Registrations
 from callcenter_sip_edge.session_options import SessionTimerOptions
@@ -71,6 +73,8 @@ class EdgeService:
         self._ended_seq: dict[str, int] = {}   # insertion-ordered: the oldest is evicted first
         self._outbox: asyncio.Queue[Report | DialogCheckpoint] = asyncio.Queue()
         self.checkpoints = Checkpoints(redis, self.keys, self.edge_id)
+        self.publisher = ReportPublisher(redis, self.keys, self.edge_id, self.checkpoints,
+                                         ReplicaWait.of(settings.redis_wait_replicas, settings.redis_wait_timeout_ms))
         self._stop = asyncio.Event()
         self.stack: SipStack | None = None
         self.registrations: Registrations | None = None
@@ -118,29 +122,12 @@ class EdgeService:
         return last + 1
 
     async def _publish_reports(self) -> None:
-        """Append reports in order, each with its call's checkpoint (one MULTI per batch: a report and
-        its checkpoint land together); on a Redis error keep them and retry (never drop, never reorder)."""
+        """Send the outbox in batches, in order, each exactly once (publisher.py)."""
         while True:
-            first = await self._outbox.get()
-            batch = [first]
+            batch = [await self._outbox.get()]
             while not self._outbox.empty() and len(batch) < 500:
                 batch.append(self._outbox.get_nowait())
-            delay = 0.05
-            while True:
-                try:
-                    async with self.redis.pipeline(transaction=True) as pipe:
-                        for item in batch:
-                            if isinstance(item, DialogCheckpoint):
-                                self.checkpoints.dialogs(pipe, item)
-                                continue
-                            pipe.xadd(self.keys.reports, item.to_fields())  # type: ignore[arg-type]
-                            self.checkpoints.after_report(pipe, item)
-                        await pipe.execute()
-                    break
-                except (ConnectionError, OSError, aioredis.RedisError) as exc:
-                    log.warning("edge.publish_failed", error=repr(exc), pending=len(batch))
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+            await self.publisher.publish(batch)
 
     # -- commands -> SIP -----------------------------------------------------------------------
     async def _execute(self, entries: Sequence[Entry]) -> Mapping[str, Verdict]:

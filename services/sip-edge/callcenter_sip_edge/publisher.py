@@ -1,0 +1,86 @@
+"""The sip-edge's report batches: appended in order, exactly once, optionally WAITed for.
+
+Writes: `cc:{t}:reports` (one XADD per report), the calls' checkpoints (checkpoint.py), and the
+marker `cc:{t}:edge:<edge_id>:published` (this process's token and batch number, EX one day): one
+MULTI per batch. A batch that failed is kept and sent again (never dropped, never reordered), but
+only after the marker shows that the failed try was not applied: a reply lost to a Redis restart
+or failover after EXEC ran must not append the batch twice (callcenter.redis_durability).
+With `CC_REDIS_WAIT_REPLICAS`, WAIT follows each EXEC on the same connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from collections.abc import Sequence
+
+import redis.asyncio as aioredis
+import structlog
+
+from callcenter.contract.reports import Report
+from callcenter.redis_durability import ReplicaWait, already_landed, note_wait, once_marker, wait_after
+from callcenter.store.keys import Keys
+from callcenter_sip_edge.checkpoint import Checkpoints, DialogCheckpoint
+
+log = structlog.get_logger(__name__)
+
+RETRY_FIRST_S = 0.05
+RETRY_MAX_S = 2.0
+
+
+def marker_key(keys: Keys, edge_id: str) -> str:
+    """The key that holds the token of the last batch this edge applied (the tenant's slot)."""
+    return f"{keys.prefix}edge:{edge_id}:published"
+
+
+class ReportPublisher:
+    """Sends the edge's batches of reports and checkpoints, one MULTI each."""
+
+    def __init__(self, redis: aioredis.Redis, keys: Keys, edge_id: str, checkpoints: Checkpoints,
+                 wait: ReplicaWait | None = None) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.checkpoints = checkpoints
+        self.wait = wait
+        self.marker = marker_key(keys, edge_id)
+        # unique to this process: a restarted edge with the same id never takes an old marker for its own
+        self.writer = f"{edge_id}:{secrets.token_hex(8)}"
+        self.batches = 0
+        self.landed_on_retry = 0   # batches found applied after a failed try (not sent again)
+        self.replicas_acknowledged: int | None = None   # what the last WAIT returned
+
+    async def publish(self, batch: Sequence[Report | DialogCheckpoint]) -> None:
+        """Apply `batch` once, trying until Redis takes it."""
+        self.batches += 1
+        token = f"{self.writer}:{self.batches}"
+        delay = RETRY_FIRST_S
+        failed = False
+        while True:
+            try:
+                if failed and await already_landed(self.redis, self.marker, token):
+                    self.landed_on_retry += 1
+                    log.info("edge.publish_landed", batch=self.batches, size=len(batch))
+                    return
+                await self._send(batch, token)
+                return
+            except (ConnectionError, OSError, aioredis.RedisError) as exc:
+                failed = True
+                log.warning("edge.publish_failed", error=repr(exc), pending=len(batch))
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_S)
+
+    async def _send(self, batch: Sequence[Report | DialogCheckpoint], token: str) -> None:
+        async with self.redis.pipeline(transaction=True) as pipe:
+            # first: the slot of a cluster transaction is the slot of its first key (the tenant's)
+            once_marker(pipe, self.marker, token)
+            for item in batch:
+                if isinstance(item, DialogCheckpoint):
+                    self.checkpoints.dialogs(pipe, item)
+                    continue
+                pipe.xadd(self.keys.reports, item.to_fields())  # type: ignore[arg-type]
+                self.checkpoints.after_report(pipe, item)
+            wait_after(pipe, self.wait)
+            await pipe.execute()
+            if self.wait is not None:
+                self.replicas_acknowledged = getattr(pipe, "acknowledged", None)
+            note_wait(pipe, self.wait, "edge_publish", size=len(batch))
