@@ -10,7 +10,8 @@ Consumer contract (dispatcher, cdr-writer, any analytics consumer built on it):
 - an entry is acknowledged only after the handler says its effect is durable; the XACK goes in
   one send with the next XREADGROUP, on a connection the consumer keeps (`callcenter.stream_read`;
   one round trip per batch instead of two), or on its own before any other Redis work of the loop
-  (a reclaim, a held batch) and at a stop;
+  (a reclaim, a held batch) and at a stop; a consumer given `wait` (CC_REDIS_WAIT_REPLICAS)
+  sends each XACK in a transaction of its own followed by WAIT (`callcenter.redis_durability`);
 - with `linger_ms`, a read that found fewer than `batch` entries is followed by a pause of that
   length before the next read, so a consumer that can wait (the cdr-writer) reads, handles and
   acknowledges fewer, larger batches; its acknowledgements wait for the next read too (an entry
