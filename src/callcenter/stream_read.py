@@ -129,7 +129,8 @@ class QuickSendConnection(Connection):
 
 def quick_sends(redis: Redis) -> None:
     """Make the client's plain TCP connections `QuickSendConnection`s (before its first command; a
-    TLS, Unix-socket or Sentinel-managed pool is left as it is)."""
-    pool = redis.connection_pool
-    if pool.connection_class is Connection:
+    TLS, Unix-socket or Sentinel-managed pool is left as it is, and so is a Redis Cluster client,
+    which has a pool per node and no `connection_pool`)."""
+    pool = getattr(redis, "connection_pool", None)
+    if pool is not None and pool.connection_class is Connection:
         pool.connection_class = QuickSendConnection
