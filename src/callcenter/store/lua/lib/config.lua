@@ -4,6 +4,9 @@
 
 local _cfg = nil
 
+-- per call (a step's start): the config read by the last call is forgotten
+local function config_begin() _cfg = nil end
+
 local function cfg(name)
   if _cfg == nil then
     _cfg = {}

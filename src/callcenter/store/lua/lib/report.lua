@@ -2,9 +2,15 @@
 -- ARGV of every report script: [1] now_ms, [2] stream entry id, [3] the report's msgpack data.
 -- NEEDS: config, core, calls
 
-local R = cmsgpack.unpack(ARGV[3])
-if type(R) ~= 'table' or type(R.call_id) ~= 'string' or type(R.seq) ~= 'number' then
-  return { RC.INVALID, 'report lacks call_id/seq' }
+local R = nil
+
+-- per call (a step's start): read the report; a report without call_id/seq ends the step
+local function report_begin()
+  R = cmsgpack.unpack(ARGV[3])
+  if type(R) ~= 'table' or type(R.call_id) ~= 'string' or type(R.seq) ~= 'number' then
+    return { RC.INVALID, 'report lacks call_id/seq' }
+  end
+  return nil
 end
 
 -- When the edge saw what it reports (its `ts`), within [floor, NOW]: a report held across a Redis
@@ -25,10 +31,6 @@ local function reported_end(call)
   return math.min(NOW, connected + math.max(0, ts - answered))
 end
 
--- What a report step writes in any case, with the type each key must have (or none yet).
-local REPORT_KEY_TYPES = {
-  { K.events, 'stream' }, { K.calls, 'set' }, { K.timers, 'zset' }, { K.stats, 'hash' }, { K.config, 'hash' },
-}
 
 -- Why this report's step would fail half-way, or nil: checked before the step's first write, so
 -- a fault (a bad config value, a key of the wrong type) leaves no trace and a redelivery after
@@ -36,8 +38,9 @@ local REPORT_KEY_TYPES = {
 local function report_fault()
   local fault = config_fault()
   if fault then return fault end
-  local keys = { { k_call(R.call_id), 'hash' }, { k_commands(R.edge), 'stream' }, { k_edge_calls(R.edge), 'set' } }
-  for _, pair in ipairs(REPORT_KEY_TYPES) do keys[#keys + 1] = pair end
+  -- what a report step writes in any case, with the type each key must have (or none yet)
+  local keys = { { k_call(R.call_id), 'hash' }, { k_commands(R.edge), 'stream' }, { k_edge_calls(R.edge), 'set' },
+    { K.events, 'stream' }, { K.calls, 'set' }, { K.timers, 'zset' }, { K.stats, 'hash' }, { K.config, 'hash' } }
   for _, pair in ipairs(keys) do
     local t = redis.call('TYPE', pair[1])['ok']
     if t ~= 'none' and t ~= pair[2] then return pair[1] .. ' is a ' .. t .. ', not a ' .. pair[2] end
