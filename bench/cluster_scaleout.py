@@ -115,7 +115,7 @@ def run_case(cluster: RedisClusterServers, tenants: list[str], n: int, in_flight
     calls = usec = 0.0
     for port in masters:
         with cluster.node(port).client() as c:
-            stats: Any = c.info("commandstats").get("cmdstat_evalsha", {})
+            stats: Any = c.info("commandstats").get("cmdstat_fcall", {})
         calls += float(stats.get("calls", 0))
         usec += float(stats.get("usec", 0))
     return decisions / wall, usec / calls if calls else 0.0

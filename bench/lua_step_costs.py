@@ -7,6 +7,11 @@ around the step's body. Printed per script: the mean µs of each segment over `-
 with the cost of one marker (two markers back to back) taken off each segment. The markers read the
 server clock, so the machine's load shows in the figures; the shares are what to compare.
 
+Then the same two steps, uninstrumented, both ways on fresh tenants (two rounds, alternating): as a
+standalone script by EVALSHA (`load_source`: the prelude and the modules run on every call) and as
+the Redis Functions the Store calls (FCALL of `store.sources.library()`: modules run once, at
+load). Printed: µs inside Redis per step from INFO commandstats (inner commands included).
+
     .venv/bin/python bench/lua_step_costs.py [--agents 50] [--calls 300]
 """
 
@@ -53,17 +58,56 @@ def instrumented(name: str) -> tuple[str, list[str]]:
     return out, names
 
 
+async def provision(r: aioredis.Redis, tenant: str, agents: int) -> Store:
+    store = Store(r, tenant)
+    await store.write_config({"wrapup_s": 0, "reject_on_no_agents": 0, "ring_timeout_s": 10})
+    await store.flow_upsert("bench", {"skill": "bench", "priority": 0, "welcome_uri": "sip:w@127.0.0.1:9",
+                                      "queue_uri": "sip:q@127.0.0.1:9"})
+    for a in range(agents):
+        await store.agent_upsert(f"b{a:05d}", f"sip:b{a:05d}@127.0.0.1:9", ["bench"], None)
+        await store.agent_login(f"b{a:05d}")
+    return store
+
+
+def report(call_id: str, seq: int, name: str) -> bytes:
+    extra = {"sip_call_id": call_id} if name == "report_call_arrived" else {}
+    raw = msgpack.packb({"call_id": call_id, "edge": "e1", "seq": seq, "ts": int(time.time() * 1000),
+                         **SCRIPTS[name], **extra})
+    assert isinstance(raw, bytes)
+    return raw
+
+
+async def both_ways(r: aioredis.Redis, args: argparse.Namespace) -> None:
+    """µs inside Redis per step: EVALSHA of the standalone script vs FCALL of the library."""
+    shas = {name: await r.script_load(load_source(name)) for name in SCRIPTS}
+    usec: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for rnd in (1, 2):
+        for way in ("evalsha", "fcall"):
+            store = await provision(r, f"{way}{rnd}", args.agents)
+            for seq, name in enumerate(SCRIPTS, 1):
+                await r.config_resetstat()
+                for n in range(args.calls):
+                    ts, data = int(time.time() * 1000), report(f"c{n}", seq, name)
+                    if way == "evalsha":
+                        res = await r.evalsha(shas[name], 1, store.keys.events, ts, "1-1", data)
+                    else:
+                        res = await r.fcall(store.library.functions[name], 1, store.keys.events, ts, "1-1", data)
+                    assert int(res[0]) == 0, res
+                stats = (await r.info("commandstats")).get(f"cmdstat_{way}", {})
+                usec[(name, way)].append(float(stats.get("usec_per_call", 0.0)))
+    print("inside Redis per step (INFO commandstats, inner commands included), rounds 1 and 2:")
+    for name in SCRIPTS:
+        ev, fc = usec[(name, "evalsha")], usec[(name, "fcall")]
+        saved = 100 * (1 - sum(fc) / max(sum(ev), 1e-9))
+        print(f"   {name:<24} EVALSHA {' '.join(f'{u:6.1f}' for u in ev)} µs   "
+              f"FCALL {' '.join(f'{u:6.1f}' for u in fc)} µs   ({saved:.0f} % less)")
+
+
 async def run(args: argparse.Namespace) -> None:
     server = RedisServer().start()
     r = aioredis.Redis.from_url(server.url)
     try:
-        store = Store(r, "bench")
-        await store.write_config({"wrapup_s": 0, "reject_on_no_agents": 0, "ring_timeout_s": 10})
-        await store.flow_upsert("bench", {"skill": "bench", "priority": 0, "welcome_uri": "sip:w@127.0.0.1:9",
-                                          "queue_uri": "sip:q@127.0.0.1:9"})
-        for a in range(args.agents):
-            await store.agent_upsert(f"b{a:05d}", f"sip:b{a:05d}@127.0.0.1:9", ["bench"], None)
-            await store.agent_login(f"b{a:05d}")
+        store = await provision(r, "bench", args.agents)
         marker_sha = await r.script_load("local __T = {}\n" + MARK + MARK + "return __T")
         shas, names = {}, {}
         for name in SCRIPTS:
@@ -74,11 +118,8 @@ async def run(args: argparse.Namespace) -> None:
         for n in range(args.calls):
             pair = await r.evalsha(marker_sha, 1, store.keys.events)
             marker += (int(pair[1][0]) - int(pair[0][0])) * 1e6 + int(pair[1][1]) - int(pair[0][1])
-            call_id = f"c{n}"
-            for seq, (name, data) in enumerate(SCRIPTS.items(), 1):
-                extra = {"sip_call_id": call_id} if name == "report_call_arrived" else {}
-                raw = msgpack.packb({"call_id": call_id, "edge": "e1", "seq": seq, "ts": int(time.time() * 1000),
-                                     **data, **extra})
+            for seq, name in enumerate(SCRIPTS, 1):
+                raw = report(f"c{n}", seq, name)
                 res = await r.evalsha(shas[name], 1, store.keys.events, int(time.time() * 1000), "1-1", raw)
                 stamps = [int(s) * 1_000_000 + int(us) for s, us in res[1]]
                 for i in range(1, len(stamps)):
@@ -91,6 +132,7 @@ async def run(args: argparse.Namespace) -> None:
             print(f"{name}: {total:.0f} µs per step")
             for seg, us in zip(segs, means, strict=True):
                 print(f"   {seg:<38} {us:7.1f} µs  {us * 100 / max(total, 1e-9):5.1f} %")
+        await both_ways(r, args)
     finally:
         await r.aclose()
         server.stop()

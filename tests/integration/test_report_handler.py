@@ -35,7 +35,7 @@ async def provision(redis: aioredis.Redis) -> Store:
     return store
 
 
-async def test_a_batch_keeps_each_calls_order_and_survives_lost_scripts(redis: aioredis.Redis) -> None:
+async def test_a_batch_keeps_each_calls_order_and_survives_a_lost_library(redis: aioredis.Redis) -> None:
     store = await provision(redis)
     handler = ReportHandler(store)
     batch = [arrival(1, "c1"), arrival(2, "c2"),
@@ -43,7 +43,7 @@ async def test_a_batch_keeps_each_calls_order_and_survives_lost_scripts(redis: a
              entry(4, "report.call_ended", "c1", 3, by="caller", reason="bye"),
              entry(5, "report.call_ended", "c2", 2, by="caller", reason="cancel"),
              Entry(type="call.queued", v=1, data={}, id="1-6")]
-    await redis.script_flush()  # Redis lost the scripts (a restart): the batch loads them and runs
+    await redis.function_flush()  # Redis lost the function library (a restart): the batch loads it and runs
     verdicts = await handler(batch)
     assert [verdicts[e.id].outcome for e in batch] == [Outcome.ACK] * 5 + [Outcome.DEAD]
     c1, c2 = await store.call("c1"), await store.call("c2")

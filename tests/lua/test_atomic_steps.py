@@ -1,9 +1,10 @@
 """A report step that fails is never taken for a duplicate (issue 10, item 2), on a real redis-server.
 
 For each report type, a call is brought to where that report acts, then a fault is forced:
-- one the step finds before its first write (a bad config value, the events or the edge's command
-  stream holding a key of another type): the step answers FAILED 'preflight: ...' and changes
-  nothing, so the redelivery after the fault is mended applies the report whole;
+- one the step finds before its first write (a bad config value; the events or the edge's
+  command stream, the config or the call's hash holding a key of another type): the step answers
+  FAILED 'preflight: ...' and changes nothing, so the redelivery after the fault is mended applies
+  the report whole;
 - one it hits half-way (the flow's statistics hash holding a string: some writes done, Redis has
   no rollback): the step answers FAILED with Redis' error, and a redelivery, even after the fault
   is mended, answers FAILED (dead-lettered by the dispatcher), never DUPLICATE, and ends the call
@@ -123,6 +124,10 @@ FAULTS: dict[str, Callable[[Harness], Awaitable[Callable[[], Awaitable[None]]]]]
     "events_maxlen": _bad_maxlen,
     "events_not_a_stream": lambda h: _wrong_type(h.redis, h.store.keys.events),
     "commands_not_a_stream": lambda h: _wrong_type(h.redis, h.store.keys.commands(EDGE)),
+    # issue 15: the config's type is checked by reading it (it used to fail half-way, at cfg()'s
+    # HGETALL, before its TYPE check), the call's by the step's read of its hash
+    "config_not_a_hash": lambda h: _wrong_type(h.redis, h.store.keys.config),
+    "call_not_a_hash": lambda h: _wrong_type(h.redis, h.store.keys.call("c1")),
 }
 
 

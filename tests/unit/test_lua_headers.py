@@ -199,7 +199,8 @@ def script_facts(name: str) -> tuple[Facts, Facts]:
     total = Facts(**{k: set(v) if isinstance(v, set) else v for k, v in body.__dict__.items()})
     parts = [analyse(LIB.top[module], NAMES_OF_LIB) for module in script_libs(name)]
     seen: set[str] = set()
-    todo = set(body.calls)
+    # the assembly (store.sources) runs `<module>_begin()` of each module the step uses before its body
+    todo = set(body.calls) | {f"{module}_begin" for module in script_libs(name) if f"{module}_begin" in LIB.functions}
     while todo:
         fn = todo.pop()
         if fn in seen or fn in LIB.constants:

@@ -3,91 +3,39 @@
 Every state change of the call center is one script in `callcenter/store/lua/` (one file per command,
 with a fixed header: key families read and written, ARGV, return codes, events, commands, and the
 library modules it uses). A script checks the state before it writes, changes it, and appends the
-resulting commands and events in the same atomic step. Scripts are registered with redis-py's
-`register_script` (EVALSHA with a NOSCRIPT fallback).
+resulting commands and events in the same atomic step.
 
-A script's source (`load_source`) is one concatenation, by rule: the generated prelude
-(`store.prelude`: keys, RC, EVENT_V, config defaults), then the modules of `lua/lib/` that its
-`-- LIB:` header line names, with the modules they name in their `-- NEEDS:` lines, in `LIB_ORDER`,
-then the script. Nothing else is expanded.
+The steps run as Redis Functions (issue 15): one library (`store.sources.library`: the generated
+prelude, the modules of `lua/lib/`, every step a registered function, all named by a hash of the
+source), called with FCALL. The library is loaded on first use and again when Redis answers
+"Function not found" (a restart without persistence, a fresh master); on Redis Cluster FUNCTION
+LOAD goes to every primary. `load_source` (one step as a standalone script) is for tests and benches.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from importlib import resources
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
-from callcenter.contract.reports import REPORTS
 from callcenter.redis import REDIS_DOWN
 from callcenter.redis import text as _text
 from callcenter.store.codes import RC, Result
 from callcenter.store.keys import Keys
-from callcenter.store.prelude import prelude
-
-
-def report_script(report_type: str) -> str:
-    """The script that applies a report type, by rule: `report.call_arrived` -> `report_call_arrived`."""
-    return report_type.replace(".", "_")
-
-
-OTHER_SCRIPTS = (
-    "agent_login", "agent_logout", "agent_upsert", "agent_delete", "agent_pause", "agent_unpause",
-    "agent_release", "dispatch_call", "flow_upsert", "flow_delete", "fire_timers", "reconcile", "stats_reset",
-    "edge_lost", "edge_beat", "edge_release", "sip_register", "registration_lapse",
-)
+from callcenter.store.sources import LIB_ORDER as LIB_ORDER  # the names callers import from here
+from callcenter.store.sources import OTHER_SCRIPTS as OTHER_SCRIPTS
+from callcenter.store.sources import header_field as header_field
+from callcenter.store.sources import library
+from callcenter.store.sources import load_source as load_source
+from callcenter.store.sources import report_script as report_script
+from callcenter.store.sources import script_libs as script_libs
 
 
 def now_ms() -> int:
     return int(time.time() * 1000)
-
-
-# the modules of lua/lib/ in the order they are concatenated: each uses only functions of the
-# modules before it (Lua locals must be defined before they are referenced)
-LIB_ORDER = ("config", "core", "stats", "chat", "agents", "queue", "offer", "calls", "report")
-
-
-def header_field(source: str, field: str) -> list[str]:
-    """The comma-separated names of a `-- FIELD: a, b` header line (empty when absent or `-`)."""
-    for line in source.splitlines():
-        if line.startswith(f"-- {field}:"):
-            value = line.split(":", 1)[1].strip()
-            return [] if value in ("", "-") else [name.strip() for name in value.split(",")]
-    return []
-
-
-def _lua_file(path: str) -> str:
-    return resources.files("callcenter.store.lua").joinpath(path).read_text()
-
-
-def script_libs(name: str) -> list[str]:
-    """The library modules a script loads: those its LIB line names and what they need, in LIB_ORDER."""
-    wanted: set[str] = set()
-    todo = header_field(_lua_file(f"{name}.lua"), "LIB")
-    while todo:
-        module = todo.pop()
-        if module not in LIB_ORDER:
-            raise ValueError(f"{name}.lua: unknown library module {module!r}")
-        if module not in wanted:
-            wanted.add(module)
-            todo += header_field(_lua_file(f"lib/{module}.lua"), "NEEDS")
-    return [module for module in LIB_ORDER if module in wanted]
-
-
-def load_source(name: str) -> str:
-    """The full source of one script: prelude, the library modules it needs, the script. The body
-    of a report script runs inside `run_report_step` (lib/report.lua), which catches a Lua error
-    after its first write and marks the report failed on its call (Redis has no rollback)."""
-    libs = script_libs(name)
-    body = _lua_file(f"{name}.lua")
-    if "report" in libs:
-        body = f"local function step()\n{body}\nend\nreturn run_report_step(step)\n"
-    return "\n".join([prelude(), *(_lua_file(f"lib/{module}.lua") for module in libs), body])
 
 
 def _blank(value: int | None) -> int | str:
@@ -107,6 +55,11 @@ def _result(raw: Any) -> Result:
     return Result(rc, _text(raw[1]) if len(raw) > 1 else "")
 
 
+def not_loaded(exc: BaseException) -> bool:
+    """Redis does not hold the function library (a restart without persistence, a fresh master)."""
+    return isinstance(exc, ResponseError) and "Function not found" in str(exc)
+
+
 def _failed(exc: ResponseError) -> Result:
     """A script that raised (outside the guard of a report step: its payload, a Lua bug)."""
     return Result(RC.FAILED, f"script error: {exc}")
@@ -119,15 +72,43 @@ class Store:
         self.redis = redis
         self.keys = Keys(tenant)
         self.clock = clock
-        self._scripts: dict[str, AsyncScript] = {
-            name: redis.register_script(load_source(name))
-            for name in (*map(report_script, REPORTS), *OTHER_SCRIPTS)
-        }
+        self.library = library()
+
+    async def load(self) -> None:
+        """FUNCTION LOAD the library (REPLACE: loading the same version twice, from several
+        processes at once, is harmless; Redis replicates it to the replicas and persists it).
+
+        On Redis Cluster it goes to every primary, one by one: the master of this tenant's slot
+        must take it; another master that is away (being failed over) gets it on its own first
+        "Function not found", as does a master added or promoted later."""
+        primaries = getattr(self.redis, "get_primaries", None)
+        if primaries is None:
+            await self.redis.function_load(self.library.source, replace=True)
+            return
+        own = self.redis.get_node_from_key(self.keys.events)  # type: ignore[attr-defined]
+        for node in [own, *(n for n in primaries() if n.name != own.name)]:
+            try:
+                await self.redis.execute_command(  # type: ignore[no-untyped-call]
+                    "FUNCTION LOAD", "REPLACE", self.library.source, target_nodes=node)
+            except REDIS_DOWN:
+                if node is own:
+                    raise
+
+    async def _fcall(self, name: str, *args: Any) -> Any:
+        """FCALL one step with the tenant's events stream as its declared key; loads the library
+        when Redis does not have it, then calls again."""
+        function = self.library.functions[name]
+        try:
+            return await self.redis.fcall(function, 1, self.keys.events, *args)
+        except ResponseError as exc:
+            if not not_loaded(exc):
+                raise
+        await self.load()
+        return await self.redis.fcall(function, 1, self.keys.events, *args)
 
     async def _run(self, name: str, *args: Any, now: int | None = None) -> Result:
         ts = self.clock() if now is None else now
-        raw = await self._scripts[name](keys=[self.keys.events], args=[ts, *args])
-        return _result(raw)
+        return _result(await self._fcall(name, ts, *args))
 
     # -- reports from sip-edges (the dispatcher) ---------------------------------------------------
     async def apply_report(self, report_type: str, entry_id: str, data: bytes, now: int | None = None) -> Result:
@@ -135,9 +116,11 @@ class Store:
         error comes back as FAILED with Redis' message (a connection error is raised)."""
         try:
             return await self._run(report_script(report_type), entry_id, data, now=now)
-        except (NoScriptError, *REDIS_DOWN):  # a shard changing master (cluster) is Redis away too
+        except REDIS_DOWN:  # a shard changing master (cluster) is Redis away too
             raise
         except ResponseError as exc:
+            if not_loaded(exc):  # still not there after loading it
+                raise
             return _failed(exc)
 
     async def apply_reports(self, reports: Sequence[tuple[str, str, bytes]], now: int | None = None) -> list[Result]:
@@ -148,26 +131,23 @@ class Store:
         OUT_OF_ORDER is OUT_OF_ORDER too, and changes nothing). A script error is that report's
         result, FAILED with Redis' message: the other reports of the batch are applied.
 
-        Scripts go by their SHA without a SCRIPT EXISTS round trip first; when Redis lost them (a
-        restart), they are loaded and the whole batch runs again: a report already applied comes
-        back DUPLICATE, so running it twice changes nothing."""
+        Functions go by name without a FUNCTION LIST round trip first; when Redis lost the library (a
+        restart), it is loaded and the whole batch runs again: a report already applied comes back
+        DUPLICATE, so running it twice changes nothing."""
         ts = self.clock() if now is None else now
         for attempt in (1, 2):
             async with self.redis.pipeline(transaction=False) as pipe:
                 for report_type, entry_id, data in reports:
-                    # the raw command: redis-py's cluster pipeline refuses `evalsha()` (it cannot know
-                    # the keys), but routes EVALSHA by its declared key, the tenant's events stream
-                    pipe.execute_command("EVALSHA", self._scripts[report_script(report_type)].sha, 1,
+                    # the raw command, routed (cluster pipeline) by its declared key, the tenant's events stream
+                    pipe.execute_command("FCALL", self.library.functions[report_script(report_type)], 1,
                                          self.keys.events, ts, entry_id, data)
                 raw = await pipe.execute(raise_on_error=False)
-            if attempt == 1 and any(isinstance(r, NoScriptError) for r in raw):
-                for report_type in {t for t, _, _ in reports}:
-                    script = self._scripts[report_script(report_type)]
-                    script.sha = await self.redis.script_load(script.script)
+            if attempt == 1 and any(not_loaded(r) for r in raw):
+                await self.load()
                 continue
             for r in raw:
-                if isinstance(r, Exception) and (not isinstance(r, ResponseError)
-                                                 or isinstance(r, (NoScriptError, *REDIS_DOWN))):
+                if isinstance(r, Exception) and (not isinstance(r, ResponseError) or not_loaded(r)
+                                                 or isinstance(r, REDIS_DOWN)):
                     raise r
             break
         return [_failed(r) if isinstance(r, ResponseError) else _result(r) for r in raw]
@@ -201,7 +181,7 @@ class Store:
         """End the calls that cannot end by themselves (their edge unknown for `edge_lapse_ms`, 0:
         not checked; stalled in their state), at most `limit`, then free agents no live call holds."""
         ts = self.clock() if now is None else now
-        raw = await self._scripts["reconcile"](keys=[self.keys.events], args=[ts, edge_lapse_ms, limit])
+        raw = await self._fcall("reconcile", ts, edge_lapse_ms, limit)
         return Reconciled(released=int(raw[1]), ended=int(raw[2]))
 
     async def stats_reset(self, now: int | None = None) -> Result:

@@ -4,6 +4,9 @@
 
 local _cfg = nil
 
+-- per call (a step's start): the config read by the last call is forgotten
+local function config_begin() _cfg = nil end
+
 local function cfg(name)
   if _cfg == nil then
     _cfg = {}
@@ -21,6 +24,13 @@ end
 -- so a step checks them before its first write (issue 10: events_maxlen 1e30, once an XADD MAXLEN;
 -- the stream caps are now read by callcenter.retention, which checks them the same way).
 local function config_fault()
+  if _cfg == nil then
+    -- read here rather than by cfg(), so a config key of another type is this fault, not an error
+    local raw = redis.pcall('HGETALL', K.config)
+    if raw.err then return K.config .. ' is a ' .. redis.call('TYPE', K.config)['ok'] .. ', not a hash' end
+    _cfg = {}
+    for i = 1, #raw, 2 do _cfg[raw[i]] = raw[i + 1] end
+  end
   for name, default in pairs(CONFIG_DEFAULTS) do
     if type(default) == 'number' then
       local n = cfg(name)

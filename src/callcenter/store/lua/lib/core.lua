@@ -2,12 +2,19 @@
 -- and the fields of a call's hash.
 -- NEEDS: -
 
-local function hgetall(key)
-  local raw = redis.call('HGETALL', key)
+-- a hash as a table from HGETALL's reply (nil when the hash is empty or absent)
+local function hash_table(raw)
   if #raw == 0 then return nil end
   local t = {}
   for i = 1, #raw, 2 do t[raw[i]] = raw[i + 1] end
   return t
+end
+
+local function hgetall(key) return hash_table(redis.call('HGETALL', key)) end
+
+-- why `key` cannot be used as a `want` (its type), for a preflight that found a WRONGTYPE
+local function type_fault(key, want)
+  return key .. ' is a ' .. redis.call('TYPE', key)['ok'] .. ', not a ' .. want
 end
 
 local function split_csv(s)

@@ -2,9 +2,15 @@
 -- ARGV of every report script: [1] now_ms, [2] stream entry id, [3] the report's msgpack data.
 -- NEEDS: config, core, calls
 
-local R = cmsgpack.unpack(ARGV[3])
-if type(R) ~= 'table' or type(R.call_id) ~= 'string' or type(R.seq) ~= 'number' then
-  return { RC.INVALID, 'report lacks call_id/seq' }
+local R = nil
+
+-- per call (a step's start): read the report; a report without call_id/seq ends the step
+local function report_begin()
+  R = cmsgpack.unpack(ARGV[3])
+  if type(R) ~= 'table' or type(R.call_id) ~= 'string' or type(R.seq) ~= 'number' then
+    return { RC.INVALID, 'report lacks call_id/seq' }
+  end
+  return nil
 end
 
 -- When the edge saw what it reports (its `ts`), within [floor, NOW]: a report held across a Redis
@@ -25,19 +31,19 @@ local function reported_end(call)
   return math.min(NOW, connected + math.max(0, ts - answered))
 end
 
--- What a report step writes in any case, with the type each key must have (or none yet).
-local REPORT_KEY_TYPES = {
-  { K.events, 'stream' }, { K.calls, 'set' }, { K.timers, 'zset' }, { K.stats, 'hash' }, { K.config, 'hash' },
-}
 
 -- Why this report's step would fail half-way, or nil: checked before the step's first write, so
 -- a fault (a bad config value, a key of the wrong type) leaves no trace and a redelivery after
 -- it is mended applies the report whole.
-local function report_fault()
+-- The config's type is config_fault's (it reads the config); the call's, unless `call_read` (the
+-- caller read the call's hash already, see load_call_for_report).
+local function report_fault(call_read)
   local fault = config_fault()
   if fault then return fault end
-  local keys = { { k_call(R.call_id), 'hash' }, { k_commands(R.edge), 'stream' }, { k_edge_calls(R.edge), 'set' } }
-  for _, pair in ipairs(REPORT_KEY_TYPES) do keys[#keys + 1] = pair end
+  -- what a report step writes in any case, with the type each key must have (or none yet)
+  local keys = { { k_commands(R.edge), 'stream' }, { k_edge_calls(R.edge), 'set' },
+    { K.events, 'stream' }, { K.calls, 'set' }, { K.timers, 'zset' }, { K.stats, 'hash' } }
+  if not call_read then keys[#keys + 1] = { k_call(R.call_id), 'hash' } end
   for _, pair in ipairs(keys) do
     local t = redis.call('TYPE', pair[1])['ok']
     if t ~= 'none' and t ~= pair[2] then return pair[1] .. ' is a ' .. t .. ', not a ' .. pair[2] end
@@ -66,9 +72,12 @@ end
 -- until its predecessor (being handled by another dispatcher) is applied. Returns the call, or
 -- nil, the code and a detail.
 local function load_call_for_report()
-  local fault = report_fault()
+  -- the call's hash is read first: a WRONGTYPE here is its type check
+  local raw = redis.pcall('HGETALL', k_call(R.call_id))
+  if raw.err then return nil, RC.FAILED, 'preflight: ' .. type_fault(k_call(R.call_id), 'hash') end
+  local fault = report_fault(true)
   if fault then return nil, RC.FAILED, 'preflight: ' .. fault end
-  local call = hgetall(k_call(R.call_id))
+  local call = hash_table(raw)
   if call == nil then return nil, RC.OUT_OF_ORDER end
   if call.edge ~= R.edge then return nil, RC.INVALID end
   local seq = num(call.seq, 0)

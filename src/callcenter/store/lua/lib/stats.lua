@@ -22,10 +22,11 @@ local function hold_off(call_id, call)
   end
 end
 
+-- a bucket lives 62 minutes from its first count: the first count of each of its fields (HINCRBY
+-- answers 1) sets the TTL, the bucket's first one among them; later counts leave it
 local function sl(flow_id, field)
   local key = k_sl(flow_id, math.floor(NOW / 60000))
-  redis.call('HINCRBY', key, field, 1)
-  redis.call('EXPIRE', key, 3720)
+  if redis.call('HINCRBY', key, field, 1) == 1 then redis.call('EXPIRE', key, 3720) end
 end
 
 local function sl_threshold_ms(flow)
