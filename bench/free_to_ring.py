@@ -1,0 +1,211 @@
+"""Issue 15, where the time goes: agent BYE -> next INVITE to that agent, hop by hop.
+
+The whole system on loopback (`WholeSystem`), wrap-up 0, `--agents` agents (200) who hang up after
+`--talk-ms` (2 s; bench/sipp/agent_hangs_up.xml), `--calls` callers (1,000) at `--rate` (100/s): a
+queue is always waiting, so every agent's BYE is followed by the next call's INVITE to that agent.
+
+Per pair (agent X hangs up, X is rung again), on four clocks that all read this machine's time:
+- SIPp (the agents' phone, its own ms clock): BYE sent -> INVITE received, the whole path;
+- the `ts` of the `report.call_ended` (the edge's wall clock when the SIP thread handled the BYE);
+- its entry id on `cc:{t}:reports` (Redis's clock when the edge's MULTI ran: published);
+- the entry id of the next `command.ring` to X on `cc:{t}:commands:<edge>` (Redis's clock inside the
+  dispatcher's Lua step: step done);
+- the edge's `call.agent_ringing` log line for it (the SIP thread, just after the INVITE went out;
+  the edge logs at info for this, the other services at warning).
+The streams are read as they are written by a plain XREAD here (the services trim acknowledged
+entries), so nothing is asked of the services but their usual work and one log line per ring.
+
+Hops printed (p50 / p99 / max, ms): BYE -> handled (SIPp send, kernel, the edge's reactor and
+parse: the total minus the rest), handled -> published (SIP thread -> asyncio -> MULTI),
+published -> step done (the dispatcher's XREADGROUP wakes, its Lua step runs), step done -> INVITE
+sent (the edge's XREADGROUP wakes, the command goes to the SIP thread, sippy builds and sends),
+and the total. Redis ids and `ts` have 1 ms resolution. Also: CPU ms per call of each service over
+the run, and the load average before and after.
+
+    .venv/bin/python bench/free_to_ring.py                 # 200 agents, 1,000 calls at 100/s
+    .venv/bin/python bench/free_to_ring.py --calls 300     # shorter
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import math
+import os
+import re
+import tempfile
+import threading
+import time
+from collections import defaultdict
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import redis
+from edge_calls import bench_scenario, cpu_seconds, provision, service_pids, start_peer, stat_args, wait_idle
+
+from callcenter.contract.codec import decode
+from callcenter_dev.scenarios import scenario
+from callcenter_dev.sipp import Sipp
+from callcenter_dev.system import WholeSystem
+
+WELCOME_MS = 1000
+
+
+class StreamTap(threading.Thread):
+    """Reads the reports and the edge's commands as they are appended (XREAD, no group)."""
+
+    def __init__(self, url: str, streams: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.r = redis.Redis.from_url(url)
+        self.last = {s: "$" for s in streams}
+        self.entries: list[tuple[str, str, Any]] = []
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for stream, items in self.r.xread(self.last, block=500, count=1000) or []:
+                name = stream.decode()
+                for entry_id, fields in items:
+                    eid = entry_id.decode()
+                    self.last[name] = eid
+                    self.entries.append((name, eid, decode(fields, eid)))
+
+
+def pct(values: list[float], p: float) -> float:
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, math.ceil(len(s) * p) - 1))]
+
+
+def row(name: str, values: list[float]) -> str:
+    if not values:
+        return f"   {name:<34} (none)"
+    return (f"   {name:<34} p50 {pct(values, 0.5):6.1f}   p99 {pct(values, 0.99):6.1f}   "
+            f"max {max(values):6.1f}   (n={len(values)})")
+
+
+def ring_log_times(logfile: Path) -> dict[str, list[float]]:
+    """agent -> the wall-clock ms of each `call.agent_ringing` in the edge's log, in order."""
+    out: dict[str, list[float]] = defaultdict(list)
+    for line in logfile.read_text(errors="replace").splitlines():
+        if "call.agent_ringing" not in line:
+            continue
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        ts = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp() * 1000
+        out[str(rec.get("agent_id"))].append(ts)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", type=int, default=200)
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--rate", type=int, default=100)
+    parser.add_argument("--talk-ms", type=int, default=2000)
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for every service (repeatable), e.g. to compare settings")
+    args = parser.parse_args()
+
+    workdir = Path(tempfile.mkdtemp(prefix="cc-bench-f2r-"))
+    env = {"CC_WRAPUP_S": "0", "CC_RING_TIMEOUT_S": "10", "CC_LOG_LEVEL": "warning", "CC_REJECT_ON_NO_AGENTS": "false",
+           **dict(item.split("=", 1) for item in args.env)}
+    print(f"whole system on loopback, {os.cpu_count()} cores; work dir {workdir}")
+    system = WholeSystem.start(workdir, tenant="bench", edge_id="edge-bench", common_env=env,
+                               edge_env={"CC_SIP_INVITE_RATE": "0", "CC_SIP_INVITE_RATE_TOTAL": "0",
+                                         "CC_DRAIN_TIMEOUT_S": "1", "CC_LOG_LEVEL": "info"})
+    timeout = args.calls / args.rate + 120
+    welcome = start_peer(workdir, "f2r-welcome", scenario("media_welcome.xml"), ["-d", str(WELCOME_MS)], timeout)
+    queue = start_peer(workdir, "f2r-queue", scenario("media_queue.xml"), [], timeout)
+    phones = start_peer(workdir, "f2r-agents", bench_scenario("agent_hangs_up.xml"), ["-d", str(args.talk_ms)],
+                        timeout)
+    keys = system.keys
+    tap = StreamTap(system.server.url, [keys.reports, keys.commands("edge-bench")])
+    try:
+        agents = [f"f{n:03d}" for n in range(args.agents)]
+        asyncio.run(provision(str(system.api.base_url), system.admin_key, "f2r", welcome, queue, phones, agents))
+        pids = service_pids(system)
+        tap.start()
+        load0 = os.getloadavg()
+        cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        caller = Sipp(scenario("caller_waits_for_bye.xml"), remote=system.caller_target, service="f2r",
+                      calls=args.calls, rate=args.rate, timeout_s=timeout,
+                      extra=[*stat_args(workdir, "f2r-caller"), "-l", "5000"]).start()
+        rc = caller.wait()
+        wait_idle(system, 30)
+        cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        load1 = os.getloadavg()
+        time.sleep(1.5)   # the phones' last log lines
+    finally:
+        tap.stop.set()
+        for p in (welcome, queue, phones):
+            p.stop()
+    edge_log = system.services["sip-edge"].logfile
+    try:
+        rings_logged = ring_log_times(edge_log)
+    finally:
+        system.stop()
+    tap.join(2)
+
+    # SIPp: per agent, the (BYE sent, INVITE received) gaps in order
+    totals: dict[str, list[int]] = defaultdict(list)
+    last_bye: dict[str, int] = {}
+    for line in phones.scenario_log().splitlines():
+        m = re.search(r"\b(invite|bye) (\S+) (\d+)", line)
+        if not m:
+            continue
+        kind, agent, tick = m.group(1), m.group(2), int(m.group(3))
+        if kind == "bye":
+            last_bye[agent] = tick
+        elif agent in last_bye:
+            totals[agent].append(tick - last_bye.pop(agent))
+
+    # Redis: per agent, its rings in order; the call_ended (by the agent) of each call
+    rings: dict[str, list[tuple[float, str]]] = defaultdict(list)   # agent -> [(command id ms, call id)]
+    ended: dict[str, tuple[float, float]] = {}                      # call id -> (ts, report id ms)
+    for stream, eid, entry in tap.entries:
+        ms = float(eid.split("-")[0])
+        if stream == keys.reports and entry.type == "report.call_ended" and entry.data.get("by") == "agent":
+            ended[str(entry.data["call_id"])] = (float(entry.data["ts"]), ms)
+        elif entry.type == "command.ring":
+            rings[str(entry.data["agent_id"])].append((ms, str(entry.data["call_id"])))
+
+    hops: dict[str, list[float]] = defaultdict(list)
+    for agent, agent_rings in rings.items():
+        logged = rings_logged.get(agent, [])
+        gaps = totals.get(agent, [])
+        if len(logged) != len(agent_rings):
+            continue   # a ring refused or repeated: this agent's pairs cannot be matched one to one
+        pairs = [(agent_rings[k], agent_rings[k + 1], logged[k + 1]) for k in range(len(agent_rings) - 1)]
+        if len(pairs) != len(gaps):
+            continue
+        for ((_, call), (step_ms, _next_call), ring_ms), total in zip(pairs, gaps, strict=True):
+            if call not in ended:
+                continue
+            ts, published = ended[call]
+            hops["handled -> published"].append(published - ts)
+            hops["published -> step done"].append(step_ms - published)
+            hops["step done -> INVITE sent"].append(ring_ms - step_ms)
+            hops["BYE -> handled (rest)"].append(total - (ring_ms - ts))
+            hops["total (SIPp: BYE -> INVITE)"].append(total)
+
+    calls_done = args.calls
+    print(f"\n== agent BYE -> next INVITE to that agent, hop by hop ({args.agents} agents hanging up after "
+          f"{args.talk_ms} ms, {args.calls} callers at {args.rate}/s, wrap-up 0; SIPp rc {rc})")
+    print(f"   load average before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, after {load1[0]:.2f} "
+          f"{load1[1]:.2f} {load1[2]:.2f}")
+    for name in ("BYE -> handled (rest)", "handled -> published", "published -> step done",
+                 "step done -> INVITE sent", "total (SIPp: BYE -> INVITE)"):
+        print(row(name, hops[name]))
+    all_totals = [g for gs in totals.values() for g in gs]
+    print(row("total, every pair SIPp saw", [float(g) for g in all_totals]))
+    per_call = {name: (cpu1[name] - cpu0[name]) * 1000 / calls_done for name in pids}
+    print("   CPU ms per call: " + ", ".join(f"{n} {v:.2f}" for n, v in per_call.items())
+          + f" = {sum(per_call.values()):.2f} (edge logs at info: one line per ring)")
+
+
+if __name__ == "__main__":
+    main()
