@@ -85,18 +85,20 @@ def row(name: str, values: list[float]) -> str:
             f"max {max(values):6.1f}   (n={len(values)})")
 
 
-def ring_log_times(logfile: Path) -> dict[str, list[float]]:
-    """agent -> the wall-clock ms of each `call.agent_ringing` in the edge's log, in order."""
+def log_times(logfile: Path, event: str, key: str) -> dict[str, list[float]]:
+    """`key` of each `event` line in a service's JSON log -> the wall-clock ms of those lines, in order."""
     out: dict[str, list[float]] = defaultdict(list)
     for line in logfile.read_text(errors="replace").splitlines():
-        if "call.agent_ringing" not in line:
+        if event not in line:
             continue
         try:
             rec = json.loads(line)
         except ValueError:
             continue
+        if rec.get("event") != event:
+            continue
         ts = datetime.fromisoformat(rec["timestamp"].replace("Z", "+00:00")).timestamp() * 1000
-        out[str(rec.get("agent_id"))].append(ts)
+        out[str(rec.get(key))].append(ts)
     return out
 
 
@@ -116,7 +118,8 @@ def main() -> None:
     print(f"whole system on loopback, {os.cpu_count()} cores; work dir {workdir}")
     system = WholeSystem.start(workdir, tenant="bench", edge_id="edge-bench", common_env=env,
                                edge_env={"CC_SIP_INVITE_RATE": "0", "CC_SIP_INVITE_RATE_TOTAL": "0",
-                                         "CC_DRAIN_TIMEOUT_S": "1", "CC_LOG_LEVEL": "info"})
+                                         "CC_DRAIN_TIMEOUT_S": "1", "CC_LOG_LEVEL": "debug"},
+                               dispatcher_env={"CC_LOG_LEVEL": "debug"})
     timeout = args.calls / args.rate + 120
     welcome = start_peer(workdir, "f2r-welcome", scenario("media_welcome.xml"), ["-d", str(WELCOME_MS)], timeout)
     queue = start_peer(workdir, "f2r-queue", scenario("media_queue.xml"), [], timeout)
@@ -143,9 +146,11 @@ def main() -> None:
         tap.stop.set()
         for p in (welcome, queue, phones):
             p.stop()
-    edge_log = system.services["sip-edge"].logfile
+    edge_log, dispatcher_log = system.services["sip-edge"].logfile, system.services["dispatcher"].logfile
     try:
-        rings_logged = ring_log_times(edge_log)
+        rings_logged = log_times(edge_log, "call.agent_ringing", "agent_id")
+        rings_read = log_times(edge_log, "edge.ring_read", "agent_id")
+        ends_read = {call: ts[0] for call, ts in log_times(dispatcher_log, "report.call_ended_read", "call_id").items()}
     finally:
         system.stop()
     tap.join(2)
@@ -175,19 +180,22 @@ def main() -> None:
 
     hops: dict[str, list[float]] = defaultdict(list)
     for agent, agent_rings in rings.items():
-        logged = rings_logged.get(agent, [])
+        logged, read = rings_logged.get(agent, []), rings_read.get(agent, [])
         gaps = totals.get(agent, [])
-        if len(logged) != len(agent_rings):
+        if len(logged) != len(agent_rings) or len(read) != len(agent_rings):
             continue   # a ring refused or repeated: this agent's pairs cannot be matched one to one
-        pairs = [(agent_rings[k], agent_rings[k + 1], logged[k + 1]) for k in range(len(agent_rings) - 1)]
+        pairs = [(agent_rings[k], agent_rings[k + 1], read[k + 1], logged[k + 1]) for k in range(len(agent_rings) - 1)]
         if len(pairs) != len(gaps):
             continue
-        for ((_, call), (step_ms, _next_call), ring_ms), total in zip(pairs, gaps, strict=True):
-            if call not in ended:
+        for ((_, call), (step_ms, _next_call), read_ms, ring_ms), total in zip(pairs, gaps, strict=True):
+            if call not in ended or call not in ends_read:
                 continue
             ts, published = ended[call]
             hops["handled -> published"].append(published - ts)
-            hops["published -> step done"].append(step_ms - published)
+            hops["published -> dispatcher read"].append(ends_read[call] - published)
+            hops["dispatcher read -> step done"].append(step_ms - ends_read[call])
+            hops["step done -> edge read"].append(read_ms - step_ms)
+            hops["edge read -> INVITE sent"].append(ring_ms - read_ms)
             hops["step done -> INVITE sent"].append(ring_ms - step_ms)
             hops["BYE -> handled (rest)"].append(total - (ring_ms - ts))
             hops["total (SIPp: BYE -> INVITE)"].append(total)
@@ -197,7 +205,8 @@ def main() -> None:
           f"{args.talk_ms} ms, {args.calls} callers at {args.rate}/s, wrap-up 0; SIPp rc {rc})")
     print(f"   load average before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, after {load1[0]:.2f} "
           f"{load1[1]:.2f} {load1[2]:.2f}")
-    for name in ("BYE -> handled (rest)", "handled -> published", "published -> step done",
+    for name in ("BYE -> handled (rest)", "handled -> published", "published -> dispatcher read",
+                 "dispatcher read -> step done", "step done -> edge read", "edge read -> INVITE sent",
                  "step done -> INVITE sent", "total (SIPp: BYE -> INVITE)"):
         print(row(name, hops[name]))
     all_totals = [g for gs in totals.values() for g in gs]

@@ -2,6 +2,8 @@
 
 - a fact that may free an agent (`call_ended`, `agent_failed`) reaches the asyncio loop at once,
   not at the end of the reactor turn it was produced in (a turn under load is a batch of datagrams);
+- a command handed to the reactor while it reads a batch of datagrams runs before the rest of the
+  batch (`sippy/turns.between`);
 - the dispatcher reads the reports with no linger by default (`CC_READ_LINGER_MS` 0).
 """
 
@@ -9,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
+from callcenter.contract.commands import Command, Ring
 from callcenter.settings import DispatcherSettings
 from callcenter_sip_edge.facts import Fact
 from callcenter_sip_edge.sip_stack import URGENT_FACTS, SipStack, _Handoff
+from callcenter_sip_edge.sippy import turns
 
 
 def test_an_urgent_item_wakes_the_consumer_inside_a_held_turn_and_keeps_the_order() -> None:
@@ -82,3 +87,34 @@ def test_the_urgent_facts_are_the_ones_that_free_an_agent() -> None:
 
 def test_the_dispatcher_reads_reports_without_lingering_by_default() -> None:
     assert DispatcherSettings().read_linger_ms == 0
+
+
+class _Router:
+    def __init__(self) -> None:
+        self.got: list[Any] = []
+
+    def execute(self, command: Command) -> None:
+        self.got.append(command)
+
+
+def test_commands_queued_during_a_datagram_batch_run_between_two_datagrams() -> None:
+    router = _Router()
+    loop = asyncio.new_event_loop()
+    loop.close()   # no fact is emitted here
+    stack = SipStack(host="127.0.0.1", port=0, on_fact=lambda fact: None, loop=loop)
+    stack._router, stack._reactor, stack._state = router, object(), "running"
+    wakes: list[Callable[[], None]] = []
+    stack._commands = _Handoff(SipStack._run_command, wakes.append)   # the reactor is busy: its wake-up waits
+    ring = Ring(call_id="c", offer_id="o", agent_id="7", uri="sip:7@h", timeout_s=15)
+    stack.execute(ring)
+    assert router.got == [] and len(wakes) == 1
+    turns.set_between(stack._commands_between_datagrams)
+    try:
+        turns.between()            # what the UDP server calls after each datagram of a batch
+    finally:
+        turns.clear_hooks()
+    assert router.got == [ring]
+    wakes.pop()()                  # the wake-up, when it comes, finds nothing left to run
+    assert router.got == [ring]
+    stack.execute(ring)            # and the next command schedules a wake-up of its own
+    assert len(wakes) == 1

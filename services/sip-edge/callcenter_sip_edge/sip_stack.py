@@ -237,6 +237,7 @@ class SipStack:
                 patches.apply_patches()
                 reactor = transport.bind_reactor_to_this_thread()
                 turns.set_hooks(self._facts.hold, self._release_facts)
+                turns.set_between(self._commands_between_datagrams)
                 # imports sippy: on this thread, after the patches
                 from callcenter_sip_edge.router import CallRouter
 
@@ -393,6 +394,12 @@ class SipStack:
             # a plain attribute read by the SIP thread for each new INVITE
             router.accepting = bool(accepting)
         log.info("sip.accepting", accepting=bool(accepting))
+
+    def _commands_between_datagrams(self) -> None:
+        """SIP thread, between two datagrams of a batch: run the commands queued so far (their
+        wake-up still comes and finds the queue empty, or takes what was put since)."""
+        if self._commands:
+            self._commands.drain()
 
     def _wake_reactor(self, drain: Callable[[], None]) -> None:
         self._reactor.callFromThread(drain)

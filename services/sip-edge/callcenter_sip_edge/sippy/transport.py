@@ -27,7 +27,7 @@ from callcenter.metrics import SIP
 from callcenter_sip_edge.guard import SourceGuard
 from callcenter_sip_edge.log_limits import RateLimitedLog
 from callcenter_sip_edge.screening import SIPPY_RECV_BYTES, screen_datagram
-from callcenter_sip_edge.sippy import output
+from callcenter_sip_edge.sippy import output, turns
 from callcenter_sip_edge.sippy.stream_routing import with_stream_routing
 from callcenter_sip_edge.sippy.streams import StreamOptions, StreamTransports
 
@@ -222,6 +222,7 @@ def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
                 if self.uopts.family == socket.AF_INET6:
                     address = (f"[{address[0]}]", address[1])
                 self.handle_read(data, Remote_address(address, self.transport), _arrival(ancillary, offset, mono_now))
+                turns.between()   # commands handed meanwhile (a ring) go before the rest of the batch
 
         # -- sending -----------------------------------------------------------------------
         def send_to(self, data: Any, address: Any, delayed: bool = False) -> None:
