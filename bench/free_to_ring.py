@@ -4,23 +4,26 @@ The whole system on loopback (`WholeSystem`), wrap-up 0, `--agents` agents (200)
 `--talk-ms` (2 s; bench/sipp/agent_hangs_up.xml), `--calls` callers (1,000) at `--rate` (100/s): a
 queue is always waiting, so every agent's BYE is followed by the next call's INVITE to that agent.
 
-Per pair (agent X hangs up, X is rung again), on four clocks that all read this machine's time:
+Per pair (agent X hangs up, X is rung again), on clocks that all read this machine's time:
 - SIPp (the agents' phone, its own ms clock): BYE sent -> INVITE received, the whole path;
 - the `ts` of the `report.call_ended` (the edge's wall clock when the SIP thread handled the BYE);
 - its entry id on `cc:{t}:reports` (Redis's clock when the edge's MULTI ran: published);
+- the dispatcher's `report.call_ended_read` debug line (its batch of reports read);
 - the entry id of the next `command.ring` to X on `cc:{t}:commands:<edge>` (Redis's clock inside the
   dispatcher's Lua step: step done);
-- the edge's `call.agent_ringing` log line for it (the SIP thread, just after the INVITE went out;
-  the edge logs at info for this, the other services at warning).
+- the edge's `edge.ring_read` debug line (the asyncio thread read the command) and its
+  `call.agent_ringing` line (the SIP thread, just after the INVITE went out).
+The edge and the dispatcher log at debug for this (a few lines per call; the others at warning).
 The streams are read as they are written by a plain XREAD here (the services trim acknowledged
-entries), so nothing is asked of the services but their usual work and one log line per ring.
-
-Hops printed (p50 / p99 / max, ms): BYE -> handled (SIPp send, kernel, the edge's reactor and
-parse: the total minus the rest), handled -> published (SIP thread -> asyncio -> MULTI),
-published -> step done (the dispatcher's XREADGROUP wakes, its Lua step runs), step done -> INVITE
-sent (the edge's XREADGROUP wakes, the command goes to the SIP thread, sippy builds and sends),
-and the total. Redis ids and `ts` have 1 ms resolution. Also: CPU ms per call of each service over
-the run, and the load average before and after.
+entries). Hops printed (p50 / p99 / max, ms): BYE -> handled (SIPp's send and receive, the edge's
+socket, reactor and parse: the total minus the hops measured), handled -> published (SIP thread ->
+asyncio -> MULTI), published -> dispatcher read, dispatcher read -> step done (its Lua step),
+step done -> edge read, edge read -> INVITE sent (to the SIP thread, sippy builds and sends), and
+the total; and, per batch of datagrams the edge read, how long its first one had waited in the
+socket (the kernel's receive stamp: `sip.batch_read`). Pairs where no call was waiting when the
+agent hung up (the next call reported after the BYE: it was still in its welcome) are left out and
+counted. Redis ids and `ts` have 1 ms resolution. Also: CPU ms per call of each service over the
+run (with the debug lines), and the load average before and after.
 
     .venv/bin/python bench/free_to_ring.py                 # 200 agents, 1,000 calls at 100/s
     .venv/bin/python bench/free_to_ring.py --calls 300     # shorter
@@ -51,6 +54,7 @@ from callcenter_dev.sipp import Sipp
 from callcenter_dev.system import WholeSystem
 
 WELCOME_MS = 1000
+Id = tuple[int, int]   # a stream entry id: (ms, sequence)
 
 
 class StreamTap(threading.Thread):
@@ -150,6 +154,8 @@ def main() -> None:
     try:
         rings_logged = log_times(edge_log, "call.agent_ringing", "agent_id")
         rings_read = log_times(edge_log, "edge.ring_read", "agent_id")
+        batch_waits = [float(json.loads(line)["waited_ms"])
+                       for line in edge_log.read_text(errors="replace").splitlines() if '"sip.batch_read"' in line]
         ends_read = {call: ts[0] for call, ts in log_times(dispatcher_log, "report.call_ended_read", "call_id").items()}
     finally:
         system.stop()
@@ -169,16 +175,20 @@ def main() -> None:
             totals[agent].append(tick - last_bye.pop(agent))
 
     # Redis: per agent, its rings in order; the call_ended (by the agent) of each call
-    rings: dict[str, list[tuple[float, str]]] = defaultdict(list)   # agent -> [(command id ms, call id)]
-    ended: dict[str, tuple[float, float]] = {}                      # call id -> (ts, report id ms)
+    rings: dict[str, list[tuple[float, str, Id]]] = defaultdict(list)  # agent -> [(command id ms, call, id)]
+    ended: dict[str, tuple[float, float, Id]] = {}                       # call -> (ts, report id ms, id)
+    reported: dict[str, list[Id]] = defaultdict(list)                    # call -> its reports' ids
     for stream, eid, entry in tap.entries:
-        ms = float(eid.split("-")[0])
-        if stream == keys.reports and entry.type == "report.call_ended" and entry.data.get("by") == "agent":
-            ended[str(entry.data["call_id"])] = (float(entry.data["ts"]), ms)
+        ms, seq = (int(part) for part in eid.split("-"))
+        if stream == keys.reports:
+            reported[str(entry.data.get("call_id"))].append((ms, seq))
+            if entry.type == "report.call_ended" and entry.data.get("by") == "agent":
+                ended[str(entry.data["call_id"])] = (float(entry.data["ts"]), float(ms), (ms, seq))
         elif entry.type == "command.ring":
-            rings[str(entry.data["agent_id"])].append((ms, str(entry.data["call_id"])))
+            rings[str(entry.data["agent_id"])].append((float(ms), str(entry.data["call_id"]), (ms, seq)))
 
     hops: dict[str, list[float]] = defaultdict(list)
+    nobody_waiting = 0
     for agent, agent_rings in rings.items():
         logged, read = rings_logged.get(agent, []), rings_read.get(agent, [])
         gaps = totals.get(agent, [])
@@ -187,10 +197,15 @@ def main() -> None:
         pairs = [(agent_rings[k], agent_rings[k + 1], read[k + 1], logged[k + 1]) for k in range(len(agent_rings) - 1)]
         if len(pairs) != len(gaps):
             continue
-        for ((_, call), (step_ms, _next_call), read_ms, ring_ms), total in zip(pairs, gaps, strict=True):
+        for ((_, call, _), (step_ms, next_call, ring_id), read_ms, ring_ms), total in zip(pairs, gaps, strict=True):
             if call not in ended or call not in ends_read:
                 continue
-            ts, published = ended[call]
+            ts, published, ended_id = ended[call]
+            if any(ended_id < rid < ring_id for rid in reported[next_call]):
+                # the next call reported something after the agent was free: it was not waiting yet
+                # (in its welcome), so the agent waited for a call, not the path for the agent
+                nobody_waiting += 1
+                continue
             hops["handled -> published"].append(published - ts)
             hops["published -> dispatcher read"].append(ends_read[call] - published)
             hops["dispatcher read -> step done"].append(step_ms - ends_read[call])
@@ -209,6 +224,9 @@ def main() -> None:
                  "dispatcher read -> step done", "step done -> edge read", "edge read -> INVITE sent",
                  "step done -> INVITE sent", "total (SIPp: BYE -> INVITE)"):
         print(row(name, hops[name]))
+    print(row("edge socket: 1st datagram's wait", batch_waits) + " (per batch read, whatever the datagram)")
+    print(f"   left out: {nobody_waiting} pairs where no call was waiting when the agent hung up "
+          "(the next call reported after the agent's BYE)")
     all_totals = [g for gs in totals.values() for g in gs]
     print(row("total, every pair SIPp saw", [float(g) for g in all_totals]))
     per_call = {name: (cpu1[name] - cpu0[name]) * 1000 / calls_done for name in pids}

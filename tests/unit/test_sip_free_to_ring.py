@@ -10,8 +10,13 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import sys
+import time
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from callcenter.contract.commands import Command, Ring
 from callcenter.settings import DispatcherSettings
@@ -118,3 +123,22 @@ def test_commands_queued_during_a_datagram_batch_run_between_two_datagrams() -> 
     assert router.got == [ring]
     stack.execute(ring)            # and the next command schedules a wake-up of its own
     assert len(wakes) == 1
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the kernel's receive stamps are read on Linux only")
+def test_a_datagrams_arrival_is_the_kernels_receive_stamp_not_the_reading() -> None:
+    """The edge's hop 'datagram received' (and its per-source INVITE rate) counts from the kernel's
+    stamp: Python 3.11 does not name SO_TIMESTAMPNS, and the read time was used instead."""
+    from callcenter_sip_edge.sippy import transport
+
+    assert transport._SO_TIMESTAMPNS is not None
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as edge, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer:
+        edge.bind(("127.0.0.1", 0))
+        edge.setsockopt(socket.SOL_SOCKET, transport._SO_TIMESTAMPNS, 1)
+        peer.sendto(b"OPTIONS", edge.getsockname())
+        time.sleep(0.05)   # the datagram waits in the socket at least this long
+        _data, ancillary, _flags, _address = edge.recvmsg(64, transport._TIMESTAMP_CMSG_BYTES)
+        mono_now = time.monotonic()
+        arrived = transport._arrival(ancillary, mono_now - time.time(), mono_now)
+    assert mono_now - arrived.monot >= 0.045
