@@ -231,7 +231,7 @@ def main() -> None:
     print(row("total, every pair SIPp saw", [float(g) for g in all_totals]))
     per_call = {name: (cpu1[name] - cpu0[name]) * 1000 / calls_done for name in pids}
     print("   CPU ms per call: " + ", ".join(f"{n} {v:.2f}" for n, v in per_call.items())
-          + f" = {sum(per_call.values()):.2f} (edge logs at info: one line per ring)")
+          + f" = {sum(per_call.values()):.2f} (the edge and the dispatcher log at debug)")
 
 
 if __name__ == "__main__":
