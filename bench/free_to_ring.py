@@ -36,7 +36,6 @@ import asyncio
 import json
 import math
 import os
-import re
 import tempfile
 import threading
 import time
@@ -46,7 +45,16 @@ from pathlib import Path
 from typing import Any
 
 import redis
-from edge_calls import bench_scenario, cpu_seconds, provision, service_pids, start_peer, stat_args, wait_idle
+from edge_calls import (
+    bench_scenario,
+    bye_to_invite_gaps,
+    cpu_seconds,
+    provision,
+    service_pids,
+    start_peer,
+    stat_args,
+    wait_idle,
+)
 
 from callcenter.contract.codec import decode
 from callcenter_dev.scenarios import scenario
@@ -161,18 +169,7 @@ def main() -> None:
         system.stop()
     tap.join(2)
 
-    # SIPp: per agent, the (BYE sent, INVITE received) gaps in order
-    totals: dict[str, list[int]] = defaultdict(list)
-    last_bye: dict[str, int] = {}
-    for line in phones.scenario_log().splitlines():
-        m = re.search(r"\b(invite|bye) (\S+) (\d+)", line)
-        if not m:
-            continue
-        kind, agent, tick = m.group(1), m.group(2), int(m.group(3))
-        if kind == "bye":
-            last_bye[agent] = tick
-        elif agent in last_bye:
-            totals[agent].append(tick - last_bye.pop(agent))
+    totals = bye_to_invite_gaps(phones.scenario_log())   # SIPp: per agent, BYE sent -> INVITE received
 
     # Redis: per agent, its rings in order; the call_ended (by the agent) of each call
     rings: dict[str, list[tuple[float, str, Id]]] = defaultdict(list)  # agent -> [(command id ms, call, id)]
