@@ -46,10 +46,6 @@ log = structlog.get_logger(__name__)
 
 START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
-# Facts that may free an agent for the next waiting call: handed to the loop at once, not at the end
-# of the reactor turn (a turn under load is a batch of up to 64 datagrams, several ms of parsing).
-# One more wake-up of the loop per call at most; the other facts of the turn still go together.
-URGENT_FACTS = frozenset({"call_ended", "agent_failed"})
 # The GIL hand-over between the SIP thread and the asyncio thread (sys.setswitchinterval). Each
 # hop of an agent's BYE -> next INVITE crosses threads (the fact to the loop, the ring command back
 # to the reactor), and a thread woken while the other one parses datagrams or builds messages waits
@@ -84,11 +80,9 @@ class _Handoff:
         if not self._held and self._items:
             self._schedule()
 
-    def put(self, item: Any, urgent: bool = False) -> None:
-        """Queue `item`; an `urgent` one wakes the consumer now, even inside a held turn (it takes
-        the items queued before it too, in order; those that follow wait for the release)."""
+    def put(self, item: Any) -> None:
         self._items.append(item)
-        if urgent or not self._held:
+        if not self._held:
             self._schedule()
 
     def _schedule(self) -> None:
@@ -272,9 +266,9 @@ class SipStack:
 
     # ------------------------------------------------------------------ facts
     def _emit_fact(self, fact: Fact) -> None:
-        """SIP thread: hand a fact to the asyncio loop (at once if it may free an agent)."""
+        """SIP thread: hand a fact to the asyncio loop."""
         try:
-            self._facts.put(fact, urgent=fact.kind in URGENT_FACTS)
+            self._facts.put(fact)
         except RuntimeError:
             # the loop is closed: this fact (and any still queued) will never be delivered
             log.warning("sip.fact_lost", kind=fact.kind, call_id=fact.call_id, reason="loop_closed",
