@@ -189,6 +189,23 @@ def service_pids(system: WholeSystem) -> dict[str, int]:
     return pids
 
 
+def bye_to_invite_gaps(scenario_log: str) -> dict[str, list[int]]:
+    """Per agent, in order, ms from its BYE to the next INVITE to it, from the log lines of
+    agent_hangs_up.xml ("bye <agent> <ms>", "invite <agent> <ms>": SIPp's clock)."""
+    gaps: dict[str, list[int]] = {}
+    last_bye: dict[str, int] = {}
+    for line in scenario_log.splitlines():
+        m = re.search(r"\b(invite|bye) (\S+) (\d+)", line)
+        if not m:
+            continue
+        kind, agent, tick = m.group(1), m.group(2), int(m.group(3))
+        if kind == "bye":
+            last_bye[agent] = tick
+        elif agent in last_bye:
+            gaps.setdefault(agent, []).append(tick - last_bye.pop(agent))
+    return gaps
+
+
 # ------------------------------------------------------------------------------- phases
 def latency_phase(system: WholeSystem, workdir: Path, args: argparse.Namespace) -> None:
     calls = LATENCY_CALLS if not args.quick else 60
@@ -208,17 +225,7 @@ def latency_phase(system: WholeSystem, workdir: Path, args: argparse.Namespace) 
         for p in (welcome, queue, phones):
             p.stop()
     caller_stats = SippStats.read(workdir / "lat-caller.csv")
-    last_bye: dict[str, int] = {}
-    gaps: list[int] = []
-    for line in phones.scenario_log().splitlines():
-        m = re.search(r"\b(invite|bye) (\S+) (\d+)", line)
-        if not m:
-            continue
-        kind, agent, tick = m.group(1), m.group(2), int(m.group(3))
-        if kind == "bye":
-            last_bye[agent] = tick
-        elif agent in last_bye:
-            gaps.append(tick - last_bye.pop(agent))
+    gaps = [gap for agent_gaps in bye_to_invite_gaps(phones.scenario_log()).values() for gap in agent_gaps]
     print(f"\n== agent BYE -> next queued call's INVITE to that agent ({LATENCY_AGENTS} agents hanging up after "
           f"{TALK_MS} ms, {calls} callers at {LATENCY_RATE}/s, wrap-up 0)")
     print(f"   callers: {caller_stats.success} completed, {caller_stats.failed} failed (SIPp rc {rc})")

@@ -44,7 +44,7 @@ import structlog
 
 from callcenter.bus import ACK, RETRY, Outcome, Verdict, entry_context
 from callcenter.contract.codec import Entry
-from callcenter.contract.reports import REPORTS
+from callcenter.contract.reports import REPORTS, CallEnded
 from callcenter.metrics import observe_since_entry
 from callcenter.redis import REDIS_DOWN
 from callcenter.store import RC, Result, Store
@@ -104,6 +104,8 @@ class ReportHandler:
                 verdicts[entry.id] = Verdict(Outcome.DEAD, f"not a report: {entry.type}")
             else:
                 reports.append(entry)
+                if entry.type == CallEnded.TYPE:   # a hop of agent free -> ring (bench/free_to_ring.py)
+                    log.debug("report.call_ended_read", call_id=entry.data.get("call_id"))
         if not reports:
             return verdicts
         results = await self.store.apply_reports([(e.type, e.id, e.raw) for e in reports])

@@ -145,6 +145,8 @@ class EdgeService:
                 continue
             if isinstance(command, Ring | RingAll):  # the ring decided (a free agent found) -> handed to SIP
                 observe_since_entry("agent_free_to_ring", e.id)
+                if isinstance(command, Ring):   # a hop of agent free -> ring (bench/free_to_ring.py)
+                    log.debug("edge.ring_read", agent_id=command.agent_id, offer_id=command.offer_id)
                 if self.registrations is not None:
                     routed = await self._to_contacts(command)
                     if routed is None:

@@ -23,6 +23,8 @@ from typing import Any
 # (enter, leave) of the running stack, or None; read on the SIP thread at every turn
 _hooks: tuple[Callable[[], None], Callable[[], None]] | None = None
 _installed = False
+# run between two datagrams of a batch (the stack's queued commands), or None
+_between: Callable[[], None] | None = None
 
 
 def set_hooks(enter: Callable[[], None], leave: Callable[[], None]) -> None:
@@ -34,8 +36,24 @@ def set_hooks(enter: Callable[[], None], leave: Callable[[], None]) -> None:
 
 
 def clear_hooks() -> None:
-    global _hooks
+    global _hooks, _between
     _hooks = None
+    _between = None
+
+
+def set_between(run: Callable[[], None]) -> None:
+    """SIP thread: `run` is called between two datagrams of a batch (`between()`), so work handed
+    to the reactor (a ring command) does not wait for the rest of a batch of up to 64 datagrams,
+    several ms of parsing under load. Cleared with the hooks."""
+    global _between
+    _between = run
+
+
+def between() -> None:
+    """SIP thread, inside a datagram batch, after a datagram was handled."""
+    run = _between
+    if run is not None:
+        run()
 
 
 def _around(dispatch: Callable[..., Any]) -> Callable[..., Any]:
