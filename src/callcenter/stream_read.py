@@ -45,7 +45,10 @@ class StreamReader:
         self._reads: dict[tuple[str, int, int | None], list[bytes]] = {}  # packed XREADGROUPs
         self._count_errors = isinstance(redis, CountingRedis)  # as that client counts its own
         # the client's own parsing of the reply, so the entries look as `redis.xreadgroup` gives them
-        self._parse = redis.response_callbacks.get("XREADGROUP")
+        # (read at construction, which does no I/O: a service built without a client for a test of
+        # its pure parts has none)
+        callbacks = getattr(redis, "response_callbacks", None) or {}
+        self._parse = callbacks.get("XREADGROUP")
 
     async def ack_and_read(self, ack_ids: Sequence[str], start: str, count: int, block: int | None) -> Any:
         """Acknowledge `ack_ids` (if any), then read up to `count` entries from `start` (">" or an
