@@ -110,7 +110,9 @@ class ReplicaRig(Rig):
     def _pids(self) -> dict[str, int | None]:
         assert self.replicas is not None
         out = self.replicas.pids()
-        out["redis-server"] = self.system.server.proc.pid if self.system.server.proc else None
+        # one redis-server on the single topology; a cluster or sentinel one has several: not counted
+        proc = getattr(self.system.server, "proc", None)
+        out["redis-server"] = proc.pid if proc else None
         return out
 
     def _pending(self) -> dict[str, int]:

@@ -28,6 +28,7 @@ import httpx
 
 from callcenter_dev.edge_restart import restart_on_its_port
 from callcenter_dev.jobs import JobsProcess, jobs_beat, jobs_env, jobs_worker
+from callcenter_dev.servers import RedisServer
 from callcenter_dev.system import WholeSystem
 
 JOBS_PREFIX = "ccjobs-replicas:"
@@ -64,6 +65,9 @@ class Replicas:
     counts: Counts
     jobs: dict[str, JobsProcess] = field(default_factory=dict)
     apis: list[httpx.Client] = field(default_factory=list)
+    # the celery broker on a Redis Cluster or Sentinel topology: a plain redis-server of its own
+    # (celery's Redis transport does not speak Cluster; docs/operations.md, CC_JOBS_BROKER_URL)
+    broker: RedisServer | None = None
 
     @classmethod
     def start(cls, workdir: Path, counts: Counts = DEFAULT, *, tenant: str = "replicas",
@@ -92,6 +96,9 @@ class Replicas:
 
     def _start_jobs(self, workdir: Path, extra: dict[str, str]) -> None:
         api = self.system.api_env
+        if not api["CC_REDIS_URL"].startswith("redis://"):
+            self.broker = RedisServer().start()
+            extra = {"CC_JOBS_BROKER_URL": self.broker.url, "CC_JOBS_RESULT_URL": self.broker.url, **extra}
         env = jobs_env(api["CC_REDIS_URL"], api["CC_DATABASE_URL"], api["CC_TENANT"],
                        CC_JOBS_KEY_PREFIX=JOBS_PREFIX, CC_JOBS_PUMP_INTERVAL_S="0.5", CC_WEBHOOK_BACKOFF_S="0.2",
                        CC_WEBHOOK_TIMEOUT_S="5",
@@ -152,4 +159,6 @@ class Replicas:
             client.close()
         for j in self.jobs.values():
             j.stop()
+        if self.broker is not None:
+            self.broker.stop()
         self.system.stop()

@@ -18,8 +18,11 @@ from e2e_harness import most_calls_an_agent_held
 
 from callcenter.contract.codec import decode
 from callcenter_dev.faults import FAULTS, Load, Rig
+from callcenter_dev.system import redis_topology_under_test
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
+    redis_topology_under_test() != "single", reason="stops and restarts one redis-server process; a cluster's "
+    "or sentinel's fail-over is tested in test_redis_cluster.py and test_redis_sentinel.py")]
 
 LOAD = Load(rate=3, duration_s=4, talk_ms=1000, settle_s=30, call_timeout_s=15)
 
