@@ -12,8 +12,9 @@ import asyncio
 import socket
 import sys
 
-from callcenter_dev.servers import free_port
-from callcenter_sip_edge.sip_stack import SWITCH_INTERVAL_S, SipStack
+from sip_harness import ScriptedDispatcher, started_stack
+
+from callcenter_sip_edge.sip_stack import SWITCH_INTERVAL_S
 from callcenter_sip_edge.sippy import turns
 
 
@@ -21,9 +22,7 @@ def test_a_started_stack_sets_the_switch_interval_to_a_millisecond() -> None:
     assert SWITCH_INTERVAL_S <= 0.001
 
     async def started_interval() -> float:
-        stack = SipStack(host="127.0.0.1", port=free_port(socket.SOCK_DGRAM), on_fact=lambda fact: None,
-                         loop=asyncio.get_running_loop())
-        await asyncio.to_thread(stack.start)
+        stack, _ = started_stack(ScriptedDispatcher())
         try:
             return sys.getswitchinterval()
         finally:
@@ -42,9 +41,7 @@ def test_the_udp_server_gives_queued_commands_a_turn_after_each_datagram() -> No
     calls: list[int] = []
 
     async def served() -> None:
-        port = free_port(socket.SOCK_DGRAM)
-        stack = SipStack(host="127.0.0.1", port=port, on_fact=lambda fact: None, loop=asyncio.get_running_loop())
-        await asyncio.to_thread(stack.start)
+        stack, port = started_stack(ScriptedDispatcher())
         try:
             installed = turns._between
             assert installed is not None and installed.__self__ is stack   # type: ignore[attr-defined]
