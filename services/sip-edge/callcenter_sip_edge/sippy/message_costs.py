@@ -1,0 +1,130 @@
+"""Cheaper parsing, reading, copying and rendering of sippy's SIP messages: the same objects and the
+same bytes, in fewer Python steps (issue 15: the SIP thread's Python per message).
+
+Reads: the sippy package (imported lazily, on the SIP thread). Writes: replaces a few methods of
+sippy's SipMsg, SipHeader, SipURL and SipAddress in place, once per process, from
+`patches.apply_patches()`.
+
+Why: every datagram the edge handles goes through sippy's pure-Python message objects: ~20 per
+queued call, each parsed (one SipHeader and one body object per header line), read (getHFBody and
+friends build a list of every matching header for each lookup), copied (a response copies the
+request's Via/From/To/Call-ID/CSeq, and UA.sendUasResponse copies the whole response again) and
+rendered (SipURL.localStr: a nested function, a params list, urllib's quote of the user part).
+`bench/sip_message_costs.py` times each step per message of a real call. Each replacement below
+keeps its sippy original's result (same attributes, same text, same exceptions); only the way
+there is shorter. The replaced originals are kept in `ORIGINALS` for the cases a fast path leaves
+to them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ORIGINALS: dict[str, Any] = {}
+
+
+def apply() -> None:
+    """Install the cheaper methods. Call once, from `apply_patches()`, before any message exists."""
+    _headers_built_in_one_step()
+    _messages_split_in_one_pass()
+
+
+# ------------------------------------------------------------------------------------- parsing
+def _headers_built_in_one_step() -> None:
+    # SipHeader.__init__ split "Name: value" with a list comprehension (a function call of its own)
+    # and looked the body class up through two nested try blocks: ~1 µs of each header line's ~3.
+    # The same: the name lower-cased, the body class from sippy's table (SipGenericHF for names it
+    # has none for, also when the class itself raised KeyError), ESipHeaderCSV given the name, and a
+    # line without a colon still raises ValueError.
+    from sippy.ESipHeaderCSV import ESipHeaderCSV
+    from sippy.SipGenericHF import SipGenericHF
+    from sippy.SipHeader import SipHeader, hf_types
+
+    ORIGINALS["SipHeader.__init__"] = SipHeader.__init__
+
+    def init(self: Any, s: Any = None, name: Any = None, body: Any = None, bodys: Any = None,
+             fixname: bool = False) -> None:
+        if s is not None:
+            head, colon, rest = s.partition(":")
+            if not colon:
+                raise ValueError("not enough values to unpack (expected 2, got 1)")
+            name, bodys = head.strip(), rest.strip()
+        if name is not None:
+            self.name = name = name.lower()
+        else:
+            name = self.name
+        if body is None:
+            try:
+                try:
+                    body = hf_types[name](bodys)
+                except KeyError:
+                    body = SipGenericHF(bodys, name)
+            except ESipHeaderCSV as csv:
+                csv.name = name
+                raise csv
+        self.body = body
+        if name is None or fixname:
+            self.name = body.hf_names[0]
+
+    SipHeader.__init__ = init
+
+
+def _messages_split_in_one_pass() -> None:
+    # SipMsg.__init__ unfolded continuation lines with a while loop that deleted from the list it
+    # walked (len() and two index operations per line) and kept a second list of names for the
+    # four required-header checks. Same body split (the first of CRLFCRLF, CRCR, LFLF), the same
+    # folding (from the second header line on, an empty or blank-led line joins the line before it
+    # with one space), the same headers in the same order, the same exceptions.
+    from sippy.ESipHeaderCSV import ESipHeaderCSV
+    from sippy.ESipHeaderIgnore import ESipHeaderIgnore
+    from sippy.SipHeader import SipHeader
+    from sippy.SipMsg import SipMsg
+
+    ORIGINALS["SipMsg.__init__"] = SipMsg.__init__
+    required = (("via", "Via HF is missed"), ("to", "To HF is missed"), ("from", "From HF is missed"),
+                ("cseq", "CSeq HF is missed"))
+
+    def init(self: Any, buf: Any = None) -> None:
+        self.headers = headers = []
+        if buf is None:
+            return
+        mbody = None
+        for delimiter in ("\r\n\r\n", "\r\r", "\n\n"):
+            at = buf.find(delimiter)
+            if at != -1:
+                mbody = buf[at + len(delimiter):] or None
+                buf = buf[:at]
+                break
+        self._SipMsg__mbody = mbody
+        lines = buf.splitlines()
+        self.setSL(lines[0])
+        unfolded = lines[1:2]
+        for line in lines[2:]:
+            if not line or line[0] in " \t":
+                unfolded[-1] += " " + line.strip()
+            else:
+                unfolded.append(line)
+        content_type = content_length = None
+        names = set()
+        for line in unfolded:
+            try:
+                found = [SipHeader(line, fixname=True)]
+            except ESipHeaderCSV as csv:
+                found = [SipHeader(name=csv.name, bodys=body, fixname=True) for body in csv.bodys]
+            except ESipHeaderIgnore:
+                continue
+            for header in found:
+                name = header.name
+                if name == "content-type":
+                    content_type = header
+                elif name == "content-length":
+                    content_length = header
+                else:
+                    headers.append(header)
+                    names.add(name)
+        self._SipMsg__content_type, self._SipMsg__content_length = content_type, content_length
+        for name, error in required:
+            if name not in names:
+                raise Exception(error)   # sippy's exception, as sippy raises it
+
+    SipMsg.__init__ = init
