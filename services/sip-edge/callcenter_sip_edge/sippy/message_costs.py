@@ -27,6 +27,7 @@ def apply() -> None:
     """Install the cheaper methods. Call once, from `apply_patches()`, before any message exists."""
     _headers_built_in_one_step()
     _messages_split_in_one_pass()
+    _headers_looked_up_without_lists()
 
 
 # ------------------------------------------------------------------------------------- parsing
@@ -128,3 +129,45 @@ def _messages_split_in_one_pass() -> None:
                 raise Exception(error)   # sippy's exception, as sippy raises it
 
     SipMsg.__init__ = init
+
+
+# ------------------------------------------------------------------------------------- reading
+def _headers_looked_up_without_lists() -> None:
+    # getHFBody / getHF / getHFBCopy / countHFs built the list of every header of that name to take
+    # one: sippy's UA and transaction manager and the edge call them a few dozen times per message.
+    # The same header (the idx-th of that name), the same IndexError when there is none; a negative
+    # idx goes to sippy's own.
+    from sippy.SipMsg import SipMsg
+
+    original_body = ORIGINALS["SipMsg.getHFBody"] = SipMsg.getHFBody
+    original_copy = ORIGINALS["SipMsg.getHFBCopy"] = SipMsg.getHFBCopy
+
+    def nth(msg: Any, name: str, idx: int) -> Any:
+        for header in msg.headers:
+            if header.name == name:
+                if not idx:
+                    return header
+                idx -= 1
+        raise IndexError("list index out of range")
+
+    def get_hf_body(self: Any, name: str, idx: int = 0) -> Any:
+        if idx < 0:
+            return original_body(self, name, idx)
+        return nth(self, name, idx).getBody()
+
+    def get_hf_bcopy(self: Any, name: str, idx: int = 0) -> Any:
+        if idx < 0:
+            return original_copy(self, name, idx)
+        return nth(self, name, idx).getBCopy()
+
+    def get_hf(self: Any, name: str) -> Any:
+        return nth(self, name, 0)
+
+    def count_hfs(self: Any, name: str) -> int:
+        n = 0
+        for header in self.headers:
+            if header.name == name:
+                n += 1
+        return n
+
+    SipMsg.getHFBody, SipMsg.getHFBCopy, SipMsg.getHF, SipMsg.countHFs = get_hf_body, get_hf_bcopy, get_hf, count_hfs
