@@ -28,6 +28,7 @@ def apply() -> None:
     _headers_built_in_one_step()
     _messages_split_in_one_pass()
     _headers_looked_up_without_lists()
+    _urls_and_addresses_copied_directly()
 
 
 # ------------------------------------------------------------------------------------- parsing
@@ -171,3 +172,56 @@ def _headers_looked_up_without_lists() -> None:
         return n
 
     SipMsg.getHFBody, SipMsg.getHFBCopy, SipMsg.getHF, SipMsg.countHFs = get_hf_body, get_hf_bcopy, get_hf, count_hfs
+
+
+# ------------------------------------------------------------------------------------- copying
+def _urls_and_addresses_copied_directly() -> None:
+    # A copy went through each class's keyword constructor (SipURL's has 17 parameters) for a few
+    # attribute assignments. The same attributes, set directly: a SipURL copy is what sippy's
+    # SipURL(...) of the copied fields makes (scheme "sip", no original_uri, fresh `other` and
+    # `userparams` lists, the shared `headers` dict, the local placeholders for a missing host), a
+    # SipAddress copy has fresh params / params_order, a SipHeader copy the same class and name
+    # over a copy of its body.
+    from sippy.SipAddress import SipAddress
+    from sippy.SipConf import SipConf
+    from sippy.SipHeader import SipHeader
+    from sippy.SipURL import SipURL
+
+    ORIGINALS["SipURL.getCopy"] = SipURL.getCopy
+    ORIGINALS["SipAddress.getCopy"] = SipAddress.getCopy
+    original_header_copy = ORIGINALS["SipHeader.getCopy"] = SipHeader.getCopy
+    new = object.__new__
+
+    def url_copy(self: Any) -> Any:
+        url = new(SipURL)
+        url.original_uri = None
+        url.other = list(self.other)
+        url.userparams = list(self.userparams)
+        url.scheme = "sip"
+        url.username, url.password = self.username, self.password
+        if self.host is None:
+            url.host, url.port, url.transport = SipConf.my_address, SipConf.my_port, SipConf.my_transport
+        else:
+            url.host, url.port, url.transport = self.host, self.port, self.transport
+        url.headers, url.usertype, url.ttl, url.maddr = self.headers, self.usertype, self.ttl, self.maddr
+        url.method, url.tag, url.lr = self.method, self.tag, self.lr
+        return url
+
+    def address_copy(self: Any) -> Any:
+        address = new(SipAddress)
+        address.name = self.name
+        address.url = self.url.getCopy()
+        address.params = self.params.copy()
+        address.params_order = self.params_order[:]
+        address.hadbrace = True if self.hadbrace is None else self.hadbrace
+        return address
+
+    def header_copy(self: Any) -> Any:
+        if self.name is None:
+            return original_header_copy(self)
+        header = new(self.__class__)
+        header.name = self.name.lower()
+        header.body = self.body.getCopy()
+        return header
+
+    SipURL.getCopy, SipAddress.getCopy, SipHeader.getCopy = url_copy, address_copy, header_copy
