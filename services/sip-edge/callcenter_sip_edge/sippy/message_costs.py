@@ -146,6 +146,7 @@ def _headers_looked_up_without_lists() -> None:
 
     original_body = ORIGINALS["SipMsg.getHFBody"] = SipMsg.getHFBody
     original_copy = ORIGINALS["SipMsg.getHFBCopy"] = SipMsg.getHFBCopy
+    ORIGINALS["SipMsg.getHF"], ORIGINALS["SipMsg.countHFs"] = SipMsg.getHF, SipMsg.countHFs
 
     def nth(msg: Any, name: str, idx: int) -> Any:
         for header in msg.headers:
