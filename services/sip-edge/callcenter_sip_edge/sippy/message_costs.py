@@ -77,16 +77,19 @@ def _headers_built_in_one_step() -> None:
 
 def _messages_split_in_one_pass() -> None:
     # SipMsg.__init__ unfolded continuation lines with a while loop that deleted from the list it
-    # walked (len() and two index operations per line) and kept a second list of names for the
-    # four required-header checks. Same body split (the first of CRLFCRLF, CRCR, LFLF), the same
-    # folding (from the second header line on, an empty or blank-led line joins the line before it
-    # with one space), the same headers in the same order, the same exceptions.
+    # walked (len() and two index operations per line), kept a second list of names for the four
+    # required-header checks, and built each header through SipHeader's constructor. Same body split
+    # (the first of CRLFCRLF, CRCR, LFLF), the same folding (from the second header line on, an
+    # empty or blank-led line joins the line before it with one space), the same headers (class,
+    # name, body) in the same order, the same exceptions.
     from sippy.ESipHeaderCSV import ESipHeaderCSV
     from sippy.ESipHeaderIgnore import ESipHeaderIgnore
-    from sippy.SipHeader import SipHeader
+    from sippy.SipGenericHF import SipGenericHF as generic
+    from sippy.SipHeader import SipHeader, hf_types
     from sippy.SipMsg import SipMsg
 
     ORIGINALS["SipMsg.__init__"] = SipMsg.__init__
+    new = object.__new__
     required = (("via", "Via HF is missed"), ("to", "To HF is missed"), ("from", "From HF is missed"),
                 ("cseq", "CSeq HF is missed"))
 
@@ -113,12 +116,24 @@ def _messages_split_in_one_pass() -> None:
         content_type = content_length = None
         names = set()
         for line in unfolded:
+            # SipHeader(line, fixname=True), written out: no constructor call per line
+            head, colon, rest = line.partition(":")
+            if not colon:
+                raise ValueError("not enough values to unpack (expected 2, got 1)")
+            name = head.strip().lower()
             try:
-                found = [SipHeader(line, fixname=True)]
+                try:
+                    body = hf_types[name](rest.strip())
+                except KeyError:
+                    body = generic(rest.strip(), name)
             except ESipHeaderCSV as csv:
-                found = [SipHeader(name=csv.name, bodys=body, fixname=True) for body in csv.bodys]
+                found = [SipHeader(name=name, bodys=value, fixname=True) for value in csv.bodys]
             except ESipHeaderIgnore:
                 continue
+            else:
+                header = new(SipHeader)
+                header.name, header.body = body.hf_names[0], body
+                found = [header]
             for header in found:
                 name = header.name
                 if name == "content-type":
