@@ -13,7 +13,9 @@ operations the edge's SIP thread runs for it:
   dialog's parsed From/To/Call-ID/Contact, a new Via and branch) or the response as a UAS answers
   (genResponse of the parsed request: its Via/From/To/Call-ID/CSeq copied, To tag, Contact, and the
   copy UA.sendUasResponse takes); `render` = localStr(local address) as the transaction manager
-  renders it for the socket.
+  renders it for the socket (responses, and the ACK of a 2xx); `send` (the other requests) = sippy's
+  SipTransactionManager.newTransaction, its socket a no-op: the text rendered, the ACK / CANCEL /
+  408 it keeps ready built, timers A and B started and, as the transaction's end would, cancelled.
 Each operation is timed with time.process_time() over --reps repetitions, the garbage collector off
 inside the loop; the figure is the best of --runs runs (the least disturbed one: CPU time of this
 process only, so other processes on the machine can slow a run but cannot add to it; the best of
@@ -47,7 +49,26 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 CALL = ROOT / "bench" / "sip_messages" / "queued_call.json"
 LOCAL_ADDR = (("127.0.0.1", 31754), "udp")   # the edge's address in the recording
-STEPS_IN, STEPS_OUT = ("parse", "read"), ("build", "render")
+STEPS_IN, STEPS_OUT = ("parse", "read"), ("build", "render", "send")
+
+
+class _Server:
+    """What sippy's transaction manager asks of the socket a request goes out through."""
+
+    transport = "udp"
+
+    def getSIPaddr(self) -> Any:   # sippy's name
+        return LOCAL_ADDR
+
+
+def _transaction_manager() -> Any:
+    """sippy's SipTransactionManager (with the edge's patches), its sending a no-op: newTransaction only."""
+    from sippy.SipTransactionManager import SipTransactionManager
+
+    tm = SipTransactionManager.__new__(SipTransactionManager)
+    tm.tclient = {}
+    tm.transmitData = lambda *args, **kwargs: None
+    return tm
 
 
 # ------------------------------------------------------------------ child: one variant, measured
@@ -67,6 +88,7 @@ def _operations(messages: list[dict[str, str]]) -> list[tuple[str, dict[str, Cal
 
     received: dict[tuple[str, str], Any] = {}   # (Call-ID, CSeq) -> the parsed request, as the UA keeps it
     ops = []
+    tm, server = _transaction_manager(), _Server()
     for number, message in enumerate(messages, 1):
         text = message["text"]
         first = text.split("\r\n", 1)[0]
@@ -152,9 +174,22 @@ def _operations(messages: list[dict[str, str]]) -> list[tuple[str, dict[str, Cal
                     req.setBody(body.getCopy())
                 return req
 
+            def send_request(built: Any) -> str:
+                # what sippy's UA does with it: a client transaction (the text rendered, the ACK,
+                # CANCEL and 408 it may need prepared, its timers A and B started; cancelled here)
+                t = tm.newTransaction(built, resp_cb=lambda *args: None, userv=server)
+                t.teA.cancel()
+                t.teB.cancel()
+                del tm.tclient[t.tid]
+                data: str = t.data
+                return data
+
             built = build_request()
-            ops.append((label, {"build": build_request,
-                                "render": lambda built=built: built.localStr(LOCAL_ADDR, compact=False)}))
+            if method == "ACK":   # the ACK of a 2xx goes out from its INVITE's transaction, rendered
+                ops.append((label, {"build": build_request,
+                                    "render": lambda built=built: built.localStr(LOCAL_ADDR, compact=False)}))
+            else:
+                ops.append((label, {"build": build_request, "send": lambda built=built: send_request(built)}))
     return ops
 
 
@@ -178,7 +213,8 @@ def _measure(reps: int) -> dict[str, Any]:
                 operation()
             out[label][step] = (time.process_time() - t0) / reps * 1e6
             gc.enable()
-    texts = {label: _same_text(steps["render"]() if "render" in steps else str(steps["read"]()))
+    texts = {label: _same_text(steps["render"]() if "render" in steps else steps["send"]() if "send" in steps
+                               else str(steps["read"]()))
              for label, steps in _operations(messages)}
     # `read` is timed with its parse (a message is read once parsed): keep only what reading adds
     for steps in out.values():
