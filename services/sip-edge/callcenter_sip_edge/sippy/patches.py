@@ -47,12 +47,13 @@ def apply_patches() -> None:
 
 
 def _cheaper_messages() -> None:
-    # Why: parsing, reading, copying and rendering SIP messages in sippy's Python, and the CANCEL and
-    # 408 every client transaction built in case it would need them (issue 15).
-    from callcenter_sip_edge.sippy import lazy_transactions, message_costs
+    # Why: parsing, reading, copying and rendering SIP messages in sippy's Python, the CANCEL and 408
+    # every client transaction built in case it would need them, cancelled timers kept (issue 15).
+    from callcenter_sip_edge.sippy import lazy_transactions, message_costs, timer_heap
 
     message_costs.apply()
     lazy_transactions.apply()
+    timer_heap.apply()
 
 
 def _use_one_udp_worker() -> None:
