@@ -41,8 +41,19 @@ def apply_patches() -> None:
     _placeholder_test_without_dir()
     _rfc_header_spelling()
     _host_address_looked_up_once_a_second()
+    _cheaper_messages()
     _applied = True
     log.debug("sippy.patches_applied")
+
+
+def _cheaper_messages() -> None:
+    # Why: parsing, reading, copying and rendering SIP messages in sippy's Python, the CANCEL and 408
+    # every client transaction built in case it would need them, cancelled timers kept (issue 15).
+    from callcenter_sip_edge.sippy import lazy_transactions, message_costs, timer_heap
+
+    message_costs.apply()
+    lazy_transactions.apply()
+    timer_heap.apply()
 
 
 def _use_one_udp_worker() -> None:
