@@ -30,7 +30,7 @@ RETRY_MAX_S = 2.0
 
 def marker_key(keys: Keys, edge_id: str) -> str:
     """The key that holds the token of the last batch this edge applied (the tenant's slot)."""
-    return f"{keys.prefix}edge:{edge_id}:published"
+    return keys.edge_published(edge_id)
 
 
 class ReportPublisher:
