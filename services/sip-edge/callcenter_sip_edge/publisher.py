@@ -1,6 +1,7 @@
 """The sip-edge's report batches: appended in order, exactly once, optionally WAITed for.
 
-Writes: `cc:{t}:reports` (one XADD per report), the calls' checkpoints (checkpoint.py), and the
+Writes: `cc:{t}:reports` (one XADD per report), the calls' checkpoints (checkpoint.py, planned once
+per batch by checkpoint_writes.py), and the
 marker `cc:{t}:edge:<edge_id>:published` (this process's token and batch number, EX one day): one
 MULTI per batch. A batch that failed is kept and sent again (never dropped, never reordered), but
 only after the marker shows that the failed try was not applied: a reply lost to a Redis restart
@@ -21,6 +22,7 @@ from callcenter.contract.reports import Report
 from callcenter.redis_durability import ReplicaWait, already_landed, note_wait, once_marker, wait_after
 from callcenter.store.keys import Keys
 from callcenter_sip_edge.checkpoint import Checkpoints, DialogCheckpoint
+from callcenter_sip_edge.checkpoint_writes import CheckpointPlan
 
 log = structlog.get_logger(__name__)
 
@@ -53,6 +55,9 @@ class ReportPublisher:
         """Apply `batch` once, trying until Redis takes it."""
         self.batches += 1
         token = f"{self.writer}:{self.batches}"
+        reports = [item for item in batch if not isinstance(item, DialogCheckpoint)]
+        # planned once: every try sends the same commands, and they count as written once applied
+        plan = self.checkpoints.plan(batch)
         delay = RETRY_FIRST_S
         failed = False
         while True:
@@ -60,27 +65,27 @@ class ReportPublisher:
                 if failed and await already_landed(self.redis, self.marker, token):
                     self.landed_on_retry += 1
                     log.info("edge.publish_landed", batch=self.batches, size=len(batch))
-                    return
-                await self._send(batch, token)
-                return
+                    break
+                await self._send(reports, plan, token, len(batch))
+                break
             except (ConnectionError, OSError, aioredis.RedisError) as exc:
                 failed = True
+                self.checkpoints.writer.failed()
                 log.warning("edge.publish_failed", error=repr(exc), pending=len(batch))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
+        self.checkpoints.writer.applied(plan)
 
-    async def _send(self, batch: Sequence[Report | DialogCheckpoint], token: str) -> None:
+    async def _send(self, reports: Sequence[Report], plan: CheckpointPlan, token: str, size: int) -> None:
         async with self.redis.pipeline(transaction=True) as pipe:
             # first: the slot of a cluster transaction is the slot of its first key (the tenant's)
             once_marker(pipe, self.marker, token)
-            for item in batch:
-                if isinstance(item, DialogCheckpoint):
-                    self.checkpoints.dialogs(pipe, item)
-                    continue
-                pipe.xadd(self.keys.reports, item.to_fields())  # type: ignore[arg-type]
-                self.checkpoints.after_report(pipe, item)
+            for report in reports:
+                pipe.xadd(self.keys.reports, report.to_fields())  # type: ignore[arg-type]
+            for command in plan.commands:
+                pipe.execute_command(*command)
             wait_after(pipe, self.wait)
             await pipe.execute()
             if self.wait is not None:
                 self.replicas_acknowledged = getattr(pipe, "acknowledged", None)
-            note_wait(pipe, self.wait, "edge_publish", size=len(batch))
+            note_wait(pipe, self.wait, "edge_publish", size=size)
