@@ -6,7 +6,9 @@ marker `cc:{t}:edge:<edge_id>:published` (this process's token and batch number,
 MULTI per batch. A batch that failed is kept and sent again (never dropped, never reordered), but
 only after the marker shows that the failed try was not applied: a reply lost to a Redis restart
 or failover after EXEC ran must not append the batch twice (callcenter.redis_durability).
-With `CC_REDIS_WAIT_REPLICAS`, WAIT follows each EXEC on the same connection.
+With `CC_REDIS_WAIT_REPLICAS`, WAIT follows each EXEC on the same connection. A batch goes in one
+send on a connection the publisher keeps (transaction.py), through the client's pipeline on a
+Redis Cluster or with WAIT.
 """
 
 from __future__ import annotations
@@ -17,12 +19,21 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio import RedisCluster
 
 from callcenter.contract.reports import Report
-from callcenter.redis_durability import ReplicaWait, already_landed, note_wait, once_marker, wait_after
+from callcenter.redis_durability import (
+    MARKER_TTL_S,
+    ReplicaWait,
+    already_landed,
+    note_wait,
+    once_marker,
+    wait_after,
+)
 from callcenter.store.keys import Keys
 from callcenter_sip_edge.checkpoint import Checkpoints, DialogCheckpoint
 from callcenter_sip_edge.checkpoint_writes import CheckpointPlan
+from callcenter_sip_edge.transaction import OneSend
 
 log = structlog.get_logger(__name__)
 
@@ -50,6 +61,9 @@ class ReportPublisher:
         self.batches = 0
         self.landed_on_retry = 0   # batches found applied after a failed try (not sent again)
         self.replicas_acknowledged: int | None = None   # what the last WAIT returned
+        # one send per batch on a kept connection (transaction.py); a cluster client, or a WAIT after
+        # EXEC, keeps the client's pipeline
+        self.one_send = None if isinstance(redis, RedisCluster) or wait is not None else OneSend(redis)
 
     async def publish(self, batch: Sequence[Report | DialogCheckpoint]) -> None:
         """Apply `batch` once, trying until Redis takes it."""
@@ -77,6 +91,13 @@ class ReportPublisher:
         self.checkpoints.writer.applied(plan)
 
     async def _send(self, reports: Sequence[Report], plan: CheckpointPlan, token: str, size: int) -> None:
+        if self.one_send is not None:
+            xadd = ("XADD", self.keys.reports, "*")
+            await self.one_send.execute([
+                ("SET", self.marker, token, "EX", MARKER_TTL_S),   # once_marker's
+                *((*xadd, *(x for kv in report.to_fields().items() for x in kv)) for report in reports),
+                *plan.commands])
+            return
         async with self.redis.pipeline(transaction=True) as pipe:
             # first: the slot of a cluster transaction is the slot of its first key (the tenant's)
             once_marker(pipe, self.marker, token)
