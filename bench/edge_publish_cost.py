@@ -6,8 +6,9 @@ measures it in the whole system, where the load on the machine moves the batchin
 Each synthetic call is the edge's facts for a call of the stock bench (welcome media, then an
 agent; bench/stock_calls.py): 5 reports and 7 checkpoint facts with dialog snapshots of the size
 the edge writes, in 5 steps (arrival; welcome answered; agent rung; agent talking; end). A batch
-holds one step of `--per-batch` calls (at 50-100 calls/s the edge's batches hold 1-2 calls'
-facts), published in order through `ReportPublisher` (whatever version is on the path). Printed:
+holds one step of `--per-batch` calls (1: a transaction per step, as the edge at 50 calls/s under
+MONITOR; at 100 calls/s it sends about one transaction per call, ~5 steps of different calls in
+each), published in order through `ReportPublisher` (whatever version is on the path). Printed:
 the publishing thread's CPU per call (`time.thread_time`; best of `--repeat`), and from the
 redis-server's INFO the commands per call by name and the bytes it received per call.
 
