@@ -23,7 +23,8 @@ the one list: `NAMES` and `FAMILIES` below are rendered into the Lua prelude (`K
     cc:{t}:call:<id>              hash   one call's state
     cc:{t}:calls                  set    ids of calls not yet ended
     cc:{t}:edge:<edge>:calls      set    ids of calls not yet ended that this sip-edge owns
-    cc:{t}:edge:<edge>:dialogs    set    ids of the calls this sip-edge checkpointed (its own index, TTL max_call_s)
+    cc:{t}:edge:<edge>:dialogs    set    ids of the calls this sip-edge checkpointed (its own index, TTL max_call_s
+                                         after its last arrival at least, renewed once a minute at most)
     cc:{t}:dialog:<id>            hash   a sip-edge's checkpoint of one call: last report seq, phase and,
                                          once talking, its legs' dialogs (deleted at call_ended, TTL max_call_s)
     cc:{t}:edge:<edge>:lease      string the token of the one process that holds this edge id
