@@ -1,7 +1,9 @@
 """The edge's memory of its calls in Redis, so that a process restarted under the same id adopts them.
 
-Writes (asyncio side, in the report pipeline, so a checkpoint and the report it follows land
-together): `cc:{t}:dialog:<call_id>` (hash) and the index `cc:{t}:edge:<edge>:dialogs` (set).
+Writes (asyncio side, in the report batch's MULTI, so a checkpoint and the report it follows land
+together; planned once per batch by `checkpoint_writes.py`: per call one HSET of the fields that
+changed, an HDEL of those that went): `cc:{t}:dialog:<call_id>` (hash) and the index
+`cc:{t}:edge:<edge>:dialogs` (set).
 - every report: the call's last `seq` and `phase` (the report type without `report.`); the first
   (`call_arrived`) also flow, caller, SIP Call-ID and the edge;
 - every confirmed change (a `checkpoint` fact of the SIP side, `confirmed.py`): `legs`, JSON of each
@@ -15,7 +17,8 @@ together): `cc:{t}:dialog:<call_id>` (hash) and the index `cc:{t}:edge:<edge>:di
   of what answers the caller's INVITE (`sippy/resume.caller_snapshot`), deleted when our 200 goes
   to the caller;
 - `call_ended`: the hash and its index entry are deleted.
-Both keys expire after max_call_s (the config registry) as a safety net.
+Both keys expire as a safety net: the hash max_call_s (the config registry) after its arrival, the
+index max_call_s after its last arrival at least (renewed at most once a minute, so given a minute more).
 
 Reads (`load`, at start, before the SIP stack and the command stream): this edge's checkpoints;
 (`load_call`, on `command.adopt`) one call's, handed over from a lost peer of its address group.
@@ -24,14 +27,16 @@ Reads (`load`, at start, before the SIP stack and the command stream): this edge
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 
-from callcenter.contract.reports import CallArrived, CallEnded, Report
+from callcenter.contract.reports import Report
 from callcenter.store.config import param
 from callcenter.store.keys import Keys
+from callcenter_sip_edge.checkpoint_writes import CheckpointPlan, CheckpointWriter
 
 
 @dataclass(frozen=True)
@@ -72,54 +77,17 @@ class Checkpoints:
         self.edge_id = edge_id
         self.index = keys.edge_dialogs(edge_id)
         self.ttl_s = int(param("max_call_s").default)
+        self.writer = CheckpointWriter(keys, edge_id, self.ttl_s)
 
     async def read_ttl(self) -> None:
         """The safety-net TTL: the tenant's max_call_s (a call lasts no longer), else its default."""
         raw = await self.redis.hget(self.keys.config, "max_call_s")
         if raw is not None and str(raw).isdigit():
-            self.ttl_s = int(raw)
+            self.ttl_s = self.writer.ttl_s = int(raw)
 
-    def after_report(self, pipe: Any, report: Report) -> None:
-        """Queue on `pipe`, after the report's XADD: the call's seq and phase, or its deletion."""
-        key = self.keys.dialog(report.call_id)
-        if report.seq <= 0:
-            return   # a refusal outside any call's stream
-        if isinstance(report, CallEnded):
-            pipe.delete(key)
-            pipe.srem(self.index, report.call_id)
-            return
-        fields: dict[str, Any] = {"seq": report.seq, "phase": report.TYPE.removeprefix("report.")}
-        if isinstance(report, CallArrived):
-            fields.update(edge=self.edge_id, flow=report.flow, caller=report.caller, sip_call_id=report.sip_call_id)
-            pipe.sadd(self.index, report.call_id)
-            pipe.expire(self.index, self.ttl_s)
-            pipe.hset(key, mapping=fields)
-            pipe.expire(key, self.ttl_s)
-            return
-        pipe.hset(key, mapping=fields)
-
-    def dialogs(self, pipe: Any, checkpoint: DialogCheckpoint) -> None:
-        """Queue on `pipe` the confirmed legs of a call and its INVITEs in set-up (one HSET, an HDEL)."""
-        data = checkpoint.data
-        key = self.keys.dialog(checkpoint.call_id)
-        fields: dict[str, Any] = {}
-        if data.get("legs") is not None:
-            fields["legs"] = json.dumps(data["legs"])
-        fields.update({name: data[name] for name in ("agent_id", "offer_id") if data.get(name) is not None})
-        if data.get("timers"):
-            fields["timers"] = json.dumps(data["timers"])
-        elif "timers" in data:
-            pipe.hdel(key, "timers")
-        if data.get("pending"):
-            fields["pending"] = json.dumps(data["pending"])
-        elif "pending" in data:
-            pipe.hdel(key, "pending")
-        if data.get("uas"):
-            fields["uas"] = json.dumps(data["uas"])
-        elif "uas" in data:
-            pipe.hdel(key, "uas")
-        if fields:
-            pipe.hset(key, mapping=fields)
+    def plan(self, batch: Sequence[Report | DialogCheckpoint]) -> CheckpointPlan:
+        """The checkpoint writes of a report batch, for its MULTI (`checkpoint_writes.py`)."""
+        return self.writer.plan(list(batch))
 
     async def load_call(self, call_id: str) -> AdoptedCall | None:
         """One call's checkpoint (handed to this edge by edge_lost, index already moved), None if gone."""

@@ -17,6 +17,7 @@ import structlog
 from callcenter.lifecycle import run_service, start_from_command_line
 from callcenter.redis import connect
 from callcenter.settings import EdgeSettings
+from callcenter.stream_read import quick_sends
 from callcenter_sip_edge.ownership import EXIT_START_REFUSED, StartRefused
 from callcenter_sip_edge.service import EdgeService
 
@@ -28,6 +29,7 @@ DRAIN_MARGIN_S = 10.0
 
 async def run(settings: EdgeSettings, stop: asyncio.Event | None = None) -> None:
     redis = connect(settings.redis_url)
+    quick_sends(redis)  # its small sends (report batches, command reads) without a timer task each (issue 15)
     service = EdgeService(settings, redis)
 
     async def ready() -> bool:

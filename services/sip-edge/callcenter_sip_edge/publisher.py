@@ -1,11 +1,14 @@
 """The sip-edge's report batches: appended in order, exactly once, optionally WAITed for.
 
-Writes: `cc:{t}:reports` (one XADD per report), the calls' checkpoints (checkpoint.py), and the
+Writes: `cc:{t}:reports` (one XADD per report), the calls' checkpoints (checkpoint.py, planned once
+per batch by checkpoint_writes.py), and the
 marker `cc:{t}:edge:<edge_id>:published` (this process's token and batch number, EX one day): one
 MULTI per batch. A batch that failed is kept and sent again (never dropped, never reordered), but
 only after the marker shows that the failed try was not applied: a reply lost to a Redis restart
 or failover after EXEC ran must not append the batch twice (callcenter.redis_durability).
-With `CC_REDIS_WAIT_REPLICAS`, WAIT follows each EXEC on the same connection.
+With `CC_REDIS_WAIT_REPLICAS`, WAIT follows each EXEC on the same connection. A batch goes in one
+send on a connection the publisher keeps (transaction.py), through the client's pipeline on a
+Redis Cluster or with WAIT.
 """
 
 from __future__ import annotations
@@ -16,11 +19,21 @@ from collections.abc import Sequence
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio import RedisCluster
 
 from callcenter.contract.reports import Report
-from callcenter.redis_durability import ReplicaWait, already_landed, note_wait, once_marker, wait_after
+from callcenter.redis_durability import (
+    MARKER_TTL_S,
+    ReplicaWait,
+    already_landed,
+    note_wait,
+    once_marker,
+    wait_after,
+)
 from callcenter.store.keys import Keys
 from callcenter_sip_edge.checkpoint import Checkpoints, DialogCheckpoint
+from callcenter_sip_edge.checkpoint_writes import CheckpointPlan
+from callcenter_sip_edge.transaction import OneSend
 
 log = structlog.get_logger(__name__)
 
@@ -30,7 +43,7 @@ RETRY_MAX_S = 2.0
 
 def marker_key(keys: Keys, edge_id: str) -> str:
     """The key that holds the token of the last batch this edge applied (the tenant's slot)."""
-    return f"{keys.prefix}edge:{edge_id}:published"
+    return keys.edge_published(edge_id)
 
 
 class ReportPublisher:
@@ -48,11 +61,17 @@ class ReportPublisher:
         self.batches = 0
         self.landed_on_retry = 0   # batches found applied after a failed try (not sent again)
         self.replicas_acknowledged: int | None = None   # what the last WAIT returned
+        # one send per batch on a kept connection (transaction.py); a cluster client, or a WAIT after
+        # EXEC, keeps the client's pipeline
+        self.one_send = None if isinstance(redis, RedisCluster) or wait is not None else OneSend(redis)
 
     async def publish(self, batch: Sequence[Report | DialogCheckpoint]) -> None:
         """Apply `batch` once, trying until Redis takes it."""
         self.batches += 1
         token = f"{self.writer}:{self.batches}"
+        reports = [item for item in batch if not isinstance(item, DialogCheckpoint)]
+        # planned once: every try sends the same commands, and they count as written once applied
+        plan = self.checkpoints.plan(batch)
         delay = RETRY_FIRST_S
         failed = False
         while True:
@@ -60,27 +79,34 @@ class ReportPublisher:
                 if failed and await already_landed(self.redis, self.marker, token):
                     self.landed_on_retry += 1
                     log.info("edge.publish_landed", batch=self.batches, size=len(batch))
-                    return
-                await self._send(batch, token)
-                return
+                    break
+                await self._send(reports, plan, token, len(batch))
+                break
             except (ConnectionError, OSError, aioredis.RedisError) as exc:
                 failed = True
+                self.checkpoints.writer.failed()
                 log.warning("edge.publish_failed", error=repr(exc), pending=len(batch))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
+        self.checkpoints.writer.applied(plan)
 
-    async def _send(self, batch: Sequence[Report | DialogCheckpoint], token: str) -> None:
+    async def _send(self, reports: Sequence[Report], plan: CheckpointPlan, token: str, size: int) -> None:
+        if self.one_send is not None:
+            xadd = ("XADD", self.keys.reports, "*")
+            await self.one_send.execute([
+                ("SET", self.marker, token, "EX", MARKER_TTL_S),   # once_marker's
+                *((*xadd, *(x for kv in report.to_fields().items() for x in kv)) for report in reports),
+                *plan.commands])
+            return
         async with self.redis.pipeline(transaction=True) as pipe:
             # first: the slot of a cluster transaction is the slot of its first key (the tenant's)
             once_marker(pipe, self.marker, token)
-            for item in batch:
-                if isinstance(item, DialogCheckpoint):
-                    self.checkpoints.dialogs(pipe, item)
-                    continue
-                pipe.xadd(self.keys.reports, item.to_fields())  # type: ignore[arg-type]
-                self.checkpoints.after_report(pipe, item)
+            for report in reports:
+                pipe.xadd(self.keys.reports, report.to_fields())  # type: ignore[arg-type]
+            for command in plan.commands:
+                pipe.execute_command(*command)
             wait_after(pipe, self.wait)
             await pipe.execute()
             if self.wait is not None:
                 self.replicas_acknowledged = getattr(pipe, "acknowledged", None)
-            note_wait(pipe, self.wait, "edge_publish", size=len(batch))
+            note_wait(pipe, self.wait, "edge_publish", size=size)

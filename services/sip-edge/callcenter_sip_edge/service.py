@@ -230,6 +230,7 @@ class EdgeService:
             if edge is not None and edge != self.edge_id:
                 handed.append(call_id)
                 self._seq.pop(call_id, None)
+                self.checkpoints.writer.forget(call_id)
             elif state in (b"ended", "ended"):
                 ended.append(call_id)
             # no hash: an arrival not applied yet (an ended call's hash outlives the lapse): kept

@@ -23,11 +23,14 @@ the one list: `NAMES` and `FAMILIES` below are rendered into the Lua prelude (`K
     cc:{t}:call:<id>              hash   one call's state
     cc:{t}:calls                  set    ids of calls not yet ended
     cc:{t}:edge:<edge>:calls      set    ids of calls not yet ended that this sip-edge owns
-    cc:{t}:edge:<edge>:dialogs    set    ids of the calls this sip-edge checkpointed (its own index, TTL max_call_s)
+    cc:{t}:edge:<edge>:dialogs    set    ids of the calls this sip-edge checkpointed (its own index, TTL max_call_s
+                                         after its last arrival at least, renewed once a minute at most)
     cc:{t}:dialog:<id>            hash   a sip-edge's checkpoint of one call: last report seq, phase and,
                                          once talking, its legs' dialogs (deleted at call_ended, TTL max_call_s)
     cc:{t}:edge:<edge>:lease      string the token of the one process that holds this edge id
                                          (expires after the lapse unless its heartbeat renews it)
+    cc:{t}:edge:<edge>:published  string the token of the last report batch this sip-edge applied (its
+                                         exactly-once marker, `callcenter.redis_durability`; EX one day)
     cc:{t}:edge:<edge>:info       hash   group (its address group, CC_EDGE_GROUP), lost_ms (declared lost
                                          then: told to the edge by its next beat, which deletes it)
     cc:{t}:edgegroup:<group>      set    the edge ids of one address group (edges that share one SIP address)
@@ -77,6 +80,7 @@ FAMILIES: dict[str, str] = {
     "edge_lease": "edge:{0}:lease",
     "edge_dialogs": "edge:{0}:dialogs",
     "edge_info": "edge:{0}:info",
+    "edge_published": "edge:{0}:published",
     "edge_group": "edgegroup:{0}",
     "dialog": "dialog:{0}",
     "commands": "commands:{0}",
@@ -158,6 +162,10 @@ class Keys:
     def edge_info(self, edge_id: str) -> str:
         """A sip-edge's address group and whether it was declared lost."""
         return self._family("edge_info", edge_id)
+
+    def edge_published(self, edge_id: str) -> str:
+        """The marker of the last report batch a sip-edge applied (`callcenter_sip_edge.publisher`)."""
+        return self._family("edge_published", edge_id)
 
     def edge_group(self, group: str) -> str:
         """The sip-edges that share one SIP address (peers: one adopts the calls of another that is lost)."""

@@ -1,0 +1,84 @@
+"""The report publisher's MULTI ... EXEC in one send, on a connection it keeps (issue 15).
+
+A redis-py transaction pipeline takes a connection from the client's pool and gives it back for
+every batch, builds a pipeline object, packs each command through its own call and wraps the whole
+in the client's retry; the edge sends a batch every few reactor turns, and that work cost about as
+much of the asyncio thread as the batch itself. `OneSend` packs `MULTI`, the commands and `EXEC`
+together, writes them in one send on a connection taken from the pool once, and reads the replies
+back in order: the commands Redis runs and the replies it gives are those of the pipeline.
+
+No retry here: a failure goes to the publisher, which decides whether the batch landed (its marker,
+`callcenter.redis_durability`) before sending it again. A failure to reach Redis drops the
+connection (the next batch connects again through the connection's own `connect()`, which for a
+Sentinel-managed one asks the sentinels where the master is) and is counted in
+`callcenter_redis_errors_total` as the client counts its own. An error reply (a command refused
+when queued, EXECABORT, an error inside EXEC's reply) is raised once every reply is read, so the
+connection stays in step.
+
+Used on a single Redis or a Sentinel-managed master; a Redis Cluster client, or a publisher that
+WAITs for replicas, keeps the pipeline (publisher.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
+from redis.exceptions import ResponseError
+
+from callcenter.metrics import REDIS_ERRORS, CountingRedis
+from callcenter.redis import REDIS_DOWN
+
+_MULTI = ("MULTI",)
+_EXEC = ("EXEC",)
+
+
+class OneSend:
+    """MULTI, `commands`, EXEC in one send on a kept connection (see the module's doc)."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._conn: AbstractConnection | None = None
+        self._count_errors = isinstance(redis, CountingRedis)
+
+    async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
+        """EXEC's reply (one entry per command), or the first error reply raised."""
+        if self._conn is None:
+            self._conn = await self.redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        conn = self._conn
+        packed = conn.pack_commands([_MULTI, *commands, _EXEC])
+        errors: list[ResponseError] = []
+        result: Any = None
+        try:
+            if not conn.is_connected:
+                await conn.connect()
+            await conn.send_packed_command(packed)
+            for _ in range(len(commands) + 1):   # +OK to MULTI, +QUEUED to each command
+                try:
+                    await conn.read_response()
+                except ResponseError as exc:
+                    errors.append(exc)
+            try:
+                result = await conn.read_response()
+            except ResponseError as exc:   # EXECABORT
+                errors.append(exc)
+        except BaseException as exc:   # a half-read connection is out of step: drop it
+            await conn.disconnect(nowait=True)
+            if self._count_errors and isinstance(exc, REDIS_DOWN):
+                REDIS_ERRORS.inc()
+            raise
+        if errors:
+            raise errors[0]
+        replies = list(result or ())
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return replies
+
+    async def close(self) -> None:
+        """Give the connection back to the client's pool."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self.redis.connection_pool.release(conn)
