@@ -22,6 +22,7 @@ import collections
 import threading
 from typing import Any
 
+import msgpack
 import redis
 import redis.asyncio as aioredis
 
@@ -59,14 +60,14 @@ async def drive(store: Store, calls: int) -> None:
 
     await commands()
     for n in range(calls):
-        call_id, seq = f"c{n}", 0
+        call_id = f"c{n}"
+        seq = [0]
 
-        async def report(rtype: str, **data: Any) -> None:
-            nonlocal seq
-            seq += 1
-            payload = {"call_id": call_id, "edge": EDGE, "seq": seq, "ts": store.clock(), **data}
-            import msgpack
-            res = (await store.apply_reports([(rtype, f"{n}-{seq}", msgpack.packb(payload))]))[0]
+        async def report(rtype: str, call_id: str = call_id, seq: list[int] = seq, **data: Any) -> None:
+            seq[0] += 1
+            payload = {"call_id": call_id, "edge": EDGE, "seq": seq[0], "ts": store.clock(), **data}
+            entry_id = f"{call_id.removeprefix('c')}-{seq[0]}"
+            res = (await store.apply_reports([(rtype, entry_id, msgpack.packb(payload))]))[0]
             assert res.rc.name == "OK", (rtype, res)
 
         await report("report.call_arrived", flow=FLOW, caller=f"caller{n}", caller_uri=f"sip:caller{n}@127.0.0.1",

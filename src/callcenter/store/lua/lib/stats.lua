@@ -1,11 +1,19 @@
--- stats.lua: counters (reset by stats_reset.lua) and the on-hold gauge in cc:{t}:stats and
--- cc:{t}:stats:flow:<flow>; service level in one-minute buckets cc:{t}:sl:<flow>:<minute>; the
--- handle-time average behind estimated waits.
+-- stats.lua: counters (reset by stats_reset.lua) and the on-hold gauge in one hash per flow,
+-- cc:{t}:stats:flow:<flow> (the tenant's totals are their sum, taken by the readers over the flows
+-- of cc:{t}:statflows; cc:{t}:stats keeps only reset_ms); service level in one-minute buckets
+-- cc:{t}:sl:<flow>:<minute>; the handle-time average behind estimated waits.
 -- NEEDS: config, core
 
 local function stat(flow_id, field, by)
-  redis.call('HINCRBY', K.stats, field, by or 1)
   redis.call('HINCRBY', k_flow_stats(flow_id), field, by or 1)
+end
+
+-- a counter's value as HMGET gives it (false: none yet); a value HINCRBY would refuse is refused
+local function counter_value(v)
+  if not v then return 0 end
+  local n = tonumber(v)
+  if n == nil or n ~= math.floor(n) then error('statistics value is not an integer: ' .. tostring(v)) end
+  return n
 end
 
 -- the on-hold gauge, with its chat subset
