@@ -112,7 +112,10 @@ class StreamReader:
             read = conn.pack_command(*args, "STREAMS", self.stream, start)
             if len(self._reads) < 8:  # the consumer reads ">" and, at a start, "0": a few keys
                 self._reads[(start, count, block)] = read
-        packed = conn.pack_commands(commands) if commands else []
+        packed: list[bytes] = []
+        if commands:
+            own = _pack_plain(commands, conn.encoder.encoding)
+            packed = [own] if own is not None else conn.pack_commands(commands)
         if ack_ids:
             packed += conn.pack_command("XACK", self.stream, self.group, *ack_ids)
         packed += read
@@ -152,6 +155,26 @@ class StreamReader:
                 self._in_flight = 0
                 await conn.disconnect(nowait=True)
             await self.redis.connection_pool.release(conn)
+
+
+def _pack_plain(commands: Sequence[tuple[Any, ...]], encoding: str) -> bytes | None:
+    """RESP of commands whose arguments are all bytes, str or int (the FCALLs of a batch), as the
+    client's `pack_commands` writes them in one buffer, without its per-argument encoder; None
+    for any other argument (the client packs those)."""
+    out: list[bytes] = []
+    for args in commands:
+        out.append(b"*%d\r\n" % len(args))
+        for arg in args:
+            if isinstance(arg, bytes):
+                b = arg
+            elif isinstance(arg, str):
+                b = arg.encode(encoding)
+            elif type(arg) is int:
+                b = b"%d" % arg
+            else:
+                return None
+            out += (b"$%d\r\n" % len(b), b, b"\r\n")
+    return b"".join(out)
 
 
 class QuickSendConnection(Connection):

@@ -174,3 +174,13 @@ async def test_a_stop_handles_what_the_last_send_read(redis: aioredis.Redis) -> 
     assert sum(len(b) for b in handler.batches) == 3  # the entries the in-flight read took: handled
     assert int(await redis.get(COUNTER) or 0) == 3
     assert await _nothing_pending(redis)
+
+
+def test_the_plain_packing_is_the_clients() -> None:
+    from redis.asyncio.connection import Connection
+
+    from callcenter.stream_read import _pack_plain
+    fcall = ("FCALL", "cc_0123_report_call_arrived", 1, "cc:{t}:events", 1_764_000_000_000, "1-0", b"\x81\xa1a\x01")
+    commands = [fcall, ("INCRBY", "ké", -3)]
+    assert _pack_plain(commands, "utf-8") == b"".join(Connection().pack_commands(commands))
+    assert _pack_plain([("SET", "k", 1.5)], "utf-8") is None  # a float: the client packs it
