@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
+import re
 import threading
 from typing import Any
 
@@ -116,6 +117,7 @@ async def run(args: argparse.Namespace) -> None:
 
     per_step: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
     keys_per_step: dict[str, int] = collections.Counter()
+    key_names: dict[str, set[str]] = collections.defaultdict(set)  # per step, the keys as families
     steps: collections.Counter[str] = collections.Counter()
     stats_writes: collections.Counter[str] = collections.Counter()
     current, keys = "", set()
@@ -136,6 +138,8 @@ async def run(args: argparse.Namespace) -> None:
         per_step[current][parts[0].upper()] += 1
         keys.update(key_of(parts))
         for key in key_of(parts):
+            key_names[current].add(re.sub(r"(c|b)\d+$|edge-count|\d{5,}", "<id>", key.split(":", 2)[-1]))
+        for key in key_of(parts):
             if ":stats" in key or ":sl:" in key:
                 stats_writes[parts[0].upper()] += 1
     if current:
@@ -148,6 +152,8 @@ async def run(args: argparse.Namespace) -> None:
         line = ", ".join(f"{c} {v / n:g}" for c, v in counts.most_common())
         print(f"  {step:<24} {sum(counts.values()) / n:5.1f} calls, {keys_per_step[step] / n:4.1f} keys: {line}")
         total.update(counts)
+        if args.keys:
+            print("      keys: " + ", ".join(sorted(key_names[step])))
     calls = args.calls
     print(f"per call: {sum(total.values()) / calls:g} redis.call()s in the report steps, "
           f"{sum(keys_per_step.values()) / calls:g} keys touched (summed over steps)")
@@ -160,6 +166,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--agents", type=int, default=50)
     ap.add_argument("--calls", type=int, default=20)
+    ap.add_argument("--keys", action="store_true", help="name the keys each step touches")
     asyncio.run(run(ap.parse_args()))
 
 
