@@ -22,11 +22,13 @@ local function onhold_stat(flow_id, call, by)
   if call.media_type == 'chat' then stat(flow_id, 'onhold_chats', by) end
 end
 
--- the on-hold gauge counts calls that wait for an agent (arrived, welcome, queued, ringing)
-local function hold_off(call_id, call)
+-- the on-hold gauge counts calls that wait for an agent (arrived, welcome, queued, ringing).
+-- `fields`: the call's hash fields its caller writes next, without a write between (onhold joins
+-- them: one write of the call's hash); none: written here.
+local function hold_off(call_id, call, fields)
   if call.onhold == '1' then
     onhold_stat(call.flow, call, -1)
-    call_field_updates(call_id, call, { onhold = '0' })
+    if fields then fields.onhold = '0' else call_field_updates(call_id, call, { onhold = '0' }) end
   end
 end
 
