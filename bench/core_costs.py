@@ -10,11 +10,13 @@ beats (`edge_beat.lua`) every second, as a live edge does. One flow, `--agents` 
 
 Measured from the first arrival until every call has ended, every CDR row is written and both
 consumer groups have nothing pending: CPU seconds (/proc/<pid>/stat utime+stime) per call of each
-process, and Redis' own accounting per call (INFO commandstats: calls and µs per command). The
-redis-server figure includes what this edge stand-in asks of it (report XADDs, command reads,
-heartbeats) but not the real edge's dialog checkpoints; the dispatcher and cdr-writer figures are
-theirs alone. With `--profile DIR`, py-spy (non-blocking) samples both services over the run and
-the top functions are printed (raw files kept in DIR).
+process, its system calls that read and that write and its wake-ups per call (/proc/<pid>/io,
+voluntary context switches: counts the machine's load moves far less than CPU time), and Redis' own
+accounting per call (INFO commandstats: calls and µs per command). The redis-server figure includes
+what this edge stand-in asks of it (report XADDs, command reads, heartbeats) but not the real
+edge's dialog checkpoints; the dispatcher and cdr-writer figures are theirs alone. With `--profile
+DIR`, py-spy (non-blocking) samples both services over the run and the top functions are printed
+(raw files kept in DIR).
 
     .venv/bin/python bench/core_costs.py                     # 100 calls/s for 20 s
     .venv/bin/python bench/core_costs.py --rate 100 --seconds 20 --profile /tmp/prof
@@ -53,6 +55,14 @@ TICKS = os.sysconf("SC_CLK_TCK")
 def cpu_seconds(pid: int) -> float:
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / TICKS
+
+
+def io_counts(pid: int) -> tuple[int, int, int]:
+    """System calls that read and that write (/proc/<pid>/io syscr, syscw) and voluntary context
+    switches (the times the process slept: its wake-ups), whatever the machine's load."""
+    io = dict(line.split(": ") for line in Path(f"/proc/{pid}/io").read_text().splitlines())
+    status = dict(line.split(":\t") for line in Path(f"/proc/{pid}/status").read_text().splitlines() if ":\t" in line)
+    return int(io["syscr"]), int(io["syscw"]), int(status["voluntary_ctxt_switches"])
 
 
 def now_ms() -> int:
@@ -226,6 +236,7 @@ async def run(args: argparse.Namespace) -> None:
         await r.config_resetstat()
         load = os.getloadavg()
         before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        io_before = {name: io_counts(pid) for name, pid in pids.items()}
         started = time.monotonic()
         for n in range(calls):
             delay = started + n / args.rate - time.monotonic()
@@ -241,6 +252,7 @@ async def run(args: argparse.Namespace) -> None:
             await asyncio.sleep(0.05)
         elapsed = time.monotonic() - started
         cpu = {name: cpu_seconds(pid) - before[name] for name, pid in pids.items()}
+        io = {name: [b - a for a, b in zip(io_before[name], io_counts(pid), strict=True)] for name, pid in pids.items()}
         stats = await r.info("commandstats")
         stop.set()
         await asyncio.gather(*loops)
@@ -251,6 +263,8 @@ async def run(args: argparse.Namespace) -> None:
               f"env {dict(args.env) or '-'}, dispatcher {dict(args.dispatcher_env) or '-'}")
         print("   CPU ms per call: " + ", ".join(f"{name} {s * 1000 / calls:.2f}" for name, s in cpu.items())
               + "   (% of one core: " + ", ".join(f"{name} {s * 100 / elapsed:.0f}" for name, s in cpu.items()) + ")")
+        print("   per call, system calls that read / write, wake-ups: " + ", ".join(
+            f"{name} {r / calls:.2f} / {w / calls:.2f}, {v / calls:.2f}" for name, (r, w, v) in io.items()))
         rows_cs = sorted(((k.removeprefix("cmdstat_"), v) for k, v in stats.items()), key=lambda kv: -kv[1]["usec"])
         total_us = sum(v["usec"] for _, v in rows_cs)
         print(f"   Redis commandstats per call (µs inside Redis per call: {total_us / calls:.0f}; "

@@ -12,6 +12,10 @@ Consumer contract (dispatcher, cdr-writer, any analytics consumer built on it):
   one round trip per batch instead of two), or on its own before any other Redis work of the loop
   (a reclaim, a held batch) and at a stop; a consumer given `wait` (CC_REDIS_WAIT_REPLICAS)
   sends each XACK in a transaction of its own followed by WAIT (`callcenter.redis_durability`);
+- a handler may send its own commands for a batch through the consumer (`ride`: the dispatcher's
+  FCALLs): they go first in that same send, with the acknowledgement of the batch before and the
+  read of the next batch (blocking at most RIDE_BLOCK_MS), whose reply the next loop takes. The
+  batch's own entries are then acknowledged with the send after it: one send per batch;
 - with `linger_ms`, a read that found fewer than `batch` entries is followed by a pause of that
   length before the next read, so a consumer that can wait (the cdr-writer) reads, handles and
   acknowledges fewer, larger batches; its acknowledgements wait for the next read too (an entry
@@ -68,6 +72,9 @@ DEAD_MAXLEN = 100_000
 # characters, stored in the dead-letter record up to DEAD_REASON_MAX
 LOG_EXCERPT = 200
 DEAD_REASON_MAX = 1000
+# the longest a read sent with a batch's commands (`StreamConsumer.ride`) blocks: the batch's
+# acknowledgement waits for the next send, so when nothing comes it goes with a read of its own soon
+RIDE_BLOCK_MS = 50
 
 
 def _size(fields: Mapping[Any, Any]) -> int:
@@ -162,6 +169,10 @@ class StreamConsumer:
         # handled (durably), not acknowledged yet: sent with the next read, or first when Redis is
         # back if the XACK found it down, so they are not left pending until the next reclaim
         self._unacked: list[str] = []
+        # `ride`: allowed while the handler runs on a batch read with ">" (not at a start, a
+        # reclaim or a held entry's retry), once a batch; the acknowledgements sent with that read
+        self._ride_ok = False
+        self._riding_acks: list[str] = []
         self._backoff_s = 0.0
         self.handled = 0
         self.dead_lettered = 0
@@ -221,6 +232,12 @@ class StreamConsumer:
                 # Redis came back without our group (restarted empty): start again from its start
                 log.warning("consumer.group_lost", stream=self.stream, group=self.group)
                 await self._until_redis(self.ensure_group)
+        if self._reader is not None and self._reader.in_flight:
+            # the read sent with the last batch: its entries are handled rather than left pending
+            try:
+                await self._read(">")
+            except (*REDIS_DOWN, ResponseError) as exc:
+                log.warning("consumer.redis_unavailable", stream=self.stream, error=repr(exc))
         if self._unacked:  # the batch in hand at the stop
             try:
                 await self._ack_now([])
@@ -288,7 +305,16 @@ class StreamConsumer:
     async def _read(self, start: str) -> int:
         block = None if start == "0" else self.block_ms
         resp: Any
-        if self._reader is not None:
+        if self._reader is not None and self._reader.in_flight:  # sent with the last batch (ride)
+            ids, self._riding_acks = self._riding_acks, []
+            try:
+                resp = await self._reader.finish_read()
+            except BaseException:
+                self._unacked = [*ids, *self._unacked]  # acknowledged again: harmless
+                raise
+            if ids:
+                self._count_acked(len(ids))
+        elif self._reader is not None:
             ids = self._unacked  # kept on a failure: acknowledged when Redis is back
             resp = await self._reader.ack_and_read(ids, start, self.batch, block)
             self._unacked = []
@@ -304,8 +330,32 @@ class StreamConsumer:
         entries = resp[0][1]
         if not entries:
             return 0
-        await self._process(entries)
+        self._ride_ok = start == ">"
+        try:
+            await self._process(entries)
+        finally:
+            self._ride_ok = False
         return len(entries)
+
+    async def ride(self, commands: list[tuple[Any, ...]]) -> list[Any] | None:
+        """Send a handler's `commands` (`Store.apply_reports`'s FCALLs) in one write with the
+        acknowledgement of what was handled so far and the next read, and answer their replies;
+        None when they cannot go that way now (the handler sends them itself): no reader of its own
+        (Redis Cluster, WAIT), a stop, not a batch read with ">", or once already for this batch.
+        The entries of this batch are acknowledged with the next send; the read waits at most
+        RIDE_BLOCK_MS, so when nothing follows they are acknowledged soon by a read of their own."""
+        if not self._ride_ok or self._reader is None or self.stopping or self._reader.in_flight:
+            return None
+        self._ride_ok = False
+        ids, self._unacked = self._unacked, []
+        try:
+            replies = await self._reader.send_with_read(commands, ids, ">", self.batch,
+                                                        min(self.block_ms, RIDE_BLOCK_MS))
+        except BaseException:
+            self._unacked = [*ids, *self._unacked]
+            raise
+        self._riding_acks = ids
+        return replies
 
     def _count_acked(self, n: int) -> None:
         self.handled += n

@@ -32,7 +32,7 @@ from callcenter.redis import REDIS_DOWN, text
 from callcenter.redis_durability import WaitingTransaction
 from callcenter.redis_topology import stream_read_keys
 from callcenter.store.config import PARAMS
-from callcenter.store.keys import Keys
+from callcenter.store.keys import Keys, tenant_totals
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -174,7 +174,7 @@ class Snapshot:
     ok: bool = True
 
 
-# the global counters of cc:{t}:stats that count calls, by the outcome they name
+# the tenant's counters (summed over its flows) that count calls, by the outcome they name
 CALL_COUNTERS = {"incalls": "arrived", "answered": "answered", "abandoned": "abandoned",
                  "overflowed": "overflowed", "distributed": "distributed"}
 
@@ -202,6 +202,8 @@ class TenantState(Collector):
         flows = sorted(text(f) for f in await self.redis.srandmember(keys.flows, MAX_FLOWS) or [])
         agents = [text(a) for a in await self.redis.srandmember(keys.agents, MAX_AGENTS) or []]
         command_streams = [keys.commands(text(e)) for e in await self.redis.zrange(keys.edges, 0, -1)]
+        # the tenant's counters are the sum of its flows' (store.keys.tenant_totals)
+        counted = sorted(text(f) for f in await self.redis.sunion([keys.statflows, keys.flows]) or [])
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.hget(keys.config, "sl_threshold_s")
             for flow in flows:
@@ -210,7 +212,8 @@ class TenantState(Collector):
                 pipe.hmget(keys.flow(flow), ["skill", "sl_threshold_s"])
             for agent in agents:
                 pipe.hget(keys.agent(agent), "state")
-            pipe.hgetall(keys.stats)
+            for flow in counted:
+                pipe.hgetall(keys.flow_stats(flow))
             pipe.scard(keys.calls)
             pipe.zrange(keys.edges, 0, -1, withscores=True)
             pipe.xlen(keys.dead)
@@ -232,7 +235,7 @@ class TenantState(Collector):
         for _agent in agents:
             state = text(next(it)) or "logged_out"
             snap.agents[state] = snap.agents.get(state, 0) + 1
-        stats = {text(k): text(v) for k, v in (next(it) or {}).items()}
+        stats = tenant_totals([{text(k): text(v) for k, v in (next(it) or {}).items()} for _ in counted])
         snap.calls = {label: int(stats.get(name) or 0) for name, label in CALL_COUNTERS.items()}
         snap.live_calls = int(next(it))
         snap.edge_age_s = {text(edge): max(0.0, now_s - float(ms) / 1000) for edge, ms in next(it)}

@@ -8,6 +8,11 @@ around every pipeline (a connection taken from the pool and given back through a
 the pipeline object, its retry wrapper), which at one or two reports per read cost about as much
 CPU as the read itself (issue 15).
 
+`send_with_read` goes one further (issue 15): a handler's commands (the dispatcher's FCALLs of a
+batch) are written first in the same send, their replies read back at once, and the read's reply
+taken later with `finish_read`, after the handler has settled the batch; so a batch costs one send
+and one wake-up of Redis, not two (`bus.StreamConsumer.ride`).
+
 The client's socket timeout (redis-py's default: 5 s) bounds the send and each reply, as it does
 for the client. `QuickSendConnection` (below) takes the timer task off small sends; a service
 opts in with `quick_sends(client)`.
@@ -44,15 +49,58 @@ class StreamReader:
         self._conn: AbstractConnection | None = None
         self._reads: dict[tuple[str, int, int | None], list[bytes]] = {}  # packed XREADGROUPs
         self._count_errors = isinstance(redis, CountingRedis)  # as that client counts its own
+        self._in_flight = 0  # replies of a read sent by send_with_read, still to be read
         # the client's own parsing of the reply, so the entries look as `redis.xreadgroup` gives them
         # (read at construction, which does no I/O: a service built without a client for a test of
         # its pure parts has none)
         callbacks = getattr(redis, "response_callbacks", None) or {}
         self._parse = callbacks.get("XREADGROUP")
 
+    @property
+    def in_flight(self) -> bool:
+        """A read was sent with `send_with_read` and its reply is still to be taken (`finish_read`)."""
+        return self._in_flight > 0
+
     async def ack_and_read(self, ack_ids: Sequence[str], start: str, count: int, block: int | None) -> Any:
         """Acknowledge `ack_ids` (if any), then read up to `count` entries from `start` (">" or an
         id), blocking up to `block` ms when there is none; the reply as `redis.xreadgroup` gives it."""
+        assert not self._in_flight, "a read is in flight: finish_read() first"
+        conn, packed = await self._pack([], ack_ids, start, count, block)
+        replies = await self._exchange(conn, packed, 2 if ack_ids else 1)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return self._parse(replies[-1]) if self._parse is not None else replies[-1]
+
+    async def send_with_read(self, commands: Sequence[tuple[Any, ...]], ack_ids: Sequence[str], start: str,
+                             count: int, block: int | None) -> list[Any]:
+        """Write `commands`, then the XACK of `ack_ids` (if any) and the XREADGROUP of the next
+        batch, in one send; answer the replies of `commands` (an error reply as its exception, as a
+        pipeline that does not raise gives it). The acknowledgement's and the read's replies are
+        left on the connection for `finish_read()`: Redis runs the read after the commands, and a
+        read that blocks blocks only itself."""
+        assert not self._in_flight, "a read is in flight: finish_read() first"
+        conn, packed = await self._pack(commands, ack_ids, start, count, block)
+        self._in_flight = 2 if ack_ids else 1
+        try:
+            return await self._exchange(conn, packed, len(commands))
+        except BaseException:
+            self._in_flight = 0  # the connection was dropped with them
+            raise
+
+    async def finish_read(self) -> Any:
+        """The reply of the read `send_with_read` sent, as `ack_and_read` gives it (an error reply of
+        the acknowledgement or the read is raised once both are read)."""
+        n, self._in_flight = self._in_flight, 0
+        assert n and self._conn is not None, "no read in flight"
+        replies = await self._exchange(self._conn, None, n)
+        for reply in replies:
+            if isinstance(reply, ResponseError):
+                raise reply
+        return self._parse(replies[-1]) if self._parse is not None else replies[-1]
+
+    async def _pack(self, commands: Sequence[tuple[Any, ...]], ack_ids: Sequence[str], start: str, count: int,
+                    block: int | None) -> tuple[AbstractConnection, list[bytes]]:
         if self._conn is None:
             self._conn = await self.redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
         conn = self._conn
@@ -64,36 +112,69 @@ class StreamReader:
             read = conn.pack_command(*args, "STREAMS", self.stream, start)
             if len(self._reads) < 8:  # the consumer reads ">" and, at a start, "0": a few keys
                 self._reads[(start, count, block)] = read
-        packed = [*conn.pack_command("XACK", self.stream, self.group, *ack_ids), *read] if ack_ids else read
-        n_replies = 2 if ack_ids else 1
+        packed: list[bytes] = []
+        if commands:
+            own = _pack_plain(commands, conn.encoder.encoding)
+            packed = [own] if own is not None else conn.pack_commands(commands)
+        if ack_ids:
+            packed += conn.pack_command("XACK", self.stream, self.group, *ack_ids)
+        packed += read
+        return conn, packed
+
+    async def _exchange(self, conn: AbstractConnection, packed: list[bytes] | None, n_replies: int) -> list[Any]:
+        """Send `packed` (None: nothing, the replies of an earlier send are due), then read
+        `n_replies` replies, an error reply as its exception."""
         replies: list[Any] = []
         try:
-            if not conn.is_connected:
-                # as the pool does: through the connection's own connect(), which for a
-                # Sentinel-managed one asks the sentinels for the master (the send would reconnect
-                # to the address it had: after a failover, the old master)
-                await conn.connect()
-            await conn.send_packed_command(packed)
+            if packed is not None:
+                if not conn.is_connected:
+                    # as the pool does: through the connection's own connect(), which for a
+                    # Sentinel-managed one asks the sentinels for the master (the send would
+                    # reconnect to the address it had: after a failover, the old master)
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                await conn.send_packed_command(packed)
             for _ in range(n_replies):
                 try:
                     replies.append(await conn.read_response())
-                except ResponseError as exc:  # the other reply is still to be read
+                except ResponseError as exc:  # the other replies are still to be read
                     replies.append(exc)
         except BaseException as exc:  # a half-read connection is out of step: drop it
+            self._in_flight = 0
             await conn.disconnect(nowait=True)
             if self._count_errors and isinstance(exc, REDIS_DOWN):
                 REDIS_ERRORS.inc()
             raise
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                raise reply
-        return self._parse(replies[-1]) if self._parse is not None else replies[-1]
+        return replies
 
     async def close(self) -> None:
-        """Give the connection back to the client's pool."""
+        """Give the connection back to the client's pool (dropped first if a read is in flight:
+        its entries stay pending for this consumer name, read again at a restart or reclaimed)."""
         conn, self._conn = self._conn, None
         if conn is not None:
+            if self._in_flight:
+                self._in_flight = 0
+                await conn.disconnect(nowait=True)
             await self.redis.connection_pool.release(conn)
+
+
+def _pack_plain(commands: Sequence[tuple[Any, ...]], encoding: str) -> bytes | None:
+    """RESP of commands whose arguments are all bytes, str or int (the FCALLs of a batch), as the
+    client's `pack_commands` writes them in one buffer, without its per-argument encoder; None
+    for any other argument (the client packs those)."""
+    out: list[bytes] = []
+    for args in commands:
+        out.append(b"*%d\r\n" % len(args))
+        for arg in args:
+            if isinstance(arg, bytes):
+                b = arg
+            elif isinstance(arg, str):
+                b = arg.encode(encoding)
+            elif type(arg) is int:
+                b = b"%d" % arg
+            else:
+                return None
+            out += (b"$%d\r\n" % len(b), b, b"\r\n")
+    return b"".join(out)
 
 
 class QuickSendConnection(Connection):

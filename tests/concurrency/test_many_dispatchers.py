@@ -23,6 +23,7 @@ import redis.asyncio as aioredis
 
 from callcenter.contract.codec import Entry, decode
 from callcenter.store import RC, Store
+from callcenter.store.keys import tenant_totals
 from callcenter_dev.edge_sim import EdgeSim, SimProfile
 from callcenter_dev.processes import ServiceProcess
 from callcenter_dev.servers import RedisServer
@@ -332,7 +333,11 @@ async def test_many_dispatchers_two_edges_sigkill(redis_server: RedisServer, red
             assert sim.reports["report.call_ended"] == CALLS_PER_EDGE == sim.reports["report.call_arrived"]
 
         # -- counters ------------------------------------------------------------------------------
-        stats = {k.decode(): int(v) for k, v in (await redis.hgetall(f"{keys.prefix}stats")).items()}
+        # the tenant's counters: the sum of its flows' (store.keys.tenant_totals)
+        flows = {m.decode() for m in await redis.sunion([keys.statflows, keys.flows])}
+        stats = {k: int(v) for k, v in tenant_totals(
+            [{k.decode(): v.decode() for k, v in (await redis.hgetall(keys.flow_stats(f))).items()} for f in flows]
+        ).items()}
         assert stats.get("answered", 0) == seen["types"]["call.connected"]
         assert stats.get("distributed", 0) == seen["types"]["call.offered"]
         assert stats.get("abandoned", 0) == seen["outcomes"]["abandoned"]

@@ -37,7 +37,8 @@ LONG_LIVED: dict[str, str] = {
     r"agent:[^:]+": "an agent's definition and runtime state: provisioning",
     r"skill:[^:]+:(flows|logged|logged:(audio|chat)|free|chat)": "skill indexes of provisioned flows and "
                                                                    "logged-in agents; emptied by logout/delete",
-    r"stats": "global counters: reset by the api's stats reset",
+    r"stats": "when the counters were last reset: written by the api's stats reset",
+    r"statflows": "the flows whose counters make the totals: flow upsert adds, the api's stats reset prunes",
     r"stats:flow:[^:]+": "per-flow counters and handle-time average: reset by the api's stats reset",
     r"edges": "heartbeats of live sip-edges; a lapsed edge is removed by edge_lost",
     r"events": "the product event stream, trimmed by callcenter.retention below what every group acknowledged "

@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from lua_harness import Harness
 
 from callcenter.store import RC
+from callcenter.store.reads import Reads
 
 
 @pytest.fixture
@@ -225,11 +226,11 @@ async def test_statistics_count_chats_apart(h: Harness) -> None:
     await h.agent("a1", ["sales"], audio=False, chat_capacity=1)
     await h.arrive("c1", media_type="chat")
     await h.arrive("c2", media_type="chat")
-    stats = await h.redis.hgetall(h.store.keys.prefix + "stats")
-    assert (stats[b"onhold"], stats[b"onhold_chats"]) == (b"2", b"2")
+    stats = (await Reads(h.redis, h.store.keys).stats()).global_  # the sum of the flows' counters
+    assert (stats.onhold, stats.onhold_chats) == (2, 2)
     await answer(h, "c1", "a1")
-    stats = await h.redis.hgetall(h.store.keys.prefix + "stats")
-    assert (stats[b"answered"], stats[b"answered_chats"], stats[b"onhold_chats"]) == (b"1", b"1", b"1")
+    stats = (await Reads(h.redis, h.store.keys).stats()).global_
+    assert (stats.answered, stats.answered_chats, stats.onhold_chats) == (1, 1, 1)
     agent = await h.store.agent("a1") or {}
     assert agent.get("answered_chats") == "1" and agent.get("answered") is None
 

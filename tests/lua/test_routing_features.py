@@ -9,6 +9,7 @@ import redis.asyncio as aioredis
 from lua_harness import Harness, rings
 
 from callcenter.store import RC
+from callcenter.store.reads import Reads
 
 
 @pytest.fixture
@@ -129,12 +130,15 @@ async def test_statistics_and_service_level_add_up(h: Harness) -> None:
     await h.report("report.call_ended", "c2", by="caller", reason="bye")
     h.now += 15_000
     await h.report("report.call_ended", "c1", by="caller", reason="bye")
-    g = {k.decode(): int(v) for k, v in (await h.redis.hgetall("cc:{t}:stats")).items()}
     f = {k.decode(): int(v) for k, v in (await h.redis.hgetall("cc:{t}:stats:flow:support")).items()}
-    for s in (g, f):
-        assert s["incalls"] == 2 and s["distributed"] == 1 and s["answered"] == 1 and s["abandoned"] == 1
-        assert s["onhold"] == 0 and s["talk_sum_ms"] == 30_000 and s["talk_n"] == 1
-        assert s["awt_sum_ms"] == 2000 + 15_000 and s["awt_n"] == 2
+    assert f["incalls"] == 2 and f["distributed"] == 1 and f["answered"] == 1 and f["abandoned"] == 1
+    assert f["onhold"] == 0 and f["talk_sum_ms"] == 30_000 and f["talk_n"] == 1
+    assert f["awt_sum_ms"] == 2000 + 15_000 and f["awt_n"] == 2 and f["aht_ema_ms"] == 30_000
+    # the tenant's totals, as the api reads them (the sum of its flows' counters)
+    stats = await Reads(h.redis, h.store.keys).stats()
+    for s in (stats.global_, stats.flows[0]):
+        assert (s.incalls, s.distributed, s.answered, s.abandoned, s.onhold) == (2, 1, 1, 1, 0)
+        assert (s.att_ms, s.talk_n, s.awt_ms) == (30_000, 1, (2000 + 15_000) // 2)
     minute_keys = await h.redis.keys("cc:{t}:sl:support:*")
     totals: dict[str, int] = {}
     for key in minute_keys:
@@ -146,16 +150,17 @@ async def test_statistics_and_service_level_add_up(h: Harness) -> None:
     await h.store.stats_reset(now=h.now)
     after = {k.decode() for k in await h.redis.hgetall("cc:{t}:stats:flow:support")}
     assert "incalls" not in after and "onhold" in after
+    assert (await Reads(h.redis, h.store.keys).stats()).global_.incalls == 0
 
 
 async def test_onhold_gauge_follows_waiting_calls(h: Harness) -> None:
     await h.flow()
     await h.arrive("c1")
     await h.arrive("c2")
-    assert await h.redis.hget("cc:{t}:stats", "onhold") == b"2"
+    assert (await Reads(h.redis, h.store.keys).stats()).global_.onhold == 2
     await h.agent("a1", ["sales"])
     await h.report("report.agent_answered", "c1", offer_id="1", agent_id="a1")
-    assert await h.redis.hget("cc:{t}:stats", "onhold") == b"1"
+    assert (await Reads(h.redis, h.store.keys).stats()).global_.onhold == 1
     await h.report("report.call_ended", "c2", by="caller", reason="bye")
     assert await h.redis.hget("cc:{t}:stats:flow:support", "onhold") == b"0"
 

@@ -108,7 +108,9 @@ class ReportHandler:
                     log.debug("report.call_ended_read", call_id=entry.data.get("call_id"))
         if not reports:
             return verdicts
-        results = await self.store.apply_reports([(e.type, e.id, e.raw) for e in reports])
+        # through the consumer when it can (one send for the batch, its acknowledgement and the next read)
+        ride = getattr(self.settler, "ride", None)
+        results = await self.store.apply_reports([(e.type, e.id, e.raw) for e in reports], send=ride)
         stopped: set[str] = set()  # calls with a report that will not be acked now
         for entry, res in zip(reports, results, strict=True):
             call_id = entry.data["call_id"]

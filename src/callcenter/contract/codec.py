@@ -78,11 +78,16 @@ def encode(type_name: str, data: Mapping[str, Any]) -> dict[str, bytes | str | i
 
 def decode(fields: Mapping[Any, Any], entry_id: str | bytes = "") -> Entry:
     """Decode stream fields (bytes or str keys) into an Entry; raise DecodeError on any defect."""
-    norm = {text(k): v for k, v in fields.items()}
+    # as redis-py gives them (bytes keys): the three fields taken without a copy of the mapping
+    btype, bv, raw = fields.get(b"type"), fields.get(b"v"), fields.get(b"data")
+    if btype is None or bv is None or raw is None:
+        norm = {text(k): v for k, v in fields.items()}
+        btype, bv, raw = norm.get("type"), norm.get("v"), norm.get("data")
     try:
-        type_name = text(norm["type"])
-        version = int(text(norm["v"]))
-        raw = norm["data"]
+        if btype is None or bv is None or raw is None:
+            raise KeyError(next(k for k, v in (("type", btype), ("v", bv), ("data", raw)) if v is None))
+        type_name = text(btype)
+        version = int(bv)  # int() takes bytes and str digits alike
     except (KeyError, ValueError, UnicodeDecodeError) as exc:
         raise DecodeError(f"entry lacks type/v/data: {excerpt(repr(exc))}") from exc
     if isinstance(raw, str):

@@ -14,8 +14,10 @@ the one list: `NAMES` and `FAMILIES` below are rendered into the Lua prelude (`K
     cc:{t}:skill:<skill>:free     zset   free agents with this skill and an audio URI, score = idle since (ms)
     cc:{t}:skill:<skill>:chat     zset   agents with this skill and a free chat slot,
                                          score = ongoing chats * 1e13 + last change (ms)
-    cc:{t}:stats                  hash   global counters and the on-hold gauge
-    cc:{t}:stats:flow:<flow>      hash   the same per flow, and its handle-time average
+    cc:{t}:stats                  hash   reset_ms: when the counters were last reset
+    cc:{t}:stats:flow:<flow>      hash   a flow's counters and on-hold gauge, and its handle-time average
+    cc:{t}:statflows              set    the flows whose counters make the tenant's totals (their sum):
+                                         every flow upserted since the last reset, deleted ones too
     cc:{t}:sl:<flow>:<minute>     hash   service-level counts of one minute (ms // 60000), kept 62 min
     cc:{t}:agents                 set    agent ids
     cc:{t}:agent:<id>             hash   agent definition and runtime state
@@ -58,9 +60,11 @@ the one list: `NAMES` and `FAMILIES` below are rendered into the Lua prelude (`K
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
+
 # single keys of a tenant: attribute `Keys.<name>`, `K.<name>` in Lua
 NAMES: tuple[str, ...] = ("config", "flows", "agents", "calls", "timers", "edges", "reports", "events", "dead",
-                          "stats", "retention", "registrations")
+                          "stats", "retention", "registrations", "statflows")
 
 # key families, name -> template after the prefix ({0}, {1}: the arguments in order);
 # method `Keys.<name>(...)`, function `k_<name>(...)` in Lua
@@ -111,6 +115,7 @@ class Keys:
         self.stats = self.prefix + "stats"
         self.retention = self.prefix + "retention"
         self.registrations = self.prefix + "registrations"
+        self.statflows = self.prefix + "statflows"
 
     def _family(self, name: str, *parts: str | int) -> str:
         return self.prefix + FAMILIES[name].format(*parts)
@@ -200,3 +205,27 @@ class Keys:
     def aor_bindings(self, agent_id: str) -> str:
         """The registered contacts of an agent's AOR, contact key -> binding (JSON)."""
         return self._family("aor_bindings", agent_id)
+
+
+# fields of a flow's statistics hash that are not counters (not summed into the tenant's totals)
+NOT_SUMMED = frozenset({"aht_ema_ms"})
+
+
+def tenant_totals(flow_stats: Iterable[Mapping[str, str]]) -> dict[str, str]:
+    """The tenant's counters and on-hold gauge: the sum of its flows' statistics hashes (decoded;
+    those of `statflows`, see the module's doc). A value is taken as the readers of a single hash
+    take it: a float truncated, anything else 0."""
+    totals: dict[str, int] = {}
+    for stats in flow_stats:
+        for name, value in stats.items():
+            if name in NOT_SUMMED:
+                continue
+            try:
+                n = int(value)
+            except ValueError:
+                try:
+                    n = int(float(value))
+                except ValueError:
+                    n = 0
+            totals[name] = totals.get(name, 0) + n
+    return {name: str(n) for name, n in totals.items()}

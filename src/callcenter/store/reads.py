@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from callcenter.redis import text
 from callcenter.store.config import CALL_HANDLING, ConfigValue, Param
-from callcenter.store.keys import Keys
+from callcenter.store.keys import Keys, tenant_totals
 
 SL_WINDOWS_MIN = (1, 15, 60)
 SL_FIELDS = ("offered", "answered", "answered_in_t", "abandoned", "abandoned_in_t")
@@ -340,8 +340,12 @@ class Reads:
         keys = self.keys
         flow_ids = await self.flow_ids()
         agent_ids = await self.agent_ids()
+        # the flows whose counters make the totals, deleted ones included (store.keys)
+        counted = sorted({text(f) for f in await self.redis.sunion([keys.statflows, keys.flows])} - set(flow_ids))
         async with self.redis.pipeline(transaction=True) as pipe:  # one consistent snapshot
             pipe.hgetall(keys.stats)
+            for flow_id in counted:
+                pipe.hgetall(keys.flow_stats(flow_id))
             for flow_id in flow_ids:
                 pipe.hget(keys.flow(flow_id), "skill")
                 pipe.hgetall(keys.flow_stats(flow_id))
@@ -350,7 +354,7 @@ class Reads:
             for agent_id in agent_ids:
                 pipe.hmget(keys.agent(agent_id), list(AGENT_COUNTERS))
             raw = await pipe.execute()
-        global_raw, raw = _fields(raw[0]), raw[1:]
+        global_raw, others, raw = _fields(raw[0]), [_fields(h) for h in raw[1:1 + len(counted)]], raw[1 + len(counted):]
         flow_rows = [(flow_id, text(raw[4 * i]), _fields(raw[4 * i + 1]), int(raw[4 * i + 2]) + int(raw[4 * i + 3]))
                      for i, flow_id in enumerate(flow_ids)]
         agent_rows = raw[4 * len(flow_ids):]
@@ -385,7 +389,8 @@ class Reads:
                                      talk_ms=talk, att_ms=_ratio(talk, answered_n + chats_n)))
 
         reset_ms = _count(global_raw.get("reset_ms"), -1)
-        totals = GlobalStats(**Counters.fields_of(global_raw, sum(f.queued for f in flows), free_total, logged_total),
+        summed = tenant_totals([*(stats for _, _, stats, _ in flow_rows), *others])
+        totals = GlobalStats(**Counters.fields_of(summed, sum(f.queued for f in flows), free_total, logged_total),
                              reset_ms=reset_ms if reset_ms >= 0 else None)
         return Stats(global_=totals, flows=flows, agents=agents)
 

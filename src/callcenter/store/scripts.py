@@ -15,7 +15,7 @@ LOAD goes to every primary. `load_source` (one step as a standalone script) is f
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
 from redis.asyncio import Redis
@@ -32,6 +32,9 @@ from callcenter.store.sources import library
 from callcenter.store.sources import load_source as load_source
 from callcenter.store.sources import report_script as report_script
 from callcenter.store.sources import script_libs as script_libs
+
+# sends commands (tuples of their arguments) and answers their replies, or None (see apply_reports)
+Sender = Callable[[list[tuple[Any, ...]]], Awaitable[list[Any] | None]]
 
 
 def now_ms() -> int:
@@ -123,7 +126,8 @@ class Store:
                 raise
             return _failed(exc)
 
-    async def apply_reports(self, reports: Sequence[tuple[str, str, bytes]], now: int | None = None) -> list[Result]:
+    async def apply_reports(self, reports: Sequence[tuple[str, str, bytes]], now: int | None = None,
+                            send: Sender | None = None) -> list[Result]:
         """Apply several reports (type, entry id, msgpack payload) in one round trip, in this order.
 
         Each is still its own atomic script; Redis runs them one after another in the order given,
@@ -133,15 +137,26 @@ class Store:
 
         Functions go by name without a FUNCTION LIST round trip first; when Redis lost the library (a
         restart), it is loaded and the whole batch runs again: a report already applied comes back
-        DUPLICATE, so running it twice changes nothing."""
+        DUPLICATE, so running it twice changes nothing.
+
+        `send` (a stream consumer's, `bus.StreamConsumer.ride`): the FCALLs go out through it, in the
+        write that also carries the consumer's acknowledgement and next read (one send per batch);
+        it answers the FCALLs' replies as a pipeline would (an error reply as its exception), or
+        None when it cannot take them now, and then the Store sends them itself."""
         ts = self.clock() if now is None else now
+        events, functions = self.keys.events, self.library.functions
         for attempt in (1, 2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for report_type, entry_id, data in reports:
-                    # the raw command, routed (cluster pipeline) by its declared key, the tenant's events stream
-                    pipe.execute_command("FCALL", self.library.functions[report_script(report_type)], 1,
-                                         self.keys.events, ts, entry_id, data)
-                raw = await pipe.execute(raise_on_error=False)
+            raw: list[Any] | None = None
+            if send is not None and attempt == 1:
+                raw = await send([("FCALL", functions[report_script(report_type)], 1, events, ts, entry_id, data)
+                                  for report_type, entry_id, data in reports])
+            if raw is None:
+                async with self.redis.pipeline(transaction=False) as pipe:
+                    for report_type, entry_id, data in reports:
+                        # the raw command, routed (cluster pipeline) by its declared key, the tenant's events stream
+                        pipe.execute_command("FCALL", functions[report_script(report_type)], 1,
+                                             events, ts, entry_id, data)
+                    raw = await pipe.execute(raise_on_error=False)
             if attempt == 1 and any(not_loaded(r) for r in raw):
                 await self.load()
                 continue
@@ -149,8 +164,8 @@ class Store:
                 if isinstance(r, Exception) and (not isinstance(r, ResponseError) or not_loaded(r)
                                                  or isinstance(r, REDIS_DOWN)):
                     raise r
-            break
-        return [_failed(r) if isinstance(r, ResponseError) else _result(r) for r in raw]
+            return [_failed(r) if isinstance(r, ResponseError) else _result(r) for r in raw]
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def fire_timers(self, limit: int = 100, now: int | None = None) -> int:
         res = await self._run("fire_timers", limit, now=now)

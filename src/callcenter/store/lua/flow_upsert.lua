@@ -2,7 +2,7 @@
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 flow_id, 3... field/value pairs (skill, priority, welcome_uri, queue_uri, ...)
 -- READS: agent, agent_chats, call, chat_queue, config, flow, queue, skill_chat, skill_flows, skill_free
--- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow, flow_stats, flows, queue, skill_chat, skill_flows, skill_free, stats, timers
+-- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow, flow_stats, flows, queue, skill_chat, skill_flows, skill_free, statflows, timers
 -- RETURNS: OK | INVALID why
 -- EVENTS: agent.state_changed, call.offered
 -- COMMANDS: command.ring, command.ring_all
@@ -42,6 +42,7 @@ redis.call('HSET', fkey, 'id', flow_id, 'updated_ms', NOW, unpack(args))
 if rr_last then redis.call('HSET', fkey, 'rr_last', rr_last) end
 redis.call('SADD', k_skill_flows(new_skill), flow_id)
 redis.call('SADD', K.flows, flow_id)
+redis.call('SADD', K.statflows, flow_id)  -- its counters count in the tenant's totals
 if old_skill and old_skill ~= new_skill then
   -- calls already waiting may be served at once by free agents of the new skill
   local flow = hgetall(fkey)

@@ -108,8 +108,10 @@ local function finish_call(call_id, call, outcome, ended_by, reason, ended_at)
   redis.call('ZREM', k_queue_of(call), call_id)
   redis.call('SREM', K.calls, call_id)
   if call.edge then redis.call('SREM', k_edge_calls(call.edge), call_id) end
-  redis.call('ZREM', K.timers, 'maxwait|' .. call_id, 'onhold|' .. call_id, 'held|' .. call_id,
-    'maxdur|' .. call_id)
+  -- every timer of the call in one removal, its offer's lease with them
+  local timers = { 'maxwait|' .. call_id, 'onhold|' .. call_id, 'held|' .. call_id, 'maxdur|' .. call_id }
+  if call.offer and call.offer ~= '' then timers[#timers + 1] = 'offer|' .. call_id .. '|' .. call.offer end
+  redis.call('ZREM', K.timers, unpack(timers))
   hold_off(call_id, call)
   local received = num(call.received_ms, NOW)
   local connected = tonumber(call.connected_ms)
@@ -122,22 +124,21 @@ local function finish_call(call_id, call, outcome, ended_by, reason, ended_at)
     talk = until_ms - connected
   end
   local agent_id = call.agent ~= '' and call.agent or nil
-  if call.offer and call.offer ~= '' then
-    redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. call.offer)
-  end
   local prev_state = call.state
-  if outcome ~= 'rejected' then
+  if outcome == 'answered' then
+    -- the five figures the end of a talk moves, in one read and one write of the flow's hash
+    local fkey = k_flow_stats(call.flow)
+    local v = redis.call('HMGET', fkey, 'awt_sum_ms', 'awt_n', 'talk_sum_ms', 'talk_n', 'aht_ema_ms')
+    local ema = tonumber(v[5])
+    ema = ema and (ema * 0.8 + talk * 0.2) or talk
+    redis.call('HSET', fkey, 'awt_sum_ms', counter_value(v[1]) + wait, 'awt_n', counter_value(v[2]) + 1,
+      'talk_sum_ms', counter_value(v[3]) + talk, 'talk_n', counter_value(v[4]) + 1, 'aht_ema_ms', math.floor(ema))
+    if agent_id then redis.call('HINCRBY', k_agent(agent_id), 'talk_ms', talk) end
+  elseif outcome ~= 'rejected' then
     stat(call.flow, 'awt_sum_ms', wait)
     stat(call.flow, 'awt_n')
   end
-  if outcome == 'answered' then
-    stat(call.flow, 'talk_sum_ms', talk)
-    stat(call.flow, 'talk_n')
-    local ema = tonumber(redis.call('HGET', k_flow_stats(call.flow), 'aht_ema_ms'))
-    ema = ema and (ema * 0.8 + talk * 0.2) or talk
-    redis.call('HSET', k_flow_stats(call.flow), 'aht_ema_ms', math.floor(ema))
-    if agent_id then redis.call('HINCRBY', k_agent(agent_id), 'talk_ms', talk) end
-  elseif outcome == 'abandoned' then
+  if outcome == 'abandoned' then
     stat(call.flow, 'abandoned')
     sl(call.flow, 'abandoned')
     if wait <= sl_threshold_ms(flow) then sl(call.flow, 'abandoned_in_t') end
@@ -267,7 +268,6 @@ end
 local function connect(call_id, call, at, edge_ts)
   at = at or NOW
   redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. call.offer, 'maxwait|' .. call_id, 'onhold|' .. call_id)
-  hold_off(call_id, call)
   if (call.ring_all or '') ~= '' then
     local flow = hgetall(k_flow(call.flow))
     for _, other in ipairs(ring_all_members(call)) do
@@ -278,15 +278,20 @@ local function connect(call_id, call, at, edge_ts)
     end
     call_field_updates(call_id, call, { ring_all = '' })
   end
-  call_field_updates(call_id, call, { state = 'connected', connected_ms = at, answered_ts = edge_ts or '',
-                                      media = '' })
+  -- off hold and connected in one write of the call's hash
+  local fields = { state = 'connected', connected_ms = at, answered_ts = edge_ts or '', media = '' }
+  hold_off(call_id, call, fields)
+  call_field_updates(call_id, call, fields)
   local wait = at - num(call.received_ms, at)
   local agent = hgetall(k_agent(call.agent))
   local chat = call.media_type == 'chat'
   if agent then
     if not chat then set_agent_state(call.agent, agent, 'in_call', call_id) end
-    redis.call('HINCRBY', k_agent(call.agent), chat and 'answered_chats' or 'answered', 1)
-    redis.call('HSET', k_agent(call.agent), 'missed_in_row', 0)
+    -- its count and its misses in a row in one write (its hash was read just above)
+    local field = chat and 'answered_chats' or 'answered'
+    local answered = counter_value(agent[field]) + 1
+    redis.call('HSET', k_agent(call.agent), field, answered, 'missed_in_row', 0)
+    agent[field], agent.missed_in_row = tostring(answered), '0'
   end
   stat(call.flow, 'answered')
   if chat then stat(call.flow, 'answered_chats') end

@@ -42,7 +42,7 @@ local function report_fault(call_read)
   if fault then return fault end
   -- what a report step writes in any case, with the type each key must have (or none yet)
   local keys = { { k_commands(R.edge), 'stream' }, { k_edge_calls(R.edge), 'set' },
-    { K.events, 'stream' }, { K.calls, 'set' }, { K.timers, 'zset' }, { K.stats, 'hash' } }
+    { K.events, 'stream' }, { K.calls, 'set' }, { K.timers, 'zset' } }
   if not call_read then keys[#keys + 1] = { k_call(R.call_id), 'hash' } end
   for _, pair in ipairs(keys) do
     local t = redis.call('TYPE', pair[1])['ok']

@@ -1,11 +1,19 @@
--- stats.lua: counters (reset by stats_reset.lua) and the on-hold gauge in cc:{t}:stats and
--- cc:{t}:stats:flow:<flow>; service level in one-minute buckets cc:{t}:sl:<flow>:<minute>; the
--- handle-time average behind estimated waits.
+-- stats.lua: counters (reset by stats_reset.lua) and the on-hold gauge in one hash per flow,
+-- cc:{t}:stats:flow:<flow> (the tenant's totals are their sum, taken by the readers over the flows
+-- of cc:{t}:statflows; cc:{t}:stats keeps only reset_ms); service level in one-minute buckets
+-- cc:{t}:sl:<flow>:<minute>; the handle-time average behind estimated waits.
 -- NEEDS: config, core
 
 local function stat(flow_id, field, by)
-  redis.call('HINCRBY', K.stats, field, by or 1)
   redis.call('HINCRBY', k_flow_stats(flow_id), field, by or 1)
+end
+
+-- a counter's value as HMGET gives it (false: none yet); a value HINCRBY would refuse is refused
+local function counter_value(v)
+  if not v then return 0 end
+  local n = tonumber(v)
+  if n == nil or n ~= math.floor(n) then error('statistics value is not an integer: ' .. tostring(v)) end
+  return n
 end
 
 -- the on-hold gauge, with its chat subset
@@ -14,11 +22,13 @@ local function onhold_stat(flow_id, call, by)
   if call.media_type == 'chat' then stat(flow_id, 'onhold_chats', by) end
 end
 
--- the on-hold gauge counts calls that wait for an agent (arrived, welcome, queued, ringing)
-local function hold_off(call_id, call)
+-- the on-hold gauge counts calls that wait for an agent (arrived, welcome, queued, ringing).
+-- `fields`: the call's hash fields its caller writes next, without a write between (onhold joins
+-- them: one write of the call's hash); none: written here.
+local function hold_off(call_id, call, fields)
   if call.onhold == '1' then
     onhold_stat(call.flow, call, -1)
-    call_field_updates(call_id, call, { onhold = '0' })
+    if fields then fields.onhold = '0' else call_field_updates(call_id, call, { onhold = '0' }) end
   end
 end
 
