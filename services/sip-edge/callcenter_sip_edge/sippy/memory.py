@@ -22,6 +22,7 @@ def apply_memory_patches() -> None:
         return
     _one_entry_for_every_absorbed_message()
     _finished_transaction_forgets_its_messages()
+    _ended_dialog_keeps_what_matches_it()
     _applied = True
 
 
@@ -85,3 +86,51 @@ def _finished_transaction_forgets_its_messages() -> None:
 
     SipTransaction.cleanup = cleanup
 
+
+# what an ended dialog (sippy's Disconnected or Failed state, kept 32 s to answer its late requests)
+# no longer uses: its session descriptions, the response template and last transaction of its
+# set-up, our Contact. Kept: what matches a request to it (Call-ID, tags, branch: `UA.isYours`) and
+# what `transport.dialog_peer_hosts` reads (next hops, remote target).
+ENDED_DIALOG_DROPS = ("lSDP", "rSDP", "uasResp", "tr", "lContact")
+
+
+def forget_ended_dialog(ua: Any) -> None:
+    """Drop what an ended dialog no longer needs (`ENDED_DIALOG_DROPS`); only if it is still ended."""
+    if not getattr(ua.state, "ended_dialog", False):
+        return
+    for name in ENDED_DIALOG_DROPS:
+        setattr(ua, name, None)
+    try:
+        del ua.session_sdp_before_update
+    except AttributeError:
+        pass
+
+
+def _ended_dialog_keeps_what_matches_it() -> None:
+    # Why: sippy keeps a dialog that ended (BYE sent or received, or set-up failed) for 32 s in the
+    # Disconnected or Failed state, answering a late request with 200 (BYE) or 500, and everything
+    # it held stays with it: both SDP bodies with their parsed lines, the response template of the
+    # INVITE it answered, its last transaction, our Contact, ~5 KB per leg. A call that went through
+    # the 1 s welcome message carries the welcome leg like this for its first 33 s (~11 KiB per
+    # call of the bench's 2,000 calls up). Drop them at the next reactor turn, after every callback
+    # of the turn that ended the dialog has run (ours read the SDP in those callbacks). Those states
+    # answer from the request alone (`req.sendResponse`), so nothing on the wire changes.
+    from sippy.Time.Timeout import Timeout
+    from sippy.UaStateDisconnected import UaStateDisconnected
+    from sippy.UaStateFailed import UaStateFailed
+
+    for state_class in (UaStateDisconnected, UaStateFailed):
+        original_init = state_class.__init__
+
+        def init(state: Any, ua: Any, *args: Any, _original: Any = original_init, **kwargs: Any) -> None:
+            _original(state, ua, *args, **kwargs)
+            Timeout(forget_ended_dialog, 0, 1, ua)
+
+        state_class.__init__ = init
+        state_class.ended_dialog = True
+
+
+def drop_answer_template(ua: Any) -> None:
+    """The caller ACKed our 200 to its INVITE: sippy's template of the responses to that INVITE
+    (`uasResp`, ~1.6 KB of parsed headers) is not used again; a re-INVITE or UPDATE makes its own."""
+    ua.uasResp = None
