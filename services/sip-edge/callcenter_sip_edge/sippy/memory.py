@@ -66,25 +66,31 @@ def _one_entry_for_every_absorbed_message() -> None:
 
 def _finished_transaction_forgets_its_messages() -> None:
     # Why: `SipTransaction.cleanup()` runs when a transaction is over (removed from the transaction
-    # manager: no timer of it is left), and drops its callbacks and timers but not the rendered
-    # message (`data`, ~0.5-1.5 KB: the INVITE or the last response) nor the route set kept for an
-    # in-dialog ACK. The UA keeps its last client transaction (`ua.tr`) for the whole dialog, so
-    # the INVITE it sent stayed in memory as long as the call. A retransmitted request is answered
-    # from the response cache (its own reference to the response), not from a finished transaction.
+    # manager: no timer of it is left), and sets its callbacks and timers to None but keeps every
+    # attribute, the rendered message (`data`, ~0.5-1.5 KB: the INVITE or the last response) and
+    # the route set kept for an in-dialog ACK among them. The UA keeps its last client transaction
+    # (`ua.tr`) for the whole dialog, so the INVITE it sent and a dict of ~40 attributes stayed as
+    # long as the call. Keep only what may still be read (`FINISHED_TRANSACTION_KEEPS`). A
+    # retransmitted request is answered from the response cache (its own reference to the
+    # response), never from a finished transaction.
     from sippy.SipTransactionManager import SipTransaction
 
     original_cleanup = SipTransaction.cleanup
 
     def cleanup(t: Any) -> None:
         original_cleanup(t)
-        t.data = None
-        for name in ("dialog_route_set", "ack_rAddr"):
-            try:
-                delattr(t, name)
-            except AttributeError:
-                pass
+        fields = vars(t)
+        kept = {name: fields[name] for name in FINISHED_TRANSACTION_KEEPS if name in fields}
+        fields.clear()   # ~40 attributes: a dict of ~1.2 KB per transaction a UA keeps
+        fields.update(kept)
 
     SipTransaction.cleanup = cleanup
+
+
+# what a finished transaction keeps (the rest reads as sippy's class defaults: `data`, `tid`,
+# `address`, `tout` None): a UA's `tr` may be asked its state and method after it is over (sippy's
+# CANCEL logic, UaStateDead's `tr.resp_cb = None`, `resume.invite_snapshot`).
+FINISHED_TRANSACTION_KEEPS = ("state", "method", "uack", "cancelPending", "needack", "compact", "resp_cb")
 
 
 # what an ended dialog (sippy's Disconnected or Failed state, kept 32 s to answer its late requests)
