@@ -7,14 +7,17 @@ bench/memhook/ on its PYTHONPATH, which answers SIGUSR2 with a dump of its live 
 tracemalloc snapshot with --trace) and SIGUSR1 with gc.collect() and malloc_trim(0).
 
 Printed, per concurrent call (the difference between the idle edge and the edge with the calls up,
-over the calls up): RSS; glibc's heap in use and free (mallinfo2); with --trace, what tracemalloc
-saw and its top allocation sites by file:line and by file; live objects by type (count and shallow
-bytes from gc.get_objects()); and the RSS after gc.collect() and malloc_trim(0). tracemalloc costs memory and time
-of its own: the RSS figure to quote is the one of a run without --trace.
+over the calls up): RSS, and RSS after gc.collect() and malloc_trim(0); glibc's heap (mallinfo2);
+pymalloc's blocks in use and its losses (sys._debugmallocstats); with --trace, tracemalloc's top
+allocation sites by file, file:line and stack; sippy's UAs by state with what each attribute holds;
+live objects by type (count and shallow bytes from gc.get_objects()). tracemalloc costs memory and
+time of its own: the RSS figure to quote is the one of a run without --trace. With --settle-s, the
+same once sippy's ended legs (kept 32 s) are gone, as with calls that have been up for a while.
 
     .venv/bin/python bench/edge_memory.py                    # RSS, malloc and objects per call
     .venv/bin/python bench/edge_memory.py --trace 1          # + tracemalloc by file:line
     .venv/bin/python bench/edge_memory.py --calls 400 --trace 1 --rate 50    # a quicker look
+    .venv/bin/python bench/edge_memory.py --settle-s 40      # + once the ended welcome legs are gone
 """
 
 from __future__ import annotations
@@ -112,6 +115,9 @@ def main() -> None:
     parser.add_argument("--rate", type=float, default=100.0, help="calls/s of the ramp")
     parser.add_argument("--trace", type=int, default=0, metavar="FRAMES", help="tracemalloc with this many frames")
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument("--settle-s", type=float, default=0.0,
+                        help="then wait this long with the calls still up (sippy keeps an ended leg 32 s) and "
+                             "print what is still allocated per call")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="cc-bench-edgemem-"))
     prefix = workdir / "edge-mem"
@@ -168,12 +174,35 @@ def main() -> None:
                   f"its arenas {m0['fordblks'] / 1024**2:.1f} -> {m1['fordblks'] / 1024**2:.1f} MiB, mmapped "
                   f"{m0['hblkhd'] / 1024**2:.1f} -> {m1['hblkhd'] / 1024**2:.1f} MiB (the SIP thread's arena "
                   "included; pymalloc's arenas of 1 MiB are mmapped)")
+        p0, p1 = before.get("pymalloc", {}), after.get("pymalloc", {})
+        if p0 and p1:
+            def per_call(name: str) -> str:
+                return f"{(p1.get(name, 0) - p0.get(name, 0)) / up / 1024:.1f}"
+            print(f"   pymalloc (objects up to 512 bytes), KiB per call: in allocated blocks "
+                  f"{per_call('bytes in allocated blocks')}, free in its used pools "
+                  f"{per_call('bytes in available blocks')}, in empty pools {per_call('bytes in unused pools')}, "
+                  f"lost to quantization {per_call('bytes lost to quantization')}, pool headers "
+                  f"{per_call('bytes lost to pool headers')}; arenas {p0.get('arenas allocated current', 0)} -> "
+                  f"{p1.get('arenas allocated current', 0)}")
         if args.trace:
             print(f"   tracemalloc: {before['traced'] / 1024**2:.1f} -> {after['traced'] / 1024**2:.1f} MiB traced, "
                   f"{(after['traced'] - before['traced']) / up / 1024:.1f} KiB per call")
             print_trace(Path(f"{prefix}-1.tm"), Path(f"{prefix}-2.tm"), up, args.top, args.trace)
         print_uas(after, args.top)
         print_types(before, after, max(up, 1), args.top)
+        if args.settle_s > 0:
+            time.sleep(args.settle_s)
+            still = system.redis.scard(system.keys.calls)
+            settled = dump(pid, prefix, 3, timeout_s=300)
+            q0, q1 = before.get("pymalloc", {}), settled.get("pymalloc", {})
+            m2 = settled["mallinfo"]
+            small = (q1.get("bytes in allocated blocks", 0) - q0.get("bytes in allocated blocks", 0)) / still / 1024
+            large = (m2.get("uordblks", 0) - m0.get("uordblks", 0)) / still / 1024 if m0 else 0.0
+            print(f"\n== {args.settle_s:.0f} s later, {still} calls still up: allocated per call "
+                  f"{small + large:.1f} KiB "
+                  f"(pymalloc {small:.1f}, glibc {large:.1f}); RSS {rss_kib(pid) / 1024:.1f} MiB (freed memory stays "
+                  "with the process)")
+            print_uas(settled, args.top)
     finally:
         for c in callers:
             if c.proc is not None and c.proc.poll() is None:

@@ -2,7 +2,8 @@
 
 SIGUSR2 writes `<prefix>-<n>.json`: live objects by type (count and shallow bytes from
 gc.get_objects(); functions and bound methods by their code), sippy's UAs by state with the deep
-size of each attribute, tracemalloc's total and glibc's mallinfo2; when tracemalloc is on
+size of each attribute, tracemalloc's total, glibc's mallinfo2
+and pymalloc's totals; when tracemalloc is on
 (PYTHONTRACEMALLOC) the snapshot `<prefix>-<n>.tm`; then `<prefix>-<n>.done`. SIGUSR1 runs
 gc.collect() and malloc_trim(0) and writes `<prefix>-collected.json`. Nothing in the edge knows
 about this module; bench/edge_memory.py reads what it writes.
@@ -16,6 +17,7 @@ import json
 import os
 import signal
 import sys
+import tempfile
 import tracemalloc
 import types
 from typing import Any
@@ -46,10 +48,37 @@ def _mallinfo() -> dict[str, int]:
     return {name: int(getattr(info, name)) for name, _ in _MallInfo2._fields_}
 
 
+def _pymalloc() -> dict[str, int]:
+    """pymalloc's own totals (sys._debugmallocstats, which writes to the C stderr): bytes in blocks in
+    use, in free blocks of used pools, in empty pools, and lost to headers and quantization."""
+    with tempfile.TemporaryFile() as out:
+        saved = os.dup(2)
+        try:
+            os.dup2(out.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        out.seek(0)
+        text = out.read().decode(errors="replace")
+    totals: dict[str, int] = {}
+    for line in text.splitlines():
+        if line.startswith("#") and "=" in line:
+            name, value = line[1:].split("=", 1)
+            if name.strip().endswith("unused pools"):   # "# bytes in 12 unused pools"
+                name = "bytes in unused pools"
+            try:
+                totals[name.strip()] = int(value.strip().replace(",", ""))
+            except ValueError:
+                pass
+    return totals
+
+
 def _dump(_signum: int, _frame: Any) -> None:
     n = _dump.count = getattr(_dump, "count", 0) + 1  # type: ignore[attr-defined]
     path = f"{_PREFIX}-{n}"
     mallinfo = _mallinfo()  # first: what follows allocates and frees
+    pymalloc = _pymalloc()
     traced = tracemalloc.get_traced_memory() if tracemalloc.is_tracing() else (0, 0)
     try:
         uas = _ua_attributes()
@@ -69,7 +98,7 @@ def _dump(_signum: int, _frame: Any) -> None:
     if tracemalloc.is_tracing():
         tracemalloc.take_snapshot().dump(path + ".tm")
     with open(path + ".json", "w") as f:
-        json.dump({"uas": uas, "types": by_type, "traced": traced[0], "mallinfo": mallinfo}, f)
+        json.dump({"uas": uas, "types": by_type, "traced": traced[0], "mallinfo": mallinfo, "pymalloc": pymalloc}, f)
     open(path + ".done", "w").close()
 
 
