@@ -117,12 +117,12 @@ def _deep_size(obj: Any, seen: set[int], stop: tuple[type, ...]) -> int:
 
 def _ua_attributes() -> dict[str, dict[str, list[float]]]:
     """Per sippy UA state: how many UAs, and per attribute the mean bytes it alone holds (deep size;
-    shared things such as the config, the reactor, other UAs and classes are not entered)."""
+    shared things such as the config, other UAs, classes, functions and bound methods are not entered)."""
     try:
         from sippy.UA import UA
     except ImportError:
         return {}
-    stop: tuple[type, ...] = (type, types.ModuleType, types.FunctionType, UA)
+    stop: tuple[type, ...] = (type, types.ModuleType, types.FunctionType, types.MethodType, UA)
     out: dict[str, dict[str, list[float]]] = {}
     all_uas = [o for o in gc.get_objects() if isinstance(o, UA)]
     shared = {id(ua.global_config) for ua in all_uas}  # one config for all: not per UA
