@@ -48,6 +48,7 @@ from callcenter_sip_edge.offers import CallerOffers
 from callcenter_sip_edge.session_timer import SessionTimers
 from callcenter_sip_edge.sip_events import LegEvents, deliver
 from callcenter_sip_edge.sippy import dialog
+from callcenter_sip_edge.sippy.memory import drop_answer_template
 from callcenter_sip_edge.whisper import FlowIdMessage
 
 if TYPE_CHECKING:
@@ -159,6 +160,7 @@ class Call:
             return
         self.caller_ack_body = body
         self._awaiting_ack = False
+        drop_answer_template(self.caller)
         cancel_timers(self, "_ack_timer")
         self.session_timers.caller_confirmed()
         then, self._on_confirmed = self._on_confirmed, None

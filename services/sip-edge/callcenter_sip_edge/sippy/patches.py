@@ -17,6 +17,8 @@ from typing import Any
 
 import structlog
 
+from callcenter_sip_edge.sippy.memory import apply_memory_patches
+
 log = structlog.get_logger(__name__)
 
 _applied = False
@@ -42,6 +44,7 @@ def apply_patches() -> None:
     _rfc_header_spelling()
     _host_address_looked_up_once_a_second()
     _cheaper_messages()
+    apply_memory_patches()
     _applied = True
     log.debug("sippy.patches_applied")
 

@@ -1,0 +1,142 @@
+"""What sippy keeps per message and per transaction, trimmed to what its timers still need.
+
+Reads: the sippy package (imported lazily, on the SIP thread, from `patches.apply_patches`).
+Writes: replaces a module global of sippy's transaction manager and wraps `SipTransaction.cleanup`,
+once per process. Nothing here changes what goes on the wire: a retransmitted request is still
+answered from the response cache for as long as before, and a live transaction keeps everything
+its timers use. Measured with `bench/edge_memory.py` (bench/README.md, "Issue 15: sip-edge memory
+per call").
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_applied = False
+
+
+def apply_memory_patches() -> None:
+    """Patch sippy 2.5.0 in place; idempotent. Call on the SIP thread before any sippy object is created."""
+    global _applied
+    if _applied:
+        return
+    _one_entry_for_every_absorbed_message()
+    _finished_transaction_forgets_its_messages()
+    _ended_dialog_keeps_what_matches_it()
+    _applied = True
+
+
+class CachedAnswer:
+    """One entry of sippy's response cache (its `SipTMRetransmitO`, same fields) in a slotted object."""
+
+    __slots__ = ("address", "call_id", "data", "lossemul", "userv")
+
+    def __init__(self, userv: Any = None, data: Any = None, address: Any = None, call_id: Any = None,
+                 lossemul: Any = None) -> None:
+        self.userv = userv
+        self.data = data
+        self.address = address
+        self.call_id = call_id
+        self.lossemul = lossemul
+
+
+# the entry of every message that is absorbed without an answer (data None); nobody writes to it
+ABSORBED = CachedAnswer()
+
+
+def cache_entry(userv: Any = None, data: Any = None, address: Any = None, call_id: Any = None,
+                lossemul: Any = None) -> CachedAnswer:
+    """What sippy stores under a received message's checksum for 32-64 s."""
+    if data is None:
+        return ABSORBED
+    return CachedAnswer(userv, data, address, call_id, lossemul)
+
+
+def _one_entry_for_every_absorbed_message() -> None:
+    # Why: sippy remembers every datagram it received for 32-64 s (its checksum -> an entry) so that
+    # a retransmission is absorbed or answered again with the response it got. For most messages
+    # (ACKs, responses, requests answered by a transaction) the entry is an empty `SipTMRetransmitO()`,
+    # a new object with its own attribute values each time: ~10 per call, ~110 bytes each. An entry
+    # without data is only ever read for `data is None` (handleIncoming drops the datagram), so they
+    # can all be one shared object; entries with a response to resend get a slotted object.
+    import sippy.SipTransactionManager as stm
+
+    stm.SipTMRetransmitO = cache_entry
+
+
+def _finished_transaction_forgets_its_messages() -> None:
+    # Why: `SipTransaction.cleanup()` runs when a transaction is over (removed from the transaction
+    # manager: no timer of it is left), and sets its callbacks and timers to None but keeps every
+    # attribute, the rendered message (`data`, ~0.5-1.5 KB: the INVITE or the last response) and
+    # the route set kept for an in-dialog ACK among them. The UA keeps its last client transaction
+    # (`ua.tr`) for the whole dialog, so the INVITE it sent and a dict of ~40 attributes stayed as
+    # long as the call. Keep only what may still be read (`FINISHED_TRANSACTION_KEEPS`). A
+    # retransmitted request is answered from the response cache (its own reference to the
+    # response), never from a finished transaction.
+    from sippy.SipTransactionManager import SipTransaction
+
+    original_cleanup = SipTransaction.cleanup
+
+    def cleanup(t: Any) -> None:
+        original_cleanup(t)
+        fields = vars(t)
+        kept = {name: fields[name] for name in FINISHED_TRANSACTION_KEEPS if name in fields}
+        fields.clear()   # ~40 attributes: a dict of ~1.2 KB per transaction a UA keeps
+        fields.update(kept)
+
+    SipTransaction.cleanup = cleanup
+
+
+# what a finished transaction keeps (the rest reads as sippy's class defaults: `data`, `tid`,
+# `address`, `tout` None): a UA's `tr` may be asked its state and method after it is over (sippy's
+# CANCEL logic, UaStateDead's `tr.resp_cb = None`, `resume.invite_snapshot`).
+FINISHED_TRANSACTION_KEEPS = ("state", "method", "uack", "cancelPending", "needack", "compact", "resp_cb")
+
+
+# what an ended dialog (sippy's Disconnected or Failed state, kept 32 s to answer its late requests)
+# no longer uses: its session descriptions, the response template and last transaction of its
+# set-up, our Contact. Kept: what matches a request to it (Call-ID, tags, branch: `UA.isYours`) and
+# what `transport.dialog_peer_hosts` reads (next hops, remote target).
+ENDED_DIALOG_DROPS = ("lSDP", "rSDP", "uasResp", "tr", "lContact")
+
+
+def forget_ended_dialog(ua: Any) -> None:
+    """Drop what an ended dialog no longer needs (`ENDED_DIALOG_DROPS`); only if it is still ended."""
+    if not getattr(ua.state, "ended_dialog", False):
+        return
+    for name in ENDED_DIALOG_DROPS:
+        setattr(ua, name, None)
+    try:
+        del ua.session_sdp_before_update
+    except AttributeError:
+        pass
+
+
+def _ended_dialog_keeps_what_matches_it() -> None:
+    # Why: sippy keeps a dialog that ended (BYE sent or received, or set-up failed) for 32 s in the
+    # Disconnected or Failed state, answering a late request with 200 (BYE) or 500, and everything
+    # it held stays with it: both SDP bodies with their parsed lines, the response template of the
+    # INVITE it answered, its last transaction, our Contact, ~5 KB per leg. A call that went through
+    # the 1 s welcome message carries the welcome leg like this for its first 33 s (~11 KiB per
+    # call of the bench's 2,000 calls up). Drop them at the next reactor turn, after every callback
+    # of the turn that ended the dialog has run (ours read the SDP in those callbacks). Those states
+    # answer from the request alone (`req.sendResponse`), so nothing on the wire changes.
+    from sippy.Time.Timeout import Timeout
+    from sippy.UaStateDisconnected import UaStateDisconnected
+    from sippy.UaStateFailed import UaStateFailed
+
+    for state_class in (UaStateDisconnected, UaStateFailed):
+        original_init = state_class.__init__
+
+        def init(state: Any, ua: Any, *args: Any, _original: Any = original_init, **kwargs: Any) -> None:
+            _original(state, ua, *args, **kwargs)
+            Timeout(forget_ended_dialog, 0, 1, ua)
+
+        state_class.__init__ = init
+        state_class.ended_dialog = True
+
+
+def drop_answer_template(ua: Any) -> None:
+    """The caller ACKed our 200 to its INVITE: sippy's template of the responses to that INVITE
+    (`uasResp`, ~1.6 KB of parsed headers) is not used again; a re-INVITE or UPDATE makes its own."""
+    ua.uasResp = None
