@@ -154,7 +154,6 @@ class StreamConsumer:
         # WAIT for replicas with each XACK (callcenter.redis_durability): the handler's writes were
         # made before it, so a replica that has the XACK has them too
         self.wait = wait
-        self.replicas_acknowledged: int | None = None   # what the last WAIT returned
         # XACK and the next XREADGROUP in one send, on a connection of the consumer's own
         # (callcenter.stream_read); a Redis Cluster client sends the XACK alone, and so does a
         # consumer that WAITs (in a transaction on the master of the stream's slot)
@@ -471,7 +470,6 @@ class StreamConsumer:
             pipe.xack(self.stream, self.group, *ids)
             wait_after(pipe, self.wait)
             await pipe.execute()
-            self.replicas_acknowledged = getattr(pipe, "acknowledged", None)
             note_wait(pipe, self.wait, f"{self.group}_ack", stream=self.stream, count=len(ids))
 
     async def dead_letter(self, entry_id: str, fields: Mapping[Any, Any], reason: str) -> None:

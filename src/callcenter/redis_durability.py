@@ -84,6 +84,15 @@ def wait_after(pipe: Any, wait: ReplicaWait | None) -> None:
     pipe.wait_after(wait)
 
 
+def expose_wait_count(path: str) -> None:
+    """Show `path`'s count of replicas missing a WAIT at 0 from the process's start, with or without
+    WAIT configured: an alert on its increase needs the series before the first miss (Prometheus
+    sees no increase in a series whose first sample is already 1)."""
+    from callcenter.metrics import REDIS_WAIT_MISSING
+
+    REDIS_WAIT_MISSING.labels(path)
+
+
 def note_wait(pipe: Any, wait: ReplicaWait | None, path: str, **context: Any) -> int:
     """Count and log the replicas that did not acknowledge `pipe`'s WAIT in time; returns that
     number (0 without a WAIT)."""

@@ -19,7 +19,7 @@ from callcenter.bus import StreamConsumer
 from callcenter.contract import streams
 from callcenter.lifecycle import run_service, start_from_command_line
 from callcenter.redis import REDIS_DOWN, connect
-from callcenter.redis_durability import ReplicaWait
+from callcenter.redis_durability import ReplicaWait, expose_wait_count
 from callcenter.settings import DispatcherSettings
 from callcenter.store import Store
 from callcenter.store.config_writes import explicit_config, seed_config
@@ -67,6 +67,7 @@ async def run(settings: DispatcherSettings, stop: asyncio.Event | None = None) -
         max_deliveries=settings.max_deliveries, linger_ms=settings.read_linger_ms,
         wait=ReplicaWait.of(settings.redis_wait_replicas, settings.redis_wait_timeout_ms))
     handler.settler = consumer
+    expose_wait_count(f"{GROUP}_ack")
 
     edges = EdgeWatch(store, settings.edge_lapse_ms)
 

@@ -26,6 +26,7 @@ from callcenter.redis_durability import (
     MARKER_TTL_S,
     ReplicaWait,
     already_landed,
+    expose_wait_count,
     note_wait,
     once_marker,
     wait_after,
@@ -39,6 +40,7 @@ log = structlog.get_logger(__name__)
 
 RETRY_FIRST_S = 0.05
 RETRY_MAX_S = 2.0
+WAIT_PATH = "edge_publish"   # the label of its count of replicas that missed a WAIT
 
 
 def marker_key(keys: Keys, edge_id: str) -> str:
@@ -60,7 +62,7 @@ class ReportPublisher:
         self.writer = f"{edge_id}:{secrets.token_hex(8)}"
         self.batches = 0
         self.landed_on_retry = 0   # batches found applied after a failed try (not sent again)
-        self.replicas_acknowledged: int | None = None   # what the last WAIT returned
+        expose_wait_count(WAIT_PATH)
         # one send per batch on a kept connection (transaction.py); a cluster client, or a WAIT after
         # EXEC, keeps the client's pipeline
         self.one_send = None if isinstance(redis, RedisCluster) or wait is not None else OneSend(redis)
@@ -107,6 +109,4 @@ class ReportPublisher:
                 pipe.execute_command(*command)
             wait_after(pipe, self.wait)
             await pipe.execute()
-            if self.wait is not None:
-                self.replicas_acknowledged = getattr(pipe, "acknowledged", None)
-            note_wait(pipe, self.wait, "edge_publish", size=size)
+            note_wait(pipe, self.wait, WAIT_PATH, size=size)
