@@ -42,6 +42,7 @@ import redis.asyncio as aioredis
 
 from callcenter.contract.codec import decode, encode
 from callcenter.store import Store
+from callcenter_dev.bench_state import one_flow_with_agents
 from callcenter_dev.processes import console_script
 from callcenter_dev.servers import RedisServer
 
@@ -204,12 +205,7 @@ async def run(args: argparse.Namespace) -> None:
     r = aioredis.Redis.from_url(server.url)
     try:
         store = Store(r, TENANT)
-        await store.write_config({"wrapup_s": 0, "reject_on_no_agents": 0, "ring_timeout_s": 10})
-        await store.flow_upsert(FLOW, {"skill": FLOW, "priority": 0, "welcome_uri": "sip:welcome@127.0.0.1:9",
-                                       "queue_uri": "sip:queue@127.0.0.1:9"})
-        for a in range(args.agents):
-            await store.agent_upsert(f"b{a:05d}", f"sip:b{a:05d}@127.0.0.1:9", [FLOW], None)
-            await store.agent_login(f"b{a:05d}")
+        await one_flow_with_agents(store, FLOW, args.agents)
         await store.edge_beat(EDGE, "core-costs", 10_000)
         env = {**os.environ, "CC_REDIS_URL": server.url, "CC_TENANT": TENANT, "CC_LOG_LEVEL": "warning",
                "CC_LOG_FORMAT": "json", "CC_WRAPUP_S": "0", "CC_REJECT_ON_NO_AGENTS": "false",

@@ -28,6 +28,7 @@ import redis.asyncio as aioredis
 
 from callcenter.store import Store
 from callcenter.store.scripts import LIB_ORDER, load_source, script_libs
+from callcenter_dev.bench_state import one_flow_with_agents
 from callcenter_dev.servers import RedisServer
 
 MARK = "__T[#__T + 1] = redis.call('TIME')\n"
@@ -60,12 +61,7 @@ def instrumented(name: str) -> tuple[str, list[str]]:
 
 async def provision(r: aioredis.Redis, tenant: str, agents: int) -> Store:
     store = Store(r, tenant)
-    await store.write_config({"wrapup_s": 0, "reject_on_no_agents": 0, "ring_timeout_s": 10})
-    await store.flow_upsert("bench", {"skill": "bench", "priority": 0, "welcome_uri": "sip:w@127.0.0.1:9",
-                                      "queue_uri": "sip:q@127.0.0.1:9"})
-    for a in range(agents):
-        await store.agent_upsert(f"b{a:05d}", f"sip:b{a:05d}@127.0.0.1:9", ["bench"], None)
-        await store.agent_login(f"b{a:05d}")
+    await one_flow_with_agents(store, "bench", agents)
     return store
 
 
