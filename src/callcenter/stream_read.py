@@ -38,6 +38,55 @@ from callcenter.metrics import REDIS_ERRORS, CountingRedis
 from callcenter.redis import REDIS_DOWN
 
 
+class KeptConnection:
+    """A connection taken from `redis`'s pool at first use and kept: packed commands written in one
+    send, their replies read back in order (see the module's doc for failures and error replies).
+    Shared by the stream reader and the sip-edge's one-send report batches."""
+
+    def __init__(self, redis: Redis) -> None:
+        self.redis = redis
+        self._conn: AbstractConnection | None = None
+        self._count_errors = isinstance(redis, CountingRedis)  # as that client counts its own
+
+    async def get(self) -> AbstractConnection:
+        if self._conn is None:
+            self._conn = await self.redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+        return self._conn
+
+    async def exchange(self, packed: list[bytes] | None, n_replies: int) -> list[Any]:
+        """Send `packed` (None: nothing, the replies of an earlier send are due), then read
+        `n_replies` replies, an error reply as its exception (not raised: the others are read too)."""
+        conn = await self.get()
+        replies: list[Any] = []
+        try:
+            if packed is not None:
+                if not conn.is_connected:
+                    # as the pool does: through the connection's own connect(), which for a
+                    # Sentinel-managed one asks the sentinels for the master (the send would
+                    # reconnect to the address it had: after a failover, the old master)
+                    await conn.connect()  # type: ignore[no-untyped-call]
+                await conn.send_packed_command(packed)
+            for _ in range(n_replies):
+                try:
+                    replies.append(await conn.read_response())
+                except ResponseError as exc:  # the other replies are still to be read
+                    replies.append(exc)
+        except BaseException as exc:  # a half-read connection is out of step: drop it
+            await conn.disconnect(nowait=True)
+            if self._count_errors and isinstance(exc, REDIS_DOWN):
+                REDIS_ERRORS.inc()
+            raise
+        return replies
+
+    async def close(self, *, drop: bool = False) -> None:
+        """Give the connection back to the pool (disconnected first with `drop`: replies still due)."""
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if drop:
+                await conn.disconnect(nowait=True)
+            await self.redis.connection_pool.release(conn)
+
+
 class StreamReader:
     """XACK + XREADGROUP of one consumer, one send per read (see the module's doc)."""
 
@@ -46,9 +95,8 @@ class StreamReader:
         self.stream = stream
         self.group = group
         self.consumer = consumer
-        self._conn: AbstractConnection | None = None
+        self._kept = KeptConnection(redis)
         self._reads: dict[tuple[str, int, int | None], list[bytes]] = {}  # packed XREADGROUPs
-        self._count_errors = isinstance(redis, CountingRedis)  # as that client counts its own
         self._in_flight = 0  # replies of a read sent by send_with_read, still to be read
         # the client's own parsing of the reply, so the entries look as `redis.xreadgroup` gives them
         # (read at construction, which does no I/O: a service built without a client for a test of
@@ -65,8 +113,8 @@ class StreamReader:
         """Acknowledge `ack_ids` (if any), then read up to `count` entries from `start` (">" or an
         id), blocking up to `block` ms when there is none; the reply as `redis.xreadgroup` gives it."""
         assert not self._in_flight, "a read is in flight: finish_read() first"
-        conn, packed = await self._pack([], ack_ids, start, count, block)
-        replies = await self._exchange(conn, packed, 2 if ack_ids else 1)
+        packed = await self._pack([], ack_ids, start, count, block)
+        replies = await self._kept.exchange(packed, 2 if ack_ids else 1)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
@@ -80,10 +128,10 @@ class StreamReader:
         left on the connection for `finish_read()`: Redis runs the read after the commands, and a
         read that blocks blocks only itself."""
         assert not self._in_flight, "a read is in flight: finish_read() first"
-        conn, packed = await self._pack(commands, ack_ids, start, count, block)
+        packed = await self._pack(commands, ack_ids, start, count, block)
         self._in_flight = 2 if ack_ids else 1
         try:
-            return await self._exchange(conn, packed, len(commands))
+            return await self._kept.exchange(packed, len(commands))
         except BaseException:
             self._in_flight = 0  # the connection was dropped with them
             raise
@@ -92,18 +140,16 @@ class StreamReader:
         """The reply of the read `send_with_read` sent, as `ack_and_read` gives it (an error reply of
         the acknowledgement or the read is raised once both are read)."""
         n, self._in_flight = self._in_flight, 0
-        assert n and self._conn is not None, "no read in flight"
-        replies = await self._exchange(self._conn, None, n)
+        assert n, "no read in flight"
+        replies = await self._kept.exchange(None, n)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
         return self._parse(replies[-1]) if self._parse is not None else replies[-1]
 
     async def _pack(self, commands: Sequence[tuple[Any, ...]], ack_ids: Sequence[str], start: str, count: int,
-                    block: int | None) -> tuple[AbstractConnection, list[bytes]]:
-        if self._conn is None:
-            self._conn = await self.redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-        conn = self._conn
+                    block: int | None) -> list[bytes]:
+        conn = await self._kept.get()
         read = self._reads.get((start, count, block))
         if read is None:  # the same few reads over and over: packed once each
             args: tuple[Any, ...] = ("XREADGROUP", "GROUP", self.group, self.consumer, "COUNT", count)
@@ -119,42 +165,13 @@ class StreamReader:
         if ack_ids:
             packed += conn.pack_command("XACK", self.stream, self.group, *ack_ids)
         packed += read
-        return conn, packed
-
-    async def _exchange(self, conn: AbstractConnection, packed: list[bytes] | None, n_replies: int) -> list[Any]:
-        """Send `packed` (None: nothing, the replies of an earlier send are due), then read
-        `n_replies` replies, an error reply as its exception."""
-        replies: list[Any] = []
-        try:
-            if packed is not None:
-                if not conn.is_connected:
-                    # as the pool does: through the connection's own connect(), which for a
-                    # Sentinel-managed one asks the sentinels for the master (the send would
-                    # reconnect to the address it had: after a failover, the old master)
-                    await conn.connect()  # type: ignore[no-untyped-call]
-                await conn.send_packed_command(packed)
-            for _ in range(n_replies):
-                try:
-                    replies.append(await conn.read_response())
-                except ResponseError as exc:  # the other replies are still to be read
-                    replies.append(exc)
-        except BaseException as exc:  # a half-read connection is out of step: drop it
-            self._in_flight = 0
-            await conn.disconnect(nowait=True)
-            if self._count_errors and isinstance(exc, REDIS_DOWN):
-                REDIS_ERRORS.inc()
-            raise
-        return replies
+        return packed
 
     async def close(self) -> None:
         """Give the connection back to the client's pool (dropped first if a read is in flight:
         its entries stay pending for this consumer name, read again at a restart or reclaimed)."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            if self._in_flight:
-                self._in_flight = 0
-                await conn.disconnect(nowait=True)
-            await self.redis.connection_pool.release(conn)
+        drop, self._in_flight = self._in_flight > 0, 0
+        await self._kept.close(drop=drop)
 
 
 def _pack_plain(commands: Sequence[tuple[Any, ...]], encoding: str) -> bytes | None:

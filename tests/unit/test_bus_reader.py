@@ -171,7 +171,7 @@ async def test_after_a_sentinel_failover_the_reader_reads_from_the_new_master(se
         assert got[0][1][0][0] == entry_id
         assert await reader.ack_and_read([entry_id.decode()], ">", 10, None) == []
         assert (await client.xpending(stream, GROUP))["pending"] == 0
-        conn = reader._conn  # the connection the reader keeps: on the new master
+        conn = reader._kept._conn  # the connection the reader keeps: on the new master
         assert conn is not None and conn.port == new
         await reader.close()
     finally:

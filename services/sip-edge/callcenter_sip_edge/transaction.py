@@ -25,11 +25,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ResponseError
 
-from callcenter.metrics import REDIS_ERRORS, CountingRedis
-from callcenter.redis import REDIS_DOWN
+from callcenter.stream_read import KeptConnection
 
 _MULTI = ("MULTI",)
 _EXEC = ("EXEC",)
@@ -40,45 +38,21 @@ class OneSend:
 
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
-        self._conn: AbstractConnection | None = None
-        self._count_errors = isinstance(redis, CountingRedis)
+        self._kept = KeptConnection(redis)
 
     async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """EXEC's reply (one entry per command), or the first error reply raised."""
-        if self._conn is None:
-            self._conn = await self.redis.connection_pool.get_connection()  # type: ignore[no-untyped-call]
-        conn = self._conn
-        packed = conn.pack_commands([_MULTI, *commands, _EXEC])
-        errors: list[ResponseError] = []
-        result: Any = None
-        try:
-            if not conn.is_connected:
-                await conn.connect()
-            await conn.send_packed_command(packed)
-            for _ in range(len(commands) + 1):   # +OK to MULTI, +QUEUED to each command
-                try:
-                    await conn.read_response()
-                except ResponseError as exc:
-                    errors.append(exc)
-            try:
-                result = await conn.read_response()
-            except ResponseError as exc:   # EXECABORT
-                errors.append(exc)
-        except BaseException as exc:   # a half-read connection is out of step: drop it
-            await conn.disconnect(nowait=True)
-            if self._count_errors and isinstance(exc, REDIS_DOWN):
-                REDIS_ERRORS.inc()
-            raise
-        if errors:
-            raise errors[0]
-        replies = list(result or ())
+        conn = await self._kept.get()
+        # +OK to MULTI, +QUEUED to each command (or its refusal), then EXEC's reply (or EXECABORT)
+        replies = await self._kept.exchange(conn.pack_commands([_MULTI, *commands, _EXEC]), len(commands) + 2)
         for reply in replies:
             if isinstance(reply, ResponseError):
                 raise reply
-        return replies
+        for reply in replies[-1] or ():
+            if isinstance(reply, ResponseError):
+                raise reply
+        return list(replies[-1] or ())
 
     async def close(self) -> None:
         """Give the connection back to the client's pool."""
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await self.redis.connection_pool.release(conn)
+        await self._kept.close()
