@@ -3,8 +3,8 @@
 Reads: `cc:{t}:commands:<edge_id>` (consumer group `edge`, this edge the only consumer).
 Writes: `cc:{t}:reports` (one report per fact, numbered per call with `seq`, in order) and, through
 the lease on the edge id (ownership.py), the heartbeat `cc:{t}:edges` (score = now ms). The SIP
-stack runs on its own thread (sip_stack.py); this module is the asyncio side and never touches
-sippy objects.
+stack runs on the same loop, in turns of its own (sip_stack.py); this module never touches sippy
+objects.
 """
 
 from __future__ import annotations
@@ -325,7 +325,7 @@ class EdgeService:
                                                   self.registrations.submit),
                               session_timers=SessionTimerOptions.from_settings(s))
         try:
-            await asyncio.to_thread(self.stack.start)
+            self.stack.start()   # on the loop's thread: sippy runs on it
         except OSError as exc:
             if exc.errno != errno.EADDRINUSE:
                 raise
@@ -347,7 +347,7 @@ class EdgeService:
         for task in tasks[:2]:
             task.cancel()
         await asyncio.gather(*tasks[:2], return_exceptions=True)  # no heartbeat after the release
-        await asyncio.to_thread(self.stack.stop)
+        self.stack.stop()   # runs sippy itself until its BYEs are out (< 1 s)
 
     async def _await_ends_applied(self) -> None:
         """Still beating: wait (a little) until the dispatchers applied the ends of this edge's calls,
@@ -366,7 +366,7 @@ class EdgeService:
         stack.set_accepting(False)
         deadline = time.monotonic() + self.settings.drain_timeout_s
         log.info("edge.draining", active_calls=stack.active_calls(), timeout_s=self.settings.drain_timeout_s)
-        while stack.active_calls() and time.monotonic() < deadline:  # noqa: ASYNC110 - a count owned by the SIP thread
+        while stack.active_calls() and time.monotonic() < deadline:  # noqa: ASYNC110 - a count the SIP turns change
             await asyncio.sleep(0.2)
         if stack.active_calls():
             log.warning("edge.drain_deadline", active_calls=stack.active_calls())

@@ -1,29 +1,26 @@
-"""Thread bridge between the asyncio service and sippy's SIP reactor.
+"""The SIP side of the edge: sippy driven from the asyncio loop, on the loop's thread.
 
-Reads: commands from any thread (`execute(command)` with a typed command of
-`callcenter.contract.commands`, or its per-command shorthands; hangup_all, set_accepting).
-Writes: `Fact`s to the `on_fact` callback, always on the asyncio loop's thread
-(`loop.call_soon_threadsafe`).
+Reads: commands (`execute(command)` with a typed command of `callcenter.contract.commands`, or its
+per-command shorthands; hangup_all, set_accepting, adopt, disown). Writes: `Fact`s to the `on_fact`
+callback, on the loop's thread.
 
-sippy runs its own reactor (ED2) on a dedicated "sip" thread, which is also the thread that
-imports sippy (ED2 records the importing thread and warns about timers started elsewhere).
-Only that thread touches sippy objects: commands are queued to it with ED2.callFromThread,
-and facts carry plain data only. sippy has one reactor per process, so one SipStack runs at a
-time; the SIP thread is process-wide and parks between stacks (see `_SipThread`).
+There is no SIP thread: sippy's reactor is driven by the loop (`sippy/reactor.py`: the UDP socket is
+a reader of the loop, sippy's timers one `call_at` handle, every piece of SIP work a turn that runs
+the due timers after it). A command runs at once, as a turn, on the thread that calls `execute`
+(the loop's; from another thread it is handed to the loop): sippy code is never on the stack then,
+since a turn never awaits and facts leave sippy code through the queue below. The facts of a turn
+(and of the turns before the loop's next iteration) go to `on_fact` in one callback scheduled with
+`loop.call_soon`, never from inside sippy code, so the publisher takes them as one batch.
 
-Both directions are batched (`_Handoff`): each side wakes the other once for whatever has piled
-up, not once per fact or command. Every wake-up is a system call and a fight for the GIL between
-the two threads; one per fact was 13 % of the SIP thread's samples at 150 calls/s.
-The facts of one reactor turn (a batch of datagrams, a pass over the timers, a batch of commands)
-wake the loop once, at the end of the turn (`sippy/turns.py`).
+sippy has one reactor per process, so one SipStack runs at a time; each start binds it anew to the
+loop of that stack (tests start many stacks, on different loops), each stop drops its timers and
+its reader.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import queue
-import sys
 import threading
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -39,109 +36,17 @@ from callcenter_sip_edge.gc_policy import tune_gc
 from callcenter_sip_edge.guard import SourceGuard
 from callcenter_sip_edge.registrar import RegisterRequest, RegistrarSetup, Reply
 from callcenter_sip_edge.session_options import SessionTimerOptions
-from callcenter_sip_edge.sippy import patches, transport, turns
+from callcenter_sip_edge.sippy import patches, transport
+from callcenter_sip_edge.sippy.reactor import LoopReactor
 from callcenter_sip_edge.sippy.streams import StreamOptions
 
 log = structlog.get_logger(__name__)
 
-START_TIMEOUT_S = 10.0
 STOP_TIMEOUT_S = 5.0
-# The GIL hand-over between the SIP thread and the asyncio thread (sys.setswitchinterval). Each
-# hop of an agent's BYE -> next INVITE crosses threads (the fact to the loop, the ring command back
-# to the reactor), and a thread woken while the other one parses datagrams or builds messages waits
-# for the GIL until the running one blocks or this interval runs out: CPython's 5 ms default was
-# up to 5 ms per crossing under load. A forced switch costs a few microseconds.
-SWITCH_INTERVAL_S = 0.001
-
-
-class _Handoff:
-    """Items passed from producer threads to one consumer thread in order, with at most one
-    wake-up of the consumer outstanding: `put` schedules `wake(drain)` only when no drain is
-    pending; the drain clears the flag before it empties the queue, so an item put meanwhile is
-    either taken by this drain or schedules the next one.
-
-    `hold()` ... `release()` (nested, on the one producer thread) keeps the wake-up for the end:
-    the items put meanwhile wake the consumer once, at the outermost release."""
-
-    __slots__ = ("_consume", "_held", "_items", "_pending", "_wake")
-
-    def __init__(self, consume: Callable[[Any], None], wake: Callable[[Callable[[], None]], None]) -> None:
-        self._items: deque[Any] = deque()
-        self._pending = False
-        self._held = 0
-        self._consume = consume
-        self._wake = wake
-
-    def hold(self) -> None:
-        self._held += 1
-
-    def release(self) -> None:
-        self._held -= 1
-        if not self._held and self._items:
-            self._schedule()
-
-    def put(self, item: Any) -> None:
-        self._items.append(item)
-        if not self._held:
-            self._schedule()
-
-    def _schedule(self) -> None:
-        if not self._pending:
-            self._pending = True
-            try:
-                self._wake(self.drain)
-            except BaseException:
-                self._pending = False
-                raise
-
-    def drain(self) -> None:
-        self._pending = False
-        items, consume = self._items, self._consume
-        while items:
-            consume(items.popleft())
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-class _SipThread:
-    """The one thread per process that imports sippy and runs its reactor, one stack at a time.
-
-    Why one thread for the whole process: sippy's reactor (ED2) is a process-wide singleton
-    bound to the thread that imported sippy, and its ElPeriodic ticker wakes that very thread
-    for call-from-thread; running the reactor on a second thread segfaults in procrastinate().
-    So the thread parks between stacks instead of exiting.
-    """
-
-    _lock = threading.Lock()
-    _instance: _SipThread | None = None
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._serve, name="sip", daemon=True)
-        self.thread.start()
-
-    @classmethod
-    def shared(cls) -> _SipThread:
-        with cls._lock:
-            if cls._instance is None:
-                cls._instance = cls()
-            return cls._instance
-
-    def run(self, job: Callable[[], None]) -> None:
-        self._jobs.put(job)
-
-    def _serve(self) -> None:
-        while True:
-            job = self._jobs.get()
-            try:
-                job()
-            except BaseException:
-                log.exception("sip.thread_job_failed")
 
 
 class SipStack:
-    """The SIP side of sip-edge: a sippy B2BUA on the SIP thread, driven by commands."""
+    """The SIP side of sip-edge: a sippy B2BUA on the asyncio loop's thread, driven by commands."""
 
     _active: SipStack | None = None    # sippy allows one running stack per process
 
@@ -163,7 +68,7 @@ class SipStack:
         `session_timers`: RFC 4028 session timers (on by default, 1800 s; SessionTimerOptions)."""
         self._adopt = list(adopt)
         self._streams = streams
-        # REGISTERs (off without): `registrar.submit` runs on the asyncio loop, its reply back here
+        # REGISTERs (off without): `registrar.submit` runs in a loop callback of its own, its reply as a turn
         self._registrar = None if registrar is None else replace(registrar, submit=self._submit_register)
         self._on_register = None if registrar is None else registrar.submit
         self._session_timers = session_timers
@@ -175,151 +80,141 @@ class SipStack:
         self._advertised_host = advertised_host
         self._max_message_bytes = max_message_bytes
         self._user_agent = user_agent
-        # built here so that a bad network list fails on the caller's thread; used on the SIP thread
+        # built here so that a bad network list fails when the stack is made, not when it starts
         self.guard = SourceGuard(trusted_networks, rate=invite_rate, burst=invite_burst, total_rate=invite_rate_total,
                                  total_burst=invite_burst_total, priority=priority_networks)
-        self._started = threading.Event()
-        self._finished = threading.Event()
-        self._start_error: BaseException | None = None
-        self._reactor: Any = None      # sippy's ED2, set on the SIP thread
-        self._router: Any = None       # router.CallRouter, lives on the SIP thread
+        self._reactor: LoopReactor | None = None   # sippy's reactor on the loop, while running
+        self._router: Any = None       # router.CallRouter
         self._state = "new"            # new -> running -> stopping -> stopped
         self.bound_address: tuple[str, int] | None = None
-        self._facts = _Handoff(self._deliver_fact, self._wake_loop)
-        self._commands = _Handoff(self._run_command, self._wake_reactor)
+        self._facts: deque[Fact] = deque()
+        self._facts_scheduled = False
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
-        """Start serving on the SIP thread; return once the UDP socket is bound, raise if it cannot be."""
+        """Start serving on the loop this stack was given; call it on that loop's thread (with the
+        loop running or not). Returns once the UDP socket is bound; raises if it cannot be."""
         if self._state != "new":
             raise RuntimeError(f"SipStack cannot start: it is {self._state}")
-        with _SipThread._lock:
-            if SipStack._active is not None:
-                raise RuntimeError("another SipStack is running in this process (sippy has one reactor)")
-            SipStack._active = self
-        self._state = "running"
-        _SipThread.shared().run(self._serve)
-        if not self._started.wait(START_TIMEOUT_S):
-            raise RuntimeError("SIP thread did not start in time")
-        if self._start_error is not None:
-            self._state = "stopped"
-            raise self._start_error
-        tune_gc()
-        sys.setswitchinterval(SWITCH_INTERVAL_S)
-        log.info("sip.started", host=self._host, port=self.bound_address[1] if self.bound_address else None)
-
-    def stop(self) -> None:
-        """Hang up the remaining calls, close the socket, stop the reactor; wait at most a few seconds."""
-        if self._state != "running":
-            return
-        self._state = "stopping"
-        if self._reactor is not None and self._router is not None:
-            self._reactor.callFromThread(self._router.shutdown, self._reactor.breakLoop)
-        if self._finished.wait(STOP_TIMEOUT_S):
-            log.info("sip.stopped")
-        else:
-            log.error("sip.stop_timeout", timeout_s=STOP_TIMEOUT_S)
-        self._state = "stopped"
-
-    def _serve(self) -> None:
-        """SIP thread: build the stack, run the reactor until stop()."""
+        if SipStack._active is not None:
+            raise RuntimeError("another SipStack is running in this process (sippy has one reactor)")
         # sippy logs every SIP message at its default level (INFO); keep errors only unless
         # the operator asked for more.
         os.environ.setdefault("SIPLOG_LVL", "ERR")
+        patches.apply_patches()
+        reactor = LoopReactor(self._loop)
+        reactor.open()
+        SipStack._active = self
         try:
-            try:
-                patches.apply_patches()
-                reactor = transport.bind_reactor_to_this_thread()
-                turns.set_hooks(self._facts.hold, self._release_facts)
-                turns.set_between(self._commands_between_datagrams)
-                # imports sippy: on this thread, after the patches
-                from callcenter_sip_edge.router import CallRouter
+            # imports sippy: after the patches
+            from callcenter_sip_edge.router import CallRouter
 
-                router = CallRouter(host=self._host, port=self._port, emit=self._emit_fact,
-                                    advertised_host=self._advertised_host,
-                                    max_message_bytes=self._max_message_bytes, user_agent=self._user_agent,
-                                    guard=self.guard, streams=self._streams, registrar=self._registrar,
-                                    session=self._session_timers)
-                self.bound_address = router.bound_address
-                self.stream_ports = transport.stream_ports(router.sip_config)
-                if self._adopt:
-                    from callcenter_sip_edge.adoption import adopt
+            router = CallRouter(host=self._host, port=self._port, emit=self._emit_fact,
+                                advertised_host=self._advertised_host,
+                                max_message_bytes=self._max_message_bytes, user_agent=self._user_agent,
+                                guard=self.guard, streams=self._streams, registrar=self._registrar,
+                                session=self._session_timers)
+        except BaseException:
+            reactor.close()
+            SipStack._active = None
+            self._state = "stopped"
+            raise
+        self.bound_address = router.bound_address
+        self.stream_ports = transport.stream_ports(router.sip_config)
+        self._reactor, self._router = reactor, router
+        self._state = "running"
+        if self._adopt:   # before the first datagram is read: the loop has not run since the bind
+            reactor.turn(_run_command, _adopt, (router, self._adopt, None))
+            self._adopt = []
+        tune_gc()
+        log.info("sip.started", host=self._host, port=self.bound_address[1] if self.bound_address else None)
 
-                    adopt(router, self._adopt)
-                    self._adopt = []
-            except BaseException as exc:  # reported to start()'s caller
-                self._start_error = exc
-                self._started.set()
-                return
-            self._reactor, self._router = reactor, router
-            self._started.set()
-            try:
-                reactor.loop()
-            except BaseException:
-                log.exception("sip.reactor_failed")
-        finally:
-            turns.clear_hooks()
-            with _SipThread._lock:
-                if SipStack._active is self:
-                    SipStack._active = None
-            self._finished.set()
+    def stop(self) -> None:
+        """Hang up the remaining calls, give their BYEs a moment, close the sockets and drop the
+        timers; at most a few seconds. On the loop's thread this runs sippy itself meanwhile (the
+        loop waits); from another thread it is handed to the loop and waited for."""
+        reactor = self._reactor
+        if self._state != "running" or reactor is None:
+            return
+        if not reactor.on_its_thread():
+            done = threading.Event()
+
+            def stop_there() -> None:
+                try:
+                    self.stop()
+                finally:
+                    done.set()
+
+            self._loop.call_soon_threadsafe(stop_there)
+            done.wait(STOP_TIMEOUT_S + 1.0)
+            return
+        self._state = "stopping"
+        closed: list[bool] = []
+        reactor.turn(self._router.shutdown, lambda: closed.append(True))
+        if reactor.run_until(lambda: bool(closed), STOP_TIMEOUT_S):
+            log.info("sip.stopped")
+        else:
+            log.error("sip.stop_timeout", timeout_s=STOP_TIMEOUT_S)
+        reactor.close()
+        if SipStack._active is self:
+            SipStack._active = None
+        self._state = "stopped"
 
     # ------------------------------------------------------------------ facts
     def _emit_fact(self, fact: Fact) -> None:
-        """SIP thread: hand a fact to the asyncio loop."""
-        try:
-            self._facts.put(fact)
-        except RuntimeError:
-            # the loop is closed: this fact (and any still queued) will never be delivered
-            log.warning("sip.fact_lost", kind=fact.kind, call_id=fact.call_id, reason="loop_closed",
-                        queued=len(self._facts))
+        """Inside sippy code: queue a fact; they go to `on_fact` after the turn, in one callback."""
+        self._facts.append(fact)
+        if not self._facts_scheduled:
+            self._facts_scheduled = True
+            try:
+                self._loop.call_soon(self._deliver_facts)
+            except RuntimeError:
+                # the loop is closed: this fact (and any still queued) will never be delivered
+                self._facts_scheduled = False
+                log.warning("sip.fact_lost", kind=fact.kind, call_id=fact.call_id, reason="loop_closed",
+                            queued=len(self._facts))
 
-    def _release_facts(self) -> None:
-        """SIP thread, at the end of a reactor turn: the facts it produced go to the loop at once."""
-        try:
-            self._facts.release()
-        except RuntimeError:
-            log.warning("sip.fact_lost", reason="loop_closed", queued=len(self._facts))
-
-    def _wake_loop(self, drain: Callable[[], None]) -> None:
-        self._loop.call_soon_threadsafe(drain)
-
-    def _deliver_fact(self, fact: Fact) -> None:
-        """Asyncio thread, in the order the SIP thread produced the facts."""
-        try:
-            self._on_fact(fact)
-        except Exception:
-            log.exception("sip.on_fact_failed", kind=fact.kind, call_id=fact.call_id)
+    def _deliver_facts(self) -> None:
+        """A loop callback of its own: the queued facts, in the order sippy produced them."""
+        self._facts_scheduled = False
+        facts, on_fact = self._facts, self._on_fact
+        while facts:
+            fact = facts.popleft()
+            try:
+                on_fact(fact)
+            except Exception:
+                log.exception("sip.on_fact_failed", kind=fact.kind, call_id=fact.call_id)
 
     # ------------------------------------------------------------------ registrations
     def _submit_register(self, request: RegisterRequest, reply: Callable[[Reply], None]) -> None:
-        """SIP thread: a REGISTER with credentials to the asyncio side; its answer comes back here."""
+        """Inside sippy code: a REGISTER with credentials to the asyncio side, in a loop callback of
+        its own (not from inside sippy code); its answer comes back as a turn."""
         on_register = self._on_register
         assert on_register is not None
 
-        def answer(result: Reply) -> None:   # asyncio thread
-            self._commands.put((reply, result))
+        def answer(result: Reply) -> None:
+            self._submit(reply, result)
 
-        self._loop.call_soon_threadsafe(on_register, request, answer)
+        self._loop.call_soon(on_register, request, answer)
 
     def ring_registered(self, command: Ring, targets: list[str], refusal: str = "not_registered") -> None:
-        """`command.ring` to an AOR, with its contacts' targets (any thread; see CallRouter); with
-        none, refused with `refusal`."""
-        router = self._router
-        if self._reactor is None or router is None or self._state != "running":
+        """`command.ring` to an AOR, with its contacts' targets (see CallRouter); with none, refused
+        with `refusal`."""
+        router = self._running()
+        if router is None:
             log.warning("call.command_ignored", call_id=command.call_id, command=command.TYPE, reason="not_running")
             return
-        self._commands.put((router.ring_registered, (command, targets, refusal)))
+        self._submit(router.ring_registered, (command, targets, refusal))
 
     # ------------------------------------------------------------------ commands
     def execute(self, command: Command) -> None:
-        """Carry out one typed command from the dispatcher (any thread): queued to the SIP thread,
-        where the router gives it to its call (`call.COMMAND_HANDLERS`)."""
-        router = self._router
-        if self._reactor is None or router is None or self._state != "running":
+        """Carry out one typed command from the dispatcher: the router gives it to its call
+        (`call.COMMAND_HANDLERS`) at once, as a turn (from another thread: handed to the loop)."""
+        router = self._running()
+        if router is None:
             log.warning("call.command_ignored", call_id=command.call_id, command=command.TYPE, reason="not_running")
             return
-        self._commands.put((router.execute, command))
+        self._submit(router.execute, command)
 
     # The same, one method per command (for tests and tools that drive a stack by hand).
     def media(self, call_id: str, uri: str, purpose: str) -> None:
@@ -349,73 +244,74 @@ class SipStack:
 
     def hangup_all(self, reason: str) -> None:
         """Hang up every active call (end of a drain); each one reports `call_ended(by=edge)`."""
-        reactor, router = self._reactor, self._router
-        if reactor is None or router is None or self._state != "running":
+        router = self._running()
+        if router is None:
             log.warning("call.command_ignored", command="hangup_all", reason="not_running")
             return
-        self._commands.put((router.hangup_all, reason))
+        self._submit(router.hangup_all, reason)
 
     def adopt(self, calls: Sequence[AdoptedCall], reason: str) -> None:
-        """Adopt calls handed to this edge while it runs (`command.adopt`: a lost peer's), on the SIP
-        thread in order with the commands; `reason`: the end reason of those that cannot go on."""
-        router = self._router
-        if self._reactor is None or router is None or self._state != "running":
+        """Adopt calls handed to this edge while it runs (`command.adopt`: a lost peer's), in order
+        with the commands; `reason`: the end reason of those that cannot go on."""
+        router = self._running()
+        if router is None:
             log.warning("call.command_ignored", command="adopt", reason="not_running")
             return
-        self._commands.put((_adopt_on_sip_thread, (router, list(calls), reason)))
+        self._submit(_adopt, (router, list(calls), reason))
 
     def disown(self, ended: Sequence[str], handed: Sequence[str]) -> None:
         """Drop calls this edge no longer owns (it was declared lost): `ended` ones get BYE (and a
         call_ended the dispatcher finds already applied), `handed` ones are forgotten (a peer has them)."""
-        router = self._router
-        if self._reactor is None or router is None or self._state != "running":
+        router = self._running()
+        if router is None:
             return
-        self._commands.put((_disown_on_sip_thread, (router, list(ended), list(handed))))
+        self._submit(_disown, (router, list(ended), list(handed)))
 
     def call_ids(self) -> list[str]:
-        """The ids of the calls this edge carries now (a snapshot: list() of a dict is atomic in CPython)."""
+        """The ids of the calls this edge carries now."""
         router = self._router
         return list(router.calls) if router is not None else []
 
     def active_calls(self) -> int:
         router = self._router
-        # len() of a dict owned by the SIP thread is an atomic read in CPython
         return len(router.calls) if router is not None else 0
 
     def set_accepting(self, accepting: bool) -> None:
         router = self._router
         if router is not None:
-            # a plain attribute read by the SIP thread for each new INVITE
-            router.accepting = bool(accepting)
+            router.accepting = bool(accepting)   # read for each new INVITE
         log.info("sip.accepting", accepting=bool(accepting))
 
-    def _commands_between_datagrams(self) -> None:
-        """SIP thread, between two datagrams of a batch: run the commands queued so far (their
-        wake-up still comes and finds the queue empty, or takes what was put since)."""
-        if self._commands:
-            self._commands.drain()
+    def _running(self) -> Any:
+        """The router if the stack runs, else None."""
+        return self._router if self._reactor is not None and self._state == "running" else None
 
-    def _wake_reactor(self, drain: Callable[[], None]) -> None:
-        self._reactor.callFromThread(drain)
-
-    @staticmethod
-    def _run_command(item: tuple[Callable[[Any], None], object]) -> None:
-        """SIP thread: run one queued command; never let an exception reach the reactor."""
-        run, argument = item
-        try:
-            run(argument)
-        except Exception:
-            log.exception("call.command_failed", command=argument)
+    def _submit(self, run: Callable[[Any], None], argument: object) -> None:
+        """`run(argument)` as a turn of the reactor: at once on the loop's thread, else handed to it."""
+        reactor = self._reactor
+        assert reactor is not None
+        reactor.from_any_thread(_run_command, run, argument)
 
 
-def _adopt_on_sip_thread(args: tuple[Any, list[AdoptedCall], str]) -> None:
-    from callcenter_sip_edge.adoption import adopt  # imports sippy: on the SIP thread only
+def _run_command(run: Callable[[Any], None], argument: object) -> None:
+    """A turn: one command; its failure is logged with the command (the reactor's turn goes on)."""
+    try:
+        run(argument)
+    except Exception:
+        log.exception("call.command_failed", command=argument)
+
+
+def _adopt(args: tuple[Any, list[AdoptedCall], str | None]) -> None:
+    from callcenter_sip_edge.adoption import adopt  # imports sippy
 
     router, calls, reason = args
-    adopt(router, calls, reason=reason)
+    if reason is None:
+        adopt(router, calls)
+    else:
+        adopt(router, calls, reason=reason)
 
 
-def _disown_on_sip_thread(args: tuple[Any, list[str], list[str]]) -> None:
+def _disown(args: tuple[Any, list[str], list[str]]) -> None:
     from callcenter_sip_edge.adoption import disown
 
     router, ended, handed = args

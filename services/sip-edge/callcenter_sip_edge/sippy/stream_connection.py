@@ -52,7 +52,7 @@ class Connection:
         self.message_started: float | None = None
         self.ready = False                   # TLS: handshake done
 
-    # -- as sippy sees it (reactor thread) ----------------------------------------------
+    # -- as sippy sees it (the edge's loop) ----------------------------------------------
     @property
     def transport(self) -> str:
         return self.transport_name

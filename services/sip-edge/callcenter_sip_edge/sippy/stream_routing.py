@@ -85,7 +85,7 @@ def with_stream_routing(tm_class: type, *, max_stream_message_bytes: int, large_
             super().transmitData(userv, data, address, cachesum, lossemul)
 
         def handle_stream_message(self, data: bytes, peer: tuple[str, int], conn: Any) -> None:
-            """Reactor thread: one framed message from a TCP/TLS connection (`conn` is the server its
+            """The edge's loop: one framed message from a TCP/TLS connection (`conn` is the server its
             transaction answers through)."""
             host = f"[{peer[0]}]" if ":" in peer[0] else peer[0]
             ra = Remote_address((host, peer[1]), getattr(conn, "remote_transport", conn.transport))

@@ -1,8 +1,10 @@
 """SIP over TCP and TLS for the edge's sippy stack (sippy 2.5.0 has UDP and WSS only).
 
 Reads: bytes from accepted and outgoing TCP/TLS connections, on an asyncio loop in its own thread
-("sip-streams"). Writes: each framed SIP message to sippy's transaction manager on the reactor
-thread (`ED2.callFromThread`), and what the reactor sends back to the connections.
+("sip-streams"). Writes: each framed SIP message to sippy's transaction manager on the edge's
+loop (a reactor turn, `reactor.LoopReactor.from_any_thread`), and what sippy sends back to the
+connections. The streams keep a thread of their own: their listeners, TLS handshakes and
+connections are built on their own loop, which the edge's loop hands messages to in batches.
 
 sippy sees two objects per transport: a `StreamServer` (what `newTransaction` sends requests
 through: it picks an open connection to the target, or opens one) and each `Connection` (the
@@ -103,7 +105,7 @@ class _Opts:
 
 
 class StreamServer:
-    """One stream transport (tcp or tls) as sippy sees it. Methods are called on the reactor thread;
+    """One stream transport (tcp or tls) as sippy sees it. Methods are called on the edge's loop (sippy's);
     the connections live on the streams' loop."""
 
     reliable = True   # no retransmission of requests (stream_routing)
@@ -129,15 +131,13 @@ class StreamTransports:
     """The TCP and TLS listeners and connections of one stack, on an asyncio loop in its own thread."""
 
     def __init__(self, options: StreamOptions, *, host: str, advertised_host: str | None,
-                 deliver: Callable[[bytes, Any, Any], None], call_on_reactor: Callable[..., None],
-                 after_batch: Callable[[], None] = lambda: None) -> None:
-        """`deliver(message, peer, connection)` runs on the reactor (`call_on_reactor`), in batches,
-        each followed by `after_batch()` (the reactor's due timers)."""
+                 deliver: Callable[[bytes, Any, Any], None], call_on_reactor: Callable[..., None]) -> None:
+        """`deliver(message, peer, connection)` runs on the reactor (`call_on_reactor`, a turn that
+        runs the due timers after it), in batches."""
         self.options = options
         self.host = host
         self.advertised_host = advertised_host or host
         self._deliver = deliver
-        self._after_batch = after_batch
         # both directions are batched: one wake-up of the other thread for whatever piled up, not
         # one per message (each is a system call and a fight for the GIL). A flag is cleared by
         # the consumer before it empties its queue, so an item put meanwhile is taken or wakes it again.
@@ -158,7 +158,7 @@ class StreamTransports:
         self.client_tls: ssl.SSLContext | None = None
         self._thread = threading.Thread(target=self.loop.run_forever, name="sip-streams", daemon=True)
 
-    # -- start and stop (the SIP thread) --------------------------------------------------
+    # -- start and stop (the edge's loop) --------------------------------------------------
     def start(self) -> None:
         """Bind the listeners (raise if a port is taken), then run the loop in its thread."""
         opts = self.options
@@ -227,7 +227,7 @@ class StreamTransports:
 
     # -- thread hand-over -----------------------------------------------------------------
     def call(self, fn: Callable[..., None], *args: Any) -> None:
-        """Reactor thread -> loop thread: `fn(*args)` there, in order."""
+        """The edge's loop -> the streams' loop: `fn(*args)` there, in order."""
         self._outbox.append((fn, args))
         if not self._outbox_waking:
             self._outbox_waking = True
@@ -251,14 +251,11 @@ class StreamTransports:
             self._call_on_reactor(self._run_inbox)
 
     def _run_inbox(self) -> None:
-        """Reactor thread: the messages that arrived, then the reactor's due timers."""
+        """Reactor (the edge's loop): the messages that arrived."""
         self._inbox_waking = False
         inbox, deliver = self._inbox, self._deliver
-        try:
-            while inbox:
-                deliver(*inbox.popleft())
-        finally:
-            self._after_batch()
+        while inbox:
+            deliver(*inbox.popleft())
 
     # -- connections (loop thread) -----------------------------------------------------------
     def _accepted(self, server: StreamServer) -> Connection:

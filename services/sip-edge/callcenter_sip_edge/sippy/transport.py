@@ -1,22 +1,20 @@
 """The edge's transport on sippy: its UDP server, its transaction manager, and the stack's set-up
 and close.
 
-Reads: datagrams from the UDP socket (on the reactor thread), sippy's reactor (ED2) and its
-configuration dict. Writes: datagrams to the socket, the configuration dict sippy's UAs are built
-from (`make_sip_config`), and, on close, the reactor's timer list.
+Reads: datagrams from the UDP socket (a reader of the asyncio loop: `reactor.py`) and sippy's
+configuration dict. Writes: datagrams to the socket and the configuration dict sippy's UAs are built
+from (`make_sip_config`).
 
-Knows sippy's private names (`global_config` keys such as `_sip_tm`, `l4r`, `uopts`, ED2's
-`tlisteners` and `my_ident`); nothing outside `callcenter_sip_edge.sippy` does.
+Knows sippy's private names (`global_config` keys such as `_sip_tm`, `l4r`, `uopts`); nothing
+outside `callcenter_sip_edge.sippy` does.
 """
 
 from __future__ import annotations
 
 import errno
-import select
 import socket
 import struct
 import sys
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -28,7 +26,7 @@ from callcenter.metrics import SIP
 from callcenter_sip_edge.guard import SourceGuard
 from callcenter_sip_edge.log_limits import RateLimitedLog
 from callcenter_sip_edge.screening import SIPPY_RECV_BYTES, screen_datagram
-from callcenter_sip_edge.sippy import output, turns
+from callcenter_sip_edge.sippy import output, reactor
 from callcenter_sip_edge.sippy.stream_routing import with_stream_routing
 from callcenter_sip_edge.sippy.streams import StreamOptions, StreamTransports
 from callcenter_sip_edge.sippy.trying import HeldTrying, is_held_trying
@@ -36,7 +34,8 @@ from callcenter_sip_edge.sippy.trying import HeldTrying, is_held_trying
 log = structlog.get_logger(__name__)
 
 UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
-# datagrams the reactor reads per wake-up before it lets its timers run
+# datagrams read per loop callback before the due timers run and the loop's other ready callbacks
+# (Redis replies, commands) get their turn
 UDP_DRAIN_BATCH = 64
 # a datagram the kernel refused (send buffer full) is tried again after this long
 SEND_RETRY_S = 0.01
@@ -48,15 +47,6 @@ _SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35 if sys.platform == "linux
 _TIMESTAMP_CMSG_BYTES = socket.CMSG_SPACE(16) if _SO_TIMESTAMPNS is not None else 0
 
 
-def bind_reactor_to_this_thread() -> Any:
-    """Sippy's reactor (ED2), told that the calling thread runs it (it warns about timers started
-    on another thread). Call on the SIP thread after `apply_patches()`."""
-    from sippy.Core.EventDispatcher import ED2
-
-    ED2.my_ident = threading.get_ident()
-    return ED2
-
-
 def make_sip_config(*, host: str, port: int, user_agent: str, advertised_host: str | None,
                     max_message_bytes: int, on_screened: Callable[[str, str, int | None], None],
                     on_request: Callable[[Any, Any], Any], guard: SourceGuard,
@@ -66,7 +56,6 @@ def make_sip_config(*, host: str, port: int, user_agent: str, advertised_host: s
     `guard` says which sources are trusted (in-dialog requests from others must come from a peer
     of their dialog); sippy's own output goes to `limited_log`. With `streams` enabled, TCP and
     TLS listen too (`streams.StreamTransports`, under `_cc_streams`)."""
-    from sippy.Core.EventDispatcher import ED2
     from sippy.SipConf import SipConf
 
     output.capture_sippy_output(limited_log)
@@ -85,8 +74,7 @@ def make_sip_config(*, host: str, port: int, user_agent: str, advertised_host: s
                                    large_udp_by_tcp=streams.large_udp_by_tcp, on_screened=on_screened)
     tm = sip_config["_sip_tm"] = tm_class(sip_config, on_request)
     transports = StreamTransports(streams, host=host, advertised_host=advertised_host,
-                                  deliver=tm.handle_stream_message, call_on_reactor=ED2.callFromThread,
-                                  after_batch=run_due_timers)
+                                  deliver=tm.handle_stream_message, call_on_reactor=reactor.current().from_any_thread)
     try:
         transports.start()
     except BaseException:
@@ -111,39 +99,32 @@ def bound_address(sip_config: SipConfig) -> tuple[str, int]:
 
 
 def close_stack(sip_config: SipConfig) -> None:
-    """Close the transaction manager (and its sockets), then drop the reactor's timers."""
-    from sippy.Core.EventDispatcher import ED2
-
+    """Close the stream transports and the transaction manager (and its sockets). The stack's
+    timers are dropped with its reactor (`reactor.LoopReactor.close`)."""
     try:
         transports = sip_config.pop("_cc_streams", None)
         if transports is not None:
             transports.shutdown()
-        sip_config["_sip_tm"].shutdown()
     finally:
-        # sippy's reactor is a process-wide singleton: drop this stack's timers so that a
-        # later SipStack in the same process does not run them.
-        ED2.tlisteners = []
-        ED2.twasted = 0
+        sip_config["_sip_tm"].shutdown()
 
 
 def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
-    """Sippy's Udp_server, driven from the reactor thread, with a 4 MiB receive buffer and,
+    """Sippy's Udp_server, read from the asyncio loop, with a 4 MiB receive buffer and,
     optionally, an advertised address. Returns (server class, its options class), the pair
     `SipTransactionManager.model_udp_server` takes.
 
     Why not sippy's own threads: its Udp_server hands every datagram received to the reactor with
     ED2.callFromThread (a receiver thread) and every datagram sent to a sender thread through a
     Queue. At 150 calls/s (~3,000 datagrams/s) those two hand-offs per datagram, and the fight for
-    the GIL they start each time, were about a fifth of the edge's samples. Here no sippy worker
-    thread reads the socket: a watcher thread only waits (GIL released) until it is readable and
-    asks the reactor once to drain it; the reactor reads every queued datagram itself
-    (non-blocking) and sends directly. A datagram to a host name still goes through sippy's sender
-    thread, which resolves it off the reactor.
+    the GIL they start each time, were about a fifth of the edge's samples. Here no thread reads the
+    socket: the loop's selector says when it is readable, and a reader callback (a reactor turn)
+    reads a bounded batch (non-blocking) and sends directly. A datagram to a host name still goes
+    through sippy's sender thread, which resolves it off the loop (started at the first such send).
 
     The advertised host replaces the bound address wherever sippy renders its own address
     (Via, Contact, From of new legs), for an edge behind NAT or bound to 0.0.0.0.
     """
-    from sippy.Core.EventDispatcher import ED2
     from sippy.Network_server import Remote_address
     from sippy.Time.Timeout import Timeout
     from sippy.Udp_server import AsyncSender, Udp_server, Udp_server_opts
@@ -164,13 +145,10 @@ def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
                 self.skt.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
             self.skt.setblocking(False)
             self._closing = False
-            self._drained = threading.Event()
             self._backlog: deque[tuple[bytes, Any]] = deque()   # sends the kernel refused (EAGAIN)
             self._backlog_timer: Any = None
-            # for host names only (see send_to); sippy's class, started the way sippy does
-            self.asenders.append(AsyncSender(self))
-            self._watcher = threading.Thread(target=self._watch, name="sip-udp-watch", daemon=True)
-            self._watcher.start()
+            self._reactor = reactor.current()
+            self._reactor.add_reader(self.skt.fileno(), self._read_batch)
 
         def getSIPaddr(self) -> Any:
             (host, port), transport = super().getSIPaddr()
@@ -179,32 +157,9 @@ def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
             return ((host, port), transport)
 
         # -- receiving ---------------------------------------------------------------------
-        def _watch(self) -> None:
-            """Watcher thread: wake the reactor once per batch of datagrams, never touch them."""
-            poller = select.poll()
-            poller.register(self.skt.fileno(), select.POLLIN)
-            while not self._closing:
-                if not poller.poll(1000) or self._closing:
-                    continue
-                self._drained.clear()
-                try:
-                    ED2.callFromThread(self._drain)
-                except RuntimeError:  # the reactor is gone (interpreter shutdown)
-                    return
-                while not self._drained.wait(1.0):
-                    if self._closing:
-                        return
-
-        def _drain(self) -> None:
-            """Reactor thread: handle the datagrams waiting in the socket, a bounded batch per turn
-            (the watcher asks again at once if more are left), then the timers that are due."""
-            try:
-                self._read_batch()
-            finally:
-                run_due_timers()
-                self._drained.set()
-
         def _read_batch(self) -> None:
+            """A reactor turn (the socket is readable): the datagrams waiting, at most a batch; the
+            loop calls again at once if more are left, after its other ready callbacks."""
             # the kernel stamps arrival in wall-clock time; sippy and the guard count in monotonic
             # time: one offset per batch turns the one into the other
             mono_now = time.monotonic()
@@ -228,7 +183,6 @@ def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
                 if not n:   # how long the batch's first datagram waited in the socket (bench/free_to_ring.py)
                     log.debug("sip.batch_read", waited_ms=round((mono_now - arrived.monot) * 1000, 2))
                 self.handle_read(data, Remote_address(address, self.transport), arrived)
-                turns.between()   # commands handed meanwhile (a ring) go before the rest of the batch
 
         # -- sending -----------------------------------------------------------------------
         def send_to(self, data: Any, address: Any, delayed: bool = False) -> None:
@@ -237,6 +191,8 @@ def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
             SIP.message("out", data)
             host, port = address
             if not _is_ip_literal(host) or self.uopts.ploss_out_rate > 0.0 or self.uopts.pdelay_out_max > 0.0:
+                if not self.asenders:   # sippy's sender thread, started the way sippy does, when first needed
+                    self.asenders.append(AsyncSender(self))
                 super().send_to(data, address, delayed)   # sippy's way: its sender thread resolves
                 return
             if self.uopts.family == socket.AF_INET6:
@@ -268,6 +224,7 @@ def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
 
         def shutdown(self) -> None:
             self._closing = True
+            self._reactor.remove_reader(self.skt.fileno())
             if self._backlog_timer is not None:
                 self._backlog_timer.cancel()
                 self._backlog_timer = None
@@ -311,23 +268,6 @@ def dialog_peer_hosts(ua: Any) -> set[str]:
     if ua.rTarget is not None and ua.rTarget.host:
         hosts.add(str(ua.rTarget.host))
     return {host.strip("[]") for host in hosts}
-
-
-def run_due_timers() -> None:
-    """Reactor thread, inside a call-from-thread callback: run the sippy timers that are due.
-
-    Why: ED2.loop() runs its timers only when ElPeriodic's procrastinate() returns, and that does
-    not return while call-from-thread callbacks keep arriving: with 5 ms callbacks back to back a
-    10 ms timer went up to 1 s without firing, then fired in a burst. Under load the socket's
-    drain callbacks arrive back to back, so retransmission timers, ring timeouts and the
-    controller's deferred steps would wait for a lull. Running the due timers after each batch
-    (as loop() itself does between two waits) keeps them on time.
-    """
-    from sippy.Core.EventDispatcher import ED2
-    from sippy.Time.MonoTime import MonoTime
-
-    ED2.last_ts = MonoTime()
-    ED2.dispatchTimers()
 
 
 def _is_ip_literal(host: Any) -> bool:

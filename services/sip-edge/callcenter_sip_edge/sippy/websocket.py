@@ -221,7 +221,7 @@ class WsConnection(Connection):
 
 
 def route(streams: StreamTransports, address: Any) -> Connection | None:
-    """Reactor thread: the live WebSocket connection a request to `address` ((host, port) of a
+    """The edge's loop: the live WebSocket connection a request to `address` ((host, port) of a
     `transport=ws`/`wss` URI) goes over, by the host the browser named itself with, or by its
     address; None if there is none (a dict read, atomic under the GIL)."""
     host = str(address[0]).lower().strip("[]")
@@ -258,7 +258,7 @@ class NoRoute:
 
 
 def refuse(tm: Any, t: Any, msg: Any) -> None:
-    """Reactor thread: end client transaction `t` (sent through a `NoRoute`) with 430 Flow Failed
+    """The edge's loop: end client transaction `t` (sent through a `NoRoute`) with 430 Flow Failed
     at the reactor's next turn, as its timer B would with 408, so its UA fails at once."""
     from sippy.SipTransactionManager import TERMINATED
     from sippy.Time.MonoTime import MonoTime
