@@ -7,7 +7,7 @@ the consumer groups of the tenant's streams. Writes: nothing; `exposition()` is 
 served on /metrics (the api on its own port, every other service on its health listener).
 
 Cost: a process's own counters are plain prometheus-client metrics, except the sip-edge's
-per-message counts (`SIP`), which are dict increments on the SIP thread (no label lookup, no lock)
+per-message counts (`SIP`), which are dict increments in the edge's SIP turns (no label lookup, no lock)
 turned into metric families only when scraped. What lives in Redis is never counted per event: one
 scrape reads it in two pipelined round trips, bounded by `MAX_FLOWS` and `MAX_AGENTS`, and only
 the api reads it (one copy of each figure, however many replicas of the other services run).
@@ -57,7 +57,7 @@ REDIS_WAIT_MISSING = Counter("callcenter_redis_wait_missing", "Replicas that had
                              "dispatcher_ack", ["path"], registry=REGISTRY)
 # decision latency: a report's stream entry (Redis time at XADD) to its atomic step applied; and a
 # ring decision (the ring command's entry: the step that gave a free agent the call) to the edge
-# handing the ring to its SIP thread. An agent freed by wrap-up's end is seen by the timer loop
+# handing the ring to its SIP stack. An agent freed by wrap-up's end is seen by the timer loop
 # within CC_TIMER_INTERVAL_MS of it; one freed by login/unpause is offered in that same step.
 DISPATCH_LATENCY = Histogram("callcenter_dispatch_latency_seconds", "Dispatch latency by path: "
                              "report_to_decision (dispatcher), agent_free_to_ring (sip-edge)", ["path"],
@@ -91,7 +91,7 @@ OTHER = b"OTHER"
 
 
 class SipCounts(Collector):
-    """SIP requests and responses in and out, and retransmissions, counted by the SIP thread.
+    """SIP requests and responses in and out, and retransmissions, counted as the sip-edge reads and sends.
 
     `request_in(data)` and friends cost a slice and one dict increment: the dicts are pre-filled
     with every method and status code, so the hot path takes no lock and builds no label. Reading

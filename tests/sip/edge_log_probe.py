@@ -53,14 +53,19 @@ async def main() -> None:
                 f"branch=z9hG4bK-sync\r\nFrom: <sip:a@127.0.0.1>;tag=1\r\nTo: <sip:b@127.0.0.1>\r\n"
                 f"Call-ID: sync\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
         sock.sendto(sync, edge)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:   # every datagram before the OPTIONS has been read
-            try:
-                if b"Call-ID: sync" in sock.recv(65535):
-                    break
-            except (TimeoutError, OSError):
-                continue
+        # every datagram before the OPTIONS has been read (waited for off the loop, which runs the edge)
+        await asyncio.to_thread(_wait_for_sync, sock)
     stack.stop()
+
+
+def _wait_for_sync(sock: socket.socket) -> None:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            if b"Call-ID: sync" in sock.recv(65535):
+                return
+        except (TimeoutError, OSError):
+            continue
 
 
 if __name__ == "__main__":

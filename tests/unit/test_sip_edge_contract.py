@@ -15,7 +15,8 @@ from callcenter.contract.reports import REPORTS, CallArrived, CallEnded, Command
 from callcenter.settings import EdgeSettings
 from callcenter_sip_edge.facts import Fact
 from callcenter_sip_edge.service import EdgeService, report_class
-from callcenter_sip_edge.sip_stack import SipStack, _Handoff
+from callcenter_sip_edge.sip_stack import SipStack
+from callcenter_sip_edge.sippy.reactor import LoopReactor
 
 # the kinds the SIP side emits (facts.Fact): report types without `report.`
 FACT_KINDS = ("call_arrived", "media_answered", "media_ended", "media_failed", "agent_answered", "agent_failed",
@@ -29,8 +30,8 @@ def test_every_fact_kind_has_its_own_report_class() -> None:
 
 
 def test_every_command_class_has_one_call_handler() -> None:
-    # in a child process: importing the call logic imports sippy, whose reactor binds to the
-    # importing thread (the SIP tests run it on their own thread in this process)
+    # in a child process: importing the call logic imports sippy and the whole SIP side, which
+    # this process's other unit tests need not carry
     probe = ("import json; from callcenter_sip_edge.call import COMMAND_HANDLERS as H; "
              "print(json.dumps({c.TYPE: f.__qualname__ for c, f in H.items()}))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
@@ -40,7 +41,7 @@ def test_every_command_class_has_one_call_handler() -> None:
 
 
 class _Router:
-    """What the SIP thread's router gets from the stack, recorded."""
+    """What the stack's router gets, recorded."""
 
     def __init__(self) -> None:
         self.got: list[Any] = []
@@ -52,24 +53,29 @@ class _Router:
         self.got.append(("hangup_all", reason))
 
 
-def _running_stack(router: _Router) -> SipStack:
-    """A stack whose SIP thread is this one: the command queue drains at once into `router`."""
-    loop = asyncio.new_event_loop()
-    loop.close()  # never used: no fact is emitted here
+def _running_stack(router: _Router, loop: asyncio.AbstractEventLoop) -> SipStack:
+    """A stack whose reactor is open on this thread: a command runs at once, as a turn."""
     stack = SipStack(host="127.0.0.1", port=0, on_fact=lambda fact: None, loop=loop)
-    stack._router, stack._reactor, stack._state = router, object(), "running"
-    stack._commands = _Handoff(SipStack._run_command, lambda drain: drain())
+    reactor = LoopReactor(loop)
+    reactor.open()
+    stack._router, stack._reactor, stack._state = router, reactor, "running"
     return stack
 
 
-def test_execute_hands_the_typed_command_to_the_router() -> None:
+def test_execute_hands_the_typed_command_to_the_router_at_once() -> None:
     router = _Router()
-    stack = _running_stack(router)
+    loop = asyncio.new_event_loop()
+    stack = _running_stack(router, loop)
     ring = Ring(call_id="c", offer_id="o", agent_id="7", uri="sip:7@h", timeout_s=15)
-    stack.execute(ring)
-    stack.ring_all("c", "p", [{"agent_id": "8", "uri": "sip:8@h"}], 9, caller_display="Bob")
-    stack.hangup("c", "bye")
-    stack.hangup_all("edge_shutdown")
+    try:
+        stack.execute(ring)
+        assert router.got == [ring]   # no queue: the command ran before execute returned
+        stack.ring_all("c", "p", [{"agent_id": "8", "uri": "sip:8@h"}], 9, caller_display="Bob")
+        stack.hangup("c", "bye")
+        stack.hangup_all("edge_shutdown")
+    finally:
+        stack._reactor.close()   # type: ignore[union-attr]
+        loop.close()
     assert router.got == [
         ring,
         RingAll(call_id="c", offer_id="p", targets=[{"agent_id": "8", "uri": "sip:8@h"}], timeout_s=9,

@@ -5,7 +5,7 @@ Writes: adopted calls in the router,
 with their two legs rebuilt as confirmed dialogs (`sippy/resume.py`); for calls that cannot be
 carried on, `call_ended` (by edge, reason `edge_restarted`).
 
-Runs on the SIP thread only, `adopt` before the reactor reads its first datagram.
+Runs in sippy's turns only, `adopt` (at start) before the first datagram is read.
 
 What is carried on: a talking call (caller and agent connected): a BYE of either side is answered
 and the other side gets its BYE, re-INVITEs/UPDATEs are relayed, commands (hangup) work, and each
@@ -111,7 +111,7 @@ def _hang_up_legs(router: CallRouter, record: AdoptedCall) -> None:
 def disown(router: CallRouter, ended: Iterable[str], handed: Iterable[str]) -> None:
     """This edge was declared lost meanwhile: hang up the calls the dispatchers ended (their CDR
     says edge_lost; nobody sent their legs a BYE) and forget, without a word, those a peer adopted
-    (its BYEs and reports are the only ones). Runs on the SIP thread."""
+    (its BYEs and reports are the only ones). Runs in a SIP turn."""
     for call_id in ended:
         call = router.calls.get(call_id)
         if call is not None and not call.ended:

@@ -5,7 +5,7 @@ and the outcomes its rooms report back. Writes: facts through the router's `emit
 its rooms: `media` (media legs), `agent` (the agent leg), `forks` (ring-all), `whisper` (the
 flow-id message), `offers` (the caller's re-INVITE queue and relayed offers).
 
-Runs on the SIP thread only (third-party call control, RFC 3725). Shape of a call:
+Runs in sippy's turns only (third-party call control, RFC 3725). Shape of a call:
     caller ──(UAS leg)── edge ──(UAC leg)── media server (welcome, queue, dissuading)
                               └─(UAC leg)── agent ──(UAC leg)── flow-id message ("whisper")
 The caller's offer goes to the first leg that answers it (early offer). Once the caller is

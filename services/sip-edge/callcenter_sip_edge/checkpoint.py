@@ -41,7 +41,7 @@ from callcenter_sip_edge.checkpoint_writes import CheckpointPlan, CheckpointWrit
 
 @dataclass(frozen=True)
 class DialogCheckpoint:
-    """A talking call's legs at a confirmed change (made on the SIP thread, plain data)."""
+    """A talking call's legs at a confirmed change (made in sippy's turns, plain data)."""
 
     call_id: str
     # agent_id, offer_id (None before talking), legs: {"caller": .., "agent"|"media": ..} (absent

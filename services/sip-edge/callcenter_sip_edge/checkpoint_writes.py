@@ -62,7 +62,7 @@ class CheckpointPlan:
 
 
 class CheckpointWriter:
-    """Plans the checkpoint writes of the batches of one edge (the asyncio thread only)."""
+    """Plans the checkpoint writes of the batches of one edge (the asyncio side only)."""
 
     def __init__(self, keys: Keys, edge_id: str, ttl_s: int) -> None:
         self.keys = keys

@@ -5,7 +5,7 @@ Reads: the call's caller leg, agent leg, ring-all forks, media leg being set up 
 leg (sippy UAs, through `sippy/resume.dialog_snapshot` and `invite_snapshot`).
 Writes: one `checkpoint` fact, which the service stores in Redis with the call's reports.
 
-Runs on the SIP thread; called once per confirmed change: the caller answered by a media leg
+Runs in sippy's turns; called once per confirmed change: the caller answered by a media leg
 (`media`), the agent connected (`agent`), an offer relayed between caller and agent answered
 (`offers`); once per INVITE sent (`Call.invite`: a ring, a fork, a media leg, a flow-id message);
 once per leg that stopped setting up without a confirmed change (`Call.emit` of `agent_failed` or

@@ -1,6 +1,6 @@
 """What the SIP side tells the service about a call: one `Fact` per thing that happened.
 
-Reads: nothing. Writes: nothing (a plain frozen record). The SIP thread (`router`, `call` and the
+Reads: nothing. Writes: nothing (a plain frozen record). The SIP side (`router`, `call` and the
 rooms beside it) makes facts; `sip_stack` hands them to the asyncio side, and `service` turns them
 into reports. Its own module so that the call logic and the thread bridge do not import each other.
 """

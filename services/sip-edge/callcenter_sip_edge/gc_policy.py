@@ -1,4 +1,4 @@
-"""When the SIP thread collects reference cycles: automatic collection off, `CycleCollector` decides.
+"""When the edge collects reference cycles: automatic collection off, `CycleCollector` decides.
 
 Reads: the number of active calls (given by the router every few seconds) and a clock.
 Writes: runs `gc.collect()`, freezes the start-up heap (`tune_gc`), logs `sip.gc_collected`.
@@ -43,7 +43,7 @@ GC_MAX_INTERVAL_S = 900.0
 
 
 class CycleCollector:
-    """Decides when the SIP thread runs the cycle collector (automatic collection is off, see
+    """Decides when the edge runs the cycle collector (automatic collection is off, see
     `tune_gc`): `tick(active_calls)` every few seconds collects once the edge has been idle for
     `idle_after_s` (once per idle period), or when `max_interval_s` has passed since the last
     collection. Logs what each collection found; a growing count means a new reference cycle."""

@@ -1,6 +1,6 @@
 """Admission of new INVITEs by source address: an allow-list of trusted networks, a per-source
 rate limit and a limit over all sources (token buckets), and the networks that may set a caller's
-priority. Pure Python, used on the SIP thread before a call is created.
+priority. Pure Python, used in sippy's turns before a call is created.
 
 Reads: nothing but its arguments. Writes: nothing (the buckets live in memory, one per source IP,
 bounded in number, and one for all sources).

@@ -1,4 +1,4 @@
-"""REGISTER on the SIP thread: what a request asks, the answers that need no Redis, and the reply.
+"""REGISTER in sippy's turns: what a request asks, the answers that need no Redis, and the reply.
 
 Reads: REGISTER requests (from `CallRouter`). Writes: 400/403/404/423/503 and digest challenges
 (401) at once; a `RegisterRequest` to the asyncio side (`registrations.py`) for a request with
@@ -117,7 +117,7 @@ class RegistrarSetup:
 
 
 class Registrar:
-    """REGISTER requests on the SIP thread; `submit` hands one with credentials to the asyncio side
+    """REGISTER requests in sippy's turns; `submit` hands one with credentials to the asyncio side
     with the function that answers it (called there, it must bring the reply back to this thread)."""
 
     def __init__(self, options: RegistrarOptions, nonces: Nonces, submit: Submit, sip_config: Any,
@@ -217,7 +217,7 @@ def challenge_reply(options: RegistrarOptions, nonces: Nonces, stale: bool = Fal
 
 
 def _response(req: Any, reply: Reply) -> Any:
-    # sippy on the SIP thread only: imported here, so that the asyncio side may import this module
+    # sippy imported here, so that the asyncio side may import this module
     from sippy.SipGenericHF import SipGenericHF
     from sippy.SipHeader import SipHeader
 

@@ -1,7 +1,7 @@
 """Registrations on the asyncio side: verify a REGISTER's digest, keep its bindings in Redis, and
 find the contacts to ring for an agent whose SIP URI is its AOR.
 
-Reads: `RegisterRequest`s from the SIP thread (`registrar.py`), `cc:{t}:sipauth:<agent>` (the HA1s),
+Reads: `RegisterRequest`s from sippy's turns (`registrar.py`), `cc:{t}:sipauth:<agent>` (the HA1s),
 `cc:{t}:aor:<agent>` and its bindings. Writes: bindings through `sip_register.lua` (one atomic step:
 limits, replays, the `unregistered` pause of an agent left without contact), and each REGISTER's
 `Reply`.
@@ -159,7 +159,7 @@ _CGNAT = ipaddress.ip_network("100.64.0.0/10")
 
 
 class Registrations:
-    """REGISTERs with credentials (from the SIP thread) and the contacts of AORs (for rings)."""
+    """REGISTERs with credentials (from sippy's turns) and the contacts of AORs (for rings)."""
 
     def __init__(self, redis: aioredis.Redis, tenant: str, edge_id: str, options: RegistrarOptions,
                  nonces: Nonces, limited_log: RateLimitedLog | None = None) -> None:

@@ -5,8 +5,8 @@ Reads: requests that match no dialog (from sippy's transaction manager) and the 
 Writes: SIP responses to out-of-dialog requests, new `Call`s, facts through the `emit` callback,
 and the stack's close.
 
-Runs on the SIP thread only. This module imports sippy at import time, so `SipStack` imports it
-from that thread (sippy's reactor binds to the importing thread).
+Runs in sippy's turns only. This module imports sippy at import time, so `SipStack` imports it
+when it starts, after the patches.
 """
 
 from __future__ import annotations

@@ -88,7 +88,7 @@ class EdgeService:
 
     # -- facts -> reports ----------------------------------------------------------------------
     def on_fact(self, fact: Fact) -> None:
-        """Runs on the asyncio thread, in the order the SIP thread produced the facts."""
+        """Runs in a loop callback of its own, in the order sippy's turns produced the facts."""
         if fact.kind == CHECKPOINT_KIND:
             if fact.call_id in self._seq:   # not for a call that ended meanwhile
                 self._outbox.put_nowait(DialogCheckpoint(fact.call_id, fact.data))
@@ -197,7 +197,7 @@ class EdgeService:
             return []
 
     async def _adopt(self, command: Adopt) -> None:
-        """A lost peer's call handed to this edge (edge_lost): its checkpoint, then the SIP thread
+        """A lost peer's call handed to this edge (edge_lost): its checkpoint, then the SIP side
         adopts it as a restarted edge would (in order with the commands that follow)."""
         assert self.stack is not None
         record = await self.checkpoints.load_call(command.call_id)

@@ -14,7 +14,7 @@ min(32 s, a third of it) (RFC 4028 10). A leg whose peer does not take part (an 
 without Session-Expires) has no timer, as the RFC says. Media legs have none: they are the
 edge's own servers, and a call on media is bounded by the dispatcher's timers.
 
-Runs on the SIP thread only.
+Runs in sippy's turns only (`sippy/reactor.py`).
 """
 
 from __future__ import annotations

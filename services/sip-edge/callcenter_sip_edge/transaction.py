@@ -3,7 +3,7 @@
 A redis-py transaction pipeline takes a connection from the client's pool and gives it back for
 every batch, builds a pipeline object, packs each command through its own call and wraps the whole
 in the client's retry; the edge sends a batch every few reactor turns, and that work cost about as
-much of the asyncio thread as the batch itself. `OneSend` packs `MULTI`, the commands and `EXEC`
+much of the edge's loop as the batch itself. `OneSend` packs `MULTI`, the commands and `EXEC`
 together, writes them in one send on a connection taken from the pool once, and reads the replies
 back in order: the commands Redis runs and the replies it gives are those of the pipeline.
 

@@ -2,6 +2,7 @@
 
 `patches` (monkeypatches for sippy's defects, each naming its defect), `transport` (the UDP server,
 the transaction manager, the stack's set-up and close) and `dialog` (UA creation, hang-up, the
-re-INVITE without offer, dialog state tests). Importing this package does not import sippy: sippy
-must be imported on the SIP thread (its reactor binds to the importing thread).
+re-INVITE without offer, dialog state tests), `reactor` (sippy's reactor driven from the asyncio
+loop). Importing this package does not import sippy: it is imported when a stack starts, after the
+patches.
 """

@@ -5,7 +5,7 @@ re-INVITE without SDP, the ACK sippy holds, BYE/CANCEL) and `global_config["_sip
 made here sends a Contact without display name, and a calling display name escaped for a
 quoted-string.
 
-Runs on the SIP thread only; imports sippy at import time (so `router`, which imports the call
+Runs in sippy's turns only; imports sippy at import time (so `router`, which imports the call
 logic that imports this, is imported on that thread).
 """
 

@@ -1,7 +1,7 @@
 """A client transaction's CANCEL and 408 built when they are needed, from the request as it was sent
-(issue 15: the SIP thread's Python per message).
+(issue 15: the edge's Python per SIP message).
 
-Reads: the sippy package (imported lazily, on the SIP thread). Writes: `SipTransaction.cancel` and
+Reads: the sippy package (imported lazily). Writes: `SipTransaction.cancel` and
 `SipTransaction.r408` become attributes built on first read, and SipRequest.genCANCEL / genResponse
 answer sippy's newTransaction, and only it, with what to build later; once per process, from
 `patches.apply_patches()`.
@@ -83,7 +83,7 @@ def apply() -> None:
     SipTransaction.r408 = _BuiltOnFirstRead("r408")
     original_new, original_cancel, original_response = (SipTransactionManager.newTransaction, SipRequest.genCANCEL,
                                                         SipRequest.genResponse)
-    sending: list[Any] = [None]   # the request whose newTransaction is running (the SIP thread's only)
+    sending: list[Any] = [None]   # the request whose newTransaction is running (one at a time: one thread runs sippy)
 
     def new_transaction(self: Any, msg: Any, *args: Any, **kwargs: Any) -> Any:
         outer, sending[0] = sending[0], msg

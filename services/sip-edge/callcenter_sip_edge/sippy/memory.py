@@ -1,6 +1,6 @@
 """What sippy keeps per message and per transaction, trimmed to what its timers still need.
 
-Reads: the sippy package (imported lazily, on the SIP thread, from `patches.apply_patches`).
+Reads: the sippy package (imported lazily, from `patches.apply_patches`).
 Writes: replaces a module global of sippy's transaction manager and wraps `SipTransaction.cleanup`,
 once per process. Nothing here changes what goes on the wire: a retransmitted request is still
 answered from the response cache for as long as before, and a live transaction keeps everything
@@ -16,7 +16,7 @@ _applied = False
 
 
 def apply_memory_patches() -> None:
-    """Patch sippy 2.5.0 in place; idempotent. Call on the SIP thread before any sippy object is created."""
+    """Patch sippy 2.5.0 in place; idempotent. Call before any sippy object is created."""
     global _applied
     if _applied:
         return

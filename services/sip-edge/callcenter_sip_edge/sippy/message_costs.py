@@ -1,7 +1,7 @@
 """Cheaper parsing, reading, copying and rendering of sippy's SIP messages: the same objects and the
-same bytes, in fewer Python steps (issue 15: the SIP thread's Python per message).
+same bytes, in fewer Python steps (issue 15: the edge's Python per SIP message).
 
-Reads: the sippy package (imported lazily, on the SIP thread). Writes: replaces a few methods of
+Reads: the sippy package (imported lazily). Writes: replaces a few methods of
 sippy's SipMsg, SipHeader, SipURL and SipAddress in place, once per process, from
 `patches.apply_patches()`.
 

@@ -38,7 +38,7 @@ def _cause(text: str) -> str:
 
 
 def capture_sippy_output(limited_log: RateLimitedLog) -> None:
-    """Send sippy's dump_exception and print output to `limited_log` from now on (SIP thread)."""
+    """Send sippy's dump_exception and print output to `limited_log` from now on."""
 
     def dump_exception(msg: str, f: Any = None, extra: Any = None) -> None:
         exc_type, exc, _tb = sys.exc_info()

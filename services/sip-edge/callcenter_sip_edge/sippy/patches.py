@@ -1,6 +1,6 @@
 """Monkeypatches for the sippy 2.5.0 defects found in the SIP stack evaluation, and nothing else.
 
-Reads: the sippy package (imported lazily, on the SIP thread, so that sippy's reactor binds to it).
+Reads: the sippy package (imported lazily, when a stack starts).
 Writes: patches a few sippy classes and module globals in place, once per process (each wraps or
 extends sippy's own code; no sippy code is copied here).
 
@@ -25,7 +25,7 @@ _applied = False
 
 
 def apply_patches() -> None:
-    """Patch sippy 2.5.0 in place. Call on the SIP thread before any sippy object is created."""
+    """Patch sippy 2.5.0 in place. Call before any sippy object is created."""
     global _applied
     if _applied:
         return
@@ -296,7 +296,7 @@ def _placeholder_test_without_dir() -> None:
     # Why: sippy tells its local-address placeholders from real values with `'my' in dir(value)`
     # (SipURL, SipVia, SdpOrigin localStr, SipConf.port_needed), and dir() of a str builds and sorts
     # a list of ~80 names: 8 us each, three or more per URL, a dozen URLs per message sent. At 120
-    # calls/s that was a quarter of the SIP thread's time (profiled with py-spy --gil). Every use of
+    # calls/s that was a quarter of the SIP side's time (profiled with py-spy --gil). Every use of
     # dir() in these modules is that test, so their global `dir` becomes an equivalent that asks
     # hasattr() (44 ns).
     import importlib
@@ -348,7 +348,7 @@ def _rfc_header_spelling() -> None:
 
     # Every sippy getCanName() depends on the body's class, the header's name and `compact` only, so
     # the spelled name is kept per (class, name, compact): one dict lookup per header written
-    # instead of two calls and a table lookup (1.5 % of the SIP thread's samples at 100 calls/s).
+    # instead of two calls and a table lookup (1.5 % of the SIP side's samples at 100 calls/s).
     # Bounded: names of parsed headers come from peers.
     spelled: dict[tuple[type, str, bool], str] = {}
 

@@ -171,7 +171,9 @@ class LoopReactor:
                 break
             wait = min(deadline - now, PUMP_MAX_WAIT_S, max(0.0, self._armed_at - now))
             fds = list(self._readers)
-            ready = select.select(fds, [], [], wait)[0] if fds else time.sleep(wait) or []
+            ready: list[int] = select.select(fds, [], [], wait)[0] if fds else []
+            if not fds:
+                time.sleep(wait)
             for fd in ready:
                 drain = self._readers.get(fd)
                 if drain is not None:

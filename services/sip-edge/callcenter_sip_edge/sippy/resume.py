@@ -6,7 +6,7 @@ Reads: sippy UA state (`cId`, `lUri`, `rUri`, `lCSeq`, `rCSeq`, `rTarget`, `rout
 transaction manager (`global_config["_sip_tm"]`) for its Call-ID, so that a BYE, re-INVITE or
 UPDATE of the peer is matched to it and answered, and a BYE can be sent on it.
 
-Runs on the SIP thread only. The snapshot is made when the dialog is confirmed (`dialog_snapshot`,
+Runs in sippy's turns only. The snapshot is made when the dialog is confirmed (`dialog_snapshot`,
 plain str/int/list data, JSON-safe); `resume_dialog` is its inverse in a new process.
 `invite_snapshot` keeps the INVITE as sippy sent it (`tr.data`, already a string: nothing is
 formatted) and its next hop; `cancel_invite` takes the INVITE transaction back up in a new process

@@ -14,7 +14,7 @@ an UPDATE without SDP where the peer allows it (RFC 4028 7.4), else a re-INVITE 
 last gave (the transaction manager ACKs its 2xx), outside sippy's state machine, which never
 hears of it; it is sent only while the dialog is idle.
 
-Runs on the SIP thread only.
+Runs in sippy's turns only (`reactor.py`).
 """
 
 from __future__ import annotations

@@ -44,6 +44,7 @@ from callcenter_sip_edge.sippy.stream_connection import (
 from callcenter_sip_edge.sippy.websocket import WS_TRANSPORTS, WsConnection, route
 
 SWEEP_INTERVAL_S = 0.5
+START_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -190,11 +191,19 @@ class StreamTransports:
             server = StreamServer(name, self, (self.advertised_host, sock.getsockname()[1]))
             server.sock = sock
             self.servers[name] = server
-        for server in self.servers.values():
-            server.listener = self.loop.run_until_complete(self.loop.create_server(
-                lambda s=server: AcceptedProtocol(self._accepted(s)), sock=server.sock))  # type: ignore[misc, arg-type]
-        self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
+        # served from the streams' thread: the calling thread runs the edge's own loop
         self._thread.start()
+        try:
+            asyncio.run_coroutine_threadsafe(self._serve(), self.loop).result(START_TIMEOUT_S)
+        except BaseException:
+            self.shutdown()
+            raise
+
+    async def _serve(self) -> None:
+        for server in self.servers.values():
+            server.listener = await self.loop.create_server(
+                lambda s=server: AcceptedProtocol(self._accepted(s)), sock=server.sock)  # type: ignore[misc, arg-type]
+        self.loop.call_later(SWEEP_INTERVAL_S, self._sweep)
 
     def _close_listeners(self) -> None:
         for server in self.servers.values():
@@ -224,6 +233,7 @@ class StreamTransports:
         self.loop.call_soon_threadsafe(stop)
         done.wait(2.0)
         self._thread.join(2.0)
+        self._close_listeners()   # those a failed start left unserved
 
     # -- thread hand-over -----------------------------------------------------------------
     def call(self, fn: Callable[..., None], *args: Any) -> None:

@@ -1,7 +1,7 @@
 """sippy's timer heap cleared of its cancelled timers on every pass of the due timers, not only in a
-reactor loop turn that may not come under load (issue 15: the SIP thread's Python per message).
+reactor loop turn that may not come under load (issue 15: the edge's Python per SIP message).
 
-Reads: the sippy package (imported lazily, on the SIP thread). Writes: wraps
+Reads: the sippy package (imported lazily). Writes: wraps
 EventDispatcher2.dispatchTimers, once per process, from `patches.apply_patches()`.
 
 Why: a cancelled sippy timer stays in the heap (its callback cleared) until its time comes: the
