@@ -6,19 +6,20 @@ queue is always waiting, so every agent's BYE is followed by the next call's INV
 
 Per pair (agent X hangs up, X is rung again), on clocks that all read this machine's time:
 - SIPp (the agents' phone, its own ms clock): BYE sent -> INVITE received, the whole path;
-- the `ts` of the `report.call_ended` (the edge's wall clock when the SIP thread handled the BYE);
+- the `ts` of the `report.call_ended` (the edge's wall clock when sippy handled the BYE);
 - its entry id on `cc:{t}:reports` (Redis's clock when the edge's MULTI ran: published);
 - the dispatcher's `report.call_ended_read` debug line (its batch of reports read);
 - the entry id of the next `command.ring` to X on `cc:{t}:commands:<edge>` (Redis's clock inside the
   dispatcher's Lua step: step done);
-- the edge's `edge.ring_read` debug line (the asyncio thread read the command) and its
-  `call.agent_ringing` line (the SIP thread, just after the INVITE went out).
+- the edge's `edge.ring_read` debug line (the edge read the command) and its
+  `call.agent_ringing` line (just after the INVITE went out).
 The edge and the dispatcher log at debug for this (a few lines per call; the others at warning).
 The streams are read as they are written by a plain XREAD here (the services trim acknowledged
 entries). Hops printed (p50 / p99 / max, ms): BYE -> handled (SIPp's send and receive, the edge's
-socket, reactor and parse: the total minus the hops measured), handled -> published (SIP thread ->
-asyncio -> MULTI), published -> dispatcher read, dispatcher read -> step done (its Lua step),
-step done -> edge read, edge read -> INVITE sent (to the SIP thread, sippy builds and sends), and
+socket, reactor and parse: the total minus the hops measured), handled -> published (the facts'
+callback -> MULTI), published -> dispatcher read, dispatcher read -> step done (its Lua step),
+step done -> edge read, edge read -> INVITE sent (sippy builds and sends, on the same thread since the
+edge runs sippy on its loop), and
 the total; and, per batch of datagrams the edge read, how long its first one had waited in the
 socket (the kernel's receive stamp: `sip.batch_read`). Pairs where no call was waiting when the
 agent hung up (the next call reported after the BYE: it was still in its welcome) are left out and
