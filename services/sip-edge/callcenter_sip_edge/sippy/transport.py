@@ -35,8 +35,10 @@ log = structlog.get_logger(__name__)
 
 UDP_RECEIVE_BUFFER_BYTES = 4 * 1024 * 1024
 # datagrams read per loop callback before the due timers run and the loop's other ready callbacks
-# (Redis replies, commands) get their turn
-UDP_DRAIN_BATCH = 64
+# (Redis replies, commands) get their turn. Small: a Redis exchange takes several loop iterations
+# (reply read, future set, task resumed), each behind one batch; at 64 the edge's command read and
+# report publish waited behind ~64 datagrams of parsing per step (bench/README.md, "one thread").
+UDP_DRAIN_BATCH = 8
 # a datagram the kernel refused (send buffer full) is tried again after this long
 SEND_RETRY_S = 0.01
 
