@@ -98,6 +98,8 @@ class SipStack:
             raise RuntimeError(f"SipStack cannot start: it is {self._state}")
         if SipStack._active is not None:
             raise RuntimeError("another SipStack is running in this process (sippy has one reactor)")
+        if self._loop.is_running() and asyncio._get_running_loop() is not self._loop:
+            raise RuntimeError("SipStack.start() runs on its loop's thread (sippy runs there)")
         # sippy logs every SIP message at its default level (INFO); keep errors only unless
         # the operator asked for more.
         os.environ.setdefault("SIPLOG_LVL", "ERR")
