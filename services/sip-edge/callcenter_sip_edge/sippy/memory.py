@@ -153,13 +153,32 @@ def without_class_defaults(obj: Any) -> None:
     """Drop from `obj`'s dict the attributes that hold their class's value (the same object: None,
     False, a small int), and rebuild the dict to fit the rest. Reads give the same values."""
     fields = vars(obj)
-    cls = type(obj)
-    kept = {name: value for name, value in fields.items() if getattr(cls, name, _NOT_ON_CLASS) is not value}
+    if len(fields) <= SMALL_DICT_ENTRIES:
+        return   # done already (a re-INVITE is over), or nothing to gain: its table is the small one
+    defaults = _class_values(type(obj))
+    kept = {name: value for name, value in fields.items() if defaults.get(name, _NOT_ON_CLASS) is not value}
     fields.clear()   # a dict keeps its table when entries are deleted: only a new one fits the rest
     fields.update(kept)
 
 
 _NOT_ON_CLASS = object()
+_CLASS_VALUES: dict[type, dict[str, Any]] = {}
+
+
+def _class_values(cls: type) -> dict[str, Any]:
+    """What reading an attribute of a `cls` instance gives when its dict does not have it (the
+    class's and its bases' values), looked up once per class."""
+    values = _CLASS_VALUES.get(cls)
+    if values is None:
+        values = {}
+        for base in reversed(cls.__mro__):
+            values.update(vars(base))
+        _CLASS_VALUES[cls] = values
+    return values
+
+# CPython 3.11 gives a dict of up to 42 entries a table of 64 slots (832 bytes), one of 43-85 a table
+# of 128 (1,584 bytes): a dict at or under this size has nothing to give back
+SMALL_DICT_ENTRIES = 42
 
 
 def _confirmed_dialog_in_a_smaller_dict() -> None:
