@@ -65,6 +65,12 @@ def _caller_ua(call_id: str) -> object:
     return found[0]
 
 
+def _connected_uas() -> list[object]:
+    from sippy.UA import UA
+
+    return [o for o in gc.get_objects() if isinstance(o, UA) and type(o.state).__name__ == "UaStateConnected"]
+
+
 async def test_answers_and_ended_dialogs_behave_as_before(edge: EdgeUnderTest, client: socket.socket,
                                                           sipp: SippLauncher) -> None:
     client.settimeout(5.0)
@@ -83,6 +89,12 @@ async def test_answers_and_ended_dialogs_behave_as_before(edge: EdgeUnderTest, c
     caller = _caller_ua(call_id)
     assert caller.uasResp is None   # type: ignore[attr-defined]   # dropped with the ACK
     assert caller.lSDP is not None and caller.rSDP is not None   # type: ignore[attr-defined]
+    # both confirmed legs (the caller's, the media server's) keep no set-up transaction and a dict
+    # that fits the small table (sippy/memory.py: set_up_over, without_class_defaults)
+    connected = _connected_uas()
+    assert caller in connected and len(connected) == 2, connected
+    for ua in connected:
+        assert ua.tr is None and len(vars(ua)) <= 42, sorted(vars(ua))   # type: ignore[attr-defined]
     caller.godead_timeout = GODEAD_S   # type: ignore[attr-defined]   # read when the dialog ends: seen to end below
 
     # the INVITE retransmitted after the ACK: the same 200 again, from the response cache

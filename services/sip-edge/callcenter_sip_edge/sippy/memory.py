@@ -187,13 +187,42 @@ def _confirmed_dialog_in_a_smaller_dict() -> None:
     # branch of its set-up, no auth, ...). Without them the dict fits a table of 42 (832 bytes):
     # ~750 bytes per confirmed leg, two per call. Done when a dialog enters the Connected state (its
     # set-up or a re-INVITE is over), after sippy has set what that state reads. A few attributes set
-    # again later only refill the table's free slots.
+    # again later only refill the table's free slots. Also then: the finished INVITE transaction
+    # (~380 bytes) and an emptied `reqs` (~160 bytes), `set_up_over`.
     from sippy.UaStateConnected import UaStateConnected
 
     original_init = UaStateConnected.__init__
 
     def init(state: Any, ua: Any) -> None:
         original_init(state, ua)
+        set_up_over(ua)
         without_class_defaults(ua)
 
     UaStateConnected.__init__ = init
+
+    # a held 2xx (late offer) is ACKed in the Connected state (its handler of CCEventConnect, found
+    # by the function: the event classes are sip_events' to import): its transaction goes then
+    original_ack = UaStateConnected._recvEventConnect
+    handlers = UaStateConnected.recv_event_handlers
+
+    def ack_held_2xx(state: Any, event: Any, extra_headers: Any) -> Any:
+        result = original_ack(state, event, extra_headers)
+        if state.ua is not None and state.ua.pending_tr is None:
+            set_up_over(state.ua)
+        return result
+
+    for event_class, handler in list(handlers.items()):
+        if handler is original_ack:
+            handlers[event_class] = ack_held_2xx
+
+
+def set_up_over(ua: Any) -> None:
+    """A dialog entered the Connected state: its INVITE transaction (`tr`) is read again only by the
+    states of a set-up or re-INVITE (to CANCEL it; a new one is `tr` by then) and, for a 2xx whose
+    ACK we hold (`pending_tr`), by `resume.invite_snapshot`, so it is kept only then; the transaction
+    manager keeps it as long as its timers need it. The dict of INVITEs sent by CSeq (`reqs`, emptied
+    by their final responses) is made new when empty: an emptied dict keeps its table."""
+    if ua.tr is not None and ua.pending_tr is not ua.tr:
+        ua.tr = None
+    if ua.reqs is not None and not ua.reqs:
+        ua.reqs = {}
