@@ -1,11 +1,13 @@
-"""What sippy keeps per message and per transaction, trimmed to what its timers still need.
+"""What sippy keeps per message, per transaction and per dialog, trimmed to what is still read.
 
 Reads: the sippy package (imported lazily, on the SIP thread, from `patches.apply_patches`).
 Writes: replaces a module global of sippy's transaction manager and wraps `SipTransaction.cleanup`,
-once per process. Nothing here changes what goes on the wire: a retransmitted request is still
-answered from the response cache for as long as before, and a live transaction keeps everything
-its timers use. Measured with `bench/edge_memory.py` (bench/README.md, "Issue 15: sip-edge memory
-per call").
+the ended states' and the Connected state's `__init__` and the Connected state's handler of the
+ACK of a held 2xx, once per process. Nothing here changes what goes on the wire: a retransmitted
+request is still answered from the response cache for as long as before, a live transaction keeps
+everything its timers use, and an ended dialog answers late requests through `ended_dialog` as its
+UA did. Measured with `bench/edge_memory.py` (bench/README.md, "Issue 15: sip-edge memory per call"
+and its second round).
 """
 
 from __future__ import annotations
