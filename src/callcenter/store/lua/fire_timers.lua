@@ -1,15 +1,17 @@
 -- fire_timers: run the timers that are due: wrap-up ends, expired offer leases, holds of refused offers, maximum wait (overflow to another flow or a SIP URI), time on hold (dissuading), maximum call duration (hang-up).
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 limit
--- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving, timers
--- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, timers
--- RETURNS: OK number_fired
+-- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving, timer_wake, timers
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, timer_wake, timers
+-- RETURNS: OK number_fired first_due
 -- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.agent_failed, call.dissuaded, call.ended, call.offered, call.overflowed, call.queued
 -- COMMANDS: command.cancel_ring, command.hangup, command.media, command.ring, command.ring_all
 -- LIB: config, core, stats, chat, agents, queue, offer, calls
 --
 -- Any dispatcher may call it at any time: each timer is removed and handled in the same atomic
--- step, so it fires exactly once.
+-- step, so it fires exactly once. `first_due`: when the first timer left is due (ms; -1: none),
+-- read in this same step, so a timer added after it is either later or wakes the loops
+-- (`add_timer`); the wake-ups pushed before it are spent here.
 
 local limit = tonumber(ARGV[2]) or 100
 local due = redis.call('ZRANGEBYSCORE', K.timers, '-inf', NOW, 'LIMIT', 0, limit)
@@ -91,4 +93,6 @@ for _, member in ipairs(due) do
     end
   end
 end
-return { RC.OK, #due }
+redis.call('DEL', K.timer_wake)
+local first = redis.call('ZRANGE', K.timers, 0, 0, 'WITHSCORES')
+return { RC.OK, #due, first[2] and tonumber(first[2]) or -1 }

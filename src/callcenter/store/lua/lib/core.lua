@@ -34,6 +34,18 @@ local function num(v, default)
   return n
 end
 
+-- A timer (`member`, due at `due` ms) in cc:{t}:timers. The dispatchers' timer loops sleep until
+-- the first due timer fire_timers saw; a timer that is now the first due is earlier than that, so
+-- its step wakes them (one element in cc:{t}:timer_wake, which a loop waits on with BLPOP). The
+-- wake-up is best effort (pcall): the timer is in the zset whatever happens to it, and a loop
+-- looks again after CC_TIMER_INTERVAL_MS at the latest.
+local function add_timer(due, member)
+  redis.call('ZADD', K.timers, due, member)
+  if redis.call('ZRANGE', K.timers, 0, 0)[1] == member and redis.pcall('LLEN', K.timer_wake) == 0 then
+    redis.pcall('LPUSH', K.timer_wake, due)
+  end
+end
+
 -- product events: XADD cc:{t}:events type <t> v <v> data <msgpack>. No MAXLEN: the streams are
 -- trimmed by callcenter.retention, only below what every consumer group has acknowledged.
 local function emit(etype, data)
