@@ -30,16 +30,18 @@ WAKE_WAIT_MAX_S = 2.0
 async def run_timers(store: Store, stop: asyncio.Event, interval_ms: int, limit: int = 200,
                      wait_max_s: float = WAKE_WAIT_MAX_S) -> None:
     """Fire due timers until `stop`. Between two passes the loop sleeps until the first timer left
-    is due (fire_timers.lua reads it in the same step), `interval_ms` at most, in a BLPOP on
-    `cc:{t}:timer_wake`: a step that adds a timer due before every other one pushes there (Lua
-    `add_timer`), so the loop wakes for it at once. With nothing due it makes one pass per
-    `interval_ms` (a safety net: a wake-up taken by a replica that died before its pass, a timer
-    added without one), not one per tick; a Redis error is waited out for `interval_ms`."""
+    is due (fire_timers.lua reads it in the same step and writes the loop's wake-up time to
+    `cc:{t}:timer_sleep`), `interval_ms` at most, in a BLPOP on `cc:{t}:timer_wake`: a step that
+    adds a timer due before that time pushes there (Lua `add_timer`), so the loop wakes for it at
+    once. With nothing due it makes one pass per `interval_ms` (a safety net: a wake-up taken by a
+    replica that died before its pass, a timer added by an older library), not one per tick; a Redis
+    error is waited out for `interval_ms`."""
     interval_s = interval_ms / 1000
+    sleep_max_ms = int(min(interval_s, wait_max_s) * 1000)
     while not stop.is_set():
-        pause_s = interval_s
+        pause_s = sleep_max_ms / 1000
         try:
-            fired, first_due = await store.fire_timers_next(limit=limit)
+            fired, first_due = await store.fire_timers_next(limit=limit, sleep_max_ms=sleep_max_ms)
             if fired >= limit:
                 continue  # a backlog: keep going without sleeping
             if first_due is not None:

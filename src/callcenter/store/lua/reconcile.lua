@@ -1,7 +1,7 @@
 -- reconcile: end calls that can no longer end by themselves, and free agents that no live call holds.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 edge_lapse_ms (0: calls are not checked against the edges), 3 limit (calls ended per step, default 500)
--- READS: agent, agent_chats, agents, call, calls, chat_queue, config, edges, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, timer_wake, timers
+-- READS: agent, agent_chats, agents, call, calls, chat_queue, config, edges, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, timer_sleep, timer_wake, timers
 -- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, timer_wake, timers
 -- RETURNS: OK number_released number_ended
 -- EVENTS: agent.logged_out, agent.paused, agent.released, agent.state_changed, call.abandoned, call.ended, call.offered

@@ -35,13 +35,14 @@ local function num(v, default)
 end
 
 -- A timer (`member`, due at `due` ms) in cc:{t}:timers. The dispatchers' timer loops sleep until
--- the first due timer fire_timers saw; a timer that is now the first due is earlier than that, so
--- its step wakes them (one element in cc:{t}:timer_wake, which a loop waits on with BLPOP). The
--- wake-up is best effort (pcall): the timer is in the zset whatever happens to it, and a loop
--- looks again after CC_TIMER_INTERVAL_MS at the latest.
+-- cc:{t}:timer_sleep (the first due timer when fire_timers last ran, or its longest sleep); a timer
+-- due before that wakes them (one element in cc:{t}:timer_wake, which a loop waits on with BLPOP;
+-- also when no loop has said when it looks again). Best effort (pcall): the timer is in the zset
+-- whatever happens to the wake-up, and a loop looks again after CC_TIMER_INTERVAL_MS at the latest.
 local function add_timer(due, member)
   redis.call('ZADD', K.timers, due, member)
-  if redis.call('ZRANGE', K.timers, 0, 0)[1] == member and redis.pcall('LLEN', K.timer_wake) == 0 then
+  local asleep_until = tonumber(redis.pcall('GET', K.timer_sleep))
+  if (asleep_until == nil or due < asleep_until) and redis.pcall('LLEN', K.timer_wake) == 0 then
     redis.pcall('LPUSH', K.timer_wake, due)
   end
 end
