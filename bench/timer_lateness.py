@@ -4,9 +4,9 @@ timer instead of polling every CC_TIMER_INTERVAL_MS).
 A private redis-server, one flow with a maximum wait of 1 s and nobody logged in, and the
 dispatcher's own timer loop (`run_timers`, its default interval) in this process. Calls arrive
 through the report step at random moments, one every 0.1-0.7 s; each call's maximum-wait timer is
-due 1 s after its arrival. A watcher reads the first due timer's member every millisecond from 300 ms
-before it is due: a timer's lateness is when it left the zset (fired) minus when it was due. Printed: p50, p90, max over `--calls` calls,
-and the FCALLs the loop made per second.
+due 1 s after its arrival. A watcher reads the first due timer's member every millisecond from
+300 ms before it is due: a timer's lateness is when it left the zset (fired) minus when it was due.
+Printed: p50, p90, max over `--calls` calls, and the FCALLs the loop made per second.
 
     .venv/bin/python bench/timer_lateness.py [--calls 40]
 """
