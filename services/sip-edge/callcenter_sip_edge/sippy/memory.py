@@ -15,6 +15,8 @@ from __future__ import annotations
 from typing import Any
 
 _applied = False
+# sippy's own SipTransaction.cleanup, as it was before `apply_memory_patches` wrapped it
+ORIGINAL_CLEANUP: Any = None
 
 
 def apply_memory_patches() -> None:
@@ -78,7 +80,15 @@ def _finished_transaction_forgets_its_messages() -> None:
     # response), never from a finished transaction.
     from sippy.SipTransactionManager import SipTransaction
 
-    original_cleanup = SipTransaction.cleanup
+    global ORIGINAL_CLEANUP
+    original_cleanup = ORIGINAL_CLEANUP = SipTransaction.cleanup
+    # sippy's cleanup leaves its timers (teA..teG), callbacks and the like at None, and sippy reads
+    # some of them after a transaction is over (`handleIncoming` tests `t.teA`, `teD`, `teE`, `teF`
+    # of a request its consumer answered, which our callbacks may have finished meanwhile): each such
+    # field reads None from the class once the instance's copy is gone, as it did before.
+    for name in cleared_by_cleanup(SipTransaction, original_cleanup):
+        if not hasattr(SipTransaction, name):
+            setattr(SipTransaction, name, None)
 
     def cleanup(t: Any) -> None:
         original_cleanup(t)
@@ -88,6 +98,13 @@ def _finished_transaction_forgets_its_messages() -> None:
         fields.update(kept)
 
     SipTransaction.cleanup = cleanup
+
+
+def cleared_by_cleanup(transaction_class: Any, cleanup: Any) -> list[str]:
+    """The attributes sippy's `SipTransaction.cleanup` sets to None (read off a probe instance)."""
+    probe = transaction_class()
+    cleanup(probe)
+    return sorted(name for name, value in vars(probe).items() if value is None)
 
 
 # what a finished transaction keeps (the rest reads as sippy's class defaults: `data`, `tid`,
