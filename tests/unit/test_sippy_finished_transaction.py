@@ -25,7 +25,7 @@ CHILD = textwrap.dedent("""
     t.teA = t.teD = t.teE = t.teF = object()
     t.userv = object()
     t.cleanup()
-    cleared = memory.cleared_by_cleanup(SipTransaction, memory.ORIGINAL_CLEANUP)
+    cleared = memory.READ_AS_NONE_WHEN_FINISHED
     print(json.dumps({
         "held": sorted(vars(t)),
         "cleared": cleared,

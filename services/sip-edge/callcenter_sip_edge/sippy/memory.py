@@ -15,8 +15,9 @@ from __future__ import annotations
 from typing import Any
 
 _applied = False
-# sippy's own SipTransaction.cleanup, as it was before `apply_memory_patches` wrapped it
-ORIGINAL_CLEANUP: Any = None
+# the fields sippy's SipTransaction.cleanup sets to None, which a trimmed finished transaction reads
+# from the class (set by `apply_memory_patches`)
+READ_AS_NONE_WHEN_FINISHED: list[str] = []
 
 
 def apply_memory_patches() -> None:
@@ -80,13 +81,13 @@ def _finished_transaction_forgets_its_messages() -> None:
     # response), never from a finished transaction.
     from sippy.SipTransactionManager import SipTransaction
 
-    global ORIGINAL_CLEANUP
-    original_cleanup = ORIGINAL_CLEANUP = SipTransaction.cleanup
+    original_cleanup = SipTransaction.cleanup
     # sippy's cleanup leaves its timers (teA..teG), callbacks and the like at None, and sippy reads
     # some of them after a transaction is over (`handleIncoming` tests `t.teA`, `teD`, `teE`, `teF`
     # of a request its consumer answered, which our callbacks may have finished meanwhile): each such
     # field reads None from the class once the instance's copy is gone, as it did before.
-    for name in cleared_by_cleanup(SipTransaction, original_cleanup):
+    READ_AS_NONE_WHEN_FINISHED[:] = cleared_by_cleanup(SipTransaction, original_cleanup)
+    for name in READ_AS_NONE_WHEN_FINISHED:
         if not hasattr(SipTransaction, name):
             setattr(SipTransaction, name, None)
 
