@@ -509,7 +509,9 @@ class Rig:
                         res.explained_edges[edge] = res.explained_edges.get(edge, 0) + 1
                     continue
                 if "done" not in mark:
-                    unexplained.append(f"{sip_id} ({cid}): SIPp failed, CDR {_brief(cdr)}")
+                    said = next((c.complaint(sip_id) for c in callers if c.complaint(sip_id)), "")
+                    unexplained.append(f"{sip_id} ({cid}): SIPp failed, CDR {_brief(cdr)}"
+                                       + (f"; SIPp: {said}" if said else ""))
                     continue
                 talked = mark["bye"] - mark["talk"]
                 res.worst_ms = max(res.worst_ms, abs(int(cdr["talk_ms"]) - talked))
