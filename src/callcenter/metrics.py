@@ -58,7 +58,8 @@ REDIS_WAIT_MISSING = Counter("callcenter_redis_wait_missing", "Replicas that had
 # decision latency: a report's stream entry (Redis time at XADD) to its atomic step applied; and a
 # ring decision (the ring command's entry: the step that gave a free agent the call) to the edge
 # handing the ring to its SIP thread. An agent freed by wrap-up's end is seen by the timer loop
-# within CC_TIMER_INTERVAL_MS of it; one freed by login/unpause is offered in that same step.
+# when that timer is due (it sleeps until the first due timer); one freed by login/unpause is
+# offered in that same step.
 DISPATCH_LATENCY = Histogram("callcenter_dispatch_latency_seconds", "Dispatch latency by path: "
                              "report_to_decision (dispatcher), agent_free_to_ring (sip-edge)", ["path"],
                              buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),

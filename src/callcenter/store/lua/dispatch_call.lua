@@ -1,8 +1,8 @@
 -- dispatch_call: an external dispatcher hands a waiting call to a free agent, or a chat to an agent with a free chat slot.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 call_id, 3 agent_id
--- READS: agent, agent_chats, call, config, flow
--- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow_stats, queue, skill_chat, skill_free, timers
+-- READS: agent, agent_chats, call, config, flow, timer_sleep, timer_wake
+-- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow_stats, queue, skill_chat, skill_free, timer_wake, timers
 -- RETURNS: OK | NOT_FOUND 'call' | NOT_FOUND 'agent' | INVALID why
 -- EVENTS: agent.state_changed, call.offered
 -- COMMANDS: command.ring

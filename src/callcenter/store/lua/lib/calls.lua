@@ -18,7 +18,7 @@ local function release_agent(agent_id, flow, with_wrapup)
   if w > 0 then
     set_agent_state(agent_id, agent, 'wrap_up', nil)
     redis.call('HSET', k_agent(agent_id), 'wrapup_end_ms', NOW + w)
-    redis.call('ZADD', K.timers, NOW + w, 'wrapup|' .. agent_id)
+    add_timer(NOW + w, 'wrapup|' .. agent_id)
   else
     set_agent_state(agent_id, agent, 'free', nil)
     dispatch_to_agent(agent_id, agent)
@@ -41,7 +41,7 @@ local function release_chat(agent_id, call_id, flow, with_wrapup)
     local ends = math.max(NOW, num(agent.wrapup_end_ms, 0)) + w
     agent.wrapup_end_ms = tostring(ends)
     redis.call('HSET', akey, 'wrapup_end_ms', ends)
-    redis.call('ZADD', K.timers, ends, 'wrapup|' .. agent_id)
+    add_timer(ends, 'wrapup|' .. agent_id)
   end
   if agent.state ~= 'in_chat' then return end
   if chats > 0 then
@@ -223,7 +223,7 @@ local function offer_refused(call_id, call, reason)
   end
   local hold = cfg('refused_offer_hold_ms')
   call_field_updates(call_id, call, { ring_all = '', held_until_ms = NOW + hold })
-  redis.call('ZADD', K.timers, NOW + hold, 'held|' .. call_id)
+  add_timer(NOW + hold, 'held|' .. call_id)
   enqueue(call_id, call, flow, true)
   for _, agent_id in ipairs(agents) do release_for_call(agent_id, call_id, call, flow, false) end
   return 'held'
@@ -301,7 +301,7 @@ local function connect(call_id, call, at, edge_ts)
   -- the flow's maximum call duration counts from the answer: fire_timers hangs the call up then
   local max_duration = flow and num(flow.max_call_duration_s, 0) or 0
   if max_duration > 0 and not chat then
-    redis.call('ZADD', K.timers, at + max_duration * 1000, 'maxdur|' .. call_id)
+    add_timer(at + max_duration * 1000, 'maxdur|' .. call_id)
   end
   emit('call.connected', { call_id = call_id, flow = call.flow, agent_id = call.agent, wait_ms = wait })
 end

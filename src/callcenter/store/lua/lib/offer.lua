@@ -31,7 +31,7 @@ local function offer(call_id, call, flow, agent_id, agent)
   local whisper = flow.flow_id_uri or ''
   local lease_s = ring_s + cfg('offer_lease_grace_s')
   if whisper ~= '' then lease_s = lease_s + cfg('whisper_max_s') end
-  redis.call('ZADD', K.timers, NOW + lease_s * 1000, 'offer|' .. call_id .. '|' .. offer_id)
+  add_timer(NOW + lease_s * 1000, 'offer|' .. call_id .. '|' .. offer_id)
   local display = display_towards_agent(call, flow)
   local ring = { call_id = call_id, offer_id = offer_id, agent_id = agent_id, uri = uri, timeout_s = ring_s }
   if display and display ~= '' then ring.caller_display = display end
@@ -69,7 +69,7 @@ local function offer_all(call_id, call, flow, agents)
   call_field_updates(call_id, call, { state = 'offered', agent = '', offer = offer_id, offered_ms = NOW,
     ring_all = table.concat(ids, ',') })
   local ring_s = cfg('ring_timeout_s')
-  redis.call('ZADD', K.timers, NOW + (ring_s + cfg('offer_lease_grace_s')) * 1000,
+  add_timer(NOW + (ring_s + cfg('offer_lease_grace_s')) * 1000,
     'offer|' .. call_id .. '|' .. offer_id)
   local cmd = { call_id = call_id, offer_id = offer_id, targets = targets, timeout_s = ring_s }
   local display = display_towards_agent(call, flow)
