@@ -26,9 +26,10 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 
-from callcenter.redis import REDIS_DOWN, text
+from callcenter.redis import REDIS_DOWN, closed_under_send, text
 from callcenter.redis_durability import WaitingTransaction
 from callcenter.redis_topology import stream_read_keys
 from callcenter.store.config import PARAMS
@@ -357,7 +358,9 @@ class CountingPipeline(WaitingTransaction):
 
 class CountingRedisCluster(RedisCluster):
     """The Redis Cluster client, counting as `CountingRedis` does (a command that failed after the
-    client's own retries over MOVED, ASK and a failover)."""
+    client's own retries over MOVED, ASK and a failover). A command whose connection another task
+    closed while it was being sent (`callcenter.redis.closed_under_send`: the client's recovery from
+    a failed node) fails as the ConnectionError it is, so callers wait for Redis and retry."""
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -365,6 +368,11 @@ class CountingRedisCluster(RedisCluster):
         except REDIS_DOWN:
             REDIS_ERRORS.inc()
             raise
+        except (AttributeError, TypeError) as exc:
+            if not closed_under_send(exc):
+                raise
+            REDIS_ERRORS.inc()
+            raise RedisConnectionError(f"connection closed by the client while {args[0]!r} was sent: {exc}") from exc
 
     async def _determine_slot(self, *args: Any) -> int:
         keys = stream_read_keys(args)
