@@ -371,8 +371,7 @@ class CountingRedisCluster(RedisCluster):
         except (AttributeError, TypeError) as exc:
             if not closed_under_send(exc):
                 raise
-            REDIS_ERRORS.inc()
-            raise RedisConnectionError(f"connection closed by the client while {args[0]!r} was sent: {exc}") from exc
+            raise _connection_closed(exc, repr(args[0])) from exc
 
     async def _determine_slot(self, *args: Any) -> int:
         keys = stream_read_keys(args)
@@ -396,7 +395,8 @@ class CountingRedisCluster(RedisCluster):
 
 
 class CountingClusterPipeline(ClusterPipeline):
-    """A pipeline of `CountingRedisCluster`: counts a failed `execute`."""
+    """A pipeline of `CountingRedisCluster`: counts a failed `execute`, and fails as a
+    ConnectionError when its connection was closed under its send, as the client's commands do."""
 
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
         try:
@@ -404,6 +404,17 @@ class CountingClusterPipeline(ClusterPipeline):
         except REDIS_DOWN:
             REDIS_ERRORS.inc()
             raise
+        except (AttributeError, TypeError) as exc:
+            if not closed_under_send(exc):
+                raise
+            raise _connection_closed(exc, "a pipeline") from exc
+
+
+def _connection_closed(exc: Exception, what: str) -> RedisConnectionError:
+    """The ConnectionError that `exc` is (`callcenter.redis.closed_under_send`: the client closed
+    the connection while `what` was sent, so nothing was), counted as a failure to reach Redis."""
+    REDIS_ERRORS.inc()
+    return RedisConnectionError(f"connection closed by the client while {what} was sent: {exc}")
 
 
 def exposition(*extra: CollectorRegistry) -> bytes:
