@@ -3,8 +3,9 @@ callcenter_dev.replicas): the edge holding the call cannot reach the phone (the 
 registered over is held by the other edge's process), so it refuses the ring at once and says why
 (`report.command_refused`, reason `registered_elsewhere`) instead of opening a connection of its
 own towards the phone's source port and waiting for the ring timeout; the agent is freed without
-penalty and is not paused, and that call is not offered to it again while it waits. A call arriving at the phone's own edge rings it over its connection
-and is answered. The phone is baresip, registering by itself over TCP with its password.
+penalty and is not paused, and that call is not offered to it again while it waits. A call arriving
+at the phone's own edge rings it over its connection and is answered. The phone is baresip,
+registering by itself over TCP with its password.
 """
 
 from __future__ import annotations
