@@ -13,10 +13,10 @@
 -- back at the head of its queue, held until its media answers or
 -- refused_offer_hold_ms pass (calls.lua offer_refused); a ring refused `registered_elsewhere` (the
 -- agent's contacts are connections another edge holds) also makes the call skip that agent for the
--- rest of its life: it is not offered that call again, and stays free for the others. A refused media that can never play
--- (bad_purpose, ...) is a media that failed (calls.lua media_not_played); one refused because the
--- edge is setting up another leg of the call (wrong_state) only forgets it (a welcome is skipped):
--- that other leg reports. A refused cancel_ring, reject or hangup changes nothing.
+-- rest of its life: it is not offered that call again, and stays free for the others. A refused
+-- media that can never play (bad_purpose, ...) is a media that failed (calls.lua media_not_played);
+-- one refused because the edge is setting up another leg of the call (wrong_state) only forgets it
+-- (a welcome is skipped): that other leg reports. A refused cancel_ring, reject or hangup changes nothing.
 -- unknown_call: the edge has no such call. With seq > 0 it follows the call's call_ended (a no-op);
 -- with seq 0 (no report stream for the call at the edge: never known, restarted, or ended long ago)
 -- it is applied without the sequence check: a call still live here is over at the edge, so it

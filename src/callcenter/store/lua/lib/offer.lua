@@ -113,6 +113,7 @@ end
 local function pick_agent(flow_id, flow, skip, nskip)
   local fkey = k_skill_free(flow.skill)
   local strategy = flow.strategy or ''
+  nskip = nskip or 0
   if skip == nil and (strategy == '' or strategy == 'longest-idle') then
     for _ = 1, 3 do
       local ids = redis.call('ZRANGE', fkey, 0, 0)
@@ -126,7 +127,7 @@ local function pick_agent(flow_id, flow, skip, nskip)
     -- past the skipped ones (at most nskip of the first nskip + 3), three tries as above; random:
     -- as many distinct members, so one that is not skipped is among them if there is one
     local ids
-    if strategy == 'random' then ids = redis.call('ZRANDMEMBER', fkey, (nskip or 0) + 1)
+    if strategy == 'random' then ids = redis.call('ZRANDMEMBER', fkey, nskip + 1)
     else ids = redis.call('ZRANGE', fkey, 0, nskip + 2) end
     for _, id in ipairs(ids) do
       local agent = not (skip and skip[id]) and agent_if_free(id, flow.skill)
@@ -216,8 +217,9 @@ end
 -- In a flow with queue or flow-id media a caller not on media yet is passed over (waits_for_media):
 -- its queue media's answer offers it (report_media_answered.lua), and a caller that never confirms
 -- must not hold up those behind it. A call on media whose ring the edge refused waits for its
--- hold's end (release_hold), and so does its flow. A call that skips `agent_id` (skipped_agents)
--- is passed over for that agent (nil: any agent). Only the first QUEUE_SCAN entries are looked at
+-- hold's end (release_hold), and so does its flow. A call that skips `agent_id` (skipped_agents),
+-- held or not, is passed over for that agent (nil: any agent): the agent may take the calls behind
+-- it, which that call could never have had from it. Only the first QUEUE_SCAN entries are looked at
 -- (bounded work per step); an entry without its call hash is returned so that the caller drops it.
 local QUEUE_SCAN = 16
 local function first_offerable(qkey, flow_id, agent_id)
@@ -292,9 +294,9 @@ end
 
 -- Offer a flow's waiting calls to the free agents of its skill, until one takes nothing (the head
 -- waits for its media or its hold; a call that skips that agent does not stop the next) or the
--- queue is empty. For when what blocked the head is gone (a
--- held head's hold ended or it left the queue, the flow took another skill): a free agent looks for
--- a waiting call only when it becomes free.
+-- queue is empty. For when what blocked the head is gone (a held head's hold ended or it left the
+-- queue, the flow took another skill): a free agent looks for a waiting call only when it becomes
+-- free.
 local function serve_flow(flow_id, flow, chat)
   if flow == nil or cfg('internal_dispatching') ~= 1 then return end
   local qkey = chat and k_chat_queue(flow_id) or k_queue(flow_id)
