@@ -198,6 +198,19 @@ local function offer_failed(call_id, call, reason)
     finish_call(call_id, call, 'failed', 'system', 'flow_removed')
     return
   end
+  local held_until = ring_all and num(call.offered_ms, 0) + cfg('refused_offer_hold_ms') or 0
+  if held_until > NOW then
+    -- every phone of a ring-all failed at once (unreachable, busy, rejecting): its agents are freed
+    -- without penalty, so offering the call again now would ring the same phones and fail the same
+    -- way, round after round, as fast as the edge answers. It waits at the head of its queue for
+    -- what is left of refused_offer_hold_ms since the offer, as a refused ring does.
+    call_field_updates(call_id, call, { agent = '', offer = '', state = 'queued', ring_all = '',
+                                        held_until_ms = held_until })
+    redis.call('ZADD', K.timers, held_until, 'held|' .. call_id)
+    enqueue(call_id, call, flow, true)
+    for _, agent_id in ipairs(failed_agents) do release_for_call(agent_id, call_id, call, flow, false) end
+    return
+  end
   call_field_updates(call_id, call, { agent = '', offer = '', state = 'queued', ring_all = '' })
   for _, agent_id in ipairs(failed_agents) do release_for_call(agent_id, call_id, call, flow, not ring_all) end
   -- release_agent may already have handed an agent another call; this one goes to the head
