@@ -72,26 +72,24 @@ class FakeEdge:
             head += "Content-Type: application/sdp\r\n"
         return head + f"Content-Length: {len(body)}\r\n\r\n{body}"
 
+    def request(self, method: str, peer_msg: str, from_: str, to: str, body: str = "") -> str:
+        """A request in the caller's dialog, to the Contact of `peer_msg` (its INVITE or its 200)."""
+        target = re.search(r"<(sip:[^>]+)>", _header(peer_msg, "Contact"))
+        assert target
+        head = (f"{method} {target.group(1)} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bK{method.lower()}1\r\n"
+                f"From: {from_}\r\nTo: {to}\r\nCall-ID: {_header(peer_msg, 'Call-ID')}\r\n"
+                f"CSeq: 100 {method}\r\nContact: <sip:127.0.0.1:{self.port}>\r\nMax-Forwards: 70\r\n")
+        if body:
+            head += "Content-Type: application/sdp\r\n"
+        return head + f"Content-Length: {len(body)}\r\n\r\n{body}"
+
     def reinvite(self, invite: str, body: str) -> str:
-        caller = re.search(r"<(sip:[^>]+)>", _header(invite, "Contact"))
-        assert caller
-        return (f"INVITE {caller.group(1)} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bKreinvite1\r\n"
-                f"From: {_header(invite, 'To')};tag={OUR_TAG}\r\nTo: {_header(invite, 'From')}\r\n"
-                f"Call-ID: {_header(invite, 'Call-ID')}\r\nCSeq: 100 INVITE\r\n"
-                f"Contact: <sip:127.0.0.1:{self.port}>\r\nMax-Forwards: 70\r\n"
-                f"Content-Type: application/sdp\r\nContent-Length: {len(body)}\r\n\r\n{body}")
+        return self.request("INVITE", invite, f"{_header(invite, 'To')};tag={OUR_TAG}", _header(invite, "From"), body)
 
     def ack(self, answer: str) -> str:
         """The ACK of the caller's 200 to our re-INVITE."""
-        target = re.search(r"<(sip:[^>]+)>", _header(answer, "Contact"))
-        assert target
-        return (f"ACK {target.group(1)} SIP/2.0\r\n"
-                f"Via: SIP/2.0/UDP 127.0.0.1:{self.port};branch=z9hG4bKack1\r\n"
-                f"From: {_header(answer, 'From')}\r\nTo: {_header(answer, 'To')}\r\n"
-                f"Call-ID: {_header(answer, 'Call-ID')}\r\nCSeq: 100 ACK\r\nMax-Forwards: 70\r\n"
-                "Content-Length: 0\r\n\r\n")
-
+        return self.request("ACK", answer, _header(answer, "From"), _header(answer, "To"))
 
 @pytest.mark.parametrize("path", [scenario("caller.xml"), scenario("caller_logged.xml"), EXAMPLE_CALLER],
                          ids=["caller", "caller_logged", "example_caller"])

@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from callcenter.contract.reports import CallArrived, CallEnded, Report
+from callcenter.contract.reports import CallArrived, CallEnded, CommandRefused, Report
 from callcenter.store.keys import Keys
 
 # the checkpoint fields whose value a checkpoint fact sets or (None, empty) deletes
@@ -65,8 +66,11 @@ class CheckpointPlan:
 class CheckpointWriter:
     """Plans the checkpoint writes of the batches of one edge (the asyncio thread only)."""
 
-    def __init__(self, keys: Keys, edge_id: str, ttl_s: int) -> None:
+    def __init__(self, keys: Keys, edge_id: str, ttl_s: int, live: Callable[[str], bool] | None = None) -> None:
         self.keys = keys
+        # whether a call's report stream is open here (the service's own record); a refusal of a call
+        # that is not live ended in an earlier batch, whose DEL took its hash
+        self.live = live if live is not None else _always
         self.edge_id = edge_id
         self.index = keys.edge_dialogs(edge_id)
         self.ttl_s = ttl_s
@@ -145,7 +149,13 @@ class CheckpointWriter:
     def _report(self, report: Report, calls: dict[str, _Call], views: dict[str, dict[str, int | None]]) -> None:
         if report.seq <= 0:
             return   # a refusal outside any call's stream
-        c = calls.setdefault(report.call_id, _Call())
+        c = calls.get(report.call_id)
+        if c is None:
+            if isinstance(report, CommandRefused) and not self.live(report.call_id):
+                # a refusal after the end, in a later batch: an HSET would make the hash again,
+                # with no EXPIRE (that came with the arrival): a key no one deletes
+                return
+            c = calls[report.call_id] = _Call()
         if c.ended:
             return   # a refusal after the end, in the same batch: the hash is deleted, not written again
         if isinstance(report, CallEnded):
@@ -184,6 +194,10 @@ class CheckpointWriter:
             c.sets[name] = text
             c.dels.discard(name)
             view[name] = digest
+
+
+def _always(_call_id: str) -> bool:
+    return True
 
 
 def _packed(view: dict[str, int | None]) -> tuple[object, ...]:

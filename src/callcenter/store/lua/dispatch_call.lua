@@ -32,5 +32,9 @@ for _, skill in ipairs(agent_skills(agent)) do if skill == flow.skill then has_s
 if not has_skill then return { RC.INVALID, 'the agent lacks skill ' .. flow.skill } end
 -- the caller is rung to an agent only once it is on our media (offer.lua waits_for_media)
 if waits_for_media(call, flow) then return { RC.INVALID, 'the caller is not on media yet' } end
+-- its edge refused to ring this agent for it before (offer.lua skipped_agents): it would again
+if skips_agent(call.skip_agents, agent_id) then
+  return { RC.INVALID, 'the edge of the call cannot reach the agent (registered_elsewhere)' }
+end
 offer(call_id, call, flow, agent_id, agent)
 return { RC.OK }
