@@ -107,8 +107,8 @@ def _deep_size(obj: Any, seen: set[int], stop: tuple[type, ...]) -> int:
     size, todo = 0, [obj]
     while todo:
         o = todo.pop()
-        if id(o) in seen or isinstance(o, stop):
-            continue
+        if id(o) in seen or isinstance(o, stop) or callable(o):
+            continue   # a callback (function, method, callable object) leads to the call and the router
         seen.add(id(o))
         size += sys.getsizeof(o)
         todo.extend(gc.get_referents(o))
@@ -117,7 +117,8 @@ def _deep_size(obj: Any, seen: set[int], stop: tuple[type, ...]) -> int:
 
 def _ua_attributes() -> dict[str, dict[str, list[float]]]:
     """Per sippy UA state: how many UAs, and per attribute the mean bytes it alone holds (deep size;
-    shared things such as the config, other UAs, classes, functions and bound methods are not entered)."""
+    shared things such as the config, other UAs, classes, functions, bound methods and other callable
+    objects are not entered)."""
     try:
         from sippy.UA import UA
     except ImportError:

@@ -436,10 +436,16 @@ class Rig:
         return False
 
     def _settle(self, settle_s: float) -> None:
-        try:
-            wait_until(self._quiet, settle_s, interval=0.5)
-        except redis.RedisError:   # a Redis not back yet: the measurement below says what is left
-            pass
+        """Wait up to `settle_s` for the system to be quiet. A Redis error (a restarted redis-server
+        still loading its AOF, a connection the restart cut) is "not quiet yet", not the end of the
+        wait: the services are waiting out their own back-off then, and the measurement below says
+        what is left once the time is up."""
+        def quiet() -> bool:
+            try:
+                return self._quiet()
+            except redis.RedisError:
+                return False
+        wait_until(quiet, settle_s, interval=0.5)
 
     def _pending(self) -> dict[str, int]:
         r, k = self.system.redis, self.system.keys
@@ -509,7 +515,9 @@ class Rig:
                         res.explained_edges[edge] = res.explained_edges.get(edge, 0) + 1
                     continue
                 if "done" not in mark:
-                    unexplained.append(f"{sip_id} ({cid}): SIPp failed, CDR {_brief(cdr)}")
+                    said = next((c.complaint(sip_id) for c in callers if c.complaint(sip_id)), "")
+                    unexplained.append(f"{sip_id} ({cid}): SIPp failed, CDR {_brief(cdr)}"
+                                       + (f"; SIPp: {said}" if said else ""))
                     continue
                 talked = mark["bye"] - mark["talk"]
                 res.worst_ms = max(res.worst_ms, abs(int(cdr["talk_ms"]) - talked))

@@ -6,6 +6,8 @@ outlives its own limit. SIPp's exit code: 0 = every call succeeded, 1 = at least
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -52,6 +54,8 @@ class Sipp:
         if self.service:
             args += ["-s", self.service]
         args += self.extra
+        if os.environ.get("CC_SIPP_TRACE_MSG"):   # debugging aid: every message each SIPp sent and got
+            args += ["-trace_msg", "-message_file", str(self.logdir / "messages.log")]
         if self.remote:
             args.append(self.remote)
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=self.logdir)
@@ -80,6 +84,17 @@ class Sipp:
         """What the scenario's <log> actions wrote (e.g. the Request-URI of each INVITE received)."""
         p = self.logdir / "scenario.log"
         return p.read_text(errors="replace") if p.exists() else ""
+
+    def complaint(self, sip_call_id: str) -> str:
+        """SIPp's first error about one call (e.g. "Aborting call on unexpected message ... while in
+        message type 5 (index 6), received 'INVITE ..."), cut to its first line; "" if none."""
+        p = self.logdir / "errors.log"
+        text = p.read_text(errors="replace") if p.exists() else ""
+        # SIPp writes its events one after the other, each starting with a date and a tab
+        for event in re.split(r"(?=\d{4}-\d\d-\d\d\t)", text):
+            if sip_call_id in event:
+                return event.split("\t", 2)[-1].splitlines()[0][:300]
+        return ""
 
     def errors(self) -> str:
         """SIPp's own account of what went wrong (error file and final screen), for assertion messages."""

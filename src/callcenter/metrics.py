@@ -26,9 +26,10 @@ from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 from redis.asyncio import Redis
 from redis.asyncio.cluster import ClusterPipeline, RedisCluster
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisClusterException
 
-from callcenter.redis import REDIS_DOWN, text
+from callcenter.redis import REDIS_DOWN, closed_under_send, text
 from callcenter.redis_durability import WaitingTransaction
 from callcenter.redis_topology import stream_read_keys
 from callcenter.store.config import PARAMS
@@ -58,7 +59,8 @@ REDIS_WAIT_MISSING = Counter("callcenter_redis_wait_missing", "Replicas that had
 # decision latency: a report's stream entry (Redis time at XADD) to its atomic step applied; and a
 # ring decision (the ring command's entry: the step that gave a free agent the call) to the edge
 # handing the ring to its SIP stack. An agent freed by wrap-up's end is seen by the timer loop
-# within CC_TIMER_INTERVAL_MS of it; one freed by login/unpause is offered in that same step.
+# when that timer is due (it sleeps until the first due timer); one freed by login/unpause is
+# offered in that same step.
 DISPATCH_LATENCY = Histogram("callcenter_dispatch_latency_seconds", "Dispatch latency by path: "
                              "report_to_decision (dispatcher), agent_free_to_ring (sip-edge)", ["path"],
                              buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
@@ -356,7 +358,9 @@ class CountingPipeline(WaitingTransaction):
 
 class CountingRedisCluster(RedisCluster):
     """The Redis Cluster client, counting as `CountingRedis` does (a command that failed after the
-    client's own retries over MOVED, ASK and a failover)."""
+    client's own retries over MOVED, ASK and a failover). A command whose connection another task
+    closed while it was being sent (`callcenter.redis.closed_under_send`: the client's recovery from
+    a failed node) fails as the ConnectionError it is, so callers wait for Redis and retry."""
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -364,6 +368,10 @@ class CountingRedisCluster(RedisCluster):
         except REDIS_DOWN:
             REDIS_ERRORS.inc()
             raise
+        except (AttributeError, TypeError) as exc:
+            if not closed_under_send(exc):
+                raise
+            raise _connection_closed(exc, repr(args[0])) from exc
 
     async def _determine_slot(self, *args: Any) -> int:
         keys = stream_read_keys(args)
@@ -387,7 +395,8 @@ class CountingRedisCluster(RedisCluster):
 
 
 class CountingClusterPipeline(ClusterPipeline):
-    """A pipeline of `CountingRedisCluster`: counts a failed `execute`."""
+    """A pipeline of `CountingRedisCluster`: counts a failed `execute`, and fails as a
+    ConnectionError when its connection was closed under its send, as the client's commands do."""
 
     async def execute(self, raise_on_error: bool = True, allow_redirections: bool = True) -> Any:
         try:
@@ -395,6 +404,17 @@ class CountingClusterPipeline(ClusterPipeline):
         except REDIS_DOWN:
             REDIS_ERRORS.inc()
             raise
+        except (AttributeError, TypeError) as exc:
+            if not closed_under_send(exc):
+                raise
+            raise _connection_closed(exc, "a pipeline") from exc
+
+
+def _connection_closed(exc: Exception, what: str) -> RedisConnectionError:
+    """The ConnectionError that `exc` is (`callcenter.redis.closed_under_send`: the client closed
+    the connection while `what` was sent, so nothing was), counted as a failure to reach Redis."""
+    REDIS_ERRORS.inc()
+    return RedisConnectionError(f"connection closed by the client while {what} was sent: {exc}")
 
 
 def exposition(*extra: CollectorRegistry) -> bytes:

@@ -9,6 +9,7 @@ from typing import Any, cast
 
 import redis
 import redis.asyncio as aioredis
+import redis.asyncio.connection as aioconnection
 from redis.asyncio.cluster import ClusterNode as AsyncClusterNode
 from redis.asyncio.sentinel import Sentinel as AsyncSentinel
 from redis.cluster import ClusterNode, RedisCluster
@@ -24,6 +25,28 @@ from callcenter.redis_topology import RedisTarget, parse_redis_url, stream_read_
 # TRYAGAIN, a slot no node serves yet, a write that reached a master just demoted.
 REDIS_DOWN = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError, ClusterDownError, TryAgainError,
               ReadOnlyError, RedisClusterException)
+
+
+# The functions of the asyncio client that write a command to its connection's socket.
+_SEND_FUNCTIONS = frozenset({"send_packed_command", "_send_packed_command"})
+
+
+def closed_under_send(exc: BaseException) -> bool:
+    """Whether `exc` (an AttributeError or TypeError) came from a connection of the asyncio client
+    that another task closed while this one was writing a command to it: the writer is gone
+    (`'NoneType' object has no attribute 'writelines'`) or the transport's internals are. The
+    cluster client does that to itself when a node fails under several tasks at once: one task's
+    recovery disconnects the node's idle connections (`disconnect_free_connections`) while another
+    task has just taken one of them for its next command. Nothing was sent; redis-py lets the
+    error out as it is, not as a ConnectionError, so neither its own retry nor a service's wait
+    for Redis sees it (a Redis Cluster master killed under load stopped a dispatcher this way)."""
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if code.co_name in _SEND_FUNCTIONS and code.co_filename == aioconnection.__file__:
+            return True
+        tb = tb.tb_next
+    return False
 
 
 class StreamRoutedRedisCluster(RedisCluster):

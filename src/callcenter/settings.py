@@ -114,7 +114,9 @@ class DispatcherSettings(DispatchSettings):
     max_deliveries: int = Field(default=5, ge=1)
     # a report parked this long without its predecessor (an unknown call) is dead-lettered
     out_of_order_max_ms: int = Field(default=30_000, ge=100, le=3_600_000)
-    timer_interval_ms: int = Field(default=100, ge=5)
+    # the timer loop sleeps until the first due timer, woken at once by a step that adds an earlier
+    # one; with nothing due it looks again after this long (issue 15: not 10 polls a second)
+    timer_interval_ms: int = Field(default=1000, ge=5)
     # how often the reconciler looks for agents that no live call holds
     reconcile_interval_ms: int = Field(default=5000, ge=100)
     # a sip-edge whose heartbeat is older than this is lost: its calls end (reason edge_lost)

@@ -50,6 +50,9 @@ LONG_LIVED: dict[str, str] = {
     r"dead": "dead letters, trimmed to bus.DEAD_MAXLEN",
     r"sipauth:[^:]+": "an agent's SIP credentials (HA1s) and registration setting: provisioning, deleted with "
                       "the agent or by DELETE /v1/agents/<id>/sip",
+    r"timer_sleep": "one number: when the dispatchers' timer loop looks again, overwritten by each pass",
+    r"timer_wake": "one wake-up for the dispatchers' timer loops at most: taken by their BLPOP or emptied by "
+                   "fire_timers.lua",
     r"registrations": "the registrations' lapse timer: each AOR leaves it when its last contact lapses "
                       "(registration_lapse.lua); the AOR keys themselves carry a TTL",
 }

@@ -3,8 +3,9 @@ callcenter_dev.replicas): the edge holding the call cannot reach the phone (the 
 registered over is held by the other edge's process), so it refuses the ring at once and says why
 (`report.command_refused`, reason `registered_elsewhere`) instead of opening a connection of its
 own towards the phone's source port and waiting for the ring timeout; the agent is freed without
-penalty and is not paused. A call arriving at the phone's own edge rings it over its connection
-and is answered. The phone is baresip, registering by itself over TCP with its password.
+penalty and is not paused, and that call is not offered to it again while it waits. A call arriving
+at the phone's own edge rings it over its connection and is answered. The phone is baresip,
+registering by itself over TCP with its password.
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ def test_a_call_on_another_edge_is_refused_at_once_and_one_on_the_phones_edge_is
         ok(c, system)   # the caller heard the queue media and hung up
         cdr = system.wait_for_cdr(elsewhere)
         assert cdr["agent_id"] in (None, ""), cdr
+        # offered to it once: while the caller waited (4 s, four refused_offer_hold_ms) the call
+        # skipped the agent its edge cannot reach, though that agent was the only one free
+        assert agent_failures(system, elsewhere) == [(agent_id, "refused")]
+        assert [t for t, _ in system.events(elsewhere)].count("call.offered") == 1
         wait_for(lambda: system.agent_state(agent_id) == "free", 10, "the agent free", system)
 
         # 2. a call at the phone's own edge: rung over the phone's connection, answered

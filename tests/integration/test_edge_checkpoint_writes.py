@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 
-from callcenter.contract.reports import AgentAnswered, CallArrived, CallEnded, MediaAnswered, Report
+from callcenter.contract.reports import AgentAnswered, CallArrived, CallEnded, CommandRefused, MediaAnswered, Report
 from callcenter.store.keys import Keys
 from callcenter_sip_edge.checkpoint import Checkpoints, DialogCheckpoint
 from callcenter_sip_edge.checkpoint_writes import CheckpointPlan
@@ -130,6 +130,26 @@ async def test_a_call_that_ends_in_its_batch_leaves_nothing(redis: aioredis.Redi
     assert names(plan) == ["DEL", "SREM"]
     assert not await redis.exists(KEYS.dialog("c1"), KEYS.dialog("c0"))
     assert await redis.smembers(cp.writer.index) == set()
+
+
+async def test_a_refusal_after_the_end_in_a_later_batch_makes_no_hash_again(redis: aioredis.Redis) -> None:
+    live: set[str] = set()
+    cp = Checkpoints(redis, KEYS, EDGE, live=live.__contains__)
+    live.add("c1")
+    await apply(redis, cp, arrived("c1"))
+    live.discard("c1")
+    await apply(redis, cp, CallEnded(call_id="c1", edge=EDGE, seq=2, ts=3, by="caller", reason="bye"))
+    refusal = CommandRefused(call_id="c1", edge=EDGE, seq=3, ts=4, command="command.ring", offer_id="o1",
+                             reason="unknown_call")
+    assert (await apply(redis, cp, refusal)).commands == []
+    assert not await redis.exists(KEYS.dialog("c1"))
+    # a live call's refusal still moves its seq and phase
+    live.add("c2")
+    await apply(redis, cp, arrived("c2"))
+    await apply(redis, cp, CommandRefused(call_id="c2", edge=EDGE, seq=2, ts=4, command="command.ring",
+                                          offer_id="o1", reason="wrong_state"))
+    assert (await fields(redis, "c2"))["seq"] == "2"
+    assert await redis.ttl(KEYS.dialog("c2")) > 0
 
 
 def _one_by_one(state: dict[str, dict[str, str]], item: Report | DialogCheckpoint) -> None:

@@ -1,15 +1,20 @@
 """The cluster client of `callcenter.redis.connect` on a real Redis Cluster (3 masters + 3
 replicas): transactions with WATCH on the master of the tenant's slot, a transaction after the
-slot moved (CLUSTER FAILOVER), stream reads routed without asking a fixed node, a dead node that
-serves none of the tenant's keys, and NOSCRIPT after a fail-over reloaded by the report batch."""
+slot moved (CLUSTER FAILOVER), a command whose connection the client's own recovery closed while it
+was sent, stream reads routed without asking a fixed node, a dead node that serves none of the
+tenant's keys, and NOSCRIPT after a fail-over reloaded by the report batch."""
 
 from __future__ import annotations
 
+import asyncio
+
 import msgpack
 import pytest
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import WatchError
 
-from callcenter.redis import connect
+from callcenter.redis import REDIS_DOWN, connect
 from callcenter.store import Store
 from callcenter.store.keys import Keys
 from callcenter_dev.redis_topologies import RedisClusterServers, tenants_on_distinct_masters
@@ -50,6 +55,49 @@ async def test_a_transaction_follows_its_slot_to_the_new_master(cluster: RedisCl
         pipe.xadd(keys.events, {"n": 2})
         pipe.hincrby(keys.stats, "n", 1)
         assert (await pipe.execute())[1] == 2
+    await r.aclose()
+
+
+async def _hget_piped(r: Redis, key: str) -> object:
+    async with r.pipeline(transaction=False) as pipe:   # the dispatcher's report batches go this way
+        pipe.hget(key, "a")
+        return (await pipe.execute())[0]
+
+
+@pytest.mark.parametrize("way", ["command", "pipeline"])
+async def test_a_command_whose_connection_the_client_closed_under_its_send_is_a_connection_error(
+        cluster: RedisClusterServers, way: str) -> None:
+    """What stopped a dispatcher when the tenant's master was killed under load (the clean-clone CI
+    at 6609fce, test_redis_cluster.py): the client's recovery from a failed node, in one task,
+    disconnects the node's idle connections (redis-py's `disconnect_free_connections`) while another
+    task has just taken one of them for its next command. redis-py let AttributeError out of that
+    command ('NoneType' object has no attribute 'writelines'), which no service waits out; it must
+    be a ConnectionError, and the client must go on. The recovery is run here at each point of the
+    command's way to the socket in turn, with the event loop's own scheduling."""
+    [tenant] = tenants_on_distinct_masters(cluster, 1, prefix=f"race{way}")
+    key = Keys(tenant).config
+    r = connect(cluster.url)
+    await r.hset(key, "a", 1)
+    node = r.get_node_from_key(key)
+
+    async def hget() -> object:
+        return await (r.hget(key, "a") if way == "command" else _hget_piped(r, key))
+
+    outcomes: list[object] = []
+    for yields in range(8):
+        assert await hget() == b"1"   # the node's pool holds an idle connection
+        recovery = asyncio.ensure_future(node.disconnect_free_connections())
+        for _ in range(yields):   # the recovery gets this far before the next command starts
+            await asyncio.sleep(0)
+        try:
+            outcomes.append(await hget())
+        except REDIS_DOWN as exc:
+            outcomes.append(exc)
+        await recovery
+    closed = [o for o in outcomes if isinstance(o, RedisConnectionError)]
+    assert closed, f"the recovery never closed a connection under a send: {outcomes}"
+    assert all(o == b"1" for o in outcomes if o not in closed), outcomes
+    assert await hget() == b"1"
     await r.aclose()
 
 

@@ -300,11 +300,35 @@ async def test_ring_all_nobody_answers_requeues_without_penalty(h: Harness) -> N
     await h.agent("a2", ["sales"], wrapup_s=30)
     await h.arrive("c1")
     assert await h.store.reconcile(now=h.now) == (0, 0)  # both ringing agents are held by the call
+    h.now += 15_000   # the phones rang out
     await h.report("report.agent_failed", "c1", offer_id="1", agent_id="a1", reason="no_answer")
     await h.report("report.agent_failed", "c1", offer_id="1", agent_id="a2", reason="no_answer")
     # no wrap-up penalty for a ring-all miss: both free again, and the call is offered to both again
     cmds = [d for t, d in await h.commands() if t == "command.ring_all"]
     assert len(cmds) == 2 and cmds[1]["offer_id"] == "2"
+    assert len([1 for _, d in await h.events("call.agent_failed")]) == 2
+
+
+async def test_ring_all_whose_phones_all_fail_at_once_waits_before_ringing_them_again(h: Harness) -> None:
+    """Every phone fails within moments of the ring-all (unreachable, busy): the agents are freed with
+    no penalty, and ringing them all again at once would fail again as fast, round after round; the
+    call waits at the head of its queue for refused_offer_hold_ms from the offer, then rings again."""
+    await h.flow(strategy="ring-all")
+    await h.agent("a1", ["sales"])
+    await h.agent("a2", ["sales"])
+    await h.arrive("c1")
+    h.now += 30
+    await h.report("report.agent_failed", "c1", offer_id="1", agent_id="a1", reason="unreachable")
+    await h.report("report.agent_failed", "c1", offer_id="1", agent_id="a2", reason="busy", code=486)
+    ring_alls = [d for t, d in await h.commands() if t == "command.ring_all"]
+    assert len(ring_alls) == 1   # not again at once
+    call = await h.store.call("c1")
+    assert call is not None and call["state"] == "queued" and int(call["held_until_ms"]) > h.now
+    assert [await h.state(a) for a in ("a1", "a2")] == ["free", "free"]   # no penalty
+    h.now = int(call["held_until_ms"])
+    await h.store.fire_timers(now=h.now)
+    ring_alls = [d for t, d in await h.commands() if t == "command.ring_all"]
+    assert len(ring_alls) == 2 and ring_alls[1]["offer_id"] == "2"
     assert len([1 for _, d in await h.events("call.agent_failed")]) == 2
 
 

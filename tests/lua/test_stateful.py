@@ -208,6 +208,8 @@ class DispatchMachine(RuleBasedStateMachine):
             self.refuse(call, c.type, "unknown_call", offer_id, purpose)
             return
         forced, self.refuse_next = self.refuse_next, None
+        if c.type == "command.media" and forced == "registered_elsewhere":
+            forced, self.refuse_next = None, forced   # said of an agent's contacts: only a ring is refused so
         if c.type == "command.media":
             busy = call.media_pending is not None or (call.leg is not None and
                                                        (call.leg.phase == "connected" or not call.answered))
@@ -263,6 +265,8 @@ class DispatchMachine(RuleBasedStateMachine):
         elif e.type == "call.offered":
             c, a = d["call_id"], d["agent_id"]
             assert self.ended[c] == 0 and c not in self.offer_of, f"offered twice at once: {where}"
+            skipped = _s(self.r.hget(self.keys.call(c), "skip_agents") or b"").split(",")
+            assert a not in skipped, f"offered to an agent its edge refused it as registered_elsewhere: {where}"
             if self.calls[c].chat:
                 assert self.caps[a] in ("chat", "both"), f"a chat for an agent without a chat uri: {where}"
             else:
@@ -356,9 +360,10 @@ class DispatchMachine(RuleBasedStateMachine):
     def agent_hangs_up(self, data: st.DataObject, now: bool) -> None:
         self.end(self.pick(data, lambda c: c.leg and c.leg.phase == "connected"), "agent", "bye", now)
 
-    @rule(reason=st.sampled_from(["wrong_state", "bad_purpose", "invalid"]))
+    @rule(reason=st.sampled_from(["wrong_state", "bad_purpose", "invalid", "registered_elsewhere"]))
     def edge_refuses_next(self, reason: str) -> None:
-        """The edge refuses the next ring or media it gets, whatever the call's state."""
+        """The edge refuses the next ring or media it gets, whatever the call's state
+        (`registered_elsewhere`: the next ring, its agent's contacts being another edge's connections)."""
         self.refuse_next = reason
 
     @precondition(lambda self: self.some(lambda c: not c.ended and not c.outbox))
@@ -573,7 +578,8 @@ class DispatchMachine(RuleBasedStateMachine):
             if call["state"] == "queued" and on_media:
                 skill = flow.get("skill", "")
                 index = k.skill_chat(skill) if call["media_type"] == "chat" else k.skill_free(skill)
-                takers = {_s(m): agents.get(_s(m)) for m in r.zrange(index, 0, -1)}
+                skipped = call.get("skip_agents", "").split(",")   # refused it, registered_elsewhere
+                takers = {_s(m): agents.get(_s(m)) for m in r.zrange(index, 0, -1) if _s(m) not in skipped}
                 assert not takers, (c, call, "waits while an agent could take it", takers)
         # the edge index holds the live calls; the edge's view of ended calls agrees
         assert {_s(c) for c in r.smembers(k.edge_calls(EDGE))} == live

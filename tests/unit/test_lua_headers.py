@@ -29,7 +29,7 @@ from callcenter.store.scripts import LIB_ORDER, OTHER_SCRIPTS, header_field, rep
 
 SCRIPTS = sorted((*map(report_script, REPORTS), *OTHER_SCRIPTS))
 HEADER = ("KEYS", "ARGV", "READS", "WRITES", "RETURNS", "EVENTS", "COMMANDS", "LIB")
-WRITE_COMMANDS = {"HSET", "HDEL", "HINCRBY", "SADD", "SREM", "ZADD", "ZREM", "DEL", "EXPIRE", "XADD", "SET"}
+WRITE_COMMANDS = {"HSET", "HDEL", "HINCRBY", "SADD", "SREM", "ZADD", "ZREM", "DEL", "EXPIRE", "XADD", "SET", "LPUSH"}
 # a key function that is no family of its own: the queue a call waits in
 KEY_HELPERS = {"k_queue_of": {"queue", "chat_queue"}}
 
@@ -117,7 +117,7 @@ def analyse(source: str, lib_functions: set[str]) -> Facts:
         return found
 
     rest, pos = "", 0
-    for m in re.finditer(r"redis\.call\(", text):
+    for m in re.finditer(r"redis\.p?call\(", text):  # pcall: a write whose error the step answers itself
         if m.start() < pos:
             continue
         args, end = _call_args(text, m.end() - 1)

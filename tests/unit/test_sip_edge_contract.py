@@ -128,3 +128,11 @@ def test_a_refusal_is_numbered_in_its_calls_stream_or_zero_outside_any() -> None
                                                       ("c9", 0)]
     assert isinstance(reports[1], CommandRefused) and reports[1].offer_id == "1"
     assert "c1" not in service._seq and "c9" not in service._seq
+    # the refusals after the end, in a batch of their own, write no checkpoint: its hash is gone
+    # (deleted with call_ended), and an HSET would make it again with no expiry
+    assert service.checkpoints.plan(reports[3:5]).commands == []
+    # a live call's refusal does write (its seq and phase)
+    service.on_fact(Fact(kind="call_arrived", call_id="c2", data=arrived, ts_ms=1))
+    service.on_fact(Fact(kind="command_refused", call_id="c2", data=refused, ts_ms=1))
+    service.checkpoints.writer.applied(service.checkpoints.plan([service._outbox.get_nowait()]))
+    assert [c[0] for c in service.checkpoints.plan([service._outbox.get_nowait()]).commands] == ["HSET"]

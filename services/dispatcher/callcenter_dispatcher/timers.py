@@ -23,17 +23,59 @@ from callcenter.store import Store, now_ms
 
 log = structlog.get_logger(__name__)
 
+# the longest single BLPOP of the timer loop (a longer CC_TIMER_INTERVAL_MS makes several)
+WAKE_WAIT_MAX_S = 2.0
+# how late Redis may end a BLPOP: it checks blocked clients' timeouts on its cron, every 1/hz s
+# (hz 10 by default); measured 0-106 ms late on an idle redis-server
+REDIS_TICK_S = 0.1
 
-async def run_timers(store: Store, stop: asyncio.Event, interval_ms: int, limit: int = 200) -> None:
+
+async def run_timers(store: Store, stop: asyncio.Event, interval_ms: int, limit: int = 200,
+                     wait_max_s: float = WAKE_WAIT_MAX_S) -> None:
+    """Fire due timers until `stop`. Between two passes the loop sleeps until the first timer left
+    is due (fire_timers.lua reads it in the same step and writes the loop's wake-up time to
+    `cc:{t}:timer_sleep`), `interval_ms` at most, in a BLPOP on `cc:{t}:timer_wake`: a step that
+    adds a timer due before that time pushes there (Lua `add_timer`), so the loop wakes for it at
+    once. With nothing due it makes one pass per `interval_ms` (a safety net: a wake-up taken by a
+    replica that died before its pass, a timer added by an older library), not one per tick; a Redis
+    error is waited out for `interval_ms`."""
+    interval_s = interval_ms / 1000
+    sleep_max_ms = int(min(interval_s, wait_max_s) * 1000)
     while not stop.is_set():
+        pause_s = sleep_max_ms / 1000
         try:
-            fired = await store.fire_timers(limit=limit)
+            fired, first_due = await store.fire_timers_next(limit=limit, sleep_max_ms=sleep_max_ms)
             if fired >= limit:
                 continue  # a backlog: keep going without sleeping
+            if first_due is not None:
+                pause_s = min(pause_s, (first_due - now_ms()) / 1000)
+            if pause_s > REDIS_TICK_S:
+                # Redis ends a BLPOP on its cron tick, up to a tick late: it is asked to end a tick
+                # before the timer is due, and the rest is slept here (bounded well under the
+                # client's socket timeout)
+                await _wait_for_wake(store, stop, min(pause_s - REDIS_TICK_S, wait_max_s))
+            elif pause_s > 0:
+                await asyncio.sleep(pause_s)
+            continue
         except REDIS_DOWN as exc:
             log.warning("timers.redis_error", error=repr(exc))
         try:
-            await asyncio.wait_for(stop.wait(), timeout=interval_ms / 1000)
+            await asyncio.wait_for(stop.wait(), timeout=interval_s)
+        except TimeoutError:
+            pass
+
+
+async def _wait_for_wake(store: Store, stop: asyncio.Event, pause_s: float) -> None:
+    """Up to `pause_s` in a BLPOP on the wake-up list; its timeout is in Redis, at least a
+    millisecond (0 would be for ever). An error reply (UNBLOCKED: the master became a replica in a
+    failover; a wake-up key of the wrong type) makes it a plain sleep: the timers are in their zset
+    whatever happens to the wake-up."""
+    try:
+        await store.redis.blpop([store.keys.timer_wake], timeout=max(0.001, pause_s))
+    except ResponseError as exc:
+        log.warning("timers.wake_wait_failed", error=repr(exc))
+        try:
+            await asyncio.wait_for(stop.wait(), timeout=pause_s)
         except TimeoutError:
             pass
 

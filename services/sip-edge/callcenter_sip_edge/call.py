@@ -238,32 +238,11 @@ class Call:
 
     def event_cb(self, events: LegEvents) -> Callable[[Any, Any], None]:
         """The sippy event callback of a leg: `events.current(ua)` gets the event by name."""
-        def on_event(event: Any, ua: SipUA) -> None:
-            if self.ended:
-                return
-            tokens = bind_contextvars(call_id=self.call_id)
-            try:
-                handler = events.current(ua)
-                if handler is not None:
-                    deliver(handler, event, ua)
-                    self.offers.run_next()
-            except Exception:
-                self.fail_internally(type(events).__name__)
-            finally:
-                reset_contextvars(**tokens)
-        return on_event
+        return _LegCallback(self, events)
 
     def guarded(self, handler: Callable[..., None], *bound: Any) -> Callable[..., None]:
         """Wrap a timer callback: an exception in our logic must not unwind into sippy's reactor."""
-        def guarded_call(*args: Any) -> None:
-            tokens = bind_contextvars(call_id=self.call_id)
-            try:
-                handler(*bound, *args)
-            except Exception:
-                self.fail_internally(handler.__name__)
-            finally:
-                reset_contextvars(**tokens)
-        return guarded_call
+        return _Guarded(self, handler, bound)
 
     def fail_internally(self, handler: str) -> None:
         """Our own logic raised in `handler` (inside its `except`): end the call with a 500."""
@@ -285,6 +264,51 @@ class Call:
         self.router.emit(kind, self.call_id, data)
         if kind in SETTLING_REPORTS:
             checkpoint(self)   # a leg stopped setting up: its INVITE leaves the checkpoint
+
+
+class _LegCallback:
+    """`Call.event_cb`: a slotted object rather than a closure (~230 bytes less per leg, a few per call up)."""
+
+    __slots__ = ("call", "events")
+
+    def __init__(self, call: Call, events: LegEvents) -> None:
+        self.call = call
+        self.events = events
+
+    def __call__(self, event: Any, ua: SipUA) -> None:
+        call = self.call
+        if call.ended:
+            return
+        tokens = bind_contextvars(call_id=call.call_id)
+        try:
+            handler = self.events.current(ua)
+            if handler is not None:
+                deliver(handler, event, ua)
+                call.offers.run_next()
+        except Exception:
+            call.fail_internally(type(self.events).__name__)
+        finally:
+            reset_contextvars(**tokens)
+
+
+class _Guarded:
+    """`Call.guarded`: a slotted object rather than a closure, as `_LegCallback`."""
+
+    __slots__ = ("bound", "call", "handler")
+
+    def __init__(self, call: Call, handler: Callable[..., None], bound: tuple[Any, ...]) -> None:
+        self.call = call
+        self.handler = handler
+        self.bound = bound
+
+    def __call__(self, *args: Any) -> None:
+        tokens = bind_contextvars(call_id=self.call.call_id)
+        try:
+            self.handler(*self.bound, *args)
+        except Exception:
+            self.call.fail_internally(self.handler.__name__)
+        finally:
+            reset_contextvars(**tokens)
 
 
 class _CallerLeg(LegEvents):

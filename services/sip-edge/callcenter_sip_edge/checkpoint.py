@@ -27,7 +27,7 @@ Reads (`load`, at start, before the SIP stack and the command stream): this edge
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,13 +71,15 @@ class AdoptedCall:
 class Checkpoints:
     """The checkpoint hashes of one edge: written in the report pipeline, read at start."""
 
-    def __init__(self, redis: aioredis.Redis, keys: Keys, edge_id: str) -> None:
+    def __init__(self, redis: aioredis.Redis, keys: Keys, edge_id: str,
+                 live: Callable[[str], bool] | None = None) -> None:
+        """`live`: whether a call's report stream is open on this edge (`CheckpointWriter.live`)."""
         self.redis = redis
         self.keys = keys
         self.edge_id = edge_id
         self.index = keys.edge_dialogs(edge_id)
         self.ttl_s = int(param("max_call_s").default)
-        self.writer = CheckpointWriter(keys, edge_id, self.ttl_s)
+        self.writer = CheckpointWriter(keys, edge_id, self.ttl_s, live)
 
     async def read_ttl(self) -> None:
         """The safety-net TTL: the tenant's max_call_s (a call lasts no longer), else its default."""

@@ -8,7 +8,8 @@ legs, and so on. Across batches, a field is written only when its value changed 
 process last wrote it, and deleted (HDEL) only when it is there: `_known` holds, per call, a hash
 (Python's, of the text written) of each field's value as Redis holds it, or None for a field it
 does not have; a call this process created (its `call_arrived` went through here) is known to have
-none of them at first. A field of an adopted call is written (or deleted) the first time as before,
+none of them at first. Between batches each call's entry is one tuple in `OPTIONAL`'s order (a dict
+per call was ~0.5 KiB for each call up). A field of an adopted call is written (or deleted) the first time as before,
 and known from then on. seq and phase change with every report and are always written.
 
 Expiries: the call's hash gets its EXPIRE once, with its arrival; the edge's index of calls
@@ -25,10 +26,11 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
-from callcenter.contract.reports import CallArrived, CallEnded, Report
+from callcenter.contract.reports import CallArrived, CallEnded, CommandRefused, Report
 from callcenter.store.keys import Keys
 
 # the checkpoint fields whose value a checkpoint fact sets or (None, empty) deletes
@@ -64,12 +66,15 @@ class CheckpointPlan:
 class CheckpointWriter:
     """Plans the checkpoint writes of the batches of one edge (the asyncio side only)."""
 
-    def __init__(self, keys: Keys, edge_id: str, ttl_s: int) -> None:
+    def __init__(self, keys: Keys, edge_id: str, ttl_s: int, live: Callable[[str], bool] | None = None) -> None:
         self.keys = keys
+        # whether a call's report stream is open here (the service's own record); a refusal of a call
+        # that is not live ended in an earlier batch, whose DEL took its hash
+        self.live = live if live is not None else _always
         self.edge_id = edge_id
         self.index = keys.edge_dialogs(edge_id)
         self.ttl_s = ttl_s
-        self._known: dict[str, dict[str, int | None]] = {}
+        self._known: dict[str, tuple[object, ...]] = {}   # per call, `_packed`
         self._index_renewed_at: float | None = None
 
     @property
@@ -127,7 +132,7 @@ class CheckpointWriter:
 
     def applied(self, plan: CheckpointPlan) -> None:
         """`plan`'s batch is in Redis: what it wrote is what Redis holds."""
-        self._known.update(plan.known)
+        self._known.update((call_id, _packed(view)) for call_id, view in plan.known.items())
         for call_id in plan.ended:
             self._known.pop(call_id, None)
         if plan.index_renewed:
@@ -137,13 +142,20 @@ class CheckpointWriter:
         """The call's fields as they will be after the batch so far (a field not in it: not known)."""
         view = views.get(call_id)
         if view is None:
-            view = views[call_id] = dict(self._known.get(call_id, {}))
+            known = self._known.get(call_id)
+            view = views[call_id] = {} if known is None else _unpacked(known)
         return view
 
     def _report(self, report: Report, calls: dict[str, _Call], views: dict[str, dict[str, int | None]]) -> None:
         if report.seq <= 0:
             return   # a refusal outside any call's stream
-        c = calls.setdefault(report.call_id, _Call())
+        c = calls.get(report.call_id)
+        if c is None:
+            if isinstance(report, CommandRefused) and not self.live(report.call_id):
+                # a refusal after the end, in a later batch: an HSET would make the hash again,
+                # with no EXPIRE (that came with the arrival): a key no one deletes
+                return
+            c = calls[report.call_id] = _Call()
         if c.ended:
             return   # a refusal after the end, in the same batch: the hash is deleted, not written again
         if isinstance(report, CallEnded):
@@ -182,3 +194,17 @@ class CheckpointWriter:
             c.sets[name] = text
             c.dels.discard(name)
             view[name] = digest
+
+
+def _always(_call_id: str) -> bool:
+    return True
+
+
+def _packed(view: dict[str, int | None]) -> tuple[object, ...]:
+    """A call's known fields as kept between batches: one value per `OPTIONAL` name (`_UNKNOWN` if not known)."""
+    return tuple(view.get(name, _UNKNOWN) for name in OPTIONAL)
+
+
+def _unpacked(known: tuple[object, ...]) -> dict[str, int | None]:
+    return {name: cast("int | None", value) for name, value in zip(OPTIONAL, known, strict=True)
+            if value is not _UNKNOWN}

@@ -72,7 +72,7 @@ class EdgeService:
         self._seq: dict[str, int] = {}
         self._ended_seq: dict[str, int] = {}   # insertion-ordered: the oldest is evicted first
         self._outbox: asyncio.Queue[Report | DialogCheckpoint] = asyncio.Queue()
-        self.checkpoints = Checkpoints(redis, self.keys, self.edge_id)
+        self.checkpoints = Checkpoints(redis, self.keys, self.edge_id, live=self._seq.__contains__)
         self.publisher = ReportPublisher(redis, self.keys, self.edge_id, self.checkpoints,
                                          ReplicaWait.of(settings.redis_wait_replicas, settings.redis_wait_timeout_ms))
         self._stop = asyncio.Event()

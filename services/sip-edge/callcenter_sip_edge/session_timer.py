@@ -215,7 +215,7 @@ class SessionTimers:
         timer.require = supported
         timer.method = "UPDATE" if sr.allows_update(req) else "INVITE"
         self.caller = timer
-        self._hook(timer, on_response=lambda resp: False)
+        self._hook(timer, on_response=_response_not_taken)
 
     def caller_confirmed(self) -> None:
         if self.caller is not None and not self.caller.running:
@@ -315,7 +315,7 @@ class SessionTimers:
                 self.caller = timer
             else:
                 self._agents = {id(ua): timer}
-            self._hook(timer, on_response=lambda resp: False)
+            self._hook(timer, on_response=_response_not_taken)
             elapsed = min(max(0.0, now - float(snap.get("armed_at") or now)), float(timer.interval))
             timer.running = True
             log.info("call.session_timer_adopted", leg=name, interval_s=timer.interval,
@@ -336,3 +336,9 @@ class SessionTimers:
 def _retry_invite(ua: SipUA, resp: Any, headers: list[Any]) -> None:
     if not sr.retry_invite(ua, resp, headers):
         log.warning("call.session_retry_skipped", leg="agent")
+
+
+def _response_not_taken(resp: Any) -> bool:
+    """The `on_response` of a leg whose responses the session timer leaves to sippy: one function
+    for every call, not a lambda per call."""
+    return False

@@ -39,6 +39,11 @@ the one list: `NAMES` and `FAMILIES` below are rendered into the Lua prelude (`K
     cc:{t}:queue:<flow>           zset   waiting audio calls of a flow, lowest score served first
     cc:{t}:chatq:<flow>           zset   waiting chats of a flow, same order
     cc:{t}:timers                 zset   due timers, member "<kind>|<id>[|<token>]", score = due (ms)
+    cc:{t}:timer_sleep            string when the dispatchers' timer loop that looked last looks again (ms):
+                                         the first due timer or its longest sleep, set by fire_timers.lua
+    cc:{t}:timer_wake             list   a wake-up for the timer loops: pushed (one element at most) by a
+                                         step that adds a timer due before timer_sleep, emptied by
+                                         fire_timers.lua
     cc:{t}:edges                  zset   sip-edge heartbeats, score = last beat (ms)
     cc:{t}:reports                stream facts reported by sip-edges, read by the dispatchers
     cc:{t}:commands:<edge>        stream commands for one sip-edge
@@ -64,7 +69,8 @@ from collections.abc import Iterable, Mapping
 
 # single keys of a tenant: attribute `Keys.<name>`, `K.<name>` in Lua
 NAMES: tuple[str, ...] = ("config", "flows", "agents", "calls", "timers", "edges", "reports", "events", "dead",
-                          "stats", "retention", "registrations", "statflows")
+                          "stats", "retention", "registrations", "statflows", "timer_sleep",
+                          "timer_wake")
 
 # key families, name -> template after the prefix ({0}, {1}: the arguments in order);
 # method `Keys.<name>(...)`, function `k_<name>(...)` in Lua
@@ -116,6 +122,8 @@ class Keys:
         self.retention = self.prefix + "retention"
         self.registrations = self.prefix + "registrations"
         self.statflows = self.prefix + "statflows"
+        self.timer_sleep = self.prefix + "timer_sleep"
+        self.timer_wake = self.prefix + "timer_wake"
 
     def _family(self, name: str, *parts: str | int) -> str:
         return self.prefix + FAMILIES[name].format(*parts)

@@ -168,8 +168,18 @@ class Store:
         raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def fire_timers(self, limit: int = 100, now: int | None = None) -> int:
-        res = await self._run("fire_timers", limit, now=now)
-        return int(res.detail or 0)
+        return (await self.fire_timers_next(limit, now))[0]
+
+    async def fire_timers_next(self, limit: int = 100, now: int | None = None,
+                               sleep_max_ms: int | None = None) -> tuple[int, int | None]:
+        """Fire the due timers (at most `limit`): how many fired, and when the first timer left is
+        due (ms; None: no timer left). `sleep_max_ms`: the caller sleeps until that first due timer,
+        this long at most, and a step that adds one due sooner wakes it (the timer loop)."""
+        ts = self.clock() if now is None else now
+        args = (limit,) if sleep_max_ms is None else (limit, sleep_max_ms)
+        raw = await self._fcall("fire_timers", ts, *args)
+        first = int(raw[2]) if len(raw) > 2 else -1
+        return int(raw[1]), (None if first < 0 else first)
 
     # -- agents -------------------------------------------------------------------------------------
     async def agent_login(self, agent_id: str, now: int | None = None) -> Result:

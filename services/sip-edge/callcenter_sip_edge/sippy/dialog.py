@@ -114,8 +114,26 @@ def quotable_display_name(name: str | None) -> str | None:
 def answering_ua(sip_config: dict[str, Any], event_cb: EventCallback) -> Any:
     """A UA for a new incoming INVITE (the caller's leg); feed it the request with `recvRequest`."""
     ua = UA(sip_config, event_cb)
-    ua.lContact = contact_without_display_name()
+    ua.lContact = answering_contact()
     return ua
+
+
+_answering_contact: list[Any] = [None, None]   # the placeholders it was made with, the Contact
+
+
+def answering_contact() -> Any:
+    """The Contact of every leg the edge answers: one object for all of them.
+
+    Why: a UAS never changes its Contact (sippy sets one only when the UA has none; a UAC writes the
+    calling user into its own, so those stay one per leg); it is only rendered, with the local
+    address filled in at sending. One per caller leg was ~800 bytes per call up. Made again when
+    sippy's placeholders are others (a new stack in the same process)."""
+    key = (SipConf.my_address, SipConf.my_port, SipConf.my_transport)
+    made_for, contact = _answering_contact
+    if made_for is None or any(a is not b for a, b in zip(made_for, key, strict=True)):
+        contact = contact_without_display_name()
+        _answering_contact[:] = [key, contact]
+    return contact
 
 
 def invite(sip_config: dict[str, Any], target: Any, event_cb: EventCallback, *, caller_user: str,

@@ -38,6 +38,7 @@ from sippy.UacStateTrying import UacStateTrying
 from sippy.UaStateConnected import UaStateConnected
 
 from callcenter_sip_edge.sippy.dialog import EventCallback, hang_up
+from callcenter_sip_edge.sippy.ended_dialog import registered
 from callcenter_sip_edge.sippy.transport import remember_peer
 
 # Our requests after a restart skip this many CSeq numbers: a request the dead process sent after
@@ -151,7 +152,7 @@ def forget_dialog(ua: Any) -> None:
         return
     ua.event_cb = None
     try:
-        ua.global_config["_sip_tm"].unregConsumer(ua, str(ua.cId))
+        ua.global_config["_sip_tm"].unregConsumer(registered(ua), str(ua.cId))
     except (KeyError, ValueError, AttributeError):
         pass   # never registered (a leg whose INVITE was not sent)
 

@@ -1,8 +1,8 @@
 -- agent_release: an administrator frees an agent by force.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 agent_id
--- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_chat, skill_flows, skill_free
--- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, timers
+-- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, timer_sleep, timer_wake
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, timer_wake, timers
 -- RETURNS: OK state | ALREADY state | NOT_FOUND
 -- EVENTS: agent.logged_out, agent.paused, agent.released, agent.state_changed, call.abandoned, call.ended, call.offered
 -- COMMANDS: command.hangup, command.ring, command.ring_all

@@ -1,8 +1,8 @@
 -- agent_unpause: end an agent's pause (or cancel a pending one); a free agent may get a waiting call in the same step.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 agent_id
--- READS: agent, agent_chats, call, chat_queue, config, flow, queue, skill_flows, skill_free
--- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, timers
+-- READS: agent, agent_chats, call, chat_queue, config, flow, queue, skill_flows, skill_free, timer_sleep, timer_wake
+-- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, timer_wake, timers
 -- RETURNS: OK state | ALREADY state | NOT_FOUND
 -- EVENTS: agent.logged_out, agent.state_changed, agent.unpaused, call.offered
 -- COMMANDS: command.ring, command.ring_all

@@ -1,8 +1,8 @@
 -- agent_upsert: create or update an agent in the Redis cache, keeping its runtime state.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 agent_id, 3 uri, 4 skills, 5 wrapup_s, 6 max_no_answer, 7 chat_uri, 8 chat_capacity
--- READS: agent, agent_chats, call, chat_queue, config, flow, queue, skill_flows, skill_free
--- WRITES: agent, agent_chats, agents, call, chat_queue, commands, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, timers
+-- READS: agent, agent_chats, call, chat_queue, config, flow, queue, skill_flows, skill_free, timer_sleep, timer_wake
+-- WRITES: agent, agent_chats, agents, call, chat_queue, commands, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, timer_wake, timers
 -- RETURNS: OK state | INVALID why
 -- EVENTS: agent.state_changed, call.offered
 -- COMMANDS: command.ring, command.ring_all

@@ -1,8 +1,8 @@
 -- dispatch_call: an external dispatcher hands a waiting call to a free agent, or a chat to an agent with a free chat slot.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 call_id, 3 agent_id
--- READS: agent, agent_chats, call, config, flow
--- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow_stats, queue, skill_chat, skill_free, timers
+-- READS: agent, agent_chats, call, config, flow, timer_sleep, timer_wake
+-- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow_stats, queue, skill_chat, skill_free, timer_wake, timers
 -- RETURNS: OK | NOT_FOUND 'call' | NOT_FOUND 'agent' | INVALID why
 -- EVENTS: agent.state_changed, call.offered
 -- COMMANDS: command.ring
@@ -32,5 +32,9 @@ for _, skill in ipairs(agent_skills(agent)) do if skill == flow.skill then has_s
 if not has_skill then return { RC.INVALID, 'the agent lacks skill ' .. flow.skill } end
 -- the caller is rung to an agent only once it is on our media (offer.lua waits_for_media)
 if waits_for_media(call, flow) then return { RC.INVALID, 'the caller is not on media yet' } end
+-- its edge refused to ring this agent for it before (offer.lua skipped_agents): it would again
+if skips_agent(call.skip_agents, agent_id) then
+  return { RC.INVALID, 'the edge of the call cannot reach the agent (registered_elsewhere)' }
+end
 offer(call_id, call, flow, agent_id, agent)
 return { RC.OK }

@@ -1,8 +1,8 @@
 -- edge_lost: a sip-edge whose heartbeat lapsed is gone (crashed, SIGKILLed, cut off): a peer of its address adopts its calls, else they end.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 edge_id, 3 lapse_ms, 4 limit (calls per step, default 500)
--- READS: agent, agent_chats, call, chat_queue, config, dialog, edge_calls, edge_group, edge_info, edges, flow, flow_stats, queue, skill_chat, skill_flows, skill_free
--- WRITES: agent, agent_chats, call, calls, chat_queue, commands, dialog, edge_calls, edge_dialogs, edge_group, edge_info, edges, events, flow_stats, queue, retention, skill_chat, skill_free, skill_logged, skill_serving, sl, timers
+-- READS: agent, agent_chats, call, chat_queue, config, dialog, edge_calls, edge_group, edge_info, edges, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, timer_sleep, timer_wake
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, dialog, edge_calls, edge_dialogs, edge_group, edge_info, edges, events, flow_stats, queue, retention, skill_chat, skill_free, skill_logged, skill_serving, sl, timer_wake, timers
 -- RETURNS: OK calls_ended_or_handed | NOT_FOUND (no heartbeat entry) | STALE last_beat (the edge is alive) | INVALID why
 -- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.ended, call.offered
 -- COMMANDS: command.adopt, command.ring, command.ring_all

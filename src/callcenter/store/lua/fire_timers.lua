@@ -1,15 +1,18 @@
 -- fire_timers: run the timers that are due: wrap-up ends, expired offer leases, holds of refused offers, maximum wait (overflow to another flow or a SIP URI), time on hold (dissuading), maximum call duration (hang-up).
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
--- ARGV: 1 now_ms, 2 limit
--- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving, timers
--- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, timers
--- RETURNS: OK number_fired
+-- ARGV: 1 now_ms, 2 limit, 3 sleep_max_ms (the timer loop's longest sleep; none: timer_sleep is left as it is)
+-- READS: agent, agent_chats, call, chat_queue, config, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving, timer_sleep, timer_wake, timers
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, timer_sleep, timer_wake, timers
+-- RETURNS: OK number_fired first_due
 -- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.agent_failed, call.dissuaded, call.ended, call.offered, call.overflowed, call.queued
 -- COMMANDS: command.cancel_ring, command.hangup, command.media, command.ring, command.ring_all
 -- LIB: config, core, stats, chat, agents, queue, offer, calls
 --
 -- Any dispatcher may call it at any time: each timer is removed and handled in the same atomic
--- step, so it fires exactly once.
+-- step, so it fires exactly once. `first_due`: when the first timer left is due (ms; -1: none),
+-- read in this same step; with `sleep_max_ms` (the timer loop's pass) the loop sleeps until then,
+-- that long at most, and says so in timer_sleep, so that a timer added meanwhile and due sooner
+-- wakes it (`add_timer`). The wake-ups pushed before this pass are spent here.
 
 local limit = tonumber(ARGV[2]) or 100
 local due = redis.call('ZRANGEBYSCORE', K.timers, '-inf', NOW, 'LIMIT', 0, limit)
@@ -91,4 +94,13 @@ for _, member in ipairs(due) do
     end
   end
 end
-return { RC.OK, #due }
+redis.call('DEL', K.timer_wake)
+local first = redis.call('ZRANGE', K.timers, 0, 0, 'WITHSCORES')
+local first_due = first[2] and tonumber(first[2]) or -1
+local sleep_max = tonumber(ARGV[3])
+if sleep_max then
+  local wake_at = NOW + sleep_max
+  if first_due >= 0 and first_due < wake_at then wake_at = first_due end
+  redis.call('SET', K.timer_sleep, wake_at)
+end
+return { RC.OK, #due, first_due }

@@ -1,8 +1,8 @@
 -- flow_upsert: create or update a flow in the Redis cache (SQL is its durable home).
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 flow_id, 3... field/value pairs (skill, priority, welcome_uri, queue_uri, ...)
--- READS: agent, agent_chats, call, chat_queue, config, flow, queue, skill_chat, skill_flows, skill_free
--- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow, flow_stats, flows, queue, skill_chat, skill_flows, skill_free, statflows, timers
+-- READS: agent, agent_chats, call, chat_queue, config, flow, queue, skill_chat, skill_flows, skill_free, timer_sleep, timer_wake
+-- WRITES: agent, agent_chats, call, chat_queue, commands, events, flow, flow_stats, flows, queue, skill_chat, skill_flows, skill_free, statflows, timer_wake, timers
 -- RETURNS: OK | INVALID why
 -- EVENTS: agent.state_changed, call.offered
 -- COMMANDS: command.ring, command.ring_all

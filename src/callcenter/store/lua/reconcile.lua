@@ -1,8 +1,8 @@
 -- reconcile: end calls that can no longer end by themselves, and free agents that no live call holds.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 edge_lapse_ms (0: calls are not checked against the edges), 3 limit (calls ended per step, default 500)
--- READS: agent, agent_chats, agents, call, calls, chat_queue, config, edges, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, timers
--- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, timers
+-- READS: agent, agent_chats, agents, call, calls, chat_queue, config, edges, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, timer_sleep, timer_wake, timers
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, timer_wake, timers
 -- RETURNS: OK number_released number_ended
 -- EVENTS: agent.logged_out, agent.paused, agent.released, agent.state_changed, call.abandoned, call.ended, call.offered
 -- COMMANDS: command.hangup, command.ring, command.ring_all
@@ -40,16 +40,39 @@ local function state_bound_ms(call_id, call)
   return cfg('max_call_s') * 1000
 end
 
+-- The fields of a hash this step reads (HMGET: not the whole hash into a Lua table, for every live
+-- call and busy agent each pass), or nil when it has none of them.
+local function hash_fields(key, names)
+  local values = redis.call('HMGET', key, unpack(names))
+  local t, any = {}, false
+  for i, name in ipairs(names) do
+    if values[i] then t[name], any = values[i], true end
+  end
+  return any and t or nil
+end
+local CALL_FIELDS = { 'state', 'state_ms', 'received_ms', 'edge', 'flow', 'media_type' }
+local HOLDER_FIELDS = { 'agent', 'state', 'ring_all' }
+local BUSY_FIELDS = { 'state', 'call' }
+
+-- whether an edge has a heartbeat, asked once per edge (a few edges hold every call)
+local known_edges = {}
+local function edge_known(edge)
+  if known_edges[edge] == nil then known_edges[edge] = redis.call('ZSCORE', K.edges, edge) ~= false end
+  return known_edges[edge]
+end
+
 local doomed = {}
 for _, call_id in ipairs(redis.call('SMEMBERS', K.calls)) do
   if #doomed >= limit then break end
-  local call = hgetall(k_call(call_id))
+  local ckey = k_call(call_id)
+  local call = hash_fields(ckey, CALL_FIELDS)
+  if call ~= nil and call.state == nil then call = hgetall(ckey) end  -- an odd hash: read as it is
   if call == nil or call.state == 'ended' then
     redis.call('SREM', K.calls, call_id)  -- an index entry without a live call: drop it
   else
     local since = num(call.state_ms, num(call.received_ms, NOW))
     local reason = nil
-    if edge_lapse > 0 and redis.call('ZSCORE', K.edges, call.edge or '') == false
+    if edge_lapse > 0 and not edge_known(call.edge or '')
         and NOW - num(call.received_ms, NOW) > edge_lapse then
       reason = 'edge_unknown'
     elseif NOW - since > state_bound_ms(call_id, call) then
@@ -74,12 +97,21 @@ for _, pair in ipairs(doomed) do
 end
 
 local released = 0
+-- only an agent ringing, in a call, in wrap-up or in a chat can be held by nothing: the others
+-- (most of them: free, paused, logged out) are known by their state alone, read with one HGET
 for _, agent_id in ipairs(redis.call('SMEMBERS', K.agents)) do
-  local agent = hgetall(k_agent(agent_id))
+  local akey = k_agent(agent_id)
+  local state = redis.call('HGET', akey, 'state')
+  local agent = nil
+  if state == 'in_chat' then
+    agent = hgetall(akey)
+  elseif state == 'ringing' or state == 'in_call' or state == 'wrap_up' then
+    agent = hash_fields(akey, BUSY_FIELDS)
+  end
   if agent then
     local stuck = false
     if agent.state == 'ringing' or agent.state == 'in_call' then
-      local call = (agent.call or '') ~= '' and hgetall(k_call(agent.call)) or nil
+      local call = (agent.call or '') ~= '' and hash_fields(k_call(agent.call), HOLDER_FIELDS) or nil
       local want = agent.state == 'ringing' and 'offered' or 'connected'
       local holds = call ~= nil and call.agent == agent_id
       if call ~= nil and not holds and agent.state == 'ringing' then

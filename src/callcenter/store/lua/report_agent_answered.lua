@@ -1,8 +1,8 @@
 -- report_agent_answered: the agent answered and the caller is connected to it.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 entry_id (stream entry id), 3 data (the report's msgpack payload)
--- READS: agent, agent_chats, call, calls, chat_queue, commands, config, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, timers
--- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, timers
+-- READS: agent, agent_chats, call, calls, chat_queue, commands, config, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, timer_sleep, timer_wake, timers
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, timer_wake, timers
 -- RETURNS: OK | OK 'adopted' | STALE | STALE 'hung_up' | DUPLICATE | OUT_OF_ORDER | INVALID why | FAILED why
 -- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.agent_failed, call.connected, call.ended, call.offered
 -- COMMANDS: command.cancel_ring, command.hangup, command.ring, command.ring_all

@@ -1,8 +1,8 @@
 -- report_command_refused: the edge did not carry out a command; act at once instead of waiting for a lease.
 -- KEYS: events (the tenant's events stream; every key is built from its prefix)
 -- ARGV: 1 now_ms, 2 entry_id (stream entry id), 3 data (the report's msgpack payload)
--- READS: agent, agent_chats, call, calls, chat_queue, commands, config, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving, timers
--- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, timers
+-- READS: agent, agent_chats, call, calls, chat_queue, commands, config, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_flows, skill_free, skill_serving, timer_sleep, timer_wake, timers
+-- WRITES: agent, agent_chats, call, calls, chat_queue, commands, edge_calls, events, flow, flow_stats, queue, skill_chat, skill_free, skill_logged, skill_serving, sl, timer_wake, timers
 -- RETURNS: OK what | STALE why | DUPLICATE | OUT_OF_ORDER | INVALID why | FAILED why
 -- EVENTS: agent.logged_out, agent.paused, agent.state_changed, call.abandoned, call.agent_failed, call.dissuaded, call.ended, call.offered, call.queued
 -- COMMANDS: command.hangup, command.media, command.reject, command.ring, command.ring_all
@@ -11,10 +11,12 @@
 -- A refused ring or ring_all of the call's current offer frees its agents at once with no penalty
 -- (a ring refused `not_registered` frees its agent paused, reason unregistered) and puts the call
 -- back at the head of its queue, held until its media answers or
--- refused_offer_hold_ms pass (calls.lua offer_refused). A refused media that can never play
--- (bad_purpose, ...) is a media that failed (calls.lua media_not_played); one refused because the
--- edge is setting up another leg of the call (wrong_state) only forgets it (a welcome is skipped):
--- that other leg reports. A refused cancel_ring, reject or hangup changes nothing.
+-- refused_offer_hold_ms pass (calls.lua offer_refused); a ring refused `registered_elsewhere` (the
+-- agent's contacts are connections another edge holds) also makes the call skip that agent for the
+-- rest of its life: it is not offered that call again, and stays free for the others. A refused
+-- media that can never play (bad_purpose, ...) is a media that failed (calls.lua media_not_played);
+-- one refused because the edge is setting up another leg of the call (wrong_state) only forgets it
+-- (a welcome is skipped): that other leg reports. A refused cancel_ring, reject or hangup changes nothing.
 -- unknown_call: the edge has no such call. With seq > 0 it follows the call's call_ended (a no-op);
 -- with seq 0 (no report stream for the call at the edge: never known, restarted, or ended long ago)
 -- it is applied without the sequence check: a call still live here is over at the edge, so it
@@ -47,7 +49,7 @@ if R.command == 'command.ring' or R.command == 'command.ring_all' then
       redis.call('HSET', akey, 'pause_pending', 'unregistered')
     end
   end
-  return { RC.OK, offer_refused(R.call_id, call, 'refused') }
+  return { RC.OK, offer_refused(R.call_id, call, 'refused', R.reason == 'registered_elsewhere') }
 end
 if R.command == 'command.media' then
   if (R.purpose or '') == '' or call.media ~= R.purpose then return { RC.STALE, 'not playing' } end

@@ -18,7 +18,7 @@ local function release_agent(agent_id, flow, with_wrapup)
   if w > 0 then
     set_agent_state(agent_id, agent, 'wrap_up', nil)
     redis.call('HSET', k_agent(agent_id), 'wrapup_end_ms', NOW + w)
-    redis.call('ZADD', K.timers, NOW + w, 'wrapup|' .. agent_id)
+    add_timer(NOW + w, 'wrapup|' .. agent_id)
   else
     set_agent_state(agent_id, agent, 'free', nil)
     dispatch_to_agent(agent_id, agent)
@@ -41,7 +41,7 @@ local function release_chat(agent_id, call_id, flow, with_wrapup)
     local ends = math.max(NOW, num(agent.wrapup_end_ms, 0)) + w
     agent.wrapup_end_ms = tostring(ends)
     redis.call('HSET', akey, 'wrapup_end_ms', ends)
-    redis.call('ZADD', K.timers, ends, 'wrapup|' .. agent_id)
+    add_timer(ends, 'wrapup|' .. agent_id)
   end
   if agent.state ~= 'in_chat' then return end
   if chats > 0 then
@@ -198,6 +198,19 @@ local function offer_failed(call_id, call, reason)
     finish_call(call_id, call, 'failed', 'system', 'flow_removed')
     return
   end
+  local held_until = ring_all and num(call.offered_ms, 0) + cfg('refused_offer_hold_ms') or 0
+  if held_until > NOW then
+    -- every phone of a ring-all failed at once (unreachable, busy, rejecting): its agents are freed
+    -- without penalty, so offering the call again now would ring the same phones and fail the same
+    -- way, round after round, as fast as the edge answers. It waits at the head of its queue for
+    -- what is left of refused_offer_hold_ms since the offer, as a refused ring does.
+    call_field_updates(call_id, call, { agent = '', offer = '', state = 'queued', ring_all = '',
+                                        held_until_ms = held_until })
+    add_timer(held_until, 'held|' .. call_id)
+    enqueue(call_id, call, flow, true)
+    for _, agent_id in ipairs(failed_agents) do release_for_call(agent_id, call_id, call, flow, false) end
+    return
+  end
   call_field_updates(call_id, call, { agent = '', offer = '', state = 'queued', ring_all = '' })
   for _, agent_id in ipairs(failed_agents) do release_for_call(agent_id, call_id, call, flow, not ring_all) end
   -- release_agent may already have handed an agent another call; this one goes to the head
@@ -208,8 +221,10 @@ end
 -- The edge did not ring the offer's agent(s) (report.command_refused): each is freed at once with no
 -- penalty (no wrap-up, no missed offer), and the call goes back to the head of its queue, held until
 -- its media answers or refused_offer_hold_ms pass (the edge is busy with another leg of the call:
--- offering it again at once would only be refused again).
-local function offer_refused(call_id, call, reason)
+-- offering it again at once would only be refused again). `elsewhere`: the edge cannot reach the
+-- agent at all (registered_elsewhere: its contacts are connections another edge holds), so the call
+-- skips that agent from now on (offer.lua skipped_agents); the agent stays free for other calls.
+local function offer_refused(call_id, call, reason, elsewhere)
   local flow = hgetall(k_flow(call.flow))
   redis.call('ZREM', K.timers, 'offer|' .. call_id .. '|' .. call.offer)
   if flow == nil then
@@ -222,8 +237,12 @@ local function offer_refused(call_id, call, reason)
     emit_agent_failed(call_id, call, agent_id, call.offer, reason)
   end
   local hold = cfg('refused_offer_hold_ms')
-  call_field_updates(call_id, call, { ring_all = '', held_until_ms = NOW + hold })
-  redis.call('ZADD', K.timers, NOW + hold, 'held|' .. call_id)
+  local updates = { ring_all = '', held_until_ms = NOW + hold }
+  if elsewhere and call.agent ~= '' and not skips_agent(call.skip_agents, call.agent) then
+    updates.skip_agents = (call.skip_agents or '') == '' and call.agent or call.skip_agents .. ',' .. call.agent
+  end
+  call_field_updates(call_id, call, updates)
+  add_timer(NOW + hold, 'held|' .. call_id)
   enqueue(call_id, call, flow, true)
   for _, agent_id in ipairs(agents) do release_for_call(agent_id, call_id, call, flow, false) end
   return 'held'
@@ -301,7 +320,7 @@ local function connect(call_id, call, at, edge_ts)
   -- the flow's maximum call duration counts from the answer: fire_timers hangs the call up then
   local max_duration = flow and num(flow.max_call_duration_s, 0) or 0
   if max_duration > 0 and not chat then
-    redis.call('ZADD', K.timers, at + max_duration * 1000, 'maxdur|' .. call_id)
+    add_timer(at + max_duration * 1000, 'maxdur|' .. call_id)
   end
   emit('call.connected', { call_id = call_id, flow = call.flow, agent_id = call.agent, wait_ms = wait })
 end

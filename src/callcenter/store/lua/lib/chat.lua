@@ -32,18 +32,24 @@ end
 -- A chat goes to an agent with a free chat slot chosen by the chat policy (the flow's, else the
 -- global chat_dispatch_policy): balancing (fewest ongoing chats first) or full-load (the agent
 -- with the most ongoing chats that still has room, so the others stay free for audio calls).
-local function pick_chat_agent(flow)
+-- Never an agent of `skip` (a set of the agents the chat skips, nil for none; `nskip` its size).
+local function pick_chat_agent(flow, skip, nskip)
   local key = k_skill_chat(flow.skill)
   local policy = flow.chat_policy or ''
   if policy == '' then policy = cfg('chat_dispatch_policy') end
+  local past = 0  -- the skipped agents passed over at the front of the index
   for _ = 1, 3 do
     local ids
-    if policy == 'full-load' then ids = redis.call('ZREVRANGE', key, 0, 0)
-    else ids = redis.call('ZRANGE', key, 0, 0) end
-    if #ids == 0 then return nil, nil end
-    local agent = hgetall(k_agent(ids[1]))
-    if agent and chat_slots_free(agent) > 0 then return ids[1], agent end
-    redis.call('ZREM', key, ids[1])  -- index out of step with the agent: repair it
+    if policy == 'full-load' then ids = redis.call('ZREVRANGE', key, past, past + (nskip or 0))
+    else ids = redis.call('ZRANGE', key, past, past + (nskip or 0)) end
+    local id = nil
+    for _, candidate in ipairs(ids) do
+      if skip and skip[candidate] then past = past + 1 else id = candidate break end
+    end
+    if id == nil then return nil, nil end
+    local agent = hgetall(k_agent(id))
+    if agent and chat_slots_free(agent) > 0 then return id, agent end
+    redis.call('ZREM', key, id)  -- index out of step with the agent: repair it
   end
   return nil, nil
 end

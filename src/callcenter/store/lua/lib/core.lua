@@ -34,6 +34,19 @@ local function num(v, default)
   return n
 end
 
+-- A timer (`member`, due at `due` ms) in cc:{t}:timers. The dispatchers' timer loops sleep until
+-- cc:{t}:timer_sleep (the first due timer when fire_timers last ran, or its longest sleep); a timer
+-- due before that wakes them (one element in cc:{t}:timer_wake, which a loop waits on with BLPOP;
+-- also when no loop has said when it looks again). Best effort (pcall): the timer is in the zset
+-- whatever happens to the wake-up, and a loop looks again after CC_TIMER_INTERVAL_MS at the latest.
+local function add_timer(due, member)
+  redis.call('ZADD', K.timers, due, member)
+  local asleep_until = tonumber(redis.pcall('GET', K.timer_sleep))
+  if (asleep_until == nil or due < asleep_until) and redis.pcall('LLEN', K.timer_wake) == 0 then
+    redis.pcall('LPUSH', K.timer_wake, due)
+  end
+end
+
 -- product events: XADD cc:{t}:events type <t> v <v> data <msgpack>. No MAXLEN: the streams are
 -- trimmed by callcenter.retention, only below what every consumer group has acknowledged.
 local function emit(etype, data)

@@ -31,7 +31,7 @@ local function offer(call_id, call, flow, agent_id, agent)
   local whisper = flow.flow_id_uri or ''
   local lease_s = ring_s + cfg('offer_lease_grace_s')
   if whisper ~= '' then lease_s = lease_s + cfg('whisper_max_s') end
-  redis.call('ZADD', K.timers, NOW + lease_s * 1000, 'offer|' .. call_id .. '|' .. offer_id)
+  add_timer(NOW + lease_s * 1000, 'offer|' .. call_id .. '|' .. offer_id)
   local display = display_towards_agent(call, flow)
   local ring = { call_id = call_id, offer_id = offer_id, agent_id = agent_id, uri = uri, timeout_s = ring_s }
   if display and display ~= '' then ring.caller_display = display end
@@ -69,7 +69,7 @@ local function offer_all(call_id, call, flow, agents)
   call_field_updates(call_id, call, { state = 'offered', agent = '', offer = offer_id, offered_ms = NOW,
     ring_all = table.concat(ids, ',') })
   local ring_s = cfg('ring_timeout_s')
-  redis.call('ZADD', K.timers, NOW + (ring_s + cfg('offer_lease_grace_s')) * 1000,
+  add_timer(NOW + (ring_s + cfg('offer_lease_grace_s')) * 1000,
     'offer|' .. call_id .. '|' .. offer_id)
   local cmd = { call_id = call_id, offer_id = offer_id, targets = targets, timeout_s = ring_s }
   local display = display_towards_agent(call, flow)
@@ -78,22 +78,43 @@ local function offer_all(call_id, call, flow, agents)
   stat(call.flow, 'distributed')  -- after the lease, as in offer()
 end
 
-local function free_agents_of(flow)
+-- The agents a call is not offered to, as a set (nil when none, the common case) and its size:
+-- each refused its ring `registered_elsewhere` (its contacts are connections another edge holds,
+-- which the call's edge cannot ring). Kept on the call's hash (`skip_agents`, a CSV list) so the
+-- exclusion lives and goes with the call; the agent stays free for every other call.
+local function skipped_agents(call)
+  local csv = call.skip_agents
+  if csv == nil or csv == '' then return nil, 0 end
+  local set, n = {}, 0
+  for _, id in ipairs(split_csv(csv)) do set[id] = true n = n + 1 end
+  return set, n
+end
+
+-- whether a call whose `skip_agents` field is `csv` skips this agent (a queue scan reads the field
+-- alone, not the hash)
+local function skips_agent(csv, agent_id)
+  if csv == nil or csv == false or csv == '' then return false end
+  return string.find(',' .. csv .. ',', ',' .. agent_id .. ',', 1, true) ~= nil
+end
+
+local function free_agents_of(flow, skip)
   local out = {}
   for _, id in ipairs(redis.call('ZRANGE', k_skill_free(flow.skill), 0, -1)) do
-    local agent = agent_if_free(id, flow.skill)
+    local agent = not (skip and skip[id]) and agent_if_free(id, flow.skill)
     if agent then out[#out + 1] = { id, agent } end
   end
   return out
 end
 
--- Choose a free agent for a flow by the flow's strategy; nil when none is free.
+-- Choose a free agent for a flow by the flow's strategy; nil when none is free but the agents of
+-- `skip` (skipped_agents: nil for none, `nskip` its size).
 --   longest-idle (default), random, top-down (agent id order), round-robin (id order, after
 --   the flow's last choice), fewest-calls (answered), least-talk-time (talk_ms)
-local function pick_agent(flow_id, flow)
+local function pick_agent(flow_id, flow, skip, nskip)
   local fkey = k_skill_free(flow.skill)
   local strategy = flow.strategy or ''
-  if strategy == '' or strategy == 'longest-idle' then
+  nskip = nskip or 0
+  if skip == nil and (strategy == '' or strategy == 'longest-idle') then
     for _ = 1, 3 do
       local ids = redis.call('ZRANGE', fkey, 0, 0)
       if #ids == 0 then return nil, nil end
@@ -102,11 +123,16 @@ local function pick_agent(flow_id, flow)
     end
     return nil, nil
   end
-  if strategy == 'random' then
-    local id = redis.call('ZRANDMEMBER', fkey)
-    if not id then return nil, nil end
-    local agent = agent_if_free(id, flow.skill)
-    if agent then return id, agent end
+  if strategy == '' or strategy == 'longest-idle' or strategy == 'random' then
+    -- past the skipped ones (at most nskip of the first nskip + 3), three tries as above; random:
+    -- as many distinct members, so one that is not skipped is among them if there is one
+    local ids
+    if strategy == 'random' then ids = redis.call('ZRANDMEMBER', fkey, nskip + 1)
+    else ids = redis.call('ZRANGE', fkey, 0, nskip + 2) end
+    for _, id in ipairs(ids) do
+      local agent = not (skip and skip[id]) and agent_if_free(id, flow.skill)
+      if agent then return id, agent end
+    end
     return nil, nil
   end
   local ids = redis.call('ZRANGE', fkey, 0, -1)  -- longest idle first: the tie-breaker below
@@ -118,7 +144,7 @@ local function pick_agent(flow_id, flow)
     for _, id in ipairs(ids) do if id > last then ordered[#ordered + 1] = id end end
     for _, id in ipairs(ids) do if id <= last then ordered[#ordered + 1] = id end end
     for _, id in ipairs(ordered) do
-      local agent = agent_if_free(id, flow.skill)
+      local agent = not (skip and skip[id]) and agent_if_free(id, flow.skill)
       if agent then best_id, best_agent = id, agent break end
     end
     if best_id and strategy == 'round-robin' then redis.call('HSET', k_flow(flow_id), 'rr_last', best_id) end
@@ -126,7 +152,7 @@ local function pick_agent(flow_id, flow)
   end
   local field = strategy == 'least-talk-time' and 'talk_ms' or 'answered'
   for _, id in ipairs(ids) do
-    local agent = agent_if_free(id, flow.skill)
+    local agent = not (skip and skip[id]) and agent_if_free(id, flow.skill)
     if agent then
       local metric = num(agent[field], 0)
       if best_metric == nil or metric < best_metric then best_id, best_agent, best_metric = id, agent, metric end
@@ -153,17 +179,18 @@ local function waits_for_media(call, flow)
   return (call.answered_ms or '') == '' and media_first(flow)
 end
 
--- Offer a call to a free agent of its flow (by the flow's strategy, or all of them for ring-all);
--- false when nobody is free.
+-- Offer a call to a free agent of its flow (by the flow's strategy, or all of them for ring-all),
+-- never one the call skips (skipped_agents); false when nobody is free.
 local function offer_now(call_id, call, flow)
+  local skip, nskip = skipped_agents(call)
   if call.media_type == 'chat' then
-    local agent_id, agent = pick_chat_agent(flow)
+    local agent_id, agent = pick_chat_agent(flow, skip, nskip)
     if agent_id then offer(call_id, call, flow, agent_id, agent) return true end
   elseif flow.strategy == 'ring-all' then
-    local agents = free_agents_of(flow)
+    local agents = free_agents_of(flow, skip)
     if #agents > 0 then offer_all(call_id, call, flow, agents) return true end
   else
-    local agent_id, agent = pick_agent(call.flow, flow)
+    local agent_id, agent = pick_agent(call.flow, flow, skip, nskip)
     if agent_id then offer(call_id, call, flow, agent_id, agent) return true end
   end
   return false
@@ -190,10 +217,12 @@ end
 -- In a flow with queue or flow-id media a caller not on media yet is passed over (waits_for_media):
 -- its queue media's answer offers it (report_media_answered.lua), and a caller that never confirms
 -- must not hold up those behind it. A call on media whose ring the edge refused waits for its
--- hold's end (release_hold), and so does its flow. Only the first QUEUE_SCAN entries are looked at
+-- hold's end (release_hold), and so does its flow. A call that skips `agent_id` (skipped_agents),
+-- held or not, is passed over for that agent (nil: any agent): the agent may take the calls behind
+-- it, which that call could never have had from it. Only the first QUEUE_SCAN entries are looked at
 -- (bounded work per step); an entry without its call hash is returned so that the caller drops it.
 local QUEUE_SCAN = 16
-local function first_offerable(qkey, flow_id)
+local function first_offerable(qkey, flow_id, agent_id)
   local entries = redis.call('ZRANGE', qkey, 0, QUEUE_SCAN - 1, 'WITHSCORES')
   if #entries == 0 then return nil end
   local flow = hgetall(k_flow(flow_id))
@@ -201,9 +230,9 @@ local function first_offerable(qkey, flow_id)
   local needs_media = media_first(flow)
   for i = 1, #entries, 2 do
     local id = entries[i]
-    local fields = redis.call('HMGET', k_call(id), 'state', 'answered_ms', 'held_until_ms')
+    local fields = redis.call('HMGET', k_call(id), 'state', 'answered_ms', 'held_until_ms', 'skip_agents')
     if fields[1] == false then return { id, tonumber(entries[i + 1]), flow } end
-    if not needs_media or (fields[2] or '') ~= '' then
+    if (not needs_media or (fields[2] or '') ~= '') and not (agent_id and skips_agent(fields[4], agent_id)) then
       if num(fields[3], 0) > NOW then return nil end
       return { id, tonumber(entries[i + 1]), flow }
     end
@@ -220,7 +249,7 @@ local function take_waiting_call(agent_id, agent, chat)
     local best_call, best_flow, best_prio, best_score, best_flow_hash = nil, nil, nil, nil, nil
     for _, skill in ipairs(agent_skills(agent)) do
       for _, flow_id in ipairs(redis.call('SMEMBERS', k_skill_flows(skill))) do
-        local head = first_offerable(queue_key(flow_id), flow_id)
+        local head = first_offerable(queue_key(flow_id), flow_id, agent_id)
         if head then
           local prio = num(head[3] and head[3].priority, 256)
           local score = head[2]
@@ -237,7 +266,7 @@ local function take_waiting_call(agent_id, agent, chat)
       redis.call('ZREM', queue_key(best_flow), best_call)  -- a stale queue entry: drop it, look again
     else
       if not chat and flow.strategy == 'ring-all' then
-        offer_all(best_call, call, flow, free_agents_of(flow))
+        offer_all(best_call, call, flow, free_agents_of(flow, skipped_agents(call)))
       else
         offer(best_call, call, flow, agent_id, agent)
       end
@@ -264,9 +293,10 @@ local function dispatch_to_agent(agent_id, agent)
 end
 
 -- Offer a flow's waiting calls to the free agents of its skill, until one takes nothing (the head
--- waits for its media or its hold) or the queue is empty. For when what blocked the head is gone (a
--- held head's hold ended or it left the queue, the flow took another skill): a free agent looks for
--- a waiting call only when it becomes free.
+-- waits for its media or its hold; a call that skips that agent does not stop the next) or the
+-- queue is empty. For when what blocked the head is gone (a held head's hold ended or it left the
+-- queue, the flow took another skill): a free agent looks for a waiting call only when it becomes
+-- free.
 local function serve_flow(flow_id, flow, chat)
   if flow == nil or cfg('internal_dispatching') ~= 1 then return end
   local qkey = chat and k_chat_queue(flow_id) or k_queue(flow_id)
@@ -275,12 +305,18 @@ local function serve_flow(flow_id, flow, chat)
     if redis.call('ZCARD', qkey) == 0 then return end
     local agent
     if chat then agent = hgetall(k_agent(id)) else agent = agent_if_free(id, flow.skill) end
-    if agent and chat then
-      local before = agent.chats
-      dispatch_chats(id, agent)
-      if agent.chats == before then return end
-    elseif agent and not dispatch_to_agent(id, agent) then
-      return
+    if agent then
+      local took
+      if chat then
+        local before = agent.chats
+        dispatch_chats(id, agent)
+        took = agent.chats ~= before
+      else
+        took = dispatch_to_agent(id, agent)
+      end
+      -- one that took nothing: the head waits (media, hold), and the next agent would take nothing
+      -- either, unless the calls that wait skip this agent (skipped_agents): the next may take one
+      if not took and first_offerable(qkey, flow_id) == nil then return end
     end
   end
 end

@@ -50,11 +50,11 @@ local function enqueue(call_id, call, flow, at_head)
   if max_wait > 0 then
     -- counted from the call's entry into this flow: its arrival, or its last overflow hop
     local since = num(call.flow_ms, num(call.received_ms, NOW))
-    redis.call('ZADD', K.timers, math.max(NOW, since + max_wait * 1000), 'maxwait|' .. call_id)
+    add_timer(math.max(NOW, since + max_wait * 1000), 'maxwait|' .. call_id)
   end
   local onhold_th = tonumber(flow.dissuading_onhold_th) or 0
   if onhold_th > 0 and (flow.dissuading_uri or '') ~= '' then
-    redis.call('ZADD', K.timers, NOW + onhold_th * 1000, 'onhold|' .. call_id)
+    add_timer(NOW + onhold_th * 1000, 'onhold|' .. call_id)
   end
   emit('call.queued', { call_id = call_id, flow = call.flow, position = position })
 end
