@@ -70,6 +70,9 @@ class LoopReactor:
         self._armed_at = math.inf
         self._readers: dict[int, Callable[[], None]] = {}
         self._ed: Any = None
+        # set by a socket reader whose batch ended with datagrams still waiting (a burst being read
+        # in pieces), cleared by one that read its socket empty: the stack holds its facts meanwhile
+        self.backlogged = False
 
     def open(self) -> None:
         """Bind sippy's reactor to this thread, with no timers left from an earlier stack."""

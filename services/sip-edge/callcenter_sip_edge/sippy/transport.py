@@ -166,12 +166,14 @@ def make_udp_server_class(advertised_host: str | None) -> tuple[type, type]:
             # time: one offset per batch turns the one into the other
             mono_now = time.monotonic()
             offset = mono_now - time.time()
+            self._reactor.backlogged = True   # unless the socket is read empty below
             for n in range(UDP_DRAIN_BATCH):
                 if self._closing:
                     return
                 try:
                     data, ancillary, _flags, address = self.skt.recvmsg(SIPPY_RECV_BYTES, _TIMESTAMP_CMSG_BYTES)
                 except (BlockingIOError, InterruptedError):
+                    self._reactor.backlogged = False
                     return
                 except OSError as exc:
                     if exc.errno in (errno.EBADF, errno.ENOTSOCK):
