@@ -6,7 +6,8 @@
 - a sippy timer fires with the loop otherwise idle, from the one loop handle armed for the earliest
   timer (moved earlier for an earlier timer, left alone for a later one);
 - a burst of datagrams does not hold the loop: another reader ready with it (the loop's Redis
-  connection) runs after at most one batch of datagrams (UDP_DRAIN_BATCH), not after the burst.
+  connection) runs after at most one batch of datagrams (UDP_DRAIN_BATCH), not after the burst,
+  and the reactor says the socket is being read in pieces (the facts wait: test_sip_edge_facts_held).
 """
 
 from __future__ import annotations
@@ -74,12 +75,14 @@ async def test_a_datagram_burst_lets_a_ready_redis_read_in_after_one_batch(edge:
     burst = 3 * UDP_DRAIN_BATCH
     before = SIP.requests[("in", b"OPTIONS")]
     handled_when_read: list[int] = []
+    backlogged_when_read: list[bool] = []
     redis_side, peer_side = socket.socketpair()   # stands in for the loop's Redis connection
     redis_side.setblocking(False)
 
     def redis_read() -> None:
         redis_side.recv(64)
         handled_when_read.append(SIP.requests[("in", b"OPTIONS")] - before)
+        backlogged_when_read.append(loop_reactor.current().backlogged)
         loop.remove_reader(redis_side.fileno())
 
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as peer, redis_side, peer_side:
@@ -96,6 +99,8 @@ async def test_a_datagram_burst_lets_a_ready_redis_read_in_after_one_batch(edge:
     handled = SIP.requests[("in", b"OPTIONS")] - before
     assert handled >= 2 * UDP_DRAIN_BATCH, handled   # the burst was more than one batch
     assert handled_when_read and handled_when_read[0] <= UDP_DRAIN_BATCH, (handled_when_read, handled)
+    # the batch before the read left datagrams waiting: the stack's facts wait for the burst's rest
+    assert backlogged_when_read == [True]
 
 
 def _options(port: int, from_port: int, n: int) -> bytes:
