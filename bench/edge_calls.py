@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+from wire_clock import WireClock
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp
@@ -212,9 +213,13 @@ def latency_phase(system: WholeSystem, workdir: Path, args: argparse.Namespace) 
     welcome = start_peer(workdir, "lat-welcome", scenario("media_welcome.xml"), ["-d", str(WELCOME_MS)], 120)
     queue = start_peer(workdir, "lat-queue", scenario("media_queue.xml"), [], 120)
     phones = start_peer(workdir, "lat-agents", bench_scenario("agent_hangs_up.xml"), ["-d", str(TALK_MS)], 120)
+    no_wire = WireClock.available()
+    wire = WireClock(phones.port) if no_wire is None else None
     try:
         agents = [f"lat{n:03d}" for n in range(LATENCY_AGENTS)]
         asyncio.run(provision(str(system.api.base_url), system.admin_key, "latency", welcome, queue, phones, agents))
+        if wire is not None:
+            wire.start()
         caller = Sipp(scenario("caller_waits_for_bye.xml"), remote=system.caller_target, service="latency",
                       calls=calls, rate=LATENCY_RATE, timeout_s=90,
                       extra=[*stat_args(workdir, "lat-caller"), "-l", "5000"]).start()
@@ -222,6 +227,8 @@ def latency_phase(system: WholeSystem, workdir: Path, args: argparse.Namespace) 
         wait_idle(system, 20)
         time.sleep(1.5)  # the last log lines of the phones
     finally:
+        if wire is not None:
+            wire.stop()
         for p in (welcome, queue, phones):
             p.stop()
     caller_stats = SippStats.read(workdir / "lat-caller.csv")
@@ -233,9 +240,23 @@ def latency_phase(system: WholeSystem, workdir: Path, args: argparse.Namespace) 
         gaps.sort()
         p99 = gaps[min(len(gaps) - 1, math.ceil(len(gaps) * 0.99) - 1)]
         print(f"   {len(gaps)} pairs: p50 {statistics.median(gaps):.0f} ms, p99 {p99} ms, max {gaps[-1]} ms "
-              "(the agents' SIPp clock: BYE sent -> INVITE received; 1 ms resolution)")
+              "(the agents' SIPp clock: BYE sent -> INVITE received; it moves in 4 ms steps here)")
     else:
         print("   no BYE -> INVITE pairs measured")
+    if wire is None:
+        print(f"   on the wire: not measured ({no_wire})")
+        return
+    on_wire = sorted(g for agent_gaps in wire.bye_to_invite_ms().values() for g in agent_gaps)
+    if on_wire:
+        print(f"   on the wire: {len(on_wire)} pairs: p50 {percentile(on_wire, 0.5):.2f} ms, "
+              f"p99 {percentile(on_wire, 0.99):.2f} ms, max {on_wire[-1]:.2f} ms "
+              "(bench/wire_clock.py: the kernel's stamps of the BYE and the INVITE on lo)")
+    else:
+        print("   on the wire: no BYE -> INVITE pairs seen")
+
+
+def percentile(sorted_values: list[float], p: float) -> float:
+    return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(len(sorted_values) * p) - 1))]
 
 
 def throughput_phase(system: WholeSystem, peers: Peers, workdir: Path, args: argparse.Namespace) -> None:

@@ -5,7 +5,10 @@ The whole system on loopback (`WholeSystem`), wrap-up 0, `--agents` agents (200)
 queue is always waiting, so every agent's BYE is followed by the next call's INVITE to that agent.
 
 Per pair (agent X hangs up, X is rung again), on clocks that all read this machine's time:
-- SIPp (the agents' phone, its own ms clock): BYE sent -> INVITE received, the whole path;
+- the wire (`wire_clock.py`, a packet socket on lo; root): the kernel's stamps of the agent's BYE and
+  of the next INVITE to it, µs apart: the whole path as a capture sees it;
+- SIPp (the agents' phone, its own ms clock): BYE sent -> INVITE received, the whole path; its
+  clock moves in steps of the kernel's coarse clock (4 ms here), so its figures are multiples of 4;
 - the `ts` of the `report.call_ended` (the edge's wall clock when sippy handled the BYE);
 - its entry id on `cc:{t}:reports` (Redis's clock when the edge's MULTI ran: published);
 - the dispatcher's `report.call_ended_read` debug line (its batch of reports read);
@@ -15,12 +18,12 @@ Per pair (agent X hangs up, X is rung again), on clocks that all read this machi
   `call.agent_ringing` line (just after the INVITE went out).
 The edge and the dispatcher log at debug for this (a few lines per call; the others at warning).
 The streams are read as they are written by a plain XREAD here (the services trim acknowledged
-entries). Hops printed (p50 / p99 / max, ms): BYE -> handled (SIPp's send and receive, the edge's
-socket, reactor and parse: the total minus the hops measured), handled -> published (the facts'
+entries). Hops printed (p50 / p99 / max, ms): BYE on the wire -> handled (the edge's socket,
+reactor and parse; without the wire: SIPp's total minus the hops measured), handled -> published (the facts'
 callback -> MULTI), published -> dispatcher read, dispatcher read -> step done (its Lua step),
 step done -> edge read, edge read -> INVITE sent (sippy builds and sends, on the same thread since the
-edge runs sippy on its loop), and
-the total; and, per batch of datagrams the edge read, how long its first one had waited in the
+edge runs sippy on its loop), INVITE logged - on the wire (the log line's lateness), and
+the totals, on the wire and by SIPp; and, per batch of datagrams the edge read, how long its first one had waited in the
 socket (the kernel's receive stamp: `sip.batch_read`). Pairs where no call was waiting when the
 agent hung up (the next call reported after the BYE: it was still in its welcome) are left out and
 counted. Redis ids and `ts` have 1 ms resolution. Also: CPU ms per call of each service over the
@@ -56,6 +59,7 @@ from edge_calls import (
     stat_args,
     wait_idle,
 )
+from wire_clock import WireClock
 
 from callcenter.contract.codec import decode
 from callcenter_dev.scenarios import scenario
@@ -139,12 +143,16 @@ def main() -> None:
     phones = start_peer(workdir, "f2r-agents", bench_scenario("agent_hangs_up.xml"), ["-d", str(args.talk_ms)],
                         timeout)
     keys = system.keys
+    no_wire = WireClock.available()
+    wire = WireClock(phones.port) if no_wire is None else None
     tap = StreamTap(system.server.url, [keys.reports, keys.commands("edge-bench")])
     try:
         agents = [f"f{n:03d}" for n in range(args.agents)]
         asyncio.run(provision(str(system.api.base_url), system.admin_key, "f2r", welcome, queue, phones, agents))
         pids = service_pids(system)
         tap.start()
+        if wire is not None:
+            wire.start()
         load0 = os.getloadavg()
         cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
         caller = Sipp(scenario("caller_waits_for_bye.xml"), remote=system.caller_target, service="f2r",
@@ -157,6 +165,8 @@ def main() -> None:
         time.sleep(1.5)   # the phones' last log lines
     finally:
         tap.stop.set()
+        if wire is not None:
+            wire.stop()
         for p in (welcome, queue, phones):
             p.stop()
     edge_log, dispatcher_log = system.services["sip-edge"].logfile, system.services["dispatcher"].logfile
@@ -171,6 +181,7 @@ def main() -> None:
     tap.join(2)
 
     totals = bye_to_invite_gaps(phones.scenario_log())   # SIPp: per agent, BYE sent -> INVITE received
+    on_wire = wire.bye_to_invite() if wire is not None else {}   # the same, kernel stamps on lo (s)
 
     # Redis: per agent, its rings in order; the call_ended (by the agent) of each call
     rings: dict[str, list[tuple[float, str, Id]]] = defaultdict(list)  # agent -> [(command id ms, call, id)]
@@ -195,7 +206,11 @@ def main() -> None:
         pairs = [(agent_rings[k], agent_rings[k + 1], read[k + 1], logged[k + 1]) for k in range(len(agent_rings) - 1)]
         if len(pairs) != len(gaps):
             continue
-        for ((_, call, _), (step_ms, next_call, ring_id), read_ms, ring_ms), total in zip(pairs, gaps, strict=True):
+        wire_pairs = on_wire.get(agent, [])
+        if len(wire_pairs) != len(pairs):
+            wire_pairs = [(math.nan, math.nan)] * len(pairs)
+        for ((_, call, _), (step_ms, next_call, ring_id), read_ms, ring_ms), total, (bye_s, invite_s) in zip(
+                pairs, gaps, wire_pairs, strict=True):
             if call not in ended or call not in ends_read:
                 continue
             ts, published, ended_id = ended[call]
@@ -210,23 +225,35 @@ def main() -> None:
             hops["step done -> edge read"].append(read_ms - step_ms)
             hops["edge read -> INVITE sent"].append(ring_ms - read_ms)
             hops["step done -> INVITE sent"].append(ring_ms - step_ms)
-            hops["BYE -> handled (rest)"].append(total - (ring_ms - ts))
             hops["total (SIPp: BYE -> INVITE)"].append(total)
+            if math.isnan(bye_s):
+                hops["BYE -> handled (rest)"].append(total - (ring_ms - ts))
+                continue
+            hops["BYE on the wire -> handled"].append(ts - bye_s * 1000)
+            hops["INVITE logged - on the wire"].append(ring_ms - invite_s * 1000)
+            hops["total (wire: BYE -> INVITE)"].append((invite_s - bye_s) * 1000)
 
     calls_done = args.calls
     print(f"\n== agent BYE -> next INVITE to that agent, hop by hop ({args.agents} agents hanging up after "
           f"{args.talk_ms} ms, {args.calls} callers at {args.rate}/s, wrap-up 0; SIPp rc {rc})")
     print(f"   load average before {load0[0]:.2f} {load0[1]:.2f} {load0[2]:.2f}, after {load1[0]:.2f} "
           f"{load1[1]:.2f} {load1[2]:.2f}")
-    for name in ("BYE -> handled (rest)", "handled -> published", "published -> dispatcher read",
-                 "dispatcher read -> step done", "step done -> edge read", "edge read -> INVITE sent",
-                 "step done -> INVITE sent", "total (SIPp: BYE -> INVITE)"):
-        print(row(name, hops[name]))
+    for name in ("BYE on the wire -> handled", "BYE -> handled (rest)", "handled -> published",
+                 "published -> dispatcher read", "dispatcher read -> step done",
+                 "step done -> edge read", "edge read -> INVITE sent",
+                 "step done -> INVITE sent", "INVITE logged - on the wire", "total (wire: BYE -> INVITE)",
+                 "total (SIPp: BYE -> INVITE)"):
+        if hops[name] or name.startswith("total (SIPp"):   # the wire's rows or the rest, as measured
+            print(row(name, hops[name]))
+    if wire is None:
+        print(f"   on the wire: not measured ({no_wire}); BYE -> handled is SIPp's total minus the hops")
     print(row("edge socket: 1st datagram's wait", batch_waits) + " (per batch read, whatever the datagram)")
     print(f"   left out: {nobody_waiting} pairs where no call was waiting when the agent hung up "
           "(the next call reported after the agent's BYE)")
     all_totals = [g for gs in totals.values() for g in gs]
-    print(row("total, every pair SIPp saw", [float(g) for g in all_totals]))
+    print(row("total, every pair SIPp saw", [float(g) for g in all_totals]) + " (SIPp's clock: 4 ms steps here)")
+    if on_wire:
+        print(row("total, every pair on the wire", [(inv - bye) * 1000 for gs in on_wire.values() for bye, inv in gs]))
     per_call = {name: (cpu1[name] - cpu0[name]) * 1000 / calls_done for name in pids}
     print("   CPU ms per call: " + ", ".join(f"{n} {v:.2f}" for n, v in per_call.items())
           + f" = {sum(per_call.values()):.2f} (the edge and the dispatcher log at debug)")

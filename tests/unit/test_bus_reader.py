@@ -4,6 +4,7 @@ client's `xreadgroup` gives them; an error reply leaves the connection usable; a
 away is an error of the client's kind, counted, and the next read connects again. And the quick
 sends of `QuickSendConnection`: a small send goes inline (no task of its own), a large one keeps
 the client's timeout, and a reply Redis does not give is still bounded by the socket timeout.
+The replies of one exchange are read under one timer, not one per reply, and are still bounded.
 After a Sentinel failover the reader finds the new master."""
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from redis.exceptions import ResponseError
 
 from callcenter.metrics import REDIS_ERRORS, CountingRedis
 from callcenter.redis import REDIS_DOWN, connect
-from callcenter.stream_read import QuickSendConnection, StreamReader, quick_sends
+from callcenter.stream_read import KeptConnection, QuickSendConnection, StreamReader, quick_sends
 from callcenter_dev.redis_topologies import RedisSentinelServers
 from callcenter_dev.servers import RedisServer
 
@@ -138,6 +139,55 @@ async def test_a_reply_redis_does_not_give_is_bounded_by_the_socket_timeout() ->
         finally:
             os.kill(server.proc.pid, signal.SIGCONT)
         assert await client.ping()
+    finally:
+        await client.aclose()
+        server.stop()
+
+
+async def test_the_replies_of_one_exchange_share_one_timer(redis: aioredis.Redis,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import redis.asyncio.connection as connection_module
+
+    per_reply: list[float] = []
+    real_timeout = connection_module.async_timeout
+
+    def counted(delay: float | None) -> Any:  # the client's per-read timer, observed
+        per_reply.append(delay or 0)
+        return real_timeout(delay)
+
+    monkeypatch.setattr(connection_module, "async_timeout", counted)
+    kept = KeptConnection(redis)
+    conn = await kept.get()
+    commands = [("SET", f"k{n}", n) for n in range(10)] + [("INCR", "k0"), ("GET", "k0"), ("LPUSH", "k1", "x")]
+    replies = await kept.exchange(conn.pack_commands(commands), len(commands))
+    assert replies[:10] == [b"OK"] * 10   # raw replies, as a pipeline reads them before its callbacks
+    assert replies[10:12] == [1, b"1"]
+    assert isinstance(replies[12], ResponseError)  # WRONGTYPE, read in its place; the others too
+    assert per_reply == []
+    assert await redis.get("k9") == b"9"   # the connection stayed in step
+    await kept.close()
+
+
+async def test_replies_redis_does_not_give_are_bounded_by_the_socket_timeout() -> None:
+    server = RedisServer().start()
+    client = aioredis.Redis.from_url(server.url, socket_timeout=0.5)
+    try:
+        kept = KeptConnection(client)
+        conn = await kept.get()
+        assert await kept.exchange(conn.pack_commands([("PING",)]), 1) == [b"PONG"]
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(REDIS_DOWN) as raised:
+                await kept.exchange(conn.pack_commands([("PING",), ("PING",)]), 2)
+            assert 0.4 < time.monotonic() - started < 5
+            assert "Timeout" in str(raised.value)
+            assert not conn.is_connected  # half-read: dropped
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert await kept.exchange(conn.pack_commands([("PING",)]), 1) == [b"PONG"]  # connects again
+        await kept.close()
     finally:
         await client.aclose()
         server.stop()
