@@ -86,6 +86,19 @@ class KeptConnection:
             raise
         return replies
 
+    @property
+    def connection(self) -> AbstractConnection | None:
+        """The kept connection, None before the first `get`."""
+        return self._conn
+
+    def write_now(self, packed: list[bytes]) -> bool:
+        """Write `packed` at once, without awaiting (the caller's turn of the loop sends it), when the
+        kept connection is up and takes it below its buffer's high-water mark; False, nothing
+        written, otherwise (no connection yet, a plain `Connection`, a health check due, a full
+        buffer): the caller sends through `exchange`. The replies are read with `exchange(None, n)`."""
+        conn = self._conn
+        return isinstance(conn, QuickSendConnection) and conn.write_now(packed)
+
     async def close(self, *, drop: bool = False) -> None:
         """Give the connection back to the pool (disconnected first with `drop`: replies still due)."""
         conn, self._conn = self._conn, None
@@ -245,6 +258,20 @@ class QuickSendConnection(Connection):
             await super().send_packed_command(command, check_health=False)
         finally:
             self.socket_timeout = timeout
+
+
+    def write_now(self, packed: list[bytes]) -> bool:
+        """`packed` written synchronously (see `KeptConnection.write_now`), or False."""
+        writer = self._writer if self.is_connected else None
+        if writer is None or (self.health_check_interval
+                              and asyncio.get_running_loop().time() > self.next_health_check):
+            return False
+        transport = writer.transport
+        if transport.is_closing() or (transport.get_write_buffer_size() + sum(len(c) for c in packed)
+                                      > transport.get_write_buffer_limits()[1]):
+            return False
+        writer.writelines(packed)
+        return True
 
 
 def quick_sends(redis: Redis) -> None:

@@ -9,6 +9,7 @@ publisher (marker key in the same MULTI, read before a retry) appends each repor
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 
 import msgpack
@@ -19,6 +20,7 @@ from callcenter.contract.reports import CallArrived, MediaAnswered, Report
 from callcenter.redis import REDIS_DOWN, connect
 from callcenter.redis_durability import MARKER_TTL_S
 from callcenter.store.keys import Keys
+from callcenter.stream_read import quick_sends
 from callcenter_dev.reply_cutter import ExecReplyCutter
 from callcenter_dev.servers import RedisServer
 from callcenter_sip_edge.checkpoint import Checkpoints
@@ -104,4 +106,38 @@ async def test_a_batch_that_did_not_land_is_sent_again(cutter: ExecReplyCutter, 
     assert cutter.cut == 1
     assert publisher.landed_on_retry == 0
     assert await seqs(redis) == [(c, n) for c in ("c1", "c2") for n in (1, 2)]
+    await client.aclose()
+
+
+async def test_a_started_batch_is_written_in_the_callers_turn_and_lands_once_whatever_the_cut(
+        cutter: ExecReplyCutter, redis: aioredis.Redis) -> None:
+    """`start` (the edge's kick after a delivery of facts) writes the batch without awaiting: it is in
+    Redis before `finish` runs; a lost EXEC reply or a cut before EXEC ends, through `finish`, with
+    each report appended once, as `publish` does."""
+    client = connect(cutter.url)
+    quick_sends(client)
+    publisher = ReportPublisher(client, KEYS, EDGE, Checkpoints(client, KEYS, EDGE))
+    assert not publisher.can_start()             # no kept connection yet: the ordinary path connects it
+    assert not publisher.start(call_reports("c0"))
+    await publisher.publish(call_reports("c1"))
+    assert publisher.can_start()
+
+    assert publisher.start(call_reports("c2"))
+    assert not publisher.can_start()             # one batch at a time
+    await asyncio.sleep(0.2)                     # no task reads for it: only the write in start() sent it
+    assert await seqs(redis) == [(c, n) for c in ("c1", "c2") for n in (1, 2)]
+    await publisher.finish()
+    assert publisher.can_start()
+
+    cutter.arm()                                 # EXEC runs, its reply is lost
+    assert publisher.start(call_reports("c3"))
+    await publisher.finish()
+    assert not publisher.start(call_reports("c4"))   # the cut dropped the kept connection:
+    await publisher.publish(call_reports("c4"))      # the ordinary path connects it again
+    cutter.arm(before=True)                      # the connection drops before EXEC reaches Redis
+    assert publisher.start(call_reports("c5"))
+    await publisher.finish()
+    assert cutter.cut == 2 and publisher.landed_on_retry == 1
+    assert await seqs(redis) == [(c, n) for c in ("c1", "c2", "c3", "c4", "c5") for n in (1, 2)]
+    assert (await redis.get(marker_key(KEYS, EDGE))) == f"{publisher.writer}:5".encode()
     await client.aclose()

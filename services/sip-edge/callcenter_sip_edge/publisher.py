@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import secrets
 from collections.abc import Sequence
+from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
@@ -66,16 +67,62 @@ class ReportPublisher:
         # one send per batch on a kept connection (transaction.py); a cluster client, or a WAIT after
         # EXEC, keeps the client's pipeline
         self.one_send = None if isinstance(redis, RedisCluster) or wait is not None else OneSend(redis)
+        # the batch `start` took: (batch, token, reports, plan, written at once), until `finish`
+        self._started: tuple[Sequence[Report | DialogCheckpoint], str, list[Report], CheckpointPlan, bool] | None = None
 
     async def publish(self, batch: Sequence[Report | DialogCheckpoint]) -> None:
         """Apply `batch` once, trying until Redis takes it."""
+        token, reports, plan = self._prepare(batch)
+        await self._until_applied(batch, token, reports, plan, failed=False)
+
+    def start(self, batch: Sequence[Report | DialogCheckpoint]) -> bool:
+        """Write `batch` now, in the caller's turn of the loop (no await), when the kept connection
+        takes it at once; `finish()` then reads its replies (and tries again on a failure, as
+        `publish` does). False, nothing planned or written: send it with `publish`. Saves the loop
+        iteration a task's wake-up costs between a fact and its MULTI (issue 15: agent BYE -> next
+        INVITE)."""
+        if not self.can_start():
+            return False
+        assert self.one_send is not None
+        token, reports, plan = self._prepare(batch)
+        if not self.one_send.start(self._commands(reports, plan, token)):
+            # the buffer would not take it: sent by finish() through the ordinary path
+            self._started = (batch, token, reports, plan, False)
+            return True
+        self._started = (batch, token, reports, plan, True)
+        return True
+
+    def can_start(self) -> bool:
+        """`start` would take a batch now (a kept connection, up, nothing started before)."""
+        return self.one_send is not None and self._started is None and self.one_send.can_start()
+
+    async def finish(self) -> None:
+        """Until the batch `start` took is applied (it reads the replies, or sends it again)."""
+        assert self._started is not None, "nothing was started"
+        (batch, token, reports, plan, written), self._started = self._started, None
+        assert self.one_send is not None
+        if written:
+            try:
+                await self.one_send.finish()
+            except (ConnectionError, OSError, aioredis.RedisError) as exc:
+                self._failed(exc, len(batch))
+                await asyncio.sleep(RETRY_FIRST_S)
+                await self._until_applied(batch, token, reports, plan, failed=True)
+                return
+            self.checkpoints.writer.applied(plan)
+            return
+        await self._until_applied(batch, token, reports, plan, failed=False)
+
+    def _prepare(self, batch: Sequence[Report | DialogCheckpoint]) -> tuple[str, list[Report], CheckpointPlan]:
         self.batches += 1
         token = f"{self.writer}:{self.batches}"
         reports = [item for item in batch if not isinstance(item, DialogCheckpoint)]
         # planned once: every try sends the same commands, and they count as written once applied
-        plan = self.checkpoints.plan(batch)
-        delay = RETRY_FIRST_S
-        failed = False
+        return token, reports, self.checkpoints.plan(batch)
+
+    async def _until_applied(self, batch: Sequence[Report | DialogCheckpoint], token: str, reports: list[Report],
+                             plan: CheckpointPlan, *, failed: bool) -> None:
+        delay = RETRY_FIRST_S * 2 if failed else RETRY_FIRST_S
         while True:
             try:
                 if failed and await already_landed(self.redis, self.marker, token):
@@ -86,19 +133,25 @@ class ReportPublisher:
                 break
             except (ConnectionError, OSError, aioredis.RedisError) as exc:
                 failed = True
-                self.checkpoints.writer.failed()
-                log.warning("edge.publish_failed", error=repr(exc), pending=len(batch))
+                self._failed(exc, len(batch))
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
         self.checkpoints.writer.applied(plan)
 
+    def _failed(self, exc: BaseException, size: int) -> None:
+        self.checkpoints.writer.failed()
+        log.warning("edge.publish_failed", error=repr(exc), pending=size)
+
+    def _commands(self, reports: Sequence[Report], plan: CheckpointPlan, token: str) -> list[tuple[Any, ...]]:
+        """The one-send batch: the marker first (once_marker's), the reports, the checkpoints."""
+        xadd = ("XADD", self.keys.reports, "*")
+        return [("SET", self.marker, token, "EX", MARKER_TTL_S),
+                *((*xadd, *(x for kv in report.to_fields().items() for x in kv)) for report in reports),
+                *plan.commands]
+
     async def _send(self, reports: Sequence[Report], plan: CheckpointPlan, token: str, size: int) -> None:
         if self.one_send is not None:
-            xadd = ("XADD", self.keys.reports, "*")
-            await self.one_send.execute([
-                ("SET", self.marker, token, "EX", MARKER_TTL_S),   # once_marker's
-                *((*xadd, *(x for kv in report.to_fields().items() for x in kv)) for report in reports),
-                *plan.commands])
+            await self.one_send.execute(self._commands(reports, plan, token))
             return
         async with self.redis.pipeline(transaction=True) as pipe:
             # first: the slot of a cluster transaction is the slot of its first key (the tenant's)

@@ -59,6 +59,13 @@ def report_class(kind: str) -> type[Report] | None:
     return _REPORT_OF_KIND.get(kind)
 
 
+class _Started:
+    """In the outbox: `kick` wrote a batch; the publisher's task reads its replies."""
+
+
+_STARTED = _Started()
+
+
 class EdgeService:
     """The asyncio side of the edge: publishes the SIP stack's facts as reports, executes its
     commands, beats its heartbeat, drains."""
@@ -71,7 +78,8 @@ class EdgeService:
         self.lease = IdLease(redis, settings.tenant, self.edge_id, settings.edge_lapse_ms, settings.edge_group)
         self._seq: dict[str, int] = {}
         self._ended_seq: dict[str, int] = {}   # insertion-ordered: the oldest is evicted first
-        self._outbox: asyncio.Queue[Report | DialogCheckpoint] = asyncio.Queue()
+        self._outbox: asyncio.Queue[Report | DialogCheckpoint | _Started] = asyncio.Queue()
+        self._publisher_idle = False   # its task waits for the outbox: `kick` may send for it
         self.checkpoints = Checkpoints(redis, self.keys, self.edge_id, live=self._seq.__contains__)
         self.publisher = ReportPublisher(redis, self.keys, self.edge_id, self.checkpoints,
                                          ReplicaWait.of(settings.redis_wait_replicas, settings.redis_wait_timeout_ms))
@@ -121,13 +129,45 @@ class EdgeService:
         self._ended_seq[call_id] = last + 1
         return last + 1
 
+    def kick(self) -> None:
+        """After a delivery of facts: when the publisher is idle, their batch is written to Redis
+        now, in this callback, not in the publisher's task, which a wake-up would run one loop
+        iteration later (behind the datagram batches that iteration reads: issue 15, agent BYE ->
+        next INVITE). The task then reads the replies (the marker `_STARTED` in the outbox tells it),
+        so batches still go one at a time, in order."""
+        if not self._publisher_idle or self._outbox.empty() or not self.publisher.can_start():
+            return
+        first = self._outbox.get_nowait()
+        assert not isinstance(first, _Started)   # only put here, while the task is not idle
+        self.publisher.start(self._take_batch(first))   # takes it: can_start() said so, nothing awaited since
+        self._publisher_idle = False
+        self._outbox.put_nowait(_STARTED)
+
+    def _take_batch(self, first: Report | DialogCheckpoint) -> list[Report | DialogCheckpoint]:
+        """`first` and what follows it in the outbox, up to 500 (a `_STARTED` is never among them:
+        it is put only while the task is idle, with the outbox emptied, and read by the task next)."""
+        batch = [first]
+        outbox = self._outbox
+        while not outbox.empty() and len(batch) < 500:
+            item = outbox.get_nowait()
+            assert not isinstance(item, _Started)
+            batch.append(item)
+        return batch
+
     async def _publish_reports(self) -> None:
-        """Send the outbox in batches, in order, each exactly once (publisher.py)."""
-        while True:
-            batch = [await self._outbox.get()]
-            while not self._outbox.empty() and len(batch) < 500:
-                batch.append(self._outbox.get_nowait())
-            await self.publisher.publish(batch)
+        """Send the outbox in batches, in order, each exactly once (publisher.py); or read the
+        replies of the batch `kick` wrote."""
+        try:
+            while True:
+                self._publisher_idle = True
+                item = await self._outbox.get()
+                self._publisher_idle = False
+                if isinstance(item, _Started):
+                    await self.publisher.finish()
+                    continue
+                await self.publisher.publish(self._take_batch(item))
+        finally:
+            self._publisher_idle = False   # stopped: nothing may start a batch it would not finish
 
     # -- commands -> SIP -----------------------------------------------------------------------
     async def _execute(self, entries: Sequence[Entry]) -> Mapping[str, Verdict]:
@@ -323,7 +363,7 @@ class EdgeService:
                               streams=StreamOptions.from_settings(s), registrar=None if self.registrations is None
                               else RegistrarSetup(self.registrations.options, self.registrations.nonces,
                                                   self.registrations.submit),
-                              session_timers=SessionTimerOptions.from_settings(s))
+                              session_timers=SessionTimerOptions.from_settings(s), on_facts_delivered=self.kick)
         try:
             self.stack.start()   # on the loop's thread: sippy runs on it
         except OSError as exc:

@@ -60,7 +60,8 @@ class SipStack:
                  invite_burst: int = 100, invite_rate_total: float = 0.0, invite_burst_total: int = 100,
                  priority_networks: str = "127.0.0.0/8,::1", adopt: Sequence[AdoptedCall] = (),
                  streams: StreamOptions | None = None, registrar: RegistrarSetup | None = None,
-                 session_timers: SessionTimerOptions | None = None) -> None:
+                 session_timers: SessionTimerOptions | None = None,
+                 on_facts_delivered: Callable[[], None] | None = None) -> None:
         """`trusted_networks`: INVITEs from other sources get 403 (and their in-dialog requests must
         come from a peer of the dialog). `invite_rate` (per second, 0 = no limit) and `invite_burst`:
         a per-source-IP token bucket, `invite_rate_total`/`invite_burst_total` one for all sources;
@@ -68,7 +69,9 @@ class SipStack:
         priority (X-CC-Priority, ;cc_priority=) is taken ("" = none). `adopt`: the calls a previous
         process of this edge id left (`checkpoint.Checkpoints.load`), adopted before the first datagram
         is read. `streams`: TCP and TLS (off by default; `stream_ports` says where they listen).
-        `session_timers`: RFC 4028 session timers (on by default, 1800 s; SessionTimerOptions)."""
+        `session_timers`: RFC 4028 session timers (on by default, 1800 s; SessionTimerOptions).
+        `on_facts_delivered`: called after each delivery of facts to `on_fact` (the service sends them
+        in that callback, rather than in a task woken an iteration later)."""
         self._adopt = list(adopt)
         self._streams = streams
         # REGISTERs (off without): `registrar.submit` runs in a loop callback of its own, its reply as a turn
@@ -79,6 +82,7 @@ class SipStack:
         self._host = host
         self._port = port
         self._on_fact = on_fact
+        self._on_facts_delivered = on_facts_delivered
         self._loop = loop
         self._advertised_host = advertised_host
         self._max_message_bytes = max_message_bytes
@@ -200,6 +204,11 @@ class SipStack:
                 on_fact(fact)
             except Exception:
                 log.exception("sip.on_fact_failed", kind=fact.kind, call_id=fact.call_id)
+        if self._on_facts_delivered is not None:
+            try:
+                self._on_facts_delivered()
+            except Exception:
+                log.exception("sip.on_facts_delivered_failed")
 
     # ------------------------------------------------------------------ registrations
     def _submit_register(self, request: RegisterRequest, reply: Callable[[Reply], None]) -> None:

@@ -39,20 +39,47 @@ class OneSend:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._kept = KeptConnection(redis)
+        self._due = 0   # replies of a batch `start` wrote, still to be read by `finish`
 
     async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
         """EXEC's reply (one entry per command), or the first error reply raised."""
         conn = await self._kept.get()
         # +OK to MULTI, +QUEUED to each command (or its refusal), then EXEC's reply (or EXECABORT)
         replies = await self._kept.exchange(conn.pack_commands([_MULTI, *commands, _EXEC]), len(commands) + 2)
-        for reply in replies:
-            if isinstance(reply, ResponseError):
-                raise reply
-        for reply in replies[-1] or ():
-            if isinstance(reply, ResponseError):
-                raise reply
-        return list(replies[-1] or ())
+        return _exec_reply(replies)
+
+    def can_start(self) -> bool:
+        """Nothing is due from the kept connection and it is up (`start` may still find its buffer full)."""
+        conn = self._kept.connection
+        return not self._due and conn is not None and conn.is_connected
+
+    def start(self, commands: Sequence[tuple[Any, ...]]) -> bool:
+        """MULTI, `commands`, EXEC written at once, in the caller's turn of the loop (no await); their
+        replies are read by `finish()`. False, nothing written, when the kept connection cannot take
+        them now (not connected yet, a batch's replies still due, a full buffer): use `execute`."""
+        conn = self._kept.connection
+        if self._due or conn is None or not self._kept.write_now(conn.pack_commands([_MULTI, *commands, _EXEC])):
+            return False
+        self._due = len(commands) + 2
+        return True
+
+    async def finish(self) -> list[Any]:
+        """The replies of what `start` wrote, as `execute` gives them (or raises)."""
+        n, self._due = self._due, 0
+        assert n, "nothing was started"
+        return _exec_reply(await self._kept.exchange(None, n))
 
     async def close(self) -> None:
         """Give the connection back to the client's pool."""
         await self._kept.close()
+
+
+def _exec_reply(replies: list[Any]) -> list[Any]:
+    """EXEC's reply from the replies to MULTI, the queued commands and EXEC; the first error raised."""
+    for reply in replies:
+        if isinstance(reply, ResponseError):
+            raise reply
+    for reply in replies[-1] or ():
+        if isinstance(reply, ResponseError):
+            raise reply
+    return list(replies[-1] or ())
