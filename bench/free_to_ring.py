@@ -53,6 +53,7 @@ from edge_calls import (
     bench_scenario,
     bye_to_invite_gaps,
     cpu_seconds,
+    pct,
     provision,
     service_pids,
     start_peer,
@@ -88,11 +89,6 @@ class StreamTap(threading.Thread):
                     eid = entry_id.decode()
                     self.last[name] = eid
                     self.entries.append((name, eid, decode(fields, eid)))
-
-
-def pct(values: list[float], p: float) -> float:
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(len(s) * p) - 1))]
 
 
 def row(name: str, values: list[float]) -> str:

@@ -69,16 +69,11 @@ class KeptConnection:
                     # reconnect to the address it had: after a failover, the old master)
                     await conn.connect()  # type: ignore[no-untyped-call]
                 await conn.send_packed_command(packed)
-            if n_replies:
-                timeout = conn.socket_timeout
-                if timeout:
-                    try:
-                        async with asyncio.timeout(timeout):
-                            await _read_replies(conn, n_replies, replies)
-                    except TimeoutError:
-                        raise RedisTimeoutError(f"Timeout reading {n_replies} replies from Redis") from None
-                else:
+            try:
+                async with asyncio.timeout(conn.socket_timeout or None):   # None: no timer
                     await _read_replies(conn, n_replies, replies)
+            except TimeoutError:
+                raise RedisTimeoutError(f"Timeout reading {n_replies} replies from Redis") from None
         except BaseException as exc:  # a half-read connection is out of step: drop it
             await conn.disconnect(nowait=True)
             if self._count_errors and isinstance(exc, REDIS_DOWN):
@@ -248,8 +243,7 @@ class QuickSendConnection(Connection):
             command = [command]
         else:
             command = list(command)
-        transport = writer.transport
-        if transport.get_write_buffer_size() + sum(len(c) for c in command) > transport.get_write_buffer_limits()[1]:
+        if not _fits(writer.transport, command):
             return await super().send_packed_command(command, check_health)
         if check_health:
             await self.check_health()  # type: ignore[no-untyped-call]  # with the timeout: it reads a PING reply
@@ -266,12 +260,16 @@ class QuickSendConnection(Connection):
         if writer is None or (self.health_check_interval
                               and asyncio.get_running_loop().time() > self.next_health_check):
             return False
-        transport = writer.transport
-        if transport.is_closing() or (transport.get_write_buffer_size() + sum(len(c) for c in packed)
-                                      > transport.get_write_buffer_limits()[1]):
+        if writer.transport.is_closing() or not _fits(writer.transport, packed):
             return False
         writer.writelines(packed)
         return True
+
+
+def _fits(transport: Any, packed: Sequence[bytes]) -> bool:
+    """`packed` stays below the transport's high-water mark: the write returns at once."""
+    return bool(transport.get_write_buffer_size() + sum(len(c) for c in packed)
+                <= transport.get_write_buffer_limits()[1])
 
 
 def quick_sends(redis: Redis) -> None:

@@ -73,7 +73,7 @@ class ReportPublisher:
     async def publish(self, batch: Sequence[Report | DialogCheckpoint]) -> None:
         """Apply `batch` once, trying until Redis takes it."""
         token, reports, plan = self._prepare(batch)
-        await self._until_applied(batch, token, reports, plan, failed=False)
+        await self._until_applied(batch, token, reports, plan)
 
     def start(self, batch: Sequence[Report | DialogCheckpoint]) -> bool:
         """Write `batch` now, in the caller's turn of the loop (no await), when the kept connection
@@ -100,18 +100,7 @@ class ReportPublisher:
         """Until the batch `start` took is applied (it reads the replies, or sends it again)."""
         assert self._started is not None, "nothing was started"
         (batch, token, reports, plan, written), self._started = self._started, None
-        assert self.one_send is not None
-        if written:
-            try:
-                await self.one_send.finish()
-            except (ConnectionError, OSError, aioredis.RedisError) as exc:
-                self._failed(exc, len(batch))
-                await asyncio.sleep(RETRY_FIRST_S)
-                await self._until_applied(batch, token, reports, plan, failed=True)
-                return
-            self.checkpoints.writer.applied(plan)
-            return
-        await self._until_applied(batch, token, reports, plan, failed=False)
+        await self._until_applied(batch, token, reports, plan, written=written)
 
     def _prepare(self, batch: Sequence[Report | DialogCheckpoint]) -> tuple[str, list[Report], CheckpointPlan]:
         self.batches += 1
@@ -121,15 +110,23 @@ class ReportPublisher:
         return token, reports, self.checkpoints.plan(batch)
 
     async def _until_applied(self, batch: Sequence[Report | DialogCheckpoint], token: str, reports: list[Report],
-                             plan: CheckpointPlan, *, failed: bool) -> None:
-        delay = RETRY_FIRST_S * 2 if failed else RETRY_FIRST_S
+                             plan: CheckpointPlan, *, written: bool = False) -> None:
+        """Try until Redis took the batch; `written`: its first try is already sent (`start`), and
+        is only read back."""
+        delay = RETRY_FIRST_S
+        failed = False
         while True:
             try:
                 if failed and await already_landed(self.redis, self.marker, token):
                     self.landed_on_retry += 1
                     log.info("edge.publish_landed", batch=self.batches, size=len(batch))
                     break
-                await self._send(reports, plan, token, len(batch))
+                if written:
+                    written = False
+                    assert self.one_send is not None
+                    await self.one_send.finish()
+                else:
+                    await self._send(reports, plan, token, len(batch))
                 break
             except (ConnectionError, OSError, aioredis.RedisError) as exc:
                 failed = True
