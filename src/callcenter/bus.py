@@ -33,6 +33,9 @@ Consumer contract (dispatcher, cdr-writer, any analytics consumer built on it):
   acknowledged: nothing is left to handle;
 - a Redis outage (connection refused, a restart) is waited out with back-off; a consumer group
   lost with a Redis that restarted empty is created again;
+- the entries pending under the consumer's own name are read once, oldest first, at a start (a
+  previous process of that name read them and died) and after a Redis error (a read Redis ran
+  whose reply was lost with the connection), before any new entry: they do not wait for a reclaim;
 - `request_stop()` (called by a signal handler) only flips a flag: the loop finishes the batch
   in hand, acknowledges it, and returns.
 
@@ -173,6 +176,9 @@ class StreamConsumer:
         self._ride_ok = False
         self._riding_acks: list[str] = []
         self._backoff_s = 0.0
+        # a read failed on a Redis error: its entries may have been delivered all the same
+        self._reread_own = False
+        self._last_id = "0"  # the last entry id a read gave
         self.handled = 0
         self.dead_lettered = 0
         self.lost = 0
@@ -197,9 +203,7 @@ class StreamConsumer:
     async def run(self) -> None:
         await self._until_redis(self.ensure_group)
         # entries this consumer name read before a restart and never acknowledged come first
-        while not self.stopping:
-            if not await self._until_redis(lambda: self._read("0")):
-                break
+        await self._until_redis(self._read_own)
         claim_every = max(self.claim_idle_ms / 2000, 0.05)
         loop = asyncio.get_running_loop()
         next_claim = loop.time()
@@ -209,6 +213,10 @@ class StreamConsumer:
                     await self._ack_now([])
                     await self._retry_held()
                     continue
+                if self._reread_own:
+                    await self._ack_now([])
+                    await self._read_own()
+                    self._reread_own = False
                 if loop.time() >= next_claim:
                     await self._ack_now([])
                     await self._reclaim()
@@ -218,6 +226,7 @@ class StreamConsumer:
                     await self._linger()
             except REDIS_DOWN as exc:
                 log.warning("consumer.redis_unavailable", stream=self.stream, error=repr(exc))
+                self._reread_own = True
                 await self._pause()
             except ResponseError as exc:
                 if str(exc).startswith("UNBLOCKED"):
@@ -245,6 +254,18 @@ class StreamConsumer:
         if self._reader is not None:
             await self._reader.close()
         log.info("consumer.stopped", stream=self.stream, group=self.group, handled=self.handled)
+
+    async def _read_own(self) -> None:
+        """Read once through the entries pending under this consumer's name, oldest first, from
+        the id after the last one read: those a previous process of this name read and never
+        acknowledged (at a start), or those whose delivery Redis made but whose reply never came
+        back (a connection cut, a redis-server stopped between running a read and sending its
+        reply): without this they would wait for a reclaim, `claim_idle_ms` later. An entry kept
+        pending on purpose (a handler's RETRY, the dispatcher's parked reports) is offered once
+        more, not in a loop."""
+        cursor = "0"
+        while not self.stopping and await self._read(cursor):
+            cursor = self._last_id
 
     async def _linger(self) -> None:
         """Let entries gather before the next read; a stop request cuts it short."""
@@ -329,6 +350,7 @@ class StreamConsumer:
         entries = resp[0][1]
         if not entries:
             return 0
+        self._last_id = text(entries[-1][0])
         self._ride_ok = start == ">"
         try:
             await self._process(entries)

@@ -11,7 +11,7 @@ import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
 from callcenter.bus import ACK, RETRY, StreamConsumer, Verdict
-from callcenter.contract.codec import Entry
+from callcenter.contract.codec import Entry, encode
 from callcenter_dev.producer import Producer
 from callcenter_dev.servers import RedisServer
 
@@ -239,6 +239,78 @@ async def test_an_ack_lost_to_a_redis_restart_is_sent_when_redis_is_back() -> No
         if other is not None:
             await other.aclose()
         server.stop()
+
+
+async def test_a_delivery_whose_reply_was_lost_is_read_again_once_redis_answers(
+        redis_server: RedisServer, redis: aioredis.Redis) -> None:
+    """Redis ran the consumer's read but the reply never reached it (the connection was cut, or a
+    redis-server stopped between running the read and sending its reply): the entries are pending
+    under the consumer's name. Once Redis answers again the consumer reads its own pending entries
+    first, instead of leaving them for a reclaim (claim_idle_ms here: 60 s)."""
+    victim = aioredis.Redis.from_url(redis_server.url, client_name="bus-victim")
+    seen: list[str] = []
+
+    async def handler(entries: Sequence[Entry]) -> Mapping[str, Verdict]:
+        seen.extend(e.data["agent_id"] for e in entries)
+        return {e.id: ACK for e in entries}
+
+    consumer = make(victim, handler, claim_idle_ms=60_000)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await publish(redis, "before")
+
+        async def idle() -> bool:
+            return seen == ["before"] and await pending(redis) == 0
+
+        await wait_for(idle)
+        clients = await redis.client_list()
+        ids = [c["id"] for c in clients if c.get("name") == "bus-victim"]
+        assert ids, "the consumer's connections are named"
+        async with redis.pipeline(transaction=True) as pipe:  # one step, as Redis saw it
+            pipe.xadd(STREAM, encode("agent.logged_in", {"ts": 1, "agent_id": "lost"}))
+            pipe.xreadgroup(GROUP, "c1", {STREAM: ">"})  # delivered to c1 ...
+            for client_id in ids:  # ... whose connections go before any reply reaches it
+                pipe.execute_command("CLIENT", "KILL", "ID", client_id)
+            await pipe.execute()
+
+        async def read_again() -> bool:
+            return "lost" in seen and await pending(redis) == 0
+
+        await wait_for(read_again, within_s=3)
+        assert seen == ["before", "lost"]
+    finally:
+        consumer.request_stop()
+        await asyncio.wait([task], timeout=2)
+        await victim.aclose()
+
+
+async def test_an_entry_kept_pending_is_offered_once_at_a_start_not_in_a_loop(redis: aioredis.Redis) -> None:
+    """A previous process of this name left an entry pending that the handler keeps pending
+    (RETRY: a parked report waits for its predecessor): the start offers it once and goes on to
+    new entries, rather than reading it again and again before anything else."""
+    await redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+    await publish(redis, "kept")
+    await redis.xreadgroup(GROUP, "c1", {STREAM: ">"})  # pending under c1 from before the start
+    offered: list[str] = []
+
+    async def handler(entries: Sequence[Entry]) -> Mapping[str, Verdict]:
+        offered.extend(e.data["agent_id"] for e in entries)
+        return {e.id: RETRY if e.data["agent_id"] == "kept" else ACK for e in entries}
+
+    consumer = make(redis, handler, claim_idle_ms=60_000)
+    task = asyncio.create_task(consumer.run())
+    try:
+        await publish(redis, "new")
+
+        async def new_handled() -> bool:
+            return "new" in offered
+
+        await wait_for(new_handled, within_s=3)
+        assert offered == ["kept", "new"]
+        assert await pending(redis) == 1  # the kept one, for a reclaim
+    finally:
+        consumer.request_stop()
+        await asyncio.wait([task], timeout=2)
 
 
 async def test_a_huge_bad_payload_is_logged_as_an_excerpt_with_its_size(redis: aioredis.Redis) -> None:
