@@ -319,6 +319,7 @@ async def test_a_flow_id_message_flow_queues_an_unanswered_caller_first(h: Harne
     assert (res.rc, res.detail) == (RC.OK, "offered")
     assert rings(await h.commands())[-1]["whisper_uri"] == "sip:flowid@127.0.0.1:7000"
     # a second answer (the queue media bridged again) offers nothing more
+    h.now += 5_000  # rejected by hand after 5 s (a phone failing at once waits out the hold first)
     await h.report("report.agent_failed", "c1", offer_id="1", agent_id="a1", reason="rejected")
     offers_before = len(rings(await h.commands()))  # the failed offer went back to a1 (wrap-up 0)
     res = await h.report("report.media_answered", "c1", purpose="queue", uri="sip:queue@127.0.0.1:7000")

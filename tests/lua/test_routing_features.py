@@ -48,8 +48,10 @@ async def test_max_no_answer_pauses_the_agent(h: Harness) -> None:
     await h.store.agent_upsert("a1", "sip:a1@127.0.0.1:1", ["sales"], 0, now=h.now, max_no_answer=2)
     await h.store.agent_login("a1", now=h.now)
     await h.arrive("c1")
+    h.now += 20_000  # rung out
     await h.report("report.agent_failed", "c1", offer_id="1", agent_id="a1", reason="no_answer")
     assert await h.state("a1") == "ringing"  # wrap-up 0: offered again at once (first miss)
+    h.now += 20_000
     await h.report("report.agent_failed", "c1", offer_id="2", agent_id="a1", reason="no_answer")
     assert await h.state("a1") == "paused"
     assert [d["reason"] for _, d in await h.events("agent.paused")] == ["no-answer"]

@@ -82,7 +82,8 @@ CALL_HANDLING: tuple[Param, ...] = (
           "a call whose ring the edge refused (busy with another leg of the call, e.g. its queue media still "
           "being set up) waits at the head of its queue until its media answers or this long, then is offered "
           "again; its agents are freed at once, with no penalty; a ring-all whose phones all failed within this "
-          "long of the offer waits out the rest of it before ringing them again", ge=0, le=60_000),
+          "long of the offer waits out the rest of it before ringing them again; an agent whose single ring failed "
+          "within this long is in wrap-up at least until this long after the ring", ge=0, le=60_000),
     # the stream caps are the retention job's last fuse (callcenter.retention), not an XADD MAXLEN:
     # below them a stream loses only what every consumer group has acknowledged
     Param("events_maxlen", int, 5_000_000, "fuse: cc:{t}:events is cut to this many entries, unread ones too, "

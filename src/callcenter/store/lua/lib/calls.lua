@@ -3,7 +3,7 @@
 -- NEEDS: config, core, stats, chat, agents, queue, offer
 
 -- An agent's call or offer is over: log out, pause, wrap-up or free (then take the next call).
-local function release_agent(agent_id, flow, with_wrapup)
+local function release_agent(agent_id, flow, with_wrapup, min_wrapup_ms)
   local agent = hgetall(k_agent(agent_id))
   if agent == nil then return end
   if agent.logout_pending == '1' then
@@ -14,7 +14,7 @@ local function release_agent(agent_id, flow, with_wrapup)
     pause(agent_id, agent, agent.pause_pending)
     return
   end
-  local w = with_wrapup and wrapup_ms(agent, flow) or 0
+  local w = with_wrapup and math.max(wrapup_ms(agent, flow), min_wrapup_ms or 0) or 0
   if w > 0 then
     set_agent_state(agent_id, agent, 'wrap_up', nil)
     redis.call('HSET', k_agent(agent_id), 'wrapup_end_ms', NOW + w)
@@ -28,7 +28,7 @@ end
 -- A chat of an agent is over (ended, or its offer failed): the slot is given back; a wrap-up
 -- (after a talk, or the penalty of a failed offer) is added to the agent's running chat wrap-up,
 -- which holds one slot back. With no chat left the agent logs out, pauses, wraps up or is free.
-local function release_chat(agent_id, call_id, flow, with_wrapup)
+local function release_chat(agent_id, call_id, flow, with_wrapup, min_wrapup_ms)
   local akey = k_agent(agent_id)
   local agent = hgetall(akey)
   if agent == nil then return end
@@ -36,7 +36,7 @@ local function release_chat(agent_id, call_id, flow, with_wrapup)
   local chats = redis.call('SCARD', k_agent_chats(agent_id))
   agent.chats = tostring(chats)
   redis.call('HSET', akey, 'chats', chats)
-  local w = with_wrapup and wrapup_ms(agent, flow) or 0
+  local w = with_wrapup and math.max(wrapup_ms(agent, flow), min_wrapup_ms or 0) or 0
   if w > 0 then
     local ends = math.max(NOW, num(agent.wrapup_end_ms, 0)) + w
     agent.wrapup_end_ms = tostring(ends)
@@ -60,9 +60,10 @@ local function release_chat(agent_id, call_id, flow, with_wrapup)
 end
 
 -- Release whatever an ended or failed offer held: the agent of an audio call, or a chat slot.
-local function release_for_call(agent_id, call_id, call, flow, with_wrapup)
-  if call.media_type == 'chat' then release_chat(agent_id, call_id, flow, with_wrapup)
-  else release_agent(agent_id, flow, with_wrapup) end
+-- min_wrapup_ms: the shortest wrap-up, whatever the agent's (a phone that failed its ring at once)
+local function release_for_call(agent_id, call_id, call, flow, with_wrapup, min_wrapup_ms)
+  if call.media_type == 'chat' then release_chat(agent_id, call_id, flow, with_wrapup, min_wrapup_ms)
+  else release_agent(agent_id, flow, with_wrapup, min_wrapup_ms) end
 end
 
 -- The fields a CDR row needs that the call hash holds (call.ended and call.agent_failed carry them,
@@ -212,7 +213,18 @@ local function offer_failed(call_id, call, reason)
     return
   end
   call_field_updates(call_id, call, { agent = '', offer = '', state = 'queued', ring_all = '' })
-  for _, agent_id in ipairs(failed_agents) do release_for_call(agent_id, call_id, call, flow, not ring_all) end
+  -- a phone that failed its ring within refused_offer_hold_ms (busy, do-not-disturb, unreachable:
+  -- it answers at once) is not rung again before that time from the ring is over, whatever the
+  -- agent's wrap-up: with a wrap-up of 0 it would be offered the next call (this one, when it is the
+  -- only agent) at once and fail again, round after round as fast as the edge answers, each round an
+  -- attempt row and a missed offer. Other agents take the call meanwhile.
+  local floor = 0
+  if not ring_all and reason ~= 'cancelled' then
+    floor = num(call.offered_ms, 0) + cfg('refused_offer_hold_ms') - NOW
+  end
+  for _, agent_id in ipairs(failed_agents) do
+    release_for_call(agent_id, call_id, call, flow, not ring_all, floor)
+  end
   -- release_agent may already have handed an agent another call; this one goes to the head
   call = hgetall(k_call(call_id))
   route_call(call_id, call, flow, true)
