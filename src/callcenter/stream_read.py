@@ -185,10 +185,7 @@ class StreamReader:
             read = conn.pack_command(*args, "STREAMS", self.stream, start)
             if len(self._reads) < 8:  # the consumer reads ">" and, at a start, "0": a few keys
                 self._reads[(start, count, block)] = read
-        packed: list[bytes] = []
-        if commands:
-            own = _pack_plain(commands, conn.encoder.encoding)
-            packed = [own] if own is not None else conn.pack_commands(commands)
+        packed = pack(conn, commands) if commands else []
         if ack_ids:
             packed += conn.pack_command("XACK", self.stream, self.group, *ack_ids)
         packed += read
@@ -201,10 +198,16 @@ class StreamReader:
         await self._kept.close(drop=drop)
 
 
+def pack(conn: AbstractConnection, commands: Sequence[tuple[Any, ...]]) -> list[bytes]:
+    """`commands` packed for one send on `conn`: by `_pack_plain` when it can, else by the client."""
+    own = _pack_plain(commands, conn.encoder.encoding)
+    return [own] if own is not None else conn.pack_commands(commands)
+
+
 def _pack_plain(commands: Sequence[tuple[Any, ...]], encoding: str) -> bytes | None:
-    """RESP of commands whose arguments are all bytes, str or int (the FCALLs of a batch), as the
-    client's `pack_commands` writes them in one buffer, without its per-argument encoder; None
-    for any other argument (the client packs those)."""
+    """RESP of commands whose arguments are all bytes, str or int (the FCALLs of a batch, the edge's
+    report transactions), as the client's `pack_commands` writes them in one buffer, without its
+    per-argument encoder; None for any other argument (the client packs those)."""
     out: list[bytes] = []
     for args in commands:
         out.append(b"*%d\r\n" % len(args))

@@ -184,3 +184,18 @@ def test_the_plain_packing_is_the_clients() -> None:
     commands = [fcall, ("INCRBY", "ké", -3)]
     assert _pack_plain(commands, "utf-8") == b"".join(Connection().pack_commands(commands))
     assert _pack_plain([("SET", "k", 1.5)], "utf-8") is None  # a float: the client packs it
+
+
+def test_pack_takes_the_plain_packing_and_falls_back_to_the_clients() -> None:
+    """`pack` (the edge's report transactions and the dispatcher's batches) writes what the client
+    would: its own packing for bytes, str and int, the client's for anything else."""
+    from redis.asyncio.connection import Connection
+
+    from callcenter.stream_read import pack
+    conn = Connection()
+    batch = [("MULTI",), ("SET", "cc:{t}:edge:e1:once", "tok", "EX", 300),
+             ("XADD", "cc:{t}:reports", "*", "type", "report.call_ended", "v", 1, "data", b"\x81\xa1a\x01"),
+             ("HSET", "cc:{t}:dialog:c1", "phase", "talking", "snapshot", '{"k": "é"}'), ("EXEC",)]
+    assert pack(conn, batch) == [b"".join(conn.pack_commands(batch))]
+    with_float = [*batch[:-1], ("ZADD", "cc:{t}:timers", 1.5, "x"), ("EXEC",)]
+    assert b"".join(pack(conn, with_float)) == b"".join(conn.pack_commands(with_float))

@@ -27,7 +27,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from callcenter.stream_read import KeptConnection
+from callcenter.stream_read import KeptConnection, pack
 
 _MULTI = ("MULTI",)
 _EXEC = ("EXEC",)
@@ -45,7 +45,7 @@ class OneSend:
         """EXEC's reply (one entry per command), or the first error reply raised."""
         conn = await self._kept.get()
         # +OK to MULTI, +QUEUED to each command (or its refusal), then EXEC's reply (or EXECABORT)
-        replies = await self._kept.exchange(conn.pack_commands([_MULTI, *commands, _EXEC]), len(commands) + 2)
+        replies = await self._kept.exchange(pack(conn, [_MULTI, *commands, _EXEC]), len(commands) + 2)
         return _exec_reply(replies)
 
     def can_start(self) -> bool:
@@ -58,7 +58,7 @@ class OneSend:
         replies are read by `finish()`. False, nothing written, when the kept connection cannot take
         them now (not connected yet, a batch's replies still due, a full buffer): use `execute`."""
         conn = self._kept.connection
-        if self._due or conn is None or not self._kept.write_now(conn.pack_commands([_MULTI, *commands, _EXEC])):
+        if self._due or conn is None or not self._kept.write_now(pack(conn, [_MULTI, *commands, _EXEC])):
             return False
         self._due = len(commands) + 2
         return True
