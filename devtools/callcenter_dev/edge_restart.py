@@ -12,6 +12,7 @@ does not count, or a harness would take a dead edge for a live one.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 from callcenter_dev.processes import ServiceProcess
 from callcenter_dev.servers import udp_port_bound_by
@@ -41,15 +42,24 @@ def restart_on_its_port(old: ServiceProcess, timeout_s: float = 30.0, retry_s: f
     process holds its SIP port; an exit 75 (port or id held by another process) is followed by
     another start after `retry_s`. Raises RuntimeError on any other exit or after `timeout_s`."""
     old.stop()
+    return start_on_its_port(lambda: ServiceProcess(old.name, old.env, health_url=old.health_url, logfile=old.logfile),
+                             timeout_s, retry_s)
+
+
+def start_on_its_port(make: Callable[[], ServiceProcess], timeout_s: float = 30.0,
+                      retry_s: float = 0.2) -> ServiceProcess:
+    """Start the edge `make()` gives (a new process each try: a successor, a peer taking over a
+    lost edge's address) and return once it holds its SIP port; an exit 75 is followed by another
+    start after `retry_s`. Raises RuntimeError on any other exit or after `timeout_s`."""
     deadline = time.monotonic() + timeout_s
     refused = 0
     while True:
-        svc = ServiceProcess(old.name, old.env, health_url=old.health_url, logfile=old.logfile)
+        svc = make()
         code = start_holding_its_port(svc, deadline)
         if code is None:
             return svc
         refused += 1
         if code != EXIT_START_REFUSED or time.monotonic() > deadline:
-            raise RuntimeError(f"{old.name} did not take its port {old.env['CC_SIP_PORT']} again (exit {code}, "
+            raise RuntimeError(f"{svc.name} did not take its port {svc.env['CC_SIP_PORT']} (exit {code}, "
                                f"{refused} start(s) refused in {timeout_s:g} s):\n{svc.log()}")
         time.sleep(retry_s)

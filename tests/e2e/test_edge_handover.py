@@ -18,6 +18,7 @@ from collections.abc import Iterator
 import pytest
 from e2e_harness import caller_on_queue_media, restartable_edge_system
 
+from callcenter_dev.edge_restart import start_on_its_port
 from callcenter_dev.processes import ServiceProcess
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.servers import free_port
@@ -59,8 +60,10 @@ def test_a_peer_on_the_same_address_adopts_the_calls_of_a_lost_edge(system: Whol
     # the lost edge dies; its address moves to a peer of its group (another id) at once
     system.kill_edge()
     health = free_port()
-    peer = ServiceProcess("sip-edge", {**system.edge_env, "CC_EDGE_ID": PEER, "CC_HEALTH_PORT": str(health)},
-                          health_url=f"http://127.0.0.1:{health}/healthz").start()
+    # started again should another process take the freed port first (callcenter_dev.edge_restart)
+    peer = start_on_its_port(lambda: ServiceProcess(
+        "sip-edge", {**system.edge_env, "CC_EDGE_ID": PEER, "CC_HEALTH_PORT": str(health)},
+        health_url=f"http://127.0.0.1:{health}/healthz"))
     system.services["sip-edge-peer"] = peer
 
     # the waiting caller is ended by the peer with a true record; caller and queue media get BYE

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 from e2e_harness import caller, ok, ring_before_media, start
 
+from callcenter_dev.edge_restart import start_on_its_port
 from callcenter_dev.processes import ServiceProcess
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.servers import free_port
@@ -62,8 +63,10 @@ def test_an_adopted_call_keeps_its_negotiated_session_timer(system: WholeSystem,
 
     system.kill_edge()
     health = free_port()
-    peer = ServiceProcess("sip-edge", {**system.edge_env, "CC_EDGE_ID": PEER, "CC_HEALTH_PORT": str(health)},
-                          health_url=f"http://127.0.0.1:{health}/healthz").start()
+    # started again should another process take the freed port first (callcenter_dev.edge_restart)
+    peer = start_on_its_port(lambda: ServiceProcess(
+        "sip-edge", {**system.edge_env, "CC_EDGE_ID": PEER, "CC_HEALTH_PORT": str(health)},
+        health_url=f"http://127.0.0.1:{health}/healthz"))
     system.services["sip-edge-peer"] = peer
 
     # the caller scenario passes only if two UPDATEs saying 12;refresher=uac came before its BYE
