@@ -183,7 +183,8 @@ class StreamReader:
             if block is not None:
                 args += ("BLOCK", block)
             read = conn.pack_command(*args, "STREAMS", self.stream, start)
-            if len(self._reads) < 8:  # the consumer reads ">" and, at a start, "0": a few keys
+            # kept for ">" and "0" only: a walk of the consumer's own entries reads from ever new ids
+            if start in (">", "0") and len(self._reads) < 8:
                 self._reads[(start, count, block)] = read
         packed = pack(conn, commands) if commands else []
         if ack_ids:

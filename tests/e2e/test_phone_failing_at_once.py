@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from e2e_harness import started_system
 
 from callcenter_dev.scenarios import scenario
 from callcenter_dev.sipp import Sipp
@@ -24,12 +25,8 @@ WAIT_MS = 4000  # the caller's time on the queue media before it hangs up
 
 
 @pytest.fixture
-def system(tmp_path: Path) -> Iterator[WholeSystem]:
-    system = WholeSystem.start(tmp_path, tenant="dnd")
-    try:
-        yield system
-    finally:
-        system.stop()
+def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
+    yield from started_system(tmp_path_factory, "dnd")
 
 
 def test_a_phone_that_declines_at_once_is_rung_about_once_a_second(system: WholeSystem, peers: list[Sipp]) -> None:

@@ -199,15 +199,15 @@ local function offer_failed(call_id, call, reason)
     finish_call(call_id, call, 'failed', 'system', 'flow_removed')
     return
   end
-  local held_until = ring_all and num(call.offered_ms, 0) + cfg('refused_offer_hold_ms') or 0
-  if held_until > NOW then
+  local hold_ends = num(call.offered_ms, 0) + cfg('refused_offer_hold_ms')
+  if ring_all and hold_ends > NOW then
     -- every phone of a ring-all failed at once (unreachable, busy, rejecting): its agents are freed
     -- without penalty, so offering the call again now would ring the same phones and fail the same
     -- way, round after round, as fast as the edge answers. It waits at the head of its queue for
     -- what is left of refused_offer_hold_ms since the offer, as a refused ring does.
     call_field_updates(call_id, call, { agent = '', offer = '', state = 'queued', ring_all = '',
-                                        held_until_ms = held_until })
-    add_timer(held_until, 'held|' .. call_id)
+                                        held_until_ms = hold_ends })
+    add_timer(hold_ends, 'held|' .. call_id)
     enqueue(call_id, call, flow, true)
     for _, agent_id in ipairs(failed_agents) do release_for_call(agent_id, call_id, call, flow, false) end
     return
@@ -218,10 +218,7 @@ local function offer_failed(call_id, call, reason)
   -- agent's wrap-up: with a wrap-up of 0 it would be offered the next call (this one, when it is the
   -- only agent) at once and fail again, round after round as fast as the edge answers, each round an
   -- attempt row and a missed offer. Other agents take the call meanwhile.
-  local floor = 0
-  if not ring_all and reason ~= 'cancelled' then
-    floor = num(call.offered_ms, 0) + cfg('refused_offer_hold_ms') - NOW
-  end
+  local floor = (not ring_all and reason ~= 'cancelled') and hold_ends - NOW or 0
   for _, agent_id in ipairs(failed_agents) do
     release_for_call(agent_id, call_id, call, flow, not ring_all, floor)
   end
