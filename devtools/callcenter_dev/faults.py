@@ -385,11 +385,11 @@ class Rig:
             slack_ms = int((time.monotonic() - struck) * 2000) + SIP_T1_MS if fault.deaf else 0
             if self.deaf_ms and not fault.deaf:
                 slack_ms = 2 * self.deaf_ms + SIP_T1_MS
+        finally:
+            # the calls end as SIPp plays them even when the recovery failed: a caller stopped
+            # mid-call would leave its call up (and its agent busy) for the next fault to count
             for c in callers:
                 c.wait()
-        finally:
-            for c in callers:
-                c.stop()
         self._settle(load.settle_s)
         result = self.measure(fault, callers, since, dead_before, TALK_TOLERANCE_MS + slack_ms)
         result.seconds = time.monotonic() - started

@@ -6,7 +6,9 @@ Writes: the health endpoint (`CC_HEALTH_PORT`, see `callcenter.health`) and log 
 A service's `main.run` builds its parts (Redis client, consumer, handlers) and hands them to
 `run_service`, which:
 - installs SIGTERM/SIGINT handlers that only set the `stop` event (tests running a service
-  in-process set it themselves: signal handlers exist only in the main thread);
+  in-process set it themselves: signal handlers exist only in the main thread); a process started
+  by `start_from_command_line` ignores them once the service has closed, so a second SIGTERM while
+  it exits does not turn its clean exit into -15;
 - serves /healthz and /readyz when a port is set; /readyz is false once stopping;
 - runs the service's `prepare` step (wait for a database, write config), then its main work and
   its background loops; when `stop` is set it calls `on_stop` (the work's own flag), gives the
@@ -38,11 +40,29 @@ S = TypeVar("S", bound=CommonSettings)
 Loop = Callable[[asyncio.Event], Awaitable[object]]  # runs until the event is set
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
 def on_stop_signals(stop: Callable[[], None]) -> None:
     """Call `stop` on SIGTERM or SIGINT; the service then drains and returns from its main loop."""
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in STOP_SIGNALS:
         loop.add_signal_handler(sig, stop)
+
+
+async def _then_ignore_stop_signals(main: Coroutine[Any, Any, None]) -> None:
+    """Run a service's `run`; once it has returned (drained and closed), a further SIGTERM or SIGINT
+    (a supervisor's second one, a rolling update's tool) has nothing left to stop. Closing the event
+    loop would put back their default action, which kills the winding-down process with the signal
+    (exit -15, 143 in a shell) and turns a clean exit into a failure: they are taken from the loop
+    and ignored instead, for the last moments of the process."""
+    try:
+        await main
+    finally:
+        loop = asyncio.get_running_loop()
+        for sig in STOP_SIGNALS:
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, signal.SIG_IGN)
 
 
 def settings_help(settings_type: type[BaseSettings]) -> str:
@@ -70,7 +90,7 @@ def start_from_command_line(prog: str, description: str, settings_type: type[S],
     parse_command_line(prog, description, settings_type, argv)
     settings = settings_type()
     configure_logging(settings.log_level, settings.log_format)
-    asyncio.run(run(settings))
+    asyncio.run(_then_ignore_stop_signals(run(settings)))
 
 
 async def run_service(name: str, *, redis: aioredis.Redis, health_port: int, ready: ReadyCheck,

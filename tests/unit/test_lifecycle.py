@@ -6,6 +6,9 @@ service's failure, and the Redis client is closed in every case."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -154,3 +157,39 @@ async def test_health_binds_loopback_unless_told(client: Client, monkeypatch: py
     stop.set()
     await asyncio.wait_for(service, 2)
     assert bound == ["127.0.0.1"]  # services pass CC_HEALTH_HOST to widen it
+
+
+# A service process: SIGTERMs itself once running (the stop), drains, closes, then gets a second
+# SIGTERM while it exits (a supervisor's or a rolling update's second signal) and says it lived on.
+SECOND_SIGTERM = """
+import asyncio, os, signal, sys, time
+import redis.asyncio as aioredis
+from callcenter.lifecycle import run_service, start_from_command_line
+from callcenter.settings import CommonSettings
+
+async def run(settings):
+    stopping = asyncio.Event()
+
+    async def work():
+        os.kill(os.getpid(), signal.SIGTERM)
+        await stopping.wait()
+
+    async def ready():
+        return True
+
+    await run_service("second-sigterm", redis=aioredis.Redis(), health_port=0, ready=ready, work=work,
+                      on_stop=stopping.set)
+
+start_from_command_line("second-sigterm", "", CommonSettings, run, argv=[])
+os.kill(os.getpid(), signal.SIGTERM)
+time.sleep(0.2)
+print("exited cleanly", flush=True)
+"""
+
+
+def test_a_second_sigterm_while_the_process_exits_does_not_kill_it() -> None:
+    """The fault suite's rolling update sends SIGTERM, then SIGTERM again to wait for the exit: a
+    cdr-writer that had drained by then died of the second one (-15) with the event loop closed."""
+    proc = subprocess.run([sys.executable, "-c", SECOND_SIGTERM], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "CC_LOG_FORMAT": "json"})
+    assert (proc.returncode, proc.stdout.strip()) == (0, "exited cleanly"), proc.stderr
