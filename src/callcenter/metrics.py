@@ -56,6 +56,10 @@ REDIS_ERRORS = Counter("callcenter_redis_errors", "Redis commands or pipelines t
 REDIS_WAIT_MISSING = Counter("callcenter_redis_wait_missing", "Replicas that had not acknowledged a write when "
                              "its WAIT (CC_REDIS_WAIT_REPLICAS) timed out, by path: edge_publish, "
                              "dispatcher_ack", ["path"], registry=REGISTRY)
+EDGE_APPLIED = Counter("callcenter_edge_steps_applied", "Reports that free an agent (a call's end) the "
+                       "sip-edge appended and applied in one step (CC_APPLY_CALL_ENDS), by result: OK, DUPLICATE, "
+                       "OUT_OF_ORDER (left to the dispatchers), ..., ERROR (appended again by XADD)", ["rc"],
+                       registry=REGISTRY)
 # decision latency: a report's stream entry (Redis time at XADD) to its atomic step applied; and a
 # ring decision (the ring command's entry: the step that gave a free agent the call) to the edge
 # handing the ring to its SIP stack. An agent freed by wrap-up's end is seen by the timer loop

@@ -210,6 +210,12 @@ class EdgeSettings(CommonSettings):
     sip_session_min_se_s: int = Field(default=90, ge=1)
     sip_session_refresher: str = Field(default="uas", pattern=r"^(uac|uas)$")
     sip_session_short_for_tests: bool = False
+    # a call's end (report.call_ended) is appended and applied in one Lua step, in the transaction
+    # that reports it, so its agent's next call is rung without waiting for a dispatcher; the
+    # dispatchers still read it (DUPLICATE) and apply it when an earlier report of the call was not
+    # applied yet. On one Redis server (or Sentinel) without CC_REDIS_WAIT_REPLICAS; false: the
+    # dispatchers apply every report
+    apply_call_ends: bool = True
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
     # the lease on the edge id lives this long unless a heartbeat renews it: set it to the
     # dispatchers' CC_EDGE_LAPSE_MS (a restart after a crash waits at most this long for the id)

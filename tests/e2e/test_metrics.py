@@ -107,6 +107,9 @@ def test_every_service_counts_a_call(system: WholeSystem, peers: list[Sipp]) -> 
     assert value(after["api"], "callcenter_queue_calls", flow=FLOW) == 0
     assert value(after["sip-edge"], "callcenter_dispatch_latency_seconds_count", path="agent_free_to_ring") == 1
     assert value(after["sip-edge"], "callcenter_sip_requests_total", direction="in", method="BYE") >= 1
+    # the call's end was applied by the edge's own batch (CC_APPLY_CALL_ENDS), then found DUPLICATE
+    assert value(after["sip-edge"], "callcenter_edge_steps_applied_total", rc="OK") == \
+        value(before["sip-edge"], "callcenter_edge_steps_applied_total", rc="OK") + 1
     assert value(after["dispatcher"], "callcenter_dispatch_latency_seconds_count", path="report_to_decision") > \
         value(waiting["dispatcher"], "callcenter_dispatch_latency_seconds_count", path="report_to_decision")
     for service in system.services:  # nothing dead-lettered, Redis never away

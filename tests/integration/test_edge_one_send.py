@@ -26,7 +26,7 @@ from callcenter_sip_edge.checkpoint import Checkpoints
 from callcenter_sip_edge.facts import Fact
 from callcenter_sip_edge.publisher import ReportPublisher
 from callcenter_sip_edge.service import EdgeService
-from callcenter_sip_edge.transaction import OneSend
+from callcenter_sip_edge.transaction import OneSend, raise_errors
 
 KEYS = Keys("one")
 
@@ -37,9 +37,12 @@ async def test_replies_and_errors_keep_the_connection_in_step(redis_server: Redi
     tx = OneSend(client)
     # the replies as Redis gives them
     assert await tx.execute([("SET", "k", "v"), ("INCR", "n"), ("HSET", "h", "f", 1)]) == [b"OK", 1, 1]
-    # an error while EXEC runs (the other commands ran): raised after the whole reply is read
+    # an error while EXEC runs (the other commands ran): in its place, the whole reply read
+    reply = await tx.execute([("INCR", "n"), ("HSET", "k", "f", 1), ("INCR", "n")])
+    assert reply[0::2] == [2, 3] and isinstance(reply[1], ResponseError) and "WRONGTYPE" in str(reply[1])
+    raise_errors(reply, but=[1])
     with pytest.raises(ResponseError, match="WRONGTYPE"):
-        await tx.execute([("INCR", "n"), ("HSET", "k", "f", 1), ("INCR", "n")])
+        raise_errors(reply)
     assert await redis.get("n") == b"3"
     # a command refused when queued: nothing runs (EXECABORT), the error of the command is raised
     with pytest.raises(ResponseError, match="wrong number of arguments"):

@@ -9,6 +9,16 @@ or failover after EXEC ran must not append the batch twice (callcenter.redis_dur
 With `CC_REDIS_WAIT_REPLICAS`, WAIT follows each EXEC on the same connection. A batch goes in one
 send on a connection the publisher keeps (transaction.py), through the client's pipeline on a
 Redis Cluster or with WAIT.
+
+A report that frees an agent (`store.sources.APPENDED_REPORTS`: a call's end) is appended by its
+step's `appended` function rather than by XADD, when `apply_at_once` (`CC_APPLY_CALL_ENDS`) and the
+batch goes in one send: the function appends it and applies it in the same atomic step, so the
+agent's next call is rung (its command on this edge's stream) without a dispatcher's hop between
+(issue 15). The step's own checks keep this safe: a report whose predecessors are not applied yet
+comes back OUT_OF_ORDER and changes nothing, and the dispatcher, which reads every report, applies
+it in its turn or finds it DUPLICATE. Should the function fail (Redis without the library: it is
+loaded then), the report is appended again by XADD in a batch of its own: on the stream twice at
+worst, the second a DUPLICATE.
 """
 
 from __future__ import annotations
@@ -23,6 +33,7 @@ import structlog
 from redis.asyncio import RedisCluster
 
 from callcenter.contract.reports import Report
+from callcenter.metrics import EDGE_APPLIED
 from callcenter.redis_durability import (
     MARKER_TTL_S,
     ReplicaWait,
@@ -32,10 +43,13 @@ from callcenter.redis_durability import (
     once_marker,
     wait_after,
 )
+from callcenter.store.codes import RC
 from callcenter.store.keys import Keys
+from callcenter.store.scripts import not_loaded, now_ms
+from callcenter.store.sources import library
 from callcenter_sip_edge.checkpoint import Checkpoints, DialogCheckpoint
 from callcenter_sip_edge.checkpoint_writes import CheckpointPlan
-from callcenter_sip_edge.transaction import OneSend
+from callcenter_sip_edge.transaction import OneSend, raise_errors
 
 log = structlog.get_logger(__name__)
 
@@ -53,7 +67,7 @@ class ReportPublisher:
     """Sends the edge's batches of reports and checkpoints, one MULTI each."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, edge_id: str, checkpoints: Checkpoints,
-                 wait: ReplicaWait | None = None) -> None:
+                 wait: ReplicaWait | None = None, *, apply_at_once: bool = False) -> None:
         self.redis = redis
         self.keys = keys
         self.checkpoints = checkpoints
@@ -67,6 +81,10 @@ class ReportPublisher:
         # one send per batch on a kept connection (transaction.py); a cluster client, or a WAIT after
         # EXEC, keeps the client's pipeline
         self.one_send = None if isinstance(redis, RedisCluster) or wait is not None else OneSend(redis)
+        # report type -> the function that appends and applies it (one send only: see the module's doc)
+        self.appended = dict(library().appended) if apply_at_once and self.one_send is not None else {}
+        self.applied: dict[str, int] = {}   # results of those steps, by RC name
+        self._library_due = False            # such a function was not found: load the library
         # the batch `start` took: (batch, token, reports, plan, written at once), until `finish`
         self._started: tuple[Sequence[Report | DialogCheckpoint], str, list[Report], CheckpointPlan, bool] | None = None
 
@@ -110,23 +128,26 @@ class ReportPublisher:
         return token, reports, self.checkpoints.plan(batch)
 
     async def _until_applied(self, batch: Sequence[Report | DialogCheckpoint], token: str, reports: list[Report],
-                             plan: CheckpointPlan, *, written: bool = False) -> None:
+                             plan: CheckpointPlan, *, written: bool = False, xadd_only: bool = False) -> None:
         """Try until Redis took the batch; `written`: its first try is already sent (`start`), and
         is only read back."""
         delay = RETRY_FIRST_S
         failed = False
+        again: list[Report] = []
         while True:
             try:
                 if failed and await already_landed(self.redis, self.marker, token):
                     self.landed_on_retry += 1
                     log.info("edge.publish_landed", batch=self.batches, size=len(batch))
                     break
+                reply: list[Any] | None
                 if written:
                     written = False
                     assert self.one_send is not None
-                    await self.one_send.finish()
+                    reply = await self.one_send.finish()
                 else:
-                    await self._send(reports, plan, token, len(batch))
+                    reply = await self._send(reports, plan, token, len(batch), xadd_only)
+                again = self._appended_results(reports, reply, xadd_only)
                 break
             except (ConnectionError, OSError, aioredis.RedisError) as exc:
                 failed = True
@@ -134,22 +155,75 @@ class ReportPublisher:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_S)
         self.checkpoints.writer.applied(plan)
+        if again:
+            await self._append_again(again)
+
+    def _appended_results(self, reports: Sequence[Report], reply: Sequence[Any] | None,
+                          xadd_only: bool) -> list[Report]:
+        """Count the results of the batch's appending steps; raise any other command's error; the
+        reports whose function failed, to be appended again."""
+        if reply is None:
+            return []
+        appended = {} if xadd_only else self.appended
+        at = [1 + i for i, report in enumerate(reports) if report.TYPE in appended]  # after the marker
+        raise_errors(reply, but=at)
+        again = []
+        for i in at:
+            result = reply[i]
+            if isinstance(result, Exception):
+                again.append(reports[i - 1])
+                name = "ERROR"
+                log.warning("edge.appended_step_failed", type=reports[i - 1].TYPE, error=str(result)[:300])
+                if not_loaded(result):
+                    self._library_due = True
+            else:
+                name = RC(int(result[0])).name
+            self.applied[name] = self.applied.get(name, 0) + 1
+            EDGE_APPLIED.labels(name).inc()
+        return again
+
+    async def _append_again(self, reports: list[Report]) -> None:
+        """Append by XADD, in a batch of their own, the reports whose appending function failed;
+        load the function library first when Redis did not have it (a failure to load it turns
+        the appending functions off, with a warning: the dispatchers apply those reports then)."""
+        if self._library_due:
+            self._library_due = False
+            try:
+                await self.redis.function_load(library().source, replace=True)
+            except aioredis.ResponseError as exc:
+                self.appended = {}
+                log.warning("edge.appended_steps_off", error=str(exc)[:300])
+        self.batches += 1
+        # their checkpoints went with the batch that carried them: none here
+        await self._until_applied(reports, f"{self.writer}:{self.batches}", reports, CheckpointPlan(), xadd_only=True)
 
     def _failed(self, exc: BaseException, size: int) -> None:
         self.checkpoints.writer.failed()
         log.warning("edge.publish_failed", error=repr(exc), pending=size)
 
-    def _commands(self, reports: Sequence[Report], plan: CheckpointPlan, token: str) -> list[tuple[Any, ...]]:
+    def _commands(self, reports: Sequence[Report], plan: CheckpointPlan, token: str,
+                  xadd_only: bool = False) -> list[tuple[Any, ...]]:
         """The one-send batch: the marker first (once_marker's), the reports, the checkpoints."""
+        appended = {} if xadd_only else self.appended
         xadd = ("XADD", self.keys.reports, "*")
-        return [("SET", self.marker, token, "EX", MARKER_TTL_S),
-                *((*xadd, *(x for kv in report.to_fields().items() for x in kv)) for report in reports),
-                *plan.commands]
+        now = now_ms() if appended else 0
+        commands: list[tuple[Any, ...]] = [("SET", self.marker, token, "EX", MARKER_TTL_S)]
+        for report in reports:
+            fields = report.to_fields()
+            function = appended.get(report.TYPE)
+            if function is None:
+                commands.append((*xadd, *(x for kv in fields.items() for x in kv)))
+            else:
+                commands.append(("FCALL", function, 1, self.keys.events, now,
+                                 fields["type"], fields["v"], fields["data"]))
+        commands += plan.commands
+        return commands
 
-    async def _send(self, reports: Sequence[Report], plan: CheckpointPlan, token: str, size: int) -> None:
+    async def _send(self, reports: Sequence[Report], plan: CheckpointPlan, token: str, size: int,
+                    xadd_only: bool = False) -> list[Any] | None:
+        """The batch's EXEC reply when it went in one send (None through the client's pipeline)."""
         if self.one_send is not None:
-            await self.one_send.execute(self._commands(reports, plan, token))
-            return
+            return await self.one_send.execute(self._commands(reports, plan, token, xadd_only))
         async with self.redis.pipeline(transaction=True) as pipe:
             # first: the slot of a cluster transaction is the slot of its first key (the tenant's)
             once_marker(pipe, self.marker, token)
@@ -160,3 +234,4 @@ class ReportPublisher:
             wait_after(pipe, self.wait)
             await pipe.execute()
             note_wait(pipe, self.wait, WAIT_PATH, size=size)
+        return None

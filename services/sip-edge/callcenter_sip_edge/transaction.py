@@ -12,8 +12,9 @@ No retry here: a failure goes to the publisher, which decides whether the batch 
 connection (the next batch connects again through the connection's own `connect()`, which for a
 Sentinel-managed one asks the sentinels where the master is) and is counted in
 `callcenter_redis_errors_total` as the client counts its own. An error reply (a command refused
-when queued, EXECABORT, an error inside EXEC's reply) is raised once every reply is read, so the
-connection stays in step.
+when queued, EXECABORT, is raised once every reply is read, so the connection stays in step; an error
+inside EXEC's reply (one command that failed when run) is left in its place, for the caller to
+judge: the other commands of the transaction ran.
 
 Used on a single Redis or a Sentinel-managed master; a Redis Cluster client, or a publisher that
 WAITs for replicas, keeps the pipeline (publisher.py).
@@ -42,7 +43,8 @@ class OneSend:
         self._due = 0   # replies of a batch `start` wrote, still to be read by `finish`
 
     async def execute(self, commands: Sequence[tuple[Any, ...]]) -> list[Any]:
-        """EXEC's reply (one entry per command), or the first error reply raised."""
+        """EXEC's reply (one entry per command, a command's error reply as its exception), or the
+        error that refused the transaction raised."""
         conn = await self._kept.get()
         # +OK to MULTI, +QUEUED to each command (or its refusal), then EXEC's reply (or EXECABORT)
         replies = await self._kept.exchange(pack(conn, [_MULTI, *commands, _EXEC]), len(commands) + 2)
@@ -75,11 +77,16 @@ class OneSend:
 
 
 def _exec_reply(replies: list[Any]) -> list[Any]:
-    """EXEC's reply from the replies to MULTI, the queued commands and EXEC; the first error raised."""
+    """EXEC's reply from the replies to MULTI, the queued commands and EXEC; an error that refused
+    the transaction (a command refused when queued, EXECABORT) raised."""
     for reply in replies:
         if isinstance(reply, ResponseError):
             raise reply
-    for reply in replies[-1] or ():
-        if isinstance(reply, ResponseError):
-            raise reply
     return list(replies[-1] or ())
+
+
+def raise_errors(reply: Sequence[Any], *, but: Sequence[int] = ()) -> None:
+    """Raise the first error reply of a command inside EXEC's reply, except at the positions `but`."""
+    for i, item in enumerate(reply):
+        if isinstance(item, ResponseError) and i not in but:
+            raise item

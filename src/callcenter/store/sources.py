@@ -14,6 +14,9 @@ lines, in `LIB_ORDER`). Nothing else is expanded.
   side during a rolling upgrade. No function declares `allow-cross-slot-keys`: on Redis Cluster,
   Redis refuses a step touching a key outside the slot of its declared key (the tenant's events
   stream), which makes "every key in the tenant's slot" Redis' own check.
+- `APPENDED_REPORTS`: the report steps the library also registers as `cc_<sha12>_appended_<step>`,
+  which first append the report to the reports stream (XADD) and then apply it: the sip-edge runs
+  them in the transaction that reports a call's end, so its agent is free for the next call at once.
 - `load_source(name)`: the same step as one standalone EVAL script (prelude, its modules, the begin
   calls, the body): for tests and for `bench/lua_step_costs.py`, which compares both ways.
 """
@@ -40,6 +43,13 @@ OTHER_SCRIPTS = (
     "agent_release", "dispatch_call", "flow_upsert", "flow_delete", "fire_timers", "reconcile", "stats_reset",
     "edge_lost", "edge_beat", "edge_release", "sip_register", "registration_lapse",
 )
+
+
+# Report steps the sip-edge may run itself, in the transaction that reports them (`library()`'s
+# `appended` functions): the end of a call frees its agent, whose next call is then rung one hop
+# sooner (issue 15: agent BYE -> next INVITE). The dispatcher still reads the report and finds it
+# DUPLICATE, or applies it when the edge's try came OUT_OF_ORDER.
+APPENDED_REPORTS = ("report.call_ended",)
 
 
 def step_names() -> tuple[str, ...]:
@@ -105,11 +115,13 @@ def load_source(name: str) -> str:
 
 
 class Library(NamedTuple):
-    """The function library: its name, the FUNCTION LOAD source, the function of each step."""
+    """The function library: its name, the FUNCTION LOAD source, the function of each step, and
+    the function that appends a report of `APPENDED_REPORTS` and applies it, by report type."""
 
     name: str
     source: str
     functions: dict[str, str]
+    appended: dict[str, str]
 
 
 _NAME = "__CC_LIBRARY__"
@@ -120,13 +132,29 @@ def library() -> Library:
     """Every module once, then every step registered as `<library>_<step>` (see the module doc)."""
     parts = [library_prelude(), *(_lua_file(f"lib/{module}.lua") for module in LIB_ORDER)]
     for name in step_names():
-        body = _body(name, script_libs(name))
-        parts.append(
-            f"do\n  -- {name}.lua\n"
-            f"  redis.register_function{{ function_name = '{_NAME}_{name}', callback = function(keys, args)\n"
-            f"do local stop = enter(keys, args) if stop then return stop end end\n{body}"
-            "end }\nend")
+        parts.append(_function(name, name, _body(name, script_libs(name))))
+    for report_type in APPENDED_REPORTS:
+        name = report_script(report_type)
+        parts.append(_function(name, f"appended_{name}", _APPEND + _body(name, script_libs(name))))
     template = "\n".join(parts) + "\n"
     lib = "cc_" + hashlib.sha1(template.encode()).hexdigest()[:12]
     source = f"#!lua name={lib}\n" + template.replace(_NAME, lib)
-    return Library(lib, source, {name: f"{lib}_{name}" for name in step_names()})
+    return Library(lib, source, {name: f"{lib}_{name}" for name in step_names()},
+                   {t: f"{lib}_appended_{report_script(t)}" for t in APPENDED_REPORTS})
+
+
+# The head of an `appended_<step>`: ARGV 1 now_ms, 2 type, 3 v, 4 data (a report's stream fields).
+# The report is appended to the reports stream first, as the edge would append it, then the step
+# runs on it as the dispatcher would run it (ARGV now_ms, its entry id, data): whatever the step
+# answers, the report is on the stream for the dispatcher.
+_APPEND = """\
+ARGV = { ARGV[1], redis.call('XADD', K.reports, '*', 'type', ARGV[2], 'v', ARGV[3], 'data', ARGV[4]), ARGV[4] }
+"""
+
+
+def _function(step: str, name: str, body: str) -> str:
+    """One registered function `<library>_<name>` running `body` (a step's) after `enter`."""
+    return (f"do\n  -- {step}.lua\n"
+            f"  redis.register_function{{ function_name = '{_NAME}_{name}', callback = function(keys, args)\n"
+            f"do local stop = enter(keys, args) if stop then return stop end end\n{body}"
+            "end }\nend")
