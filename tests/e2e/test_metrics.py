@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from e2e_harness import caller, sip, whole_system
+from e2e_harness import caller, sip, started_system
 from prometheus_client.parser import text_string_to_metric_families
 
 from callcenter_dev.sipp import Sipp
@@ -36,7 +36,9 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 @pytest.fixture(scope="module")
 def system(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WholeSystem]:
-    yield from whole_system(tmp_path_factory, TENANT, ring_timeout_s=10)
+    # the edge applies a call's end itself (off by default): counted below
+    yield from started_system(tmp_path_factory, TENANT, common_env={"CC_RING_TIMEOUT_S": "10", "CC_WRAPUP_S": "1"},
+                              edge_env={"CC_APPLY_CALL_ENDS": "true"})
 
 
 def scrape(system: WholeSystem, service: str) -> Samples:
@@ -107,7 +109,7 @@ def test_every_service_counts_a_call(system: WholeSystem, peers: list[Sipp]) -> 
     assert value(after["api"], "callcenter_queue_calls", flow=FLOW) == 0
     assert value(after["sip-edge"], "callcenter_dispatch_latency_seconds_count", path="agent_free_to_ring") == 1
     assert value(after["sip-edge"], "callcenter_sip_requests_total", direction="in", method="BYE") >= 1
-    # the call's end was applied by the edge's own batch (CC_APPLY_CALL_ENDS), then found DUPLICATE
+    # the call's end was applied by the edge's own batch (CC_APPLY_CALL_ENDS on), then found DUPLICATE
     assert value(after["sip-edge"], "callcenter_edge_steps_applied_total", rc="OK") == \
         value(before["sip-edge"], "callcenter_edge_steps_applied_total", rc="OK") + 1
     assert value(after["dispatcher"], "callcenter_dispatch_latency_seconds_count", path="report_to_decision") > \
