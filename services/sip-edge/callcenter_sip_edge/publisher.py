@@ -45,7 +45,7 @@ from callcenter.redis_durability import (
 )
 from callcenter.store.codes import RC
 from callcenter.store.keys import Keys
-from callcenter.store.scripts import not_loaded, now_ms
+from callcenter.store.scripts import Store, not_loaded, now_ms
 from callcenter.store.sources import library
 from callcenter_sip_edge.checkpoint import Checkpoints, DialogCheckpoint
 from callcenter_sip_edge.checkpoint_writes import CheckpointPlan
@@ -189,7 +189,7 @@ class ReportPublisher:
         if self._library_due:
             self._library_due = False
             try:
-                await self.redis.function_load(library().source, replace=True)
+                await Store(self.redis, self.keys.tenant).load()
             except aioredis.ResponseError as exc:
                 self.appended = {}
                 log.warning("edge.appended_steps_off", error=str(exc)[:300])
