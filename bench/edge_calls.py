@@ -191,6 +191,19 @@ def service_pids(system: WholeSystem) -> dict[str, int]:
     return pids
 
 
+def schedstat(pid: int) -> tuple[float, float, int]:
+    """(s on a CPU, s runnable but waiting for one, times run) summed over the process's threads
+    (/proc/<pid>/task/*/schedstat: the kernel's run-queue accounting)."""
+    on = wait = runs = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            a, b, c = (int(x) for x in (task / "schedstat").read_text().split())
+        except (OSError, ValueError):
+            continue   # a thread gone meanwhile
+        on, wait, runs = on + a, wait + b, runs + c
+    return on / 1e9, wait / 1e9, runs
+
+
 def bye_to_invite_gaps(scenario_log: str) -> dict[str, list[int]]:
     """Per agent, in order, ms from its BYE to the next INVITE to it, from the log lines of
     agent_hangs_up.xml ("bye <agent> <ms>", "invite <agent> <ms>": SIPp's clock)."""
@@ -209,6 +222,18 @@ def bye_to_invite_gaps(scenario_log: str) -> dict[str, list[int]]:
 
 
 # ------------------------------------------------------------------------------- phases
+def edge_call_ends(system: WholeSystem) -> dict[str, float]:
+    """The sip-edge's counts of the call ends it applied itself (by result) and left to the
+    dispatchers (CC_APPLY_CALL_ENDS, CC_APPLY_CALL_ENDS_MAX_CPU), from its /metrics."""
+    url = system.services["sip-edge"].health_url.rsplit("/", 1)[0] + "/metrics"
+    counts: dict[str, float] = {}
+    for line in httpx.get(url, timeout=5).text.splitlines():
+        m = re.match(r'callcenter_edge_(?:steps_applied_total\{rc="(\w+)"\}|(call_ends_left)_total) (\S+)$', line)
+        if m:
+            counts[m[1] or "left"] = float(m[3])
+    return counts
+
+
 def latency_phase(system: WholeSystem, workdir: Path, args: argparse.Namespace) -> None:
     calls = LATENCY_CALLS if not args.quick else 60
     welcome = start_peer(workdir, "lat-welcome", scenario("media_welcome.xml"), ["-d", str(WELCOME_MS)], 120)
@@ -216,6 +241,9 @@ def latency_phase(system: WholeSystem, workdir: Path, args: argparse.Namespace) 
     phones = start_peer(workdir, "lat-agents", bench_scenario("agent_hangs_up.xml"), ["-d", str(TALK_MS)], 120)
     no_wire = WireClock.available()
     wire = WireClock(phones.port) if no_wire is None else None
+    ends_before = edge_call_ends(system)
+    edge_pid = service_pids(system)["sip-edge"]
+    sched_before = schedstat(edge_pid)
     try:
         agents = [f"lat{n:03d}" for n in range(LATENCY_AGENTS)]
         asyncio.run(provision(str(system.api.base_url), system.admin_key, "latency", welcome, queue, phones, agents))
@@ -237,6 +265,13 @@ def latency_phase(system: WholeSystem, workdir: Path, args: argparse.Namespace) 
     print(f"\n== agent BYE -> next queued call's INVITE to that agent ({LATENCY_AGENTS} agents hanging up after "
           f"{TALK_MS} ms, {calls} callers at {LATENCY_RATE}/s, wrap-up 0)")
     print(f"   callers: {caller_stats.success} completed, {caller_stats.failed} failed (SIPp rc {rc})")
+    on, wait, runs = (a - b for a, b in zip(schedstat(edge_pid), sched_before, strict=True))
+    print(f"   sip-edge: {on:.2f} s on a CPU, {wait:.2f} s runnable waiting for one, {runs} runs: "
+          f"{1e6 * wait / max(runs, 1):.0f} µs waited per run on average (/proc/<pid>/task/*/schedstat)")
+    ends = {k: v - ends_before.get(k, 0) for k, v in edge_call_ends(system).items()}
+    print("   call ends the edge applied itself: "
+          + (", ".join(f"{k} {v:.0f}" for k, v in sorted(ends.items()) if k != "left") or "none")
+          + f"; left to the dispatchers (its process over CC_APPLY_CALL_ENDS_MAX_CPU): {ends.get('left', 0):.0f}")
     if gaps:
         print(f"   {len(gaps)} pairs: p50 {statistics.median(gaps):.0f} ms, p99 {pct(gaps, 0.99)} ms, "
               f"max {max(gaps)} ms "

@@ -60,6 +60,9 @@ EDGE_APPLIED = Counter("callcenter_edge_steps_applied", "Reports that free an ag
                        "sip-edge appended and applied in one step (CC_APPLY_CALL_ENDS), by result: OK, DUPLICATE, "
                        "OUT_OF_ORDER (left to the dispatchers), ..., ERROR (appended again by XADD)", ["rc"],
                        registry=REGISTRY)
+EDGE_LEFT = Counter("callcenter_edge_call_ends_left", "Reports of a call's end the sip-edge appended by XADD "
+                    "for the dispatchers to apply, because its process was busier than "
+                    "CC_APPLY_CALL_ENDS_MAX_CPU", registry=REGISTRY)
 # decision latency: a report's stream entry (Redis time at XADD) to its atomic step applied; and a
 # ring decision (the ring command's entry: the step that gave a free agent the call) to the edge
 # handing the ring to its SIP stack. An agent freed by wrap-up's end is seen by the timer loop

@@ -213,10 +213,12 @@ class EdgeSettings(CommonSettings):
     # a call's end (report.call_ended) is appended and applied in one Lua step, in the transaction
     # that reports it, so its agent's next call is rung without waiting for a dispatcher; the
     # dispatchers still read it (DUPLICATE) and apply it when an earlier report of the call was not
-    # applied yet. On one Redis server (or Sentinel) without CC_REDIS_WAIT_REPLICAS. Off by default:
-    # agent BYE -> next INVITE p99 6 -> 2 ms and 17-22 -> 6 ms, for 0.2-0.4 ms more CPU per call
-    # (bench/README.md); for a deployment with CPU to spare that wants the shortest gap between calls
-    apply_call_ends: bool = False
+    # applied yet. On one Redis server (or Sentinel) without CC_REDIS_WAIT_REPLICAS. Agent BYE ->
+    # next INVITE p99 17-22 -> 6 ms, for 0.2-0.4 ms more CPU per call (smaller batches): so only
+    # while the edge's process used less than apply_call_ends_max_cpu of one core over the last
+    # second (0: whatever its load); busier, the dispatchers apply them (bench/README.md)
+    apply_call_ends: bool = True
+    apply_call_ends_max_cpu: float = Field(default=0.8, ge=0)
     heartbeat_interval_ms: int = Field(default=1000, ge=100)
     # the lease on the edge id lives this long unless a heartbeat renews it: set it to the
     # dispatchers' CC_EDGE_LAPSE_MS (a restart after a crash waits at most this long for the id)

@@ -8,7 +8,9 @@ own `ReportPublisher` sends the batch, the Lua steps run as the dispatcher would
   (OUT_OF_ORDER); the dispatcher applies both in order later;
 - Redis without the function library: the report is appended by XADD in a batch of its own (once),
   and the library is loaded for the next batch;
-- turned off, the batch only appends the report.
+- turned off, the batch only appends the report;
+- while the edge's process is busier than `max_cpu` of a core, the batch only appends the report
+  (counted as left to the dispatchers); below it again, the edge applies the next one.
 """
 
 from __future__ import annotations
@@ -22,12 +24,26 @@ from callcenter.contract.codec import decode
 from callcenter.contract.reports import CallArrived, CallEnded, Report
 from callcenter.store import RC
 from callcenter_sip_edge.checkpoint import Checkpoints
-from callcenter_sip_edge.publisher import ReportPublisher
+from callcenter_sip_edge.publisher import CpuShare, ReportPublisher
 
 
-def publisher(h: Harness, *, apply_at_once: bool = True) -> ReportPublisher:
+def publisher(h: Harness, *, apply_at_once: bool = True, max_cpu: float = 0.0,
+              cpu: CpuShare | None = None) -> ReportPublisher:
     keys = h.store.keys
-    return ReportPublisher(h.redis, keys, EDGE, Checkpoints(h.redis, keys, EDGE), apply_at_once=apply_at_once)
+    return ReportPublisher(h.redis, keys, EDGE, Checkpoints(h.redis, keys, EDGE), apply_at_once=apply_at_once,
+                           max_cpu=max_cpu, cpu=cpu)
+
+
+class Clocks:
+    """A wall clock and a CPU clock the test moves."""
+
+    def __init__(self) -> None:
+        self.wall = 100.0
+        self.cpu = 5.0
+
+    def spend(self, wall_s: float, cpu_s: float) -> None:
+        self.wall += wall_s
+        self.cpu += cpu_s
 
 
 async def talking_with_one_waiting(h: Harness) -> None:
@@ -126,6 +142,33 @@ async def test_turned_off_the_batch_only_appends_the_end(h: Harness) -> None:
     assert pub.applied == {}
     assert len(await reports_on_stream(h, CallEnded.TYPE)) == 1
     assert await h.state("a1") == "in_call" and await rings_of(h, "a1") == ["c1"]
+
+
+async def test_busier_than_max_cpu_the_end_is_left_to_the_dispatchers_and_applied_again_when_quieter(
+        h: Harness) -> None:
+    await talking_with_one_waiting(h)
+    clocks = Clocks()
+    cpu = CpuShare(1.0, wall=lambda: clocks.wall, cpu=lambda: clocks.cpu)
+    pub = publisher(h, max_cpu=0.6, cpu=cpu)
+    clocks.spend(1.0, 0.8)   # 80 % of a core over the last second
+    await pub.publish([call_ended(h, "c1")])
+    assert pub.applied == {} and pub.left == 1
+    [(entry_id, raw)] = await reports_on_stream(h, CallEnded.TYPE)
+    assert await h.state("a1") == "in_call" and await rings_of(h, "a1") == ["c1"]
+    assert (await h.store.apply_report(CallEnded.TYPE, entry_id, raw)).rc is RC.OK   # the dispatcher's turn
+    assert await rings_of(h, "a1") == ["c1", "c2"]
+    await h.report("report.agent_answered", "c2", offer_id="2", agent_id="a1")
+    clocks.spend(0.5, 0.0)   # within the window: still the busy second's share
+    await h.arrive("c3")
+    await pub.publish([call_ended(h, "c2")])
+    assert pub.applied == {} and pub.left == 2
+    assert (await h.store.apply_report(CallEnded.TYPE, *(await reports_on_stream(h, CallEnded.TYPE))[1])).rc is RC.OK
+    await h.report("report.agent_answered", "c3", offer_id="3", agent_id="a1")
+    await h.arrive("c4")
+    clocks.spend(1.0, 0.3)   # 1.5 s since the last window, 0.3 s of CPU: 20 %
+    await pub.publish([call_ended(h, "c3")])
+    assert pub.applied == {"OK": 1} and pub.left == 2
+    assert await rings_of(h, "a1") == ["c1", "c2", "c3", "c4"]
 
 
 async def test_other_reports_of_the_batch_are_appended_for_the_dispatcher_in_their_order(h: Harness) -> None:

@@ -18,14 +18,18 @@ agent's next call is rung (its command on this edge's stream) without a dispatch
 comes back OUT_OF_ORDER and changes nothing, and the dispatcher, which reads every report, applies
 it in its turn or finds it DUPLICATE. Should the function fail (Redis without the library: it is
 loaded then), the report is appended again by XADD in a batch of its own: on the stream twice at
-worst, the second a DUPLICATE.
+worst, the second a DUPLICATE. The edge does so while its process used less than
+`max_cpu` of one core over the last second (`CC_APPLY_CALL_ENDS_MAX_CPU`, `CpuShare`); busier, it
+leaves them to the dispatchers, whose batches cost less per call (bench/README.md: the latency where
+there is CPU to spare, the capacity where there is not).
 """
 
 from __future__ import annotations
 
 import asyncio
 import secrets
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -33,7 +37,7 @@ import structlog
 from redis.asyncio import RedisCluster
 
 from callcenter.contract.reports import Report
-from callcenter.metrics import EDGE_APPLIED
+from callcenter.metrics import EDGE_APPLIED, EDGE_LEFT
 from callcenter.redis_durability import (
     MARKER_TTL_S,
     ReplicaWait,
@@ -58,6 +62,28 @@ RETRY_MAX_S = 2.0
 WAIT_PATH = "edge_publish"   # the label of its count of replicas that missed a WAIT
 
 
+class CpuShare:
+    """The share of one core this process used over the last complete window (1 s): the clocks are
+    read once per window at most (`time.process_time` is a system call), not per batch."""
+
+    def __init__(self, window_s: float = 1.0, *, wall: Callable[[], float] = time.monotonic,
+                 cpu: Callable[[], float] = time.process_time) -> None:
+        self.window_s = window_s
+        self._wall = wall
+        self._cpu = cpu
+        self._since = (wall(), cpu())
+        self.last = 0.0   # the share of the last complete window (0 before the first one ends)
+
+    def share(self) -> float:
+        wall = self._wall()
+        wall_since, cpu_since = self._since
+        if wall - wall_since >= self.window_s:
+            cpu = self._cpu()
+            self.last = (cpu - cpu_since) / (wall - wall_since)
+            self._since = (wall, cpu)
+        return self.last
+
+
 def marker_key(keys: Keys, edge_id: str) -> str:
     """The key that holds the token of the last batch this edge applied (the tenant's slot)."""
     return keys.edge_published(edge_id)
@@ -67,7 +93,8 @@ class ReportPublisher:
     """Sends the edge's batches of reports and checkpoints, one MULTI each."""
 
     def __init__(self, redis: aioredis.Redis, keys: Keys, edge_id: str, checkpoints: Checkpoints,
-                 wait: ReplicaWait | None = None, *, apply_at_once: bool = False) -> None:
+                 wait: ReplicaWait | None = None, *, apply_at_once: bool = False, max_cpu: float = 0.0,
+                 cpu: CpuShare | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.checkpoints = checkpoints
@@ -84,14 +111,19 @@ class ReportPublisher:
         # report type -> the function that appends and applies it (one send only: see the module's doc)
         self.appended = dict(library().appended) if apply_at_once and self.one_send is not None else {}
         self.applied: dict[str, int] = {}   # results of those steps, by RC name
+        self.left = 0                        # such reports appended by XADD because the process was busy
+        self.max_cpu = max_cpu               # 0: no limit
+        self.cpu = cpu or CpuShare()
         self._library_due = False            # such a function was not found: load the library
-        # the batch `start` took: (batch, token, reports, plan, written at once), until `finish`
-        self._started: tuple[Sequence[Report | DialogCheckpoint], str, list[Report], CheckpointPlan, bool] | None = None
+        # the batch `start` took: (batch, token, reports, plan, its appending functions, written at
+        # once), until `finish`
+        self._started: tuple[Sequence[Report | DialogCheckpoint], str, list[Report], CheckpointPlan,
+                             dict[str, str], bool] | None = None
 
     async def publish(self, batch: Sequence[Report | DialogCheckpoint]) -> None:
         """Apply `batch` once, trying until Redis takes it."""
         token, reports, plan = self._prepare(batch)
-        await self._until_applied(batch, token, reports, plan)
+        await self._until_applied(batch, token, reports, plan, self._appending(reports))
 
     def start(self, batch: Sequence[Report | DialogCheckpoint]) -> bool:
         """Write `batch` now, in the caller's turn of the loop (no await), when the kept connection
@@ -103,11 +135,10 @@ class ReportPublisher:
             return False
         assert self.one_send is not None
         token, reports, plan = self._prepare(batch)
-        if not self.one_send.start(self._commands(reports, plan, token)):
-            # the buffer would not take it: sent by finish() through the ordinary path
-            self._started = (batch, token, reports, plan, False)
-            return True
-        self._started = (batch, token, reports, plan, True)
+        appended = self._appending(reports)
+        # False: the buffer would not take it: sent by finish() through the ordinary path
+        written = self.one_send.start(self._commands(reports, plan, token, appended))
+        self._started = (batch, token, reports, plan, appended, written)
         return True
 
     def can_start(self) -> bool:
@@ -117,8 +148,8 @@ class ReportPublisher:
     async def finish(self) -> None:
         """Until the batch `start` took is applied (it reads the replies, or sends it again)."""
         assert self._started is not None, "nothing was started"
-        (batch, token, reports, plan, written), self._started = self._started, None
-        await self._until_applied(batch, token, reports, plan, written=written)
+        (batch, token, reports, plan, appended, written), self._started = self._started, None
+        await self._until_applied(batch, token, reports, plan, appended, written=written)
 
     def _prepare(self, batch: Sequence[Report | DialogCheckpoint]) -> tuple[str, list[Report], CheckpointPlan]:
         self.batches += 1
@@ -127,10 +158,22 @@ class ReportPublisher:
         # planned once: every try sends the same commands, and they count as written once applied
         return token, reports, self.checkpoints.plan(batch)
 
+    def _appending(self, reports: Sequence[Report]) -> dict[str, str]:
+        """The appending functions for this batch's reports: none while the process is busier than
+        `max_cpu` (those reports are then counted as left to the dispatchers)."""
+        if not self.appended or not self.max_cpu or self.cpu.share() < self.max_cpu:
+            return self.appended
+        left = sum(1 for report in reports if report.TYPE in self.appended)
+        if left:
+            self.left += left
+            EDGE_LEFT.inc(left)
+        return {}
+
     async def _until_applied(self, batch: Sequence[Report | DialogCheckpoint], token: str, reports: list[Report],
-                             plan: CheckpointPlan, *, written: bool = False, xadd_only: bool = False) -> None:
-        """Try until Redis took the batch; `written`: its first try is already sent (`start`), and
-        is only read back."""
+                             plan: CheckpointPlan, appended: dict[str, str], *, written: bool = False) -> None:
+        """Try until Redis took the batch; `appended`: the functions that append its reports of those
+        types (every try sends the same commands); `written`: its first try is already sent
+        (`start`), and is only read back."""
         delay = RETRY_FIRST_S
         failed = False
         again: list[Report] = []
@@ -146,8 +189,8 @@ class ReportPublisher:
                     assert self.one_send is not None
                     reply = await self.one_send.finish()
                 else:
-                    reply = await self._send(reports, plan, token, len(batch), xadd_only)
-                again = self._appended_results(reports, reply, xadd_only)
+                    reply = await self._send(reports, plan, token, len(batch), appended)
+                again = self._appended_results(reports, reply, appended)
                 break
             except (ConnectionError, OSError, aioredis.RedisError) as exc:
                 failed = True
@@ -159,12 +202,11 @@ class ReportPublisher:
             await self._append_again(again)
 
     def _appended_results(self, reports: Sequence[Report], reply: Sequence[Any] | None,
-                          xadd_only: bool) -> list[Report]:
+                          appended: dict[str, str]) -> list[Report]:
         """Count the results of the batch's appending steps; raise any other command's error; the
         reports whose function failed, to be appended again."""
         if reply is None:
             return []
-        appended = {} if xadd_only else self.appended
         at = [1 + i for i, report in enumerate(reports) if report.TYPE in appended]  # after the marker
         raise_errors(reply, but=at)
         again = []
@@ -195,16 +237,16 @@ class ReportPublisher:
                 log.warning("edge.appended_steps_off", error=str(exc)[:300])
         self.batches += 1
         # their checkpoints went with the batch that carried them: none here
-        await self._until_applied(reports, f"{self.writer}:{self.batches}", reports, CheckpointPlan(), xadd_only=True)
+        await self._until_applied(reports, f"{self.writer}:{self.batches}", reports, CheckpointPlan(), {})
 
     def _failed(self, exc: BaseException, size: int) -> None:
         self.checkpoints.writer.failed()
         log.warning("edge.publish_failed", error=repr(exc), pending=size)
 
     def _commands(self, reports: Sequence[Report], plan: CheckpointPlan, token: str,
-                  xadd_only: bool = False) -> list[tuple[Any, ...]]:
-        """The one-send batch: the marker first (once_marker's), the reports, the checkpoints."""
-        appended = {} if xadd_only else self.appended
+                  appended: dict[str, str]) -> list[tuple[Any, ...]]:
+        """The one-send batch: the marker first (once_marker's), the reports (those of `appended`'s
+        types by their function), the checkpoints."""
         xadd = ("XADD", self.keys.reports, "*")
         now = now_ms() if appended else 0
         commands: list[tuple[Any, ...]] = [("SET", self.marker, token, "EX", MARKER_TTL_S)]
@@ -220,10 +262,10 @@ class ReportPublisher:
         return commands
 
     async def _send(self, reports: Sequence[Report], plan: CheckpointPlan, token: str, size: int,
-                    xadd_only: bool = False) -> list[Any] | None:
+                    appended: dict[str, str]) -> list[Any] | None:
         """The batch's EXEC reply when it went in one send (None through the client's pipeline)."""
         if self.one_send is not None:
-            return await self.one_send.execute(self._commands(reports, plan, token, xadd_only))
+            return await self.one_send.execute(self._commands(reports, plan, token, appended))
         async with self.redis.pipeline(transaction=True) as pipe:
             # first: the slot of a cluster transaction is the slot of its first key (the tenant's)
             once_marker(pipe, self.marker, token)

@@ -83,7 +83,8 @@ class EdgeService:
         self.checkpoints = Checkpoints(redis, self.keys, self.edge_id, live=self._seq.__contains__)
         self.publisher = ReportPublisher(redis, self.keys, self.edge_id, self.checkpoints,
                                          ReplicaWait.of(settings.redis_wait_replicas, settings.redis_wait_timeout_ms),
-                                         apply_at_once=settings.apply_call_ends)
+                                         apply_at_once=settings.apply_call_ends,
+                                         max_cpu=settings.apply_call_ends_max_cpu)
         self._stop = asyncio.Event()
         self.stack: SipStack | None = None
         self.registrations: Registrations | None = None
