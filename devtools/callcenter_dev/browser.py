@@ -18,6 +18,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -109,6 +110,56 @@ class _State:
     changed: threading.Condition = field(default_factory=threading.Condition)
 
 
+# the browser is killed when the thread that started it ends, even by SIGKILL or a timeout's SIGTERM,
+# when no close() runs (util-linux's setpriv: PR_SET_PDEATHSIG, kept across its exec of chromium)
+_SETPRIV = shutil.which("setpriv")
+_DIES_WITH_US = (_SETPRIV, "--pdeathsig", "KILL") if _SETPRIV else ()
+
+
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group `pgid` (zombies left out: they are gone but for their
+    parent's wait, which for a reparented one is init's)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue   # gone meanwhile
+        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
+    """SIGTERM to `proc`'s process group (it leads its own session), SIGKILL to what is left of the
+    group after `grace_s`; `proc` reaped."""
+    def signal_group(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass   # nothing left in the group
+
+    signal_group(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if proc.poll() is None:
+            try:
+                proc.wait(0.1)
+            except subprocess.TimeoutExpired:
+                continue
+        elif not group_members(proc.pid):
+            break
+        else:
+            time.sleep(0.1)   # the browser is gone; its children may still be on their way out
+    if group_members(proc.pid):
+        signal_group(signal.SIGKILL)
+    if proc.poll() is None:
+        proc.wait(5)
+
+
 class BrowserPhone:
     """One headless Chromium running the test page against the edge; `events` is what it posted."""
 
@@ -131,19 +182,16 @@ class BrowserPhone:
         self._http_thread.start()
         profile = self._workdir / "profile"
         log = (self._workdir / "chromium.log").open("wb")
-        self._proc = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", self.url],
-                                      stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        argv = [*_DIES_WITH_US, CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", self.url]
+        self._proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         return self
 
     def close(self) -> None:
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.terminate()
-            try:
-                self._proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait(5)
+        """Stop Chromium with all its processes (zygote, renderers, GPU: its session's process group,
+        which outlives the browser process when a signal reaches only that one), then the page server."""
+        if self._proc is not None:
+            _stop_group(self._proc)
         self._http.shutdown()
         self._http.server_close()
         if not os.environ.get("CC_BROWSER_KEEP"):

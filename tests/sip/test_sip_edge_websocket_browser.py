@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import re
+import shutil
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
@@ -17,7 +21,7 @@ from browser_harness import browser_skip_reason, start_webrtc_sipp, ws_options
 from sip_harness import LOOPBACK, EdgeUnderTest, SippLauncher, expect_success
 from stream_harness import Certificates, running_edge
 
-from callcenter_dev.browser import BrowserPhone, PhoneConfig, ensure_sipjs
+from callcenter_dev.browser import BrowserPhone, PhoneConfig, ensure_sipjs, group_members
 
 _SKIP = browser_skip_reason()
 pytestmark = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
@@ -167,3 +171,48 @@ async def _ring_ws_uri_without_connection(under_test: EdgeUnderTest, sipp: SippL
     assert failed.data["agent_id"] == "agent-9"
     assert failed.data["reason"] == "unreachable" and failed.data["code"] == expected_code
     await expect_success(caller)
+
+
+def test_closing_a_phone_stops_every_chromium_process_it_started(sipjs: None) -> None:
+    # Chromium's zygote, renderers and GPU process are its children in its own process group: a
+    # signal to the browser process alone left some of them running after failed tests
+    phone = BrowserPhone(PhoneConfig(server=f"ws://{LOOPBACK}:9", aor="sip:nobody@callers.invalid")).start()
+    proc = phone._proc
+    assert proc is not None
+    deadline = time.monotonic() + 30
+    while len(group_members(proc.pid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    started = group_members(proc.pid)
+    assert len(started) >= 2, f"chromium started no child processes: {started}"
+    phone.close()
+    assert group_members(proc.pid) == []
+    assert proc.returncode is not None
+
+
+ORPHANED = """
+import sys, time
+from callcenter_dev.browser import BrowserPhone, PhoneConfig
+phone = BrowserPhone(PhoneConfig(server="ws://127.0.0.1:9", aor="sip:nobody@callers.invalid")).start()
+print(phone._proc.pid, flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.skipif(shutil.which("setpriv") is None, reason="util-linux's setpriv is not installed")
+def test_a_phone_whose_test_process_is_killed_takes_its_chromium_with_it(sipjs: None) -> None:
+    # a test killed by a timeout runs no close(): the browser must not outlive it
+    child = subprocess.Popen([sys.executable, "-c", ORPHANED], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None
+        pgid = int(child.stdout.readline())
+        deadline = time.monotonic() + 30
+        while len(group_members(pgid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert len(group_members(pgid)) >= 2, "chromium started no child processes"
+    finally:
+        child.kill()
+        child.wait(10)
+    deadline = time.monotonic() + 15
+    while group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert group_members(pgid) == []
