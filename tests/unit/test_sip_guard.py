@@ -99,3 +99,20 @@ def test_priority_networks() -> None:
     g = SourceGuard(priority="127.0.0.0/8, ::1")
     assert g.may_set_priority("127.0.0.1") and g.may_set_priority("::1")
     assert not g.may_set_priority("10.0.0.1") and not g.may_set_priority("junk")
+
+
+def test_answers_per_source_are_remembered_and_stay_right(monkeypatch: pytest.MonkeyPatch) -> None:
+    g = SourceGuard("10.0.0.0/8, 2001:db8::/32")
+    parsed: list[str] = []
+    real = guard_module.ipaddress.ip_address
+
+    def counted(text: str) -> object:
+        parsed.append(text)
+        return real(text)
+
+    monkeypatch.setattr(guard_module.ipaddress, "ip_address", counted)
+    for _ in range(3):   # the same answers every time, each source parsed once
+        assert g.check("10.1.2.3") is None and g.check("::ffff:10.9.9.9") is None
+        assert g.check("[2001:db8::5]") is None
+        assert g.check("192.0.2.8") is not None and g.check("junk") is not None
+    assert sorted(parsed) == sorted(["10.1.2.3", "::ffff:10.9.9.9", "2001:db8::5", "192.0.2.8", "junk"])
