@@ -18,7 +18,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import threading
@@ -28,7 +27,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
+
+from callcenter_dev.processes import ChildProcess
 
 SIPJS_VERSION = "0.21.2"
 PAGE = Path(__file__).parent / "browser_page"
@@ -116,48 +117,15 @@ _SETPRIV = shutil.which("setpriv")
 _DIES_WITH_US = (_SETPRIV, "--pdeathsig", "KILL") if _SETPRIV else ()
 
 
-def group_members(pgid: int) -> list[int]:
-    """The live processes of process group `pgid` (zombies left out: they are gone but for their
-    parent's wait, which for a reparented one is init's)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue   # gone meanwhile
-        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
-        if int(pgrp) == pgid and state not in ("Z", "X"):
-            members.append(int(entry.name))
-    return members
+@dataclass
+class _Chromium(ChildProcess):
+    """The browser process, in a session of its own: stopped with its zygote, renderers and GPU
+    process (its process group)."""
 
-
-def _stop_group(proc: subprocess.Popen[bytes], grace_s: float = 5.0) -> None:
-    """SIGTERM to `proc`'s process group (it leads its own session), SIGKILL to what is left of the
-    group after `grace_s`; `proc` reaped."""
-    def signal_group(sig: int) -> None:
-        try:
-            os.killpg(proc.pid, sig)
-        except ProcessLookupError:
-            pass   # nothing left in the group
-
-    signal_group(signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if proc.poll() is None:
-            try:
-                proc.wait(0.1)
-            except subprocess.TimeoutExpired:
-                continue
-        elif not group_members(proc.pid):
-            break
-        else:
-            time.sleep(0.1)   # the browser is gone; its children may still be on their way out
-    if group_members(proc.pid):
-        signal_group(signal.SIGKILL)
-    if proc.poll() is None:
-        proc.wait(5)
+    proc: subprocess.Popen[bytes]
+    logfile: Path
+    stop_timeout_s: ClassVar[float] = 5.0
+    own_session: ClassVar[bool] = True
 
 
 class BrowserPhone:
@@ -172,6 +140,7 @@ class BrowserPhone:
         self._http.daemon_threads = True
         self._http_thread = threading.Thread(target=self._http.serve_forever, name="browser-http", daemon=True)
         self._proc: subprocess.Popen[bytes] | None = None
+        self._chromium: _Chromium | None = None
 
     @property
     def url(self) -> str:
@@ -185,13 +154,14 @@ class BrowserPhone:
         argv = [*_DIES_WITH_US, CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", self.url]
         self._proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
+        self._chromium = _Chromium(self._proc, self._workdir / "chromium.log")
         return self
 
     def close(self) -> None:
         """Stop Chromium with all its processes (zygote, renderers, GPU: its session's process group,
         which outlives the browser process when a signal reaches only that one), then the page server."""
-        if self._proc is not None:
-            _stop_group(self._proc)
+        if self._chromium is not None:
+            self._chromium.stop()
         self._http.shutdown()
         self._http.server_close()
         if not os.environ.get("CC_BROWSER_KEEP"):

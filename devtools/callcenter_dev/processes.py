@@ -22,6 +22,23 @@ def console_script(name: str) -> str:
     return str(candidate) if candidate.exists() else f"callcenter-{name}"
 
 
+def group_members(pgid: int) -> list[int]:
+    """The live processes of process group `pgid` (zombies left out: they are gone but for their
+    parent's wait, which for a reparented one is init's)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue   # gone meanwhile
+        state, _ppid, pgrp = stat.rsplit(")", 1)[1].split()[:3]
+        if int(pgrp) == pgid and state not in ("Z", "X"):
+            members.append(int(entry.name))
+    return members
+
+
 class ChildProcess:
     """What every child process of the dev tools has: its `proc`, its `logfile` and how to read,
     stop (SIGTERM, then SIGKILL after `stop_timeout_s`) and kill it."""
@@ -30,7 +47,8 @@ class ChildProcess:
     logfile: Path
     stop_timeout_s: ClassVar[float] = 15.0
     # started in a session of its own (start_new_session): a signal goes to its whole process group,
-    # so the children it forked (a celery prefork pool) stop and die with it
+    # so the children it forked (a celery prefork pool, a browser's renderers) stop and die with it;
+    # what is left of the group once the process itself has exited is killed
     own_session: ClassVar[bool] = False
 
     def log(self) -> str:
@@ -55,6 +73,8 @@ class ChildProcess:
             except subprocess.TimeoutExpired:
                 self._signal(self.proc, signal.SIGKILL)
                 self.proc.wait(5)
+        if self.own_session and group_members(self.proc.pid):
+            self._signal(self.proc, signal.SIGKILL)
         return self.proc.returncode
 
     def kill(self) -> None:

@@ -21,7 +21,8 @@ from browser_harness import browser_skip_reason, start_webrtc_sipp, ws_options
 from sip_harness import LOOPBACK, EdgeUnderTest, SippLauncher, expect_success
 from stream_harness import Certificates, running_edge
 
-from callcenter_dev.browser import BrowserPhone, PhoneConfig, ensure_sipjs, group_members
+from callcenter_dev.browser import BrowserPhone, PhoneConfig, ensure_sipjs
+from callcenter_dev.processes import group_members
 
 _SKIP = browser_skip_reason()
 pytestmark = pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")
