@@ -35,6 +35,11 @@ CHILD = textwrap.dedent("""
     f = SipFrom()
     f.genTag()
     assert len(f.getTag()) == 32
+    from sippy.SipCSeq import SipCSeq
+    assert importlib.import_module("sippy.SipCSeq").randbelow == patches.RANDOM_POOL.randbelow
+    first = {SipCSeq.genRandCSeq() for _ in range(300)}
+    assert len(first) > 290 and all(SipCSeq.initial_min <= c <= SipCSeq.initial_max - SipCSeq.initial_headroom
+                                    for c in first)
     print("ok")
 """)
 
@@ -55,6 +60,19 @@ def test_tokens_have_secrets_form_and_no_bytes_are_handed_out_twice(monkeypatch:
     assert len(pool.token_hex()) == 64 and len(pool.token_hex(4)) == 8   # secrets' default: 32 bytes
     assert len(pool.token_hex(5000)) == 10000   # larger than a pool: read at its own size
     assert reads[-1] == 5000
+
+
+def test_randbelow_is_uniform_below_its_bound() -> None:
+    pool = RandomPool()
+    counts = [0] * 6
+    for _ in range(6000):
+        counts[pool.randbelow(6)] += 1   # 6 needs 3 bits: 6 and 7 are drawn again, never folded
+    assert all(800 < c < 1200 for c in counts), counts   # 1,000 each; 6 sigma is about 180
+    assert {pool.randbelow(1) for _ in range(20)} == {0}
+    big = [pool.randbelow(2**31 - 1) for _ in range(2000)]
+    assert all(0 <= v < 2**31 - 1 for v in big) and max(big) > 2**30 and len(set(big)) > 1990
+    with pytest.raises(ValueError):
+        pool.randbelow(0)
 
 
 def test_sippy_makes_its_branches_call_ids_and_tags_from_the_pool() -> None:
