@@ -321,7 +321,7 @@ def _random_tokens_from_a_pool() -> None:
         if hasattr(module, "token_hex"):
             setattr(module, "token_hex", RANDOM_POOL.token_hex)  # noqa: B010 - a module global
     # and each new dialog's first CSeq (secrets.randbelow: a getrandom() call per INVITE sent)
-    importlib.import_module("sippy.SipCSeq").randbelow = RANDOM_POOL.randbelow
+    setattr(importlib.import_module("sippy.SipCSeq"), "randbelow", RANDOM_POOL.randbelow)  # noqa: B010 - a module global
 
 
 def _timers_ordered_by_their_float() -> None:
