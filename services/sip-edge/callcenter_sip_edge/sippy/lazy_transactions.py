@@ -1,18 +1,16 @@
-"""A client transaction's CANCEL, ACK and 408 built when they are needed, from the request as it was
-sent (issue 15: the edge's Python per SIP message).
+"""A client transaction's CANCEL and 408 built when they are needed, from the request as it was sent
+(issue 15: the edge's Python per SIP message).
 
-Reads: the sippy package (imported lazily). Writes: `SipTransaction.cancel`, `.ack` and `.r408`
-become attributes built on first read, and SipRequest.genCANCEL / genACK / genResponse answer
-sippy's newTransaction, and only it, with what to build later; once per process, from
+Reads: the sippy package (imported lazily). Writes: `SipTransaction.cancel` and
+`SipTransaction.r408` become attributes built on first read, and SipRequest.genCANCEL / genResponse
+answer sippy's newTransaction, and only it, with what to build later; once per process, from
 `patches.apply_patches()`.
 
 Why: for every request it sends, sippy's newTransaction builds the response it would hand the UA if
 the request timed out (`genResponse(408)`: Via/From/To/Call-ID/CSeq copied), and for every INVITE
 also the CANCEL it would send if the call were cancelled (`genCANCEL()`: Request-URI, From, To, Via,
-Call-ID, Route copied into a new request), and the ACK it would send for a final response other
-than 2xx (`genACK()`: a 2xx is ACKed by the UA with a request of its own). Most are never used: a
-queued call sends 3 INVITEs and a BYE, none times out or is refused, and only a lost or timed-out
-ring is cancelled: 10 messages built and dropped.
+Call-ID, Route copied into a new request). Most are never used: a queued call sends 3 INVITEs and a
+BYE, none times out, and only a lost or timed-out ring is cancelled: 7 messages built and dropped.
 Now each is built on its first read, from the request's text as it went out (`t.data`), with the
 request's target and User-Agent: the same headers as the eager copy (the copy was taken when that
 text was rendered; a later change to the UA's objects, such as the To tag set from a 180, reached
@@ -25,7 +23,6 @@ from typing import Any
 
 # sippy's own calls that newTransaction makes for these two messages
 _CANCEL_CALL: tuple[Any, ...] = ()
-_ACK_CALL: tuple[Any, ...] = ()
 _TIMEOUT_CALL = (408, "Request Timeout")
 
 
@@ -56,8 +53,6 @@ def _build(transaction: Any, later: _Later) -> Any:
             request.user_agent = later.user_agent
     if later.kind == "cancel":
         return request.genCANCEL()
-    if later.kind == "ack":
-        return request.genACK()
     return request.genResponse(*_TIMEOUT_CALL)
 
 
@@ -85,10 +80,9 @@ def apply() -> None:
     from sippy.SipTransactionManager import SipTransaction, SipTransactionManager
 
     SipTransaction.cancel = _BuiltOnFirstRead("cancel")
-    SipTransaction.ack = _BuiltOnFirstRead("ack")
     SipTransaction.r408 = _BuiltOnFirstRead("r408")
-    original_new, original_cancel, original_ack, original_response = (
-        SipTransactionManager.newTransaction, SipRequest.genCANCEL, SipRequest.genACK, SipRequest.genResponse)
+    original_new, original_cancel, original_response = (SipTransactionManager.newTransaction, SipRequest.genCANCEL,
+                                                        SipRequest.genResponse)
     sending: list[Any] = [None]   # the request whose newTransaction is running (one at a time: one thread runs sippy)
 
     def new_transaction(self: Any, msg: Any, *args: Any, **kwargs: Any) -> Any:
@@ -103,15 +97,10 @@ def apply() -> None:
             return _Later("cancel", self)
         return original_cancel(self, *call)
 
-    def gen_ack(self: Any, *call: Any, **named: Any) -> Any:
-        if self is sending[0] and call == _ACK_CALL and not named:
-            return _Later("ack", self)
-        return original_ack(self, *call, **named)
-
     def gen_response(self: Any, *call: Any, **named: Any) -> Any:
         if self is sending[0] and call == _TIMEOUT_CALL and not named:
             return _Later("r408", self)
         return original_response(self, *call, **named)
 
     SipTransactionManager.newTransaction = new_transaction
-    SipRequest.genCANCEL, SipRequest.genACK, SipRequest.genResponse = gen_cancel, gen_ack, gen_response
+    SipRequest.genCANCEL, SipRequest.genResponse = gen_cancel, gen_response
