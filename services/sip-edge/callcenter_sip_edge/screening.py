@@ -18,6 +18,11 @@ _MANDATORY_HEADERS = {"via": "Via", "from": "From", "to": "To", "call-id": "Call
 # headers a message has exactly once (RFC 3261 7.3.1: no comma list); sippy takes some of them by
 # position and answers others from a dict, so two Call-IDs made it raise KeyError in sendResponse
 _SINGLE_HEADERS = ("call-id", "cseq", "from", "to")
+# the only headers screening looks at, by every spelling it accepts (lower case, full or compact):
+# the others are skipped without being collected (each datagram is screened: issue 15)
+_SCREENED = {name: name for name in _MANDATORY_HEADERS} | {
+    short: full for short, full in _COMPACT_HEADER_NAMES.items() if full in _MANDATORY_HEADERS}
+_HEAD_END = re.compile(r"\r\n\r\n|\n\n")
 _REQUEST_LINE = re.compile(r"^([A-Za-z]+) (\S+) SIP/2\.0$")
 _CSEQ_VALUE = re.compile(r"^\d{1,10}\s+[A-Za-z]+$")
 
@@ -51,7 +56,7 @@ def screen_datagram(data: bytes, max_message_bytes: int) -> Screening:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         return Screening(drop_reason="not_utf8")
-    head = re.split(r"\r\n\r\n|\n\n", text, maxsplit=1)[0]
+    head = _HEAD_END.split(text, maxsplit=1)[0]
     lines = head.splitlines()
     start_line = lines[0].strip() if lines else ""
     headers: dict[str, list[str]] = {}
@@ -61,9 +66,14 @@ def screen_datagram(data: bytes, max_message_bytes: int) -> Screening:
         name, sep, _value = line.partition(":")
         if not sep:
             continue
-        key = name.strip().lower()
-        key = _COMPACT_HEADER_NAMES.get(key, key)
-        headers.setdefault(key, []).append(line)
+        key = _SCREENED.get(name.strip().lower())
+        if key is None:
+            continue
+        found = headers.get(key)
+        if found is None:
+            headers[key] = [line]
+        else:
+            found.append(line)
     is_response = start_line.startswith("SIP/2.0 ")
     request_line = None if is_response else _REQUEST_LINE.match(start_line)
     if not is_response and request_line is None:
