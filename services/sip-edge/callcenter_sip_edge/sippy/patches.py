@@ -271,9 +271,10 @@ def _fast_clocks() -> None:
 
 
 class RandomPool:
-    """`secrets.token_hex` from kernel randomness read 4 KiB at a time: the same bytes (os.urandom),
-    one system call per 256 tokens of 16 bytes instead of one per token. Each byte is handed out
-    once. Called from the SIP stack's one thread (sippy runs on the edge's event loop)."""
+    """`secrets.token_hex` and `secrets.randbelow` from kernel randomness read 4 KiB at a time: the
+    same bytes (os.urandom), one system call per 256 tokens of 16 bytes instead of one per token.
+    Each byte is handed out once. Called from the SIP stack's one thread (sippy runs on the edge's
+    event loop)."""
 
     SIZE = 4096
 
