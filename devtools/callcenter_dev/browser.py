@@ -139,8 +139,12 @@ class BrowserPhone:
         self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._http.daemon_threads = True
         self._http_thread = threading.Thread(target=self._http.serve_forever, name="browser-http", daemon=True)
-        self._proc: subprocess.Popen[bytes] | None = None
         self._chromium: _Chromium | None = None
+
+    @property
+    def _proc(self) -> subprocess.Popen[bytes] | None:
+        """The browser process (None before `start`)."""
+        return None if self._chromium is None else self._chromium.proc
 
     @property
     def url(self) -> str:
@@ -152,9 +156,9 @@ class BrowserPhone:
         profile = self._workdir / "profile"
         log = (self._workdir / "chromium.log").open("wb")
         argv = [*_DIES_WITH_US, CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", self.url]
-        self._proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        self._chromium = _Chromium(self._proc, self._workdir / "chromium.log")
+        self._chromium = _Chromium(proc, self._workdir / "chromium.log")
         return self
 
     def close(self) -> None:

@@ -67,13 +67,8 @@ def screen_datagram(data: bytes, max_message_bytes: int) -> Screening:
         if not sep:
             continue
         key = _SCREENED.get(name.strip().lower())
-        if key is None:
-            continue
-        found = headers.get(key)
-        if found is None:
-            headers[key] = [line]
-        else:
-            found.append(line)
+        if key is not None:
+            headers.setdefault(key, []).append(line)
     is_response = start_line.startswith("SIP/2.0 ")
     request_line = None if is_response else _REQUEST_LINE.match(start_line)
     if not is_response and request_line is None:
