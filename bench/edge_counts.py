@@ -8,6 +8,9 @@ settle for 3 s, then over a window (default 12 s) reads:
 - each thread of the edge from /proc/<pid>/task: user and system CPU (ticks of 10 ms) and
   voluntary / involuntary context switches, per call (calls = caller INVITEs in the window: every
   call of the stock scenarios starts with one INVITE the edge receives).
+With `--syscalls`, `perf stat` counts the edge's system calls by kind over the same window (kernel
+tracepoints, counted in the kernel: no trace is written): epoll_wait is one asyncio loop iteration,
+so "loop iterations per call" is what separates more work per call from slower work per call.
 With `--py-spy FILE`, py-spy samples the edge over the same window with `--gil` (only the thread
 holding the GIL: the Python work, not the waits for the GIL or in system calls) into FILE (raw,
 collapsed stacks).
@@ -32,6 +35,7 @@ CALLS_FLOWING = 300   # caller INVITEs before the window may start
 SETTLE_S = 3.0
 _COUNTER = re.compile(r'callcenter_sip_(requests|responses|retransmissions)_total\{(.*)\} ([0-9.e+]+)')
 _INVITES_IN = 'requests{direction="in",method="INVITE"}'
+SYSCALLS = ("epoll_wait", "recvmsg", "recvfrom", "sendto", "write", "read", "futex", "clock_gettime", "getpid")
 
 
 def find_edge() -> tuple[int, int] | None:
@@ -104,6 +108,7 @@ def wait_for_calls() -> tuple[int, int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--window-s", type=float, default=12.0)
+    parser.add_argument("--syscalls", action="store_true", help="perf stat: the edge's system calls by kind")
     parser.add_argument("--py-spy", metavar="FILE", help="py-spy --gil over the window into FILE (raw)")
     args = parser.parse_args()
     pid, port = wait_for_calls()
@@ -113,11 +118,18 @@ def main() -> None:
         command = [str(Path(sys.executable).parent / "py-spy"), "record", "--gil", "--threads", "-r", "100",
                    "-d", str(int(args.window_s)), "--format", "raw", "-o", args.py_spy, "-p", str(pid)]
         spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    perf = None
+    if args.syscalls:
+        events = ["raw_syscalls:sys_enter"] + [f"syscalls:sys_enter_{name}" for name in SYSCALLS]
+        perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", ",".join(events), "-p", str(pid), "--",
+                                 "sleep", str(args.window_s)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                text=True)
     c0, t0, w0 = sip_counters(port), thread_counts(pid), time.monotonic()
     time.sleep(args.window_s)
     c1, t1, w1 = sip_counters(port), thread_counts(pid), time.monotonic()
     if spy is not None:
         spy.wait()
+    syscalls = perf.communicate()[1] if perf is not None else ""
     calls = c1.get(_INVITES_IN, 0.0) - c0.get(_INVITES_IN, 0.0)
     if calls <= 0:
         sys.exit("no call in the window")
@@ -145,6 +157,11 @@ def main() -> None:
                   f"per call; context switches per call: voluntary {(v1 - v0) / calls:.1f}, "
                   f"involuntary {(i1 - i0) / calls:.1f}")
     print(f"  all threads: {10 * all_ticks / calls:.2f} ms CPU per call over the window")
+    for line in syscalls.splitlines():   # perf stat -x,: count,unit,event,...
+        fields = line.split(",")
+        if len(fields) > 2 and fields[0].isdigit():
+            name = fields[2].replace("raw_syscalls:sys_enter", "all system calls").replace("syscalls:sys_enter_", "")
+            print(f"  {name:30s} {int(fields[0]):9d}  {int(fields[0]) / calls:7.2f} per call")
 
 
 if __name__ == "__main__":

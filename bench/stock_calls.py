@@ -1,7 +1,8 @@
 """The issue-15 instrument: complete calls through the whole system, as a new user's stock peers play them.
 
 Every service runs as a process on loopback (redis-server, api, dispatcher, cdr-writer with SQLite,
-sip-edge: the `WholeSystem` of the whole-system tests) and one SIPp per role, each with
+sip-edge: the `WholeSystem` of the whole-system tests; the services reach redis-server by its Unix
+socket, as in scripts/up's demo, or by TCP with --redis tcp) and one SIPp per role, each with
 `-buff_size 4194304` (bench/sipp/stock/):
 - caller `uac.xml`, in the style of SIPp's built-in uac: INVITE, optional 100/180, 200, ACK; it
   accepts the one re-INVITE that connects it to the agent (200, ACK), talks 2 s, sends BYE;
@@ -419,6 +420,9 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="rates 20,40 for 8 s, 300 calls for memory")
     parser.add_argument("--skip-latency", action="store_true")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--redis", choices=("unix", "tcp"), default="unix",
+                        help="how the services reach redis-server: its Unix socket (as scripts/up's demo "
+                             "does) or its loopback port")
     args = parser.parse_args()
     if args.quick:
         args.rates, args.step_s, args.mem_calls = "20,40", 8.0, 300
@@ -427,8 +431,10 @@ def main() -> None:
     env = {"CC_WRAPUP_S": "0", "CC_RING_TIMEOUT_S": "10", "CC_LOG_LEVEL": args.log_level,
            "CC_REJECT_ON_NO_AGENTS": "false"}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the services and peers on `kill`
-    print(f"whole system on loopback, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; work dir {workdir}")
+    print(f"whole system on loopback, {os.cpu_count()} cores, load {os.getloadavg()[0]:.2f}; services to Redis "
+          f"by {'its Unix socket' if args.redis == 'unix' else 'TCP'}; work dir {workdir}")
     system = WholeSystem.start(workdir, tenant="bench", edge_id="edge-bench", common_env=env,
+                               redis_unix_socket=args.redis == "unix",
                                edge_env={"CC_SIP_INVITE_RATE": "0", "CC_SIP_INVITE_RATE_TOTAL": "0",
                                          "CC_DRAIN_TIMEOUT_S": "1"})
     peers: Peers | None = None

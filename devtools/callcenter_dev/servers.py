@@ -122,7 +122,8 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 @dataclass
 class RedisServer:
-    """A private redis-server on a free loopback port, in its own temporary directory."""
+    """A private redis-server on a free loopback port and a Unix socket in its own temporary
+    directory (`url` names the port, `unix_url` the socket)."""
 
     port: int = 0
     appendonly: bool = False
@@ -133,6 +134,10 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def unix_url(self) -> str:
+        return f"unix://{self.workdir / 'redis.sock'}?db=0"
+
     def start(self, timeout: float = 10.0) -> RedisServer:
         exe = shutil.which("redis-server")
         if exe is None:
@@ -140,6 +145,7 @@ class RedisServer:
         if not self.port:
             self.port = free_port()
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
+                "--unixsocket", str(self.workdir / "redis.sock"), "--unixsocketperm", "700",
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                 "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

@@ -90,13 +90,17 @@ class WholeSystem:
     def start(cls, workdir: Path, *, tenant: str = "e2e", edge_id: str = "edge-e2e",
               common_env: dict[str, str] | None = None, edge_env: dict[str, str] | None = None,
               dispatcher_env: dict[str, str] | None = None, redis_appendonly: bool = False,
-              redis_server: Any = None, redis_topology: str | None = None) -> WholeSystem:
+              redis_server: Any = None, redis_topology: str | None = None,
+              redis_unix_socket: bool = False) -> WholeSystem:
+        """`redis_unix_socket`: the services reach a single redis-server by its Unix socket (the
+        harness's own client keeps its port)."""
         owns_server = redis_server is None
         server = start_redis_topology(redis_topology, redis_appendonly) if owns_server else redis_server
         db = f"sqlite:///{workdir / 'cc.sqlite3'}"
         api_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
         health = [free_port() for _ in range(3)]
-        common = {"CC_REDIS_URL": server.url, "CC_TENANT": tenant, "CC_WRAPUP_S": "1", "CC_RING_TIMEOUT_S": "5",
+        redis_url = server.unix_url if redis_unix_socket else server.url
+        common = {"CC_REDIS_URL": redis_url, "CC_TENANT": tenant, "CC_WRAPUP_S": "1", "CC_RING_TIMEOUT_S": "5",
                   "CC_REJECT_ON_NO_AGENTS": "false", **(common_env or {})}
         edge = {**common, "CC_SIP_PORT": str(sip_port), "CC_EDGE_ID": edge_id, "CC_HEALTH_PORT": str(health[2]),
                 "CC_DRAIN_TIMEOUT_S": "2", **(edge_env or {})}

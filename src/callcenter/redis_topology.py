@@ -3,6 +3,7 @@ a Sentinel-watched master, by its scheme.
 
     redis://[user:pass@]host:port/db                       one redis-server (redis-py's URL, unchanged)
     rediss://...                                           the same over TLS
+    unix:///path/to/redis.sock[?db=N]                      one redis-server on this host, by its Unix socket
     redis+cluster://[user:pass@]host:port[,host:port...]   a Redis Cluster: any of its nodes (the client
                                                            learns the others and follows MOVED/ASK)
     redis+sentinel://[user:pass@]host:port[,host:port...]/service[/db]
@@ -58,7 +59,7 @@ def parse_redis_url(url: str) -> RedisTarget:
     if scheme in ("redis", "rediss", "unix"):
         return RedisTarget("single", url)
     if scheme not in (CLUSTER, SENTINEL):
-        raise ValueError(f"CC_REDIS_URL: unknown scheme {scheme!r} (redis, rediss, {CLUSTER}, {SENTINEL})")
+        raise ValueError(f"CC_REDIS_URL: unknown scheme {scheme!r} (redis, rediss, unix, {CLUSTER}, {SENTINEL})")
     rest = url.split("://", 1)[1]
     netloc, _, tail = rest.partition("/")
     path, _, query = tail.partition("?")

@@ -14,8 +14,9 @@ taken later with `finish_read`, after the handler has settled the batch; so a ba
 and one wake-up of Redis, not two (`bus.StreamConsumer.ride`).
 
 The client's socket timeout (redis-py's default: 5 s) bounds the send, as it does for the client,
-and the replies of one exchange together (one timer, not one per reply). `QuickSendConnection`
-(below) takes the timer task off small sends; a service opts in with `quick_sends(client)`.
+and the replies of one exchange together (one timer, not one per reply). `QuickSends`
+(below) takes the timer task off small sends, on TCP or a Unix socket; a service opts in with
+`quick_sends(client)`.
 
 The connection is taken from the client's pool at the first read and kept; a failure to reach
 Redis drops it (the next read connects again through the connection's own `connect()`, as the pool
@@ -33,7 +34,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from redis.asyncio import Redis
-from redis.asyncio.connection import AbstractConnection, Connection
+from redis.asyncio.connection import AbstractConnection, Connection, UnixDomainSocketConnection
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
@@ -92,7 +93,7 @@ class KeptConnection:
         written, otherwise (no connection yet, a plain `Connection`, a health check due, a full
         buffer): the caller sends through `exchange`. The replies are read with `exchange(None, n)`."""
         conn = self._conn
-        return isinstance(conn, QuickSendConnection) and conn.write_now(packed)
+        return isinstance(conn, QuickSends) and conn.write_now(packed)
 
     async def close(self, *, drop: bool = False) -> None:
         """Give the connection back to the pool (disconnected first with `drop`: replies still due)."""
@@ -225,8 +226,9 @@ def _pack_plain(commands: Sequence[tuple[Any, ...]], encoding: str) -> bytes | N
     return b"".join(out)
 
 
-class QuickSendConnection(Connection):
-    """A connection whose small sends go without the client's timer task (see the module's doc).
+class QuickSends(AbstractConnection):
+    """Small sends without the client's timer task (see the module's doc), for a connection class
+    of redis-py's: `QuickSendConnection` (TCP), `QuickSendUnixConnection` (a Unix socket).
 
     redis-py bounds a send by the socket timeout with `asyncio.wait_for`, which on Python 3.11 runs
     the write in a task of its own: a task, a timer and two more turns of the event loop for every
@@ -270,6 +272,19 @@ class QuickSendConnection(Connection):
         return True
 
 
+class QuickSendConnection(QuickSends, Connection):
+    """A TCP connection with quick sends."""
+
+
+class QuickSendUnixConnection(QuickSends, UnixDomainSocketConnection):
+    """A Unix-socket connection with quick sends (a redis-server on the same host: `unix://`)."""
+
+
+# redis-py's connection classes, and the quick-send class each becomes
+_QUICK: dict[type[AbstractConnection], type[AbstractConnection]] = {
+    Connection: QuickSendConnection, UnixDomainSocketConnection: QuickSendUnixConnection}
+
+
 def _fits(transport: Any, packed: Sequence[bytes]) -> bool:
     """`packed` stays below the transport's high-water mark: the write returns at once."""
     return bool(transport.get_write_buffer_size() + sum(len(c) for c in packed)
@@ -277,9 +292,9 @@ def _fits(transport: Any, packed: Sequence[bytes]) -> bool:
 
 
 def quick_sends(redis: Redis) -> None:
-    """Make the client's plain TCP connections `QuickSendConnection`s (before its first command; a
-    TLS, Unix-socket or Sentinel-managed pool is left as it is, and so is a Redis Cluster client,
+    """Make the client's plain TCP or Unix-socket connections quick-send ones (before its first
+    command; a TLS or Sentinel-managed pool is left as it is, and so is a Redis Cluster client,
     which has a pool per node and no `connection_pool`)."""
     pool = getattr(redis, "connection_pool", None)
-    if pool is not None and pool.connection_class is Connection:
-        pool.connection_class = QuickSendConnection
+    if pool is not None and (quick := _QUICK.get(pool.connection_class)) is not None:
+        pool.connection_class = quick

@@ -2,7 +2,8 @@
 
 Its stock-style SIPp peers (bench/sipp/stock/: a uac-style caller that takes one re-INVITE, a welcome
 UAS run with -nr, a queue UAS, one SIPp answering every agent URI) complete calls through every
-service, and the step's accounting sees them: answered, CDRs written, time to agent, CPU per service.
+service (every service reaching Redis by its Unix socket, as the bench runs them), and the step's
+accounting sees them: answered, CDRs written, time to agent, CPU per service.
 Then a real retransmission: the welcome SIPp is frozen (SIGSTOP) while the edge's INVITEs reach it,
 so the edge retransmits them; when it wakes, the duplicate INVITE is an unexpected message, and the
 step must count a failed call and report the rate as not clean, not answer it quietly.
@@ -30,7 +31,10 @@ AGENTS = 20
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[WholeSystem, stock_calls.Peers, Path]]:
     workdir = tmp_path_factory.mktemp("stock")
+    # the services reach Redis by its Unix socket, as the bench's default (and the demo) has them
+    # (on a cluster or sentinel topology, CC_TEST_REDIS, by TCP: those have no single socket)
     system = WholeSystem.start(workdir, tenant="bench", edge_id="edge-stock",
+                               redis_unix_socket=redis_topology_under_test() == "single",
                                common_env={"CC_WRAPUP_S": "0", "CC_RING_TIMEOUT_S": "10"},
                                edge_env={"CC_SIP_INVITE_RATE": "0", "CC_SIP_INVITE_RATE_TOTAL": "0"})
     peers = stock_calls.start_peers(workdir, total_s=300)

@@ -2,10 +2,10 @@
 the XACK and the XREADGROUP go in one send and Redis answers both; the entries look as the
 client's `xreadgroup` gives them; an error reply leaves the connection usable; a Redis that went
 away is an error of the client's kind, counted, and the next read connects again. And the quick
-sends of `QuickSendConnection`: a small send goes inline (no task of its own), a large one keeps
-the client's timeout, and a reply Redis does not give is still bounded by the socket timeout.
-The replies of one exchange are read under one timer, not one per reply, and are still bounded.
-After a Sentinel failover the reader finds the new master."""
+sends of `QuickSendConnection` (and of its Unix-socket twin): a small send goes inline (no task of
+its own), a large one keeps the client's timeout, and a reply Redis does not give is still bounded
+by the socket timeout. The replies of one exchange are read under one timer, not one per reply,
+and are still bounded. After a Sentinel failover the reader finds the new master."""
 
 from __future__ import annotations
 
@@ -21,7 +21,13 @@ from redis.exceptions import ResponseError
 
 from callcenter.metrics import REDIS_ERRORS, CountingRedis
 from callcenter.redis import REDIS_DOWN, connect
-from callcenter.stream_read import KeptConnection, QuickSendConnection, StreamReader, quick_sends
+from callcenter.stream_read import (
+    KeptConnection,
+    QuickSendConnection,
+    QuickSendUnixConnection,
+    StreamReader,
+    quick_sends,
+)
 from callcenter_dev.redis_topologies import RedisSentinelServers
 from callcenter_dev.servers import RedisServer
 
@@ -90,11 +96,13 @@ async def test_a_redis_that_went_away_is_counted_and_the_next_read_connects_agai
         server.stop()
 
 
-async def test_quick_sends_go_inline_and_keep_the_timeout_for_large_ones(redis_server: RedisServer,
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+async def test_quick_sends_go_inline_and_keep_the_timeout_for_large_ones(redis_server: RedisServer, transport: str,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    client = aioredis.Redis.from_url(redis_server.url)
+    client = aioredis.Redis.from_url(redis_server.unix_url if transport == "unix" else redis_server.url)
     quick_sends(client)
-    assert client.connection_pool.connection_class is QuickSendConnection
+    assert client.connection_pool.connection_class is {"tcp": QuickSendConnection,
+                                                        "unix": QuickSendUnixConnection}[transport]
     timed: list[Any] = []
     real_wait_for = asyncio.wait_for
 
@@ -105,6 +113,7 @@ async def test_quick_sends_go_inline_and_keep_the_timeout_for_large_ones(redis_s
     monkeypatch.setattr(asyncio, "wait_for", wait_for)
     try:
         await client.ping()  # connects; the first send goes the client's way
+        await client.flushall()  # the server is the session's: the other transport's run left "n"
         timed.clear()
         assert await client.set("k", "v")
         async with client.pipeline(transaction=False) as pipe:
