@@ -120,10 +120,15 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
     raise RuntimeError("no free loopback port")
 
 
+# sun_path's size on Linux, with its terminating NUL
+UNIX_PATH_MAX = 108
+
+
 @dataclass
 class RedisServer:
     """A private redis-server on a free loopback port and a Unix socket in its own temporary
-    directory (`url` names the port, `unix_url` the socket)."""
+    directory (`url` names the port, `unix_url` the socket: none where the directory's path is
+    too long for one, a deep TMPDIR; the port is always there)."""
 
     port: int = 0
     appendonly: bool = False
@@ -135,8 +140,15 @@ class RedisServer:
         return f"redis://127.0.0.1:{self.port}/0"
 
     @property
+    def socket_path(self) -> Path | None:
+        path = self.workdir / "redis.sock"
+        return path if len(str(path)) < UNIX_PATH_MAX else None
+
+    @property
     def unix_url(self) -> str:
-        return f"unix://{self.workdir / 'redis.sock'}?db=0"
+        if self.socket_path is None:
+            raise RuntimeError(f"no Unix socket: {self.workdir} is too deep for one (TMPDIR)")
+        return f"unix://{self.socket_path}?db=0"
 
     def start(self, timeout: float = 10.0) -> RedisServer:
         exe = shutil.which("redis-server")
@@ -145,9 +157,10 @@ class RedisServer:
         if not self.port:
             self.port = free_port()
         args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.workdir),
-                "--unixsocket", str(self.workdir / "redis.sock"), "--unixsocketperm", "700",
                 "--save", "", "--appendonly", "yes" if self.appendonly else "no",
                 "--protected-mode", "yes", "--daemonize", "no", "--loglevel", "warning"]
+        if self.socket_path is not None:
+            args += ["--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
         self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
