@@ -59,7 +59,8 @@ def up(args: argparse.Namespace) -> int:
     # the services reach the local redis-server by its Unix socket (cheaper than TCP on loopback:
     # docs/operations.md), or its port where TMPDIR is too deep for a socket; the port stays open
     # for redis-cli and the demo's own tools
-    common = {"CC_REDIS_URL": redis.unix_url if redis.socket_path else redis.url, "CC_TENANT": "default", "CC_WRAPUP_S": str(args.wrapup),
+    redis_url = redis.unix_url if redis.socket_path else redis.url
+    common = {"CC_REDIS_URL": redis_url, "CC_TENANT": "default", "CC_WRAPUP_S": str(args.wrapup),
               "CC_LOG_FORMAT": "json"}
     # SIPp plays the media server and the agents' phones
     welcome = Sipp(scenario("media_welcome.xml"), calls=1_000_000, timeout_s=86_400,
