@@ -91,9 +91,14 @@ class WholeSystem:
               common_env: dict[str, str] | None = None, edge_env: dict[str, str] | None = None,
               dispatcher_env: dict[str, str] | None = None, redis_appendonly: bool = False,
               redis_server: Any = None, redis_topology: str | None = None,
-              redis_unix_socket: bool = False) -> WholeSystem:
+              redis_unix_socket: bool | None = None) -> WholeSystem:
         """`redis_unix_socket`: the services reach a single redis-server by its Unix socket (the
-        harness's own client keeps its port)."""
+        harness's own client keeps its port); by default when the environment says
+        `CC_TEST_REDIS_SOCKET=unix` and the topology is a single server (any suite can run so)."""
+        if redis_unix_socket is None:
+            redis_unix_socket = (os.environ.get("CC_TEST_REDIS_SOCKET", "tcp") == "unix"
+                                 and (redis_topology or redis_topology_under_test()) == "single"
+                                 and redis_server is None)
         owns_server = redis_server is None
         server = start_redis_topology(redis_topology, redis_appendonly) if owns_server else redis_server
         db = f"sqlite:///{workdir / 'cc.sqlite3'}"
