@@ -94,13 +94,12 @@ class WholeSystem:
               redis_unix_socket: bool | None = None) -> WholeSystem:
         """`redis_unix_socket`: the services reach a single redis-server by its Unix socket (the
         harness's own client keeps its port); by default when the environment says
-        `CC_TEST_REDIS_SOCKET=unix` and the topology is a single server (any suite can run so)."""
-        if redis_unix_socket is None:
-            redis_unix_socket = (os.environ.get("CC_TEST_REDIS_SOCKET", "tcp") == "unix"
-                                 and (redis_topology or redis_topology_under_test()) == "single"
-                                 and redis_server is None)
+        `CC_TEST_REDIS_SOCKET=unix` and it started a single server itself (any suite can run so)."""
         owns_server = redis_server is None
         server = start_redis_topology(redis_topology, redis_appendonly) if owns_server else redis_server
+        if redis_unix_socket is None:
+            redis_unix_socket = (owns_server and isinstance(server, RedisServer)
+                                 and os.environ.get("CC_TEST_REDIS_SOCKET", "tcp") == "unix")
         db = f"sqlite:///{workdir / 'cc.sqlite3'}"
         api_port, sip_port = free_port(), free_port(socket.SOCK_DGRAM)
         health = [free_port() for _ in range(3)]
